@@ -1,0 +1,4 @@
+"""Public torch ops (``torch.ops.leankern.*``) and their Python front-ends."""
+from . import mx
+
+__all__ = ["mx"]

@@ -1,0 +1,123 @@
+"""MXTensor: a quantized tensor (codes + block scales + per-tensor scale + format metadata)."""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from ..formats import get_format
+
+__all__ = ["MXTensor"]
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_META_VERSION = 1
+
+
+class MXTensor:
+    """A tensor quantized to an MX/NV block format. Plain container (not a tensor subclass).
+
+    Attributes
+    ----------
+    codes : Tensor
+        ``[..., K]`` element codes (``[..., K // 2]`` uint8 for 4-bit formats).
+    scales : Tensor
+        ``[..., K // block_size]`` block scales: uint8 E8M0 (MX) or float8_e4m3fn (NV); with
+        ``scale_layout == "swizzled_128x4"`` a flat tile-layout buffer (see ``swizzle_scales``).
+    global_scale : Tensor
+        fp32 ``[]`` per-tensor decode scale (NV), 1.0 for MX.
+    fmt, block_size, shape, dtype, scale_mode, scale_layout
+        Format name, block size, original shape and dtype, MX scale rule, scale layout.
+    """
+
+    def __init__(self, codes, scales, global_scale, fmt, block_size, shape, dtype,
+                 scale_mode="rceil", scale_layout="row_major"):
+        self.codes = codes
+        self.scales = scales
+        self.global_scale = global_scale
+        self.fmt = get_format(fmt).name
+        self.block_size = int(block_size)
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.scale_mode = scale_mode
+        self.scale_layout = scale_layout
+
+    @property
+    def format(self):
+        return get_format(self.fmt)
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def _scale_grid(self) -> tuple[int, int]:
+        rows = math.prod(self.shape[:-1])
+        return rows, self.shape[-1] // self.block_size
+
+    def row_major_scales(self) -> torch.Tensor:
+        """Scales as ``[..., K // block_size]`` whatever the stored layout."""
+        if self.scale_layout == "row_major":
+            return self.scales
+        from .mx_layout import unswizzle_scales
+
+        rows, cols = self._scale_grid()
+        return unswizzle_scales(self.scales, rows, cols).reshape(*self.shape[:-1], cols)
+
+    def swizzled(self) -> "MXTensor":
+        """A copy whose scales are in the 128x4 tile layout (codes shared)."""
+        if self.scale_layout == "swizzled_128x4":
+            return self
+        from .mx_layout import swizzle_scales
+
+        rows, cols = self._scale_grid()
+        buf = swizzle_scales(self.scales.reshape(rows, cols))
+        return MXTensor(self.codes, buf, self.global_scale, self.fmt, self.block_size, self.shape, self.dtype,
+                        self.scale_mode, "swizzled_128x4")
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Dequantize to ``dtype`` (default: the original dtype). Shape: ``self.shape``."""
+        out_dtype = self.dtype if dtype is None else dtype
+        return torch.ops.leankern.mx_dequantize(self.codes, self.row_major_scales(), self.global_scale, self.fmt,
+                                                self.block_size, out_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: codes + scales (+ 4 for the NV per-tensor scale)."""
+        n = self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size()
+        return n + (4 if self.format.is_nv else 0)
+
+    @property
+    def bits_per_element(self) -> float:
+        return 8.0 * self.nbytes / max(1, math.prod(self.shape))
+
+    def to(self, device) -> "MXTensor":
+        return MXTensor(self.codes.to(device), self.scales.to(device), self.global_scale.to(device), self.fmt,
+                        self.block_size, self.shape, self.dtype, self.scale_mode, self.scale_layout)
+
+    def _meta(self) -> dict:
+        return {"version": _META_VERSION, "fmt": self.fmt, "block_size": self.block_size, "shape": list(self.shape),
+                "dtype": _DTYPE_NAMES[self.dtype], "scale_mode": self.scale_mode, "scale_layout": self.scale_layout}
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Tensors only (safetensors-compatible): codes, scales, global_scale and a JSON ``meta`` (uint8)."""
+        meta = torch.frombuffer(bytearray(json.dumps(self._meta()).encode()), dtype=torch.uint8)
+        return {prefix + "codes": self.codes, prefix + "scales": self.scales,
+                prefix + "global_scale": self.global_scale, prefix + "meta": meta}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, prefix: str = "") -> "MXTensor":
+        try:
+            meta = json.loads(bytes(state[prefix + "meta"].cpu().tolist()).decode())
+            codes, scales = state[prefix + "codes"], state[prefix + "scales"]
+            g = state[prefix + "global_scale"]
+        except KeyError as exc:
+            raise KeyError(f"state: missing key {exc} (expected {prefix}codes/scales/global_scale/meta)") from None
+        if meta.get("version") != _META_VERSION:
+            raise ValueError(f"state[{prefix}meta]: expected version {_META_VERSION}, got {meta.get('version')}")
+        dtype = {v: k for k, v in _DTYPE_NAMES.items()}[meta["dtype"]]
+        return cls(codes, scales, g, meta["fmt"], meta["block_size"], meta["shape"], dtype, meta["scale_mode"],
+                   meta["scale_layout"])
+
+    def __repr__(self) -> str:
+        return (f"MXTensor(fmt={self.fmt}, block_size={self.block_size}, shape={self.shape}, dtype={self.dtype}, "
+                f"scale_layout={self.scale_layout}, {self.bits_per_element:.3f} bits/element, device={self.device})")
