@@ -21,7 +21,7 @@ settings.register_profile(
     max_examples=40,
     deadline=None,
     derandomize=bool(os.environ.get("CI")),  # CI: reproducible draws
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     print_blob=True,
 )
 settings.load_profile("leankern")

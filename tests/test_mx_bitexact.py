@@ -70,8 +70,10 @@ def test_stochastic_rounding(device_backend, fmt):
 def test_static_global_scale(device_backend, fmt):
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(5, 64, generator=gen) * 100
-    for g in (1.0, 1e-3, 0.037, 1e6):  # 1e-3 makes block scales clamp at 448: codes saturate
+    for g in (1.0, 1e-3, 0.037, 1e6, 2.0**-126):  # 1e-3: block scales clamp at 448, codes saturate
         _check(device_backend, x, fmt, global_scale=torch.tensor(g))
+    # dynamic g of a tiny tensor (amax ~ 1e-38): g is raised to 2^-126 so g * s stays non-zero
+    _check(device_backend, x * 1e-40, fmt)
 
 
 @given(

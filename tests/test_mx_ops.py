@@ -79,7 +79,7 @@ BAD_QUANTIZE = [
     (dict(rand_bits=torch.zeros(2, 64, dtype=torch.int32)), ValueError, r"rand_bits: expected shape \(2, 32\)"),
     (dict(rand_bits=torch.zeros(2, 32, dtype=torch.int32, device="meta")), ValueError, "rand_bits: expected a tensor on cpu"),
     (dict(global_scale=torch.tensor(1.0)), ValueError, "global_scale: only NV formats"),
-    (dict(fmt="nvfp4", block_size=16, global_scale=torch.tensor(0.0)), ValueError, "global_scale: expected a finite value > 0"),
+    (dict(fmt="nvfp4", block_size=16, global_scale=torch.tensor(0.0)), ValueError, "global_scale: expected a finite value >= 2\\^-126"),
     (dict(fmt="nvfp4", block_size=16, global_scale=torch.ones(2)), ValueError, r"global_scale: expected shape \(\)"),
     (dict(x=torch.tensor([[float("nan")] + [1.0] * 31]), strict=True), ValueError, "x: strict=True expects only finite"),
 ]

@@ -4,6 +4,7 @@ Backends: ``"ref"`` (pure PyTorch, always there), ``"cpp"`` (the compiled ``lean
 extension, CPU tensors), ``"triton"`` (GPU tensors; CPU tensors only under
 ``TRITON_INTERPRET=1``), ``"cuda"`` (hand-written CUDA kernels in ``leankern._C``, when built).
 Production calls never need to choose; tests and benches use :func:`use_backend`.
+``LEANKERN_DISABLE_EXT=1`` makes the process behave as if the extension were not built.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def forced_backend() -> str | None:
 
 def _load_extension():
     if "mod" not in _ext_cache:
+        if os.environ.get("LEANKERN_DISABLE_EXT") == "1":  # run as if the extension were not built
+            _ext_cache.update(mod=None, err="disabled by LEANKERN_DISABLE_EXT=1")
+            return None
         try:
             import torch  # noqa: F401  (the extension links against libtorch)
 

@@ -43,8 +43,9 @@ def run(family: str, name: str, device: torch.device, ref_fn, *args):
     if backend == "ref":
         return ref_fn(*args)
     if backend in ("cpp", "cuda"):
-        if backend == "cpp" and device.type != "cpu":
-            raise RuntimeError(f"backend 'cpp' runs CPU tensors; got a tensor on {device}")
+        want = "cpu" if backend == "cpp" else "cuda"
+        if device.type != want:
+            raise RuntimeError(f"backend {backend!r} runs {want} tensors; got a tensor on {device}")
         return cpp_op(name)(*args)
     if backend == "triton":
         return triton_fn(family, name, device)(*args)

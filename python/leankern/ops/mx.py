@@ -68,8 +68,9 @@ def mx_quantize_op(
     if strict and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"x: strict=True expects only finite values, got {bad} NaN/Inf element(s)")
-    if global_scale is not None and not (bool(torch.isfinite(global_scale)) and float(global_scale) > 0):
-        raise ValueError(f"global_scale: expected a finite value > 0, got {float(global_scale)}")
+    if global_scale is not None and not (bool(torch.isfinite(global_scale)) and float(global_scale) >= 2.0**-126):
+        raise ValueError(f"global_scale: expected a finite value >= 2^-126 (smallest normal fp32), "
+                         f"got {float(global_scale)}")
     args = (x.contiguous(), f.name, block_size, scale_mode,
             None if rand_bits is None else rand_bits.contiguous(), global_scale)
     return _dispatch.run("mx", "mx_quantize", x.device, ref.mx_quantize_ref, *args)

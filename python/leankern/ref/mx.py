@@ -35,6 +35,7 @@ __all__ = [
     "round_to_element",
     "element_values",
     "mx_scale_exponent",
+    "nv_global_scale",
 ]
 
 E8M0_NAN = 0xFF
@@ -103,12 +104,20 @@ def _encode_codes(mag: torch.Tensor, negative: torch.Tensor, fmt: BlockFormat) -
     return byte.to(fmt.code_dtype)
 
 
-def _nv_global_scale(x32: torch.Tensor, el: ElementType) -> torch.Tensor:
-    """g = amax(finite |x|) / (448 * max_elem) in fp32; 1.0 if that is 0."""
+NV_MIN_GLOBAL_SCALE = 2.0**-126  # smallest normal fp32: keeps d = g * s (s >= 2^-9) non-zero
+
+
+def nv_global_scale(x: torch.Tensor, el: ElementType) -> torch.Tensor:
+    """g = amax(finite |x|) / (448 * max_elem) in fp32; 1.0 if that is 0, raised to 2^-126 if below.
+
+    The floor only touches tensors with amax < ~1e-35, where g * s would underflow to 0.
+    """
+    x32 = x.to(torch.float32)
     finite_abs = torch.where(torch.isfinite(x32), x32.abs(), torch.zeros_like(x32))
-    amax = finite_abs.amax() if finite_abs.numel() else torch.zeros((), dtype=torch.float32)
-    g = amax / torch.tensor(448.0 * el.max_value, dtype=torch.float32)
-    return torch.where(g == 0, torch.ones_like(g), g)
+    amax = finite_abs.amax() if finite_abs.numel() else torch.zeros((), dtype=torch.float32, device=x.device)
+    g = amax / torch.tensor(448.0 * el.max_value, dtype=torch.float32, device=x.device)
+    g = torch.clamp(g, min=NV_MIN_GLOBAL_SCALE)
+    return torch.where(amax == 0, torch.ones_like(g), g)
 
 
 def mx_quantize_ref(
@@ -134,7 +143,7 @@ def mx_quantize_ref(
     negative = torch.signbit(x32)
     rb = None if rand_bits is None else rand_bits.reshape(x32.shape)
     if f.is_nv:
-        g = _nv_global_scale(x32, el) if global_scale is None else global_scale.to(torch.float32).reshape(())
+        g = nv_global_scale(x32, el) if global_scale is None else global_scale.to(torch.float32).reshape(())
         t = (amax / torch.tensor(el.max_value, dtype=torch.float32)) / g  # fp32, two IEEE divisions
         e4m3 = get_format("mxfp8_e4m3").element
         s_code = round_to_element(t.to(torch.float64).nan_to_num(posinf=math.inf), e4m3)

@@ -1,0 +1,152 @@
+"""Ahead-of-time compile every leankern Triton kernel for sm_90 (Hopper) and sm_100 (Blackwell).
+
+Runs on a CPU-only machine: compilation happens in a subprocess with ``TRITON_INTERPRET`` unset
+(this test process may be interpreting). The PTX is checked for the instructions the kernels are
+designed around, so a regression in vectorisation, register use or numerics-relevant codegen
+(FMA contraction, flush-to-zero, approximate division, native fp8 casts) fails here.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    try:
+        import leankern.triton_kernels.aot as aot
+    except ImportError:  # uninstalled checkout: map triton_kernels/ to leankern.triton_kernels
+        import leankern
+        leankern.__path__.append({repo!r})
+        import leankern.triton_kernels.aot as aot
+    rows = []
+    for spec, target, compiled in aot.compile_all(("sm_90", "sm_100")):
+        use = aot.resource_usage(compiled, aot.TARGETS[target])
+        rows.append(dict(name=spec.name, family=spec.family, target=target, num_warps=spec.num_warps,
+                         constexprs=spec.constexprs, arg_types=spec.arg_types, ptx=compiled.asm["ptx"],
+                         cubin_bytes=len(compiled.asm["cubin"]), **use))
+    json.dump(dict(kernels=rows, report=aot.aot_report()), open(sys.argv[1], "w"))
+    """
+).format(repo=_REPO)
+
+
+@pytest.fixture(scope="module")
+def aot_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aot") / "kernels.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["kernels"], "no kernels compiled"
+    return data
+
+
+@pytest.fixture(scope="module")
+def compiled(aot_data):
+    return aot_data["kernels"]
+
+
+def _count(pattern, ptx):
+    return len(re.findall(pattern, ptx))
+
+
+def _elems_per_thread(row):
+    ce = row["constexprs"]
+    tile = ce["NB"] * ce["BS"] if "NB" in ce else ce["ROWS"] * ce["N"]
+    return tile // (32 * row["num_warps"])
+
+
+_IN_BYTES = {"*i32": 4, "*fp32": 4, "*i16": 2, "*fp16": 2}
+
+
+def test_every_family_and_target_compiled(compiled):
+    seen = {(r["family"], r["target"]) for r in compiled}
+    for fam in ("quantize", "dequantize", "hadamard"):
+        for tgt in ("sm_90", "sm_100"):
+            assert (fam, tgt) in seen
+    names = {r["name"].split(",")[0] for r in compiled if r["family"] == "quantize"}
+    for fmt in ("mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4"):
+        assert f"quantize[{fmt}" in names
+    for r in compiled:
+        arch = r["target"].split("_")[1]
+        assert re.search(rf"\.target sm_{arch}a\b", r["ptx"]), (r["name"], r["target"])
+        assert r["cubin_bytes"] > 0
+
+
+def test_no_spills_no_local_memory(compiled):
+    for r in compiled:
+        where = (r["name"], r["target"])
+        assert r["spills"] == 0 and r["stack_bytes"] == 0, where
+        assert _count(r"\.local\b", r["ptx"]) == 0, where
+        assert 0 < r["registers"] <= 128, where  # leaves room for >= 4 CTAs of 128 threads per SM
+        assert r["shared_bytes"] <= 48 * 1024, where
+
+
+def test_exact_ieee_codegen(compiled):
+    """No FMA contraction, no flush-to-zero, no approximate division, no native fp8 conversion."""
+    for r in compiled:
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        assert _count(r"\bfma\.", ptx) == 0, where
+        assert _count(r"\.ftz\b", ptx) == 0, where
+        assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
+        assert _count(r"cvt\.[a-z.]*(e4m3|e5m2|e2m1|e2m3|e3m2|ue8m0)", ptx) == 0, where
+
+
+def test_streaming_loads_are_128_bit(compiled):
+    for r in compiled:
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        ept = _elems_per_thread(r)
+        if r["family"] in ("quantize", "hadamard"):
+            want = ept * _IN_BYTES[r["arg_types"]["x_ptr"]] // 16
+            if ce.get("STOCHASTIC"):
+                want += ept * 4 // 16  # the int32 random words
+            assert _count(r"ld\.global(\.[a-z0-9]+)*\.v4\.b32", ptx) >= want, where
+        else:
+            code_bytes = ept // 2 if ce["PACKED"] else ept
+            row_bytes = ce["BS"] // 2 if ce["PACKED"] else ce["BS"]
+            width = 16 if row_bytes >= 16 else 8  # NV packed rows are 8 bytes: 64-bit is the widest
+            vec = r"\.v4\.b32" if width == 16 else r"\.v[24]\.b32"
+            assert _count(rf"ld\.global(\.[a-z0-9]+)*{vec}", ptx) >= code_bytes // width, where
+            out_bytes = ept * _IN_BYTES[r["arg_types"]["out_ptr"]]
+            assert _count(r"st\.global(\.[a-z0-9]+)*\.v4\.b32", ptx) >= out_bytes // 16, where
+
+
+def test_quantize_block_max_is_an_integer_warp_reduction(compiled):
+    """amax over |x| bit patterns: integer max (NaN-proof) reduced across threads with shuffles."""
+    for r in (r for r in compiled if r["family"] == "quantize"):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        assert _count(r"max\.[us]32", ptx) >= 1, where
+        assert _count(r"max(\.[a-zA-Z]+)*\.f32", ptx) == 0, where
+        if r["constexprs"]["BS"] >= 32:
+            assert _count(r"shfl\.sync\.bfly\.b32", ptx) >= 1, where
+        if r["name"].startswith("quantize[nv"):
+            assert _count(r"div\.rn\.f32", ptx) >= 3, where  # amax/max, /g, x/d: all IEEE
+
+
+def test_hadamard_butterfly_op_count(compiled):
+    """Exactly log2(n) add-or-sub per element: every stage done once, nothing fused or dropped."""
+    for r in (r for r in compiled if r["family"] == "hadamard"):
+        ptx, ce = r["ptx"], r["constexprs"]
+        scalar = _count(r"\b(add|sub)\.rn\.f32\s", ptx) + _count(r"\b(add|sub)\.f32\s", ptx)
+        paired = _count(r"\b(add|sub)\.rn\.f32x2\b", ptx)
+        assert scalar + 2 * paired == ce["LOG_N"] * _elems_per_thread(r), (r["name"], r["target"])
+
+
+def test_aot_report_rows(aot_data):
+    """aot_report(): the bench's table, one row per (kernel, target), same numbers as the compile."""
+    keys = {"kernel", "target", "num_warps", "registers", "shared_bytes", "spills"}
+    report = aot_data["report"]
+    assert all(keys <= set(row) for row in report)
+    by_key = {(r["name"], r["target"]): r for r in aot_data["kernels"]}
+    assert set(by_key) == {(row["kernel"], row["target"]) for row in report}
+    for row in report:
+        r = by_key[(row["kernel"], row["target"])]
+        assert (row["registers"], row["shared_bytes"], row["spills"]) == (r["registers"], r["shared_bytes"], r["spills"])

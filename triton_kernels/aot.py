@@ -1,0 +1,188 @@
+"""Ahead-of-time compilation of every leankern Triton kernel for real GPUs, without one.
+
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90 | 100, 32))`` produces PTX and a
+cubin on a CPU-only machine. :func:`compile_all` builds the representative specialisations
+(the same constexprs and options the launchers use), :func:`aot_report` adds registers, shared
+memory and spills per kernel (registers from ``cuobjdump --dump-resource-usage`` on the cubin,
+spills from ``ptxas -v`` on the same PTX), for the tests and the bench.
+
+Must run with the real ``JITFunction``: ``TRITON_INTERPRET`` unset before import (tests call
+it in a subprocess).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["KernelSpec", "kernel_specs", "compile_spec", "resource_usage", "compile_all", "aot_report",
+           "format_report", "TARGETS"]
+
+TARGETS = {"sm_90": 90, "sm_100": 100}
+_PTR = {torch.float32: "*i32", torch.bfloat16: "*i16", torch.float16: "*fp16"}  # launchers' views
+_OUT_PTR = {torch.float32: "*fp32", torch.bfloat16: "*i16", torch.float16: "*fp16"}
+
+
+@dataclass
+class KernelSpec:
+    """One specialisation: a readable name, the JIT kernel, its argument types and constexprs."""
+
+    name: str
+    fn: object
+    arg_types: dict  # runtime argument name -> Triton type string ("*u8", "i32", ...)
+    constexprs: dict
+    num_warps: int
+    family: str = ""  # quantize | dequantize | hadamard
+
+
+def _check_not_interpreting():
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("leankern.triton_kernels.aot needs compiled kernels: unset TRITON_INTERPRET "
+                           "before importing triton (run it in a subprocess)")
+
+
+def _quantize_spec(fmt, bs, mode, dtype, stochastic):
+    from .mx import quantize_config
+
+    fn, ce, nw = quantize_config(fmt, bs, mode, dtype, stochastic)
+    types = {"x_ptr": _PTR[dtype], "rb_ptr": "*i32" if stochastic else "*u8"}
+    if fmt.startswith("nv"):
+        types["g_ptr"] = "*fp32"
+    types.update(codes_ptr="*u8", scales_ptr="*u8", n_blocks="i32")
+    tag = f"{'sr' if stochastic else 'rne'}_{str(dtype)[6:]}_bs{bs}" + ("" if fmt.startswith("nv") else f"_{mode}")
+    return KernelSpec(f"quantize[{fmt},{tag}]", fn, types, ce, nw, "quantize")
+
+
+def _dequantize_spec(fmt, bs, out_dtype):
+    from ..formats import get_format
+    from .mx import dequantize_config
+
+    fn, ce, nw = dequantize_config(fmt, bs, out_dtype)
+    code_ptr = "*i8" if get_format(fmt).code_dtype == torch.int8 else "*u8"  # launcher's view
+    types = dict(codes_ptr=code_ptr, scales_ptr="*u8", g_ptr="*fp32",
+                 out_ptr=_OUT_PTR[out_dtype], n_blocks="i32")
+    return KernelSpec(f"dequantize[{fmt},{str(out_dtype)[6:]}_bs{bs}]", fn, types, ce, nw, "dequantize")
+
+
+def _hadamard_spec(n, dtype, has_signs):
+    from .hadamard import hadamard_config
+
+    fn, ce, nw = hadamard_config(n, dtype, has_signs)
+    types = dict(x_ptr=_PTR[dtype], scale_ptr="*fp32", signs_ptr="*fp32", out_ptr=_OUT_PTR[dtype],
+                 n_rows="i32")
+    return KernelSpec(f"hadamard[n{n},{str(dtype)[6:]}{',signs' if has_signs else ''}]", fn, types, ce, nw,
+                      "hadamard")
+
+
+def kernel_specs(quick: bool = False) -> list[KernelSpec]:
+    """The representative specialisations: every format family, both scale modes, RNE and SR."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    specs = [
+        _quantize_spec("mxfp8_e4m3", 32, "rceil", f32, False),
+        _quantize_spec("mxfp4", 32, "rceil", bf16, False),
+        _quantize_spec("mxint8", 32, "floor", f32, False),
+        _quantize_spec("nvfp4", 16, "rceil", f32, False),
+        _dequantize_spec("mxfp8_e4m3", 32, bf16),
+        _dequantize_spec("mxfp4", 32, f32),
+        _dequantize_spec("nvfp4", 16, bf16),
+        _hadamard_spec(32, bf16, True),
+    ]
+    if not quick:
+        specs += [
+            _quantize_spec("mxfp6_e3m2", 32, "floor", f16, False),
+            _quantize_spec("mxint4", 32, "rceil", bf16, True),
+            _quantize_spec("mxfp8_e5m2", 64, "rceil", bf16, True),
+            _quantize_spec("nvint4", 16, "rceil", bf16, True),
+            _dequantize_spec("mxint8", 32, f16),
+            _dequantize_spec("mxint4", 32, bf16),
+            _dequantize_spec("nvint4", 16, f32),
+            _hadamard_spec(128, f32, False),
+            _hadamard_spec(1024, f32, True),
+        ]
+    return specs
+
+
+def compile_spec(spec: KernelSpec, arch: int):
+    """Compile one spec for ``sm_<arch>``; returns the ``CompiledKernel`` (asm: ptx, cubin, ...)."""
+    _check_not_interpreting()
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .mx import GPU_COMPILE_OPTIONS
+
+    names = spec.fn.arg_names
+    signature = {n: spec.arg_types[n] if n in spec.arg_types else "constexpr" for n in names}
+    missing = [n for n in names if n not in spec.arg_types and n not in spec.constexprs]
+    if missing:
+        raise ValueError(f"{spec.name}: no type or constexpr for {missing}")
+    # pointers 16-byte aligned, as torch allocations are and the JIT launcher specialises
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if signature[n].startswith("*")}
+    src = ASTSource(fn=spec.fn, signature=signature, constexprs=dict(spec.constexprs), attrs=attrs)
+    target = GPUTarget("cuda", arch, 32)
+    backend = triton.compiler.make_backend(target)
+    opts = backend.parse_options(dict(num_warps=spec.num_warps, **GPU_COMPILE_OPTIONS))  # as launched
+    return triton.compile(src, target=target, options=opts.__dict__)
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def resource_usage(compiled, arch: int) -> dict:
+    """Registers (cubin), spill bytes and stack (ptxas -v on the same PTX), shared bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
+        with open(cubin, "wb") as fh:
+            fh.write(compiled.asm["cubin"])
+        with open(ptx, "w") as fh:
+            fh.write(compiled.asm["ptx"])
+        dump = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin],
+                              capture_output=True, text=True, check=True).stdout
+        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        log = subprocess.run([_tool("ptxas-blackwell" if arch >= 90 else "ptxas"), "-v", "--fmad=false",
+                              "--regAllocOptLevel=2", f"--gpu-name={gpu}", ptx, "-o", os.path.join(tmp, "v.o")],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"REG:(\d+)", dump)
+    spill_st = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", log))
+    spill_ld = sum(int(v) for v in re.findall(r"(\d+) bytes spill loads", log))
+    stack = sum(int(v) for v in re.findall(r"(\d+) bytes stack frame", log))
+    return dict(registers=int(regs.group(1)) if regs else None, spills=spill_st + spill_ld,
+                stack_bytes=stack, shared_bytes=int(compiled.metadata.shared))
+
+
+def compile_all(targets=("sm_90", "sm_100"), quick: bool = False):
+    """Yield ``(spec, target_name, compiled)`` for every spec and target."""
+    for spec in kernel_specs(quick):
+        for t in targets:
+            yield spec, t, compile_spec(spec, TARGETS[t])
+
+
+def aot_report(targets=("sm_90", "sm_100"), quick: bool = False) -> list[dict]:
+    """One row per (kernel, target): ``{kernel, target, num_warps, registers, shared_bytes, spills}``."""
+    rows = []
+    for spec, t, compiled in compile_all(targets, quick):
+        use = resource_usage(compiled, TARGETS[t])
+        rows.append(dict(kernel=spec.name, target=t, num_warps=spec.num_warps, registers=use["registers"],
+                         shared_bytes=use["shared_bytes"], spills=use["spills"], stack_bytes=use["stack_bytes"]))
+    return rows
+
+
+def format_report(rows: list[dict]) -> str:
+    head = f"{'kernel':44s} {'target':7s} {'warps':>5s} {'regs':>5s} {'smem B':>7s} {'spills':>6s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['kernel']:44s} {r['target']:7s} {r['num_warps']:5d} {r['registers']!s:>5s} "
+                     f"{r['shared_bytes']:7d} {r['spills']:6d}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m leankern.triton_kernels.aot
+    print(format_report(aot_report()))
