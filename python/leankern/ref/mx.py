@@ -43,9 +43,9 @@ E4M3_NAN = 0x7F
 E4M3_MIN_SUBNORMAL = 2.0**-9
 
 
-def element_values(el: ElementType) -> torch.Tensor:
+def element_values(el: ElementType, device=None) -> torch.Tensor:
     """float64 values of the magnitude codes 0..max_code, increasing. Shape: ``[max_code + 1]``."""
-    return torch.tensor([el.code_value(c) for c in range(el.max_code + 1)], dtype=torch.float64)
+    return torch.tensor([el.code_value(c) for c in range(el.max_code + 1)], dtype=torch.float64, device=device)
 
 
 def round_to_element(v: torch.Tensor, el: ElementType, rand_bits: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,13 +64,13 @@ def round_to_element(v: torch.Tensor, el: ElementType, rand_bits: torch.Tensor |
     if rand_bits is None:
         r = torch.round(t)  # half to even
     else:
-        t_fixed = torch.floor(torch.ldexp(t, torch.tensor(32.0, dtype=torch.float64))).to(torch.int64)
+        t_fixed = torch.floor(t * 2.0**32).to(torch.int64)  # exact: power-of-two scaling
         rand = rand_bits.to(torch.int64) & 0xFFFFFFFF
         r = ((t_fixed + rand) >> 32).to(torch.float64)
     value = torch.ldexp(r, quantum_exp.to(torch.float64))
     if el.is_int:
         return value.to(torch.int64)
-    return torch.searchsorted(element_values(el), value)  # exact hit: value is on the grid
+    return torch.searchsorted(element_values(el, v.device), value)  # exact hit: value is on the grid
 
 
 def mx_scale_exponent(amax: torch.Tensor, el: ElementType, scale_mode: str) -> torch.Tensor:
@@ -144,11 +144,11 @@ def mx_quantize_ref(
     rb = None if rand_bits is None else rand_bits.reshape(x32.shape)
     if f.is_nv:
         g = nv_global_scale(x32, el) if global_scale is None else global_scale.to(torch.float32).reshape(())
-        t = (amax / torch.tensor(el.max_value, dtype=torch.float32)) / g  # fp32, two IEEE divisions
+        t = (amax / torch.tensor(el.max_value, dtype=torch.float32, device=x.device)) / g  # fp32, two IEEE divisions
         e4m3 = get_format("mxfp8_e4m3").element
         s_code = round_to_element(t.to(torch.float64).nan_to_num(posinf=math.inf), e4m3)
         s_code = torch.clamp(s_code, min=1)  # smallest positive e4m3 (2^-9)
-        s_val = element_values(e4m3)[s_code].to(torch.float32)
+        s_val = element_values(e4m3, x.device)[s_code].to(torch.float32)
         d = g * s_val  # fp32 decode scale per block
         v = (x32 / d.unsqueeze(-1)).to(torch.float64).abs()
         v = torch.where(bad_block.unsqueeze(-1), torch.zeros_like(v), v)
@@ -161,7 +161,7 @@ def mx_quantize_ref(
         v = torch.ldexp(absx.to(torch.float64), -e.unsqueeze(-1).to(torch.float64))
         mag = round_to_element(v, el, rb)
         scale_bytes = torch.where(bad_block, E8M0_NAN, e + 127).to(torch.uint8)
-        g_out = torch.ones((), dtype=torch.float32)
+        g_out = torch.ones((), dtype=torch.float32, device=x.device)
     mag = torch.where(bad_block.unsqueeze(-1), torch.zeros_like(mag), mag)
     negative = negative & ~bad_block.unsqueeze(-1)
     codes = _encode_codes(mag.reshape(*lead, K), negative.reshape(*lead, K), f)
@@ -184,7 +184,7 @@ def _decode_codes(codes: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
         return raw.to(torch.float64)
     sign_mask = 1 << el.sign_bit
     mag = raw & (sign_mask - 1)
-    table = torch.tensor([el.code_value(c) for c in range(sign_mask)], dtype=torch.float64)
+    table = torch.tensor([el.code_value(c) for c in range(sign_mask)], dtype=torch.float64, device=codes.device)
     val = table[mag]
     return torch.where((raw & sign_mask) != 0, -val, val)
 
@@ -235,7 +235,7 @@ def hadamard_transform_ref(
         a, b = pairs[:, :, 0, :], pairs[:, :, 1, :]
         y = torch.stack([a + b, a - b], dim=2).reshape(-1, chunk_size)
         h *= 2
-    y = y * torch.tensor(scale, dtype=torch.float32)
+    y = y * torch.tensor(scale, dtype=torch.float32, device=x.device)
     if signs is not None:
         y = y * signs.to(torch.float32)
     return y.reshape(*lead, K).to(x.dtype)

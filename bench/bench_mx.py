@@ -1,0 +1,16 @@
+"""MX/NV quantize / dequantize benchmark: ``python bench/bench_mx.py [--quick] [--csv PATH] [--plot PATH]``.
+
+Thin wrapper around :mod:`leankern.benchmarks.mx` (same as ``leankern bench --family mx``).
+"""
+import os
+import sys
+
+try:
+    import leankern  # noqa: F401
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+
+from leankern.benchmarks.mx import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

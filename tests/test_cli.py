@@ -1,0 +1,92 @@
+"""The ``leankern`` command: info, bench (tiny size), numerics (small size), via subprocess."""
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import leankern
+from leankern.benchmarks.mx import format_aot_report
+from leankern.formats import FORMATS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, timeout=600):
+    env = dict(os.environ)
+    # The subprocess imports the same leankern as this test process.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(leankern.__file__).parents[1]), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_info():
+    out = _run("-m", "leankern", "info")
+    for key in ("leankern", "torch", "triton", "numpy", "cpu flags", "C++ ext", "Triton", "nvcc", "backends"):
+        assert any(line.startswith(key) for line in out.splitlines()), key
+    assert "ref" in out.split("backends", 1)[1]
+
+
+def test_bench_quick_tiny(tmp_path):
+    path = tmp_path / "mx.csv"
+    png = tmp_path / "mx.png"
+    out = _run("-m", "leankern", "bench", "--quick", "--family", "mx", "--size", "128", "--no-aot", "--csv", str(path),
+               "--plot", str(png))
+    assert png.exists() or importlib.util.find_spec("matplotlib") is None
+    assert "measured copy bandwidth" in out
+    assert "fresh tensors on 2 MiB pages" in out  # reran itself with THP_MEM_ALLOC_ENABLE=1
+    assert "GB/s" in out and "x ref" in out and "x torch" in out
+    assert "CHECK FAILED" not in out
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 2 * 2 * len(FORMATS)  # {quantize, dequantize} x {bf16, fp32} x formats
+    assert {r["format"] for r in rows} == set(FORMATS)
+    assert all(r["check"] in ("bitexact", "bitexact*", "no ours") for r in rows)
+    assert all(float(r["bandwidth_gbps"]) > 0 for r in rows)
+    assert all(float(r["torch_ms"]) > 0 for r in rows)
+
+
+def test_bench_no_thp(tmp_path):
+    env_thp = os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+    try:
+        out = _run("-m", "leankern", "bench", "--size", "64", "--quick", "--no-aot", "--no-thp")
+    finally:
+        if env_thp is not None:
+            os.environ["THP_MEM_ALLOC_ENABLE"] = env_thp
+    assert "fresh tensors on 4 KiB pages" in out
+
+
+def test_bench_rejects_bad_size():
+    env = dict(os.environ, PYTHONPATH=str(Path(leankern.__file__).parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "leankern", "bench", "--size", "100", "--no-aot"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "--size" in proc.stderr
+
+
+def test_numerics_small(tmp_path):
+    path = tmp_path / "numerics.csv"
+    out = _run("-m", "leankern", "numerics", "--size", "256", "--csv", str(path), "--plot", str(tmp_path / "n.png"))
+    assert "QSNR (dB), 256x256" in out
+    for fmt in ("mxint8", "mxfp8_e4m3", "nvfp4", "nvint4"):
+        assert any(line.startswith(fmt) for line in out.splitlines()), fmt
+    assert "Paper claims" in out and "crest factor" in out
+    assert (tmp_path / "n.png").exists() or importlib.util.find_spec("matplotlib") is None
+    rows = [r for r in csv.reader(path.open()) if r and r[0] == "qsnr"]
+    assert len(rows) == 8 * 3 * 2  # formats x datasets x rotations
+
+
+@pytest.mark.parametrize("script", ["bench/bench_mx.py", "bench/bench_mx_numerics.py"])
+def test_bench_scripts_help(script):
+    assert "--csv" in _run(str(REPO / script), "--help")
+
+
+def test_aot_report_formatting():
+    fake = [{"kernel": "mx_quantize", "arch": "sm_90", "registers": 40, "shared_bytes": 0},
+            {"kernel": "mx_quantize", "arch": "sm_100", "registers": 38, "shared_bytes": 0}]
+    text = format_aot_report(fake, 90)
+    assert "mx_quantize" in text and "40" in text and "sm_100" not in text
+    assert "hello" in format_aot_report("hello")
+    assert "regs: 3" in format_aot_report({"regs": 3})
