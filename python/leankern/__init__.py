@@ -6,9 +6,10 @@ op; :func:`use_backend` forces one for tests and benchmarks.
 """
 from ._backend import extension, extension_error, use_backend
 from . import formats
+from . import testing
 from . import ops
 from .ops import mx
 from .ops.mx import MXTensor
 
 __version__ = "0.1.0"
-__all__ = ["mx", "MXTensor", "formats", "use_backend", "extension", "extension_error", "__version__"]
+__all__ = ["mx", "MXTensor", "formats", "testing", "use_backend", "extension", "extension_error", "__version__"]
