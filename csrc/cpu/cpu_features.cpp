@@ -1,0 +1,126 @@
+// Runtime CPU-feature detection (cpuid / __builtin_cpu_supports) and the active-ISA switch.
+#include "cpu/cpu_features.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define LEANKERN_X86 1
+#include <cpuid.h>
+#endif
+
+namespace leankern {
+namespace cpu {
+namespace {
+
+#ifdef LEANKERN_X86
+bool has_f16c() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return (c >> 29) & 1u;
+}
+#endif
+
+bool detect(Isa isa) {
+#ifdef LEANKERN_X86
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kScalar:
+      return true;
+    case Isa::kAvx2:  // __builtin_cpu_supports also checks the OS saves the AVX state (XGETBV)
+      return __builtin_cpu_supports("avx2") && has_f16c();
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && detect(Isa::kAvx2);
+  }
+  return false;
+#else
+  return isa == Isa::kScalar;
+#endif
+}
+
+Isa parse_isa(const std::string& name) {
+  if (name == "scalar") return Isa::kScalar;
+  if (name == "avx2") return Isa::kAvx2;
+  if (name == "avx512") return Isa::kAvx512;
+  if (name == "auto") return best_isa();
+  throw std::invalid_argument("set_cpu_isa: expected one of 'avx512', 'avx2', 'scalar', 'auto', got '" + name + "'");
+}
+
+Isa initial_isa() {
+  const char* env = std::getenv("LEANKERN_CPU_ISA");
+  if (env && *env) {
+    try {
+      Isa isa = parse_isa(env);
+      if (isa_supported(isa)) return isa;
+    } catch (const std::exception&) {
+    }
+  }
+  return best_isa();
+}
+
+std::atomic<int>& active_slot() {
+  static std::atomic<int> slot{static_cast<int>(initial_isa())};
+  return slot;
+}
+
+}  // namespace
+
+bool isa_supported(Isa isa) {
+  static const bool ok[3] = {detect(Isa::kScalar), detect(Isa::kAvx2), detect(Isa::kAvx512)};
+  return ok[static_cast<int>(isa)];
+}
+
+Isa best_isa() {
+  if (isa_supported(Isa::kAvx512)) return Isa::kAvx512;
+  if (isa_supported(Isa::kAvx2)) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_relaxed)); }
+
+void set_active_isa(const std::string& name) {
+  Isa isa = parse_isa(name);
+  if (!isa_supported(isa))
+    throw std::runtime_error(std::string("set_cpu_isa: this CPU does not support '") + name +
+                             "' (supported: " + feature_string() + "; best: " + isa_name(best_isa()) + ")");
+  active_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
+
+std::string feature_string() {
+  std::string out;
+#ifdef LEANKERN_X86
+  __builtin_cpu_init();
+  auto add = [&out](bool has, const char* name) {
+    if (has) out += (out.empty() ? "" : " ") + std::string(name);
+  };
+  add(__builtin_cpu_supports("sse4.2"), "sse4.2");
+  add(__builtin_cpu_supports("avx"), "avx");
+  add(__builtin_cpu_supports("avx2"), "avx2");
+  add(__builtin_cpu_supports("fma"), "fma");
+  add(has_f16c(), "f16c");
+  add(__builtin_cpu_supports("avx512f"), "avx512f");
+  add(__builtin_cpu_supports("avx512bw"), "avx512bw");
+  add(__builtin_cpu_supports("avx512vl"), "avx512vl");
+  add(__builtin_cpu_supports("avx512dq"), "avx512dq");
+  add(__builtin_cpu_supports("avx512cd"), "avx512cd");
+  add(__builtin_cpu_supports("avx512vnni"), "avx512vnni");
+  add(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+#endif
+  return out.empty() ? std::string("none") : out;
+}
+
+}  // namespace cpu
+}  // namespace leankern

@@ -1,0 +1,31 @@
+// Runtime CPU-feature detection and the ISA the C++ kernels dispatch to.
+//
+// Nothing is compiled with -march=native: each SIMD path is a set of functions carrying
+// __attribute__((target(...))) (csrc/cpu/simd_*.h), selected here at run time. The active ISA
+// starts as the best one the CPU (and OS) supports, can be overridden by the environment variable
+// LEANKERN_CPU_ISA=scalar|avx2|avx512 at load time, and by leankern._C.set_cpu_isa(name).
+#pragma once
+
+#include <string>
+
+namespace leankern {
+namespace cpu {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// True if this CPU can run the kernels compiled for `isa`
+// (avx2: AVX2 + F16C; avx512: AVX-512 F/BW/VL/DQ).
+bool isa_supported(Isa isa);
+// Best supported ISA.
+Isa best_isa();
+// The ISA kernels currently dispatch to.
+Isa active_isa();
+// Set the active ISA by name ("avx512" | "avx2" | "scalar" | "auto"). Throws std::invalid_argument
+// for an unknown name and std::runtime_error for an ISA this CPU cannot run.
+void set_active_isa(const std::string& name);
+const char* isa_name(Isa isa);
+// Space-separated list of the relevant features this CPU has, e.g. "avx2 f16c fma avx512f ...".
+std::string feature_string();
+
+}  // namespace cpu
+}  // namespace leankern

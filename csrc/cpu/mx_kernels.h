@@ -1,0 +1,71 @@
+// ISA-neutral interface between the torch-facing ops (mx.cpp, hadamard.cpp) and the per-ISA
+// kernels (mx_avx512.cpp, mx_avx2.cpp; the portable path lives in mx.cpp / hadamard.cpp).
+// Plain pointers only: the SIMD translation units include no torch header.
+#pragma once
+
+#include <stdint.h>
+
+namespace leankern {
+namespace cpu {
+
+// Quantize blocks [b0, b1) of a flat, contiguous x (K % block_size == 0, so blocks never span rows).
+struct QuantArgs {
+  const void* x;     // [n_elems] fp32 / bf16 / fp16 (InDtype)
+  int dtype;         // InDtype
+  int block_size;    // power of two in [2, 1024]
+  int fmt;           // index into kFormats
+  int floor_mode;    // MX scale mode: 1 floor, 0 rceil
+  const int32_t* rand;  // [n_elems] random words (stochastic rounding) or nullptr (RNE)
+  float g;           // NV tensor scale
+  int amax_parked;   // NV: nv_amax left each block's amax in its first 4 code bytes (see there)
+  uint8_t* codes;    // [n_elems] or [n_elems / 2] for 4-bit elements
+  uint8_t* scales;   // [n_blocks]
+};
+
+struct DequantArgs {
+  const uint8_t* codes;   // [n_elems] (or [n_elems / 2] packed)
+  const uint8_t* scales;  // [n_blocks] E8M0 bytes (MX) or E4M3 bytes (NV)
+  float g;                // NV tensor scale
+  int block_size;
+  int fmt;
+  int out_dtype;  // InDtype numbering: 0 fp32, 1 bf16, 2 fp16
+  void* out;      // [n_elems]
+};
+
+struct HadamardArgs {
+  const void* x;  // [n_chunks * chunk] fp32 / bf16 / fp16
+  int dtype;      // InDtype; the output has the same dtype
+  int chunk;      // power of two, 2..32768
+  float scale;
+  const float* signs;  // [chunk] or nullptr
+  void* out;
+  float* work;  // scratch, >= chunk floats (per calling thread)
+};
+
+using QuantizeFn = void (*)(const QuantArgs&, int64_t b0, int64_t b1);
+using DequantizeFn = void (*)(const DequantArgs&, int64_t b0, int64_t b1);
+using HadamardFn = void (*)(const HadamardArgs&, int64_t c0, int64_t c1);
+// NV tensor amax pass over blocks [b0, b1): returns the max |x| bits over finite elements. SIMD
+// kernels also park each block's amax in its first 4 code bytes (4-bit codes: bs/2 >= 4) where
+// their own quantize pass, run next over the same block ranges, reads it back instead of
+// reducing x again (then q.amax_parked = 1).
+using AmaxFn = uint32_t (*)(const QuantArgs& q, int64_t b0, int64_t b1);
+
+struct KernelTable {
+  QuantizeFn quantize;  // RNE only; stochastic rounding always takes the portable path
+  DequantizeFn dequantize;
+  HadamardFn hadamard;
+  AmaxFn nv_amax;
+};
+
+// Per-ISA tables (nullptr members never happen; a table for an ISA not compiled in is absent).
+const KernelTable& scalar_kernels();
+#if defined(__x86_64__) || defined(_M_X64)
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+#endif
+// Table of the active ISA (cpu_features.h).
+const KernelTable& active_kernels();
+
+}  // namespace cpu
+}  // namespace leankern

@@ -1,0 +1,92 @@
+// Portable scalar range kernels: the "scalar" ISA, and the tails / rare fallbacks of the SIMD
+// paths. Same integer algorithm as the SIMD code (mx_common.h), so all paths agree bit for bit.
+#pragma once
+
+#include <stdint.h>
+
+#include "cpu/mx_common.h"
+#include "cpu/mx_kernels.h"
+
+namespace leankern {
+namespace cpu {
+
+inline void quantize_range_scalar(const QuantArgs& q, int64_t b0, int64_t b1) {
+  const FormatSpec& f = kFormats[q.fmt];
+  const ElemParams p = elem_params(f.elem);
+  const int bs = q.block_size;
+  const int64_t code_bytes = p.bits == 4 ? bs / 2 : bs;  // per block
+  for (int64_t b = b0; b < b1; ++b)
+    quantize_block(q.x, q.dtype, b * bs, bs, p, f.is_nv != 0, q.floor_mode != 0, q.rand, q.g,
+                   q.codes + b * code_bytes, q.scales + b);
+}
+
+inline void store_f32_as(void* out, int dtype, int64_t i, uint32_t bits) {
+  if (dtype == kInF32)
+    ((uint32_t*)out)[i] = bits;
+  else if (dtype == kInBF16)
+    ((uint16_t*)out)[i] = f32_to_bf16_bits(bits);
+  else
+    ((uint16_t*)out)[i] = f32_to_f16_bits(bits);
+}
+
+// Per-block fp32 factor: MX 2^(byte-127) (0xFF -> canonical NaN); NV g * decode(e4m3 byte).
+inline uint32_t block_factor_bits(uint8_t sbyte, bool is_nv, float g) {
+  if (!is_nv) return e8m0_factor_bits(sbyte);
+  return f2u(g * u2f(decode_code_bits(sbyte, elem_params(kFp8E4M3))));
+}
+
+inline void dequantize_range_scalar(const DequantArgs& q, int64_t b0, int64_t b1) {
+  const FormatSpec& f = kFormats[q.fmt];
+  const ElemParams p = elem_params(f.elem);
+  const int bs = q.block_size;
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t sbyte = q.scales[b];
+    const float fac = u2f(block_factor_bits(sbyte, f.is_nv != 0, q.g));
+    const bool nan_block = !f.is_nv && sbyte == 0xFF;
+    for (int64_t i = b * bs; i < (b + 1) * bs; ++i) {
+      uint32_t raw = p.bits == 4 ? (q.codes[i >> 1] >> ((i & 1) * 4)) & 0xFu : q.codes[i];
+      uint32_t o = nan_block ? 0x7fc00000u : f2u(u2f(decode_code_bits(raw, p)) * fac);
+      store_f32_as(q.out, q.out_dtype, i, o);
+    }
+  }
+}
+
+// One chunk: fp32 butterflies h = 1, 2, 4, ... (pairs (i, i+h) -> (a+b, a-b)), * scale, * signs.
+inline void hadamard_chunk_scalar(const HadamardArgs& h, int64_t c) {
+  const int n = h.chunk;
+  const int64_t base = c * n;
+  float* w = h.work;
+  for (int j = 0; j < n; ++j) w[j] = u2f(load_f32_bits(h.x, h.dtype, base + j));
+  for (int hh = 1; hh < n; hh *= 2)
+    for (int blk = 0; blk < n; blk += 2 * hh)
+      for (int j = blk; j < blk + hh; ++j) {
+        float a = w[j], b = w[j + hh];
+        w[j] = a + b;
+        w[j + hh] = a - b;
+      }
+  for (int j = 0; j < n; ++j) {
+    float y = w[j] * h.scale;
+    if (h.signs) y = y * h.signs[j];
+    store_f32_as(h.out, h.dtype, base + j, f2u(y));
+  }
+}
+
+inline void hadamard_range_scalar(const HadamardArgs& h, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) hadamard_chunk_scalar(h, c);
+}
+
+inline uint32_t amax_finite_scalar(const void* x, int dtype, int64_t i0, int64_t i1) {
+  uint32_t m = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    uint32_t a = load_f32_bits(x, dtype, i) & 0x7fffffffu;
+    if (a < 0x7f800000u && a > m) m = a;
+  }
+  return m;
+}
+
+inline uint32_t nv_amax_scalar(const QuantArgs& q, int64_t b0, int64_t b1) {
+  return amax_finite_scalar(q.x, q.dtype, b0 * q.block_size, b1 * q.block_size);
+}
+
+}  // namespace cpu
+}  // namespace leankern
