@@ -4,7 +4,7 @@ CPU sources (csrc/bindings.cpp, csrc/cpu/*.cpp) are always built; csrc/cuda/*.cu
 is a CUDA build and nvcc is found. Environment switches:
   LEANKERN_NO_EXT=1        build no extension (pure reference backend)
   LEANKERN_CUDA=0 / =1     force the CUDA sources off / on
-No -march=native: SIMD paths are compiled per function with target attributes and chosen at run
+No native-arch compiler flag: SIMD paths are compiled per function with target attributes and chosen at run
 time (csrc/cpu/cpu_features.h), so one binary runs on any x86-64.
 """
 import glob

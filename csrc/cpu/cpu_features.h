@@ -1,6 +1,6 @@
 // Runtime CPU-feature detection and the ISA the C++ kernels dispatch to.
 //
-// Nothing is compiled with -march=native: each SIMD path is a set of functions carrying
+// Nothing is compiled for the build machine's native arch: each SIMD path is a set of functions carrying
 // __attribute__((target(...))) (csrc/cpu/simd_*.h), selected here at run time. The active ISA
 // starts as the best one the CPU (and OS) supports, can be overridden by the environment variable
 // LEANKERN_CPU_ISA=scalar|avx2|avx512 at load time, and by leankern._C.set_cpu_isa(name).

@@ -40,6 +40,7 @@ import sys
 import torch
 
 from .formats import PAPER_FORMATS, get_format
+from .benchmarks.harness import import_pyplot
 from .testing.compare import qsnr_db
 
 __all__ = [
@@ -332,14 +333,8 @@ def plot(path, rows, crest_rows, bits=(4, 6, 8)) -> bool:
 
     Returns False (and prints why) when matplotlib is not installed (``pip install leankern[plot]``).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"--plot: matplotlib is not installed (pip install matplotlib); no plot written to {path}",
-              file=sys.stderr)
+    plt = import_pyplot(path)
+    if plt is None:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
     ks = [1 + i * (math.sqrt(32) - 1) / 100 for i in range(101)]

@@ -262,3 +262,17 @@ class BenchResult:
     bandwidth_gbps: float
     device: str
     meta: dict = field(default_factory=dict)
+
+
+def import_pyplot(path):
+    """matplotlib.pyplot on the Agg backend, or None (with a message naming ``path``) if not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"--plot: matplotlib is not installed (pip install matplotlib); no plot written to {path}",
+              file=sys.stderr)
+        return None
+    return plt

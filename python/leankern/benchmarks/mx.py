@@ -7,6 +7,11 @@ write. Before timing, ours must equal the reference bit for bit on the timed inp
 the reference is not timed, on its first rows) and the baseline's quantization error is
 reported next to ours (``torch dQ``: its QSNR minus ours, dB).
 
+NV quantize is timed twice: with g computed from the tensor (a second pass over x: the
+per-tensor amax must be known before any block is scaled) and, as ``nvfp4+g`` / ``nvint4+g``,
+with a calibrated static g passed in (one pass: how weights and calibrated activations are
+served).
+
 Bytes are exact compulsory traffic: quantize reads the input and writes codes + scales (+ the
 4-byte NV global scale); dequantize reads codes + scales (+ 4) and writes the output.
 Target (issue 2, CPU quantizer, MXFP8/MXFP4/MXINT8/NVFP4): >= 50% of the measured copy
@@ -22,9 +27,9 @@ import sys
 import torch
 
 from ..formats import FORMATS, get_format
-from ..ref.mx import element_values, mx_dequantize_ref, mx_quantize_ref
+from ..ref.mx import element_values, mx_dequantize_ref, mx_quantize_ref, nv_global_scale
 from ..testing.compare import assert_bitexact, qsnr_db
-from .harness import (BenchResult, Case, Impl, busy_note, format_table, machine_summary, measure_copy_bandwidth,
+from .harness import (BenchResult, Case, Impl, busy_note, format_table, import_pyplot, machine_summary, measure_copy_bandwidth,
                       run_cases, write_csv)
 
 __all__ = ["HEADLINE_FORMATS", "torch_quantize", "torch_dequantize", "build_cases", "run", "triton_aot_report", "main"]
@@ -41,7 +46,7 @@ def _grid_midpoints(el):
     return (vals[1:] + vals[:-1]) / 2  # [max_code]
 
 
-def torch_quantize(x: torch.Tensor, fmt: str, block_size: int | None = None):
+def torch_quantize(x: torch.Tensor, fmt: str, block_size: int | None = None, global_scale=None):
     """Straightforward vectorised PyTorch quantizer (RCEIL / two-level), the user's alternative.
 
     Not bit-exact with the reference (no NaN-block policy; FP4/FP6 ties go one way via
@@ -53,7 +58,7 @@ def torch_quantize(x: torch.Tensor, fmt: str, block_size: int | None = None):
     xb = x.float().reshape(*lead, K // bs, bs)  # [..., nb, bs]
     amax = xb.abs().amax(-1, keepdim=True)  # [..., nb, 1]
     if f.is_nv:
-        g = amax.max() / (448.0 * el.max_value)
+        g = amax.max() / (448.0 * el.max_value) if global_scale is None else global_scale
         g = torch.where(g == 0, torch.ones_like(g), g)
         s = (amax / el.max_value / g).clamp(2.0**-9, 448.0).to(torch.float8_e4m3fn)
         v = xb / (g * s.float())
@@ -104,44 +109,25 @@ def torch_dequantize(codes, scales, global_scale, fmt: str, block_size: int | No
 
 
 # ----------------------------------------------------------------------------- ours / reference
-def _mx_api():
+def _quantizer(backend: str, fmt: str, bs: int, global_scale=None):
+    """x -> (codes, scales, global_scale) via leankern.mx.quantize forced onto ``backend``."""
     import leankern
-
-    mx = getattr(leankern, "mx", None)
-    return mx if mx is not None and hasattr(mx, "quantize") else None
-
-
-def _quantizer(backend: str | None, fmt: str, bs: int):
-    """x -> (codes, scales, global_scale) via leankern.mx under ``backend``; the bare reference if no API."""
-    import leankern
-
-    mx = _mx_api()
-    if mx is None:
-        if backend == "ref":
-            return lambda x: mx_quantize_ref(x, fmt, bs, "rceil")
-        return None
 
     def fn(x):
         with leankern.use_backend(backend):
-            qt = mx.quantize(x, fmt, block_size=bs)
+            qt = leankern.mx.quantize(x, fmt, block_size=bs, global_scale=global_scale)
         return qt.codes, qt.scales, qt.global_scale
 
     return fn
 
 
 def _dequantizer(backend: str, fmt: str, bs: int):
-    """(codes, scales, g, dtype) -> x_hat via the raw op under ``backend``; the bare reference if none."""
+    """(codes, scales, g, dtype) -> x_hat via torch.ops.leankern.mx_dequantize forced onto ``backend``."""
     import leankern
-
-    op = getattr(getattr(torch.ops, "leankern", None), "mx_dequantize", None) if _mx_api() else None
-    if op is None:
-        if backend == "ref":
-            return lambda c, s, g, dt: mx_dequantize_ref(c, s, g, fmt, bs, dt)
-        return None
 
     def fn(c, s, g, dt):
         with leankern.use_backend(backend):
-            return op(c, s, g, fmt, bs, dt)
+            return torch.ops.leankern.mx_dequantize(c, s, g, fmt, bs, dt)
 
     return fn
 
@@ -151,7 +137,7 @@ def _nbytes(*ts) -> int:
 
 
 def _target(row) -> str:
-    if row.get("format") not in HEADLINE_FORMATS or row.get("device") != "cpu" or not row.get("ours_ms"):
+    if row.get("format", "").split("+")[0] not in HEADLINE_FORMATS or row.get("device") != "cpu" or not row.get("ours_ms"):
         return ""
     ok = (row.get("check") != "FAIL" and (row.get("frac_bw") or 0) >= TARGET_FRAC_BW
           and (row.get("x_ref") or 0) >= TARGET_X_REF)
@@ -165,21 +151,21 @@ def _slice_check(x, ours, fmt, bs):
     want = mx_quantize_ref(x[:r].cpu(), fmt, bs, "rceil", None, ours[2].cpu() if f.is_nv else None)
     assert_bitexact((ours[0][:r], ours[1][:r], ours[2]), want, name=f"{fmt} ours vs ref (first {r} rows)")
     if f.is_nv:  # the global scale itself, from the whole tensor
-        finite = torch.where(torch.isfinite(x), x.float().abs(), torch.zeros((), device=x.device))
-        g_ref = finite.amax() / torch.tensor(448.0 * f.element.max_value, dtype=torch.float32, device=x.device)
-        g_ref = torch.where(g_ref == 0, torch.ones_like(g_ref), g_ref)
-        assert_bitexact(ours[2], g_ref, name=f"{fmt} global scale")
+        assert_bitexact(ours[2], nv_global_scale(x, f.element), name=f"{fmt} global scale")
 
 
-def _quant_case(x, fmt, bs, device, quick, time_ref) -> Case:
-    ours_fn, ref_fn = _quantizer("cpp" if device == "cpu" else "triton", fmt, bs), _quantizer("ref", fmt, bs)
+def _quant_case(x, fmt, bs, device, quick, time_ref, static_g=False) -> Case:
+    """``static_g``: NV with a calibrated per-tensor scale passed in (one pass over x instead of two)."""
+    g = nv_global_scale(x, get_format(fmt).element) if static_g else None
+    ours_fn = _quantizer("cpp" if device == "cpu" else "triton", fmt, bs, g)
+    ref_fn = _quantizer("ref", fmt, bs, g)
     big = x.numel() > 2**24
     impls = [
         Impl("ours", (lambda: ours_fn(x)) if ours_fn else None, warmup=2, repeats=5 if quick else 10, min_time=0.2 if quick else 0.5,
              note="" if ours_fn else "leankern.mx.quantize not available"),
         Impl("ref", (lambda: ref_fn(x)) if time_ref else None, warmup=0, repeats=1 if (quick or big) else 2,
              note="" if time_ref else "not timed in --quick"),
-        Impl("torch", lambda: torch_quantize(x, fmt, bs), warmup=1, repeats=3 if quick else 5),
+        Impl("torch", lambda: torch_quantize(x, fmt, bs, g), warmup=1, repeats=3 if quick else 5),
     ]
     f = get_format(fmt)
     n_scales = x.numel() // bs
@@ -207,7 +193,7 @@ def _quant_case(x, fmt, bs, device, quick, time_ref) -> Case:
             res["torch_dq"] = q_torch - q_ours
         return res
 
-    labels = {"op": "quantize", "format": fmt, "shape": "x".join(map(str, x.shape)),
+    labels = {"op": "quantize", "format": fmt + ("+g" if static_g else ""), "shape": "x".join(map(str, x.shape)),
               "dtype": _DTYPE_NAMES[x.dtype], "device": device}
     return Case(labels, impls, nbytes, 0, check, _target)
 
@@ -265,6 +251,8 @@ def build_cases(quick: bool, device: str, sizes, formats, dtypes, ops) -> list:
                     bs = get_format(fmt).default_block_size
                     make = _quant_case if op == "quantize" else _dequant_case
                     cases.append(make(x, fmt, bs, device, quick, time_ref))
+                    if op == "quantize" and get_format(fmt).is_nv:  # calibrated g: the serving case
+                        cases.append(_quant_case(x, fmt, bs, device, quick, time_ref, static_g=True))
     return cases
 
 
@@ -374,14 +362,8 @@ def run(quick: bool = False, device: str = "cpu", sizes=None, formats=None, dtyp
 
 def plot(path, rows, bw) -> bool:
     """Bar chart of our GB/s per format, one group per (op, dtype, shape); needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"--plot: matplotlib is not installed (pip install matplotlib); no plot written to {path}",
-              file=sys.stderr)
+    plt = import_pyplot(path)
+    if plt is None:
         return False
     groups = list(dict.fromkeys((r["op"], r["dtype"], r["shape"]) for r in rows))
     fmts = list(dict.fromkeys(r["format"] for r in rows))
