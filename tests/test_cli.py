@@ -42,8 +42,9 @@ def test_bench_quick_tiny(tmp_path):
     assert "GB/s" in out and "x ref" in out and "x torch" in out
     assert "CHECK FAILED" not in out
     rows = list(csv.DictReader(path.open()))
-    assert len(rows) == 2 * 2 * len(FORMATS)  # {quantize, dequantize} x {bf16, fp32} x formats
-    assert {r["format"] for r in rows} == set(FORMATS)
+    n_nv = sum(f.is_nv for f in FORMATS.values())  # NV quantize is also timed with a static g ("+g")
+    assert len(rows) == 2 * (2 * len(FORMATS) + n_nv)  # {bf16, fp32} x ({quantize, dequantize} x formats + NV+g)
+    assert {r["format"] for r in rows} == set(FORMATS) | {n + "+g" for n, f in FORMATS.items() if f.is_nv}
     assert all(r["check"] in ("bitexact", "bitexact*", "no ours") for r in rows)
     assert all(float(r["bandwidth_gbps"]) > 0 for r in rows)
     assert all(float(r["torch_ms"]) > 0 for r in rows)

@@ -2,6 +2,7 @@
 import math
 
 import pytest
+from hypothesis import given, strategies as st
 import torch
 
 import leankern
@@ -256,3 +257,14 @@ def test_rotation_preserves_gemm_and_tames_outliers():
     torch.testing.assert_close(xr @ wr.T, x @ w.T, rtol=1e-4, atol=1e-3)
     crest = lambda t: (t.reshape(-1, 32).abs().amax(-1) / t.reshape(-1, 32).pow(2).mean(-1).sqrt()).max()
     assert crest(xr) < 0.6 * crest(x)
+
+
+@given(k=st.integers(1, 300), block_size=st.sampled_from([2, 16, 32, 64, 128]), fmt=st.sampled_from(ALL_FORMATS))
+def test_last_dim_not_a_multiple_of_block_is_a_clear_error(k, block_size, fmt):
+    """Documented contract: K % block_size != 0 raises ValueError naming both (never pads silently)."""
+    x = torch.ones(3, k)
+    if k % block_size == 0:
+        assert leankern.mx.quantize(x, fmt, block_size=block_size).shape == (3, k)
+        return
+    with pytest.raises(ValueError, match=rf"x.shape\[-1\]: expected a multiple of block_size={block_size}, got {k}"):
+        leankern.mx.quantize(x, fmt, block_size=block_size)

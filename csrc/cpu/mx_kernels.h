@@ -17,7 +17,7 @@ struct QuantArgs {
   int floor_mode;    // MX scale mode: 1 floor, 0 rceil
   const int32_t* rand;  // [n_elems] random words (stochastic rounding) or nullptr (RNE)
   float g;           // NV tensor scale
-  int amax_parked;   // NV: nv_amax left each block's amax in its first 4 code bytes (see there)
+  int amax_parked;   // NV: nv_amax left each block's amax / max_elem in its first 4 code bytes
   uint8_t* codes;    // [n_elems] or [n_elems / 2] for 4-bit elements
   uint8_t* scales;   // [n_blocks]
 };
@@ -46,9 +46,9 @@ using QuantizeFn = void (*)(const QuantArgs&, int64_t b0, int64_t b1);
 using DequantizeFn = void (*)(const DequantArgs&, int64_t b0, int64_t b1);
 using HadamardFn = void (*)(const HadamardArgs&, int64_t c0, int64_t c1);
 // NV tensor amax pass over blocks [b0, b1): returns the max |x| bits over finite elements. SIMD
-// kernels also park each block's amax in its first 4 code bytes (4-bit codes: bs/2 >= 4) where
-// their own quantize pass, run next over the same block ranges, reads it back instead of
-// reducing x again (then q.amax_parked = 1).
+// kernels also park each block's amax / max_elem in its first 4 code bytes (4-bit codes:
+// bs/2 >= 4) where their own quantize pass, run next over the same block ranges, reads it back
+// instead of reducing x again (then q.amax_parked = 1).
 using AmaxFn = uint32_t (*)(const QuantArgs& q, int64_t b0, int64_t b1);
 
 struct KernelTable {

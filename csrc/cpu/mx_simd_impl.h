@@ -229,32 +229,43 @@ LK_T I block_amax_group(const void* x, int64_t b, int bs) {
   return transpose_max(m);
 }
 
-// Block maxima of blocks [b, b + N) parked by nv_amax at the start of their code bytes (4-bit
-// codes: N * bs / 2 >= 4 N bytes), read back before quant_fast_group overwrites them.
+// amax / max_elem of blocks [b, b + N) parked by nv_amax at the start of their code bytes (4-bit
+// codes: N * bs / 2 >= 4 N bytes), read back before quant_fast_group overwrites them. nv_amax
+// does the first of the scale's two divisions: it is memory-bound, the quantize pass is not.
 LK_T I parked_amax(const uint8_t* codes, int64_t b, int bs) { return V::load(codes + b * (bs / 2)); }
 
-// Stored code bytes. x: input fp32 bits; a: |v| bits for NV (v = x / d), |x| bits for MX;
-// K: element re-bias (MX: (e + 126 + emin) << 23); sinv: 2^-e (MX only). SAT = false when no v
+// fast_code's K for the re-bias eb = 126 + emin (+ e for MX): ap = a - (eb << 23) puts v's
+// element-normal range at ap >= 2^23; K = half - 1 - (eb << 23), so a + K = ap + half - 1 (the
+// RNE offset folded in).
+constexpr int32_t fp_bias_k(int mbits, int eb) { return (int32_t)((1 << (22 - mbits)) - 1 - ((int64_t)eb << 23)); }
+
+// Stored code bytes. x: input fp32 bits; vs: v = x / d for NV, x for MX (signed);
+// K: fp_bias_k(mbits, 126 + emin (+ e for MX)); sinv: 2^-e (MX only). SAT = false when no v
 // can exceed the element max (MX rceil; NV with normal, unsaturated block scales), which drops
 // the clamps.
 template <int EL, bool NV, bool SAT = true>
-LK_T I fast_code(I x, I a, I K, I sinv) {
+LK_T I fast_code(I x, I vs, I K, I sinv) {
   constexpr ElemParams p = elem_params(EL);
+  const I a = V::and_(vs, const_(0x7fffffff));  // |v| (NV), |x| (MX)
   const I v = NV ? a : V::fmul(a, sinv);
-  if constexpr (p.is_int) {
-    const I vc = SAT ? V::fmin(v, V::fset1(4194304.0f)) : v;  // 2^22: saturates anyway; keeps v + 2^23 exact
-    I code = V::sub(V::fadd(vc, V::fset1(8388608.0f)), const_(0x4b000000));
-    if (SAT) code = V::min_i(code, const_(p.max_code));
+  if constexpr (p.is_int && !SAT) {
+    // Signed v + 1.5 * 2^23 stays in [2^23, 2^24): IEEE RNE rounds v to an integer n (ties to
+    // even, symmetric in the sign: -0 gives 0) and the pattern's low bits are n in two's
+    // complement, which is the stored code. |v| <= max_code + 1/2 here, so no clamp.
+    const I vsig = NV ? vs : V::fmul(vs, sinv);  // exact: a power-of-two scale
+    return V::and_(V::fadd(vsig, V::fset1(12582912.0f)), const_(p.bits == 4 ? 0xF : 0xFF));
+  } else if constexpr (p.is_int) {
+    const I vc = V::fmin(v, V::fset1(4194304.0f));  // 2^22: saturates anyway; keeps v + 2^23 exact
+    I code = V::min_i(V::sub(V::fadd(vc, V::fset1(8388608.0f)), const_(0x4b000000)), const_(p.max_code));
     I neg = V::srai<31>(x);
     return V::and_(V::sub(V::xor_(code, neg), neg), const_(p.bits == 4 ? 0xF : 0xFF));
   } else {
     constexpr int s = 23 - p.mbits;
     constexpr int32_t magic = (150 + p.emin - p.mbits) << 23;  // 2^(emin - mbits + 23)
-    I ap = V::sub(a, K);
-    I odd = V::and_(V::srli<s>(ap), const_(1));
-    I rn = V::srli<s>(V::add(V::add(ap, const_((1 << (s - 1)) - 1)), odd));
+    I t = V::add(a, K);                                      // ap + half - 1, ap = a - (eb << 23)
+    I rn = V::srli<s>(V::inc_if_any(t, a, const_(1 << s)));  // + the odd bit s of ap (= bit s of a)
     I rs = V::sub(V::fadd(v, const_(magic)), const_(magic));
-    I code = V::blend(V::gt_i(ap, const_((1 << 23) - 1)), rs, rn);
+    I code = V::blend(V::gt_i(t, const_((1 << 23) + (1 << (s - 1)) - 2)), rs, rn);  // ap >= 2^23: normal
     if (SAT) code = V::min_i(code, const_(p.max_code));
     return V::or_(code, V::and_(V::srli<31 - p.sign_bit>(x), const_(1 << p.sign_bit)));
   }
@@ -265,7 +276,7 @@ template <int EL, int DT, bool NV, bool SAT>
 LK_T void fast_codes_8bit(const void* x, uint8_t* codes, int64_t b, int bs, const int32_t* kk, const int32_t* ss,
                           unsigned badbits) {
   constexpr ElemParams p = elem_params(EL);
-  const I absm = const_(0x7fffffff), Knv = const_((126 + p.emin) << 23);
+  const I Knv = const_(fp_bias_k(p.mbits, 126 + p.emin));
   const int lg = __builtin_ctz((unsigned)(bs / N));  // vector k belongs to block k >> lg
   const int64_t i0 = b * bs;
   for (int k = 0; k < bs; ++k) {  // N * (bs / N) vectors in one flat loop: constants stay in registers
@@ -273,7 +284,7 @@ LK_T void fast_codes_8bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
     const int64_t i = i0 + (int64_t)k * N;
     const I sj = V::set1(ss[j]);
     const I xv = load_x<DT>(x, i);
-    I code = fast_code<EL, NV, SAT>(xv, V::and_(NV ? V::fdiv(xv, sj) : xv, absm), (NV || p.is_int) ? Knv : V::set1(kk[j]), sj);
+    I code = fast_code<EL, NV, SAT>(xv, NV ? V::fdiv(xv, sj) : xv, (NV || p.is_int) ? Knv : V::set1(kk[j]), sj);
     if (badbits && ((badbits >> j) & 1u)) code = V::zero();  // NaN / Inf policy: zero codes
     V::store_u8(codes + i, code);
   }
@@ -297,7 +308,7 @@ template <int EL, int DT, bool NV, bool SAT>
 LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, const int32_t* kk, const int32_t* ss,
                           unsigned badbits) {
   constexpr ElemParams p = elem_params(EL);
-  const I absm = const_(0x7fffffff), Knv = const_((126 + p.emin) << 23);
+  const I Knv = const_(fp_bias_k(p.mbits, 126 + p.emin));
   const M hi = V::upper_half();
   const int lg = __builtin_ctz((unsigned)(bs / N));
   const int64_t i0 = b * bs;
@@ -308,8 +319,8 @@ LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
     const I K = (NV || p.is_int) ? Knv : V::blend(hi, V::set1(kk[j0]), V::set1(kk[j1]));
     I xe, xo;
     load_pair<DT>(x, i, xe, xo);
-    I ce = fast_code<EL, NV, SAT>(xe, V::and_(NV ? V::fdiv(xe, s) : xe, absm), K, s);
-    I co = fast_code<EL, NV, SAT>(xo, V::and_(NV ? V::fdiv(xo, s) : xo, absm), K, s);
+    I ce = fast_code<EL, NV, SAT>(xe, NV ? V::fdiv(xe, s) : xe, K, s);
+    I co = fast_code<EL, NV, SAT>(xo, NV ? V::fdiv(xo, s) : xo, K, s);
     I byte = V::or_(ce, V::slli<4>(co));
     if (badbits) {  // NaN / Inf policy: zero codes
       if ((badbits >> j0) & 1u) byte = V::blend(hi, V::zero(), byte);
@@ -324,15 +335,16 @@ template <int EL, int DT, bool NV>
 LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
   constexpr ElemParams p = elem_params(EL);
   const int bs = q.block_size;
-  const I amax = (NV && q.amax_parked) ? parked_amax(q.codes, b, bs) : block_amax_group<DT>(q.x, b, bs);
+  const bool parked = NV && q.amax_parked;  // then amax / max_elem, still NaN / Inf for bad blocks
+  const I amax = parked ? parked_amax(q.codes, b, bs) : block_amax_group<DT>(q.x, b, bs);
   const M bad = V::gt_u(amax, const_(0x7f7fffff));
   alignas(64) int32_t kk[N], ss[N];
   I sbyte;
   bool sat = q.floor_mode != 0;  // MX rceil: amax <= max_elem * 2^e, nothing saturates
   if constexpr (NV) {
     const I gv = V::fset1(q.g);
-    I t = V::fdiv(V::fdiv(amax, const_((int32_t)p.max_bits)), gv);  // >= 0, finite or +Inf
-    constexpr int32_t k_e4m3 = (126 + elem_params(kFp8E4M3).emin) << 23;
+    I t = V::fdiv(parked ? amax : V::fdiv(amax, const_((int32_t)p.max_bits)), gv);  // >= 0, finite or +Inf
+    constexpr int32_t k_e4m3 = fp_bias_k(3, 126 + elem_params(kFp8E4M3).emin);
     I sc = V::max_i(fast_code<kFp8E4M3, true>(t, t, const_(k_e4m3), t), const_(1));
     I d = V::fmul(gv, e4m3_value_v(sc));
     if (V::any(V::mandnot(bad, V::feq(d, V::zero())))) return false;
@@ -345,9 +357,9 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
     I e = scale_exp_v(amax, p, q.floor_mode != 0);
     sbyte = V::blend(bad, V::add(e, const_(127)), const_(0xFF));
     if constexpr (!p.is_int) {
-      e = V::blend(V::eq(amax, V::zero()), e, V::zero());  // zero blocks: any e with K >= 0 works
+      e = V::blend(V::eq(amax, V::zero()), e, V::zero());  // zero blocks: any e with a re-bias >= 0 works
       if (V::any(V::mandnot(bad, V::gt_i(const_(-126 - p.emin), e)))) return false;
-      V::store(kk, V::slli<23>(V::add(e, const_(126 + p.emin))));
+      V::store(kk, V::sub(const_(fp_bias_k(p.mbits, 0)), V::slli<23>(V::add(e, const_(126 + p.emin)))));
     }
     V::store(ss, V::blend(V::eq(e, const_(127)), V::slli<23>(V::sub(const_(127), e)), const_(0x00400000)));
   }
@@ -511,13 +523,14 @@ LK_T void dequantize(const DequantArgs& q, int64_t b0, int64_t b1) {
 template <int DT>
 LK_T uint32_t nv_amax_dt(const QuantArgs& q, int64_t b0, int64_t b1) {
   const int bs = q.block_size;
+  const I maxv = const_((int32_t)elem_params(kFormats[q.fmt].elem).max_bits);
   I fin = V::zero();
   uint32_t smax = 0;
   int64_t b = b0;
   if (bs >= N) {
     for (; b + N <= b1; b += N) {
       const I amax = block_amax_group<DT>(q.x, b, bs);
-      V::store(q.codes + b * (bs / 2), amax);  // parked for quant_fast_group (see parked_amax)
+      V::store(q.codes + b * (bs / 2), V::fdiv(amax, maxv));  // parked for quant_fast_group (see parked_amax)
       alignas(64) uint32_t tmp[N];
       V::store(tmp, amax);
       const M bad = V::gt_u(amax, const_(0x7f7fffff));

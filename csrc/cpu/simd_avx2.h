@@ -100,6 +100,9 @@ struct V256 {
     return _mm256_cmpgt_epi32(_mm256_xor_si256(a, bias), _mm256_xor_si256(b, bias));
   }
   LK_AVX2 static I blend(M m, I a, I b) { return _mm256_blendv_epi8(a, b, m); }
+  LK_AVX2 static I inc_if_any(I t, I a, I bit) {  // bit: a single set bit
+    return _mm256_sub_epi32(t, _mm256_cmpeq_epi32(_mm256_and_si256(a, bit), bit));
+  }
   LK_AVX2 static M mand(M a, M b) { return _mm256_and_si256(a, b); }
   LK_AVX2 static M or_mask(M a, M b) { return _mm256_or_si256(a, b); }
   LK_AVX2 static M mandnot(M a, M b) { return _mm256_andnot_si256(a, b); }

@@ -85,6 +85,10 @@ struct V512 {
   LK_AVX512 static M gt_i(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }
   LK_AVX512 static M gt_u(I a, I b) { return _mm512_cmpgt_epu32_mask(a, b); }
   LK_AVX512 static I blend(M m, I a, I b) { return _mm512_mask_blend_epi32(m, a, b); }
+  // t + 1 in the lanes where a & bit != 0: a test and a masked add, no shift
+  LK_AVX512 static I inc_if_any(I t, I a, I bit) {
+    return _mm512_mask_sub_epi32(t, _mm512_test_epi32_mask(a, bit), t, set1(-1));
+  }
   LK_AVX512 static M mand(M a, M b) { return (M)(a & b); }
   LK_AVX512 static M or_mask(M a, M b) { return (M)(a | b); }
   LK_AVX512 static M mandnot(M a, M b) { return (M)(~a & b); }
