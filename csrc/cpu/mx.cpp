@@ -11,6 +11,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/mx_common.h"
+#include "mx_torch_common.h"
 #include "cpu/mx_kernels.h"
 #include "cpu/output_cache.h"
 #include "cpu/parallel.h"
@@ -70,24 +71,10 @@ void check_block_size(int64_t bs) {
               "block_size: expected a power of two in [2, 1024], got ", bs);
 }
 
-at::ScalarType code_dtype(int elem) {
-  const ElemSpec s = elem_spec(elem);
-  if (elem == kFp8E4M3) return at::kFloat8_e4m3fn;
-  if (elem == kFp8E5M2) return at::kFloat8_e5m2;
-  if (s.is_int && s.bits != 4) return at::kChar;
-  return at::kByte;
-}
-
 float read_scalar_f32(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.numel() == 1, what, ": expected a tensor with one element, got shape ", t.sizes());
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), what, ": expected a floating dtype, got ", t.scalar_type());
   return t.to(at::kFloat).reshape({}).item<float>();
-}
-
-std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
-  std::vector<int64_t> out(sizes.begin(), sizes.end());
-  out.back() = last;
-  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mx_quantize_cpu(const at::Tensor& x_in, c10::string_view fmt,
@@ -117,8 +104,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mx_quantize_cpu(const at::Tensor&
   }
   const int64_t numel = x.numel(), nblocks = numel / block_size;
   at::Tensor codes =
-      empty_output(with_last(x.sizes(), p.bits == 4 ? K / 2 : K), x.options().dtype(code_dtype(spec.elem)));
-  at::Tensor scales = empty_output(with_last(x.sizes(), K / block_size),
+      empty_output(with_last_dim(x.sizes(), p.bits == 4 ? K / 2 : K),
+                   x.options().dtype(mx_code_dtype(spec.elem)));
+  at::Tensor scales = empty_output(with_last_dim(x.sizes(), K / block_size),
                                    x.options().dtype(spec.is_nv ? at::kFloat8_e4m3fn : at::kByte));
   const KernelTable& kern = active_kernels();
 
@@ -152,7 +140,7 @@ at::Tensor mx_dequantize_cpu(const at::Tensor& codes_in, const at::Tensor& scale
   const int odt = in_dtype_code(out_dtype, "out_dtype");
   TORCH_CHECK(codes_in.device().is_cpu() && scales_in.device().is_cpu(), "codes, scales: expected CPU tensors, got ",
               codes_in.device(), " and ", scales_in.device());
-  const at::ScalarType cdt = code_dtype(spec.elem);
+  const at::ScalarType cdt = mx_code_dtype(spec.elem);
   TORCH_CHECK(codes_in.scalar_type() == cdt || codes_in.scalar_type() == at::kByte, "codes: expected dtype ", cdt,
               " (or uint8) for ", spec.name, ", got ", codes_in.scalar_type());
   const at::ScalarType sdt = spec.is_nv ? at::kFloat8_e4m3fn : at::kByte;
@@ -162,13 +150,13 @@ at::Tensor mx_dequantize_cpu(const at::Tensor& codes_in, const at::Tensor& scale
   const int64_t K = codes_in.size(-1) * (p.bits == 4 ? 2 : 1);
   TORCH_CHECK(K % block_size == 0, "codes: expected ", K, " elements per row to be a multiple of block_size (",
               block_size, ")");
-  const std::vector<int64_t> scale_shape = with_last(codes_in.sizes(), K / block_size);
+  const std::vector<int64_t> scale_shape = with_last_dim(codes_in.sizes(), K / block_size);
   TORCH_CHECK(scales_in.sizes() == at::IntArrayRef(scale_shape), "scales: expected shape ",
               at::IntArrayRef(scale_shape), " for codes of shape ", codes_in.sizes(), " and block_size ", block_size,
               ", got ", scales_in.sizes());
   const float g = read_scalar_f32(global_scale, "global_scale");
   const at::Tensor codes = codes_in.contiguous(), scales = scales_in.contiguous();
-  at::Tensor out = empty_output(with_last(codes.sizes(), K), codes.options().dtype(out_dtype));
+  at::Tensor out = empty_output(with_last_dim(codes.sizes(), K), codes.options().dtype(out_dtype));
   const int64_t nblocks = out.numel() / block_size;
   DequantArgs q{(const uint8_t*)codes.data_ptr(), (const uint8_t*)scales.data_ptr(), g, (int)block_size, f, odt,
                 out.data_ptr()};

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/mx_common.h"
+#include "mx_torch_common.h"
 
 extern "C" int leankern_mx_quantize_cuda(const void* x, int dtype, int64_t n_elems, int fmt, int block_size,
                                          int floor_mode, const int32_t* rand_bits, const float* global_scale,
@@ -21,20 +22,6 @@ extern "C" int leankern_mx_quantize_cuda(const void* x, int dtype, int64_t n_ele
 namespace leankern {
 namespace cuda_binding {
 namespace {
-
-at::ScalarType code_dtype(int elem) {
-  const ElemSpec s = elem_spec(elem);
-  if (elem == kFp8E4M3) return at::kFloat8_e4m3fn;
-  if (elem == kFp8E5M2) return at::kFloat8_e5m2;
-  if (s.is_int && s.bits != 4) return at::kChar;
-  return at::kByte;
-}
-
-std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
-  std::vector<int64_t> out(sizes.begin(), sizes.end());
-  out.back() = last;
-  return out;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mx_quantize_cuda(const at::Tensor& x_in, c10::string_view fmt,
                                                                 int64_t block_size, c10::string_view scale_mode,
@@ -76,8 +63,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mx_quantize_cuda(const at::Tensor
     gs = global_scale->to(x.device(), at::kFloat).reshape({}).contiguous();
   }
   const ElemSpec el = elem_spec(spec.elem);
-  at::Tensor codes = at::empty(with_last(x.sizes(), el.bits == 4 ? K / 2 : K), x.options().dtype(code_dtype(spec.elem)));
-  at::Tensor scales = at::empty(with_last(x.sizes(), K / block_size),
+  at::Tensor codes = at::empty(with_last_dim(x.sizes(), el.bits == 4 ? K / 2 : K),
+                               x.options().dtype(mx_code_dtype(spec.elem)));
+  at::Tensor scales = at::empty(with_last_dim(x.sizes(), K / block_size),
                                 x.options().dtype(spec.is_nv ? at::kFloat8_e4m3fn : at::kByte));
   at::Tensor g_out = at::empty({}, x.options().dtype(at::kFloat));
   at::Tensor scratch = at::empty({1}, x.options().dtype(at::kInt));
