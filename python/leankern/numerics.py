@@ -122,54 +122,28 @@ def make_dataset(name: str, shape, seed: int = 0) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- quantize / rotate
-def _mx_api():
-    """``leankern.mx`` if the public ops layer is there, else None (use the reference)."""
-    import leankern
-
-    mx = getattr(leankern, "mx", None)
-    return mx if mx is not None and hasattr(mx, "quantize") else None
-
-
 def backend_description() -> str:
-    """Which implementation :func:`quantize_dequantize` uses here."""
+    """Which backend :func:`quantize_dequantize` runs here."""
     from ._backend import extension
 
-    if _mx_api() is None:
-        return "reference (leankern.ref.mx; leankern.mx.quantize not available)"
     return "leankern.mx.quantize, default backend" + (" (C++)" if extension() is not None else " (reference)")
 
 
 def quantize_dequantize(x: torch.Tensor, fmt: str, block_size: int | None = None,
                         scale_mode: str = "rceil") -> torch.Tensor:
     """Quantize ``x`` to ``fmt`` and back to fp32. Shape: ``[..., K]`` -> ``[..., K]``."""
+    import leankern
+
     f = get_format(fmt)
     bs = block_size or f.default_block_size
-    mx = _mx_api()
-    if mx is not None:
-        return mx.quantize(x, f.name, block_size=bs, scale_mode=scale_mode).dequantize(torch.float32)
-    from .ref.mx import mx_dequantize_ref, mx_quantize_ref
-
-    codes, scales, g = mx_quantize_ref(x, f.name, bs, scale_mode)
-    return mx_dequantize_ref(codes, scales, g, f.name, bs, torch.float32)
-
-
-def random_signs(n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` random +-1 (fp32) from a seeded generator. Shape: ``[n]``."""
-    return (torch.randint(0, 2, (n,), generator=_gen(seed)) * 2 - 1).to(torch.float32)
+    return leankern.mx.quantize(x, f.name, block_size=bs, scale_mode=scale_mode).dequantize(torch.float32)
 
 
 def rotate(x: torch.Tensor, chunk_size: int = 32, seed: int = 0) -> torch.Tensor:
-    """Random Hadamard rotation x -> x H D / sqrt(n) of each ``chunk_size`` chunk of the last dim.
+    """Random Hadamard rotation (:func:`leankern.mx.rotate`). Shape: ``[..., K]`` -> ``[..., K]``."""
+    import leankern
 
-    Uses ``leankern.mx.rotate`` when the ops layer provides it, else the reference transform
-    with :func:`random_signs`. Shape: ``[..., K]`` -> ``[..., K]``.
-    """
-    mx = _mx_api()
-    if mx is not None and hasattr(mx, "rotate"):
-        return mx.rotate(x, chunk_size=chunk_size, seed=seed)
-    from .ref.mx import hadamard_transform_ref
-
-    return hadamard_transform_ref(x, chunk_size, 1.0 / math.sqrt(chunk_size), random_signs(chunk_size, seed))
+    return leankern.mx.rotate(x, chunk_size=chunk_size, seed=seed)
 
 
 # ----------------------------------------------------------------------------- QSNR table

@@ -161,8 +161,7 @@ def _quant_case(x, fmt, bs, device, quick, time_ref, static_g=False) -> Case:
     ref_fn = _quantizer("ref", fmt, bs, g)
     big = x.numel() > 2**24
     impls = [
-        Impl("ours", (lambda: ours_fn(x)) if ours_fn else None, warmup=2, repeats=5 if quick else 10, min_time=0.2 if quick else 0.5,
-             note="" if ours_fn else "leankern.mx.quantize not available"),
+        Impl("ours", lambda: ours_fn(x), warmup=2, repeats=5 if quick else 10, min_time=0.2 if quick else 0.5),
         Impl("ref", (lambda: ref_fn(x)) if time_ref else None, warmup=0, repeats=1 if (quick or big) else 2,
              note="" if time_ref else "not timed in --quick"),
         Impl("torch", lambda: torch_quantize(x, fmt, bs, g), warmup=1, repeats=3 if quick else 5),
@@ -199,9 +198,8 @@ def _quant_case(x, fmt, bs, device, quick, time_ref, static_g=False) -> Case:
 
 
 def _dequant_case(x, fmt, bs, device, quick, time_ref) -> Case:
-    qfn = _quantizer("cpp" if device == "cpu" else "triton", fmt, bs) or _quantizer("ref", fmt, bs)
     try:
-        c, s, g = qfn(x)
+        c, s, g = _quantizer("cpp" if device == "cpu" else "triton", fmt, bs)(x)
     except RuntimeError:  # ours cannot run here: quantize with the reference
         c, s, g = _quantizer("ref", fmt, bs)(x)
     dt = x.dtype
@@ -209,8 +207,7 @@ def _dequant_case(x, fmt, bs, device, quick, time_ref) -> Case:
     ref_fn = _dequantizer("ref", fmt, bs)
     big = x.numel() > 2**24
     impls = [
-        Impl("ours", (lambda: ours_fn(c, s, g, dt)) if ours_fn else None, warmup=2, repeats=5 if quick else 10, min_time=0.2 if quick else 0.5,
-             note="" if ours_fn else "torch.ops.leankern.mx_dequantize not available"),
+        Impl("ours", lambda: ours_fn(c, s, g, dt), warmup=2, repeats=5 if quick else 10, min_time=0.2 if quick else 0.5),
         Impl("ref", (lambda: ref_fn(c, s, g, dt)) if time_ref else None, warmup=0, repeats=1 if (quick or big) else 2,
              note="" if time_ref else "not timed in --quick"),
         Impl("torch", lambda: torch_dequantize(c, s, g, fmt, bs, dt), warmup=1, repeats=3 if quick else 5),

@@ -68,7 +68,9 @@ def mx_quantize_op(
     if strict and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"x: strict=True expects only finite values, got {bad} NaN/Inf element(s)")
-    if global_scale is not None and not (bool(torch.isfinite(global_scale)) and float(global_scale) >= 2.0**-126):
+    # Value check on CPU only: on a GPU it would force a device sync on every call of a hot op.
+    if (global_scale is not None and global_scale.device.type == "cpu"
+            and not (bool(torch.isfinite(global_scale)) and float(global_scale) >= 2.0**-126)):
         raise ValueError(f"global_scale: expected a finite value >= 2^-126 (smallest normal fp32), "
                          f"got {float(global_scale)}")
     args = (x.contiguous(), f.name, block_size, scale_mode,
