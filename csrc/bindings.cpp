@@ -1,48 +1,33 @@
-// The leankern C++ op schemas (one TORCH_LIBRARY for the whole package) and the small Python
-// module leankern._C (CPU-feature introspection and the ISA switch).
+// The Python module leankern._C: CPU-feature introspection, the ISA switch, the output cache
+// controls and the C++ tables the Python side checks itself against.
 //
-// Kernels register per device elsewhere: CPU in csrc/cpu/<family>.cpp, CUDA in
-// csrc/cuda/*_binding.cpp. The public ops (torch.ops.leankern.mx_quantize, ...) are Python
-// custom_ops in python/leankern/ops/ that call these *_cpp ops; the arguments and results of each
-// are exactly those of the reference in python/leankern/ref/.
+// No op schemas here: each op is declared once, in Python (torch.library), and the kernels
+// register on the public ops per dispatch key in their family's files (CPU:
+// csrc/<family>/*_cpu.cpp, CUDA: csrc/<family>/*_cuda_binding.cpp). Importing this module loads
+// those registrations.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <torch/library.h>
 
 #include <string>
-#include <tuple>
 #include <vector>
 
-#include "cpu/cpu_features.h"
-#include "cpu/mx_common.h"
+#include "common/cpu_features.h"
+#include "common/output_cache.h"
+#include "mx/formats.h"
 
-TORCH_LIBRARY(leankern, m) {
-  // Quantize x [..., K] (fp32/bf16/fp16) to an MX/NV block format (ref: mx_quantize_ref).
-  // Returns (codes [..., K] or [..., K/2] for 4-bit, scales [..., K/block_size] uint8 E8M0 or
-  // float8_e4m3fn, global_scale fp32 []). rand_bits int32 like x selects stochastic rounding;
-  // global_scale is the static NV tensor scale (computed from x's finite amax when None).
-  m.def(
-      "mx_quantize_cpp(Tensor x, str fmt, int block_size, str scale_mode, Tensor? rand_bits, "
-      "Tensor? global_scale) -> (Tensor, Tensor, Tensor)");
-  // Dequantize codes + scales (+ NV global_scale) to [..., K] in out_dtype (ref: mx_dequantize_ref).
-  m.def(
-      "mx_dequantize_cpp(Tensor codes, Tensor scales, Tensor global_scale, str fmt, int block_size, "
-      "ScalarType out_dtype) -> Tensor");
-  // Fast Walsh-Hadamard transform over each chunk_size chunk of the last dim, * scale, * signs
-  // (ref: hadamard_transform_ref); output in x's dtype.
-  m.def("hadamard_transform_cpp(Tensor x, int chunk_size, float scale, Tensor? signs) -> Tensor");
-}
+namespace py = pybind11;
 
 namespace {
 
-// The mirrored format table, for tests that compare it with leankern.formats.
-std::vector<pybind11::dict> format_table() {
-  std::vector<pybind11::dict> rows;
-  for (const auto& f : leankern::kFormats) {
-    const leankern::ElemSpec e = leankern::elem_spec(f.elem);
-    pybind11::dict d;
+// The C++ mirror of leankern.mx.formats.FORMATS, for a test that compares the two.
+std::vector<py::dict> format_table() {
+  using namespace leankern::mx;
+  std::vector<py::dict> rows;
+  for (const FormatSpec& f : kFormats) {
+    const ElemSpec e = elem_spec(f.elem);
+    py::dict d;
     d["name"] = f.name;
-    d["element"] = leankern::kElemNames[f.elem];
+    d["element"] = kElemNames[f.elem];
     d["bits"] = e.bits;
     d["is_int"] = (bool)e.is_int;
     d["mbits"] = e.mbits;
@@ -56,26 +41,79 @@ std::vector<pybind11::dict> format_table() {
   return rows;
 }
 
-}  // namespace
+// {op: {argument: [lo, hi]}}: the limits the C++ argument checks enforce.
+py::dict kernel_limits() {
+  using namespace leankern::mx;
+  auto range = [](const char* arg, int lo, int hi) {
+    py::dict d;
+    d[arg] = std::vector<int>{lo, hi};
+    return d;
+  };
+  py::dict out;
+  out["mx_quantize"] = range("block_size", kMinBlockSize, kMaxBlockSize);
+  out["mx_dequantize"] = range("block_size", kMinBlockSize, kMaxBlockSize);
+  out["hadamard_transform"] = range("chunk_size", kMinChunkSize, kMaxChunkSize);
+  return out;
+}
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "leankern C++ extension: registers torch.ops.leankern.*_cpp and exposes CPU-feature dispatch.";
-  m.def("cpu_features", &leankern::cpu::feature_string,
+py::dict output_cache_stats() {
+  const leankern::cpu::OutputCacheStats s = leankern::cpu::output_cache_stats();
+  py::dict d;
+  d["limit_bytes"] = s.limit_bytes;
+  d["cached_bytes"] = s.cached_bytes;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["live_bytes"] = s.live_bytes;
+  return d;
+}
+
+void output_cache_set_limit(int64_t mb) {
+  if (mb < 0) throw py::value_error("output_cache_set_limit: expected mb >= 0, got " + std::to_string(mb));
+  leankern::cpu::output_cache_set_limit(static_cast<size_t>(mb) << 20);
+}
+
+void def_isa_functions(py::module_& m) {
+  namespace cpu = leankern::cpu;
+  m.def("cpu_features", &cpu::feature_string,
         "Space-separated CPU features relevant to the kernels (e.g. 'avx2 f16c avx512f ...').");
   m.def(
-      "cpu_isa", [] { return std::string(leankern::cpu::isa_name(leankern::cpu::active_isa())); },
+      "cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
       "ISA the C++ CPU kernels currently dispatch to: 'avx512' | 'avx2' | 'scalar'.");
   m.def(
       "supported_isas",
       [] {
         std::vector<std::string> out;
-        for (auto isa : {leankern::cpu::Isa::kAvx512, leankern::cpu::Isa::kAvx2, leankern::cpu::Isa::kScalar})
-          if (leankern::cpu::isa_supported(isa)) out.push_back(leankern::cpu::isa_name(isa));
+        for (auto isa : {cpu::Isa::kAvx512, cpu::Isa::kAvx2, cpu::Isa::kScalar})
+          if (cpu::isa_supported(isa)) out.push_back(cpu::isa_name(isa));
         return out;
       },
       "ISAs this CPU can run, best first.");
-  m.def("set_cpu_isa", &leankern::cpu::set_active_isa, pybind11::arg("name"),
+  m.def("set_cpu_isa", &cpu::set_active_isa, py::arg("name"),
         "Force the C++ CPU kernels onto 'avx512', 'avx2' or 'scalar' ('auto' = best supported). "
         "ValueError for an unknown name, RuntimeError for an ISA this CPU lacks.");
-  m.def("format_table", &format_table, "The C++ mirror of leankern.formats.FORMATS, as a list of dicts.");
+  m.def("requested_isa_error", &cpu::requested_isa_error,
+        "Why LEANKERN_CPU_ISA was not applied (unknown name, or an ISA this CPU lacks; the best ISA is "
+        "active instead), or '' when it was applied or is unset.");
+}
+
+void def_output_cache_functions(py::module_& m) {
+  m.def("output_cache_set_limit", &output_cache_set_limit, py::arg("mb"),
+        "Keep up to `mb` MiB of freed >= 1 MiB CPU outputs for reuse (0 = off, the default); lowering "
+        "it frees kept buffers down to the new limit.");
+  m.def("output_cache_flush", &leankern::cpu::output_cache_flush, "Free every kept buffer (live outputs stay).");
+  m.def("output_cache_stats", &output_cache_stats,
+        "{'limit_bytes', 'cached_bytes' (freed buffers kept), 'hits', 'misses' (>= 1 MiB allocations while "
+        "on), 'live_bytes' (outputs alive that came from the cache's allocator)}.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "leankern C++ extension: registers the C++ kernels of torch.ops.leankern.* and exposes "
+            "CPU-feature dispatch, the output cache and the C++ format / limit tables.";
+  def_isa_functions(m);
+  def_output_cache_functions(m);
+  m.def("format_table", &format_table, "The C++ mirror of leankern.mx.formats.FORMATS, as a list of dicts.");
+  m.def("kernel_limits", &kernel_limits,
+        "{op: {argument: [lo, hi]}}: the size limits the C++ kernels' argument checks enforce.");
 }

@@ -1,5 +1,5 @@
 // Runtime CPU-feature detection (cpuid / __builtin_cpu_supports) and the active-ISA switch.
-#include "cpu/cpu_features.h"
+#include "common/cpu_features.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -40,28 +40,46 @@ bool detect(Isa isa) {
 #endif
 }
 
-Isa parse_isa(const std::string& name) {
-  if (name == "scalar") return Isa::kScalar;
-  if (name == "avx2") return Isa::kAvx2;
-  if (name == "avx512") return Isa::kAvx512;
-  if (name == "auto") return best_isa();
-  throw std::invalid_argument("set_cpu_isa: expected one of 'avx512', 'avx2', 'scalar', 'auto', got '" + name + "'");
+const char* const kIsaChoices = "'avx512', 'avx2', 'scalar', 'auto'";
+
+// ISA for a name, or false for an unknown one ("auto" = the best supported).
+bool parse_isa(const std::string& name, Isa* out) {
+  if (name == "scalar") *out = Isa::kScalar;
+  else if (name == "avx2") *out = Isa::kAvx2;
+  else if (name == "avx512") *out = Isa::kAvx512;
+  else if (name == "auto") *out = best_isa();
+  else return false;
+  return true;
 }
 
-Isa initial_isa() {
+// What this CPU is missing for `isa`, in words.
+std::string lacks(Isa isa) {
+  return isa == Isa::kAvx512 ? "lacks AVX-512 (F/BW/VL/DQ)" : "lacks AVX2 (+F16C)";
+}
+
+struct Initial {
+  Isa isa;
+  std::string error;  // why LEANKERN_CPU_ISA was not applied
+};
+
+Initial initial_isa() {
   const char* env = std::getenv("LEANKERN_CPU_ISA");
-  if (env && *env) {
-    try {
-      Isa isa = parse_isa(env);
-      if (isa_supported(isa)) return isa;
-    } catch (const std::exception&) {
-    }
-  }
-  return best_isa();
+  if (!env || !*env) return {best_isa(), ""};
+  const std::string name(env);
+  Isa isa;
+  if (!parse_isa(name, &isa))
+    return {best_isa(), std::string("LEANKERN_CPU_ISA: expected one of ") + kIsaChoices + ", got '" + name + "'"};
+  if (!isa_supported(isa)) return {best_isa(), "LEANKERN_CPU_ISA=" + name + ": this CPU " + lacks(isa)};
+  return {isa, ""};
+}
+
+const Initial& initial() {
+  static const Initial init = initial_isa();
+  return init;
 }
 
 std::atomic<int>& active_slot() {
-  static std::atomic<int> slot{static_cast<int>(initial_isa())};
+  static std::atomic<int> slot{static_cast<int>(initial().isa)};
   return slot;
 }
 
@@ -81,12 +99,17 @@ Isa best_isa() {
 Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_relaxed)); }
 
 void set_active_isa(const std::string& name) {
-  Isa isa = parse_isa(name);
+  Isa isa;
+  if (!parse_isa(name, &isa))
+    throw std::invalid_argument(std::string("set_cpu_isa: expected one of ") + kIsaChoices + ", got '" + name +
+                                "'");
   if (!isa_supported(isa))
-    throw std::runtime_error(std::string("set_cpu_isa: this CPU does not support '") + name +
-                             "' (supported: " + feature_string() + "; best: " + isa_name(best_isa()) + ")");
+    throw std::runtime_error("set_cpu_isa: this CPU does not support '" + name + "' (it " + lacks(isa) +
+                             "; features: " + feature_string() + "; best: " + isa_name(best_isa()) + ")");
   active_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
 }
+
+std::string requested_isa_error() { return initial().error; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

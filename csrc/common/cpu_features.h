@@ -1,9 +1,10 @@
 // Runtime CPU-feature detection and the ISA the C++ kernels dispatch to.
 //
-// Nothing is compiled for the build machine's native arch: each SIMD path is a set of functions carrying
-// __attribute__((target(...))) (csrc/cpu/simd_*.h), selected here at run time. The active ISA
-// starts as the best one the CPU (and OS) supports, can be overridden by the environment variable
-// LEANKERN_CPU_ISA=scalar|avx2|avx512 at load time, and by leankern._C.set_cpu_isa(name).
+// Nothing is compiled for the build machine's native arch: each SIMD path is a set of functions
+// carrying __attribute__((target(...))) (common/simd_*.h), selected here at run time. The active
+// ISA starts as the best one the CPU (and OS) supports, can be overridden by the environment
+// variable LEANKERN_CPU_ISA=scalar|avx2|avx512|auto at load time, and by
+// leankern._C.set_cpu_isa(name).
 #pragma once
 
 #include <string>
@@ -23,6 +24,9 @@ Isa active_isa();
 // Set the active ISA by name ("avx512" | "avx2" | "scalar" | "auto"). Throws std::invalid_argument
 // for an unknown name and std::runtime_error for an ISA this CPU cannot run.
 void set_active_isa(const std::string& name);
+// Why LEANKERN_CPU_ISA was not applied ("" if it was, or is unset): an unknown name or an ISA this
+// CPU lacks. The active ISA then stays the best one; the Python package raises this at import.
+std::string requested_isa_error();
 const char* isa_name(Isa isa);
 // Space-separated list of the relevant features this CPU has, e.g. "avx2 f16c fma avx512f ...".
 std::string feature_string();

@@ -1,4 +1,4 @@
-// Work distribution shared by the CPU ops.
+// Work distribution shared by the CPU ops of every family.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-
 
 namespace leankern {
 namespace cpu {

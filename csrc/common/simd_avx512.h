@@ -1,6 +1,6 @@
-// AVX-512 (F/BW/VL/DQ) vector wrapper for the generic kernels in mx_simd_impl.h: 16 lanes of
-// 32-bit integers (fp32 values travel as their bit patterns). Every function carries the target
-// attribute; nothing here is compiled for the baseline ISA.
+// AVX-512 (F/BW/VL/DQ) vector wrapper for the width-generic kernels (e.g. mx/mx_simd_impl.h):
+// 16 lanes of 32-bit integers (fp32 values travel as their bit patterns). Every function carries
+// the target attribute; nothing here is compiled for the baseline ISA.
 #pragma once
 
 #include <immintrin.h>

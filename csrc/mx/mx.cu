@@ -1,8 +1,9 @@
-// CUDA quantize kernels for the MX / NV block formats, bit-exact with python/leankern/ref/mx.py.
+// CUDA quantize kernels for the MX / NV block formats, bit-exact with python/leankern/mx/ref.py.
 //
-// Only CUDA headers and csrc/cpu/mx_common.h (the same LEANKERN_HD integer rounding helpers the CPU
-// kernels use), so `nvcc -c -std=c++17 -I csrc` compile-checks this file in seconds without torch.
-// The torch binding is csrc/cuda/mx_cuda_binding.cpp; the launch API below is plain C.
+// Only CUDA headers and our own torch-free headers (common/bits.h, mx/formats.h: the same
+// LEANKERN_HD integer rounding helpers the CPU kernels use), so `nvcc -c -std=c++17 -I csrc`
+// compile-checks this file in seconds without torch. The torch binding is mx_cuda_binding.cpp;
+// the launch API below is plain C.
 //
 // Work split: a "team" of min(block_size, 32) lanes of one warp owns a block; lane l handles
 // elements l, l + team, ... (coalesced loads), the block amax is a team-wide xor-shuffle max,
@@ -15,9 +16,11 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "cpu/mx_common.h"
+#include "common/bits.h"
+#include "mx/formats.h"
 
 namespace leankern {
+namespace mx {
 namespace cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -30,8 +33,10 @@ __device__ __forceinline__ uint32_t team_max(uint32_t v, int team) {
 
 template <int DT>
 __device__ __forceinline__ uint32_t load_bits(const void* __restrict__ x, int64_t i) {
-  if (DT == kInF32) return __ldg((const unsigned int*)x + i);
-  const uint32_t h = __ldg((const unsigned short*)x + i);
+  // Loads in the buffer's own element types (float; unsigned short, the storage of torch's Half /
+  // BFloat16), so no pointer type-puns the data.
+  if (DT == kInF32) return f2u(__ldg(static_cast<const float*>(x) + i));
+  const uint32_t h = __ldg(static_cast<const unsigned short*>(x) + i);
   return DT == kInBF16 ? h << 16 : f16_to_f32_bits(h);
 }
 
@@ -149,12 +154,13 @@ cudaError_t launch(const void* x, int64_t n_elems, const FormatSpec& f, int bloc
 }
 
 }  // namespace cuda
+}  // namespace mx
 }  // namespace leankern
 
 extern "C" {
 
 // Quantize a contiguous x [n_elems] (dtype: 0 fp32, 1 bf16, 2 fp16) to format `fmt` (index into
-// leankern::kFormats). All pointers are device pointers. rand_bits: [n_elems] int32 or NULL (RNE).
+// leankern::mx::kFormats). All pointers are device pointers. rand_bits: [n_elems] int32 or NULL (RNE).
 // global_scale: NV static tensor scale (1 float) or NULL (computed from x). g_out: 1 float, receives
 // the tensor scale (1.0 for MX). scratch: 1 uint32 of device scratch (NV without global_scale).
 // codes: n_elems bytes (n_elems / 2 for 4-bit elements); scales: n_elems / block_size bytes.
@@ -163,20 +169,22 @@ int leankern_mx_quantize_cuda(const void* x, int dtype, int64_t n_elems, int fmt
                               const int32_t* rand_bits, const float* global_scale, float* g_out,
                               unsigned int* scratch, uint8_t* codes, uint8_t* scales, cudaStream_t stream) {
   using namespace leankern;
-  if (fmt < 0 || fmt >= kNumFormats || block_size < 2 || block_size > 1024 || (block_size & (block_size - 1)) ||
-      n_elems < 0 || n_elems % block_size || !g_out || (!scratch && kFormats[fmt].is_nv && !global_scale))
+  using namespace leankern::mx;
+  if (fmt < 0 || fmt >= kNumFormats || block_size < kMinBlockSize || block_size > kMaxBlockSize ||
+      (block_size & (block_size - 1)) || n_elems < 0 || n_elems % block_size || !g_out ||
+      (!scratch && kFormats[fmt].is_nv && !global_scale))
     return (int)cudaErrorInvalidValue;
   const FormatSpec& f = kFormats[fmt];
   switch (dtype) {
     case kInF32:
-      return (int)cuda::launch<kInF32>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out, scratch,
-                                       codes, scales, stream);
+      return (int)mx::cuda::launch<kInF32>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out,
+                                           scratch, codes, scales, stream);
     case kInBF16:
-      return (int)cuda::launch<kInBF16>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out,
-                                        scratch, codes, scales, stream);
+      return (int)mx::cuda::launch<kInBF16>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out,
+                                            scratch, codes, scales, stream);
     case kInF16:
-      return (int)cuda::launch<kInF16>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out, scratch,
-                                       codes, scales, stream);
+      return (int)mx::cuda::launch<kInF16>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out,
+                                           scratch, codes, scales, stream);
     default:
       return (int)cudaErrorInvalidValue;
   }

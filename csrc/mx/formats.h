@@ -1,28 +1,27 @@
-// MX / NV block formats: the format table (mirrors python/leankern/formats.py) and the scalar
-// bit-level rounding helpers shared by the C++ CPU kernels and the CUDA kernels.
+// MX / NV block formats: the format table (mirrors python/leankern/mx/formats.py), the op limits,
+// and the scalar rounding helpers shared by the C++ CPU kernels and the CUDA kernels.
 //
-// Everything here is header-only, depends on no torch header, and every helper is LEANKERN_HD
-// (__host__ __device__ under nvcc) so csrc/cuda/mx.cu uses exactly the same integer algorithm.
-// The numerics are defined by python/leankern/ref/mx.py; the algorithm (integer RNE / stochastic
-// rounding on the fp32 bit pattern) is described in docs/ and in the comments below.
+// Header-only, torch-free, every helper LEANKERN_HD (common/bits.h), so csrc/mx/mx.cu runs exactly
+// the same integer algorithm. The numerics are defined by python/leankern/mx/ref.py; the algorithm
+// (integer RNE / stochastic rounding on the fp32 bit pattern) is described in the comments below.
 #pragma once
 
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__CUDACC__)
-#define LEANKERN_HD __host__ __device__ __forceinline__
-#else
-#define LEANKERN_HD inline
-#endif
+#include "common/bits.h"
 
 namespace leankern {
+namespace mx {
+
+// Op limits (the argument checks and leankern._C.kernel_limits() both read these).
+constexpr int kMinBlockSize = 2, kMaxBlockSize = 1024;    // mx_quantize / mx_dequantize
+constexpr int kMinChunkSize = 2, kMaxChunkSize = 32768;   // hadamard_transform
 
 // ------------------------------------------------------------------------------------------
 // Format table (keep in sync with formats.ELEMENTS / formats.FORMATS; a test compares them).
 // ------------------------------------------------------------------------------------------
 enum ElemId : int { kFp8E4M3 = 0, kFp8E5M2, kFp6E2M3, kFp6E3M2, kFp4E2M1, kInt8, kInt6, kInt4, kNumElems };
-enum InDtype : int { kInF32 = 0, kInBF16 = 1, kInF16 = 2 };
 
 struct ElemSpec {
   int bits, is_int, mbits, bias, max_code, sign_bit;
@@ -57,52 +56,25 @@ constexpr FormatSpec kFormats[kNumFormats] = {
 constexpr const char* kElemNames[kNumElems] = {"fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2",
                                                "fp4_e2m1", "int8",     "int6",     "int4"};
 
-// Format index for a name (case-insensitive; aliases mxfp8 -> mxfp8_e4m3, mxfp6 -> mxfp6_e2m3),
-// or -1. Host only.
-inline int find_format(const char* name) {
+struct FormatAlias {
+  const char* name;
+  int format;  // index into kFormats
+};
+constexpr int kNumAliases = 2;
+constexpr FormatAlias kFormatAliases[kNumAliases] = {{"mxfp8", 0}, {"mxfp6", 2}};
+
+// Format index for a name of n chars (case-insensitive, aliases included), or -1. Host only.
+inline int find_format(const char* name, size_t n) {
   char low[32];
-  size_t n = strlen(name);
   if (n >= sizeof(low)) return -1;
-  for (size_t i = 0; i <= n; ++i) low[i] = (name[i] >= 'A' && name[i] <= 'Z') ? name[i] - 'A' + 'a' : name[i];
-  if (strcmp(low, "mxfp8") == 0) return 0;
-  if (strcmp(low, "mxfp6") == 0) return 2;
+  for (size_t i = 0; i < n; ++i) low[i] = (name[i] >= 'A' && name[i] <= 'Z') ? name[i] - 'A' + 'a' : name[i];
+  low[n] = 0;
+  if (strlen(low) != n) return -1;  // an embedded NUL never names a format
+  for (int i = 0; i < kNumAliases; ++i)
+    if (strcmp(low, kFormatAliases[i].name) == 0) return kFormatAliases[i].format;
   for (int i = 0; i < kNumFormats; ++i)
     if (strcmp(low, kFormats[i].name) == 0) return i;
   return -1;
-}
-
-// ------------------------------------------------------------------------------------------
-// Bit helpers
-// ------------------------------------------------------------------------------------------
-LEANKERN_HD uint32_t f2u(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-LEANKERN_HD float u2f(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-
-// Biased exponent of the *normalised* value of a non-negative fp32 pattern a: the exponent field
-// for normals; for subnormals (field 0) msb_pos - 22, found exactly through an int -> float
-// conversion (a < 2^23 converts exactly), so it needs no clz intrinsic. a == 0 gives -149.
-LEANKERN_HD int biased_exp(uint32_t a) {
-  int ex = (int)(a >> 23);
-  return ex ? ex : (int)(f2u((float)(int32_t)a) >> 23) - 149;
-}
-// 23-bit mantissa of the normalised value (the implicit leading 1 dropped).
-LEANKERN_HD uint32_t norm_mant(uint32_t a) {
-  return (a >> 23) ? (a & 0x7fffffu) : (f2u((float)(int32_t)a) & 0x7fffffu);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -146,12 +118,6 @@ LEANKERN_HD int mx_scale_exp(uint32_t amax, const ElemParams& p, bool floor_mode
   int e = biased_exp(amax) - 127 - p.emax;
   if (!floor_mode && norm_mant(amax) > p.mant_max) e += 1;
   return e < -127 ? -127 : (e > 127 ? 127 : e);
-}
-
-// RNE of sig / 2^shift (shift >= 1 after clamping; sig < 2^24 so shift 31 already gives 0).
-LEANKERN_HD uint32_t rne_shift(uint32_t sig, int shift) {
-  shift = shift < 1 ? 1 : (shift > 31 ? 31 : shift);
-  return (sig + (1u << (shift - 1)) - 1u + ((sig >> shift) & 1u)) >> shift;
 }
 
 // Quantum bookkeeping for v = |x| * 2^-e, with a = |x| bits: v = sig * 2^(ux - 23 - e) where ux is
@@ -241,26 +207,11 @@ LEANKERN_HD float nv_global_scale(uint32_t amax_finite_bits, const ElemParams& p
 }
 
 // ------------------------------------------------------------------------------------------
-// Input loading and the scalar block quantizer (the portable path; CUDA runs it per block).
+// The scalar block quantizer (the portable path; CUDA runs the same steps per block).
 // ------------------------------------------------------------------------------------------
-// fp16 bits -> fp32 bits, exact (incl. subnormals, Inf, NaN payload).
-LEANKERN_HD uint32_t f16_to_f32_bits(uint32_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  if (e == 0x1f) return sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0u);  // quiet like cvtph2ps
-  if (e) return sign | ((e + 112) << 23) | (m << 13);
-  if (m == 0) return sign;
-  return sign | f2u((float)m * 5.9604644775390625e-08f);  // m * 2^-24, exact
-}
-
-LEANKERN_HD uint32_t load_f32_bits(const void* x, int dtype, int64_t i) {
-  if (dtype == kInF32) return ((const uint32_t*)x)[i];
-  uint32_t h = ((const uint16_t*)x)[i];
-  return dtype == kInBF16 ? h << 16 : f16_to_f32_bits(h);
-}
-
 // Quantize one block of n elements starting at element index i0 of x.
 // codes: n bytes (n/2 for 4-bit elements); scale: one byte; rand: n words or nullptr (RNE).
-// g: NV tensor scale (ignored for MX). Follows ref/mx.py step by step.
+// g: NV tensor scale (ignored for MX). Follows mx/ref.py step by step.
 LEANKERN_HD void quantize_block(const void* x, int dtype, int64_t i0, int n, const ElemParams& p, bool is_nv,
                                 bool floor_mode, const int32_t* rand, float g, uint8_t* codes, uint8_t* scale) {
   uint32_t amax = 0;
@@ -330,22 +281,5 @@ LEANKERN_HD uint32_t e8m0_factor_bits(uint32_t byte) {
   return byte == 0xFF ? 0x7fc00000u : (byte ? byte << 23 : 0x00400000u);
 }
 
-// fp32 -> bf16 RNE like torch's .to(): NaN -> 0xFFFF.
-LEANKERN_HD uint16_t f32_to_bf16_bits(uint32_t b) {
-  if ((b & 0x7fffffffu) > 0x7f800000u) return 0xFFFF;
-  return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
-
-// fp32 -> fp16 RNE with the semantics of vcvtps2ph (NaN keeps sign + top payload, quiet).
-LEANKERN_HD uint16_t f32_to_f16_bits(uint32_t b) {
-  uint32_t sign = (b >> 16) & 0x8000u, a = b & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
-  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds to (or is) Inf
-  if (a >= 0x38800000u)                                   // normal fp16
-    return (uint16_t)(sign | ((a - (112u << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13));
-  int ex = (int)(a >> 23);
-  uint32_t sig = ex ? ((a & 0x7fffffu) | 0x800000u) : a;
-  return (uint16_t)(sign | rne_shift(sig, 126 - (ex ? ex : 1)));  // subnormal fp16 (units of 2^-24)
-}
-
+}  // namespace mx
 }  // namespace leankern

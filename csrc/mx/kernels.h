@@ -1,12 +1,13 @@
-// ISA-neutral interface between the torch-facing ops (mx.cpp, hadamard.cpp) and the per-ISA
-// kernels (mx_avx512.cpp, mx_avx2.cpp; the portable path lives in mx.cpp / hadamard.cpp).
-// Plain pointers only: the SIMD translation units include no torch header.
+// The MX family's kernel table: the ISA-neutral interface between the torch-facing ops
+// (mx_cpu.cpp, hadamard_cpu.cpp) and the per-ISA kernels (mx_avx512.cpp, mx_avx2.cpp, and the
+// portable scalar_kernels.h; the tables and the active-ISA choice live in kernels.cpp).
+// Plain pointers only: the kernel translation units include no torch header.
 #pragma once
 
 #include <stdint.h>
 
 namespace leankern {
-namespace cpu {
+namespace mx {
 
 // Quantize blocks [b0, b1) of a flat, contiguous x (K % block_size == 0, so blocks never span rows).
 struct QuantArgs {
@@ -64,8 +65,8 @@ const KernelTable& scalar_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
 #endif
-// Table of the active ISA (cpu_features.h).
+// Table of the active ISA (common/cpu_features.h).
 const KernelTable& active_kernels();
 
-}  // namespace cpu
+}  // namespace mx
 }  // namespace leankern

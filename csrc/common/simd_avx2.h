@@ -1,5 +1,5 @@
-// AVX2 (+F16C) vector wrapper for the generic kernels in mx_simd_impl.h: 8 lanes of 32-bit
-// integers, masks as all-ones lanes. Same interface as V512 (simd_avx512.h).
+// AVX2 (+F16C) vector wrapper for the width-generic kernels (e.g. mx/mx_simd_impl.h): 8 lanes of
+// 32-bit integers, masks as all-ones lanes. Same interface as V512 (simd_avx512.h).
 #pragma once
 
 #include <immintrin.h>

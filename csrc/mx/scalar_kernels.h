@@ -1,14 +1,15 @@
 // Portable scalar range kernels: the "scalar" ISA, and the tails / rare fallbacks of the SIMD
-// paths. Same integer algorithm as the SIMD code (mx_common.h), so all paths agree bit for bit.
+// paths. Same integer algorithm as the SIMD code (formats.h), so all paths agree bit for bit.
 #pragma once
 
 #include <stdint.h>
 
-#include "cpu/mx_common.h"
-#include "cpu/mx_kernels.h"
+#include "common/bits.h"
+#include "mx/formats.h"
+#include "mx/kernels.h"
 
 namespace leankern {
-namespace cpu {
+namespace mx {
 
 inline void quantize_range_scalar(const QuantArgs& q, int64_t b0, int64_t b1) {
   const FormatSpec& f = kFormats[q.fmt];
@@ -18,15 +19,6 @@ inline void quantize_range_scalar(const QuantArgs& q, int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; ++b)
     quantize_block(q.x, q.dtype, b * bs, bs, p, f.is_nv != 0, q.floor_mode != 0, q.rand, q.g,
                    q.codes + b * code_bytes, q.scales + b);
-}
-
-inline void store_f32_as(void* out, int dtype, int64_t i, uint32_t bits) {
-  if (dtype == kInF32)
-    ((uint32_t*)out)[i] = bits;
-  else if (dtype == kInBF16)
-    ((uint16_t*)out)[i] = f32_to_bf16_bits(bits);
-  else
-    ((uint16_t*)out)[i] = f32_to_f16_bits(bits);
 }
 
 // Per-block fp32 factor: MX 2^(byte-127) (0xFF -> canonical NaN); NV g * decode(e4m3 byte).
@@ -46,7 +38,7 @@ inline void dequantize_range_scalar(const DequantArgs& q, int64_t b0, int64_t b1
     for (int64_t i = b * bs; i < (b + 1) * bs; ++i) {
       uint32_t raw = p.bits == 4 ? (q.codes[i >> 1] >> ((i & 1) * 4)) & 0xFu : q.codes[i];
       uint32_t o = nan_block ? 0x7fc00000u : f2u(u2f(decode_code_bits(raw, p)) * fac);
-      store_f32_as(q.out, q.out_dtype, i, o);
+      store_f32_bits(q.out, q.out_dtype, i, o);
     }
   }
 }
@@ -67,7 +59,7 @@ inline void hadamard_chunk_scalar(const HadamardArgs& h, int64_t c) {
   for (int j = 0; j < n; ++j) {
     float y = w[j] * h.scale;
     if (h.signs) y = y * h.signs[j];
-    store_f32_as(h.out, h.dtype, base + j, f2u(y));
+    store_f32_bits(h.out, h.dtype, base + j, f2u(y));
   }
 }
 
@@ -88,5 +80,5 @@ inline uint32_t nv_amax_scalar(const QuantArgs& q, int64_t b0, int64_t b1) {
   return amax_finite_scalar(q.x, q.dtype, b0 * q.block_size, b1 * q.block_size);
 }
 
-}  // namespace cpu
+}  // namespace mx
 }  // namespace leankern

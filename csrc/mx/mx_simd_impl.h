@@ -5,7 +5,7 @@
 // Not a normal header: mx_avx512.cpp / mx_avx2.cpp include it inside their own namespace after
 // defining `V` (the vector wrapper: V512 or V256) and `LK_T` (the matching target attribute), so
 // every function below is compiled once per ISA and never for the baseline. The integer
-// algorithm is the one of mx_common.h (see round_rne / mx_scale_exp there), lane-wise.
+// algorithm is the one of formats.h (see round_rne / mx_scale_exp there), lane-wise.
 //
 // Blocks are processed in "groups": a group is one block when block_size >= N lanes, else the
 // N / block_size blocks that fill one vector (segmented reductions keep them apart).
@@ -44,12 +44,12 @@ LK_T I group_max(I a, int bs) {
 
 LK_T I const_(int32_t v) { return V::set1(v); }
 
-// Biased exponent of the normalised value (mx_common.h biased_exp), lane-wise.
+// Biased exponent of the normalised value (formats.h biased_exp), lane-wise.
 LK_T I biased_exp_v(I a, I ex, M sub) {
   return V::blend(sub, ex, V::sub(V::srli<23>(V::cvt_i2f(a)), const_(149)));
 }
 
-// E8M0 exponent from block amax lanes (mx_common.h mx_scale_exp).
+// E8M0 exponent from block amax lanes (formats.h mx_scale_exp).
 LK_T I scale_exp_v(I A, const ElemParams& p, bool floor_mode) {
   I ex = V::srli<23>(A);
   M sub = V::eq(ex, V::zero());
@@ -63,7 +63,7 @@ LK_T I scale_exp_v(I A, const ElemParams& p, bool floor_mode) {
   return V::blend(V::eq(A, V::zero()), e, const_(-127));
 }
 
-// Magnitude codes of |x| * 2^-e, RNE, saturating (mx_common.h round_rne). a: |x| bits.
+// Magnitude codes of |x| * 2^-e, RNE, saturating (formats.h round_rne). a: |x| bits.
 template <int EL>
 LK_T I round_rne_v(I a, I e) {
   constexpr ElemParams p = elem_params(EL);
@@ -86,7 +86,7 @@ LK_T I round_rne_v(I a, I e) {
   return V::min_i(V::add(base, r), const_(p.max_code));
 }
 
-// Stored code byte from magnitude code and the input's sign bit (mx_common.h encode_code).
+// Stored code byte from magnitude code and the input's sign bit (formats.h encode_code).
 template <int EL>
 LK_T I encode_v(I mag, I x) {
   constexpr ElemParams p = elem_params(EL);
@@ -115,7 +115,7 @@ LK_T void store_group_scales(uint8_t* dst, I sbyte, int G, int bs) {
 }
 
 // General RNE path, any block size and any input: groups of max(1, N / bs) blocks, the exact
-// lane-wise form of mx_common.h's algorithm. NV requires a finite positive q.g.
+// lane-wise form of formats.h's algorithm. NV requires a finite positive q.g.
 template <int EL, int DT, bool NV>
 LK_T void quant_range_general(const QuantArgs& q, int64_t b0, int64_t b1) {
   constexpr ElemParams p = elem_params(EL);
@@ -419,7 +419,7 @@ LK_T void quantize(const QuantArgs& q, int64_t b0, int64_t b1) {
 // ---------------------------------------------------------------------------------------------
 // Dequantize
 // ---------------------------------------------------------------------------------------------
-// Stored codes -> fp32 patterns (mx_common.h decode_code_bits).
+// Stored codes -> fp32 patterns (formats.h decode_code_bits).
 // fp32 patterns of the 16 codes of a 4-bit element (built once, thread-safe static init).
 template <int EL>
 const uint32_t* lut4() {
@@ -518,7 +518,7 @@ LK_T void dequantize(const DequantArgs& q, int64_t b0, int64_t b1) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// NV tensor amax (finite elements), parking block maxima for quant_fast_group (mx_kernels.h)
+// NV tensor amax (finite elements), parking block maxima for quant_fast_group (kernels.h)
 // ---------------------------------------------------------------------------------------------
 template <int DT>
 LK_T uint32_t nv_amax_dt(const QuantArgs& q, int64_t b0, int64_t b1) {

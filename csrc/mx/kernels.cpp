@@ -1,0 +1,32 @@
+// The MX family's kernel tables: the portable one, and the choice of the active ISA's table
+// (the SIMD tables are defined in mx_avx512.cpp / mx_avx2.cpp).
+#include "mx/kernels.h"
+
+#include "common/cpu_features.h"
+#include "mx/scalar_kernels.h"
+
+namespace leankern {
+namespace mx {
+
+const KernelTable& scalar_kernels() {
+  static const KernelTable table = {&quantize_range_scalar, &dequantize_range_scalar, &hadamard_range_scalar,
+                                    &nv_amax_scalar};
+  return table;
+}
+
+const KernelTable& active_kernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512:
+      return avx512_kernels();
+    case cpu::Isa::kAvx2:
+      return avx2_kernels();
+    default:
+      break;
+  }
+#endif
+  return scalar_kernels();
+}
+
+}  // namespace mx
+}  // namespace leankern

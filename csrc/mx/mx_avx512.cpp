@@ -1,0 +1,32 @@
+// AVX-512 (F/BW/VL/DQ) build of the generic SIMD kernels (mx_simd_impl.h,
+// hadamard_simd_impl.h). Every function here carries a target attribute; the baseline (-O3, no -m
+// flags) never executes any of it unless common/cpu_features.cpp found the ISA at run time.
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include "common/bits.h"
+#include "common/simd_avx512.h"
+#include "mx/formats.h"
+#include "mx/kernels.h"
+#include "mx/scalar_kernels.h"
+
+namespace leankern {
+namespace mx {
+namespace avx512 {
+
+using V = cpu::V512;
+#define LK_T __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c"))) inline
+#include "mx/mx_simd_impl.h"
+#include "mx/hadamard_simd_impl.h"
+#undef LK_T
+
+}  // namespace avx512
+
+const KernelTable& avx512_kernels() {
+  static const KernelTable table = {&avx512::quantize, &avx512::dequantize, &avx512::hadamard, &avx512::nv_amax};
+  return table;
+}
+
+}  // namespace mx
+}  // namespace leankern
+
+#endif
