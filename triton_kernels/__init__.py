@@ -4,10 +4,10 @@ Never import this directory as a top-level ``triton_kernels`` package: that name
 Triton project's own kernel library. The kernels run on CUDA tensors, and on CPU tensors under
 ``TRITON_INTERPRET=1`` (set it before this package is imported).
 
-Modules: :mod:`.mx` (MX/NV quantize + dequantize), :mod:`.hadamard` (fast Walsh-Hadamard),
+Modules: :mod:`.mx` (MX/NV quantize + dequantize), :mod:`.mx_hadamard` (fast Walsh-Hadamard),
 :mod:`.aot` (ahead-of-time compilation for sm_90 / sm_100 and a resource report).
 """
-from .hadamard import hadamard_transform_triton
+from .mx_hadamard import hadamard_transform_triton
 from .mx import mx_dequantize_triton, mx_quantize_triton
 
 __all__ = ["mx_quantize_triton", "mx_dequantize_triton", "hadamard_transform_triton"]

@@ -58,7 +58,7 @@ def _quantize_spec(fmt, bs, mode, dtype, stochastic):
 
 
 def _dequantize_spec(fmt, bs, out_dtype):
-    from ..formats import get_format
+    from ..mx.formats import get_format
     from .mx import dequantize_config
 
     fn, ce, nw = dequantize_config(fmt, bs, out_dtype)
@@ -69,10 +69,10 @@ def _dequantize_spec(fmt, bs, out_dtype):
 
 
 def _hadamard_spec(n, dtype, has_signs):
-    from .hadamard import hadamard_config
+    from .mx_hadamard import hadamard_config
 
     fn, ce, nw = hadamard_config(n, dtype, has_signs)
-    types = dict(x_ptr=_PTR[dtype], scale_ptr="*fp32", signs_ptr="*fp32", out_ptr=_OUT_PTR[dtype],
+    types = dict(x_ptr=_PTR[dtype], scale="fp32", signs_ptr="*fp32", out_ptr=_OUT_PTR[dtype],
                  n_rows="i32")
     return KernelSpec(f"hadamard[n{n},{str(dtype)[6:]}{',signs' if has_signs else ''}]", fn, types, ce, nw,
                       "hadamard")

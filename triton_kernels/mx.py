@@ -1,6 +1,6 @@
 """Triton kernels for the MX / NV block formats: quantize and dequantize.
 
-Bit-exact with :mod:`leankern.ref.mx`. All rounding is integer arithmetic on fp32 bit patterns
+Bit-exact with :mod:`leankern.mx.ref`. All rounding is integer arithmetic on fp32 bit patterns
 (never a native fp8 cast: the interpreter and the GPU round those differently), so the same
 kernel is exact on a GPU and under ``TRITON_INTERPRET=1`` on CPU.
 
@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..formats import get_format
-from ..ref.mx import nv_global_scale
+from ..mx.formats import get_format
+from ..mx.ref import nv_global_scale
 
 __all__ = [
     "mx_quantize_triton",
@@ -352,6 +352,15 @@ def _int_view(x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- launchers
+# Launchers create no tensor from host values and never synchronise (no .item(), no host reads of
+# device data, no cross-device copies), so every op can be captured in a CUDA graph;
+# tests/test_launchers_graph_safe.py enforces it.
+def _check_same_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    """A tensor argument on another device is an error, not a silent (host-to-device) copy."""
+    if t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of x), got {t.device}")
+
+
 def mx_quantize_triton(
     x: torch.Tensor,
     fmt: str,
@@ -360,7 +369,7 @@ def mx_quantize_triton(
     rand_bits: torch.Tensor | None = None,
     global_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantize ``x`` to a block format; same contract as :func:`leankern.ref.mx.mx_quantize_ref`.
+    """Quantize ``x`` to a block format; same contract as :func:`leankern.mx.ref.mx_quantize_ref`.
 
     Shape: x ``[..., K]`` (``K % block_size == 0``), rand_bits int32 ``[..., K]`` or None ->
     codes ``[..., K]`` (``[..., K // 2]`` uint8 for 4-bit elements), scales
@@ -374,13 +383,18 @@ def mx_quantize_triton(
     codes = torch.empty(*lead, K // 2 if el.packed else K, dtype=torch.uint8, device=x.device)
     scales = torch.empty(*lead, K // block_size, dtype=torch.uint8, device=x.device)
     if f.is_nv:
-        g = nv_global_scale(x, el) if global_scale is None else global_scale
-        g = g.to(device=x.device, dtype=torch.float32).reshape(()).clone()
+        if global_scale is None:
+            g = nv_global_scale(x, el)
+        else:
+            _check_same_device("global_scale", global_scale, x.device)
+            g = global_scale.to(torch.float32).reshape(()).clone()  # the output never aliases the input
     else:
         g = torch.ones((), dtype=torch.float32, device=x.device)
     if n_blocks:
         kernel, ce, num_warps = quantize_config(f.name, block_size, scale_mode, x.dtype,
                                                 rand_bits is not None, n_blocks, x.device.type)
+        if rand_bits is not None:
+            _check_same_device("rand_bits", rand_bits, x.device)
         rb = codes if rand_bits is None else rand_bits.contiguous().view(torch.int32)  # dummy when RNE
         grid = (triton.cdiv(n_blocks, ce["NB"]),)
         args = (_int_view(x), rb, g, codes, scales, n_blocks) if f.is_nv else (_int_view(x), rb, codes, scales, n_blocks)
@@ -398,7 +412,7 @@ def mx_dequantize_triton(
     block_size: int,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Dequantize; same contract as :func:`leankern.ref.mx.mx_dequantize_ref`.
+    """Dequantize; same contract as :func:`leankern.mx.ref.mx_dequantize_ref`.
 
     Shape: codes ``[..., K]`` (``[..., K // 2]`` packed), scales ``[..., K // block_size]``,
     global_scale fp32 ``[]`` -> ``[..., K]`` in ``out_dtype``.
@@ -413,7 +427,8 @@ def mx_dequantize_triton(
         kernel, ce, num_warps = dequantize_config(f.name, block_size, out_dtype, n_blocks, codes.device.type)
         raw = codes.view(torch.uint8) if codes.dtype != torch.int8 else codes
         s = scales.contiguous().view(torch.uint8)
-        g = global_scale.to(device=codes.device, dtype=torch.float32).reshape(())
+        _check_same_device("global_scale", global_scale, codes.device)
+        g = global_scale.to(torch.float32).reshape(())
         out_view = out.view(torch.int16) if out_dtype == torch.bfloat16 else out
         grid = (triton.cdiv(n_blocks, ce["NB"]),)
         kernel[grid](raw, s, g, out_view, n_blocks, **ce, num_warps=num_warps,

@@ -1,9 +1,13 @@
 """Triton fast Walsh-Hadamard transform over power-of-two chunks of the last dim.
 
-Bit-exact with :func:`leankern.ref.mx.hadamard_transform_ref`: the same butterfly order
+Bit-exact with :func:`leankern.mx.ref.hadamard_transform_ref`: the same butterfly order
 (h = 1, 2, ..., n/2 on pairs (i, i + h)), fp32 adds, then ``* fp32(scale)``, then ``* signs``.
 One program owns ``ROWS`` whole chunks (a ``[ROWS, N]`` tile); each stage views the tile as
 ``[ROWS, N / 2h, 2, h]``, splits the pair axis and joins (a + b, a - b) back, fully unrolled.
+
+The launcher creates no tensor from host values and never synchronises (CUDA-graph safe):
+``scale`` travels as an fp32 kernel argument, rounded from the Python float with RNE by
+Triton's launcher, which is the reference's ``fp32(scale)``.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .mx import _int_view, _load_bits, _store_f32, bf16_nan_bits, compile_options, input_kind
+from .mx import _check_same_device, _int_view, _load_bits, _store_f32, bf16_nan_bits, compile_options, input_kind
 
 __all__ = ["hadamard_transform_triton", "hadamard_config", "MAX_CHUNK"]
 
@@ -20,7 +24,7 @@ TILE = 2048
 
 
 @triton.jit
-def _hadamard_kernel(x_ptr, scale_ptr, signs_ptr, out_ptr, n_rows,
+def _hadamard_kernel(x_ptr, scale, signs_ptr, out_ptr, n_rows,
                      N: tl.constexpr, LOG_N: tl.constexpr, ROWS: tl.constexpr,
                      HAS_SIGNS: tl.constexpr, IN_KIND: tl.constexpr, OUT_KIND: tl.constexpr,
                      BF16_NAN: tl.constexpr):
@@ -34,7 +38,9 @@ def _hadamard_kernel(x_ptr, scale_ptr, signs_ptr, out_ptr, n_rows,
         pairs = tl.permute(tl.reshape(y, [ROWS, N // (2 << i), 2, 1 << i]), (0, 1, 3, 2))
         a, b = tl.split(pairs)  # [ROWS, N / 2h, h] each
         y = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, N])
-    y = y * tl.load(scale_ptr)
+    # compiled: an fp32 argument (RNE-rounded by the launcher); interpreter: the Python float,
+    # which the cast rounds to fp32 with RNE as well. Either way the reference's fp32(scale).
+    y = y * tl.cast(scale, tl.float32)
     if HAS_SIGNS:
         y = y * tl.load(signs_ptr + cols)[None, :]
     _store_f32(out_ptr, offs, y, rmask[:, None], OUT_KIND, BF16_NAN)
@@ -60,20 +66,26 @@ def hadamard_transform_triton(
 ) -> torch.Tensor:
     """Normalised fast Walsh-Hadamard transform of each ``chunk_size`` chunk of the last dim.
 
-    Same contract as :func:`leankern.ref.mx.hadamard_transform_ref`.
+    Same contract as :func:`leankern.mx.ref.hadamard_transform_ref`.
     Shape: x ``[..., K]`` (``K % chunk_size == 0``), signs ``[chunk_size]`` or None -> ``[..., K]``.
     """
     x = x.contiguous()
     kernel, ce, num_warps = hadamard_config(chunk_size, x.dtype, signs is not None,
                                             x.numel() // chunk_size, x.device.type)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):  # float(tensor) would synchronise
+        raise TypeError(f"scale: expected a Python float, got {type(scale).__name__}")
     out = torch.empty_like(x)
     n_rows = x.numel() // chunk_size
     if n_rows == 0:
         return out
-    scale_t = torch.tensor([scale], dtype=torch.float32, device=x.device)  # RNE to fp32, like the ref
-    signs_t = scale_t if signs is None else signs.to(device=x.device, dtype=torch.float32).contiguous()
+    x_bits = _int_view(x)
+    if signs is None:
+        signs_t = x_bits  # never read (HAS_SIGNS=False): any pointer will do
+    else:
+        _check_same_device("signs", signs, x.device)
+        signs_t = signs.to(torch.float32).contiguous()
     out_view = out.view(torch.int16) if x.dtype == torch.bfloat16 else out
     grid = (triton.cdiv(n_rows, ce["ROWS"]),)
-    kernel[grid](_int_view(x), scale_t, signs_t, out_view, n_rows, **ce, num_warps=num_warps,
+    kernel[grid](x_bits, float(scale), signs_t, out_view, n_rows, **ce, num_warps=num_warps,
                  **compile_options(x.device))
     return out

@@ -1,15 +1,17 @@
 """leankern: kernels that make LLM inference do less work.
 
-Families: :mod:`leankern.mx` (MX/NV block formats). Each op has a pure-PyTorch reference
-(:mod:`leankern.ref`), a C++ CPU kernel and a Triton GPU kernel behind one ``torch.ops.leankern``
-op; :func:`use_backend` forces one for tests and benchmarks.
+Families: :mod:`leankern.mx` (MX/NV block formats). Each family is one subpackage: its public
+API, its reference (``ref.py``, the definition of the numerics) and its op declarations
+(``ops.py``). Each op is one ``torch.ops.leankern`` op whose C++ (CPU) or Triton/CUDA (GPU)
+kernel is registered with the torch dispatcher; :func:`use_backend` forces one for tests and
+benchmarks. ``docs/architecture.md`` describes the layers.
 """
-from ._backend import extension, extension_error, use_backend
-from . import formats
+from .core import backend_for, extension, extension_error, registered_ops, use_backend
 from . import testing
-from . import ops
-from .ops import mx
-from .ops.mx import MXTensor
+from . import mx
+from .mx import MXTensor
+from . import output_cache
 
 __version__ = "0.1.0"
-__all__ = ["mx", "MXTensor", "formats", "testing", "use_backend", "extension", "extension_error", "__version__"]
+__all__ = ["mx", "MXTensor", "testing", "use_backend", "backend_for", "registered_ops", "extension",
+           "extension_error", "output_cache", "__version__"]

@@ -2,7 +2,7 @@
 
 Subcommands:
   info       versions, CPU features, the active C++ ISA, backends, GPU and nvcc
-  bench      benchmarks: ``[--quick] [--family F] [--csv PATH] [--plot PATH] [--device cpu|cuda]``
+  bench      benchmarks: ``[--quick | --full] [--family F|overhead] [--csv PATH] [--plot PATH] [--device cpu|cuda]``
   numerics   the MX/NV QSNR study: ``[--size N] [--plot PATH] [--csv PATH]``
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def info_lines() -> list[str]:
     import torch
 
     import leankern
-    from leankern._backend import extension, extension_error, triton_available, triton_interpreting
+    from leankern.core import backend_for, extension, extension_error, triton_available, triton_interpreting
 
     model, flags = _cpuinfo()
     lines = [f"leankern   {leankern.__version__} ({os.path.dirname(leankern.__file__)})",
@@ -94,7 +94,20 @@ def info_lines() -> list[str]:
     if triton_available() and (torch.cuda.is_available() or triton_interpreting()):
         backends.append("triton" + ("" if torch.cuda.is_available() else " (interpreter)"))
     lines.append("backends   " + ", ".join(backends))
+    cache = leankern.output_cache.stats()
+    lines.append(f"out cache  {'off' if not cache['limit_bytes'] else str(cache['limit_bytes'] >> 20) + ' MB'}"
+                 " (leankern.output_cache)")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    lines.append("op -> kernel that torch.ops.leankern.<op> runs (" + ", ".join(devices) + "):")
+    for name in leankern.registered_ops():
+        picks = [f"{dev}: {_backend_label(backend_for(name, dev))}" for dev in devices]
+        lines.append(f"  {name:<22} " + ", ".join(picks))
     return lines
+
+
+def _backend_label(backend: str) -> str:
+    """'ref' is flagged: a user must never be 100x slower without being told."""
+    return "REFERENCE (slow: no compiled kernel)" if backend == "ref" else backend
 
 
 def _cmd_info(args) -> int:
@@ -102,32 +115,20 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _with_suffix(path: str | None, family: str, many: bool) -> str | None:
-    if not path or not many:
-        return path
-    root, ext = os.path.splitext(path)
-    return f"{root}_{family}{ext}"
-
-
 def _cmd_bench(args, as_command: bool) -> int:
-    from leankern.benchmarks import FAMILIES, family_module, rerun_with_thp
+    from leankern.benchmarks import check_bench_args, rerun_with_thp, run_bench
 
-    if args.size is not None and (args.size < 64 or args.size % 64):
-        print(f"leankern bench: --size: expected a positive multiple of 64, got {args.size}", file=sys.stderr)
+    err = check_bench_args(args)
+    if err:
+        print(f"leankern bench: {err}", file=sys.stderr)
         return 2
     if as_command and (rc := rerun_with_thp(args.no_thp)) is not None:
         return rc
-    families = FAMILIES if args.family == "all" else (args.family,)
-    many = len(families) > 1
-    for fam in families:
-        family_module(fam).run(quick=args.quick, device=args.device, sizes=(args.size,) if args.size else None,
-                               csv_path=_with_suffix(args.csv, fam, many), plot_path=_with_suffix(args.plot, fam, many),
-                               aot=not args.no_aot)
-    return 0
+    return run_bench(args)
 
 
 def _cmd_numerics(args, rest) -> int:
-    from leankern import numerics
+    from leankern.mx import numerics
 
     return numerics.main(rest)
 
@@ -138,7 +139,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="leankern", description="leankern: kernels for lean LLM inference")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, CPU features, backends, GPU")
-    add_bench_args(sub.add_parser("bench", help="run the benchmarks and print one table"))
+    add_bench_args(sub.add_parser("bench", help="run the benchmarks: one section (header line + table) per family, "
+                                              "then the per-call overhead section"))
     sub.add_parser("numerics", help="MX/NV QSNR study (--size N --plot PATH --csv PATH)", add_help=False)
     args, rest = p.parse_known_args(argv)
     if args.cmd == "numerics":

@@ -1,62 +1,109 @@
-"""Backend selection: which implementation an op runs, and a way to force one.
+"""Shared machinery of every family: the extension, argument checks, capabilities, op registration.
 
-Backends: ``"ref"`` (pure PyTorch, always there), ``"cpp"`` (the compiled ``leankern._C``
-extension, CPU tensors), ``"triton"`` (GPU tensors; CPU tensors only under
-``TRITON_INTERPRET=1``), ``"cuda"`` (hand-written CUDA kernels in ``leankern._C``, when built).
-Production calls never need to choose; tests and benches use :func:`use_backend`.
-``LEANKERN_DISABLE_EXT=1`` makes the process behave as if the extension were not built.
+How a call travels (docs/architecture.md has the picture):
+
+* Each family's ``ops.py`` declares its ops once with :func:`register_op` (schema, fake,
+  reference, optional Triton launcher, capability rows). Its C++ kernels register themselves on
+  the ``CPU`` (and, in a CUDA build, ``CUDA``) dispatch key when ``leankern._C`` is loaded, so
+  ``torch.ops.leankern.<op>`` on a CPU tensor goes straight from the torch dispatcher to C++.
+* On ``CUDA`` the Triton launcher is registered where no hand-written CUDA kernel is.
+* The reference is registered as ``CompositeExplicitAutograd``: it runs only where no compiled
+  kernel exists for the device, and warns once when that is because something failed.
+* :func:`use_backend` forces one backend for tests and benches with a ``TorchDispatchMode``: no
+  cost at all for calls made outside it.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import importlib
 import os
 import threading
+import warnings
+from typing import Callable, Iterable, Optional
 
-__all__ = ["use_backend", "forced_backend", "extension", "extension_error", "triton_available", "BACKENDS"]
+import torch
+from torch._subclasses.fake_tensor import is_fake
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = [
+    "BACKENDS", "FLOAT_DTYPES", "Capability", "OpSpec", "register_op", "registered_ops", "use_backend",
+    "forced_backend", "backend_for", "extension", "extension_error", "triton_available", "triton_interpreting",
+    "check_tensor", "check_shape", "check_power_of_two", "check_choice", "check_divisible",
+]
 
 BACKENDS = ("ref", "cpp", "triton", "cuda")
-_state = threading.local()
-_ext_cache: dict = {}
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# ---------------------------------------------------------------------------------------- checks
+# Every message names the argument, the expected and the actual value. The C++ kernels
+# (csrc/common/torch_checks.h) produce the same text, so a test's `match=` holds on every backend.
 
 
-@contextlib.contextmanager
-def use_backend(name: str):
-    """Force every leankern op called inside the block onto one backend.
-
-    >>> with leankern.use_backend("ref"):
-    ...     qt = leankern.mx.quantize(x, "mxfp4")
-
-    An op whose forced backend cannot run the given input raises ``RuntimeError`` naming both.
-    """
-    if name not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
-    prev = getattr(_state, "forced", None)
-    _state.forced = name
-    try:
-        yield
-    finally:
-        _state.forced = prev
+def check_tensor(name: str, t, dtypes: Iterable[torch.dtype] | None = None, device: torch.device | None = None,
+                 min_dim: int = 0, device_of: str = "x") -> None:
+    """``t`` is a tensor of one of ``dtypes`` on ``device`` (that of the argument ``device_of``) with >= ``min_dim`` dims."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of {device_of}), got {t.device}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name}: expected at least {min_dim} dim(s), got shape {tuple(t.shape)}")
 
 
-def forced_backend() -> str | None:
-    return getattr(_state, "forced", None)
+def check_shape(name: str, t: torch.Tensor, expected: tuple) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def check_power_of_two(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < lo or value > hi or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two in [{lo}, {hi}], got {value}")
+
+
+def check_choice(name: str, value, choices: Iterable) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def check_divisible(name: str, size: int, divisor_name: str, divisor: int) -> None:
+    if size % divisor:
+        raise ValueError(
+            f"{name}: expected a multiple of {divisor_name}={divisor}, got {size} "
+            f"(pad the last dim to a multiple of {divisor_name}, or pick a smaller {divisor_name})"
+        )
+
+
+# ------------------------------------------------------------------------------------- extension
+_ext: dict = {}
 
 
 def _load_extension():
-    if "mod" not in _ext_cache:
-        if os.environ.get("LEANKERN_DISABLE_EXT") == "1":  # run as if the extension were not built
-            _ext_cache.update(mod=None, err="disabled by LEANKERN_DISABLE_EXT=1")
-            return None
+    """Import ``leankern._C`` once (it registers the C++ kernels with the dispatcher)."""
+    if "mod" in _ext:
+        return _ext["mod"]
+    mod, err = None, None
+    if os.environ.get("LEANKERN_DISABLE_EXT") == "1":  # deliberate: behave as if it were not built
+        err = "disabled by LEANKERN_DISABLE_EXT=1"
+    else:
         try:
-            import torch  # noqa: F401  (the extension links against libtorch)
-
-            _ext_cache["mod"] = importlib.import_module("leankern._C")
-            _ext_cache["err"] = None
-        except Exception as exc:  # ImportError, or an ABI mismatch (OSError / undefined symbol)
-            _ext_cache["mod"] = None
-            _ext_cache["err"] = f"{type(exc).__name__}: {exc}"
-    return _ext_cache["mod"]
+            mod = importlib.import_module("leankern._C")
+        except Exception as exc:  # ImportError, or an ABI mismatch after a torch upgrade (undefined symbol)
+            err = f"{type(exc).__name__}: {exc}"
+    if mod is not None and not hasattr(mod, "requested_isa_error"):  # a .so left over from an older leankern
+        mod, err = None, "leankern._C is stale (built from an older leankern source)"
+    _ext.update(mod=mod, err=err)
+    if mod is not None:
+        isa_err = mod.requested_isa_error()
+        if isa_err:  # an unknown or unsupported LEANKERN_CPU_ISA is an error, not silently ignored
+            raise ValueError(isa_err)
+    return mod
 
 
 def extension():
@@ -65,8 +112,9 @@ def extension():
 
 
 def extension_error() -> str | None:
+    """Why :func:`extension` is None (None when it loaded)."""
     _load_extension()
-    return _ext_cache["err"]
+    return _ext["err"]
 
 
 def triton_available() -> bool:
@@ -79,3 +127,224 @@ def triton_available() -> bool:
 
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------------------------- capabilities
+@dataclasses.dataclass(frozen=True)
+class Capability:
+    """What one backend of one op can run: input dtypes and inclusive ``(lo, hi)`` limits per argument.
+
+    ``devices`` are the device types it runs on ("cpu" for Triton means: under ``TRITON_INTERPRET=1``).
+    """
+
+    devices: tuple
+    dtypes: tuple = FLOAT_DTYPES
+    limits: dict = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+    def limit(self, arg: str) -> tuple:
+        return self.limits[arg]
+
+
+@dataclasses.dataclass
+class OpSpec:
+    """One op of a family. ``check(backend, *args)`` validates for the backend that will run.
+
+    ``ref`` and ``triton`` take exactly the op's arguments; ``triton`` imports its module of
+    ``leankern.triton_kernels`` on first use (no triton import at start-up).
+    ``capabilities`` maps backend name -> :class:`Capability`; a backend absent from it has no kernel.
+    """
+
+    name: str
+    schema: str
+    ref: Callable
+    fake: Callable
+    check: Callable
+    capabilities: dict
+    triton: Optional[Callable] = None
+    native_cuda: bool = dataclasses.field(default=False, init=False)  # a C++ CUDA kernel is registered
+
+    @property
+    def qualname(self) -> str:
+        return f"leankern::{self.name}"
+
+
+_REGISTRY: dict = {}
+_LIBS: list = []  # keep the torch.library.Library objects alive
+
+
+def registered_ops() -> dict:
+    """``{op name: OpSpec}`` of every registered op, all families."""
+    return dict(_REGISTRY)
+
+
+def _has_kernel(qualname: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+
+
+def register_op(spec: OpSpec) -> OpSpec:
+    """Declare ``torch.ops.leankern.<spec.name>`` and register its fake, reference and Triton kernels."""
+    lib = torch.library.Library("leankern", "FRAGMENT")
+    _LIBS.append(lib)
+    lib.define(spec.name + spec.schema)
+    torch.library.register_fake(spec.qualname, spec.fake, lib=lib)
+    _load_extension()  # C++ kernels register CPU (and CUDA) impls for the op when the .so loads
+    spec.native_cuda = _has_kernel(spec.qualname, "CUDA")
+    if spec.triton is not None and not spec.native_cuda:
+        lib.impl(spec.name, _triton_kernel(spec), "CUDA")
+    lib.impl(spec.name, _fallback_kernel(spec), "CompositeExplicitAutograd")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def backend_for(op: str, device: torch.device | str) -> str:
+    """The backend ``torch.ops.leankern.<op>`` runs for tensors on ``device`` in this process."""
+    forced = forced_backend()
+    if forced is not None:
+        return forced
+    spec, dev = _REGISTRY[op], torch.device(device).type
+    if dev == "cpu":
+        return "cpp" if _has_kernel(spec.qualname, "CPU") else "ref"
+    if dev == "cuda":
+        if spec.native_cuda:
+            return "cuda"
+        return "triton" if spec.triton is not None and triton_available() else "ref"
+    return "ref"
+
+
+def _first_device(args) -> torch.device:
+    return next(a.device for a in args if isinstance(a, torch.Tensor))
+
+
+def _triton_kernel(spec: OpSpec) -> Callable:
+    def kernel(*args):
+        if not triton_available():  # not a silent fallback: warned once, then the reference
+            _warn_fallback(spec, "cuda", "triton is not installed; fix: pip install triton")
+            spec.check("ref", *args)
+            return spec.ref(*args)
+        spec.check("triton", *args)
+        return spec.triton(*args)
+
+    return kernel
+
+
+_warned: set = set()
+_warn_lock = threading.Lock()
+
+
+def _warn_fallback(spec: OpSpec, device_type: str, reason: str) -> None:
+    with _warn_lock:
+        if reason in _warned:
+            return
+        _warned.add(reason)
+    warnings.warn(f"leankern: running the pure-PyTorch reference of {spec.qualname} (and of every other leankern "
+                  f"op) on {device_type} tensors, typically 100-1000x slower than the compiled kernel: {reason}",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _fallback_reason(spec: OpSpec, device_type: str) -> str | None:
+    if device_type == "cpu":
+        err = extension_error()
+        if err is None:
+            return f"leankern._C has no CPU kernel for {spec.name}"
+        if err.startswith("disabled by"):
+            return None  # the user asked for it
+        return (f"the C++ extension leankern._C did not load ({err}); fix: rebuild it against the installed torch "
+                f"(make build, or pip install --no-build-isolation -e .)")
+    if device_type == "meta":
+        return None
+    return f"leankern has no compiled kernel for {device_type} tensors"
+
+
+def _fallback_kernel(spec: OpSpec) -> Callable:
+    def kernel(*args):
+        dev = _first_device(args).type
+        reason = _fallback_reason(spec, dev)
+        if reason is not None:
+            _warn_fallback(spec, dev, reason)
+        spec.check("ref", *args)
+        return spec.ref(*args)
+
+    return kernel
+
+
+# -------------------------------------------------------------------------------- forced backend
+_state = threading.local()
+
+
+def forced_backend() -> str | None:
+    """The backend forced by an enclosing :func:`use_backend` in this thread, else None."""
+    return getattr(_state, "forced", None)
+
+
+def _run_forced(spec: OpSpec, backend: str, func, args, kwargs):
+    dev = _first_device(args)
+    if backend == "ref":
+        spec.check("ref", *args)
+        return spec.ref(*args)
+    if backend == "triton":
+        if spec.triton is None:
+            raise RuntimeError(f"backend 'triton': {spec.qualname} has no Triton kernel")
+        if not triton_available():
+            raise RuntimeError("backend 'triton': triton is not installed (pip install triton)")
+        if dev.type == "cpu" and not triton_interpreting():
+            raise RuntimeError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing triton")
+        spec.check("triton", *args)
+        return spec.triton(*args)
+    want = {"cpp": "cpu", "cuda": "cuda"}[backend]
+    if dev.type != want:
+        raise RuntimeError(f"backend {backend!r} runs {want} tensors; got a tensor on {dev}")
+    if backend == "cpp" and extension() is None:
+        raise RuntimeError(f"backend 'cpp': the leankern._C extension is not available ({extension_error()})")
+    if backend == "cpp" and not _has_kernel(spec.qualname, "CPU") or backend == "cuda" and not spec.native_cuda:
+        raise RuntimeError(f"backend {backend!r}: leankern._C has no {want} kernel for {spec.qualname}")
+    # redispatch below every mode (an outer use_backend too): straight to the kernel of that key
+    key = torch._C.DispatchKey.CPU if backend == "cpp" else torch._C.DispatchKey.CUDA
+    return func.redispatch(torch._C.DispatchKeySet(key), *args, **kwargs)
+
+
+class _ForceBackend(TorchDispatchMode):
+    """Routes every ``torch.ops.leankern`` call to one backend; other ops pass through untouched."""
+
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name
+        # Fake tensors (torch.compile / export tracing) go to the fake, which checks for the forced backend.
+        if name.startswith("leankern::") and not any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
+            return _run_forced(_REGISTRY[name.split("::", 1)[1]], self.backend, func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+class use_backend:  # noqa: N801  (a context manager used like a function)
+    """Force every ``torch.ops.leankern`` op called inside the block onto one backend.
+
+    >>> with leankern.use_backend("ref"):
+    ...     qt = leankern.mx.quantize(x, "mxfp4")
+
+    Backends: ``"ref"`` (pure PyTorch), ``"cpp"`` (C++ CPU kernels), ``"triton"`` (CUDA tensors, or
+    CPU tensors under ``TRITON_INTERPRET=1``), ``"cuda"`` (hand-written CUDA kernels). A forced
+    backend that cannot run the input raises ``RuntimeError`` naming both. For tests and benches:
+    production calls never need it (the dispatcher already picks the kernel for the device).
+    Eager only: torch.compile refuses to trace while a user dispatch mode is active.
+    """
+
+    def __init__(self, name: str):
+        if name not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+        self.name = name
+
+    def __enter__(self):
+        self._prev = forced_backend()
+        _state.forced = self.name
+        self._mode = _ForceBackend(self.name)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        _state.forced = self._prev
+        return False

@@ -1,7 +1,7 @@
 """MX / NV block-format descriptions: element types and named formats.
 
 This module is the single Python source of truth for format parameters. The C++ kernels
-(``csrc/cpu/mx_common.h``) keep a mirrored table; ``tests/test_mx_formats.py`` checks the two agree.
+(``csrc/mx/``) keep a mirrored table; ``tests/test_mx_cpu_isa.py::test_format_table_mirrors_python`` checks the two agree.
 
 Element grid
 ------------
@@ -135,9 +135,12 @@ def format_names() -> list[str]:
 
 def get_format(name: str) -> BlockFormat:
     """Look up a format by name (case-insensitive; ``mxfp8`` = ``mxfp8_e4m3``, ``mxfp6`` = ``mxfp6_e2m3``)."""
+    f = FORMATS.get(name) if isinstance(name, str) else None
+    if f is not None:  # fast path: a canonical name (the per-call overhead of every front-end counts)
+        return f
     if isinstance(name, BlockFormat):
         return name
     key = _ALIASES.get(str(name).lower(), str(name).lower())
     if key not in FORMATS:
-        raise ValueError(f"fmt: expected one of {sorted(FORMATS) + sorted(_ALIASES)}, got {name!r}")
+        raise ValueError(f"fmt: expected one of {tuple(FORMATS)} or an alias {tuple(_ALIASES)}, got {name!r}")
     return FORMATS[key]

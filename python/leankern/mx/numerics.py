@@ -4,7 +4,7 @@ Reproduces the "Numerics studies" section of specs/mx.md (arXiv 2510.25602)::
 
     QSNR = -10 log10( sum (x_hat - x)^2 / sum x^2 )   [dB]
 
-for the eight paper formats (:data:`leankern.formats.PAPER_FORMATS`, RCEIL scales for MX, the
+for the eight paper formats (:data:`leankern.mx.formats.PAPER_FORMATS`, RCEIL scales for MX, the
 two-level scale for NV) on three data sets, each with and without a 32-wide random Hadamard
 rotation (RHT) along the blocked (last) dimension:
 
@@ -40,8 +40,8 @@ import sys
 import torch
 
 from .formats import PAPER_FORMATS, get_format
-from .benchmarks.harness import import_pyplot
-from .testing.compare import qsnr_db
+from ..benchmarks.harness import import_pyplot
+from ..testing.compare import qsnr_db
 
 __all__ = [
     "DATASETS", "SPEC_GAUSSIAN_QSNR", "gaussian", "student_t", "outlier_channels", "spiked_blocks",
@@ -124,7 +124,7 @@ def make_dataset(name: str, shape, seed: int = 0) -> torch.Tensor:
 # ----------------------------------------------------------------------------- quantize / rotate
 def backend_description() -> str:
     """Which backend :func:`quantize_dequantize` runs here."""
-    from ._backend import extension
+    from ..core import extension
 
     return "leankern.mx.quantize, default backend" + (" (C++)" if extension() is not None else " (reference)")
 
@@ -218,7 +218,7 @@ def crest_factor_study(size: int = 1024, bits=(4, 6, 8), block_size: int = 32, n
     ``theory_b`` (the curve, RCEIL rho), ``model_b`` (uniform-noise model with each block's
     actual scale, i.e. the formula with the measured rho).
     """
-    from .ref.mx import mx_scale_exponent
+    from .ref import mx_scale_exponent
 
     x = spiked_blocks((size, size), block_size, seed)
     xb = x.double().view(-1, block_size)  # [B, bs]
@@ -252,7 +252,7 @@ def crest_factor_study(size: int = 1024, bits=(4, 6, 8), block_size: int = 32, n
 
 # ----------------------------------------------------------------------------- output
 def _progress(total, desc):
-    from .benchmarks.harness import progress_bar
+    from ..benchmarks.harness import progress_bar
 
     return progress_bar(total, desc)
 

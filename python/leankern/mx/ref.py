@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ..formats import BlockFormat, ElementType, get_format
+from .formats import BlockFormat, ElementType, get_format
 
 __all__ = [
     "mx_quantize_ref",
@@ -115,7 +115,9 @@ def nv_global_scale(x: torch.Tensor, el: ElementType) -> torch.Tensor:
     x32 = x.to(torch.float32)
     finite_abs = torch.where(torch.isfinite(x32), x32.abs(), torch.zeros_like(x32))
     amax = finite_abs.amax() if finite_abs.numel() else torch.zeros((), dtype=torch.float32, device=x.device)
-    g = amax / torch.tensor(448.0 * el.max_value, dtype=torch.float32, device=x.device)
+    # a device-side constant (no host-to-device copy) and a true division (CUDA turns `t / python_float`
+    # into a multiplication by the reciprocal, which rounds differently)
+    g = amax / torch.full((), 448.0 * el.max_value, dtype=torch.float32, device=x.device)
     g = torch.clamp(g, min=NV_MIN_GLOBAL_SCALE)
     return torch.where(amax == 0, torch.ones_like(g), g)
 
@@ -203,6 +205,7 @@ def mx_dequantize_ref(
     NV: fp32 value * fp32(g * s_b), NaN where the block scale is NaN. Then RNE to ``out_dtype``.
     """
     f = get_format(fmt)
+    codes, scales = codes.view(f.code_dtype), scales.view(f.scale_dtype)  # raw uint8 bytes are accepted too
     vals = _decode_codes(codes, f)  # [..., K] float64
     lead, K = vals.shape[:-1], vals.shape[-1]
     vals = vals.reshape(*lead, K // block_size, block_size)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..formats import get_format
+from .formats import get_format
 
 __all__ = ["MXTensor"]
 
@@ -58,7 +58,7 @@ class MXTensor:
         """Scales as ``[..., K // block_size]`` whatever the stored layout."""
         if self.scale_layout == "row_major":
             return self.scales
-        from .mx_layout import unswizzle_scales
+        from .layout import unswizzle_scales
 
         rows, cols = self._scale_grid()
         return unswizzle_scales(self.scales, rows, cols).reshape(*self.shape[:-1], cols)
@@ -67,7 +67,7 @@ class MXTensor:
         """A copy whose scales are in the 128x4 tile layout (codes shared)."""
         if self.scale_layout == "swizzled_128x4":
             return self
-        from .mx_layout import swizzle_scales
+        from .layout import swizzle_scales
 
         rows, cols = self._scale_grid()
         buf = swizzle_scales(self.scales.reshape(rows, cols))
@@ -77,7 +77,7 @@ class MXTensor:
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Dequantize to ``dtype`` (default: the original dtype). Shape: ``self.shape``."""
         out_dtype = self.dtype if dtype is None else dtype
-        return torch.ops.leankern.mx_dequantize(self.codes, self.row_major_scales(), self.global_scale, self.fmt,
+        return torch.ops.leankern.mx_dequantize.default(self.codes, self.row_major_scales(), self.global_scale, self.fmt,
                                                 self.block_size, out_dtype)
 
     @property

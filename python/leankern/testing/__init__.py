@@ -13,7 +13,7 @@ leankern's references (:mod:`leankern.ref`).
 Example: check your own MXFP4 quantizer against the reference on raw fp32 bit patterns::
 
     from hypothesis import given
-    from leankern.ref.mx import mx_quantize_ref
+    from leankern.mx.ref import mx_quantize_ref
     from leankern.testing import assert_bitexact, strategies as lst
 
     @given(x=lst.bit_pattern_tensors(lst.shapes(block_size=32)))

@@ -18,7 +18,7 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from ..formats import FORMATS, PAPER_FORMATS, get_format
+from ..mx.formats import FORMATS, PAPER_FORMATS, get_format
 
 __all__ = [
     "PRIMES", "block_sizes", "format_names", "scale_modes", "leading_dims", "shapes", "blocked_shapes",
@@ -251,7 +251,7 @@ def heavy_tailed_tensors(draw, shape=None, dtype=torch.float32) -> torch.Tensor:
     fp16 results are kept finite (the power of two is lowered if needed). ``shape``: tuple,
     strategy or None (:func:`shapes`).
     """
-    from ..numerics import outlier_channels, student_t  # lazy: numerics imports leankern.testing
+    from ..mx.numerics import outlier_channels, student_t  # lazy: numerics imports leankern.testing
 
     shp = draw(shape) if isinstance(shape, st.SearchStrategy) else (shape or draw(shapes()))
     seed = draw(st.integers(0, 2**31 - 1))

@@ -1,0 +1,164 @@
+"""MX / NV block formats ("INT v.s. FP", arXiv 2510.25602): quantize, dequantize, Hadamard rotation.
+
+Public API: :func:`quantize` (returns an :class:`MXTensor`), :func:`dequantize`,
+:func:`hadamard_transform`, :func:`random_hadamard_signs`, :func:`rotate`, the scale layouts
+:func:`swizzle_scales` / :func:`unswizzle_scales`, and the format table (:mod:`.formats`).
+The torch ops behind them (``torch.ops.leankern.mx_quantize / mx_dequantize /
+hadamard_transform``) are declared in :mod:`.ops`; their numerics are defined by :mod:`.ref`,
+which every backend matches bit-exactly. The NV per-tensor scale is described in
+``docs/numerics.md`` ("NV per-tensor scale").
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core import check_choice
+from . import formats, ops, ref
+from .formats import FORMATS, PAPER_FORMATS, format_names, get_format
+from .layout import swizzle_scales, unswizzle_scales
+from .ops import CAPABILITIES
+from .tensor import MXTensor
+
+__all__ = [
+    "quantize", "dequantize", "hadamard_transform", "random_hadamard_signs", "rotate",
+    "MXTensor", "swizzle_scales", "unswizzle_scales", "FORMATS", "PAPER_FORMATS", "format_names", "get_format",
+    "CAPABILITIES", "formats", "ref",
+]
+
+
+def quantize(
+    x: torch.Tensor,
+    fmt: str = "mxfp8_e4m3",
+    *,
+    block_size: int | None = None,
+    scale_mode: str = "rceil",
+    rounding: str = "rne",
+    rand_bits: torch.Tensor | None = None,
+    seed: int | None = None,
+    global_scale: torch.Tensor | float | None = None,
+    global_encode_scale: torch.Tensor | float | None = None,
+    strict: bool = False,
+    swizzle: bool = False,
+) -> MXTensor:
+    """Quantize ``x`` to an MX/NV block format.
+
+    Parameters
+    ----------
+    x : Tensor
+        fp32, bf16 or fp16, ``[..., K]``; blocks run along the last dim and ``K`` must be a
+        multiple of ``block_size`` (else ``ValueError``: pad first).
+    fmt : str
+        One of :data:`leankern.mx.formats.FORMATS` (``mxfp8`` = ``mxfp8_e4m3``, ``mxfp6`` = ``mxfp6_e2m3``).
+    block_size : int, optional
+        Power of two in [2, 1024]; default 32 (MX) or 16 (NV).
+    scale_mode : {"rceil", "floor"}
+        MX scale rule: ``rceil`` (2^ceil(log2(amax/max_elem)): never saturates) or ``floor`` (OCP
+        v1.0: 2^(floor(log2 amax) - emax_elem); block maxima may saturate). Ignored for NV.
+    rounding : {"rne", "stochastic"}
+        Stochastic rounding uses one uint32 word per element: ``rand_bits`` (int32, shaped like
+        ``x``); else words drawn from a ``torch.Generator`` seeded with ``seed``; else fresh words
+        from torch's default generator on every call (reproducible after ``torch.manual_seed``).
+    global_scale : Tensor or float, optional
+        NV formats only: a static per-tensor **decode** scale ``g`` (dequantized value =
+        code * e4m3 block scale * g). This is what ModelOpt checkpoints store as
+        ``weight_scale_2`` / ``input_scale``; the dynamic default is
+        ``g = amax / (448 * max_elem)`` (``max_elem`` = 6 for FP4, 7 for INT4).
+    global_encode_scale : Tensor or float, optional
+        The same scale given as its reciprocal, the **encode** scale ``1 / g`` that FlashInfer's
+        and vLLM's NVFP4 quantizers take (``448 * 6 / amax``). Converted with one fp32 division;
+        pass at most one of the two.
+    strict : bool
+        Raise ``ValueError`` if ``x`` holds NaN/Inf (otherwise such blocks get a NaN scale and
+        dequantize to NaN: the documented policy).
+    swizzle : bool
+        Also store the scales in the Blackwell 128x4 tiled layout (see :func:`swizzle_scales`).
+
+    Returns
+    -------
+    MXTensor
+        ``codes [..., K]`` (``[..., K // 2]`` uint8 for 4-bit), ``scales [..., K // block_size]``,
+        ``global_scale []``.
+
+    Shape:
+        x ``[..., K]`` -> codes ``[..., K or K // 2]``, scales ``[..., K // block_size]``.
+    """
+    f = get_format(fmt)
+    bs = f.default_block_size if block_size is None else block_size
+    check_choice("rounding", rounding, ("rne", "stochastic"))
+    if rounding == "rne" and (rand_bits is not None or seed is not None):
+        raise ValueError("rand_bits/seed: only used with rounding='stochastic'")
+    if rounding == "stochastic" and rand_bits is None:
+        gen = None if seed is None else torch.Generator(device=x.device).manual_seed(int(seed))
+        rand_bits = torch.randint(-(2**31), 2**31, x.shape, generator=gen, dtype=torch.int32, device=x.device)
+    if global_encode_scale is not None:
+        if global_scale is not None:
+            raise ValueError("global_scale, global_encode_scale: pass at most one of the two (g and 1/g)")
+        global_scale = 1.0 / _as_scale_tensor(global_encode_scale, x.device)
+    elif global_scale is not None:
+        global_scale = _as_scale_tensor(global_scale, x.device)
+    codes, scales, g = torch.ops.leankern.mx_quantize.default(x, f.name, bs, scale_mode, rand_bits, global_scale, strict)
+    qt = MXTensor(codes, scales, g, f.name, bs, tuple(x.shape), x.dtype, scale_mode)
+    return qt.swizzled() if swizzle else qt
+
+
+def _as_scale_tensor(v, device) -> torch.Tensor:
+    """fp32 ``[]`` on ``device``; a Python number becomes a device fill, not a host-to-device copy."""
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.full((), float(v), dtype=torch.float32, device=device)
+
+
+def dequantize(qt: MXTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Dequantize an :class:`MXTensor` to ``dtype`` (default: the dtype it was quantized from).
+
+    Shape: ``qt.shape``.
+    """
+    if not isinstance(qt, MXTensor):
+        raise TypeError(f"qt: expected an MXTensor, got {type(qt).__name__}")
+    return qt.dequantize(dtype)
+
+
+def hadamard_transform(
+    x: torch.Tensor, chunk_size: int | None = None, scale: float | None = None, signs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Fast Walsh-Hadamard transform over power-of-two chunks of the last dim, O(n log n).
+
+    ``y = (x_chunk @ H_n) * scale * signs`` with Sylvester ``H_n`` (entries +-1) and fp32 math;
+    ``scale`` defaults to ``1/sqrt(n)`` (orthonormal, so applying it twice without signs is the
+    identity up to rounding).
+
+    Shape: x ``[..., K]`` with ``K % chunk_size == 0`` (default ``chunk_size = K``) -> ``[..., K]``;
+    signs ``[chunk_size]`` fp32.
+    """
+    n = x.shape[-1] if chunk_size is None else chunk_size
+    s = 1.0 / math.sqrt(n) if scale is None else float(scale)
+    return torch.ops.leankern.hadamard_transform.default(x, n, s, signs)
+
+
+def random_hadamard_signs(n: int, seed: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
+    """Random +-1 diagonal (fp32 ``[n]``) for the random Hadamard rotation, reproducible from ``seed``.
+
+    Bits come from a 32-bit integer hash of ``(seed, index)`` in plain tensor ops (no
+    ``torch.Generator``), so the same signs appear on every device and inside ``torch.compile``.
+    """
+    j = torch.arange(n, dtype=torch.int64, device=device)
+    h = (j * 2654435761 + (int(seed) & 0xFFFFFFFF) * 40503 + 0x5BD1E995) & 0xFFFFFFFF
+    h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    return 1.0 - 2.0 * (h & 1).to(torch.float32)
+
+
+def rotate(x: torch.Tensor, chunk_size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Random Hadamard rotation ``x -> x H D / sqrt(n)`` per ``chunk_size`` chunk (orthogonal).
+
+    Apply the same rotation (same ``chunk_size`` and ``seed``) to both GEMM operands along K:
+    ``rotate(x) @ rotate(W).T == x @ W.T`` up to rounding, while the rotated blocks have far
+    smaller crest factors (fewer outliers) to quantize.
+
+    Shape: x ``[..., K]``, ``K % chunk_size == 0`` -> ``[..., K]``.
+    """
+    signs = random_hadamard_signs(chunk_size, seed, x.device)
+    return hadamard_transform(x, chunk_size, 1.0 / math.sqrt(chunk_size), signs)
