@@ -1,8 +1,15 @@
 """Shared test setup: Triton interpreter mode, hypothesis profile, devices and backends.
 
-TRITON_INTERPRET must be set before anything imports triton, so it is decided here, first.
+TRITON_INTERPRET must be set before anything imports triton, so it is decided here, first:
+only when there is no GPU (with one, the Triton kernels are compiled and run on CUDA tensors).
+
+Helpers for test files (``from conftest import ...``): ``HAS_EXT`` / ``needs_ext`` / ``needs_triton``,
+``run_python`` (a fresh interpreter with an adjusted environment), ``op_args`` / ``with_dtype``
+(tiny valid arguments of every registered op) and ``SIZE_ARG`` (the argument each op's limits apply to).
 """
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -14,7 +21,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 import leankern  # noqa: E402
-from leankern._backend import extension, triton_available  # noqa: E402
+from leankern.core import extension, triton_available, triton_interpreting  # noqa: E402
 
 settings.register_profile(
     "leankern",
@@ -28,13 +35,19 @@ settings.load_profile("leankern")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+HAS_EXT = extension() is not None
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason=f"leankern._C not loaded ({leankern.extension_error()})")
+needs_triton = pytest.mark.skipif(
+    not (triton_available() and (torch.cuda.is_available() or triton_interpreting())),
+    reason="triton is not installed, or no GPU and TRITON_INTERPRET is not 1")
+
 
 def available_backends(device: str) -> list:
     """Backends that can run tensors on ``device`` in this process (ref always)."""
     out = ["ref"]
     if device == "cpu" and extension() is not None:
         out.append("cpp")
-    if triton_available() and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+    if triton_available() and (device == "cuda" or triton_interpreting()):
         out.append("triton")
     return out
 
@@ -62,3 +75,45 @@ def device_backend(request):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+def run_python(code: str, env: dict | None = None, drop=(), timeout: int = 180) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (this one's environment, updated by ``env``, minus ``drop``)."""
+    full = dict(os.environ)
+    for k in drop:
+        full.pop(k, None)
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------ op sample inputs
+# The argument each op's capability limits apply to (tests/test_mx_capabilities.py is generated
+# from leankern.mx.ops.CAPABILITIES; a new op needs an entry here and in ``op_args``).
+SIZE_ARG = {"mx_quantize": "block_size", "mx_dequantize": "block_size", "hadamard_transform": "chunk_size"}
+
+
+def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: int = 1, seed: int = 0,
+            device="cpu") -> tuple:
+    """Tiny valid positional arguments of ``torch.ops.leankern.<op>``: ``size`` is the op's
+    :data:`SIZE_ARG` (block / chunk size, also the row length) and ``dtype`` the float dtype it takes
+    (the input of quantize / hadamard, ``out_dtype`` of dequantize). mxint8 keeps every output a
+    dtype that ``allclose`` supports (opcheck compares outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    if op == "mx_quantize":
+        x = torch.randn(rows, size, generator=g).to(dtype).to(device)
+        return (x, "mxint8", size, "rceil", None, None, False)
+    if op == "mx_dequantize":
+        codes = torch.randint(-127, 128, (rows, size), generator=g, dtype=torch.int8).to(device)
+        scales = torch.randint(100, 150, (rows, 1), generator=g, dtype=torch.int32).to(torch.uint8).to(device)
+        return (codes, scales, torch.ones((), dtype=torch.float32, device=device), "mxint8", size, dtype)
+    if op == "hadamard_transform":
+        x = torch.randn(rows, size, generator=g).to(dtype).to(device)
+        return (x, size, 1.0 / size**0.5, None)
+    raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
+
+
+def with_dtype(op: str, args: tuple, dtype: torch.dtype) -> tuple:
+    """``args`` with the float dtype the op takes replaced by ``dtype``."""
+    if op == "mx_dequantize":
+        return args[:5] + (dtype,)
+    return (args[0].to(dtype),) + args[1:]

@@ -1,12 +1,31 @@
 """Input builders shared by the MX tests (not a test module)."""
+import pytest
 import torch
 
 import leankern
-from leankern.formats import FORMATS
+from leankern.core import extension, extension_error, triton_available, triton_interpreting
+from leankern.mx.formats import FORMATS
 
 ALL_FORMATS = list(FORMATS)
 HEADLINE_FORMATS = ["mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4"]
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Backends that can run CPU tensors: the reference, the C++ kernels (if built), Triton (interpreter).
+CPU_BACKENDS = ["ref", "cpp", "triton"]
+
+
+def skip_unless_runs_on_cpu(backend: str) -> None:
+    """``pytest.skip`` unless ``backend`` can run CPU tensors in this process."""
+    if backend == "cpp" and extension() is None:
+        pytest.skip(f"backend 'cpp': leankern._C is not available ({extension_error()})")
+    if backend == "triton" and not triton_available():
+        pytest.skip("backend 'triton': triton is not installed")
+    if backend == "triton" and not triton_interpreting():
+        pytest.skip("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 (set by conftest when there is no GPU)")
+
+
+def skip_unless_cpp() -> None:
+    """``pytest.skip`` unless the C++ kernels are registered (torch.ops.leankern.* on CPU runs C++)."""
+    skip_unless_runs_on_cpu("cpp")
 
 
 def quantize_with(backend, x, fmt, block_size=None, scale_mode="rceil", rand_bits=None, global_scale=None):

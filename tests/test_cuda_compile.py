@@ -1,4 +1,4 @@
-"""Compile-check every csrc/cuda/*.cu with nvcc on this (GPU-less) machine, for sm_90 and sm_100.
+"""Compile-check every csrc/<family>/*.cu with nvcc on this (GPU-less) machine, for sm_90 and sm_100.
 
 The .cu files include only CUDA headers and our own (the torch bindings live in .cpp files), so
 `nvcc -c -std=c++17 -I csrc` needs neither a GPU nor a CUDA build of torch. Besides "it compiles",
@@ -16,12 +16,12 @@ import subprocess
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CU_FILES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+CU_FILES = sorted((ROOT / "csrc").glob("**/*.cu"))  # csrc/<family>/*.cu (csrc/mx/mx.cu, ...)
 NVCC = shutil.which("nvcc")
 # kernels each file must define (other .cu files: at least one kernel)
 EXPECTED_KERNELS = {"mx.cu": ("mx_quantize_kernel", "nv_amax_kernel", "nv_scale_kernel")}
 
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile-check csrc/cuda/*.cu")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH: cannot compile-check csrc/**/*.cu")
 
 
 def _nvcc(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -40,17 +40,17 @@ def archs():
 
 
 def test_there_are_cuda_sources():
-    assert CU_FILES, "csrc/cuda/*.cu: no CUDA sources found"
+    assert CU_FILES, "csrc/**/*.cu: no CUDA sources found"
 
 
-@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: str(p.relative_to(ROOT / "csrc")))
 def test_cu_includes_no_torch_headers(cu):
     includes = re.findall(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', cu.read_text(), flags=re.M)
     torchy = [h for h in includes if h.split("/")[0] in ("torch", "ATen", "c10", "pybind11")]
     assert not torchy, f"{cu.name} includes torch headers {torchy}: keep the binding in a .cpp"
 
 
-@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: str(p.relative_to(ROOT / "csrc")))
 def test_cu_compiles(cu, archs, tmp_path):
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     res = _nvcc("-c", *gencode, str(cu), "-o", str(tmp_path / "out.o"))
@@ -58,7 +58,7 @@ def test_cu_compiles(cu, archs, tmp_path):
     assert (tmp_path / "out.o").stat().st_size > 0
 
 
-@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: str(p.relative_to(ROOT / "csrc")))
 def test_cu_kernels_and_numerics_flags(cu, archs, tmp_path):
     kernels = EXPECTED_KERNELS.get(cu.name, ())
     for arch in archs:

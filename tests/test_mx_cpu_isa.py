@@ -1,53 +1,83 @@
-"""The C++ CPU kernels, under every ISA this CPU supports, are bit-exact with leankern.ref.mx.
+"""The C++ CPU kernels, under every ISA this CPU supports, are bit-exact with leankern.mx.ref.
 
-Each test forces one ISA with ``leankern._C.set_cpu_isa`` ("avx512" / "avx2" / "scalar") and
-compares codes and scale bytes (``torch.equal`` on uint8 views), dequantized outputs and Hadamard
-outputs (bit patterns, NaN positions) with the reference. Inputs mix Gaussian blocks with blocks of
-special values: +-0, fp32 subnormals (all-subnormal blocks too), max normals, RNE ties, values just
-above the element max, NaN / Inf blocks and raw random bit patterns.
+The C++ kernels are what ``torch.ops.leankern.mx_quantize / mx_dequantize / hadamard_transform``
+run on CPU tensors (here forced with ``leankern.use_backend("cpp")``, so a missing kernel is an
+error, not a silent reference run). Each test forces one ISA with ``leankern._C.set_cpu_isa``
+("avx512" / "avx2" / "scalar"; "auto" again afterwards) and compares codes, scale bytes, global
+scales, dequantized outputs and Hadamard outputs bit for bit (``leankern.testing.assert_bitexact``)
+with the reference.
+
+Besides mixed inputs (Gaussian blocks, +-0, fp32 subnormals, max normals, RNE ties, values just
+above the element max, NaN / Inf blocks, raw random bit patterns), the tests cover what the SIMD
+kernels branch on (csrc/mx/mx_simd_impl.h):
+
+* block size: groups of N / bs blocks per vector (bs < N lanes: 2, 4, 8), one block per vector
+  (bs == N: 16 for AVX-512, 8 for AVX2, 16-bit inputs take a two-blocks-per-load path), whole
+  vectors inside a block (bs >= 2N), several vectors per block (64, 1024); NV's 16 among them;
+* fast vs general path per group of N blocks (tiny blocks, saturating scales, NV scale underflow);
+* the block scale: every bf16 / fp16 bit pattern (and fp32 patterns derived from them) is
+  quantized next to several controlled block maxima, so it is rounded at several scale exponents;
+* threads: tensors of many ~64K-element parallel chunks, with the NV tensor amax merged across
+  chunks (the largest value in the first or the last chunk).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
-from leankern.formats import FORMATS, get_format
-from leankern.ref.mx import element_values, hadamard_transform_ref, mx_dequantize_ref, mx_quantize_ref
+import leankern
+from leankern.mx.formats import FORMATS, get_format
+from leankern.mx.ref import element_values, hadamard_transform_ref, mx_dequantize_ref, mx_quantize_ref
+from leankern.testing import assert_bitexact
+from mx_cases import skip_unless_cpp
 
-
-def _load_ext():
-    try:
-        import leankern._C as ext
-
-        return ext, None
-    except Exception as exc:  # not built, or built against another torch
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-EXT, EXT_ERR = _load_ext()
-pytestmark = pytest.mark.skipif(EXT is None, reason=f"leankern._C is not built ({EXT_ERR})")
-OPS = torch.ops.leankern
+EXT = leankern.extension()
 ISAS = ("avx512", "avx2", "scalar")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_SIZES = (2, 8, 16, 32, 64, 1024)
+OPS = torch.ops.leankern
+
+
+@pytest.fixture(autouse=True)
+def _needs_cpp():
+    skip_unless_cpp()
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    """Force the C++ kernels onto one ISA for the test, restoring the previous one afterwards."""
+    """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards."""
+    skip_unless_cpp()
     name = request.param
     if name not in EXT.supported_isas():
         pytest.skip(f"this CPU does not support {name} (it has: {EXT.cpu_features()})")
-    prev = EXT.cpu_isa()
     EXT.set_cpu_isa(name)
-    yield name
-    EXT.set_cpu_isa(prev)
+    try:
+        yield name
+    finally:
+        EXT.set_cpu_isa("auto")
+
+
+# The C++ kernels, through the torch ops. use_backend("cpp") raises if no C++ kernel is registered.
+def cpp_quantize(x, fmt, bs, mode="rceil", rand_bits=None, global_scale=None, strict=False):
+    with leankern.use_backend("cpp"):
+        return OPS.mx_quantize(x, fmt, bs, mode, rand_bits, global_scale, strict)
+
+
+def cpp_dequantize(codes, scales, g, fmt, bs, out_dtype):
+    with leankern.use_backend("cpp"):
+        return OPS.mx_dequantize(codes, scales, g, fmt, bs, out_dtype)
+
+
+def cpp_hadamard(x, chunk, scale, signs=None):
+    with leankern.use_backend("cpp"):
+        return OPS.hadamard_transform(x, chunk, scale, signs)
 
 
 # ------------------------------------------------------------------------------------------------
-# Test data
+# Mixed test data
 # ------------------------------------------------------------------------------------------------
 def _f32(bits: list[int] | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
@@ -113,38 +143,8 @@ def make_input(fmt: str, bs: int, nblocks: int, dtype: torch.dtype, seed: int) -
     return torch.cat(blocks).to(dtype)
 
 
-def u8(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.uint8) if t.element_size() == 1 else t
-
-
-def assert_quant_equal(ours, ref, what: str):
-    for name, a, b in zip(("codes", "scales"), ours[:2], ref[:2]):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {name} {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-        if not torch.equal(u8(a), u8(b)):
-            bad = (u8(a) != u8(b)).nonzero()
-            i = tuple(bad[0].tolist())
-            pytest.fail(f"{what}: {name} differ at {bad.shape[0]} places, first {i}: ours {u8(a)[i]} ref {u8(b)[i]}")
-    assert ours[2].dtype == torch.float32 and ours[2].shape == ()
-    assert torch.equal(ours[2].view(torch.int32), ref[2].view(torch.int32)), f"{what}: global_scale {ours[2]} vs {ref[2]}"
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.int32) if t.element_size() == 4 else t.view(torch.int16)
-
-
-def assert_bits_equal(a: torch.Tensor, b: torch.Tensor, what: str):
-    """Same dtype/shape, NaN at the same places, every other element bit-identical."""
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-    na, nb = torch.isnan(a), torch.isnan(b)
-    assert torch.equal(na, nb), f"{what}: NaN positions differ ({int((na != nb).sum())} places)"
-    diff = (_bits(a) != _bits(b)) & ~na
-    if diff.any():
-        i = tuple(diff.nonzero()[0].tolist())
-        pytest.fail(f"{what}: {int(diff.sum())} elements differ, first {i}: ours {a[i].item()!r} ref {b[i].item()!r}")
-
-
 # ------------------------------------------------------------------------------------------------
-# Quantize
+# Quantize: mixed inputs
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -159,24 +159,29 @@ def test_quantize_bitexact(isa, fmt, dtype):
         for mode in ("rceil",) if nv else ("rceil", "floor"):
             for rb in (None, rand):
                 what = f"{isa} {fmt} {dtype} bs={bs} {mode} {'sr' if rb is not None else 'rne'}"
-                ref = mx_quantize_ref(x, fmt, bs, mode, rb, None)
-                ours = OPS.mx_quantize_cpp(x, fmt, bs, mode, rb, None)
-                assert_quant_equal(ours, ref, what)
+                assert_bitexact(cpp_quantize(x, fmt, bs, mode, rb), mx_quantize_ref(x, fmt, bs, mode, rb, None),
+                                name=what)
+
+
+NV_INVALID_G = {1e-44, 0.0, -2.0, math.inf, math.nan}  # not finite or below 2^-126: rejected
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "nvint4"])
-@pytest.mark.parametrize("g", [1.0, 0.37, 1e-30, 1e-44, 3e38, 0.0, -2.0, math.inf, math.nan])
+@pytest.mark.parametrize("g", [1.0, 0.37, 1e-30, 2.0**-126, 3e38, 1e-44, 0.0, -2.0, math.inf, math.nan])
 def test_nv_given_global_scale(isa, fmt, g):
     """Static tensor scale; g = 1 with amax = 6 * 2^k blocks makes d a power of two (exact ties);
-    tiny / huge g saturate the E4M3 scale (g = 1e-44: g * s underflows to 0 in some blocks, so 0 / 0
-    reaches the element rounding); invalid g (0, < 0, Inf, NaN) follows the reference too."""
+    tiny / huge g saturate the E4M3 scale (g = 2^-126: g * s is an fp32 subnormal); a g that is not
+    finite or below 2^-126 is rejected with the reference's message."""
     for dtype in DTYPES:
         x = make_input(fmt, 16, 40, dtype, seed=3).reshape(4, 160)
         gs = torch.tensor(g, dtype=torch.float32)
         for rb in (None, torch.randint(-(2**31), 2**31 - 1, x.shape, dtype=torch.int32)):
-            ref = mx_quantize_ref(x, fmt, 16, "rceil", rb, gs)
-            ours = OPS.mx_quantize_cpp(x, fmt, 16, "rceil", rb, gs)
-            assert_quant_equal(ours, ref, f"{isa} {fmt} {dtype} g={g}")
+            if g in NV_INVALID_G or math.isnan(g):
+                with pytest.raises(ValueError, match=r"^global_scale: expected a finite value >= 2\^-126"):
+                    cpp_quantize(x, fmt, 16, "rceil", rb, gs)
+                continue
+            assert_bitexact(cpp_quantize(x, fmt, 16, "rceil", rb, gs), mx_quantize_ref(x, fmt, 16, "rceil", rb, gs),
+                            name=f"{isa} {fmt} {dtype} g={g}")
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "nvint4"])
@@ -185,8 +190,8 @@ def test_nv_tiny_tensor_amax(isa, fmt):
     x = torch.zeros(3, 64)
     x[0, 0], x[0, 16], x[0, 17], x[1, 33], x[2, 5] = 1e-40, -0.0, 1e-45, -3e-41, 2e-44
     for rb in (None, torch.randint(-(2**31), 2**31 - 1, x.shape, dtype=torch.int32)):
-        assert_quant_equal(OPS.mx_quantize_cpp(x, fmt, 16, "rceil", rb, None),
-                           mx_quantize_ref(x, fmt, 16, "rceil", rb, None), f"{isa} {fmt}")
+        assert_bitexact(cpp_quantize(x, fmt, 16, "rceil", rb), mx_quantize_ref(x, fmt, 16, "rceil", rb, None),
+                        name=f"{isa} {fmt}")
 
 
 @pytest.mark.parametrize("lead", [(), (1,), (13,), (2, 3), (1, 5, 1)], ids=str)
@@ -195,50 +200,254 @@ def test_quantize_shapes(isa, fmt, lead):
     """Arbitrary leading dims (none, 1, primes, several); also a non-contiguous input."""
     K = 96
     x = make_input(fmt, 32, math.prod(lead) * 3, torch.float32, seed=7).reshape(*lead, K)
-    assert_quant_equal(OPS.mx_quantize_cpp(x, fmt, 32, "rceil", None, None),
-                       mx_quantize_ref(x, fmt, 32, "rceil"), f"{isa} {fmt} {lead}")
+    assert_bitexact(cpp_quantize(x, fmt, 32), mx_quantize_ref(x, fmt, 32, "rceil"), name=f"{isa} {fmt} {lead}")
     xt = torch.randn(K, 5).t()  # [5, K], not contiguous
-    assert_quant_equal(OPS.mx_quantize_cpp(xt, fmt, 32, "rceil", None, None),
-                       mx_quantize_ref(xt.contiguous(), fmt, 32, "rceil"), f"{isa} {fmt} transposed")
+    assert_bitexact(cpp_quantize(xt, fmt, 32), mx_quantize_ref(xt.contiguous(), fmt, 32, "rceil"),
+                    name=f"{isa} {fmt} transposed")
 
 
 def test_quantize_empty(isa):
     for fmt in ("mxfp4", "nvfp4"):
         x = torch.zeros(0, 64)
-        assert_quant_equal(OPS.mx_quantize_cpp(x, fmt, 32, "rceil", None, None),
-                           mx_quantize_ref(x, fmt, 32, "rceil"), f"{isa} {fmt} empty")
+        assert_bitexact(cpp_quantize(x, fmt, 32), mx_quantize_ref(x, fmt, 32, "rceil"), name=f"{isa} {fmt} empty")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_quantize_all_16bit_patterns(isa, dtype):
-    """Every bf16 / fp16 bit pattern, in blocks of 32, for one FP and one INT format per family."""
-    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype).reshape(64, 1024)
-    x = x[:, torch.randperm(1024, generator=torch.Generator().manual_seed(0))]  # mix the blocks
-    for fmt in ("mxfp8_e4m3", "mxfp4", "mxint8", "mxfp6_e3m2", "nvfp4", "nvint4"):
-        bs = get_format(fmt).default_block_size
-        for mode in ("rceil", "floor"):
-            assert_quant_equal(OPS.mx_quantize_cpp(x, fmt, bs, mode, None, None),
-                               mx_quantize_ref(x, fmt, bs, mode), f"{isa} {fmt} {dtype} {mode}")
+# ------------------------------------------------------------------------------------------------
+# Every 16-bit pattern, at every block size the SIMD code specialises
+# ------------------------------------------------------------------------------------------------
+# 2, 4, 8: N / bs blocks per vector (segmented reductions); 8 (AVX2) / 16 (AVX-512, NV's default):
+# one block per vector, two per 16-bit load; 32: AVX-512's first bs >= 2N size; 64, 1024: several
+# vectors per block (1024: the largest block).
+SWEEP_BLOCK_SIZES = (2, 4, 8, 16, 32, 64, 1024)
+SOURCES = ("bf16", "fp16", "fp32")
+# (fmt, scale_mode, static global scale or None): both MX scale rules; NV with the dynamic tensor
+# scale (its amax pass parks block maxima for the quantize pass) and with a static one.
+SWEEP_CASES = [pytest.param(fmt, mode, None, id=f"{fmt}-{mode}")
+               for fmt, f in FORMATS.items() if not f.is_nv for mode in ("rceil", "floor")]
+SWEEP_CASES += [pytest.param(fmt, "rceil", g, id=f"{fmt}-{'dynamic_g' if g is None else 'g=1'}")
+                for fmt, f in FORMATS.items() if f.is_nv for g in (None, 1.0)]
+_SRC_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def test_reused_output_buffers(isa):
-    """Outputs >= 1 MiB come from a buffer cache: a freed output's memory is handed to the next
-    call, live outputs are never shared, and the tensors stay ordinary (resizable) CPU tensors."""
-    gen = torch.Generator().manual_seed(1)
-    xs = [torch.randn(1024, 1024, generator=gen) * s for s in (1.0, 1e-3, 50.0)]
-    first = OPS.mx_quantize_cpp(xs[0], "mxfp8_e4m3", 32, "rceil", None, None)
-    ptr = first[0].data_ptr()
-    del first
-    again = OPS.mx_quantize_cpp(xs[1], "mxfp8_e4m3", 32, "rceil", None, None)  # may reuse ptr
-    live = OPS.mx_quantize_cpp(xs[2], "mxfp8_e4m3", 32, "rceil", None, None)  # must not share with `again`
-    assert live[0].data_ptr() != again[0].data_ptr()
-    assert_quant_equal(again, mx_quantize_ref(xs[1], "mxfp8_e4m3", 32), f"{isa} reused (ptr {ptr:#x})")
-    assert_quant_equal(live, mx_quantize_ref(xs[2], "mxfp8_e4m3", 32), f"{isa} live")
-    codes = again[0].view(torch.uint8).clone()
-    grown = again[0].view(torch.uint8).resize_(2 * codes.numel())
-    assert torch.equal(grown[: codes.numel()], codes.view(-1))
-    y = OPS.mx_dequantize_cpp(live[0], live[1], live[2], "mxfp8_e4m3", 32, torch.float32)
-    assert_bits_equal(y, mx_dequantize_ref(*live, "mxfp8_e4m3", 32, torch.float32), f"{isa} dequantize")
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_values(src: str) -> torch.Tensor:
+    """All 65,536 patterns of ``src`` in pattern order ([65536]). "fp32": each bf16 pattern in the
+    high half; every odd entry also gets pseudo-random low bits (full fp32 mantissas, fp32
+    subnormals, NaN payloads), every even one is the bf16 value exactly (incl. +-Inf)."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int64)
+    if src != "fp32":
+        return bits.to(torch.int16).view(_SRC_DTYPE[src])
+    i = torch.arange(bits.numel(), dtype=torch.int64)
+    h = (i * 2654435761) & 0xFFFFFFFF
+    low = ((h ^ (h >> 15)) & 0xFFFF) * (i & 1)
+    v = ((bits & 0xFFFF) << 16) | low
+    return torch.where(v >= 2**31, v - 2**32, v).to(torch.int32).view(torch.float32)
+
+
+def _finite_twin(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the top exponent bit cleared: NaN / Inf patterns become finite ones."""
+    bits = x.view(torch.int32 if x.element_size() == 4 else torch.int16)
+    return (bits & ~(1 << (8 * x.element_size() - 2))).view(x.dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def sweep_input(src: str, order: str, bs: int) -> torch.Tensor:
+    """[64, 1024]: every pattern of ``src`` once. "sorted": pattern order (block-mates of similar
+    size, whole NaN / Inf blocks); "shuffled": a random order (mixed magnitudes in a block), NaN /
+    Inf kept in every 8th block only (elsewhere their finite twin) so most blocks are finite."""
+    x = pattern_values(src)
+    if order == "shuffled":
+        blocks = x[torch.randperm(x.numel(), generator=_gen(1))].reshape(-1, bs)
+        keep = (torch.arange(blocks.shape[0]) % 8 == 0).unsqueeze(-1)
+        x = torch.where(torch.isfinite(blocks) | keep, blocks, _finite_twin(blocks))
+    return x.reshape(64, 1024)
+
+
+def _g_tensor(g):
+    return None if g is None else torch.tensor(g, dtype=torch.float32)
+
+
+@functools.lru_cache(maxsize=2)  # the tests vary the ISA fastest: one reference serves every ISA
+def sweep_reference(fmt, mode, g, src, bs):
+    out = {}
+    for order in ("sorted", "shuffled"):
+        q = mx_quantize_ref(sweep_input(src, order, bs), fmt, bs, mode, None, _g_tensor(g))
+        out[order] = (q, {od: mx_dequantize_ref(*q, fmt, bs, od) for od in DTYPES})
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)  # the last-listed parameter varies fastest
+@pytest.mark.parametrize("bs", SWEEP_BLOCK_SIZES)
+@pytest.mark.parametrize("src", SOURCES)
+@pytest.mark.parametrize("fmt,mode,g", SWEEP_CASES)
+def test_all_16bit_patterns_every_block_size(fmt, mode, g, src, bs, isa):
+    """Every bf16 / fp16 pattern (and fp32 patterns built from them), sorted and shuffled: codes,
+    scales and global scale, then the dequantized codes in every output dtype."""
+    ref = sweep_reference(fmt, mode, g, src, bs)
+    for order in ("sorted", "shuffled"):
+        what = f"{isa} {fmt} {mode} g={g} {src} bs={bs} {order}"
+        want_q, want_d = ref[order]
+        got = cpp_quantize(sweep_input(src, order, bs), fmt, bs, mode, None, _g_tensor(g))
+        assert_bitexact(got, want_q, name=what)
+        for od in DTYPES:
+            assert_bitexact(cpp_dequantize(*got, fmt, bs, od), want_d[od], name=f"{what} dequantize->{od}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Every pattern at several scale exponents: blocks with a controlled maximum
+# ------------------------------------------------------------------------------------------------
+# bs < N (grouped, general path), bs == N for AVX2 (8) and AVX-512 (16), bs >= 2N (32).
+SCALED_BLOCK_SIZES = (2, 8, 16, 32)
+NV_WINDOW_BINADES = 12  # NV: blocks whose maxima lie within 2^12 share one tensor (and one dynamic g)
+
+
+def _shifts(nblocks: int, gen: torch.Generator) -> list:
+    """Per round, the block maximum as |largest pattern in the block| * 2^k: k = 0 (the pattern is
+    the maximum), k in [1, 8] (inside most element grids), k in [9, 40] (element subnormals and
+    zeros), and None: the dtype's largest finite value (everything else rounds to 0 or a subnormal)."""
+    return [torch.zeros(nblocks, dtype=torch.int64), torch.randint(1, 9, (nblocks,), generator=gen),
+            torch.randint(9, 41, (nblocks,), generator=gen), None]
+
+
+@functools.lru_cache(maxsize=2)
+def scaled_blocks(src: str, bs: int) -> tuple:
+    """(blocks [R, bs] in ``src``'s dtype, log2 of each block's max [R]): every finite pattern, bs - 1
+    to a block (in pattern order), next to a block maximum of either sign at a rotating position,
+    once per round of :func:`_shifts`."""
+    dtype = _SRC_DTYPE[src]
+    p = pattern_values(src)
+    p = p[torch.isfinite(p)]
+    n = bs - 1
+    pad = (-p.numel()) % n
+    pats = torch.cat([p, torch.zeros(pad, dtype=dtype)]).reshape(-1, n)  # [B, n]
+    nb = pats.shape[0]
+    pmax = pats.double().abs().amax(-1)  # [B]
+    big = torch.finfo(dtype).max
+    gen = _gen(bs)
+    sign = torch.where(torch.arange(nb) % 2 == 0, 1.0, -1.0).double()
+    out, logs = [], []
+    for k in _shifts(nb, gen):
+        anchor = torch.full_like(pmax, big) if k is None else torch.clamp(pmax * torch.pow(2.0, k.double()), max=big)
+        blk = torch.cat([(anchor * sign).to(dtype).unsqueeze(-1), pats], -1)  # [B, bs], max in column 0
+        col = (torch.arange(bs) - torch.arange(nb).unsqueeze(-1)) % bs  # rotate row b by b places
+        out.append(torch.gather(blk, 1, col))
+        logs.append(torch.where(anchor > 0, torch.log2(anchor), torch.zeros_like(anchor)))
+    return torch.cat(out), torch.cat(logs)
+
+
+@functools.lru_cache(maxsize=2)
+def scaled_cases(src: str, bs: int, nv_dynamic: bool) -> list:
+    """Tensors to quantize: all blocks at once, or (NV with a dynamic global scale) one tensor per
+    window of NV_WINDOW_BINADES binades of block maxima, so each has in-range E4M3 block scales."""
+    blocks, logs = scaled_blocks(src, bs)
+    if not nv_dynamic:
+        return [_as_rows(blocks)]
+    window = torch.floor(logs / NV_WINDOW_BINADES).to(torch.int64)
+    return [_as_rows(blocks[window == w]) for w in torch.unique(window).tolist()]
+
+
+def _as_rows(blocks: torch.Tensor) -> torch.Tensor:
+    """[R, bs] -> [rows, 1024] (zero blocks appended to fill the last row)."""
+    bs = blocks.shape[1]
+    per_row = 1024 // bs
+    pad = (-blocks.shape[0]) % per_row
+    return torch.cat([blocks, blocks.new_zeros(pad, bs)]).reshape(-1, 1024)
+
+
+@functools.lru_cache(maxsize=2)
+def scaled_reference(fmt, mode, g, src, bs):
+    out = []
+    for x in scaled_cases(src, bs, get_format(fmt).is_nv and g is None):
+        q = mx_quantize_ref(x, fmt, bs, mode, None, _g_tensor(g))
+        out.append((q, mx_dequantize_ref(*q, fmt, bs, torch.float32)))
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("bs", SCALED_BLOCK_SIZES)
+@pytest.mark.parametrize("src", SOURCES)
+@pytest.mark.parametrize("fmt,mode,g", SWEEP_CASES)
+def test_every_pattern_at_several_block_scales(fmt, mode, g, src, bs, isa):
+    """Each finite pattern is rounded under four block maxima (itself, 2^1..2^8 and 2^9..2^40 above it,
+    the dtype's max): several scale exponents, element-subnormal and zero results included."""
+    cases = scaled_cases(src, bs, get_format(fmt).is_nv and g is None)
+    for i, (x, (want_q, want_d)) in enumerate(zip(cases, scaled_reference(fmt, mode, g, src, bs))):
+        what = f"{isa} {fmt} {mode} g={g} {src} bs={bs} part {i}"
+        got = cpp_quantize(x, fmt, bs, mode, None, _g_tensor(g))
+        assert_bitexact(got, want_q, name=what)
+        assert_bitexact(cpp_dequantize(*got, fmt, bs, torch.float32), want_d, name=f"{what} dequantize")
+
+
+# ------------------------------------------------------------------------------------------------
+# Threads: many parallel chunks (~64K elements each), NV tensor amax merged across them
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def two_threads():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+MT_SHAPE = (513, 4096)  # 2.1M elements: 32 full chunks of 65,536 and a short last one
+# (fmt, dtype, block size, where the tensor's largest |value| sits: "first" / "last" chunk, static g)
+MT_CASES = [
+    ("mxfp8_e4m3", torch.bfloat16, 32, "last"), ("mxfp4", torch.float32, 32, "first"),
+    ("mxint8", torch.float16, 64, "last"), ("mxfp6_e3m2", torch.float32, 8, "last"),
+    ("nvfp4", torch.bfloat16, 16, "last"), ("nvfp4", torch.float32, 16, "first"),
+    ("nvint4", torch.float16, 16, "last"), ("nvint4", torch.bfloat16, 16, "first"),
+    ("nvfp4", torch.float32, 16, "static_g"),
+]
+
+
+@functools.lru_cache(maxsize=1)
+def mt_input(dtype: torch.dtype, where: str) -> torch.Tensor:
+    """Gaussian rows at magnitudes 2^-8..2^8, a NaN and an Inf block mid-tensor (NV amax must skip
+    them), and one largest value, 1e4, in the first or the last chunk."""
+    gen = _gen(5)
+    x = torch.randn(MT_SHAPE, generator=gen) * torch.pow(2.0, torch.randint(-8, 9, (MT_SHAPE[0], 1), generator=gen))
+    x = x.clamp(-1e3, 1e3)
+    x[256, 100], x[300, 7] = math.nan, -math.inf
+    flat = x.view(-1)
+    if where == "first":
+        flat[5] = -1e4
+    else:
+        flat[-3] = 1e4  # the short last chunk
+    return x.to(dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def mt_reference(fmt, dtype, bs, where):
+    g = torch.tensor(0.01) if where == "static_g" else None
+    q = mx_quantize_ref(mt_input(dtype, where), fmt, bs, "rceil", None, g)
+    return q, mx_dequantize_ref(*q, fmt, bs, dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("fmt,dtype,bs,where", MT_CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_multithreaded_chunks(two_threads, fmt, dtype, bs, where, isa):
+    x = mt_input(dtype, where)
+    want_q, want_d = mt_reference(fmt, dtype, bs, where)
+    g = torch.tensor(0.01) if where == "static_g" else None
+    what = f"{isa} {fmt} {dtype} bs={bs} max in {where} chunk, 2 threads"
+    got = cpp_quantize(x, fmt, bs, "rceil", None, g)
+    assert_bitexact(got, want_q, name=what)
+    assert_bitexact(cpp_dequantize(*got, fmt, bs, dtype), want_d, name=f"{what} dequantize")
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("chunk", [32, 4096])
+def test_multithreaded_hadamard(two_threads, chunk, isa):
+    x = torch.randn(MT_SHAPE, generator=_gen(chunk)).to(torch.bfloat16)
+    signs = leankern.mx.random_hadamard_signs(chunk, seed=3)
+    assert_bitexact(cpp_hadamard(x, chunk, 1 / math.sqrt(chunk), signs),
+                    hadamard_transform_ref(x, chunk, 1 / math.sqrt(chunk), signs), name=f"{isa} chunk={chunk}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,10 +467,8 @@ def test_dequantize_bitexact(isa, fmt):
         raw = (raw_codes.view(q[0].dtype), raw_scales.view(q[1].dtype), torch.tensor(0.03125))
         for codes, scales, g in (q, raw):
             for od in DTYPES:
-                what = f"{isa} {fmt} bs={bs} -> {od}"
-                ref = mx_dequantize_ref(codes, scales, g, fmt, bs, od)
-                ours = OPS.mx_dequantize_cpp(codes, scales, g, fmt, bs, od)
-                assert_bits_equal(ours, ref, what)
+                assert_bitexact(cpp_dequantize(codes, scales, g, fmt, bs, od),
+                                mx_dequantize_ref(codes, scales, g, fmt, bs, od), name=f"{isa} {fmt} bs={bs} -> {od}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,20 +482,18 @@ def test_hadamard_bitexact(isa, chunk, dtype):
     x = (torch.randn(rows, 2 * chunk, generator=gen) * 2.0 ** torch.randint(-8, 8, (2 * chunk,), generator=gen)).to(dtype)
     signs = torch.randint(0, 2, (chunk,), generator=gen).float() * 2 - 1
     for scale, sg in ((1.0 / math.sqrt(chunk), signs), (1.0, None), (0.3, signs)):
-        ref = hadamard_transform_ref(x, chunk, scale, sg)
-        ours = OPS.hadamard_transform_cpp(x, chunk, scale, sg)
-        assert_bits_equal(ours, ref, f"{isa} chunk={chunk} {dtype} scale={scale} signs={sg is not None}")
+        assert_bitexact(cpp_hadamard(x, chunk, scale, sg), hadamard_transform_ref(x, chunk, scale, sg),
+                        name=f"{isa} chunk={chunk} {dtype} scale={scale} signs={sg is not None}")
 
 
 def test_hadamard_special_values(isa):
     x = torch.tensor([[0.0, -0.0, 1e-45, -1e-40, 3e38, 3e38, -3e38, 1.0] * 4])  # overflow -> Inf too
     for chunk in (2, 8, 32):
-        assert_bits_equal(OPS.hadamard_transform_cpp(x, chunk, 1.0, None), hadamard_transform_ref(x, chunk, 1.0),
-                          f"{isa} chunk={chunk}")
+        assert_bitexact(cpp_hadamard(x, chunk, 1.0), hadamard_transform_ref(x, chunk, 1.0), name=f"{isa} chunk={chunk}")
 
 
 # ------------------------------------------------------------------------------------------------
-# ISA switch, format table, argument checks
+# ISA switch, format table
 # ------------------------------------------------------------------------------------------------
 def test_set_cpu_isa_rejects_unknown_name():
     prev = EXT.cpu_isa()
@@ -308,15 +513,15 @@ def test_set_cpu_isa_rejects_unsupported_isa():
 
 
 def test_isa_roundtrip_and_features():
-    prev = EXT.cpu_isa()
     supported = EXT.supported_isas()
-    assert supported[-1] == "scalar" and prev in supported
-    for name in supported:
-        EXT.set_cpu_isa(name)
-        assert EXT.cpu_isa() == name
-    EXT.set_cpu_isa("auto")
+    assert supported[-1] == "scalar"
+    try:
+        for name in supported:
+            EXT.set_cpu_isa(name)
+            assert EXT.cpu_isa() == name
+    finally:
+        EXT.set_cpu_isa("auto")
     assert EXT.cpu_isa() == supported[0]
-    EXT.set_cpu_isa(prev)
     feats = EXT.cpu_features().split()
     if "avx512" in supported:
         assert {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(feats)
@@ -333,29 +538,3 @@ def test_format_table_mirrors_python():
                 row["sign_bit"], row["default_block_size"], row["scale_kind"]) == (
             el.name, el.bits, el.is_int, el.mbits, el.bias, el.max_code, el.sign_bit, f.default_block_size,
             f.scale_kind), name
-
-
-@pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda x: OPS.mx_quantize_cpp(x, "mxfp5", 32, "rceil", None, None), r"fmt: expected one of .* got 'mxfp5'"),
-        (lambda x: OPS.mx_quantize_cpp(x, "mxfp4", 24, "rceil", None, None), r"block_size: expected a power of two .* got 24"),
-        (lambda x: OPS.mx_quantize_cpp(x, "mxfp4", 2048, "rceil", None, None), r"block_size: .* got 2048"),
-        (lambda x: OPS.mx_quantize_cpp(x[:, :48], "mxfp4", 32, "rceil", None, None), r"x: expected the last dim \(48\)"),
-        (lambda x: OPS.mx_quantize_cpp(x, "mxfp4", 32, "ceil", None, None), r"scale_mode: expected 'rceil' or 'floor', got 'ceil'"),
-        (lambda x: OPS.mx_quantize_cpp(x.double(), "mxfp4", 32, "rceil", None, None), r"x: expected dtype float32, bfloat16 or float16, got Double"),
-        (lambda x: OPS.mx_quantize_cpp(x, "mxfp4", 32, "rceil", x, None), r"rand_bits: expected dtype int32, got Float"),
-        (lambda x: OPS.mx_quantize_cpp(x, "mxfp4", 32, "rceil", torch.zeros(3, dtype=torch.int32), None), r"rand_bits: expected 128 elements"),
-        (lambda x: OPS.mx_quantize_cpp(x, "nvfp4", 16, "rceil", None, torch.ones(2)), r"global_scale: expected a tensor with one element"),
-        (lambda x: OPS.mx_dequantize_cpp(torch.zeros(2, 64, dtype=torch.int16), torch.zeros(2, 2, dtype=torch.uint8), torch.ones(()), "mxint8", 32, torch.float32), r"codes: expected dtype Char \(or uint8\) for mxint8, got Short"),
-        (lambda x: OPS.mx_dequantize_cpp(torch.zeros(2, 64, dtype=torch.int8), torch.zeros(2, 3, dtype=torch.uint8), torch.ones(()), "mxint8", 32, torch.float32), r"scales: expected shape \[2, 2\]"),
-        (lambda x: OPS.mx_dequantize_cpp(torch.zeros(2, 64, dtype=torch.int8), torch.zeros(2, 2, dtype=torch.uint8), torch.ones(()), "mxint8", 32, torch.float64), r"out_dtype: expected dtype float32, bfloat16 or float16"),
-        (lambda x: OPS.hadamard_transform_cpp(x, 48, 1.0, None), r"chunk_size: expected a power of two in \[2, 32768\], got 48"),
-        (lambda x: OPS.hadamard_transform_cpp(x, 32, 1.0, torch.ones(16)), r"signs: expected shape \[32\]"),
-        (lambda x: OPS.hadamard_transform_cpp(x[:, :48], 32, 1.0, None), r"x: expected the last dim \(48\) to be a multiple of chunk_size \(32\)"),
-    ],
-)
-def test_argument_checks(call, match):
-    x = torch.randn(2, 64)
-    with pytest.raises(RuntimeError, match=match):
-        call(x)

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from leankern import numerics as N
-from leankern.formats import PAPER_FORMATS
+from leankern.mx import numerics as N
+from leankern.mx.formats import PAPER_FORMATS
 
 SIZE = 1024
 

@@ -1,14 +1,16 @@
 """Public MX ops: registration (opcheck, torch.compile), input validation, container, layouts, rotation."""
 import math
+import re
 
 import pytest
 from hypothesis import given, strategies as st
 import torch
 
 import leankern
-from leankern.formats import FORMATS
-from leankern.ops.mx_layout import swizzle_scales, unswizzle_scales
-from mx_cases import ALL_FORMATS, HEADLINE_FORMATS
+from leankern.mx.formats import FORMATS
+from leankern.mx import CAPABILITIES
+from leankern.mx.layout import swizzle_scales, unswizzle_scales
+from mx_cases import ALL_FORMATS, CPU_BACKENDS, HEADLINE_FORMATS, skip_unless_runs_on_cpu
 
 
 def _x(*shape, seed=0, dtype=torch.float32):
@@ -86,12 +88,14 @@ BAD_QUANTIZE = [
 ]
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("kwargs,exc,msg", BAD_QUANTIZE)
-def test_quantize_rejects_bad_input(kwargs, exc, msg):
+def test_quantize_rejects_bad_input(backend, kwargs, exc, msg):
+    skip_unless_runs_on_cpu(backend)
     args = dict(x=torch.ones(2, 32), fmt="mxfp8_e4m3", block_size=32, scale_mode="rceil", rand_bits=None,
                 global_scale=None, strict=False)
     args.update(kwargs)
-    with pytest.raises(exc, match=msg):
+    with leankern.use_backend(backend), pytest.raises(exc, match=msg):
         torch.ops.leankern.mx_quantize(*args.values())
 
 
@@ -108,37 +112,121 @@ def test_frontend_rejects_bad_input():
             pass
 
 
-def test_dequantize_rejects_bad_input():
-    q = torch.ops.leankern.mx_quantize(_x(2, 64), "mxfp4", 32, "rceil", None, None, False)
-    with pytest.raises(TypeError, match="codes: expected dtype"):
-        torch.ops.leankern.mx_dequantize(q[0].to(torch.int8), q[1], q[2], "mxfp4", 32, torch.float32)
-    with pytest.raises(ValueError, match=r"scales: expected shape \(2, 2\), got \(2, 1\)"):
-        torch.ops.leankern.mx_dequantize(q[0], q[1][:, :1], q[2], "mxfp4", 32, torch.float32)
-    with pytest.raises(TypeError, match="out_dtype: expected one of"):
-        torch.ops.leankern.mx_dequantize(q[0], q[1], q[2], "mxfp4", 32, torch.int32)
-    with pytest.raises(ValueError, match="K \\(elements per row of codes\\): expected a multiple of block_size=64"):
-        torch.ops.leankern.mx_dequantize(q[0][:, :16], q[1][:, :1], q[2], "mxfp4", 64, torch.float32)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dequantize_rejects_bad_input(backend):
+    skip_unless_runs_on_cpu(backend)
+    with leankern.use_backend("ref"):
+        q = torch.ops.leankern.mx_quantize(_x(2, 64), "mxfp4", 32, "rceil", None, None, False)
+    with leankern.use_backend(backend):
+        with pytest.raises(TypeError, match="codes: expected dtype"):
+            torch.ops.leankern.mx_dequantize(q[0].to(torch.int8), q[1], q[2], "mxfp4", 32, torch.float32)
+        with pytest.raises(ValueError, match=r"scales: expected shape \(2, 2\), got \(2, 1\)"):
+            torch.ops.leankern.mx_dequantize(q[0], q[1][:, :1], q[2], "mxfp4", 32, torch.float32)
+        with pytest.raises(TypeError, match="out_dtype: expected one of"):
+            torch.ops.leankern.mx_dequantize(q[0], q[1], q[2], "mxfp4", 32, torch.int32)
+        with pytest.raises(ValueError, match="K \\(elements per row of codes\\): expected a multiple of block_size=64"):
+            torch.ops.leankern.mx_dequantize(q[0][:, :16], q[1][:, :1], q[2], "mxfp4", 64, torch.float32)
 
 
-def test_hadamard_rejects_bad_input():
-    with pytest.raises(ValueError, match="chunk_size: expected a power of two"):
-        leankern.mx.hadamard_transform(torch.ones(2, 48), 48)
-    with pytest.raises(ValueError, match=r"x.shape\[-1\]: expected a multiple of chunk_size=32, got 48"):
-        leankern.mx.hadamard_transform(torch.ones(2, 48), 32)
-    with pytest.raises(ValueError, match=r"signs: expected shape \(32,\), got \(16,\)"):
-        leankern.mx.hadamard_transform(torch.ones(2, 64), 32, signs=torch.ones(16))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("g", [0.0, 2.0**-127, float("inf"), float("nan"), -1.0])
+def test_nv_global_scale_value_checked_by_every_raw_op(backend, g):
+    skip_unless_runs_on_cpu(backend)
+    x = _x(2, 32)
+    with leankern.use_backend("ref"):
+        codes, scales, _ = torch.ops.leankern.mx_quantize(x, "nvfp4", 16, "rceil", None, None, False)
+    bad = torch.tensor(g, dtype=torch.float32)
+    with leankern.use_backend(backend):
+        with pytest.raises(ValueError, match=r"global_scale: expected a finite value >= 2\^-126"):
+            torch.ops.leankern.mx_quantize(x, "nvfp4", 16, "rceil", None, bad, False)
+        with pytest.raises(ValueError, match=r"global_scale: expected a finite value >= 2\^-126"):
+            torch.ops.leankern.mx_dequantize(codes, scales, bad, "nvfp4", 16, torch.float32)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_hadamard_rejects_bad_input(backend):
+    skip_unless_runs_on_cpu(backend)
+    with leankern.use_backend(backend):
+        with pytest.raises(ValueError, match="chunk_size: expected a power of two"):
+            leankern.mx.hadamard_transform(torch.ones(2, 48), 48)
+        with pytest.raises(ValueError, match=r"x.shape\[-1\]: expected a multiple of chunk_size=32, got 48"):
+            leankern.mx.hadamard_transform(torch.ones(2, 48), 32)
+        with pytest.raises(ValueError, match=r"signs: expected shape \(32,\), got \(16,\)"):
+            leankern.mx.hadamard_transform(torch.ones(2, 64), 32, signs=torch.ones(16))
+
+
+# One message per bad argument, the same text (and exception type) from every backend: the Python
+# checks (leankern.core) and the C++ kernels' checks (csrc/common/torch_checks.h) agree.
+_FLOATS = "['torch.float32', 'torch.bfloat16', 'torch.float16']"
+_I8, _U8 = torch.int8, torch.uint8
+
+
+def _chunk_limits(backend):
+    lo, hi = CAPABILITIES["hadamard_transform"][backend].limit("chunk_size")
+    return rf"\[{lo}, {hi}\]"
+
+
+# (id, call(x) with x = randn(2, 64), exception, message regex (a function of the backend, or a string))
+ARGUMENT_ERRORS = [
+    ("fmt", lambda x: _q(x, "mxfp5", 32), ValueError, r"^fmt: expected one of .*, got 'mxfp5'"),
+    ("block_size_24", lambda x: _q(x, "mxfp4", 24), ValueError,
+     r"^block_size: expected a power of two in \[2, 1024\], got 24"),
+    ("block_size_2048", lambda x: _q(x, "mxfp4", 2048), ValueError,
+     r"^block_size: expected a power of two in \[2, 1024\], got 2048"),
+    ("x_not_a_multiple", lambda x: _q(x[:, :48], "mxfp4", 32), ValueError,
+     r"^x\.shape\[-1\]: expected a multiple of block_size=32, got 48"),
+    ("scale_mode", lambda x: _q(x, "mxfp4", 32, "ceil"), ValueError,
+     r"^scale_mode: expected one of \('rceil', 'floor'\), got 'ceil'"),
+    ("x_dtype", lambda x: _q(x.double(), "mxfp4", 32), TypeError,
+     "^" + re.escape(f"x: expected dtype in {_FLOATS}, got torch.float64")),
+    ("rand_bits_dtype", lambda x: _q(x, "mxfp4", 32, rand_bits=x), TypeError,
+     r"^rand_bits: expected dtype in \['torch.int32'\], got torch.float32"),
+    ("rand_bits_shape", lambda x: _q(x, "mxfp4", 32, rand_bits=torch.zeros(3, dtype=torch.int32)), ValueError,
+     r"^rand_bits: expected shape \(2, 64\), got \(3,\)"),
+    ("global_scale_shape", lambda x: _q(x, "nvfp4", 16, global_scale=torch.ones(2)), ValueError,
+     r"^global_scale: expected shape \(\), got \(2,\)"),
+    ("codes_dtype", lambda x: _dq(torch.zeros(2, 64, dtype=torch.int16), torch.zeros(2, 2, dtype=_U8)), TypeError,
+     r"^codes: expected dtype in \['torch.int8'\], got torch.int16"),
+    ("scales_shape", lambda x: _dq(torch.zeros(2, 64, dtype=_I8), torch.zeros(2, 3, dtype=_U8)), ValueError,
+     r"^scales: expected shape \(2, 2\), got \(2, 3\)"),
+    ("out_dtype", lambda x: _dq(torch.zeros(2, 64, dtype=_I8), torch.zeros(2, 2, dtype=_U8), torch.float64),
+     TypeError, "^" + re.escape(f"out_dtype: expected one of {_FLOATS}, got torch.float64")),
+    ("chunk_size", lambda x: torch.ops.leankern.hadamard_transform(x, 48, 1.0, None), ValueError,
+     lambda b: rf"^chunk_size: expected a power of two in {_chunk_limits(b)}, got 48"),
+    ("signs_shape", lambda x: torch.ops.leankern.hadamard_transform(x, 32, 1.0, torch.ones(16)), ValueError,
+     r"^signs: expected shape \(32,\), got \(16,\)"),
+    ("x_not_a_multiple_of_chunk", lambda x: torch.ops.leankern.hadamard_transform(x[:, :48], 32, 1.0, None),
+     ValueError, r"^x\.shape\[-1\]: expected a multiple of chunk_size=32, got 48"),
+]
+
+
+def _q(x, fmt, bs, mode="rceil", rand_bits=None, global_scale=None):
+    return torch.ops.leankern.mx_quantize(x, fmt, bs, mode, rand_bits, global_scale, False)
+
+
+def _dq(codes, scales, out_dtype=torch.float32):
+    return torch.ops.leankern.mx_dequantize(codes, scales, torch.ones(()), "mxint8", 32, out_dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("call,exc,match", [pytest.param(*c[1:], id=c[0]) for c in ARGUMENT_ERRORS])
+def test_argument_error_messages_agree_across_backends(backend, call, exc, match):
+    skip_unless_runs_on_cpu(backend)
+    x = torch.randn(2, 64)
+    with leankern.use_backend(backend), pytest.raises(exc, match=match(backend) if callable(match) else match):
+        call(x)
 
 
 @pytest.mark.parametrize("backend", ["ref", "cpp"])
 def test_forced_backend_that_cannot_run_says_so(backend):
     if backend == "cpp" and leankern.extension() is not None:
         pytest.skip("the extension is built: 'cpp' can run here")
-    if backend == "ref":
-        with leankern.use_backend("cuda"), pytest.raises(RuntimeError, match="backend"):
+    if backend == "ref":  # a forced backend for another device
+        with leankern.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' runs cuda tensors"):
             leankern.mx.quantize(torch.ones(2, 32))
-        return
-    with leankern.use_backend("cpp"), pytest.raises(RuntimeError, match="leankern._C extension is not available"):
-        leankern.mx.quantize(torch.ones(2, 32))
+    else:
+        with leankern.use_backend("cpp"), pytest.raises(RuntimeError, match="leankern._C extension is not available"):
+            leankern.mx.quantize(torch.ones(2, 32))
 
 
 # ------------------------------------------------------------------------------------ stochastic rounding
@@ -168,6 +256,50 @@ def test_stochastic_rounding_replays_from_seed_and_bits():
     rb = torch.randint(-(2**31), 2**31, x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.int32)
     d = leankern.mx.quantize(x, "mxfp4", rounding="stochastic", rand_bits=rb)
     assert torch.equal(a.codes, d.codes)
+
+
+def test_stochastic_rounding_without_seed_draws_fresh_bits_from_torch():
+    x = _x(8, 256)
+    first = leankern.mx.quantize(x, "mxfp4", rounding="stochastic")
+    second = leankern.mx.quantize(x, "mxfp4", rounding="stochastic")
+    assert not torch.equal(first.codes, second.codes), "no seed: each call must draw new random words"
+    torch.manual_seed(1234)
+    a = leankern.mx.quantize(x, "mxfp4", rounding="stochastic")
+    torch.manual_seed(1234)
+    b = leankern.mx.quantize(x, "mxfp4", rounding="stochastic")
+    assert torch.equal(a.codes, b.codes), "same torch.manual_seed: same words"
+    torch.manual_seed(1234)  # and they are exactly the words torch's default generator gives
+    rb = torch.randint(-(2**31), 2**31, x.shape, dtype=torch.int32)
+    assert torch.equal(a.codes, leankern.mx.quantize(x, "mxfp4", rounding="stochastic", rand_bits=rb).codes)
+
+
+# ------------------------------------------------------------------------------------ NV per-tensor scale
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "nvint4"])
+def test_nv_encode_scale_is_the_reciprocal_of_the_decode_scale(fmt):
+    x = _x(4, 64)
+    g = torch.tensor(0.0037109375)  # 2^-8 * 0.95: 1/g is not a power of two
+    by_decode = leankern.mx.quantize(x, fmt, global_scale=g)
+    encode = 1.0 / g
+    by_encode = leankern.mx.quantize(x, fmt, global_encode_scale=encode)
+    assert by_encode.global_scale.item() == (1.0 / encode).item()
+    if by_encode.global_scale.item() == g.item():  # 1/(1/g) rounded back to g: identical quantization
+        assert torch.equal(by_decode.codes, by_encode.codes)
+    exact = leankern.mx.quantize(x, fmt, global_scale=(1.0 / encode))
+    assert torch.equal(exact.codes, by_encode.codes) and torch.equal(
+        exact.scales.view(torch.uint8), by_encode.scales.view(torch.uint8))
+    # a Python float works too, and lands as a device fill of the same fp32 value
+    by_float = leankern.mx.quantize(x, fmt, global_encode_scale=float(encode))
+    assert by_float.global_scale.item() == by_encode.global_scale.item()
+
+
+def test_nv_scale_arguments_are_exclusive_and_checked():
+    x = _x(2, 32)
+    with pytest.raises(ValueError, match="pass at most one"):
+        leankern.mx.quantize(x, "nvfp4", global_scale=1.0, global_encode_scale=1.0)
+    for encode in (float("inf"), 0.0, float("nan"), -1.0):  # decode g = 0, inf, nan, -1
+        with pytest.raises(ValueError, match=r"global_scale: expected a finite value >= 2\^-126"):
+            leankern.mx.quantize(x, "nvfp4", global_encode_scale=encode)
 
 
 # ------------------------------------------------------------------------------------ container

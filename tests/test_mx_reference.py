@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from leankern.formats import ELEMENTS, FORMATS
-from leankern.ref.mx import element_values, mx_dequantize_ref, mx_quantize_ref, round_to_element
+from leankern.mx.formats import ELEMENTS, FORMATS
+from leankern.mx.ref import element_values, mx_dequantize_ref, mx_quantize_ref, round_to_element
 
 
 def _oracle_round(v: torch.Tensor, el) -> torch.Tensor:

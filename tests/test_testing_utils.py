@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import find, given, settings, strategies as st
 
-from leankern.formats import FORMATS, get_format
-from leankern.ref.mx import mx_quantize_ref
+from leankern.mx.formats import FORMATS, get_format
+from leankern.mx.ref import mx_quantize_ref
 from leankern.testing import TOLERANCES, Tolerance, assert_bitexact, assert_close, bit_view, qsnr_db
 from leankern.testing import strategies as lst
 from tolerances import TOLERANCES as TEST_TOLERANCES
