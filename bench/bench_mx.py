@@ -1,4 +1,5 @@
-"""MX/NV quantize / dequantize benchmark: ``python bench/bench_mx.py [--quick] [--csv PATH] [--plot PATH]``.
+"""MX/NV quantize / dequantize / Hadamard benchmark:
+``python bench/bench_mx.py [--quick | --full] [--csv PATH] [--plot PATH] [--device cpu|cuda]``.
 
 Thin wrapper around :mod:`leankern.benchmarks.mx` (same as ``leankern bench --family mx``).
 """

@@ -1,50 +1,133 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU machine (e.g. an H200): build, CUDA/Triton tests, GPU benches.
-# Usage (from anywhere):  OUT=/path/to/results bash bench/gpu_check.sh
-# Writes at most 8 flat files under $OUT: nvidia-smi.txt info.txt build.log pytest_cuda.log
-# bench_mx_cuda.txt bench_mx_cuda.csv summary.txt. Exits non-zero if the build, tests or bench failed.
-set -euo pipefail
+# The one prepared check for a lent GPU machine (an H200): build with CUDA, time CUDA C++ vs Triton
+# vs torch, run the test suite with CUDA visible. Everything lands under $OUT; ~8 minutes at most.
+#
+#   OUT=/path/to/results bash bench/gpu_check.sh            # from anywhere
+#   bash bench/gpu_check.sh --dry-run                        # print the plan, run nothing (DRY_RUN=1 too)
+#
+# Stages (each under `timeout`, all together within BUDGET_S seconds, default 470):
+#   env      nvidia-smi, torch/triton/nvcc versions                    -> env.txt
+#   build    `make deps`, then the `make build` command with MAX_JOBS=$(nproc) (the Makefile pins 2)
+#                                                                        -> build.log
+#   info     leankern info (which kernel each op runs on cpu / cuda)   -> info.txt
+#   bench    leankern bench --family mx --device cuda: per row the CUDA C++ kernel (use_backend("cuda"),
+#            where the build registered one), Triton (use_backend("triton")), the reference on the GPU
+#            and the torch baseline; bit-exact checks first; CUDA-graph timing
+#                                                                        -> bench_mx_cuda.txt/.csv
+#   overhead leankern bench --family overhead --device cuda (launch cost per call, tiny inputs)
+#                                                                        -> overhead_cuda.txt/.csv
+#   tests    cd tests && pytest -q with CUDA visible (conftest leaves TRITON_INTERPRET unset: Triton
+#            compiled on the GPU; CUDA C++ quantize via use_backend("cuda")) with what time is left
+#                                                                        -> pytest.log, pytest.xml
+# The bench runs before the tests: GPU timings are what this machine is lent for, and the bench
+# checks every kernel bit-exactly against the reference before timing it. STAGES reorders or
+# drops stages (default "env build info bench overhead tests"); BENCH_ARGS adds bench flags
+# (e.g. --quick, --full). summary.txt has one line per stage; the exit code is non-zero if any failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+
+DRY_RUN="${DRY_RUN:-0}"
+[ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 OUT="${OUT:-$PWD/gpu_out}"
+PY="${PYTHON:-python3}"
+BUDGET_S="${BUDGET_S:-470}"
+STAGES="${STAGES:-env build info bench overhead tests}"
+BENCH_ARGS="${BENCH_ARGS:-}"
+START=$(date +%s)
+
 mkdir -p "$OUT"
-unset TRITON_INTERPRET  # real GPU: compiled Triton, not the interpreter
+: > "$OUT/summary.txt"
+unset TRITON_INTERPRET                      # real GPU: compiled Triton, not the interpreter
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"  # import this tree even if the editable install fails
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-PY="${PYTHON:-python}"
+export PIP_RETRIES=0 PIP_TIMEOUT=5 PIP_DISABLE_PIP_VERSION_CHECK=1  # the machine may be offline: fail fast
 status=0
 
-nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt" || true
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 
-# Dependencies: keep a preinstalled torch; install only what is missing (best effort: may be offline).
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-for mod in triton numpy pytest hypothesis ninja pybind11 setuptools wheel; do
-  "$PY" -c "import $mod" 2>/dev/null || "$PY" -m pip install -q "$mod" || echo "WARNING: could not install $mod"
+# stage NAME CAP_S LOG CMD...: run CMD under `timeout min(CAP_S, time left)`, stdout+stderr to $OUT/LOG.
+stage() {
+  local name=$1 cap=$2 log=$3 t rc t0 verdict
+  shift 3
+  t=$(left)
+  [ "$t" -gt "$cap" ] && t=$cap
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '[dry-run] %-8s timeout %4ss  > %s/%s:  %s\n' "$name" "$t" "$OUT" "$log" "$*"
+    echo "$name: dry-run" >> "$OUT/summary.txt"
+    return 0
+  fi
+  if [ "$t" -lt 15 ]; then
+    echo "$name: SKIPPED (time budget of ${BUDGET_S}s spent)" | tee -a "$OUT/summary.txt"
+    status=1
+    return 1
+  fi
+  echo "== $name (timeout ${t}s): $*"
+  t0=$(date +%s)
+  timeout --kill-after=10 "$t" bash -c '"$@"' "$name" "$@" > "$OUT/$log" 2>&1  # bash: CMD may be a function
+  rc=$?
+  case $rc in
+    0) verdict=ok ;;
+    124|137) verdict="TIMED OUT after ${t}s" ;;
+    *) verdict="FAILED (exit $rc)" ;;
+  esac
+  echo "$name: $verdict in $(( $(date +%s) - t0 ))s -> $log" | tee -a "$OUT/summary.txt"
+  [ $rc -eq 0 ] || status=1
+  return $rc
+}
+
+show() {  # the last lines of a stage's log on the console (the files hold everything)
+  [ "$DRY_RUN" = 1 ] || tail -n "$2" "$OUT/$1" 2>/dev/null || true
+}
+
+env_report() {
+  nvidia-smi || echo "nvidia-smi: not found"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+  "$PY" -c "import triton; print('triton', triton.__version__)" || true
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2 || echo "nvcc: not on PATH (CUDA_HOME=${CUDA_HOME:-unset})"
+  nproc; free -g | head -n 2
+}
+
+build() {
+  make deps PY="$PY" || echo "WARNING: make deps failed (offline?); building with what is installed"
+  # The `make build` recipe, with MAX_JOBS from the environment instead of the Makefile's 2.
+  "$PY" -m pip install --no-build-isolation --no-deps -e . 2>&1 | tail -n 40
+  "$PY" - <<'EOF'
+import sys, leankern
+e = leankern.extension_error()
+print("leankern._C:", "loaded" if e is None else e)
+print("native CUDA kernels:", {op: s.native_cuda for op, s in leankern.registered_ops().items()})
+sys.exit(e is not None)
+EOF
+}
+
+run_tests() {
+  cd tests && "$PY" -m pytest -q -ra -p no:cacheprovider --junitxml="$OUT/pytest.xml" .
+}
+
+export OUT PY
+export -f env_report build run_tests
+
+for s in $STAGES; do
+  case $s in
+    env) stage env 60 env.txt env_report; show env.txt 25 ;;
+    build) stage build 270 build.log build; show build.log 6 ;;
+    info) stage info 60 info.txt "$PY" -m leankern info; show info.txt 40 ;;
+    bench)
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+      stage bench 180 bench_mx_cuda.txt "$PY" -m leankern bench --family mx --device cuda --no-aot $BENCH_ARGS \
+        --csv "$OUT/bench_mx_cuda.csv"
+      show bench_mx_cuda.txt 60 ;;
+    overhead)
+      stage overhead 45 overhead_cuda.txt "$PY" -m leankern bench --family overhead --device cuda \
+        --csv "$OUT/overhead_cuda.csv"
+      show overhead_cuda.txt 20 ;;
+    tests) stage tests 400 pytest.log run_tests; show pytest.log 30 ;;
+    *) echo "unknown stage '$s' (stages: env build info bench overhead tests)"; status=1 ;;
+  esac
 done
 
-# Build the extension (CUDA sources too: torch is a CUDA build here). --no-deps: never touch torch.
-if ! "$PY" -m pip install -e . --no-build-isolation --no-deps >"$OUT/build.log" 2>&1; then
-  echo "BUILD FAILED (tail of build.log):"; tail -n 40 "$OUT/build.log"; status=1
-fi
-(cd /tmp && "$PY" -m leankern info) 2>&1 | tee "$OUT/info.txt" || status=1
-
-# CUDA and Triton tests (compiled Triton kernels on the GPU).
-set +e
-"$PY" -m pytest -q tests -k "cuda or triton" -p no:cacheprovider >"$OUT/pytest_cuda.log" 2>&1
-rc_tests=$?
-set -e
-tail -n 25 "$OUT/pytest_cuda.log"
-[ "$rc_tests" -eq 0 ] || status=1
-
-# GPU bench: ours (Triton) vs the reference vs plain PyTorch, CUDA-event timing.
-set +e
-"$PY" -m leankern bench --family mx --device cuda ${BENCH_ARGS:---quick} --no-aot \
-  --csv "$OUT/bench_mx_cuda.csv" 2>&1 | tee "$OUT/bench_mx_cuda.txt"
-rc_bench=${PIPESTATUS[0]}
-set -e
-[ "$rc_bench" -eq 0 ] || status=1
-
-{
-  echo "build: $(grep -q 'Successfully' "$OUT/build.log" && echo ok || echo FAILED)"
-  echo "tests (-k 'cuda or triton'): exit $rc_tests: $(tail -n 1 "$OUT/pytest_cuda.log")"
-  echo "bench mx cuda: exit $rc_bench"
-} | tee "$OUT/summary.txt"
+echo "total: $(( $(date +%s) - START ))s of ${BUDGET_S}s" >> "$OUT/summary.txt"
+echo "== summary ($OUT/summary.txt)"
+cat "$OUT/summary.txt"
 exit "$status"

@@ -1,50 +1,95 @@
-"""leankern benchmarks: a shared harness (:mod:`.harness`) and one module per family.
+"""leankern benchmarks: a shared harness (:mod:`.harness`), one module per family, and the overhead section.
 
-Run them with ``leankern bench [--quick] [--family mx] [--csv PATH] [--plot PATH]`` or
-``python bench/bench_<family>.py``. Each family module has ``run(quick=..., device=..., ...)``
-returning a :class:`~leankern.benchmarks.harness.BenchResult` and printing one table.
+Run them with ``leankern bench [--quick | --full] [--family F] [--csv PATH] [--plot PATH] [--device cpu|cuda]``
+or ``python bench/bench_<family>.py``. By default every family runs its representative subset,
+then the per-call overhead section (:mod:`.overhead`); ``--full`` runs everything, ``--quick``
+the smallest smoke subset. Each section prints one header line (CPU or GPU, ISA path, the copy
+bandwidth measured in this run, torch and threads) above its table.
+
+Adding a family adds one module here, ``<family>.py``, found by name (no list to edit) with:
+
+* ``FAMILY = "<family>"``;
+* ``run(quick=False, full=False, device="cpu", sizes=None, csv_path=None, plot_path=None, aot=True,
+  bw_gbps=None, output_cache_mb=0, out=print) -> harness.BenchResult``: prints its section;
+* ``tiny_calls(device) -> list[overhead.TinyCall]``: its ops on tiny inputs, for the overhead section.
+
+Modules whose names start with ``_`` (and ``harness``, ``overhead``) are not families.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import pkgutil
 import subprocess
 import sys
+import time
 
-__all__ = ["FAMILIES", "family_module", "add_bench_args", "parse_bench_args", "rerun_with_thp"]
+__all__ = ["FAMILIES", "SECTIONS", "family_module", "add_bench_args", "parse_bench_args", "rerun_with_thp",
+           "run_bench", "bench_main", "check_bench_args"]
 
-FAMILIES = ("mx",)
+_NOT_FAMILIES = {"harness", "overhead"}
+FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
+                        if not m.name.startswith("_") and m.name not in _NOT_FAMILIES))
+SECTIONS = FAMILIES + ("overhead",)  # run in this order; overhead last (it covers every family's ops)
 
 
 def family_module(name: str):
-    """The bench module of a family (``leankern.benchmarks.<name>``)."""
-    if name not in FAMILIES:
-        raise ValueError(f"--family: expected one of {FAMILIES}, got {name!r}")
+    """The bench module of a family or section (``leankern.benchmarks.<name>``)."""
+    if name not in SECTIONS:
+        raise ValueError(f"--family: expected one of {SECTIONS}, got {name!r}")
     return importlib.import_module(f"{__name__}.{name}")
 
 
 def add_bench_args(p: argparse.ArgumentParser, with_family: bool = True) -> None:
-    p.add_argument("--quick", action="store_true", help="4096x4096 only; reference timed for the headline formats only")
+    subset = p.add_mutually_exclusive_group()
+    subset.add_argument("--quick", action="store_true",
+                        help="smallest smoke subset: one size, no reference timing, fewest repeats")
+    subset.add_argument("--full", action="store_true",
+                        help="everything (all formats, dtypes and sizes, reference timed everywhere); default: a "
+                             "representative subset of every family (< 10 min on 2 cores)")
     if with_family:
-        p.add_argument("--family", default="all", choices=("all",) + FAMILIES, help="which family to bench")
-    p.add_argument("--csv", metavar="PATH", help="write every row as CSV")
+        p.add_argument("--family", default="all", choices=("all",) + SECTIONS,
+                       help="one family's section, or 'overhead' (per-call overhead of every op); default: all")
+    p.add_argument("--csv", metavar="PATH", help="write every row as CSV (several sections: PATH_<section>.csv)")
     p.add_argument("--plot", metavar="PATH", help="bar chart of GB/s per format (needs matplotlib)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (ours = Triton, CUDA-event timing)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda (CUDA C++, Triton, reference and torch on the GPU)")
     p.add_argument("--no-aot", action="store_true", help="skip the Triton AOT register/shared-memory report")
     p.add_argument("--no-thp", action="store_true",
                    help="keep 4 KiB pages for fresh tensors (default: rerun with THP_MEM_ALLOC_ENABLE=1)")
+    # Default on: a fresh multi-MB output costs page faults that dwarf the kernel; the cache takes
+    # that off leankern's C++ outputs (the header says so). --output-cache 0 times what users get by default.
+    p.add_argument("--output-cache", type=int, default=512, metavar="MB",
+                   help="leankern.output_cache limit while timing (default 512; 0 = off, the library default)")
     # Hidden: one square size instead of the defaults (tests use a tiny one). Also LEANKERN_BENCH_SIZE.
     p.add_argument("--size", type=int, default=int(os.environ.get("LEANKERN_BENCH_SIZE", "0")) or None,
                    help=argparse.SUPPRESS)
+
+
+def check_bench_args(args) -> str | None:
+    """An error message for bad arguments, else None."""
+    if args.size is not None and (args.size < 64 or args.size % 64):
+        return f"--size: expected a positive multiple of 64, got {args.size}"
+    if args.output_cache < 0:
+        return f"--output-cache: expected a non-negative number of MB, got {args.output_cache}"
+    if str(args.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"--device {args.device}: no CUDA device is available (torch {torch.__version__})"
+    elif args.device != "cpu":
+        return f"--device: expected cpu or cuda, got {args.device!r}"
+    return None
 
 
 def parse_bench_args(argv=None, prog: str = "bench", with_family: bool = False):
     p = argparse.ArgumentParser(prog=prog, description="leankern benchmark")
     add_bench_args(p, with_family)
     args = p.parse_args(argv)
-    if args.size is not None and (args.size < 64 or args.size % 64):
-        p.error(f"--size: expected a positive multiple of 64, got {args.size}")
+    err = check_bench_args(args)
+    if err:
+        p.error(err)
     return args
 
 
@@ -61,3 +106,38 @@ def rerun_with_thp(no_thp: bool) -> int | None:
         return None
     env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1")
     return subprocess.call([sys.executable, *sys.orig_argv[1:]], env=env)
+
+
+def _with_suffix(path: str | None, section: str, many: bool) -> str | None:
+    if not path or not many:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}_{section}{ext}"
+
+
+def run_bench(args, sections=None, out=print) -> int:
+    """Run ``sections`` (default: from ``args.family``) with one bandwidth measurement shared by all."""
+    from .harness import measure_copy_bandwidth
+
+    if sections is None:
+        sections = SECTIONS if getattr(args, "family", "all") == "all" else (args.family,)
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    t0 = time.perf_counter()
+    bw = measure_copy_bandwidth(args.device)
+    many = len(sections) > 1
+    for name in sections:
+        family_module(name).run(quick=args.quick, full=args.full, device=args.device,
+                                sizes=(args.size,) if args.size else None, csv_path=_with_suffix(args.csv, name, many),
+                                plot_path=_with_suffix(args.plot, name, many), aot=not args.no_aot, bw_gbps=bw,
+                                output_cache_mb=args.output_cache, out=out)
+        out("")
+    out(f"leankern bench ({mode}, {args.device}): {', '.join(sections)} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def bench_main(argv=None, families=None, prog: str = "bench") -> int:
+    """Entry point of ``bench/bench_<family>.py``: parse, rerun with 2 MiB pages if a command, run."""
+    args = parse_bench_args(argv, prog=prog, with_family=families is None)
+    if argv is None and (rc := rerun_with_thp(args.no_thp)) is not None:
+        return rc
+    return run_bench(args, sections=families)

@@ -6,7 +6,9 @@ first output before anything is timed. :func:`run_cases` turns cases into one ro
 
     row = {<labels>, "ours_ms", "ours_gbps", "frac_bw", "<impl>_ms", "x_<impl>", "check", ...}
 
-``x_<impl>`` is ``t_<impl> / t_ours`` (how many times faster ours is). GB/s counts bytes read
+``x_<impl>`` is ``t_<impl> / t_ours`` (how many times faster ours is; "ours" is ``impls[0]`` unless
+the case names another with ``Case.ours``); every implementation also gets ``<impl>_gbps``.
+GB/s counts bytes read
 plus bytes written once each (compulsory traffic), so ``frac_bw`` compares with
 :func:`measure_copy_bandwidth`, measured in the same run the same way (a copy reads N bytes and
 writes N bytes). On shared machines the ratios, not the absolute times, are the headline.
@@ -24,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Impl", "Case", "BenchResult", "progress_bar", "time_fn", "measure_copy_bandwidth", "run_cases",
-           "format_table", "write_csv", "machine_summary", "busy_note"]
+           "format_table", "write_csv", "machine_summary", "busy_note", "cpu_model", "cpu_isa", "section_header"]
 
 
 # ----------------------------------------------------------------------------- progress
@@ -71,30 +73,87 @@ def _sync(device: str):
 
 
 def time_fn(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 1, repeats: int = 5,
-            min_time: float = 0.0, max_repeats: int = 200) -> list[float]:
-    """Seconds per call of ``fn``: at least ``repeats`` timed calls after ``warmup`` untimed ones.
+            min_time: float = 0.0, max_repeats: int = 200, graph: bool = False) -> list[float]:
+    """Seconds per call of ``fn``: at least ``repeats`` timed samples after ``warmup`` untimed calls.
 
-    Fast functions get more calls, until ``min_time`` seconds have been timed (at most
+    Fast functions get more samples, until ``min_time`` seconds have been timed (at most
     ``max_repeats``), so the median is robust to a few preempted calls on a busy machine.
-    CPU: ``time.perf_counter`` around each call. CUDA: a pair of CUDA events per call.
+    CPU: ``time.perf_counter`` around each call. CUDA: see :func:`_cuda_times` (CUDA-graph replay
+    when ``graph`` and the call can be captured, else CUDA events around a batch of eager calls).
     """
+    if str(device).startswith("cuda"):
+        return _cuda_times(fn, warmup, repeats, min_time, max_repeats, graph)[0]
     for _ in range(warmup):
         fn()
-    _sync(device)
     times = []
-    cuda = str(device).startswith("cuda")
     while len(times) < repeats or (sum(times) < min_time and len(times) < max_repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+_GRAPH_CALLS = 20  # calls captured in one CUDA graph (one replay = this many back-to-back kernels)
+
+
+def _cuda_times(fn, warmup: int, repeats: int, min_time: float, max_repeats: int, graph: bool):
+    """(seconds per call per sample, "graph" | "eager") on CUDA.
+
+    A launch of a Python op costs tens of microseconds of CPU time, as long as or longer than a
+    memory-bound kernel on a large GPU, so events around single eager calls measure the launch
+    path. With ``graph`` the calls are captured once in a CUDA graph and the replays are timed:
+    GPU time only (what the kernel costs inside a model that is graph-captured, as serving
+    engines do). Calls that cannot be captured (host syncs, host-to-device copies) are timed
+    eagerly as a batch between two events: device time including any launch gaps.
+    """
+    for _ in range(max(warmup, 1)):
+        fn()
+    torch.cuda.synchronize()
+    if graph:
+        try:
+            return _cuda_graph_times(fn, repeats, min_time, max_repeats), "graph"
+        except Exception:  # noqa: BLE001  (not capturable: fall back to eager timing)
+            torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    one = max(start.elapsed_time(end) / 1e3, 1e-6)
+    batch = max(1, min(50, int(1e-3 / one)))  # ~1 ms of work per sample
+    times = []
+    while len(times) < repeats or (sum(times) * batch < min_time and len(times) < max_repeats):
+        start.record()
+        for _ in range(batch):
             fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / batch)
+    return times, "eager"
+
+
+def _cuda_graph_times(fn, repeats: int, min_time: float, max_repeats: int) -> list[float]:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs requires
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(_GRAPH_CALLS):
             fn()
-            times.append(time.perf_counter() - t0)
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    while len(times) < repeats or (sum(times) * _GRAPH_CALLS < min_time and len(times) < max_repeats):
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / _GRAPH_CALLS)
+    del g
     return times
 
 
@@ -122,21 +181,57 @@ def busy_note(device: str = "cpu") -> str:
             "are noisy (see *_min_ms in the CSV); compare ratios")
 
 
-def machine_summary(device: str = "cpu") -> str:
-    """One line: device name, threads, allocator mode."""
-    if str(device).startswith("cuda"):
-        return f"device: {torch.cuda.get_device_name()}"
-    cpu = "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else platform's guess)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    thp = "2 MiB pages (THP_MEM_ALLOC_ENABLE=1)" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "4 KiB pages"
-    return f"device: {cpu}, torch threads: {torch.get_num_threads()}, fresh tensors on {thp}"
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_isa() -> str:
+    """The ISA path the C++ kernels run (``leankern._C.cpu_isa()``), or why there is none."""
+    from ..core import extension, extension_error
+
+    ext = extension()
+    if ext is None:
+        return f"none: C++ extension not loaded ({extension_error()})"
+    return str(ext.cpu_isa()) if hasattr(ext, "cpu_isa") else "unknown (leankern._C has no cpu_isa())"
+
+
+def _pages() -> str:
+    return "2 MiB pages (THP_MEM_ALLOC_ENABLE=1)" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "4 KiB pages"
+
+
+def machine_summary(device: str = "cpu") -> str:
+    """One line: device name, threads, allocator mode."""
+    if str(device).startswith("cuda"):
+        return f"device: {torch.cuda.get_device_name()}"
+    return f"device: {cpu_model()}, torch threads: {torch.get_num_threads()}, fresh tensors on {_pages()}"
+
+
+def section_header(name: str, device: str, bw_gbps: float, mode: str = "", output_cache_mb: int = 0) -> str:
+    """The one header line above a family's table: machine, ISA path, bandwidth measured in this run.
+
+    ``== mx (default) == CPU: <model> | ISA: <leankern._C.cpu_isa()> | copy bandwidth: <GB/s> | torch <ver>, <n>
+    threads | fresh tensors on ... | output cache ...``. On CUDA the GPU replaces the CPU and ISA.
+    """
+    head = f"== {name}{f' ({mode})' if mode else ''} =="
+    if str(device).startswith("cuda"):
+        cap = torch.cuda.get_device_capability()
+        where = f"GPU: {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]}) | CUDA {torch.version.cuda}"
+    else:
+        where = f"CPU: {cpu_model()} | ISA: {cpu_isa()}"
+    cache = (f"C++ output cache on ({output_cache_mb} MB; serves leankern's C++ outputs only)" if output_cache_mb
+             else "C++ output cache off")
+    return (f"{head} {where} | copy bandwidth: {bw_gbps:.1f} GB/s (measured in this run) | torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads | fresh tensors on {_pages()} | {cache}")
 
 
 # ----------------------------------------------------------------------------- cases
@@ -147,9 +242,10 @@ class Impl:
     name: str
     fn: Callable[[], Any] | None
     warmup: int = 1  # untimed calls before timing (on top of the correctness call)
-    repeats: int = 5  # at least this many timed calls ...
+    repeats: int = 5  # at least this many timed calls (0: the checking call's own time is the one sample) ...
     min_time: float = 0.0  # ... and more until this many seconds are timed
     note: str = ""  # why it is unavailable, if it is
+    graph: bool = False  # CUDA: time by CUDA-graph replay when the call can be captured
 
 
 @dataclass
@@ -162,16 +258,36 @@ class Case:
     flops: int = 0
     check: Callable[[dict], dict] | None = None  # outputs by impl name -> extra columns; raise on mismatch
     target: Callable[[dict], str] | None = None  # finished row -> "yes"/"no"/""
+    ours: str | None = None  # the impl the ratios compare with (default impls[0])
+
+
+def _first_call(im: Impl, device: str):
+    """The checking call (also a warm-up): (output, seconds)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = im.fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _time_impl(im: Impl, device: str, first_s: float) -> tuple:
+    """(seconds per call per sample, timing method) for one implementation."""
+    if im.repeats == 0:  # slow contenders (the reference): the checking call is the one sample
+        return [first_s], "1 call"
+    if str(device).startswith("cuda"):
+        return _cuda_times(im.fn, im.warmup, im.repeats, im.min_time, 200, im.graph)
+    return time_fn(im.fn, device=device, warmup=im.warmup, repeats=im.repeats, min_time=im.min_time), ""
 
 
 def _run_one(case: Case, device: str, bw_gbps: float) -> dict:
     row = dict(case.labels)
     row.update(bytes=case.nbytes, flops=case.flops)
-    avail = [im for im in case.impls if im.fn is not None]
-    outs = {}
-    for im in avail:
+    outs, first = {}, {}
+    for im in case.impls:
+        if im.fn is None:
+            continue
         try:
-            outs[im.name] = im.fn()  # correctness run, also a warm-up
+            outs[im.name], first[im.name] = _first_call(im, device)
         except Exception as exc:  # a backend that cannot run this case: report, keep going
             im.note, im.fn = f"{type(exc).__name__}: {exc}".splitlines()[0][:120], None
     avail = [im for im in case.impls if im.fn is not None]
@@ -184,23 +300,34 @@ def _run_one(case: Case, device: str, bw_gbps: float) -> dict:
     del outs
     _sync(device)
     for im in avail:
-        times = time_fn(im.fn, device=device, warmup=im.warmup, repeats=im.repeats, min_time=im.min_time)
+        try:
+            times, how = _time_impl(im, device, first[im.name])
+        except Exception as exc:  # noqa: BLE001  (report it in the row; the other contenders still run)
+            im.note, im.fn = f"timing failed: {type(exc).__name__}: {exc}".splitlines()[0][:160], None
+            _sync(device)
+            continue
         row[f"{im.name}_ms"] = statistics.median(times) * 1e3
         row[f"{im.name}_min_ms"] = min(times) * 1e3
         row[f"{im.name}_runs"] = len(times)
-    ours = case.impls[0].name
+        row[f"{im.name}_gbps"] = case.nbytes / statistics.median(times) / 1e9
+        if how:
+            row[f"{im.name}_timing"] = how
     for im in case.impls:
         if im.fn is None:
             row[f"{im.name}_ms"] = None
             row.setdefault("notes", []).append(f"{im.name}: {im.note or 'unavailable'}")
+    ours = case.ours or case.impls[0].name
+    if case.ours:
+        row["ours_backend"] = ours
     t_ours = row.get(f"{ours}_ms")
     if t_ours:
         row["gbps"] = case.nbytes / (t_ours / 1e3) / 1e9
         row["frac_bw"] = row["gbps"] / bw_gbps if bw_gbps else None
         row["gflops"] = case.flops / (t_ours / 1e3) / 1e9 if case.flops else None
-        for im in case.impls[1:]:
+        for im in case.impls:
             t = row.get(f"{im.name}_ms")
-            row[f"x_{im.name}"] = t / t_ours if t else None
+            if im.name != ours:
+                row[f"x_{im.name}"] = t / t_ours if t else None
     if "notes" in row:
         row["notes"] = "; ".join(row["notes"])
     row["target"] = case.target(row) if case.target else ""
@@ -247,6 +374,8 @@ def write_csv(path: str, rows: list, meta: dict | None = None) -> None:
     """All columns of all rows (union, first-seen order); ``meta`` items repeated on every row."""
     meta = meta or {}
     keys = list(meta) + list(dict.fromkeys(k for r in rows for k in r))
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()

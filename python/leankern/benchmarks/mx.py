@@ -1,135 +1,141 @@
-"""MX/NV quantize and dequantize benchmark: ours vs the reference vs a plain PyTorch version.
+"""MX/NV benchmark: quantize, dequantize and the Hadamard transform, ours vs the reference vs plain PyTorch.
 
-Per (op, format, size, dtype): ours (``leankern.mx`` forced onto the C++ backend on CPU, Triton on
-CUDA), the reference (``use_backend("ref")``, few repeats since it is slow), and
-:func:`torch_quantize` / :func:`torch_dequantize` -- the vectorised PyTorch code a user would
-write. Before timing, ours must equal the reference bit for bit on the timed input (or, where
-the reference is not timed, on its first rows) and the baseline's quantization error is
-reported next to ours (``torch dQ``: its QSNR minus ours, dB).
+Contenders per row. CPU: ours (the C++ kernel, forced with ``use_backend("cpp")``), the
+reference (``use_backend("ref")``) and the ``torch`` baseline (:mod:`._mx_baselines`: the
+vectorised PyTorch a user would write). CUDA: the hand-written CUDA C++ kernel
+(``use_backend("cuda")``, where the build registered one: ``mx_quantize``), Triton
+(``use_backend("triton")``), the reference on the GPU and the torch baseline; "ours" is the
+kernel the dispatcher picks (``leankern.backend_for``). Before timing, every kernel must equal
+the reference bit for bit on the timed input (or, where the reference is not timed, on its first
+rows), and the baseline's error is reported next to ours (``torch dQ``: its QSNR minus ours, dB).
 
-NV quantize is timed twice: with g computed from the tensor (a second pass over x: the
-per-tensor amax must be known before any block is scaled) and, as ``nvfp4+g`` / ``nvint4+g``,
-with a calibrated static g passed in (one pass: how weights and calibrated activations are
-served).
-
-Bytes are exact compulsory traffic: quantize reads the input and writes codes + scales (+ the
-4-byte NV global scale); dequantize reads codes + scales (+ 4) and writes the output.
-Target (issue 2, CPU quantizer, MXFP8/MXFP4/MXINT8/NVFP4): >= 50% of the measured copy
+NV quantize is timed twice: with g computed from the tensor (a second pass over x) and, as
+``nvfp4+g`` / ``nvint4+g``, with a calibrated static g passed in (how weights and calibrated
+activations are served). Bytes are exact compulsory traffic: quantize reads x and writes codes +
+scales (+ 4 for the NV global scale); dequantize the reverse; Hadamard reads x (+ signs) and
+writes y. Target (CPU quantizer, MXFP8/MXFP4/MXINT8/NVFP4): >= 50% of the measured copy
 bandwidth and >= 20x the reference.
+
+Subsets (``leankern bench [--quick | --full]``):
+
+* default: the representative subset, at 4096² (CUDA: 8192²): quantize in the headline formats
+  at bf16 + fp32 with the reference timed once, the other formats at bf16; dequantize for every
+  format at bf16; Hadamard (chunk 32 and 4096, with the reference); the Triton AOT report for the
+  headline kernels.
+* ``quick``: the smoke subset: the default rows with Hadamard chunk 32 only, the reference not
+  timed (checked on the first rows), no AOT report, fewest repeats.
+* ``full``: everything: every format x {quantize, dequantize} x {bf16, fp32} x {4096², 8192²},
+  the reference timed twice per row (once at 8192²), Hadamard chunks 32/128/4096, full AOT report.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
-import subprocess
-import sys
+from contextlib import nullcontext
 
 import torch
 
-from ..formats import FORMATS, get_format
-from ..ref.mx import element_values, mx_dequantize_ref, mx_quantize_ref, nv_global_scale
+from ..mx.formats import FORMATS, get_format
+from ..mx.ref import mx_dequantize_ref, mx_quantize_ref, nv_global_scale
 from ..testing.compare import assert_bitexact, qsnr_db
-from .harness import (BenchResult, Case, Impl, busy_note, format_table, import_pyplot, machine_summary, measure_copy_bandwidth,
-                      run_cases, write_csv)
+from ._mx_baselines import DENSE_HADAMARD_MAX, hadamard_matrix, torch_dequantize, torch_hadamard, torch_quantize
+from ._triton_aot import format_aot_report, triton_aot_report
+from .harness import (BenchResult, Case, Impl, busy_note, format_table, import_pyplot, measure_copy_bandwidth, run_cases,
+                      section_header, write_csv)
 
-__all__ = ["HEADLINE_FORMATS", "torch_quantize", "torch_dequantize", "build_cases", "run", "triton_aot_report", "main"]
+__all__ = ["FAMILY", "HEADLINE_FORMATS", "torch_quantize", "torch_dequantize", "torch_hadamard", "plan", "build_cases",
+           "run", "tiny_calls", "triton_aot_report", "format_aot_report", "main"]
 
+FAMILY = "mx"
 HEADLINE_FORMATS = ("mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4")
 TARGET_FRAC_BW, TARGET_X_REF = 0.5, 20.0
 CHECK_ROWS = 256  # rows of the input checked against the reference when the reference is not timed
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_BF16_FP32 = (torch.bfloat16, torch.float32)
+# CPU: 4096² is 32-64 MiB per input, far beyond the last-level cache. CUDA: 8192² (a 60 MB L2 on H100/H200
+# would hold a 4096² bf16 input and flatter every kernel).
+_SIZES = {("cpu", "quick"): (4096,), ("cpu", "default"): (4096,), ("cpu", "full"): (4096, 8192),
+          ("cuda", "quick"): (8192,), ("cuda", "default"): (8192,), ("cuda", "full"): (8192, 16384)}
 
 
-# ----------------------------------------------------------------------------- torch baseline
-def _grid_midpoints(el):
-    vals = element_values(el).to(torch.float32)
-    return (vals[1:] + vals[:-1]) / 2  # [max_code]
+# ----------------------------------------------------------------------------- what each subset runs
+def plan(mode: str, device: str = "cpu", sizes=None) -> list:
+    """The rows of a subset: ``(op, n, dtype, fmt_or_chunk, static_g, time_ref)`` tuples, in table order.
 
-
-def torch_quantize(x: torch.Tensor, fmt: str, block_size: int | None = None, global_scale=None):
-    """Straightforward vectorised PyTorch quantizer (RCEIL / two-level), the user's alternative.
-
-    Not bit-exact with the reference (no NaN-block policy; FP4/FP6 ties go one way via
-    ``bucketize``). Shape: ``[..., K]`` -> codes, scales ``[..., K/bs]``, global scale ``[]``.
+    ``mode``: "quick" | "default" | "full" (each a subset of the next). ``time_ref``: the
+    reference is timed on that row (else only checked on the first rows). ``static_g``: NV
+    quantize with a calibrated global scale.
     """
-    f = get_format(fmt)
-    el, bs = f.element, block_size or f.default_block_size
-    lead, K = x.shape[:-1], x.shape[-1]
-    xb = x.float().reshape(*lead, K // bs, bs)  # [..., nb, bs]
-    amax = xb.abs().amax(-1, keepdim=True)  # [..., nb, 1]
-    if f.is_nv:
-        g = amax.max() / (448.0 * el.max_value) if global_scale is None else global_scale
-        g = torch.where(g == 0, torch.ones_like(g), g)
-        s = (amax / el.max_value / g).clamp(2.0**-9, 448.0).to(torch.float8_e4m3fn)
-        v = xb / (g * s.float())
-        scales = s.squeeze(-1)
-    else:
-        e = torch.ceil(torch.log2(amax / el.max_value)).clamp(-127, 127)
-        v = xb * torch.exp2(-e)
-        scales = (e + 127).to(torch.uint8).squeeze(-1)
-        g = torch.ones((), device=x.device)
-    if f.code_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        return v.to(f.code_dtype).reshape(*lead, K), scales, g
-    if el.is_int:
-        q = torch.round(v).clamp(-el.max_code, el.max_code).to(torch.int8)
-    else:
-        mag = torch.bucketize(v.abs(), _grid_midpoints(el).to(x.device)).to(torch.uint8)
-        q = mag | (torch.signbit(v).to(torch.uint8) << el.sign_bit)
-    q = q.reshape(*lead, K)
-    if el.packed:
-        q = q.view(torch.uint8) & 0xF
-        q = q[..., 0::2] | (q[..., 1::2] << 4)
-    return q, scales, g
+    sizes = sizes or _SIZES[("cuda" if str(device).startswith("cuda") else "cpu", mode)]
+    full = mode == "full"
+    rows = []
+    for n in sizes:
+        for dt in _BF16_FP32:
+            for fmt in FORMATS:
+                headline = fmt in HEADLINE_FORMATS
+                if not (full or headline or dt == torch.bfloat16):  # subsets: other formats at bf16 only
+                    continue
+                time_ref = full or (mode == "default" and headline)
+                rows.append(("quantize", n, dt, fmt, False, time_ref))
+                if get_format(fmt).is_nv:  # calibrated g: the serving case
+                    rows.append(("quantize", n, dt, fmt, True, time_ref))
+        for dt in _BF16_FP32 if full else (torch.bfloat16,):
+            rows += [("dequantize", n, dt, fmt, False, full) for fmt in FORMATS]
+        chunks = {"quick": (32,), "default": (32, 4096), "full": (32, 128, 4096)}[mode]
+        for dt in _BF16_FP32:
+            rows += [("hadamard", n, dt, c, False, mode != "quick") for c in chunks if c <= n]
+    return rows
 
 
-def torch_dequantize(codes, scales, global_scale, fmt: str, block_size: int | None = None, dtype=torch.float32):
-    """Straightforward vectorised PyTorch dequantizer. Shape: codes ``[..., K or K/2]`` -> ``[..., K]``."""
-    f = get_format(fmt)
-    el, bs = f.element, block_size or f.default_block_size
-    if f.code_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        vals = codes.float()
-    else:
-        raw = codes
-        if el.packed:
-            b = codes.view(torch.uint8)
-            raw = torch.stack([b & 0xF, b >> 4], dim=-1).flatten(-2)  # [..., K]
-        if el.is_int:
-            vals = raw.to(torch.int8).float()
-            if el.packed:
-                vals = torch.where(vals >= 8, vals - 16, vals)
-        else:
-            lut = element_values(el).to(torch.float32)
-            lut = torch.cat([lut, torch.zeros((1 << el.sign_bit) - lut.numel())])
-            lut = torch.cat([lut, -lut]).to(codes.device)  # sign bit set -> negative
-            vals = lut[raw.long()]
-    lead, K = vals.shape[:-1], vals.shape[-1]
-    vals = vals.reshape(*lead, K // bs, bs)
-    d = global_scale.float() * scales.float() if f.is_nv else torch.exp2(scales.float() - 127)
-    return (vals * d.unsqueeze(-1)).reshape(*lead, K).to(dtype)
+# ----------------------------------------------------------------------------- contenders
+def _forced(backend: str, fn):
+    """``fn`` run with every leankern op forced onto ``backend``."""
+    import leankern
+
+    def call(*args):
+        with leankern.use_backend(backend):
+            return fn(*args)
+
+    return call
 
 
-# ----------------------------------------------------------------------------- ours / reference
-def _quantizer(backend: str, fmt: str, bs: int, global_scale=None):
-    """x -> (codes, scales, global_scale) via leankern.mx.quantize forced onto ``backend``."""
+def _quantize_fn(fmt, bs, g):
     import leankern
 
     def fn(x):
-        with leankern.use_backend(backend):
-            qt = leankern.mx.quantize(x, fmt, block_size=bs, global_scale=global_scale)
+        qt = leankern.mx.quantize(x, fmt, block_size=bs, global_scale=g)
         return qt.codes, qt.scales, qt.global_scale
 
     return fn
 
 
-def _dequantizer(backend: str, fmt: str, bs: int):
-    """(codes, scales, g, dtype) -> x_hat via torch.ops.leankern.mx_dequantize forced onto ``backend``."""
-    import leankern
+def _dequantize_fn(fmt, bs):
+    return lambda c, s, g, dt: torch.ops.leankern.mx_dequantize(c, s, g, fmt, bs, dt)
 
-    def fn(c, s, g, dt):
-        with leankern.use_backend(backend):
-            return torch.ops.leankern.mx_dequantize(c, s, g, fmt, bs, dt)
 
-    return fn
+def _kernel_impls(op: str, device: str, call, quick: bool) -> tuple[list, str | None]:
+    """Our kernel(s) for ``op`` on ``device`` as Impls (``call(backend)`` -> a no-argument function),
+    and the name of the one the dispatcher picks ("ours") -- None on CPU, where it is the only one."""
+    reps, min_time = (3, 0.1) if quick else (10, 0.5)
+    if not str(device).startswith("cuda"):
+        return [Impl("ours", call("cpp"), warmup=2, repeats=reps, min_time=min_time)], None
+    from ..core import backend_for, registered_ops
+
+    spec = registered_ops()[op]
+    cuda = Impl("cuda", call("cuda") if spec.native_cuda else None, warmup=2, repeats=reps, min_time=min_time,
+                graph=True, note=f"no CUDA C++ kernel for {op} in this build")
+    triton = Impl("triton", call("triton") if spec.triton is not None else None, warmup=2, repeats=reps,
+                  min_time=min_time, graph=True, note=f"no Triton kernel for {op}")
+    return [cuda, triton], backend_for(op, device)
+
+
+def _ref_impl(fn, time_ref: bool, mode: str, big: bool, device: str) -> Impl:
+    """The reference: timed with few calls (CPU default: its checking call is the one sample)."""
+    if not time_ref:
+        return Impl("ref", None, note=f"not timed in this subset ({mode})")
+    if str(device).startswith("cuda"):
+        return Impl("ref", fn, warmup=0, repeats=3)
+    return Impl("ref", fn, warmup=0, repeats=0 if (mode != "full" or big) else 2)
 
 
 def _nbytes(*ts) -> int:
@@ -137,176 +143,184 @@ def _nbytes(*ts) -> int:
 
 
 def _target(row) -> str:
-    if row.get("format", "").split("+")[0] not in HEADLINE_FORMATS or row.get("device") != "cpu" or not row.get("ours_ms"):
+    if (row.get("op") != "quantize" or row.get("format", "").split("+")[0] not in HEADLINE_FORMATS
+            or row.get("device") != "cpu" or not row.get("ours_ms")):
         return ""
+    if row.get("x_ref") is None:
+        return "bw only: " + ("yes" if (row.get("frac_bw") or 0) >= TARGET_FRAC_BW else "no")
     ok = (row.get("check") != "FAIL" and (row.get("frac_bw") or 0) >= TARGET_FRAC_BW
           and (row.get("x_ref") or 0) >= TARGET_X_REF)
     return "yes" if ok else "no"
 
 
-def _slice_check(x, ours, fmt, bs):
-    """Reference on the first CHECK_ROWS rows (NV: with ours' global scale) == ours there (on CPU)."""
+def _kernel_outputs(outs: dict) -> dict:
+    return {k: v for k, v in outs.items() if k not in ("ref", "torch")}
+
+
+def _slice_check(x, got, fmt, bs, name):
+    """Reference on the first CHECK_ROWS rows (NV: with the kernel's global scale) == the kernel there (on CPU)."""
     r = min(CHECK_ROWS, x.shape[0])
     f = get_format(fmt)
-    want = mx_quantize_ref(x[:r].cpu(), fmt, bs, "rceil", None, ours[2].cpu() if f.is_nv else None)
-    assert_bitexact((ours[0][:r], ours[1][:r], ours[2]), want, name=f"{fmt} ours vs ref (first {r} rows)")
+    want = mx_quantize_ref(x[:r].cpu(), fmt, bs, "rceil", None, got[2].cpu() if f.is_nv else None)
+    assert_bitexact((got[0][:r], got[1][:r], got[2]), want, name=f"{fmt} {name} vs ref (first {r} rows)")
     if f.is_nv:  # the global scale itself, from the whole tensor
-        assert_bitexact(ours[2], nv_global_scale(x, f.element), name=f"{fmt} global scale")
+        assert_bitexact(got[2], nv_global_scale(x, f.element), name=f"{fmt} {name} global scale")
 
 
-def _quant_case(x, fmt, bs, device, quick, time_ref, static_g=False) -> Case:
+# ----------------------------------------------------------------------------- cases
+def _labels(op, fmt, x, device, dt=None):
+    return {"op": op, "format": fmt, "shape": "x".join(map(str, x.shape)), "dtype": _DTYPE_NAMES[dt or x.dtype],
+            "device": str(device).split(":")[0]}
+
+
+def _quant_case(x, fmt, bs, device, mode, time_ref, static_g=False) -> Case:
     """``static_g``: NV with a calibrated per-tensor scale passed in (one pass over x instead of two)."""
-    g = nv_global_scale(x, get_format(fmt).element) if static_g else None
-    ours_fn = _quantizer("cpp" if device == "cpu" else "triton", fmt, bs, g)
-    ref_fn = _quantizer("ref", fmt, bs, g)
-    big = x.numel() > 2**24
-    impls = [
-        Impl("ours", lambda: ours_fn(x), warmup=2, repeats=5 if quick else 10, min_time=0.2 if quick else 0.5),
-        Impl("ref", (lambda: ref_fn(x)) if time_ref else None, warmup=0, repeats=1 if (quick or big) else 2,
-             note="" if time_ref else "not timed in --quick"),
-        Impl("torch", lambda: torch_quantize(x, fmt, bs, g), warmup=1, repeats=3 if quick else 5),
-    ]
     f = get_format(fmt)
-    n_scales = x.numel() // bs
-    nbytes = _nbytes(x) + (x.numel() // 2 if f.element.packed else x.numel()) + n_scales + (4 if f.is_nv else 0)
+    g = nv_global_scale(x, f.element) if static_g else None
+    quant = _quantize_fn(fmt, bs, g)
+    kernels, ours = _kernel_impls("mx_quantize", device, lambda be: (lambda q=_forced(be, quant): q(x)), mode == "quick")
+    impls = kernels + [
+        _ref_impl(lambda q=_forced("ref", quant): q(x), time_ref, mode, x.numel() > 2**24, device),
+        Impl("torch", lambda: torch_quantize(x, fmt, bs, g), warmup=0, repeats=3),
+    ]
+    nbytes = _nbytes(x) + (x.numel() // 2 if f.element.packed else x.numel()) + x.numel() // bs + (4 if f.is_nv else 0)
 
     def check(outs):
-        res = {}
-        ours = outs.get("ours")
-        res["check"] = "no ours"
-        if ours is not None:
+        res = {"check": "no kernel"}
+        for name, got in _kernel_outputs(outs).items():
             if "ref" in outs:
-                assert_bitexact(ours, outs["ref"], name=f"{fmt} ours vs ref")
+                assert_bitexact(got, outs["ref"], name=f"{fmt} {name} vs ref")
                 res["check"] = "bitexact"
             else:
-                _slice_check(x, ours, fmt, bs)
+                _slice_check(x, got, fmt, bs, name)
                 res["check"] = "bitexact*"
-        base = outs.get("ours", outs.get("ref"))
+        base = next(iter(_kernel_outputs(outs).values()), outs.get("ref"))
         if base is not None and "torch" in outs:
             r = min(CHECK_ROWS, x.shape[0])
             xs = x[:r].cpu()
             q_ours = qsnr_db(xs, mx_dequantize_ref(base[0][:r].cpu(), base[1][:r].cpu(), base[2].cpu(), fmt, bs))
             t = [v.cpu() for v in outs["torch"]]
-            q_torch = qsnr_db(xs, torch_dequantize(t[0][:r], t[1][:r], t[2], fmt, bs))
             res["qsnr"] = q_ours
-            res["torch_dq"] = q_torch - q_ours
+            res["torch_dq"] = qsnr_db(xs, torch_dequantize(t[0][:r], t[1][:r], t[2], fmt, bs)) - q_ours
         return res
 
-    labels = {"op": "quantize", "format": fmt + ("+g" if static_g else ""), "shape": "x".join(map(str, x.shape)),
-              "dtype": _DTYPE_NAMES[x.dtype], "device": device}
-    return Case(labels, impls, nbytes, 0, check, _target)
+    return Case(_labels("quantize", fmt + ("+g" if static_g else ""), x, device), impls, nbytes, 0, check, _target, ours)
 
 
-def _dequant_case(x, fmt, bs, device, quick, time_ref) -> Case:
-    try:
-        c, s, g = _quantizer("cpp" if device == "cpu" else "triton", fmt, bs)(x)
-    except RuntimeError:  # ours cannot run here: quantize with the reference
-        c, s, g = _quantizer("ref", fmt, bs)(x)
+def _dequant_case(x, fmt, bs, device, mode, time_ref) -> Case:
+    c, s, g = _quantize_fn(fmt, bs, None)(x)  # inputs: whatever kernel the dispatcher picks (the check uses ref)
     dt = x.dtype
-    ours_fn = _dequantizer("cpp" if device == "cpu" else "triton", fmt, bs)
-    ref_fn = _dequantizer("ref", fmt, bs)
-    big = x.numel() > 2**24
-    impls = [
-        Impl("ours", lambda: ours_fn(c, s, g, dt), warmup=2, repeats=5 if quick else 10, min_time=0.2 if quick else 0.5),
-        Impl("ref", (lambda: ref_fn(c, s, g, dt)) if time_ref else None, warmup=0, repeats=1 if (quick or big) else 2,
-             note="" if time_ref else "not timed in --quick"),
-        Impl("torch", lambda: torch_dequantize(c, s, g, fmt, bs, dt), warmup=1, repeats=3 if quick else 5),
+    deq = _dequantize_fn(fmt, bs)
+    kernels, ours = _kernel_impls("mx_dequantize", device, lambda be: (lambda d=_forced(be, deq): d(c, s, g, dt)),
+                                  mode == "quick")
+    impls = kernels + [
+        _ref_impl(lambda d=_forced("ref", deq): d(c, s, g, dt), time_ref, mode, x.numel() > 2**24, device),
+        Impl("torch", lambda: torch_dequantize(c, s, g, fmt, bs, dt), warmup=0, repeats=3),
     ]
-    f = get_format(fmt)
-    nbytes = _nbytes(c, s) + (4 if f.is_nv else 0) + x.numel() * x.element_size()
+    nbytes = _nbytes(c, s) + (4 if get_format(fmt).is_nv else 0) + x.numel() * x.element_size()
 
     def check(outs):
-        res = {}
+        res = {"check": "no kernel"}
         r = min(CHECK_ROWS, x.shape[0])
         want = outs.get("ref")
-        res["check"] = "no ours"
         if want is None:  # the reference on the first rows, on CPU
             want = mx_dequantize_ref(c[:r].cpu(), s[:r].cpu(), g.cpu(), fmt, bs, dt)
-        if "ours" in outs:
-            got = outs["ours"] if "ref" in outs else outs["ours"][:r]
-            assert_bitexact(got, want, name=f"{fmt} dequantize ours vs ref")
+        for name, got in _kernel_outputs(outs).items():
+            assert_bitexact(got if "ref" in outs else got[:r], want, name=f"{fmt} dequantize {name} vs ref")
             res["check"] = "bitexact" if "ref" in outs else "bitexact*"
         if "torch" in outs:
             res["torch_dq"] = qsnr_db(want[:r].cpu(), outs["torch"][:r].cpu())  # vs the exact dequantization
         return res
 
-    labels = {"op": "dequantize", "format": fmt, "shape": "x".join(map(str, x.shape)),
-              "dtype": _DTYPE_NAMES[dt], "device": device}
-    return Case(labels, impls, nbytes, 0, check, _target)
+    return Case(_labels("dequantize", fmt, x, device), impls, nbytes, 0, check, _target, ours)
 
 
-def build_cases(quick: bool, device: str, sizes, formats, dtypes, ops) -> list:
-    """Cases in order op, size, dtype, format. Inputs are seeded N(0, 1) (converted to dtype)."""
-    cases = []
-    for op in ops:
-        for n in sizes:
-            for dt in dtypes:
-                x = torch.randn(n, n, generator=torch.Generator().manual_seed(n), dtype=torch.float32).to(dt)
-                x = x.to(device)
-                for fmt in formats:
-                    time_ref = (not quick) or (fmt in HEADLINE_FORMATS and n <= 4096)
-                    bs = get_format(fmt).default_block_size
-                    make = _quant_case if op == "quantize" else _dequant_case
-                    cases.append(make(x, fmt, bs, device, quick, time_ref))
-                    if op == "quantize" and get_format(fmt).is_nv:  # calibrated g: the serving case
-                        cases.append(_quant_case(x, fmt, bs, device, quick, time_ref, static_g=True))
+def _hadamard_case(x, chunk, device, mode, time_ref) -> Case:
+    import leankern
+
+    scale = 1.0 / math.sqrt(chunk)
+    signs = leankern.mx.random_hadamard_signs(chunk, seed=1, device=x.device)
+    had = lambda: leankern.mx.hadamard_transform(x, chunk, scale, signs)  # noqa: E731
+    kernels, ours = _kernel_impls("hadamard_transform", device, lambda be: _forced(be, had), mode == "quick")
+    dense = hadamard_matrix(chunk, scale, signs, x.device) if chunk <= DENSE_HADAMARD_MAX else None
+    impls = kernels + [
+        _ref_impl(_forced("ref", had), time_ref, mode, x.numel() > 2**24, device),
+        Impl("torch", lambda: torch_hadamard(x, chunk, scale, signs, dense), warmup=0, repeats=3),
+    ]
+    nbytes = 2 * _nbytes(x) + _nbytes(signs)
+    flops = x.numel() * (int(math.log2(chunk)) + 1)  # log2(n) add/sub stages + the scale-and-sign multiply
+
+    def check(outs):
+        res = {"check": "no kernel"}
+        r = min(CHECK_ROWS, x.shape[0])
+        want = outs.get("ref")
+        if want is None:
+            want = leankern.mx.ref.hadamard_transform_ref(x[:r].cpu(), chunk, scale, signs.cpu())
+        for name, got in _kernel_outputs(outs).items():
+            assert_bitexact(got if "ref" in outs else got[:r], want, name=f"hadamard n={chunk} {name} vs ref")
+            res["check"] = "bitexact" if "ref" in outs else "bitexact*"
+        if "torch" in outs:  # the baseline must compute the same transform (other summation order)
+            err = qsnr_db(want[:r].cpu().float(), outs["torch"][:r].cpu().float())
+            floor = 40.0 if x.dtype != torch.float32 else 100.0
+            assert err > floor, f"hadamard n={chunk}: torch baseline differs from the reference ({err:.1f} dB)"
+        return res
+
+    labels = _labels("hadamard", f"n={chunk}", x, device)
+    return Case(labels, impls, nbytes, flops, check, None, ours)
+
+
+def build_cases(mode: str, device: str = "cpu", sizes=None, rows=None) -> list:
+    """One Case per row of :func:`plan`. Inputs: seeded N(0, 1), converted to the row's dtype."""
+    cases, inputs = [], {}
+    for op, n, dt, what, static_g, time_ref in rows or plan(mode, device, sizes):
+        if (n, dt) not in inputs:
+            gen = torch.Generator().manual_seed(n)
+            inputs = {(n, dt): torch.randn(n, n, generator=gen, dtype=torch.float32).to(dt).to(device)}
+        x = inputs[(n, dt)]
+        if op == "hadamard":
+            cases.append(_hadamard_case(x, what, device, mode, time_ref))
+            continue
+        bs = get_format(what).default_block_size
+        if op == "quantize":
+            cases.append(_quant_case(x, what, bs, device, mode, time_ref, static_g))
+        else:
+            cases.append(_dequant_case(x, what, bs, device, mode, time_ref))
     return cases
 
 
-# ----------------------------------------------------------------------------- Triton AOT report
-_AOT_SNIPPET = (
-    "import json, sys\n"
-    "from leankern.triton_kernels.aot import aot_report\n"
-    "try:\n"
-    "    r = aot_report(targets=(sys.argv[1],), quick=sys.argv[2] == '1')\n"
-    "except TypeError:  # an aot_report without these keywords\n"
-    "    r = aot_report()\n"
-    "sys.stdout.write('@@AOT@@' + json.dumps(r, default=str))\n"
-)
+# ----------------------------------------------------------------------------- per-call overhead inputs
+def tiny_calls(device: str = "cpu") -> list:
+    """Tiny-input calls of every MX op for the per-call overhead section (:mod:`.overhead`)."""
+    import leankern
+    from .overhead import TinyCall
 
-
-def triton_aot_report(arch: int = 90, quick: bool = False, timeout: int = 900) -> str:
-    """Registers / shared memory per Triton kernel compiled ahead of time for ``sm_<arch>``.
-
-    Runs ``leankern.triton_kernels.aot.aot_report()`` in a subprocess without TRITON_INTERPRET
-    (AOT compilation needs the real compiler path); returns text, or a note when unavailable.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-c", _AOT_SNIPPET, f"sm_{arch}", "1" if quick else "0"]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"Triton AOT report: timed out after {timeout}s"
-    if proc.returncode != 0 or "@@AOT@@" not in proc.stdout:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"Triton AOT report: not available ({last})"
-    report = json.loads(proc.stdout.split("@@AOT@@", 1)[1])
-    return format_aot_report(report, arch)
-
-
-_ARCH_KEYS = ("arch", "target", "sm", "cc", "capability", "gpu")
-_NAME_KEYS = ("kernel", "name", "fn")
-
-
-def format_aot_report(report, arch: int = 90) -> str:
-    """Text for whatever ``aot_report()`` returned: a str, a list of dicts (one per kernel/target), or a dict."""
-    head = f"Triton AOT report (sm_{arch}):"
-    if isinstance(report, str):
-        return f"{head}\n{report}"
-    if isinstance(report, dict):
-        if all(isinstance(v, dict) for v in report.values()):  # {kernel: {field: value}}
-            report = [{"kernel": k, **v} for k, v in report.items()]
-        else:
-            return head + "\n" + "\n".join(f"  {k}: {v}" for k, v in report.items())
-    if not isinstance(report, list) or not all(isinstance(r, dict) for r in report):
-        return f"{head}\n{report}"
-    arch_key = next((k for r in report for k in r if k.lower() in _ARCH_KEYS), None)
-    rows = [r for r in report if arch_key is None or str(arch) in str(r.get(arch_key, ""))]
-    if not rows:
-        return f"{head} no kernels for this target in the report"
-    keys = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], (list, dict))))
-    keys.sort(key=lambda k: (k.lower() not in _NAME_KEYS, 0))
-    return head + "\n" + format_table(rows, [(k, k, "<" if k.lower() in _NAME_KEYS else "") for k in keys])
+    x = torch.randn(1, 32, generator=torch.Generator().manual_seed(0)).to(device)  # [1, 32] fp32: one block
+    g = nv_global_scale(x, get_format("nvfp4").element)
+    q8, q4 = leankern.mx.quantize(x, "mxfp8_e4m3"), leankern.mx.quantize(x, "nvfp4")
+    qk = torch.ops.leankern.mx_quantize
+    dq = torch.ops.leankern.mx_dequantize
+    abs_x = ("torch.abs(x)", lambda: torch.abs(x))
+    calls = [
+        TinyCall("mx_quantize", "mxfp8_e4m3 x[1,32] fp32", lambda: qk(x, "mxfp8_e4m3", 32, "rceil", None, None, False),
+                 "mx.quantize(x, 'mxfp8_e4m3')", lambda: leankern.mx.quantize(x, "mxfp8_e4m3"), *abs_x),
+        TinyCall("mx_quantize", "nvfp4 x[1,32] fp32", lambda: qk(x, "nvfp4", 16, "rceil", None, None, False),
+                 "mx.quantize(x, 'nvfp4')", lambda: leankern.mx.quantize(x, "nvfp4"), *abs_x),
+        TinyCall("mx_quantize", "nvfp4+g x[1,32] fp32", lambda: qk(x, "nvfp4", 16, "rceil", None, g, False),
+                 "mx.quantize(x, 'nvfp4', global_scale=g)", lambda: leankern.mx.quantize(x, "nvfp4", global_scale=g),
+                 *abs_x),
+        TinyCall("mx_dequantize", "mxfp8_e4m3 codes[1,32] -> fp32",
+                 lambda: dq(q8.codes, q8.scales, q8.global_scale, "mxfp8_e4m3", 32, torch.float32),
+                 "mx.dequantize(qt)", lambda: leankern.mx.dequantize(q8),
+                 "codes.to(float32)", lambda: q8.codes.to(torch.float32)),
+        TinyCall("mx_dequantize", "nvfp4 codes[1,16] -> fp32",
+                 lambda: dq(q4.codes, q4.scales, q4.global_scale, "nvfp4", 16, torch.float32),
+                 "mx.dequantize(qt)", lambda: leankern.mx.dequantize(q4),
+                 "codes.to(float32)", lambda: q4.codes.to(torch.float32)),
+        TinyCall("hadamard_transform", "n=32 x[1,32] fp32",
+                 lambda: torch.ops.leankern.hadamard_transform(x, 32, 1.0 / math.sqrt(32), None),
+                 "mx.hadamard_transform(x, 32)", lambda: leankern.mx.hadamard_transform(x, 32), *abs_x),
+    ]
+    return calls
 
 
 # ----------------------------------------------------------------------------- run / output
@@ -317,44 +331,72 @@ COLUMNS = [
     ("x_torch", "x torch", ".1f"), ("torch_dq", "torch dQ", "+.2f"), ("check", "check", ""),
     ("target", "target", ""),
 ]
+CUDA_COLUMNS = [
+    ("op", "op", ""), ("format", "format", ""), ("shape", "shape", ""), ("dtype", "dtype", ""),
+    ("ours_backend", "ours", ""), ("cuda_ms", "cuda ms", ".4f"), ("cuda_gbps", "cuda GB/s", ".0f"),
+    ("triton_ms", "triton ms", ".4f"), ("triton_gbps", "triton GB/s", ".0f"), ("x_triton", "x triton", ".2f"),
+    ("frac_bw", "ours %bw", ".0%"),
+    ("timing", "timed by", ""), ("ref_ms", "ref ms", ".3f"), ("x_ref", "x ref", ".1f"), ("torch_ms", "torch ms", ".3f"),
+    ("x_torch", "x torch", ".1f"), ("torch_dq", "torch dQ", "+.2f"), ("check", "check", ""),
+]
 
 
-def run(quick: bool = False, device: str = "cpu", sizes=None, formats=None, dtypes=None,
-        ops=("quantize", "dequantize"), csv_path=None, plot_path=None, aot: bool = True, out=print) -> BenchResult:
-    """Run the MX bench and print one table (plus bandwidth, notes, Triton AOT report)."""
-    sizes = sizes or ((4096,) if quick else (4096, 8192))
-    formats = formats or tuple(FORMATS)
-    dtypes = dtypes or (torch.bfloat16, torch.float32)
-    bw = measure_copy_bandwidth(device)
-    out(f"leankern bench mx ({'quick' if quick else 'full'}); {machine_summary(device)}; "
-        f"measured copy bandwidth {bw:.1f} GB/s (read + write)")
-    busy = busy_note(device)
-    if busy:
-        out(busy)
-    rows = run_cases(build_cases(quick, device, sizes, formats, dtypes, ops), device, bw, desc="bench mx")
-    out(format_table(rows, COLUMNS))
-    out("ours = leankern.mx (" + ("C++" if device == "cpu" else "Triton") + " backend); x ref / x torch = "
-        "their time / ours; torch dQ = QSNR(torch) - QSNR(ours) dB for quantize, QSNR of torch's dequantize "
-        "vs exact for dequantize; bitexact* = checked on the first rows; target = >=50% bw and >=20x ref")
+def _mode(quick: bool, full: bool) -> str:
+    if quick and full:
+        raise ValueError("quick, full: pass at most one of the two")
+    return "quick" if quick else "full" if full else "default"
+
+
+def run(quick: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None, aot: bool = True,
+        out=print, full: bool = False, bw_gbps: float | None = None, output_cache_mb: int = 0) -> BenchResult:
+    """Run the MX bench (``quick`` / default / ``full`` subset) and print its section: header line, table, notes."""
+    import leankern
+
+    mode = _mode(quick, full)
+    cuda = str(device).startswith("cuda")
+    bw = bw_gbps or measure_copy_bandwidth(device)
+    out(section_header(FAMILY, device, bw, mode, output_cache_mb))
+    if busy_note(device):
+        out(busy_note(device))
+    cache = leankern.output_cache.enabled(output_cache_mb) if output_cache_mb and not cuda else nullcontext()
+    with cache:
+        rows = run_cases(build_cases(mode, device, sizes), device, bw, desc=f"bench mx ({mode})")
     for r in rows:
-        if r.get("check") == "FAIL":
-            out(f"  CHECK FAILED {r['op']} {r['format']} {r['dtype']}: {r.get('check_detail')}")
-    notes = sorted({r["notes"] for r in rows if r.get("notes") and "not timed" not in r["notes"]})
-    for n in notes:
-        out(f"  note: {n}")
-    q_targets = [r for r in rows if r["target"] and r["op"] == "quantize"]
-    if q_targets:
-        met = sum(r["target"] == "yes" for r in q_targets)
-        out(f"quantize target met on {met}/{len(q_targets)} headline rows (MXFP8, MXFP4, MXINT8, NVFP4)")
-    if aot:
-        out(triton_aot_report(90, quick=quick))
-    meta = {"bandwidth_gbps": round(bw, 2), "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0")}
+        r["timing"] = r.get(f"{r.get('ours_backend')}_timing", "")
+    out(format_table(rows, CUDA_COLUMNS if cuda else COLUMNS))
+    _footer(rows, cuda, out)
+    if aot and not cuda and mode != "quick":
+        out(triton_aot_report(90, quick=mode != "full"))
+    meta = {"bandwidth_gbps": round(bw, 2), "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"), "mode": mode,
+            "output_cache_mb": output_cache_mb}
     if csv_path:
         write_csv(csv_path, rows, meta)
         out(f"wrote {csv_path}")
     if plot_path:
         plot(plot_path, rows, bw)
     return BenchResult(rows, bw, device, meta)
+
+
+def _footer(rows, cuda: bool, out) -> None:
+    if cuda:
+        out("ours = the kernel the dispatcher picks on CUDA (cuda: hand-written CUDA C++, else Triton); GB/s per "
+            "kernel; x triton = Triton's time / ours (when ours is the CUDA C++ kernel); timed by graph = CUDA-graph replay of 20 calls (GPU time), eager = events around a batch of "
+            "calls; x ref / x torch = their time / ours; bitexact* = checked on the first rows")
+    else:
+        out("ours = leankern's C++ kernel; %bw = GB/s / measured copy bandwidth; x ref / x torch = their time / ours "
+            "(ref: one call outside --full); torch dQ = QSNR(torch) - QSNR(ours) dB for quantize, QSNR of torch's "
+            "dequantize vs exact for dequantize; bitexact* = checked on the first rows; target = >=50% bw and "
+            ">=20x ref; Hadamard torch = x @ dense H for n <= 256, else a vectorised butterfly")
+    for r in rows:
+        if r.get("check") == "FAIL":
+            out(f"  CHECK FAILED {r['op']} {r['format']} {r['dtype']}: {r.get('check_detail')}")
+    notes = {n for r in rows if r.get("notes") for n in r["notes"].split("; ") if "not timed" not in n}
+    for n in sorted(notes):
+        out(f"  note: {n}")
+    q_targets = [r for r in rows if r["target"] and r["op"] == "quantize"]
+    if q_targets:
+        met = sum(r["target"] in ("yes", "bw only: yes") for r in q_targets)
+        out(f"quantize target met on {met}/{len(q_targets)} headline rows (MXFP8, MXFP4, MXINT8, NVFP4)")
 
 
 def plot(path, rows, bw) -> bool:
@@ -373,7 +415,7 @@ def plot(path, rows, bw) -> bool:
     ax.axhline(bw, color="k", ls="--", lw=1, label="measured copy bandwidth")
     ax.axhline(bw * TARGET_FRAC_BW, color="gray", ls=":", lw=1, label="50% of bandwidth")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], [" ".join(g) for g in groups], fontsize=8)
-    ax.set(ylabel="GB/s (read + write)", title="leankern MX quantize / dequantize")
+    ax.set(ylabel="GB/s (read + write)", title="leankern MX quantize / dequantize / Hadamard")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -383,11 +425,7 @@ def plot(path, rows, bw) -> bool:
 
 
 def main(argv=None) -> int:
-    from . import parse_bench_args, rerun_with_thp
+    """``python bench/bench_mx.py [--quick | --full] ...``: this family's section only."""
+    from . import bench_main
 
-    args = parse_bench_args(argv, prog="bench_mx.py")
-    if argv is None and (rc := rerun_with_thp(args.no_thp)) is not None:
-        return rc
-    sizes = (args.size,) if args.size else None
-    run(quick=args.quick, device=args.device, sizes=sizes, csv_path=args.csv, plot_path=args.plot, aot=not args.no_aot)
-    return 0
+    return bench_main(argv, families=(FAMILY,), prog="bench_mx.py")
