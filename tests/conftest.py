@@ -49,6 +49,8 @@ def available_backends(device: str) -> list:
         out.append("cpp")
     if triton_available() and (device == "cuda" or triton_interpreting()):
         out.append("triton")
+    if device == "cuda" and leankern.registered_ops()["mx_quantize"].native_cuda:
+        out.append("cuda")  # the hand-written CUDA kernels (a CUDA build of leankern._C)
     return out
 
 
@@ -56,8 +58,8 @@ def backend_params():
     """(device, backend) pairs, with a skip mark for those that cannot run here."""
     params = []
     for dev in ("cpu", "cuda"):
-        for be in ("cpp", "triton"):
-            if dev == "cuda" and be == "cpp":
+        for be in ("cpp", "triton", "cuda"):
+            if (dev, be) in (("cuda", "cpp"), ("cpu", "cuda")):
                 continue
             ok = dev in DEVICES and be in available_backends(dev)
             reason = f"backend {be!r} on {dev} is not available here"
