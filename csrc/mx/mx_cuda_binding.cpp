@@ -30,8 +30,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mx_quantize_cuda(const at::Tensor
                                                                 bool strict) {
   const int f = check_quantize_args(x_in, fmt, block_size, scale_mode, rand_bits, global_scale);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  if (strict) check_strict(x_in);  // synchronises, but only when asked for
-  // No value check of a given global_scale here: reading it would synchronise every call.
+  // Value checks as asynchronous device asserts: no host synchronisation, CUDA-graph safe (the
+  // CPU kernel raises ValueError with the same text).
+  if (strict) at::_assert_async(at::isfinite(x_in).all(), "x: strict=True expects only finite values, got NaN/Inf");
+  if (global_scale.has_value()) {
+    const at::Tensor& g = *global_scale;
+    at::_assert_async(at::logical_and(at::isfinite(g), at::ge(g, 1.17549435e-38)),
+                      "global_scale: expected a finite value >= 2^-126 (smallest normal fp32), got a value outside that range");
+  }
   const FormatSpec& spec = kFormats[f];
   const int64_t K = x_in.size(-1);
   const at::Tensor x = x_in.contiguous();
