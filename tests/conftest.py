@@ -91,7 +91,8 @@ def run_python(code: str, env: dict | None = None, drop=(), timeout: int = 180) 
 # ------------------------------------------------------------------------------ op sample inputs
 # The argument each op's capability limits apply to (tests/test_mx_capabilities.py is generated
 # from leankern.mx.ops.CAPABILITIES; a new op needs an entry here and in ``op_args``).
-SIZE_ARG = {"mx_quantize": "block_size", "mx_dequantize": "block_size", "hadamard_transform": "chunk_size"}
+SIZE_ARG = {"mx_quantize": "block_size", "mx_dequantize": "block_size", "hadamard_transform": "chunk_size",
+            "mx_linear": "block_size"}
 
 
 def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: int = 1, seed: int = 0,
@@ -111,6 +112,11 @@ def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: i
     if op == "hadamard_transform":
         x = torch.randn(rows, size, generator=g).to(dtype).to(device)
         return (x, size, 1.0 / size**0.5, None)
+    if op == "mx_linear":  # x [rows, size] @ an mxint8 weight [3, size] with one block per row
+        x = torch.randn(rows, size, generator=g).to(dtype).to(device)
+        codes = torch.randint(-127, 128, (3, size), generator=g, dtype=torch.int8).to(device)
+        scales = torch.randint(100, 150, (3, 1), generator=g, dtype=torch.int32).to(torch.uint8).to(device)
+        return (x, codes, scales, torch.ones((), dtype=torch.float32, device=device), "mxint8", size, None, None)
     raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
 
 
@@ -119,3 +125,31 @@ def with_dtype(op: str, args: tuple, dtype: torch.dtype) -> tuple:
     if op == "mx_dequantize":
         return args[:5] + (dtype,)
     return (args[0].to(dtype),) + args[1:]
+
+
+def assert_matches_reference(op: str, args: tuple, got, want) -> None:
+    """A backend's result of ``op`` on ``args`` against the reference's: bit for bit, except for
+    mx_linear, whose summation order is free: there, within tolerances.linear_error_bound of the
+    exact product (the reference result ``want`` must lie within it too)."""
+    got = list(got) if isinstance(got, (tuple, list)) else [got]
+    want = list(want) if isinstance(want, (tuple, list)) else [want]
+    if op != "mx_linear":
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            assert torch.equal(_bits(g), _bits(w))
+        return
+    from leankern.mx.ref import mx_dequantize_ref, mx_quantize_ref
+    from tolerances import assert_linear_within_bound, linear_error_bound
+
+    x, codes, scales, g_scale, fmt, block_size, bias, act_fmt = args
+    w_hat = mx_dequantize_ref(codes, scales, g_scale, fmt, block_size, torch.float32)
+    x_hat = x.float() if act_fmt is None else mx_dequantize_ref(
+        *mx_quantize_ref(x, act_fmt, block_size, "rceil", None, None), act_fmt, block_size, torch.float32)
+    exact, bound = linear_error_bound(x_hat.reshape(-1, x.shape[-1]), w_hat, bias, x.dtype)
+    for y in (got[0], want[0]):
+        assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
+        assert_linear_within_bound(y, exact, bound)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])

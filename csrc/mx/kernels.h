@@ -43,6 +43,30 @@ struct HadamardArgs {
   float* work;  // scratch, >= chunk floats (per calling thread)
 };
 
+// y[:, n0:n1] of the block-quantized linear y = x_hat @ W_hat^T (+ bias) for weight rows [n0, n1)
+// (linear_cpu.cpp prepares x_hat in fp32; the kernels decode W one block at a time, in registers
+// or into a small per-thread panel, never the whole weight). fp32 accumulation, any order.
+struct LinearArgs {
+  const float* x;         // [M, K] fp32 activations (x_hat), row-major
+  const float* xs;        // [M, K] the same in 4-bit element order (per 32 elements: the 16 even,
+                          // then the 16 odd ones) or nullptr; see linear_wants_xs()
+  int64_t M, K, N;
+  const uint8_t* codes;   // [N, K] (or [N, K / 2] packed 4-bit)
+  const uint8_t* scales;  // [N, K / block_size] E8M0 (MX) or E4M3 (NV) bytes
+  float g;                // NV tensor (decode) scale
+  int block_size;
+  int fmt;
+  const float* bias;  // [N] fp32 or nullptr
+  int out_dtype;      // InDtype numbering: 0 fp32, 1 bf16, 2 fp16
+  void* y;            // [M, N] out_dtype
+};
+
+// The SIMD linear kernels read a.xs (must be set) for a 4-bit weight format when K % 32 == 0 and
+// block_size >= 16; otherwise a.x. The scalar kernel always reads a.x.
+inline bool linear_wants_xs(int elem_bits, int64_t K, int block_size) {
+  return elem_bits == 4 && K % 32 == 0 && block_size >= 16;
+}
+
 using QuantizeFn = void (*)(const QuantArgs&, int64_t b0, int64_t b1);
 using DequantizeFn = void (*)(const DequantArgs&, int64_t b0, int64_t b1);
 using HadamardFn = void (*)(const HadamardArgs&, int64_t c0, int64_t c1);
@@ -51,13 +75,26 @@ using HadamardFn = void (*)(const HadamardArgs&, int64_t c0, int64_t c1);
 // bs/2 >= 4) where their own quantize pass, run next over the same block ranges, reads it back
 // instead of reducing x again (then q.amax_parked = 1).
 using AmaxFn = uint32_t (*)(const QuantArgs& q, int64_t b0, int64_t b1);
+using LinearFn = void (*)(const LinearArgs& a, int64_t n0, int64_t n1);
 
 struct KernelTable {
   QuantizeFn quantize;  // RNE only; stochastic rounding always takes the portable path
   DequantizeFn dequantize;
   HadamardFn hadamard;
   AmaxFn nv_amax;
+  LinearFn linear;  // weight rows [n0, n1): every row of x, all of K
 };
+
+#if defined(__x86_64__) || defined(_M_X64)
+// The SIMD linear kernels (linear_avx512.cpp / linear_avx2.cpp; plain entry points, the
+// ISA-specific code behind them carries the target attributes).
+namespace avx512 {
+void linear(const LinearArgs& a, int64_t n0, int64_t n1);
+}
+namespace avx2 {
+void linear(const LinearArgs& a, int64_t n0, int64_t n1);
+}
+#endif
 
 // Per-ISA tables (nullptr members never happen; a table for an ISA not compiled in is absent).
 const KernelTable& scalar_kernels();

@@ -22,7 +22,7 @@ using V = cpu::V256;
 }  // namespace avx2
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table = {&avx2::quantize, &avx2::dequantize, &avx2::hadamard, &avx2::nv_amax};
+  static const KernelTable table = {&avx2::quantize, &avx2::dequantize, &avx2::hadamard, &avx2::nv_amax, &avx2::linear};
   return table;
 }
 

@@ -22,7 +22,8 @@ using V = cpu::V512;
 }  // namespace avx512
 
 const KernelTable& avx512_kernels() {
-  static const KernelTable table = {&avx512::quantize, &avx512::dequantize, &avx512::hadamard, &avx512::nv_amax};
+  static const KernelTable table = {&avx512::quantize, &avx512::dequantize, &avx512::hadamard, &avx512::nv_amax,
+                                    &avx512::linear};
   return table;
 }
 

@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include <vector>
+
 #include "common/bits.h"
 #include "mx/formats.h"
 #include "mx/kernels.h"
@@ -78,6 +80,52 @@ inline uint32_t amax_finite_scalar(const void* x, int dtype, int64_t i0, int64_t
 
 inline uint32_t nv_amax_scalar(const QuantArgs& q, int64_t b0, int64_t b1) {
   return amax_finite_scalar(q.x, q.dtype, b0 * q.block_size, b1 * q.block_size);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear (portable): one weight row at a time, decoded exactly (dequantize_range_scalar) in
+// chunks of kLinearChunk elements into a stack buffer that every row of x then reads; fp32 sums
+// in 8 interleaved partial sums (a shape the baseline compiler vectorises without reassociating).
+// ---------------------------------------------------------------------------------------------
+constexpr int kLinearChunk = 1024;  // >= kMaxBlockSize: a chunk is a whole number of blocks
+
+// y element (m, n) from its fp32 sum: + bias, rounded once to the output dtype.
+inline void linear_store(const LinearArgs& a, int64_t m, int64_t n, float sum) {
+  if (a.bias) sum = sum + a.bias[n];
+  store_f32_bits(a.y, a.out_dtype, m * a.N + n, f2u(sum));
+}
+
+// The codes / scales of weight row n from element k0 on (k0: a multiple of the block size).
+inline DequantArgs linear_row_chunk(const LinearArgs& a, int64_t n, int64_t k0, float* out) {
+  const bool packed = elem_spec(kFormats[a.fmt].elem).bits == 4;
+  const int64_t row_bytes = packed ? a.K / 2 : a.K;
+  return DequantArgs{a.codes + n * row_bytes + (packed ? k0 / 2 : k0), a.scales + (n * a.K + k0) / a.block_size,
+                     a.g, a.block_size, a.fmt, kInF32, out};
+}
+
+inline void linear_range_scalar(const LinearArgs& a, int64_t n0, int64_t n1) {
+  const int64_t M = a.M, K = a.K;
+  float w[kLinearChunk];
+  std::vector<float> part((size_t)M * 8);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (float& v : part) v = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += kLinearChunk) {
+      const int64_t len = K - k0 < kLinearChunk ? K - k0 : kLinearChunk;
+      dequantize_range_scalar(linear_row_chunk(a, n, k0, w), 0, len / a.block_size);
+      for (int64_t m = 0; m < M; ++m) {
+        const float* x = a.x + m * K + k0;
+        float* s = part.data() + m * 8;
+        int64_t k = 0;
+        for (; k + 8 <= len; k += 8)
+          for (int j = 0; j < 8; ++j) s[j] = s[j] + x[k + j] * w[k + j];
+        for (; k < len; ++k) s[k & 7] = s[k & 7] + x[k] * w[k];
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      const float* s = part.data() + m * 8;
+      linear_store(a, m, n, ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
+    }
+  }
 }
 
 }  // namespace mx

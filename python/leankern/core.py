@@ -237,9 +237,8 @@ def _warn_fallback(spec: OpSpec, device_type: str, reason: str) -> None:
         if reason in _warned:
             return
         _warned.add(reason)
-    warnings.warn(f"leankern: running the pure-PyTorch reference of {spec.qualname} (and of every other leankern "
-                  f"op) on {device_type} tensors, typically 100-1000x slower than the compiled kernel: {reason}",
-                  RuntimeWarning, stacklevel=4)
+    warnings.warn(f"leankern: running the pure-PyTorch reference of {spec.qualname} on {device_type} tensors, "
+                  f"typically 100-1000x slower than a compiled kernel: {reason}", RuntimeWarning, stacklevel=4)
 
 
 def _fallback_reason(spec: OpSpec, device_type: str) -> str | None:

@@ -297,6 +297,8 @@ def tiny_calls(device: str = "cpu") -> list:
     x = torch.randn(1, 32, generator=torch.Generator().manual_seed(0)).to(device)  # [1, 32] fp32: one block
     g = nv_global_scale(x, get_format("nvfp4").element)
     q8, q4 = leankern.mx.quantize(x, "mxfp8_e4m3"), leankern.mx.quantize(x, "nvfp4")
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    w8 = leankern.mx.quantize(w, "mxint8")
     qk = torch.ops.leankern.mx_quantize
     dq = torch.ops.leankern.mx_dequantize
     abs_x = ("torch.abs(x)", lambda: torch.abs(x))
@@ -316,6 +318,10 @@ def tiny_calls(device: str = "cpu") -> list:
                  lambda: dq(q4.codes, q4.scales, q4.global_scale, "nvfp4", 16, torch.float32),
                  "mx.dequantize(qt)", lambda: leankern.mx.dequantize(q4),
                  "codes.to(float32)", lambda: q4.codes.to(torch.float32)),
+        TinyCall("mx_linear", "x[1,32] @ mxint8 W[8,32]^T fp32",
+                 lambda: torch.ops.leankern.mx_linear(x, w8.codes, w8.scales, w8.global_scale, "mxint8", 32, None, None),
+                 "mx.linear(x, W)", lambda: leankern.mx.linear(x, w8),
+                 "F.linear(x, w)", lambda: torch.nn.functional.linear(x, w)),
         TinyCall("hadamard_transform", "n=32 x[1,32] fp32",
                  lambda: torch.ops.leankern.hadamard_transform(x, 32, 1.0 / math.sqrt(32), None),
                  "mx.hadamard_transform(x, 32)", lambda: leankern.mx.hadamard_transform(x, 32), *abs_x),

@@ -1,6 +1,6 @@
 """MX / NV block formats ("INT v.s. FP", arXiv 2510.25602): quantize, dequantize, Hadamard rotation.
 
-Public API: :func:`quantize` (returns an :class:`MXTensor`), :func:`dequantize`,
+Public API: :func:`quantize` (returns an :class:`MXTensor`), :func:`dequantize`, :func:`linear`,
 :func:`hadamard_transform`, :func:`random_hadamard_signs`, :func:`rotate`, the scale layouts
 :func:`swizzle_scales` / :func:`unswizzle_scales`, and the format table (:mod:`.formats`).
 The torch ops behind them (``torch.ops.leankern.mx_quantize / mx_dequantize /
@@ -22,7 +22,7 @@ from .ops import CAPABILITIES
 from .tensor import MXTensor
 
 __all__ = [
-    "quantize", "dequantize", "hadamard_transform", "random_hadamard_signs", "rotate",
+    "quantize", "dequantize", "linear", "hadamard_transform", "random_hadamard_signs", "rotate",
     "MXTensor", "swizzle_scales", "unswizzle_scales", "FORMATS", "PAPER_FORMATS", "format_names", "get_format",
     "CAPABILITIES", "formats", "ref",
 ]
@@ -118,6 +118,38 @@ def dequantize(qt: MXTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     if not isinstance(qt, MXTensor):
         raise TypeError(f"qt: expected an MXTensor, got {type(qt).__name__}")
     return qt.dequantize(dtype)
+
+
+def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, *,
+           act_fmt: str | None = None) -> torch.Tensor:
+    """Block-quantized linear layer: ``x @ W^T + bias`` with ``W`` an :class:`MXTensor`.
+
+    Weight-only (``act_fmt=None``): the weight is decoded on the fly (never materialised) and
+    multiplied with ``x`` in fp32. Dual (``act_fmt`` given, e.g. ``"mxint8"``): ``x`` is first
+    quantized per ``weight.block_size`` block to ``act_fmt`` (RCEIL scales; NV: dynamic
+    per-tensor scale) and the product runs on the quantized operands. Accumulation is fp32; the
+    result is rounded once to ``x.dtype``. Numerics: :func:`leankern.mx.ref.mx_linear_ref`.
+
+    Parameters
+    ----------
+    x : Tensor
+        fp32, bf16 or fp16, ``[..., K]``.
+    weight : MXTensor
+        ``[N, K]`` quantized along K (any format and block size), row-major scales.
+    bias : Tensor, optional
+        ``[N]``, x's dtype or fp32.
+    act_fmt : str, optional
+        Activation format for the dual (quantized x quantized) product.
+
+    Shape:
+        x ``[..., K]``, weight ``[N, K]``, bias ``[N]`` -> ``[..., N]`` in x's dtype.
+    """
+    if not isinstance(weight, MXTensor):
+        raise TypeError(f"weight: expected an MXTensor, got {type(weight).__name__}")
+    if len(weight.shape) != 2:
+        raise ValueError(f"weight: expected a 2-D [N, K] MXTensor, got shape {weight.shape}")
+    return torch.ops.leankern.mx_linear.default(x, weight.codes, weight.row_major_scales(), weight.global_scale,
+                                                weight.fmt, weight.block_size, bias, act_fmt)
 
 
 def hadamard_transform(

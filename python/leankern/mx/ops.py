@@ -5,6 +5,7 @@ Torch ops (each passes ``torch.library.opcheck`` and runs under ``torch.compile(
 * ``mx_quantize(x, fmt, block_size, scale_mode, rand_bits, global_scale, strict) -> (codes, scales, global_scale)``
 * ``mx_dequantize(codes, scales, global_scale, fmt, block_size, out_dtype) -> Tensor``
 * ``hadamard_transform(x, chunk_size, scale, signs) -> Tensor``
+* ``mx_linear(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt) -> Tensor``
 
 Kernels: C++ on ``CPU`` (csrc/mx/, registered when ``leankern._C`` loads), C++ CUDA for
 ``mx_quantize`` in a CUDA build (csrc/mx/mx.cu), Triton on ``CUDA`` otherwise
@@ -49,6 +50,10 @@ CAPABILITIES = {
         "cpp": Capability(("cpu",), FLOAT_DTYPES, {"chunk_size": (2, 32768)}),
         # one chunk per program, staged through shared memory: 32 KiB of fp32 at most
         "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, {"chunk_size": (2, 8192)}),
+    },
+    "mx_linear": {
+        "ref": Capability(_ANY, FLOAT_DTYPES, _BLOCK),
+        "cpp": Capability(("cpu",), FLOAT_DTYPES, _BLOCK, "row-major weights; dual = quantize x, then weight-only"),
     },
 }
 
@@ -207,6 +212,42 @@ def _hadamard_fake(x, chunk_size, scale, signs):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+# -------------------------------------------------------------------------------------- mx_linear
+_LINEAR_SCHEMA = ("(Tensor x, Tensor codes, Tensor scales, Tensor global_scale, str fmt, int block_size, "
+                  "Tensor? bias, str? act_fmt) -> Tensor")
+
+
+def _check_linear(backend, x, codes, scales, global_scale, fmt, block_size, bias, act_fmt):
+    cap = _cap("mx_linear", backend)
+    check_tensor("x", x, cap.dtypes, min_dim=1)
+    f, K = _check_dequantize(backend, codes, scales, global_scale, fmt, block_size, torch.float32)
+    check_tensor("codes", codes, device=x.device)
+    if codes.dim() != 2:
+        raise ValueError(f"codes: expected a 2-D [N, K] weight, got shape {tuple(codes.shape)}")
+    if x.shape[-1] != K:
+        raise ValueError(f"x.shape[-1]: expected {K} (the in_features of the weight), got {x.shape[-1]}")
+    if bias is not None:
+        check_tensor("bias", bias, (x.dtype, torch.float32), device=x.device)
+        check_shape("bias", bias, (codes.shape[0],))
+    if act_fmt is not None:
+        try:
+            get_format(act_fmt)
+        except ValueError as exc:  # same text as for fmt, naming act_fmt
+            raise ValueError(f"act_{exc}") from None
+    return f, K
+
+
+def _linear_ref(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt):
+    _check_dequantize_values(global_scale, fmt)
+    return ref.mx_linear_ref(x, codes, scales, global_scale, get_format(fmt).name, block_size, bias,
+                             None if act_fmt is None else get_format(act_fmt).name)
+
+
+def _linear_fake(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt):
+    _check_linear(backend_for("mx_linear", x.device), x, codes, scales, global_scale, fmt, block_size, bias, act_fmt)
+    return x.new_empty((*x.shape[:-1], codes.shape[0]))
+
+
 # ---------------------------------------------------------------------------------- registration
 QUANTIZE = register_op(OpSpec("mx_quantize", _QUANTIZE_SCHEMA, _quantize_ref, _quantize_fake, _check_quantize,
                               CAPABILITIES["mx_quantize"], _quantize_triton))
@@ -214,3 +255,5 @@ DEQUANTIZE = register_op(OpSpec("mx_dequantize", _DEQUANTIZE_SCHEMA, _dequantize
                                 _check_dequantize, CAPABILITIES["mx_dequantize"], _dequantize_triton))
 HADAMARD = register_op(OpSpec("hadamard_transform", _HADAMARD_SCHEMA, _hadamard_ref, _hadamard_fake,
                               _check_hadamard, CAPABILITIES["hadamard_transform"], _hadamard_triton))
+LINEAR = register_op(OpSpec("mx_linear", _LINEAR_SCHEMA, _linear_ref, _linear_fake, _check_linear,
+                            CAPABILITIES["mx_linear"]))

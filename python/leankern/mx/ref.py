@@ -32,6 +32,7 @@ __all__ = [
     "mx_quantize_ref",
     "mx_dequantize_ref",
     "hadamard_transform_ref",
+    "mx_linear_ref",
     "round_to_element",
     "element_values",
     "mx_scale_exponent",
@@ -242,3 +243,37 @@ def hadamard_transform_ref(
     if signs is not None:
         y = y * signs.to(torch.float32)
     return y.reshape(*lead, K).to(x.dtype)
+
+
+def mx_linear_ref(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    global_scale: torch.Tensor,
+    fmt: str,
+    block_size: int,
+    bias: torch.Tensor | None = None,
+    act_fmt: str | None = None,
+) -> torch.Tensor:
+    """Block-quantized linear ``y = x_hat @ W_hat^T + bias`` in fp32, returned in ``x.dtype``.
+
+    ``W_hat`` is the fp32 dequantization of the weight (``codes [N, K or K/2]``, ``scales
+    [N, K / block_size]``, ``global_scale []``; exact: every decoded weight is an fp32 value).
+    ``x_hat`` is ``x`` in fp32 (exact for bf16/fp16/fp32) for weight-only, or, with ``act_fmt``,
+    the fp32 dequantization of ``x`` quantized per ``block_size`` block to ``act_fmt`` (RCEIL
+    scales, NV: dynamic per-tensor scale of this x) -- the only place x is rounded.
+    Kernels may sum in any order with fp32 accumulation (see tests/tolerances.py for the bound).
+
+    Shape: x ``[..., K]``, bias ``[N]`` -> ``[..., N]``.
+    """
+    K = x.shape[-1]
+    w_hat = mx_dequantize_ref(codes, scales, global_scale, fmt, block_size, torch.float32)  # [N, K]
+    if act_fmt is None:
+        x_hat = x.to(torch.float32)
+    else:
+        q = mx_quantize_ref(x.contiguous(), act_fmt, block_size, "rceil", None, None)
+        x_hat = mx_dequantize_ref(*q, act_fmt, block_size, torch.float32)
+    y = x_hat.reshape(-1, K) @ w_hat.T  # [M, N] fp32
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.reshape(*x.shape[:-1], w_hat.shape[0]).to(x.dtype)

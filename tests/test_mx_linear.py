@@ -1,0 +1,148 @@
+"""leankern.mx.linear / torch.ops.leankern.mx_linear: every backend against the exact product,
+within the error bound derived in tolerances.linear_error_bound; errors; NaN policy; compile."""
+import pytest
+import torch
+
+import leankern
+from leankern.mx.formats import FORMATS
+from leankern.mx.ref import mx_dequantize_ref, mx_quantize_ref
+from mx_cases import ALL_FORMATS, CPU_BACKENDS, FLOAT_DTYPES, skip_unless_runs_on_cpu
+from tolerances import assert_linear_within_bound, linear_error_bound
+
+DUAL_PAIRS = ["mxint8", "mxfp8_e4m3", "mxfp4", "nvfp4", "mxint4", "nvint4"]  # weight fmt == act fmt
+
+
+def _linear_backend(backend):
+    skip_unless_runs_on_cpu(backend)
+    if backend not in leankern.mx.CAPABILITIES["mx_linear"]:
+        pytest.skip(f"backend {backend!r} has no mx_linear kernel yet")
+    return leankern.use_backend(backend)
+
+
+def _weight(n, k, fmt, block_size=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen) * torch.rand(n, 1, generator=gen) * 4  # rows of different scale
+    return leankern.mx.quantize(w, fmt, block_size=block_size)
+
+
+def _x_hat(x, act_fmt, block_size):
+    if act_fmt is None:
+        return x.float()
+    q = mx_quantize_ref(x, act_fmt, block_size, "rceil", None, None)
+    return mx_dequantize_ref(*q, act_fmt, block_size, torch.float32)
+
+
+def _check(got, x, qt, bias, act_fmt):
+    w_hat = mx_dequantize_ref(qt.codes, qt.scales, qt.global_scale, qt.fmt, qt.block_size, torch.float32)
+    x_hat = _x_hat(x, act_fmt, qt.block_size).reshape(-1, x.shape[-1])
+    exact, bound = linear_error_bound(x_hat, w_hat, bias, x.dtype)
+    assert got.dtype == x.dtype and got.shape == (*x.shape[:-1], w_hat.shape[0])
+    assert_linear_within_bound(got, exact, bound)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_weight_only_every_format(backend, fmt, dtype):
+    with _linear_backend(backend):
+        for m, n, k, bias in ((1, 17, 64, False), (3, 64, 128, True), (16, 5, 256, True), (33, 24, 64, False)):
+            qt = _weight(n, k, fmt, seed=m)
+            x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
+            b = torch.randn(n).to(dtype) if bias else None
+            _check(leankern.mx.linear(x, qt, b), x, qt, b, None)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("fmt", DUAL_PAIRS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dual_quantized_activations(backend, fmt, dtype):
+    with _linear_backend(backend):
+        qt = _weight(48, 128, fmt, seed=3)
+        x = (torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(4)) * 2).to(dtype)
+        b = torch.randn(48)
+        _check(leankern.mx.linear(x, qt, b, act_fmt=fmt), x, qt, b, fmt)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("block_size", [2, 16, 64, 256])
+def test_block_sizes_and_empty_batch(backend, block_size):
+    with _linear_backend(backend):
+        qt = _weight(9, 512, "mxint4", block_size=block_size)
+        x = torch.randn(4, 512)
+        _check(leankern.mx.linear(x, qt), x, qt, None, None)
+        empty = leankern.mx.linear(torch.randn(0, 512), qt)
+        assert empty.shape == (0, 9)
+
+
+def test_bound_catches_one_wrong_code():
+    """The tolerance can fail: one flipped weight code in one block is out of bounds."""
+    qt = _weight(8, 64, "mxint8", seed=5)
+    x = torch.randn(2, 64)
+    good = leankern.mx.linear(x, qt)
+    _check(good, x, qt, None, None)
+    codes = qt.codes.clone()
+    codes[3, 10] = -codes[3, 10] if codes[3, 10] != 0 else 1
+    bad = leankern.MXTensor(codes, qt.scales, qt.global_scale, qt.fmt, qt.block_size, qt.shape, qt.dtype)
+    with pytest.raises(AssertionError, match="exceeds the derived bound"):
+        _check(leankern.mx.linear(x, bad), x, qt, None, None)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_scale_byte_poisons_its_output_column(backend):
+    """Documented: a weight block with the NaN scale (MX 0xFF) makes its output feature NaN."""
+    with _linear_backend(backend):
+        qt = _weight(6, 64, "mxfp4")
+        scales = qt.scales.clone()
+        scales[2, 1] = 0xFF
+        bad = leankern.MXTensor(qt.codes, scales, qt.global_scale, qt.fmt, qt.block_size, qt.shape, qt.dtype)
+        y = leankern.mx.linear(torch.randn(3, 64), bad)
+        assert torch.isnan(y[:, 2]).all() and torch.isfinite(y[:, [0, 1, 3, 4, 5]]).all()
+
+
+BAD = [
+    (dict(x=torch.randn(2, 48)), ValueError, r"x.shape\[-1\]: expected 64 \(the in_features of the weight\), got 48"),
+    (dict(x=torch.randn(2, 64, dtype=torch.float64)), TypeError, "x: expected dtype"),
+    (dict(bias=torch.randn(7)), ValueError, r"bias: expected shape \(8,\), got \(7,\)"),
+    (dict(bias=torch.randn(8, dtype=torch.float64)), TypeError, "bias: expected dtype"),
+    (dict(act_fmt="mxfp5"), ValueError, "act_fmt: expected one of"),
+    (dict(fmt="mxfp5"), ValueError, "fmt: expected one of"),
+    (dict(block_size=24), ValueError, "block_size: expected a power of two"),
+    (dict(scales_cut=True), ValueError, r"scales: expected shape \(8, 2\), got \(8, 1\)"),
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kwargs,exc,msg", BAD)
+def test_rejects_bad_input(backend, kwargs, exc, msg):
+    qt = _weight(8, 64, "mxint8")
+    args = dict(x=torch.randn(2, 64), codes=qt.codes, scales=qt.scales, global_scale=qt.global_scale,
+                fmt="mxint8", block_size=32, bias=None, act_fmt=None)
+    if kwargs.pop("scales_cut", False):
+        kwargs["scales"] = qt.scales[:, :1]
+    args.update(kwargs)
+    with _linear_backend(backend), pytest.raises(exc, match=msg):
+        torch.ops.leankern.mx_linear(*args.values())
+
+
+def test_frontend_rejects_a_plain_tensor_weight():
+    with pytest.raises(TypeError, match="weight: expected an MXTensor"):
+        leankern.mx.linear(torch.randn(2, 64), torch.randn(8, 64))
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxint8"])
+def test_opcheck_and_compile(fmt):
+    qt = _weight(16, 64, fmt)
+    x, b = torch.randn(3, 64), torch.randn(16)
+    args = (x, qt.codes, qt.scales, qt.global_scale, fmt, qt.block_size, b, None)
+    # opcheck's test_schema compares inputs with allclose, not implemented for float8 (NV scales)
+    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    kw = dict(test_utils=utils) if fmt == "nvfp4" else {}
+    torch.library.opcheck(torch.ops.leankern.mx_linear.default, args, **kw)
+    torch.library.opcheck(torch.ops.leankern.mx_linear.default, args[:-1] + (fmt,), **kw)
+    eager = leankern.mx.linear(x, qt, b)
+    compiled = torch.compile(lambda x: leankern.mx.linear(x, qt, b), fullgraph=True)(x)
+    assert torch.equal(eager, compiled)
+
+
+def test_every_format_is_covered():
+    assert set(ALL_FORMATS) == set(FORMATS)
