@@ -147,12 +147,11 @@ at::Tensor mx_linear_cpu(const at::Tensor& x_in, const at::Tensor& codes_in, con
                      bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
                      in_dtype_code(y.scalar_type()),
                      y.data_ptr()};
-  // Tasks of whole 4-row tiles, >= ~64K multiply-adds each, and >= 4 per thread where N allows
-  // (dynamic hand-out: a core busy with something else does less).
+  // Tasks of whole 4-row tiles of >= ~64K multiply-adds each, handed out dynamically (a core busy
+  // with something else does less). Why a floor: a tiny product (decode of one small layer) would
+  // otherwise pay the thread-pool wake-up, several µs, for microseconds of work.
   const int64_t per_row = std::max<int64_t>(1, M * K);
-  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
-  int64_t rows = std::min<int64_t>((65536 + per_row - 1) / per_row, (N + 4 * nt - 1) / (4 * nt));
-  rows = (std::max<int64_t>(rows, 1) + 3) / 4 * 4;
+  const int64_t rows = ((65536 + per_row - 1) / per_row + 3) / 4 * 4;
   parallel_chunks(N, rows, [&](int64_t n0, int64_t n1) { kern.linear(a, n0, n1); });
   return y;
 }
