@@ -94,10 +94,6 @@ def _run_fake(op, backend, args):
     return out
 
 
-def _bits(t):
-    return t.view(torch.uint8) if t.element_size() == 1 else t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
-
-
 @pytest.mark.parametrize("op, backend, size, dtype", ACCEPT)
 def test_allowed_value_or_dtype_runs(op, backend, size, dtype):
     args = op_args(op, size, dtype)

@@ -5,9 +5,8 @@ import torch
 
 import leankern
 from leankern.mx.formats import FORMATS
-from leankern.mx.ref import mx_dequantize_ref, mx_quantize_ref
 from mx_cases import ALL_FORMATS, CPU_BACKENDS, FLOAT_DTYPES, skip_unless_runs_on_cpu
-from tolerances import assert_linear_within_bound, linear_error_bound
+from tolerances import assert_linear_result
 
 DUAL_PAIRS = ["mxint8", "mxfp8_e4m3", "mxfp4", "nvfp4", "mxint4", "nvint4"]  # weight fmt == act fmt
 
@@ -25,19 +24,8 @@ def _weight(n, k, fmt, block_size=None, seed=0):
     return leankern.mx.quantize(w, fmt, block_size=block_size)
 
 
-def _x_hat(x, act_fmt, block_size):
-    if act_fmt is None:
-        return x.float()
-    q = mx_quantize_ref(x, act_fmt, block_size, "rceil", None, None)
-    return mx_dequantize_ref(*q, act_fmt, block_size, torch.float32)
-
-
 def _check(got, x, qt, bias, act_fmt):
-    w_hat = mx_dequantize_ref(qt.codes, qt.scales, qt.global_scale, qt.fmt, qt.block_size, torch.float32)
-    x_hat = _x_hat(x, act_fmt, qt.block_size).reshape(-1, x.shape[-1])
-    exact, bound = linear_error_bound(x_hat, w_hat, bias, x.dtype)
-    assert got.dtype == x.dtype and got.shape == (*x.shape[:-1], w_hat.shape[0])
-    assert_linear_within_bound(got, exact, bound)
+    assert_linear_result((x, qt.codes, qt.scales, qt.global_scale, qt.fmt, qt.block_size, bias, act_fmt), got)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -22,7 +22,8 @@ def tol(key) -> Tolerance:
     return get_tolerance(key, TOLERANCES)
 
 
-__all__ = ["TOLERANCES", "Tolerance", "tol", "linear_error_bound", "assert_linear_within_bound"]
+__all__ = ["TOLERANCES", "Tolerance", "tol", "linear_error_bound", "assert_linear_within_bound",
+           "assert_linear_result"]
 
 
 def linear_error_bound(x_hat, w_hat, bias, out_dtype):
@@ -67,3 +68,18 @@ def assert_linear_within_bound(y, exact, bound):
     err = (y64 - exact).abs()[~overflow]
     worst = (err - bound[~overflow]).max() if err.numel() else torch.tensor(-1.0)
     assert worst <= 0, f"error exceeds the derived bound by {float(worst):.3g} (max err {float(err.max()):.3g})"
+
+
+def assert_linear_result(args: tuple, y) -> None:
+    """``y``, a result of ``mx_linear(*args)``, has the right shape and dtype and lies within
+    :func:`linear_error_bound` of the exact product of the operands the reference defines."""
+    from leankern.mx.ref import mx_dequantize_ref, mx_quantize_ref
+
+    x, codes, scales, g_scale, fmt, block_size, bias, act_fmt = args
+    w_hat = mx_dequantize_ref(codes, scales, g_scale, fmt, block_size, torch.float32)
+    x_hat = x.float() if act_fmt is None else mx_dequantize_ref(
+        *mx_quantize_ref(x.contiguous(), act_fmt, block_size, "rceil", None, None), act_fmt, block_size,
+        torch.float32)
+    exact, bound = linear_error_bound(x_hat.reshape(-1, x.shape[-1]), w_hat, bias, x.dtype)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
+    assert_linear_within_bound(y, exact, bound)
