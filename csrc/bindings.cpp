@@ -54,6 +54,7 @@ py::dict kernel_limits() {
   out["mx_dequantize"] = range("block_size", kMinBlockSize, kMaxBlockSize);
   out["hadamard_transform"] = range("chunk_size", kMinChunkSize, kMaxChunkSize);
   out["mx_linear"] = range("block_size", kMinBlockSize, kMaxBlockSize);
+  out["mx_linear_packed"] = range("block_size", kMinBlockSize, kMaxBlockSize);
   return out;
 }
 

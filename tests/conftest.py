@@ -92,7 +92,7 @@ def run_python(code: str, env: dict | None = None, drop=(), timeout: int = 180) 
 # The argument each op's capability limits apply to (tests/test_mx_capabilities.py is generated
 # from leankern.mx.ops.CAPABILITIES; a new op needs an entry here and in ``op_args``).
 SIZE_ARG = {"mx_quantize": "block_size", "mx_dequantize": "block_size", "hadamard_transform": "chunk_size",
-            "mx_linear": "block_size"}
+            "mx_linear": "block_size", "mx_linear_packed": "block_size"}
 
 
 def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: int = 1, seed: int = 0,
@@ -117,6 +117,11 @@ def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: i
         codes = torch.randint(-127, 128, (3, size), generator=g, dtype=torch.int8).to(device)
         scales = torch.randint(100, 150, (3, 1), generator=g, dtype=torch.int32).to(torch.uint8).to(device)
         return (x, codes, scales, torch.ones((), dtype=torch.float32, device=device), "mxint8", size, None, None)
+    if op == "mx_linear_packed":  # the same product with the weight prepacked
+        from leankern.mx.packed_layout import pack_weight
+
+        x, codes, scales, g_scale, fmt, bs, bias, act = op_args("mx_linear", size, dtype, rows, seed, device)
+        return (x, pack_weight(codes, scales, fmt, bs), g_scale, fmt, bs, codes.shape[0], bias, act)
     raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
 
 
@@ -133,13 +138,18 @@ def assert_matches_reference(op: str, args: tuple, got, want) -> None:
     exact product (the reference result ``want`` must lie within it too)."""
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     want = list(want) if isinstance(want, (tuple, list)) else [want]
-    if op != "mx_linear":
+    if op not in ("mx_linear", "mx_linear_packed"):
         for g, w in zip(got, want):
             assert g.dtype == w.dtype and g.shape == w.shape
             assert torch.equal(_bits(g), _bits(w))
         return
     from tolerances import assert_linear_result
 
+    if op == "mx_linear_packed":
+        from leankern.mx.packed_layout import unpack_weight
+
+        x, packed, g_scale, fmt, bs, n, bias, act = args
+        args = (x, *unpack_weight(packed, fmt, bs, n), g_scale, fmt, bs, bias, act)
     for y in (got[0], want[0]):
         assert_linear_result(args, y)
 

@@ -10,7 +10,7 @@ namespace mx {
 
 const KernelTable& scalar_kernels() {
   static const KernelTable table = {&quantize_range_scalar, &dequantize_range_scalar, &hadamard_range_scalar,
-                                    &nv_amax_scalar, &linear_range_scalar};
+                                    &nv_amax_scalar, &linear_range_scalar, nullptr};
   return table;
 }
 

@@ -83,6 +83,7 @@ struct X {
 };
 
 #include "mx/linear_simd_impl.h"
+#include "mx/linear_packed_impl.h"
 #undef LK_T
 
 }  // namespace lin
@@ -93,6 +94,12 @@ void linear(const LinearArgs& a, int64_t n0, int64_t n1) {
     lin::linear_range(a, n0, n1);
   else
     linear_range_scalar(a, n0, n1);
+}
+
+// false without FMA: the op then unpacks tiles for `linear` (which takes the portable path)
+bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  static const bool has_fma = __builtin_cpu_supports("fma");
+  return has_fma && lin::linear_packed_range(a, t0, t1);
 }
 
 }  // namespace avx2

@@ -72,11 +72,15 @@ struct X {
 };
 
 #include "mx/linear_simd_impl.h"
+#include "mx/linear_packed_impl.h"
 #undef LK_T
 
 }  // namespace lin
 
 void linear(const LinearArgs& a, int64_t n0, int64_t n1) { lin::linear_range(a, n0, n1); }
+bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  return lin::linear_packed_range(a, t0, t1);
+}
 
 }  // namespace avx512
 }  // namespace mx

@@ -18,6 +18,7 @@
 #include "common/torch_checks.h"
 #include "mx/formats.h"
 #include "mx/kernels.h"
+#include "mx/linear_common.h"
 #include "mx/mx_torch.h"
 
 namespace leankern {
@@ -25,18 +26,6 @@ namespace mx {
 namespace {
 
 using cpu::parallel_chunks;
-
-// check_format with the argument's name in the message ("act_fmt: expected one of ...").
-int check_format_named(const char* name, c10::string_view fmt) {
-  const int f = find_format(fmt.data(), fmt.size());
-  if (f >= 0) return f;
-  std::vector<std::string> names, aliases;
-  for (const FormatSpec& s : kFormats) names.push_back(s.name);
-  for (const FormatAlias& a : kFormatAliases) aliases.push_back(a.name);
-  TORCH_CHECK_VALUE(false, name, ": expected one of ", checks::str_tuple(names), " or an alias ",
-                    checks::str_tuple(aliases), ", got ", checks::py_repr(fmt));
-  return -1;
-}
 
 // Same checks, order and messages as python/leankern/mx/ops.py _check_linear (+ the NV tensor
 // scale's value, as mx_dequantize). Returns the weight format; sets *K and *act (-1: none).
@@ -75,39 +64,6 @@ int check_linear_args(const at::Tensor& x, const at::Tensor& codes, const at::Te
   return f;
 }
 
-// Blocks per parallel task of the activation quantizer (as mx_cpu.cpp: the NV amax pass parks
-// block maxima that the quantize pass over the same block ranges reads back).
-int64_t grain_blocks(int64_t block_size) { return std::max<int64_t>(1, 65536 / block_size); }
-
-// x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
-// NV with the dynamic tensor scale of x: mx_dequantize(*mx_quantize(x, ...), fp32) in one go.
-at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
-  const FormatSpec& spec = kFormats[f];
-  const int64_t numel = x.numel(), nblocks = numel / block_size;
-  const at::TensorOptions bytes = x.options().dtype(at::kByte);
-  at::Tensor codes = at::empty({elem_spec(spec.elem).bits == 4 ? numel / 2 : numel}, bytes);
-  at::Tensor scales = at::empty({nblocks}, bytes);
-  QuantArgs q{x.data_ptr(), in_dtype_code(x.scalar_type()), (int)block_size, f, /*floor_mode=*/0, nullptr, 1.0f,
-              0, codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>()};
-  const int64_t grain = grain_blocks(block_size);
-  if (spec.is_nv) {
-    std::atomic<uint32_t> amax{0};
-    parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) {
-      const uint32_t m = kern.nv_amax(q, b0, b1);
-      for (uint32_t cur = amax.load(); m > cur && !amax.compare_exchange_weak(cur, m);) {
-      }
-    });
-    q.amax_parked = 1;
-    q.g = nv_global_scale(amax.load(), elem_params(spec.elem));
-  }
-  parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.quantize(q, b0, b1); });
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-  const DequantArgs d{codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), q.g, (int)block_size, f, kInF32,
-                      out.data_ptr()};
-  parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.dequantize(d, b0, b1); });
-  return out;
-}
-
 at::Tensor mx_linear_cpu(const at::Tensor& x_in, const at::Tensor& codes_in, const at::Tensor& scales_in,
                          const at::Tensor& global_scale, c10::string_view fmt, int64_t block_size,
                          const std::optional<at::Tensor>& bias, std::optional<c10::string_view> act_fmt) {
@@ -115,8 +71,7 @@ at::Tensor mx_linear_cpu(const at::Tensor& x_in, const at::Tensor& codes_in, con
   int act = -1;
   const int f = check_linear_args(x_in, codes_in, scales_in, global_scale, fmt, block_size, bias, act_fmt, &K, &act);
   const int64_t N = codes_in.size(0);
-  int64_t M = 1;
-  for (int64_t i = 0; i + 1 < x_in.dim(); ++i) M *= x_in.size(i);
+  const int64_t M = leading_rows(x_in);
   at::Tensor y = cpu::empty_output(with_last_dim(x_in.sizes(), N), x_in.options());
   if (M == 0 || N == 0) return y;
 
@@ -159,6 +114,52 @@ at::Tensor mx_linear_cpu(const at::Tensor& x_in, const at::Tensor& codes_in, con
 }  // namespace
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("mx_linear", &mx_linear_cpu); }
+
+// check_format with the argument's name in the message ("act_fmt: expected one of ...").
+int check_format_named(const char* name, c10::string_view fmt) {
+  const int f = find_format(fmt.data(), fmt.size());
+  if (f >= 0) return f;
+  std::vector<std::string> names, aliases;
+  for (const FormatSpec& s : kFormats) names.push_back(s.name);
+  for (const FormatAlias& a : kFormatAliases) aliases.push_back(a.name);
+  TORCH_CHECK_VALUE(false, name, ": expected one of ", checks::str_tuple(names), " or an alias ",
+                    checks::str_tuple(aliases), ", got ", checks::py_repr(fmt));
+  return -1;
+}
+
+// Blocks per parallel task of the activation quantizer (as mx_cpu.cpp: the NV amax pass parks
+// block maxima that the quantize pass over the same block ranges reads back).
+static int64_t grain_blocks(int64_t block_size) { return std::max<int64_t>(1, 65536 / block_size); }
+
+// x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
+// NV with the dynamic tensor scale of x: mx_dequantize(*mx_quantize(x, ...), fp32) in one go.
+at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
+  const FormatSpec& spec = kFormats[f];
+  const int64_t numel = x.numel(), nblocks = numel / block_size;
+  const at::TensorOptions bytes = x.options().dtype(at::kByte);
+  at::Tensor codes = at::empty({elem_spec(spec.elem).bits == 4 ? numel / 2 : numel}, bytes);
+  at::Tensor scales = at::empty({nblocks}, bytes);
+  QuantArgs q{x.data_ptr(), in_dtype_code(x.scalar_type()), (int)block_size, f, kScaleRceil, nullptr, 1.0f,
+              0, codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>()};
+  const int64_t grain = grain_blocks(block_size);
+  if (spec.is_nv) {
+    std::atomic<uint32_t> amax{0};
+    parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) {
+      const uint32_t m = kern.nv_amax(q, b0, b1);
+      for (uint32_t cur = amax.load(); m > cur && !amax.compare_exchange_weak(cur, m);) {
+      }
+    });
+    q.amax_parked = 1;
+    q.g = nv_global_scale(amax.load(), elem_params(spec.elem));
+  }
+  parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.quantize(q, b0, b1); });
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  const DequantArgs d{codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), q.g, (int)block_size, f, kInF32,
+                      out.data_ptr()};
+  parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.dequantize(d, b0, b1); });
+  return out;
+}
+
 
 }  // namespace mx
 }  // namespace leankern

@@ -1,0 +1,155 @@
+// CPU kernel of the public op leankern::mx_linear_packed (schema declared once, in Python:
+// python/leankern/mx/ops.py): mx_linear with the weight in the prepacked layout
+// (python/leankern/mx/packed_layout.py). The ISA's packed kernel (linear_packed_avx512.cpp) where it
+// has one; otherwise each thread unpacks its row tiles into row-major codes / scales and runs the
+// ISA's row-major linear kernel on them (AVX2 and the portable path).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "common/output_cache.h"
+#include "common/parallel.h"
+#include "common/torch_checks.h"
+#include "mx/formats.h"
+#include "mx/kernels.h"
+#include "mx/linear_common.h"
+#include "mx/mx_torch.h"
+
+namespace leankern {
+namespace mx {
+namespace {
+
+using cpu::parallel_chunks;
+constexpr int64_t kTileRows = 16;
+
+int64_t code_bytes_per_row_block(int f, int64_t block_size) {
+  return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
+}
+
+// Same checks, order and messages as python/leankern/mx/ops.py _check_linear_packed (+ the NV
+// tensor scale's value). Returns the weight format; sets *K and *act (-1: none).
+int check_packed_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& global_scale,
+                      c10::string_view fmt, int64_t block_size, int64_t N, const std::optional<at::Tensor>& bias,
+                      std::optional<c10::string_view> act_fmt, int64_t* K, int* act) {
+  check_float_dtype("x", x);
+  checks::check_min_dim("x", x, 1);
+  const int f = check_format(fmt);
+  const FormatSpec& spec = kFormats[f];
+  checks::check_power_of_two("block_size", block_size, kMinBlockSize, kMaxBlockSize);
+  checks::check_dtype("packed", packed, {at::kByte});
+  checks::check_device("packed", packed, x.device(), "x");
+  checks::check_dtype("global_scale", global_scale, {at::kFloat});
+  checks::check_device("global_scale", global_scale, x.device(), "x");
+  checks::check_shape("global_scale", global_scale, {});
+  TORCH_CHECK_VALUE(N >= 0, "N: expected >= 0, got ", N);
+  TORCH_CHECK_VALUE(packed.dim() == 3, "packed: expected a 3-D [ceil(N / 16), K / block_size, bytes] buffer, got shape ",
+                    checks::py_repr(packed.sizes()));
+  const int64_t nb = packed.size(1);
+  checks::check_shape("packed", packed,
+                      {(N + kTileRows - 1) / kTileRows, nb, kTileRows + kTileRows * code_bytes_per_row_block(f, block_size)});
+  *K = nb * block_size;
+  TORCH_CHECK_VALUE(x.size(-1) == *K, "x.shape[-1]: expected ", *K, " (the in_features of the weight), got ",
+                    x.size(-1));
+  if (bias.has_value()) {
+    checks::check_dtype("bias", *bias, {x.scalar_type(), at::kFloat});
+    checks::check_device("bias", *bias, x.device(), "x");
+    checks::check_shape("bias", *bias, {N});
+  }
+  *act = act_fmt.has_value() ? check_format_named("act_fmt", *act_fmt) : -1;
+  if (spec.is_nv) check_global_scale_value(*global_scale.data_ptr<float>());  // MX carries 1.0, ignored
+  return f;
+}
+
+// Row tile t of the packed buffer -> row-major codes [16, row_bytes] and scales [16, nb].
+void unpack_tile(const uint8_t* tile, int64_t cb, int64_t nb, int64_t block_bytes, uint8_t* codes, uint8_t* scales) {
+  const int64_t row_bytes = nb * cb;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = tile + b * block_bytes;
+    for (int64_t i = 0; i < kTileRows; ++i) scales[i * nb + b] = blk[i];
+    for (int64_t q = 0; q < cb; ++q)
+      for (int64_t i = 0; i < kTileRows; ++i) codes[i * row_bytes + b * cb + q] = blk[kTileRows + q * kTileRows + i];
+  }
+}
+
+at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed_in, const at::Tensor& global_scale,
+                                c10::string_view fmt, int64_t block_size, int64_t N,
+                                const std::optional<at::Tensor>& bias, std::optional<c10::string_view> act_fmt) {
+  int64_t K = 0;
+  int act = -1;
+  const int f = check_packed_args(x_in, packed_in, global_scale, fmt, block_size, N, bias, act_fmt, &K, &act);
+  const int64_t M = leading_rows(x_in);
+  at::Tensor y = cpu::empty_output(with_last_dim(x_in.sizes(), N), x_in.options());
+  if (M == 0 || N == 0) return y;
+
+  const KernelTable& kern = active_kernels();
+  const at::Tensor x2 = x_in.reshape({M, K}).contiguous();
+  const at::Tensor packed = packed_in.contiguous();
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const int64_t nb = K / block_size, T = (N + kTileRows - 1) / kTileRows;
+  const int64_t block_bytes = packed.size(2);
+  const float g = *global_scale.data_ptr<float>();
+
+  const at::Tensor xf = act >= 0 ? fake_quantize(x2, act, block_size, kern)
+                                 : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);  // x_hat, fp32
+  const PackedLinearArgs pa{xf.data_ptr<float>(),
+                            M,
+                            K,
+                            N,
+                            packed.data_ptr<uint8_t>(),
+                            block_bytes,
+                            g,
+                            (int)block_size,
+                            f,
+                            bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
+                            in_dtype_code(y.scalar_type()),
+                            y.data_ptr()};
+  // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
+  const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
+  const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
+  if (kern.linear_packed && kern.linear_packed(pa, 0, 0)) {  // the ISA has a packed kernel for the format
+    parallel_chunks(T, grain, [&](int64_t t0, int64_t t1) { kern.linear_packed(pa, t0, t1); });
+    return y;
+  }
+  // Fallback: unpack each tile, then the row-major kernel (which reads fp32 x, and for 4-bit
+  // weights in its SIMD forms the even / odd order xs).
+  at::Tensor xs;
+  if (&kern != &scalar_kernels() && linear_wants_xs(elem_spec(kFormats[f].elem).bits, K, (int)block_size))
+    xs = xf.view({M, K / 32, 16, 2}).transpose(2, 3).contiguous();
+  const int64_t row_bytes = nb * code_bytes_per_row_block(f, block_size);
+  parallel_chunks(T, grain, [&](int64_t t0, int64_t t1) {
+    std::vector<uint8_t> codes((size_t)(kTileRows * row_bytes)), scales((size_t)(kTileRows * nb));
+    for (int64_t t = t0; t < t1; ++t) {
+      unpack_tile(packed.data_ptr<uint8_t>() + t * nb * block_bytes, code_bytes_per_row_block(f, block_size), nb,
+                  block_bytes, codes.data(), scales.data());
+      const int64_t n0 = t * kTileRows, rows = std::min(kTileRows, N - n0);
+      // the tile as a weight of `rows` rows whose output columns start at n0 (y and bias shifted; y keeps
+      // its row stride N)
+      const int64_t out_size = y.element_size();
+      const LinearArgs a{xf.data_ptr<float>(),
+                         xs.defined() ? xs.data_ptr<float>() : nullptr,
+                         M,
+                         K,
+                         N,
+                         codes.data(),
+                         scales.data(),
+                         g,
+                         (int)block_size,
+                         f,
+                         bias_f.defined() ? bias_f.data_ptr<float>() + n0 : nullptr,
+                         in_dtype_code(y.scalar_type()),
+                         static_cast<char*>(y.data_ptr()) + n0 * out_size};
+      kern.linear(a, 0, rows);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("mx_linear_packed", &mx_linear_packed_cpu); }
+
+}  // namespace mx
+}  // namespace leankern

@@ -1,0 +1,228 @@
+// Width-generic SIMD kernel of the block-quantized linear over the prepacked weight layout
+// (python/leankern/mx/packed_layout.py): y = x_hat @ W_hat^T (+ bias), fp32 x, fp32 accumulation.
+//
+// Not a normal header: linear_avx512.cpp / linear_avx2.cpp include it after linear_simd_impl.h,
+// inside their own namespace (V, X, LK_T, decode_w, lut4 and elem helpers come from there).
+//
+// One output row per 32-bit lane: a row tile is 16 rows = kVT vectors (1 on AVX-512, 2 on AVX2);
+// a decoded vector holds one element of 16 / kVT rows, x is broadcast, and a tile's sums come out
+// as kVT vectors (no horizontal sums). Per block, the unscaled sums bacc are multiplied by the
+// rows' block scales: acc += bacc * scale (one FMA per block, row of x and vector). A thread
+// streams one contiguous buffer (its tiles); passes of at most kPMM rows of x per tile re-read the
+// tile from L1 / L2, not from memory.
+//
+// Element decoding is exact; a decoded value is the element value times 2^D (a per-format
+// constant, undone in the block scale, exactly: powers of two):
+//  * 8 / 6-bit: decode_w (INT: int -> fp32, D = 0; FP8 / FP6: the fp16-pattern conversion,
+//    D = bias - 15). E4M3 blocks holding NaN codes (which the fp16 pattern would turn into numbers)
+//    and MX blocks whose scale 2^(s - 127 - D) would overflow take the exact path: decode_v (D = 0)
+//    or bacc * 2^-D (exact) times 2^(s - 127).
+//  * 4-bit: a 16-entry int8 table (element value * 2^D, D = the smallest making every entry an
+//    integer: 1 for E2M1, 0 for INT4) looked up with pshufb on the low / high nibbles of 16 code
+//    bytes (the 16 rows' elements 2q and 2q + 1), then int8 -> fp32.
+// Block scales: MX E8M0 byte s -> 2^(s - 127 - D) from its bits (subnormal powers of two
+// included; 255: NaN); NV E4M3 byte -> fp16 pattern -> fp32 times 2^(8 - D) (exact; NaN bytes ->
+// NaN), and the NV tensor scale g multiplies the final sums: g * s * v is never rounded before the
+// sum (the reference's rnd(rnd(g s) v) may differ by <= 2 ulp per weight; tests/tolerances.py).
+
+constexpr int kPR = 16;       // rows per tile
+constexpr int kVT = kPR / N;  // vectors per tile
+constexpr int kPMM = N == 16 ? 8 : 4;  // rows of x per pass: 2 * kPMM * kVT accumulators
+
+template <int EL>
+struct PackedElem {
+  static constexpr ElemParams p = elem_params(EL);
+  static constexpr bool fp16 = !p.is_int && p.bits != 4;
+  // decoded = element value * 2^D
+  static constexpr int D = fp16 ? elem_spec(EL).bias - 15 : p.bits == 4 ? (p.is_int ? 0 : 1) : 0;
+};
+
+// int8 table of a 4-bit format: element value * 2^D (checked exact and in range at first use).
+template <int EL>
+const int8_t* table4_i8() {
+  struct Table {
+    alignas(16) int8_t v[16];
+    Table() {
+      for (uint32_t c = 0; c < 16; ++c) {
+        const float f = u2f(decode_code_bits(c, elem_params(EL))) * (float)(1 << PackedElem<EL>::D);
+        v[c] = (int8_t)f;
+        if ((float)v[c] != f) __builtin_trap();  // a table that is not exact is a bug, never a rounding
+      }
+    }
+  };
+  static const Table t;
+  return t.v;
+}
+
+// Block scales of the 16 rows (16 bytes at s) as kVT vectors. MX: 2^(s - 127 - D) (the caller
+// checked s - D <= 254); NV: e4m3(s) * 2^-D.
+template <bool NV, int D>
+LK_T void packed_scales(const uint8_t* s, I* out) {
+  for (int v = 0; v < kVT; ++v) {
+    const I b = V::load_u8(s + v * N);
+    if constexpr (NV) {
+      const I h = V::or_(V::slli<8>(V::and_(b, V::set1(0x80))), V::slli<7>(V::and_(b, V::set1(0x7F))));
+      const I f = V::fmul(V::f16_lanes_to_f32(h), V::fset1((float)(1 << 8) / (float)(1 << D)));
+      out[v] = V::blend(V::eq(V::and_(b, V::set1(0x7F)), V::set1(0x7F)), f, V::set1(0x7fc00000));
+    } else {
+      const I e = V::sub(b, V::set1(D));  // biased exponent of the factor
+      const I normal = V::slli<23>(e);
+      const I sub = V::srlv(V::set1(0x00400000), V::sub(V::zero(), e));  // e <= 0: 2^(e - 127)
+      const I f = V::blend(V::gt_i(e, V::zero()), sub, normal);
+      out[v] = V::blend(V::eq(b, V::set1(255)), f, V::set1(0x7fc00000));
+    }
+  }
+}
+
+// The tile's sums for one row of x -> y (times post, plus bias), the first `rows` lanes.
+LK_T void packed_store(const PackedLinearArgs& a, int64_t m, int64_t n0, int rows, const I* acc, float post) {
+  alignas(64) float out[kPR];
+  for (int v = 0; v < kVT; ++v) V::store(out + v * N, V::fmul(acc[v], V::fset1(post)));
+  for (int i = 0; i < rows; ++i) {
+    const float y = a.bias ? out[i] + a.bias[n0 + i] : out[i];
+    store_f32_bits(a.y, a.out_dtype, m * a.N + n0 + i, f2u(y));
+  }
+}
+
+// Whether any of n bytes (a multiple of 16) is an E4M3 NaN code (0x7F / 0xFF).
+LK_T bool packed_has_nan_e4m3(const uint8_t* c, int64_t n) {
+  const __m128i m = _mm_set1_epi8(0x7F);
+  __m128i hit = _mm_setzero_si128();
+  for (int64_t i = 0; i < n; i += 16)
+    hit = _mm_or_si128(hit, _mm_cmpeq_epi8(_mm_and_si128(_mm_loadu_si128((const __m128i*)(c + i)), m), m));
+  return _mm_movemask_epi8(hit) != 0;
+}
+
+// The block sums of 8 / 6-bit codes (one block of a tile): element k into set k % S. FAST: the
+// fp16-pattern / int decode (values * 2^D); otherwise the exact element values.
+template <int EL, int MM, int S, bool FAST>
+LK_T void packed_sums_8bit(const uint8_t* codes, const float* xb, int64_t K, int bs, I (&bacc)[S][MM][kVT]) {
+  for (int64_t k0 = 0; k0 < bs; k0 += S) {
+#pragma GCC unroll 4
+    for (int j = 0; j < S; ++j) {
+      const int64_t k = k0 + j;
+      if (k >= bs) break;
+      for (int v = 0; v < kVT; ++v) {
+        const I w = decode_w<EL, FAST>(codes + k * kPR + v * N);
+        for (int m = 0; m < MM; ++m) bacc[j][m][v] = X::fmadd(w, V::fset1(xb[m * K + k]), bacc[j][m][v]);
+      }
+    }
+  }
+}
+
+// MM rows of x (x: the first one, row stride K) times one tile of the weight.
+template <int EL, bool NV, int MM>
+LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const float* x, int64_t m0, int64_t n0,
+                      int rows) {
+  using PE = PackedElem<EL>;
+  constexpr int D = PE::D;
+  // sets of block sums: about 8 FMA chains in flight on AVX-512 (32 registers), 4 on AVX2 (16)
+  constexpr int kChains = N == 16 ? 8 : 4;
+  constexpr int S = kChains / (MM * kVT) < 1 ? 1 : kChains / (MM * kVT) > 4 ? 4 : kChains / (MM * kVT);
+  constexpr bool four = elem_params(EL).bits == 4;
+  const int bs = a.block_size;
+  const int64_t K = a.K, nb = K / bs, cbytes = four ? bs / 2 : bs;  // code bytes per row and block
+  const __m128i tab = four ? _mm_load_si128((const __m128i*)table4_i8<EL>()) : _mm_setzero_si128();
+  I acc[MM][kVT];
+  for (int m = 0; m < MM; ++m)
+    for (int v = 0; v < kVT; ++v) acc[m][v] = V::zero();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = tile + b * a.block_bytes;
+    const uint8_t* codes = blk + kPR;
+    __builtin_prefetch(blk + 8 * a.block_bytes);
+    bool exact = false, fold = true;
+    if constexpr (EL == kFp8E4M3 && !NV) exact = packed_has_nan_e4m3(codes, cbytes * kPR);
+    if constexpr (D < 0 && !NV)  // s - D > 254: the folded factor would overflow
+      fold = !_mm_movemask_epi8(_mm_cmpeq_epi8(
+          _mm_max_epu8(_mm_loadu_si128((const __m128i*)blk), _mm_set1_epi8((char)(255 + D))), _mm_loadu_si128((const __m128i*)blk)));
+    // S independent sets of block sums (element e goes to set e % S): an FMA chain per set, so
+    // few rows of x still keep enough FMAs in flight (latency 4-5 cycles, 2 per cycle).
+    I bacc[S][MM][kVT];
+    for (int j = 0; j < S; ++j)
+      for (int m = 0; m < MM; ++m)
+        for (int v = 0; v < kVT; ++v) bacc[j][m][v] = V::zero();
+    const float* xb = x + b * bs;
+    // (the set of an element is a compile-time index after unrolling: j, qq and h below)
+    if constexpr (four) {
+      constexpr int Q = S / 2 < 1 ? 1 : S / 2;  // code bytes (2 elements each) per round
+      alignas(16) int8_t vals[2 * kPR];  // elements 2q (bytes 0..15) and 2q + 1 (16..31) of the 16 rows
+      const __m128i lo4 = _mm_set1_epi8(0x0F);
+      for (int64_t q0 = 0; q0 < cbytes; q0 += Q) {
+#pragma GCC unroll 4
+        for (int qq = 0; qq < Q; ++qq) {
+          const int64_t q = q0 + qq;
+          if (q >= cbytes) break;
+          const __m128i raw = _mm_loadu_si128((const __m128i*)(codes + q * kPR));
+          _mm_store_si128((__m128i*)vals, _mm_shuffle_epi8(tab, _mm_and_si128(raw, lo4)));
+          _mm_store_si128((__m128i*)(vals + kPR), _mm_shuffle_epi8(tab, _mm_and_si128(_mm_srli_epi16(raw, 4), lo4)));
+#pragma GCC unroll 2
+          for (int h = 0; h < 2; ++h) {
+            I(&acc_e)[MM][kVT] = bacc[(2 * qq + h) % S];
+            for (int v = 0; v < kVT; ++v) {
+              const I w = V::cvt_i2f(V::load_i8((const uint8_t*)vals + h * kPR + v * N));
+              for (int m = 0; m < MM; ++m) acc_e[m][v] = X::fmadd(w, V::fset1(xb[m * K + 2 * q + h]), acc_e[m][v]);
+            }
+          }
+        }
+      }
+    } else {
+      // exact element values (D = 0) for E4M3 blocks holding NaN codes, a separate loop
+      if (exact)
+        packed_sums_8bit<EL, MM, S, false>(codes, xb, K, bs, bacc);
+      else
+        packed_sums_8bit<EL, MM, S, true>(codes, xb, K, bs, bacc);
+    }
+    for (int j = 1; j < S; ++j)
+      for (int m = 0; m < MM; ++m)
+        for (int v = 0; v < kVT; ++v) bacc[0][m][v] = V::fadd(bacc[0][m][v], bacc[j][m][v]);
+    I sc[kVT];
+    if (fold && !exact) {
+      packed_scales<NV, D>(blk, sc);
+    } else {  // bacc * 2^-D is exact (sums of element values), then the plain factor
+      packed_scales<NV, 0>(blk, sc);
+      if (!exact)
+        for (int m = 0; m < MM; ++m)
+          for (int v = 0; v < kVT; ++v) bacc[0][m][v] = V::fmul(bacc[0][m][v], V::fset1(D < 0 ? (float)(1 << -D) : 1.0f));
+    }
+    for (int m = 0; m < MM; ++m)
+      for (int v = 0; v < kVT; ++v) acc[m][v] = X::fmadd(bacc[0][m][v], sc[v], acc[m][v]);
+  }
+  for (int m = 0; m < MM; ++m) packed_store(a, m0 + m, n0, rows, acc[m], NV ? a.g : 1.0f);
+}
+
+// packed_tile with MM = mm (1..kPMM) rows of x.
+template <int EL, bool NV, int MM>
+LK_T void packed_tile_mm(int mm, const PackedLinearArgs& a, const uint8_t* tile, const float* x, int64_t m0,
+                         int64_t n0, int rows) {
+  if (mm == MM) return packed_tile<EL, NV, MM>(a, tile, x, m0, n0, rows);
+  if constexpr (MM < kPMM) packed_tile_mm<EL, NV, MM + 1>(mm, a, tile, x, m0, n0, rows);
+}
+
+template <int EL, bool NV>
+LK_T void packed_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  const int64_t nb = a.K / a.block_size;
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint8_t* tile = a.packed + t * nb * a.block_bytes;
+    const int64_t n0 = t * kPR;
+    const int rows = (int)(a.N - n0 < kPR ? a.N - n0 : kPR);
+    for (int64_t m0 = 0; m0 < a.M; m0 += kPMM)
+      packed_tile_mm<EL, NV, 1>((int)(a.M - m0 < kPMM ? a.M - m0 : kPMM), a, tile, a.x + m0 * a.K, m0, n0, rows);
+  }
+}
+
+LK_T bool linear_packed_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  const FormatSpec& f = kFormats[a.fmt];
+  switch (f.is_nv ? -f.elem - 1 : f.elem) {
+    case kFp8E4M3: packed_range_fmt<kFp8E4M3, false>(a, t0, t1); return true;
+    case kFp8E5M2: packed_range_fmt<kFp8E5M2, false>(a, t0, t1); return true;
+    case kFp6E2M3: packed_range_fmt<kFp6E2M3, false>(a, t0, t1); return true;
+    case kFp6E3M2: packed_range_fmt<kFp6E3M2, false>(a, t0, t1); return true;
+    case kFp4E2M1: packed_range_fmt<kFp4E2M1, false>(a, t0, t1); return true;
+    case kInt8: packed_range_fmt<kInt8, false>(a, t0, t1); return true;
+    case kInt6: packed_range_fmt<kInt6, false>(a, t0, t1); return true;
+    case kInt4: packed_range_fmt<kInt4, false>(a, t0, t1); return true;
+    case -kFp4E2M1 - 1: packed_range_fmt<kFp4E2M1, true>(a, t0, t1); return true;
+    case -kInt4 - 1: packed_range_fmt<kInt4, true>(a, t0, t1); return true;
+    default: return false;
+  }
+}

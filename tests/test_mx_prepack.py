@@ -1,0 +1,219 @@
+"""The prepacked weight layout (leankern.mx.prepack) and mx_linear_packed, and both linear ops
+under every ISA the C++ kernels have: exact round trips, results within the derived error bound
+of tests/tolerances.py, the special-value paths of the packed kernels, errors."""
+import pytest
+import torch
+
+import leankern
+from leankern.mx.packed_layout import TILE_ROWS, pack_weight, packed_block_bytes, unpack_weight
+from mx_cases import ALL_FORMATS, FLOAT_DTYPES, skip_unless_cpp
+from tolerances import assert_linear_result
+
+ISAS = ("avx512", "avx2", "scalar")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """The C++ kernels forced onto one ISA for the test; back to "auto" afterwards."""
+    skip_unless_cpp()
+    ext = leankern._C
+    if request.param not in ext.supported_isas():
+        pytest.skip(f"this CPU does not support {request.param} (it has: {ext.cpu_features()})")
+    ext.set_cpu_isa(request.param)
+    try:
+        with leankern.use_backend("cpp"):
+            yield request.param
+    finally:
+        ext.set_cpu_isa("auto")
+
+
+def _weight(n, k, fmt, block_size=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen) * torch.rand(n, 1, generator=gen) * 4  # rows of different scale
+    return leankern.mx.quantize(w, fmt, block_size=block_size)
+
+
+def _bytes(t):
+    return t.contiguous().view(torch.uint8)
+
+
+def _check(y, x, qt, bias=None, act_fmt=None):
+    assert_linear_result((x, qt.codes, qt.scales, qt.global_scale, qt.fmt, qt.block_size, bias, act_fmt), y)
+
+
+# ------------------------------------------------------------------------------------- the layout
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("n,k,bs", [(1, 32, 32), (16, 64, 16), (37, 128, 32), (5, 8, 2), (33, 2048, 1024)])
+def test_pack_round_trip_is_exact(fmt, n, k, bs):
+    if fmt.startswith("nv"):
+        bs = 16
+        k = max(k, 16)
+    qt = _weight(n, k, fmt, bs)
+    p = leankern.mx.prepack(qt)
+    assert p.layout == "prepacked16" and p.shape == qt.shape
+    assert p.codes.shape == (-(-n // TILE_ROWS), k // bs, packed_block_bytes(fmt, bs))
+    u = p.unpacked()
+    assert u.codes.dtype == qt.codes.dtype and u.scales.dtype == qt.scales.dtype
+    assert torch.equal(_bytes(u.codes), _bytes(qt.codes)) and torch.equal(_bytes(u.scales), _bytes(qt.scales))
+    assert torch.equal(_bytes(p.dequantize(torch.float32)), _bytes(qt.dequantize(torch.float32)))
+
+
+def test_layout_by_hand():
+    """Block b of tile t: 16 scale bytes, then code byte q of the 16 rows at 16 q .. 16 q + 15."""
+    codes = torch.arange(20 * 8, dtype=torch.int32).reshape(20, 8).to(torch.uint8)  # mxfp4, K = 16, bs = 8
+    scales = (torch.arange(20 * 2).reshape(20, 2) + 100).to(torch.uint8)
+    p = pack_weight(codes, scales, "mxfp4", 8)
+    assert p.shape == (2, 2, 16 + 16 * 4)
+    for t, b, q, i in ((0, 0, 0, 0), (0, 1, 3, 15), (1, 0, 2, 3), (1, 1, 1, 2)):
+        assert p[t, b, i] == scales[16 * t + i, b]
+        assert p[t, b, 16 + 16 * q + i] == codes[16 * t + i, 4 * b + q]
+    assert (p[1, :, 4:16] == 0).all() and (p[1, :, 16 + 4:32] == 0).all()  # padded rows: zero scales, codes
+    c2, s2 = unpack_weight(p, "mxfp4", 8, 20)
+    assert torch.equal(c2, codes) and torch.equal(s2, scales)
+
+
+def test_state_dict_keeps_the_layout(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    p = leankern.mx.prepack(_weight(24, 64, "nvfp4"))
+    save_file(p.state_dict("w."), tmp_path / "w.safetensors")
+    q = leankern.MXTensor.from_state_dict(load_file(tmp_path / "w.safetensors"), "w.")
+    assert q.layout == "prepacked16" and torch.equal(q.codes, p.codes)
+    x = torch.randn(2, 64)
+    assert torch.equal(leankern.mx.linear(x, q), leankern.mx.linear(x, p))
+
+
+def test_prepack_rejects_non_mxtensor_and_3d():
+    with pytest.raises(TypeError, match="weight: expected an MXTensor"):
+        leankern.mx.prepack(torch.randn(4, 4))
+    qt = leankern.mx.quantize(torch.randn(2, 3, 32), "mxint8")
+    with pytest.raises(ValueError, match=r"weight: expected a 2-D \[N, K\] MXTensor to prepack"):
+        leankern.mx.prepack(qt)
+
+
+# ------------------------------------------------------------------------------- linear, per ISA
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_packed_linear_every_format(isa, fmt, dtype):
+    for m, n, k, bs, bias in ((1, 17, 64, 32, False), (3, 64, 128, 16, True), (9, 5, 256, 64, True),
+                              (13, 40, 96, 32, False), (2, 20, 64, 2, True)):
+        if fmt.startswith("nv"):
+            bs = 16
+        qt = _weight(n, k, fmt, bs, seed=m)
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
+        b = torch.randn(n).to(dtype) if bias else None
+        _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
+        _check(leankern.mx.linear(x, qt, b), x, qt, b)  # the row-major kernel on the same ISA
+
+
+@pytest.mark.parametrize("fmt", ["mxint8", "mxfp8_e4m3", "mxfp4", "nvfp4", "mxint4", "nvint4"])
+def test_packed_linear_dual(isa, fmt):
+    qt = _weight(48, 128, fmt, seed=3)
+    x = (torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(4)) * 2).to(torch.bfloat16)
+    b = torch.randn(48)
+    _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b, act_fmt=fmt), x, qt, b, fmt)
+
+
+def _with_scales(qt, scales, codes=None):
+    return leankern.MXTensor(qt.codes if codes is None else codes, scales, qt.global_scale, qt.fmt, qt.block_size,
+                             qt.shape, qt.dtype)
+
+
+# Code-byte masks that keep every element value <= 1.875 in magnitude (the top exponent bit, or
+# for INT all but the lowest magnitude bit, cleared), so a block scaled by up to 2^127 stays finite.
+_SMALL_MASK = {"mxfp8_e4m3": 0xBF, "mxfp8_e5m2": 0xBF, "mxfp6_e2m3": 0x2F, "mxfp6_e3m2": 0x2F, "mxfp4": 0xBB,
+               "mxint4": 0x11, "mxint8": 0x01, "mxint6": 0x01}
+
+
+@pytest.mark.parametrize("fmt", sorted(_SMALL_MASK))
+@pytest.mark.parametrize("scale_byte", [0, 1, 2, 200, 230, 240, 246, 247, 250, 254])
+def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte):
+    """Block scales at both ends of E8M0 (block 1 of every third row): the kernels fold the
+    decode's power of two into the scale where that cannot overflow, and apply it to the block
+    sums where it could (FP8 / FP6 with scale bytes near 254); every output stays within the bound.
+    x is small enough (2^-10) that no partial sum overflows fp32 (where partial sums of both signs
+    overflow, every fp32-accumulating kernel, the reference included, returns NaN)."""
+    qt = _weight(20, 128, fmt, seed=scale_byte)
+    scales, codes = _bytes(qt.scales).clone(), _bytes(qt.codes).clone()
+    per_block = codes.shape[1] // scales.shape[1]
+    scales[::3, 1] = scale_byte
+    codes[::3, per_block:2 * per_block] &= _SMALL_MASK[fmt]
+    w = _with_scales(qt, scales.view(qt.scales.dtype), codes.view(qt.codes.dtype))
+    assert torch.isfinite(w.dequantize(torch.float32)).all()
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(1)) * 2.0**-10
+    _check(leankern.mx.linear(x, leankern.mx.prepack(w)), x, w)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
+def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt):
+    qt = _weight(20, 64, fmt)
+    scales = _bytes(qt.scales).clone()
+    scales[17, 1 if fmt != "nvfp4" else 3] = 0xFF if fmt != "nvfp4" else 0x7F
+    bad = _with_scales(qt, scales.view(qt.scales.dtype))
+    y = leankern.mx.linear(torch.randn(3, 64), leankern.mx.prepack(bad))
+    assert torch.isnan(y[:, 17]).all() and torch.isfinite(y[:, :17]).all() and torch.isfinite(y[:, 18:]).all()
+
+
+def test_packed_e4m3_nan_codes_take_the_exact_path(isa):
+    """E4M3 NaN codes (0x7F / 0xFF) would decode to numbers through the fp16 pattern; their block
+    is decoded exactly: the row is NaN, every other row within the bound."""
+    qt = _weight(18, 128, "mxfp8_e4m3")
+    codes = _bytes(qt.codes).clone()
+    codes[4, 40] = 0x7F
+    codes[17, 100] = 0xFF
+    bad = _with_scales(qt, qt.scales, codes.view(qt.codes.dtype))
+    x = torch.randn(2, 128)
+    y = leankern.mx.linear(x, leankern.mx.prepack(bad))
+    assert torch.isnan(y[:, [4, 17]]).all()
+    keep = [i for i in range(18) if i not in (4, 17)]
+    good = leankern.MXTensor(qt.codes[keep], qt.scales[keep], qt.global_scale, qt.fmt, 32, (16, 128), qt.dtype)
+    _check(y[:, keep].contiguous(), x, good)
+
+
+def test_packed_zero_and_tiny_sizes(isa):
+    qt = leankern.mx.prepack(_weight(3, 32, "mxint4"))
+    assert leankern.mx.linear(torch.randn(0, 32), qt).shape == (0, 3)
+    w0 = leankern.mx.prepack(leankern.mx.quantize(torch.randn(0, 32), "mxint8"))
+    assert leankern.mx.linear(torch.randn(2, 32), w0).shape == (2, 0)
+
+
+# ---------------------------------------------------------------------------------------- errors
+def _packed_args(**kw):
+    qt = _weight(8, 64, "mxint8")
+    args = dict(x=torch.randn(2, 64), packed=pack_weight(qt.codes, qt.scales, "mxint8", 32),
+                global_scale=qt.global_scale, fmt="mxint8", block_size=32, N=8, bias=None, act_fmt=None)
+    args.update(kw)
+    return tuple(args.values())
+
+
+BAD = [
+    (dict(x=torch.randn(2, 48)), ValueError, r"x.shape\[-1\]: expected 64 \(the in_features of the weight\), got 48"),
+    (dict(x=torch.randn(2, 64, dtype=torch.float64)), TypeError, "x: expected dtype"),
+    (dict(packed=torch.zeros(1, 2, 528, dtype=torch.int8)), TypeError, "packed: expected dtype"),
+    (dict(packed=torch.zeros(2, 528, dtype=torch.uint8)), ValueError, r"packed: expected a 3-D"),
+    (dict(N=17), ValueError, r"packed: expected shape \(2, 2, 528\), got \(1, 2, 528\)"),
+    (dict(N=-1), ValueError, "N: expected >= 0, got -1"),
+    (dict(fmt="mxfp4"), ValueError, r"packed: expected shape \(1, 2, 272\), got \(1, 2, 528\)"),
+    (dict(bias=torch.randn(7)), ValueError, r"bias: expected shape \(8,\), got \(7,\)"),
+    (dict(act_fmt="mxfp5"), ValueError, "act_fmt: expected one of"),
+    (dict(block_size=24), ValueError, "block_size: expected a power of two"),
+]
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpp"])
+@pytest.mark.parametrize("kwargs,exc,msg", BAD)
+def test_packed_rejects_bad_input(backend, kwargs, exc, msg):
+    if backend == "cpp":
+        skip_unless_cpp()
+    with leankern.use_backend(backend), pytest.raises(exc, match=msg):
+        torch.ops.leankern.mx_linear_packed(*_packed_args(**kwargs))
+
+
+def test_packed_opcheck_and_compile():
+    qt = leankern.mx.prepack(_weight(16, 64, "mxfp4"))
+    x, b = torch.randn(3, 64), torch.randn(16)
+    torch.library.opcheck(torch.ops.leankern.mx_linear_packed.default,
+                          (x, qt.codes, qt.global_scale, "mxfp4", 32, 16, b, None))
+    eager = leankern.mx.linear(x, qt, b)
+    compiled = torch.compile(lambda x: leankern.mx.linear(x, qt, b), fullgraph=True)(x)
+    assert torch.equal(eager, compiled)
