@@ -14,6 +14,11 @@
 #            where the build registered one), Triton (use_backend("triton")), the reference on the GPU
 #            and the torch baseline; bit-exact checks first; CUDA-graph timing
 #                                                                        -> bench_mx_cuda.txt/.csv
+#   linear   leankern bench --family mx_linear --device cuda: Triton mx_linear (weight-only GEMV/GEMM
+#            per format, dual int8 / fp8 / dot_scaled pairs) vs torch bf16 F.linear and torch._scaled_mm
+#            (per-tensor fp8), error vs the reference first, CUDA-graph timing, then the sm_90/sm_100 AOT
+#            registers / shared memory / spills of the linear kernels
+#                                                                        -> bench_mx_linear_cuda.txt/.csv
 #   overhead leankern bench --family overhead --device cuda (launch cost per call, tiny inputs)
 #                                                                        -> overhead_cuda.txt/.csv
 #   tests    cd tests && pytest -q with CUDA visible (conftest leaves TRITON_INTERPRET unset: Triton
@@ -21,8 +26,9 @@
 #                                                                        -> pytest.log, pytest.xml
 # The bench runs before the tests: GPU timings are what this machine is lent for, and the bench
 # checks every kernel bit-exactly against the reference before timing it. STAGES reorders or
-# drops stages (default "env build info bench overhead tests"); BENCH_ARGS adds bench flags
-# (e.g. --quick, --full). summary.txt has one line per stage; the exit code is non-zero if any failed.
+# drops stages (default "env build info bench linear overhead tests"); BENCH_ARGS adds bench flags
+# (e.g. --quick, --full); LINEAR_ARGS the linear stage's (default --quick). summary.txt has one
+# line per stage; the exit code is non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +37,9 @@ DRY_RUN="${DRY_RUN:-0}"
 OUT="${OUT:-$PWD/gpu_out}"
 PY="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-470}"
-STAGES="${STAGES:-env build info bench overhead tests}"
+STAGES="${STAGES:-env build info bench linear overhead tests}"
 BENCH_ARGS="${BENCH_ARGS:-}"
+LINEAR_ARGS="${LINEAR_ARGS:---quick}"   # the linear stage's bench flags (first calls JIT-compile every tile)
 START=$(date +%s)
 
 mkdir -p "$OUT"
@@ -118,12 +125,17 @@ for s in $STAGES; do
       stage bench 180 bench_mx_cuda.txt "$PY" -m leankern bench --family mx --device cuda --no-aot $BENCH_ARGS \
         --csv "$OUT/bench_mx_cuda.csv"
       show bench_mx_cuda.txt 60 ;;
+    linear)
+      # shellcheck disable=SC2086
+      stage linear 150 bench_mx_linear_cuda.txt "$PY" -m leankern bench --family mx_linear --device cuda $LINEAR_ARGS \
+        --csv "$OUT/bench_mx_linear_cuda.csv"
+      show bench_mx_linear_cuda.txt 60 ;;
     overhead)
       stage overhead 45 overhead_cuda.txt "$PY" -m leankern bench --family overhead --device cuda \
         --csv "$OUT/overhead_cuda.csv"
       show overhead_cuda.txt 20 ;;
     tests) stage tests 400 pytest.log run_tests; show pytest.log 30 ;;
-    *) echo "unknown stage '$s' (stages: env build info bench overhead tests)"; status=1 ;;
+    *) echo "unknown stage '$s' (stages: env build info bench linear overhead tests)"; status=1 ;;
   esac
 done
 

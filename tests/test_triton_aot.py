@@ -69,7 +69,7 @@ _IN_BYTES = {"*i32": 4, "*fp32": 4, "*i16": 2, "*fp16": 2}
 
 def test_every_family_and_target_compiled(compiled):
     seen = {(r["family"], r["target"]) for r in compiled}
-    for fam in ("quantize", "dequantize", "hadamard"):
+    for fam in ("quantize", "dequantize", "hadamard", "linear"):
         for tgt in ("sm_90", "sm_100"):
             assert (fam, tgt) in seen
     names = {r["name"].split(",")[0] for r in compiled if r["family"] == "quantize"}
@@ -86,6 +86,10 @@ def test_no_spills_no_local_memory(compiled):
         where = (r["name"], r["target"])
         assert r["spills"] == 0 and r["stack_bytes"] == 0, where
         assert _count(r"\.local\b", r["ptx"]) == 0, where
+        if r["family"] == "linear":  # GEMM tiles: one or two CTAs per SM, staged operands in shared memory
+            assert 0 < r["registers"] <= 255, where
+            assert r["shared_bytes"] <= 160 * 1024, where
+            continue
         assert 0 < r["registers"] <= 128, where  # leaves room for >= 4 CTAs of 128 threads per SM
         assert r["shared_bytes"] <= 48 * 1024, where
 
@@ -94,6 +98,8 @@ def test_exact_ieee_codegen(compiled):
     """No FMA contraction, no flush-to-zero, no approximate division, no native fp8 conversion."""
     for r in compiled:
         ptx, where = r["ptx"], (r["name"], r["target"])
+        if r["family"] == "linear":  # test_linear_codegen: the fp32 dot's FMAs are the accumulation
+            continue
         assert _count(r"\bfma\.", ptx) == 0, where
         assert _count(r"\.ftz\b", ptx) == 0, where
         assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
@@ -102,6 +108,8 @@ def test_exact_ieee_codegen(compiled):
 
 def test_streaming_loads_are_128_bit(compiled):
     for r in compiled:
+        if r["family"] == "linear":  # GEMM tiles: operands staged through shared memory
+            continue
         ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
         ept = _elems_per_thread(r)
         if r["family"] in ("quantize", "hadamard"):
@@ -150,3 +158,71 @@ def test_aot_report_rows(aot_data):
     for row in report:
         r = by_key[(row["kernel"], row["target"])]
         assert (row["registers"], row["shared_bytes"], row["spills"]) == (r["registers"], r["shared_bytes"], r["spills"])
+
+
+# --------------------------------------------------------------------------------- mx_linear
+def _linear(compiled, prefix):
+    rows = [r for r in compiled if r["family"] == "linear" and r["name"].startswith(prefix)]
+    assert rows, f"no {prefix} kernel compiled"
+    return rows
+
+
+def test_linear_weight_only_mma(compiled):
+    """bf16 x: 64-row tiles -> wgmma (sm_90) / tcgen05.mma kind::f16 (sm_100); decode tiles (M <= 16)
+    -> mma.sync m16n8k16 bf16; fp32 / fp16 x -> the ieee fp32 dot (FMAs, no tensor core)."""
+    for r in _linear(compiled, "linear_wo["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        if not ce["BF16_DOT"]:
+            assert _count(r"\bfma\.rn\.f32\b", ptx) > 0 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
+        elif ce["BM"] < 64:
+            assert _count(r"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32", ptx) > 0, where
+        elif r["target"] == "sm_90":
+            assert _count(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx) > 0, where
+        else:
+            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+
+
+def test_linear_int8_mma(compiled):
+    """INT x INT dual: s8 x s8 -> s32 MMA per scale block."""
+    for r in _linear(compiled, "linear_int["):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        if r["constexprs"]["BM"] < 64:
+            assert _count(r"\bmma\.sync\.aligned\.m16n8k32\.row\.col(\.satfinite)?\.s32\.s8\.s8\.s32", ptx) > 0, where
+        elif r["target"] == "sm_90":
+            assert _count(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k32\.s32\.s8\.s8", ptx) > 0, where
+        else:
+            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::i8\b", ptx) > 0, where
+
+
+def test_linear_fp8_mma(compiled):
+    """FP x FP dual on sm_90: e4m3 wgmma per scale block (decode tiles: Triton widens fp8 to f16
+    exactly for mma.sync, Hopper's mma.sync has no fp8); sm_100: tcgen05.mma kind::f8f6f4."""
+    for r in _linear(compiled, "linear_fp8["):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        if r["constexprs"]["BM"] < 64:
+            assert _count(r"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32", ptx) > 0, where
+        elif r["target"] == "sm_90":
+            assert _count(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k32\.f32\.e4m3\.e4m3", ptx) > 0, where
+        else:
+            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f8f6f4\b", ptx) > 0, where
+
+
+def test_linear_dot_scaled_is_block_scaled_mma(compiled):
+    """tl.dot_scaled on sm_100: the hardware block-scaled MMA with 32-element E8M0 scales."""
+    rows = _linear(compiled, "linear_scaled[")
+    assert {r["target"] for r in rows} == {"sm_100"}
+    for r in rows:
+        kind = "mxf4" if "mxfp4xmxfp4" in r["name"] else "mxf8f6f4"
+        pat = rf"\btcgen05\.mma\.cta_group::1\.kind::{kind}\.block_scale\.block32\b"
+        assert _count(pat, r["ptx"]) > 0, r["name"]
+
+
+def test_linear_codegen_rounds_only_where_documented(compiled):
+    """No flush-to-zero, no approximate division, no conversion *to* an fp8/fp4 type (codes are
+    decoded with integer ops; fp8 -> f16 widening for mma.sync is exact), fp32 -> bf16 is RN."""
+    for r in _linear(compiled, "linear_"):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        assert _count(r"\.ftz\b", ptx) == 0, where
+        assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
+        assert _count(r"cvt\.[a-z.]*satfinite\.(e4m3|e5m2|e2m1|e2m3|e3m2|ue8m0)", ptx) == 0, where
+        assert _count(r"cvt\.(rz|rm|rp)[a-z.]*\.bf16", ptx) == 0, where

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KernelSpec", "kernel_specs", "compile_spec", "resource_usage", "compile_all", "aot_report",
+__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "compile_spec", "resource_usage", "compile_all", "aot_report",
            "format_report", "TARGETS"]
 
 TARGETS = {"sm_90": 90, "sm_100": 100}
@@ -36,7 +36,10 @@ class KernelSpec:
     arg_types: dict  # runtime argument name -> Triton type string ("*u8", "i32", ...)
     constexprs: dict
     num_warps: int
-    family: str = ""  # quantize | dequantize | hadamard
+    family: str = ""  # quantize | dequantize | hadamard | linear
+    targets: tuple = ("sm_90", "sm_100")  # the architectures this specialisation is meant for
+    num_stages: int | None = None  # None: Triton's default (as the launchers that pass none)
+    div16: tuple = ()  # int arguments the JIT would specialise as multiples of 16 (typical shapes)
 
 
 def _check_not_interpreting():
@@ -53,7 +56,9 @@ def _quantize_spec(fmt, bs, mode, dtype, stochastic):
     if fmt.startswith("nv"):
         types["g_ptr"] = "*fp32"
     types.update(codes_ptr="*u8", scales_ptr="*u8", n_blocks="i32")
-    tag = f"{'sr' if stochastic else 'rne'}_{str(dtype)[6:]}_bs{bs}" + ("" if fmt.startswith("nv") else f"_{mode}")
+    # NV: the mode only matters as "reciprocal" (x * r instead of x / d)
+    nv_mode = "_reciprocal" if mode == "reciprocal" else ""
+    tag = f"{'sr' if stochastic else 'rne'}_{str(dtype)[6:]}_bs{bs}" + (nv_mode if fmt.startswith("nv") else f"_{mode}")
     return KernelSpec(f"quantize[{fmt},{tag}]", fn, types, ce, nw, "quantize")
 
 
@@ -78,6 +83,83 @@ def _hadamard_spec(n, dtype, has_signs):
                       "hadamard")
 
 
+_X_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}  # mx_linear reads x as is
+
+
+def _code_ptr(fmt):
+    from ..mx.formats import get_format
+
+    el = get_format(fmt).element
+    return "*i8" if el.is_int and not el.packed else "*u8"  # mx_linear._code_view
+
+
+_LINEAR_DIV16 = ("N", "K", "k_per_split")  # model shapes: multiples of 16 (the JIT specialises them so)
+
+
+def _linear_tail(out_dtype):
+    return dict(bias_ptr="*fp32", y_ptr=_OUT_PTR[out_dtype], part_ptr="*fp32", M="i32", N="i32", K="i32",
+                k_per_split="i32")
+
+
+def _linear_wo_spec(fmt, bs, dtype, M, split_k=1, bias=True):
+    """Weight-only GEMM (M > 16: 64-row tiles, wgmma) or split-K GEMV (M <= 16) of mx_linear."""
+    from .mx_linear import weight_only_config
+
+    fn, ce, nw = weight_only_config(fmt, bs, dtype, dtype, bias, M)
+    types = dict(x_ptr=_X_PTR[dtype], codes_ptr=_code_ptr(fmt), scales_ptr="*u8", g_ptr="*fp32", **_linear_tail(dtype))
+    tag = f"{str(dtype)[6:]},M{M},bs{bs}" + (f",splitk{split_k}" if split_k > 1 else "")
+    return KernelSpec(f"linear_wo[{fmt},{tag}]", fn, types, dict(ce, SPLIT_K=split_k, EVEN_K=True), nw, "linear",
+                      div16=_LINEAR_DIV16)
+
+
+def _linear_dual_spec(act_fmt, fmt, bs, mode, M, dtype=torch.bfloat16, targets=("sm_90", "sm_100")):
+    from .mx_linear import dual_config
+
+    fn, ce, nw = dual_config(act_fmt, fmt, bs, mode, dtype, True, M)
+    types = dict(xc_ptr=_code_ptr(act_fmt), xs_ptr="*u8", xg_ptr="*fp32", wc_ptr=_code_ptr(fmt), ws_ptr="*u8",
+                 wg_ptr="*fp32", **_linear_tail(dtype))
+    return KernelSpec(f"linear_{mode}[{act_fmt}x{fmt},M{M},bs{bs}]", fn, types, dict(ce, SPLIT_K=1), nw, "linear",
+                      targets, div16=_LINEAR_DIV16)
+
+
+def _splitk_reduce_spec(dtype, split_k):
+    from .mx import bf16_nan_bits, output_kind
+    from .mx_linear import _splitk_reduce_kernel
+
+    ce = dict(BM=32, BN=64, SPLIT_K=split_k, N_G=1, HAS_BIAS=True, OUT_KIND=output_kind(dtype),
+              BF16_NAN=bf16_nan_bits("cuda"))
+    types = dict(part_ptr="*fp32", g1_ptr="*fp32", g2_ptr="*fp32", bias_ptr="*fp32", y_ptr=_OUT_PTR[dtype],
+                 M="i32", N="i32")
+    return KernelSpec(f"linear_splitk_reduce[{str(dtype)[6:]},splitk{split_k}]", _splitk_reduce_kernel, types, ce, 4,
+                      "linear", div16=("N",))
+
+
+def linear_specs(quick: bool = False) -> list[KernelSpec]:
+    """mx_linear: weight-only GEMM/GEMV per element family, the dual kernels per mode."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    specs = [
+        _linear_wo_spec("mxfp4", 32, bf16, 64),
+        _linear_wo_spec("mxint8", 32, bf16, 1, split_k=8),
+        _linear_dual_spec("mxint8", "mxint8", 32, "int", 64),
+        _linear_dual_spec("mxfp8_e4m3", "mxfp8_e4m3", 32, "fp8", 64),
+        _linear_dual_spec("mxfp4", "mxfp4", 32, "scaled", 64, targets=("sm_100",)),
+        _splitk_reduce_spec(bf16, 8),
+    ]
+    if not quick:
+        specs += [
+            _linear_wo_spec("nvfp4", 16, bf16, 64),
+            _linear_wo_spec("mxfp8_e4m3", 32, bf16, 64),
+            _linear_wo_spec("mxfp6_e2m3", 32, bf16, 1),
+            _linear_wo_spec("nvint4", 16, f32, 64),
+            _linear_wo_spec("mxint4", 32, f16, 1, split_k=4),
+            _linear_dual_spec("mxint4", "mxint4", 32, "int", 1),
+            _linear_dual_spec("nvfp4", "nvfp4", 16, "fp8", 1),
+            _linear_dual_spec("nvint4", "nvint4", 16, "int", 1),
+            _linear_dual_spec("mxfp8_e4m3", "mxfp8_e4m3", 32, "scaled", 64, targets=("sm_100",)),
+        ]
+    return specs
+
+
 def kernel_specs(quick: bool = False) -> list[KernelSpec]:
     """The representative specialisations: every format family, both scale modes, RNE and SR."""
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
@@ -86,6 +168,7 @@ def kernel_specs(quick: bool = False) -> list[KernelSpec]:
         _quantize_spec("mxfp4", 32, "rceil", bf16, False),
         _quantize_spec("mxint8", 32, "floor", f32, False),
         _quantize_spec("nvfp4", 16, "rceil", f32, False),
+        _quantize_spec("nvfp4", 16, "reciprocal", bf16, False),
         _dequantize_spec("mxfp8_e4m3", 32, bf16),
         _dequantize_spec("mxfp4", 32, f32),
         _dequantize_spec("nvfp4", 16, bf16),
@@ -103,7 +186,7 @@ def kernel_specs(quick: bool = False) -> list[KernelSpec]:
             _hadamard_spec(128, f32, False),
             _hadamard_spec(1024, f32, True),
         ]
-    return specs
+    return specs + linear_specs(quick)
 
 
 def compile_spec(spec: KernelSpec, arch: int):
@@ -122,11 +205,12 @@ def compile_spec(spec: KernelSpec, arch: int):
         raise ValueError(f"{spec.name}: no type or constexpr for {missing}")
     # pointers 16-byte aligned, as torch allocations are and the JIT launcher specialises
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if signature[n].startswith("*")}
+             if signature[n].startswith("*") or n in spec.div16}
     src = ASTSource(fn=spec.fn, signature=signature, constexprs=dict(spec.constexprs), attrs=attrs)
     target = GPUTarget("cuda", arch, 32)
     backend = triton.compiler.make_backend(target)
-    opts = backend.parse_options(dict(num_warps=spec.num_warps, **GPU_COMPILE_OPTIONS))  # as launched
+    stages = {} if spec.num_stages is None else dict(num_stages=spec.num_stages)
+    opts = backend.parse_options(dict(num_warps=spec.num_warps, **stages, **GPU_COMPILE_OPTIONS))  # as launched
     return triton.compile(src, target=target, options=opts.__dict__)
 
 
@@ -162,7 +246,8 @@ def compile_all(targets=("sm_90", "sm_100"), quick: bool = False):
     """Yield ``(spec, target_name, compiled)`` for every spec and target."""
     for spec in kernel_specs(quick):
         for t in targets:
-            yield spec, t, compile_spec(spec, TARGETS[t])
+            if t in spec.targets:
+                yield spec, t, compile_spec(spec, TARGETS[t])
 
 
 def aot_report(targets=("sm_90", "sm_100"), quick: bool = False) -> list[dict]:

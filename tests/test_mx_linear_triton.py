@@ -1,0 +1,248 @@
+"""Triton kernels of ``mx_linear`` against the reference's operands, within the derived fp32 bound.
+
+Without a GPU the kernels run under ``TRITON_INTERPRET=1`` (conftest) on small shapes; with one
+they run compiled on CUDA tensors. Every result is checked with ``tolerances.assert_linear_result``
+(|y - exact| <= gamma_(K+1) * sum|x_hat w_hat| + output rounding), except where a path has more
+roundings than "exact operands, fp32 sums" -- those get the same bound with more terms, derived here:
+
+* NV weights with the bf16 tensor-core dot (GPU only): the weight enters the dot as q * s (exact)
+  and g multiplies the fp32 accumulator. Against the reference's w_hat = fl(q * fl(g * s)) that is
+  2 roundings in w_hat plus 1 for ``acc * g``: 3 more terms.
+* Dual with an NV operand: x_hat and w_hat each carry 2 roundings (fl(q * fl(g * s))), each block's
+  exact partial is rescaled once (fl(P * s_x s_w)), and the epilogue rounds fl(g_x g_w) and
+  fl(acc * g): 7 more terms. (MX scales are powers of two: those products are exact.)
+
+``gamma_n`` grows by ``u`` per extra rounding, so "n more terms" is the sum of the extra relative
+errors, each at most u, over the same sum of magnitudes.
+"""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import leankern  # noqa: E402
+from leankern.core import triton_interpreting  # noqa: E402
+from leankern.mx.formats import FORMATS, get_format  # noqa: E402
+from leankern.mx.ref import mx_dequantize_ref, mx_linear_ref, mx_quantize_ref  # noqa: E402
+from leankern.triton_kernels import mx_linear as tml  # noqa: E402
+from tolerances import assert_linear_result, assert_linear_within_bound, linear_error_bound  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy overflow notes (interpreter)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DUAL_PAIRS = [("mxint8", "mxint8"), ("mxfp8_e4m3", "mxfp8_e4m3"), ("mxfp4", "mxfp4"), ("nvfp4", "nvfp4"),
+              ("mxint4", "mxint4"), ("nvint4", "nvint4")]
+N_ODD, K_ODD = 37, 96  # N not a multiple of the 64-wide tile; K = 1.5 tiles of 64 (CPU) / 3 of 32
+
+
+@pytest.fixture
+def dev(device):
+    if device == "cpu" and not triton_interpreting():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (conftest sets it only without a GPU)")
+    return device
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _bs(fmt):
+    return get_format(fmt).default_block_size
+
+
+def _args(fmt, M, N=N_ODD, K=K_ODD, bs=None, dtype=torch.float32, bias=True, act_fmt=None, seed=0, device="cpu"):
+    bs = bs or _bs(fmt)
+    g = _gen(seed)
+    w = torch.randn(N, K, generator=g) * torch.pow(2.0, torch.randint(-3, 4, (N, 1), generator=g).float())
+    codes, scales, gs = mx_quantize_ref(w, fmt, bs)
+    x = (torch.randn(M, K, generator=g) * 2).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype) if bias else None
+    args = (x, codes, scales, gs, fmt, bs, b, act_fmt)
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _extra_roundings(fmt, act_fmt, mode, bf16_dot):
+    """More roundings than the reference's fp32 sums (module docstring)."""
+    nv = get_format(fmt).is_nv or (act_fmt is not None and get_format(act_fmt).is_nv)
+    if act_fmt is None:
+        return 3 if (get_format(fmt).is_nv and bf16_dot) else 0
+    return 7 if (mode is not None and nv) else 0
+
+
+def check(args, y, extra=0):
+    """assert_linear_result, with ``extra`` more rounding terms (zero columns add terms, not magnitude)."""
+    if extra == 0:
+        return assert_linear_result(tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args), y.cpu())
+    x, codes, scales, gs, fmt, bs, bias, act_fmt = (a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    w_hat = mx_dequantize_ref(codes, scales, gs, fmt, bs, torch.float32)
+    x_hat = x.float() if act_fmt is None else mx_dequantize_ref(
+        *mx_quantize_ref(x.contiguous(), act_fmt, bs, "rceil"), act_fmt, bs, torch.float32)
+    x_hat = x_hat.reshape(-1, x.shape[-1])
+    pad = torch.nn.functional.pad
+    exact, bound = linear_error_bound(pad(x_hat, (0, extra)), pad(w_hat, (0, extra)), bias, x.dtype)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
+    assert_linear_within_bound(y.cpu(), exact, bound)
+
+
+# ----------------------------------------------------------------------------- weight-only
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_weight_only_every_format(dev, fmt, dtype):
+    """M in {1, 3, 17}, K and N not multiples of the tile, with and without bias."""
+    for M in (1, 3, 17):
+        args = _args(fmt, M, dtype=dtype, bias=M != 3, seed=M, device=dev)
+        check(args, tml.mx_linear_triton(*args), _extra_roundings(fmt, None, None, dev == "cuda" and
+                                                                    dtype == torch.bfloat16))
+
+
+@pytest.mark.parametrize("fmt,bs,K", [("mxint8", 2, 70), ("mxfp4", 16, 48), ("nvint4", 64, 192),
+                                      ("mxfp6_e3m2", 128, 256), ("mxfp8_e5m2", 1024, 1024)])
+def test_weight_only_block_sizes(dev, fmt, bs, K):
+    """Blocks smaller than, equal to and larger than the K tile."""
+    args = _args(fmt, 3, N=19, K=K, bs=bs, seed=bs, device=dev)
+    check(args, tml.mx_linear_triton(*args))
+
+
+@pytest.mark.parametrize("split_k", [2, 3, 5])
+@pytest.mark.parametrize("fmt", ["mxint4", "nvfp4", "mxfp8_e4m3"])
+def test_split_k(dev, fmt, split_k):
+    """Fixed-order split-K (partials, then the reduction kernel with g, bias and the cast)."""
+    for dtype in (torch.float32, torch.float16):
+        args = _args(fmt, 2, N=40, K=320, dtype=dtype, seed=split_k, device=dev)
+        check(args, tml.mx_linear_triton(*args, split_k=split_k))
+
+
+_BF16_DOT_GAP = pytest.mark.xfail(
+    triton_interpreting(), strict=True,
+    reason="interpreter gap: tl.dot on bf16 multiplies the raw uint16 bit patterns (numpy has no bf16)")
+
+
+@_BF16_DOT_GAP
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_bf16_tensor_core_path(dev, fmt):
+    """The GPU's bf16-x path (decoded weights exact in bf16, NV g in the epilogue), forced."""
+    args = _args(fmt, 17, dtype=torch.bfloat16, device=dev)
+    check(args, tml.mx_linear_triton(*args, bf16_dot=True), _extra_roundings(fmt, None, None, True))
+
+
+def test_bf16_x_takes_the_fp32_dot_under_the_interpreter():
+    _, ce, _ = tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 1, "cpu")
+    assert not ce["BF16_DOT"]
+    _, ce, _ = tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 1, "cuda")
+    assert ce["BF16_DOT"] and ce["BK"] == 64
+
+
+def test_leading_dims_and_empty(dev):
+    x, codes, scales, gs, fmt, bs, bias, _ = _args("mxint8", 6, device=dev)
+    args = (x.reshape(2, 3, K_ODD), codes, scales, gs, fmt, bs, bias, None)
+    y = tml.mx_linear_triton(*args)
+    assert y.shape == (2, 3, N_ODD)
+    check(args, y)
+    y0 = tml.mx_linear_triton(x[:0], codes, scales, gs, fmt, bs, bias, None)
+    assert y0.shape == (0, N_ODD)
+
+
+def test_nan_scale_propagates(dev):
+    """A NaN block scale (E8M0 0xFF) makes that weight row's outputs NaN, as in the reference."""
+    x, codes, scales, gs, fmt, bs, bias, _ = _args("mxfp4", 3, bias=False)
+    scales = scales.clone()
+    scales[5, 1] = 255
+    want = mx_linear_ref(x, codes, scales, gs, fmt, bs)
+    got = tml.mx_linear_triton(x.to(dev), codes.to(dev), scales.to(dev), gs.to(dev), fmt, bs).cpu()
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(got[:, 5]).all()
+
+
+def test_tensor_on_another_device_is_rejected():
+    if not triton_interpreting():
+        pytest.skip("needs CPU tensors under the interpreter")
+    x, codes, scales, gs, fmt, bs, bias, _ = _args("mxint8", 1)
+    with pytest.raises(ValueError, match="bias: expected a tensor on cpu"):
+        tml.mx_linear_triton(x, codes, scales, gs, fmt, bs, bias.to("meta"))
+
+
+# ----------------------------------------------------------------------------- dual
+@pytest.mark.parametrize("act_fmt,fmt", DUAL_PAIRS)
+def test_dual_pairs(dev, act_fmt, fmt):
+    """The six native pairs: int8-dot or fp8-dot per block (dot_scaled on sm_100 for MX FP pairs)."""
+    bs = _bs(fmt)
+    mode = tml.dual_mode(act_fmt, fmt, bs, dev)
+    assert mode in ("int", "fp8", "scaled")
+    for M in (1, 3, 17):
+        for dtype in (torch.float32, torch.bfloat16):
+            args = _args(fmt, M, dtype=dtype, bias=M != 3, act_fmt=act_fmt, seed=M, device=dev)
+            check(args, tml.mx_linear_triton(*args), _extra_roundings(fmt, act_fmt, mode, False))
+
+
+@pytest.mark.parametrize("act_fmt,fmt", [("mxfp8_e4m3", "mxfp8_e4m3"), ("mxfp4", "mxfp4"), ("mxfp8_e5m2", "mxfp4"),
+                                         ("mxfp4", "mxfp8_e4m3")])
+def test_dual_dot_scaled(dev, act_fmt, fmt):
+    """The sm_100 path (tl.dot_scaled with E8M0 scales), forced; K = 1.5 tiles, N = 37."""
+    if dev == "cuda" and torch.cuda.get_device_capability()[0] < 10:
+        pytest.skip("tl.dot_scaled is emulated before sm_100; the launcher never picks it there")
+    for M in (1, 17):
+        args = _args(fmt, M, act_fmt=act_fmt, seed=M, device=dev)
+        check(args, tml.mx_linear_triton(*args, dual="scaled"))
+
+
+@pytest.mark.parametrize("act_fmt,fmt,bs,want", [
+    ("mxfp6_e2m3", "mxfp4", 32, "fp8"),  # FP6/FP4 values are exact e4m3
+    ("mxfp8_e5m2", "mxfp8_e5m2", 32, "fp8"),  # e5m2 x e5m2
+    ("mxint8", "mxint6", 64, "int"),  # 64-wide blocks, mixed INT widths
+    ("nvint4", "mxint8", 16, "int"),  # NV x MX scales, 16-wide blocks (two blocks per 32-wide dot)
+    ("mxint8", "mxfp4", 32, None),  # INT x FP: dequantize x, then the fp32 weight-only kernel
+    ("mxfp8_e5m2", "mxfp4", 32, None),  # e5m2 x e4m3 values on the fp8 path: no common fp8 type
+    ("mxint8", "mxint8", 512, None),  # blocks beyond the per-block kernels' range
+])
+def test_dual_modes_and_fallback(dev, act_fmt, fmt, bs, want):
+    mode = tml.dual_mode(act_fmt, fmt, bs, "cpu")
+    assert mode == want
+    K = max(2 * bs, 96)
+    for M in (1, 17):
+        args = _args(fmt, M, K=K, bs=bs, act_fmt=act_fmt, seed=M, device=dev)
+        check(args, tml.mx_linear_triton(*args, dual=mode), _extra_roundings(fmt, act_fmt, mode, False))
+
+
+def test_dual_split_k(dev):
+    for act_fmt, fmt in (("mxint8", "mxint8"), ("nvfp4", "nvfp4")):
+        args = _args(fmt, 3, K=256, act_fmt=act_fmt, device=dev)
+        mode = tml.dual_mode(act_fmt, fmt, _bs(fmt), dev)
+        check(args, tml.mx_linear_triton(*args, split_k=4), _extra_roundings(fmt, act_fmt, mode, False))
+
+
+# ----------------------------------------------------------------------------- the op
+def test_op_dispatches_to_triton(dev):
+    """torch.ops.leankern.mx_linear with the Triton backend forced: checks, then the kernels."""
+    for act_fmt, fmt in ((None, "nvint4"), ("mxint8", "mxint8")):
+        args = _args(fmt, 5, dtype=torch.float16, act_fmt=act_fmt, device=dev)
+        with leankern.use_backend("triton"):
+            y = torch.ops.leankern.mx_linear(*args)
+        check(args, y)
+    with pytest.raises(ValueError, match="x.shape"), leankern.use_backend("triton"):
+        torch.ops.leankern.mx_linear(args[0][:, :32], *args[1:])
+
+
+def test_launcher_is_graph_safe(monkeypatch):
+    """No host-value tensors, host reads or cross-device copies in the launcher (launches recorded)."""
+    if not triton_interpreting():
+        pytest.skip("the recording stand-ins replace interpreter launches only")
+    from test_launchers_graph_safe import GraphSafetyChecker, _RecordingKernel
+    from leankern.triton_kernels import mx as tmx
+
+    recorded = []
+    for mod, name in ((tml, "weight_only_config"), (tml, "dual_config"), (tmx, "quantize_config"),
+                      (tmx, "dequantize_config")):
+        config = getattr(mod, name)
+
+        def stubbed(*a, _config=config, **k):
+            kernel, ce, nw = _config(*a, **k)
+            return _RecordingKernel(kernel, recorded), ce, nw
+
+        monkeypatch.setattr(mod, name, stubbed)
+    monkeypatch.setattr(tml, "_splitk_reduce_kernel", _RecordingKernel(tml._splitk_reduce_kernel, recorded))
+    cases = [_args("nvfp4", 3), _args("mxint8", 2, act_fmt="mxint8"), _args("mxint8", 2, act_fmt="nvfp4")]
+    for args in cases:
+        with GraphSafetyChecker() as checker:
+            tml.mx_linear_triton(*args, split_k=2)
+        assert checker.violations == []
+    kernels = {r["kernel"] for r in recorded}
+    assert {"_linear_wo_kernel", "_linear_dual_kernel", "_splitk_reduce_kernel", "_mx_quantize_kernel"} <= kernels
