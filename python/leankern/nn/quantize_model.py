@@ -1,0 +1,176 @@
+"""quantize_model: replace the ``nn.Linear`` layers of any module with :class:`QuantLinear`, in place."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from torch import nn
+
+from .quant_linear import QuantLinear, _check_config, linear_bytes
+
+__all__ = ["quantize_model", "QuantizeReport", "LayerReport"]
+
+
+@dataclass
+class LayerReport:
+    """One linear layer: its name, shape, bytes before and after, and why it was skipped (if it was)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bytes_before: int
+    bytes_after: int
+    skipped: str | None = None  # reason; None = replaced
+
+
+@dataclass
+class QuantizeReport:
+    """What :func:`quantize_model` did. ``bytes_*``: the linear layers (weights + biases);
+    ``model_bytes_*``: every parameter and buffer of the model (shared storage counted once)."""
+
+    fmt: str
+    act_fmt: str | None
+    rotate: int | None
+    layers: list[LayerReport] = field(default_factory=list)
+    model_bytes_before: int = 0
+    model_bytes_after: int = 0
+
+    @property
+    def replaced(self) -> list[LayerReport]:
+        return [r for r in self.layers if r.skipped is None]
+
+    @property
+    def skipped(self) -> list[LayerReport]:
+        return [r for r in self.layers if r.skipped is not None]
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(r.bytes_before for r in self.layers)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(r.bytes_after for r in self.layers)
+
+    def table(self) -> str:
+        """Every layer, one line each."""
+        w = max([len(r.name) for r in self.layers] + [5])
+        lines = [f"{'layer':<{w}}  {'in x out':>13}  {'MB before':>9}  {'MB after':>8}  note"]
+        for r in self.layers:
+            lines.append(f"{r.name:<{w}}  {f'{r.in_features}x{r.out_features}':>13}  {r.bytes_before / 1e6:9.2f}  "
+                         f"{r.bytes_after / 1e6:8.2f}  {r.skipped or 'quantized'}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        what = self.fmt + (f" x act {self.act_fmt}" if self.act_fmt else "") + \
+            (f", rotate={self.rotate}" if self.rotate else "")
+        ratio = self.bytes_before / max(self.bytes_after, 1)
+        lines = [f"quantize_model({what}): {len(self.replaced)} linear layers replaced, {len(self.skipped)} skipped",
+                 f"  linear layers: {_mb(self.bytes_before)} -> {_mb(self.bytes_after)} "
+                 f"({ratio:.2f}x smaller)",
+                 f"  whole model:   {_mb(self.model_bytes_before)} -> {_mb(self.model_bytes_after)}"]
+        kinds: dict[str, list[int]] = {}
+        for r in self.replaced:  # group by the last name component (q_proj, down_proj, ...)
+            k = kinds.setdefault(r.name.rsplit(".", 1)[-1], [0, 0, 0])
+            k[0] += 1
+            k[1] += r.bytes_before
+            k[2] += r.bytes_after
+        for kind, (n, before, after) in kinds.items():
+            lines.append(f"    {kind}: {n} x, {_mb(before)} -> {_mb(after)}")
+        for r in self.skipped:
+            lines.append(f"    skipped {r.name}: {r.skipped}")
+        return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    """Bytes in a readable unit."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def _model_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.data_ptr(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _matches(name: str, patterns: Iterable[str]) -> str | None:
+    """The first pattern matching the dotted ``name`` (fnmatch on the full name or its last part)."""
+    last = name.rsplit(".", 1)[-1]
+    for p in patterns:
+        if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(last, p):
+            return p
+    return None
+
+
+def _output_embedding(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    if callable(get):
+        try:
+            return get()
+        except (NotImplementedError, AttributeError):
+            return None
+    return None
+
+
+def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, rotate: int | None = None,
+                   rotate_seed: int = 0, block_size: int | None = None, skip: Iterable[str] = (),
+                   include_lm_head: bool = False, layout: str | None = None) -> QuantizeReport:
+    """Replace every ``nn.Linear`` of ``model`` with a :class:`QuantLinear` in ``fmt``, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module (a Hugging Face model, an ``nn.Sequential``, ...).
+    fmt, act_fmt, rotate, rotate_seed, block_size, layout
+        As :meth:`QuantLinear.from_linear`, for every replaced layer.
+    skip : iterable of str
+        fnmatch patterns of layer names to leave alone, matched against the dotted name
+        (``"model.layers.0.mlp.down_proj"``) and its last part (``"down_proj"``, ``"*proj"``).
+    include_lm_head : bool
+        Also quantize the output projection: the module returned by
+        ``model.get_output_embeddings()`` where the model has that method, else any layer named
+        ``lm_head``. Default False: the LM head stays in its dtype (it is the most sensitive layer).
+
+    Layers whose ``in_features`` is not a multiple of the block size (or of ``rotate``) are left
+    alone and listed in the report with the reason; bad arguments (unknown ``fmt``, ...) raise.
+
+    Returns
+    -------
+    QuantizeReport
+        Layers replaced and skipped, bytes before and after; ``print(report)`` summarises.
+    """
+    _check_config(64 * 1024, 1, fmt, block_size, act_fmt, rotate)  # argument errors before touching the model
+    skip = tuple(skip)
+    head = None if include_lm_head else _output_embedding(model)
+    report = QuantizeReport(fmt=fmt, act_fmt=act_fmt, rotate=rotate, model_bytes_before=_model_bytes(model))
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, lin in named:
+        before = linear_bytes(lin)
+        reason = None
+        if (pat := _matches(name, skip)) is not None:
+            reason = f"skip pattern {pat!r}"
+        elif not include_lm_head and (lin is head or (head is None and name.rsplit(".", 1)[-1] == "lm_head")):
+            reason = "LM head (include_lm_head=False)"
+        else:
+            try:
+                _check_config(lin.in_features, lin.out_features, fmt, block_size, act_fmt, rotate)
+            except ValueError as exc:
+                reason = str(exc)
+        if reason is not None:
+            report.layers.append(LayerReport(name, lin.in_features, lin.out_features, before, before, reason))
+            continue
+        q = QuantLinear.from_linear(lin, fmt, block_size=block_size, act_fmt=act_fmt, rotate=rotate,
+                                    rotate_seed=rotate_seed, layout=layout)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
+        report.layers.append(LayerReport(name, lin.in_features, lin.out_features, before, q.nbytes))
+    report.model_bytes_after = _model_bytes(model)
+    return report
+
