@@ -42,11 +42,12 @@ def test_bench_quick_tiny(tmp_path):
     assert "GB/s" in out and "x ref" in out and "x torch" in out
     assert "CHECK FAILED" not in out
     rows = list(csv.DictReader(path.open()))
-    planned = plan("quick", "cpu", sizes=(128,))  # (op, n, dtype, fmt or chunk, static g, time ref) per row
+    planned = plan("quick", "cpu", sizes=(128,))  # (op, n, dtype, fmt or chunk, static g, time ref, scale mode)
     assert len(rows) == len(planned)
     nv = {n for n, f in FORMATS.items() if f.is_nv}  # NV quantize is also timed with a static g ("+g")
-    assert {r["format"] for r in rows} == set(FORMATS) | {n + "+g" for n in nv} | {
-        f"n={what}" for op, _, _, what, _, _ in planned if op == "hadamard"}
+    recip = {n + g + ":recip" for n in nv for g in ("", "+g")}  # and, at bf16, in "reciprocal" scale mode
+    assert {r["format"] for r in rows} == set(FORMATS) | {n + "+g" for n in nv} | recip | {
+        f"n={what}" for op, _, _, what, *_ in planned if op == "hadamard"}
     assert {(r["op"], r["format"]) for r in rows} >= {("quantize", f) for f in FORMATS} | {("dequantize", f) for f in FORMATS}
     # every row of our kernel checked against the reference (subprocess: same extension as this process)
     want_checks = {"bitexact", "bitexact*"} if leankern.extension() is not None else {"no kernel"}

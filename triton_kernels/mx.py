@@ -184,8 +184,12 @@ def _nv_quantize_kernel(x_ptr, rb_ptr, g_ptr, codes_ptr, scales_ptr, n_blocks,
                         BS: tl.constexpr, NB: tl.constexpr, IN_KIND: tl.constexpr,
                         STOCHASTIC: tl.constexpr, IS_INT: tl.constexpr, MBITS: tl.constexpr,
                         EMIN: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
-                        PACKED: tl.constexpr, MAX_VALUE: tl.constexpr):
-    """NV two-level quantization: e4m3 block scale times the fp32 per-tensor scale g."""
+                        PACKED: tl.constexpr, MAX_VALUE: tl.constexpr, RECIP: tl.constexpr = False):
+    """NV two-level quantization: e4m3 block scale times the fp32 per-tensor scale g.
+
+    Elements: v = x / d (exact division), or with RECIP (scale_mode "reciprocal") v = x * r,
+    r = min(1 / d, FLT_MAX), d = g * s.
+    """
     blk = tl.program_id(0).to(tl.int64) * NB + tl.arange(0, NB)  # [NB]
     bmask = blk < n_blocks
     offs = blk[:, None] * BS + tl.arange(0, BS)[None, :]  # [NB, BS]
@@ -201,7 +205,11 @@ def _nv_quantize_kernel(x_ptr, rb_ptr, g_ptr, codes_ptr, scales_ptr, n_blocks,
     s_code = _round_mag(sig_t, ux_t, sig_t, False, 3, -6, 0x7E, False)  # e4m3 RNE, saturating
     s_code = tl.maximum(s_code, 1)  # smallest positive e4m3, 2^-9
     d = g * _fp_value(s_code, 3, 7)  # [NB] fp32 decode scale
-    v = tl.math.div_rn(bits.to(tl.float32, bitcast=True), d[:, None])  # [NB, BS]
+    if RECIP:  # one IEEE division per block, then fp32 products (no FMA: enable_fp_fusion=False)
+        r = tl.minimum(tl.math.div_rn(tl.full([NB], 1.0, tl.float32), d), 3.4028234663852886e38)
+        v = bits.to(tl.float32, bitcast=True) * r[:, None]  # [NB, BS]
+    else:
+        v = tl.math.div_rn(bits.to(tl.float32, bitcast=True), d[:, None])  # [NB, BS]
     # |v| bits; NaN (only if d underflowed to 0) saturates like Inf
     va = tl.minimum(v.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0x7F800000)
     sig, ux = _split_mag(va)
@@ -304,10 +312,12 @@ def quantize_config(fmt: str, block_size: int, scale_mode: str, in_dtype: torch.
     el = f.element
     ce = dict(BS=block_size, NB=_blocks_per_program(block_size, n_blocks, device_type),
               IN_KIND=input_kind(in_dtype), STOCHASTIC=bool(stochastic), **_element_constexprs(f.name))
+    if scale_mode not in ("rceil", "floor", "reciprocal"):
+        raise ValueError(f"scale_mode: expected 'rceil', 'floor' or 'reciprocal', got {scale_mode!r}")
     if f.is_nv:
-        return _nv_quantize_kernel, dict(ce, MAX_VALUE=float(el.max_value)), NUM_WARPS
-    if scale_mode not in ("rceil", "floor"):
-        raise ValueError(f"scale_mode: expected 'rceil' or 'floor', got {scale_mode!r}")
+        return _nv_quantize_kernel, dict(ce, MAX_VALUE=float(el.max_value), RECIP=scale_mode == "reciprocal"), NUM_WARPS
+    if scale_mode == "reciprocal":
+        raise ValueError(f"scale_mode: 'reciprocal' is only for NV formats, got fmt={f.name!r}")
     ce.update(RCEIL=scale_mode == "rceil", EM=math.frexp(el.max_value)[1],
               FRAC_MAX=_fp32_frac(el.max_value), EMAX=el.emax)
     return _mx_quantize_kernel, ce, NUM_WARPS

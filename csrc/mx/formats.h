@@ -14,6 +14,11 @@
 namespace leankern {
 namespace mx {
 
+// scale_mode of mx_quantize (python/leankern/mx/ops.py SCALE_MODES, same order): MX "rceil" /
+// "floor" pick the E8M0 exponent; NV "rceil" divides by d = g * s (exact division), NV
+// "reciprocal" multiplies by r = min(1 / d, FLT_MAX) (GPU producers' form; docs/numerics.md).
+enum ScaleMode : int { kScaleRceil = 0, kScaleFloor = 1, kScaleReciprocal = 2 };
+
 // Op limits (the argument checks and leankern._C.kernel_limits() both read these).
 constexpr int kMinBlockSize = 2, kMaxBlockSize = 1024;    // mx_quantize / mx_dequantize
 constexpr int kMinChunkSize = 2, kMaxChunkSize = 32768;   // hadamard_transform
@@ -198,6 +203,13 @@ LEANKERN_HD float e4m3_code_value(int code) {
   return ef ? u2f((uint32_t)((ef + 120) << 23) | ((uint32_t)m << 20)) : (float)m * 0.001953125f;  // 2^-9
 }
 
+// NV "reciprocal" mode: the per-block multiplier r = min(fp32(1 / d), FLT_MAX) of d = fp32(g * s)
+// (d >= 2^-135 > 0 for a checked g; the clamp only bites when d < 2^-128). Elements: v = fp32(x * r).
+LEANKERN_HD float nv_block_reciprocal(float d) {
+  const float r = 1.0f / d;
+  return r < 3.40282347e38f ? r : 3.40282347e38f;
+}
+
 // NV tensor scale g = amax_finite / (448 * max_elem) (fp32 division), floored at 2^-126 so that
 // g * s (s >= 2^-9) cannot underflow to 0; 1 if the amax is 0 (ref: nv_global_scale).
 LEANKERN_HD float nv_global_scale(uint32_t amax_finite_bits, const ElemParams& p) {
@@ -211,9 +223,9 @@ LEANKERN_HD float nv_global_scale(uint32_t amax_finite_bits, const ElemParams& p
 // ------------------------------------------------------------------------------------------
 // Quantize one block of n elements starting at element index i0 of x.
 // codes: n bytes (n/2 for 4-bit elements); scale: one byte; rand: n words or nullptr (RNE).
-// g: NV tensor scale (ignored for MX). Follows mx/ref.py step by step.
+// g: NV tensor scale (ignored for MX); scale_mode: ScaleMode. Follows mx/ref.py step by step.
 LEANKERN_HD void quantize_block(const void* x, int dtype, int64_t i0, int n, const ElemParams& p, bool is_nv,
-                                bool floor_mode, const int32_t* rand, float g, uint8_t* codes, uint8_t* scale) {
+                                int scale_mode, const int32_t* rand, float g, uint8_t* codes, uint8_t* scale) {
   uint32_t amax = 0;
   bool bad = false;
   for (int i = 0; i < n; ++i) {
@@ -228,20 +240,23 @@ LEANKERN_HD void quantize_block(const void* x, int dtype, int64_t i0, int n, con
     return;
   }
   int e = 0;
-  float d = 1.0f;
+  float d = 1.0f, r = 1.0f;
+  const bool recip = is_nv && scale_mode == kScaleReciprocal;
   if (is_nv) {
     float t = (u2f(amax) / u2f(p.max_bits)) / g;  // two IEEE divisions, this order
     int sc = nv_scale_code(t);
     *scale = (uint8_t)sc;
     d = g * e4m3_code_value(sc);
+    r = nv_block_reciprocal(d);
   } else {
-    e = mx_scale_exp(amax, p, floor_mode);
+    e = mx_scale_exp(amax, p, scale_mode == kScaleFloor);
     *scale = (uint8_t)(e + 127);
   }
   uint32_t lo = 0;
   for (int i = 0; i < n; ++i) {
     uint32_t xb = load_f32_bits(x, dtype, i0 + i);
-    uint32_t a = is_nv ? (f2u(u2f(xb) / d) & 0x7fffffffu) : (xb & 0x7fffffffu);
+    uint32_t a = !is_nv ? (xb & 0x7fffffffu)
+                        : (f2u(recip ? u2f(xb) * r : u2f(xb) / d) & 0x7fffffffu);  // recip: never NaN
     int mag;
     if (a > 0x7f800000u)  // NV only: 0 / 0 when g * s underflows; mirrors the reference's NaN path
       mag = (!rand && !p.is_int) ? p.max_code + 1 : 0;

@@ -15,7 +15,7 @@ struct QuantArgs {
   int dtype;         // InDtype
   int block_size;    // power of two in [2, 1024]
   int fmt;           // index into kFormats
-  int floor_mode;    // MX scale mode: 1 floor, 0 rceil
+  int scale_mode;    // ScaleMode (formats.h): MX rceil / floor; NV rceil (x / d) / reciprocal (x * r)
   const int32_t* rand;  // [n_elems] random words (stochastic rounding) or nullptr (RNE)
   float g;           // NV tensor scale
   int amax_parked;   // NV: nv_amax left each block's amax / max_elem in its first 4 code bytes
@@ -67,6 +67,22 @@ inline bool linear_wants_xs(int elem_bits, int64_t K, int block_size) {
   return elem_bits == 4 && K % 32 == 0 && block_size >= 16;
 }
 
+// y[:, 16 t0 : 16 t1] of the same product with the weight in the prepacked layout
+// (python/leankern/mx/packed_layout.py): row tile t, block b at packed + (t * nb + b) * block_bytes,
+// 16 scale bytes then the block's codes of 16 rows. One output row per 32-bit vector lane.
+struct PackedLinearArgs {
+  const float* x;  // [M, K] fp32 activations (x_hat), row-major
+  int64_t M, K, N;
+  const uint8_t* packed;  // [ceil(N / 16), K / block_size, block_bytes]
+  int64_t block_bytes;    // 16 + 16 * (codes bytes of one row's block)
+  float g;                // NV tensor (decode) scale, applied to the sums (epilogue)
+  int block_size;
+  int fmt;
+  const float* bias;  // [N] fp32 or nullptr
+  int out_dtype;      // InDtype numbering
+  void* y;            // [M, N] out_dtype
+};
+
 using QuantizeFn = void (*)(const QuantArgs&, int64_t b0, int64_t b1);
 using DequantizeFn = void (*)(const DequantArgs&, int64_t b0, int64_t b1);
 using HadamardFn = void (*)(const HadamardArgs&, int64_t c0, int64_t c1);
@@ -76,6 +92,9 @@ using HadamardFn = void (*)(const HadamardArgs&, int64_t c0, int64_t c1);
 // instead of reducing x again (then q.amax_parked = 1).
 using AmaxFn = uint32_t (*)(const QuantArgs& q, int64_t b0, int64_t b1);
 using LinearFn = void (*)(const LinearArgs& a, int64_t n0, int64_t n1);
+// Row tiles [t0, t1); returns false (computing nothing) where the ISA has no kernel for the
+// format, and the op falls back to unpacking tiles for `linear`.
+using PackedLinearFn = bool (*)(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 
 struct KernelTable {
   QuantizeFn quantize;  // RNE only; stochastic rounding always takes the portable path
@@ -83,6 +102,7 @@ struct KernelTable {
   HadamardFn hadamard;
   AmaxFn nv_amax;
   LinearFn linear;  // weight rows [n0, n1): every row of x, all of K
+  PackedLinearFn linear_packed;  // nullptr: no packed kernel for this ISA
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -90,9 +110,11 @@ struct KernelTable {
 // ISA-specific code behind them carries the target attributes).
 namespace avx512 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);
+bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 }
 namespace avx2 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);
+bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 }
 #endif
 

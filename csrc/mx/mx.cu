@@ -43,7 +43,7 @@ __device__ __forceinline__ uint32_t load_bits(const void* __restrict__ x, int64_
 // Blocks of `bs` elements; warp w owns blocks [w * 32 / team, (w + 1) * 32 / team).
 template <int DT>
 __global__ void __launch_bounds__(kThreads) mx_quantize_kernel(const void* __restrict__ x, int64_t nblocks,
-                                                               int elem, int is_nv, int bs, int floor_mode,
+                                                               int elem, int is_nv, int bs, int scale_mode,
                                                                const int32_t* __restrict__ rand,
                                                                const float* __restrict__ g_ptr,
                                                                uint8_t* __restrict__ codes,
@@ -64,7 +64,8 @@ __global__ void __launch_bounds__(kThreads) mx_quantize_kernel(const void* __res
   const bool bad = amax >= 0x7f800000u;
 
   int e = 0;
-  float d = 1.0f;
+  float d = 1.0f, r = 1.0f;
+  const bool recip = is_nv && scale_mode == kScaleReciprocal;
   uint32_t sbyte;
   if (bad) {
     sbyte = is_nv ? 0x7Fu : 0xFFu;
@@ -74,8 +75,9 @@ __global__ void __launch_bounds__(kThreads) mx_quantize_kernel(const void* __res
     const int sc = nv_scale_code(t);
     sbyte = (uint32_t)sc;
     d = g * e4m3_code_value(sc);
+    r = nv_block_reciprocal(d);  // IEEE 1 / d (default -prec-div=true), then the FLT_MAX clamp
   } else {
-    e = mx_scale_exp(amax, p, floor_mode != 0);
+    e = mx_scale_exp(amax, p, scale_mode == kScaleFloor);
     sbyte = (uint32_t)(e + 127);
   }
   if (active && tl == 0) scales[b] = (uint8_t)sbyte;
@@ -85,7 +87,8 @@ __global__ void __launch_bounds__(kThreads) mx_quantize_kernel(const void* __res
     const uint32_t xb = active ? load_bits<DT>(x, i) : 0u;
     uint32_t c = 0;
     if (!bad) {
-      const uint32_t a = is_nv ? (f2u(u2f(xb) / d) & 0x7fffffffu) : (xb & 0x7fffffffu);
+      const uint32_t a = !is_nv ? (xb & 0x7fffffffu)
+                                : (f2u(recip ? __fmul_rn(u2f(xb), r) : u2f(xb) / d) & 0x7fffffffu);
       int mag;
       if (a > 0x7f800000u)  // NV: 0 / 0 when g * s underflowed (static g); as the reference
         mag = (!rand && !p.is_int) ? p.max_code + 1 : 0;
@@ -130,7 +133,7 @@ __global__ void nv_scale_kernel(const unsigned int* __restrict__ amax, const flo
 }
 
 template <int DT>
-cudaError_t launch(const void* x, int64_t n_elems, const FormatSpec& f, int block_size, int floor_mode,
+cudaError_t launch(const void* x, int64_t n_elems, const FormatSpec& f, int block_size, int scale_mode,
                    const int32_t* rand, const float* given, float* g_out, unsigned int* scratch, uint8_t* codes,
                    uint8_t* scales, cudaStream_t stream) {
   if (f.is_nv && !given) {
@@ -148,7 +151,7 @@ cudaError_t launch(const void* x, int64_t n_elems, const FormatSpec& f, int bloc
     const int64_t grid = (warps * 32 + kThreads - 1) / kThreads;
     if (grid > 0x7fffffffLL) return cudaErrorInvalidValue;
     mx_quantize_kernel<DT><<<(unsigned)grid, kThreads, 0, stream>>>(x, nblocks, f.elem, f.is_nv, block_size,
-                                                                   floor_mode, rand, g_out, codes, scales);
+                                                                   scale_mode, rand, g_out, codes, scales);
   }
   return cudaGetLastError();
 }
@@ -160,12 +163,13 @@ cudaError_t launch(const void* x, int64_t n_elems, const FormatSpec& f, int bloc
 extern "C" {
 
 // Quantize a contiguous x [n_elems] (dtype: 0 fp32, 1 bf16, 2 fp16) to format `fmt` (index into
-// leankern::mx::kFormats). All pointers are device pointers. rand_bits: [n_elems] int32 or NULL (RNE).
+// leankern::mx::kFormats); scale_mode: a ScaleMode (formats.h). All pointers are device pointers.
+// rand_bits: [n_elems] int32 or NULL (RNE).
 // global_scale: NV static tensor scale (1 float) or NULL (computed from x). g_out: 1 float, receives
 // the tensor scale (1.0 for MX). scratch: 1 uint32 of device scratch (NV without global_scale).
 // codes: n_elems bytes (n_elems / 2 for 4-bit elements); scales: n_elems / block_size bytes.
 // Returns a cudaError_t (cudaSuccess = 0); cudaErrorInvalidValue for bad arguments.
-int leankern_mx_quantize_cuda(const void* x, int dtype, int64_t n_elems, int fmt, int block_size, int floor_mode,
+int leankern_mx_quantize_cuda(const void* x, int dtype, int64_t n_elems, int fmt, int block_size, int scale_mode,
                               const int32_t* rand_bits, const float* global_scale, float* g_out,
                               unsigned int* scratch, uint8_t* codes, uint8_t* scales, cudaStream_t stream) {
   using namespace leankern;
@@ -177,13 +181,13 @@ int leankern_mx_quantize_cuda(const void* x, int dtype, int64_t n_elems, int fmt
   const FormatSpec& f = kFormats[fmt];
   switch (dtype) {
     case kInF32:
-      return (int)mx::cuda::launch<kInF32>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out,
+      return (int)mx::cuda::launch<kInF32>(x, n_elems, f, block_size, scale_mode, rand_bits, global_scale, g_out,
                                            scratch, codes, scales, stream);
     case kInBF16:
-      return (int)mx::cuda::launch<kInBF16>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out,
+      return (int)mx::cuda::launch<kInBF16>(x, n_elems, f, block_size, scale_mode, rand_bits, global_scale, g_out,
                                             scratch, codes, scales, stream);
     case kInF16:
-      return (int)mx::cuda::launch<kInF16>(x, n_elems, f, block_size, floor_mode, rand_bits, global_scale, g_out,
+      return (int)mx::cuda::launch<kInF16>(x, n_elems, f, block_size, scale_mode, rand_bits, global_scale, g_out,
                                            scratch, codes, scales, stream);
     default:
       return (int)cudaErrorInvalidValue;

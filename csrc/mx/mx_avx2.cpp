@@ -22,7 +22,8 @@ using V = cpu::V256;
 }  // namespace avx2
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table = {&avx2::quantize, &avx2::dequantize, &avx2::hadamard, &avx2::nv_amax, &avx2::linear};
+  static const KernelTable table = {&avx2::quantize, &avx2::dequantize, &avx2::hadamard, &avx2::nv_amax, &avx2::linear,
+                                    &avx2::linear_packed};
   return table;
 }
 

@@ -23,7 +23,7 @@ using V = cpu::V512;
 
 const KernelTable& avx512_kernels() {
   static const KernelTable table = {&avx512::quantize, &avx512::dequantize, &avx512::hadamard, &avx512::nv_amax,
-                                    &avx512::linear};
+                                    &avx512::linear, &avx512::linear_packed};
   return table;
 }
 

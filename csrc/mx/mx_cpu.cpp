@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mx_quantize_cpu(const at::Tensor&
                                   x.options().dtype(code_dtype(spec.elem)));
   at::Tensor scales = empty_output(with_last_dim(x.sizes(), K / block_size), x.options().dtype(scale_dtype(spec)));
   const KernelTable& kern = active_kernels();
-  QuantArgs q{x.data_ptr(), in_dtype_code(x.scalar_type()), (int)block_size, f, scale_mode == "floor" ? 1 : 0,
+  QuantArgs q{x.data_ptr(), in_dtype_code(x.scalar_type()), (int)block_size, f, scale_mode_code(scale_mode),
               rb.defined() ? rb.data_ptr<int32_t>() : nullptr, given_g, 0,
               static_cast<uint8_t*>(codes.data_ptr()), static_cast<uint8_t*>(scales.data_ptr())};
   const int64_t nblocks = x.numel() / block_size;

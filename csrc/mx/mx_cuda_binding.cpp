@@ -15,7 +15,7 @@
 #include "mx/mx_torch.h"
 
 extern "C" int leankern_mx_quantize_cuda(const void* x, int dtype, int64_t n_elems, int fmt, int block_size,
-                                         int floor_mode, const int32_t* rand_bits, const float* global_scale,
+                                         int scale_mode, const int32_t* rand_bits, const float* global_scale,
                                          float* g_out, unsigned int* scratch, uint8_t* codes, uint8_t* scales,
                                          cudaStream_t stream);
 
@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mx_quantize_cuda(const at::Tensor
   at::Tensor g_out = at::empty({}, x.options().dtype(at::kFloat));
   at::Tensor scratch = at::empty({1}, x.options().dtype(at::kInt));
   const int err = leankern_mx_quantize_cuda(
-      x.data_ptr(), in_dtype_code(x.scalar_type()), x.numel(), f, (int)block_size, scale_mode == "floor" ? 1 : 0,
+      x.data_ptr(), in_dtype_code(x.scalar_type()), x.numel(), f, (int)block_size, scale_mode_code(scale_mode),
       rb.defined() ? rb.data_ptr<int32_t>() : nullptr, gs.defined() ? gs.data_ptr<float>() : nullptr,
       g_out.data_ptr<float>(), static_cast<unsigned int*>(scratch.data_ptr()),
       static_cast<uint8_t*>(codes.data_ptr()), static_cast<uint8_t*>(scales.data_ptr()),

@@ -114,9 +114,21 @@ LK_T void store_group_scales(uint8_t* dst, I sbyte, int G, int bs) {
   for (int j = 0; j < G; ++j) dst[j] = tmp[j * bs];
 }
 
+// NV element scaling: v = x / d (exact division, scale_mode "rceil") or v = x * r with
+// r = min(1 / d, FLT_MAX) (RECIP: scale_mode "reciprocal"); MX: x unchanged. s: d or r.
+template <bool NV, bool RECIP>
+LK_T I nv_scaled(I x, I s) {
+  if constexpr (!NV) return x;
+  else if constexpr (RECIP) return V::fmul(x, s);
+  else return V::fdiv(x, s);
+}
+
+// formats.h nv_block_reciprocal, lane-wise.
+LK_T I nv_reciprocal_v(I d) { return V::fmin(V::fdiv(V::fset1(1.0f), d), V::fset1(3.40282347e38f)); }
+
 // General RNE path, any block size and any input: groups of max(1, N / bs) blocks, the exact
 // lane-wise form of formats.h's algorithm. NV requires a finite positive q.g.
-template <int EL, int DT, bool NV>
+template <int EL, int DT, bool NV, bool RECIP>
 LK_T void quant_range_general(const QuantArgs& q, int64_t b0, int64_t b1) {
   constexpr ElemParams p = elem_params(EL);
   const int bs = q.block_size;
@@ -139,16 +151,17 @@ LK_T void quant_range_general(const QuantArgs& q, int64_t b0, int64_t b1) {
         quantize_range_scalar(q, b, b + G);
         continue;
       }
+      if (RECIP) d = nv_reciprocal_v(d);  // from here on: the multiplier r
       sbyte = V::blend(bad, sc, const_(0x7F));
     } else {
-      e = scale_exp_v(amax, p, q.floor_mode != 0);
+      e = scale_exp_v(amax, p, q.scale_mode == kScaleFloor);
       sbyte = V::blend(bad, V::add(e, const_(127)), const_(0xFF));
     }
     store_group_scales(q.scales + b, sbyte, G, bs);
     for (int v = 0; v < nvec; ++v) {
       const int64_t i = i0 + v * N;
       I x = load_x<DT>(q.x, i);
-      I a = V::and_(NV ? V::fdiv(x, d) : x, const_(0x7fffffff));
+      I a = V::and_(nv_scaled<NV, RECIP>(x, d), const_(0x7fffffff));
       I code = V::blend(bad, encode_v<EL>(round_rne_v<EL>(a, e), x), V::zero());
       if (p.bits == 4)
         V::store_nibbles(q.codes + i / 2, code);
@@ -271,8 +284,9 @@ LK_T I fast_code(I x, I vs, I K, I sinv) {
   }
 }
 
-// Codes of blocks [b, b + N), one byte per element; kk / ss: per-block K and 2^-e (MX) or d (NV).
-template <int EL, int DT, bool NV, bool SAT>
+// Codes of blocks [b, b + N), one byte per element; kk / ss: per-block K and 2^-e (MX) or d
+// (NV; r with RECIP).
+template <int EL, int DT, bool NV, bool RECIP, bool SAT>
 LK_T void fast_codes_8bit(const void* x, uint8_t* codes, int64_t b, int bs, const int32_t* kk, const int32_t* ss,
                           unsigned badbits) {
   constexpr ElemParams p = elem_params(EL);
@@ -284,7 +298,7 @@ LK_T void fast_codes_8bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
     const int64_t i = i0 + (int64_t)k * N;
     const I sj = V::set1(ss[j]);
     const I xv = load_x<DT>(x, i);
-    I code = fast_code<EL, NV, SAT>(xv, NV ? V::fdiv(xv, sj) : xv, (NV || p.is_int) ? Knv : V::set1(kk[j]), sj);
+    I code = fast_code<EL, NV, SAT>(xv, nv_scaled<NV, RECIP>(xv, sj), (NV || p.is_int) ? Knv : V::set1(kk[j]), sj);
     if (badbits && ((badbits >> j) & 1u)) code = V::zero();  // NaN / Inf policy: zero codes
     V::store_u8(codes + i, code);
   }
@@ -304,7 +318,7 @@ LK_T void load_pair(const void* x, int64_t i, I& even, I& odd) {
 
 // 4-bit codes of blocks [b, b + N), 2N elements per step: codes of the even and odd elements
 // land in the low / high nibble of one byte each, so packing is an or + one narrowing store.
-template <int EL, int DT, bool NV, bool SAT>
+template <int EL, int DT, bool NV, bool RECIP, bool SAT>
 LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, const int32_t* kk, const int32_t* ss,
                           unsigned badbits) {
   constexpr ElemParams p = elem_params(EL);
@@ -319,8 +333,8 @@ LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
     const I K = (NV || p.is_int) ? Knv : V::blend(hi, V::set1(kk[j0]), V::set1(kk[j1]));
     I xe, xo;
     load_pair<DT>(x, i, xe, xo);
-    I ce = fast_code<EL, NV, SAT>(xe, NV ? V::fdiv(xe, s) : xe, K, s);
-    I co = fast_code<EL, NV, SAT>(xo, NV ? V::fdiv(xo, s) : xo, K, s);
+    I ce = fast_code<EL, NV, SAT>(xe, nv_scaled<NV, RECIP>(xe, s), K, s);
+    I co = fast_code<EL, NV, SAT>(xo, nv_scaled<NV, RECIP>(xo, s), K, s);
     I byte = V::or_(ce, V::slli<4>(co));
     if (badbits) {  // NaN / Inf policy: zero codes
       if ((badbits >> j0) & 1u) byte = V::blend(hi, V::zero(), byte);
@@ -331,7 +345,7 @@ LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
 }
 
 // Blocks [b, b + N). Returns false (nothing written) if a block needs the general path.
-template <int EL, int DT, bool NV>
+template <int EL, int DT, bool NV, bool RECIP>
 LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
   constexpr ElemParams p = elem_params(EL);
   const int bs = q.block_size;
@@ -340,7 +354,7 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
   const M bad = V::gt_u(amax, const_(0x7f7fffff));
   alignas(64) int32_t kk[N], ss[N];
   I sbyte;
-  bool sat = q.floor_mode != 0;  // MX rceil: amax <= max_elem * 2^e, nothing saturates
+  bool sat = q.scale_mode == kScaleFloor;  // MX rceil: amax <= max_elem * 2^e, nothing saturates
   if constexpr (NV) {
     const I gv = V::fset1(q.g);
     I t = V::fdiv(parked ? amax : V::fdiv(amax, const_((int32_t)p.max_bits)), gv);  // >= 0, finite or +Inf
@@ -349,12 +363,13 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
     I d = V::fmul(gv, e4m3_value_v(sc));
     if (V::any(V::mandnot(bad, V::feq(d, V::zero())))) return false;
     sbyte = V::blend(bad, sc, const_(0x7F));
-    V::store(ss, d);
+    V::store(ss, RECIP ? nv_reciprocal_v(d) : d);
     // |v| <= amax / d < max_elem * 1.07 (E4M3 normal scale: relative error <= 2^-4) rounds to at
-    // most max_code; subnormal or saturated block scales need the clamps.
+    // most max_code (RECIP: x * r is within 2 ulp of x / d, or smaller where r is clamped);
+    // subnormal or saturated block scales need the clamps.
     sat = V::any(V::mandnot(bad, V::or_mask(V::gt_i(const_(8), sc), V::gt_i(sc, const_(0x7D)))));
   } else {
-    I e = scale_exp_v(amax, p, q.floor_mode != 0);
+    I e = scale_exp_v(amax, p, q.scale_mode == kScaleFloor);
     sbyte = V::blend(bad, V::add(e, const_(127)), const_(0xFF));
     if constexpr (!p.is_int) {
       e = V::blend(V::eq(amax, V::zero()), e, V::zero());  // zero blocks: any e with a re-bias >= 0 works
@@ -366,33 +381,33 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
   V::store_u8(q.scales + b, sbyte);
   const unsigned badbits = V::mask_bits(bad);
   if (p.bits == 4 && sat)
-    fast_codes_4bit<EL, DT, NV, true>(q.x, q.codes, b, bs, kk, ss, badbits);
+    fast_codes_4bit<EL, DT, NV, RECIP, true>(q.x, q.codes, b, bs, kk, ss, badbits);
   else if (p.bits == 4)
-    fast_codes_4bit<EL, DT, NV, false>(q.x, q.codes, b, bs, kk, ss, badbits);
+    fast_codes_4bit<EL, DT, NV, RECIP, false>(q.x, q.codes, b, bs, kk, ss, badbits);
   else if (sat)
-    fast_codes_8bit<EL, DT, NV, true>(q.x, q.codes, b, bs, kk, ss, badbits);
+    fast_codes_8bit<EL, DT, NV, RECIP, true>(q.x, q.codes, b, bs, kk, ss, badbits);
   else
-    fast_codes_8bit<EL, DT, NV, false>(q.x, q.codes, b, bs, kk, ss, badbits);
+    fast_codes_8bit<EL, DT, NV, RECIP, false>(q.x, q.codes, b, bs, kk, ss, badbits);
   return true;
 }
 
-template <int EL, int DT, bool NV>
+template <int EL, int DT, bool NV, bool RECIP>
 LK_T void quant_range(const QuantArgs& q, int64_t b0, int64_t b1) {
   int64_t b = b0;
   if (q.block_size >= N)
     for (; b + N <= b1; b += N)
-      if (!quant_fast_group<EL, DT, NV>(q, b)) quant_range_general<EL, DT, NV>(q, b, b + N);
-  if (b < b1) quant_range_general<EL, DT, NV>(q, b, b1);
+      if (!quant_fast_group<EL, DT, NV, RECIP>(q, b)) quant_range_general<EL, DT, NV, RECIP>(q, b, b + N);
+  if (b < b1) quant_range_general<EL, DT, NV, RECIP>(q, b, b1);
 }
 
-template <int EL, bool NV>
+template <int EL, bool NV, bool RECIP = false>
 LK_T void quant_dt(const QuantArgs& q, int64_t b0, int64_t b1) {
   if (q.dtype == kInF32)
-    quant_range<EL, kInF32, NV>(q, b0, b1);
+    quant_range<EL, kInF32, NV, RECIP>(q, b0, b1);
   else if (q.dtype == kInBF16)
-    quant_range<EL, kInBF16, NV>(q, b0, b1);
+    quant_range<EL, kInBF16, NV, RECIP>(q, b0, b1);
   else
-    quant_range<EL, kInF16, NV>(q, b0, b1);
+    quant_range<EL, kInF16, NV, RECIP>(q, b0, b1);
 }
 
 LK_T void quantize(const QuantArgs& q, int64_t b0, int64_t b1) {
@@ -401,6 +416,7 @@ LK_T void quantize(const QuantArgs& q, int64_t b0, int64_t b1) {
     quantize_range_scalar(q, b0, b1);  // stochastic rounding; NV with a NaN / Inf / <= 0 tensor scale
     return;
   }
+  const bool recip = q.scale_mode == kScaleReciprocal;  // NV only (checked at the op boundary)
   switch (f.is_nv ? -f.elem - 1 : f.elem) {
     case kFp8E4M3: return quant_dt<kFp8E4M3, false>(q, b0, b1);
     case kFp8E5M2: return quant_dt<kFp8E5M2, false>(q, b0, b1);
@@ -410,8 +426,9 @@ LK_T void quantize(const QuantArgs& q, int64_t b0, int64_t b1) {
     case kInt8: return quant_dt<kInt8, false>(q, b0, b1);
     case kInt6: return quant_dt<kInt6, false>(q, b0, b1);
     case kInt4: return quant_dt<kInt4, false>(q, b0, b1);
-    case -kFp4E2M1 - 1: return quant_dt<kFp4E2M1, true>(q, b0, b1);
-    case -kInt4 - 1: return quant_dt<kInt4, true>(q, b0, b1);
+    case -kFp4E2M1 - 1:
+      return recip ? quant_dt<kFp4E2M1, true, true>(q, b0, b1) : quant_dt<kFp4E2M1, true>(q, b0, b1);
+    case -kInt4 - 1: return recip ? quant_dt<kInt4, true, true>(q, b0, b1) : quant_dt<kInt4, true>(q, b0, b1);
     default: quantize_range_scalar(q, b0, b1);
   }
 }

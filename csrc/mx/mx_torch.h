@@ -62,8 +62,12 @@ inline int check_quantize_args(const at::Tensor& x, c10::string_view fmt, int64_
   check_float_dtype("x", x);
   checks::check_min_dim("x", x, 1);
   checks::check_power_of_two("block_size", block_size, kMinBlockSize, kMaxBlockSize);
-  static const std::vector<std::string> kScaleModes = {"rceil", "floor"};
+  static const std::vector<std::string> kScaleModes = {"rceil", "floor", "reciprocal"};
   checks::check_choice("scale_mode", scale_mode, kScaleModes);
+  TORCH_CHECK_VALUE(kFormats[f].is_nv || scale_mode != "reciprocal",
+                    "scale_mode: 'reciprocal' is only for NV formats (it replaces the division by the NV "
+                    "decode scale g * s; MX scales are powers of two, where dividing is already exact), got fmt=",
+                    checks::py_repr(kFormats[f].name));
   checks::check_divisible("x.shape[-1]", x.size(-1), "block_size", block_size);
   if (rand_bits.has_value()) {
     checks::check_dtype("rand_bits", *rand_bits, {at::kInt});
@@ -78,6 +82,11 @@ inline int check_quantize_args(const at::Tensor& x, c10::string_view fmt, int64_
     checks::check_shape("global_scale", *global_scale, {});
   }
   return f;
+}
+
+// ScaleMode (formats.h) of a checked scale_mode string.
+inline int scale_mode_code(c10::string_view scale_mode) {
+  return scale_mode == "floor" ? kScaleFloor : (scale_mode == "reciprocal" ? kScaleReciprocal : kScaleRceil);
 }
 
 // strict=True: x holds only finite values (one extra pass over x, only when asked for).

@@ -19,7 +19,7 @@ inline void quantize_range_scalar(const QuantArgs& q, int64_t b0, int64_t b1) {
   const int bs = q.block_size;
   const int64_t code_bytes = p.bits == 4 ? bs / 2 : bs;  // per block
   for (int64_t b = b0; b < b1; ++b)
-    quantize_block(q.x, q.dtype, b * bs, bs, p, f.is_nv != 0, q.floor_mode != 0, q.rand, q.g,
+    quantize_block(q.x, q.dtype, b * bs, bs, p, f.is_nv != 0, q.scale_mode, q.rand, q.g,
                    q.codes + b * code_bytes, q.scales + b);
 }
 

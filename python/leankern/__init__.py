@@ -11,7 +11,9 @@ from . import testing
 from . import mx
 from .mx import MXTensor
 from . import output_cache
+from . import nn
+from .nn import QuantLinear, quantize_model
 
 __version__ = "0.1.0"
 __all__ = ["mx", "MXTensor", "testing", "use_backend", "backend_for", "registered_ops", "extension",
-           "extension_error", "output_cache", "__version__"]
+           "extension_error", "output_cache", "nn", "QuantLinear", "quantize_model", "__version__"]

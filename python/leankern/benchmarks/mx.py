@@ -11,7 +11,10 @@ rows), and the baseline's error is reported next to ours (``torch dQ``: its QSNR
 
 NV quantize is timed twice: with g computed from the tensor (a second pass over x) and, as
 ``nvfp4+g`` / ``nvint4+g``, with a calibrated static g passed in (how weights and calibrated
-activations are served). Bytes are exact compulsory traffic: quantize reads x and writes codes +
+activations are served). NV quantize of bf16 input is also timed in the ``"reciprocal"`` scale
+mode (``nvfp4:recip``, ``nvfp4+g:recip``, ...: x * (1 / d) as GPU quantizers do, instead of the
+exact x / d; docs/numerics.md "NV reciprocal mode").
+Bytes are exact compulsory traffic: quantize reads x and writes codes +
 scales (+ 4 for the NV global scale); dequantize the reverse; Hadamard reads x (+ signs) and
 writes y. Target (CPU quantizer, MXFP8/MXFP4/MXINT8/NVFP4): >= 50% of the measured copy
 bandwidth and >= 20x the reference.
@@ -60,11 +63,12 @@ _SIZES = {("cpu", "quick"): (4096,), ("cpu", "default"): (4096,), ("cpu", "full"
 
 # ----------------------------------------------------------------------------- what each subset runs
 def plan(mode: str, device: str = "cpu", sizes=None) -> list:
-    """The rows of a subset: ``(op, n, dtype, fmt_or_chunk, static_g, time_ref)`` tuples, in table order.
+    """The rows of a subset, in table order: ``(op, n, dtype, fmt_or_chunk, static_g, time_ref, scale_mode)``.
 
     ``mode``: "quick" | "default" | "full" (each a subset of the next). ``time_ref``: the
     reference is timed on that row (else only checked on the first rows). ``static_g``: NV
-    quantize with a calibrated global scale.
+    quantize with a calibrated global scale. ``scale_mode``: "rceil" except for the NV quantize
+    rows at bf16 timed again in "reciprocal" mode.
     """
     sizes = sizes or _SIZES[("cuda" if str(device).startswith("cuda") else "cpu", mode)]
     full = mode == "full"
@@ -76,14 +80,16 @@ def plan(mode: str, device: str = "cpu", sizes=None) -> list:
                 if not (full or headline or dt == torch.bfloat16):  # subsets: other formats at bf16 only
                     continue
                 time_ref = full or (mode == "default" and headline)
-                rows.append(("quantize", n, dt, fmt, False, time_ref))
+                rows.append(("quantize", n, dt, fmt, False, time_ref, "rceil"))
                 if get_format(fmt).is_nv:  # calibrated g: the serving case
-                    rows.append(("quantize", n, dt, fmt, True, time_ref))
+                    rows.append(("quantize", n, dt, fmt, True, time_ref, "rceil"))
+                    if dt == torch.bfloat16:  # the GPU quantizers' x * (1 / d), both g cases
+                        rows += [("quantize", n, dt, fmt, sg, time_ref, "reciprocal") for sg in (False, True)]
         for dt in _BF16_FP32 if full else (torch.bfloat16,):
-            rows += [("dequantize", n, dt, fmt, False, full) for fmt in FORMATS]
+            rows += [("dequantize", n, dt, fmt, False, full, "rceil") for fmt in FORMATS]
         chunks = {"quick": (32,), "default": (32, 4096), "full": (32, 128, 4096)}[mode]
         for dt in _BF16_FP32:
-            rows += [("hadamard", n, dt, c, False, mode != "quick") for c in chunks if c <= n]
+            rows += [("hadamard", n, dt, c, False, mode != "quick", "rceil") for c in chunks if c <= n]
     return rows
 
 
@@ -99,11 +105,11 @@ def _forced(backend: str, fn):
     return call
 
 
-def _quantize_fn(fmt, bs, g):
+def _quantize_fn(fmt, bs, g, scale_mode="rceil"):
     import leankern
 
     def fn(x):
-        qt = leankern.mx.quantize(x, fmt, block_size=bs, global_scale=g)
+        qt = leankern.mx.quantize(x, fmt, block_size=bs, global_scale=g, scale_mode=scale_mode)
         return qt.codes, qt.scales, qt.global_scale
 
     return fn
@@ -142,8 +148,13 @@ def _nbytes(*ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
 
+def _base_format(label: str) -> str:
+    """"nvfp4+g:recip" -> "nvfp4"."""
+    return label.split(":")[0].split("+")[0]
+
+
 def _target(row) -> str:
-    if (row.get("op") != "quantize" or row.get("format", "").split("+")[0] not in HEADLINE_FORMATS
+    if (row.get("op") != "quantize" or _base_format(row.get("format", "")) not in HEADLINE_FORMATS
             or row.get("device") != "cpu" or not row.get("ours_ms")):
         return ""
     if row.get("x_ref") is None:
@@ -157,11 +168,11 @@ def _kernel_outputs(outs: dict) -> dict:
     return {k: v for k, v in outs.items() if k not in ("ref", "torch")}
 
 
-def _slice_check(x, got, fmt, bs, name):
+def _slice_check(x, got, fmt, bs, name, scale_mode="rceil"):
     """Reference on the first CHECK_ROWS rows (NV: with the kernel's global scale) == the kernel there (on CPU)."""
     r = min(CHECK_ROWS, x.shape[0])
     f = get_format(fmt)
-    want = mx_quantize_ref(x[:r].cpu(), fmt, bs, "rceil", None, got[2].cpu() if f.is_nv else None)
+    want = mx_quantize_ref(x[:r].cpu(), fmt, bs, scale_mode, None, got[2].cpu() if f.is_nv else None)
     assert_bitexact((got[0][:r], got[1][:r], got[2]), want, name=f"{fmt} {name} vs ref (first {r} rows)")
     if f.is_nv:  # the global scale itself, from the whole tensor
         assert_bitexact(got[2], nv_global_scale(x, f.element), name=f"{fmt} {name} global scale")
@@ -173,11 +184,11 @@ def _labels(op, fmt, x, device, dt=None):
             "device": str(device).split(":")[0]}
 
 
-def _quant_case(x, fmt, bs, device, mode, time_ref, static_g=False) -> Case:
+def _quant_case(x, fmt, bs, device, mode, time_ref, static_g=False, scale_mode="rceil") -> Case:
     """``static_g``: NV with a calibrated per-tensor scale passed in (one pass over x instead of two)."""
     f = get_format(fmt)
     g = nv_global_scale(x, f.element) if static_g else None
-    quant = _quantize_fn(fmt, bs, g)
+    quant = _quantize_fn(fmt, bs, g, scale_mode)
     kernels, ours = _kernel_impls("mx_quantize", device, lambda be: (lambda q=_forced(be, quant): q(x)), mode == "quick")
     impls = kernels + [
         _ref_impl(lambda q=_forced("ref", quant): q(x), time_ref, mode, x.numel() > 2**24, device),
@@ -192,7 +203,7 @@ def _quant_case(x, fmt, bs, device, mode, time_ref, static_g=False) -> Case:
                 assert_bitexact(got, outs["ref"], name=f"{fmt} {name} vs ref")
                 res["check"] = "bitexact"
             else:
-                _slice_check(x, got, fmt, bs, name)
+                _slice_check(x, got, fmt, bs, name, scale_mode)
                 res["check"] = "bitexact*"
         base = next(iter(_kernel_outputs(outs).values()), outs.get("ref"))
         if base is not None and "torch" in outs:
@@ -204,7 +215,8 @@ def _quant_case(x, fmt, bs, device, mode, time_ref, static_g=False) -> Case:
             res["torch_dq"] = qsnr_db(xs, torch_dequantize(t[0][:r], t[1][:r], t[2], fmt, bs)) - q_ours
         return res
 
-    return Case(_labels("quantize", fmt + ("+g" if static_g else ""), x, device), impls, nbytes, 0, check, _target, ours)
+    label = fmt + ("+g" if static_g else "") + (":recip" if scale_mode == "reciprocal" else "")
+    return Case(_labels("quantize", label, x, device), impls, nbytes, 0, check, _target, ours)
 
 
 def _dequant_case(x, fmt, bs, device, mode, time_ref) -> Case:
@@ -272,7 +284,7 @@ def _hadamard_case(x, chunk, device, mode, time_ref) -> Case:
 def build_cases(mode: str, device: str = "cpu", sizes=None, rows=None) -> list:
     """One Case per row of :func:`plan`. Inputs: seeded N(0, 1), converted to the row's dtype."""
     cases, inputs = [], {}
-    for op, n, dt, what, static_g, time_ref in rows or plan(mode, device, sizes):
+    for op, n, dt, what, static_g, time_ref, scale_mode in rows or plan(mode, device, sizes):
         if (n, dt) not in inputs:
             gen = torch.Generator().manual_seed(n)
             inputs = {(n, dt): torch.randn(n, n, generator=gen, dtype=torch.float32).to(dt).to(device)}
@@ -282,7 +294,7 @@ def build_cases(mode: str, device: str = "cpu", sizes=None, rows=None) -> list:
             continue
         bs = get_format(what).default_block_size
         if op == "quantize":
-            cases.append(_quant_case(x, what, bs, device, mode, time_ref, static_g))
+            cases.append(_quant_case(x, what, bs, device, mode, time_ref, static_g, scale_mode))
         else:
             cases.append(_dequant_case(x, what, bs, device, mode, time_ref))
     return cases

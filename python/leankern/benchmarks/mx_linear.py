@@ -1,12 +1,16 @@
-"""Block-quantized linear (``leankern.mx.linear``) on CPU: decode GEMV/GEMM against torch.
+"""Block-quantized linear (``leankern.mx.linear``): decode GEMV and prefill GEMM against torch.
 
-Rows: weight [N, K] in a format, x [M, K] bf16, weights cold (a fresh set of weight buffers per
+CPU rows: weight [N, K] in a format, x [M, K] bf16, weights cold (a fresh set of weight buffers per
 call, cycling through more bytes than the last-level cache holds, as in decode where every layer's
-weights stream from memory). Contenders: ours, torch bf16 ``F.linear`` on the same cold weights,
-and what a user would otherwise do with our quantizer (dequantize, then ``F.linear``).
-GB/s counts the bytes ours reads (codes + scales + x) and writes (y); %bw is that over the copy
-bandwidth measured in this run. Target (issue: block-quantized linear) at M = 1: >= 0.9 of the
-read bandwidth; this section reports where the first kernel stands.
+weights stream from memory), per ISA path of the C++ kernels, prepacked (``leankern.mx.prepack``,
+what the modules use) and row-major layouts. Contenders: torch bf16 ``F.linear`` on the same cold
+weights, and what a user would otherwise do with our quantizer (dequantize, then ``F.linear``).
+GB/s counts the bytes ours reads (codes + scales + x) and writes (y); %rd is that over the read
+bandwidth measured in this run (``torch.sum`` over 256 MiB). roof = our time over the roofline
+max(bytes / read bandwidth, FLOPs / torch bf16 ``F.linear`` throughput at M = 512 in this run).
+Targets (issue: block-quantized linear): M = 1 >= 0.9 of the read bandwidth and >= 3.3x (4-bit)
+/ 1.7x (8-bit) torch bf16; M = 4, 16 within 1.25x of the roofline; M = 512 weight-only 4-bit
+>= 0.8x torch bf16. CUDA rows: the Triton kernels (see ``_run_cuda``).
 """
 from __future__ import annotations
 
@@ -16,27 +20,42 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from .harness import BenchResult, format_table, measure_copy_bandwidth, section_header, time_fn, write_csv
+from .harness import (BenchResult, busy_note, format_table, measure_copy_bandwidth, section_header, time_fn,
+                      write_csv)
 
 FAMILY = "mx_linear"
 COLUMNS = [
-    ("fmt", "weight", "<"), ("act", "act", "<"), ("shape", "M x N x K", "<"), ("ours_ms", "ours ms", ".3f"),
-    ("gbps", "GB/s", ".1f"), ("frac_bw", "%bw", ".0%"), ("bf16_ms", "torch bf16 ms", ".3f"),
-    ("x_bf16", "x bf16", ".2f"), ("deq_ms", "dequant+F.linear ms", ".3f"), ("x_deq", "x dequant", ".1f"),
+    ("isa", "ISA", "<"), ("fmt", "weight", "<"), ("act", "act", "<"), ("layout", "layout", "<"),
+    ("shape", "M x N x K", "<"), ("ours_ms", "ours ms", ".3f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
+    ("gflops", "GFLOP/s", ".1f"), ("roof", "x roof", ".2f"), ("bf16_ms", "torch bf16 ms", ".3f"),
+    ("x_bf16", "x bf16", ".2f"), ("deq_ms", "dequant+F.linear ms", ".3f"), ("x_deq", "x dequant", ".2f"),
 ]
 _COLD_BYTES = 256 << 20  # > any L3 here: weights come from memory
 
 
+def measure_read_bandwidth(nbytes: int = 2**28, repeats: int = 7) -> float:
+    """GB/s of ``torch.sum`` over a ``nbytes`` fp32 buffer (bytes read / time, median)."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    times = time_fn(lambda: src.sum(), warmup=2, repeats=repeats, min_time=0.5)
+    return nbytes / statistics.median(times) / 1e9
+
+
 def _plan(quick: bool, full: bool):
+    """(fmt, act, M, N, K, layout) rows."""
     fmts = ["mxint8", "mxfp8_e4m3", "mxfp4", "mxint4", "nvfp4"]
     if full:
         fmts = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8", "mxint6", "mxint4",
                 "nvfp4", "nvint4"]
-    ms = (1,) if quick else (1, 16) if not full else (1, 4, 16, 64)
+    ms = (1,) if quick else (1, 4, 16) if not full else (1, 4, 16, 64, 512)
     shapes = [(4096, 4096)] if not full else [(4096, 4096), (14336, 4096), (4096, 14336)]
-    rows = [(f, None, m, n, k) for f in fmts for m in ms for (n, k) in shapes]
+    rows = [(f, None, m, n, k, "prepacked") for f in fmts for m in ms for (n, k) in shapes]
+    rows += [(f, None, 1, 4096, 4096, "row_major") for f in fmts[:3 if quick else None]]
     if not quick:
-        rows += [("mxint8", "mxint8", 16, 4096, 4096)]
+        rows += [("mxint8", "mxint8", 16, 4096, 4096, "prepacked"), ("mxfp4", None, 64, 4096, 4096, "prepacked")]
+        if not full:
+            rows += [("mxfp4", None, 512, 4096, 4096, "prepacked"), ("mxint8", "mxint8", 512, 4096, 4096, "prepacked")]
+        else:
+            rows += [("mxint8", "mxint8", 512, n, k, "prepacked") for (n, k) in shapes]
     return rows
 
 
@@ -54,47 +73,192 @@ def _cycle(items):
     return nxt
 
 
-def _row(fmt, act, m, n, k, bw, repeats):
+def _timed(fn, m, repeats):
+    """Median seconds of fn; large products (seconds per call) get fewer samples."""
+    if m >= 256:
+        return statistics.median(time_fn(fn, warmup=1, repeats=3, min_time=0.0))
+    return statistics.median(time_fn(fn, warmup=3, repeats=repeats, min_time=0.3))
+
+
+def _row(fmt, act, m, n, k, layout, bw_rd, bf16_512, repeats, isa):
     import leankern
 
     gen = torch.Generator().manual_seed(n + k)
     w = torch.randn(n, k, generator=gen)
     qt = leankern.mx.quantize(w, fmt)
+    if layout == "prepacked":
+        qt = leankern.mx.prepack(qt)
     wbytes = qt.codes.numel() * qt.codes.element_size() + qt.scales.numel() * qt.scales.element_size()
     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
     qts = _cold_copies(lambda: leankern.MXTensor(qt.codes.clone(), qt.scales.clone(), qt.global_scale, qt.fmt,
-                                                 qt.block_size, qt.shape, qt.dtype), wbytes)
+                                                 qt.block_size, qt.shape, qt.dtype, layout=qt.layout), wbytes)
+    nq = _cycle(qts)
+    ours = _timed(lambda: leankern.mx.linear(x, nq(), act_fmt=act), m, repeats)
     wbf = _cold_copies(lambda: w.to(torch.bfloat16), n * k * 2)
-    nq, nw = _cycle(qts), _cycle(wbf)
-    ours = statistics.median(time_fn(lambda: leankern.mx.linear(x, nq(), act_fmt=act), warmup=3, repeats=repeats,
-                                     min_time=0.3))
-    bf16 = statistics.median(time_fn(lambda: F.linear(x, nw()), warmup=3, repeats=repeats, min_time=0.3))
-    deq = statistics.median(time_fn(lambda: F.linear(x, nq().dequantize(torch.bfloat16)), warmup=2,
-                                    repeats=max(3, repeats // 3), min_time=0.2))
+    nw = _cycle(wbf)
+    bf16 = _timed(lambda: F.linear(x, nw()), m, repeats)
+    del wbf
+    deq = _timed(lambda: F.linear(x, nq().dequantize(torch.bfloat16)), m, max(3, repeats // 3))
     moved = wbytes + x.numel() * 2 + m * n * 2
-    gbps = moved / ours / 1e9
-    return dict(fmt=fmt, act=act or "-", shape=f"{m}x{n}x{k}", ours_ms=ours * 1e3, gbps=gbps, frac_bw=gbps / bw,
-                bf16_ms=bf16 * 1e3, x_bf16=bf16 / ours, deq_ms=deq * 1e3, x_deq=deq / ours, weight_bytes=wbytes)
+    flops = 2 * m * n * k
+    roofline = max(moved / (bw_rd * 1e9), flops / bf16_512[(n, k)])
+    return dict(isa=isa, fmt=fmt, act=act or "-", layout=layout, shape=f"{m}x{n}x{k}", ours_ms=ours * 1e3,
+                gbps=moved / ours / 1e9, frac_rd=moved / ours / 1e9 / bw_rd, gflops=flops / ours / 1e9,
+                roof=ours / roofline, bf16_ms=bf16 * 1e3, x_bf16=bf16 / ours, deq_ms=deq * 1e3, x_deq=deq / ours,
+                weight_bytes=wbytes)
+
+
+def _bf16_throughput_512(n, k) -> float:
+    """FLOP/s of torch bf16 F.linear at M = 512 (the compute side of the roofline)."""
+    x = torch.randn(512, k).to(torch.bfloat16)
+    w = torch.randn(n, k).to(torch.bfloat16)
+    t = statistics.median(time_fn(lambda: F.linear(x, w), warmup=1, repeats=3))
+    return 2 * 512 * n * k / t
+
+
+def _isas(full: bool) -> list:
+    import leankern
+
+    ext = leankern.extension()
+    simd = [i for i in ("avx512", "avx2") if i in ext.supported_isas()]
+    return simd if full else simd[:1]
 
 
 def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None,
         aot: bool = True, bw_gbps: float | None = None, output_cache_mb: int = 0, out=print) -> BenchResult:
     import leankern
 
+    if str(device).startswith("cuda"):
+        return _run_cuda(quick, full, device, csv_path, aot, bw_gbps, out)
     if device != "cpu":
-        out(f"== {FAMILY} == skipped on {device}: the GPU kernels of mx.linear do not exist yet")
+        out(f"== {FAMILY} == skipped on {device}: no kernels for this device")
         return BenchResult([], bw_gbps or 0.0, device)
     bw = bw_gbps or measure_copy_bandwidth(device)
+    bw_rd = measure_read_bandwidth()
     mode = "quick" if quick else "full" if full else "default"
     out(section_header(FAMILY, device, bw, mode, output_cache_mb))
-    out(f"mx_linear runs on: {leankern.backend_for('mx_linear', device)}")
+    out(f"read bandwidth (torch.sum over 256 MiB): {bw_rd:.1f} GB/s; mx_linear runs on: "
+        f"{leankern.backend_for('mx_linear', device)}")
+    note = busy_note(device)
+    if note:
+        out(note)
+    plan = _plan(quick, full)
+    bf16_512 = {(n, k): _bf16_throughput_512(n, k) for (n, k) in sorted({(r[3], r[4]) for r in plan})}
+    out("torch bf16 F.linear at M = 512: " + ", ".join(f"{n}x{k}: {v / 1e9:.1f} GFLOP/s" for (n, k), v in
+                                                      bf16_512.items()))
+    ext = leankern.extension()
     rows = []
     with leankern.output_cache.enabled(output_cache_mb) if output_cache_mb else contextlib.nullcontext():
-        for fmt, act, m, n, k in _plan(quick, full):
-            rows.append(_row(fmt, act, m, n, k, bw, repeats=5 if quick else 15))
+        for isa in _isas(full):
+            ext.set_cpu_isa(isa)
+            try:
+                for fmt, act, m, n, k, layout in plan:
+                    rows.append(_row(fmt, act, m, n, k, layout, bw_rd, bf16_512, 5 if quick else 11, isa))
+            finally:
+                ext.set_cpu_isa("auto")
     out(format_table(rows, COLUMNS))
-    out("x bf16 / x dequant = their time / ours; weights cold (cycled through 256 MiB of copies); "
-        "GB/s = (codes + scales + x + y bytes) / time")
+    out("x bf16 / x dequant = their time / ours; x roof = ours / roofline; weights cold (cycled through 256 MiB "
+        "of copies); GB/s = (codes + scales + x + y bytes) / time; %rd = GB/s / read bandwidth")
+    if csv_path:
+        write_csv(csv_path, rows, {"family": FAMILY, "bw_gbps": bw, "read_bw_gbps": bw_rd})
+        out(f"wrote {csv_path}")
+    return BenchResult(rows, bw, device)
+
+
+# ----------------------------------------------------------------------------- CUDA (Triton)
+CUDA_COLUMNS = [
+    ("fmt", "weight", "<"), ("act", "act", "<"), ("shape", "M x N x K", "<"), ("path", "kernel", "<"),
+    ("maxrel", "max rel err", ".1e"), ("ours_ms", "ours ms", ".4f"), ("gbps", "GB/s", ".0f"),
+    ("frac_bw", "%bw", ".0%"), ("tflops", "TFLOP/s", ".1f"), ("bf16_ms", "F.linear bf16 ms", ".4f"),
+    ("x_bf16", "x bf16", ".2f"), ("smm_ms", "_scaled_mm ms", ".4f"), ("x_smm", "x scaled_mm", ".2f"),
+]
+
+
+def _cuda_plan(quick: bool, full: bool):
+    fmts = ["mxfp4", "nvfp4", "mxint4", "mxfp8_e4m3", "mxint8"]
+    if full:
+        fmts = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8", "mxint6", "mxint4",
+                "nvfp4", "nvint4"]
+    ms = (1, 16) if quick else (1, 16, 128, 1024)
+    shapes = [(4096, 4096)] if quick else [(4096, 4096), (14336, 4096)]
+    rows = [(f, None, m, n, k) for f in fmts for m in ms for (n, k) in shapes]
+    duals = [("mxint8", "mxint8"), ("mxfp8_e4m3", "mxfp8_e4m3"), ("mxfp4", "mxfp4"), ("nvfp4", "nvfp4")]
+    rows += [(w, a, m, 4096, 4096) for a, w in duals for m in ((16,) if quick else (16, 1024))]
+    return rows
+
+
+def _scaled_mm_fn(x_bf16, w, fmt):
+    """torch._scaled_mm on per-tensor e4m3 operands (what a user has without block formats), or None."""
+    if not fmt.startswith("mxfp8") or not hasattr(torch, "_scaled_mm") or x_bf16.shape[0] % 16:
+        return None
+    try:
+        a = x_bf16.to(torch.float8_e4m3fn)
+        b = w.to(torch.bfloat16).to(torch.float8_e4m3fn).t()  # column-major [K, N]
+        one = torch.ones((), device=x_bf16.device)
+        fn = lambda: torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16)  # noqa: E731
+        fn()
+        return fn
+    except (RuntimeError, TypeError):
+        return None
+
+
+def _cuda_row(fmt, act, m, n, k, device, bw, repeats):
+    import leankern
+    from leankern.triton_kernels.mx_linear import dual_mode
+
+    gen = torch.Generator(device=device).manual_seed(n + k)
+    w = torch.randn(n, k, generator=gen, device=device)
+    qt = leankern.mx.quantize(w, fmt)
+    x = torch.randn(m, k, generator=gen, device=device).to(torch.bfloat16)
+    with leankern.use_backend("triton"):
+        y = leankern.mx.linear(x, qt, act_fmt=act)
+    ref = leankern.mx.ref.mx_linear_ref(x, qt.codes, qt.scales, qt.global_scale, qt.fmt, qt.block_size, None, act)
+    maxrel = float((y.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-30))
+    ours = statistics.median(time_fn(lambda: leankern.mx.linear(x, qt, act_fmt=act), device=device, warmup=3,
+                                     repeats=repeats, min_time=0.2, graph=True))
+    wbf = w.to(torch.bfloat16)
+    bf16 = statistics.median(time_fn(lambda: F.linear(x, wbf), device=device, warmup=3, repeats=repeats,
+                                     min_time=0.2, graph=True))
+    smm_fn = _scaled_mm_fn(x, w, fmt)
+    smm = statistics.median(time_fn(smm_fn, device=device, warmup=3, repeats=repeats, min_time=0.2, graph=True)) \
+        if smm_fn else None
+    wbytes = qt.codes.numel() * qt.codes.element_size() + qt.scales.numel() * qt.scales.element_size()
+    moved = wbytes + x.numel() * 2 + m * n * 2
+    path = "weight-only bf16 dot" if act is None else f"dual {dual_mode(act, fmt, qt.block_size, device) or 'dequant-x'}"
+    return dict(fmt=fmt, act=act or "-", shape=f"{m}x{n}x{k}", path=path, maxrel=maxrel, ours_ms=ours * 1e3,
+                gbps=moved / ours / 1e9, frac_bw=moved / ours / 1e9 / bw, tflops=2 * m * n * k / ours / 1e12,
+                bf16_ms=bf16 * 1e3, x_bf16=bf16 / ours, smm_ms=(smm or float("nan")) * 1e3,
+                x_smm=(smm / ours) if smm else float("nan"), weight_bytes=wbytes)
+
+
+def _run_cuda(quick, full, device, csv_path, aot, bw_gbps, out):
+    """Triton mx_linear on the GPU vs torch bf16 F.linear and torch._scaled_mm (fp8 rows), CUDA-graph timed."""
+    import leankern
+
+    bw = bw_gbps or measure_copy_bandwidth(device)
+    out(section_header(FAMILY, device, bw, "quick" if quick else "full" if full else "default"))
+    out(f"mx_linear runs on: {leankern.backend_for('mx_linear', device)}")
+    rows = []
+    for fmt, act, m, n, k in _cuda_plan(quick, full):
+        try:
+            rows.append(_cuda_row(fmt, act, m, n, k, device, bw, repeats=10 if quick else 25))
+        except Exception as exc:  # one failing row must not hide the others' numbers
+            out(f"{fmt} act={act} {m}x{n}x{k}: FAILED {type(exc).__name__}: {exc}")
+    out(format_table(rows, CUDA_COLUMNS))
+    out("max rel err = max|ours - ref| / max|ref| (ref: dequantize, fp32 matmul); x bf16 / x scaled_mm = their "
+        "time / ours; GB/s = (codes + scales + x + y bytes) / time; CUDA-graph replay timing")
+    if aot:
+        try:
+            from leankern.triton_kernels import aot as taot
+
+            report = []
+            for spec in taot.linear_specs(quick=True):
+                for t in spec.targets:
+                    use = taot.resource_usage(taot.compile_spec(spec, taot.TARGETS[t]), taot.TARGETS[t])
+                    report.append(dict(kernel=spec.name, target=t, num_warps=spec.num_warps, **use))
+            out(taot.format_report(report))  # registers / shared memory / spills of the linear kernels
+        except Exception as exc:  # noqa: BLE001 - the report is informational
+            out(f"AOT report unavailable: {exc}")
     if csv_path:
         write_csv(csv_path, rows, {"family": FAMILY, "bw_gbps": bw})
         out(f"wrote {csv_path}")

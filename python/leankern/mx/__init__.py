@@ -1,7 +1,8 @@
 """MX / NV block formats ("INT v.s. FP", arXiv 2510.25602): quantize, dequantize, Hadamard rotation.
 
 Public API: :func:`quantize` (returns an :class:`MXTensor`), :func:`dequantize`, :func:`linear`,
-:func:`hadamard_transform`, :func:`random_hadamard_signs`, :func:`rotate`, the scale layouts
+:func:`prepack` (the CPU kernels' weight layout), checkpoint loaders :func:`from_gpt_oss` /
+:func:`from_modelopt_nvfp4`, :func:`hadamard_transform`, :func:`random_hadamard_signs`, :func:`rotate`, the scale layouts
 :func:`swizzle_scales` / :func:`unswizzle_scales`, and the format table (:mod:`.formats`).
 The torch ops behind them (``torch.ops.leankern.mx_quantize / mx_dequantize /
 hadamard_transform``) are declared in :mod:`.ops`; their numerics are defined by :mod:`.ref`,
@@ -16,15 +17,16 @@ import torch
 
 from ..core import check_choice
 from . import formats, ops, ref
+from .checkpoints import ModelOptNVFP4, from_gpt_oss, from_modelopt_nvfp4, select_expert
 from .formats import FORMATS, PAPER_FORMATS, format_names, get_format
 from .layout import swizzle_scales, unswizzle_scales
 from .ops import CAPABILITIES
 from .tensor import MXTensor
 
 __all__ = [
-    "quantize", "dequantize", "linear", "hadamard_transform", "random_hadamard_signs", "rotate",
+    "quantize", "dequantize", "linear", "prepack", "hadamard_transform", "random_hadamard_signs", "rotate",
     "MXTensor", "swizzle_scales", "unswizzle_scales", "FORMATS", "PAPER_FORMATS", "format_names", "get_format",
-    "CAPABILITIES", "formats", "ref",
+    "CAPABILITIES", "formats", "ref", "from_gpt_oss", "from_modelopt_nvfp4", "ModelOptNVFP4", "select_expert",
 ]
 
 
@@ -41,6 +43,8 @@ def quantize(
     global_encode_scale: torch.Tensor | float | None = None,
     strict: bool = False,
     swizzle: bool = False,
+    rotate: int | None = None,
+    rotate_seed: int = 0,
 ) -> MXTensor:
     """Quantize ``x`` to an MX/NV block format.
 
@@ -53,9 +57,15 @@ def quantize(
         One of :data:`leankern.mx.formats.FORMATS` (``mxfp8`` = ``mxfp8_e4m3``, ``mxfp6`` = ``mxfp6_e2m3``).
     block_size : int, optional
         Power of two in [2, 1024]; default 32 (MX) or 16 (NV).
-    scale_mode : {"rceil", "floor"}
+    scale_mode : {"rceil", "floor", "reciprocal"}
         MX scale rule: ``rceil`` (2^ceil(log2(amax/max_elem)): never saturates) or ``floor`` (OCP
-        v1.0: 2^(floor(log2 amax) - emax_elem); block maxima may saturate). Ignored for NV.
+        v1.0: 2^(floor(log2 amax) - emax_elem); block maxima may saturate). NV formats: the block
+        scales are the same in every mode; ``rceil`` (default) computes the elements with the
+        exact division ``x / d`` (``d = g * s``), ``reciprocal`` (NV only, else ``ValueError``) with
+        ``x * r``, ``r = min(1 / d, FLT_MAX)`` in fp32, as GPU quantizers (TransformerEngine,
+        TensorRT-LLM / FlashInfer / vLLM) do: a code may differ by one step where ``x / d`` sits
+        within about an ulp of a rounding boundary (docs/numerics.md, "NV reciprocal mode").
+        The result records the mode (``MXTensor.scale_mode``).
     rounding : {"rne", "stochastic"}
         Stochastic rounding uses one uint32 word per element: ``rand_bits`` (int32, shaped like
         ``x``); else words drawn from a ``torch.Generator`` seeded with ``seed``; else fresh words
@@ -74,6 +84,13 @@ def quantize(
         dequantize to NaN: the documented policy).
     swizzle : bool
         Also store the scales in the Blackwell 128x4 tiled layout (see :func:`swizzle_scales`).
+    rotate : int, optional
+        Quantize ``rotate(x, rotate, rotate_seed)`` instead of ``x`` (random Hadamard rotation
+        along the last dim, chunk size a power of two dividing K; computed in fp32): the paper's
+        recipe for 4-bit INT. The result records ``rotation = (rotate, rotate_seed)``, and
+        :func:`linear` rotates its input the same way, so ``linear(x, W)`` stays ``x @ W^T``.
+    rotate_seed : int
+        Seed of the rotation's random signs (see :func:`random_hadamard_signs`).
 
     Returns
     -------
@@ -98,9 +115,37 @@ def quantize(
         global_scale = 1.0 / _as_scale_tensor(global_encode_scale, x.device)
     elif global_scale is not None:
         global_scale = _as_scale_tensor(global_scale, x.device)
+    rotation = None
+    if rotate is not None:
+        _check_rotation(rotate, x.shape[-1])
+        rotation = (int(rotate), int(rotate_seed))
+        x_dtype, x = x.dtype, _rotate_input(x, rotation)  # the exact rotation linear() applies to x
     codes, scales, g = torch.ops.leankern.mx_quantize.default(x, f.name, bs, scale_mode, rand_bits, global_scale, strict)
-    qt = MXTensor(codes, scales, g, f.name, bs, tuple(x.shape), x.dtype, scale_mode)
+    qt = MXTensor(codes, scales, g, f.name, bs, tuple(x.shape), x.dtype if rotation is None else x_dtype, scale_mode,
+                  rotation=rotation)
     return qt.swizzled() if swizzle else qt
+
+
+def _check_rotation(chunk_size, K: int) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 2 or \
+            chunk_size & (chunk_size - 1) or K % chunk_size:
+        raise ValueError(f"rotate: expected a power of two >= 2 dividing the last dim ({K}), got {chunk_size!r}")
+
+
+_ROTATION_SIGNS: dict = {}  # (chunk_size, seed, device) -> signs: eager linear calls skip rebuilding them
+
+
+def _rotate_input(x: torch.Tensor, rotation: tuple[int, int]) -> torch.Tensor:
+    """``rotate(x.float(), *rotation)``, with the signs cached outside torch.compile."""
+    n, seed = rotation
+    if torch.compiler.is_compiling():
+        signs = random_hadamard_signs(n, seed, x.device)
+    else:
+        key = (n, seed, x.device)
+        signs = _ROTATION_SIGNS.get(key)
+        if signs is None:
+            signs = _ROTATION_SIGNS.setdefault(key, random_hadamard_signs(n, seed, x.device))
+    return torch.ops.leankern.hadamard_transform.default(x.float(), n, 1.0 / math.sqrt(n), signs)
 
 
 def _as_scale_tensor(v, device) -> torch.Tensor:
@@ -135,11 +180,15 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
     x : Tensor
         fp32, bf16 or fp16, ``[..., K]``.
     weight : MXTensor
-        ``[N, K]`` quantized along K (any format and block size), row-major scales.
+        ``[N, K]`` quantized along K (any format and block size), in the row-major layout (codes
+        produced anywhere, used as they are) or prepacked by :func:`prepack` (faster on CPU).
     bias : Tensor, optional
         ``[N]``, x's dtype or fp32.
     act_fmt : str, optional
         Activation format for the dual (quantized x quantized) product.
+
+    A weight quantized with ``rotate`` (``weight.rotation`` set) first rotates x the same way
+    (in fp32; the fp32 result is rounded once to x's dtype), so the result is still x @ W^T.
 
     Shape:
         x ``[..., K]``, weight ``[N, K]``, bias ``[N]`` -> ``[..., N]`` in x's dtype.
@@ -148,8 +197,39 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
         raise TypeError(f"weight: expected an MXTensor, got {type(weight).__name__}")
     if len(weight.shape) != 2:
         raise ValueError(f"weight: expected a 2-D [N, K] MXTensor, got shape {weight.shape}")
+    if weight.rotation is not None:
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected [..., {weight.shape[1]}] (the in_features of the weight), got {got}")
+        out_dtype = x.dtype
+        xr = _rotate_input(x, weight.rotation)
+        if bias is not None and bias.dtype != torch.float32:
+            bias = bias.float()
+        plain = MXTensor(weight.codes, weight.scales, weight.global_scale, weight.fmt, weight.block_size,
+                         weight.shape, weight.dtype, weight.scale_mode, weight.scale_layout, weight.layout)
+        return linear(xr, plain, bias, act_fmt=act_fmt).to(out_dtype)
+    if weight.layout == "prepacked16":
+        return torch.ops.leankern.mx_linear_packed.default(x, weight.codes, weight.global_scale, weight.fmt,
+                                                           weight.block_size, weight.shape[0], bias, act_fmt)
     return torch.ops.leankern.mx_linear.default(x, weight.codes, weight.row_major_scales(), weight.global_scale,
                                                 weight.fmt, weight.block_size, bias, act_fmt)
+
+
+def prepack(weight: MXTensor) -> MXTensor:
+    """The weight in the layout the CPU ``linear`` kernels read fastest (16 rows interleaved, block
+    scales next to their codes; see :mod:`leankern.mx.packed_layout`). Exact: ``prepack(w).unpacked()``
+    has the same codes and scales as ``w``, bit for bit.
+
+    On a GPU the row-major layout is what the kernels read: the weight is returned as it is.
+
+    Shape: weight ``[N, K]`` -> an MXTensor of shape ``[N, K]`` (codes: uint8
+    ``[ceil(N / 16), K / block_size, bytes]``).
+    """
+    if not isinstance(weight, MXTensor):
+        raise TypeError(f"weight: expected an MXTensor, got {type(weight).__name__}")
+    if weight.device.type != "cpu":
+        return weight
+    return weight.prepacked()
 
 
 def hadamard_transform(

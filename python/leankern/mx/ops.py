@@ -6,6 +6,8 @@ Torch ops (each passes ``torch.library.opcheck`` and runs under ``torch.compile(
 * ``mx_dequantize(codes, scales, global_scale, fmt, block_size, out_dtype) -> Tensor``
 * ``hadamard_transform(x, chunk_size, scale, signs) -> Tensor``
 * ``mx_linear(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt) -> Tensor``
+* ``mx_linear_packed(x, packed, global_scale, fmt, block_size, N, bias, act_fmt) -> Tensor``
+  (the weight in the prepacked layout of :mod:`leankern.mx.packed_layout`)
 
 Kernels: C++ on ``CPU`` (csrc/mx/, registered when ``leankern._C`` loads), C++ CUDA for
 ``mx_quantize`` in a CUDA build (csrc/mx/mx.cu), Triton on ``CUDA`` otherwise
@@ -26,7 +28,10 @@ from .formats import get_format
 
 __all__ = ["CAPABILITIES", "SCALE_MODES", "NV_MIN_GLOBAL_SCALE"]
 
-SCALE_MODES = ("rceil", "floor")
+# MX: the E8M0 exponent rule ("rceil" / "floor"). NV: "rceil" (the default) divides by the decode
+# scale d = g * s; "reciprocal" multiplies by min(1 / d, FLT_MAX), as GPU quantizers do
+# (docs/numerics.md, "NV reciprocal mode"); "floor" means nothing for NV and acts as "rceil".
+SCALE_MODES = ("rceil", "floor", "reciprocal")
 NV_MIN_GLOBAL_SCALE = 2.0**-126  # smallest normal fp32: below it g * s underflows
 
 _ANY = ("cpu", "cuda", "meta")
@@ -54,6 +59,14 @@ CAPABILITIES = {
     "mx_linear": {
         "ref": Capability(_ANY, FLOAT_DTYPES, _BLOCK),
         "cpp": Capability(("cpu",), FLOAT_DTYPES, _BLOCK, "row-major weights; dual = quantize x, then weight-only"),
+        # every block size: weight-only tiles take any power-of-two block; dual pairs outside the
+        # per-block kernels' range run dequantize(x) + the fp32 weight-only kernel
+        "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, _BLOCK,
+                             "bf16 tensor-core dot for bf16 x (GPU), fp32 otherwise"),
+    },
+    "mx_linear_packed": {
+        "ref": Capability(_ANY, FLOAT_DTYPES, _BLOCK, "unpacks, then mx_linear's reference"),
+        "cpp": Capability(("cpu",), FLOAT_DTYPES, _BLOCK, "16-row tiles, one row per vector lane"),
     },
 }
 
@@ -82,6 +95,7 @@ def _check_quantize(backend, x, fmt, block_size, scale_mode, rand_bits, global_s
     check_tensor("x", x, cap.dtypes, min_dim=1)
     check_power_of_two("block_size", block_size, *cap.limit("block_size"))
     check_choice("scale_mode", scale_mode, SCALE_MODES)
+    check_scale_mode_format(scale_mode, f)
     check_divisible("x.shape[-1]", x.shape[-1], "block_size", block_size)
     if rand_bits is not None:
         check_tensor("rand_bits", rand_bits, (torch.int32,), device=x.device)
@@ -92,6 +106,14 @@ def _check_quantize(backend, x, fmt, block_size, scale_mode, rand_bits, global_s
         check_tensor("global_scale", global_scale, (torch.float32,), device=x.device)
         check_shape("global_scale", global_scale, ())
     return f
+
+
+def check_scale_mode_format(scale_mode: str, f) -> None:
+    """``"reciprocal"`` is an NV mode (same message as the C++ check, csrc/mx/mx_torch.h)."""
+    if scale_mode == "reciprocal" and not f.is_nv:
+        raise ValueError("scale_mode: 'reciprocal' is only for NV formats (it replaces the division by the NV "
+                         "decode scale g * s; MX scales are powers of two, where dividing is already exact), "
+                         f"got fmt={f.name!r}")
 
 
 def _check_quantize_values(x, global_scale, strict) -> None:
@@ -224,17 +246,22 @@ def _check_linear(backend, x, codes, scales, global_scale, fmt, block_size, bias
     check_tensor("codes", codes, device=x.device)
     if codes.dim() != 2:
         raise ValueError(f"codes: expected a 2-D [N, K] weight, got shape {tuple(codes.shape)}")
+    _check_linear_operands(x, K, codes.shape[0], bias, act_fmt)
+    return f, K
+
+
+def _check_linear_operands(x, K, N, bias, act_fmt):
+    """The checks both linear ops share: x's K, the bias, the activation format."""
     if x.shape[-1] != K:
         raise ValueError(f"x.shape[-1]: expected {K} (the in_features of the weight), got {x.shape[-1]}")
     if bias is not None:
         check_tensor("bias", bias, (x.dtype, torch.float32), device=x.device)
-        check_shape("bias", bias, (codes.shape[0],))
+        check_shape("bias", bias, (N,))
     if act_fmt is not None:
         try:
             get_format(act_fmt)
         except ValueError as exc:  # same text as for fmt, naming act_fmt
             raise ValueError(f"act_{exc}") from None
-    return f, K
 
 
 def _linear_ref(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt):
@@ -243,9 +270,59 @@ def _linear_ref(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt):
                              None if act_fmt is None else get_format(act_fmt).name)
 
 
+def _linear_triton(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt):
+    from ..triton_kernels.mx_linear import mx_linear_triton
+
+    _check_dequantize_values(global_scale, fmt)
+    return mx_linear_triton(x, codes, scales, global_scale, get_format(fmt).name, block_size, bias,
+                            None if act_fmt is None else get_format(act_fmt).name)
+
+
 def _linear_fake(x, codes, scales, global_scale, fmt, block_size, bias, act_fmt):
     _check_linear(backend_for("mx_linear", x.device), x, codes, scales, global_scale, fmt, block_size, bias, act_fmt)
     return x.new_empty((*x.shape[:-1], codes.shape[0]))
+
+
+# ------------------------------------------------------------------------------- mx_linear_packed
+_LINEAR_PACKED_SCHEMA = ("(Tensor x, Tensor packed, Tensor global_scale, str fmt, int block_size, int N, "
+                         "Tensor? bias, str? act_fmt) -> Tensor")
+
+
+def _check_linear_packed(backend, x, packed, global_scale, fmt, block_size, N, bias, act_fmt):
+    from .packed_layout import TILE_ROWS, packed_block_bytes
+
+    cap = _cap("mx_linear_packed", backend)
+    check_tensor("x", x, cap.dtypes, min_dim=1)
+    f = get_format(fmt)
+    check_power_of_two("block_size", block_size, *cap.limit("block_size"))
+    check_tensor("packed", packed, (torch.uint8,), device=x.device)
+    check_tensor("global_scale", global_scale, (torch.float32,), device=x.device)
+    check_shape("global_scale", global_scale, ())
+    if N < 0:
+        raise ValueError(f"N: expected >= 0, got {N}")
+    if packed.dim() != 3:
+        raise ValueError(f"packed: expected a 3-D [ceil(N / 16), K / block_size, bytes] buffer, got shape "
+                         f"{tuple(packed.shape)}")
+    nb = packed.shape[1]
+    check_shape("packed", packed, (-(-N // TILE_ROWS), nb, packed_block_bytes(f.name, block_size)))
+    K = nb * block_size
+    _check_linear_operands(x, K, N, bias, act_fmt)
+    return f, K
+
+
+def _linear_packed_ref(x, packed, global_scale, fmt, block_size, N, bias, act_fmt):
+    from .packed_layout import unpack_weight
+
+    _check_dequantize_values(global_scale, fmt)
+    codes, scales = unpack_weight(packed, fmt, block_size, N)
+    return ref.mx_linear_ref(x, codes, scales, global_scale, get_format(fmt).name, block_size, bias,
+                             None if act_fmt is None else get_format(act_fmt).name)
+
+
+def _linear_packed_fake(x, packed, global_scale, fmt, block_size, N, bias, act_fmt):
+    _check_linear_packed(backend_for("mx_linear_packed", x.device), x, packed, global_scale, fmt, block_size, N,
+                         bias, act_fmt)
+    return x.new_empty((*x.shape[:-1], N))
 
 
 # ---------------------------------------------------------------------------------- registration
@@ -256,4 +333,6 @@ DEQUANTIZE = register_op(OpSpec("mx_dequantize", _DEQUANTIZE_SCHEMA, _dequantize
 HADAMARD = register_op(OpSpec("hadamard_transform", _HADAMARD_SCHEMA, _hadamard_ref, _hadamard_fake,
                               _check_hadamard, CAPABILITIES["hadamard_transform"], _hadamard_triton))
 LINEAR = register_op(OpSpec("mx_linear", _LINEAR_SCHEMA, _linear_ref, _linear_fake, _check_linear,
-                            CAPABILITIES["mx_linear"]))
+                            CAPABILITIES["mx_linear"], _linear_triton))
+LINEAR_PACKED = register_op(OpSpec("mx_linear_packed", _LINEAR_PACKED_SCHEMA, _linear_packed_ref, _linear_packed_fake,
+                                   _check_linear_packed, CAPABILITIES["mx_linear_packed"]))

@@ -42,6 +42,7 @@ __all__ = [
 E8M0_NAN = 0xFF
 E4M3_NAN = 0x7F
 E4M3_MIN_SUBNORMAL = 2.0**-9
+FP32_MAX = 3.4028234663852886e38
 
 
 def element_values(el: ElementType, device=None) -> torch.Tensor:
@@ -133,11 +134,18 @@ def mx_quantize_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``x`` [..., K] to a block format. Returns ``(codes, scales, global_scale)``.
 
-    See the module docstring for layouts. ``scale_mode`` applies to MX formats; NV formats use
-    the two-level scale (``global_scale`` given: static g; else g from the tensor's amax).
+    See the module docstring for layouts. MX formats: ``scale_mode`` "rceil" / "floor" picks the
+    E8M0 exponent. NV formats use the two-level scale (``global_scale`` given: static g; else g
+    from the tensor's amax), block scale s and decode scale d = fp32(g * s); the elements are
+    v = fp32(x / d) ("rceil", "floor": the exact division) or, with ``scale_mode="reciprocal"``
+    (NV only), v = fp32(x * r) with r = min(fp32(1 / d), FLT_MAX), the GPU quantizers' form.
     """
     f = get_format(fmt)
     el = f.element
+    if scale_mode == "reciprocal" and not f.is_nv:
+        raise ValueError("scale_mode: 'reciprocal' is only for NV formats (it replaces the division by the NV "
+                         "decode scale g * s; MX scales are powers of two, where dividing is already exact), "
+                         f"got fmt={f.name!r}")
     lead, K = x.shape[:-1], x.shape[-1]
     x32 = x.to(torch.float32).reshape(*lead, K // block_size, block_size)  # [..., nb, bs]
     bad_block = ~torch.isfinite(x32).all(dim=-1)  # [..., nb]
@@ -153,7 +161,11 @@ def mx_quantize_ref(
         s_code = torch.clamp(s_code, min=1)  # smallest positive e4m3 (2^-9)
         s_val = element_values(e4m3, x.device)[s_code].to(torch.float32)
         d = g * s_val  # fp32 decode scale per block
-        v = (x32 / d.unsqueeze(-1)).to(torch.float64).abs()
+        if scale_mode == "reciprocal":  # r = min(1 / d, FLT_MAX) (d >= 2^-135 > 0), then one fp32 product
+            r = torch.clamp(torch.ones_like(d) / d, max=FP32_MAX)
+            v = (x32 * r.unsqueeze(-1)).to(torch.float64).abs()
+        else:
+            v = (x32 / d.unsqueeze(-1)).to(torch.float64).abs()
         v = torch.where(bad_block.unsqueeze(-1), torch.zeros_like(v), v)
         mag = round_to_element(v, el, rb)
         scale_bytes = torch.where(bad_block, E4M3_NAN, s_code).to(torch.uint8).view(torch.float8_e4m3fn)

@@ -28,10 +28,20 @@ class MXTensor:
         fp32 ``[]`` per-tensor decode scale (NV), 1.0 for MX.
     fmt, block_size, shape, dtype, scale_mode, scale_layout
         Format name, block size, original shape and dtype, MX scale rule, scale layout.
+    layout : str
+        ``"row_major"`` (codes / scales as above) or ``"prepacked16"``: ``codes`` is the packed
+        buffer of :mod:`leankern.mx.packed_layout` (uint8 ``[ceil(N / 16), K / block_size, bytes]``,
+        16 rows interleaved, scales next to their codes) and ``scales`` is empty. Made by
+        :meth:`prepacked` (or ``leankern.mx.prepack``), undone exactly by :meth:`unpacked`.
+    rotation : tuple of int, optional
+        ``(chunk_size, seed)`` when the weight was quantized after a random Hadamard rotation
+        along K (``quantize(..., rotate=chunk_size, rotate_seed=seed)``): ``leankern.mx.linear``
+        then applies the same rotation to x, so the product is x @ W^T. Codes and
+        :meth:`dequantize` hold the rotated weight. None: not rotated.
     """
 
     def __init__(self, codes, scales, global_scale, fmt, block_size, shape, dtype,
-                 scale_mode="rceil", scale_layout="row_major"):
+                 scale_mode="rceil", scale_layout="row_major", layout="row_major", rotation=None):
         self.codes = codes
         self.scales = scales
         self.global_scale = global_scale
@@ -41,6 +51,10 @@ class MXTensor:
         self.dtype = dtype
         self.scale_mode = scale_mode
         self.scale_layout = scale_layout
+        if layout not in ("row_major", "prepacked16"):
+            raise ValueError(f"layout: expected 'row_major' or 'prepacked16', got {layout!r}")
+        self.layout = layout
+        self.rotation = None if rotation is None else (int(rotation[0]), int(rotation[1]))
 
     @property
     def format(self):
@@ -54,8 +68,32 @@ class MXTensor:
         rows = math.prod(self.shape[:-1])
         return rows, self.shape[-1] // self.block_size
 
+    def prepacked(self) -> "MXTensor":
+        """This 2-D weight in the prepacked layout (a new buffer; see :mod:`leankern.mx.packed_layout`)."""
+        if self.layout == "prepacked16":
+            return self
+        from .packed_layout import pack_weight
+
+        if len(self.shape) != 2:
+            raise ValueError(f"weight: expected a 2-D [N, K] MXTensor to prepack, got shape {self.shape}")
+        packed = pack_weight(self.codes, self.row_major_scales(), self.fmt, self.block_size)
+        return MXTensor(packed, packed.new_empty((0,)), self.global_scale, self.fmt, self.block_size, self.shape,
+                        self.dtype, self.scale_mode, "row_major", "prepacked16", self.rotation)
+
+    def unpacked(self) -> "MXTensor":
+        """This tensor in the row-major layout (exact inverse of :meth:`prepacked`)."""
+        if self.layout == "row_major":
+            return self
+        from .packed_layout import unpack_weight
+
+        codes, scales = unpack_weight(self.codes, self.fmt, self.block_size, self.shape[0])
+        return MXTensor(codes, scales, self.global_scale, self.fmt, self.block_size, self.shape, self.dtype,
+                        self.scale_mode, rotation=self.rotation)
+
     def row_major_scales(self) -> torch.Tensor:
         """Scales as ``[..., K // block_size]`` whatever the stored layout."""
+        if self.layout != "row_major":
+            return self.unpacked().scales
         if self.scale_layout == "row_major":
             return self.scales
         from .layout import unswizzle_scales
@@ -67,16 +105,20 @@ class MXTensor:
         """A copy whose scales are in the 128x4 tile layout (codes shared)."""
         if self.scale_layout == "swizzled_128x4":
             return self
+        if self.layout != "row_major":
+            return self.unpacked().swizzled()
         from .layout import swizzle_scales
 
         rows, cols = self._scale_grid()
         buf = swizzle_scales(self.scales.reshape(rows, cols))
         return MXTensor(self.codes, buf, self.global_scale, self.fmt, self.block_size, self.shape, self.dtype,
-                        self.scale_mode, "swizzled_128x4")
+                        self.scale_mode, "swizzled_128x4", rotation=self.rotation)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Dequantize to ``dtype`` (default: the original dtype). Shape: ``self.shape``."""
         out_dtype = self.dtype if dtype is None else dtype
+        if self.layout != "row_major":
+            return self.unpacked().dequantize(dtype)
         return torch.ops.leankern.mx_dequantize.default(self.codes, self.row_major_scales(), self.global_scale, self.fmt,
                                                 self.block_size, out_dtype)
 
@@ -92,11 +134,13 @@ class MXTensor:
 
     def to(self, device) -> "MXTensor":
         return MXTensor(self.codes.to(device), self.scales.to(device), self.global_scale.to(device), self.fmt,
-                        self.block_size, self.shape, self.dtype, self.scale_mode, self.scale_layout)
+                        self.block_size, self.shape, self.dtype, self.scale_mode, self.scale_layout, self.layout,
+                        self.rotation)
 
     def _meta(self) -> dict:
         return {"version": _META_VERSION, "fmt": self.fmt, "block_size": self.block_size, "shape": list(self.shape),
-                "dtype": _DTYPE_NAMES[self.dtype], "scale_mode": self.scale_mode, "scale_layout": self.scale_layout}
+                "dtype": _DTYPE_NAMES[self.dtype], "scale_mode": self.scale_mode, "scale_layout": self.scale_layout,
+                "layout": self.layout, "rotation": None if self.rotation is None else list(self.rotation)}
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Tensors only (safetensors-compatible): codes, scales, global_scale and a JSON ``meta`` (uint8)."""
@@ -116,8 +160,10 @@ class MXTensor:
             raise ValueError(f"state[{prefix}meta]: expected version {_META_VERSION}, got {meta.get('version')}")
         dtype = {v: k for k, v in _DTYPE_NAMES.items()}[meta["dtype"]]
         return cls(codes, scales, g, meta["fmt"], meta["block_size"], meta["shape"], dtype, meta["scale_mode"],
-                   meta["scale_layout"])
+                   meta["scale_layout"], meta.get("layout", "row_major"), meta.get("rotation"))
 
     def __repr__(self) -> str:
         return (f"MXTensor(fmt={self.fmt}, block_size={self.block_size}, shape={self.shape}, dtype={self.dtype}, "
-                f"scale_layout={self.scale_layout}, {self.bits_per_element:.3f} bits/element, device={self.device})")
+                f"scale_layout={self.scale_layout}, layout={self.layout}, "
+                f"{'' if self.rotation is None else f'rotation={self.rotation}, '}{self.bits_per_element:.3f} bits/element, "
+                f"device={self.device})")
