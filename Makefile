@@ -26,8 +26,10 @@ test: build
 test-fast: build
 	cd tests && $(PY) -m pytest -q -x -m "not slow" .
 
-# Representative subset of every family, then the per-call overhead section (< 10 min on 2 cores).
-# BENCH_ARGS=--full: everything; --quick: smallest smoke subset; --family mx|overhead; --csv PATH --plot PATH.
+# Representative subset of every family, then the per-call overhead section (about 10 min on 2 cores,
+# plus about 8 for the Hugging Face end-to-end section when transformers is installed).
+# BENCH_ARGS=--full: everything; --quick: smallest smoke subset; --family mx|mx_linear|hf_e2e|overhead;
+# --csv PATH --plot PATH.
 bench: build
 	@$(PY) -c "import matplotlib, tqdm" 2>/dev/null || $(PIP) install matplotlib tqdm || true
 	$(PY) -m leankern bench $(BENCH_ARGS)
