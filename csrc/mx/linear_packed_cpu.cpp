@@ -1,8 +1,8 @@
 // CPU kernel of the public op leankern::mx_linear_packed (schema declared once, in Python:
 // python/leankern/mx/ops.py): mx_linear with the weight in the prepacked layout
-// (python/leankern/mx/packed_layout.py). The ISA's packed kernel (linear_packed_avx512.cpp) where it
-// has one; otherwise each thread unpacks its row tiles into row-major codes / scales and runs the
-// ISA's row-major linear kernel on them (AVX2 and the portable path).
+// (python/leankern/mx/packed_layout.py). The ISA's packed kernel (linear_packed_impl.h, built for
+// AVX-512 and AVX2) where it has one; otherwise (the portable path, AVX2 without FMA) each thread
+// unpacks its row tiles into row-major codes / scales and runs the ISA's row-major linear kernel.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
