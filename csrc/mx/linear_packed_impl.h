@@ -84,15 +84,6 @@ LK_T void packed_store(const PackedLinearArgs& a, int64_t m, int64_t n0, int row
   }
 }
 
-// Whether any of n bytes (a multiple of 16) is an E4M3 NaN code (0x7F / 0xFF).
-LK_T bool packed_has_nan_e4m3(const uint8_t* c, int64_t n) {
-  const __m128i m = _mm_set1_epi8(0x7F);
-  __m128i hit = _mm_setzero_si128();
-  for (int64_t i = 0; i < n; i += 16)
-    hit = _mm_or_si128(hit, _mm_cmpeq_epi8(_mm_and_si128(_mm_loadu_si128((const __m128i*)(c + i)), m), m));
-  return _mm_movemask_epi8(hit) != 0;
-}
-
 // The block sums of 8 / 6-bit codes (one block of a tile): element k into set k % S. FAST: the
 // fp16-pattern / int decode (values * 2^D); otherwise the exact element values.
 template <int EL, int MM, int S, bool FAST>
@@ -131,7 +122,7 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
     const uint8_t* codes = blk + kPR;
     __builtin_prefetch(blk + 8 * a.block_bytes);
     bool exact = false, fold = true;
-    if constexpr (EL == kFp8E4M3 && !NV) exact = packed_has_nan_e4m3(codes, cbytes * kPR);
+    if constexpr (EL == kFp8E4M3 && !NV) exact = X::any_masked_eq(codes, cbytes * kPR, 0x7F);  // NaN codes 0x7F / 0xFF
     if constexpr (D < 0 && !NV)  // s - D > 254: the folded factor would overflow
       fold = !_mm_movemask_epi8(_mm_cmpeq_epi8(
           _mm_max_epu8(_mm_loadu_si128((const __m128i*)blk), _mm_set1_epi8((char)(255 + D))), _mm_loadu_si128((const __m128i*)blk)));
