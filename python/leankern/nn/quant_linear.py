@@ -40,9 +40,8 @@ def _check_config(in_features, out_features, fmt, block_size, act_fmt, rotate) -
             act = get_format(act_fmt).name
         except ValueError as exc:  # same text, naming act_fmt
             raise ValueError(f"act_{exc}") from None
-    if rotate is not None and (isinstance(rotate, bool) or not isinstance(rotate, int) or rotate < 2
-                               or rotate & (rotate - 1) or in_features % rotate):
-        raise ValueError(f"rotate: expected a power of two >= 2 dividing in_features={in_features}, got {rotate!r}")
+    if rotate is not None:
+        mx._check_rotation(rotate, in_features)  # the check quantize(..., rotate=) runs
     return f.name, bs, act
 
 
