@@ -92,7 +92,8 @@ def run_python(code: str, env: dict | None = None, drop=(), timeout: int = 180) 
 # The argument each op's capability limits apply to (tests/test_mx_capabilities.py is generated
 # from leankern.mx.ops.CAPABILITIES; a new op needs an entry here and in ``op_args``).
 SIZE_ARG = {"mx_quantize": "block_size", "mx_dequantize": "block_size", "hadamard_transform": "chunk_size",
-            "mx_linear": "block_size", "mx_linear_packed": "block_size"}
+            "mx_linear": "block_size", "mx_linear_packed": "block_size",
+            "specdec_verify": "V", "specdec_verify_tree": "V"}
 
 
 def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: int = 1, seed: int = 0,
@@ -122,6 +123,22 @@ def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: i
 
         x, codes, scales, g_scale, fmt, bs, bias, act = op_args("mx_linear", size, dtype, rows, seed, device)
         return (x, pack_weight(codes, scales, fmt, bs), g_scale, fmt, bs, codes.shape[0], bias, act)
+    if op == "specdec_verify":  # ``rows`` requests of 0, 1, 2, ... drafts over a vocabulary of ``size``
+        counts = [i % 4 for i in range(rows)]
+        T = sum(counts)
+        logits = torch.randn(T, size, generator=g).to(dtype).to(device)
+        drafts = torch.argmax(logits.float(), -1).to(torch.int32)
+        if T:
+            drafts[-1] = (drafts[-1] + 1) % size  # the last draft is rejected
+        cu = torch.tensor(counts, dtype=torch.int32).cumsum(0).to(torch.int32).to(device)
+        bonus = torch.randn(rows, size, generator=g).to(dtype).to(device)
+        return (drafts, cu, logits, bonus, None, None, None, None, None, "greedy", max(counts), 0, 0, -1, 0.09, 0.3)
+    if op == "specdec_verify_tree":  # ``rows`` requests, each a root with two chains of depth 2
+        logits = torch.randn(5 * rows, size, generator=g).to(dtype).to(device)
+        tokens = torch.randint(0, size, (5 * rows,), generator=g, dtype=torch.int32).to(device)
+        cu = torch.arange(1, rows + 1, dtype=torch.int32).mul(5).to(device)
+        paths = torch.tensor([[0, 1, 2], [0, 3, 4]], dtype=torch.int32).expand(rows, 2, 3).contiguous().to(device)
+        return (tokens, cu, logits, paths, None, "greedy", 0, 0, -1, 0.09, 0.3)
     raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
 
 

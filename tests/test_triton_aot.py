@@ -69,7 +69,7 @@ _IN_BYTES = {"*i32": 4, "*fp32": 4, "*i16": 2, "*fp16": 2}
 
 def test_every_family_and_target_compiled(compiled):
     seen = {(r["family"], r["target"]) for r in compiled}
-    for fam in ("quantize", "dequantize", "hadamard", "linear"):
+    for fam in ("quantize", "dequantize", "hadamard", "linear", "specdec"):
         for tgt in ("sm_90", "sm_100"):
             assert (fam, tgt) in seen
     names = {r["name"].split(",")[0] for r in compiled if r["family"] == "quantize"}
@@ -100,6 +100,8 @@ def test_exact_ieee_codegen(compiled):
         ptx, where = r["ptx"], (r["name"], r["target"])
         if r["family"] == "linear":  # test_linear_codegen: the fp32 dot's FMAs are the accumulation
             continue
+        if r["family"] == "specdec":  # test_specdec_exact_codegen: libdevice's fp64 log / exp use FMAs
+            continue
         assert _count(r"\bfma\.", ptx) == 0, where
         assert _count(r"\.ftz\b", ptx) == 0, where
         assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
@@ -108,8 +110,8 @@ def test_exact_ieee_codegen(compiled):
 
 def test_streaming_loads_are_128_bit(compiled):
     for r in compiled:
-        if r["family"] == "linear":  # GEMM tiles: operands staged through shared memory
-            continue
+        if r["family"] in ("linear", "specdec"):  # GEMM tiles: operands staged through shared memory;
+            continue  # specdec: test_specdec_row_passes_load_128_bit
         ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
         ept = _elems_per_thread(r)
         if r["family"] in ("quantize", "hadamard"):
@@ -226,3 +228,83 @@ def test_linear_codegen_rounds_only_where_documented(compiled):
         assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
         assert _count(r"cvt\.[a-z.]*satfinite\.(e4m3|e5m2|e2m1|e2m3|e3m2|ue8m0)", ptx) == 0, where
         assert _count(r"cvt\.(rz|rm|rp)[a-z.]*\.bf16", ptx) == 0, where
+
+
+# --------------------------------------------------------------------------------- specdec
+_SPECDEC_KERNELS = ("row_max", "row_sums", "verify_scan", "residual_sums", "residual_sample", "tree_scan")
+# fp32 multiplies of one exp-polynomial evaluation (numerics.exp_poly + the 2**40 scale): d * log2e,
+# n * ln2_hi, n * ln2_lo, 7 Horner steps, * 2**n, * 2**40
+_EXP_POLY_MULS = 12
+
+
+def _specdec(compiled, kernel=""):
+    rows = [r for r in compiled if r["family"] == "specdec" and r["name"].startswith(f"specdec_{kernel}")]
+    assert rows, f"no specdec_{kernel} kernel compiled"
+    return rows
+
+
+def _specdec_elems_per_thread(row):
+    return row["constexprs"]["BLOCK"] // (32 * row["num_warps"])
+
+
+def _uses_fp64_libm(row):
+    """Kernels that call libdevice's fp64 log / exp (the typical-acceptance entropy)."""
+    ce = row["constexprs"]
+    return bool(ce.get("ENTROPY")) or ce.get("MODE") == 3
+
+
+def test_specdec_every_kernel_for_both_targets(compiled):
+    names = {(r["name"].split("[")[0], r["target"]) for r in _specdec(compiled)}
+    for kernel in _SPECDEC_KERNELS:
+        for target in ("sm_90", "sm_100"):
+            assert (f"specdec_{kernel}", target) in names
+
+
+def test_specdec_exact_codegen(compiled):
+    """The bit-exactness of the integer softmax weights needs the fp32 ops as written: no FMA contraction
+    (compiled with enable_fp_fusion=False), no flush-to-zero, IEEE division (div.rn) for the temperature,
+    truncating fp32 -> int64 conversion. fp64 FMAs / an ftz reciprocal seed exist only inside libdevice's
+    log / exp of the typical kernels (the entropy, not part of the replayable weights)."""
+    for r in _specdec(compiled):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        assert _count(r"\bfma\.[a-z.]*f32", ptx) == 0, where  # f32 and packed f32x2 (sm_100)
+        assert _count(r"\.ftz\.f32|\.approx\.f32|div\.full", ptx) == 0, where
+        if _uses_fp64_libm(r):
+            assert _count(r"\.ftz\b", ptx) == _count(r"\brcp\.approx\.ftz\.f64\b", ptx), where
+        else:
+            assert _count(r"\bfma\.", ptx) == 0 and _count(r"\.ftz\b", ptx) == 0, where
+    for r in _specdec(compiled, "row_sums"):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        loops = 2 if ce["HAS_TEMP"] else 1  # t == 1 (no division) and t != 1
+        evals = loops * _specdec_elems_per_thread(r)
+        muls = _count(r"\bmul\.rn\.f32\s", ptx) + 2 * _count(r"\bmul\.rn\.f32x2\s", ptx)  # sm_100 pairs them
+        assert muls >= _EXP_POLY_MULS * evals, where
+        assert _count(r"\bcvt\.rmi\.f32\.f32\b", ptx) == evals, where  # floor(d * log2e + 0.5)
+        assert _count(r"\bcvt\.rzi\.s64\.f32\b", ptx) == evals, where  # trunc(e * 2**40)
+        if ce["HAS_TEMP"]:
+            assert _count(r"\bdiv\.rn\.f32\b", ptx) >= evals // 2, where
+    for r in _specdec(compiled, "verify_scan[rejection"):
+        assert _count(r"\bmul\.rn\.f64\b", r["ptx"]) >= 2, r["name"]  # u * q * S in fp64
+    for r in _specdec(compiled, "verify_scan[typical"):
+        assert _count(r"\bdiv\.rn\.f64\b", r["ptx"]) >= 1, r["name"]  # W_x / S in fp64
+
+
+_LOGIT_BYTES = {"*fp32": 4, "*bf16": 2, "*fp16": 2}
+
+
+def test_specdec_row_passes_load_128_bit(compiled):
+    """The row passes stream the logits with 128-bit loads (8 ids per thread and block step)."""
+    for r in _specdec(compiled, "row_"):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        loops = 2 if ce.get("HAS_TEMP") else 1
+        want = loops * _specdec_elems_per_thread(r) * _LOGIT_BYTES[r["arg_types"]["tgt_ptr"]] // 16
+        assert _count(r"ld\.global(\.[a-z0-9]+)*\.v4\.b32", ptx) >= want, where
+
+
+def test_specdec_resources(compiled):
+    """No spills, no local memory; the row passes stay small enough for many CTAs per SM."""
+    for r in _specdec(compiled):
+        where = (r["name"], r["target"], r["registers"], r["shared_bytes"])
+        assert r["spills"] == 0 and r["stack_bytes"] == 0 and _count(r"\.local\b", r["ptx"]) == 0, where
+        assert 0 < r["registers"] <= (64 if r["name"].startswith("specdec_row_max") else 128), where
+        assert r["shared_bytes"] <= 8 * 1024, where

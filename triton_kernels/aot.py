@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "compile_spec", "resource_usage", "compile_all", "aot_report",
-           "format_report", "TARGETS"]
+__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "compile_spec", "resource_usage",
+           "compile_all", "aot_report", "format_report", "TARGETS"]
 
 TARGETS = {"sm_90": 90, "sm_100": 100}
 _PTR = {torch.float32: "*i32", torch.bfloat16: "*i16", torch.float16: "*fp16"}  # launchers' views
@@ -36,7 +36,7 @@ class KernelSpec:
     arg_types: dict  # runtime argument name -> Triton type string ("*u8", "i32", ...)
     constexprs: dict
     num_warps: int
-    family: str = ""  # quantize | dequantize | hadamard | linear
+    family: str = ""  # quantize | dequantize | hadamard | linear | specdec
     targets: tuple = ("sm_90", "sm_100")  # the architectures this specialisation is meant for
     num_stages: int | None = None  # None: Triton's default (as the launchers that pass none)
     div16: tuple = ()  # int arguments the JIT would specialise as multiples of 16 (typical shapes)
@@ -160,6 +160,115 @@ def linear_specs(quick: bool = False) -> list[KernelSpec]:
     return specs
 
 
+# ---------------------------------------------------------------------------------------- specdec
+_LOGIT_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}  # read as is
+_SPECDEC_DIV16 = ("stride_t", "stride_b", "stride_q", "stride_n", "V", "CH")  # vocabularies: multiples of 16
+_STATS = dict(pmax_ptr="*fp32", pidx_ptr="*i32", psum_ptr="*i64")
+
+
+def _specdec_spec(name, kernel, types, constexprs):
+    from . import specdec as sd
+
+    return KernelSpec(f"specdec_{name}", kernel, types, dict(constexprs), sd.NUM_WARPS, "specdec",
+                      div16=_SPECDEC_DIV16)
+
+
+def _specdec_rows(dtype):
+    ptr = _LOGIT_PTR[dtype]
+    return dict(tgt_ptr=ptr, bonus_ptr=ptr, stride_t="i32", stride_b="i32", T="i32", V="i32", CH="i32", SPLIT="i32",
+                **_STATS)
+
+
+def _specdec_max_spec(dtype):
+    from . import specdec as sd
+
+    return _specdec_spec(f"row_max[{str(dtype)[6:]}]", sd._row_max_kernel, _specdec_rows(dtype),
+                         dict(BLOCK=sd.BLOCK))
+
+
+def _specdec_sums_spec(dtype, temp=True, w_min=False, entropy=False, store_w=False):
+    """The exp-polynomial pass: ``[..,temp]`` has both loops (t == 1 without, t != 1 with the division)."""
+    from . import specdec as sd
+
+    types = dict(_specdec_rows(dtype), NSUB="i32", cu_ptr="*i32", B="i32", temp_ptr="*fp32", wmin_ptr="*i64",
+                 w_ptr="*i64", pent_ptr="*fp64")
+    tag = ",".join([str(dtype)[6:]] + [k for k, on in (("temp", temp), ("wmin", w_min), ("entropy", entropy),
+                                                       ("store_w", store_w)) if on])
+    ce = dict(BLOCK=sd.BLOCK, SUB=sd.BLOCK * sd.SUB_BLOCKS, SPLIT_P2=1, HAS_TEMP=temp, HAS_WMIN=w_min,
+              ENTROPY=entropy, STORE_W=store_w)
+    return _specdec_spec(f"row_sums[{tag}]", sd._row_sums_kernel, types, ce)
+
+
+def _specdec_tiles(split_p2, nsub_p2):
+    from . import specdec as sd
+
+    return dict(SPLIT_P2=split_p2, NSUB_P2=nsub_p2, SUB=sd.BLOCK * sd.SUB_BLOCKS, BLOCK=sd.BLOCK)
+
+
+def _specdec_scan_spec(mode, dtype, has_q=False, temp=True, w_min=False, split_p2=1, nsub_p2=64):
+    from . import specdec as sd
+
+    types = dict(_specdec_rows(dtype), NSUB="i32", draft_ptr="*i32", cu_ptr="*i32", q_ptr=_LOGIT_PTR[dtype],
+                 stride_q="i32",
+                 u_ptr="*fp32", temp_ptr="*fp32", wmin_ptr="*i64", pent_ptr="*fp64", out_ptr="*i32", nacc_ptr="*i32",
+                 plan_ptr="*i32", out_stride="i32", relax_radius="i32", action_lo="i32", action_hi="i32",
+                 eps_bits="i64", delta_bits="i64")
+    ce = dict(MODE=sd.MODES[mode], HAS_Q=has_q, HAS_TEMP=temp, HAS_WMIN=w_min, **_specdec_tiles(split_p2, nsub_p2))
+    tag = f"{mode},{str(dtype)[6:]}" + (",q" if has_q else "") + (",wmin" if w_min else "") + f",split{split_p2}"
+    return _specdec_spec(f"verify_scan[{tag}]", sd._verify_scan_kernel, types, ce)
+
+
+def _specdec_residual_specs(dtype, split_p2=1, nsub_p2=64):
+    from . import specdec as sd
+
+    ptr = _LOGIT_PTR[dtype]
+    common = dict(tgt_ptr=ptr, stride_t="i32", q_ptr=ptr, stride_q="i32", temp_ptr="*fp32", wmin_ptr="*i64",
+                  plan_ptr="*i32", pres_ptr="*i64", V="i32", SPLIT="i32", NSUB="i32", **_STATS)
+    ce = dict(HAS_TEMP=True, HAS_WMIN=False, **_specdec_tiles(split_p2, nsub_p2))
+    tag = f"{str(dtype)[6:]},split{split_p2}"
+    return [_specdec_spec(f"residual_sums[{tag}]", sd._residual_sums_kernel, dict(common, CH="i32"), ce),
+            _specdec_spec(f"residual_sample[{tag}]", sd._residual_sample_kernel,
+                          dict(common, cu_ptr="*i32", u_ptr="*fp32", out_ptr="*i32", T="i32", out_stride="i32"), ce)]
+
+
+def _specdec_tree_spec(mode, dtype):
+    from . import specdec as sd
+
+    types = dict(tok_ptr="*i32", cu_ptr="*i32", node_ptr=_LOGIT_PTR[dtype], stride_n="i32", ri_ptr="*i32",
+                 temp_ptr="*fp32", pent_ptr="*fp64", out_ptr="*i32", nacc_ptr="*i32", best_ptr="*i32", P="i32",
+                 D1="i32", SPLIT="i32", NSUB="i32", relax_radius="i32", action_lo="i32", action_hi="i32",
+                 eps_bits="i64", delta_bits="i64", **_STATS)
+    ce = dict(MODE=sd.MODES[mode], HAS_TEMP=True, SPLIT_P2=1, NSUB_P2=64)
+    return _specdec_spec(f"tree_scan[{mode},{str(dtype)[6:]}]", sd._tree_scan_kernel, types, ce)
+
+
+def specdec_specs(quick: bool = False) -> list[KernelSpec]:
+    """specdec: the row passes (max; weight sums with temperature / top-k-top-p threshold / entropy / raw
+    weights), the per-request scans of every mode, the residual sampling pair, the tree scan."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    specs = [
+        _specdec_max_spec(f32),
+        _specdec_max_spec(bf16),
+        _specdec_sums_spec(f32),
+        _specdec_sums_spec(bf16, w_min=True, entropy=True),
+        _specdec_scan_spec("greedy", bf16, temp=False),
+        _specdec_scan_spec("rejection", f32, split_p2=8),
+        *_specdec_residual_specs(bf16, split_p2=8),
+    ]
+    if not quick:
+        specs += [
+            _specdec_max_spec(f16),
+            _specdec_sums_spec(f16),
+            _specdec_sums_spec(f32, temp=False, store_w=True),
+            _specdec_scan_spec("relaxed", f32, temp=False),
+            _specdec_scan_spec("rejection", bf16, has_q=True, w_min=True),
+            _specdec_scan_spec("typical", f16),
+            _specdec_tree_spec("relaxed", bf16),
+            _specdec_tree_spec("typical", f32),
+        ]
+    return specs
+
+
 def kernel_specs(quick: bool = False) -> list[KernelSpec]:
     """The representative specialisations: every format family, both scale modes, RNE and SR."""
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
@@ -186,7 +295,7 @@ def kernel_specs(quick: bool = False) -> list[KernelSpec]:
             _hadamard_spec(128, f32, False),
             _hadamard_spec(1024, f32, True),
         ]
-    return specs + linear_specs(quick)
+    return specs + linear_specs(quick) + specdec_specs(quick)
 
 
 def compile_spec(spec: KernelSpec, arch: int):

@@ -1,6 +1,6 @@
 """leankern: kernels that make LLM inference do less work.
 
-Families: :mod:`leankern.mx` (MX/NV block formats). Each family is one subpackage: its public
+Families: :mod:`leankern.mx` (MX/NV block formats), :mod:`leankern.specdec` (speculative verification). Each family is one subpackage: its public
 API, its reference (``ref.py``, the definition of the numerics) and its op declarations
 (``ops.py``). Each op is one ``torch.ops.leankern`` op whose C++ (CPU) or Triton/CUDA (GPU)
 kernel is registered with the torch dispatcher; :func:`use_backend` forces one for tests and
@@ -12,8 +12,9 @@ from . import mx
 from .mx import MXTensor
 from . import output_cache
 from . import nn
+from . import specdec
 from .nn import QuantLinear, quantize_model
 
 __version__ = "0.1.0"
 __all__ = ["mx", "MXTensor", "testing", "use_backend", "backend_for", "registered_ops", "extension",
-           "extension_error", "output_cache", "nn", "QuantLinear", "quantize_model", "__version__"]
+           "extension_error", "output_cache", "nn", "specdec", "QuantLinear", "quantize_model", "__version__"]
