@@ -35,8 +35,8 @@ HOST_VALUE_OPS = {
     aten.is_nonzero: "a device value read on the host (bool(tensor))",
     aten.equal: "torch.equal reads its result on the host",
 }
-# ops.py functions that may read CPU values on purpose (they use torch._assert_async on a GPU)
-CPU_VALUE_CHECKS = {"_check_value_on_device", "_check_quantize_values"}
+# functions (leankern/core.py, mx/ops.py) that may read CPU values on purpose (they use torch._assert_async on a GPU)
+CPU_VALUE_CHECKS = {"check_value_on_device", "_check_quantize_values"}
 
 
 def _devices(args, kwargs):
@@ -46,7 +46,8 @@ def _devices(args, kwargs):
 def _cpu_value_check_frame() -> bool:
     f = sys._getframe(2)
     while f is not None:
-        if f.f_code.co_name in CPU_VALUE_CHECKS and f.f_code.co_filename.replace("\\", "/").endswith("mx/ops.py"):
+        path = f.f_code.co_filename.replace("\\", "/")
+        if f.f_code.co_name in CPU_VALUE_CHECKS and path.endswith(("mx/ops.py", "leankern/core.py")):
             return True
         f = f.f_back
     return False

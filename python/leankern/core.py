@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 __all__ = [
     "BACKENDS", "FLOAT_DTYPES", "Capability", "OpSpec", "register_op", "registered_ops", "use_backend",
     "forced_backend", "backend_for", "extension", "extension_error", "triton_available", "triton_interpreting",
-    "check_tensor", "check_shape", "check_power_of_two", "check_choice", "check_divisible",
+    "check_tensor", "check_shape", "check_power_of_two", "check_choice", "check_divisible", "check_value_on_device",
 ]
 
 BACKENDS = ("ref", "cpp", "triton", "cuda")
@@ -78,6 +78,15 @@ def check_divisible(name: str, size: int, divisor_name: str, divisor: int) -> No
             f"{name}: expected a multiple of {divisor_name}={divisor}, got {size} "
             f"(pad the last dim to a multiple of {divisor_name}, or pick a smaller {divisor_name})"
         )
+
+
+def check_value_on_device(ok: torch.Tensor, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``; on a GPU an async device assert (no host sync); nothing on meta."""
+    if ok.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError(message)
+    elif ok.device.type != "meta":
+        torch._assert_async(ok, message)
 
 
 # ------------------------------------------------------------------------------------- extension

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_divisible,
+from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_divisible, check_value_on_device,
                     check_power_of_two, check_shape, check_tensor, register_op)
 from . import ref
 from .formats import get_format
@@ -75,15 +75,6 @@ def _cap(op: str, backend: str) -> Capability:
     return CAPABILITIES[op].get(backend) or CAPABILITIES[op]["ref"]
 
 
-def _check_value_on_device(ok: torch.Tensor, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``ok``; on a GPU an async device assert (no host sync)."""
-    if ok.device.type == "cpu":
-        if not bool(ok):
-            raise ValueError(message)
-    elif ok.device.type != "meta":
-        torch._assert_async(ok, message)
-
-
 # ------------------------------------------------------------------------------------ mx_quantize
 _QUANTIZE_SCHEMA = ("(Tensor x, str fmt, int block_size, str scale_mode, Tensor? rand_bits, Tensor? global_scale, "
                     "bool strict) -> (Tensor, Tensor, Tensor)")
@@ -120,12 +111,12 @@ def _check_quantize_values(x, global_scale, strict) -> None:
     """The value checks (not for fakes): a usable NV global scale, finite input under ``strict``."""
     if global_scale is not None:
         g = global_scale.detach()
-        _check_value_on_device(torch.isfinite(g) & (g >= NV_MIN_GLOBAL_SCALE),
+        check_value_on_device(torch.isfinite(g) & (g >= NV_MIN_GLOBAL_SCALE),
                                "global_scale: expected a finite value >= 2^-126 (smallest normal fp32), got "
                                + (repr(float(g)) if g.device.type == "cpu" else "a value outside that range"))
     if strict:
         bad = (~torch.isfinite(x)).sum()
-        _check_value_on_device(bad == 0, "x: strict=True expects only finite values, got "
+        check_value_on_device(bad == 0, "x: strict=True expects only finite values, got "
                                + (f"{int(bad)} NaN/Inf element(s)" if x.device.type == "cpu" else "NaN/Inf"))
 
 

@@ -20,7 +20,8 @@ import math
 
 import torch
 
-from ..core import FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_shape, check_tensor, register_op
+from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_shape, check_tensor,
+                    check_value_on_device, register_op)
 from . import ref
 from .ref import CHAIN_MODES, TREE_MODES, Rules
 
@@ -46,20 +47,23 @@ CAPABILITIES = {
 }
 
 
-def _check_value(ok: torch.Tensor, message: str) -> None:
-    """ValueError(message) unless ``ok``; a device-side assert on GPUs (no host sync); nothing on meta."""
-    if ok.device.type == "cpu":
-        if not bool(ok):
-            raise ValueError(message)
-    elif ok.device.type != "meta":
-        torch._assert_async(ok, message)
+def _check_logits(name: str, logits: torch.Tensor, cap: Capability, rows: str) -> tuple:
+    """``logits`` is ``[rows, V]`` of a supported dtype with V within the capability; returns (rows, V)."""
+    check_tensor(name, logits, cap.dtypes, min_dim=2)
+    if logits.dim() != 2:
+        raise ValueError(f"{name}: expected shape [{rows}, V], got {tuple(logits.shape)}")
+    n, V = logits.shape
+    lo, hi = cap.limit("V")
+    if not lo <= V <= hi:
+        raise ValueError(f"{name}: expected a vocabulary size V in [{lo}, {hi}], got {V}")
+    return n, V
 
 
 def _check_ids(name: str, ids: torch.Tensor, V: int) -> None:
     if ids.numel() and ids.device.type != "meta":
         lo, hi = ids.min(), ids.max()
         where = f"got min {int(lo)}, max {int(hi)}" if ids.device.type == "cpu" else "got an id outside it"
-        _check_value((lo >= 0) & (hi < V), f"{name}: expected token ids in [0, V={V}), {where}")
+        check_value_on_device((lo >= 0) & (hi < V), f"{name}: expected token ids in [0, V={V}), {where}")
 
 
 def _check_cumulative(name: str, cu: torch.Tensor, total: int, total_name: str, min_count: int = 0) -> torch.Tensor:
@@ -70,10 +74,10 @@ def _check_cumulative(name: str, cu: torch.Tensor, total: int, total_name: str, 
         if not cu.numel() and total != 0:
             raise ValueError(f"{name}: no requests (B = 0) but {total_name} = {total}")
         return counts
-    _check_value(counts.min() >= min_count,
+    check_value_on_device(counts.min() >= min_count,
                  f"{name}: expected non-decreasing cumulative counts with each request >= {min_count}, got "
                  + (str(cu.tolist()[:8]) if cu.device.type == "cpu" else "a decreasing entry"))
-    _check_value(cu[-1] == total, f"{name}: expected the last entry to equal {total_name} = {total}, got "
+    check_value_on_device(cu[-1] == total, f"{name}: expected the last entry to equal {total_name} = {total}, got "
                  + (str(int(cu[-1])) if cu.device.type == "cpu" else "another value"))
     return counts
 
@@ -94,14 +98,14 @@ def _check_per_request(name: str, t, dtype, B: int, device) -> None:
 
 def _check_sampling_values(temperature, top_k, top_p, uniforms) -> None:
     if temperature is not None and temperature.numel():
-        _check_value(((temperature >= 0) & torch.isfinite(temperature)).all(),
+        check_value_on_device(((temperature >= 0) & torch.isfinite(temperature)).all(),
                      "temperature: expected finite values >= 0 (0 = greedy for that request)")
     if top_k is not None and top_k.numel():
-        _check_value((top_k >= 0).all(), "top_k: expected values >= 0 (0 = off)")
+        check_value_on_device((top_k >= 0).all(), "top_k: expected values >= 0 (0 = off)")
     if top_p is not None and top_p.numel():
-        _check_value(((top_p > 0) & (top_p <= 1)).all(), "top_p: expected values in (0, 1] (1 = off)")
+        check_value_on_device(((top_p > 0) & (top_p <= 1)).all(), "top_p: expected values in (0, 1] (1 = off)")
     if uniforms is not None and uniforms.numel():
-        _check_value(((uniforms >= 0) & (uniforms < 1)).all(), "uniforms: expected values in [0, 1)")
+        check_value_on_device(((uniforms >= 0) & (uniforms < 1)).all(), "uniforms: expected values in [0, 1)")
 
 
 # --------------------------------------------------------------------------------- specdec_verify
@@ -117,14 +121,8 @@ def _check_verify(backend, draft_token_ids, cu_num_draft_tokens, target_logits, 
     """Shapes, dtypes, devices and scalar arguments (no tensor values: fakes run this too)."""
     cap = CAPABILITIES["specdec_verify"].get(backend) or CAPABILITIES["specdec_verify"]["ref"]
     _check_rules(mode, CHAIN_MODES, relax_radius, typical_eps, typical_delta)
-    check_tensor("target_logits", target_logits, cap.dtypes, min_dim=2)
+    T, V = _check_logits("target_logits", target_logits, cap, "T")
     dev = target_logits.device
-    if target_logits.dim() != 2:
-        raise ValueError(f"target_logits: expected shape [T, V], got {tuple(target_logits.shape)}")
-    T, V = target_logits.shape
-    lo, hi = cap.limit("V")
-    if not lo <= V <= hi:
-        raise ValueError(f"target_logits: expected a vocabulary size V in [{lo}, {hi}], got {V}")
     check_tensor("draft_token_ids", draft_token_ids, (torch.int32,), device=dev, device_of="target_logits")
     check_shape("draft_token_ids", draft_token_ids, (T,))
     check_tensor("cu_num_draft_tokens", cu_num_draft_tokens, (torch.int32,), device=dev, device_of="target_logits")
@@ -157,7 +155,7 @@ def check_verify_values(draft_token_ids, cu_num_draft_tokens, target_logits, max
     _check_ids("draft_token_ids", draft_token_ids, V)
     counts = _check_cumulative("cu_num_draft_tokens", cu_num_draft_tokens, T, "T (draft_token_ids.numel())")
     if counts.numel() and counts.device.type != "meta":
-        _check_value(counts.max() <= max_drafts, f"max_drafts: expected >= the largest per-request draft count, got "
+        check_value_on_device(counts.max() <= max_drafts, f"max_drafts: expected >= the largest per-request draft count, got "
                      f"{max_drafts} < " + (str(int(counts.max())) if counts.device.type == "cpu" else "it"))
     _check_sampling_values(temperature, top_k, top_p, uniforms)
 
@@ -197,13 +195,7 @@ def _check_tree(backend, tree_token_ids, cu_num_nodes, node_logits, retrieve_ind
                 action_lo, action_hi, typical_eps, typical_delta):
     cap = CAPABILITIES["specdec_verify_tree"].get(backend) or CAPABILITIES["specdec_verify_tree"]["ref"]
     _check_rules(mode, TREE_MODES, relax_radius, typical_eps, typical_delta)
-    check_tensor("node_logits", node_logits, cap.dtypes, min_dim=2)
-    if node_logits.dim() != 2:
-        raise ValueError(f"node_logits: expected shape [N, V], got {tuple(node_logits.shape)}")
-    N, V = node_logits.shape
-    lo, hi = cap.limit("V")
-    if not lo <= V <= hi:
-        raise ValueError(f"node_logits: expected a vocabulary size V in [{lo}, {hi}], got {V}")
+    N, V = _check_logits("node_logits", node_logits, cap, "N")
     dev = node_logits.device
     check_tensor("tree_token_ids", tree_token_ids, (torch.int32,), device=dev, device_of="node_logits")
     check_shape("tree_token_ids", tree_token_ids, (N,))
@@ -232,7 +224,7 @@ def check_tree_values(tree_token_ids, cu_num_nodes, node_logits, retrieve_indice
     # -1 only as padding: once a path has a -1, everything after it is -1
     padded = torch.cummax((ri < 0).to(torch.int32), dim=2).values.bool()
     suffix_ok = (~padded) | (ri == -1)
-    _check_value(in_range.all() & root_ok.all() & suffix_ok.all(),
+    check_value_on_device(in_range.all() & root_ok.all() & suffix_ok.all(),
                  "retrieve_indices: expected local node indices in [-1, nodes of the request), column 0 equal to 0 "
                  "(the root) or -1 (unused path), and -1 only as trailing padding")
 
