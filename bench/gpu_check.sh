@@ -22,6 +22,10 @@
 #   specdec  bench/gpu_specdec.py: Triton specdec_verify (greedy / rejection; B x K = 64 x 8, 16 x 5,
 #            1 x 5; V = 32,000 and 151,936; fp32 / bf16), checked against the reference first, median of
 #            50 CUDA-event timings, GB/s of the logit rows        -> bench_specdec_cuda.txt
+#   vocab    bench/gpu_vocab.py --graph: Triton gather_lm_head (bf16 heads V = 151,936 x H = 1,024 and
+#            128,256 x 2,048; K = 4k / 16k / 32k; B = 1 / 4 / 16) vs F.linear over the full head and
+#            F.linear(hidden, weight[ids]), fused argmax, logit_stats vs torch reductions; checked against
+#            the derived bounds first, CUDA-graph timing      -> bench_vocab_cuda.txt/.csv
 #   overhead leankern bench --family overhead --device cuda (launch cost per call, tiny inputs)
 #                                                                        -> overhead_cuda.txt/.csv
 #   tests    cd tests && pytest -q with CUDA visible (conftest leaves TRITON_INTERPRET unset: Triton
@@ -29,7 +33,7 @@
 #                                                                        -> pytest.log, pytest.xml
 # The bench runs before the tests: GPU timings are what this machine is lent for, and the bench
 # checks every kernel bit-exactly against the reference before timing it. STAGES reorders or
-# drops stages (default "env build info bench linear specdec overhead tests"); BENCH_ARGS adds bench flags
+# drops stages (default "env build info bench linear specdec vocab overhead tests"); BENCH_ARGS adds bench flags
 # (e.g. --quick, --full); LINEAR_ARGS the linear stage's (default --quick). summary.txt has one
 # line per stage; the exit code is non-zero if any failed.
 set -uo pipefail
@@ -40,7 +44,7 @@ DRY_RUN="${DRY_RUN:-0}"
 OUT="${OUT:-$PWD/gpu_out}"
 PY="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-470}"
-STAGES="${STAGES:-env build info bench linear specdec overhead tests}"
+STAGES="${STAGES:-env build info bench linear specdec vocab overhead tests}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:---quick}"   # the linear stage's bench flags (first calls JIT-compile every tile)
 START=$(date +%s)
@@ -136,12 +140,15 @@ for s in $STAGES; do
     specdec)
       stage specdec 90 bench_specdec_cuda.txt "$PY" bench/gpu_specdec.py
       show bench_specdec_cuda.txt 30 ;;
+    vocab)
+      stage vocab 120 bench_vocab_cuda.txt "$PY" bench/gpu_vocab.py --graph --csv "$OUT/bench_vocab_cuda.csv"
+      show bench_vocab_cuda.txt 40 ;;
     overhead)
       stage overhead 45 overhead_cuda.txt "$PY" -m leankern bench --family overhead --device cuda \
         --csv "$OUT/overhead_cuda.csv"
       show overhead_cuda.txt 20 ;;
     tests) stage tests 400 pytest.log run_tests; show pytest.log 30 ;;
-    *) echo "unknown stage '$s' (stages: env build info bench linear specdec overhead tests)"; status=1 ;;
+    *) echo "unknown stage '$s' (stages: env build info bench linear specdec vocab overhead tests)"; status=1 ;;
   esac
 done
 

@@ -94,6 +94,7 @@ def run_python(code: str, env: dict | None = None, drop=(), timeout: int = 180) 
 SIZE_ARG = {"mx_quantize": "block_size", "mx_dequantize": "block_size", "hadamard_transform": "chunk_size",
             "mx_linear": "block_size", "mx_linear_packed": "block_size",
             "specdec_verify": "V", "specdec_verify_tree": "V"}
+_VOCAB_IDS = [3, -1, 7, 3, 49, 0]  # padding, a duplicate, the last row of V = 50
 
 
 def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: int = 1, seed: int = 0,
@@ -139,6 +140,17 @@ def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: i
         cu = torch.arange(1, rows + 1, dtype=torch.int32).mul(5).to(device)
         paths = torch.tensor([[0, 1, 2], [0, 3, 4]], dtype=torch.int32).expand(rows, 2, 3).contiguous().to(device)
         return (tokens, cu, logits, paths, None, "greedy", 0, 0, -1, 0.09, 0.3)
+    if op in ("vocab_gather_lm_head", "vocab_gather_lm_head_topk"):  # hidden [rows, size], V = 50 rows
+        hidden = torch.randn(rows, size, generator=g).to(dtype).to(device)
+        weight = torch.randn(50, size, generator=g).to(device)
+        ids = torch.tensor(_VOCAB_IDS, dtype=torch.int32, device=device)
+        last = (None, False) if op == "vocab_gather_lm_head" else (2,)
+        return (hidden, weight, ids, None, None, 1.0) + last
+    if op == "vocab_scatter_to_full":
+        logits = torch.randn(rows, len(_VOCAB_IDS), generator=g).to(dtype).to(device)
+        return (logits, torch.tensor(_VOCAB_IDS, dtype=torch.int32, device=device), 50, float("-inf"))
+    if op == "vocab_logit_stats":
+        return (torch.randn(rows, size, generator=g).to(dtype).to(device), 1.0)
     raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
 
 
@@ -152,9 +164,15 @@ def with_dtype(op: str, args: tuple, dtype: torch.dtype) -> tuple:
 def assert_matches_reference(op: str, args: tuple, got, want) -> None:
     """A backend's result of ``op`` on ``args`` against the reference's: bit for bit, except for
     mx_linear, whose summation order is free: there, within tolerances.linear_error_bound of the
-    exact product (the reference result ``want`` must lie within it too)."""
+    exact product (the reference result ``want`` must lie within it too), and the vocab ops
+    (tolerances.assert_vocab_result: derived bounds around an fp64 evaluation)."""
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     want = list(want) if isinstance(want, (tuple, list)) else [want]
+    if op.startswith("vocab_"):
+        from tolerances import assert_vocab_result
+
+        assert_vocab_result(op, args, got, want)
+        return
     if op not in ("mx_linear", "mx_linear_packed"):
         for g, w in zip(got, want):
             assert g.dtype == w.dtype and g.shape == w.shape

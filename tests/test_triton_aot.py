@@ -27,26 +27,30 @@ _SCRIPT = textwrap.dedent(
         leankern.__path__.append({repo!r})
         import leankern.triton_kernels.aot as aot
     rows = []
-    for spec, target, compiled in aot.compile_all(("sm_90", "sm_100")):
+    families = tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else None
+    for spec, target, compiled in aot.compile_all(("sm_90", "sm_100"), families=families):
         use = aot.resource_usage(compiled, aot.TARGETS[target])
         rows.append(dict(name=spec.name, family=spec.family, target=target, num_warps=spec.num_warps,
                          constexprs=spec.constexprs, arg_types=spec.arg_types, ptx=compiled.asm["ptx"],
                          cubin_bytes=len(compiled.asm["cubin"]), **use))
-    json.dump(dict(kernels=rows, report=aot.aot_report()), open(sys.argv[1], "w"))
+    json.dump(dict(kernels=rows, report=aot.aot_report() if families is None else []), open(sys.argv[1], "w"))
     """
 ).format(repo=_REPO)
 
 
-@pytest.fixture(scope="module")
-def aot_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("aot") / "kernels.json"
+def _compile_in_subprocess(out, *families):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(out)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    cmd = [sys.executable, "-c", _SCRIPT, str(out)] + ([",".join(families)] if families else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(out.read_text())
     assert data["kernels"], "no kernels compiled"
     return data
+
+
+@pytest.fixture(scope="module")
+def aot_data(tmp_path_factory):
+    return _compile_in_subprocess(tmp_path_factory.mktemp("aot") / "kernels.json")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +60,10 @@ def compiled(aot_data):
 
 def _count(pattern, ptx):
     return len(re.findall(pattern, ptx))
+
+
+def _is_vocab_gemm(row):
+    return row["name"].startswith(("vocab_gather[", "vocab_topk_tile["))
 
 
 def _elems_per_thread(row):
@@ -69,7 +77,7 @@ _IN_BYTES = {"*i32": 4, "*fp32": 4, "*i16": 2, "*fp16": 2}
 
 def test_every_family_and_target_compiled(compiled):
     seen = {(r["family"], r["target"]) for r in compiled}
-    for fam in ("quantize", "dequantize", "hadamard", "linear", "specdec"):
+    for fam in ("quantize", "dequantize", "hadamard", "linear", "specdec", "vocab"):
         for tgt in ("sm_90", "sm_100"):
             assert (fam, tgt) in seen
     names = {r["name"].split(",")[0] for r in compiled if r["family"] == "quantize"}
@@ -86,8 +94,8 @@ def test_no_spills_no_local_memory(compiled):
         where = (r["name"], r["target"])
         assert r["spills"] == 0 and r["stack_bytes"] == 0, where
         assert _count(r"\.local\b", r["ptx"]) == 0, where
-        if r["family"] == "linear":  # GEMM tiles: one or two CTAs per SM, staged operands in shared memory
-            assert 0 < r["registers"] <= 255, where
+        if r["family"] == "linear" or _is_vocab_gemm(r):  # GEMM tiles: one or two CTAs per SM, staged operands
+            assert 0 < r["registers"] <= 255, where  # in shared memory
             assert r["shared_bytes"] <= 160 * 1024, where
             continue
         assert 0 < r["registers"] <= 128, where  # leaves room for >= 4 CTAs of 128 threads per SM
@@ -102,6 +110,8 @@ def test_exact_ieee_codegen(compiled):
             continue
         if r["family"] == "specdec":  # test_specdec_exact_codegen: libdevice's fp64 log / exp use FMAs
             continue
+        if r["family"] == "vocab":  # test_vocab_codegen: fp32 dot FMAs, ex2.approx sums, libdevice tanh / log
+            continue
         assert _count(r"\bfma\.", ptx) == 0, where
         assert _count(r"\.ftz\b", ptx) == 0, where
         assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
@@ -110,8 +120,8 @@ def test_exact_ieee_codegen(compiled):
 
 def test_streaming_loads_are_128_bit(compiled):
     for r in compiled:
-        if r["family"] in ("linear", "specdec"):  # GEMM tiles: operands staged through shared memory;
-            continue  # specdec: test_specdec_row_passes_load_128_bit
+        if r["family"] in ("linear", "specdec", "vocab"):  # GEMM tiles: operands staged through shared memory;
+            continue  # specdec / vocab: test_specdec_row_passes_load_128_bit, test_vocab_stats_streams_vector_loads
         ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
         ept = _elems_per_thread(r)
         if r["family"] in ("quantize", "hadamard"):
@@ -308,3 +318,126 @@ def test_specdec_resources(compiled):
         assert r["spills"] == 0 and r["stack_bytes"] == 0 and _count(r"\.local\b", r["ptx"]) == 0, where
         assert 0 < r["registers"] <= (64 if r["name"].startswith("specdec_row_max") else 128), where
         assert r["shared_bytes"] <= 8 * 1024, where
+
+
+# --------------------------------------------------------------------------------- vocab
+_VOCAB_KERNELS = ("gather", "topk_tile", "scatter_last", "scatter_write", "stats_partial", "stats_final")
+
+
+@pytest.fixture(scope="module")
+def vocab_compiled(tmp_path_factory):
+    """The vocab kernels only (the family's tests stay quick with ``-k vocab``)."""
+    return _compile_in_subprocess(tmp_path_factory.mktemp("aot_vocab") / "kernels.json", "vocab")["kernels"]
+
+
+def _vocab(compiled, kernel=""):
+    rows = [r for r in compiled if r["name"].startswith(f"vocab_{kernel}")]
+    assert rows, f"no vocab_{kernel} kernel compiled"
+    return rows
+
+
+def _native_dot(row):
+    return row["constexprs"]["DOT"] == 1
+
+
+def test_vocab_every_kernel_for_both_targets(vocab_compiled):
+    names = {(r["name"].split("[")[0], r["target"]) for r in vocab_compiled}
+    for kernel in _VOCAB_KERNELS:
+        for target in ("sm_90", "sm_100"):
+            assert (f"vocab_{kernel}", target) in names
+
+
+def test_vocab_gather_mma(vocab_compiled):
+    """bf16 / fp16 tiles (ids on M = 64, rows on N = 16..64): wgmma on sm_90, tcgen05.mma kind::f16 on sm_100;
+    32-id tiles (small K): mma.sync m16n8k16; fp32 (and mixed dtypes, widened to fp32): the ieee fp32 dot, FMAs
+    and no tensor-core instruction."""
+    for r in _vocab(vocab_compiled, "gather[") + _vocab(vocab_compiled, "topk_tile["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        if not _native_dot(r):
+            assert _count(r"\bfma\.rn\.f32\b", ptx) >= 64 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
+            continue
+        el = "bf16" if r["arg_types"]["w_ptr"] == "*bf16" else "f16"
+        if ce["BLOCK_K"] < 64:
+            assert _count(rf"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.{el}\.{el}\.f32\b", ptx) > 0, where
+        elif r["target"] == "sm_90":
+            n = ce["BLOCK_B"]
+            pat = rf"\bwgmma\.mma_async\.sync\.aligned\.m64n{n}k16\.f32\.{el}\.{el}\b"
+            assert _count(pat, ptx) == ce["BLOCK_H"] // 16, where  # one k16 step per 16 columns of H
+        else:
+            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+
+
+def test_vocab_gather_reads_rows_in_place(vocab_compiled):
+    """The gathered weight rows go straight from their own addresses into shared memory with 16-byte async
+    copies (pipelined over H), no gathered copy is written: the only global stores are the output tile's."""
+    for r in _vocab(vocab_compiled, "gather[") + _vocab(vocab_compiled, "topk_tile["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        w_bytes = 2 if r["arg_types"]["w_ptr"] in ("*bf16", "*fp16") else 4
+        per_stage = ce["BLOCK_K"] * ce["BLOCK_H"] * w_bytes // (16 * 32 * r["num_warps"])  # copies per thread
+        assert _count(r"\bcp\.async\.cg\.shared\.global\s+\[[^]]+\],\s*\[[^]]+\],\s*0x10\b", ptx) >= per_stage, where
+        out_elems = ce["BLOCK_K"] * ce["BLOCK_B"] // (32 * r["num_warps"])
+        assert _count(r"\bst\.global\b", ptx) <= max(out_elems, 1), where
+        assert _count(r"\bld\.global\.[a-z0-9.]*b(16|32)\b", ptx) >= 1, where  # the tile's ids
+
+
+def test_vocab_codegen(vocab_compiled):
+    """IEEE where it matters: div.rn for z / cap, sum / V and Q / S; no FMA contraction outside the fp32 dot and
+    libdevice; no flush-to-zero except inside libdevice's tanhf (ex2 / rcp approx pairs, only with a cap);
+    the logit-stats exponentials are ex2.approx.f32 (no ftz); the temperature is one multiply by fl(1/t)
+    (torch's CUDA scalar division) per element, never a division."""
+    for r in vocab_compiled:
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        assert _count(r"div\.(full|approx)", ptx) == 0 and _count(r"\.local\b", ptx) == 0, where
+        if ce.get("HAS_CAP"):
+            assert _count(r"\bdiv\.rn\.f32\b", ptx) >= 1, where
+            assert _count(r"\brcp\.approx\.ftz\.f32\b", ptx) == _count(r"\bex2\.approx\.ftz\.f32\b", ptx) > 0, where
+            assert _count(r"\.ftz\b", ptx) == 2 * _count(r"\bex2\.approx\.ftz\.f32\b", ptx), where
+        else:
+            assert _count(r"\.ftz\b", ptx) == 0 and _count(r"\bapprox\b", ptx) == _count(r"\bex2\.approx\.f32\b",
+                                                                                         ptx), where
+        if r["name"].startswith("vocab_gather[") and _native_dot(r) and not ce.get("HAS_CAP"):
+            assert _count(r"\bfma\.", ptx) == 0, where
+    for r in _vocab(vocab_compiled, "stats_partial"):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        per_thread = ce["BLOCK"] // (32 * r["num_warps"])
+        assert _count(r"\bfma\.", ptx) == 0 and _count(r"\bdiv\.", ptx) == 0, where
+        assert _count(r"\bex2\.approx\.f32\b", ptx) >= 2 * per_thread, where  # e^(z - m) and the lane rescale
+        if ce["TEMP"] == 2:
+            assert _count(r"\bmul\.rn\.f32\b", ptx) >= 4 * per_thread, where
+    for r in _vocab(vocab_compiled, "stats_final"):
+        assert _count(r"\bdiv\.rn\.f32\b", r["ptx"]) >= 2, r["name"]
+
+
+def test_vocab_stats_streams_vector_loads(vocab_compiled):
+    """The chunk pass reads each row with one vector load per thread and block (16 bytes fp32, 8 bytes bf16)."""
+    for r in _vocab(vocab_compiled, "stats_partial"):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        vec = r"\.v4\.b32" if r["arg_types"]["x_ptr"] == "*fp32" else r"\.v2\.b32"
+        assert _count(rf"\bld\.global(\.[a-z0-9]+)*{vec}", ptx) >= 1, where
+        assert _count(r"\bld\.global\.b(16|32)\b", ptx) == 0, where
+
+
+def test_vocab_scatter_last_position_is_an_atomic_max(vocab_compiled):
+    """Pass 1 of scatter_to_full: one atomic max per id and thread; pass 2 plain loads / stores."""
+    for r in _vocab(vocab_compiled, "scatter_last"):
+        per_thread = r["constexprs"]["BLOCK"] // (32 * r["num_warps"])
+        # the result is unused: a fire-and-forget reduction (red), relaxed (pass 2 is ordered by the launch)
+        assert _count(r"\b(red|atom)\.global(\.gpu)?\.relaxed\.max\.s32\b", r["ptx"]) == per_thread, r["target"]
+    for r in _vocab(vocab_compiled, "scatter_write"):
+        assert _count(r"\batom\.|\bred\.global", r["ptx"]) == 0, r["target"]  # pass 2: plain stores
+
+
+def test_vocab_topk_keeps_int64_keys(vocab_compiled):
+    """Per-tile candidates are int64 sort keys (value and position in one word), stored as b64."""
+    for r in _vocab(vocab_compiled, "topk_tile["):
+        assert _count(r"\bst\.global(\.v2)?\.b64\b", r["ptx"]) >= 1, (r["name"], r["target"])
+
+
+def test_vocab_resources(vocab_compiled):
+    """No spills, no stack; <= 128 registers (4+ CTAs per SM); GEMM tiles' pipelined operands <= 64 KB of shared
+    memory, the streaming kernels <= 16 KB."""
+    for r in vocab_compiled:
+        where = (r["name"], r["target"], r["registers"], r["shared_bytes"])
+        assert r["spills"] == 0 and r["stack_bytes"] == 0, where
+        assert 0 < r["registers"] <= 128, where
+        assert r["shared_bytes"] <= (64 * 1024 if _is_vocab_gemm(r) else 16 * 1024), where

@@ -5,6 +5,8 @@
 dequantize-then-fp32-matmul"). Tests look entries up with :func:`tol` or pass
 ``table=TOLERANCES`` to ``assert_close``. Add family entries here as families land.
 """
+import math
+
 import torch
 
 from leankern.testing.compare import TOLERANCES as LIBRARY_TOLERANCES
@@ -90,3 +92,150 @@ def assert_linear_result(args: tuple, y) -> None:
     exact, bound = linear_error_bound(x_hat.reshape(-1, x.shape[-1]), w_hat, bias, x.dtype, 3 if nv else 0)
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
     assert_linear_within_bound(y, exact, bound)
+
+
+# --------------------------------------------------------------------------------------- vocab
+_U = 2.0**-24
+
+
+def _gamma(n: int) -> float:
+    return n * _U / (1 - n * _U)
+
+
+def _u_out(dtype) -> float:
+    return {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]
+
+
+def vocab_logits_bound(hidden, weight, vocab_ids, bias, soft_cap, scale):
+    """``(exact fp64 [B, K], bound [B, K])`` of fp32 subset logits ``scale * cap(h . w + b)``, any summation order.
+
+    Derivation: the dot of H exact fp32 products plus the bias errs by gamma_{H+1} sum|h w| + |b|
+    (Higham, Thm 3.1), with or without FMA. The cap ``c tanh(z / c)`` has slope <= 1, so that error
+    carries over, plus the division (u |z|), tanh itself (a vector tanh within 4 ulp: 4u c) and the
+    multiply by c (u |cap|). ``scale``: |scale| times all of it plus one rounding (u |y|).
+    Padding (-1) must be exactly -inf.
+    """
+    h = hidden.double()
+    ids = vocab_ids.long()
+    ids2 = ids.expand(h.shape[0], -1) if ids.dim() == 1 else ids
+    w = weight.double()[ids2.clamp_min(0)]  # [B, K, H]
+    z = torch.einsum("bh,bkh->bk", h, w)
+    mags = torch.einsum("bh,bkh->bk", h.abs(), w.abs())
+    terms = h.shape[1]
+    if bias is not None:
+        b = bias.double()[ids2.clamp_min(0)]
+        z, mags, terms = z + b, mags + b.abs(), terms + 1
+    err = _gamma(terms) * mags
+    if soft_cap is not None:
+        capped = soft_cap * torch.tanh(z / soft_cap)
+        err = err + _U * z.abs() + 4 * _U * soft_cap + _U * capped.abs()
+        z = capped
+    y = z * scale
+    err = err * abs(scale) + _U * y.abs() + 2.0**-149
+    pad = ids2 < 0
+    return y.masked_fill(pad, float("-inf")), err.masked_fill(pad, 0.0)
+
+
+def _assert_within(name, got, exact, bound):
+    g = got.double()
+    inf = torch.isinf(exact)
+    assert torch.equal(g[inf], exact[inf]), f"{name}: infinite entries differ"
+    err = (g - exact).abs()[~inf]
+    over = (err - bound[~inf]).max() if err.numel() else torch.tensor(-1.0)
+    assert over <= 0, f"{name}: error exceeds the derived bound by {float(over):.3g} (max err {float(err.max()):.3g})"
+
+
+def assert_vocab_logits(y, args_head, out_dtype=None, log_softmax=False):
+    """``y`` ([B, K] gather_lm_head result) lies within :func:`vocab_logits_bound` (plus the log-softmax and
+    output-rounding terms) of the fp64 evaluation."""
+    hidden, weight, ids, bias, soft_cap, scale = args_head
+    exact, bound = vocab_logits_bound(hidden, weight, ids, bias, soft_cap, scale)
+    if log_softmax:
+        # lse of K terms: each exp within 4 ulp, sums gamma_K, log u |lse|; errors of z_k shift it by <= max err
+        lse = torch.logsumexp(exact, -1, keepdim=True)
+        fin = torch.isfinite(lse)
+        worst = bound.amax(-1, keepdim=True)
+        lse_err = worst + _gamma(exact.shape[-1]) + 4 * _U + _U * lse.abs()
+        out = torch.where(fin, exact - lse, exact)
+        bound = torch.where(fin, bound + lse_err + _U * out.abs(), bound)
+        exact = out
+    dt = torch.float32 if out_dtype is None else out_dtype
+    assert y.dtype == dt and y.shape == exact.shape, (y.dtype, y.shape, exact.shape)
+    u = _u_out(dt)
+    bound = bound * (1 + u) + u * exact.abs() + {torch.float32: 0.0, torch.bfloat16: 2.0**-133,
+                                                 torch.float16: 2.0**-24}[dt]
+    _assert_within("logits", y, exact, bound)
+
+
+def assert_vocab_topk(values, gids, args_head, k):
+    """Top-k: the values are the k largest exact logits (within bound), each reported id's exact logit matches its
+    value, ids come from vocab_ids, and values descend."""
+    hidden, weight, ids, bias, soft_cap, scale = args_head
+    exact, bound = vocab_logits_bound(hidden, weight, ids, bias, soft_cap, scale)
+    B = exact.shape[0]
+    assert values.dtype == torch.float32 and gids.dtype == torch.int64
+    assert values.shape == (B, k) and gids.shape == (B, k)
+    assert torch.all(values[:, :-1] >= values[:, 1:]) or torch.isnan(values).any()
+    srt, order = torch.sort(exact, dim=-1, descending=True, stable=True)
+    _assert_within("top-k values", values, srt[:, :k], 2 * bound.amax(-1, keepdim=True).expand(B, k))
+    ids2 = ids.long().expand(B, -1) if ids.dim() == 1 else ids.long()
+    for b in range(B):  # each reported id is in row b's set with (one of) its positions holding that value
+        for j in range(k):
+            gid = int(gids[b, j])
+            pos = (ids2[b] == gid).nonzero().flatten()
+            assert pos.numel(), f"row {b}: id {gid} is not in vocab_ids"
+            ex = exact[b, pos].max()
+            assert ex == values[b, j] or abs(float(ex) - float(values[b, j])) <= 2 * float(bound[b].max()), (b, j)
+
+
+def assert_logit_stats(outs, logits, temperature):
+    """max / argmax bit for bit with torch; logsumexp, entropy, self-certainty within derived bounds of fp64.
+
+    Derivation (V terms, fp32, exp within 4 ulp): s = sum e^(z - m) errs by (gamma_V + 4u) s, so
+    ln s by gamma_V + 5u (+ u |lse| for the final add). Entropy ln s - t / s with t = sum e_i d_i,
+    d_i = z_i - m: t errs by (gamma_V + 6u) sum e |d|, so t / s by (2 gamma_V + 11u) E|d| (E under p).
+    Self-certainty ln s - mean(z - m) - ln V (centred on the max m): the sum of z - m_ref (m_ref a block
+    reference at most 60 below m) errs by (gamma_V + u)(mean|z - m| + 60); plus u (ln V + |result|).
+    """
+    mx, am, lse, ent, cert = outs
+    z = logits.float() / temperature if temperature != 1.0 else logits.float()
+    wmx, wam = torch.max(z, -1)
+    assert torch.equal(mx, wmx) or torch.equal(torch.isnan(mx), torch.isnan(wmx)), "max differs from torch.max"
+    assert torch.equal(am, wam), f"argmax differs: {am.tolist()} vs {wam.tolist()}"
+    V = z.shape[-1]
+    zd = z.double()
+    lse_ref = torch.logsumexp(zd, -1)
+    g = _gamma(V)
+    valid = ~(torch.isnan(z).any(-1) | torch.isposinf(z).any(-1) | torch.isneginf(wmx))
+    assert torch.equal(torch.isnan(ent), ~valid) and torch.equal(torch.isnan(cert), ~valid), "NaN rows differ"
+    v = valid
+    if not v.any():
+        return
+    zv, lv = zd[v], lse_ref[v]
+    zc = zv - zv.amax(-1, keepdim=True)  # centred: rows near -FLT_MAX keep their ln V
+    lc = torch.logsumexp(zc, -1)
+    _assert_within("logsumexp", lse[v], lv, g + 5 * _U + _U * lv.abs())
+    p = torch.exp(zc - lc[:, None])
+    ed = torch.where(p > 0, p * zc.abs(), p.new_zeros(())).sum(-1)
+    eent = lc - torch.where(p > 0, p * zc, p.new_zeros(())).sum(-1)
+    _assert_within("entropy", ent[v], eent, g + 5 * _U + _U * lc.abs() + (2 * g + 11 * _U) * ed + _U * eent.abs())
+    ecert = lc - zc.mean(-1) - math.log(V)
+    # the kernel sums x - m_ref, m_ref a block's reference within 60 below the final max (kernels_impl.h)
+    cb = g + 5 * _U + _U * lc.abs() + (g + _U) * (zc.abs().mean(-1) + 60) + _U * (math.log(V) + ecert.abs())
+    _assert_within("self_certainty", cert[v], ecert, cb.nan_to_num(posinf=0.0))
+
+
+def assert_vocab_result(op, args, got, want):
+    """A backend's result of a vocab op (list of outputs) against the derived bounds; ``want`` (the reference's)
+    must satisfy them too."""
+    for out in (got, want):
+        if op == "vocab_gather_lm_head":
+            assert_vocab_logits(out[0], args[:6], args[6], args[7])
+        elif op == "vocab_gather_lm_head_topk":
+            assert_vocab_topk(out[0], out[1], args[:6], args[6])
+        elif op == "vocab_scatter_to_full":
+            assert len(out) == 1 and torch.equal(out[0], want[0]), "scatter_to_full is exact"
+        elif op == "vocab_logit_stats":
+            assert_logit_stats(out, *args)
+        else:
+            raise KeyError(op)

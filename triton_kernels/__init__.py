@@ -6,6 +6,7 @@ Triton project's own kernel library. The kernels run on CUDA tensors, and on CPU
 
 Modules: :mod:`.mx` (MX/NV quantize + dequantize), :mod:`.mx_hadamard` (fast Walsh-Hadamard),
 :mod:`.specdec` (speculative verification; imported on first use by ``leankern.specdec.ops``),
+:mod:`.vocab` (vocabulary-subset LM head, top-k, scatter, logit statistics; on first use by ``leankern.vocab.ops``),
 :mod:`.aot` (ahead-of-time compilation for sm_90 / sm_100 and a resource report).
 """
 from .mx_hadamard import hadamard_transform_triton

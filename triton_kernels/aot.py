@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "compile_spec", "resource_usage",
-           "compile_all", "aot_report", "format_report", "TARGETS"]
+__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "vocab_specs", "compile_spec",
+           "resource_usage", "compile_all", "aot_report", "format_report", "TARGETS"]
 
 TARGETS = {"sm_90": 90, "sm_100": 100}
 _PTR = {torch.float32: "*i32", torch.bfloat16: "*i16", torch.float16: "*fp16"}  # launchers' views
@@ -36,7 +36,7 @@ class KernelSpec:
     arg_types: dict  # runtime argument name -> Triton type string ("*u8", "i32", ...)
     constexprs: dict
     num_warps: int
-    family: str = ""  # quantize | dequantize | hadamard | linear | specdec
+    family: str = ""  # quantize | dequantize | hadamard | linear | specdec | vocab
     targets: tuple = ("sm_90", "sm_100")  # the architectures this specialisation is meant for
     num_stages: int | None = None  # None: Triton's default (as the launchers that pass none)
     div16: tuple = ()  # int arguments the JIT would specialise as multiples of 16 (typical shapes)
@@ -269,6 +269,117 @@ def specdec_specs(quick: bool = False) -> list[KernelSpec]:
     return specs
 
 
+# ---------------------------------------------------------------------------------------- vocab
+_VOCAB_DIV16 = ("K", "H", "stride_h", "stride_w", "stride_ids", "stride_o", "stride_c", "stride_x", "stride_last",
+                "stride_s", "CH", "V")  # model shapes: multiples of 16
+
+
+def _vocab_spec(name, kernel, types, constexprs, num_warps=4, num_stages=None):
+    return KernelSpec(f"vocab_{name}", kernel, types, dict(constexprs), num_warps, "vocab", num_stages=num_stages,
+                      div16=_VOCAB_DIV16)
+
+
+def _vocab_head_types(h_dtype, w_dtype, bias_dtype):
+    return dict(h_ptr=_LOGIT_PTR[h_dtype], w_ptr=_LOGIT_PTR[w_dtype], ids_ptr="*i32", bias_ptr=_LOGIT_PTR[bias_dtype],
+                B="i32", K="i32", H="i32", stride_h="i32", stride_w="i32", stride_ids="i32", soft_cap="fp32",
+                scale="fp32")
+
+
+def _vocab_head_ce(B, h_dtype, w_dtype, per_row, bias, cap, block_k=64):
+    """The launcher's tiles as gather_config picks them: 64-id tiles (32 when K is too small to fill the SMs)."""
+    from . import vocab as tv
+
+    dot = tv._dot_kind(h_dtype, w_dtype, "cuda")
+    block_b = 16 if per_row else min(64, max(16, 1 << max(B - 1, 0).bit_length()))
+    ce = dict(BLOCK_K=block_k, BLOCK_B=block_b, BLOCK_H=64 if dot == tv.DOT_NATIVE else 32, PER_ROW=per_row,
+              HAS_BIAS=bias, HAS_CAP=cap, DOT=dot, LIBM=True)
+    return ce
+
+
+def _vocab_dt_tag(h_dtype, w_dtype):
+    return str(h_dtype)[6:] if h_dtype == w_dtype else f"{str(h_dtype)[6:]}x{str(w_dtype)[6:]}"
+
+
+def _vocab_gather_spec(B, h_dtype, w_dtype=None, per_row=False, bias=False, cap=False, out_dtype=torch.float32,
+                       block_k=64):
+    from . import vocab as tv
+    from .mx import output_kind
+
+    w_dtype = w_dtype or h_dtype
+    types = dict(_vocab_head_types(h_dtype, w_dtype, w_dtype), out_ptr=_OUT_PTR[out_dtype], stride_o="i32")
+    ce = dict(_vocab_head_ce(B, h_dtype, w_dtype, per_row, bias, cap, block_k), OUT_KIND=output_kind(out_dtype),
+              BF16_NAN=0x7FFF)
+    tag = ",".join([_vocab_dt_tag(h_dtype, w_dtype), f"B{B}", f"K{block_k}"] + [t for t, on in (
+        ("per_row", per_row), ("bias", bias), ("cap", cap)) if on] + [f"out_{str(out_dtype)[6:]}"])
+    return _vocab_spec(f"gather[{tag}]", tv._gather_kernel, types, ce, tv.NUM_WARPS, 3)
+
+
+def _vocab_topk_spec(B, k, h_dtype, per_row=False, cap=False):
+    from . import vocab as tv
+
+    types = dict(_vocab_head_types(h_dtype, h_dtype, h_dtype), cand_ptr="*i64", stride_c="i32", KK="i32")
+    ce = _vocab_head_ce(B, h_dtype, h_dtype, per_row, False, cap)
+    kk = min(k, ce["BLOCK_K"])
+    ce["KK_P2"] = 1 << max(kk - 1, 0).bit_length()
+    tag = ",".join([str(h_dtype)[6:], f"B{B}", f"k{k}"] + (["per_row"] if per_row else []) + (["cap"] if cap else []))
+    return _vocab_spec(f"topk_tile[{tag}]", tv._topk_tile_kernel, types, ce, tv.NUM_WARPS, 3)
+
+
+def _vocab_scatter_specs(dtype):
+    from . import vocab as tv
+
+    bits = {torch.float32: "*i32", torch.bfloat16: "*i16", torch.float16: "*i16"}[dtype]
+    last = _vocab_spec("scatter_last", tv._scatter_last_kernel,
+                       dict(ids_ptr="*i32", stride_ids="i32", last_ptr="*i32", stride_last="i32", K="i32"),
+                       dict(BLOCK=1024), tv.NUM_WARPS)
+    write = _vocab_spec(f"scatter_write[{str(dtype)[6:]}]", tv._scatter_write_kernel,
+                        dict(src_ptr=bits, stride_s="i32", ids_ptr="*i32", stride_ids="i32", last_ptr="*i32",
+                             stride_last="i32", out_ptr=bits, stride_o="i32", K="i32"),
+                        dict(PER_ROW=False, BLOCK=1024), tv.NUM_WARPS)
+    return [last, write]
+
+
+def _vocab_stats_specs(dtype, temp):
+    """logit_stats: the chunk pass (``temp`` 0: t = 1, 2: x * (1 / t) as on CUDA) and the per-row merge."""
+    from . import vocab as tv
+
+    common = dict(x_ptr=_LOGIT_PTR[dtype], stride_x="i32", t="fp32", inv_t="fp32", pf_ptr="*fp32", pi_ptr="*i32",
+                  R="i32")
+    part = _vocab_spec(f"stats_partial[{str(dtype)[6:]},temp{temp}]", tv._stats_partial_kernel,
+                       dict(common, V="i32", CH="i32"), dict(TEMP=temp, BLOCK=1024), tv.STATS_WARPS)
+    final = _vocab_spec(f"stats_final[{str(dtype)[6:]},temp{temp}]", tv._stats_final_kernel,
+                        dict(common, v_f="fp32", log_v="fp32", SPLIT="i32", mx_ptr="*fp32", am_ptr="*i64",
+                             lse_ptr="*fp32", ent_ptr="*fp32", cert_ptr="*fp32"),
+                        dict(TEMP=temp, SPLIT_P2=8, LIBM=True), tv.NUM_WARPS)
+    return [part, final]
+
+
+def vocab_specs(quick: bool = False) -> list[KernelSpec]:
+    """vocab: the gather GEMM (decode and prefill tiles, native bf16 / fp16 MMA and the fp32 ieee dot), the
+    top-k tile kernel (k = 1, a tl.topk selection, the whole tile), scatter's two passes, logit_stats' passes."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    specs = [
+        _vocab_gather_spec(4, bf16, bias=True, cap=True),
+        _vocab_gather_spec(1, bf16, block_k=32),  # small K: 32-id tiles (mma.sync)
+        _vocab_gather_spec(256, bf16),
+        _vocab_gather_spec(4, f32),
+        _vocab_topk_spec(4, 1, bf16),
+        _vocab_topk_spec(4, 8, bf16),
+        *_vocab_scatter_specs(bf16),
+        *_vocab_stats_specs(bf16, 2),
+    ]
+    if not quick:
+        specs += [
+            _vocab_gather_spec(1, f16, per_row=True, out_dtype=bf16),
+            _vocab_gather_spec(4, f32, bf16, out_dtype=f16),  # mixed dtypes: the launcher widens hidden to fp32
+            _vocab_topk_spec(16, 64, f32, cap=True),
+            _vocab_topk_spec(1, 4, bf16, per_row=True),
+            *_vocab_scatter_specs(f32)[1:],
+            *_vocab_stats_specs(f32, 0),
+        ]
+    return specs
+
+
 def kernel_specs(quick: bool = False) -> list[KernelSpec]:
     """The representative specialisations: every format family, both scale modes, RNE and SR."""
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
@@ -295,7 +406,7 @@ def kernel_specs(quick: bool = False) -> list[KernelSpec]:
             _hadamard_spec(128, f32, False),
             _hadamard_spec(1024, f32, True),
         ]
-    return specs + linear_specs(quick) + specdec_specs(quick)
+    return specs + linear_specs(quick) + specdec_specs(quick) + vocab_specs(quick)
 
 
 def compile_spec(spec: KernelSpec, arch: int):
@@ -351,9 +462,11 @@ def resource_usage(compiled, arch: int) -> dict:
                 stack_bytes=stack, shared_bytes=int(compiled.metadata.shared))
 
 
-def compile_all(targets=("sm_90", "sm_100"), quick: bool = False):
-    """Yield ``(spec, target_name, compiled)`` for every spec and target."""
+def compile_all(targets=("sm_90", "sm_100"), quick: bool = False, families=None):
+    """Yield ``(spec, target_name, compiled)`` for every spec and target (``families``: only those)."""
     for spec in kernel_specs(quick):
+        if families is not None and spec.family not in families:
+            continue
         for t in targets:
             if t in spec.targets:
                 yield spec, t, compile_spec(spec, TARGETS[t])

@@ -1,6 +1,7 @@
 """leankern: kernels that make LLM inference do less work.
 
-Families: :mod:`leankern.mx` (MX/NV block formats), :mod:`leankern.specdec` (speculative verification). Each family is one subpackage: its public
+Families: :mod:`leankern.mx` (MX/NV block formats), :mod:`leankern.specdec` (speculative verification),
+:mod:`leankern.vocab` (vocabulary-subset LM head). Each family is one subpackage: its public
 API, its reference (``ref.py``, the definition of the numerics) and its op declarations
 (``ops.py``). Each op is one ``torch.ops.leankern`` op whose C++ (CPU) or Triton/CUDA (GPU)
 kernel is registered with the torch dispatcher; :func:`use_backend` forces one for tests and
@@ -13,8 +14,9 @@ from .mx import MXTensor
 from . import output_cache
 from . import nn
 from . import specdec
+from . import vocab
 from .nn import QuantLinear, quantize_model
 
 __version__ = "0.1.0"
 __all__ = ["mx", "MXTensor", "testing", "use_backend", "backend_for", "registered_ops", "extension",
-           "extension_error", "output_cache", "nn", "specdec", "QuantLinear", "quantize_model", "__version__"]
+           "extension_error", "output_cache", "nn", "specdec", "vocab", "QuantLinear", "quantize_model", "__version__"]

@@ -1,0 +1,260 @@
+// CPU kernels of leankern::vocab_gather_lm_head and leankern::vocab_gather_lm_head_topk (schemas and
+// numerics: python/leankern/vocab/ops.py, ref.py).
+//
+// Work: the K positions in chunks of kChunk, handed out dynamically to both cores (common/parallel.h);
+// a chunk's weight rows are read in place by id (padding skipped: never a read), multiplied with every
+// hidden row (kernels.h dots: up to 4 hiddens per pass over a row), then bias, soft cap, scale and
+// -inf padding. Top-k keeps per-thread candidates and never writes the [B, K] logits.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/parallel.h"
+#include "vocab/checks.h"
+#include "vocab/kernels.h"
+
+namespace leankern {
+namespace vocab {
+namespace {
+
+constexpr int64_t kChunk = 64;  // positions per task: ~128-256 KB of bf16 rows at H = 1-2k
+
+struct Head {
+  const VocabKernels* k;
+  const float* h;  // [B, H] fp32
+  int64_t B, H;
+  const void* w;
+  int wdt;
+  int64_t rs;          // row stride in elements
+  const int32_t* ids;  // [K] or [B, K]
+  bool per_row;
+  int64_t K;
+  const void* bias;  // [V] or null
+  int bdt;
+  bool capped;
+  float cap, scale;
+};
+
+struct Scratch {
+  std::vector<int64_t> rows, pos;
+  std::vector<float> dots;
+};
+
+// fp32 logits of positions [j0, j1) for the hidden rows [b0, b0 + nb) into out[b * ldo + (j - j0)];
+// per_row: nb == 1 and the ids are row b0's.
+void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1, float* out, int64_t ldo,
+                  Scratch& sc) {
+  const int32_t* ids = hd.ids + (hd.per_row ? b0 * hd.K : 0);
+  const int64_t m = j1 - j0;
+  sc.rows.resize(m);
+  sc.pos.resize(m);
+  int64_t n = 0;
+  for (int64_t j = j0; j < j1; ++j) {
+    if (ids[j] >= 0) {
+      sc.rows[n] = ids[j];
+      sc.pos[n++] = j - j0;
+    }
+  }
+  sc.dots.resize(nb * std::max<int64_t>(n, 1));
+  if (n) hd.k->dots(hd.h + b0 * hd.H, hd.H, nb, hd.H, hd.w, hd.wdt, hd.rs, sc.rows.data(), n, sc.dots.data(), n);
+  const float post = hd.capped ? 1.0f : hd.scale;
+  for (int64_t b = 0; b < nb; ++b) {
+    float* o = out + b * ldo;
+    const float* d = sc.dots.data() + b * n;
+    std::fill(o, o + m, 0.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      float z = d[i];
+      if (hd.bias) z += load_scalar(hd.bias, hd.bdt, sc.rows[i]);
+      o[sc.pos[i]] = post == 1.0f ? z : z * post;
+    }
+    if (hd.capped) hd.k->soft_cap(o, m, hd.cap, hd.scale);
+    if (n < m)
+      for (int64_t j = j0; j < j1; ++j)
+        if (ids[j] < 0) o[j - j0] = -INFINITY;
+  }
+}
+
+Head make_head(const at::Tensor& hf, const at::Tensor& weight, const at::Tensor& ids, const std::optional<at::Tensor>& bias,
+               const at::Tensor& bias_c, std::optional<double> soft_cap, double scale) {
+  Head hd;
+  hd.k = &active_kernels();
+  hd.h = hf.data_ptr<float>();
+  hd.B = hf.size(0);
+  hd.H = hf.size(1);
+  hd.w = weight.data_ptr();
+  hd.wdt = dtype_code(weight);
+  hd.rs = weight.stride(0);
+  hd.ids = ids.data_ptr<int32_t>();
+  hd.per_row = ids.dim() == 2;
+  hd.K = ids.size(-1);
+  hd.bias = bias.has_value() ? bias_c.data_ptr() : nullptr;
+  hd.bdt = bias.has_value() ? dtype_code(bias_c) : kF32;
+  hd.capped = soft_cap.has_value();
+  hd.cap = hd.capped ? static_cast<float>(*soft_cap) : 0.0f;
+  hd.scale = static_cast<float>(scale);
+  return hd;
+}
+
+// Runs f(b0, nb, j0, j1) over every (hidden rows, positions) task on both cores.
+template <class F>
+void for_tasks(const Head& hd, const F& f) {
+  const int64_t nch = (hd.K + kChunk - 1) / kChunk;
+  const int64_t tasks = hd.per_row ? hd.B * nch : nch;
+  cpu::parallel_chunks(tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t % nch, j0 = c * kChunk, j1 = std::min(hd.K, j0 + kChunk);
+      if (hd.per_row)
+        f(t / nch, 1, j0, j1);
+      else
+        f(0, hd.B, j0, j1);
+    }
+  });
+}
+
+void log_softmax_row(const VocabKernels& k, float* z, int64_t n) {
+  float m = -INFINITY;
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan |= std::isnan(z[i]);
+    m = z[i] > m ? z[i] : m;
+  }
+  if (m == -INFINITY) return;  // only padding: stays -inf
+  float lse;
+  if (nan)
+    lse = NAN;
+  else if (m == INFINITY)
+    lse = INFINITY;
+  else
+    lse = m + static_cast<float>(std::log(k.sum_exp(z, n, m)));
+  for (int64_t i = 0; i < n; ++i) z[i] -= lse;
+}
+
+at::Tensor prepare_hidden(const at::Tensor& hidden) { return hidden.to(at::kFloat).contiguous(); }
+
+at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& vocab_ids,
+                                    const std::optional<at::Tensor>& bias, std::optional<double> soft_cap, double scale,
+                                    std::optional<at::ScalarType> out_dtype, bool log_softmax) {
+  const int64_t K = check_head(hidden, weight, vocab_ids, bias, soft_cap, scale);
+  if (out_dtype.has_value()) {
+    const at::ScalarType d = *out_dtype;
+    TORCH_CHECK_TYPE(d == at::kFloat || d == at::kBFloat16 || d == at::kHalf,
+                     "out_dtype: expected one of ['torch.float32', 'torch.bfloat16', 'torch.float16'] or None, got ",
+                     checks::dtype_name(d));
+  }
+  const at::Tensor ids = vocab_ids.contiguous();
+  check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
+  const at::Tensor hf = prepare_hidden(hidden);
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const Head hd = make_head(hf, weight, ids, bias, bias_c, soft_cap, scale);
+  at::Tensor out = at::empty({hd.B, K}, hidden.options().dtype(at::kFloat));
+  if (hd.B == 0 || K == 0) return out_dtype.value_or(at::kFloat) == at::kFloat ? out : out.to(*out_dtype);
+  float* o = out.data_ptr<float>();
+  for_tasks(hd, [&](int64_t b0, int64_t nb, int64_t j0, int64_t j1) {
+    thread_local Scratch sc;
+    chunk_logits(hd, b0, nb, j0, j1, o + b0 * K + j0, K, sc);
+  });
+  if (log_softmax)
+    at::parallel_for(0, hd.B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) log_softmax_row(*hd.k, o + b * K, K);
+    });
+  const at::ScalarType want = out_dtype.value_or(at::kFloat);
+  return want == at::kFloat ? out : out.to(want);
+}
+
+// ------------------------------------------------------------------------------------------ top-k
+struct Cand {
+  float v;
+  int64_t pos;
+};
+
+// a ranks before b: larger value (NaN above everything, as torch.sort), then lower position
+inline bool better(const Cand& a, const Cand& b) {
+  const bool an = std::isnan(a.v), bn = std::isnan(b.v);
+  if (an != bn) return an;
+  if (!an && a.v != b.v) return a.v > b.v;
+  return a.pos < b.pos;
+}
+
+// The best k of a stream: a buffer of up to 2k candidates, cut back to the best k when full; once
+// cut, only candidates better than the k-th best so far enter.
+struct TopK {
+  int64_t k = 1;
+  std::vector<Cand> c;
+  bool cut = false;
+  Cand kth{0, 0};
+
+  void push(Cand x) {
+    if (cut && !better(x, kth)) return;
+    c.push_back(x);
+    if (static_cast<int64_t>(c.size()) >= 2 * k) shrink();
+  }
+  void shrink() {
+    if (static_cast<int64_t>(c.size()) <= k) return;
+    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), better);
+    c.resize(k);
+    kth = *std::max_element(c.begin(), c.end(), better);  // the worst kept (max under `better` = last rank)
+    cut = true;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tensor& hidden, const at::Tensor& weight,
+                                                                 const at::Tensor& vocab_ids,
+                                                                 const std::optional<at::Tensor>& bias,
+                                                                 std::optional<double> soft_cap, double scale,
+                                                                 int64_t k) {
+  const int64_t K = check_head(hidden, weight, vocab_ids, bias, soft_cap, scale);
+  constexpr int64_t kMaxTopK = 1024;  // ops.MAX_TOPK
+  TORCH_CHECK_VALUE(k >= 1 && k <= std::min(K, kMaxTopK), "k: expected 1 <= k <= min(K=", K, ", ", kMaxTopK,
+                    "), got ", k);
+  const at::Tensor ids = vocab_ids.contiguous();
+  check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
+  const at::Tensor hf = prepare_hidden(hidden);
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const Head hd = make_head(hf, weight, ids, bias, bias_c, soft_cap, scale);
+  const int64_t B = hd.B, nt = at::get_num_threads();
+  if (B == 0)
+    return std::make_tuple(at::empty({0, k}, hidden.options().dtype(at::kFloat)),
+                           at::empty({0, k}, hidden.options().dtype(at::kLong)));
+  std::vector<TopK> best(nt * B);  // [thread][b]
+  for (auto& t : best) t.k = k;
+  for_tasks(hd, [&](int64_t b0, int64_t nb, int64_t j0, int64_t j1) {
+    thread_local Scratch sc;
+    thread_local std::vector<float> z;
+    z.resize(nb * kChunk);
+    chunk_logits(hd, b0, nb, j0, j1, z.data(), kChunk, sc);
+    TopK* mine = best.data() + static_cast<int64_t>(at::get_thread_num()) * B;
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t j = j0; j < j1; ++j) mine[b0 + b].push({z[b * kChunk + (j - j0)], j});
+  });
+  at::Tensor values = at::empty({B, k}, hidden.options().dtype(at::kFloat));
+  at::Tensor gids = at::empty({B, k}, hidden.options().dtype(at::kLong));
+  float* vo = values.data_ptr<float>();
+  int64_t* io = gids.data_ptr<int64_t>();
+  const int32_t* idp = ids.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<Cand> all;
+    for (int64_t t = 0; t < nt; ++t) all.insert(all.end(), best[t * B + b].c.begin(), best[t * B + b].c.end());
+    std::partial_sort(all.begin(), all.begin() + k, all.end(), better);
+    for (int64_t i = 0; i < k; ++i) {
+      vo[b * k + i] = all[i].v;
+      io[b * k + i] = idp[(hd.per_row ? b * K : 0) + all[i].pos];
+    }
+  }
+  return std::make_tuple(values, gids);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(leankern, CPU, m) {
+  m.impl("vocab_gather_lm_head", &vocab_gather_lm_head_cpu);
+  m.impl("vocab_gather_lm_head_topk", &vocab_gather_lm_head_topk_cpu);
+}
+
+}  // namespace vocab
+}  // namespace leankern

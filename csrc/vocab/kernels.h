@@ -1,0 +1,42 @@
+// Inner loops of the vocab CPU ops, one table per ISA (scalar, AVX2, AVX-512), chosen at run time
+// (common/cpu_features.h). The torch-facing ops (head_cpu.cpp, stats_cpu.cpp) split the work over
+// threads and call these on one chunk at a time.
+#pragma once
+
+#include <cstdint>
+
+namespace leankern {
+namespace vocab {
+
+// Partial statistics of a run of one logit row (x / t), merged by stats_cpu.cpp.
+struct StatsPartial {
+  float m = -INFINITY;  // maximum
+  int64_t argmax = -1;  // lowest index of the maximum (global index)
+  double s = 0;         // sum exp(x - m)
+  double t = 0;         // sum exp(x - m) (x - m)
+  double sumx = 0;      // sum (x - m)
+  int64_t n = 0;        // elements summed
+  bool bad = false;     // a NaN or +inf: the row is recomputed by the exact fallback
+};
+
+struct VocabKernels {
+  // out[b * ldo + j] = sum_h hidden[b * ldh + h] * row_j[h] (fp32 products, fp32 sums) for b < B and
+  // the n rows row_j = weight + rows[j] * row_stride (elements of dtype wdt; rows[j] >= 0, checked).
+  void (*dots)(const float* hidden, int64_t ldh, int64_t B, int64_t H, const void* weight, int wdt,
+               int64_t row_stride, const int64_t* rows, int64_t n, float* out, int64_t ldo);
+  // z[i] = scale * cap * tanh(z[i] / cap) in place (cap > 0).
+  void (*soft_cap)(float* z, int64_t n, float cap, float scale);
+  // sum over i of exp(z[i] - m) (z[i] <= m; -inf terms give 0).
+  double (*sum_exp)(const float* z, int64_t n, float m);
+  // Statistics of x[begin, end) of a row of dtype dt at temperature t (1: no division); index0 = begin's
+  // index in the row (for argmax).
+  void (*stats)(const void* x, int dt, int64_t begin, int64_t end, float t, StatsPartial* out);
+};
+
+const VocabKernels& scalar_kernels();
+const VocabKernels& avx2_kernels();
+const VocabKernels& avx512_kernels();
+const VocabKernels& active_kernels();  // the table of the active ISA (leankern._C.set_cpu_isa / LEANKERN_CPU_ISA)
+
+}  // namespace vocab
+}  // namespace leankern

@@ -1,0 +1,31 @@
+// AVX2 (+FMA/F16C): 8 fp32 lanes build of the vocab inner loops (kernels_impl.h). Every function carries a target attribute;
+// nothing here runs unless common/cpu_features.cpp found the ISA.
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <algorithm>
+#include <cmath>
+
+#define LK_VOCAB_ISA_AVX2
+#include "vocab/kernels.h"
+#include "vocab/vec.h"
+
+namespace leankern {
+namespace vocab {
+namespace avx2 {
+
+using S = Avx2;
+#define LK_T __attribute__((target("avx2,fma,f16c"))) inline
+#include "vocab/kernels_impl.h"
+#undef LK_T
+
+}  // namespace avx2
+
+const VocabKernels& avx2_kernels() {
+  static const VocabKernels table = {&avx2::dots, &avx2::soft_cap, &avx2::sum_exp, &avx2::stats};
+  return table;
+}
+
+}  // namespace vocab
+}  // namespace leankern
+
+#endif

@@ -1,0 +1,40 @@
+// Portable build of the vocab inner loops (kernels_impl.h over the 1-lane Scalar trait), and the ISA switch.
+#include <algorithm>
+#include <cmath>
+
+#include "common/cpu_features.h"
+#include "vocab/kernels.h"
+#include "vocab/vec.h"
+
+namespace leankern {
+namespace vocab {
+namespace scalar {
+
+using S = Scalar;
+#define LK_T inline
+#include "vocab/kernels_impl.h"
+#undef LK_T
+
+}  // namespace scalar
+
+const VocabKernels& scalar_kernels() {
+  static const VocabKernels table = {&scalar::dots, &scalar::soft_cap, &scalar::sum_exp, &scalar::stats};
+  return table;
+}
+
+const VocabKernels& active_kernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512:
+      return avx512_kernels();
+    case cpu::Isa::kAvx2:
+      return avx2_kernels();
+    default:
+      break;
+  }
+#endif
+  return scalar_kernels();
+}
+
+}  // namespace vocab
+}  // namespace leankern

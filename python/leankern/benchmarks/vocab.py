@@ -1,0 +1,202 @@
+"""Vocabulary-subset LM head benchmark: ``leankern.vocab`` vs what a user would write in PyTorch.
+
+Shapes (issue 9): V = 151,936, H = 1,024 (Qwen3-0.6B) and V = 128,256, H = 2,048 (Llama-3.2-1B);
+K = 4k, 16k, 32k subset rows (a sorted random set, as a vocabulary set is); B = 1, 4, 16; bf16
+weights and hidden states, fp32 logits. Weights are cold: a 64 MiB buffer is rewritten before every
+timed call (the L3 is 32 MiB), so each call streams its rows from memory, as in decode.
+
+Columns: ``ours`` = ``gather_lm_head`` (C++; rows read in place by id); ``full`` = torch
+``F.linear(hidden, weight)`` over the whole head; ``K/V`` = ours / (K/V x full), target <= 1.3;
+``gather+lin`` = ``torch.index_select(weight, 0, ids, out=buf)`` into a preallocated buffer, then
+``F.linear(hidden, buf)``; ``x g+l`` = its time / ours, target >= 2; ``argmax`` / ``top50`` = the fused
+reductions (no logits written), target <= ours; GB/s and ``%rd`` for the K x H x 2 weight bytes
+against the read bandwidth measured in the same run (``torch.sum`` over 256 MiB).
+
+logit_stats rows: ``[B, V]`` logits (fp32, bf16; V = 151,936), cold; bytes = B x V x itemsize;
+target >= 0.6 of read bandwidth; ``torch`` = max + argmax + logsumexp + entropy (softmax, log_softmax)
+as separate torch ops.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .harness import BenchResult, cpu_isa, cpu_model, format_table, write_csv
+from .mx_linear import measure_read_bandwidth
+
+FAMILY = "vocab"
+SHAPES = [(151936, 1024, "qwen3-0.6b"), (128256, 2048, "llama-3.2-1b")]
+HEAD_COLUMNS = [("model", "head", ""), ("K", "K", ""), ("B", "B", ""), ("ours_us", "ours us", ".0f"),
+                ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"), ("full_us", "full us", ".0f"),
+                ("kv_ratio", "ours/(K/V full)", ".2f"), ("gl_us", "gather+lin us", ".0f"), ("x_gl", "x g+l", ".2f"),
+                ("argmax_us", "argmax us", ".0f"), ("top50_us", "top50 us", ".0f"), ("target", "targets", "")]
+STATS_COLUMNS = [("dtype", "dtype", ""), ("B", "B", ""), ("V", "V", ""), ("ours_us", "ours us", ".0f"),
+                 ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"), ("torch_us", "torch us", ".0f"),
+                 ("x_torch", "x torch", ".1f"), ("target", "target", "")]
+
+
+class _Cold:
+    """Rewrites a 64 MiB buffer: evicts the 32 MiB L3 (and anything smaller) before a timed call."""
+
+    def __init__(self, nbytes: int = 64 << 20):
+        self.buf = torch.zeros(nbytes // 4)
+
+    def __call__(self):
+        self.buf.add_(1.0)
+
+
+def _median_us(fn, repeats: int, flush) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        flush()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def _plan(quick: bool, full: bool):
+    shapes = SHAPES[:1] if quick else SHAPES
+    ks = (4096,) if quick else (4096, 16384, 32768)
+    bs = (1,) if quick else (1, 4, 16)
+    return [(V, H, name, K, B) for (V, H, name) in shapes for K in ks for B in bs]
+
+
+def _head_targets(row) -> str:
+    ok = [row["kv_ratio"] <= 1.3, row["x_gl"] >= 2.0, row["argmax_us"] <= row["ours_us"] * 1.05]
+    return "/".join("y" if o else "n" for o in ok)
+
+
+def _head_rows(quick, full, bw_rd, repeats, flush, out):
+    import leankern
+
+    rows, full_us = [], {}
+    g = torch.Generator().manual_seed(0)
+    weights = {}
+    for V, H, name, K, B in _plan(quick, full):
+        if (V, H) not in weights:
+            weights.clear()  # one head in memory at a time (the Llama one is 525 MB)
+            weights[(V, H)] = (torch.randn(V, H, generator=g) * 0.02).to(torch.bfloat16)
+        w = weights[(V, H)]
+        hidden = torch.randn(B, H, generator=g).to(torch.bfloat16)
+        ids = torch.randperm(V, generator=g)[:K].sort().values.to(torch.int32)
+        ids64 = ids.long()
+        buf = torch.empty(K, H, dtype=torch.bfloat16)
+        ours = lambda: leankern.vocab.gather_lm_head(hidden, w, ids)  # noqa: E731
+        if (V, H, B) not in full_us:
+            full_us[(V, H, B)] = _median_us(lambda: F.linear(hidden, w), max(3, repeats // 2), flush)
+
+        def gather_linear():
+            torch.index_select(w, 0, ids64, out=buf)
+            return F.linear(hidden, buf)
+
+        r = dict(model=name, K=K, B=B, V=V, H=H)
+        r["ours_us"] = _median_us(ours, repeats, flush)
+        r["gbps"] = K * H * 2 / r["ours_us"] / 1e3
+        r["frac_rd"] = r["gbps"] / bw_rd
+        r["full_us"] = full_us[(V, H, B)]
+        r["kv_ratio"] = r["ours_us"] / (K / V * r["full_us"])
+        r["gl_us"] = _median_us(gather_linear, repeats, flush)
+        r["x_gl"] = r["gl_us"] / r["ours_us"]
+        r["argmax_us"] = _median_us(lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, ids), repeats, flush)
+        r["top50_us"] = _median_us(lambda: leankern.vocab.gather_lm_head_topk(hidden, w, ids, 50), repeats, flush)
+        # the fused argmax must pick what the logits say (a cheap end-to-end check of the row)
+        z = ours()
+        got, _ = leankern.vocab.gather_lm_head_argmax(hidden, w, ids)
+        r["check"] = "ok" if torch.equal(got, ids64[z.argmax(-1)]) else "MISMATCH"
+        r["target"] = _head_targets(r)
+        rows.append(r)
+    return rows
+
+
+def _stats_rows(quick, bw_rd, repeats, flush):
+    import leankern
+
+    rows = []
+    V = 151936
+    g = torch.Generator().manual_seed(1)
+    for dt in ((torch.float32,) if quick else (torch.float32, torch.bfloat16)):
+        for B in ((1,) if quick else (1, 4, 16)):
+            x = (torch.randn(B, V, generator=g) * 3).to(dt)
+
+            def torch_stats():
+                z = x.float()
+                m, a = z.max(-1)
+                lse = torch.logsumexp(z, -1)
+                ent = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
+                return m, a, lse, ent
+
+            r = dict(dtype=str(dt)[6:], B=B, V=V)
+            r["ours_us"] = _median_us(lambda: leankern.vocab.logit_stats(x), repeats, flush)
+            r["gbps"] = x.numel() * x.element_size() / r["ours_us"] / 1e3
+            r["frac_rd"] = r["gbps"] / bw_rd
+            r["torch_us"] = _median_us(torch_stats, max(3, repeats // 2), flush)
+            r["x_torch"] = r["torch_us"] / r["ours_us"]
+            r["target"] = "yes" if r["frac_rd"] >= 0.6 else "no"
+            rows.append(r)
+    return rows
+
+
+def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None,
+        aot: bool = True, bw_gbps=None, output_cache_mb: int = 0, out=print) -> BenchResult:
+    """Run the vocab bench and print its section (CPU; the GPU timing is bench/gpu_vocab.py)."""
+    import leankern
+
+    if str(device).startswith("cuda"):
+        out("== vocab == on CUDA: run bench/gpu_vocab.py (Triton kernel timings)")
+        return BenchResult([], 0.0, device)
+    bw_rd = measure_read_bandwidth()
+    out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB): "
+        f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | gather_lm_head runs on: "
+        f"{leankern.backend_for('vocab_gather_lm_head', 'cpu')}")
+    flush = _Cold()
+    repeats = 3 if quick else 7
+    head = _head_rows(quick, full, bw_rd, repeats, flush, out)
+    out(format_table(head, HEAD_COLUMNS))
+    out("bf16 weights and hidden, fp32 logits, weights cold; targets y/n: ours/(K/V full) <= 1.3 / x g+l >= 2 / "
+        "argmax <= ours (5% noise margin)")
+    for r in head:
+        if r["check"] != "ok":
+            out(f"  CHECK FAILED {r['model']} K={r['K']} B={r['B']}: fused argmax != argmax of the logits")
+    stats = _stats_rows(quick, bw_rd, repeats, flush)
+    out(format_table(stats, STATS_COLUMNS))
+    out("logit_stats: max, argmax, logsumexp, entropy, self-certainty in one pass; torch = max + logsumexp + "
+        "softmax/log_softmax entropy (no self-certainty)")
+    rows = [dict(r, section="head") for r in head] + [dict(r, section="logit_stats") for r in stats]
+    if csv_path:
+        write_csv(csv_path, rows, {"family": FAMILY, "read_bw_gbps": bw_rd, "cpu": cpu_model(), "isa": cpu_isa()})
+        out(f"wrote {csv_path}")
+    return BenchResult(rows, bw_rd, device)
+
+
+def tiny_calls(device: str = "cpu") -> list:
+    """gather_lm_head / argmax / logit_stats on a 64 x 32 head."""
+    import leankern
+
+    from .overhead import TinyCall
+
+    w = torch.randn(64, 32, device=device)
+    h = torch.randn(1, 32, device=device)
+    ids = torch.arange(0, 64, 4, dtype=torch.int32, device=device)
+    logits = torch.randn(1, 64, device=device)
+    raw = (h, w, ids, None, None, 1.0, None, False)
+    return [
+        TinyCall("vocab_gather_lm_head", "1 x 16 of 64 rows, H=32 fp32",
+                 lambda: torch.ops.leankern.vocab_gather_lm_head(*raw), "vocab.gather_lm_head",
+                 lambda: leankern.vocab.gather_lm_head(h, w, ids), "F.linear(h, w[ids])",
+                 lambda: F.linear(h, w[ids.long()])),
+        TinyCall("vocab_logit_stats", "1 x 64 fp32", lambda: torch.ops.leankern.vocab_logit_stats(logits, 1.0),
+                 "vocab.logit_stats", lambda: leankern.vocab.logit_stats(logits), "torch.logsumexp",
+                 lambda: torch.logsumexp(logits, -1)),
+    ]
+
+
+def main(argv=None) -> int:
+    """``python bench/bench_vocab.py [--quick | --full]``: this family's section only."""
+    from . import bench_main
+
+    return bench_main(argv, families=(FAMILY,), prog="bench_vocab.py")

@@ -1,0 +1,186 @@
+"""Vocabulary-subset LM head, fused logit statistics, vocabulary sets and offloaded embeddings (VocabTailor).
+
+A decode step of a small LM spends a large share of its bytes on the LM head (Qwen3-0.6B: 151,936 x
+1,024). Computing it over a task vocabulary (plus the prompt's own tokens) reads only those rows:
+
+>>> logits = leankern.vocab.gather_lm_head(hidden, lm_head.weight, vocab_ids)        # [B, K]
+>>> next_ids, best = leankern.vocab.gather_lm_head_argmax(hidden, lm_head.weight, vocab_ids)  # global ids
+
+Rows are read in place by id (no gathered copy), sums are fp32, padding ids (-1) give ``-inf``
+and any other id outside [0, V) raises before a row is read. Numerics: :mod:`leankern.vocab.ref`.
+
+Around the ops: :class:`VocabSet` / :func:`build_static_vocab` (task vocabularies, per-request sets),
+:class:`OffloadedEmbedding` (table in host memory or a memory-mapped file) and :func:`tailor` (the
+Hugging Face drop-in: ``model.generate()`` over the request's vocabulary).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import ops, ref
+
+__all__ = ["gather_lm_head", "gather_lm_head_argmax", "gather_lm_head_topk", "gather_lm_head_log_softmax",
+           "scatter_to_full", "logit_stats", "LogitStats", "VocabSet", "RequestVocab", "build_static_vocab",
+           "OffloadedEmbedding", "tailor", "untailor", "vocab_bytes", "ops", "ref"]
+
+
+def _ids32(vocab_ids: torch.Tensor) -> torch.Tensor:
+    """Hugging Face code holds int64 ids; the ops take int32 (V < 2^31)."""
+    if not isinstance(vocab_ids, torch.Tensor):
+        raise TypeError(f"vocab_ids: expected a torch.Tensor of token ids, got {type(vocab_ids).__name__}")
+    return vocab_ids.to(torch.int32) if vocab_ids.dtype == torch.int64 else vocab_ids
+
+
+def _flatten(hidden: torch.Tensor, vocab_ids: torch.Tensor):
+    """hidden ``[*lead, H]`` -> ``[B, H]``; ids ``[K]`` stay, ids ``[*lead, K]`` -> ``[B, K]``; returns lead too."""
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"hidden: expected a torch.Tensor, got {type(hidden).__name__}")
+    if hidden.dim() < 1:
+        raise ValueError(f"hidden: expected shape [..., H], got {tuple(hidden.shape)}")
+    lead = tuple(hidden.shape[:-1])
+    h = hidden.reshape(-1, hidden.shape[-1])
+    ids = _ids32(vocab_ids)
+    if ids.dim() > 1:
+        if tuple(ids.shape[:-1]) != lead:
+            raise ValueError(f"vocab_ids: expected shape [K] or [{', '.join(map(str, lead))}, K] (hidden's leading "
+                             f"dims), got {tuple(vocab_ids.shape)}")
+        ids = ids.reshape(-1, ids.shape[-1])
+    return h, ids, lead
+
+
+def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
+    """fp32 subset logits of an MXTensor head: the K rows' codes and scales are gathered (a few bytes per weight),
+    then multiplied by the quantized linear kernel."""
+    from ..mx import linear
+    from ..mx.tensor import MXTensor
+
+    if weight.layout != "row_major" or weight.scale_layout != "row_major":
+        raise ValueError("weight: an MXTensor head must be in the row-major layout with row-major scales (not prepacked "
+                         f"/ swizzled), got layout={weight.layout!r}, scale_layout={weight.scale_layout!r}")
+    V = weight.shape[0]
+    ops.check_ids_values(ids, V)
+    flat = ids.reshape(-1).long()
+    safe = flat.clamp_min(0)
+    sub = MXTensor(weight.codes[safe], weight.scales[safe], weight.global_scale, weight.fmt, weight.block_size,
+                   (flat.numel(), weight.shape[1]), weight.dtype, weight.scale_mode, rotation=weight.rotation)
+    z = linear(hidden.float(), sub)  # [B, K * rows of ids]
+    if ids.dim() == 2:  # per-row sets: row b only needs its own block of columns
+        B, K = ids.shape
+        z = z.view(B, B, K)[torch.arange(B), torch.arange(B)]
+    if bias is not None:
+        z = z + bias.float()[ids.long().clamp_min(0)]
+    z = ref.apply_cap(z, soft_cap, scale)
+    return z.masked_fill(ids < 0, float("-inf"))
+
+
+def _is_mx(weight) -> bool:
+    from ..mx.tensor import MXTensor
+
+    return isinstance(weight, MXTensor)
+
+
+def gather_lm_head(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, *, bias: Optional[torch.Tensor] = None,
+                   soft_cap: Optional[float] = None, scale: float = 1.0, out_dtype: Optional[torch.dtype] = torch.float32,
+                   log_softmax: bool = False) -> torch.Tensor:
+    """LM-head logits over a vocabulary subset: ``scale * cap(hidden . weight[id] + bias[id])``.
+
+    Parameters
+    ----------
+    hidden : Tensor ``[..., H]``, fp32 / bf16 / fp16
+    weight : Tensor ``[V, H]`` (bf16 / fp16 / fp32, rows contiguous), or an ``MXTensor`` ``[V, H]`` quantized along H
+    vocab_ids : int32 / int64 Tensor ``[K]`` (one subset for every row) or ``[..., K]`` (one per row of hidden):
+        global ids, -1 = padding (gives -inf); duplicates allowed, order kept
+    bias : Tensor ``[V]``, optional
+    soft_cap : float, optional; ``cap(z) = soft_cap * tanh(z / soft_cap)`` (Gemma-2 style final_logit_softcapping)
+    scale : float, multiplies the capped logit
+    out_dtype : fp32 (default), bf16 or fp16
+    log_softmax : return ``log_softmax`` over the subset instead (all-padding rows stay -inf)
+
+    Returns ``[..., K]``. Column ``k`` belongs to global id ``vocab_ids[k]``.
+    """
+    h, ids, lead = _flatten(hidden, vocab_ids)
+    if _is_mx(weight):
+        z = _mx_logits(h, weight, ids, bias, soft_cap, scale)
+        if log_softmax:
+            z = ref.log_softmax_rows(z)
+        out = z.to(out_dtype or torch.float32)
+    else:
+        out = torch.ops.leankern.vocab_gather_lm_head(h, weight, ids, bias, soft_cap, float(scale), out_dtype,
+                                                      bool(log_softmax))
+    return out.reshape(*lead, out.shape[-1])
+
+
+def gather_lm_head_log_softmax(hidden, weight, vocab_ids, **kwargs) -> torch.Tensor:
+    """``log_softmax`` over the subset logits (:func:`gather_lm_head` with ``log_softmax=True``), fp32 by default."""
+    return gather_lm_head(hidden, weight, vocab_ids, log_softmax=True, **kwargs)
+
+
+def gather_lm_head_topk(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, k: int, *,
+                        bias: Optional[torch.Tensor] = None, soft_cap: Optional[float] = None,
+                        scale: float = 1.0) -> tuple:
+    """The ``k`` largest subset logits without writing the ``[B, K]`` logits.
+
+    Returns ``(values fp32 [..., k], global_ids int64 [..., k])``, descending; equal logits keep their
+    order in ``vocab_ids`` (the lowest position first, like a stable sort); padding positions report id -1.
+    Same arguments as :func:`gather_lm_head`; ``1 <= k <= min(K, ops.MAX_TOPK)``.
+    """
+    h, ids, lead = _flatten(hidden, vocab_ids)
+    if _is_mx(weight):
+        if not 1 <= k <= ids.shape[-1]:
+            raise ValueError(f"k: expected 1 <= k <= K={ids.shape[-1]}, got {k}")
+        z = _mx_logits(h, weight, ids, bias, soft_cap, scale)
+        vals, pos = torch.sort(z, dim=-1, descending=True, stable=True)
+        vals, pos = vals[:, :k], pos[:, :k]
+        gids = ids.long()[pos] if ids.dim() == 1 else ids.long().gather(1, pos)
+    else:
+        vals, gids = torch.ops.leankern.vocab_gather_lm_head_topk(h, weight, ids, bias, soft_cap, float(scale), int(k))
+    return vals.reshape(*lead, k), gids.reshape(*lead, k)
+
+
+def gather_lm_head_argmax(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, **kwargs) -> tuple:
+    """Greedy next token over the subset: ``(global_ids int64 [...], max_logit fp32 [...])``; ties -> lowest position."""
+    vals, gids = gather_lm_head_topk(hidden, weight, vocab_ids, 1, **kwargs)
+    return gids[..., 0], vals[..., 0]
+
+
+def scatter_to_full(logits: torch.Tensor, vocab_ids: torch.Tensor, V: int, fill: float = float("-inf")) -> torch.Tensor:
+    """Full-vocabulary rows from subset logits: ``[B, V]`` of ``fill`` with ``logits[b, k]`` at ``vocab_ids[(b,) k]``.
+
+    logits ``[B, K]`` (any float dtype, kept); vocab_ids ``[K]`` or ``[B, K]`` (-1 writes nothing; a repeated id
+    keeps its last position's value). For samplers that need ``[B, V]``.
+    """
+    return torch.ops.leankern.vocab_scatter_to_full(logits, _ids32(vocab_ids), int(V), float(fill))
+
+
+class LogitStats(NamedTuple):
+    """Per-row statistics of a logit row ``z`` at temperature ``t`` (each ``[B]``)."""
+
+    max: torch.Tensor  # fp32, max of z / t
+    argmax: torch.Tensor  # int64, lowest index of the max (torch.argmax)
+    logsumexp: torch.Tensor  # fp32
+    entropy: torch.Tensor  # fp32, -sum p ln p (nats)
+    self_certainty: torch.Tensor  # fp32, KL(U || p) = logsumexp - mean(z / t) - ln V
+
+
+def logit_stats(logits: torch.Tensor, *, temperature: float = 1.0) -> LogitStats:
+    """Max, argmax, logsumexp, entropy and self-certainty of each row of ``logits [B, V]`` in one pass.
+
+    ``p = softmax(logits / temperature)``. Self-certainty is the KL divergence from the uniform
+    distribution to ``p`` (Kang et al. 2025, as DACE uses it): 0 for a uniform row, large when
+    confident; ``+inf`` when some logit is ``-inf``. A row that is not a distribution (a NaN or +inf
+    logit, or every logit -inf) gets NaN entropy and self-certainty. Accepts ``[..., V]``.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    lead = tuple(logits.shape[:-1])
+    outs = torch.ops.leankern.vocab_logit_stats(logits.reshape(-1, logits.shape[-1]) if logits.dim() else logits,
+                                                float(temperature))
+    return LogitStats(*(o.reshape(lead) for o in outs))
+
+
+# after the ops: hf.py uses them
+from .embedding import OffloadedEmbedding  # noqa: E402
+from .hf import tailor, untailor, vocab_bytes  # noqa: E402
+from .vocab_set import RequestVocab, VocabSet, build_static_vocab  # noqa: E402

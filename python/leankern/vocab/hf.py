@@ -1,0 +1,368 @@
+"""Hugging Face drop-in for VocabTailor (arXiv 2508.15229): per-request vocabulary LM head.
+
+>>> tailor(model, vocab_set)              # in place; model.generate() works unchanged
+>>> out = model.generate(input_ids, max_new_tokens=32)   # global token ids, only from the request's set
+>>> untailor(model)                       # the original head (same module and Parameter objects)
+
+:func:`tailor` replaces the causal LM's output head (``model.get_output_embeddings()``) by a
+:class:`TailoredHead` that computes logits only over the request's vocabulary
+``vocab_set.ids ∪ vocab_set.special_ids ∪ unique(prompt ids)`` with
+:func:`leankern.vocab.gather_lm_head`, reading the original ``[V, H]`` weight Parameter in place.
+
+**How the prompt reaches the head (the prefill rule).** A forward pre-hook on the top model sees
+every call's ``input_ids`` (keyword or positional) and its cache. A call is a *prefill* — the start
+of a new request — when it has no cache (``cache`` / ``past_key_values`` is None: a plain forward,
+or ``generate(use_cache=False)``, whose every step re-sends prompt + generated ids, all already in
+the set), when the cache is empty (``cache.get_seq_length() == 0``: transformers 5 ``generate``
+creates an empty ``DynamicCache`` before the first forward), or, on older versions, when
+``cache_position[0] == 0``. At a prefill the head builds the request's vocabulary once from the
+ids the attention mask keeps (left/right padding excluded; ``inputs_embeds`` only: static ∪
+specials) and keeps it frozen for every later call with a non-empty cache (the decode steps).
+Continuing from a filled cache therefore keeps the previous request's set; call
+:meth:`TailoredHead.set_request` to choose one explicitly. A batch of B prompts gets ONE union set
+(every row shares the same K columns; an id in another row's prompt may win in this row).
+
+**Logits.** ``full_logits=True`` (default): ``[B, L, V]`` rows filled with ``-inf`` outside the set
+(:func:`leankern.vocab.scatter_to_full`), so ``generate``, every logits processor and sampler keep
+working and return global ids. ``full_logits=False``: ``[B, L, K]`` subset logits, column ``k`` =
+global id ``head.vocab_ids[k]`` (``head.request.to_global(local)``); ``generate`` needs
+``full_logits=True`` (it indexes logits by token id). Logits come in the hidden states' dtype (what
+``nn.Linear`` returns); sums are fp32. ``logits_to_keep`` needs nothing: the model slices the
+hidden states before the head, which only sees ``[B, L', H]``.
+
+**Soft caps** (Gemma-2/3 ``final_logit_softcapping``): HF applies ``cap * tanh(logits / cap)``
+in the model's forward *after* the head; on a ``-inf`` it gives ``-cap``, a finite logit that
+can tie with or beat saturated in-set logits and gets probability mass when sampling. While
+tailored, the config's ``final_logit_softcapping`` is set to None (restored by :func:`untailor`)
+and the head applies the cap itself inside ``gather_lm_head`` (``soft_cap=``), before the scatter:
+outside ids stay exactly ``-inf``. Scales applied after the head (``logit_scale``, ``logits_scaling``)
+keep ``-inf`` as is and need nothing.
+
+**Offloading.** ``offload_embedding=True`` replaces the input embedding by an
+:class:`~leankern.vocab.embedding.OffloadedEmbedding` (table in host memory, rows gathered per
+call). For tied models (``config.tie_word_embeddings``) the head still reads the same weight on
+the compute device, so the device still holds ``V x H``; ``compact_head=True`` makes the head keep
+only the request's ``K`` rows there (gathered at prefill from the host copy of the weight, which is
+moved off an accelerator when nothing else there needs it): the VocabTailor memory claim.
+:func:`vocab_bytes` reports what stays resident, before and after.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import gather_lm_head, scatter_to_full
+from .embedding import OffloadedEmbedding
+from .vocab_set import RequestVocab, VocabSet
+
+__all__ = ["tailor", "untailor", "vocab_bytes", "is_tailored", "request_vocab", "TailoredHead", "is_prefill"]
+
+
+# --------------------------------------------------------------------------------- the head
+class TailoredHead(nn.Module):
+    """LM head over the current request's vocabulary (built by :func:`tailor`; see the module docstring).
+
+    Attributes
+    ----------
+    weight, bias : the original head's Parameters (in place; not registered with ``compact_head``)
+    request : RequestVocab or None, the current request's set (CPU ids)
+    vocab_ids : int32 ``[K]`` on the compute device, sorted global ids of the current request
+    V : full vocabulary size (rows of the weight)
+    soft_cap : float or None, applied inside the head (the model's own cap is off while tailored)
+
+    Shape: hidden ``[..., H]`` -> logits ``[..., V]`` (``full_logits``) or ``[..., K]``.
+    """
+
+    def __init__(self, linear: nn.Linear, vocab_set: VocabSet, *, soft_cap: Optional[float], full_logits: bool,
+                 compact: bool, device: torch.device, include_specials: bool = True):
+        super().__init__()
+        self.V, self.in_features = (int(s) for s in linear.weight.shape)
+        self.vocab_set, self.soft_cap, self.full_logits = vocab_set, soft_cap, bool(full_logits)
+        self.compact, self.include_specials, self.device = bool(compact), include_specials, torch.device(device)
+        if self.compact:  # plain attributes: model.to(...) must not pull the full table back onto the device
+            self.__dict__["weight"], self.__dict__["bias"] = linear.weight, linear.bias
+        else:  # the same Parameter objects: state_dict keys and tying stay as they were
+            self.weight, self.bias = linear.weight, linear.bias
+        self.request: Optional[RequestVocab] = None
+        self.vocab_ids: Optional[torch.Tensor] = None
+        self._rows = self._bias_rows = self._local_ids = None  # compact mode: [K, H], [K], arange(K)
+
+    def set_request(self, prompt_ids=None, attention_mask=None) -> RequestVocab:
+        """Build and freeze the request's vocabulary from ``prompt_ids`` ``[L]`` / ``[B, L]`` (None: static ∪
+        specials only); positions where a same-shaped ``attention_mask`` is 0 are padding and left out."""
+        ids = _kept_prompt_ids(prompt_ids, attention_mask)  # [N] int64 cpu
+        req = self.vocab_set.for_request(ids, include_specials=self.include_specials, V=self.V)
+        if len(req) == 0:
+            raise ValueError("vocab_set: the request's vocabulary is empty (no static ids, specials or prompt ids)")
+        self.request = req
+        self.vocab_ids = req.vocab_ids.to(self.device)  # [K] int32
+        if self.compact:  # the K rows this request can emit, copied once onto the compute device
+            gids = req.vocab_ids.to(self.weight.device, torch.int64)
+            self._rows = self.weight.detach().index_select(0, gids).to(self.device)  # [K, H]
+            self._bias_rows = None if self.bias is None else self.bias.detach()[gids].to(self.device)
+            self._local_ids = torch.arange(len(req), dtype=torch.int32, device=self.device)
+        return req
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.request is None:  # head called without a prefill through the model (e.g. lm_head(h) by hand)
+            self.set_request(None)
+        if self.compact:
+            w, ids, bias = self._rows, self._local_ids, self._bias_rows
+        else:
+            if self.vocab_ids.device != self.weight.device:  # model.to(...) after tailor: follow the weight
+                self.device, self.vocab_ids = self.weight.device, self.vocab_ids.to(self.weight.device)
+            w, ids, bias = self.weight, self.vocab_ids, self.bias
+        logits = gather_lm_head(hidden, w, ids, bias=bias, soft_cap=self.soft_cap, out_dtype=hidden.dtype)  # [..., K]
+        if not self.full_logits:
+            return logits
+        lead, K = logits.shape[:-1], logits.shape[-1]
+        full = scatter_to_full(logits.reshape(-1, K), self.vocab_ids, self.V)  # [N, V], -inf outside the set
+        return full.reshape(*lead, self.V)
+
+    def resident_tensors(self) -> list:
+        """Tensors this head keeps on the compute device between calls (the in-place weight, or the K rows)."""
+        if self.compact:
+            ts = [self._rows, self._bias_rows]
+        else:
+            ts = [self.weight, self.bias]
+        return [t for t in ts if t is not None and t.device == self.device]
+
+    def extra_repr(self) -> str:
+        K = None if self.request is None else len(self.request)
+        return (f"V={self.V}, H={self.in_features}, K={K}, static={len(self.vocab_set)}, soft_cap={self.soft_cap}, "
+                f"full_logits={self.full_logits}, compact={self.compact}")
+
+
+def _kept_prompt_ids(prompt_ids, attention_mask) -> torch.Tensor:
+    """The non-padding prompt ids as a flat int64 CPU tensor. Shape: [L] / [B, L] -> [N]."""
+    if prompt_ids is None:
+        return torch.zeros(0, dtype=torch.int64)
+    if not isinstance(prompt_ids, torch.Tensor):
+        prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.int64)
+    ids = prompt_ids
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == ids.dim() == 2 \
+            and attention_mask.shape[0] == ids.shape[0] and attention_mask.shape[1] >= ids.shape[1]:
+        ids = ids[attention_mask[:, -ids.shape[1]:].to(ids.device) != 0]  # one sync per request, at prefill
+    return ids.reshape(-1).to("cpu", torch.int64)
+
+
+# ------------------------------------------------------------------------------- prefill rule
+def _cache_length(cache) -> Optional[int]:
+    """Tokens already in ``cache`` (a transformers Cache or a legacy tuple); None when unknown."""
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)):
+        return 0 if len(cache) == 0 else int(cache[0][0].shape[-2])
+    return None
+
+
+def is_prefill(cache=None, cache_position: Optional[torch.Tensor] = None) -> bool:
+    """The prefill rule: no cache, an empty cache, or (older transformers) ``cache_position[0] == 0``."""
+    if cache_position is not None and isinstance(cache_position, torch.Tensor) and cache_position.numel():
+        return int(cache_position.reshape(-1)[0]) == 0
+    if cache is None:
+        return True
+    return _cache_length(cache) == 0
+
+
+def _make_pre_hook(head: TailoredHead, param_names: list):
+    """Forward pre-hook of the top model: sets the head's request at each prefill (see the module docstring)."""
+
+    def arg(name, args, kwargs):
+        if name in kwargs:
+            return kwargs[name]
+        i = param_names.index(name) if name in param_names else -1
+        return args[i] if 0 <= i < len(args) else None
+
+    def pre_hook(module, args, kwargs):
+        cache = arg("cache", args, kwargs)
+        if cache is None:
+            cache = arg("past_key_values", args, kwargs)
+        prefill = is_prefill(cache, kwargs.get("cache_position"))
+        if prefill or head.request is None:
+            head.set_request(arg("input_ids", args, kwargs), arg("attention_mask", args, kwargs))
+        return None
+
+    return pre_hook
+
+
+# -------------------------------------------------------------------------------- tailoring
+@dataclasses.dataclass
+class _TailorState:
+    """What :func:`untailor` needs to put back (kept on the head, outside the module tree)."""
+
+    head: nn.Module
+    embedding: Optional[nn.Module]  # the original input embedding when it was offloaded
+    hook: object
+    softcap_configs: list  # configs whose final_logit_softcapping was set to None
+    moved_from: Optional[torch.device]  # compact_head: the weight's device before it went to host memory
+    before: dict
+
+
+def _softcap_configs(model) -> tuple:
+    """(configs holding a final_logit_softcapping, the cap): the top config and its text config."""
+    cfgs, cap = [], None
+    top = getattr(model, "config", None)
+    cands = [top] + ([top.get_text_config()] if hasattr(top, "get_text_config") else [])
+    for c in cands:
+        if c is not None and getattr(c, "final_logit_softcapping", None) is not None and all(c is not d for d in cfgs):
+            cfgs.append(c)
+            cap = float(c.final_logit_softcapping)
+    if getattr(model, "final_logit_softcapping", None) is not None:  # read at init into the module: cannot switch off
+        raise ValueError(f"{type(model).__name__}.final_logit_softcapping: the soft cap is a module attribute, "
+                         "not read from the config; tailoring it is not supported")
+    return cfgs, cap
+
+
+def _offloaded(emb: nn.Module, device) -> nn.Module:
+    """An OffloadedEmbedding equal to ``emb`` (scaled embeddings such as Gemma's keep their scale)."""
+    if not isinstance(emb, nn.Embedding):
+        raise TypeError("offload_embedding: expected the input embedding to be an nn.Embedding, "
+                        f"got {type(emb).__name__}")
+    if type(emb).forward is nn.Embedding.forward:
+        return OffloadedEmbedding(emb.weight, device=device, padding_idx=emb.padding_idx)
+    if isinstance(getattr(emb, "embed_scale", None), torch.Tensor):
+        return _ScaledOffloadedEmbedding(emb.weight, emb.embed_scale, device=device, padding_idx=emb.padding_idx)
+    raise ValueError(f"offload_embedding: {type(emb).__name__} overrides nn.Embedding.forward in a way this drop-in "
+                     "does not know; refusing to drop it silently")
+
+
+class _ScaledOffloadedEmbedding(OffloadedEmbedding):
+    """OffloadedEmbedding times ``embed_scale`` (Gemma's ``*TextScaledWordEmbedding``: rows * scale, table dtype)."""
+
+    def __init__(self, weight, embed_scale: torch.Tensor, **kw):
+        super().__init__(weight, **kw)
+        self.register_buffer("embed_scale", embed_scale.detach().to(self.device), persistent=False)
+
+    def forward(self, input_ids):
+        return super().forward(input_ids) * self.embed_scale.to(self.dtype)
+
+
+def is_tailored(model) -> bool:
+    return isinstance(model.get_output_embeddings(), TailoredHead)
+
+
+def request_vocab(model) -> Optional[RequestVocab]:
+    """The tailored model's current request vocabulary (None before the first prefill)."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, TailoredHead):
+        raise ValueError(f"model: expected a model tailored by leankern.vocab.tailor, got head {type(head).__name__}")
+    return head.request
+
+
+def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_logits: bool = True,
+           compact_head: bool = False, include_specials: bool = True):
+    """Make ``model`` (a transformers causal LM) compute logits over each request's vocabulary only. In place.
+
+    Parameters
+    ----------
+    model : a ``*ForCausalLM`` whose ``get_output_embeddings()`` is an ``nn.Linear`` ``[V, H]``
+    vocab_set : VocabSet, the static task vocabulary (+ its special ids)
+    offload_embedding : keep the input embedding's table in host memory (:class:`OffloadedEmbedding`)
+    full_logits : return ``[.., V]`` rows with -inf outside the set (default; needed by ``generate``),
+        else ``[.., K]`` subset logits (global ids: ``model.get_output_embeddings().vocab_ids``)
+    compact_head : keep only the request's K head rows on the compute device (see the module docstring)
+    include_specials : add ``vocab_set.special_ids`` to every request
+
+    Returns the same ``model``. :func:`untailor` undoes it.
+    """
+    if not isinstance(vocab_set, VocabSet):
+        raise TypeError(f"vocab_set: expected a leankern.vocab.VocabSet, got {type(vocab_set).__name__}")
+    linear = model.get_output_embeddings()
+    if isinstance(linear, TailoredHead):
+        raise ValueError("model: already tailored; call untailor(model) first")
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"model.get_output_embeddings(): expected an nn.Linear head, got {type(linear).__name__}")
+    before = vocab_bytes(model)
+    emb = model.get_input_embeddings()
+    device = linear.weight.device
+    tied = isinstance(emb, nn.Embedding) and emb.weight.data_ptr() == linear.weight.data_ptr()
+    cfgs, cap = _softcap_configs(model)
+    moved_from = None
+    if compact_head and device.type != "cpu" and (not tied or offload_embedding):
+        moved_from = device  # nothing else on the device reads the full table: move it to host memory
+        linear.weight.data = linear.weight.data.to("cpu")
+    new_emb = _offloaded(emb, emb.weight.device if moved_from is None or not tied else moved_from) \
+        if offload_embedding else None
+    head = TailoredHead(linear, vocab_set, soft_cap=cap, full_logits=full_logits, compact=compact_head, device=device,
+                        include_specials=include_specials)
+    for c in cfgs:  # the head applies the cap (before the -inf scatter); the model must not apply it again
+        c.final_logit_softcapping = None
+    if new_emb is not None:
+        model.set_input_embeddings(new_emb)
+    model.set_output_embeddings(head)
+    names = [n for n in inspect.signature(model.forward).parameters]
+    hook = model.register_forward_pre_hook(_make_pre_hook(head, names), with_kwargs=True)
+    head.__dict__["_tailor_state"] = _TailorState(linear, emb if new_emb is not None else None, hook,
+                                                  [(c, cap) for c in cfgs], moved_from, before)
+    return model
+
+
+def untailor(model):
+    """Put back the original head (the same module and Parameter objects, bit for bit), the input embedding and
+    the soft cap; remove the hook. Returns the model."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, TailoredHead):
+        raise ValueError(f"model: not tailored (its head is {type(head).__name__})")
+    st: _TailorState = head.__dict__["_tailor_state"]
+    st.hook.remove()
+    if st.moved_from is not None:
+        st.head.weight.data = st.head.weight.data.to(st.moved_from)
+    if st.embedding is not None:
+        model.set_input_embeddings(st.embedding)
+    model.set_output_embeddings(st.head)
+    for c, cap in st.softcap_configs:
+        c.final_logit_softcapping = cap
+    return model
+
+
+# ----------------------------------------------------------------------------- accounting
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _current_bytes(model) -> dict:
+    """Bytes of the input embedding and the head kept on the compute device (shared storage counted once in
+    ``total``), and the offloaded tables' bytes in host memory / files (``host``)."""
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    device = head.device if isinstance(head, TailoredHead) else head.weight.device
+    parts = {"embedding": [], "head": []}
+    host = {}
+    if isinstance(emb, OffloadedEmbedding):  # what the module reports: 0 on the device, its table on the host
+        parts["embedding"].append((("emb", id(emb)), emb.resident_bytes()))
+        host[("t", emb.weight.data_ptr())] = emb.table_bytes()
+    elif emb is not None and emb.weight.device == device:
+        parts["embedding"].append((("t", emb.weight.data_ptr()), _nbytes(emb.weight)))
+    if isinstance(head, TailoredHead):
+        ts = head.resident_tensors()
+        if head.compact:  # the full table is host memory by the same convention as OffloadedEmbedding's
+            host[("t", head.weight.data_ptr())] = _nbytes(head.weight)
+    else:
+        ts = [t for t in (head.weight, head.bias) if t is not None and t.device == device]
+    parts["head"] += [(("t", t.data_ptr()), _nbytes(t)) for t in ts]
+    unique = dict(kv for p in parts.values() for kv in p)
+    return {"device": str(device), "embedding": sum(b for _, b in parts["embedding"]),
+            "head": sum(b for _, b in parts["head"]), "total": sum(unique.values()), "host": sum(host.values())}
+
+
+def vocab_bytes(model) -> dict:
+    """Vocabulary bytes resident on the compute device: ``{"device", "embedding", "head", "total", "host",
+    "tailored", "K", "before": {...}}``.
+
+    ``embedding`` / ``head``: bytes each module keeps on the compute device between calls
+    (``OffloadedEmbedding.resident_bytes()``; the in-place tailored head keeps the full ``[V, H]``
+    weight there, the compact one its ``[K, H]`` rows); ``total`` counts a tied table once;
+    ``host``: offloaded tables (host memory or a mapped file: by OffloadedEmbedding's convention
+    they count here even when the compute device is the CPU). ``before``: the same numbers recorded
+    when :func:`tailor` ran (the current ones when not tailored). ``K``: current request's set size.
+    """
+    now = _current_bytes(model)
+    head = model.get_output_embeddings()
+    tailored = isinstance(head, TailoredHead)
+    before = head.__dict__["_tailor_state"].before if tailored else {k: v for k, v in now.items()}
+    K = len(head.request) if tailored and head.request is not None else None
+    return {**now, "tailored": tailored, "K": K, "before": {k: before[k] for k in now}}

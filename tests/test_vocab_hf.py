@@ -1,0 +1,286 @@
+"""leankern.vocab.hf: the Hugging Face drop-in (tailor / untailor / vocab_bytes) on tiny random
+Llama (untied), Qwen3 (tied) and Gemma-2 (tied, soft-capped) models built from their configs."""
+import copy
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from leankern.vocab.hf import TailoredHead, is_prefill, request_vocab, tailor, untailor, vocab_bytes  # noqa: E402
+from leankern.vocab.vocab_set import VocabSet  # noqa: E402
+
+# Until the C++ kernels land the ops run their reference with a RuntimeWarning
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+V, H = 1000, 64
+ARCHS = ["llama", "qwen3", "gemma2"]
+
+
+def _config(arch: str, **over):
+    import transformers as tf
+
+    common = dict(vocab_size=V, hidden_size=H, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=256, initializer_range=0.1,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "llama":
+        return tf.LlamaConfig(**common, tie_word_embeddings=False, **over)
+    if arch == "qwen3":
+        return tf.Qwen3Config(**common, tie_word_embeddings=True, **over)
+    return tf.Gemma2Config(**common, tie_word_embeddings=True, final_logit_softcapping=over.pop("cap", 3.0),
+                           attn_implementation="eager", **over)
+
+
+def _build(arch: str, seed: int = 0, **over):
+    import transformers as tf
+
+    cls = {"llama": tf.LlamaForCausalLM, "qwen3": tf.Qwen3ForCausalLM, "gemma2": tf.Gemma2ForCausalLM}[arch]
+    torch.manual_seed(seed)
+    return cls(_config(arch, **over)).eval()
+
+
+_MODELS = {}
+
+
+@pytest.fixture(params=ARCHS)
+def base(request):
+    """(arch, the full model): built once per arch, never tailored (tests tailor a deep copy)."""
+    arch = request.param
+    if arch not in _MODELS:
+        _MODELS[arch] = _build(arch)
+    return arch, _MODELS[arch]
+
+
+def _greedy(model, ids, n=6, mask=None):
+    with torch.inference_mode():
+        return model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              pad_token_id=0)
+
+
+def _prompt(seed=1, L=7, B=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, V, (B, L), generator=g)
+
+
+def _random_ids(n, seed=2, exclude=()):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randperm(V, generator=g)[:n].tolist()
+    return [i for i in ids if i not in set(exclude)]
+
+
+def _vocab(ids, specials=(1, 2)):
+    return VocabSet(ids=list(ids), tokenizer_name="toy", special_ids=list(specials))
+
+
+def _tailored(model, vocab_set, **kw):
+    return tailor(copy.deepcopy(model), vocab_set, **kw)
+
+
+# ------------------------------------------------------------------------------ (a), (c)
+def test_generate_matches_full_model_when_choices_are_in_set(base):
+    arch, full = base
+    ids = _prompt()
+    ref = _greedy(full, ids)
+    model = _tailored(full, _vocab(ref[0].tolist() + _random_ids(100)))
+    out = _greedy(model, ids)
+    assert torch.equal(out, ref), f"{arch}: tailored greedy {out.tolist()} != full {ref.tolist()}"
+
+
+def test_in_set_logits_equal_full_model_logits(base):
+    arch, full = base
+    ids = _prompt(L=9)
+    model = _tailored(full, _vocab(_random_ids(150)))
+    with torch.inference_mode():
+        ref = full(ids).logits  # [1, L, V], soft-capped by HF for gemma2
+        got = model(ids).logits
+    vocab_ids = request_vocab(model).vocab_ids.long()
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got[..., vocab_ids], ref[..., vocab_ids], rtol=1e-5, atol=1e-5)
+    outside = torch.ones(V, dtype=torch.bool)
+    outside[vocab_ids] = False
+    assert torch.isneginf(got[..., outside]).all(), f"{arch}: ids outside the set must be exactly -inf"
+    assert set(ids[0].tolist()) <= set(vocab_ids.tolist()), "the prompt's ids belong to the request"
+
+
+def test_subset_logits_mode(base):
+    arch, full = base
+    ids = _prompt(L=5)
+    model = _tailored(full, _vocab(_random_ids(80)), full_logits=False)
+    with torch.inference_mode():
+        ref = full(ids).logits
+        sub = model(ids).logits  # [1, L, K]
+    head = model.get_output_embeddings()
+    assert sub.shape == (1, 5, len(head.request))
+    assert torch.equal(head.vocab_ids.cpu(), head.request.vocab_ids)
+    torch.testing.assert_close(sub, ref[..., head.vocab_ids.long()], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ (b)
+def _manual_subset_greedy(full, ids, vocab_ids, n):
+    """Greedy decode by hand: full logits (no cache), argmax over the subset columns only."""
+    seq = ids
+    with torch.inference_mode():
+        for _ in range(n):
+            z = full(seq).logits[:, -1, :]  # [1, V]
+            nxt = vocab_ids[z[:, vocab_ids].argmax(-1)]  # [1] global ids
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+    return seq
+
+
+def test_outside_choice_never_wins_and_output_is_subset_argmax(base):
+    arch, full = base
+    ids = _prompt(seed=3)
+    ref = _greedy(full, ids)
+    banned = set(ref[0, ids.shape[1]:].tolist()) - set(ids[0].tolist())  # full choices not forced in by the prompt
+    assert banned, "the full model only repeats prompt tokens; pick another seed"
+    model = _tailored(full, _vocab(_random_ids(60, exclude=banned | {2}), specials=(1,)))
+    n = 6
+    out = _greedy(model, ids, n)
+    vocab_ids = request_vocab(model).vocab_ids.long()
+    gen = out[0, ids.shape[1]:]
+    assert bool(torch.isin(gen, vocab_ids).all()), f"{arch}: generated {gen.tolist()} outside the request's set"
+    assert not (set(gen.tolist()) & banned)
+    assert torch.equal(out, _manual_subset_greedy(full, ids, vocab_ids, n))
+
+
+def test_soft_cap_outside_ids_stay_minus_inf():
+    """A tiny cap saturates every in-set logit to +-cap; HF's cap after the head would turn -inf into -cap (a tie)."""
+    full = _build("gemma2", seed=5, cap=1e-4)
+    ids = _prompt(seed=4)
+    model = _tailored(full, _vocab(_random_ids(40, seed=9)))
+    head = model.get_output_embeddings()
+    assert head.soft_cap == pytest.approx(1e-4) and model.config.final_logit_softcapping is None
+    with torch.inference_mode():
+        z = model(ids).logits  # [1, L, V]
+        torch.manual_seed(0)
+        sampled = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=True, top_k=0, top_p=1.0,
+                                 temperature=1.0, pad_token_id=0)
+    vocab_ids = head.vocab_ids.long()
+    inside = torch.zeros(V, dtype=torch.bool)
+    inside[vocab_ids] = True
+    assert torch.isneginf(z[..., ~inside]).all()
+    assert (z[..., inside].abs() <= 1e-4 * (1 + 1e-6)).all()
+    assert bool(inside[z.argmax(-1)].all())
+    assert bool(inside[sampled[0, ids.shape[1]:]].all())
+    untailor(model)
+    assert model.config.final_logit_softcapping == pytest.approx(1e-4)
+
+
+# ------------------------------------------------------------------------------------ (d)
+def test_untailor_restores_original_head_bit_for_bit(base):
+    arch, full = base
+    model = copy.deepcopy(full)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    weight, saved = head.weight, {k: v.clone() for k, v in model.state_dict().items()}
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    tailor(model, _vocab(_random_ids(50)), offload_embedding=True)
+    assert isinstance(model.get_output_embeddings(), TailoredHead)
+    assert model.get_output_embeddings().weight is weight  # read in place, no copy
+    _greedy(model, _prompt(), 3)
+    untailor(model)
+    assert model.get_output_embeddings() is head and head.weight is weight
+    assert model.get_input_embeddings() is emb
+    assert getattr(model.config, "final_logit_softcapping", None) == cap
+    assert len(model._forward_pre_hooks) == 0
+    now = model.state_dict()
+    assert now.keys() == saved.keys()
+    for k, v in saved.items():
+        assert torch.equal(now[k], v) and now[k].dtype == v.dtype, k
+    ids = _prompt()
+    assert torch.equal(_greedy(model, ids), _greedy(full, ids))
+    with pytest.raises(ValueError, match="not tailored"):
+        untailor(model)
+
+
+def test_tailor_twice_is_refused():
+    model = _tailored(_build("llama"), _vocab(range(10)))
+    with pytest.raises(ValueError, match="already tailored"):
+        tailor(model, _vocab(range(10)))
+
+
+# ------------------------------------------------------------------------------------ (e)
+@pytest.mark.parametrize("compact", [False, True])
+def test_offloaded_embedding_same_outputs_and_bytes(base, compact):
+    arch, full = base
+    ids = _prompt(seed=6)
+    vs = _vocab(_greedy(full, ids)[0].tolist() + _random_ids(100))
+    plain = _tailored(full, vs)
+    off = _tailored(full, vs, offload_embedding=True, compact_head=compact)
+    assert type(off.get_input_embeddings()).__name__.endswith("OffloadedEmbedding")
+    assert torch.equal(_greedy(off, ids), _greedy(plain, ids))
+    with torch.inference_mode():
+        torch.testing.assert_close(off(ids).logits, plain(ids).logits, rtol=1e-6, atol=1e-6)
+
+    table = V * H * 4  # fp32 [V, H]
+    K = len(request_vocab(off))
+    b = vocab_bytes(off)
+    tied = arch != "llama"
+    assert b["tailored"] and b["K"] == K
+    assert b["before"] == {"device": "cpu", "embedding": table, "head": table, "total": table if tied else 2 * table,
+                           "host": 0}
+    assert b["embedding"] == 0
+    if compact:  # only the request's rows stay on the device: the VocabTailor claim
+        assert b["head"] == b["total"] == K * H * 4
+    else:  # the head reads the full weight in place
+        assert b["head"] == b["total"] == table
+    # host: the embedding's table, plus the head's own table when compact; a tied (shared) table counts once
+    assert b["host"] == (2 * table if compact and not tied else table)
+    assert vocab_bytes(plain)["total"] == b["before"]["total"]
+
+
+# ------------------------------------------------------------------------------------ (f)
+def test_batch_with_left_padding(base):
+    arch, full = base
+    short, long_ = _prompt(seed=7, L=4), _prompt(seed=8, L=9)
+    ids = torch.cat([torch.cat([torch.zeros(1, 5, dtype=torch.long), short], 1), long_])  # [2, 9], left padded
+    mask = (ids != 0).long()
+    mask[1] = 1
+    ref = _greedy(full, ids, mask=mask)
+    gen = ref[:, ids.shape[1]:].reshape(-1).tolist()
+    model = _tailored(full, _vocab([i for i in gen + _random_ids(100) if i != 0]))
+    out = _greedy(model, ids, mask=mask)
+    assert torch.equal(out, ref), f"{arch}: {out.tolist()} != {ref.tolist()}"
+    vocab_ids = set(request_vocab(model).vocab_ids.tolist())
+    assert 0 not in vocab_ids, "left padding must not enter the request's vocabulary"
+    assert set(short[0].tolist()) | set(long_[0].tolist()) <= vocab_ids, "one union set for the batch"
+
+
+# --------------------------------------------------------------------------------- prefill rule
+def test_each_generate_call_gets_its_own_request():
+    full = _build("qwen3")
+    model = _tailored(full, _vocab(range(3, 20)))
+    a, b = _prompt(seed=10, L=5), _prompt(seed=11, L=5)
+    _greedy(model, a, 3)
+    set_a = set(request_vocab(model).vocab_ids.tolist())
+    _greedy(model, b, 3)
+    set_b = set(request_vocab(model).vocab_ids.tolist())
+    assert set(a[0].tolist()) <= set_a and set(b[0].tolist()) <= set_b
+    assert not (set(a[0].tolist()) - set(b[0].tolist()) - set(range(3, 20))) & set_b
+    with torch.inference_mode():  # no cache: every generate step re-sends prompt + generated ids
+        out = model.generate(b, max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(out, _greedy(model, b, 3))
+
+
+def test_is_prefill_rule():
+    from transformers import DynamicCache
+
+    assert is_prefill(None)
+    assert is_prefill(DynamicCache())
+    assert is_prefill(None, torch.tensor([0, 1, 2]))
+    assert not is_prefill(None, torch.tensor([5]))
+    full = _build("llama")
+    with torch.inference_mode():
+        out = full(_prompt(L=4), use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    assert not is_prefill(cache)
+
+
+def test_rejects_wrong_arguments():
+    full = _build("llama")
+    with pytest.raises(TypeError, match="vocab_set"):
+        tailor(copy.deepcopy(full), [1, 2, 3])
+    model = _tailored(full, VocabSet(ids=[], tokenizer_name="toy"))
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="empty"):
+        warnings.simplefilter("ignore")
+        model(inputs_embeds=torch.zeros(1, 2, H))
