@@ -284,3 +284,168 @@ def test_rejects_wrong_arguments():
     with warnings.catch_warnings(), pytest.raises(ValueError, match="empty"):
         warnings.simplefilter("ignore")
         model(inputs_embeds=torch.zeros(1, 2, H))
+
+
+# -------------------------------------------------------------- tied decode embeddings from the head rows
+TIED = ["qwen3", "gemma2"]
+
+
+@pytest.fixture(params=TIED)
+def tied(request):
+    """(arch, the full tied model), shared with ``base``'s cache."""
+    arch = request.param
+    if arch not in _MODELS:
+        _MODELS[arch] = _build(arch)
+    return arch, _MODELS[arch]
+
+
+def _step(model, ids, cache=None):
+    """One forward with a cache (a new one when None); returns (logits, cache). Handles the cache kwarg's name."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(ids, use_cache=True, **({} if cache is None else {name: cache}))
+    return out.logits, getattr(out, "cache", None) or out.past_key_values
+
+
+def _spy_host_gather(emb):
+    """Record every host gather of ``emb`` (its OffloadedEmbedding path): (ids, armed for a decode step?)."""
+    calls, real = [], emb._gather_to_device
+
+    def spy(unique_ids):
+        calls.append((unique_ids.clone(), emb._decode_step))
+        return real(unique_ids)
+
+    emb._gather_to_device = spy
+    return calls
+
+
+def test_tied_compact_decode_reads_head_rows(tied):
+    from leankern.vocab.hf import _TiedOffloadedEmbedding
+
+    arch, full = tied
+    ids = _prompt(seed=12)
+    n = 6
+    ref = _greedy(full, ids, n)
+    vs = _vocab(ref[0].tolist() + _random_ids(100))
+    model = _tailored(full, vs, offload_embedding=True, compact_head=True)
+    plain_off = _tailored(full, vs, offload_embedding=True, compact_head=False)
+    emb = model.get_input_embeddings()
+    assert isinstance(emb, _TiedOffloadedEmbedding) and emb.mode == "checked"
+    assert type(plain_off.get_input_embeddings()) is not _TiedOffloadedEmbedding  # only with the compact head
+    calls = _spy_host_gather(emb)
+    out = _greedy(model, ids, n)
+    assert torch.equal(out, ref), f"{arch}: {out.tolist()} != full {ref.tolist()}"
+    assert torch.equal(out, _greedy(plain_off, ids, n))
+    # the prefill gathers the prompt's rows from the host table; the n - 1 decode steps never touch it
+    assert len(calls) == 1 and not calls[0][1]
+    assert torch.equal(calls[0][0], torch.unique(ids))
+    assert emb.host_calls == 1 and emb.head_row_calls == n - 1
+    assert not emb._decode_step, "disarmed after each top-level call"
+    # nothing extra resident: the rows read at decode are the head's, counted there
+    b, K = vocab_bytes(model), len(request_vocab(model))
+    assert b["embedding"] == 0 and b["head"] == b["total"] == K * H * 4 and b["host"] == V * H * 4
+    sync_free = _tailored(full, vs, offload_embedding=True, compact_head=True, tied_decode="assert")
+    assert torch.equal(_greedy(sync_free, ids, n), ref)
+    assert sync_free.get_input_embeddings().head_row_calls == n - 1
+
+
+def test_tied_decode_embedding_equals_host_gather(tied):
+    """A decode step's embedding from the head rows equals the host gather bit for bit (incl. Gemma's embed_scale)."""
+    arch, full = tied
+    ids = _prompt(seed=13, L=6)
+    model = _tailored(full, _vocab(_random_ids(80)), offload_embedding=True, compact_head=True)
+    emb, orig = model.get_input_embeddings(), full.get_input_embeddings()
+    seen = []
+    emb.register_forward_hook(lambda m, a, o: seen.append((a[0].clone(), o.clone(), m._decode_step)))
+    with torch.inference_mode():
+        _, cache = _step(model, ids)
+        tok = request_vocab(model).vocab_ids[5:7].long().reshape(1, 2)  # two in-set ids at once
+        _step(model, tok, cache)
+        for got_ids, got, armed in seen:
+            assert torch.equal(got, orig(got_ids)), arch
+    assert [s[2] for s in seen] == [False, True]
+    assert emb.host_calls == 1 and emb.head_row_calls == 1
+
+
+def test_tied_decode_outside_set_falls_back_or_raises(tied):
+    arch, full = tied
+    ids = _prompt(seed=14, L=6)
+    vs = _vocab([i for i in _random_ids(80) if i != 0])
+    checked = _tailored(full, vs, offload_embedding=True, compact_head=True)
+    asserting = _tailored(full, vs, offload_embedding=True, compact_head=True, tied_decode="assert")
+    plain = _tailored(full, vs, offload_embedding=True, compact_head=False)
+    outside = torch.tensor([[0]])  # the pad id: not in the set, nor in the prompt
+    with torch.inference_mode():
+        logits = {}
+        for name, m in (("checked", checked), ("plain", plain)):
+            _, cache = _step(m, ids)
+            logits[name], _ = _step(m, outside, cache)
+        assert 0 not in set(request_vocab(checked).vocab_ids.tolist())
+        torch.testing.assert_close(logits["checked"], logits["plain"], rtol=1e-6, atol=1e-6)
+        emb = checked.get_input_embeddings()
+        assert emb.host_calls == 2 and emb.head_row_calls == 0  # the outside id took the host gather
+
+        _, cache = _step(asserting, ids)
+        with pytest.raises(ValueError, match="outside the request's vocabulary"):
+            _step(asserting, outside, cache)
+        emb = asserting.get_input_embeddings()
+        assert not emb._decode_step, "the forward hook disarms the embedding even when the call raises"
+        emb(outside)  # not armed (no top-level decode call): the host gather, no error
+
+
+def test_tied_decode_batch_with_a_finished_row(tied):
+    """generate feeds pad_token_id (outside the set) to a finished row: 'checked' falls back, output unchanged."""
+    arch, full = tied
+    ids, n = _prompt(seed=15, L=6, B=2), 8
+    ref = _greedy(full, ids, n)
+    L = ids.shape[1]
+    gen0, gen1 = ref[0, L:].tolist(), ref[1, L:].tolist()
+    cands = [(p, t) for p, t in enumerate(gen0[:-2]) if t not in gen1 and t not in gen0[:p] and t > 2]
+    assert cands and 0 not in gen0 + gen1, "pick another seed"
+    p, eos = cands[0]
+    expected = ref.clone()
+    expected[0, L + p + 1:] = 0  # row 0 stops at its eos, then gets pad
+    vs = _vocab([i for i in gen0 + gen1 + _random_ids(100) if i != 0])
+    model = _tailored(full, vs, offload_embedding=True, compact_head=True)
+    plain = _tailored(full, vs, offload_embedding=True, compact_head=False)
+    emb = model.get_input_embeddings()
+    kw = dict(max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    with torch.inference_mode():
+        out = model.generate(ids, **kw)
+        assert torch.equal(out, plain.generate(ids, **kw))
+    assert torch.equal(out, expected), f"{arch}: {out.tolist()} != {expected.tolist()}"
+    # prefill + the steps after row 0 finished (pad in the batch) took the host gather; the others the head rows
+    assert emb.host_calls == 1 + (n - 2 - p) and emb.head_row_calls == p + 1
+
+
+def test_tied_decode_modes_and_untailor(tied):
+    from leankern.vocab.hf import _TiedOffloadedEmbedding
+    from leankern.vocab.embedding import OffloadedEmbedding
+
+    arch, full = tied
+    vs = _vocab(_random_ids(60))
+    with pytest.raises(ValueError, match="tied_decode"):
+        tailor(copy.deepcopy(full), vs, offload_embedding=True, compact_head=True, tied_decode="sometimes")
+    off = _tailored(full, vs, offload_embedding=True, compact_head=True, tied_decode="off")
+    e = off.get_input_embeddings()
+    assert isinstance(e, OffloadedEmbedding) and not isinstance(e, _TiedOffloadedEmbedding)
+    assert not isinstance(_tailored(_build("llama"), vs, offload_embedding=True, compact_head=True)
+                          .get_input_embeddings(), _TiedOffloadedEmbedding), "untied: the head rows are not the table"
+
+    model = copy.deepcopy(full)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    weight = head.weight
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    tailor(model, vs, offload_embedding=True, compact_head=True)
+    assert isinstance(model.get_input_embeddings(), _TiedOffloadedEmbedding)
+    assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 1
+    _greedy(model, _prompt(), 3)
+    untailor(model)
+    assert model.get_input_embeddings() is emb and model.get_output_embeddings() is head and head.weight is weight
+    assert emb.weight is weight, "still tied"
+    assert len(model._forward_pre_hooks) == 0 and len(model._forward_hooks) == 0
+    now = model.state_dict()
+    assert now.keys() == saved.keys() and all(torch.equal(now[k], v) for k, v in saved.items())
+    ids = _prompt()
+    assert torch.equal(_greedy(model, ids), _greedy(full, ids))

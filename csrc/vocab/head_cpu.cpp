@@ -61,9 +61,21 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
       sc.pos[n++] = j - j0;
     }
   }
+  const float post = hd.capped ? 1.0f : hd.scale;
+  if (n == m) {  // no padding in the chunk (the common case): the dots land in place
+    hd.k->dots(hd.h + b0 * hd.H, hd.H, nb, hd.H, hd.w, hd.wdt, hd.rs, sc.rows.data(), n, out, ldo);
+    for (int64_t b = 0; b < nb; ++b) {
+      float* o = out + b * ldo;
+      if (hd.bias)
+        for (int64_t i = 0; i < m; ++i) o[i] += load_scalar(hd.bias, hd.bdt, sc.rows[i]);
+      if (post != 1.0f)
+        for (int64_t i = 0; i < m; ++i) o[i] *= post;
+      if (hd.capped) hd.k->soft_cap(o, m, hd.cap, hd.scale);
+    }
+    return;
+  }
   sc.dots.resize(nb * std::max<int64_t>(n, 1));
   if (n) hd.k->dots(hd.h + b0 * hd.H, hd.H, nb, hd.H, hd.w, hd.wdt, hd.rs, sc.rows.data(), n, sc.dots.data(), n);
-  const float post = hd.capped ? 1.0f : hd.scale;
   for (int64_t b = 0; b < nb; ++b) {
     float* o = out + b * ldo;
     const float* d = sc.dots.data() + b * n;
@@ -173,16 +185,20 @@ struct Cand {
   int64_t pos;
 };
 
-// a ranks before b: larger value (NaN above everything, as torch.sort), then lower position
-inline bool better(const Cand& a, const Cand& b) {
-  const bool an = std::isnan(a.v), bn = std::isnan(b.v);
-  if (an != bn) return an;
-  if (!an && a.v != b.v) return a.v > b.v;
-  return a.pos < b.pos;
-}
+// a ranks before b: larger value (NaN above everything, as torch.sort), then lower position. A functor, not a
+// function pointer, so the std algorithms inline it.
+struct Better {
+  bool operator()(const Cand& a, const Cand& b) const {
+    const bool an = std::isnan(a.v), bn = std::isnan(b.v);
+    if (an != bn) return an;
+    if (!an && a.v != b.v) return a.v > b.v;
+    return a.pos < b.pos;
+  }
+};
+constexpr Better better{};
 
-// The best k of a stream: a buffer of up to 2k candidates, cut back to the best k when full; once
-// cut, only candidates better than the k-th best so far enter.
+// The best k of a stream: a buffer of up to max(4k, 256) candidates, cut back to the best k when full;
+// once cut, only candidates better than the k-th best so far enter.
 struct TopK {
   int64_t k = 1;
   std::vector<Cand> c;
@@ -192,7 +208,7 @@ struct TopK {
   void push(Cand x) {
     if (cut && !better(x, kth)) return;
     c.push_back(x);
-    if (static_cast<int64_t>(c.size()) >= 2 * k) shrink();
+    if (static_cast<int64_t>(c.size()) >= std::max<int64_t>(4 * k, 256)) shrink();  // rare cuts: each is O(size)
   }
   void shrink() {
     if (static_cast<int64_t>(c.size()) <= k) return;
@@ -229,23 +245,40 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
     z.resize(nb * kChunk);
     chunk_logits(hd, b0, nb, j0, j1, z.data(), kChunk, sc);
     TopK* mine = best.data() + static_cast<int64_t>(at::get_thread_num()) * B;
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t j = j0; j < j1; ++j) mine[b0 + b].push({z[b * kChunk + (j - j0)], j});
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* zb = z.data() + b * kChunk;  // zb[j - j0] for j in [j0, j1)
+      const int64_t m = j1 - j0;
+      TopK& tk = mine[b0 + b];
+      if (k == 1) {  // the chunk's best (first NaN, else first maximum): one push per chunk
+        const int64_t at = hd.k->argmax_f32(zb, m);
+        tk.push({zb[at], j0 + at});
+        continue;
+      }
+      if (!tk.cut) {
+        for (int64_t i = 0; i < m; ++i) tk.push({zb[i], j0 + i});
+        continue;
+      }
+      int32_t sel[kChunk];  // only values that can still enter (>= the k-th best so far, or NaN)
+      const int64_t n = hd.k->select_ge(zb, m, tk.kth.v, sel);
+      for (int64_t i = 0; i < n; ++i) tk.push({zb[sel[i]], j0 + sel[i]});
+    }
   });
   at::Tensor values = at::empty({B, k}, hidden.options().dtype(at::kFloat));
   at::Tensor gids = at::empty({B, k}, hidden.options().dtype(at::kLong));
   float* vo = values.data_ptr<float>();
   int64_t* io = gids.data_ptr<int64_t>();
   const int32_t* idp = ids.data_ptr<int32_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    std::vector<Cand> all;
-    for (int64_t t = 0; t < nt; ++t) all.insert(all.end(), best[t * B + b].c.begin(), best[t * B + b].c.end());
-    std::partial_sort(all.begin(), all.begin() + k, all.end(), better);
-    for (int64_t i = 0; i < k; ++i) {
-      vo[b * k + i] = all[i].v;
-      io[b * k + i] = idp[(hd.per_row ? b * K : 0) + all[i].pos];
+  at::parallel_for(0, B, 1, [&](int64_t bb0, int64_t bb1) {
+    for (int64_t b = bb0; b < bb1; ++b) {
+      std::vector<Cand> all;
+      for (int64_t t = 0; t < nt; ++t) all.insert(all.end(), best[t * B + b].c.begin(), best[t * B + b].c.end());
+      std::partial_sort(all.begin(), all.begin() + k, all.end(), better);
+      for (int64_t i = 0; i < k; ++i) {
+        vo[b * k + i] = all[i].v;
+        io[b * k + i] = idp[(hd.per_row ? b * K : 0) + all[i].pos];
+      }
     }
-  }
+  });
   return std::make_tuple(values, gids);
 }
 

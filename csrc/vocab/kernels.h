@@ -31,6 +31,10 @@ struct VocabKernels {
   // Statistics of x[begin, end) of a row of dtype dt at temperature t (1: no division); index0 = begin's
   // index in the row (for argmax).
   void (*stats)(const void* x, int dt, int64_t begin, int64_t end, float t, StatsPartial* out);
+  // The first NaN of z[0, n) if any, else the first maximum (n >= 1).
+  int64_t (*argmax_f32)(const float* z, int64_t n);
+  // Positions (in order) of z[0, n) with z >= thr or NaN, into idx; returns the count.
+  int64_t (*select_ge)(const float* z, int64_t n, float thr, int32_t* idx);
 };
 
 const VocabKernels& scalar_kernels();

@@ -21,7 +21,8 @@ using S = Avx2;
 }  // namespace avx2
 
 const VocabKernels& avx2_kernels() {
-  static const VocabKernels table = {&avx2::dots, &avx2::soft_cap, &avx2::sum_exp, &avx2::stats};
+  static const VocabKernels table = {&avx2::dots, &avx2::soft_cap, &avx2::sum_exp, &avx2::stats,
+                                           &avx2::argmax_f32, &avx2::select_ge};
   return table;
 }
 

@@ -21,7 +21,8 @@ using S = Avx512;
 }  // namespace avx512
 
 const VocabKernels& avx512_kernels() {
-  static const VocabKernels table = {&avx512::dots, &avx512::soft_cap, &avx512::sum_exp, &avx512::stats};
+  static const VocabKernels table = {&avx512::dots, &avx512::soft_cap, &avx512::sum_exp, &avx512::stats,
+                                           &avx512::argmax_f32, &avx512::select_ge};
   return table;
 }
 

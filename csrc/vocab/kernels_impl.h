@@ -6,6 +6,48 @@
 // (still in L1) over hidden groups. Weights are the bytes that count (decode is memory-bound): every
 // row is read from memory once per call, and the next pair's rows are prefetched while this one runs.
 
+// Index of the first NaN of z[0, n) if any, else of the first maximum (torch.argmax). n >= 1.
+LK_T int64_t argmax_f32(const float* z, int64_t n) {
+  using F = typename S::F;
+  F mx = S::set1(-INFINITY), nan = S::zero();
+  int64_t i = 0;
+  for (; i + S::N <= n; i += S::N) {
+    const F v = S::loadu(z + i);
+    mx = S::max(mx, v);
+    nan = S::or_(nan, S::unord(v, v));
+  }
+  float m = S::hmax(mx);
+  bool any_nan = S::any(nan);
+  for (; i < n; ++i) {
+    any_nan |= std::isnan(z[i]);
+    m = z[i] > m ? z[i] : m;
+  }
+  if (any_nan) {
+    for (int64_t j = 0; j < n; ++j)
+      if (std::isnan(z[j])) return j;
+  }
+  for (int64_t j = 0; j < n; ++j)
+    if (z[j] == m) return j;
+  return 0;  // unreachable: m is an element (all -inf: the first equals -inf)
+}
+
+// Positions of z[0, n) holding a value >= thr or NaN, in order, into idx; returns their count.
+LK_T int64_t select_ge(const float* z, int64_t n, float thr, int32_t* idx) {
+  const auto tv = S::set1(thr);
+  int64_t c = 0, i = 0;
+  for (; i + S::N <= n; i += S::N) {
+    const auto v = S::loadu(z + i);
+    unsigned keep = ~S::movemask(S::lt(v, tv)) & ((1u << S::N) - 1);  // not v < thr: v >= thr or NaN
+    while (keep) {
+      idx[c++] = static_cast<int32_t>(i + __builtin_ctz(keep));
+      keep &= keep - 1;
+    }
+  }
+  for (; i < n; ++i)
+    if (!(z[i] < thr)) idx[c++] = static_cast<int32_t>(i);
+  return c;
+}
+
 // exp(x) for x in [-87.3, 88] (callers clamp): Cody-Waite reduction by ln 2, degree-6 polynomial on
 // [-ln2/2, ln2/2], within 2 ulp; the rounding add of 1.5 * 2^23 leaves n in the low mantissa bits, so
 // 2^n is one shift and one add away. Written once over the trait: every ISA gives the same bits.
@@ -24,6 +66,25 @@ LK_T typename S::F exp_clamped(typename S::F x) {
   p = S::fmadd(p, r, S::set1(0.5f));
   p = S::fmadd(p, r, S::set1(1.0f));
   p = S::fmadd(p, r, S::set1(1.0f));
+  return S::mul(p, S::pow2_magic(tm));
+}
+
+// 2^x for x in [-126, 126] (callers clamp): n = round(x) by the 1.5 * 2^23 rounding add, f = x - n exact in
+// [-1/2, 1/2], 2^f by a degree-5 minimax polynomial (relative error 7.5e-8; with FMA Horner within 2 ulp),
+// 2^n from the low mantissa bits of the rounding sum. The logit_stats pass works in base 2: 2^x needs two
+// FMAs fewer than e^x (no ln 2 reduction), for one multiply by log2 e.
+template <class S>
+LK_T typename S::F exp2_clamped(typename S::F x) {
+  using F = typename S::F;
+  const F magic = S::set1(12582912.0f);  // 1.5 * 2^23
+  const F tm = S::add(x, magic);
+  const F f = S::sub(x, S::sub(tm, magic));
+  F p = S::set1(1.327647199258419e-3f);
+  p = S::fmadd(p, f, S::set1(9.675541334454401e-3f));
+  p = S::fmadd(p, f, S::set1(5.550713273497929e-2f));
+  p = S::fmadd(p, f, S::set1(2.402211972383998e-1f));
+  p = S::fmadd(p, f, S::set1(6.931469670647603e-1f));
+  p = S::fmadd(p, f, S::set1(1.0000000716546849f));
   return S::mul(p, S::pow2_magic(tm));
 }
 
@@ -187,8 +248,8 @@ LK_T typename S::F load_scaled(const void* x, int64_t i, bool div, typename S::F
   return div ? S::div(v, tv) : v;
 }
 
-// sum (x - m_ref) is accumulated times 2^-64 in fp32 (the same FMA as a plain add): logits near -FLT_MAX
-// (HF masking with finfo.min) cannot overflow it; the scaled-away low bits are below 2^-85 per term.
+// sum (x - m_ref) is accumulated times 2^-64 in fp32: logits near -FLT_MAX (HF masking with finfo.min) cannot
+// overflow it; the scaled-away low bits are below 2^-85 per term.
 constexpr float kZScale = 5.42101086242752217e-20f;  // 2^-64
 constexpr double kZUnscale = 18446744073709551616.0;  // 2^64
 
@@ -198,11 +259,20 @@ struct BlockSums {
   double s, t;  // sum e^(x - m_ref), sum e^(x - m_ref) (x - m_ref)
 };
 
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr double kLn2 = 0.6931471805599453;
+
+// Sums of one block against the reference m_ref, in base 2: d = (x - m_ref) log2 e (one FMA; the rounded
+// m_ref log2 e shifts every d by the same amount, which only moves the reference), e = 2^d,
+// s = sum e, t = ln 2 sum e d, sum x - m_ref = ln 2 sum d.
+// Sums of one block against the reference m_ref, in base 2: r = x - m_ref, d = r log2 e, e = 2^d, s = sum e,
+// t = ln 2 sum e d, and sum r (times 2^-64 in fp32: logits near -FLT_MAX cannot overflow it).
 template <int DT>
 LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
   using F = typename S::F;
   const bool div = t != 1.0f;
-  const F tv = S::set1(t), mv = S::set1(m_ref), lo = S::set1(-87.3f), zscale = S::set1(kZScale);
+  const F tv = S::set1(t), mv = S::set1(m_ref), l2e = S::set1(kLog2e), lo = S::set1(-126.0f),
+          zscale = S::set1(kZScale);
   F mx0 = S::set1(-INFINITY), mx1 = mx0, z0 = S::zero(), z1 = z0, s0 = z0, s1 = z0, t0 = z0, t1 = z0;
   int64_t i = b0;
   for (; i + 2 * S::N <= b1; i += 2 * S::N) {  // two independent chains: the exp latency overlaps
@@ -212,8 +282,8 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
     const F r0 = S::sub(v0, mv), r1 = S::sub(v1, mv);
     z0 = S::fmadd(r0, zscale, z0);
     z1 = S::fmadd(r1, zscale, z1);
-    const F d0 = S::max(r0, lo), d1 = S::max(r1, lo);  // -inf: a finite d, e ~ 1e-38
-    const F e0 = exp_clamped<S>(d0), e1 = exp_clamped<S>(d1);
+    const F d0 = S::max(S::mul(r0, l2e), lo), d1 = S::max(S::mul(r1, l2e), lo);  // -inf: a finite d, e = 2^-126
+    const F e0 = exp2_clamped<S>(d0), e1 = exp2_clamped<S>(d1);
     s0 = S::add(s0, e0);
     s1 = S::add(s1, e1);
     t0 = S::fmadd(e0, d0, t0);
@@ -224,8 +294,8 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
     mx0 = S::max(mx0, v0);
     const F r0 = S::sub(v0, mv);
     z0 = S::fmadd(r0, zscale, z0);
-    const F d0 = S::max(r0, lo);
-    const F e0 = exp_clamped<S>(d0);
+    const F d0 = S::max(S::mul(r0, l2e), lo);
+    const F e0 = exp2_clamped<S>(d0);
     s0 = S::add(s0, e0);
     t0 = S::fmadd(e0, d0, t0);
   }
@@ -233,17 +303,19 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
   r.max = S::hmax(S::max(mx0, mx1));
   r.sumx = static_cast<double>(S::hsum(S::add(z0, z1))) * kZUnscale;
   r.s = S::hsum(S::add(s0, s1));
-  r.t = S::hsum(S::add(t0, t1));
+  double st = S::hsum(S::add(t0, t1));
   for (; i < b1; ++i) {
     float v = load_scalar(x, DT, i);
     v = div ? v / t : v;
     r.max = v > r.max ? v : r.max;
-    r.sumx += static_cast<double>(v - m_ref);
-    const float d = std::max(v - m_ref, -87.3f);
-    const float e = exp_clamped<Scalar>(d);
+    const float rr = v - m_ref;
+    r.sumx += static_cast<double>(rr);
+    const float d = std::max(rr * kLog2e, -126.0f);
+    const float e = exp2_clamped<Scalar>(d);
     r.s += e;
-    r.t += static_cast<double>(e) * d;
+    st += static_cast<double>(e) * d;
   }
+  r.t = st * kLn2;
   return r;
 }
 

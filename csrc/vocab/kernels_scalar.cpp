@@ -18,7 +18,8 @@ using S = Scalar;
 }  // namespace scalar
 
 const VocabKernels& scalar_kernels() {
-  static const VocabKernels table = {&scalar::dots, &scalar::soft_cap, &scalar::sum_exp, &scalar::stats};
+  static const VocabKernels table = {&scalar::dots, &scalar::soft_cap, &scalar::sum_exp, &scalar::stats,
+                                           &scalar::argmax_f32, &scalar::select_ge};
   return table;
 }
 

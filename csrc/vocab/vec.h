@@ -101,6 +101,7 @@ struct Scalar {
     return f;
   }
   static bool any(F m) { return bits(m) != 0; }
+  static unsigned movemask(F m) { return bits(m) >> 31; }
   static unsigned eq_bits(F a, F b) { return a == b ? 1u : 0u; }
   static void prefetch(const void*) {}
 };
@@ -152,6 +153,7 @@ struct Avx2 {
   LK_V F unord(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
   LK_V F or_(F a, F b) { return _mm256_or_ps(a, b); }
   LK_V bool any(F m) { return _mm256_movemask_ps(m) != 0; }
+  LK_V unsigned movemask(F m) { return static_cast<unsigned>(_mm256_movemask_ps(m)); }
   LK_V unsigned eq_bits(F a, F b) { return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ))); }
   LK_V void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
@@ -197,6 +199,7 @@ struct Avx512 {
   LK_V F unord(F a, F b) { return from_mask(_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q)); }
   LK_V F or_(F a, F b) { return _mm512_or_ps(a, b); }
   LK_V bool any(F m) { return _mm512_movepi32_mask(_mm512_castps_si512(m)) != 0; }
+  LK_V unsigned movemask(F m) { return static_cast<unsigned>(_mm512_movepi32_mask(_mm512_castps_si512(m))); }
   LK_V unsigned eq_bits(F a, F b) { return static_cast<unsigned>(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ)); }
   LK_V void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };

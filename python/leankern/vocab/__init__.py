@@ -174,6 +174,8 @@ def logit_stats(logits: torch.Tensor, *, temperature: float = 1.0) -> LogitStats
     """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() == 2:  # the common case: no reshapes (each costs a microsecond or two)
+        return LogitStats(*torch.ops.leankern.vocab_logit_stats(logits, float(temperature)))
     lead = tuple(logits.shape[:-1])
     outs = torch.ops.leankern.vocab_logit_stats(logits.reshape(-1, logits.shape[-1]) if logits.dim() else logits,
                                                 float(temperature))

@@ -45,6 +45,31 @@ the compute device, so the device still holds ``V x H``; ``compact_head=True`` m
 only the request's ``K`` rows there (gathered at prefill from the host copy of the weight, which is
 moved off an accelerator when nothing else there needs it): the VocabTailor memory claim.
 :func:`vocab_bytes` reports what stays resident, before and after.
+
+**Tied decode embeddings from the head rows.** In a tied model with both ``offload_embedding=True`` and
+``compact_head=True`` the input embedding is a :class:`_TiedOffloadedEmbedding`: every token the head
+can emit is one of the request's ``K`` rows it already keeps on the compute device, so at a decode
+step (a top-level call the prefill rule does not classify as a prefill; the model's hooks arm the
+embedding for the duration of that call only) the input embedding of the generated ids is read from
+those rows (``RequestVocab.to_local`` on the device, then a row gather; the model's embed scale, e.g. Gemma's
+``embed_scale``, applied the same way), not fetched from the host table: no device -> host copy of
+the ids, no host gather, no host -> device copy of rows. Prefill calls, calls without a cache, and
+calls that do not come through the top model use the host gather as before. Nothing extra is
+resident (the rows are counted by the head in :func:`vocab_bytes`). ``tied_decode`` chooses what
+happens to a decode-step id outside the set (legitimate with ``generate``: a finished row of a
+batch is fed ``pad_token_id``; assisted-generation candidates; new tokens appended to a filled cache).
+Membership is known only on the device, so checking it is what costs a sync:
+
+* ``"checked"`` (default): exact. One bool ("all ids inside?") is read back per decode call: free for
+  CPU tensors, one scalar device -> host read on a GPU (``generate`` already synchronises every step
+  on its stopping check, so the queue is drained then and the read costs microseconds); when some id
+  is outside, the whole call takes the host gather.
+* ``"assert"``: sync-free, nothing read back (for CUDA graphs / callers that guarantee decode ids lie
+  in the set: no batch padding of finished rows, no assistant). An id outside the set is an error:
+  ``ValueError`` for CPU tensors, an asynchronous device-side assert on a GPU (fatal to the CUDA
+  context, like the package's other on-device value checks); the gather itself is clamped in bounds.
+  On a CPU it behaves like ``"checked"`` but raises instead of falling back.
+* ``"off"``: always the host gather (the plain :class:`OffloadedEmbedding` behaviour).
 """
 from __future__ import annotations
 
@@ -55,6 +80,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..core import check_choice, check_value_on_device
 from . import gather_lm_head, scatter_to_full
 from .embedding import OffloadedEmbedding
 from .vocab_set import RequestVocab, VocabSet
@@ -71,6 +97,8 @@ class TailoredHead(nn.Module):
     weight, bias : the original head's Parameters (in place; not registered with ``compact_head``)
     request : RequestVocab or None, the current request's set (CPU ids)
     vocab_ids : int32 ``[K]`` on the compute device, sorted global ids of the current request
+    request_device : RequestVocab or None, compact mode: ``request`` over ``vocab_ids`` (the same device tensor),
+        whose ``to_local`` maps device ids to rows of the compact ``[K, H]`` table without a host round trip
     V : full vocabulary size (rows of the weight)
     soft_cap : float or None, applied inside the head (the model's own cap is off while tailored)
 
@@ -89,6 +117,7 @@ class TailoredHead(nn.Module):
             self.weight, self.bias = linear.weight, linear.bias
         self.request: Optional[RequestVocab] = None
         self.vocab_ids: Optional[torch.Tensor] = None
+        self.request_device: Optional[RequestVocab] = None
         self._rows = self._bias_rows = self._local_ids = None  # compact mode: [K, H], [K], arange(K)
 
     def set_request(self, prompt_ids=None, attention_mask=None) -> RequestVocab:
@@ -105,6 +134,8 @@ class TailoredHead(nn.Module):
             self._rows = self.weight.detach().index_select(0, gids).to(self.device)  # [K, H]
             self._bias_rows = None if self.bias is None else self.bias.detach()[gids].to(self.device)
             self._local_ids = torch.arange(len(req), dtype=torch.int32, device=self.device)
+            # validated again on the device (a few syncs, once per request, at prefill); shares vocab_ids' storage
+            self.request_device = RequestVocab(self.vocab_ids, req.V)
         return req
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -169,8 +200,9 @@ def is_prefill(cache=None, cache_position: Optional[torch.Tensor] = None) -> boo
     return _cache_length(cache) == 0
 
 
-def _make_pre_hook(head: TailoredHead, param_names: list):
-    """Forward pre-hook of the top model: sets the head's request at each prefill (see the module docstring)."""
+def _make_pre_hook(head: TailoredHead, param_names: list, emb: Optional["_TiedOffloadedEmbedding"] = None):
+    """Forward pre-hook of the top model: sets the head's request at each prefill (see the module docstring) and,
+    for a tied model's :class:`_TiedOffloadedEmbedding`, arms its head-row path for a decode call."""
 
     def arg(name, args, kwargs):
         if name in kwargs:
@@ -185,9 +217,22 @@ def _make_pre_hook(head: TailoredHead, param_names: list):
         prefill = is_prefill(cache, kwargs.get("cache_position"))
         if prefill or head.request is None:
             head.set_request(arg("input_ids", args, kwargs), arg("attention_mask", args, kwargs))
+        if emb is not None:
+            emb._decode_step = not prefill
         return None
 
     return pre_hook
+
+
+def _make_post_hook(emb: "_TiedOffloadedEmbedding"):
+    """Forward hook of the top model (``always_call``): disarms the head-row path when the call ends, so calls
+    that do not come through the top model (``model.model(...)`` by hand) always take the host gather."""
+
+    def post_hook(module, args, output):
+        emb._decode_step = False
+        return None
+
+    return post_hook
 
 
 # -------------------------------------------------------------------------------- tailoring
@@ -197,7 +242,7 @@ class _TailorState:
 
     head: nn.Module
     embedding: Optional[nn.Module]  # the original input embedding when it was offloaded
-    hook: object
+    hooks: list  # RemovableHandles: the pre-hook (and the tied decode embedding's post hook)
     softcap_configs: list  # configs whose final_logit_softcapping was set to None
     moved_from: Optional[torch.device]  # compact_head: the weight's device before it went to host memory
     before: dict
@@ -218,14 +263,20 @@ def _softcap_configs(model) -> tuple:
     return cfgs, cap
 
 
-def _offloaded(emb: nn.Module, device) -> nn.Module:
-    """An OffloadedEmbedding equal to ``emb`` (scaled embeddings such as Gemma's keep their scale)."""
+def _offloaded(emb: nn.Module, device, head: Optional[TailoredHead] = None, mode: str = "checked") -> nn.Module:
+    """An OffloadedEmbedding equal to ``emb`` (scaled embeddings such as Gemma's keep their scale); with ``head``
+    (a tied model's compact head) a :class:`_TiedOffloadedEmbedding` reading decode steps from its rows."""
     if not isinstance(emb, nn.Embedding):
         raise TypeError("offload_embedding: expected the input embedding to be an nn.Embedding, "
                         f"got {type(emb).__name__}")
-    if type(emb).forward is nn.Embedding.forward:
+    plain = type(emb).forward is nn.Embedding.forward
+    scale = getattr(emb, "embed_scale", None)
+    if head is not None and (plain or isinstance(scale, torch.Tensor)):
+        return _TiedOffloadedEmbedding(emb.weight, head, embed_scale=None if plain else scale, mode=mode,
+                                       device=device, padding_idx=emb.padding_idx)
+    if plain:
         return OffloadedEmbedding(emb.weight, device=device, padding_idx=emb.padding_idx)
-    if isinstance(getattr(emb, "embed_scale", None), torch.Tensor):
+    if isinstance(scale, torch.Tensor):
         return _ScaledOffloadedEmbedding(emb.weight, emb.embed_scale, device=device, padding_idx=emb.padding_idx)
     raise ValueError(f"offload_embedding: {type(emb).__name__} overrides nn.Embedding.forward in a way this drop-in "
                      "does not know; refusing to drop it silently")
@@ -242,6 +293,62 @@ class _ScaledOffloadedEmbedding(OffloadedEmbedding):
         return super().forward(input_ids) * self.embed_scale.to(self.dtype)
 
 
+class _TiedOffloadedEmbedding(OffloadedEmbedding):
+    """OffloadedEmbedding of a tied model tailored with ``compact_head=True``: decode steps read the compact head's
+    ``[K, H]`` device rows (see "Tied decode embeddings from the head rows" in the module docstring).
+
+    Outputs equal the host gather's bit for bit (same table values, same dtype conversion, same ``embed_scale``
+    product). ``head_row_calls`` / ``host_calls`` count the forward calls served by each path.
+
+    Shape: input_ids [...] -> [..., H] on ``device``.
+    """
+
+    MODES = ("checked", "assert", "off")
+
+    def __init__(self, weight, head: TailoredHead, *, embed_scale: Optional[torch.Tensor] = None,
+                 mode: str = "checked", **kw):
+        super().__init__(weight, **kw)
+        check_choice("tied_decode", mode, self.MODES)
+        if embed_scale is not None:
+            self.register_buffer("embed_scale", embed_scale.detach().to(self.device), persistent=False)
+        else:
+            self.embed_scale = None
+        self.__dict__["head"] = head  # plain attribute: the head is registered once, as the model's output embedding
+        self.mode = mode
+        self._decode_step = False  # set by tailor's pre-hook for the duration of one top-level decode call
+        self.head_row_calls = self.host_calls = 0
+
+    def _scaled(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows if self.embed_scale is None else rows * self.embed_scale.to(self.dtype)
+
+    def forward(self, input_ids):
+        head = self.head
+        if (self._decode_step and self.mode != "off" and head.request_device is not None
+                and isinstance(input_ids, torch.Tensor) and not input_ids.dtype.is_floating_point
+                and not input_ids.dtype.is_complex and input_ids.dtype != torch.bool):
+            out = self._from_head_rows(input_ids, head)
+            if out is not None:
+                self.head_row_calls += 1
+                return out
+        self.host_calls += 1
+        return self._scaled(super().forward(input_ids))
+
+    def _from_head_rows(self, input_ids: torch.Tensor, head: TailoredHead) -> Optional[torch.Tensor]:
+        """Rows of the compact head for ids inside the request's set; None -> take the host gather."""
+        local = head.request_device.to_local(input_ids.to(head.device, non_blocking=True))  # [...] int64, -1 outside
+        inside = (local >= 0).all()
+        if self.mode == "checked":
+            if not bool(inside):  # free on CPU; one scalar read back on a GPU
+                return None
+        else:  # "assert": nothing read back on a GPU
+            check_value_on_device(inside, "input_ids: a decode step of a model tailored with tied_decode='assert' "
+                                  "got token ids outside the request's vocabulary (e.g. a finished row's pad token); "
+                                  "use tied_decode='checked'")
+            local = local.clamp_min(0)  # keeps the gather in bounds until the device assert fires
+        rows = torch.nn.functional.embedding(local, head._rows)  # [..., H], table dtype
+        return self._scaled(rows.to(self.device).to(self.dtype))
+
+
 def is_tailored(model) -> bool:
     return isinstance(model.get_output_embeddings(), TailoredHead)
 
@@ -255,7 +362,7 @@ def request_vocab(model) -> Optional[RequestVocab]:
 
 
 def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_logits: bool = True,
-           compact_head: bool = False, include_specials: bool = True):
+           compact_head: bool = False, include_specials: bool = True, tied_decode: str = "checked"):
     """Make ``model`` (a transformers causal LM) compute logits over each request's vocabulary only. In place.
 
     Parameters
@@ -267,11 +374,16 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
         else ``[.., K]`` subset logits (global ids: ``model.get_output_embeddings().vocab_ids``)
     compact_head : keep only the request's K head rows on the compute device (see the module docstring)
     include_specials : add ``vocab_set.special_ids`` to every request
+    tied_decode : tied models with ``offload_embedding`` and ``compact_head``: decode steps read their input
+        embeddings from the head's K device rows; ``"checked"`` (exact, one bool read per decode call),
+        ``"assert"`` (sync-free; ids outside the set are an error) or ``"off"`` (always the host gather).
+        See the module docstring. Ignored otherwise.
 
     Returns the same ``model``. :func:`untailor` undoes it.
     """
     if not isinstance(vocab_set, VocabSet):
         raise TypeError(f"vocab_set: expected a leankern.vocab.VocabSet, got {type(vocab_set).__name__}")
+    check_choice("tied_decode", tied_decode, _TiedOffloadedEmbedding.MODES)
     linear = model.get_output_embeddings()
     if isinstance(linear, TailoredHead):
         raise ValueError("model: already tailored; call untailor(model) first")
@@ -286,18 +398,25 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
     if compact_head and device.type != "cpu" and (not tied or offload_embedding):
         moved_from = device  # nothing else on the device reads the full table: move it to host memory
         linear.weight.data = linear.weight.data.to("cpu")
-    new_emb = _offloaded(emb, emb.weight.device if moved_from is None or not tied else moved_from) \
-        if offload_embedding else None
     head = TailoredHead(linear, vocab_set, soft_cap=cap, full_logits=full_logits, compact=compact_head, device=device,
                         include_specials=include_specials)
+    emb_device = emb.weight.device if moved_from is None or not tied else moved_from
+    new_emb = None
+    if offload_embedding and tied and compact_head and tied_decode != "off":
+        new_emb = _offloaded(emb, emb_device, head=head, mode=tied_decode)
+    elif offload_embedding:
+        new_emb = _offloaded(emb, emb_device)
     for c in cfgs:  # the head applies the cap (before the -inf scatter); the model must not apply it again
         c.final_logit_softcapping = None
     if new_emb is not None:
         model.set_input_embeddings(new_emb)
     model.set_output_embeddings(head)
     names = [n for n in inspect.signature(model.forward).parameters]
-    hook = model.register_forward_pre_hook(_make_pre_hook(head, names), with_kwargs=True)
-    head.__dict__["_tailor_state"] = _TailorState(linear, emb if new_emb is not None else None, hook,
+    tied_emb = new_emb if isinstance(new_emb, _TiedOffloadedEmbedding) else None
+    hooks = [model.register_forward_pre_hook(_make_pre_hook(head, names, tied_emb), with_kwargs=True)]
+    if tied_emb is not None:
+        hooks.append(model.register_forward_hook(_make_post_hook(tied_emb), always_call=True))
+    head.__dict__["_tailor_state"] = _TailorState(linear, emb if new_emb is not None else None, hooks,
                                                   [(c, cap) for c in cfgs], moved_from, before)
     return model
 
@@ -309,7 +428,8 @@ def untailor(model):
     if not isinstance(head, TailoredHead):
         raise ValueError(f"model: not tailored (its head is {type(head).__name__})")
     st: _TailorState = head.__dict__["_tailor_state"]
-    st.hook.remove()
+    for h in st.hooks:
+        h.remove()
     if st.moved_from is not None:
         st.head.weight.data = st.head.weight.data.to(st.moved_from)
     if st.embedding is not None:
@@ -355,7 +475,8 @@ def vocab_bytes(model) -> dict:
 
     ``embedding`` / ``head``: bytes each module keeps on the compute device between calls
     (``OffloadedEmbedding.resident_bytes()``; the in-place tailored head keeps the full ``[V, H]``
-    weight there, the compact one its ``[K, H]`` rows); ``total`` counts a tied table once;
+    weight there, the compact one its ``[K, H]`` rows; a tied model's decode-time embedding reads
+    those same rows, so the embedding stays 0); ``total`` counts a tied table once;
     ``host``: offloaded tables (host memory or a mapped file: by OffloadedEmbedding's convention
     they count here even when the compute device is the CPU). ``before``: the same numbers recorded
     when :func:`tailor` ran (the current ones when not tailored). ``K``: current request's set size.
