@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 try:
@@ -22,6 +21,8 @@ except ImportError:  # a source checkout without an install
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
 import torch
+
+from gpu_timing import copy_bandwidth_gbs, cuda_time_ms  # bench/ is sys.path[0] for these scripts
 
 CONFIGS = [(64, 8), (16, 5), (1, 5)]
 VOCABS = [32000, 151936]
@@ -50,36 +51,6 @@ def _op_args(inputs, mode, K):
     drafts, cu, tgt, bonus, u = inputs
     return (drafts, cu, tgt, bonus, None, u if mode == "rejection" else None, None, None, None, mode, K, 0, 0, -1,
             0.09, 0.3)
-
-
-def _time(fn, iters, graph):
-    """Median milliseconds of ``fn()`` over ``iters`` timed calls (CUDA events around each call)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    if graph:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        fn = g.replay
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _copy_bandwidth_gbs():
-    """Device-to-device copy bandwidth (read + write bytes per second) of a 1 GiB buffer."""
-    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
-    dst = torch.empty_like(src)
-    ms = _time(lambda: dst.copy_(src), 10, False)
-    return 2 * src.numel() * 4 / ms / 1e6
 
 
 def _check(args):
@@ -115,7 +86,7 @@ def main(argv=None) -> int:
 
     print(f"device: {torch.cuda.get_device_name()}  timing: median of {opts.iters}"
           f"{' CUDA-graph replays' if opts.graph else ' eager calls'}")
-    peak = _copy_bandwidth_gbs()
+    peak = copy_bandwidth_gbs()
     print(f"measured copy bandwidth: {peak:.0f} GB/s (read + write)")
     head = (f"{'B x K':>7s} {'V':>7s} {'dtype':>9s} {'mode':>9s} {'rows':>5s} {'us':>9s} {'GB/s':>8s} {'of copy':>8s} "
             f"{'argmax us':>10s} {'check':>6s}")
@@ -129,7 +100,7 @@ def main(argv=None) -> int:
                 rows = B * K + B
                 floor_bytes = rows * V * inputs[2].element_size()
                 tgt, bonus = inputs[2], inputs[3]
-                argmax_ms = _time(lambda: (tgt.argmax(-1), bonus.argmax(-1)), opts.iters, opts.graph)
+                argmax_ms = cuda_time_ms(lambda: (tgt.argmax(-1), bonus.argmax(-1)), opts.iters, opts.graph)
                 for mode in MODES:
                     args = _op_args(inputs, mode, K)
                     check = "-"
@@ -137,7 +108,7 @@ def main(argv=None) -> int:
                         ok = _check(args)
                         failed |= not ok
                         check = "ok" if ok else "FAIL"
-                    ms = _time(lambda: verify_triton(*args), opts.iters, opts.graph)
+                    ms = cuda_time_ms(lambda: verify_triton(*args), opts.iters, opts.graph)
                     gbs = floor_bytes / ms / 1e6
                     print(f"{f'{B}x{K}':>7s} {V:7d} {str(dtype)[6:]:>9s} {mode:>9s} {rows:5d} {ms * 1e3:9.1f} "
                           f"{gbs:8.0f} {gbs / peak:8.0%} {argmax_ms * 1e3:10.1f} {check:>6s}", flush=True)

@@ -23,7 +23,6 @@ import argparse
 import csv
 import math
 import os
-import statistics
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +32,8 @@ except ImportError:  # a source checkout without an install
     sys.path.insert(0, os.path.join(_HERE, "..", "python"))
 
 import torch
+
+from gpu_timing import copy_bandwidth_gbs, cuda_time_ms  # bench/ is sys.path[0] for these scripts
 import torch.nn.functional as F
 
 HEADS = [("qwen3-0.6b", 151936, 1024), ("llama3.2-1b", 128256, 2048)]
@@ -40,36 +41,6 @@ KS = [4096, 16384, 32768]
 BS = [1, 4, 16]
 STATS_BS = [1, 4, 16, 64]
 CHECK_IDS = 512  # the fp64 bound of tests/tolerances.py is [B, K, H] doubles: check on a prefix of the ids
-
-
-def _time(fn, iters, graph):
-    """Median milliseconds of ``fn()`` over ``iters`` timed calls (CUDA events around each call)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    if graph:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        fn = g.replay
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _copy_bandwidth_gbs():
-    """Device-to-device copy bandwidth (read + write bytes per second) of a 1 GiB buffer."""
-    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
-    dst = torch.empty_like(src)
-    ms = _time(lambda: dst.copy_(src), 10, False)
-    return 2 * src.numel() * 4 / ms / 1e6
 
 
 def _tolerances():
@@ -139,11 +110,11 @@ def _bench_gather(opts, peak, rows):
                     failed |= not ok
                     check = "ok" if ok else "FAIL"
                 ids64 = ids.long()
-                ours = _time(lambda: gather_lm_head_triton(hidden, weight, ids, None, None, 1.0, None, False),
+                ours = cuda_time_ms(lambda: gather_lm_head_triton(hidden, weight, ids, None, None, 1.0, None, False),
                              opts.iters, opts.graph)
-                full = _time(lambda: F.linear(hidden, weight), opts.iters, opts.graph)
-                gl = _time(lambda: F.linear(hidden, weight[ids64]), opts.iters, opts.graph)
-                top1 = _time(lambda: gather_lm_head_topk_triton(hidden, weight, ids, None, None, 1.0, 1), opts.iters,
+                full = cuda_time_ms(lambda: F.linear(hidden, weight), opts.iters, opts.graph)
+                gl = cuda_time_ms(lambda: F.linear(hidden, weight[ids64]), opts.iters, opts.graph)
+                top1 = cuda_time_ms(lambda: gather_lm_head_topk_triton(hidden, weight, ids, None, None, 1.0, 1), opts.iters,
                              opts.graph)
                 nbytes = K * H * 2 + K * 4 + B * H * 2 + B * K * 4
                 gbs = nbytes / ours / 1e6
@@ -175,8 +146,8 @@ def _bench_stats(opts, peak, rows):
                 ok = _check_stats(z)
                 failed |= not ok
                 check = "ok" if ok else "FAIL"
-            ours = _time(lambda: logit_stats_triton(z, 1.0), opts.iters, opts.graph)
-            ref = _time(lambda: _torch_stats(z), opts.iters, opts.graph)
+            ours = cuda_time_ms(lambda: logit_stats_triton(z, 1.0), opts.iters, opts.graph)
+            ref = cuda_time_ms(lambda: _torch_stats(z), opts.iters, opts.graph)
             gbs = z.numel() * z.element_size() / ours / 1e6
             print(f"{V:7d} {str(dtype)[6:]:>9s} {B:3d} {ours * 1e3:8.1f} {gbs:6.0f} {gbs / peak:7.0%} {ref * 1e3:8.1f} "
                   f"{ref / ours:7.2f} {check:>5s}", flush=True)
@@ -219,7 +190,7 @@ def main(argv=None) -> int:
         return 0
     print(f"device: {torch.cuda.get_device_name()}  timing: median of {opts.iters}"
           f"{' CUDA-graph replays' if opts.graph else ' eager calls'}")
-    peak = _copy_bandwidth_gbs()
+    peak = copy_bandwidth_gbs()
     print(f"measured copy bandwidth: {peak:.0f} GB/s (read + write)")
     rows: list[dict] = []
     failed = _bench_gather(opts, peak, rows)

@@ -22,7 +22,7 @@ from leankern import vocab
 from conftest import available_backends, run_python
 from tolerances import assert_vocab_logits, assert_vocab_topk
 
-from vocab_backends import DT_IDS, DTYPES, HAS_CPP, OPS, _cpp_and_ref, backend  # noqa: F401 (backend: a fixture)
+from vocab_backends import DT_IDS, DTYPES, HAS_CPP, OPS, _cpp_and_ref, _raise_text, backend  # noqa: F401 (backend: a fixture)
 
 
 def _ids(shape, V, g, pad=0.2):
@@ -272,15 +272,6 @@ BAD = [  # (name, overrides, exception, message)
     ("cap-nan", dict(soft_cap=float("nan")), ValueError, r"^soft_cap: expected a finite value > 0"),
     ("scale-inf", dict(scale=float("inf")), ValueError, r"^scale: expected a finite value"),
 ]
-
-
-def _raise_text(backend, fn, *args):
-    with leankern.use_backend(backend):
-        try:
-            fn(*args)
-        except (ValueError, TypeError) as e:
-            return type(e), str(e)
-    raise AssertionError(f"{backend}: no error")
 
 
 def _head_call(op, a):

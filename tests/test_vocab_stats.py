@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import leankern
 from leankern import vocab
 from tolerances import assert_logit_stats
-from vocab_backends import DT_IDS, DTYPES, HAS_CPP, OPS, _cpp_and_ref, backend  # noqa: F401 (backend: a fixture)
+from vocab_backends import DT_IDS, DTYPES, HAS_CPP, OPS, _cpp_and_ref, _raise_text, backend  # noqa: F401 (backend: a fixture)
 INF = float("inf")
 SEG = 16384  # stats_cpu.cpp kMinSegment
 
@@ -110,15 +110,6 @@ SCATTER_BAD = [  # (name, (logits, ids, V), exception, message)
     ("logits-1d", (torch.zeros(3), torch.tensor([0, 1, 2], dtype=torch.int32), 10), ValueError,
      r"^logits: expected shape \[B, K\]"),
 ]
-
-
-def _error(backend, fn, *args):
-    with leankern.use_backend(backend):
-        try:
-            fn(*args)
-        except (ValueError, TypeError) as e:
-            return type(e), str(e)
-    raise AssertionError(f"{backend}: no error")
 
 
 @pytest.mark.parametrize("backend_name", _cpp_and_ref())
@@ -289,10 +280,10 @@ def test_stats_rejects_bad_arguments(backend_name, name, x, t, exc, msg):
 @pytest.mark.skipif(not HAS_CPP, reason="leankern._C not loaded")
 def test_cpp_and_python_checks_say_the_same():
     for name, args, _, _ in SCATTER_BAD:
-        assert _error("cpp", OPS.vocab_scatter_to_full, *args, 0.0) == _error("ref", OPS.vocab_scatter_to_full,
+        assert _raise_text("cpp", OPS.vocab_scatter_to_full, *args, 0.0) == _raise_text("ref", OPS.vocab_scatter_to_full,
                                                                                *args, 0.0), name
     for name, x, t, _, _ in STATS_BAD:
-        assert _error("cpp", _stats, x, t) == _error("ref", _stats, x, t), name
+        assert _raise_text("cpp", _stats, x, t) == _raise_text("ref", _stats, x, t), name
 
 
 # ----------------------------------------------------------------------------------------- hypothesis

@@ -38,3 +38,13 @@ def backend(request):
 
 def _cpp_and_ref():
     return ["ref"] + [pytest.param("cpp", marks=[] if HAS_CPP else [pytest.mark.skip(reason="leankern._C not loaded")])]
+
+
+def _raise_text(backend, fn, *args):
+    """(exception type, message) of ``fn(*args)`` on ``backend``: the C++ and Python checks must agree."""
+    with leankern.use_backend(backend):
+        try:
+            fn(*args)
+        except (ValueError, TypeError) as e:
+            return type(e), str(e)
+    raise AssertionError(f"{backend}: no error")
