@@ -174,7 +174,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
 
 
 def tiny_calls(device: str = "cpu") -> list:
-    """gather_lm_head / argmax / logit_stats on a 64 x 32 head."""
+    """Every vocab op on tiny inputs: a 64 x 32 head, 16 of its rows."""
     import leankern
 
     from .overhead import TinyCall
@@ -183,12 +183,21 @@ def tiny_calls(device: str = "cpu") -> list:
     h = torch.randn(1, 32, device=device)
     ids = torch.arange(0, 64, 4, dtype=torch.int32, device=device)
     logits = torch.randn(1, 64, device=device)
+    sub = torch.randn(1, 16, device=device)
     raw = (h, w, ids, None, None, 1.0, None, False)
     return [
         TinyCall("vocab_gather_lm_head", "1 x 16 of 64 rows, H=32 fp32",
                  lambda: torch.ops.leankern.vocab_gather_lm_head(*raw), "vocab.gather_lm_head",
                  lambda: leankern.vocab.gather_lm_head(h, w, ids), "F.linear(h, w[ids])",
                  lambda: F.linear(h, w[ids.long()])),
+        TinyCall("vocab_gather_lm_head_topk", "argmax over 16 of 64 rows, H=32 fp32",
+                 lambda: torch.ops.leankern.vocab_gather_lm_head_topk(h, w, ids, None, None, 1.0, 1),
+                 "vocab.gather_lm_head_argmax", lambda: leankern.vocab.gather_lm_head_argmax(h, w, ids),
+                 "F.linear(h, w[ids]).argmax", lambda: F.linear(h, w[ids.long()]).argmax(-1)),
+        TinyCall("vocab_scatter_to_full", "1 x 16 into 64 fp32",
+                 lambda: torch.ops.leankern.vocab_scatter_to_full(sub, ids, 64, float("-inf")),
+                 "vocab.scatter_to_full", lambda: leankern.vocab.scatter_to_full(sub, ids, 64),
+                 "torch.full + index_copy_", lambda: torch.full((1, 64), float("-inf")).index_copy_(1, ids.long(), sub)),
         TinyCall("vocab_logit_stats", "1 x 64 fp32", lambda: torch.ops.leankern.vocab_logit_stats(logits, 1.0),
                  "vocab.logit_stats", lambda: leankern.vocab.logit_stats(logits), "torch.logsumexp",
                  lambda: torch.logsumexp(logits, -1)),

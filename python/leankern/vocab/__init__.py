@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..mx.tensor import MXTensor
 from . import ops, ref
 
 __all__ = ["gather_lm_head", "gather_lm_head_argmax", "gather_lm_head_topk", "gather_lm_head_log_softmax",
@@ -54,7 +55,6 @@ def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
     """fp32 subset logits of an MXTensor head: the K rows' codes and scales are gathered (a few bytes per weight),
     then multiplied by the quantized linear kernel."""
     from ..mx import linear
-    from ..mx.tensor import MXTensor
 
     if weight.layout != "row_major" or weight.scale_layout != "row_major":
         raise ValueError("weight: an MXTensor head must be in the row-major layout with row-major scales (not prepacked "
@@ -76,8 +76,6 @@ def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
 
 
 def _is_mx(weight) -> bool:
-    from ..mx.tensor import MXTensor
-
     return isinstance(weight, MXTensor)
 
 
@@ -100,6 +98,10 @@ def gather_lm_head(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, *, bia
 
     Returns ``[..., K]``. Column ``k`` belongs to global id ``vocab_ids[k]``.
     """
+    if type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
+            type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: no reshapes
+        return torch.ops.leankern.vocab_gather_lm_head(hidden, weight, vocab_ids, bias, soft_cap, float(scale),
+                                                       out_dtype, bool(log_softmax))
     h, ids, lead = _flatten(hidden, vocab_ids)
     if _is_mx(weight):
         z = _mx_logits(h, weight, ids, bias, soft_cap, scale)
@@ -126,6 +128,10 @@ def gather_lm_head_topk(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, k
     order in ``vocab_ids`` (the lowest position first, like a stable sort); padding positions report id -1.
     Same arguments as :func:`gather_lm_head`; ``1 <= k <= min(K, ops.MAX_TOPK)``.
     """
+    if type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
+            type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: no reshapes
+        return torch.ops.leankern.vocab_gather_lm_head_topk(hidden, weight, vocab_ids, bias, soft_cap, float(scale),
+                                                            int(k))
     h, ids, lead = _flatten(hidden, vocab_ids)
     if _is_mx(weight):
         if not 1 <= k <= ids.shape[-1]:
@@ -142,6 +148,8 @@ def gather_lm_head_topk(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, k
 def gather_lm_head_argmax(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, **kwargs) -> tuple:
     """Greedy next token over the subset: ``(global_ids int64 [...], max_logit fp32 [...])``; ties -> lowest position."""
     vals, gids = gather_lm_head_topk(hidden, weight, vocab_ids, 1, **kwargs)
+    if vals.dim() == 2:  # [B, 1] -> [B]: a view is cheaper than an index
+        return gids.view(-1), vals.view(-1)
     return gids[..., 0], vals[..., 0]
 
 
