@@ -59,16 +59,19 @@ def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
     if weight.layout != "row_major" or weight.scale_layout != "row_major":
         raise ValueError("weight: an MXTensor head must be in the row-major layout with row-major scales (not prepacked "
                          f"/ swizzled), got layout={weight.layout!r}, scale_layout={weight.scale_layout!r}")
-    V = weight.shape[0]
-    ops.check_ids_values(ids, V)
-    flat = ids.reshape(-1).long()
-    safe = flat.clamp_min(0)
-    sub = MXTensor(weight.codes[safe], weight.scales[safe], weight.global_scale, weight.fmt, weight.block_size,
-                   (flat.numel(), weight.shape[1]), weight.dtype, weight.scale_mode, rotation=weight.rotation)
-    z = linear(hidden.float(), sub)  # [B, K * rows of ids]
-    if ids.dim() == 2:  # per-row sets: row b only needs its own block of columns
-        B, K = ids.shape
-        z = z.view(B, B, K)[torch.arange(B), torch.arange(B)]
+    ops.check_ids_values(ids, weight.shape[0])
+
+    def rows(ids1d):  # the MXTensor of rows ids1d (padding reads row 0; masked to -inf below)
+        safe = ids1d.long().clamp_min(0)
+        return MXTensor(weight.codes[safe], weight.scales[safe], weight.global_scale, weight.fmt, weight.block_size,
+                        (ids1d.numel(), weight.shape[1]), weight.dtype, weight.scale_mode, rotation=weight.rotation)
+
+    h = hidden.float()
+    if ids.dim() == 1:
+        z = linear(h, rows(ids))  # [B, K]
+    else:  # per-row sets: each row against its own K rows
+        z = torch.cat([linear(h[b:b + 1], rows(ids[b])) for b in range(ids.shape[0])]) if ids.shape[0] else (
+            h.new_zeros(0, ids.shape[1]))
     if bias is not None:
         z = z + bias.float()[ids.long().clamp_min(0)]
     z = ref.apply_cap(z, soft_cap, scale)
