@@ -151,6 +151,16 @@ def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: i
         return (logits, torch.tensor(_VOCAB_IDS, dtype=torch.int32, device=device), 50, float("-inf"))
     if op == "vocab_logit_stats":
         return (torch.randn(rows, size, generator=g).to(dtype).to(device), 1.0)
+    if op == "sefp_quantize":  # w [rows, size] at m_max 8, one exponent per 32
+        return (torch.randn(rows, size, generator=g).to(dtype).to(device), 8, 32)
+    if op in ("sefp_dequantize", "sefp_linear"):  # a [3, size] weight read at m = 5 of 8 planes
+        from leankern.sefp.ref import quantize_ref
+
+        planes, exps = quantize_ref(torch.randn(3, size, generator=g), 8, 32)
+        planes, exps = planes.to(device), exps.to(device)
+        if op == "sefp_dequantize":
+            return (planes, exps, 5, 32, size, dtype)
+        return (torch.randn(rows, size, generator=g).to(dtype).to(device), planes, exps, 5, 32, None)
     raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
 
 
@@ -158,6 +168,10 @@ def with_dtype(op: str, args: tuple, dtype: torch.dtype) -> tuple:
     """``args`` with the float dtype the op takes replaced by ``dtype``."""
     if op == "mx_dequantize":
         return args[:5] + (dtype,)
+    if op == "sefp_dequantize":
+        return args[:5] + (dtype,)
+    if op == "sefp_linear":
+        return (args[0].to(dtype),) + args[1:]
     return (args[0].to(dtype),) + args[1:]
 
 
@@ -172,6 +186,12 @@ def assert_matches_reference(op: str, args: tuple, got, want) -> None:
         from tolerances import assert_vocab_result
 
         assert_vocab_result(op, args, got, want)
+        return
+    if op == "sefp_linear":
+        from tolerances import assert_sefp_linear
+
+        for y in (got[0], want[0]):
+            assert_sefp_linear(args, y)
         return
     if op not in ("mx_linear", "mx_linear_packed"):
         for g, w in zip(got, want):

@@ -66,6 +66,10 @@ def _is_vocab_gemm(row):
     return row["name"].startswith(("vocab_gather[", "vocab_topk_tile["))
 
 
+def _is_sefp_gemm(row):
+    return row["name"].startswith("sefp_linear[")
+
+
 def _elems_per_thread(row):
     ce = row["constexprs"]
     tile = ce["NB"] * ce["BS"] if "NB" in ce else ce["ROWS"] * ce["N"]
@@ -94,6 +98,8 @@ def test_no_spills_no_local_memory(compiled):
         where = (r["name"], r["target"])
         assert r["spills"] == 0 and r["stack_bytes"] == 0, where
         assert _count(r"\.local\b", r["ptx"]) == 0, where
+        if _is_sefp_gemm(r):  # test_sefp_resources (GEMM tiles: <= 255 registers, <= 96 KB shared)
+            continue
         if r["family"] == "linear" or _is_vocab_gemm(r):  # GEMM tiles: one or two CTAs per SM, staged operands
             assert 0 < r["registers"] <= 255, where  # in shared memory
             assert r["shared_bytes"] <= 160 * 1024, where
@@ -112,6 +118,8 @@ def test_exact_ieee_codegen(compiled):
             continue
         if r["family"] == "vocab":  # test_vocab_codegen: fp32 dot FMAs, ex2.approx sums, libdevice tanh / log
             continue
+        if r["family"] == "sefp":  # test_sefp_codegen: the fp32 ieee dot's FMAs
+            continue
         assert _count(r"\bfma\.", ptx) == 0, where
         assert _count(r"\.ftz\b", ptx) == 0, where
         assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
@@ -120,6 +128,8 @@ def test_exact_ieee_codegen(compiled):
 
 def test_streaming_loads_are_128_bit(compiled):
     for r in compiled:
+        if r["family"] == "sefp":  # test_sefp_streaming_loads
+            continue
         if r["family"] in ("linear", "specdec", "vocab"):  # GEMM tiles: operands staged through shared memory;
             continue  # specdec / vocab: test_specdec_row_passes_load_128_bit, test_vocab_stats_streams_vector_loads
         ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
@@ -441,3 +451,103 @@ def test_vocab_resources(vocab_compiled):
         assert r["spills"] == 0 and r["stack_bytes"] == 0, where
         assert 0 < r["registers"] <= 128, where
         assert r["shared_bytes"] <= (64 * 1024 if _is_vocab_gemm(r) else 16 * 1024), where
+
+
+# --------------------------------------------------------------------------------- sefp
+_SEFP_KERNELS = ("quantize", "dequantize", "linear")
+
+
+@pytest.fixture(scope="module")
+def sefp_compiled(tmp_path_factory):
+    """The sefp kernels only (the family's tests stay quick with ``-k sefp``)."""
+    return _compile_in_subprocess(tmp_path_factory.mktemp("aot_sefp") / "kernels.json", "sefp")["kernels"]
+
+
+def _sefp(compiled, kernel=""):
+    rows = [r for r in compiled if r["name"].startswith(f"sefp_{kernel}")]
+    assert rows, f"no sefp_{kernel} kernel compiled"
+    return rows
+
+
+def test_sefp_every_kernel_for_both_targets(sefp_compiled):
+    names = {(r["name"].split("[")[0], r["target"]) for r in sefp_compiled}
+    for kernel in _SEFP_KERNELS:
+        for target in ("sm_90", "sm_100"):
+            assert (f"sefp_{kernel}", target) in names
+    for r in sefp_compiled:
+        arch = r["target"].split("_")[1]
+        assert re.search(rf"\.target sm_{arch}a\b", r["ptx"]) and r["cubin_bytes"] > 0, (r["name"], r["target"])
+
+
+_SEFP_EL = {"*bf16": "bf16", "*fp16": "f16"}
+
+
+def test_sefp_linear_mma(sefp_compiled):
+    """bf16 x (m <= 8, scale folded into the exact bf16 weight) and fp16 x (m <= 11, per-block dots): 64-row tiles
+    -> wgmma (sm_90) / tcgen05.mma kind::f16 (sm_100); decode tiles (16 rows) -> mma.sync m16n8k16; fp32 x and
+    wider widths -> the ieee fp32 dot (FMAs, no tensor-core instruction)."""
+    for r in _sefp(sefp_compiled, "linear["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        if ce["DOT"] == 0:
+            assert _count(r"\bfma\.rn\.f32\b", ptx) > 0 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
+            continue
+        el = _SEFP_EL[r["arg_types"]["x_ptr"]]
+        assert ce["DOT"] == (1 if el == "bf16" else 2), where
+        if ce["BM"] < 64:
+            assert _count(rf"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.{el}\.{el}\.f32\b", ptx) > 0, where
+        elif r["target"] == "sm_90":
+            assert _count(rf"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.{el}\.{el}\b", ptx) > 0, where
+        else:
+            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+    kinds = {(r["constexprs"]["DOT"], r["constexprs"]["BM"] >= 64) for r in _sefp(sefp_compiled, "linear[")}
+    assert {(1, True), (1, False), (2, True), (2, False), (0, False)} <= kinds  # every path is compiled
+
+
+def test_sefp_codegen(sefp_compiled):
+    """Exact by construction: integer bit operations, power-of-two scaling with IEEE subnormals (no flush-to-zero
+    anywhere), no approximate division; FMAs only in the fp32 ieee dot (enable_fp_fusion=False elsewhere);
+    fp32 -> bf16 / fp16 only as round-to-nearest conversions."""
+    for r in sefp_compiled:
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        assert _count(r"\.ftz\b", ptx) == 0, where
+        assert _count(r"div\.(full|approx)|rcp\.approx|\bapprox\b", ptx) == 0, where
+        assert _count(r"cvt\.(rz|rm|rp)[a-z.]*\.(bf16|f16)", ptx) == 0, where
+        if not (_is_sefp_gemm(r) and ce["DOT"] == 0):
+            assert _count(r"\bfma\.", ptx) == 0, where
+    for r in _sefp(sefp_compiled, "quantize["):  # block exponent: an integer max over the exponent fields
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        assert _count(r"\bmax\.[us]32\b", ptx) >= 1 and _count(r"\bmax(\.[a-zA-Z]+)*\.f32\b", ptx) == 0, where
+        assert _count(r"\bshfl\.sync\.bfly\.b32\b", ptx) >= 1, where  # words: a warp reduction of the bits
+
+
+_SEFP_IN_BYTES = {"*i32": 4, "*i16": 2, "*fp16": 2, "*fp32": 4}
+
+
+def test_sefp_streaming_loads(sefp_compiled):
+    """quantize reads its TILE of weights with 128-bit loads; dequantize writes its tile with 128-bit stores and
+    reads one word per plane per 32 weights (32-bit loads: one per plane and thread, planes 0..m only)."""
+    for r in _sefp(sefp_compiled, "quantize["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        ept = ce["NBT"] * ce["G"] // (32 * r["num_warps"])
+        want = ept * _SEFP_IN_BYTES[r["arg_types"]["w_ptr"]] // 16
+        assert _count(r"\bld\.global(\.[a-z0-9]+)*\.v4\.b32", ptx) >= want, where
+    for r in _sefp(sefp_compiled, "dequantize["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        ept = ce["NBT"] * ce["G"] // (32 * r["num_warps"])
+        out_bytes = ept * _SEFP_IN_BYTES[r["arg_types"]["out_ptr"]]
+        assert _count(r"\bst\.global(\.[a-z0-9]+)*\.v4\.b32", ptx) >= out_bytes // 16, where
+        assert ept % 32 == 0, where  # whole words per thread: no replicated decode
+        assert _count(r"\bld\.global\.b32\b", ptx) == (1 + ce["M_BITS"]) * (ept // 32), where
+
+
+def test_sefp_resources(sefp_compiled):
+    """No spills, no stack, no local memory; quantize / dequantize <= 128 registers and 16 KB of shared memory;
+    linear tiles <= 255 registers and 96 KB (the 128 x 128 tiles: three stages of x and plane words, the decoded
+    weight tile), so two CTAs fit an SM."""
+    for r in sefp_compiled:
+        where = (r["name"], r["target"], r["registers"], r["shared_bytes"])
+        assert r["spills"] == 0 and r["stack_bytes"] == 0 and _count(r"\.local\b", r["ptx"]) == 0, where
+        if _is_sefp_gemm(r):
+            assert 0 < r["registers"] <= 255 and r["shared_bytes"] <= 96 * 1024, where
+        else:
+            assert 0 < r["registers"] <= 128 and r["shared_bytes"] <= 16 * 1024, where

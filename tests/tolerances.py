@@ -239,3 +239,18 @@ def assert_vocab_result(op, args, got, want):
             assert_logit_stats(out, *args)
         else:
             raise KeyError(op)
+
+
+# ---------------------------------------------------------------------------------------- sefp
+def assert_sefp_linear(args: tuple, y) -> None:
+    """``y``, a result of ``sefp_linear(*args)``, has x's dtype and shape [..., N] and lies within
+    :func:`linear_error_bound` of the exact product of x and the m-bit weight (the decoded SEFP
+    weight is exact in fp32, so the same derivation holds: fp32 sums in any order, one rounding to
+    x's dtype)."""
+    from leankern.sefp.ref import dequantize_ref
+
+    x, planes, exponents, m, block_size, bias = args
+    w_hat = dequantize_ref(planes, exponents, m, block_size, x.shape[-1], torch.float32)
+    exact, bound = linear_error_bound(x.float().reshape(-1, x.shape[-1]), w_hat, bias, x.dtype)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], planes.shape[1])
+    assert_linear_within_bound(y, exact, bound)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "vocab_specs", "compile_spec",
+__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "vocab_specs", "sefp_specs", "compile_spec",
            "resource_usage", "compile_all", "aot_report", "format_report", "TARGETS"]
 
 TARGETS = {"sm_90": 90, "sm_100": 100}
@@ -36,7 +36,7 @@ class KernelSpec:
     arg_types: dict  # runtime argument name -> Triton type string ("*u8", "i32", ...)
     constexprs: dict
     num_warps: int
-    family: str = ""  # quantize | dequantize | hadamard | linear | specdec | vocab
+    family: str = ""  # quantize | dequantize | hadamard | linear | specdec | vocab | sefp
     targets: tuple = ("sm_90", "sm_100")  # the architectures this specialisation is meant for
     num_stages: int | None = None  # None: Triton's default (as the launchers that pass none)
     div16: tuple = ()  # int arguments the JIT would specialise as multiples of 16 (typical shapes)
@@ -380,6 +380,71 @@ def vocab_specs(quick: bool = False) -> list[KernelSpec]:
     return specs
 
 
+# ---------------------------------------------------------------------------------------- sefp
+_SEFP_DIV16 = ("K", "N", "Kw", "NB", "n_blocks", "plane_stride", "k_per_split")  # model shapes: multiples of 16
+
+
+def _sefp_spec(name, kernel, types, constexprs, num_warps):
+    return KernelSpec(f"sefp_{name}", kernel, types, dict(constexprs), num_warps, "sefp", div16=_SEFP_DIV16)
+
+
+def _sefp_quantize_spec(m_max, bs, dtype):
+    from .sefp import quantize_config
+
+    fn, ce, nw = quantize_config(m_max, bs, dtype)
+    types = dict(w_ptr=_PTR[dtype], planes_ptr="*i32", exps_ptr="*i8", flags_ptr="*i32", n_blocks="i32", NB="i32",
+                 K="i32", plane_stride="i32")
+    return _sefp_spec(f"quantize[m{m_max},{str(dtype)[6:]},bs{bs}]", fn, types, ce, nw)
+
+
+def _sefp_dequantize_spec(m, bs, out_dtype):
+    from .sefp import dequantize_config
+
+    fn, ce, nw = dequantize_config(m, bs, out_dtype)
+    types = dict(planes_ptr="*i32", exps_ptr="*i8", out_ptr=_OUT_PTR[out_dtype], n_blocks="i32", NB="i32", K="i32",
+                 plane_stride="i32")
+    return _sefp_spec(f"dequantize[m{m},{str(out_dtype)[6:]},bs{bs}]", fn, types, ce, nw)
+
+
+def _sefp_linear_spec(m, bs, dtype, M, split_k=1, bias=True):
+    """The linear kernel as the launcher configures it for ``M`` rows (split-K > 1: decode partials)."""
+    from .sefp import linear_config
+
+    fn, ce, nw = linear_config(m, bs, dtype, bias, M)
+    types = dict(x_ptr=_X_PTR[dtype], planes_ptr="*i32", exps_ptr="*i8", bias_ptr=_X_PTR[dtype], y_ptr=_OUT_PTR[dtype],
+                 part_ptr="*fp32", M="i32", N="i32", K="i32", Kw="i32", NB="i32", plane_stride="i32",
+                 k_per_split="i32")
+    tag = f"{str(dtype)[6:]},m{m},M{M},bs{bs}" + (f",splitk{split_k}" if split_k > 1 else "")
+    return _sefp_spec(f"linear[{tag}]", fn, types, dict(ce, SPLIT_K=split_k), nw)
+
+
+def sefp_specs(quick: bool = False) -> list[KernelSpec]:
+    """sefp: quantize (bit-plane packing), dequantize (planes 0..m), the linear kernel per dot kind: bf16 (scale
+    folded into the weight; wgmma / tcgen05 tiles and mma.sync decode tiles), fp16 (per-block dots), fp32 (ieee)."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    specs = [
+        _sefp_quantize_spec(8, 32, f32),
+        _sefp_dequantize_spec(4, 32, bf16),
+        _sefp_linear_spec(8, 32, bf16, 256),
+        _sefp_linear_spec(4, 32, bf16, 1, split_k=8),
+        _sefp_linear_spec(8, 128, f16, 64),
+        _sefp_linear_spec(4, 32, f32, 64),
+    ]
+    if not quick:
+        specs += [
+            _sefp_quantize_spec(16, 256, bf16),
+            _sefp_quantize_spec(4, 64, f16),
+            _sefp_dequantize_spec(8, 64, f32),
+            _sefp_dequantize_spec(16, 128, f16),
+            _sefp_linear_spec(2, 128, bf16, 64),
+            _sefp_linear_spec(4, 32, f16, 64),
+            _sefp_linear_spec(8, 256, bf16, 16, split_k=4, bias=False),
+            _sefp_linear_spec(11, 32, f16, 1, split_k=8),
+            _sefp_linear_spec(12, 64, bf16, 1, split_k=8),  # m > 8 with bf16 x: the fp32 ieee dot
+        ]
+    return specs
+
+
 def kernel_specs(quick: bool = False) -> list[KernelSpec]:
     """The representative specialisations: every format family, both scale modes, RNE and SR."""
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
@@ -406,7 +471,7 @@ def kernel_specs(quick: bool = False) -> list[KernelSpec]:
             _hadamard_spec(128, f32, False),
             _hadamard_spec(1024, f32, True),
         ]
-    return specs + linear_specs(quick) + specdec_specs(quick) + vocab_specs(quick)
+    return specs + linear_specs(quick) + specdec_specs(quick) + vocab_specs(quick) + sefp_specs(quick)
 
 
 def compile_spec(spec: KernelSpec, arch: int):

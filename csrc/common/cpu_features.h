@@ -31,5 +31,27 @@ const char* isa_name(Isa isa);
 // Space-separated list of the relevant features this CPU has, e.g. "avx2 f16c fma avx512f ...".
 std::string feature_string();
 
+// The kernel table of the active ISA, for a family's active_kernels():
+//   return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels);
+// A macro because the avx2 / avx512 getters exist only in x86-64 builds (their translation units
+// compile to nothing elsewhere), so other builds must not name them.
+template <class Table>
+const Table& pick_table(const Table& (*scalar)(), const Table& (*avx2)(), const Table& (*avx512)()) {
+  switch (active_isa()) {
+    case Isa::kAvx512:
+      return avx512();
+    case Isa::kAvx2:
+      return avx2();
+    default:
+      return scalar();
+  }
+}
+
 }  // namespace cpu
 }  // namespace leankern
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define LK_ACTIVE_TABLE(scalar, avx2, avx512) ::leankern::cpu::pick_table(&scalar, &avx2, &avx512)
+#else
+#define LK_ACTIVE_TABLE(scalar, avx2, avx512) scalar()
+#endif

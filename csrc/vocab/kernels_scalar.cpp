@@ -24,17 +24,7 @@ const VocabKernels& scalar_kernels() {
 }
 
 const VocabKernels& active_kernels() {
-#if defined(__x86_64__) || defined(_M_X64)
-  switch (cpu::active_isa()) {
-    case cpu::Isa::kAvx512:
-      return avx512_kernels();
-    case cpu::Isa::kAvx2:
-      return avx2_kernels();
-    default:
-      break;
-  }
-#endif
-  return scalar_kernels();
+  return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels);
 }
 
 }  // namespace vocab

@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Impl", "Case", "BenchResult", "progress_bar", "time_fn", "measure_copy_bandwidth", "run_cases",
-           "format_table", "write_csv", "machine_summary", "busy_note", "cpu_model", "cpu_isa", "section_header"]
+           "format_table", "write_csv", "ColdCache", "median_us_cold", "machine_summary", "busy_note", "cpu_model",
+           "cpu_isa", "section_header"]
 
 
 # ----------------------------------------------------------------------------- progress
@@ -70,6 +71,28 @@ def progress_bar(total: int, desc: str = ""):
 def _sync(device: str):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+class ColdCache:
+    """Rewrites a 64 MiB buffer: evicts the 32 MiB L3 (and anything smaller) before a timed call."""
+
+    def __init__(self, nbytes: int = 64 << 20):
+        self.buf = torch.zeros(nbytes // 4)
+
+    def __call__(self):
+        self.buf.add_(1.0)
+
+
+def median_us_cold(fn, repeats: int, flush) -> float:
+    """Median microseconds of ``fn`` with ``flush()`` (e.g. a :class:`ColdCache`) before each timed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        flush()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
 
 
 def time_fn(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 1, repeats: int = 5,

@@ -18,13 +18,10 @@ as separate torch ops.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
-from .harness import BenchResult, cpu_isa, cpu_model, format_table, write_csv
+from .harness import BenchResult, ColdCache, cpu_isa, cpu_model, format_table, median_us_cold, write_csv
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "vocab"
@@ -36,27 +33,6 @@ HEAD_COLUMNS = [("model", "head", ""), ("K", "K", ""), ("B", "B", ""), ("ours_us
 STATS_COLUMNS = [("dtype", "dtype", ""), ("B", "B", ""), ("V", "V", ""), ("ours_us", "ours us", ".0f"),
                  ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"), ("torch_us", "torch us", ".0f"),
                  ("x_torch", "x torch", ".1f"), ("target", "target", "")]
-
-
-class _Cold:
-    """Rewrites a 64 MiB buffer: evicts the 32 MiB L3 (and anything smaller) before a timed call."""
-
-    def __init__(self, nbytes: int = 64 << 20):
-        self.buf = torch.zeros(nbytes // 4)
-
-    def __call__(self):
-        self.buf.add_(1.0)
-
-
-def _median_us(fn, repeats: int, flush) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        flush()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
 
 
 def _plan(quick: bool, full: bool):
@@ -88,22 +64,22 @@ def _head_rows(quick, full, bw_rd, repeats, flush, out):
         buf = torch.empty(K, H, dtype=torch.bfloat16)
         ours = lambda: leankern.vocab.gather_lm_head(hidden, w, ids)  # noqa: E731
         if (V, H, B) not in full_us:
-            full_us[(V, H, B)] = _median_us(lambda: F.linear(hidden, w), max(3, repeats // 2), flush)
+            full_us[(V, H, B)] = median_us_cold(lambda: F.linear(hidden, w), max(3, repeats // 2), flush)
 
         def gather_linear():
             torch.index_select(w, 0, ids64, out=buf)
             return F.linear(hidden, buf)
 
         r = dict(model=name, K=K, B=B, V=V, H=H)
-        r["ours_us"] = _median_us(ours, repeats, flush)
+        r["ours_us"] = median_us_cold(ours, repeats, flush)
         r["gbps"] = K * H * 2 / r["ours_us"] / 1e3
         r["frac_rd"] = r["gbps"] / bw_rd
         r["full_us"] = full_us[(V, H, B)]
         r["kv_ratio"] = r["ours_us"] / (K / V * r["full_us"])
-        r["gl_us"] = _median_us(gather_linear, repeats, flush)
+        r["gl_us"] = median_us_cold(gather_linear, repeats, flush)
         r["x_gl"] = r["gl_us"] / r["ours_us"]
-        r["argmax_us"] = _median_us(lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, ids), repeats, flush)
-        r["top50_us"] = _median_us(lambda: leankern.vocab.gather_lm_head_topk(hidden, w, ids, 50), repeats, flush)
+        r["argmax_us"] = median_us_cold(lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, ids), repeats, flush)
+        r["top50_us"] = median_us_cold(lambda: leankern.vocab.gather_lm_head_topk(hidden, w, ids, 50), repeats, flush)
         # the fused argmax must pick what the logits say (a cheap end-to-end check of the row)
         z = ours()
         got, _ = leankern.vocab.gather_lm_head_argmax(hidden, w, ids)
@@ -131,10 +107,10 @@ def _stats_rows(quick, bw_rd, repeats, flush):
                 return m, a, lse, ent
 
             r = dict(dtype=str(dt)[6:], B=B, V=V)
-            r["ours_us"] = _median_us(lambda: leankern.vocab.logit_stats(x), repeats, flush)
+            r["ours_us"] = median_us_cold(lambda: leankern.vocab.logit_stats(x), repeats, flush)
             r["gbps"] = x.numel() * x.element_size() / r["ours_us"] / 1e3
             r["frac_rd"] = r["gbps"] / bw_rd
-            r["torch_us"] = _median_us(torch_stats, max(3, repeats // 2), flush)
+            r["torch_us"] = median_us_cold(torch_stats, max(3, repeats // 2), flush)
             r["x_torch"] = r["torch_us"] / r["ours_us"]
             r["target"] = "yes" if r["frac_rd"] >= 0.6 else "no"
             rows.append(r)
@@ -153,7 +129,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
     out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB): "
         f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | gather_lm_head runs on: "
         f"{leankern.backend_for('vocab_gather_lm_head', 'cpu')}")
-    flush = _Cold()
+    flush = ColdCache()
     repeats = 3 if quick else 7
     head = _head_rows(quick, full, bw_rd, repeats, flush, out)
     out(format_table(head, HEAD_COLUMNS))

@@ -68,6 +68,21 @@ def _default_layout(device) -> str:
     return "prepacked16" if torch.device(device if device is not None else "cpu").type == "cpu" else "row_major"
 
 
+
+def meta_mismatch(module: nn.Module, state_dict: dict, prefix: str, hint: str) -> str | None:
+    """The load error when ``state_dict``'s JSON ``meta`` record differs from ``module.meta`` (None if equal
+    or absent): both configurations named, so the user knows which module to build."""
+    meta = state_dict.get(prefix + "meta")
+    if meta is None or torch.equal(meta.cpu(), module.meta.cpu()):
+        return None
+    try:
+        theirs = json.loads(bytes(meta.cpu().tolist()).decode())
+    except (ValueError, UnicodeDecodeError):
+        theirs = "unreadable"
+    mine = json.loads(bytes(module.meta.cpu().tolist()).decode())
+    return (f"{prefix}meta: this {type(module).__name__} is {mine}, the checkpoint holds {theirs}; build the "
+            f"module with the checkpoint's configuration{hint}")
+
 class QuantLinear(nn.Module):
     """``y = x @ W^T + b`` with ``W`` quantized to an MX/NV block format (:func:`leankern.mx.linear`).
 
@@ -212,15 +227,9 @@ class QuantLinear(nn.Module):
     # ------------------------------------------------------------------------ checkpoints
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        meta = state_dict.get(prefix + "meta")
-        if meta is not None and not torch.equal(meta.cpu(), self.meta.cpu()):
-            try:
-                theirs = json.loads(bytes(meta.cpu().tolist()).decode())
-            except (ValueError, UnicodeDecodeError):
-                theirs = "unreadable"
-            mine = json.loads(bytes(self.meta.cpu().tolist()).decode())
-            error_msgs.append(f"{prefix}meta: this QuantLinear is {mine}, the checkpoint holds {theirs}; build the "
-                              f"module with the checkpoint's configuration")
+        err = meta_mismatch(self, state_dict, prefix, "")
+        if err is not None:
+            error_msgs.append(err)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

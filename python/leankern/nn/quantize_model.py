@@ -1,4 +1,5 @@
-"""quantize_model: replace the ``nn.Linear`` layers of any module with :class:`QuantLinear`, in place."""
+"""quantize_model: replace the ``nn.Linear`` layers of any module with :class:`QuantLinear` (or, for
+``fmt="sefp"``, :class:`SEFPLinear`), in place."""
 from __future__ import annotations
 
 import fnmatch
@@ -8,6 +9,7 @@ from typing import Iterable
 from torch import nn
 
 from .quant_linear import QuantLinear, _check_config, linear_bytes
+from .sefp_linear import SEFPLinear, _check_build, _check_width
 
 __all__ = ["quantize_model", "QuantizeReport", "LayerReport"]
 
@@ -35,6 +37,7 @@ class QuantizeReport:
     layers: list[LayerReport] = field(default_factory=list)
     model_bytes_before: int = 0
     model_bytes_after: int = 0
+    m_max: int | None = None  # fmt "sefp": planes stored (bytes_after counts them all)
 
     @property
     def replaced(self) -> list[LayerReport]:
@@ -63,7 +66,8 @@ class QuantizeReport:
 
     def __str__(self) -> str:
         what = self.fmt + (f" x act {self.act_fmt}" if self.act_fmt else "") + \
-            (f", rotate={self.rotate}" if self.rotate else "")
+            (f", rotate={self.rotate}" if self.rotate else "") + \
+            (f", m_max={self.m_max}" if self.m_max is not None else "")
         ratio = self.bytes_before / max(self.bytes_after, 1)
         lines = [f"quantize_model({what}): {len(self.replaced)} linear layers replaced, {len(self.skipped)} skipped",
                  f"  linear layers: {_mb(self.bytes_before)} -> {_mb(self.bytes_after)} "
@@ -121,8 +125,13 @@ def _output_embedding(model: nn.Module) -> nn.Module | None:
 
 def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, rotate: int | None = None,
                    rotate_seed: int = 0, block_size: int | None = None, skip: Iterable[str] = (),
-                   include_lm_head: bool = False, layout: str | None = None) -> QuantizeReport:
+                   include_lm_head: bool = False, layout: str | None = None, m_max: int | None = None,
+                   m: int | None = None) -> QuantizeReport:
     """Replace every ``nn.Linear`` of ``model`` with a :class:`QuantLinear` in ``fmt``, in place.
+
+    ``fmt="sefp"``: an :class:`SEFPLinear` instead, quantized once at ``m_max`` (default 8) with
+    ``block_size`` (default 32) and served at width ``m`` (default ``m_max``; change it later with
+    :func:`leankern.set_precision`); ``act_fmt``, ``rotate`` and ``layout`` do not apply.
 
     Parameters
     ----------
@@ -130,6 +139,8 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
         Any module (a Hugging Face model, an ``nn.Sequential``, ...).
     fmt, act_fmt, rotate, rotate_seed, block_size, layout
         As :meth:`QuantLinear.from_linear`, for every replaced layer.
+    m_max, m : int, optional
+        ``fmt="sefp"`` only: as :meth:`SEFPLinear.from_linear`.
     skip : iterable of str
         fnmatch patterns of layer names to leave alone, matched against the dotted name
         (``"model.layers.0.mlp.down_proj"``) and its last part (``"down_proj"``, ``"*proj"``).
@@ -139,17 +150,27 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
         ``lm_head``. Default False: the LM head stays in its dtype (it is the most sensitive layer).
 
     Layers whose ``in_features`` is not a multiple of the block size (or of ``rotate``) are left
-    alone and listed in the report with the reason; bad arguments (unknown ``fmt``, ...) raise.
+    alone and listed in the report with the reason (SEFP pads the last block instead); bad
+    arguments (unknown ``fmt``, ...) raise.
 
     Returns
     -------
     QuantizeReport
-        Layers replaced and skipped, bytes before and after; ``print(report)`` summarises.
+        Layers replaced and skipped, bytes before and after (SEFP: all ``m_max`` planes stored);
+        ``print(report)`` summarises.
     """
-    _check_config(64 * 1024, 1, fmt, block_size, act_fmt, rotate)  # argument errors before touching the model
+    is_sefp = fmt == "sefp"
+    if is_sefp:
+        block_size, m_max = (32 if block_size is None else block_size), (8 if m_max is None else m_max)
+        _check_sefp_args(act_fmt, rotate, layout, block_size, m_max, m)
+    else:
+        if m_max is not None or m is not None:
+            raise ValueError(f"m_max, m: only for fmt='sefp', got m_max={m_max!r}, m={m!r} with fmt={fmt!r}")
+        _check_config(64 * 1024, 1, fmt, block_size, act_fmt, rotate)  # argument errors before touching the model
     skip = tuple(skip)
     head = None if include_lm_head else _output_embedding(model)
-    report = QuantizeReport(fmt=fmt, act_fmt=act_fmt, rotate=rotate, model_bytes_before=_model_bytes(model))
+    report = QuantizeReport(fmt=fmt, act_fmt=act_fmt, rotate=rotate, model_bytes_before=_model_bytes(model),
+                            m_max=m_max if is_sefp else None)
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, lin in named:
         before = linear_bytes(lin)
@@ -158,7 +179,9 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
             reason = f"skip pattern {pat!r}"
         elif not include_lm_head and (lin is head or (head is None and name.rsplit(".", 1)[-1] == "lm_head")):
             reason = "LM head (include_lm_head=False)"
-        else:
+        elif is_sefp and not bool(lin.weight.detach().isfinite().all()):
+            reason = "weight holds NaN/Inf (SEFP has no code for them)"
+        elif not is_sefp:
             try:
                 _check_config(lin.in_features, lin.out_features, fmt, block_size, act_fmt, rotate)
             except ValueError as exc:
@@ -166,11 +189,24 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
         if reason is not None:
             report.layers.append(LayerReport(name, lin.in_features, lin.out_features, before, before, reason))
             continue
-        q = QuantLinear.from_linear(lin, fmt, block_size=block_size, act_fmt=act_fmt, rotate=rotate,
-                                    rotate_seed=rotate_seed, layout=layout)
+        if is_sefp:
+            q = SEFPLinear.from_linear(lin, m_max=m_max, block_size=block_size, m=m)
+        else:
+            q = QuantLinear.from_linear(lin, fmt, block_size=block_size, act_fmt=act_fmt, rotate=rotate,
+                                        rotate_seed=rotate_seed, layout=layout)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
-        report.layers.append(LayerReport(name, lin.in_features, lin.out_features, before, q.nbytes))
+        report.layers.append(LayerReport(name, lin.in_features, lin.out_features, before,
+                                         q.nbytes(m_max) if is_sefp else q.nbytes))
     report.model_bytes_after = _model_bytes(model)
     return report
 
+
+def _check_sefp_args(act_fmt, rotate, layout, block_size, m_max, m) -> None:
+    """fmt="sefp": argument errors before touching the model."""
+    for name, v in (("act_fmt", act_fmt), ("rotate", rotate), ("layout", layout)):
+        if v is not None:
+            raise ValueError(f"{name}: expected None with fmt='sefp' (weight-only, bit-plane layout), got {v!r}")
+    _check_build(1, 1, m_max, block_size)
+    if m is not None:
+        _check_width("m", m, m_max)

@@ -1,0 +1,17 @@
+"""SEFP GEMM benchmark:
+``python bench/bench_sefp.py [--quick | --full] [--csv PATH] [--plot PATH] [--device cpu|cuda]``.
+
+Thin wrapper around :mod:`leankern.benchmarks.sefp` (same as ``leankern bench --family sefp``).
+"""
+import os
+import sys
+
+try:
+    import leankern  # noqa: F401
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+
+from leankern.benchmarks.sefp import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+// Inner loops of the SEFP CPU ops (numerics and layout: python/leankern/sefp/ref.py), one table per
+// ISA (scalar, AVX2, AVX-512), chosen at run time (common/cpu_features.h). The torch-facing ops
+// (sefp_cpu.cpp) check arguments, split rows over threads and call these on one row range at a time.
+//
+// Two element orders of a K row:
+//   natural:  element k at position k;
+//   permuted: inside every chunk of 256 elements (8 plane words), element 8b + j at 32j + b
+//             (b < 32, j < 8). It is the order the bit-plane transpose (planes_simd_impl.h) yields,
+//             so x is permuted once per call instead of every weight once per row.
+#pragma once
+
+#include <cstdint>
+
+namespace leankern {
+namespace sefp {
+
+enum Dtype : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+constexpr int kWord = 32;     // weights per plane word
+constexpr int kChunkWords = 8;  // plane words per permuted chunk (one 256-bit load per plane)
+constexpr int kChunk = kWord * kChunkWords;
+constexpr int kMaxM = 16;       // ref.MAX_M
+constexpr int kMaxPermM = 8;    // widths with a transposed (permuted-order) kernel: q fits a byte
+
+// The first 1 + m planes of a stored weight (planes int32 [P, N, Kw], each plane contiguous).
+struct Planes {
+  const uint32_t* data;  // plane 0, row 0
+  int64_t plane_stride;  // words between planes (any)
+  int64_t N, Kw;         // rows, words per row
+  const int8_t* exps;    // [N, nb] contiguous
+  int64_t nb;            // blocks per row
+  int gs;                // log2(block_size / 32): word w of a row is in block w >> gs
+  int m;                 // mantissa planes read (1..16)
+};
+
+// Width of a row of x as the permuted kernels read it: Kw rounded up to whole chunks.
+inline int64_t permuted_width(int64_t Kw) { return (Kw + kChunkWords - 1) / kChunkWords * kChunk; }
+
+// The permuted order of the transposed kernels at width m (<= kMaxPermM): position i of a chunk
+// holds element order[i] of that chunk ([256]).
+const int16_t* chunk_order(int m);
+
+// [256] fp32 scales 2^(E - (m - 1)) indexed by E + 128 (E = -128, the empty block: 1.0, as
+// the reference). Exact: every such power of two is an fp32 (subnormal below 2^-126).
+const float* scale_table(int m);
+
+struct SefpKernels {
+  // Quantize rows [n0, n1) of w [N, K] (dtype dt, row stride ldw elements) into planes
+  // (int32 [1 + m_max, N, Kw], plane p of row n at planes + p * plane_stride + n * Kw) and
+  // exponents [N, nb]. Returns the first row in the range holding a NaN / Inf (its outputs are
+  // then garbage), or -1.
+  int64_t (*quantize_rows)(const void* w, int dt, int64_t ldw, int64_t K, int m_max, int gs, int64_t Kw,
+                           uint32_t* planes, int64_t plane_stride, int8_t* exps, int64_t n0, int64_t n1);
+  // Row n of the weight at width P.m, exact fp32, natural order: out [Kw * 32].
+  void (*decode_row)(const Planes& P, int64_t n, float* out);
+  // y[r * ldy + n] = sum_k x[r * ldx + k] w[n, k] (fp32) for r < R, n in [n0, n1); x natural, fp32,
+  // zero padded to Kw * 32.
+  void (*gemv_natural)(const Planes& P, const float* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
+                       int64_t ldy);
+  // As gemv_natural with x permuted (width permuted_width(Kw), zero padded); P.m <= kMaxPermM.
+  // Null in the scalar table.
+  void (*gemv_permuted)(const Planes& P, const float* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
+                        int64_t ldy);
+  // Rows [n0, n1) exact fp32 in permuted order: out[(n - n0) * ldo + i], i < permuted_width(Kw);
+  // P.m <= kMaxPermM. Null in the scalar table.
+  void (*decode_permuted)(const Planes& P, int64_t n0, int64_t n1, float* out, int64_t ldo);
+};
+
+const SefpKernels& scalar_kernels();
+const SefpKernels& avx2_kernels();
+const SefpKernels& avx512_kernels();
+const SefpKernels& active_kernels();  // the table of the active ISA (leankern._C.set_cpu_isa / LEANKERN_CPU_ISA)
+
+}  // namespace sefp
+}  // namespace leankern

@@ -1,0 +1,229 @@
+// CPU kernels of leankern::sefp_quantize, sefp_dequantize and sefp_linear (schemas, checks and
+// numerics: python/leankern/sefp/ops.py, ref.py). Rows are split over both cores
+// (common/parallel.h); the per-ISA inner loops are in the kernel table (kernels.h).
+//
+// sefp_linear, by the number of x rows M:
+//   M <  kPanelRows: fused decode + FMA per weight row (gemv_*): the planes are read once and never
+//                    materialized; x (shared by every row) is converted to fp32 once, in the
+//                    transposed kernels' permuted order.
+//   M >= kPanelRows: panels of kPanelN weight rows decoded to fp32 (in parallel), then torch's own
+//                    multithreaded fp32 GEMM (at::mm_out) into the output columns: the decode is
+//                    amortized over the M rows.
+// Both sum in fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/output_cache.h"
+#include "common/parallel.h"
+#include "sefp/checks.h"
+#include "sefp/kernels.h"
+
+namespace leankern {
+namespace sefp {
+namespace {
+
+using cpu::parallel_chunks;
+
+constexpr int64_t kPanelRows = 32;  // x rows from which the decoded-panel GEMM wins (measured, 4096x4096)
+constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp32 stays in L2/L3
+
+// Rows per parallel task for ~`work` element-operations each (at least one row).
+int64_t rows_per_task(int64_t per_row, int64_t work) { return std::max<int64_t>(1, work / std::max<int64_t>(1, per_row)); }
+
+inline float load_f32(const void* p, int dt, int64_t i) {
+  if (dt == kF32) return static_cast<const float*>(p)[i];
+  if (dt == kBF16) return static_cast<float>(static_cast<const c10::BFloat16*>(p)[i]);
+  return static_cast<float>(static_cast<const c10::Half*>(p)[i]);
+}
+
+inline void store_from_f32(void* p, int dt, int64_t i, float v) {  // RNE, as Tensor.to
+  if (dt == kF32)
+    static_cast<float*>(p)[i] = v;
+  else if (dt == kBF16)
+    static_cast<c10::BFloat16*>(p)[i] = c10::BFloat16(v);
+  else
+    static_cast<c10::Half*>(p)[i] = c10::Half(v);
+}
+
+Planes make_planes(const at::Tensor& planes, const at::Tensor& exponents, int64_t m, int64_t block_size) {
+  Planes P;
+  P.data = reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>());
+  P.plane_stride = planes.stride(0);
+  P.N = planes.size(1);
+  P.Kw = planes.size(2);
+  P.exps = exponents.data_ptr<int8_t>();
+  P.nb = exponents.size(1);
+  P.gs = block_shift(block_size);
+  P.m = static_cast<int>(m);
+  return P;
+}
+
+// ------------------------------------------------------------------------------------ quantize
+[[noreturn]] void throw_not_finite(const at::Tensor& w, int64_t n) {
+  const int dt = dtype_code(w.scalar_type());
+  const char* row = static_cast<const char*>(w.data_ptr()) + n * w.stride(0) * w.element_size();
+  int64_t k = 0;
+  float v = 0.0f;
+  for (; k < w.size(1); ++k) {
+    v = load_f32(row, dt, k);
+    if (!std::isfinite(v)) break;
+  }
+  TORCH_CHECK_VALUE(false, "w: expected finite values (SEFP has no NaN/Inf code), got ", checks::py_float_repr(v),
+                    " at index (", n, ", ", k, ")");
+  __builtin_unreachable();
+}
+
+std::tuple<at::Tensor, at::Tensor> sefp_quantize_cpu(const at::Tensor& w_in, int64_t m_max, int64_t block_size) {
+  check_quantize(w_in, m_max, block_size);
+  const at::Tensor w = w_in.size(1) == 1 || w_in.stride(1) == 1 ? w_in : w_in.contiguous();
+  const int64_t N = w.size(0), K = w.size(1), Kp = padded_k(K, block_size), Kw = Kp / kWord;
+  at::Tensor planes = at::empty({1 + m_max, N, Kw}, w.options().dtype(at::kInt));
+  at::Tensor exps = at::empty({N, Kp / block_size}, w.options().dtype(at::kChar));
+  if (N == 0) return std::make_tuple(planes, exps);
+  const SefpKernels& kern = active_kernels();
+  const int dt = dtype_code(w.scalar_type());
+  const int64_t ldw = N > 1 ? w.stride(0) : K;
+  uint32_t* pl = reinterpret_cast<uint32_t*>(planes.data_ptr<int32_t>());
+  int8_t* ex = exps.data_ptr<int8_t>();
+  std::atomic<int64_t> first_bad{N};
+  parallel_chunks(N, rows_per_task(Kp * (1 + m_max), 1 << 20), [&](int64_t n0, int64_t n1) {
+    const int64_t bad = kern.quantize_rows(w.data_ptr(), dt, ldw, K, (int)m_max, block_shift(block_size), Kw, pl,
+                                           N * Kw, ex, n0, n1);
+    for (int64_t cur = first_bad.load(); bad >= 0 && bad < cur && !first_bad.compare_exchange_weak(cur, bad);) {
+    }
+  });
+  if (first_bad.load() < N) throw_not_finite(w, first_bad.load());
+  return std::make_tuple(planes, exps);
+}
+
+// ---------------------------------------------------------------------------------- dequantize
+at::Tensor sefp_dequantize_cpu(const at::Tensor& planes, const at::Tensor& exponents, int64_t m, int64_t block_size,
+                               int64_t K, at::ScalarType out_dtype) {
+  check_dequantize(planes, exponents, m, block_size, K, out_dtype);
+  const Planes P = make_planes(planes, exponents, m, block_size);
+  at::Tensor out = cpu::empty_output({P.N, K}, planes.options().dtype(out_dtype));
+  const SefpKernels& kern = active_kernels();
+  const int dt = dtype_code(out_dtype);
+  void* o = out.data_ptr();
+  parallel_chunks(P.N, rows_per_task(P.Kw * kWord * (1 + m), 1 << 18), [&](int64_t n0, int64_t n1) {
+    thread_local std::vector<float> row;
+    row.resize(P.Kw * kWord);
+    for (int64_t n = n0; n < n1; ++n) {
+      kern.decode_row(P, n, row.data());
+      if (dt == kF32) {
+        std::memcpy(static_cast<float*>(o) + n * K, row.data(), K * sizeof(float));
+      } else {
+        for (int64_t k = 0; k < K; ++k) store_from_f32(o, dt, n * K + k, row[k]);
+      }
+    }
+  });
+  return out;
+}
+
+// -------------------------------------------------------------------------------------- linear
+// x [M, K] (contiguous) -> fp32 [M, Kx], zero padded, permuted (kernels.h) or natural order.
+at::Tensor prepare_x(const at::Tensor& x, int64_t Kx, bool permuted, int m) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor xb = at::empty({M, Kx}, x.options().dtype(at::kFloat));
+  const int dt = dtype_code(x.scalar_type());
+  const char* src = static_cast<const char*>(x.data_ptr());
+  float* dst = xb.data_ptr<float>();
+  const int64_t es = x.element_size();
+  const int16_t* order = permuted ? chunk_order(m) : nullptr;
+  parallel_chunks(M, rows_per_task(Kx, 1 << 16), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const void* s = src + r * K * es;
+      float* d = dst + r * Kx;
+      if (!permuted) {
+        for (int64_t k = 0; k < K; ++k) d[k] = load_f32(s, dt, k);
+        std::fill(d + K, d + Kx, 0.0f);
+        continue;
+      }
+      for (int64_t c = 0; c < Kx; c += kChunk)
+        for (int i = 0; i < kChunk; ++i) {
+          const int64_t k = c + order[i];
+          d[c + i] = k < K ? load_f32(s, dt, k) : 0.0f;
+        }
+    }
+  });
+  return xb;
+}
+
+// y32 [M, N] = xb @ W^T through decoded panels and at::mm_out.
+void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32) {
+  const int64_t Kx = xb.size(1);
+  at::Tensor panel = at::empty({std::min(kPanelN, P.N), Kx}, xb.options());
+  float* pp = panel.data_ptr<float>();
+  for (int64_t n0 = 0; n0 < P.N; n0 += kPanelN) {
+    const int64_t nb = std::min(kPanelN, P.N - n0);
+    parallel_chunks(nb, 8, [&](int64_t a, int64_t b) {
+      if (permuted) {
+        kern.decode_permuted(P, n0 + a, n0 + b, pp + a * Kx, Kx);
+      } else {
+        for (int64_t i = a; i < b; ++i) kern.decode_row(P, n0 + i, pp + i * Kx);
+      }
+    });
+    at::Tensor cols = y32.narrow(1, n0, nb);
+    at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
+  }
+}
+
+at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const at::Tensor& exponents, int64_t m,
+                           int64_t block_size, const std::optional<at::Tensor>& bias) {
+  check_linear(x, planes, exponents, m, block_size, bias);
+  const Planes P = make_planes(planes, exponents, m, block_size);
+  const int64_t K = x.size(-1), N = P.N, M = K ? x.numel() / K : 0;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor out = cpu::empty_output(out_shape, x.options());
+  if (M == 0 || N == 0) return out;
+
+  const SefpKernels& kern = active_kernels();
+  const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
+  const int64_t Kx = permuted ? permuted_width(P.Kw) : P.Kw * kWord;
+  const at::Tensor xb = prepare_x(x.reshape({M, K}).contiguous(), Kx, permuted, (int)m);
+  const bool f32_out = x.scalar_type() == at::kFloat;
+  at::Tensor y32 = f32_out ? out.view({M, N}) : at::empty({M, N}, x.options().dtype(at::kFloat));
+  if (M < kPanelRows) {
+    const float* xp = xb.data_ptr<float>();
+    float* yp = y32.data_ptr<float>();
+    const auto gemv = permuted ? kern.gemv_permuted : kern.gemv_natural;
+    parallel_chunks(N, rows_per_task(Kx * (1 + M), 1 << 19),
+                    [&](int64_t n0, int64_t n1) { gemv(P, xp, M, Kx, n0, n1, yp, N); });
+  } else {
+    linear_panels(kern, P, permuted, xb, y32);
+  }
+  if (f32_out && !bias.has_value()) return out;
+  // y + bias in fp32, then one rounding to x's dtype
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  const float* ys = y32.data_ptr<float>();
+  void* o = out.data_ptr();
+  const int dt = dtype_code(x.scalar_type());
+  parallel_chunks(M, rows_per_task(N, 1 << 16), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t n = 0; n < N; ++n) store_from_f32(o, dt, r * N + n, bp ? ys[r * N + n] + bp[n] : ys[r * N + n]);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(leankern, CPU, m) {
+  m.impl("sefp_quantize", &sefp_quantize_cpu);
+  m.impl("sefp_dequantize", &sefp_dequantize_cpu);
+  m.impl("sefp_linear", &sefp_linear_cpu);
+}
+
+}  // namespace sefp
+}  // namespace leankern

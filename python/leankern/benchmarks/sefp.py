@@ -1,0 +1,143 @@
+"""SEFP GEMM benchmark: ``sefp.linear`` at every mantissa width from one stored copy.
+
+Shapes (issue 10): W [N, K] = 4096 x 4096 and 14336 x 4096 (in 4096, out 14336), quantized once at
+m_max = 8, block 32, bf16 activations. Decode (M = 1): weights cold (a 64 MiB buffer is rewritten
+before each timed call, the L3 is 32 MiB), bytes = the planes read ((1 + m) / 8 per weight) + the
+exponents (1 / 32), GB/s and ``%rd`` against the read bandwidth measured in the same run
+(``torch.sum`` over 256 MiB); ``t/t8`` = time at m over time at m = 8 (target t(3)/t(8) <= 0.6).
+Baselines: ``bf16`` = torch ``F.linear`` on the bf16 weight (2 bytes per weight), ``deq+lin`` =
+``sefp.dequantize(m, bf16)`` then ``F.linear`` (what a user without the kernel would do), and for
+m <= 7 ``packed`` = the single-width packed copy (``SEFPTensor.packed(m)``, an mxint8 / mxint4
+MXTensor) through ``leankern.mx.linear``. Prefill (M = 512): ``x bf16`` = torch bf16 ``F.linear``
+time / ours (target >= 0.7).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .harness import BenchResult, ColdCache, cpu_isa, cpu_model, format_table, median_us_cold, write_csv
+from .mx_linear import measure_read_bandwidth
+
+FAMILY = "sefp"
+SHAPES = [(4096, 4096), (14336, 4096)]  # (N, K)
+COLUMNS = [("shape", "W [N, K]", ""), ("M", "M", ""), ("m", "m", ""), ("bits", "bits/w", ".3f"),
+           ("ours_us", "ours us", ".0f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
+           ("t_t8", "t/t8", ".2f"), ("bf16_us", "bf16 us", ".0f"), ("x_bf16", "x bf16", ".2f"),
+           ("deq_us", "deq+lin us", ".0f"), ("x_deq", "x deq", ".2f"), ("packed_us", "packed us", ".0f"),
+           ("check", "check", "")]
+
+
+def _plan(quick: bool, full: bool):
+    shapes = SHAPES[:1] if quick else SHAPES
+    decode_ms = (8, 3) if quick else (8, 7, 6, 5, 4, 3, 2)
+    prefill_ms = () if quick else (8, 4) if not full else (8, 6, 4, 3, 2)
+    return shapes, decode_ms, prefill_ms
+
+
+def _check(x, w, m, y) -> str:
+    """ours against dequantize-then-fp32-matmul (bf16 output: one rounding, plus fp32 order error)."""
+    ref = (x.float() @ w.dequantize(m, torch.float32).t())
+    err = (y.float() - ref).abs().max().item()
+    scale = ref.abs().max().item() + 1e-30
+    return "ok" if err <= 2.0**-7 * scale else f"err {err:.3g}"
+
+
+def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats, flush):
+    import leankern
+    from leankern import sefp
+
+    g = torch.Generator().manual_seed(N + K)
+    w_bf16 = (torch.randn(N, K, generator=g) * 0.02).to(torch.bfloat16)
+    wq = sefp.quantize(w_bf16, m_max=8)
+    rows = []
+    x1 = torch.randn(1, K, generator=g).to(torch.bfloat16)
+    bf16_us = median_us_cold(lambda: F.linear(x1, w_bf16), repeats, flush)
+    t8 = None
+    for m in decode_ms:
+        r = dict(shape=f"{N}x{K}", M=1, m=m, bits=wq.bits_per_weight(m))
+        r["ours_us"] = median_us_cold(lambda: sefp.linear(x1, wq, m), repeats, flush)
+        t8 = r["ours_us"] if m == 8 else t8
+        r["t_t8"] = r["ours_us"] / t8 if t8 else None
+        r["gbps"] = (wq.nbytes(m) + 2 * (K + N)) / r["ours_us"] / 1e3
+        r["frac_rd"] = r["gbps"] / bw_rd
+        r["bf16_us"] = bf16_us
+        r["x_bf16"] = bf16_us / r["ours_us"]
+        r["deq_us"] = median_us_cold(lambda: F.linear(x1, wq.dequantize(m, torch.bfloat16)), max(3, repeats // 2),
+                                     flush)
+        r["x_deq"] = r["deq_us"] / r["ours_us"]
+        if m <= 7:
+            p = wq.packed(m)
+            r["packed_us"] = median_us_cold(lambda: leankern.mx.linear(x1, p), repeats, flush)
+        r["check"] = _check(x1, wq, m, sefp.linear(x1, wq, m))
+        rows.append(r)
+    if prefill_ms:
+        xp = torch.randn(512, K, generator=g).to(torch.bfloat16)
+        reps = max(2, repeats // 3)
+        bf16_p = median_us_cold(lambda: F.linear(xp, w_bf16), reps, flush)
+        for m in prefill_ms:
+            r = dict(shape=f"{N}x{K}", M=512, m=m, bits=wq.bits_per_weight(m), bf16_us=bf16_p)
+            r["ours_us"] = median_us_cold(lambda: sefp.linear(xp, wq, m), reps, flush)
+            r["gbps"] = 2 * 512 * N * K / r["ours_us"] / 1e3  # GFLOP/s in this column for M = 512
+            r["x_bf16"] = bf16_p / r["ours_us"]
+            r["deq_us"] = median_us_cold(lambda: F.linear(xp, wq.dequantize(m, torch.bfloat16)), reps, flush)
+            r["x_deq"] = r["deq_us"] / r["ours_us"]
+            r["check"] = _check(xp[:8], wq, m, sefp.linear(xp[:8], wq, m))
+            rows.append(r)
+    return rows
+
+
+def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None,
+        aot: bool = True, bw_gbps=None, output_cache_mb: int = 0, out=print) -> BenchResult:
+    """Run the SEFP bench and print its section (CPU; GPU timings: bench/gpu_check.sh)."""
+    import leankern
+
+    if str(device).startswith("cuda"):
+        out("== sefp == on CUDA: not timed by this module (the Triton kernel is AOT-checked in the tests)")
+        return BenchResult([], 0.0, device)
+    bw_rd = measure_read_bandwidth()
+    out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB): "
+        f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | sefp_linear runs on: "
+        f"{leankern.backend_for('sefp_linear', 'cpu')}")
+    shapes, decode_ms, prefill_ms = _plan(quick, full)
+    flush = ColdCache()
+    repeats = 3 if quick else 7
+    rows = []
+    for N, K in shapes:
+        rows += _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats, flush)
+    out(format_table(rows, COLUMNS))
+    out("bf16 x, weights quantized once at m_max = 8 (block 32) and read at m; M = 1 rows: GB/s of planes + "
+        "exponents read, weights cold; M = 512 rows: the GB/s column holds GFLOP/s. Targets: M = 1 %rd >= 0.8 at "
+        "every m and t(3)/t(8) <= 0.6; M = 512 x bf16 >= 0.7")
+    if csv_path:
+        write_csv(csv_path, rows, {"family": FAMILY, "read_bw_gbps": bw_rd, "cpu": cpu_model(), "isa": cpu_isa()})
+        out(f"wrote {csv_path}")
+    return BenchResult(rows, bw_rd, device)
+
+
+def tiny_calls(device: str = "cpu") -> list:
+    """The SEFP ops on tiny inputs: a 64 x 64 weight at m = 4 of 8."""
+    from .. import sefp
+    from .overhead import TinyCall
+
+    w = torch.randn(64, 64, device=device)
+    x = torch.randn(1, 64, device=device)
+    wq = sefp.quantize(w, m_max=8)
+    w4 = wq.dequantize(4, torch.float32)
+    return [
+        TinyCall("sefp_linear", "1 x 64 @ 64 x 64 at m=4", lambda: torch.ops.leankern.sefp_linear(
+            x, wq.planes, wq.exponents, 4, 32, None), "sefp.linear", lambda: sefp.linear(x, wq, 4),
+            "F.linear (dense fp32)", lambda: F.linear(x, w4)),
+        TinyCall("sefp_quantize", "64 x 64 fp32", lambda: torch.ops.leankern.sefp_quantize(w, 8, 32),
+                 "sefp.quantize", lambda: sefp.quantize(w), "torch.round(w)", lambda: torch.round(w)),
+        TinyCall("sefp_dequantize", "64 x 64 at m=4", lambda: torch.ops.leankern.sefp_dequantize(
+            wq.planes, wq.exponents, 4, 32, 64, torch.float32), "SEFPTensor.dequantize", lambda: wq.dequantize(4),
+            "w.clone()", lambda: w.clone()),
+    ]
+
+
+def main(argv=None) -> int:
+    """``python bench/bench_sefp.py [--quick | --full]``: this family's section only."""
+    from . import bench_main
+
+    return bench_main(argv, families=(FAMILY,), prog="bench_sefp.py")

@@ -1,0 +1,134 @@
+"""SEFPTensor: one stored copy (bit planes + shared exponents) that reads at any mantissa width."""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from .ref import EMPTY, WORD
+
+__all__ = ["SEFPTensor"]
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_META_VERSION = 1
+
+
+class SEFPTensor:
+    """A weight ``[N, K]`` in shared-exponent FP, stored as bit planes. Plain container.
+
+    Attributes
+    ----------
+    planes : Tensor
+        int32 ``[1 + m, N, Kw]``: the sign plane, then the mantissa planes from the most
+        significant bit down; bit ``j`` of word ``w`` is element ``32 w + j`` (``Kw = Kp / 32``,
+        ``Kp`` = K rounded up to ``block_size``, zero padded).
+    exponents : Tensor
+        int8 ``[N, Kp / block_size]``: the shared exponent of each block (-128: all zeros).
+    shape, dtype, block_size
+        Original ``(N, K)``, dtype, and block size (elements per exponent, along K).
+    m : int
+        Mantissa planes held (the widest readable width). :meth:`at` gives narrower views.
+    """
+
+    def __init__(self, planes: torch.Tensor, exponents: torch.Tensor, shape, dtype: torch.dtype, block_size: int):
+        self.planes = planes
+        self.exponents = exponents
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+        self.block_size = int(block_size)
+
+    @property
+    def m(self) -> int:
+        return self.planes.shape[0] - 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.planes.device
+
+    def _width(self, m: int | None) -> int:
+        m = self.m if m is None else m
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= self.m:
+            raise ValueError(f"m: expected an int in [1, {self.m}] (mantissa planes held), got {m!r}")
+        return m
+
+    def at(self, m: int) -> "SEFPTensor":
+        """The m-bit truncation: a view of the first ``1 + m`` planes (no copy, no requantization)."""
+        m = self._width(m)
+        return SEFPTensor(self.planes[: 1 + m], self.exponents, self.shape, self.dtype, self.block_size)
+
+    def dequantize(self, m: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``[N, K]`` values at width ``m`` (default: all planes held), in ``dtype`` (default: the original)."""
+        m = self._width(m)
+        return torch.ops.leankern.sefp_dequantize.default(self.planes, self.exponents, m, self.block_size,
+                                                          self.shape[1], self.dtype if dtype is None else dtype)
+
+    def nbytes(self, m: int | None = None) -> int:
+        """Bytes read at width ``m``: the sign plane, ``m`` mantissa planes and the exponents."""
+        m = self._width(m)
+        plane = self.planes[0].numel() * 4
+        return (1 + m) * plane + self.exponents.numel()
+
+    def bits_per_weight(self, m: int | None = None) -> float:
+        return 8.0 * self.nbytes(m) / max(1, math.prod(self.shape))
+
+    def packed(self, m: int):
+        """A single-width copy for the fastest serving at ``m``: an :class:`leankern.mx.MXTensor`.
+
+        Sign and magnitude become one signed integer code (``(-1)^s q'``: ``mxint4``, two per
+        byte, for ``m <= 3``; ``mxint8`` for ``m <= 7``) and the exponent the E8M0 block scale
+        ``E - (m - 1) + 127``, so ``leankern.mx.linear`` computes exactly the m-bit product. One
+        shift pass over the planes. Needs ``K`` a multiple of ``block_size``; ``m = 8`` needs 9
+        bits per code and is served from the planes.
+        """
+        from ..mx import MXTensor
+        from .ref import signed_codes
+
+        m = self._width(m)
+        if m > 7:
+            raise ValueError(f"m: expected m <= 7 for a packed copy (sign + m bits in an int8 code), got {m}; "
+                             "serve m >= 8 from the planes (sefp.linear)")
+        N, K = self.shape
+        if K % self.block_size:
+            raise ValueError(f"packed: expected K a multiple of block_size={self.block_size}, got K={K}")
+        codes = signed_codes(self.planes, m)[:, :K]  # int8 [N, K]
+        E = self.exponents.to(torch.int32)
+        scale = torch.where(E == EMPTY, torch.zeros_like(E), E - (m - 1) + 127)
+        if bool(((scale < 0) | (scale > 254)).any()):
+            raise ValueError("packed: a block exponent is outside the E8M0 range at this width "
+                             f"(needs -127 <= E - {m - 1} <= 127)")
+        fmt = "mxint4" if m <= 3 else "mxint8"
+        if fmt == "mxint4":
+            nib = (codes.to(torch.int16) & 0xF).to(torch.uint8).reshape(N, K // 2, 2)
+            codes = nib[..., 0] | (nib[..., 1] << 4)
+        return MXTensor(codes.contiguous(), scale.to(torch.uint8).contiguous(), torch.ones((), device=self.device),
+                        fmt, self.block_size, (N, K), self.dtype, "floor")
+
+    def to(self, device) -> "SEFPTensor":
+        return SEFPTensor(self.planes.to(device), self.exponents.to(device), self.shape, self.dtype, self.block_size)
+
+    def _meta(self) -> dict:
+        return {"version": _META_VERSION, "format": "sefp", "shape": list(self.shape),
+                "dtype": _DTYPE_NAMES[self.dtype], "block_size": self.block_size, "word": WORD}
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Tensors only (safetensors-compatible): planes, exponents and a JSON ``meta`` (uint8)."""
+        meta = torch.frombuffer(bytearray(json.dumps(self._meta()).encode()), dtype=torch.uint8)
+        return {prefix + "planes": self.planes.contiguous(), prefix + "exponents": self.exponents,
+                prefix + "meta": meta}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, prefix: str = "") -> "SEFPTensor":
+        try:
+            meta = json.loads(bytes(state[prefix + "meta"].cpu().tolist()).decode())
+            planes, exponents = state[prefix + "planes"], state[prefix + "exponents"]
+        except KeyError as exc:
+            raise KeyError(f"state: missing key {exc} (expected {prefix}planes/exponents/meta)") from None
+        if meta.get("version") != _META_VERSION or meta.get("format") != "sefp":
+            raise ValueError(f"state[{prefix}meta]: expected an SEFP version {_META_VERSION} record, got {meta}")
+        dtype = {v: k for k, v in _DTYPE_NAMES.items()}[meta["dtype"]]
+        return cls(planes, exponents, meta["shape"], dtype, meta["block_size"])
+
+    def __repr__(self) -> str:
+        return (f"SEFPTensor(shape={self.shape}, dtype={self.dtype}, m={self.m}, block_size={self.block_size}, "
+                f"{self.bits_per_weight():.3f} bits/weight at m={self.m}, device={self.device})")

@@ -1,0 +1,276 @@
+"""The SEFP C++ CPU kernels (csrc/sefp/), under every ISA this CPU runs, against leankern.sefp.ref.
+
+* sefp_quantize / sefp_dequantize: bit for bit (planes, exponents, output bits incl. -0.0), every
+  dtype and block size, m_max 1 / 8 / 16, K not a multiple of the block, special values (+-0, fp32 /
+  fp16 / bf16 subnormals, max finite, zero blocks, a lone nonzero).
+* sefp_linear: within a derived fp32 summation bound, M in {1, 2, 3, 4, 5, 17, 64} (the fused decode
+  kernel, the multi-row one and the decoded-panel GEMM), m 1..8 and 12, bias or not, every x dtype,
+  planes passed as a view planes[:1 + m] of a wider stored tensor; and exponents at the edges of
+  fp32's range (the kernels' two-factor block scale).
+* bad arguments: the same exception type and message as the Python checks (the "ref" backend).
+
+Each test forces one ISA with ``leankern._C.set_cpu_isa`` ("auto" again afterwards); the C++ ops are
+reached with ``leankern.use_backend("cpp")``, the reference with ``use_backend("ref")``.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import leankern
+from leankern.sefp import ref
+from leankern.testing import assert_bitexact
+from mx_cases import skip_unless_cpp
+
+OPS = torch.ops.leankern
+EXT = leankern.extension()
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DT_IDS = ("f32", "bf16", "f16")
+BLOCK_SIZES = (32, 64, 128, 256)
+BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+@pytest.fixture(params=("avx512", "avx2", "scalar"))
+def isa(request):
+    """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards."""
+    skip_unless_cpp()
+    if request.param not in EXT.supported_isas():
+        pytest.skip(f"this CPU does not support {request.param} (it has: {EXT.cpu_features()})")
+    EXT.set_cpu_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        EXT.set_cpu_isa("auto")
+
+
+def run(backend: str, op, *args):
+    with leankern.use_backend(backend):
+        return op(*args)
+
+
+def _f32(bits) -> torch.Tensor:
+    return torch.as_tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+def weights(N: int, K: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """[N, K] in dtype: Gaussian rows at random scales, then special rows (zeros, subnormals, max finite,
+    a lone nonzero, mixed magnitudes inside a block)."""
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = (-12, 8) if dtype == torch.float16 else (-20, 20)  # fp16: stay finite
+    scale = 2.0 ** torch.randint(lo, hi, (N, 1), generator=gen).float()
+    w = torch.randn(N, K, generator=gen) * scale
+    tiny = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}[dtype]
+    big = {torch.float32: 3.4028234663852886e38, torch.bfloat16: 3.3895313892515355e38, torch.float16: 65504.0}[dtype]
+    specials = [
+        torch.where(torch.rand(K, generator=gen) < 0.5, -0.0, 0.0),  # +-0 only: empty blocks
+        torch.randint(1, 64, (K,), generator=gen).float() * tiny * torch.sign(torch.randn(K, generator=gen)),
+        torch.full((K,), big) * torch.sign(torch.randn(K, generator=gen)),
+        torch.zeros(K),
+        torch.randn(K, generator=gen) * 2.0 ** torch.randint(2 * lo, hi, (K,), generator=gen).float(),
+    ]
+    specials[3][K // 2] = -1.5  # a lone nonzero
+    if dtype == torch.float32:  # raw fp32 subnormals next to a small normal
+        specials[1][: min(K, 4)] = _f32([1, 0x7FFFFF, 0x807FFFFF, 0x00800000])[: min(K, 4)]
+    for i, row in enumerate(specials):
+        if i < N:
+            w[N - 1 - i] = row
+    w = w.to(dtype)
+    assert torch.isfinite(w).all(), (~torch.isfinite(w)).nonzero()[:4]
+    return w
+
+
+# ---------------------------------------------------------------------------- quantize / dequantize
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_quantize_dequantize_bitexact(isa, dtype, block_size):
+    for K, m_max, seed in ((block_size, 8, 1), (3 * block_size + 17, 16, 2), (37, 1, 3), (600, 8, 4)):
+        w = weights(9, K, dtype, seed)
+        planes, exps = run("cpp", OPS.sefp_quantize, w, m_max, block_size)
+        planes_r, exps_r = run("ref", OPS.sefp_quantize, w, m_max, block_size)
+        assert_bitexact(planes, planes_r, "planes")
+        assert_bitexact(exps, exps_r, "exponents")
+        for m in sorted({1, (m_max + 1) // 2, m_max}):
+            view = planes[: 1 + m] if m < m_max else planes
+            for out_dtype in DTYPES:
+                got = run("cpp", OPS.sefp_dequantize, view, exps, m, block_size, K, out_dtype)
+                want = run("ref", OPS.sefp_dequantize, planes_r, exps_r, m, block_size, K, out_dtype)
+                assert_bitexact(got.view(BITS[out_dtype]), want.view(BITS[out_dtype]), f"dequantize m={m}")
+
+
+def test_quantize_many_rows_threads(isa):
+    """Enough rows for several parallel tasks; non-contiguous input rows."""
+    w = weights(700, 2 * 300, torch.bfloat16, 5)[:, ::2]
+    got = run("cpp", OPS.sefp_quantize, w, 8, 64)
+    want = run("ref", OPS.sefp_quantize, w, 8, 64)
+    assert_bitexact(got, want, "quantize")
+
+
+def test_dequantize_sign_of_zero(isa):
+    """A negative weight whose truncation is 0 dequantizes to -0.0, as the reference."""
+    w = torch.tensor([[1.0, -2.0**-10, 2.0**-12, -0.0] + [0.0] * 28])
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 4, 32)
+    got = run("cpp", OPS.sefp_dequantize, planes, exps, 2, 32, 32, torch.float32)
+    assert got[0, 1].item() == 0.0 and math.copysign(1.0, got[0, 1].item()) == -1.0
+    assert math.copysign(1.0, got[0, 3].item()) == -1.0
+    assert_bitexact(got.view(torch.int32), ref.dequantize_ref(planes, exps, 2, 32, 32, torch.float32).view(torch.int32))
+
+
+# ------------------------------------------------------------------------------------------ linear
+def check_linear(y: torch.Tensor, x: torch.Tensor, planes, exps, m: int, block_size: int, bias):
+    """|y - y_ref| <= 2 gamma_K sum_k |x_k w_k| (two fp32 dot products, any order: gamma_K = K u /
+    (1 - K u), u = 2^-24) + the bias add and the final rounding to x's dtype (one ulp of either)."""
+    y_ref = ref.linear_ref(x, planes, exps, m, block_size, bias)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    K = x.shape[-1]
+    w = ref.dequantize_ref(planes, exps, m, block_size, K, torch.float32).double()
+    s = x.double().abs() @ w.abs().t()
+    if bias is not None:
+        s = s + bias.double().abs()
+    u = 2.0**-24
+    gamma = K * u / (1 - K * u)
+    ulp = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[x.dtype]
+    yd, yr = y.double(), y_ref.double()
+    tiny = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}[x.dtype]
+    sub = 2 * K * 2.0**-149  # each fp32 product may round in the subnormal range (absolute 2^-150)
+    bound = 2 * gamma * s + 2 * u * yr.abs() + ulp * torch.maximum(yd.abs(), yr.abs()) + tiny + sub
+    err = (yd - yr).abs()
+    same = yd == yr  # also equal infinities
+    assert (same | (err <= bound)).all(), f"max err {err[~same].max()} vs bound {bound[~same].min()}"
+    return y_ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_linear_matches_reference(isa, dtype):
+    gen = torch.Generator().manual_seed(7)
+    N, K, block_size = 133, 300, 32  # K: a partial last block and a partial last 256-weight chunk
+    w = torch.randn(N, K, generator=gen) * 2.0 ** torch.randint(-8, 8, (N, 1), generator=gen).float()
+    planes8, exps8 = run("cpp", OPS.sefp_quantize, w, 8, block_size)
+    planes16, exps16 = run("cpp", OPS.sefp_quantize, w, 16, block_size)
+    bias = torch.randn(N, generator=gen).to(dtype)
+    for M in (1, 2, 3, 4, 5, 17, 64):
+        x = torch.randn(M, K, generator=gen).to(dtype)
+        for m in (1, 2, 3, 4, 5, 6, 7, 8, 12):
+            planes, exps = (planes8, exps8) if m <= 8 else (planes16, exps16)
+            b = bias if (M + m) % 2 else None
+            y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, block_size, b)
+            check_linear(y, x, planes, exps, m, block_size, b)
+
+
+def test_linear_bound_is_not_vacuous(isa):
+    """The bound of check_linear rejects the neighbouring width (a kernel reading one plane too few)."""
+    gen = torch.Generator().manual_seed(8)
+    w, x = torch.randn(40, 256, generator=gen), torch.randn(3, 256, generator=gen)
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    for m in (2, 5, 8):
+        y = run("cpp", OPS.sefp_linear, x, planes, exps, m - 1, 32, None)
+        with pytest.raises(AssertionError):
+            check_linear(y, x, planes, exps, m, 32, None)
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_linear_shapes_and_blocks(isa, block_size):
+    """Leading dims, K multiple / not multiple of the block and of the 256-weight chunk, few rows."""
+    gen = torch.Generator().manual_seed(block_size)
+    for N, K, lead in ((1, 1, (1,)), (5, block_size, (2, 3)), (37, 8 * 256 + block_size + 5, (4,)), (3, 700, (2, 9))):
+        w = torch.randn(N, K, generator=gen)
+        planes, exps = run("cpp", OPS.sefp_quantize, w, 8, block_size)
+        x = torch.randn(*lead, K, generator=gen).to(torch.bfloat16)
+        for m in (3, 8):
+            y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, block_size, None)
+            assert y.shape == (*lead, N)
+            check_linear(y, x, planes, exps, m, block_size, None)
+
+
+def test_linear_extreme_exponents(isa):
+    """Blocks near the top and the bottom of fp32's range, an empty block, fp32 subnormal weights:
+    the kernels' block scale 2^(E - (m - 1)) times their internal 2^+-24 leaves the normal range."""
+    gen = torch.Generator().manual_seed(9)
+    K = 256
+    w = torch.randn(6, K, generator=gen)
+    w[0] *= 2.0**110
+    w[1] *= 2.0**-100
+    w[2, :128] *= 2.0**120
+    w[2, 128:] *= 2.0**-120
+    w[3, :64] = 0.0
+    w[4] = _f32(torch.randint(1, 1 << 23, (K,), generator=gen))
+    w[5, ::3] *= 2.0**100
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (torch.randn(3, K, generator=gen) * 2.0**-20).to(dtype)
+        for m in (1, 3, 8):
+            for M in (1, 3, 3):
+                y = run("cpp", OPS.sefp_linear, x[:M], planes[: 1 + m], exps, m, 32, None)
+                check_linear(y, x[:M], planes, exps, m, 32, None)
+        xs = torch.randn(20, K, generator=gen).to(dtype)  # the decoded-panel path
+        y = run("cpp", OPS.sefp_linear, xs, planes, exps, 8, 32, None)
+        check_linear(y, xs, planes, exps, 8, 32, None)
+
+
+def test_linear_plane_stride_view(isa):
+    """Planes as a strided view: every other plane of a bigger tensor (each plane contiguous)."""
+    gen = torch.Generator().manual_seed(10)
+    w = torch.randn(20, 96, generator=gen)
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 4, 32)
+    big = torch.zeros(10, 20, 3, dtype=torch.int32)
+    big[::2] = planes
+    view = big[::2]
+    assert view.stride(0) == 2 * 20 * 3
+    x = torch.randn(2, 96, generator=gen)
+    y = run("cpp", OPS.sefp_linear, x, view, exps, 4, 32, None)
+    check_linear(y, x, planes, exps, 4, 32, None)
+    assert_bitexact(run("cpp", OPS.sefp_dequantize, view, exps, 4, 32, 96, torch.float32),
+                    ref.dequantize_ref(planes, exps, 4, 32, 96, torch.float32))
+
+
+# ------------------------------------------------------------------------------------ bad arguments
+def raised(backend: str, op, *args):
+    with leankern.use_backend(backend):
+        try:
+            op(*args)
+        except (ValueError, TypeError) as e:
+            return type(e), str(e)
+    raise AssertionError(f"{backend}: no error")
+
+
+def _good():
+    w = torch.randn(4, 64)
+    planes, exps = ref.quantize_ref(w, 4, 32)
+    return w, planes, exps
+
+
+BAD = {
+    "w dtype": lambda w, p, e: (OPS.sefp_quantize, w.to(torch.int32), 4, 32),
+    "w 1-D": lambda w, p, e: (OPS.sefp_quantize, w[0], 4, 32),
+    "m_max": lambda w, p, e: (OPS.sefp_quantize, w, 17, 32),
+    "block_size": lambda w, p, e: (OPS.sefp_quantize, w, 4, 48),
+    "nan": lambda w, p, e: (OPS.sefp_quantize, torch.where(torch.arange(64) == 37, math.nan, w), 4, 32),
+    "inf f16": lambda w, p, e: (OPS.sefp_quantize, torch.where(torch.arange(64) == 3, -math.inf, w).half(), 4, 32),
+    "planes dtype": lambda w, p, e: (OPS.sefp_dequantize, p.float(), e, 2, 32, 64, torch.float32),
+    "m too large": lambda w, p, e: (OPS.sefp_dequantize, p[:3], e, 3, 32, 64, torch.float32),
+    "m zero": lambda w, p, e: (OPS.sefp_dequantize, p, e, 0, 32, 64, torch.float32),
+    "exponents shape": lambda w, p, e: (OPS.sefp_dequantize, p, e[:, :1], 2, 32, 64, torch.float32),
+    "exponents dtype": lambda w, p, e: (OPS.sefp_dequantize, p, e.int(), 2, 32, 64, torch.float32),
+    "plane strides": lambda w, p, e: (OPS.sefp_dequantize, p.transpose(1, 2).contiguous().transpose(1, 2), e, 2, 32,
+                                      64, torch.float32),
+    "K": lambda w, p, e: (OPS.sefp_dequantize, p, e, 2, 32, 20, torch.float32),
+    "out_dtype": lambda w, p, e: (OPS.sefp_dequantize, p, e, 2, 32, 64, torch.int32),
+    "x dtype": lambda w, p, e: (OPS.sefp_linear, torch.ones(2, 64, dtype=torch.int64), p, e, 2, 32, None),
+    "x K": lambda w, p, e: (OPS.sefp_linear, torch.ones(2, 65), p, e, 2, 32, None),
+    "x 0-D": lambda w, p, e: (OPS.sefp_linear, torch.tensor(1.0), p, e, 2, 32, None),
+    "linear m": lambda w, p, e: (OPS.sefp_linear, torch.ones(2, 64), p, e, 5, 32, None),
+    "bias shape": lambda w, p, e: (OPS.sefp_linear, torch.ones(2, 64), p, e, 2, 32, torch.ones(5)),
+    "bias dtype": lambda w, p, e: (OPS.sefp_linear, torch.ones(2, 64), p, e, 2, 32, torch.ones(4, dtype=torch.int32)),
+    "linear block_size": lambda w, p, e: (OPS.sefp_linear, torch.ones(2, 64), p, e, 2, 64, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_errors_match_python(case):
+    skip_unless_cpp()
+    op, *args = BAD[case](*_good())
+    cpp, py = raised("cpp", op, *args), raised("ref", op, *args)
+    assert cpp == py
+    if case == "nan":
+        assert py[1] == "w: expected finite values (SEFP has no NaN/Inf code), got nan at index (0, 37)"
