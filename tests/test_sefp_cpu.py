@@ -23,6 +23,7 @@ import leankern
 from leankern.sefp import ref
 from leankern.testing import assert_bitexact
 from mx_cases import skip_unless_cpp
+from tolerances import assert_sefp_linear
 
 OPS = torch.ops.leankern
 EXT = leankern.extension()
@@ -119,26 +120,9 @@ def test_dequantize_sign_of_zero(isa):
 
 # ------------------------------------------------------------------------------------------ linear
 def check_linear(y: torch.Tensor, x: torch.Tensor, planes, exps, m: int, block_size: int, bias):
-    """|y - y_ref| <= 2 gamma_K sum_k |x_k w_k| (two fp32 dot products, any order: gamma_K = K u /
-    (1 - K u), u = 2^-24) + the bias add and the final rounding to x's dtype (one ulp of either)."""
-    y_ref = ref.linear_ref(x, planes, exps, m, block_size, bias)
-    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
-    K = x.shape[-1]
-    w = ref.dequantize_ref(planes, exps, m, block_size, K, torch.float32).double()
-    s = x.double().abs() @ w.abs().t()
-    if bias is not None:
-        s = s + bias.double().abs()
-    u = 2.0**-24
-    gamma = K * u / (1 - K * u)
-    ulp = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[x.dtype]
-    yd, yr = y.double(), y_ref.double()
-    tiny = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}[x.dtype]
-    sub = 2 * K * 2.0**-149  # each fp32 product may round in the subnormal range (absolute 2^-150)
-    bound = 2 * gamma * s + 2 * u * yr.abs() + ulp * torch.maximum(yd.abs(), yr.abs()) + tiny + sub
-    err = (yd - yr).abs()
-    same = yd == yr  # also equal infinities
-    assert (same | (err <= bound)).all(), f"max err {err[~same].max()} vs bound {bound[~same].min()}"
-    return y_ref
+    """``y`` within the shared derived bound (tests/tolerances.py ``assert_sefp_linear``: fp32 sums in
+    any order around the exact product of x and the m-bit weight, one rounding to x's dtype)."""
+    assert_sefp_linear((x, planes, exps, m, block_size, bias), y)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)

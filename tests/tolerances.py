@@ -57,7 +57,9 @@ def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0):
     u = 2.0**-24
     gamma = terms * u / (1 - terms * u)
     u_out = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[out_dtype]
-    fp32_err = gamma * mags
+    # + terms * 2^-150: a product that underflows into fp32's subnormal range rounds with an absolute
+    # error <= 2^-150 instead of a relative one (Higham's model with underflow, eta term)
+    fp32_err = gamma * mags + terms * 2.0**-150
     bound = fp32_err * (1 + u_out) + u_out * exact.abs() + _min_subnormal(out_dtype)
     return exact, bound
 

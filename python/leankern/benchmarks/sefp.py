@@ -1,9 +1,9 @@
 """SEFP GEMM benchmark: ``sefp.linear`` at every mantissa width from one stored copy.
 
-Shapes (issue 10): W [N, K] = 4096 x 4096 and 14336 x 4096 (in 4096, out 14336), quantized once at
-m_max = 8, block 32, bf16 activations. Decode (M = 1): weights cold (a 64 MiB buffer is rewritten
-before each timed call, the L3 is 32 MiB), bytes = the planes read ((1 + m) / 8 per weight) + the
-exponents (1 / 32), GB/s and ``%rd`` against the read bandwidth measured in the same run
+Shapes (issue 10): W [N, K] = 4096 x 4096, 14336 x 4096 and 4096 x 14336 (an MLP's up and down
+projections), quantized once at m_max = 8, block 32, bf16 activations. Decode (M = 1): weights cold
+(a 64 MiB buffer is rewritten before each timed call, the L3 is 32 MiB), bytes = the planes read
+((1 + m) / 8 per weight) + the exponents (1 / 32), GB/s and ``%rd`` against the read bandwidth measured in the same run
 (``torch.sum`` over 256 MiB); ``t/t8`` = time at m over time at m = 8 (target t(3)/t(8) <= 0.6).
 Baselines: ``bf16`` = torch ``F.linear`` on the bf16 weight (2 bytes per weight), ``deq+lin`` =
 ``sefp.dequantize(m, bf16)`` then ``F.linear`` (what a user without the kernel would do), and for
@@ -20,7 +20,7 @@ from .harness import BenchResult, ColdCache, cpu_isa, cpu_model, format_table, m
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "sefp"
-SHAPES = [(4096, 4096), (14336, 4096)]  # (N, K)
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (N, K): the square, up and down projections
 COLUMNS = [("shape", "W [N, K]", ""), ("M", "M", ""), ("m", "m", ""), ("bits", "bits/w", ".3f"),
            ("ours_us", "ours us", ".0f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
            ("t_t8", "t/t8", ".2f"), ("bf16_us", "bf16 us", ".0f"), ("x_bf16", "x bf16", ".2f"),
