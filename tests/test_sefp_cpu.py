@@ -182,14 +182,15 @@ def test_linear_extreme_exponents(isa):
     w[5, ::3] *= 2.0**100
     planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
     for dtype in (torch.float32, torch.bfloat16):
-        x = (torch.randn(3, K, generator=gen) * 2.0**-20).to(dtype)
+        x = (torch.randn(5, K, generator=gen) * 2.0**-20).to(dtype)
         for m in (1, 3, 8):
-            for M in (1, 3, 3):
+            for M in (1, 3, 5):  # one x row, a few (scales on the sums), >= 4 (scales folded into w where normal)
                 y = run("cpp", OPS.sefp_linear, x[:M], planes[: 1 + m], exps, m, 32, None)
                 check_linear(y, x[:M], planes, exps, m, 32, None)
-        xs = torch.randn(20, K, generator=gen).to(dtype)  # the decoded-panel path
-        y = run("cpp", OPS.sefp_linear, xs, planes, exps, 8, 32, None)
-        check_linear(y, xs, planes, exps, 8, 32, None)
+        for M in (20, 40):  # many rows of the fused path; the decoded-panel path
+            xs = torch.randn(M, K, generator=gen).to(dtype)
+            y = run("cpp", OPS.sefp_linear, xs, planes, exps, 8, 32, None)
+            check_linear(y, xs, planes, exps, 8, 32, None)
 
 
 def test_linear_plane_stride_view(isa):

@@ -262,11 +262,40 @@ LK_T void rows_block(const __m256* w, const float* x, int64_t ldx, bool one, con
   }
 }
 
+constexpr int kRowBlock = 4;  // weight rows decoded together by gemv_rows
+
+// tot[8 (t R + r) ..] += sum_jv w[t][jv] x_r[32 j + 8 v] for every weight row t of the block and RB
+// x rows, the block scales already folded into w (exact: see gemv_rows): one accumulator per
+// (weight row, x row) pair, so each loaded x vector serves kRowBlock rows and each weight vector RB
+// rows (7 loads per 12 FMAs for RB = 3).
+template <int RB>
+LK_T void rows_block_scaled(const __m256 (*w)[32], const float* x, int64_t ldx, float* tot, int64_t R) {
+  __m256 acc[kRowBlock][RB];
+  for (int t = 0; t < kRowBlock; ++t)
+    for (int r = 0; r < RB; ++r) acc[t][r] = _mm256_setzero_ps();
+  for (int j = 0; j < 8; ++j)
+    for (int v = 0; v < 4; ++v) {
+      __m256 xv[RB];
+      for (int r = 0; r < RB; ++r) xv[r] = _mm256_loadu_ps(x + r * ldx + 32 * j + 8 * v);
+      for (int t = 0; t < kRowBlock; ++t) {
+        const __m256 wv = w[t][4 * j + v];
+        for (int r = 0; r < RB; ++r) acc[t][r] = _mm256_fmadd_ps(wv, xv[r], acc[t][r]);
+      }
+    }
+  for (int t = 0; t < kRowBlock; ++t)
+    for (int r = 0; r < RB; ++r) {
+      float* d = tot + 8 * (t * R + r);
+      _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[t][r]));
+    }
+}
+
 // y[r * ldy + n] for R x rows. Chunk by chunk, kRowBlock weight rows are decoded into w, then the x
 // rows sweep them 3 at a time: each x chunk is read from L1 once per weight row, from L2 once per
-// kRowBlock rows. tot [kRowBlock, R, 8]: partial sums.
-constexpr int kRowBlock = 4;
-
+// kRowBlock rows. tot [kRowBlock, R, 8]: partial sums. From 4 x rows on, where every block scale of
+// the chunk is one normal power of two (always, but for |w| beyond ~2^103 or below ~2^-95), it is
+// folded into the decoded weights first: w s1 is the dequantized weight itself, exact in fp32, so each product is
+// rounded once as the reference's; otherwise the scales are applied to the chunk's sums (two exact
+// factors, rows_block).
 template <int M>
 LK_T void gemv_rows(const Planes& P, const float* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
                     int64_t ldy, float* tot) {
@@ -274,18 +303,30 @@ LK_T void gemv_rows(const Planes& P, const float* x, int64_t R, int64_t ldx, int
   __m256i bidx[4];
   block_index(cd, P.gs, bidx);
   const int64_t nchunks = (P.Kw + kChunkWords - 1) / kChunkWords;
+  __m256 w[kRowBlock][32];
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kRowBlock, n1 - nb0));
-    for (int64_t i = 0; i < nb * R; ++i) _mm256_storeu_ps(tot + 8 * i, _mm256_setzero_ps());
+    for (int64_t i = 0; i < kRowBlock * R; ++i) _mm256_storeu_ps(tot + 8 * i, _mm256_setzero_ps());
+    for (int t = nb; t < kRowBlock; ++t)  // rows past n1 (the last block): zero weights, results unused
+      for (int k = 0; k < 32; ++k) w[t][k] = _mm256_setzero_ps();
     for (int64_t c = 0; c < nchunks; ++c) {
-      __m256 w[kRowBlock][32], s1[kRowBlock][4], s2[kRowBlock][4];
-      bool one[kRowBlock];
+      __m256 s1[kRowBlock][4], s2[kRowBlock][4];
+      bool one[kRowBlock], all_one = true;
       for (int t = 0; t < nb; ++t) {
         decode_chunk<M>(cd, P, nb0 + t, c, w[t]);
         one[t] = chunk_scales<M>(P, nb0 + t, c, bidx, s1[t], s2[t]);
+        all_one = all_one && one[t];
       }
       int64_t i = 0;
       const float* xc = x + c * kChunk;
+      if (all_one && R >= 4) {  // below 4 x rows the 32 x kRowBlock scaling multiplies cost more than they save
+        for (int t = 0; t < nb; ++t)
+          for (int k = 0; k < 32; ++k) w[t][k] = _mm256_mul_ps(w[t][k], s1[t][k & 3]);
+        for (; i + 3 <= R; i += 3) rows_block_scaled<3>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+        if (R - i == 2) rows_block_scaled<2>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+        if (R - i == 1) rows_block_scaled<1>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+        continue;
+      }
       for (; i + 3 <= R; i += 3)
         for (int t = 0; t < nb; ++t) rows_block<3>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
       for (int t = 0; t < nb; ++t) {
