@@ -551,3 +551,29 @@ def test_sefp_resources(sefp_compiled):
             assert 0 < r["registers"] <= 255 and r["shared_bytes"] <= 96 * 1024, where
         else:
             assert 0 < r["registers"] <= 128 and r["shared_bytes"] <= 16 * 1024, where
+
+
+def _sefp_loops(ptx):
+    """PTX instructions of each loop (label .. backward branch), in order."""
+    lines, labels, loops = ptx.splitlines(), {}, []
+    for i, line in enumerate(lines):
+        if (m := re.match(r"^\s*(\$L__\w+):", line)):
+            labels[m.group(1)] = i
+        if (m := re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)) and labels.get(m.group(1), i) < i:
+            loops.append([s for s in (x.strip() for x in lines[labels[m.group(1)] + 1:i + 1])
+                          if s and not s.startswith(("//", "$", ".", "{", "}"))])
+    return loops
+
+
+def test_sefp_decode_loop_instructions_per_weight(sefp_compiled):
+    """Decode tiles (bf16 x, m <= 8): the bf16 weights are differences of two integer-built bit patterns (one
+    sub.rn.bf16x2 per pair of weights, no per-weight conversion or scale multiply); the K loop of that path stays
+    under 11 (m <= 4) / 13 (m = 8) PTX instructions per weight (was 15 / 20)."""
+    rows = [r for r in _sefp(sefp_compiled, "linear[") if r["constexprs"]["DOT"] == 1 and r["constexprs"]["BM"] < 64]
+    assert rows
+    for r in rows:
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        assert _count(r"\bsub\.rn\.bf16x2\b", ptx) > 0, where
+        fast = min((lp for lp in _sefp_loops(ptx) if any("mma" in s for s in lp)), key=len)
+        per_weight = len(fast) / (ce["BN"] * ce["BK"] / (32 * r["num_warps"]))
+        assert per_weight <= (11 if ce["M_BITS"] <= 4 else 13), (where, per_weight)

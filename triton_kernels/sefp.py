@@ -44,10 +44,22 @@ per element and plane. ``q'`` then becomes fp32 exactly via ``(q | 0x4B000000) -
 power-of-two scale (exact, IEEE subnormals: compiled with ``enable_reflect_ftz=False``), and the
 sign plane ORs in bit 31 (so ``-0.0`` where ``q' = 0``, as the reference).
 
-Cost (PTX of the decode-tile loop, not measured on a GPU): about 15 (m = 4) to 20 (m = 8) integer /
-fp32 instructions per weight, so on H100 / H200-class GPUs the ``M <= 16`` kernel is likely bound
-by instruction issue, not by the ``(1 + m) / 8`` bytes per weight it reads; byte-permute / LOP3
-tricks (inline PTX, no interpreter equivalent) or the packed single-width copy would cut that.
+Decode tiles (``M <= 16``) with bf16 x and ``m <= 8`` build the bf16 weights without any per-weight conversion
+or scale multiply (:func:`_bf16_pair_words`): the plane words (plane ``i`` as row ``7 - i``, plane 8 as row 7) go
+through an 8 x 8 bit transpose per byte (three delta-swap stages; zero rows for ``m < 7`` fold away), which
+leaves one weight's ``q' << (7 - m)`` per byte; bytes 0, 2 / 1, 3 become the 16-bit halves of int32 pair words
+``A = s | F << 7 | q' << (7 - m)`` and ``B = s | F << 7`` with the magic ``2^P``, ``P = E + 1`` (EMPTY: ``m``),
+``F = P + 127``, so ``A - B`` in bf16 (one ``sub.bf16x2`` per two weights) is ``(-1)^s q' 2^(E - (m - 1))``
+exactly (``q'`` fits the 7-bit mantissa; ``m = 8``: ``A`` takes ``q' >> 1`` and ``B = s | (F << 7) - lsb``, i.e.
+``2^P - lsb 2^(P - 8)``; ``+0`` instead of the reference's ``-0`` for a signed zero, which a dot cannot see). A
+block exponent of 127 would need ``F = 255``: each program first takes the max exponent of its rows and K range
+(:func:`_max_exponent`, a few bytes per thread) and runs the scale-folding loop above when it is 127.
+Under the interpreter (bf16 arithmetic on raw bit patterns) the same pair words are subtracted in fp32.
+
+Cost (PTX / SASS of the decode-tile K loop, sm_90, per weight, not measured on a GPU): m = 2: 9.5 / 9.0,
+m = 4: 9.75 / 9.5, m = 8: 12.2 / 12.1 (the scale-folding loop: 13.1 / 13.7, 15.4 / 16.2, 20.0 / 20.2). Of
+that, about 3 per weight is the tile's x / plane staging, the shared-memory store of the weight tile and the
+MMAs; ``prmt`` repacks the pair words (weights ``k``, ``16 + k``) into consecutive pairs.
 
 Launchers create no tensor from host values and never synchronise (CUDA-graph capturable).
 """
@@ -142,6 +154,111 @@ def _plane_values(planes_ptr, plane_stride, woffs, wmask, scale, R: tl.constexpr
     return tl.reshape(v, [R, KW * 32])
 
 
+@triton.jit
+def _delta_swap(a, b, D: tl.constexpr, MASK: tl.constexpr):
+    """Swap the bits of ``a`` at ``MASK << D`` with those of ``b`` at ``MASK`` (one stage of a bit transpose)."""
+    t = ((a >> D) ^ b) & MASK  # arithmetic shift: the sign copies fall outside MASK
+    return a ^ (t << D), b ^ t
+
+
+@triton.jit
+def _plane_row(planes_ptr, plane_stride, woffs, wmask, P: tl.constexpr, M_BITS: tl.constexpr):
+    """Plane ``P``'s words ``[R, KW]`` (sign plane 0), or constant zeros past ``M_BITS`` (folded away)."""
+    if P >= 1 and P <= M_BITS:
+        return tl.load(planes_ptr + P * plane_stride + woffs, mask=wmask, other=0)
+    else:
+        return tl.zeros(woffs.shape, dtype=tl.int32)
+
+
+@triton.jit
+def _bf16_pair_words(planes_ptr, plane_stride, woffs, wmask, E, M_BITS: tl.constexpr):
+    """The bf16 weight ``(-1)^s q' 2^(E - (m - 1))`` (m <= 8) as the difference of two bf16 bit patterns, both
+    built by integer ops on pairs of weights per int32 (module docstring): returns ``(A, B)`` int32
+    ``[R, KW, 2 (l), 8 (k)]``; the 16-bit half ``h`` of ``A[.., l, k] - B[.., l, k]`` (as bf16) is weight
+    ``16 h + 8 l + k`` of the plane word. ``E`` ``[R, KW]``: the word's exponent, ``<= 126`` (or EMPTY).
+
+    Rows of an 8 x 8 bit transpose per byte: row ``r`` = plane ``7 - r`` (mantissa bit ``7 - i`` of plane ``i``:
+    ``q' << (7 - m)``), row 7 = plane 8; after three delta-swap stages, word ``k`` has byte ``b`` = the bits of
+    weight ``8 b + k``. Magic ``2^P``, ``P = E + 1`` (EMPTY: ``m``), field ``F = P + 127`` in ``[2, 254]``:
+    ``A = s | F << 7 | q' << (7 - m)`` = ``(-1)^s (2^P + q' 2^(E - (m - 1)))`` and ``B = s | F << 7``. m = 8 (q' has
+    8 bits): ``A`` takes ``q' >> 1`` and ``B = s | (F << 7) - lsb`` = ``(-1)^s (2^P - lsb 2^(P - 8))``.
+    """
+    r0 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 7, M_BITS)
+    r1 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 6, M_BITS)
+    r2 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 5, M_BITS)
+    r3 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 4, M_BITS)
+    r4 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 3, M_BITS)
+    r5 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 2, M_BITS)
+    r6 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 1, M_BITS)
+    r7 = _plane_row(planes_ptr, plane_stride, woffs, wmask, 8, M_BITS)
+    # stage order 1, 2, 4: the zero rows (low rows for small m, row 7 for m < 8) fold away longest
+    r0, r1 = _delta_swap(r0, r1, 1, 0x55555555)
+    r2, r3 = _delta_swap(r2, r3, 1, 0x55555555)
+    r4, r5 = _delta_swap(r4, r5, 1, 0x55555555)
+    r6, r7 = _delta_swap(r6, r7, 1, 0x55555555)
+    r0, r2 = _delta_swap(r0, r2, 2, 0x33333333)
+    r1, r3 = _delta_swap(r1, r3, 2, 0x33333333)
+    r4, r6 = _delta_swap(r4, r6, 2, 0x33333333)
+    r5, r7 = _delta_swap(r5, r7, 2, 0x33333333)
+    r0, r4 = _delta_swap(r0, r4, 4, 0x0F0F0F0F)
+    r1, r5 = _delta_swap(r1, r5, 4, 0x0F0F0F0F)
+    r2, r6 = _delta_swap(r2, r6, 4, 0x0F0F0F0F)
+    r3, r7 = _delta_swap(r3, r7, 4, 0x0F0F0F0F)
+    signs = tl.load(planes_ptr + woffs, mask=wmask, other=0)  # plane 0
+    F = tl.where(E == -128, M_BITS + 127, E + 128)
+    mag = (F << 7) | (F << 23)
+    a0, b0 = _pair_words(r0, signs, mag, 0, M_BITS)
+    a1, b1 = _pair_words(r1, signs, mag, 1, M_BITS)
+    a2, b2 = _pair_words(r2, signs, mag, 2, M_BITS)
+    a3, b3 = _pair_words(r3, signs, mag, 3, M_BITS)
+    a4, b4 = _pair_words(r4, signs, mag, 4, M_BITS)
+    a5, b5 = _pair_words(r5, signs, mag, 5, M_BITS)
+    a6, b6 = _pair_words(r6, signs, mag, 6, M_BITS)
+    a7, b7 = _pair_words(r7, signs, mag, 7, M_BITS)
+    R: tl.constexpr = woffs.shape[0]
+    KW: tl.constexpr = woffs.shape[1]
+    # the first join is the slowest of the new dims: [R, KW, 2 (l), 2, 2, 2] -> k = 4 k2 + 2 k1 + k0
+    a = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
+    b = tl.join(tl.join(tl.join(b0, b4), tl.join(b2, b6)), tl.join(tl.join(b1, b5), tl.join(b3, b7)))
+    return tl.reshape(a, [R, KW, 2, 8]), tl.reshape(b, [R, KW, 2, 8])
+
+
+@triton.jit
+def _pair_words(o, signs, mag, K: tl.constexpr, M_BITS: tl.constexpr):
+    """Transposed word ``K`` -> ``(A, B)`` ``[R, KW, 2 (l)]``: halves of ``l = 0`` weights ``K``, ``16 + K`` (bytes 0, 2),
+    of ``l = 1`` weights ``8 + K``, ``24 + K`` (bytes 1, 3); sign bits ``K + 8 l (+ 16)`` -> bits 15, 31."""
+    b_lo = ((signs << (15 - K)) & _as_int32(0x80008000)) | mag
+    b_hi = ((signs << (7 - K)) & _as_int32(0x80008000)) | mag
+    if M_BITS <= 7:
+        a_lo = b_lo | (o & 0x00FF00FF)
+        a_hi = b_hi | ((o >> 8) & 0x00FF00FF)
+    else:
+        a_lo = b_lo | (o & 0x007F007F)
+        a_hi = b_hi | ((o >> 8) & 0x007F007F)
+        b_lo = b_lo - ((o >> 7) & 0x00010001)  # F >= 2: the borrow stays in the exponent field
+        b_hi = b_hi - ((o >> 15) & 0x00010001)
+    return tl.join(a_lo, a_hi), tl.join(b_lo, b_hi)
+
+
+@triton.jit
+def _bf16_weights(planes_ptr, plane_stride, woffs, wmask, E, R: tl.constexpr, KW: tl.constexpr,
+                  M_BITS: tl.constexpr, DOT: tl.constexpr):
+    """``[R, 32 KW]`` weights of :func:`_bf16_pair_words`: bf16 (``DOT == 1``: one bf16x2 subtraction per pair),
+    or (``DOT == 3``, the interpreter: its bf16 arithmetic works on raw bit patterns and its bf16 -> fp32 flushes
+    subnormals) the same exact difference in fp32, cut to its bf16 bits (a result not exact in bf16 would show)."""
+    a, b = _bf16_pair_words(planes_ptr, plane_stride, woffs, wmask, E, M_BITS)  # [R, KW, 2 (l), 8 (k)]
+    if DOT == 1:
+        a16 = tl.join(a.to(tl.int16), (a >> 16).to(tl.int16)).to(tl.bfloat16, bitcast=True)
+        b16 = tl.join(b.to(tl.int16), (b >> 16).to(tl.int16)).to(tl.bfloat16, bitcast=True)
+        v = a16 - b16  # [R, KW, l, k, h]; exact
+    else:
+        a32 = tl.join(a << 16, a & _as_int32(0xFFFF0000)).to(tl.float32, bitcast=True)
+        b32 = tl.join(b << 16, b & _as_int32(0xFFFF0000)).to(tl.float32, bitcast=True)
+        v = a32 - b32
+        v = (v.to(tl.int32, bitcast=True) & _as_int32(0xFFFF0000)).to(tl.float32, bitcast=True)  # bf16 bits only
+    return tl.reshape(tl.permute(v, 0, 1, 4, 2, 3), [R, KW * 32])  # weight 16 h + 8 l + k
+
+
 # ------------------------------------------------------------------------------------ quantize
 @triton.jit
 def _quantize_kernel(w_ptr, planes_ptr, exps_ptr, flags_ptr, n_blocks, NB, K, plane_stride,
@@ -197,22 +314,24 @@ def _dequantize_kernel(planes_ptr, exps_ptr, out_ptr, n_blocks, NB, K, plane_str
 
 # ------------------------------------------------------------------------------------ linear
 @triton.jit
-def _linear_kernel(x_ptr, planes_ptr, exps_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, Kw, NB, plane_stride,
-                   k_per_split, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, G: tl.constexpr,
-                   M_BITS: tl.constexpr, LANE: tl.constexpr, DOT: tl.constexpr, SPLIT_K: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, OUT_KIND: tl.constexpr, BF16_NAN: tl.constexpr):
-    """``y [BM, BN] = x [BM, K] @ W_m [BN, K]^T (+ bias)``: planes decoded per K step (module docstring)."""
+def _max_exponent(exps_ptr, e_rows, nmask, k_lo, k_hi, NB, BN: tl.constexpr, G: tl.constexpr):
+    """The largest block exponent of the program's rows in ``[k_lo, k_hi)`` (a uniform scalar; -128: none)."""
+    EB: tl.constexpr = 32
+    emax = tl.full([BN, EB], -128, dtype=tl.int32)
+    for b0 in range(k_lo // G, tl.minimum(tl.cdiv(k_hi, G), NB), EB):
+        bi = b0 + tl.arange(0, EB)
+        e = tl.load(exps_ptr + e_rows[:, None] + bi[None, :], mask=nmask[:, None] & (bi < NB)[None, :], other=-128)
+        emax = tl.maximum(emax, e.to(tl.int32))
+    return tl.max(tl.max(emax, axis=1), axis=0)
+
+
+@triton.jit
+def _linear_steps(x_ptr, planes_ptr, exps_ptr, x_rows, w_rows, e_rows, mmask, nmask, K, Kw, k_lo, k_hi, plane_stride,
+                  acc, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, G: tl.constexpr, M_BITS: tl.constexpr,
+                  LANE: tl.constexpr, DOT: tl.constexpr, PAIRS: tl.constexpr):
+    """``acc += x [BM, k_lo:k_hi] @ W_m [BN, k_lo:k_hi]^T``, one ``BK`` step at a time (module docstring)."""
     KW: tl.constexpr = BK // 32
     WPB: tl.constexpr = G // 32
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    mmask, nmask = rm < M, rn < N
-    k_lo = tl.program_id(2) * k_per_split
-    k_hi = tl.minimum(Kw * 32, k_lo + k_per_split)
-    x_rows = rm.to(tl.int64)[:, None] * K
-    w_rows = rn.to(tl.int64)[:, None] * Kw
-    e_rows = rn.to(tl.int64) * NB
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BK):
         kk = k0 + tl.arange(0, BK)
         x = tl.load(x_ptr + x_rows + kk[None, :], mask=mmask[:, None] & (kk < K)[None, :], other=0.0)
@@ -224,6 +343,17 @@ def _linear_kernel(x_ptr, planes_ptr, exps_ptr, bias_ptr, y_ptr, part_ptr, M, N,
             w = _plane_values(planes_ptr, plane_stride, woffs, wmask, 1.0, BN, KW, M_BITS, LANE, False)
             part = tl.dot(x, tl.trans(w.to(tl.float16)))
             acc += part * _scale_f32(E, M_BITS)[None, :]
+        elif PAIRS:  # bf16 weights as differences of two bit patterns (_bf16_pair_words)
+            if G >= BK:
+                E = tl.broadcast_to(tl.load(exps_ptr + e_rows + k0 // G, mask=nmask, other=0).to(tl.int32)[:, None],
+                                    [BN, KW])
+            else:
+                E = tl.load(exps_ptr + e_rows[:, None] + (wi // WPB)[None, :], mask=wmask, other=0).to(tl.int32)
+            w = _bf16_weights(planes_ptr, plane_stride, woffs, wmask, E, BN, KW, M_BITS, DOT)
+            if DOT == 1:
+                acc = tl.dot(x, tl.trans(w), acc)
+            else:
+                acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
         else:  # the block scale folded into the (exact) weight
             if G >= BK:  # one block per row and step
                 E = tl.load(exps_ptr + e_rows + k0 // G, mask=nmask, other=0).to(tl.int32)
@@ -239,6 +369,35 @@ def _linear_kernel(x_ptr, planes_ptr, exps_ptr, bias_ptr, y_ptr, part_ptr, M, N,
                 acc = tl.dot(x.to(tl.float32), tl.trans(wb.to(tl.float32)), acc, input_precision="ieee")
             else:
                 acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _linear_kernel(x_ptr, planes_ptr, exps_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, Kw, NB, plane_stride,
+                   k_per_split, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, G: tl.constexpr,
+                   M_BITS: tl.constexpr, LANE: tl.constexpr, DOT: tl.constexpr, SPLIT_K: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, OUT_KIND: tl.constexpr, BF16_NAN: tl.constexpr):
+    """``y [BM, BN] = x [BM, K] @ W_m [BN, K]^T (+ bias)``: planes decoded per K step (module docstring)."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    mmask, nmask = rm < M, rn < N
+    k_lo = tl.program_id(2) * k_per_split
+    k_hi = tl.minimum(Kw * 32, k_lo + k_per_split)
+    x_rows = rm.to(tl.int64)[:, None] * K
+    w_rows = rn.to(tl.int64)[:, None] * Kw
+    e_rows = rn.to(tl.int64) * NB
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if (DOT == 1 or DOT == 3) and M_BITS <= 8 and BM <= 16:  # decode: bf16 pair words unless an E = 127 is in
+        # range (the magic 2^(E + 1) would overflow); GEMM tiles keep one loop (two would double shared memory)
+        if _max_exponent(exps_ptr, e_rows, nmask, k_lo, k_hi, NB, BN, G) < 127:
+            acc = _linear_steps(x_ptr, planes_ptr, exps_ptr, x_rows, w_rows, e_rows, mmask, nmask, K, Kw, k_lo, k_hi,
+                                plane_stride, acc, BM, BN, BK, G, M_BITS, LANE, DOT, True)
+        else:
+            acc = _linear_steps(x_ptr, planes_ptr, exps_ptr, x_rows, w_rows, e_rows, mmask, nmask, K, Kw, k_lo, k_hi,
+                                plane_stride, acc, BM, BN, BK, G, M_BITS, LANE, DOT, False)
+    else:
+        acc = _linear_steps(x_ptr, planes_ptr, exps_ptr, x_rows, w_rows, e_rows, mmask, nmask, K, Kw, k_lo, k_hi,
+                            plane_stride, acc, BM, BN, BK, G, M_BITS, LANE, DOT, False)
     _finish(acc, rm, rn, M, N, part_ptr, part_ptr, bias_ptr, y_ptr, part_ptr, 0, HAS_BIAS, OUT_KIND, BF16_NAN,
             SPLIT_K)
 
