@@ -259,3 +259,17 @@ def test_errors_match_python(case):
     assert cpp == py
     if case == "nan":
         assert py[1] == "w: expected finite values (SEFP has no NaN/Inf code), got nan at index (0, 37)"
+
+
+def test_linear_many_rows_over_k_slabs(isa):
+    """2 <= M < 32 with K long enough for several L2 slabs of x (192 KiB: 9 chunks of 256 at 20 rows),
+    row blocks cut by the task ends and a partial last block; bias; planes as a view."""
+    gen = torch.Generator().manual_seed(11)
+    N, K = 203, 4096 + 100
+    w = torch.randn(N, K, generator=gen)
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    bias = torch.randn(N, generator=gen)
+    for M, m in ((20, 8), (5, 3), (31, 5)):
+        x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
+        y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, bias)
+        check_linear(y, x, planes, exps, m, 32, bias)

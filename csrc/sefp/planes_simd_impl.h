@@ -291,51 +291,63 @@ LK_T void rows_block_scaled(const __m256 (*w)[32], const float* x, int64_t ldx, 
 
 // y[r * ldy + n] for R x rows. Chunk by chunk, kRowBlock weight rows are decoded into w, then the x
 // rows sweep them 3 at a time: each x chunk is read from L1 once per weight row, from L2 once per
-// kRowBlock rows. tot [kRowBlock, R, 8]: partial sums. From 4 x rows on, where every block scale of
-// the chunk is one normal power of two (always, but for |w| beyond ~2^103 or below ~2^-95), it is
-// folded into the decoded weights first: w s1 is the dequantized weight itself, exact in fp32, so each product is
-// rounded once as the reference's; otherwise the scales are applied to the chunk's sums (two exact
-// factors, rows_block).
+// kRowBlock rows. K runs in slabs of chunks whose R x rows fit the L2 (kSlabBytes), all row blocks of
+// [n0, n1) per slab, so x is read from memory once per slab, not once per row block.
+// tot [ceil((n1 - n0) / kRowBlock) * kRowBlock, R, 8]: partial sums. From 4 x rows on, where every
+// block scale of the chunk is one normal power of two (always, but for |w| beyond ~2^103 or below
+// ~2^-95), it is folded into the decoded weights first: w s1 is the dequantized weight itself, exact
+// in fp32, so each product is rounded once as the reference's; otherwise the scales are applied to
+// the chunk's sums (two exact factors, rows_block).
+constexpr int64_t kSlabBytes = 192 << 10;
+
 template <int M>
 LK_T void gemv_rows(const Planes& P, const float* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
-                    int64_t ldy, float* tot) {
+                    int64_t ldy, float* tot_all) {
   const Codec<M> cd(0);
   __m256i bidx[4];
   block_index(cd, P.gs, bidx);
   const int64_t nchunks = (P.Kw + kChunkWords - 1) / kChunkWords;
+  const int64_t slab = std::max<int64_t>(1, kSlabBytes / (R * kChunk * 4));  // chunks per slab
   __m256 w[kRowBlock][32];
-  for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
-    const int nb = static_cast<int>(std::min<int64_t>(kRowBlock, n1 - nb0));
-    for (int64_t i = 0; i < kRowBlock * R; ++i) _mm256_storeu_ps(tot + 8 * i, _mm256_setzero_ps());
-    for (int t = nb; t < kRowBlock; ++t)  // rows past n1 (the last block): zero weights, results unused
-      for (int k = 0; k < 32; ++k) w[t][k] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < nchunks; ++c) {
-      __m256 s1[kRowBlock][4], s2[kRowBlock][4];
-      bool one[kRowBlock], all_one = true;
-      for (int t = 0; t < nb; ++t) {
-        decode_chunk<M>(cd, P, nb0 + t, c, w[t]);
-        one[t] = chunk_scales<M>(P, nb0 + t, c, bidx, s1[t], s2[t]);
-        all_one = all_one && one[t];
+  for (int64_t i = 0; i < (n1 - n0 + kRowBlock - 1) / kRowBlock * kRowBlock * R; ++i)
+    _mm256_storeu_ps(tot_all + 8 * i, _mm256_setzero_ps());
+  for (int64_t c0 = 0; c0 < nchunks; c0 += slab) {
+    const int64_t c1 = std::min(nchunks, c0 + slab);
+    for (int64_t nb0 = n0; nb0 < n1; nb0 += kRowBlock) {
+      const int nb = static_cast<int>(std::min<int64_t>(kRowBlock, n1 - nb0));
+      float* tot = tot_all + 8 * R * (nb0 - n0);
+      for (int t = nb; t < kRowBlock; ++t)  // rows past n1 (the last block): zero weights, results unused
+        for (int k = 0; k < 32; ++k) w[t][k] = _mm256_setzero_ps();
+      for (int64_t c = c0; c < c1; ++c) {
+        __m256 s1[kRowBlock][4], s2[kRowBlock][4];
+        bool one[kRowBlock], all_one = true;
+        for (int t = 0; t < nb; ++t) {
+          decode_chunk<M>(cd, P, nb0 + t, c, w[t]);
+          one[t] = chunk_scales<M>(P, nb0 + t, c, bidx, s1[t], s2[t]);
+          all_one = all_one && one[t];
+        }
+        int64_t i = 0;
+        const float* xc = x + c * kChunk;
+        if (all_one && R >= 4) {  // below 4 x rows the 32 x kRowBlock scaling multiplies cost more than they save
+          for (int t = 0; t < nb; ++t)
+            for (int k = 0; k < 32; ++k) w[t][k] = _mm256_mul_ps(w[t][k], s1[t][k & 3]);
+          for (; i + 3 <= R; i += 3) rows_block_scaled<3>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+          if (R - i == 2) rows_block_scaled<2>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+          if (R - i == 1) rows_block_scaled<1>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+          continue;
+        }
+        for (; i + 3 <= R; i += 3)
+          for (int t = 0; t < nb; ++t)
+            rows_block<3>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
+        for (int t = 0; t < nb; ++t) {
+          if (R - i == 2) rows_block<2>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
+          if (R - i == 1) rows_block<1>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
+        }
       }
-      int64_t i = 0;
-      const float* xc = x + c * kChunk;
-      if (all_one && R >= 4) {  // below 4 x rows the 32 x kRowBlock scaling multiplies cost more than they save
+      if (c1 == nchunks)
         for (int t = 0; t < nb; ++t)
-          for (int k = 0; k < 32; ++k) w[t][k] = _mm256_mul_ps(w[t][k], s1[t][k & 3]);
-        for (; i + 3 <= R; i += 3) rows_block_scaled<3>(w, xc + i * ldx, ldx, tot + 8 * i, R);
-        if (R - i == 2) rows_block_scaled<2>(w, xc + i * ldx, ldx, tot + 8 * i, R);
-        if (R - i == 1) rows_block_scaled<1>(w, xc + i * ldx, ldx, tot + 8 * i, R);
-        continue;
-      }
-      for (; i + 3 <= R; i += 3)
-        for (int t = 0; t < nb; ++t) rows_block<3>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
-      for (int t = 0; t < nb; ++t) {
-        if (R - i == 2) rows_block<2>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
-        if (R - i == 1) rows_block<1>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
-      }
+          for (int64_t i = 0; i < R; ++i) y[i * ldy + nb0 + t] = hsum(_mm256_loadu_ps(tot + 8 * (t * R + i)));
     }
-    for (int t = 0; t < nb; ++t)
-      for (int64_t i = 0; i < R; ++i) y[i * ldy + nb0 + t] = hsum(_mm256_loadu_ps(tot + 8 * (t * R + i)));
   }
 }
 
@@ -395,8 +407,9 @@ struct DecodeFn {
 
 LK_T void gemv_permuted(const Planes& P, const float* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
                         int64_t ldy) {
-  thread_local std::vector<float> tot;  // [kRowBlock, R, 8] partial sums
-  if (static_cast<int64_t>(tot.size()) < 8 * kRowBlock * R) tot.resize(8 * kRowBlock * R);
+  thread_local std::vector<float> tot;  // [rows of the task rounded up to kRowBlock, R, 8] partial sums
+  const int64_t need = 8 * R * ((n1 - n0 + kRowBlock - 1) / kRowBlock * kRowBlock);
+  if (R > 1 && static_cast<int64_t>(tot.size()) < need) tot.resize(need);
   by_width<GemvFn>(P.m, P, x, R, ldx, n0, n1, y, ldy, tot.data());
 }
 

@@ -198,8 +198,10 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
     const float* xp = xb.data_ptr<float>();
     float* yp = y32.data_ptr<float>();
     const auto gemv = permuted ? kern.gemv_permuted : kern.gemv_natural;
-    parallel_chunks(N, rows_per_task(Kx * (1 + M), 1 << 19),
-                    [&](int64_t n0, int64_t n1) { gemv(P, xp, M, Kx, n0, n1, yp, N); });
+    // several x rows: tasks of >= 64 weight rows, so the x slabs read per task are shared by many rows
+    const int64_t per_row = rows_per_task(Kx * (1 + M), 1 << 19);
+    const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
+    parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv(P, xp, M, Kx, n0, n1, yp, N); });
   } else {
     linear_panels(kern, P, permuted, xb, y32);
   }
