@@ -273,3 +273,24 @@ def test_linear_many_rows_over_k_slabs(isa):
         x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
         y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, bias)
         check_linear(y, x, planes, exps, m, 32, bias)
+
+
+def test_linear_rows_do_not_read_their_neighbours_exponents(isa):
+    """A row's result depends on its own exponents only: rows whose K ends inside a 256-weight chunk
+    once read the next row's exponent bytes (and past the tensor for the last rows), so an extreme
+    neighbour switched the rounding path. Here the neighbours are extreme and the results must not move."""
+    gen = torch.Generator().manual_seed(12)
+    N, K = 40, 80  # 3 blocks per row: every chunk is a row's last
+    w = torch.randn(N, K, generator=gen)
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    big = torch.full((N + 1, exps.shape[1]), -110, dtype=torch.int8)  # a row of extreme exponents after the end
+    big[:N] = exps
+    w_odd = w.clone()
+    w_odd[1::2] *= 2.0**-110  # every other row extreme (scale 2^(E - 4 - 24) subnormal): the even rows' neighbours
+    planes_odd, exps_odd = run("cpp", OPS.sefp_quantize, w_odd, 8, 32)
+    for M in (1, 5, 15):
+        x = torch.randn(M, K, generator=gen)
+        y = run("cpp", OPS.sefp_linear, x, planes, exps, 5, 32, None)
+        assert torch.equal(run("cpp", OPS.sefp_linear, x, planes, big[:N], 5, 32, None), y)
+        y_odd = run("cpp", OPS.sefp_linear, x, planes_odd, exps_odd, 5, 32, None)
+        assert torch.equal(y_odd[:, 0::2], y[:, 0::2])

@@ -133,9 +133,10 @@ LK_T bool chunk_scales(const Planes& P, int64_t n, int64_t c, const __m256i* bid
   const int64_t b0 = (c * kChunkWords) >> P.gs;
   const int8_t* ex = P.exps + n * P.nb + b0;
   int64_t e8;
-  if (b0 + 8 <= P.nb || n + 1 < P.N) {  // in bounds of the exponents tensor (maybe the next row's)
+  if (b0 + 8 <= P.nb) {
     std::memcpy(&e8, ex, 8);
-  } else {
+  } else {  // the row's last blocks only (zero = a harmless in-range exponent for the padding lanes):
+    // bytes of the next row would make the result depend on it, bytes past the tensor are out of bounds
     e8 = 0;
     std::memcpy(&e8, ex, P.nb - b0);
   }
@@ -320,29 +321,32 @@ LK_T void gemv_rows(const Planes& P, const float* x, int64_t R, int64_t ldx, int
         for (int k = 0; k < 32; ++k) w[t][k] = _mm256_setzero_ps();
       for (int64_t c = c0; c < c1; ++c) {
         __m256 s1[kRowBlock][4], s2[kRowBlock][4];
-        bool one[kRowBlock], all_one = true;
+        bool one[kRowBlock];
         for (int t = 0; t < nb; ++t) {
           decode_chunk<M>(cd, P, nb0 + t, c, w[t]);
           one[t] = chunk_scales<M>(P, nb0 + t, c, bidx, s1[t], s2[t]);
-          all_one = all_one && one[t];
         }
-        int64_t i = 0;
         const float* xc = x + c * kChunk;
-        if (all_one && R >= 4) {  // below 4 x rows the 32 x kRowBlock scaling multiplies cost more than they save
-          for (int t = 0; t < nb; ++t)
-            for (int k = 0; k < 32; ++k) w[t][k] = _mm256_mul_ps(w[t][k], s1[t][k & 3]);
-          for (; i + 3 <= R; i += 3) rows_block_scaled<3>(w, xc + i * ldx, ldx, tot + 8 * i, R);
-          if (R - i == 2) rows_block_scaled<2>(w, xc + i * ldx, ldx, tot + 8 * i, R);
-          if (R - i == 1) rows_block_scaled<1>(w, xc + i * ldx, ldx, tot + 8 * i, R);
-          continue;
-        }
-        for (; i + 3 <= R; i += 3)
-          for (int t = 0; t < nb; ++t)
-            rows_block<3>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
+        // below 4 x rows the 32 x kRowBlock scaling multiplies cost more than they save; a row whose
+        // scale needs two factors keeps them on its sums (decided per row: no row depends on another)
+        const bool fold = R >= 4;
         for (int t = 0; t < nb; ++t) {
+          if (fold && one[t]) continue;
+          int64_t i = 0;
+          for (; i + 3 <= R; i += 3) rows_block<3>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
           if (R - i == 2) rows_block<2>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
           if (R - i == 1) rows_block<1>(w[t], xc + i * ldx, ldx, one[t], s1[t], s2[t], tot + 8 * (t * R + i));
+          if (fold)  // summed above: zero weights add exactly nothing in the folded pass below
+            for (int k = 0; k < 32; ++k) w[t][k] = _mm256_setzero_ps();
         }
+        if (!fold) continue;
+        for (int t = 0; t < nb; ++t)
+          if (one[t])
+            for (int k = 0; k < 32; ++k) w[t][k] = _mm256_mul_ps(w[t][k], s1[t][k & 3]);
+        int64_t i = 0;
+        for (; i + 3 <= R; i += 3) rows_block_scaled<3>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+        if (R - i == 2) rows_block_scaled<2>(w, xc + i * ldx, ldx, tot + 8 * i, R);
+        if (R - i == 1) rows_block_scaled<1>(w, xc + i * ldx, ldx, tot + 8 * i, R);
       }
       if (c1 == nchunks)
         for (int t = 0; t < nb; ++t)
