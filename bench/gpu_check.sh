@@ -29,6 +29,8 @@
 #   sefp     bench/gpu_sefp.py --graph: Triton sefp_linear (W 4096 x 4096 and 14336 x 4096, M = 1 / 16 / 512,
 #            m = 8 .. 2 from one stored copy) vs torch bf16 F.linear and dequantize-then-F.linear; checked
 #            against dequantize-then-fp32-matmul first, CUDA-graph timing  -> bench_sefp_cuda.txt/.csv
+#   moe      bench/gpu_moe.py --graph: Triton moe_experts on Qwen3-30B-A3B's layer (T = 1 .. 4096, skip 0 / 0.5 /
+#            0.88) vs the Hugging Face experts loop; checked against it first  -> bench_moe_cuda.txt/.csv
 #   overhead leankern bench --family overhead --device cuda (launch cost per call, tiny inputs)
 #                                                                        -> overhead_cuda.txt/.csv
 #   tests    cd tests && pytest -q with CUDA visible (conftest leaves TRITON_INTERPRET unset: Triton
@@ -36,7 +38,7 @@
 #                                                                        -> pytest.log, pytest.xml
 # The bench runs before the tests: GPU timings are what this machine is lent for, and the bench
 # checks every kernel bit-exactly against the reference before timing it. STAGES reorders or
-# drops stages (default "env build info bench linear specdec vocab sefp overhead tests"); BENCH_ARGS adds bench flags
+# drops stages (default "env build info bench linear specdec vocab sefp moe overhead tests"); BENCH_ARGS adds bench flags
 # (e.g. --quick, --full); LINEAR_ARGS the linear stage's (default --quick). summary.txt has one
 # line per stage; the exit code is non-zero if any failed.
 set -uo pipefail
@@ -47,7 +49,7 @@ DRY_RUN="${DRY_RUN:-0}"
 OUT="${OUT:-$PWD/gpu_out}"
 PY="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-470}"
-STAGES="${STAGES:-env build info bench linear specdec vocab sefp overhead tests}"
+STAGES="${STAGES:-env build info bench linear specdec vocab sefp moe overhead tests}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:---quick}"   # the linear stage's bench flags (first calls JIT-compile every tile)
 START=$(date +%s)
@@ -149,12 +151,15 @@ for s in $STAGES; do
     sefp)
       stage sefp 90 bench_sefp_cuda.txt "$PY" bench/gpu_sefp.py --graph --csv "$OUT/bench_sefp_cuda.csv"
       show bench_sefp_cuda.txt 45 ;;
+    moe)
+      stage moe 90 bench_moe_cuda.txt "$PY" bench/gpu_moe.py --graph --csv "$OUT/bench_moe_cuda.csv"
+      show bench_moe_cuda.txt 20 ;;
     overhead)
       stage overhead 45 overhead_cuda.txt "$PY" -m leankern bench --family overhead --device cuda \
         --csv "$OUT/overhead_cuda.csv"
       show overhead_cuda.txt 20 ;;
     tests) stage tests 400 pytest.log run_tests; show pytest.log 30 ;;
-    *) echo "unknown stage '$s' (stages: env build info bench linear specdec vocab sefp overhead tests)"; status=1 ;;
+    *) echo "unknown stage '$s' (stages: env build info bench linear specdec vocab sefp moe overhead tests)"; status=1 ;;
   esac
 done
 

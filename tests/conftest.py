@@ -161,7 +161,33 @@ def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: i
         if op == "sefp_dequantize":
             return (planes, exps, 5, 32, size, dtype)
         return (torch.randn(rows, size, generator=g).to(dtype).to(device), planes, exps, 5, 32, None)
+    if op.startswith("moe_"):
+        return _moe_args(op, size, dtype, rows, g, device)
     raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
+
+
+def _moe_args(op, size, dtype, rows, g, device) -> tuple:
+    """moe ops: E = 6 experts (16 for route / align), k = 3 slots with some skipped (-1), H = ``size``, I = 8."""
+    from leankern.moe.ref import route_ref
+
+    logits = torch.randn(rows, 16, generator=g)
+    ids, w = route_ref(logits, 4)
+    if op == "moe_route":
+        return (logits.to(dtype).to(device), 4, "softmax", True, 1, 1, None, 1.0, "none", [], None, False)
+    if op == "moe_skip":
+        modality = (torch.arange(rows, dtype=torch.int32) % 3).to(device)
+        return (ids.to(device), w.to(device), "modes", [1.0, 0.5, 0.2, 0.1], modality, False)
+    if op == "moe_align":
+        return (ids.masked_fill(w < 0.2, -1).to(device), 16, 4, None)
+    E, I = 6, 8
+    hidden = torch.randn(rows, size, generator=g).to(dtype).to(device)
+    w13 = (torch.randn(E, 2 * I, size, generator=g) / size**0.5).to(device)
+    w2 = (torch.randn(E, size, I, generator=g) / I**0.5).to(device)
+    ids = torch.stack([torch.randperm(E, generator=g)[:3] for _ in range(rows)]).to(torch.int32)
+    ids[::2, 2] = -1  # every other token has a skipped slot
+    wts = torch.rand(rows, 3, generator=g).masked_fill(ids < 0, 0.0)
+    return (hidden, w13, w2, ids.to(device), wts.to(device), None, None, "silu", 1.702, 7.0, False, None, None,
+            None, None)
 
 
 def with_dtype(op: str, args: tuple, dtype: torch.dtype) -> tuple:
@@ -172,6 +198,8 @@ def with_dtype(op: str, args: tuple, dtype: torch.dtype) -> tuple:
         return args[:5] + (dtype,)
     if op == "sefp_linear":
         return (args[0].to(dtype),) + args[1:]
+    if op in ("moe_skip", "moe_align"):  # no float input of a choosable dtype
+        return args
     return (args[0].to(dtype),) + args[1:]
 
 
@@ -186,6 +214,16 @@ def assert_matches_reference(op: str, args: tuple, got, want) -> None:
         from tolerances import assert_vocab_result
 
         assert_vocab_result(op, args, got, want)
+        return
+    if op == "moe_experts":
+        from tolerances import assert_moe_experts
+
+        for y in (got[0], want[0]):
+            assert_moe_experts(args, y)
+        return
+    if op == "moe_route":  # ids exact; weights: a softmax / sigmoid and a division, each within a few ulp
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=8 * 2.0**-24, atol=1e-30)
         return
     if op == "sefp_linear":
         from tolerances import assert_sefp_linear

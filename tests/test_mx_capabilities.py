@@ -148,8 +148,9 @@ def test_every_registered_op_is_in_its_family_table():
     from leankern.specdec.ops import CAPABILITIES as SPECDEC
     from leankern.sefp.ops import CAPABILITIES as SEFP
     from leankern.vocab.ops import CAPABILITIES as VOCAB
+    from leankern.moe.ops import CAPABILITIES as MOE
 
-    tables = {**CAPABILITIES, **SPECDEC, **VOCAB, **SEFP}
+    tables = {**CAPABILITIES, **SPECDEC, **VOCAB, **SEFP, **MOE}
     for name, spec in leankern.registered_ops().items():
         assert spec.capabilities is tables[name], f"{name} is in no family's CAPABILITIES"
         assert "ref" in spec.capabilities

@@ -70,6 +70,10 @@ def _is_sefp_gemm(row):
     return row["name"].startswith("sefp_linear[")
 
 
+def _is_moe_gemm(row):
+    return row["name"].startswith(("moe_gate_up[", "moe_down["))
+
+
 def _elems_per_thread(row):
     ce = row["constexprs"]
     tile = ce["NB"] * ce["BS"] if "NB" in ce else ce["ROWS"] * ce["N"]
@@ -81,7 +85,7 @@ _IN_BYTES = {"*i32": 4, "*fp32": 4, "*i16": 2, "*fp16": 2}
 
 def test_every_family_and_target_compiled(compiled):
     seen = {(r["family"], r["target"]) for r in compiled}
-    for fam in ("quantize", "dequantize", "hadamard", "linear", "specdec", "vocab"):
+    for fam in ("quantize", "dequantize", "hadamard", "linear", "specdec", "vocab", "moe"):
         for tgt in ("sm_90", "sm_100"):
             assert (fam, tgt) in seen
     names = {r["name"].split(",")[0] for r in compiled if r["family"] == "quantize"}
@@ -99,6 +103,8 @@ def test_no_spills_no_local_memory(compiled):
         assert r["spills"] == 0 and r["stack_bytes"] == 0, where
         assert _count(r"\.local\b", r["ptx"]) == 0, where
         if _is_sefp_gemm(r):  # test_sefp_resources (GEMM tiles: <= 255 registers, <= 96 KB shared)
+            continue
+        if _is_moe_gemm(r):  # test_moe_resources (GEMM tiles: <= 255 registers, <= 96 KB shared)
             continue
         if r["family"] == "linear" or _is_vocab_gemm(r):  # GEMM tiles: one or two CTAs per SM, staged operands
             assert 0 < r["registers"] <= 255, where  # in shared memory
@@ -120,6 +126,8 @@ def test_exact_ieee_codegen(compiled):
             continue
         if r["family"] == "sefp":  # test_sefp_codegen: the fp32 ieee dot's FMAs
             continue
+        if r["family"] == "moe":  # test_moe_codegen: the fp32 ieee dot's FMAs, libdevice's expf
+            continue
         assert _count(r"\bfma\.", ptx) == 0, where
         assert _count(r"\.ftz\b", ptx) == 0, where
         assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0, where
@@ -128,7 +136,7 @@ def test_exact_ieee_codegen(compiled):
 
 def test_streaming_loads_are_128_bit(compiled):
     for r in compiled:
-        if r["family"] == "sefp":  # test_sefp_streaming_loads
+        if r["family"] in ("sefp", "moe"):  # test_sefp_streaming_loads; moe: gathers and GEMM tiles
             continue
         if r["family"] in ("linear", "specdec", "vocab"):  # GEMM tiles: operands staged through shared memory;
             continue  # specdec / vocab: test_specdec_row_passes_load_128_bit, test_vocab_stats_streams_vector_loads
@@ -577,3 +585,102 @@ def test_sefp_decode_loop_instructions_per_weight(sefp_compiled):
         fast = min((lp for lp in _sefp_loops(ptx) if any("mma" in s for s in lp)), key=len)
         per_weight = len(fast) / (ce["BN"] * ce["BK"] / (32 * r["num_warps"]))
         assert per_weight <= (11 if ce["M_BITS"] <= 4 else 13), (where, per_weight)
+
+
+# --------------------------------------------------------------------------------- moe
+_MOE_KERNELS = ("route", "skip", "align_count", "align_scatter", "gate_up", "down", "combine")
+
+
+@pytest.fixture(scope="module")
+def moe_compiled(tmp_path_factory):
+    """The moe kernels only (the family's tests stay quick with ``-k moe``)."""
+    return _compile_in_subprocess(tmp_path_factory.mktemp("aot_moe") / "kernels.json", "moe")["kernels"]
+
+
+def _moe(compiled, kernel=""):
+    rows = [r for r in compiled if r["name"].startswith(f"moe_{kernel}")]
+    assert rows, f"no moe_{kernel} kernel compiled"
+    return rows
+
+
+def test_moe_every_kernel_for_both_targets(moe_compiled):
+    names = {(r["name"].split("[")[0], r["target"]) for r in moe_compiled}
+    for kernel in _MOE_KERNELS:
+        for target in ("sm_90", "sm_100"):
+            assert (f"moe_{kernel}", target) in names
+    for r in moe_compiled:
+        arch = r["target"].split("_")[1]
+        assert re.search(rf"\.target sm_{arch}a\b", r["ptx"]) and r["cubin_bytes"] > 0, (r["name"], r["target"])
+
+
+_MOE_EL = {"*bf16": "bf16", "*fp16": "f16"}
+
+
+def test_moe_grouped_gemm_mma(moe_compiled):
+    """Same-dtype 16-bit operands: 64-row blocks -> wgmma m64n64k16 on sm_90 (gate/up: two dots, one k16 step per
+    16 columns of BK each), tcgen05.mma kind::f16 on sm_100; 16-row (decode) blocks -> mma.sync m16n8k16;
+    fp32: the ieee fp32 dot (FMAs, no tensor-core instruction)."""
+    for r in _moe(moe_compiled, "gate_up[") + _moe(moe_compiled, "down["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        if ce["DOT"] == 0:
+            assert _count(r"\bfma\.rn\.f32\b", ptx) >= 64 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
+            continue
+        w_ptr = r["arg_types"].get("g_ptr", r["arg_types"].get("w_ptr"))
+        el = _MOE_EL[w_ptr]
+        dots = 2 if r["name"].startswith("moe_gate_up[") else 1
+        if ce["BM"] < 64:
+            assert _count(rf"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.{el}\.{el}\.f32\b", ptx) > 0, where
+        elif r["target"] == "sm_90":
+            pat = rf"\bwgmma\.mma_async\.sync\.aligned\.m64n{ce['BN']}k16\.f32\.{el}\.{el}\b"
+            assert _count(pat, ptx) == dots * ce["BK"] // 16, where
+        else:
+            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) >= dots, where
+    kinds = {(r["constexprs"]["DOT"], r["constexprs"]["BM"]) for r in _moe(moe_compiled, "gate_up[")}
+    assert {(1, 64), (1, 16), (0, 64)} <= kinds  # every path is compiled
+
+
+def test_moe_codegen(moe_compiled):
+    """IEEE where it matters: no approximate division (div.rn for softmax / renormalisation / sigmoid), no
+    flush-to-zero except inside libdevice's expf (one ex2.approx.ftz each, with exactly 4 FMAs: fma.rm + 3 fma.rn),
+    no FMA contraction elsewhere (enable_fp_fusion=False) outside the fp32 ieee dot; top-p's cumulative mass in
+    fp64; align's kernels without atomics (deterministic), its one-program pass ordered by barriers."""
+    for r in moe_compiled:
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        assert _count(r"div\.(full|approx)|rcp\.approx", ptx) == 0 and _count(r"\.local\b", ptx) == 0, where
+        exps = _count(r"\bex2\.approx\.ftz\.f32\b", ptx)
+        assert _count(r"\.ftz\b", ptx) == exps, where
+        assert _count(r"\bapprox\b", ptx) == exps, where
+        if not (_is_moe_gemm(r) and ce["DOT"] == 0):
+            assert _count(r"\bfma\.rm\.f32\b", ptx) == exps and _count(r"\bfma\.", ptx) == 4 * exps, where
+    for r in _moe(moe_compiled, "route["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        assert _count(r"\bdiv\.rn\.f32\b", ptx) >= 1 and _count(r"\bex2\.approx\.ftz\.f32\b", ptx) >= 1, where
+    for r in _moe(moe_compiled, "route[") + _moe(moe_compiled, "skip["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        if ce["RULE"] == 3:  # top_p
+            assert _count(r"\badd\.rn\.f64\b", ptx) >= 1 and _count(r"\bmul\.rn\.f64\b", ptx) >= 1, where
+        if ce.get("SKIP_RENORM") or ce.get("RENORM"):
+            assert _count(r"\bdiv\.rn\.f32\b", ptx) >= 1, where
+    for r in _moe(moe_compiled, "align"):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        assert _count(r"\batom\.|\bred\.global", ptx) == 0, where
+        if r["name"].startswith("moe_align_count"):
+            assert _count(r"\bbar\.sync\b|\bbarrier\.sync\b", ptx) >= 2, where
+    for r in _moe(moe_compiled, "gate_up["):
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        per_thread = ce["BM"] * ce["BN"] // (32 * r["num_warps"])
+        assert _count(r"\bex2\.approx\.ftz\.f32\b", ptx) == per_thread, where  # one exp each
+        if ce["ACT"] == 0:
+            assert _count(r"\bdiv\.rn\.f32\b", ptx) == per_thread, where  # silu: g / (1 + e^-g)
+
+
+def test_moe_resources(moe_compiled):
+    """No spills, no stack, no local memory; GEMM tiles <= 255 registers and 96 KB of shared memory (gate/up:
+    three stages of the x tile and both weight tiles); everything else <= 128 registers and 16 KB."""
+    for r in moe_compiled:
+        where = (r["name"], r["target"], r["registers"], r["shared_bytes"])
+        assert r["spills"] == 0 and r["stack_bytes"] == 0 and _count(r"\.local\b", r["ptx"]) == 0, where
+        if _is_moe_gemm(r):
+            assert 0 < r["registers"] <= 255 and r["shared_bytes"] <= 96 * 1024, where
+        else:
+            assert 0 < r["registers"] <= 128 and r["shared_bytes"] <= 16 * 1024, where

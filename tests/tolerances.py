@@ -256,3 +256,82 @@ def assert_sefp_linear(args: tuple, y) -> None:
     exact, bound = linear_error_bound(x.float().reshape(-1, x.shape[-1]), w_hat, bias, x.dtype)
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], planes.shape[1])
     assert_linear_within_bound(y, exact, bound)
+
+
+# --------------------------------------------------------------------------------------------- moe
+def _act64(gu, activation, interleaved, alpha, limit):
+    """fp64 activation and per-element slopes (|d act / d gate|, |d act / d up|) bounds."""
+    if interleaved:
+        g, u = gu[:, 0::2], gu[:, 1::2]
+    else:
+        g, u = gu.chunk(2, dim=-1)
+    if activation == "silu":
+        a = g * torch.sigmoid(g) * u
+        # d/dg [g sigma(g)] = sigma + g sigma (1 - sigma) <= 1 + |g| / 4
+        return a, (1 + g.abs() / 4) * u.abs(), (g * torch.sigmoid(g)).abs()
+    gc, uc = g.clamp(max=limit), u.clamp(-limit, limit)  # clamps are 1-Lipschitz
+    glu = gc * torch.sigmoid(alpha * gc)
+    return glu * (uc + 1), (1 + abs(alpha) * gc.abs() / 4) * (uc + 1).abs(), glu.abs()
+
+
+def _expert_bound(x, w13, w2, b13, b2, activation, interleaved, alpha, limit, round_a):
+    """fp64 ``(y [n, H], err [n, H])`` of one SwiGLU expert on rows x, for fp32 accumulation in any order."""
+    H, I = x.shape[1], w2.shape[1]
+    gu = x @ w13.T + (0 if b13 is None else b13)
+    gu_err = _gamma(H + 1) * (x.abs() @ w13.abs().T + (0 if b13 is None else b13.abs()))
+    a, slope_g, slope_u = _act64(gu, activation, interleaved, alpha, limit)
+    eg, eu = (gu_err[:, 0::2], gu_err[:, 1::2]) if interleaved else gu_err.chunk(2, dim=-1)
+    # first order through the slopes, plus the second-order cross term, plus the activation's own rounding
+    # (sigmoid / exp within 8 ulp of fp32), plus rounding a to the weight dtype when a kernel does (round_a)
+    a_err = slope_g * eg + slope_u * eu + eg * eu * (1 + abs(alpha)) + (8 * _U + round_a) * a.abs() + 2.0**-140
+    y = a @ w2.T + (0 if b2 is None else b2)
+    y_err = w2.abs() @ a_err.T
+    y_err = y_err.T + _gamma(I + 1) * (a.abs() @ w2.abs().T + (0 if b2 is None else b2.abs()))
+    return y, y_err
+
+
+def moe_experts_bound(args):
+    """``(exact fp64 [T, H], bound [T, H])`` of ``moe_experts(*args)``.
+
+    Derivation (fp32 accumulation, any summation order, Higham Thm 3.1): each projection's dot of n products
+    errs by gamma_n of the sum of |products|; the gate/up errors pass through the activation with its slopes
+    (|d/dg (g sigmoid(alpha g))| <= 1 + alpha |g| / 4, times |up| (+1 for gpt-oss); |d/du| = |silu(g)|); a
+    kernel may round the activation to the weight dtype before the down projection (u_w |a|, as every
+    half-precision grouped GEMM does); the down projection adds gamma_{I+1}; the sum over a token's k slots
+    and the shared expert adds gamma_{k+1} of the sum of |terms|; the output dtype rounds once (u_out |y|).
+    """
+    (hidden, w13, w2, ids, wts, b13, b2, activation, alpha, limit, interleaved, s1, s3, s2, sg) = args
+    x = hidden.double()
+    round_a = _u_out(w13.dtype)
+    T, H = x.shape
+    y = torch.zeros(T, H, dtype=torch.float64)
+    err = torch.zeros(T, H, dtype=torch.float64)
+    mag = torch.zeros(T, H, dtype=torch.float64)
+    k = ids.shape[1]
+    idl = ids.long()
+    for e in torch.unique(idl[idl >= 0]).tolist():
+        tok, slot = torch.nonzero(idl == e, as_tuple=True)
+        ye, ee = _expert_bound(x[tok], w13[e].double(), w2[e].double(), None if b13 is None else b13[e].double(),
+                               None if b2 is None else b2[e].double(), activation, interleaved, alpha, limit, round_a)
+        wv = wts[tok, slot].double()[:, None]
+        y.index_add_(0, tok, wv * ye)
+        err.index_add_(0, tok, wv.abs() * ee + _U * (wv * ye).abs())
+        mag.index_add_(0, tok, (wv * ye).abs())
+    if s1 is not None:
+        w13s = torch.cat([s1, s3]).double()
+        ys, es = _expert_bound(x, w13s, s2.double(), None, None, "silu", False, 1.0, 1.0, _u_out(s2.dtype))
+        if sg is not None:
+            z = x @ sg.double().reshape(H, 1)
+            gz = torch.sigmoid(z)
+            z_err = _gamma(H) * (x.abs() @ sg.double().abs().reshape(H, 1))
+            es = gz * es + 0.25 * z_err * ys.abs() + 8 * _U * (gz * ys).abs()
+            ys = gz * ys
+        y, err, mag = y + ys, err + es, mag + ys.abs()
+    err = err + _gamma(k + 1) * mag + _u_out(hidden.dtype) * y.abs() + 2.0**-140
+    return y, err
+
+
+def assert_moe_experts(args, out, name="moe_experts"):
+    exact, bound = moe_experts_bound(args)
+    assert out.dtype == args[0].dtype and tuple(out.shape) == tuple(exact.shape)
+    _assert_within(name, out.float(), exact, bound)

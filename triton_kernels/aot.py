@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "vocab_specs", "sefp_specs", "compile_spec",
+__all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "vocab_specs", "sefp_specs", "moe_specs",
+           "compile_spec",
            "resource_usage", "compile_all", "aot_report", "format_report", "TARGETS"]
 
 TARGETS = {"sm_90": 90, "sm_100": 100}
@@ -36,7 +37,7 @@ class KernelSpec:
     arg_types: dict  # runtime argument name -> Triton type string ("*u8", "i32", ...)
     constexprs: dict
     num_warps: int
-    family: str = ""  # quantize | dequantize | hadamard | linear | specdec | vocab | sefp
+    family: str = ""  # quantize | dequantize | hadamard | linear | specdec | vocab | sefp | moe
     targets: tuple = ("sm_90", "sm_100")  # the architectures this specialisation is meant for
     num_stages: int | None = None  # None: Triton's default (as the launchers that pass none)
     div16: tuple = ()  # int arguments the JIT would specialise as multiples of 16 (typical shapes)
@@ -445,6 +446,152 @@ def sefp_specs(quick: bool = False) -> list[KernelSpec]:
     return specs
 
 
+# ---------------------------------------------------------------------------------------- moe
+_MOE_DIV16 = ("E", "GS", "H", "I", "N", "stride_l", "stride_x", "stride_ge", "stride_gn", "stride_ue", "stride_un",
+              "stride_gbe", "stride_ube", "stride_i", "stride_a", "stride_we", "stride_wn", "stride_be",
+              "stride_o")  # model shapes: multiples of 16
+_MOE_RULES = ("none", "modes", "naee", "top_p", "min_p", "top_k")
+_SKIP_ARGS = dict(p0="fp32", p1="fp32", p2="fp32", p3="fp32", p_bits="i64")
+
+
+def _moe_spec(name, kernel, types, constexprs, num_warps=4, num_stages=None):
+    return KernelSpec(f"moe_{name}", kernel, types, dict(constexprs), num_warps, "moe", num_stages=num_stages,
+                      div16=_MOE_DIV16)
+
+
+def _moe_route_spec(dtype, E, k, scoring="softmax", n_group=1, bias=False, rule="none", renorm=False, mod=False):
+    from . import moe as tm
+
+    types = dict(logits_ptr=_LOGIT_PTR[dtype], stride_l="i32", bias_ptr="*fp32", mod_ptr="*i32", ids_ptr="*i32",
+                 w_ptr="*fp32", E="i32", GS="i32", NG="i32", TOPK_GROUP="i32", K="i32", rsf="fp32", **_SKIP_ARGS)
+    ce = dict(SOFTMAX=scoring == "softmax", HAS_BIAS=bias, GROUPED=n_group > 1, RENORMALIZE=True, HAS_MOD=mod,
+              RULE=tm.RULE_CODES[rule], SKIP_RENORM=renorm, BLOCK_G=n_group, BLOCK_GS=E // n_group,
+              BLOCK_K=max(2, 1 << (k - 1).bit_length()), LIBM=True)
+    tag = ",".join([str(dtype)[6:], f"E{E}", f"k{k}", scoring] + ([f"groups{n_group}"] if n_group > 1 else [])
+                   + (["bias"] if bias else []) + [rule] + (["renorm"] if renorm else []))
+    return _moe_spec(f"route[{tag}]", tm._route_kernel, types, ce)
+
+
+def _moe_skip_spec(k, rule, renorm=False, mod=False):
+    from . import moe as tm
+
+    types = dict(ids_in="*i32", w_in="*fp32", mod_ptr="*i32", ids_out="*i32", w_out="*fp32", K="i32", **_SKIP_ARGS)
+    ce = dict(HAS_MOD=mod, RULE=tm.RULE_CODES[rule], RENORM=renorm, BLOCK_K=max(2, 1 << (k - 1).bit_length()))
+    return _moe_spec(f"skip[k{k},{rule}{',renorm' if renorm else ''}]", tm._skip_kernel, types, ce)
+
+
+def _moe_align_specs(has_map=False):
+    from . import moe as tm
+
+    block, block_e = 64, 1024  # align_config on a GPU
+    count = _moe_spec(f"align_count[{'map' if has_map else 'nomap'}]", tm._align_count_kernel,
+                      dict(ids_ptr="*i32", map_ptr="*i32", mapped_ptr="*i32", rank_ptr="*i32", counts_ptr="*i32",
+                           offsets_ptr="*i32", kept_ptr="*i32", S="i32", E="i32", block_m="i32"),
+                      dict(HAS_MAP=has_map, BLOCK=block, BLOCK_E=block_e))
+    scatter = _moe_spec("align_scatter", tm._align_scatter_kernel,
+                        dict(mapped_ptr="*i32", rank_ptr="*i32", offsets_ptr="*i32", sorted_ptr="*i32",
+                             blocks_ptr="*i32", S="i32", E="i32", B_MAX="i32", block_m="i32", n_iter="i32"),
+                        dict(BLOCK=block))
+    return [count, scatter]
+
+
+def _moe_dot(x_dtype, w_dtype):
+    return 1 if x_dtype == w_dtype and x_dtype in (torch.bfloat16, torch.float16) else 0
+
+
+def _moe_gate_up_spec(dtype, bm, w_dtype=None, act="silu", interleaved=False, bias=False, dense=False, gate=False,
+                      w_cols=False):
+    """The gate/up kernel as experts_config picks it (BN = BK = 64 native, 32 x 16 fp32); ``w_cols``: a transposed
+    view of w13 (stride(1) == 1, as gpt-oss's gate_up_proj.transpose(1, 2))."""
+    from . import moe as tm
+    from .mx import output_kind
+
+    w_dtype = w_dtype or dtype
+    dot = _moe_dot(dtype, w_dtype)
+    inter = w_dtype if w_dtype in (torch.bfloat16, torch.float16) else torch.float32
+    bn, bk = (64, 64) if dot else (32, 16)
+    wp = _LOGIT_PTR[w_dtype]
+    types = dict(x_ptr=_LOGIT_PTR[dtype], g_ptr=wp, u_ptr=wp, gb_ptr=wp, ub_ptr=wp, sg_ptr=wp, sorted_ptr="*i32",
+                 bexp_ptr="*i32", inter_ptr=_OUT_PTR[inter], glog_ptr="*fp32", M="i32", H="i32", I="i32",
+                 K_TOPK="i32", stride_x="i32", stride_ge="i32", stride_gn="i32", stride_gk="i32", stride_ue="i32",
+                 stride_un="i32", stride_uk="i32", stride_gbe="i32", stride_gbn="i32", stride_ube="i32",
+                 stride_ubn="i32", stride_i="i32", alpha="fp32", limit="fp32")
+    ce = dict(BM=bm, BN=bn, BK=bk, DENSE=dense, ACT=0 if act == "silu" else 1, HAS_BIAS=bias, HAS_GATE=gate, DOT=dot,
+              OUT_KIND=output_kind(inter), BF16_NAN=0x7FFF, LIBM=True)
+    for name in ("stride_gk", "stride_uk") if not w_cols else ("stride_gn", "stride_un"):
+        del types[name]
+        ce[name] = 1
+    if bias and not interleaved:
+        for name in ("stride_gbn", "stride_ubn"):
+            del types[name]
+            ce[name] = 1  # the JIT specialises strides equal to 1 as constants
+    tag = ",".join([_vocab_dt_tag(dtype, w_dtype), f"BM{bm}", act] + [t for t, on in (
+        ("interleaved", interleaved), ("bias", bias), ("dense", dense), ("gate", gate), ("w_cols", w_cols)) if on])
+    return _moe_spec(f"gate_up[{tag}]", tm._gate_up_kernel, types, ce, 4, 3)
+
+
+def _moe_down_spec(dtype, bm, bias=False, dense=False, gate=False, w_cols=False):
+    from . import moe as tm
+
+    dot = _moe_dot(dtype, dtype)
+    bn, bk = (64, 64) if dot else (32, 16)
+    wp = _LOGIT_PTR[dtype]
+    types = dict(a_ptr=wp, w_ptr=wp, b_ptr=wp, sorted_ptr="*i32", bexp_ptr="*i32", tw_ptr="*fp32", glog_ptr="*fp32",
+                 out_ptr="*fp32", M="i32", N="i32", I="i32", K_TOPK="i32", stride_a="i32", stride_we="i32",
+                 stride_wn="i32", stride_wk="i32", stride_be="i32", stride_o="i32")
+    ce = dict(BM=bm, BN=bn, BK=bk, DENSE=dense, HAS_BIAS=bias, HAS_GATE=gate, DOT=dot, LIBM=True)
+    one = "stride_wn" if w_cols else "stride_wk"
+    del types[one]
+    ce[one] = 1
+    tag = ",".join([str(dtype)[6:], f"BM{bm}"] + [t for t, on in (("bias", bias), ("dense", dense), ("gate", gate),
+                                                                   ("w_cols", w_cols)) if on])
+    return _moe_spec(f"down[{tag}]", tm._down_kernel, types, ce, 4, 3)
+
+
+def _moe_combine_spec(dtype, shared=False):
+    from . import moe as tm
+    from .mx import output_kind
+
+    types = dict(ids_ptr="*i32", slot_ptr="*fp32", shared_ptr="*fp32", out_ptr=_OUT_PTR[dtype], H="i32",
+                 K_TOPK="i32")
+    ce = dict(HAS_SHARED=shared, OUT_KIND=output_kind(dtype), BF16_NAN=0x7FFF, BLOCK=256)
+    return _moe_spec(f"combine[{str(dtype)[6:]}{',shared' if shared else ''}]", tm._combine_kernel, types, ce)
+
+
+def moe_specs(quick: bool = False) -> list[KernelSpec]:
+    """moe: routing (softmax top-k; sigmoid + bias + groups fused with MoDES; top-p with renormalisation: the fp64
+    cumsum), the skip kernel per rule family, align's two kernels, the grouped GEMMs (prefill 64-row blocks on the
+    native bf16 MMA, decode 16-row blocks, the fp32 ieee dot, the shared expert's dense mode), the combine."""
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    specs = [
+        _moe_route_spec(bf16, 128, 8),
+        _moe_route_spec(f32, 64, 6, "sigmoid", n_group=8, bias=True, rule="modes", mod=True),
+        _moe_skip_spec(8, "top_p", renorm=True),
+        *_moe_align_specs(),
+        _moe_gate_up_spec(bf16, 64),
+        _moe_gate_up_spec(bf16, 16, act="swiglu_oai", interleaved=True, bias=True, w_cols=True),
+        _moe_down_spec(bf16, 64),
+        _moe_down_spec(bf16, 16, bias=True),
+        _moe_combine_spec(bf16),
+    ]
+    if not quick:
+        specs += [
+            _moe_route_spec(f32, 64, 8, rule="top_p", renorm=True),
+            _moe_skip_spec(8, "modes"),  # no modality: every token text (decode)
+            _moe_skip_spec(8, "top_k"),
+            _moe_skip_spec(64, "naee", renorm=True),
+            *_moe_align_specs(has_map=True)[:1],
+            _moe_gate_up_spec(f32, 64),
+            _moe_gate_up_spec(f16, 64, act="swiglu_oai", bias=True),
+            _moe_gate_up_spec(bf16, 64, dense=True, gate=True),
+            _moe_down_spec(f32, 64, bias=True),
+            _moe_down_spec(f16, 64, w_cols=True),
+            _moe_down_spec(bf16, 64, dense=True, gate=True),
+            _moe_combine_spec(f32, shared=True),
+        ]
+    return specs
+
+
 def kernel_specs(quick: bool = False) -> list[KernelSpec]:
     """The representative specialisations: every format family, both scale modes, RNE and SR."""
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
@@ -471,7 +618,8 @@ def kernel_specs(quick: bool = False) -> list[KernelSpec]:
             _hadamard_spec(128, f32, False),
             _hadamard_spec(1024, f32, True),
         ]
-    return specs + linear_specs(quick) + specdec_specs(quick) + vocab_specs(quick) + sefp_specs(quick)
+    return (specs + linear_specs(quick) + specdec_specs(quick) + vocab_specs(quick) + sefp_specs(quick)
+            + moe_specs(quick))
 
 
 def compile_spec(spec: KernelSpec, arch: int):

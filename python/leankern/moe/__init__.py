@@ -8,8 +8,9 @@ here a skipped (token, expert) pair is never computed and an expert with no kept
 >>> out = leankern.moe.experts(hidden, w13, w2, ids, w)                       # [T, H]
 
 Skipped slots carry id -1 (static shapes, no host synchronisation). Numerics: :mod:`leankern.moe.ref`.
-Model level: :func:`patch_model` (Hugging Face drop-in), :mod:`leankern.moe.calibration` (alpha and the
-threshold frontier search), :mod:`leankern.moe.parallel` (expert parallelism on torch.distributed).
+Model level: :func:`patch_model` (Hugging Face drop-in, :mod:`leankern.moe.hf`), :func:`calibrate_alpha`
+(:mod:`leankern.moe.calibration`), :func:`frontier_search` / :func:`search_thresholds` (the threshold search,
+:mod:`leankern.moe.search`), :mod:`leankern.moe.parallel` (expert parallelism on torch.distributed).
 """
 from __future__ import annotations
 
@@ -17,10 +18,25 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import ops, ref
+from . import ops, ref, search
 from .config import SkipConfig
+from .search import InfeasibleTargetError, SearchResult, frontier_search, grid_search, search_thresholds, tau_grid
 
-__all__ = ["route", "skip", "align", "experts", "moe_forward", "skip_params_for", "SkipConfig", "ops", "ref"]
+__all__ = ["route", "skip", "align", "experts", "moe_forward", "skip_params_for", "SkipConfig", "ops", "ref",
+           "search", "tau_grid", "frontier_search", "grid_search", "search_thresholds", "SearchResult",
+           "InfeasibleTargetError", "parallel", "expert_map", "ep_moe_forward", "EPMoE"]
+
+_LAZY = {"parallel": None, "expert_map": "expert_map", "ep_moe_forward": "ep_moe_forward", "EPMoE": "EPMoE"}
+
+
+def __getattr__(name):
+    """torch.distributed-based names load on first use (:mod:`leankern.moe.parallel`)."""
+    if name in _LAZY:
+        import importlib
+
+        mod = importlib.import_module(f"{__name__}.parallel")
+        return mod if _LAZY[name] is None else getattr(mod, _LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _modality32(modality: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -157,3 +173,12 @@ def moe_forward(hidden: torch.Tensor, router_logits: torch.Tensor, w13: torch.Te
                    routed_scaling_factor=routed_scaling_factor, skip_rule=skip_rule, skip_params=skip_params,
                    modality=modality, skip_renormalize=skip_renormalize)
     return experts(hidden, w13, w2, ids, w, **expert_kwargs)
+
+
+# Model-level utilities (imported last: hf.py calls route / skip / experts defined above).
+from .hf import (clear_ablation, patch_model, reset_skip_stats, set_ablation, set_skip_config, skip_stats,  # noqa: E402
+                 unpatch_model)
+from .calibration import calibrate_alpha  # noqa: E402
+
+__all__ += ["patch_model", "unpatch_model", "skip_stats", "reset_skip_stats", "set_ablation", "clear_ablation",
+            "set_skip_config", "calibrate_alpha"]

@@ -1,0 +1,327 @@
+"""MoE layer benchmark: routed experts that really skip, against the Hugging Face block of the installed transformers.
+
+Shapes (specs/moe.md): Qwen3-30B-A3B (H 2048, I 768, E 128, k 8), Mixtral-8x7B (H 4096, I 14336, E 8, k 2),
+DeepSeek-V2-Lite (H 2048, I 1408, E 64, k 6, two shared experts), bf16 weights and activations, one layer.
+T tokens; skip ratio 0 / 0.5 / 0.8 / 0.88 with three patterns:
+
+* ``uniform``: that fraction of all (token, slot) pairs, drawn at random;
+* ``modes``: the lowest-scored pairs (score = alpha * routing weight, half the tokens "vision" with half the alpha),
+  as MoDES's thresholds would pick;
+* ``adversarial``: one slot per token kept, on distinct experts where T <= E (the most weight bytes per kept pair).
+
+Timed: the expert stage (ours: ``leankern.moe.experts``; HF: ``block.experts(hidden, ids, weights)`` with skipped
+slots given as id E, which its loop skips, plus ``block.shared_experts`` for DeepSeek), both on the same weights,
+ids and inputs, weights cold (a 64 MiB buffer is rewritten before each timed call; L3 is 32 MiB), median of
+repeats. ``hf blk`` at skip 0: the whole HF block (router included) against ours (route + experts).
+Roofline: ``max(bytes of the distinct experts touched / read bandwidth, FLOPs of the kept pairs / the GFLOP/s of
+torch bf16 F.linear at M = 512 on the layer's gate/up shape)``, both measured in this run.
+Targets (issue 7): no skip within 1.25x of the roofline and faster than HF at every T; with skip within 1.5x;
+T = 4096 at 88% skip >= 4x faster than our no-skip; T = 1 with one expert of eight >= 3x; all skipped <= 30 us.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .harness import BenchResult, ColdCache, cpu_isa, cpu_model, format_table, median_us_cold, write_csv
+from .mx_linear import measure_read_bandwidth
+
+FAMILY = "moe"
+COLUMNS = [("model", "model", ""), ("T", "T", ""), ("pattern", "pattern", ""), ("skip", "skip", ".2f"),
+           ("kept", "kept pairs", ""), ("experts", "experts", ""), ("mb", "MB read", ".0f"),
+           ("ours_ms", "ours ms", ".3f"), ("roof_ms", "roof ms", ".3f"), ("x_roof", "ours/roof", ".2f"),
+           ("hf_ms", "HF ms", ".3f"), ("x_hf", "x HF", ".2f"), ("x_noskip", "x no-skip", ".2f"),
+           ("hf_block_x", "x HF blk", ".2f"), ("check", "check", "")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    H: int
+    I: int
+    E: int
+    k: int
+    shared: int = 0  # shared experts (DeepSeek: fused into one MLP of shared * I)
+
+
+SHAPES = [Shape("qwen3-30b-a3b", 2048, 768, 128, 8), Shape("mixtral-8x7b", 4096, 14336, 8, 2),
+          Shape("deepseek-v2-lite", 2048, 1408, 64, 6, 2)]
+
+
+def _plan(quick: bool, full: bool):
+    """[(shape, T, [(pattern, skip), ...])]: the default keeps the suite to a few minutes on 2 cores."""
+    q, mx, ds = SHAPES
+    if quick:
+        return [(q, T, [("uniform", 0.0), ("uniform", 0.88)]) for T in (1, 256)]
+    skips = [("uniform", s) for s in (0.0, 0.5, 0.8, 0.88)] + [("modes", 0.88), ("adversarial", 0.875)]
+    plan = [(q, T, skips) for T in (1, 16, 256, 4096)]
+    plan += [(mx, T, [("uniform", 0.0), ("uniform", 0.5), ("adversarial", 0.5)]) for T in ((1, 16, 256, 4096) if full
+                                                                                            else (1, 16, 256))]
+    plan += [(ds, T, [("uniform", 0.0), ("uniform", 0.8), ("modes", 0.88)]) for T in ((1, 16, 256, 4096) if full
+                                                                                       else (1, 16, 256))]
+    return plan
+
+
+# --------------------------------------------------------------------------------------- inputs
+def _routing(T, s: Shape, pattern, skip, g):
+    """(ids [T, k] int32 with -1 for skipped slots, weights [T, k] fp32)."""
+    from .. import moe
+
+    logits = torch.randn(T, s.E, generator=g)
+    ids, w = moe.route(logits, s.k)
+    n_skip = int(round(skip * T * s.k))
+    if pattern == "adversarial":  # one slot per token, distinct experts while they last
+        ids = torch.full_like(ids, -1)
+        ids[:, 0] = (torch.arange(T) % s.E).to(torch.int32)
+        return ids, w
+    if n_skip == 0:
+        return ids, w
+    if pattern == "uniform":
+        score = torch.rand(T * s.k, generator=g)
+    else:  # modes-like: alpha * w, vision tokens (every other) with half the alpha
+        alpha = torch.where(torch.arange(T) % 2 == 1, 0.5, 1.0)[:, None]
+        score = (alpha * w).reshape(-1)
+    drop = torch.argsort(score)[:n_skip]
+    flat = ids.reshape(-1).clone()
+    flat[drop] = -1
+    return flat.reshape(T, s.k), w
+
+
+def _weights(s: Shape, g):
+    """bf16 w13 [E, 2I, H], w2 [E, H, I] (std 0.02) and the shared expert's (w1, w3, w2) or None."""
+    w13 = (torch.randn(s.E, 2 * s.I, s.H, generator=g) * 0.02).to(torch.bfloat16)
+    w2 = (torch.randn(s.E, s.H, s.I, generator=g) * 0.02).to(torch.bfloat16)
+    shared = None
+    if s.shared:
+        Is = s.shared * s.I
+        shared = tuple((torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+                       for shape in ((Is, s.H), (Is, s.H), (s.H, Is)))
+    return w13, w2, shared
+
+
+def _hf_block(s: Shape, w13, w2, shared):
+    """The installed transformers' block for the shape, its parameters set to our tensors (no copy); or None."""
+    try:
+        if s.name.startswith("qwen3"):
+            from transformers import Qwen3MoeConfig
+            from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock as Block
+
+            cfg = Qwen3MoeConfig(hidden_size=s.H, moe_intermediate_size=s.I, num_experts=s.E,
+                                 num_experts_per_tok=s.k, norm_topk_prob=True)
+        elif s.name.startswith("mixtral"):
+            from transformers import MixtralConfig
+            from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as Block
+
+            cfg = MixtralConfig(hidden_size=s.H, intermediate_size=s.I, num_local_experts=s.E, num_experts_per_tok=s.k)
+        else:
+            from transformers import DeepseekV2Config
+            from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe as Block
+
+            cfg = DeepseekV2Config(hidden_size=s.H, moe_intermediate_size=s.I, n_routed_experts=s.E,
+                                   num_experts_per_tok=s.k, n_shared_experts=s.shared, topk_method="greedy",
+                                   n_group=1, topk_group=1)
+    except ImportError:
+        return None
+    with torch.device("meta"):
+        block = Block(cfg)
+    block = block.to_empty(device="cpu").to(torch.bfloat16)
+    block.experts.gate_up_proj = torch.nn.Parameter(w13, requires_grad=False)
+    block.experts.down_proj = torch.nn.Parameter(w2, requires_grad=False)
+    if shared is not None:
+        se = block.shared_experts
+        for lin, w in zip((se.gate_proj, se.up_proj, se.down_proj), shared):
+            lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    block.gate.weight.data.normal_(0, 0.02)
+    return block.eval()
+
+
+# ------------------------------------------------------------------------------------------ one row
+def _flops_gbps(s: Shape, reps: int) -> float:
+    """GFLOP/s of torch bf16 F.linear at M = 512 on the [2I, H] gate/up shape (the compute roof)."""
+    x = torch.randn(512, s.H).to(torch.bfloat16)
+    w = (torch.randn(2 * s.I, s.H) * 0.02).to(torch.bfloat16)
+    F.linear(x, w)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        F.linear(x, w)
+        ts.append(time.perf_counter() - t0)
+    return 2 * 512 * s.H * 2 * s.I / statistics.median(ts) / 1e9
+
+
+def _row(s, T, pattern, skip, tensors, bw_rd, gflops, flush, reps, block, g):
+    from .. import moe
+
+    w13, w2, shared = tensors
+    ids, w = _routing(T, s, pattern, skip, g)
+    x = (torch.randn(T, s.H, generator=g)).to(torch.bfloat16)
+    kw = {} if shared is None else dict(shared_w1=shared[0], shared_w3=shared[1], shared_w2=shared[2])
+    kept = int((ids >= 0).sum())
+    distinct = int(torch.unique(ids[ids >= 0]).numel())
+    expert_bytes = 3 * s.H * s.I * 2
+    nbytes = distinct * expert_bytes + (0 if shared is None else 3 * s.H * s.shared * s.I * 2)
+    flops = 2 * 3 * s.H * s.I * (kept + (T * s.shared if shared is not None else 0))
+    ours = lambda: moe.experts(x, w13, w2, ids, w, **kw)  # noqa: E731
+    r = dict(model=s.name, T=T, pattern=pattern, skip=1 - kept / (T * s.k), kept=kept, experts=distinct,
+             mb=nbytes / 1e6)
+    y = ours()
+    r["ours_ms"] = median_us_cold(ours, reps, flush) / 1e3
+    r["roof_ms"] = max(nbytes / bw_rd / 1e6, flops / gflops / 1e6)
+    r["x_roof"] = r["ours_ms"] / r["roof_ms"]
+    if block is not None:
+        ids_hf = ids.long().masked_fill(ids < 0, s.E)  # HF's expert loop skips id E
+        w_hf = w.to(torch.bfloat16)
+
+        def hf():
+            with torch.no_grad():
+                out = block.experts(x, ids_hf, w_hf)
+                return out + block.shared_experts(x) if shared is not None else out
+
+        r["hf_ms"] = median_us_cold(hf, max(3, reps // 2), flush) / 1e3
+        r["x_hf"] = r["hf_ms"] / r["ours_ms"]
+        err = (hf().float() - y.float()).abs().max().item()
+        scale = y.float().abs().max().item() + 1e-30
+        r["check"] = "ok" if err <= 2.0**-5 * scale else f"err {err:.3g}"
+    return r
+
+
+def _block_ratio(s, T, tensors, flush, reps, block, g):
+    """HF block forward time / ours (route + experts) at no skip, router included on both sides."""
+    from .. import moe
+
+    w13, w2, shared = tensors
+    x = torch.randn(T, s.H, generator=g).to(torch.bfloat16)
+    kw = {} if shared is None else dict(shared_w1=shared[0], shared_w3=shared[1], shared_w2=shared[2])
+
+    def ours():
+        logits = F.linear(x, block.gate.weight)
+        return moe.moe_forward(x, logits, w13, w2, s.k, **kw)
+
+    def hf():
+        with torch.no_grad():
+            return block(x[None])
+
+    return median_us_cold(hf, max(3, reps // 2), flush) / median_us_cold(ours, reps, flush)
+
+
+def _all_skipped_us(s, tensors, reps) -> float:
+    """One layer call at T = 1 with every slot skipped (no shared expert): dispatch overhead only."""
+    from .. import moe
+
+    w13, w2, _ = tensors
+    x = torch.randn(1, s.H).to(torch.bfloat16)
+    ids = torch.full((1, s.k), -1, dtype=torch.int32)
+    w = torch.zeros(1, s.k)
+    moe.experts(x, w13, w2, ids, w)
+    ts = []
+    for _ in range(max(50, reps * 20)):
+        t0 = time.perf_counter()
+        moe.experts(x, w13, w2, ids, w)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e6
+
+
+def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None,
+        aot: bool = True, bw_gbps=None, output_cache_mb: int = 0, out=print) -> BenchResult:
+    """Run the MoE bench and print its section (CPU; GPU: bench/gpu_check.sh)."""
+    import leankern
+
+    if str(device).startswith("cuda"):
+        out("== moe == on CUDA: not timed by this module (the Triton kernels are AOT-checked in the tests)")
+        return BenchResult([], 0.0, device)
+    bw_rd = measure_read_bandwidth()
+    reps = 3 if quick else 5
+    out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB): "
+        f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | moe_experts runs on: "
+        f"{leankern.backend_for('moe_experts', 'cpu')}")
+    flush = ColdCache()
+    rows, notes = [], []
+    current = None
+    for s, T, cases in _plan(quick, full):
+        g = torch.Generator().manual_seed(T)
+        if current is None or current[0] != s:
+            current = None  # free the previous layer's weights first
+            tensors = _weights(s, torch.Generator().manual_seed(7))
+            gflops = _flops_gbps(s, reps)
+            current = (s, tensors, _hf_block(s, *tensors), gflops)
+            notes.append(f"{s.name}: torch bf16 F.linear at M = 512 on [{2 * s.I}, {s.H}]: {gflops:.1f} GFLOP/s; "
+                         f"all slots skipped at T = 1: {_all_skipped_us(s, tensors, reps):.1f} us per call")
+        _, tensors, block, gflops = current
+        base = None
+        for pattern, skip in cases:
+            r = _row(s, T, pattern, skip, tensors, bw_rd, gflops, flush, reps, block, g)
+            if skip == 0.0:
+                base = r["ours_ms"]
+                if block is not None:
+                    r["hf_block_x"] = _block_ratio(s, T, tensors, flush, reps, block, g)
+            if base is not None:
+                r["x_noskip"] = base / r["ours_ms"]
+            rows.append(r)
+            out(format_table([r], COLUMNS).splitlines()[-1] if len(rows) > 1 else format_table([r], COLUMNS))
+    out("")
+    out(format_table(rows, COLUMNS))
+    for n in notes:
+        out(n)
+    out("bf16 weights and activations, weights cold. MB read: weight bytes of the distinct experts touched (+ shared). "
+        "x HF = HF experts time / ours (same ids; skipped slots given to HF as id E, which its loop skips); x HF blk = "
+        "whole HF block / ours (route + experts) at skip 0; x no-skip = our time at skip 0 / this row's.")
+    if csv_path:
+        write_csv(csv_path, rows, {"family": FAMILY, "read_bw_gbps": bw_rd, "cpu": cpu_model(), "isa": cpu_isa()})
+        out(f"wrote {csv_path}")
+    if plot_path:
+        _plot(rows, plot_path)
+        out(f"wrote {plot_path}")
+    return BenchResult(rows, bw_rd, device)
+
+
+def _plot(rows, path) -> None:
+    """Time against skip ratio (uniform pattern), one line per (model, T), normalised to no skip."""
+    from .harness import import_pyplot
+
+    plt = import_pyplot(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = sorted({(r["model"], r["T"]) for r in rows if r["pattern"] == "uniform"})
+    for model, T in keys:
+        pts = sorted((r["skip"], r["ours_ms"]) for r in rows if (r["model"], r["T"], r["pattern"]) ==
+                     (model, T, "uniform"))
+        if len(pts) > 1 and pts[0][0] == 0.0:
+            ax.plot([p[0] for p in pts], [p[1] / pts[0][1] for p in pts], marker="o", label=f"{model} T={T}")
+    ax.plot([0, 0.88], [1, 0.12], ls=":", c="gray", label="time proportional to kept pairs")
+    ax.set_xlabel("skip ratio (skipped slots / all slots)")
+    ax.set_ylabel("time / time at no skip")
+    ax.set_title(f"leankern.moe.experts on {cpu_model()}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def tiny_calls(device: str = "cpu") -> list:
+    """The MoE ops on tiny inputs: T = 1, E = 8, k = 2, H = 64, I = 32."""
+    from .. import moe
+    from .overhead import TinyCall
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 8, generator=g, device=device)
+    x = torch.randn(1, 64, generator=g, device=device)
+    w13 = torch.randn(8, 64, 64, generator=g, device=device)
+    w2 = torch.randn(8, 64, 32, generator=g, device=device)
+    ids, w = moe.route(logits, 2)
+    return [
+        TinyCall("moe_route", "T=1, E=8, k=2", lambda: torch.ops.leankern.moe_route(
+            logits, 2, "softmax", True, 1, 1, None, 1.0, "none", [], None, False), "moe.route",
+            lambda: moe.route(logits, 2), "torch.topk(softmax)", lambda: torch.topk(torch.softmax(logits, -1), 2)),
+        TinyCall("moe_experts", "T=1, 2 experts of 64x32", lambda: torch.ops.leankern.moe_experts(
+            x, w13, w2, ids, w, None, None, "silu", 1.702, 7.0, False, None, None, None, None), "moe.experts",
+            lambda: moe.experts(x, w13, w2, ids, w), "F.linear x 2", lambda: F.linear(F.linear(x, w13[0]), w13[1])),
+    ]
+
+
+def main(argv=None) -> int:
+    """``python bench/bench_moe.py [--quick | --full]``: this family's section only."""
+    from . import bench_main
+
+    return bench_main(argv, families=(FAMILY,), prog="bench_moe.py")
