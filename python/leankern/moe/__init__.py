@@ -182,3 +182,6 @@ from .calibration import calibrate_alpha  # noqa: E402
 
 __all__ += ["patch_model", "unpatch_model", "skip_stats", "reset_skip_stats", "set_ablation", "clear_ablation",
             "set_skip_config", "calibrate_alpha"]
+from .quantized import QuantizedExperts, quantize_experts, quantized_experts  # noqa: E402
+
+__all__ += ["QuantizedExperts", "quantize_experts", "quantized_experts"]

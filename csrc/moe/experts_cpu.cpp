@@ -1,0 +1,417 @@
+// CPU kernel of leankern::moe_experts (schema and numerics: python/leankern/moe/ops.py, ref.experts_ref).
+//
+// 1. Checks (checks.h), then the ids' values (range, duplicates) before any weight is read.
+// 2. Per-expert lists of kept slots (histogram + prefix sum, ascending slots): only experts with a kept slot get
+//    work; the others' weights are never touched.
+// 3. Decode experts (few kept tokens: use_gemv) and the shared expert when T is that small: GEMV
+//    (kernels.h) over one flat list of row blocks of every touched projection, handed out to both cores:
+//    w13 rows (gate/up), then the activation, then w2 rows. Each weight row is streamed once for all of its
+//    expert's tokens; T = 1 with k = 8 splits evenly over the threads.
+// 4. Prefill experts (more tokens): the expert's token rows gathered, two fp32 GEMMs (at::mm on the expert's
+//    weight slice, a view; bf16 / fp16 weights converted panel by panel into an fp32 buffer first, because
+//    torch's bf16 GEMM on a CPU without AVX512-BF16 runs ~7x slower than its fp32 GEMM), activation in between,
+//    and (y + b2) * w added to an fp32 [T, H] accumulator, experts in ascending order (deterministic).
+// 5. Combine per token: prefill accumulator, then the decode slots in slot order, then gate * shared output.
+//    Everything is fp32 until the final cast to hidden's dtype: the activation is never rounded to the weight
+//    dtype.
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "common/parallel.h"
+#include "moe/checks.h"
+#include "moe/kernels.h"
+#include "moe/vec.h"
+
+namespace leankern {
+namespace moe {
+namespace {
+
+// GEMV path for an expert with n kept tokens when n <= kDecodeMinTokens or its n fp32 input rows fit in
+// kDecodeInputBytes (half of a Zen 2 L2: the tile kernel re-reads them for every row quad). Measured on Zen 2
+// (H = 2048, I = 768, bf16): the GEMV path is 2.5x faster than convert + fp32 GEMM at n = 16, equal at n = 64.
+constexpr int64_t kDecodeMinTokens = 8;
+constexpr int64_t kDecodeInputBytes = 512 << 10;
+inline bool use_gemv(int64_t n, int64_t C) { return n <= kDecodeMinTokens || n * C * 4 <= kDecodeInputBytes; }
+constexpr int64_t kRowBlock = 64;         // rows of a projection per task (a multiple of every ISA's column strip)
+constexpr int64_t kPanelBytes = 16 << 20;  // fp32 panel of converted weights in the prefill path
+
+int dtype_code(at::ScalarType st) { return st == at::kFloat ? kF32 : st == at::kBFloat16 ? kBF16 : kF16; }
+
+inline float load_any(const void* p, int dt, int64_t i) {
+  return dt == kF32 ? load1<kF32>(p, i) : dt == kBF16 ? load1<kBF16>(p, i) : load1<kF16>(p, i);
+}
+
+// A weight matrix W [R, C]: rows contiguous (W(r, c) = p[r * ld + c]) or columns contiguous (p[c * ld + r]).
+struct Mat {
+  const void* p;
+  int dt;
+  int64_t ld;
+  bool cols;
+  int64_t R, C;
+};
+
+// 2D view -> Mat (false when neither rows nor columns are contiguous).
+bool mat_of(const at::Tensor& w, Mat& m) {
+  const int64_t R = w.size(0), C = w.size(1);
+  m = Mat{w.data_ptr(), dtype_code(w.scalar_type()), 0, false, R, C};
+  if (C == 1 || w.stride(1) == 1) {
+    m.ld = w.stride(0);
+  } else if (R == 1 || w.stride(0) == 1) {
+    m.cols = true;
+    m.ld = w.stride(1);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+struct Job {
+  Mat m;
+  int64_t n;              // vectors
+  const float* const* xs;  // [n] input rows (C floats each)
+  float* const* outs;      // [n] output rows (R floats each)
+};
+
+void run_jobs(const MoeKernels& K, const std::vector<Job>& jobs) {
+  std::vector<std::pair<int32_t, int64_t>> blocks;  // (job, first row)
+  for (size_t j = 0; j < jobs.size(); ++j)
+    for (int64_t r = 0; r < jobs[j].m.R; r += kRowBlock) blocks.emplace_back((int32_t)j, r);
+  cpu::parallel_chunks((int64_t)blocks.size(), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const Job& jb = jobs[blocks[b].first];
+      const int64_t r0 = blocks[b].second, r1 = std::min(jb.m.R, r0 + kRowBlock);
+      (jb.m.cols ? K.gemv_cols : K.gemv_rows)(jb.m.p, jb.m.dt, jb.m.ld, r0, r1, jb.m.C, jb.xs, jb.n, jb.outs);
+    }
+  });
+}
+
+struct Act {
+  bool oai, interleaved;
+  float alpha, limit;
+};
+
+// a[i] = act(gate_i + b_gate, up_i + b_up), i < I, from gu [2I] (ref.activation_ref, fp32).
+void activate_row(const Act& ac, const float* gu, const void* bias, int bdt, int64_t I, float* a) {
+  for (int64_t i = 0; i < I; ++i) {
+    const int64_t gi = ac.interleaved ? 2 * i : i, ui = ac.interleaved ? 2 * i + 1 : I + i;
+    float g = gu[gi], u = gu[ui];
+    if (bias != nullptr) {
+      g = g + load_any(bias, bdt, gi);
+      u = u + load_any(bias, bdt, ui);
+    }
+    if (!ac.oai) {
+      a[i] = g / (1.0f + std::exp(-g)) * u;
+    } else {
+      g = g > ac.limit ? ac.limit : g;  // clamp(max=limit); NaN stays NaN
+      u = u < -ac.limit ? -ac.limit : (u > ac.limit ? ac.limit : u);
+      const float z = g * ac.alpha;
+      a[i] = g * (1.0f / (1.0f + std::exp(-z))) * (u + 1.0f);
+    }
+  }
+}
+
+// out [n, R] = X [n, C] @ W^T with W [R, C] a (strided) view in any float dtype: at::mm in fp32, converting
+// half-precision weights panel by panel into buf (fp32).
+void project(const at::Tensor& X, const at::Tensor& W, at::Tensor out, at::Tensor& buf) {
+  if (W.scalar_type() == at::kFloat) {
+    at::mm_out(out, X, W.t());
+    return;
+  }
+  const int64_t R = W.size(0), C = W.size(1);
+  const int64_t prow = std::min(R, std::max<int64_t>(64, kPanelBytes / (4 * C) / 64 * 64));
+  if (!buf.defined() || buf.numel() < prow * C) buf = at::empty({prow * C}, X.options());
+  const bool rows = C == 1 || W.stride(1) == 1;
+  for (int64_t r0 = 0; r0 < R; r0 += prow) {
+    const int64_t nr = std::min(prow, R - r0);
+    const at::Tensor Wp = W.narrow(0, r0, nr);
+    at::Tensor rhs;
+    if (rows) {
+      at::Tensor bv = buf.narrow(0, 0, nr * C).view({nr, C});
+      bv.copy_(Wp);
+      rhs = bv.t();
+    } else {  // transposed view: keep its memory order (a row-wise copy), the GEMM reads the transpose
+      rhs = buf.narrow(0, 0, nr * C).view({C, nr});
+      rhs.copy_(Wp.t());
+    }
+    at::Tensor dst = out.narrow(1, r0, nr);  // strided (ld = out.stride(0)): BLAS writes it in place
+    at::mm_out(dst, X, rhs);
+  }
+}
+
+struct Problem {
+  int64_t T, H, E, I, k, Is;
+  const float* x;    // [T, H] fp32
+  const int32_t* ids;
+  const float* tw;   // [T, k]
+  at::Tensor w13, w2;  // [E, 2I, H], [E, H, I]
+  const void* b13;
+  int b13dt;
+  int64_t b13_ld;
+  const void* b2;
+  int b2dt;
+  int64_t b2_ld;
+  Act act;
+  bool shared;
+  at::Tensor sw1, sw3, sw2;  // rows or columns contiguous
+  std::vector<float> sgate;  // [T] sigmoid(x . shared_gate), or empty (no gate)
+};
+
+at::Tensor expert_view(const at::Tensor& w, int64_t e) { return w.select(0, e); }
+
+// Prefill expert e: tokens of its pairs (slots `slots`), accumulated into acc [T, H].
+void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n, float* acc, at::Tensor& buf,
+                    const at::Tensor& xf) {
+  auto opts = xf.options();
+  at::Tensor idx = at::empty({n}, opts.dtype(at::kLong));
+  int64_t* ip = idx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) ip[i] = slots[i] / P.k;
+  const at::Tensor X = xf.index_select(0, idx);
+  at::Tensor gu = at::empty({n, 2 * P.I}, opts), a = at::empty({n, P.I}, opts), y = at::empty({n, P.H}, opts);
+  project(X, expert_view(P.w13, e), gu, buf);
+  const float* gp = gu.data_ptr<float>();
+  float* apt = a.data_ptr<float>();
+  const void* b13 = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
+  cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) activate_row(P.act, gp + i * 2 * P.I, b13, P.b13dt, P.I, apt + i * P.I);
+  });
+  project(a, expert_view(P.w2, e), y, buf);
+  const float* yp = y.data_ptr<float>();
+  const void* b2 = P.b2 ? (const char*)P.b2 + e * P.b2_ld * (P.b2dt == kF32 ? 4 : 2) : nullptr;
+  cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {  // tokens of one expert are distinct: no race
+    for (int64_t i = i0; i < i1; ++i) {
+      const float w = P.tw[slots[i]];
+      float* o = acc + ip[i] * P.H;
+      const float* yr = yp + i * P.H;
+      if (b2 != nullptr) {
+        for (int64_t h = 0; h < P.H; ++h) o[h] += (yr[h] + load_any(b2, P.b2dt, h)) * w;
+      } else {
+        for (int64_t h = 0; h < P.H; ++h) o[h] += yr[h] * w;
+      }
+    }
+  });
+}
+
+// Shared expert over all T tokens with at::mm: ys [T, H].
+void shared_prefill(const Problem& P, const at::Tensor& xf, at::Tensor& buf, float* ys) {
+  auto opts = xf.options();
+  at::Tensor gu = at::empty({P.T, 2 * P.Is}, opts), a = at::empty({P.T, P.Is}, opts);
+  project(xf, P.sw1, gu.narrow(1, 0, P.Is), buf);
+  project(xf, P.sw3, gu.narrow(1, P.Is, P.Is), buf);
+  const Act silu{false, false, 0.f, 0.f};
+  const float* gp = gu.data_ptr<float>();
+  float* apt = a.data_ptr<float>();
+  cpu::parallel_chunks(P.T, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) activate_row(silu, gp + i * 2 * P.Is, nullptr, 0, P.Is, apt + i * P.Is);
+  });
+  project(a, P.sw2, at::from_blob(ys, {P.T, P.H}, opts), buf);
+}
+
+Mat expert_mat(const at::Tensor& w, int64_t e) {
+  Mat m;
+  mat_of(w.select(0, e), m);  // checked: rows or columns contiguous
+  return m;
+}
+
+// GEMV path: decode experts `dec` (expert ids) with their slot lists, and the shared expert if `with_shared`.
+// Writes y [pair rows, H] in the order of dec's pairs and ys [T, H].
+void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::vector<int64_t>& offs,
+                const std::vector<int64_t>& slots, bool with_shared, float* y, float* ys) {
+  const int64_t I = P.I, H = P.H, T = P.T, Is = P.Is;
+  int64_t npairs = 0;
+  for (int64_t e : dec) npairs += offs[e + 1] - offs[e];
+  const int64_t ns = with_shared ? T : 0;
+  std::vector<float> gu(npairs * 2 * I + ns * 2 * Is), a(npairs * I + ns * Is);
+  std::vector<const float*> xs1(npairs + 2 * ns), xs2(npairs + ns);
+  std::vector<float*> o1(npairs + 2 * ns), o2(npairs + ns);
+  std::vector<Job> jobs1, jobs2;
+  int64_t p = 0;
+  for (int64_t e : dec) {
+    const int64_t n = offs[e + 1] - offs[e];
+    for (int64_t i = 0; i < n; ++i) {
+      xs1[p + i] = P.x + slots[offs[e] + i] / P.k * H;
+      o1[p + i] = gu.data() + (p + i) * 2 * I;
+      xs2[p + i] = a.data() + (p + i) * I;
+      o2[p + i] = y + (p + i) * H;
+    }
+    jobs1.push_back(Job{expert_mat(P.w13, e), n, &xs1[p], &o1[p]});
+    jobs2.push_back(Job{expert_mat(P.w2, e), n, &xs2[p], &o2[p]});
+    p += n;
+  }
+  float* gus = gu.data() + npairs * 2 * I;
+  float* as = a.data() + npairs * I;
+  if (with_shared) {
+    for (int64_t t = 0; t < T; ++t) {
+      xs1[npairs + t] = xs1[npairs + T + t] = P.x + t * H;
+      o1[npairs + t] = gus + t * 2 * Is;
+      o1[npairs + T + t] = gus + t * 2 * Is + Is;
+      xs2[npairs + t] = as + t * Is;
+      o2[npairs + t] = ys + t * H;
+    }
+    Mat m1, m3, m2;
+    mat_of(P.sw1, m1);
+    mat_of(P.sw3, m3);
+    mat_of(P.sw2, m2);
+    jobs1.push_back(Job{m1, T, &xs1[npairs], &o1[npairs]});
+    jobs1.push_back(Job{m3, T, &xs1[npairs + T], &o1[npairs + T]});
+    jobs2.push_back(Job{m2, T, &xs2[npairs], &o2[npairs]});
+  }
+  const MoeKernels& K = active_kernels();
+  run_jobs(K, jobs1);
+  // activation rows: decode pairs then the shared rows
+  std::vector<std::pair<int64_t, int64_t>> pair_expert(npairs);
+  p = 0;
+  for (int64_t e : dec)
+    for (int64_t i = offs[e]; i < offs[e + 1]; ++i) pair_expert[p++] = {e, i};
+  const Act silu{false, false, 0.f, 0.f};
+  cpu::parallel_chunks(npairs + ns, std::max<int64_t>(4, 32768 / std::max(I, Is)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (r < npairs) {
+        const int64_t e = pair_expert[r].first;
+        const void* b = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
+        activate_row(P.act, gu.data() + r * 2 * I, b, P.b13dt, I, a.data() + r * I);
+      } else {
+        const int64_t t = r - npairs;
+        activate_row(silu, gus + t * 2 * Is, nullptr, 0, Is, as + t * Is);
+      }
+    }
+  });
+  run_jobs(K, jobs2);
+}
+
+at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, const at::Tensor& w2,
+                           const at::Tensor& topk_ids, const at::Tensor& topk_weights,
+                           const std::optional<at::Tensor>& w13_bias, const std::optional<at::Tensor>& w2_bias,
+                           c10::string_view activation, double swiglu_alpha, double swiglu_limit, bool interleaved,
+                           const std::optional<at::Tensor>& shared_w1, const std::optional<at::Tensor>& shared_w3,
+                           const std::optional<at::Tensor>& shared_w2, const std::optional<at::Tensor>& shared_gate) {
+  check_experts(hidden, w13, w2, topk_ids, topk_weights, w13_bias, w2_bias, activation, swiglu_alpha, swiglu_limit,
+                shared_w1, shared_w3, shared_w2, shared_gate);
+  const at::Tensor ids_c = topk_ids.contiguous();
+  const int64_t T = hidden.size(0), H = hidden.size(1), E = w13.size(0), I = w13.size(1) / 2, k = ids_c.size(1);
+  const int32_t* ids = ids_c.data_ptr<int32_t>();
+  check_ids_values(ids, T * k, k, E, "topk_ids", true);
+  const bool shared = shared_w1.has_value();
+  // kept slots grouped by expert, ascending
+  std::vector<int64_t> offs(E + 1, 0);
+  for (int64_t s = 0; s < T * k; ++s)
+    if (ids[s] >= 0) ++offs[ids[s] + 1];
+  for (int64_t e = 0; e < E; ++e) offs[e + 1] += offs[e];
+  const int64_t kept = offs[E];
+  if (T == 0 || (kept == 0 && !shared)) return at::zeros({T, H}, hidden.options());
+  std::vector<int64_t> slots(kept), fill(offs.begin(), offs.end() - 1);
+  for (int64_t s = 0; s < T * k; ++s)
+    if (ids[s] >= 0) slots[fill[ids[s]]++] = s;
+
+  const at::Tensor xf = hidden.to(at::kFloat).contiguous();
+  const at::Tensor tw_c = topk_weights.contiguous();
+  Problem P;
+  P.T = T, P.H = H, P.E = E, P.I = I, P.k = k, P.Is = shared ? shared_w1->size(0) : 0;
+  P.x = xf.data_ptr<float>();
+  P.ids = ids;
+  P.tw = tw_c.data_ptr<float>();
+  P.w13 = w13, P.w2 = w2;
+  P.b13 = w13_bias ? w13_bias->data_ptr() : nullptr;
+  P.b13dt = w13_bias ? dtype_code(w13_bias->scalar_type()) : 0;
+  P.b13_ld = w13_bias ? w13_bias->stride(0) : 0;
+  P.b2 = w2_bias ? w2_bias->data_ptr() : nullptr;
+  P.b2dt = w2_bias ? dtype_code(w2_bias->scalar_type()) : 0;
+  P.b2_ld = w2_bias ? w2_bias->stride(0) : 0;
+  P.act = Act{activation == "swiglu_oai", interleaved, (float)swiglu_alpha, (float)swiglu_limit};
+  P.shared = shared;
+  if (shared) {
+    Mat m;
+    auto usable = [&](const at::Tensor& t) { return mat_of(t, m) ? t : t.contiguous(); };
+    P.sw1 = usable(*shared_w1), P.sw3 = usable(*shared_w3), P.sw2 = usable(*shared_w2);
+    if (shared_gate.has_value()) {
+      const at::Tensor g = shared_gate->reshape({H}).to(at::kFloat).contiguous();
+      const float* gp = g.data_ptr<float>();
+      P.sgate.resize(T);
+      for (int64_t t = 0; t < T; ++t) {
+        double d = 0;
+        for (int64_t h = 0; h < H; ++h) d += (double)P.x[t * H + h] * gp[h];
+        P.sgate[t] = 1.0f / (1.0f + std::exp(-(float)d));
+      }
+    }
+  }
+  // decode / prefill split
+  std::vector<int64_t> dec, pre;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = offs[e + 1] - offs[e];
+    if (n > 0) (use_gemv(n, std::max(H, I)) ? dec : pre).push_back(e);
+  }
+  const bool shared_dec = shared && use_gemv(T, std::max(H, P.Is));
+  std::vector<int32_t> slot_row(T * k, -1);  // slot -> row of y (decode pairs)
+  int64_t ndec = 0;
+  for (int64_t e : dec)
+    for (int64_t i = offs[e]; i < offs[e + 1]; ++i) slot_row[slots[i]] = (int32_t)ndec++;
+  at::Tensor y = at::empty({ndec, H}, xf.options());
+  at::Tensor ys = shared ? at::empty({T, H}, xf.options()) : at::Tensor();
+  float* yp = y.data_ptr<float>();
+  float* ysp = shared ? ys.data_ptr<float>() : nullptr;
+  if (!dec.empty() || shared_dec) decode_all(P, dec, offs, slots, shared_dec, yp, ysp);
+  at::Tensor buf;
+  if (shared && !shared_dec) shared_prefill(P, xf, buf, ysp);
+  at::Tensor acc;
+  if (!pre.empty()) {
+    acc = at::zeros({T, H}, xf.options());
+    for (int64_t e : pre) prefill_expert(P, e, slots.data() + offs[e], offs[e + 1] - offs[e], acc.data_ptr<float>(),
+                                         buf, xf);
+  }
+  // combine per token: prefill sum, decode slots in slot order, shared expert
+  at::Tensor out = at::empty({T, H}, hidden.options());
+  const int odt = dtype_code(hidden.scalar_type());
+  const float* accp = acc.defined() ? acc.data_ptr<float>() : nullptr;
+  const float* twp = P.tw;
+  // chunks of >= ~64K multiply-adds: a small call stays on one thread (no fork / join)
+  cpu::parallel_chunks(T, std::max<int64_t>(1, 65536 / (H * (k + 1))), [&](int64_t t0, int64_t t1) {
+    std::vector<float> row(odt == kF32 ? 0 : H);
+    for (int64_t t = t0; t < t1; ++t) {
+      float* o = odt == kF32 ? out.data_ptr<float>() + t * H : row.data();
+      if (accp) std::copy(accp + t * H, accp + (t + 1) * H, o);
+      else std::fill(o, o + H, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t r = slot_row[t * k + j];
+        if (r < 0) continue;
+        const float w = twp[t * k + j];
+        const float* yr = yp + r * H;
+        if (P.b2) {
+          const void* b = (const char*)P.b2 + ids[t * k + j] * P.b2_ld * (P.b2dt == kF32 ? 4 : 2);
+          for (int64_t h = 0; h < H; ++h) o[h] += (yr[h] + load_any(b, P.b2dt, h)) * w;
+        } else {
+          for (int64_t h = 0; h < H; ++h) o[h] += yr[h] * w;
+        }
+      }
+      if (shared) {
+        const float* s = ysp + t * H;
+        if (!P.sgate.empty()) {
+          const float g = P.sgate[t];
+          for (int64_t h = 0; h < H; ++h) o[h] += s[h] * g;
+        } else {
+          for (int64_t h = 0; h < H; ++h) o[h] += s[h];
+        }
+      }
+      if (odt == kBF16) {
+        auto* d = reinterpret_cast<c10::BFloat16*>(out.data_ptr()) + t * H;
+        for (int64_t h = 0; h < H; ++h) d[h] = c10::BFloat16(o[h]);
+      } else if (odt == kF16) {
+        auto* d = reinterpret_cast<c10::Half*>(out.data_ptr()) + t * H;
+        for (int64_t h = 0; h < H; ++h) d[h] = c10::Half(o[h]);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("moe_experts", &moe_experts_cpu); }
+
+}  // namespace moe
+}  // namespace leankern

@@ -1,0 +1,581 @@
+"""The MoE C++ CPU kernels (csrc/moe/), under every ISA this CPU runs, against leankern.moe.ref.
+
+* moe_route: ids and weights bit-equal to the reference (ties to the lowest id, NaN logits, groups, correction
+  bias, routed scaling), fused skip rules: the scores are torch's own softmax / sigmoid and the renormalising sums
+  torch.sum of the gathered weights, so a skip threshold sees the reference's exact weights.
+* moe_skip: ids and weights bit-equal (the same fp32 / fp64 operations in the same order), every rule.
+* moe_align: bit-equal, block_m 1 / 3 / 16, expert_map.
+* moe_experts: within the derived bound of :func:`experts_bound`, weights fp32 / bf16 / fp16, hidden of another
+  dtype, the decode (GEMV) and prefill (GEMM) paths, transposed-view weights (gpt-oss), biases, swiglu_oai,
+  interleaved gate/up, shared expert with gate, zero / all kept pairs, NaN in untouched experts.
+* bad arguments: the same exception type and message as the Python checks (the "ref" backend).
+* opcheck of each op; torch.compile(fullgraph=True) of route + experts.
+
+Each ISA test forces one ISA with ``leankern._C.set_cpu_isa`` ("auto" again afterwards); the C++ ops are reached
+with ``leankern.use_backend("cpp")``, the reference with ``use_backend("ref")``.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import leankern
+from leankern import moe
+from leankern.moe import ref
+from mx_cases import skip_unless_cpp
+
+OPS = torch.ops.leankern
+EXT = leankern.extension()
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+U = 2.0**-24  # fp32 unit roundoff
+REL_SPACING = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+TINY = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}
+
+pytestmark = pytest.mark.skipif(EXT is None, reason="leankern._C not loaded")
+
+
+@pytest.fixture(params=("avx512", "avx2", "scalar"))
+def isa(request):
+    """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards."""
+    skip_unless_cpp()
+    if request.param not in EXT.supported_isas():
+        pytest.skip(f"this CPU does not support {request.param} (it has: {EXT.cpu_features()})")
+    EXT.set_cpu_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        EXT.set_cpu_isa("auto")
+
+
+def run(backend: str, fn, *args, **kwargs):
+    with leankern.use_backend(backend):
+        return fn(*args, **kwargs)
+
+
+def both(fn, *args, **kwargs):
+    return run("cpp", fn, *args, **kwargs), run("ref", fn, *args, **kwargs)
+
+
+def same_error(fn, *args, **kwargs) -> None:
+    """fn raises on both backends, with the same exception type and message."""
+    errs = []
+    for backend in ("ref", "cpp"):
+        with pytest.raises((ValueError, TypeError)) as info:
+            run(backend, fn, *args, **kwargs)
+        errs.append((info.type, str(info.value)))
+    assert errs[0] == errs[1]
+
+
+# ------------------------------------------------------------------------------------------- route
+ROUTE_CASES = {
+    "softmax": dict(),
+    "softmax-norenorm": dict(renormalize=False),
+    "sigmoid-groups-bias": dict(scoring="sigmoid", n_group=8, topk_group=3, correction_bias="bias",
+                                routed_scaling_factor=2.5),
+    "sigmoid-groups-max": dict(scoring="sigmoid", n_group=4, topk_group=2, renormalize=False),
+    "softmax-modes": dict(skip_rule="modes", skip_params=[1.0, 0.5, 0.1, 0.04], modality="modality"),
+    "softmax-naee": dict(skip_rule="naee", skip_params=[0.3]),
+    "sigmoid-top_p-renorm": dict(scoring="sigmoid", skip_rule="top_p", skip_params=[0.7], skip_renormalize=True),
+}
+
+
+def _logits(T: int, E: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Gaussian logits with exact ties (repeated values), a NaN, a -inf and an all-equal row."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(T, E, generator=g)
+    z[:, E // 2:] = z[:, : E - E // 2][:, : E // 2].clone()  # every value twice: ties everywhere
+    if T > 2:
+        z[1, 3] = float("nan")
+        z[2, 5] = float("-inf")
+        z[0] = 0.25
+    return z.to(dtype)
+
+
+@pytest.mark.parametrize("case", list(ROUTE_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "bf16", "f16"))
+def test_route_matches_reference(case, dtype):
+    skip_unless_cpp()
+    T, E, k = 37, 64, 6
+    kw = dict(ROUTE_CASES[case])
+    if kw.get("correction_bias") == "bias":
+        kw["correction_bias"] = (torch.randn(E, generator=torch.Generator().manual_seed(1)) * 0.1).to(dtype)
+    if kw.get("modality") == "modality":
+        kw["modality"] = torch.arange(T, dtype=torch.int32) % 3
+    z = _logits(T, E, dtype, seed=3)
+    (ids, w), (rids, rw) = both(moe.route, z, k, **kw)
+    assert ids.dtype == torch.int32 and w.dtype == torch.float32
+    assert torch.equal(ids, rids)
+    torch.testing.assert_close(w, rw, atol=0, rtol=0, equal_nan=True)
+
+
+def test_route_all_nan_row_picks_lowest_ids():
+    skip_unless_cpp()
+    z = torch.full((2, 16), float("nan"))
+    z[1, 7] = 1.0
+    (ids, _), (rids, _) = both(moe.route, z, 4)
+    assert torch.equal(ids, rids) and ids[0].tolist() == [0, 1, 2, 3]
+
+
+# -------------------------------------------------------------------------------------------- skip
+SKIP_CASES = [("none", {}), ("modes", dict(alpha=(1.0, 0.5), tau=(0.12, 0.05))), ("naee", dict(beta=0.3)),
+              ("top_p", dict(p=0.6)), ("top_p", dict(p=1.0)), ("min_p", dict(p=0.25)), ("top_k", dict(k=2)),
+              ("top_k", dict(k=9))]
+
+
+def _routed(T: int, E: int, k: int, seed: int):
+    """ids / weights with skipped slots, an id < -1 (read as skipped), equal weights (rank ties)."""
+    g = torch.Generator().manual_seed(seed)
+    ids, w = ref.route_ref(torch.randn(T, E, generator=g), k)
+    drop = torch.rand(T, k, generator=g) < 0.2
+    ids = ids.masked_fill(drop, -1)
+    w = w.masked_fill(drop, 0.0)
+    if T > 3:
+        ids[0, 1] = -7
+        w[1, 1:3] = w[1, 0]  # ties in the weight ranking
+        w[2, 0] = 0.0
+    return ids, w
+
+
+@pytest.mark.parametrize("rule,kw", SKIP_CASES, ids=[f"{r}-{list(k.values())}" for r, k in SKIP_CASES])
+@pytest.mark.parametrize("renormalize", [False, True])
+@pytest.mark.parametrize("with_modality", [False, True])
+def test_skip_bitexact(rule, kw, renormalize, with_modality):
+    skip_unless_cpp()
+    T, E, k = 41, 32, 8
+    ids, w = _routed(T, E, k, seed=5)
+    modality = torch.randint(0, 3, (T,), generator=torch.Generator().manual_seed(2), dtype=torch.int32) \
+        if with_modality else None
+    (i1, w1), (i2, w2) = both(moe.skip, ids, w, rule, modality=modality, renormalize=renormalize, **kw)
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(w1, w2, atol=0, rtol=0, equal_nan=True)
+    assert torch.equal(ids, _routed(T, E, k, seed=5)[0])  # inputs untouched
+
+
+# ------------------------------------------------------------------------------------------- align
+@pytest.mark.parametrize("block_m", [1, 3, 16])
+@pytest.mark.parametrize("mapped", [False, True])
+@pytest.mark.parametrize("T", [0, 1, 29])
+def test_align_bitexact(block_m, mapped, T):
+    skip_unless_cpp()
+    E, k = 24, 4
+    ids, _ = _routed(max(T, 1), E, k, seed=9)
+    ids = ids[:T].clamp_min(-1)
+    expert_map, n_local = None, E
+    if mapped:  # expert parallelism: 10 local experts, the rest elsewhere (-1)
+        perm = torch.randperm(E, generator=torch.Generator().manual_seed(4))
+        expert_map = torch.where(perm < 10, perm, -1).to(torch.int32)
+        n_local = 10
+    got, want = both(moe.align, ids, n_local, block_m=block_m, expert_map=expert_map)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.int32 and torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------- experts
+def _act_bound(g, u, dg, du, activation, alpha, limit):
+    """(|a|, bound on |d a|) of the activation at exact gate / up sums g, u perturbed by at most dg, du.
+
+    silu(g) u: |d/dg| = |silu'(g)| |u| <= 1.1 |u|, |d/du| = |silu(g)|; the clamped SwiGLU: clamps are
+    1-Lipschitz, |d/dg (g sigmoid(alpha g))| <= 1 + alpha |g| / 4, times |u + 1|. Plus 8 ulp of |a| for exp,
+    the division and the products (the kernel uses std::exp, torch its own vectorised exp)."""
+    if activation == "silu":
+        s = torch.sigmoid(g)
+        a = g * s * u
+        da = 1.1 * u.abs() * dg + (g * s).abs() * du
+    else:
+        gc, uc = g.clamp(max=limit), u.clamp(-limit, limit)
+        s = torch.sigmoid(alpha * gc)
+        a = gc * s * (uc + 1)
+        da = (1 + alpha * gc.abs() / 4) * (uc + 1).abs() * dg + (gc * s).abs() * du
+    return a.abs(), da + 8 * U * a.abs()
+
+
+def _split(t, interleaved):
+    return (t[:, 0::2], t[:, 1::2]) if interleaved else t.chunk(2, dim=-1)
+
+
+def experts_bound(hidden, w13, w2, topk_ids, topk_weights, w13_bias=None, w2_bias=None, activation="silu",
+                  swiglu_alpha=1.702, swiglu_limit=7.0, interleaved=False, shared_w1=None, shared_w3=None,
+                  shared_w2=None, shared_gate=None):
+    """[T, H] fp64 bound on |kernel - reference| (fp32 results, before the cast to hidden's dtype).
+
+    Both compute in fp32 from the same inputs with sums in different orders; each is within the classic
+    bound of the exact result, so their difference is within twice that. For a dot product of n terms the
+    error is <= n u sum|terms| (u = 2^-24). Propagated through one expert (everything from the reference's own
+    |.| products, computed in fp64):
+
+    * gate/up: dgu = 2 (H + 1) u (|x| @ |w13[e]|^T + |b13|)
+    * activation: da from :func:`_act_bound` (its Lipschitz constants times dgu, plus 8 ulp of |a|)
+    * down: dy = 2 (I + 1) u (|a| @ |w2[e]|^T + |b2|) + da @ |w2[e]|^T
+    * combine over the k slots and the shared expert: sum |w| (dy + 2 (k + 2) u |y|)
+
+    The shared expert likewise (gate ``sigmoid(x . g)``: its argument is within 2 H u |x| . |g|, sigmoid is
+    1/4-Lipschitz). Nothing rounds the activation to a narrower dtype in the C++ kernel, so no 2^-8 term.
+    ``test_bound_is_tight`` proves it can fail: one dropped pair exceeds it.
+    """
+    T, H = hidden.shape
+    k = topk_ids.shape[1]
+    x = hidden.double()
+    ax = x.abs()
+    bound = torch.zeros(T, H, dtype=torch.float64)
+    ids = topk_ids.long()
+    I = w2.shape[2]
+    for e in torch.unique(ids[ids >= 0]).tolist():
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        W13, W2 = w13[e].double(), w2[e].double()
+        gu = x[tok] @ W13.T
+        gu_abs = ax[tok] @ W13.abs().T
+        if w13_bias is not None:
+            gu = gu + w13_bias[e].double()
+            gu_abs = gu_abs + w13_bias[e].double().abs()
+        dgu = 2 * (H + 1) * U * gu_abs
+        (g, u), (dg, du) = _split(gu, interleaved), _split(dgu, interleaved)
+        a_abs, da = _act_bound(g, u, dg, du, activation, swiglu_alpha, swiglu_limit)
+        y_abs = a_abs @ W2.abs().T
+        if w2_bias is not None:
+            y_abs = y_abs + w2_bias[e].double().abs()
+        dy = 2 * (I + 1) * U * y_abs + da @ W2.abs().T
+        wa = topk_weights[tok, slot].double().abs()[:, None]
+        bound.index_add_(0, tok, wa * (dy + 2 * (k + 2) * U * y_abs))
+    if shared_w1 is not None:
+        Is = shared_w1.shape[0]
+        W1, W3, W2s = shared_w1.double(), shared_w3.double(), shared_w2.double()
+        g, u = x @ W1.T, x @ W3.T
+        dg, du = 2 * (H + 1) * U * (ax @ W1.abs().T), 2 * (H + 1) * U * (ax @ W3.abs().T)
+        a_abs, da = _act_bound(g, u, dg, du, "silu", 0.0, 0.0)
+        s_abs = a_abs @ W2s.abs().T
+        ds = 2 * (Is + 1) * U * s_abs + da @ W2s.abs().T
+        if shared_gate is not None:
+            gv = shared_gate.double().reshape(H)
+            gate = torch.sigmoid(x @ gv)[:, None]
+            dgate = (2 * H * U * (ax @ gv.abs()))[:, None] / 4
+            ds = ds * gate + s_abs * dgate
+            s_abs = s_abs * gate
+        bound = bound + ds + 2 * (k + 2) * U * s_abs
+    return bound
+
+
+def assert_experts_close(got, want, args, kwargs):
+    """|got - want| <= the derived fp32 bound, plus one ulp of hidden's dtype when the two fp32 results round to
+    neighbouring values of a narrower output dtype."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    bound = experts_bound(*args, **kwargs)
+    dt = want.dtype
+    mag = want.double().abs() + bound
+    tol = bound + (REL_SPACING[dt] * mag + TINY[dt] if dt != torch.float32 else 0)
+    err = (got.double() - want.double()).abs()
+    assert torch.isfinite(got).all()
+    bad = err > tol
+    assert not bad.any(), (f"{int(bad.sum())} of {err.numel()} beyond the bound; worst excess "
+                           f"{float((err - tol).max()):.3g}, err {float(err[bad].max()):.3g}")
+
+
+def make_experts(T, E, H, I, k, wdt=torch.bfloat16, hdt=torch.float32, seed=0, transposed=False, bias=False,
+                 shared=None, gate=False, drop=0.0):
+    """Arguments of moe.experts: (args, kwargs). transposed: gpt-oss layout (w13 a [E, H, 2I] tensor viewed as
+    [E, 2I, H], w2 a [E, I, H] viewed as [E, H, I]); shared: Is (a shared expert) or None."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(T, H, generator=g).to(hdt)
+    if transposed:
+        w13 = (torch.randn(E, H, 2 * I, generator=g) / H**0.5).to(wdt).transpose(1, 2)
+        w2 = (torch.randn(E, I, H, generator=g) / I**0.5).to(wdt).transpose(1, 2)
+    else:
+        w13 = (torch.randn(E, 2 * I, H, generator=g) / H**0.5).to(wdt)
+        w2 = (torch.randn(E, H, I, generator=g) / I**0.5).to(wdt)
+    ids, w = ref.route_ref(torch.randn(T, E, generator=g), k)
+    if drop:
+        d = torch.rand(T, k, generator=g) < drop
+        ids, w = ids.masked_fill(d, -1), w.masked_fill(d, 0.0)
+    kw = {}
+    if bias:
+        kw.update(w13_bias=(torch.randn(E, 2 * I, generator=g) * 0.3).to(wdt),
+                  w2_bias=(torch.randn(E, H, generator=g) * 0.3).to(wdt))
+    if shared:
+        kw.update(shared_w1=(torch.randn(shared, H, generator=g) / H**0.5).to(wdt),
+                  shared_w3=(torch.randn(shared, H, generator=g) / H**0.5).to(wdt),
+                  shared_w2=(torch.randn(H, shared, generator=g) / shared**0.5).to(wdt))
+        if gate:
+            kw["shared_gate"] = (torch.randn(H, generator=g) / H**0.5).to(wdt)
+    return [hidden, w13, w2, ids, w], kw
+
+
+GEMV_MIN_TOKENS, GEMV_INPUT_BYTES = 8, 512 << 10  # csrc/moe/experts_cpu.cpp use_gemv
+
+
+def prefill_experts(ids: torch.Tensor, H: int, I: int) -> int:
+    """How many experts take the GEMM (prefill) path in the C++ kernel (mirrors use_gemv)."""
+    n = torch.bincount(ids[ids >= 0].long())
+    return int(((n > GEMV_MIN_TOKENS) & (n * max(H, I) * 4 > GEMV_INPUT_BYTES)).sum())
+
+
+def check_experts(args, kw):
+    got, want = both(moe.experts, *args, **kw)
+    assert_experts_close(got, want, args, kw)
+    return got, want
+
+
+# T = 1..3: every expert on the GEMV path; T = 600 with H = 520 (E = 3, k = 2: ~400 tokens per expert, whose
+# fp32 rows exceed the GEMV path's 512 KB): the GEMM path.
+@pytest.mark.parametrize("T", [1, 2, 3, 600])
+@pytest.mark.parametrize("wdt,hdt", [(torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16),
+                                     (torch.float32, torch.float16), (torch.float32, torch.float32)],
+                         ids=["w-bf16-h-f32", "w-f16-h-bf16", "w-f32-h-f16", "w-f32-h-f32"])
+def test_experts_matches_reference(isa, T, wdt, hdt):
+    E, H = (8, 72) if T < 600 else (3, 520)
+    args, kw = make_experts(T, E, H, 40, 2, wdt, hdt, seed=T, drop=0.2)
+    assert prefill_experts(args[3], H, 40) == (E if T == 600 else 0)
+    check_experts(args, kw)
+
+
+@pytest.mark.parametrize("T", [1, 3, 600])
+@pytest.mark.parametrize("wdt", DTYPES, ids=("f32", "bf16", "f16"))
+def test_experts_gpt_oss_layout(isa, T, wdt):
+    """Transposed views (gate_up_proj [E, H, 2I].transpose(1, 2)), interleaved gate/up, clamped SwiGLU, biases;
+    H and I not multiples of any vector width."""
+    E, H = (8, 67) if T < 600 else (3, 523)
+    args, kw = make_experts(T, E, H, 37, 2, wdt, torch.float32, seed=10 + T, transposed=True, bias=True)
+    assert prefill_experts(args[3], H, 37) == (E if T == 600 else 0)
+    kw.update(activation="swiglu_oai", interleaved=True, swiglu_alpha=1.702, swiglu_limit=2.5)
+    args[0] = args[0] * 3  # reach the clamps
+    check_experts(args, kw)
+
+
+@pytest.mark.parametrize("T", [1, 2, 600])
+@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_experts_shared_expert(isa, T, gate, transposed):
+    """T = 600, H = 264: the shared expert's 600 rows (620 KB fp32) take the GEMM path, the routed ones GEMV."""
+    H = 48 if T < 600 else 264
+    args, kw = make_experts(T, 6, H, 24, 2, torch.bfloat16, torch.float32, seed=20 + T, shared=56, gate=gate,
+                            drop=0.3)
+    if transposed:  # shared weights as transposed views too
+        for name in ("shared_w1", "shared_w3", "shared_w2"):
+            kw[name] = kw[name].T.contiguous().T
+    if gate and T == 2:
+        kw["shared_gate"] = kw["shared_gate"].reshape(1, -1)
+    check_experts(args, kw)
+
+
+def test_experts_mixed_paths_one_call(isa):
+    """One hot expert (prefill path) and rare ones (decode path) in the same call, and a duplicated-looking
+    pattern: every token on expert 0, the other slot spread."""
+    T, E, H = 300, 16, 520
+    args, kw = make_experts(T, E, H, 32, 2, torch.bfloat16, torch.float32, seed=31, bias=True, shared=16, gate=True)
+    ids = args[3]
+    ids[:, 0] = 0
+    ids[:, 1] = 1 + torch.arange(T, dtype=torch.int32) % (E - 1)
+    assert prefill_experts(ids, H, 32) == 1
+    check_experts(args, kw)
+
+
+@pytest.mark.parametrize("T", [1, 5, 200])
+def test_experts_zero_kept_pairs_is_exact_zero(isa, T):
+    args, kw = make_experts(T, 4, 32, 16, 2, torch.bfloat16, torch.bfloat16, seed=2)
+    args[3] = torch.full_like(args[3], -1)
+    got = run("cpp", moe.experts, *args, **kw)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, torch.zeros_like(got))
+
+
+@pytest.mark.parametrize("T", [1, 3, 120])
+def test_experts_all_slots_kept_every_expert(isa, T):
+    args, kw = make_experts(T, 4, 32, 16, 4, torch.float32, torch.float32, seed=3)  # k = E: all experts, all kept
+    check_experts(args, kw)
+
+
+@pytest.mark.parametrize("T", [2, 100])
+def test_experts_token_losing_every_expert(isa, T):
+    """A token whose every slot is -1 gets exactly 0 routed output (and exactly the shared output with one)."""
+    args, kw = make_experts(T, 8, 40, 24, 3, torch.bfloat16, torch.float32, seed=4)
+    args[3][1] = -1
+    args[4][1] = 0.0
+    got, _ = check_experts(args, kw)
+    assert torch.equal(got[1], torch.zeros_like(got[1]))
+    args2, kw2 = make_experts(T, 8, 40, 24, 3, torch.bfloat16, torch.float32, seed=4, shared=32)
+    args2[3][1] = -1
+    got_routed_shared = run("cpp", moe.experts, *args2, **kw2)
+    args2[3][:] = -1
+    got_shared = run("cpp", moe.experts, *args2, **kw2)
+    assert torch.equal(got_routed_shared[1], got_shared[1])
+
+
+@pytest.mark.parametrize("T", [1, 3, 600])
+def test_experts_all_skipped_with_shared_expert(isa, T):
+    args, kw = make_experts(T, 8, 40 if T < 600 else 264, 24, 2, torch.float16, torch.float32, seed=6, shared=24,
+                            gate=True)
+    args[3] = torch.full_like(args[3], -1)
+    check_experts(args, kw)
+
+
+@pytest.mark.parametrize("T", [1, 4, 600])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_experts_untouched_experts_never_read(isa, T, transposed):
+    """NaN in every weight and bias of the experts no slot selects: the output stays finite and equal to the
+    reference (which reads only touched experts): the kernel reads nothing of an untouched expert (GEMV and GEMM
+    paths: at T = 600 the touched experts have ~200 tokens of H = 700)."""
+    E = 12
+    args, kw = make_experts(T, E, 48 if T < 600 else 700, 24, 2, torch.bfloat16, torch.float32, seed=7,
+                            transposed=transposed, bias=True)
+    ids = args[3]
+    ids.copy_(torch.where(ids >= 6, ids - 6, ids))  # experts 6..11 never selected (duplicates become -1 below)
+    ids[:, 1] = torch.where(ids[:, 1] == ids[:, 0], -1, ids[:, 1])
+    ids[0, 0] = -1  # an expert may also lose its last kept slot to a -1
+    for name, t in (("w13", args[1]), ("w2", args[2]), ("b13", kw["w13_bias"]), ("b2", kw["w2_bias"])):
+        t[6:] = float("nan")
+    if T == 600:
+        assert prefill_experts(ids, 700, 24) >= 1
+    got, want = check_experts(args, kw)
+    assert torch.isfinite(want).all()
+
+
+def test_bound_is_tight():
+    """The tolerance can fail: dropping one kept pair's contribution exceeds it."""
+    args, kw = make_experts(3, 8, 64, 32, 2, torch.bfloat16, torch.float32, seed=8)
+    want = run("ref", moe.experts, *args, **kw)
+    args2 = list(args)
+    args2[3] = args[3].clone()
+    args2[3][0, 1] = -1
+    wrong = run("ref", moe.experts, *args2, **kw)
+    with pytest.raises(AssertionError):
+        assert_experts_close(wrong, want, args, kw)
+
+
+@given(T=st.integers(1, 14), E=st.integers(1, 9), k=st.integers(1, 5), H=st.integers(1, 40),
+       I=st.integers(1, 20), drop=st.sampled_from([0.0, 0.5, 0.9]), transposed=st.booleans(),
+       wdt=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_experts_hypothesis(T, E, k, H, I, drop, transposed, wdt, seed):
+    skip_unless_cpp()
+    k = min(k, E)
+    args, kw = make_experts(T, E, H, I, k, wdt, torch.float32, seed=seed, transposed=transposed, drop=drop)
+    check_experts(args, kw)
+    ids = args[3]
+    (a1, a2) = both(moe.align, ids, E, block_m=1 + seed % 4)
+    for x, y in zip(a1, a2):
+        assert torch.equal(x, y)
+
+
+@given(T=st.integers(1, 20), E=st.integers(2, 40), k=st.integers(1, 8), seed=st.integers(0, 2**16),
+       rule=st.sampled_from(SKIP_CASES), renorm=st.booleans())
+def test_route_skip_hypothesis(T, E, k, seed, rule, renorm):
+    skip_unless_cpp()
+    k = min(k, E)
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(T, E, generator=g) * 2).round()  # coarse values: many ties
+    name, kw = rule
+    params = moe.skip_params_for(name, **kw)
+    (ids, w), (rids, rw) = both(moe.route, z, k, skip_rule=name, skip_params=params, skip_renormalize=renorm)
+    assert torch.equal(ids, rids)
+    torch.testing.assert_close(w, rw, atol=0, rtol=0, equal_nan=True)
+    (i1, w1), (i2, w2) = both(moe.skip, rids, rw, name, renormalize=renorm, **kw)
+    assert torch.equal(i1, i2) and torch.equal(w1, w2)
+
+
+# ------------------------------------------------------------------------------------ bad arguments
+def test_bad_ids_same_errors():
+    skip_unless_cpp()
+    args, kw = make_experts(2, 4, 16, 8, 2, torch.float32, torch.float32, seed=1)
+    ids = args[3]
+    for bad in (torch.tensor([[0, 4], [1, 2]]), torch.tensor([[0, -2], [1, 2]]), torch.tensor([[1, 1], [0, 2]])):
+        same_error(moe.experts, args[0], args[1], args[2], bad.to(torch.int32), args[4])
+    same_error(moe.align, torch.tensor([[0, 9]], dtype=torch.int32), 4)
+    same_error(moe.align, ids, 2, expert_map=torch.tensor([0, 1, 5, -1], dtype=torch.int32))
+    same_error(moe.align, ids, 4, expert_map=torch.tensor([0, 1], dtype=torch.int32))
+    same_error(moe.skip, ids, args[4], "modes", alpha=1.0, tau=0.1, modality=torch.tensor([0, 3]))
+
+
+def test_bad_arguments_same_errors():
+    skip_unless_cpp()
+    args, kw = make_experts(2, 4, 16, 8, 2, torch.bfloat16, torch.float32, seed=1, bias=True, shared=8, gate=True)
+    x, w13, w2, ids, w = args
+    E = moe.experts
+    same_error(E, x.to(torch.float64), w13, w2, ids, w)
+    same_error(E, x[0], w13, w2, ids, w)
+    same_error(E, x, w13[:, :7], w2, ids, w)
+    same_error(E, x, w13, w2.float(), ids, w)
+    same_error(E, x, w13, w2[:, :, :3], ids, w)
+    same_error(E, x, w13[:, ::2, ::2], w2, ids, w)  # neither rows nor columns contiguous
+    same_error(E, x, w13, w2, ids.long().to(torch.int16), w)
+    same_error(E, x, w13, w2, ids[:1], w)
+    same_error(E, x, w13, w2, ids, w[:, :1])
+    same_error(OPS.moe_experts, x, w13, w2, ids, w.double(), None, None, "silu", 1.7, 7.0, False, None, None, None,
+               None)
+    same_error(E, x, w13, w2, ids, w, w13_bias=kw["w13_bias"][:, :3])
+    same_error(E, x, w13, w2, ids, w, w2_bias=kw["w2_bias"].T.contiguous().T)
+    same_error(E, x, w13, w2, ids, w, activation="gelu")
+    same_error(E, x, w13, w2, ids, w, swiglu_limit=-1.0)
+    same_error(E, x, w13, w2, ids, w, shared_w1=kw["shared_w1"])
+    same_error(E, x, w13, w2, ids, w, shared_gate=kw["shared_gate"])
+    same_error(E, x, w13, w2, ids, w, shared_w1=kw["shared_w1"], shared_w3=kw["shared_w3"][:, :5],
+               shared_w2=kw["shared_w2"])
+    same_error(E, x, w13, w2, ids, w, shared_w1=kw["shared_w1"], shared_w3=kw["shared_w3"],
+               shared_w2=kw["shared_w2"], shared_gate=kw["shared_gate"][:3])
+    z = torch.randn(3, 8)
+    R = moe.route
+    same_error(R, z.to(torch.int32), 2)
+    same_error(R, z[0], 2)
+    same_error(R, z, 2, scoring="relu")
+    same_error(R, z, 2, n_group=3)
+    same_error(R, z, 2, n_group=4, topk_group=5)
+    same_error(R, z, 5, n_group=4, topk_group=2)
+    same_error(R, z, 2, correction_bias=torch.randn(7))
+    same_error(R, z, 2, routed_scaling_factor=float("inf"))
+    same_error(R, z, 2, skip_rule="top_p", skip_params=[1.5])
+    same_error(R, z, 2, skip_rule="top_k", skip_params=[1.5])
+    same_error(R, z, 2, skip_rule="naee", skip_params=[float("nan")])
+    same_error(R, z, 2, skip_rule="modes", skip_params=[1.0])
+    same_error(R, z, 2, skip_rule="bogus")
+    same_error(R, z, 2, skip_rule="modes", skip_params=[1.0, 1.0, 0.1, 0.1], modality=torch.zeros(2))
+    same_error(OPS.moe_skip, ids, w, "none", [], torch.zeros(2, dtype=torch.int64), False)
+    same_error(OPS.moe_skip, ids.float(), w, "none", [], None, False)
+    same_error(OPS.moe_skip, ids, w[:, :1], "none", [], None, False)
+    same_error(OPS.moe_skip, torch.zeros(2, 65, dtype=torch.int32), torch.zeros(2, 65), "none", [], None, False)
+    same_error(OPS.moe_align, ids, 0, 1, None)
+    same_error(OPS.moe_align, ids, 4, 2000, None)
+    same_error(OPS.moe_align, ids, 4, 1, torch.zeros(2, 2, dtype=torch.int32))
+
+
+# ---------------------------------------------------------------------------------- opcheck, compile
+def _opcheck_sets():
+    args, kw = make_experts(3, 5, 24, 12, 2, torch.bfloat16, torch.float32, seed=1, drop=0.3)
+    args_t, kw_t = make_experts(2, 4, 20, 10, 2, torch.float32, torch.bfloat16, seed=2, transposed=True, bias=True,
+                                shared=8, gate=True)
+    ids, w = args[3], args[4]
+    none5 = (None,) * 5
+    return {
+        "moe_route": [(torch.randn(4, 16), 3, "softmax", True, 1, 1, None, 1.0, "none", [], None, False),
+                      (torch.randn(4, 16).to(torch.bfloat16), 3, "sigmoid", False, 4, 2, torch.randn(16), 2.5, "modes",
+                       [1.0, 0.5, 0.2, 0.1], torch.tensor([0, 1, 2, 0], dtype=torch.int32), True)],
+        "moe_skip": [(ids, w, "top_p", [0.5], None, True), (ids, w, "min_p", [0.3], None, False)],
+        "moe_align": [(ids, 5, 1, None), (ids, 3, 4, torch.tensor([0, -1, 1, 2, -1], dtype=torch.int32))],
+        "moe_experts": [tuple(args) + (None, None, "silu", 1.702, 7.0, False) + none5[:4],
+                        tuple(args_t) + (kw_t["w13_bias"], kw_t["w2_bias"], "swiglu_oai", 1.702, 7.0, True,
+                                         kw_t["shared_w1"], kw_t["shared_w3"], kw_t["shared_w2"],
+                                         kw_t["shared_gate"])],
+    }
+
+
+@pytest.mark.parametrize("name", ["moe_route", "moe_skip", "moe_align", "moe_experts"])
+def test_opcheck(name):
+    skip_unless_cpp()
+    op = getattr(OPS, name).default
+    for args in _opcheck_sets()[name]:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph_route_experts():
+    skip_unless_cpp()
+    args, kw = make_experts(5, 8, 32, 16, 2, torch.bfloat16, torch.bfloat16, seed=3, shared=8)
+    x, w13, w2 = args[:3]
+    logits = torch.randn(5, 8)
+
+    def layer(x, logits, w13, w2):
+        ids, w = moe.route(logits, 2, skip_rule="naee", skip_params=[0.5])
+        return moe.experts(x, w13, w2, ids, w, **kw)
+
+    torch._dynamo.reset()
+    got = torch.compile(layer, fullgraph=True)(x, logits, w13, w2)
+    want = layer(x, logits, w13, w2)
+    assert torch.equal(got, want)
+    assert math.isfinite(float(got.float().abs().sum()))
