@@ -314,6 +314,12 @@ def tiny_calls(device: str = "cpu") -> list:
         TinyCall("moe_route", "T=1, E=8, k=2", lambda: torch.ops.leankern.moe_route(
             logits, 2, "softmax", True, 1, 1, None, 1.0, "none", [], None, False), "moe.route",
             lambda: moe.route(logits, 2), "torch.topk(softmax)", lambda: torch.topk(torch.softmax(logits, -1), 2)),
+        TinyCall("moe_skip", "T=1, k=2, MoDES rule", lambda: torch.ops.leankern.moe_skip(
+            ids, w, "modes", [1.0, 0.5, 0.2, 0.1], None, False), "moe.skip",
+            lambda: moe.skip(ids, w, "modes", alpha=(1.0, 0.5), tau=(0.2, 0.1)), "torch.where(w >= tau)",
+            lambda: torch.where(w >= 0.2, ids, -1)),
+        TinyCall("moe_align", "T=1, k=2, E=8", lambda: torch.ops.leankern.moe_align(ids, 8, 1, None), "moe.align",
+                 lambda: moe.align(ids, 8), "torch.sort(ids)", lambda: torch.sort(ids.flatten())),
         TinyCall("moe_experts", "T=1, 2 experts of 64x32", lambda: torch.ops.leankern.moe_experts(
             x, w13, w2, ids, w, None, None, "silu", 1.702, 7.0, False, None, None, None, None), "moe.experts",
             lambda: moe.experts(x, w13, w2, ids, w), "F.linear x 2", lambda: F.linear(F.linear(x, w13[0]), w13[1])),
