@@ -330,6 +330,16 @@ def test_experts_matches_reference(isa, T, wdt, hdt):
     check_experts(args, kw)
 
 
+# E = 2, k = 2: every token keeps both experts, so each expert has exactly T tokens: 2..4 take the sequential
+# stream kernel (stream_rows_n), 5 and 9 the 4-row register tile, 1 the single-vector stream.
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("wdt", [torch.bfloat16, torch.float32], ids=("bf16", "f32"))
+def test_experts_tokens_per_expert_kernels(isa, T, wdt):
+    args, kw = make_experts(T, 2, 67, 24, 2, wdt, torch.float32, seed=40 + T, drop=0.0)
+    assert torch.equal(torch.bincount(args[3].flatten().long(), minlength=2), torch.tensor([T, T]))
+    check_experts(args, kw)
+
+
 @pytest.mark.parametrize("T", [1, 3, 600])
 @pytest.mark.parametrize("wdt", DTYPES, ids=("f32", "bf16", "f16"))
 def test_experts_gpt_oss_layout(isa, T, wdt):

@@ -2,7 +2,8 @@
 // inside their own namespace with LK_T set to that ISA's target attribute. No include guard on purpose.
 //
 // Decode is memory-bound: the bytes that count are the expert weights, each read once per call.
-// gemv_rows: a register tile of 4 rows x NT (<= S::kMaxNT) vectors; a row quad (<= 32 KB) stays in L1 while the
+// gemv_rows: one vector, and 2..4 vectors: rows read one after the other as one prefetched stream (stream_rows1,
+// stream_rows_n); more vectors: a register tile of 4 rows x NT (<= S::kMaxNT) vectors; a row quad (<= 32 KB) stays in L1 while the
 // token groups loop over it. gemv_cols (transposed views): axpy form, a strip of 4 S::N contiguous output rows
 // x NT vectors, broadcasting x[t][c] and streaming the strip's column segments; the strip stays in L2 across
 // token groups.
@@ -82,10 +83,54 @@ LK_T void stream_rows1(const void* w, int64_t ld, int64_t r0, int64_t r1, int64_
   }
 }
 
+// A few vectors (NT = 2..4: decode experts with a handful of tokens): like stream_rows1, rows one after the other as
+// one sequential stream with a software prefetch 1 KB ahead, two accumulators per vector. The 4-row tile reads four
+// rows side by side instead (four streams per thread), which the prefetchers follow less well.
+template <int DT, int NT>
+LK_T void stream_rows_n(const void* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const float* const* xs,
+                        float* const* outs) {
+  using F = typename S::F;
+  constexpr int64_t kEsz = DT == kF32 ? 4 : 2;
+  constexpr int64_t ahead = 1024 / kEsz;
+  const char* base = static_cast<const char*>(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    F a[NT][2];
+    for (int t = 0; t < NT; ++t) a[t][0] = a[t][1] = S::zero();
+    const int64_t row = r * ld;
+    int64_t c = 0;
+    for (; c + 2 * S::N <= C; c += 2 * S::N) {
+      for (int64_t q = 0; q < 2 * S::N * kEsz; q += 64) {
+        const int64_t o = c + ahead + q / kEsz;
+        const int64_t po = o < C ? row + o : (r + 1 < r1 ? row + ld + (o - C) : -1);
+        if (po >= 0) S::prefetch(base + po * kEsz);
+      }
+      const F w0 = S::template load<DT>(w, row + c), w1 = S::template load<DT>(w, row + c + S::N);
+      for (int t = 0; t < NT; ++t) {
+        a[t][0] = S::fmadd(w0, S::loadu(xs[t] + c), a[t][0]);
+        a[t][1] = S::fmadd(w1, S::loadu(xs[t] + c + S::N), a[t][1]);
+      }
+    }
+    for (; c + S::N <= C; c += S::N) {
+      const F w0 = S::template load<DT>(w, row + c);
+      for (int t = 0; t < NT; ++t) a[t][0] = S::fmadd(w0, S::loadu(xs[t] + c), a[t][0]);
+    }
+    for (int t = 0; t < NT; ++t) {
+      float s = S::hsum(S::add(a[t][0], a[t][1]));
+      for (int64_t cc = c; cc < C; ++cc) s += load1<DT>(w, row + cc) * xs[t][cc];
+      outs[t][r] = s;
+    }
+  }
+}
+
 template <int DT>
 LK_T void gemv_rows_dt(const void* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const float* const* xs, int64_t n,
                        float* const* outs) {
   if (n == 1) return stream_rows1<DT>(w, ld, r0, r1, C, xs[0], outs[0]);
+  if (n <= 4) {  // measured (Zen 3, Qwen3-30B-A3B at T = 256, 80% skip, ~3 tokens per expert): 5-13% faster than the tile
+    if (n == 2) return stream_rows_n<DT, 2>(w, ld, r0, r1, C, xs, outs);
+    if (n == 3) return stream_rows_n<DT, 3>(w, ld, r0, r1, C, xs, outs);
+    return stream_rows_n<DT, 4>(w, ld, r0, r1, C, xs, outs);
+  }
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) tile_rows_n<DT, 4>(w, ld, r, C, xs, n, outs, (int)std::min<int64_t>(4, r1 - r - 4));
   for (; r < r1; ++r) tile_rows_n<DT, 1>(w, ld, r, C, xs, n, outs, 0);
