@@ -26,7 +26,7 @@ test: build
 test-fast: build
 	cd tests && $(PY) -m pytest -q -x -m "not slow" .
 
-# Representative subset of every family, then the per-call overhead section (about 10 min on 2 cores,
+# Representative subset of every family, then the per-call overhead section (about 20 min on 2 cores, moe's 10 of them,
 # plus about 8 for the Hugging Face end-to-end section when transformers is installed).
 # BENCH_ARGS=--full: everything; --quick: smallest smoke subset; --family mx|mx_linear|hf_e2e|overhead;
 # --csv PATH --plot PATH.
