@@ -12,6 +12,12 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(LK_MOE_ISA_AVX2)
+#include "common/simd_avx2.h"  // the shared bf16 / fp16 widening loads
+#endif
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(LK_MOE_ISA_AVX512)
+#include "common/simd_avx512.h"
+#endif
 
 namespace leankern {
 namespace moe {
@@ -57,9 +63,8 @@ struct Avx2 {
   template <int DT>
   LK_V F load(const void* p, int64_t i) {
     if (DT == kF32) return _mm256_loadu_ps(static_cast<const float*>(p) + i);
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
-    if (DT == kBF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    return _mm256_cvtph_ps(h);
+    const uint16_t* h = static_cast<const uint16_t*>(p) + i;  // widened by the shared wrapper (common/simd_avx2.h)
+    return _mm256_castsi256_ps(DT == kBF16 ? cpu::V256::load_bf16(h) : cpu::V256::load_f16(h));
   }
   LK_V F loadu(const float* p) { return _mm256_loadu_ps(p); }
   LK_V void storeu(float* p, F a) { _mm256_storeu_ps(p, a); }
@@ -88,9 +93,8 @@ struct Avx512 {
   template <int DT>
   LK_V F load(const void* p, int64_t i) {
     if (DT == kF32) return _mm512_loadu_ps(static_cast<const float*>(p) + i);
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
-    if (DT == kBF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    return _mm512_cvtph_ps(h);
+    const uint16_t* h = static_cast<const uint16_t*>(p) + i;  // widened by the shared wrapper (common/simd_avx512.h)
+    return _mm512_castsi512_ps(DT == kBF16 ? cpu::V512::load_bf16(h) : cpu::V512::load_f16(h));
   }
   LK_V F loadu(const float* p) { return _mm512_loadu_ps(p); }
   LK_V void storeu(float* p, F a) { _mm512_storeu_ps(p, a); }
