@@ -80,18 +80,18 @@ void def_isa_functions(py::module_& m) {
         "Space-separated CPU features relevant to the kernels (e.g. 'avx2 f16c avx512f ...').");
   m.def(
       "cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
-      "ISA the C++ CPU kernels currently dispatch to: 'avx512' | 'avx2' | 'scalar'.");
+      "ISA the C++ CPU kernels currently dispatch to: 'avx512bf16' | 'avx512' | 'avx2' | 'scalar'.");
   m.def(
       "supported_isas",
       [] {
         std::vector<std::string> out;
-        for (auto isa : {cpu::Isa::kAvx512, cpu::Isa::kAvx2, cpu::Isa::kScalar})
+        for (auto isa : {cpu::Isa::kAvx512Bf16, cpu::Isa::kAvx512, cpu::Isa::kAvx2, cpu::Isa::kScalar})
           if (cpu::isa_supported(isa)) out.push_back(cpu::isa_name(isa));
         return out;
       },
       "ISAs this CPU can run, best first.");
   m.def("set_cpu_isa", &cpu::set_active_isa, py::arg("name"),
-        "Force the C++ CPU kernels onto 'avx512', 'avx2' or 'scalar' ('auto' = best supported). "
+        "Force the C++ CPU kernels onto 'avx512bf16', 'avx512', 'avx2' or 'scalar' ('auto' = best supported). "
         "ValueError for an unknown name, RuntimeError for an ISA this CPU lacks.");
   m.def("requested_isa_error", &cpu::requested_isa_error,
         "Why LEANKERN_CPU_ISA was not applied (unknown name, or an ISA this CPU lacks; the best ISA is "

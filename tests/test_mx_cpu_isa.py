@@ -497,13 +497,13 @@ def test_hadamard_special_values(isa):
 # ------------------------------------------------------------------------------------------------
 def test_set_cpu_isa_rejects_unknown_name():
     prev = EXT.cpu_isa()
-    with pytest.raises(ValueError, match=r"expected one of 'avx512', 'avx2', 'scalar', 'auto', got 'sse9'"):
+    with pytest.raises(ValueError, match=r"expected one of 'avx512bf16', 'avx512', 'avx2', 'scalar', 'auto', got 'sse9'"):
         EXT.set_cpu_isa("sse9")
     assert EXT.cpu_isa() == prev
 
 
 def test_set_cpu_isa_rejects_unsupported_isa():
-    missing = [name for name in ISAS if name not in EXT.supported_isas()]
+    missing = [name for name in ("avx512bf16",) + ISAS if name not in EXT.supported_isas()]
     if not missing:
         pytest.skip(f"this CPU supports every ISA ({EXT.cpu_features()}): nothing unsupported to reject")
     prev = EXT.cpu_isa()
@@ -525,6 +525,8 @@ def test_isa_roundtrip_and_features():
     feats = EXT.cpu_features().split()
     if "avx512" in supported:
         assert {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(feats)
+    assert ("avx512bf16" in supported) == ({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni",
+                                            "avx512bf16"} <= set(feats))
     if "avx2" in supported:
         assert {"avx2", "f16c"} <= set(feats)
 

@@ -9,7 +9,7 @@ from leankern.mx.packed_layout import TILE_ROWS, pack_weight, packed_block_bytes
 from mx_cases import ALL_FORMATS, FLOAT_DTYPES, skip_unless_cpp
 from tolerances import assert_linear_result
 
-ISAS = ("avx512", "avx2", "scalar")
+ISAS = ("avx512bf16", "avx512", "avx2", "scalar")
 
 
 @pytest.fixture(params=ISAS)
@@ -114,6 +114,36 @@ def test_packed_linear_dual(isa, fmt):
     _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b, act_fmt=fmt), x, qt, b, fmt)
 
 
+# The bf16 dot-product kernel (avx512bf16) runs from 16 rows of x on, for bf16 x and MX dual x_hat
+# (exact in bf16); elsewhere these shapes take the fp32 kernels. Rows cross the 24-row groups.
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_packed_linear_many_rows(isa, fmt):
+    for m, n, k, bs, bias in ((16, 40, 128, 32, True), (25, 17, 256, 64, False), (53, 33, 64, 2, True),
+                              (24, 16, 1024, 1024, False)):
+        if fmt.startswith("nv"):
+            bs = 16
+        qt = _weight(n, k, fmt, bs, seed=m)
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(torch.bfloat16)
+        b = torch.randn(n).to(torch.bfloat16) if bias else None
+        _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
+        if not fmt.startswith("nv"):  # dual with an MX activation format, fp32 x: x_hat is exact in bf16
+            xf, bf = x.float() * 3, None if b is None else b.float()
+            _check(leankern.mx.linear(xf, leankern.mx.prepack(qt), bf, act_fmt=fmt), xf, qt, bf, fmt)
+
+
+def test_bf16_dot_kernel_runs_and_flushes_subnormal_x(isa):
+    """vdpbf16ps treats bf16 subnormal inputs as zero: under avx512bf16 a bf16 x of 2^-130 gives 0
+    from 16 rows on (the documented exception to the bound), while the fp32 kernels (fewer rows,
+    fp32 x, other ISAs) keep it. This also proves which kernel ran."""
+    qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), "mxint8"))
+    x = torch.full((16, 64), 2.0**-130).to(torch.bfloat16)
+    tiny = 64 * 2.0**-130
+    assert leankern.mx.linear(x.float(), qt)[0, 0].item() == pytest.approx(tiny, rel=1e-6)
+    assert leankern.mx.linear(x[:15], qt)[0, 0].float().item() == pytest.approx(tiny, rel=1e-2)
+    want = 0.0 if isa == "avx512bf16" else tiny
+    assert leankern.mx.linear(x, qt)[0, 0].float().item() == pytest.approx(want, rel=1e-2, abs=0)
+
+
 def _with_scales(qt, scales, codes=None):
     return leankern.MXTensor(qt.codes if codes is None else codes, scales, qt.global_scale, qt.fmt, qt.block_size,
                              qt.shape, qt.dtype)
@@ -140,8 +170,9 @@ def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte):
     codes[::3, per_block:2 * per_block] &= _SMALL_MASK[fmt]
     w = _with_scales(qt, scales.view(qt.scales.dtype), codes.view(qt.codes.dtype))
     assert torch.isfinite(w.dequantize(torch.float32)).all()
-    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(1)) * 2.0**-10
-    _check(leankern.mx.linear(x, leankern.mx.prepack(w)), x, w)
+    for m, dtype in ((3, torch.float32), (17, torch.bfloat16)):  # 17 bf16 rows: the bf16 dot-product kernel
+        x = (torch.randn(m, 128, generator=torch.Generator().manual_seed(1)) * 2.0**-10).to(dtype)
+        _check(leankern.mx.linear(x, leankern.mx.prepack(w)), x, w)
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
@@ -162,12 +193,12 @@ def test_packed_e4m3_nan_codes_take_the_exact_path(isa):
     codes[4, 40] = 0x7F
     codes[17, 100] = 0xFF
     bad = _with_scales(qt, qt.scales, codes.view(qt.codes.dtype))
-    x = torch.randn(2, 128)
-    y = leankern.mx.linear(x, leankern.mx.prepack(bad))
-    assert torch.isnan(y[:, [4, 17]]).all()
-    keep = [i for i in range(18) if i not in (4, 17)]
-    good = leankern.MXTensor(qt.codes[keep], qt.scales[keep], qt.global_scale, qt.fmt, 32, (16, 128), qt.dtype)
-    _check(y[:, keep].contiguous(), x, good)
+    for x in (torch.randn(2, 128), torch.randn(20, 128).to(torch.bfloat16)):
+        y = leankern.mx.linear(x, leankern.mx.prepack(bad))
+        assert torch.isnan(y[:, [4, 17]]).all()
+        keep = [i for i in range(18) if i not in (4, 17)]
+        good = leankern.MXTensor(qt.codes[keep], qt.scales[keep], qt.global_scale, qt.fmt, 32, (16, 128), qt.dtype)
+        _check(y[:, keep].contiguous(), x, good)
 
 
 def test_packed_zero_and_tiny_sizes(isa):

@@ -33,6 +33,8 @@ bool detect(Isa isa) {
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && detect(Isa::kAvx2);
+    case Isa::kAvx512Bf16:
+      return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") && detect(Isa::kAvx512);
   }
   return false;
 #else
@@ -40,11 +42,12 @@ bool detect(Isa isa) {
 #endif
 }
 
-const char* const kIsaChoices = "'avx512', 'avx2', 'scalar', 'auto'";
+const char* const kIsaChoices = "'avx512bf16', 'avx512', 'avx2', 'scalar', 'auto'";
 
 // ISA for a name, or false for an unknown one ("auto" = the best supported).
 bool parse_isa(const std::string& name, Isa* out) {
   if (name == "scalar") *out = Isa::kScalar;
+  else if (name == "avx512bf16") *out = Isa::kAvx512Bf16;
   else if (name == "avx2") *out = Isa::kAvx2;
   else if (name == "avx512") *out = Isa::kAvx512;
   else if (name == "auto") *out = best_isa();
@@ -54,7 +57,14 @@ bool parse_isa(const std::string& name, Isa* out) {
 
 // What this CPU is missing for `isa`, in words.
 std::string lacks(Isa isa) {
-  return isa == Isa::kAvx512 ? "lacks AVX-512 (F/BW/VL/DQ)" : "lacks AVX2 (+F16C)";
+  switch (isa) {
+    case Isa::kAvx512Bf16:
+      return "lacks AVX-512 (F/BW/VL/DQ) with AVX512-BF16 and AVX512-VNNI";
+    case Isa::kAvx512:
+      return "lacks AVX-512 (F/BW/VL/DQ)";
+    default:
+      return "lacks AVX2 (+F16C)";
+  }
 }
 
 struct Initial {
@@ -86,11 +96,13 @@ std::atomic<int>& active_slot() {
 }  // namespace
 
 bool isa_supported(Isa isa) {
-  static const bool ok[3] = {detect(Isa::kScalar), detect(Isa::kAvx2), detect(Isa::kAvx512)};
+  static const bool ok[4] = {detect(Isa::kScalar), detect(Isa::kAvx2), detect(Isa::kAvx512),
+                             detect(Isa::kAvx512Bf16)};
   return ok[static_cast<int>(isa)];
 }
 
 Isa best_isa() {
+  if (isa_supported(Isa::kAvx512Bf16)) return Isa::kAvx512Bf16;
   if (isa_supported(Isa::kAvx512)) return Isa::kAvx512;
   if (isa_supported(Isa::kAvx2)) return Isa::kAvx2;
   return Isa::kScalar;
@@ -113,6 +125,8 @@ std::string requested_isa_error() { return initial().error; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16:
+      return "avx512bf16";
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAvx2:

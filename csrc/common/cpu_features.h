@@ -12,16 +12,19 @@
 namespace leankern {
 namespace cpu {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// Ordered: each level includes the ones below it. kAvx512Bf16 adds the dot-product extensions
+// AVX512-BF16 and AVX512-VNNI (Zen 4, Cooper Lake / Sapphire Rapids and later); families without
+// kernels of their own for it run their avx512 kernels there.
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 // True if this CPU can run the kernels compiled for `isa`
-// (avx2: AVX2 + F16C; avx512: AVX-512 F/BW/VL/DQ).
+// (avx2: AVX2 + F16C; avx512: AVX-512 F/BW/VL/DQ; avx512bf16: that + AVX512-BF16 + AVX512-VNNI).
 bool isa_supported(Isa isa);
 // Best supported ISA.
 Isa best_isa();
 // The ISA kernels currently dispatch to.
 Isa active_isa();
-// Set the active ISA by name ("avx512" | "avx2" | "scalar" | "auto"). Throws std::invalid_argument
+// Set the active ISA by name ("avx512bf16" | "avx512" | "avx2" | "scalar" | "auto"). Throws std::invalid_argument
 // for an unknown name and std::runtime_error for an ISA this CPU cannot run.
 void set_active_isa(const std::string& name);
 // Why LEANKERN_CPU_ISA was not applied ("" if it was, or is unset): an unknown name or an ISA this
@@ -33,11 +36,13 @@ std::string feature_string();
 
 // The kernel table of the active ISA, for a family's active_kernels():
 //   return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels);
+// (avx512bf16 runs the avx512 table; a family with kernels of its own for it picks them itself.)
 // A macro because the avx2 / avx512 getters exist only in x86-64 builds (their translation units
 // compile to nothing elsewhere), so other builds must not name them.
 template <class Table>
 const Table& pick_table(const Table& (*scalar)(), const Table& (*avx2)(), const Table& (*avx512)()) {
   switch (active_isa()) {
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512:
       return avx512();
     case Isa::kAvx2:

@@ -81,7 +81,12 @@ struct PackedLinearArgs {
   const float* bias;  // [N] fp32 or nullptr
   int out_dtype;      // InDtype numbering
   void* y;            // [M, N] out_dtype
+  // The same x as bf16 where it is exact in bf16, else nullptr; the bf16 dot-product kernel reads
+  // it instead of x, in row groups: [ceil(M / 24), K / 2, 24] int32, element (g, q, i) = the bf16
+  // pair (x[24 g + i, 2q], x[24 g + i, 2q + 1]) (rows past M: zeros).
+  const int32_t* xh;
 };
+constexpr int kBf16RowGroup = 24;
 
 using QuantizeFn = void (*)(const QuantArgs&, int64_t b0, int64_t b1);
 using DequantizeFn = void (*)(const DequantArgs&, int64_t b0, int64_t b1);
@@ -103,6 +108,9 @@ struct KernelTable {
   AmaxFn nv_amax;
   LinearFn linear;  // weight rows [n0, n1): every row of x, all of K
   PackedLinearFn linear_packed;  // nullptr: no packed kernel for this ISA
+  // The same product from a.xh with bf16 dot products (AVX512-BF16): each row tile decoded to bf16
+  // once, for every row of x. nullptr below the avx512bf16 ISA.
+  PackedLinearFn linear_packed_bf16 = nullptr;
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -111,6 +119,7 @@ struct KernelTable {
 namespace avx512 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);
 bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1);
+bool linear_packed_bf16(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 }
 namespace avx2 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);
@@ -123,6 +132,7 @@ const KernelTable& scalar_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
+const KernelTable& avx512bf16_kernels();  // avx512's, plus linear_packed_bf16
 #endif
 // Table of the active ISA (common/cpu_features.h).
 const KernelTable& active_kernels();

@@ -1,10 +1,13 @@
-// AVX-512 (F/BW/VL/DQ) build of the linear kernels (linear_simd_impl.h) and the ISA extras they
+// AVX-512 (F/BW/VL/DQ) build of the linear kernels (linear_simd_impl.h, linear_packed_impl.h; and the
+// AVX512-BF16 one, linear_packed_bf16.h, run only under the avx512bf16 ISA) and the ISA extras they
 // need. Every function carries a target attribute; the baseline never executes any of it unless
 // common/cpu_features.cpp found the ISA at run time. Own namespace (avx512::lin): the decode
 // helpers of mx_simd_impl.h are compiled here again, independently of mx_avx512.cpp.
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
+
+#include <vector>
 
 #include "common/bits.h"
 #include "common/simd_avx512.h"
@@ -73,6 +76,7 @@ struct X {
 
 #include "mx/linear_simd_impl.h"
 #include "mx/linear_packed_impl.h"
+#include "mx/linear_packed_bf16.h"
 #undef LK_T
 
 }  // namespace lin
@@ -80,6 +84,9 @@ struct X {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1) { lin::linear_range(a, n0, n1); }
 bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   return lin::linear_packed_range(a, t0, t1);
+}
+bool linear_packed_bf16(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  return lin::linear_packed_bf16_range(a, t0, t1);
 }
 
 }  // namespace avx512

@@ -24,6 +24,9 @@ namespace {
 
 using cpu::parallel_chunks;
 constexpr int64_t kTileRows = 16;
+// Rows of x from which the bf16 dot-product kernel (one decode of each tile into L2 for all rows)
+// beats the fp32 lane-per-row kernel (measured: bench/bench_mx.py, Zen 4).
+constexpr int64_t kBf16MinRows = 16;
 
 int64_t code_bytes_per_row_block(int f, int64_t block_size) {
   return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
@@ -92,9 +95,24 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const int64_t block_bytes = packed.size(2);
   const float g = *global_scale.data_ptr<float>();
 
-  const at::Tensor xf = act >= 0 ? fake_quantize(x2, act, block_size, kern)
-                                 : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);  // x_hat, fp32
-  const PackedLinearArgs pa{xf.data_ptr<float>(),
+  const at::Tensor xq = act >= 0 ? fake_quantize(x2, act, block_size, kern) : at::Tensor();  // dual: x_hat, fp32
+  // bf16 dot products (avx512bf16) from kBf16MinRows rows of x on, where x is exact in bf16: bf16 x,
+  // or an MX x_hat (element values of <= 8 significant bits times a power of two). NV x_hat (times
+  // the fp32 tensor scale) and fp32 / fp16 x keep the fp32 kernel: no kernel rounds x.
+  const bool bf16_dot = kern.linear_packed_bf16 && M >= kBf16MinRows &&
+                        (act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16);
+  at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
+  if (bf16_dot) {
+    const int64_t G = (M + kBf16RowGroup - 1) / kBf16RowGroup;
+    const at::Tensor xb = act >= 0 ? xq.to(at::kBFloat16) : x2;
+    xh = at::constant_pad_nd(xb, {0, 0, 0, G * kBf16RowGroup - M})
+             .view({G, kBf16RowGroup, K / 2, 2})
+             .transpose(1, 2)
+             .contiguous()
+             .view(at::kInt);
+  }
+  const at::Tensor xf = bf16_dot ? at::Tensor() : act >= 0 ? xq : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
+  const PackedLinearArgs pa{xf.defined() ? xf.data_ptr<float>() : nullptr,
                             M,
                             K,
                             N,
@@ -105,10 +123,15 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
                             f,
                             bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
                             in_dtype_code(y.scalar_type()),
-                            y.data_ptr()};
+                            y.data_ptr(),
+                            xh.defined() ? xh.data_ptr<int32_t>() : nullptr};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
+  if (bf16_dot) {  // every format has the kernel; a tile is decoded once for all M rows
+    parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16(pa, t0, t1); });
+    return y;
+  }
   if (kern.linear_packed && kern.linear_packed(pa, 0, 0)) {  // the ISA has a packed kernel for the format
     parallel_chunks(T, grain, [&](int64_t t0, int64_t t1) { kern.linear_packed(pa, t0, t1); });
     return y;

@@ -27,6 +27,15 @@ const KernelTable& avx512_kernels() {
   return table;
 }
 
+const KernelTable& avx512bf16_kernels() {
+  static const KernelTable table = [] {
+    KernelTable t = avx512_kernels();
+    t.linear_packed_bf16 = &avx512::linear_packed_bf16;
+    return t;
+  }();
+  return table;
+}
+
 }  // namespace mx
 }  // namespace leankern
 

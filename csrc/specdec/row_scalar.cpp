@@ -108,6 +108,7 @@ const RowKernels& scalar_row_kernels() {
 const RowKernels& active_row_kernels() {
 #if defined(__x86_64__) || defined(_M_X64)
   switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512Bf16:
     case cpu::Isa::kAvx512:
       return avx512_row_kernels();
     case cpu::Isa::kAvx2:
