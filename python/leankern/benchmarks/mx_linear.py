@@ -120,7 +120,7 @@ def _isas(full: bool) -> list:
     import leankern
 
     ext = leankern.extension()
-    simd = [i for i in ("avx512", "avx2") if i in ext.supported_isas()]
+    simd = [i for i in ("avx512bf16", "avx512", "avx2") if i in ext.supported_isas()]
     return simd if full else simd[:1]
 
 
