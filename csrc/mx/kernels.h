@@ -85,6 +85,13 @@ struct PackedLinearArgs {
   // it instead of x, in row groups: [ceil(M / 24), K / 2, 24] int32, element (g, q, i) = the bf16
   // pair (x[24 g + i, 2q], x[24 g + i, 2q + 1]) (rows past M: zeros).
   const int32_t* xh;
+  // Dual mode with an int8-able act format (linear_packed_int8.h), else nullptr: x's element
+  // values * 2^D as signed bytes in the same row groups, 4 per int32 ([ceil(M / 24), K / 4, 24]:
+  // (g, q, i) = x[24 g + i, 4q .. 4q + 3]), and per block and row -128 * the block's byte sum
+  // (xcorr) and its factor 2^(s - 127 - D) (xfac), both [ceil(M / 24), K / block_size, 24].
+  const int32_t* xq;
+  const int32_t* xcorr;
+  const float* xfac;
 };
 constexpr int kBf16RowGroup = 24;
 
@@ -111,6 +118,9 @@ struct KernelTable {
   // The same product from a.xh with bf16 dot products (AVX512-BF16): each row tile decoded to bf16
   // once, for every row of x. nullptr below the avx512bf16 ISA.
   PackedLinearFn linear_packed_bf16 = nullptr;
+  // Dual INT x INT from a.xq with int8 dot products (AVX512-VNNI); false for a weight format it
+  // lacks. nullptr below the avx512bf16 ISA.
+  PackedLinearFn linear_packed_int8 = nullptr;
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -120,6 +130,7 @@ namespace avx512 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);
 bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 bool linear_packed_bf16(const PackedLinearArgs& a, int64_t t0, int64_t t1);
+bool linear_packed_int8(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 }
 namespace avx2 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);
@@ -132,7 +143,7 @@ const KernelTable& scalar_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
-const KernelTable& avx512bf16_kernels();  // avx512's, plus linear_packed_bf16
+const KernelTable& avx512bf16_kernels();  // avx512's, plus linear_packed_bf16 / _int8
 #endif
 // Table of the active ISA (common/cpu_features.h).
 const KernelTable& active_kernels();

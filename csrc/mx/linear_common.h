@@ -19,6 +19,14 @@ inline int64_t leading_rows(const at::Tensor& x) {
 // check_format with the argument's name in the message ("act_fmt: expected one of ...").
 int check_format_named(const char* name, c10::string_view fmt);
 
+// quantize(x, fmt, block_size, "rceil") of a contiguous x: codes, scale bytes and (NV) the dynamic
+// tensor scale of x.
+struct ActCodes {
+  at::Tensor codes, scales;
+  float g;
+};
+ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern);
+
 // x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
 // NV with the dynamic tensor scale of x: the dual mode's x_hat.
 at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern);

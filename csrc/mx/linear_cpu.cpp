@@ -133,7 +133,7 @@ static int64_t grain_blocks(int64_t block_size) { return std::max<int64_t>(1, 65
 
 // x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
 // NV with the dynamic tensor scale of x: mx_dequantize(*mx_quantize(x, ...), fp32) in one go.
-at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
+ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
   const FormatSpec& spec = kFormats[f];
   const int64_t numel = x.numel(), nblocks = numel / block_size;
   const at::TensorOptions bytes = x.options().dtype(at::kByte);
@@ -153,8 +153,14 @@ at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const K
     q.g = nv_global_scale(amax.load(), elem_params(spec.elem));
   }
   parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.quantize(q, b0, b1); });
+  return {codes, scales, q.g};
+}
+
+at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
+  const ActCodes c = quantize_act(x, f, block_size, kern);
+  const int64_t nblocks = x.numel() / block_size, grain = grain_blocks(block_size);
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-  const DequantArgs d{codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), q.g, (int)block_size, f, kInF32,
+  const DequantArgs d{c.codes.data_ptr<uint8_t>(), c.scales.data_ptr<uint8_t>(), c.g, (int)block_size, f, kInF32,
                       out.data_ptr()};
   parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.dequantize(d, b0, b1); });
   return out;

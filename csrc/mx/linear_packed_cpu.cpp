@@ -66,6 +66,53 @@ int check_packed_args(const at::Tensor& x, const at::Tensor& packed, const at::T
   return f;
 }
 
+// D of the int8 kernel (linear_packed_int8.h) for an MX format whose element values * 2^D are
+// integers in [-128, 127] (INT8, INT4: 0; E2M1: 1), or -1.
+int int8_shift(int f) {
+  if (kFormats[f].is_nv) return -1;
+  const int e = kFormats[f].elem;
+  return e == kInt8 || e == kInt4 ? 0 : e == kFp4E2M1 ? 1 : -1;
+}
+
+// x in the int8 kernel's layout (PackedLinearArgs::xq / xcorr / xfac), quantized to `act` (RCEIL).
+struct Int8Act {
+  at::Tensor q, corr, fac;
+};
+Int8Act int8_act(const at::Tensor& x2, int act, int64_t block_size, const KernelTable& kern, int64_t M, int64_t K) {
+  const ActCodes c = quantize_act(x2, act, block_size, kern);
+  const int D = int8_shift(act), bits = elem_spec(kFormats[act].elem).bits;
+  int8_t lut[256];  // code (or nibble) -> value * 2^D
+  for (int code = 0; code < (bits == 4 ? 16 : 256); ++code)
+    lut[code] = (int8_t)(u2f(decode_code_bits((uint32_t)code, elem_params(kFormats[act].elem))) * (float)(1 << D));
+  const int64_t G = (M + kBf16RowGroup - 1) / kBf16RowGroup, nb = K / block_size, R = kBf16RowGroup;
+  const at::TensorOptions o = x2.options();
+  Int8Act out{at::zeros({G, K / 4, R}, o.dtype(at::kInt)), at::zeros({G, nb, R}, o.dtype(at::kInt)),
+              at::zeros({G, nb, R}, o.dtype(at::kFloat))};
+  const uint8_t* codes = c.codes.data_ptr<uint8_t>();
+  const uint8_t* scales = c.scales.data_ptr<uint8_t>();
+  int8_t* q = reinterpret_cast<int8_t*>(out.q.data_ptr<int32_t>());
+  int32_t* corr = out.corr.data_ptr<int32_t>();
+  float* fac = out.fac.data_ptr<float>();
+  const float unshift = 1.0f / (float)(1 << D);
+  parallel_chunks(M, 8, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const int64_t g = m / R, i = m % R;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t sum = 0;
+        for (int64_t k = b * block_size; k < (b + 1) * block_size; ++k) {
+          const int64_t e = m * K + k;
+          const int v = lut[bits == 4 ? (codes[e / 2] >> (4 * (e & 1))) & 0xF : codes[e]];
+          q[((g * (K / 4) + k / 4) * R + i) * 4 + k % 4] = (int8_t)v;
+          sum += v;
+        }
+        corr[(g * nb + b) * R + i] = -128 * sum;
+        fac[(g * nb + b) * R + i] = u2f(e8m0_factor_bits(scales[m * nb + b])) * unshift;
+      }
+    }
+  });
+  return out;
+}
+
 // Row tile t of the packed buffer -> row-major codes [16, row_bytes] and scales [16, nb].
 void unpack_tile(const uint8_t* tile, int64_t cb, int64_t nb, int64_t block_bytes, uint8_t* codes, uint8_t* scales) {
   const int64_t row_bytes = nb * cb;
@@ -95,11 +142,16 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const int64_t block_bytes = packed.size(2);
   const float g = *global_scale.data_ptr<float>();
 
-  const at::Tensor xq = act >= 0 ? fake_quantize(x2, act, block_size, kern) : at::Tensor();  // dual: x_hat, fp32
+  // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
+  Int8Act xi;
+  if (kern.linear_packed_int8 && act >= 0 && M >= kBf16MinRows && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
+      block_size % 4 == 0)
+    xi = int8_act(x2, act, block_size, kern, M, K);
+  const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern) : at::Tensor();  // x_hat
   // bf16 dot products (avx512bf16) from kBf16MinRows rows of x on, where x is exact in bf16: bf16 x,
   // or an MX x_hat (element values of <= 8 significant bits times a power of two). NV x_hat (times
   // the fp32 tensor scale) and fp32 / fp16 x keep the fp32 kernel: no kernel rounds x.
-  const bool bf16_dot = kern.linear_packed_bf16 && M >= kBf16MinRows &&
+  const bool bf16_dot = kern.linear_packed_bf16 && !xi.q.defined() && M >= kBf16MinRows &&
                         (act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16);
   at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
   if (bf16_dot) {
@@ -111,7 +163,9 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
              .contiguous()
              .view(at::kInt);
   }
-  const at::Tensor xf = bf16_dot ? at::Tensor() : act >= 0 ? xq : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
+  const at::Tensor xf = bf16_dot || xi.q.defined() ? at::Tensor()
+                        : act >= 0                  ? xq
+                        : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
   const PackedLinearArgs pa{xf.defined() ? xf.data_ptr<float>() : nullptr,
                             M,
                             K,
@@ -124,10 +178,17 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
                             bias_f.defined() ? bias_f.data_ptr<float>() : nullptr,
                             in_dtype_code(y.scalar_type()),
                             y.data_ptr(),
-                            xh.defined() ? xh.data_ptr<int32_t>() : nullptr};
+                            xh.defined() ? xh.data_ptr<int32_t>() : nullptr,
+                            xi.q.defined() ? xi.q.data_ptr<int32_t>() : nullptr,
+                            xi.q.defined() ? xi.corr.data_ptr<int32_t>() : nullptr,
+                            xi.q.defined() ? xi.fac.data_ptr<float>() : nullptr};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
+  if (xi.q.defined()) {  // both formats int8-able: the kernel has the weight format
+    parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_int8(pa, t0, t1); });
+    return y;
+  }
   if (bf16_dot) {  // every format has the kernel; a tile is decoded once for all M rows
     parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16(pa, t0, t1); });
     return y;

@@ -31,6 +31,7 @@ const KernelTable& avx512bf16_kernels() {
   static const KernelTable table = [] {
     KernelTable t = avx512_kernels();
     t.linear_packed_bf16 = &avx512::linear_packed_bf16;
+    t.linear_packed_int8 = &avx512::linear_packed_int8;
     return t;
   }();
   return table;
