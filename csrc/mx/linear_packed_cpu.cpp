@@ -74,43 +74,44 @@ int int8_shift(int f) {
   return e == kInt8 || e == kInt4 ? 0 : e == kFp4E2M1 ? 1 : -1;
 }
 
+// [M, C] of 4-byte elements -> the row groups of kernels.h: [ceil(M / 24), C, 24], rows past M zero.
+// (A transpose of 4-byte elements: torch's strided copy of 2-byte ones is several times slower.)
+at::Tensor row_groups(const at::Tensor& t) {
+  const int64_t M = t.size(0), C = t.size(1), G = (M + kBf16RowGroup - 1) / kBf16RowGroup;
+  return at::constant_pad_nd(t, {0, 0, 0, G * kBf16RowGroup - M}).view({G, kBf16RowGroup, C}).transpose(1, 2).contiguous();
+}
+
 // x in the int8 kernel's layout (PackedLinearArgs::xq / xcorr / xfac), quantized to `act` (RCEIL).
 struct Int8Act {
   at::Tensor q, corr, fac;
 };
 Int8Act int8_act(const at::Tensor& x2, int act, int64_t block_size, const KernelTable& kern, int64_t M, int64_t K) {
   const ActCodes c = quantize_act(x2, act, block_size, kern);
-  const int D = int8_shift(act), bits = elem_spec(kFormats[act].elem).bits;
-  int8_t lut[256];  // code (or nibble) -> value * 2^D
-  for (int code = 0; code < (bits == 4 ? 16 : 256); ++code)
-    lut[code] = (int8_t)(u2f(decode_code_bits((uint32_t)code, elem_params(kFormats[act].elem))) * (float)(1 << D));
-  const int64_t G = (M + kBf16RowGroup - 1) / kBf16RowGroup, nb = K / block_size, R = kBf16RowGroup;
-  const at::TensorOptions o = x2.options();
-  Int8Act out{at::zeros({G, K / 4, R}, o.dtype(at::kInt)), at::zeros({G, nb, R}, o.dtype(at::kInt)),
-              at::zeros({G, nb, R}, o.dtype(at::kFloat))};
-  const uint8_t* codes = c.codes.data_ptr<uint8_t>();
-  const uint8_t* scales = c.scales.data_ptr<uint8_t>();
-  int8_t* q = reinterpret_cast<int8_t*>(out.q.data_ptr<int32_t>());
-  int32_t* corr = out.corr.data_ptr<int32_t>();
-  float* fac = out.fac.data_ptr<float>();
-  const float unshift = 1.0f / (float)(1 << D);
-  parallel_chunks(M, 8, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const int64_t g = m / R, i = m % R;
-      for (int64_t b = 0; b < nb; ++b) {
-        int32_t sum = 0;
-        for (int64_t k = b * block_size; k < (b + 1) * block_size; ++k) {
-          const int64_t e = m * K + k;
-          const int v = lut[bits == 4 ? (codes[e / 2] >> (4 * (e & 1))) & 0xF : codes[e]];
-          q[((g * (K / 4) + k / 4) * R + i) * 4 + k % 4] = (int8_t)v;
-          sum += v;
-        }
-        corr[(g * nb + b) * R + i] = -128 * sum;
-        fac[(g * nb + b) * R + i] = u2f(e8m0_factor_bits(scales[m * nb + b])) * unshift;
+  const int D = int8_shift(act), nb = (int)(K / block_size);
+  at::Tensor vals;  // [M, K] int8: element value * 2^D
+  if (elem_spec(kFormats[act].elem).bits == 8) {
+    vals = c.codes.view(at::kChar).view({M, K});  // INT8 codes are the values (D = 0)
+  } else {
+    int8_t lut[16];
+    for (uint32_t n = 0; n < 16; ++n)
+      lut[n] = (int8_t)(u2f(decode_code_bits(n, elem_params(kFormats[act].elem))) * (float)(1 << D));
+    vals = at::empty({M, K}, x2.options().dtype(at::kChar));
+    const uint8_t* codes = c.codes.data_ptr<uint8_t>();
+    int8_t* v = vals.data_ptr<int8_t>();
+    parallel_chunks(M * K / 2, 1 << 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {  // byte b: elements 2b (low nibble) and 2b + 1
+        v[2 * b] = lut[codes[b] & 0xF];
+        v[2 * b + 1] = lut[codes[b] >> 4];
       }
-    }
-  });
-  return out;
+    });
+  }
+  // E8M0 factor 2^(s - 127) from the bits (byte 0: the subnormal 2^-127; 255: NaN), then * 2^-D
+  const at::Tensor s = c.scales.view({M, nb}).to(at::kInt);
+  const at::Tensor bits = at::where(s == 0, at::full({}, 0x00400000, s.options()),
+                                    at::where(s == 255, at::full({}, 0x7fc00000, s.options()), s.bitwise_left_shift(23)));
+  return {row_groups(vals.view(at::kInt)),
+          row_groups(vals.view({M, nb, block_size}).sum(-1, false, at::kInt).mul_(-128)),
+          row_groups(bits.view(at::kFloat).mul(1.0f / (float)(1 << D)))};
 }
 
 // Row tile t of the packed buffer -> row-major codes [16, row_bytes] and scales [16, nb].
@@ -154,15 +155,7 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const bool bf16_dot = kern.linear_packed_bf16 && !xi.q.defined() && M >= kBf16MinRows &&
                         (act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16);
   at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
-  if (bf16_dot) {
-    const int64_t G = (M + kBf16RowGroup - 1) / kBf16RowGroup;
-    const at::Tensor xb = act >= 0 ? xq.to(at::kBFloat16) : x2;
-    xh = at::constant_pad_nd(xb, {0, 0, 0, G * kBf16RowGroup - M})
-             .view({G, kBf16RowGroup, K / 2, 2})
-             .transpose(1, 2)
-             .contiguous()
-             .view(at::kInt);
-  }
+  if (bf16_dot) xh = row_groups((act >= 0 ? xq.to(at::kBFloat16) : x2).view(at::kInt));  // pairs as int32
   const at::Tensor xf = bf16_dot || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);

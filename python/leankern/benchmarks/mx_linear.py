@@ -53,7 +53,9 @@ def _plan(quick: bool, full: bool):
     if not quick:
         rows += [("mxint8", "mxint8", 16, 4096, 4096, "prepacked"), ("mxfp4", None, 64, 4096, 4096, "prepacked")]
         if not full:
-            rows += [("mxfp4", None, 512, 4096, 4096, "prepacked"), ("mxint8", "mxint8", 512, 4096, 4096, "prepacked")]
+            rows += [("mxfp4", None, 512, 4096, 4096, "prepacked"), ("mxint8", "mxint8", 512, 4096, 4096, "prepacked"),
+                     ("mxfp4", "mxfp4", 512, 4096, 4096, "prepacked"), ("mxint4", "mxint4", 512, 4096, 4096, "prepacked"),
+                     ("mxfp8_e4m3", "mxfp8_e4m3", 512, 4096, 4096, "prepacked")]
         else:
             rows += [("mxint8", "mxint8", 512, n, k, "prepacked") for (n, k) in shapes]
     return rows
