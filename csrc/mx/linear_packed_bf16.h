@@ -58,22 +58,10 @@ LK_BF void bf16_put(I* wb, __m512 sc, float pre, __mmask16& bad, I lo, I hi) {
 // whether all of them are exact, non-subnormal bf16; false: the caller decodes the tile unfolded.
 template <int EL, bool NV, bool FOLD>
 LK_BF bool bf16_decode_block(const PackedLinearArgs& a, const uint8_t* blk, I* wb, I* sc, float* pre) {
-  constexpr int D = PackedElem<EL>::D;
   constexpr bool four = elem_params(EL).bits == 4;
   const int bs = a.block_size;
   const uint8_t* codes = blk + kPR;
-  bool exact = false, fold = true;
-  if constexpr (EL == kFp8E4M3 && !NV) exact = X::any_masked_eq(codes, (int64_t)bs * kPR, 0x7F);
-  if constexpr (D < 0 && !NV)
-    fold = !_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(_mm_loadu_si128((const __m128i*)blk), _mm_set1_epi8((char)(255 + D))),
-                                             _mm_loadu_si128((const __m128i*)blk)));
-  if (fold && !exact) {
-    packed_scales<NV, D>(blk, sc);
-    *pre = 1.0f;
-  } else {  // block sums * 2^-D (exact), then the plain factor; exact blocks decode to D = 0
-    packed_scales<NV, 0>(blk, sc);
-    *pre = exact ? 1.0f : (D < 0 ? (float)(1 << -D) : 1.0f);
-  }
+  const bool exact = block_scales<EL, NV>(blk, four ? bs / 2 : bs, sc, pre);
   __mmask16 bad = 0;
   const __m512 fs = _mm512_castsi512_ps(*sc);
   if constexpr (four) {

@@ -74,6 +74,28 @@ LK_T void packed_scales(const uint8_t* s, I* out) {
   }
 }
 
+// How one block of a tile decodes (shared by the fp32, bf16 and int8 packed kernels): E4M3 blocks
+// holding NaN codes decode exactly (D = 0), and MX blocks whose folded factor 2^(s - 127 - D) would
+// overflow keep the plain factor, their sums taken times 2^-D first. Sets the 16 rows' factor
+// vectors *sc and that first factor *pre (1 or 2^-D); returns whether the block decodes exactly.
+template <int EL, bool NV>
+LK_T bool block_scales(const uint8_t* blk, int64_t code_bytes, I* sc, float* pre) {
+  constexpr int D = PackedElem<EL>::D;
+  bool exact = false, fold = true;
+  if constexpr (EL == kFp8E4M3 && !NV) exact = X::any_masked_eq(blk + kPR, code_bytes * kPR, 0x7F);  // 0x7F / 0xFF
+  if constexpr (D < 0 && !NV)  // s - D > 254: the folded factor would overflow
+    fold = !_mm_movemask_epi8(_mm_cmpeq_epi8(
+        _mm_max_epu8(_mm_loadu_si128((const __m128i*)blk), _mm_set1_epi8((char)(255 + D))), _mm_loadu_si128((const __m128i*)blk)));
+  if (fold && !exact) {
+    packed_scales<NV, D>(blk, sc);
+    *pre = 1.0f;
+  } else {  // the block sums * 2^-D (exact: sums of element values), then the plain factor
+    packed_scales<NV, 0>(blk, sc);
+    *pre = exact || D >= 0 ? 1.0f : (float)(1 << (D < 0 ? -D : 0));  // (fold is false only where D < 0)
+  }
+  return exact;
+}
+
 // The tile's sums for one row of x -> y (times post, plus bias), the first `rows` lanes.
 LK_T void packed_store(const PackedLinearArgs& a, int64_t m, int64_t n0, int rows, const I* acc, float post) {
   alignas(64) float out[kPR];
@@ -105,8 +127,6 @@ LK_T void packed_sums_8bit(const uint8_t* codes, const float* xb, int64_t K, int
 template <int EL, bool NV, int MM>
 LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const float* x, int64_t m0, int64_t n0,
                       int rows) {
-  using PE = PackedElem<EL>;
-  constexpr int D = PE::D;
   // sets of block sums: about 8 FMA chains in flight on AVX-512 (32 registers), 4 on AVX2 (16)
   constexpr int kChains = N == 16 ? 8 : 4;
   constexpr int S = kChains / (MM * kVT) < 1 ? 1 : kChains / (MM * kVT) > 4 ? 4 : kChains / (MM * kVT);
@@ -121,11 +141,9 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
     const uint8_t* blk = tile + b * a.block_bytes;
     const uint8_t* codes = blk + kPR;
     __builtin_prefetch(blk + 8 * a.block_bytes);
-    bool exact = false, fold = true;
-    if constexpr (EL == kFp8E4M3 && !NV) exact = X::any_masked_eq(codes, cbytes * kPR, 0x7F);  // NaN codes 0x7F / 0xFF
-    if constexpr (D < 0 && !NV)  // s - D > 254: the folded factor would overflow
-      fold = !_mm_movemask_epi8(_mm_cmpeq_epi8(
-          _mm_max_epu8(_mm_loadu_si128((const __m128i*)blk), _mm_set1_epi8((char)(255 + D))), _mm_loadu_si128((const __m128i*)blk)));
+    I sc[kVT];
+    float pre;
+    const bool exact = block_scales<EL, NV>(blk, cbytes, sc, &pre);
     // S independent sets of block sums (element e goes to set e % S): an FMA chain per set, so
     // few rows of x still keep enough FMAs in flight (latency 4-5 cycles, 2 per cycle).
     I bacc[S][MM][kVT];
@@ -166,15 +184,9 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
     for (int j = 1; j < S; ++j)
       for (int m = 0; m < MM; ++m)
         for (int v = 0; v < kVT; ++v) bacc[0][m][v] = V::fadd(bacc[0][m][v], bacc[j][m][v]);
-    I sc[kVT];
-    if (fold && !exact) {
-      packed_scales<NV, D>(blk, sc);
-    } else {  // bacc * 2^-D is exact (sums of element values), then the plain factor
-      packed_scales<NV, 0>(blk, sc);
-      if (!exact)
-        for (int m = 0; m < MM; ++m)
-          for (int v = 0; v < kVT; ++v) bacc[0][m][v] = V::fmul(bacc[0][m][v], V::fset1(D < 0 ? (float)(1 << -D) : 1.0f));
-    }
+    if (pre != 1.0f)
+      for (int m = 0; m < MM; ++m)
+        for (int v = 0; v < kVT; ++v) bacc[0][m][v] = V::fmul(bacc[0][m][v], V::fset1(pre));
     for (int m = 0; m < MM; ++m)
       for (int v = 0; v < kVT; ++v) acc[m][v] = X::fmadd(bacc[0][m][v], sc[v], acc[m][v]);
   }
