@@ -112,18 +112,17 @@ LK_BF_MICRO void bf16_micro(const int32_t* xg, const I* wb, const I* sc, const f
 }
 
 // MM rows of x times one folded tile (scales inside the bf16 weights): one fp32 sum per output,
-// no per-block rescale, up to kGF accumulator chains.
+// no per-block rescale, up to kGF accumulator chains. (Intrinsics, not the asm broadcast operand
+// of bf16_micro: with 24 asm outputs GCC kept the sums in memory.)
 template <int MM>
 LK_BF_MICRO void bf16_micro_folded(const int32_t* xg, int64_t K, const I* wb, __m512* acc) {
   __m512 r[MM];  // local, so the sums stay in registers (acc's address escapes to the caller)
   for (int i = 0; i < MM; ++i) r[i] = _mm512_setzero_ps();
   for (int64_t q = 0; q < K / 2; ++q) {
-    const __m512 wv = _mm512_castsi512_ps(_mm512_load_si512(wb + q));
+    const __m512bh wv = (__m512bh)_mm512_load_si512(wb + q);
 #pragma GCC unroll 24  // fully: r[] must be registers
     for (int i = 0; i < MM; ++i)
-    {
-      r[i] = _mm512_dpbf16_ps(r[i], (__m512bh)wv, (__m512bh)_mm512_set1_epi32(xg[q * kBf16RowGroup + i]));
-    }
+      r[i] = _mm512_dpbf16_ps(r[i], wv, (__m512bh)_mm512_set1_epi32(xg[q * kBf16RowGroup + i]));
   }
   for (int i = 0; i < MM; ++i) acc[i] = r[i];
 }
