@@ -33,9 +33,10 @@ BLOCK_SIZES = (32, 64, 128, 256)
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
 
-@pytest.fixture(params=("avx512", "avx2", "scalar"))
+@pytest.fixture(params=("avx512bf16", "avx512", "avx2", "scalar"))
 def isa(request):
-    """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards."""
+    """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards. (avx512bf16 runs the
+    avx512 kernels, except sefp_linear's decoded-panel path: bf16 panels, torch's bf16 GEMM.)"""
     skip_unless_cpp()
     if request.param not in EXT.supported_isas():
         pytest.skip(f"this CPU does not support {request.param} (it has: {EXT.cpu_features()})")

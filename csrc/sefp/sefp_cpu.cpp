@@ -8,7 +8,9 @@
 //                    transposed kernels' permuted order.
 //   M >= kPanelRows: panels of kPanelN weight rows decoded to fp32 (in parallel), then torch's own
 //                    multithreaded fp32 GEMM (at::mm_out) into the output columns: the decode is
-//                    amortized over the M rows.
+//                    amortized over the M rows. Under the avx512bf16 ISA, for bf16 x without bias
+//                    and m <= 8, the panels are converted to bf16 (exact: <= 8 significant bits)
+//                    and torch's AVX512-BF16 GEMM writes y, about 2.4x faster at M = 512.
 // Both sum in fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
@@ -23,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "common/parallel.h"
 #include "sefp/checks.h"
@@ -159,10 +162,12 @@ at::Tensor prepare_x(const at::Tensor& x, int64_t Kx, bool permuted, int m) {
   return xb;
 }
 
-// y32 [M, N] = xb @ W^T through decoded panels and at::mm_out.
-void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32) {
+// y [M, N] = xb @ W^T through decoded panels and at::mm_out: y32 fp32 (xb fp32), or, with bf16
+// panels (bf16_y: xb and y bf16), torch's bf16 GEMM, which accumulates in fp32 and rounds once.
+void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32,
+                   bool bf16_y = false) {
   const int64_t Kx = xb.size(1);
-  at::Tensor panel = at::empty({std::min(kPanelN, P.N), Kx}, xb.options());
+  at::Tensor panel = at::empty({std::min(kPanelN, P.N), Kx}, xb.options().dtype(at::kFloat));
   float* pp = panel.data_ptr<float>();
   for (int64_t n0 = 0; n0 < P.N; n0 += kPanelN) {
     const int64_t nb = std::min(kPanelN, P.N - n0);
@@ -174,7 +179,8 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
       }
     });
     at::Tensor cols = y32.narrow(1, n0, nb);
-    at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
+    const at::Tensor w = panel.narrow(0, 0, nb);
+    at::mm_out(cols, xb, (bf16_y ? w.to(at::kBFloat16) : w).t());
   }
 }
 
@@ -193,7 +199,15 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   const int64_t Kx = permuted ? permuted_width(P.Kw) : P.Kw * kWord;
   const at::Tensor xb = prepare_x(x.reshape({M, K}).contiguous(), Kx, permuted, (int)m);
   const bool f32_out = x.scalar_type() == at::kFloat;
-  at::Tensor y32 = f32_out ? out.view({M, N}) : at::empty({M, N}, x.options().dtype(at::kFloat));
+  // bf16 x, no bias, m <= 8, a CPU with AVX512-BF16: the panels go through torch's bf16 GEMM (y is
+  // rounded once, as the reference rounds its fp32 sum); a bias needs the fp32 sum (one rounding
+  // of y + b), and without AVX512-BF16 torch's bf16 GEMM is slower than its fp32 one. Blocks whose
+  // smallest step 2^(E - (m - 1)) is below 2^-126 (E < m - 127, not the empty E = -128) would be
+  // bf16 subnormals, which bf16 dot products flush: then the fp32 path.
+  const bool bf16_gemm = M >= kPanelRows && x.scalar_type() == at::kBFloat16 && !bias.has_value() && m <= 8 &&
+                         cpu::active_isa() == cpu::Isa::kAvx512Bf16 &&
+                         !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
+  at::Tensor y32 = f32_out ? out.view({M, N}) : bf16_gemm ? at::Tensor() : at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M < kPanelRows) {
     const float* xp = xb.data_ptr<float>();
     float* yp = y32.data_ptr<float>();
@@ -202,6 +216,10 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
     const int64_t per_row = rows_per_task(Kx * (1 + M), 1 << 19);
     const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
     parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv(P, xp, M, Kx, n0, n1, yp, N); });
+  } else if (bf16_gemm) {  // the decoded weights (m <= 8 significant bits) and x are exact in bf16
+    at::Tensor o2 = out.view({M, N});
+    linear_panels(kern, P, permuted, xb.to(at::kBFloat16), o2, true);
+    return out;
   } else {
     linear_panels(kern, P, permuted, xb, y32);
   }
