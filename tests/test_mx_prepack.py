@@ -114,12 +114,13 @@ def test_packed_linear_dual(isa, fmt):
     _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b, act_fmt=fmt), x, qt, b, fmt)
 
 
-# The bf16 dot-product kernel (avx512bf16) runs from 16 rows of x on, for bf16 x and MX dual x_hat
-# (exact in bf16); elsewhere these shapes take the fp32 kernels. Rows cross the 24-row groups.
+# The bf16 dot-product kernels (avx512bf16) run for bf16 x and MX dual x_hat (exact in bf16): the
+# few-rows one below 32 rows of x (passes of 8 rows: 16, 25, 31), the prefill one from 32 on (rows
+# crossing its 24-row groups: 32, 53, 48); elsewhere these shapes take the fp32 kernels.
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_packed_linear_many_rows(isa, fmt):
-    for m, n, k, bs, bias in ((16, 40, 128, 32, True), (25, 17, 256, 64, False), (53, 33, 64, 2, True),
-                              (24, 16, 1024, 1024, False)):
+    for m, n, k, bs, bias in ((16, 40, 128, 32, True), (25, 17, 256, 64, False), (31, 20, 64, 16, True),
+                              (32, 24, 128, 16, False), (53, 33, 64, 2, True), (48, 16, 1024, 1024, False)):
         if fmt.startswith("nv"):
             bs = 16
         qt = _weight(n, k, fmt, bs, seed=m)
@@ -131,17 +132,19 @@ def test_packed_linear_many_rows(isa, fmt):
             _check(leankern.mx.linear(xf, leankern.mx.prepack(qt), bf, act_fmt=fmt), xf, qt, bf, fmt)
 
 
-def test_bf16_dot_kernel_runs_and_flushes_subnormal_x(isa):
+@pytest.mark.parametrize("fmt", ["mxint8", "mxfp4", "nvint4", "mxfp8_e5m2"])
+def test_bf16_dot_kernels_run_and_flush_subnormal_x(isa, fmt):
     """vdpbf16ps treats bf16 subnormal inputs as zero: under avx512bf16 a bf16 x of 2^-130 gives 0
-    from 16 rows on (the documented exception to the bound), while the fp32 kernels (fewer rows,
-    fp32 x, other ISAs) keep it. This also proves which kernel ran."""
-    qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), "mxint8"))
-    x = torch.full((16, 64), 2.0**-130).to(torch.bfloat16)
+    for every number of rows (the few-rows kernel below 32, the prefill one from 32; the documented
+    exception to the bound), while the fp32 kernels (fp32 x, other ISAs) keep it. This also proves
+    that the bf16 kernels ran for bf16 x."""
+    qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), fmt))
+    x = torch.full((40, 64), 2.0**-130).to(torch.bfloat16)
     tiny = 64 * 2.0**-130
     assert leankern.mx.linear(x.float(), qt)[0, 0].item() == pytest.approx(tiny, rel=1e-6)
-    assert leankern.mx.linear(x[:15], qt)[0, 0].float().item() == pytest.approx(tiny, rel=1e-2)
     want = 0.0 if isa == "avx512bf16" else tiny
-    assert leankern.mx.linear(x, qt)[0, 0].float().item() == pytest.approx(want, rel=1e-2, abs=0)
+    for m in (1, 8, 31, 32, 40):
+        assert leankern.mx.linear(x[:m], qt)[:, 0].float().tolist() == pytest.approx([want] * m, rel=1e-2, abs=0)
 
 
 @pytest.mark.parametrize("w_fmt", ["mxint8", "mxint4", "mxfp4"])
@@ -194,7 +197,8 @@ def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte):
     codes[::3, per_block:2 * per_block] &= _SMALL_MASK[fmt]
     w = _with_scales(qt, scales.view(qt.scales.dtype), codes.view(qt.codes.dtype))
     assert torch.isfinite(w.dequantize(torch.float32)).all()
-    for m, dtype in ((3, torch.float32), (17, torch.bfloat16)):  # 17 bf16 rows: the bf16 dot-product kernel
+    # bf16 rows: the few-rows (5, 17) and prefill (40) bf16 dot-product kernels under avx512bf16
+    for m, dtype in ((3, torch.float32), (5, torch.bfloat16), (17, torch.bfloat16), (40, torch.bfloat16)):
         x = (torch.randn(m, 128, generator=torch.Generator().manual_seed(1)) * 2.0**-10).to(dtype)
         _check(leankern.mx.linear(x, leankern.mx.prepack(w)), x, w)
 
@@ -205,8 +209,9 @@ def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt):
     scales = _bytes(qt.scales).clone()
     scales[17, 1 if fmt != "nvfp4" else 3] = 0xFF if fmt != "nvfp4" else 0x7F
     bad = _with_scales(qt, scales.view(qt.scales.dtype))
-    y = leankern.mx.linear(torch.randn(3, 64), leankern.mx.prepack(bad))
-    assert torch.isnan(y[:, 17]).all() and torch.isfinite(y[:, :17]).all() and torch.isfinite(y[:, 18:]).all()
+    for x in (torch.randn(3, 64), torch.randn(3, 64).to(torch.bfloat16), torch.randn(40, 64).to(torch.bfloat16)):
+        y = leankern.mx.linear(x, leankern.mx.prepack(bad))
+        assert torch.isnan(y[:, 17]).all() and torch.isfinite(y[:, :17]).all() and torch.isfinite(y[:, 18:]).all()
 
 
 def test_packed_e4m3_nan_codes_take_the_exact_path(isa):
@@ -217,7 +222,7 @@ def test_packed_e4m3_nan_codes_take_the_exact_path(isa):
     codes[4, 40] = 0x7F
     codes[17, 100] = 0xFF
     bad = _with_scales(qt, qt.scales, codes.view(qt.codes.dtype))
-    for x in (torch.randn(2, 128), torch.randn(20, 128).to(torch.bfloat16)):
+    for x in (torch.randn(2, 128), torch.randn(2, 128).to(torch.bfloat16), torch.randn(40, 128).to(torch.bfloat16)):
         y = leankern.mx.linear(x, leankern.mx.prepack(bad))
         assert torch.isnan(y[:, [4, 17]]).all()
         keep = [i for i in range(18) if i not in (4, 17)]

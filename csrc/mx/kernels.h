@@ -92,6 +92,9 @@ struct PackedLinearArgs {
   const int32_t* xq;
   const int32_t* xcorr;
   const float* xfac;
+  // bf16 x (or an MX dual x_hat) row-major as pairs, [M, K / 2] int32, for the few-rows bf16 kernel
+  // (linear_packed_bf16_small.h); else nullptr.
+  const int32_t* xb = nullptr;
 };
 constexpr int kBf16RowGroup = 24;
 
@@ -121,6 +124,9 @@ struct KernelTable {
   // Dual INT x INT from a.xq with int8 dot products (AVX512-VNNI); false for a weight format it
   // lacks. nullptr below the avx512bf16 ISA.
   PackedLinearFn linear_packed_int8 = nullptr;
+  // The same product from a.xb for few rows of x (decode): tiles decoded to bf16 pairs in registers,
+  // one vdpbf16ps per 32 weights and row. nullptr below the avx512bf16 ISA.
+  PackedLinearFn linear_packed_bf16_small = nullptr;
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -131,6 +137,7 @@ void linear(const LinearArgs& a, int64_t n0, int64_t n1);
 bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 bool linear_packed_bf16(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 bool linear_packed_int8(const PackedLinearArgs& a, int64_t t0, int64_t t1);
+bool linear_packed_bf16_small(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 }
 namespace avx2 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);
@@ -143,7 +150,7 @@ const KernelTable& scalar_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
-const KernelTable& avx512bf16_kernels();  // avx512's, plus linear_packed_bf16 / _int8
+const KernelTable& avx512bf16_kernels();  // avx512's, plus linear_packed_bf16 / _int8 / _bf16_small
 #endif
 // Table of the active ISA (common/cpu_features.h).
 const KernelTable& active_kernels();

@@ -6,6 +6,8 @@
 
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "common/bits.h"
 #include "common/simd_avx2.h"
 #include "mx/formats.h"

@@ -1,11 +1,13 @@
 // AVX-512 (F/BW/VL/DQ) build of the linear kernels (linear_simd_impl.h, linear_packed_impl.h; and the
-// AVX512-BF16 / VNNI ones, linear_packed_bf16.h / _int8.h, run only under the avx512bf16 ISA) and the ISA extras they
+// AVX512-BF16 / VNNI ones, linear_packed_bf16.h / _bf16_small.h / _int8.h, run only under the avx512bf16 ISA) and the ISA extras they
 // need. Every function carries a target attribute; the baseline never executes any of it unless
 // common/cpu_features.cpp found the ISA at run time. Own namespace (avx512::lin): the decode
 // helpers of mx_simd_impl.h are compiled here again, independently of mx_avx512.cpp.
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
+
+#include <type_traits>
 
 #include <vector>
 
@@ -77,6 +79,7 @@ struct X {
 #include "mx/linear_simd_impl.h"
 #include "mx/linear_packed_impl.h"
 #include "mx/linear_packed_bf16.h"
+#include "mx/linear_packed_bf16_small.h"
 #include "mx/linear_packed_int8.h"
 #undef LK_T
 
@@ -91,6 +94,9 @@ bool linear_packed_bf16(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
 }
 bool linear_packed_int8(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   return lin::linear_packed_int8_range(a, t0, t1);
+}
+bool linear_packed_bf16_small(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  return lin::linear_packed_bf16_small_range(a, t0, t1);
 }
 
 }  // namespace avx512

@@ -178,21 +178,9 @@ LK_BF void bf16_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
 
 LK_BF bool linear_packed_bf16_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   if (!a.xh) return false;
-  const FormatSpec& f = kFormats[a.fmt];
-  switch (f.is_nv ? -f.elem - 1 : f.elem) {
-    case kFp8E4M3: bf16_range_fmt<kFp8E4M3, false>(a, t0, t1); return true;
-    case kFp8E5M2: bf16_range_fmt<kFp8E5M2, false>(a, t0, t1); return true;
-    case kFp6E2M3: bf16_range_fmt<kFp6E2M3, false>(a, t0, t1); return true;
-    case kFp6E3M2: bf16_range_fmt<kFp6E3M2, false>(a, t0, t1); return true;
-    case kFp4E2M1: bf16_range_fmt<kFp4E2M1, false>(a, t0, t1); return true;
-    case kInt8: bf16_range_fmt<kInt8, false>(a, t0, t1); return true;
-    case kInt6: bf16_range_fmt<kInt6, false>(a, t0, t1); return true;
-    case kInt4: bf16_range_fmt<kInt4, false>(a, t0, t1); return true;
-    case -kFp4E2M1 - 1: bf16_range_fmt<kFp4E2M1, true>(a, t0, t1); return true;
-    case -kInt4 - 1: bf16_range_fmt<kInt4, true>(a, t0, t1); return true;
-    default: return false;
-  }
+  return dispatch_packed_format(a.fmt, [&](auto el, auto nv) {
+    bf16_range_fmt<decltype(el)::value, decltype(nv)::value>(a, t0, t1);
+  });
 }
 
-#undef LK_BF
-#undef LK_BF_MICRO
+// (LK_BF / LK_BF_MICRO stay defined for linear_packed_bf16_small.h, which undefines them.)

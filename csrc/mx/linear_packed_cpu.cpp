@@ -24,9 +24,11 @@ namespace {
 
 using cpu::parallel_chunks;
 constexpr int64_t kTileRows = 16;
-// Rows of x from which the bf16 dot-product kernel (one decode of each tile into L2 for all rows)
-// beats the fp32 lane-per-row kernel (measured: bench/bench_mx.py, Zen 4).
-constexpr int64_t kBf16MinRows = 16;
+// Rows of x from which the bf16 prefill kernel (one decode of each tile into L2 for all rows) beats
+// the few-rows one (a decode in registers per pass of 8 rows), and from which the int8 dual kernel
+// beats quantize-then-bf16 (measured: bench/bench_mx.py, Zen 4).
+constexpr int64_t kBf16PrefillMinRows = 32;
+constexpr int64_t kInt8MinRows = 16;
 
 int64_t code_bytes_per_row_block(int f, int64_t block_size) {
   return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
@@ -145,18 +147,21 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
 
   // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
   Int8Act xi;
-  if (kern.linear_packed_int8 && act >= 0 && M >= kBf16MinRows && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
+  if (kern.linear_packed_int8 && act >= 0 && M >= kInt8MinRows && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
       block_size % 4 == 0)
     xi = int8_act(x2, act, block_size, kern, M, K);
   const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern) : at::Tensor();  // x_hat
-  // bf16 dot products (avx512bf16) from kBf16MinRows rows of x on, where x is exact in bf16: bf16 x,
-  // or an MX x_hat (element values of <= 8 significant bits times a power of two). NV x_hat (times
-  // the fp32 tensor scale) and fp32 / fp16 x keep the fp32 kernel: no kernel rounds x.
-  const bool bf16_dot = kern.linear_packed_bf16 && !xi.q.defined() && M >= kBf16MinRows &&
-                        (act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16);
+  // bf16 dot products (avx512bf16) where x is exact in bf16: bf16 x, or an MX x_hat (element values
+  // of <= 8 significant bits times a power of two); from kBf16PrefillMinRows rows of x on the prefill kernel
+  // (row groups), below it the few-rows kernel (x as it is). NV x_hat (times the fp32 tensor scale)
+  // and fp32 / fp16 x keep the fp32 kernel: no kernel rounds x.
+  const bool x_is_bf16 = act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16;
+  const bool bf16_dot = kern.linear_packed_bf16 && !xi.q.defined() && M >= kBf16PrefillMinRows && x_is_bf16;
+  const bool bf16_small = kern.linear_packed_bf16_small && !xi.q.defined() && M < kBf16PrefillMinRows && x_is_bf16;
+  const at::Tensor xbf = bf16_dot || bf16_small ? (act >= 0 ? xq.to(at::kBFloat16) : x2) : at::Tensor();
   at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
-  if (bf16_dot) xh = row_groups((act >= 0 ? xq.to(at::kBFloat16) : x2).view(at::kInt));  // pairs as int32
-  const at::Tensor xf = bf16_dot || xi.q.defined() ? at::Tensor()
+  if (bf16_dot) xh = row_groups(xbf.view(at::kInt));  // pairs as int32 (K is even: block_size >= 2)
+  const at::Tensor xf = bf16_dot || bf16_small || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
   const PackedLinearArgs pa{xf.defined() ? xf.data_ptr<float>() : nullptr,
@@ -174,7 +179,8 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
                             xh.defined() ? xh.data_ptr<int32_t>() : nullptr,
                             xi.q.defined() ? xi.q.data_ptr<int32_t>() : nullptr,
                             xi.q.defined() ? xi.corr.data_ptr<int32_t>() : nullptr,
-                            xi.q.defined() ? xi.fac.data_ptr<float>() : nullptr};
+                            xi.q.defined() ? xi.fac.data_ptr<float>() : nullptr,
+                            bf16_small ? xbf.view(at::kInt).data_ptr<int32_t>() : nullptr};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
@@ -184,6 +190,10 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   }
   if (bf16_dot) {  // every format has the kernel; a tile is decoded once for all M rows
     parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16(pa, t0, t1); });
+    return y;
+  }
+  if (bf16_small) {  // every format has the kernel
+    parallel_chunks(T, grain, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16_small(pa, t0, t1); });
     return y;
   }
   if (kern.linear_packed && kern.linear_packed(pa, 0, 0)) {  // the ISA has a packed kernel for the format

@@ -133,7 +133,8 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
   constexpr bool four = elem_params(EL).bits == 4;
   const int bs = a.block_size;
   const int64_t K = a.K, nb = K / bs, cbytes = four ? bs / 2 : bs;  // code bytes per row and block
-  const __m128i tab = four ? _mm_load_si128((const __m128i*)table4_i8<EL>()) : _mm_setzero_si128();
+  __m128i tab = _mm_setzero_si128();
+  if constexpr (four) tab = _mm_load_si128((const __m128i*)table4_i8<EL>());  // (only 4-bit formats have one)
   I acc[MM][kVT];
   for (int m = 0; m < MM; ++m)
     for (int v = 0; v < kVT; ++v) acc[m][v] = V::zero();
@@ -213,19 +214,32 @@ LK_T void packed_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
-LK_T bool linear_packed_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
-  const FormatSpec& f = kFormats[a.fmt];
+// Calls fn(el, nv) with the format's element code and NV flag as compile-time constants
+// (std::integral_constant: decltype(el)::value), for the ten formats every packed kernel has.
+template <class F>
+LK_T bool dispatch_packed_format(int fmt, F&& fn) {
+  const FormatSpec& f = kFormats[fmt];
+  using MX = std::false_type;
+  using NVF = std::true_type;
   switch (f.is_nv ? -f.elem - 1 : f.elem) {
-    case kFp8E4M3: packed_range_fmt<kFp8E4M3, false>(a, t0, t1); return true;
-    case kFp8E5M2: packed_range_fmt<kFp8E5M2, false>(a, t0, t1); return true;
-    case kFp6E2M3: packed_range_fmt<kFp6E2M3, false>(a, t0, t1); return true;
-    case kFp6E3M2: packed_range_fmt<kFp6E3M2, false>(a, t0, t1); return true;
-    case kFp4E2M1: packed_range_fmt<kFp4E2M1, false>(a, t0, t1); return true;
-    case kInt8: packed_range_fmt<kInt8, false>(a, t0, t1); return true;
-    case kInt6: packed_range_fmt<kInt6, false>(a, t0, t1); return true;
-    case kInt4: packed_range_fmt<kInt4, false>(a, t0, t1); return true;
-    case -kFp4E2M1 - 1: packed_range_fmt<kFp4E2M1, true>(a, t0, t1); return true;
-    case -kInt4 - 1: packed_range_fmt<kInt4, true>(a, t0, t1); return true;
+    case kFp8E4M3: fn(std::integral_constant<int, kFp8E4M3>{}, MX{}); return true;
+    case kFp8E5M2: fn(std::integral_constant<int, kFp8E5M2>{}, MX{}); return true;
+    case kFp6E2M3: fn(std::integral_constant<int, kFp6E2M3>{}, MX{}); return true;
+    case kFp6E3M2: fn(std::integral_constant<int, kFp6E3M2>{}, MX{}); return true;
+    case kFp4E2M1: fn(std::integral_constant<int, kFp4E2M1>{}, MX{}); return true;
+    case kInt8: fn(std::integral_constant<int, kInt8>{}, MX{}); return true;
+    case kInt6: fn(std::integral_constant<int, kInt6>{}, MX{}); return true;
+    case kInt4: fn(std::integral_constant<int, kInt4>{}, MX{}); return true;
+    case -kFp4E2M1 - 1: fn(std::integral_constant<int, kFp4E2M1>{}, NVF{}); return true;
+    case -kInt4 - 1: fn(std::integral_constant<int, kInt4>{}, NVF{}); return true;
     default: return false;
   }
+}
+
+// (The lambdas below carry no target attribute: they only call the kernels, which are not inlined
+// into them.)
+LK_T bool linear_packed_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  return dispatch_packed_format(a.fmt, [&](auto el, auto nv) {
+    packed_range_fmt<decltype(el)::value, decltype(nv)::value>(a, t0, t1);
+  });
 }

@@ -1,0 +1,145 @@
+// The prepacked block-quantized linear with AVX512-BF16 dot products for few rows of x (decode,
+// M < kBf16PrefillMinRows of linear_packed_cpu.cpp): the avx512bf16 ISA's kernel for bf16 x (or an MX dual x_hat) below the
+// prefill kernel of linear_packed_bf16.h. y = x @ W_hat^T (+ bias), fp32 accumulation.
+//
+// Not a normal header: linear_avx512.cpp includes it after linear_packed_bf16.h, inside namespace
+// lin (I, kPR, PackedElem, table4_i8, block_scales, packed_store, decode_w, bf16_pair, LK_BF come
+// from there).
+//
+// Why a third kernel: at M = 1 the fp32 kernel spends ~17 instructions per 32 4-bit weights
+// (pshufb table, spill to memory, int8 -> int32 -> fp32, one FMA per weight and row), which makes a
+// GEMV compute-bound at under half the read bandwidth. Here one code vector of the tile (byte q of
+// its 16 rows: elements 2q, 2q + 1 of each) becomes one vector of bf16 pairs in registers (lane r =
+// row r) in 4 instructions, and each row of x takes one vdpbf16ps for those 32 weights:
+//  * 4-bit: vpmovzxbd (a byte per lane), (b | b << 12) & 0x000F000F (the two nibbles as the lane's
+//    two 16-bit indices), vpermw from a 16-entry table of bf16 patterns (element value * 2^D);
+//  * 8 / 6-bit: decode_w of elements 2q and 2q + 1 (exact fp32 with at most 8 significant bits, so
+//    the bf16 is the upper half), interleaved by bf16_pair.
+// Nothing is stored: unlike the prefill kernel no decoded tile is written to L2, the codes stream
+// through once and the tile's blocks are re-read from L1 / L2 only for passes of more than kSM rows.
+// Per block the unscaled sums bacc get the rows' block scales (block_scales, as in packed_tile):
+// acc += bacc * scale. Numerics are those of the unfolded prefill path: exact products, fp32 sums
+// in another order than the fp32 kernel's, and vdpbf16ps treats bf16 subnormal x as zero.
+
+constexpr int kSM = 8;
+constexpr int64_t kSmallPrefetch = 1024;  // rows of x per pass: 2 * kSM accumulators + code, table and temporaries <= 32
+
+// bf16 patterns of a 4-bit format's decoded values (element value * 2^D, exact in bf16), as the
+// 32-word table of vpermw (words 16..31 unused).
+template <int EL>
+const uint16_t* table4_bf16() {
+  struct Table {
+    alignas(64) uint16_t v[32] = {};
+    Table() {
+      const int8_t* t = table4_i8<EL>();
+      for (int c = 0; c < 16; ++c) v[c] = (uint16_t)(f2u((float)t[c]) >> 16);  // small integers: low half 0
+    }
+  };
+  static const Table t;
+  return t.v;
+}
+
+// Code byte q of the 16 rows (16 bytes at p) -> 16 lanes of bf16 pairs (low half: low nibble).
+LK_BF I small_pairs4(const uint8_t* p, I tab) {
+  const I b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+  // (A | B) & C with A = b, B = b << 12, C = 0x000F000F: imm 0xA8
+  const I idx = _mm512_ternarylogic_epi32(b, _mm512_slli_epi32(b, 12), _mm512_set1_epi32(0x000F000F), 0xA8);
+  return _mm512_permutexvar_epi16(idx, tab);
+}
+
+// Pair vector q of one block (codes: its 16-row code area).
+template <int EL, bool FAST>
+LK_BF I small_pairs(const uint8_t* codes, int q, I tab) {
+  if constexpr (elem_params(EL).bits == 4)
+    return small_pairs4(codes + q * kPR, tab);
+  else
+    return bf16_pair(decode_w<EL, FAST>(codes + 2 * q * kPR), decode_w<EL, FAST>(codes + (2 * q + 1) * kPR));
+}
+
+// One block's unscaled sums of MM rows of x (xb: row 0's pairs of this block, row stride xs pairs)
+// in S independent sets (pair q into set q % S: enough vdpbf16ps chains in flight for few rows).
+template <int EL, int MM, int S, bool FAST>
+LK_BF void small_block_sums(const uint8_t* codes, const int32_t* xb, int64_t xs, int pairs, I tab,
+                            __m512 (&bacc)[S][MM]) {
+  for (int q0 = 0; q0 < pairs; q0 += S) {
+#pragma GCC unroll 4
+    for (int j = 0; j < S; ++j) {
+      const int q = q0 + j;
+      if (q >= pairs) break;
+      const I wv = small_pairs<EL, FAST>(codes, q, tab);
+      // the pair (x[m, 2q], x[m, 2q + 1]) as an embedded broadcast operand (GCC does not fold
+      // _mm512_set1_epi32 of a load into vdpbf16ps by itself)
+      for (int m = 0; m < MM; ++m)
+        asm("vdpbf16ps %[x]%{1to16%}, %[w], %[acc]" : [acc] "+v"(bacc[j][m]) : [w] "v"(wv), [x] "m"(xb[m * xs + q]));
+    }
+  }
+}
+
+// MM rows of x (from row m0) times one row tile.
+template <int EL, bool NV, int MM>
+LK_BF void small_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0, int64_t n0, int rows) {
+  constexpr bool four = elem_params(EL).bits == 4;
+  constexpr int S = MM == 1 ? 4 : MM == 2 ? 2 : 1;  // >= 4 chains (vdpbf16ps latency ~ 5-6, 1-2 per cycle)
+  const int bs = a.block_size, pairs = bs / 2;
+  const int64_t nb = a.K / bs, xs = a.K / 2;
+  const int32_t* x = a.xb + m0 * xs;
+  I tab = _mm512_setzero_si512();
+  if constexpr (four) tab = _mm512_load_si512(table4_bf16<EL>());
+  __m512 acc[MM];
+  for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = tile + b * a.block_bytes;
+    // the whole block kSmallPrefetch bytes ahead (the next tile's first blocks near a tile's end; a
+    // thread's tiles are contiguous): measured faster than the hardware prefetcher alone or one
+    // line per block (Zen 4, cold weights)
+    for (int64_t off = 0; off < a.block_bytes; off += 64) __builtin_prefetch(blk + kSmallPrefetch + off);
+    I sc;
+    float pre;
+    const bool exact = block_scales<EL, NV>(blk, four ? pairs : bs, &sc, &pre);
+    __m512 bacc[S][MM];
+    for (int j = 0; j < S; ++j)
+      for (int m = 0; m < MM; ++m) bacc[j][m] = _mm512_setzero_ps();
+    if (!four && exact)  // E4M3 blocks holding NaN codes: the exact element values
+      small_block_sums<EL, MM, S, false>(blk + kPR, x + b * pairs, xs, pairs, tab, bacc);
+    else
+      small_block_sums<EL, MM, S, true>(blk + kPR, x + b * pairs, xs, pairs, tab, bacc);
+    for (int j = 1; j < S; ++j)
+      for (int m = 0; m < MM; ++m) bacc[0][m] = _mm512_add_ps(bacc[0][m], bacc[j][m]);
+    if (pre != 1.0f)
+      for (int m = 0; m < MM; ++m) bacc[0][m] = _mm512_mul_ps(bacc[0][m], _mm512_set1_ps(pre));
+    for (int m = 0; m < MM; ++m) acc[m] = _mm512_fmadd_ps(bacc[0][m], _mm512_castsi512_ps(sc), acc[m]);
+  }
+  for (int m = 0; m < MM; ++m) {
+    const I v = _mm512_castps_si512(acc[m]);
+    packed_store(a, m0 + m, n0, rows, &v, NV ? a.g : 1.0f);
+  }
+}
+
+// small_tile with MM = mm (1..kSM) rows.
+template <int EL, bool NV, int MM>
+LK_BF void small_tile_mm(int mm, const PackedLinearArgs& a, const uint8_t* tile, int64_t m0, int64_t n0, int rows) {
+  if (mm == MM) return small_tile<EL, NV, MM>(a, tile, m0, n0, rows);
+  if constexpr (MM < kSM) small_tile_mm<EL, NV, MM + 1>(mm, a, tile, m0, n0, rows);
+}
+
+template <int EL, bool NV>
+LK_BF void small_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  const int64_t nb = a.K / a.block_size;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n0 = t * kPR;
+    const int rows = (int)(a.N - n0 < kPR ? a.N - n0 : kPR);
+    for (int64_t m0 = 0; m0 < a.M; m0 += kSM)
+      small_tile_mm<EL, NV, 1>((int)(a.M - m0 < kSM ? a.M - m0 : kSM), a, a.packed + t * nb * a.block_bytes, m0, n0,
+                               rows);
+  }
+}
+
+LK_BF bool linear_packed_bf16_small_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  if (!a.xb) return false;
+  return dispatch_packed_format(a.fmt, [&](auto el, auto nv) {
+    small_range_fmt<decltype(el)::value, decltype(nv)::value>(a, t0, t1);
+  });
+}
+
+#undef LK_BF
+#undef LK_BF_MICRO
