@@ -150,9 +150,9 @@ def test_bf16_dot_kernels_run_and_flush_subnormal_x(isa, fmt):
 @pytest.mark.parametrize("w_fmt", ["mxint8", "mxint4", "mxfp4"])
 @pytest.mark.parametrize("a_fmt", ["mxint8", "mxint4", "mxfp4"])
 def test_packed_linear_dual_int_pairs(isa, w_fmt, a_fmt):
-    """Every pair of int8-able MX formats (the int8 dot-product kernel under avx512bf16 from 16 rows
-    on), block sizes 4 .. 256, rows crossing the 24-row groups."""
-    for m, n, k, bs in ((16, 40, 128, 32), (29, 33, 256, 64), (50, 17, 64, 4), (24, 16, 512, 256)):
+    """Every pair of int8-able MX formats (the int8 dot-product kernel under avx512bf16 from 32 rows
+    on, the few-rows bf16 one on x_hat below), block sizes 4 .. 256, rows crossing the 24-row groups."""
+    for m, n, k, bs in ((16, 40, 128, 32), (29, 33, 256, 64), (50, 17, 64, 4), (32, 16, 512, 256)):
         qt = _weight(n, k, w_fmt, bs, seed=m)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)) * 2
         b = torch.randn(n)
@@ -162,13 +162,16 @@ def test_packed_linear_dual_int_pairs(isa, w_fmt, a_fmt):
 def test_int8_dot_kernel_runs_for_int_pairs(isa):
     """x = 2^-127 quantizes to the element 1 at the smallest E8M0 scale: x_hat = 2^-127, a subnormal.
     The int8 kernel (INT x INT under avx512bf16) sums integers and scales afterwards, so it keeps
-    it; the bf16 kernel (an FP8 act format) flushes subnormal inputs to zero. Proves which ran."""
+    it from 32 rows on; the bf16 kernels (an FP8 act format, or fewer rows) flush subnormal inputs
+    to zero. Proves which ran."""
     qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), "mxint8"))
-    x = torch.full((16, 64), 2.0**-127)
+    x = torch.full((32, 64), 2.0**-127)
     want = 64 * 2.0**-127
     assert leankern.mx.linear(x, qt, act_fmt="mxint8")[0, 0].item() == pytest.approx(want, rel=1e-6)
     fp8 = leankern.mx.linear(x, qt, act_fmt="mxfp8_e4m3")[0, 0].item()
     assert fp8 == (0.0 if isa == "avx512bf16" else pytest.approx(want, rel=1e-6))
+    few = leankern.mx.linear(x[:31], qt, act_fmt="mxint8")[0, 0].item()
+    assert few == (0.0 if isa == "avx512bf16" else pytest.approx(want, rel=1e-6))
 
 
 def _with_scales(qt, scales, codes=None):

@@ -24,11 +24,10 @@ namespace {
 
 using cpu::parallel_chunks;
 constexpr int64_t kTileRows = 16;
-// Rows of x from which the bf16 prefill kernel (one decode of each tile into L2 for all rows) beats
-// the few-rows one (a decode in registers per pass of 8 rows), and from which the int8 dual kernel
-// beats quantize-then-bf16 (measured: bench/bench_mx.py, Zen 4).
+// Rows of x from which the prefill kernels (one decode of each tile into L2 for all rows: bf16, and
+// int8 for dual INT x INT) beat the few-rows bf16 one (a decode in registers per pass of 8 rows;
+// for dual, on x_hat); measured with bench/bench_mx.py on Zen 4.
 constexpr int64_t kBf16PrefillMinRows = 32;
-constexpr int64_t kInt8MinRows = 16;
 
 int64_t code_bytes_per_row_block(int f, int64_t block_size) {
   return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
@@ -147,7 +146,7 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
 
   // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
   Int8Act xi;
-  if (kern.linear_packed_int8 && act >= 0 && M >= kInt8MinRows && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
+  if (kern.linear_packed_int8 && act >= 0 && M >= kBf16PrefillMinRows && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
       block_size % 4 == 0)
     xi = int8_act(x2, act, block_size, kern, M, K);
   const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern) : at::Tensor();  // x_hat
