@@ -38,7 +38,7 @@ TINY = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0*
 pytestmark = pytest.mark.skipif(EXT is None, reason="leankern._C not loaded")
 
 
-@pytest.fixture(params=("avx512", "avx2", "scalar"))
+@pytest.fixture(params=("avx512bf16", "avx512", "avx2", "scalar"))
 def isa(request):
     """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards."""
     skip_unless_cpp()
@@ -321,13 +321,43 @@ def check_experts(args, kw):
 # fp32 rows exceed the GEMV path's 512 KB): the GEMM path.
 @pytest.mark.parametrize("T", [1, 2, 3, 600])
 @pytest.mark.parametrize("wdt,hdt", [(torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16),
-                                     (torch.float32, torch.float16), (torch.float32, torch.float32)],
-                         ids=["w-bf16-h-f32", "w-f16-h-bf16", "w-f32-h-f16", "w-f32-h-f32"])
+                                     (torch.float32, torch.float16), (torch.float32, torch.float32),
+                                     (torch.bfloat16, torch.bfloat16)],
+                         ids=["w-bf16-h-f32", "w-f16-h-bf16", "w-f32-h-f16", "w-f32-h-f32", "w-bf16-h-bf16"])
 def test_experts_matches_reference(isa, T, wdt, hdt):
     E, H = (8, 72) if T < 600 else (3, 520)
     args, kw = make_experts(T, E, H, 40, 2, wdt, hdt, seed=T, drop=0.2)
     assert prefill_experts(args[3], H, 40) == (E if T == 600 else 0)
     check_experts(args, kw)
+
+
+# bf16 hidden and bf16 weights on the GEMM path: under avx512bf16 the gate/up GEMMs (routed and shared) take bf16
+# dot products (csrc/common/bf16_gemm.h). 2I = 80 and Is = 24 rows (partial 16-row tiles), ~400 tokens per expert
+# (partial 24-row groups), odd H (the last pair alone).
+@pytest.mark.parametrize("H", [520, 519])
+def test_experts_bf16_gemm_path(isa, H):
+    args, kw = make_experts(600, 3, H, 40, 2, torch.bfloat16, torch.bfloat16, seed=H, drop=0.2, shared=24, gate=True)
+    assert prefill_experts(args[3], H, 40) == 3
+    check_experts(args, kw)
+
+
+def test_experts_bf16_gemm_runs_and_flushes_subnormal_hidden(isa):
+    """vdpbf16ps treats bf16 subnormal inputs as zero: hidden = 2^-130 times weights 2^100 gives gate/up sums of
+    H * 2^-30 through fp32 products, and exactly 0 through the bf16 GEMM (avx512bf16, bf16 hidden and weights, the
+    GEMM path), so the output is 0 there and not elsewhere: the documented exception to the bound, and proof of
+    which kernel ran."""
+    T, E, H, I = 600, 2, 520, 16
+    hidden = torch.full((T, H), 2.0**-130).to(torch.bfloat16)
+    w13 = torch.full((E, 2 * I, H), 2.0**100).to(torch.bfloat16)
+    w2 = torch.ones(E, H, I).to(torch.bfloat16)
+    ids = torch.tensor([[0, 1]] * T, dtype=torch.int32)
+    w = torch.full((T, 2), 0.5)
+    assert prefill_experts(ids, H, I) == 2
+    got = moe.experts(hidden, w13, w2, ids, w)
+    if isa == "avx512bf16":
+        assert torch.equal(got, torch.zeros_like(got))
+    else:
+        assert (got.float() > 0).all()
 
 
 # E = 2, k = 2: every token keeps both experts, so each expert has exactly T tokens: 2..4 take the sequential

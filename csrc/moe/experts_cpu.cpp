@@ -10,6 +10,8 @@
 // 4. Prefill experts (more tokens): the expert's token rows gathered, two fp32 GEMMs (at::mm on the expert's
 //    weight slice, a view; bf16 / fp16 weights converted panel by panel into an fp32 buffer first, because
 //    torch's bf16 GEMM on a CPU without AVX512-BF16 runs ~7x slower than its fp32 GEMM), activation in between,
+//    except that on an avx512bf16 CPU the gate/up GEMM of bf16 hidden states and bf16 weights runs as bf16 dot
+//    products with fp32 sums (common/bf16_gemm.h: the same exact products; torch's bf16 mm would round its output),
 //    and (y + b2) * w added to an fp32 [T, H] accumulator, experts in ascending order (deterministic).
 // 5. Combine per token: prefill accumulator, then the decode slots in slot order, then gate * shared output.
 //    Everything is fp32 until the final cast to hidden's dtype: the activation is never rounded to the weight
@@ -24,6 +26,8 @@
 #include <optional>
 #include <vector>
 
+#include "common/bf16_gemm.h"
+#include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "moe/checks.h"
 #include "moe/kernels.h"
@@ -145,9 +149,21 @@ void project(const at::Tensor& X, const at::Tensor& W, at::Tensor out, at::Tenso
   }
 }
 
+// out [n, R] = X [n, C] @ W^T for X holding bf16 values (x_bf16) and W bf16 with contiguous rows, on an
+// avx512bf16 CPU: bf16 dot products, fp32 sums (common/bf16_gemm.h); false where it does not apply.
+bool project_bf16(const at::Tensor& X, const at::Tensor& W, at::Tensor out) {
+  if (W.scalar_type() != at::kBFloat16 || W.stride(1) != 1 || out.stride(1) != 1 || cpu::active_isa() != cpu::Isa::kAvx512Bf16)
+    return false;
+  const at::Tensor Xb = X.to(at::kBFloat16).contiguous();  // exact: X holds bf16 values
+  return cpu::bf16_gemm_nt(reinterpret_cast<const uint16_t*>(Xb.data_ptr<at::BFloat16>()), Xb.stride(0),
+                           reinterpret_cast<const uint16_t*>(W.data_ptr<at::BFloat16>()), W.stride(0),
+                           out.data_ptr<float>(), out.stride(0), Xb.size(0), W.size(0), W.size(1));
+}
+
 struct Problem {
   int64_t T, H, E, I, k, Is;
   const float* x;    // [T, H] fp32
+  bool x_bf16;       // hidden was bf16: x holds bf16 values (the gate/up GEMMs may take bf16 dot products)
   const int32_t* ids;
   const float* tw;   // [T, k]
   at::Tensor w13, w2;  // [E, 2I, H], [E, H, I]
@@ -174,7 +190,7 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
   for (int64_t i = 0; i < n; ++i) ip[i] = slots[i] / P.k;
   const at::Tensor X = xf.index_select(0, idx);
   at::Tensor gu = at::empty({n, 2 * P.I}, opts), a = at::empty({n, P.I}, opts), y = at::empty({n, P.H}, opts);
-  project(X, expert_view(P.w13, e), gu, buf);
+  if (!P.x_bf16 || !project_bf16(X, expert_view(P.w13, e), gu)) project(X, expert_view(P.w13, e), gu, buf);
   const float* gp = gu.data_ptr<float>();
   float* apt = a.data_ptr<float>();
   const void* b13 = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
@@ -202,8 +218,9 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
 void shared_prefill(const Problem& P, const at::Tensor& xf, at::Tensor& buf, float* ys) {
   auto opts = xf.options();
   at::Tensor gu = at::empty({P.T, 2 * P.Is}, opts), a = at::empty({P.T, P.Is}, opts);
-  project(xf, P.sw1, gu.narrow(1, 0, P.Is), buf);
-  project(xf, P.sw3, gu.narrow(1, P.Is, P.Is), buf);
+  if (!P.x_bf16 || !project_bf16(xf, P.sw1, gu.narrow(1, 0, P.Is))) project(xf, P.sw1, gu.narrow(1, 0, P.Is), buf);
+  if (!P.x_bf16 || !project_bf16(xf, P.sw3, gu.narrow(1, P.Is, P.Is)))
+    project(xf, P.sw3, gu.narrow(1, P.Is, P.Is), buf);
   const Act silu{false, false, 0.f, 0.f};
   const float* gp = gu.data_ptr<float>();
   float* apt = a.data_ptr<float>();
@@ -314,6 +331,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   Problem P;
   P.T = T, P.H = H, P.E = E, P.I = I, P.k = k, P.Is = shared ? shared_w1->size(0) : 0;
   P.x = xf.data_ptr<float>();
+  P.x_bf16 = hidden.scalar_type() == at::kBFloat16;
   P.ids = ids;
   P.tw = tw_c.data_ptr<float>();
   P.w13 = w13, P.w2 = w2;

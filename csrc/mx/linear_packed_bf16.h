@@ -112,20 +112,8 @@ LK_BF_MICRO void bf16_micro(const int32_t* xg, const I* wb, const I* sc, const f
 }
 
 // MM rows of x times one folded tile (scales inside the bf16 weights): one fp32 sum per output,
-// no per-block rescale, up to kGF accumulator chains. (Intrinsics, not the asm broadcast operand
-// of bf16_micro: with 24 asm outputs GCC kept the sums in memory.)
-template <int MM>
-LK_BF_MICRO void bf16_micro_folded(const int32_t* xg, int64_t K, const I* wb, __m512* acc) {
-  __m512 r[MM];  // local, so the sums stay in registers (acc's address escapes to the caller)
-  for (int i = 0; i < MM; ++i) r[i] = _mm512_setzero_ps();
-  for (int64_t q = 0; q < K / 2; ++q) {
-    const __m512bh wv = (__m512bh)_mm512_load_si512(wb + q);
-#pragma GCC unroll 24  // fully: r[] must be registers
-    for (int i = 0; i < MM; ++i)
-      r[i] = _mm512_dpbf16_ps(r[i], wv, (__m512bh)_mm512_set1_epi32(xg[q * kBf16RowGroup + i]));
-  }
-  for (int i = 0; i < MM; ++i) acc[i] = r[i];
-}
+// no per-block rescale, up to kGF accumulator chains (common/bf16_dot_avx512.h).
+static_assert(kBf16RowGroup == cpu::bf16dot::kRowGroup, "one row-group layout for x");
 
 // bf16_micro (or bf16_micro_folded when sc is nullptr) with MM = mm rows, then the rows' stores.
 template <int MM>
@@ -139,7 +127,7 @@ LK_BF void bf16_rows(int mm, const PackedLinearArgs& a, const I* wb, const I* sc
   // rows m0.. of x in the row-group layout (kernels.h): group m0 / 24, from row m0 % 24 of it
   const int32_t* xg = a.xh + (m0 / kBf16RowGroup) * (a.K / 2) * kBf16RowGroup + m0 % kBf16RowGroup;
   if (!sc)
-    bf16_micro_folded<MM>(xg, a.K, wb, acc);
+    cpu::bf16dot::micro<MM>(xg, a.K / 2, wb, acc);
   else if constexpr (MM <= kGM)
     bf16_micro<MM>(xg, wb, sc, pre, a.K / a.block_size, a.block_size, acc);
   for (int i = 0; i < MM; ++i) {

@@ -1,0 +1,139 @@
+// bf16_gemm_nt (bf16_gemm.h): x in row groups (bf16_dot_avx512.h) built once, then per 16-row tile of w its
+// pairs laid out for vdpbf16ps (16 x 16 transposes of 32-bit pairs; a gather per vector was 72 TSC cycles on Zen 4
+// with 4 KB rows, as slow as the products it feeds) and the shared micro-kernel for each group of 24 rows of x.
+#include "common/bf16_gemm.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "common/cpu_features.h"
+#include "common/parallel.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include "common/bf16_dot_avx512.h"
+
+namespace leankern {
+namespace cpu {
+namespace {
+
+#define LK_BG __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+using bf16dot::kRowGroup;
+constexpr int kTile = 16;  // rows of w per tile: one per fp32 lane
+
+// Pair q of element (row, 2q), (row, 2q + 1), the second 0 past K (odd K).
+inline uint32_t pair_at(const uint16_t* row, int64_t q, int64_t K) {
+  const uint32_t lo = row[2 * q], hi = 2 * q + 1 < K ? row[2 * q + 1] : 0;
+  return lo | hi << 16;
+}
+
+// r[i] (16 rows of 16 dwords) -> o[j] (lane i = r[i]'s dword j): unpack 32 / 64-bit within 128-bit lanes, then a
+// 4 x 4 transpose of the 128-bit lanes.
+LK_BG void transpose16(const __m512i* r, __m512i* o) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + m], 128-bit lane L: rows 4i .. 4i + 3 of dword 4L + m
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // o[4L + m], 128-bit lane i = u[4i + m]'s lane L
+    const __m512i v0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x44), v1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512i v3 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xEE);
+    o[m] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    o[4 + m] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    o[8 + m] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    o[12 + m] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
+// Rows [n0, n0 + 16) of w -> wb[q] (lane r: row r's pair q; rows past N: zeros).
+LK_BG void pack_tile(const uint16_t* w, int64_t ldw, int64_t n0, int64_t N, int64_t K, __m512i* wb) {
+  const int64_t pairs = (K + 1) / 2, full = K / 2;
+  const int rows = (int)std::min<int64_t>(kTile, N - n0);
+  const uint16_t* base = w + n0 * ldw;
+  for (int64_t q0 = 0; q0 < full; q0 += 16) {  // 16 pairs of the 16 rows at a time (masked past the last one)
+    const int n = (int)std::min<int64_t>(16, full - q0);
+    const __mmask16 live = (__mmask16)((1u << n) - 1);
+    __m512i r[kTile], o[kTile];
+    for (int i = 0; i < kTile; ++i)
+      r[i] = i < rows ? _mm512_maskz_loadu_epi32(live, base + i * ldw + 2 * q0) : _mm512_setzero_si512();
+    transpose16(r, o);
+    for (int j = 0; j < n; ++j) wb[q0 + j] = o[j];
+  }
+  if (pairs > full) {  // odd K: the last element alone (a 4-byte gather would read past the last row)
+    alignas(64) uint32_t last[kTile] = {};
+    for (int r = 0; r < rows; ++r) last[r] = pair_at(base + r * ldw, full, K);
+    wb[full] = _mm512_load_si512(last);
+  }
+}
+
+template <int MM>
+LK_BG void rows_mm(int mm, const int32_t* xg, int64_t pairs, const __m512i* wb, float* out, int64_t ldo, int64_t m0,
+                   int64_t n0, int rows) {
+  if (mm != MM) {
+    if constexpr (MM < kRowGroup) rows_mm<MM + 1>(mm, xg, pairs, wb, out, ldo, m0, n0, rows);
+    return;
+  }
+  __m512 acc[MM];
+  bf16dot::micro<MM>(xg, pairs, wb, acc);
+  const __mmask16 live = (__mmask16)((1u << rows) - 1);
+  for (int i = 0; i < MM; ++i) _mm512_mask_storeu_ps(out + (m0 + i) * ldo + n0, live, acc[i]);
+}
+
+LK_BG void tiles(const int32_t* xg, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M, int64_t N,
+                 int64_t K, int64_t t0, int64_t t1) {
+  const int64_t pairs = (K + 1) / 2;
+  std::vector<uint8_t> buf((size_t)(pairs * 64 + 64));  // one packed tile (std::allocator: aligned by hand)
+  __m512i* wb = (__m512i*)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63);
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n0 = t * kTile;
+    pack_tile(w, ldw, n0, N, K, wb);
+    const int rows = (int)std::min<int64_t>(kTile, N - n0);
+    for (int64_t m0 = 0; m0 < M; m0 += kRowGroup)
+      rows_mm<1>((int)std::min<int64_t>(kRowGroup, M - m0), xg + (m0 / kRowGroup) * pairs * kRowGroup, pairs, wb, out,
+                 ldo, m0, n0, rows);
+  }
+}
+
+}  // namespace
+
+bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
+                  int64_t N, int64_t K) {
+  if (active_isa() != Isa::kAvx512Bf16) return false;
+  if (M <= 0 || N <= 0) return true;
+  if (K <= 0) {
+    for (int64_t m = 0; m < M; ++m) std::fill(out + m * ldo, out + m * ldo + N, 0.0f);
+    return true;
+  }
+  const int64_t pairs = (K + 1) / 2, G = (M + kRowGroup - 1) / kRowGroup;
+  std::vector<int32_t> xg((size_t)(G * pairs * kRowGroup));  // [G, pairs, 24]; rows past M: zeros
+  parallel_chunks(G, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int i = 0; i < kRowGroup; ++i) {
+        const int64_t m = g * kRowGroup + i;
+        int32_t* dst = xg.data() + g * pairs * kRowGroup + i;
+        for (int64_t q = 0; q < pairs; ++q) dst[q * kRowGroup] = m < M ? (int32_t)pair_at(x + m * ldx, q, K) : 0;
+      }
+  });
+  const int64_t T = (N + kTile - 1) / kTile;
+  parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { tiles(xg.data(), w, ldw, out, ldo, M, N, K, t0, t1); });
+  return true;
+}
+
+}  // namespace cpu
+}  // namespace leankern
+
+#else
+namespace leankern {
+namespace cpu {
+bool bf16_gemm_nt(const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t, int64_t) {
+  return false;
+}
+}  // namespace cpu
+}  // namespace leankern
+#endif
