@@ -341,18 +341,19 @@ def test_experts_bf16_gemm_path(isa, H):
     check_experts(args, kw)
 
 
-def test_experts_bf16_gemm_runs_and_flushes_subnormal_hidden(isa):
+@pytest.mark.parametrize("T", [2, 600])
+def test_experts_bf16_dot_products_run_and_flush_subnormal_hidden(isa, T):
     """vdpbf16ps treats bf16 subnormal inputs as zero: hidden = 2^-130 times weights 2^100 gives gate/up sums of
-    H * 2^-30 through fp32 products, and exactly 0 through the bf16 GEMM (avx512bf16, bf16 hidden and weights, the
-    GEMM path), so the output is 0 there and not elsewhere: the documented exception to the bound, and proof of
-    which kernel ran."""
-    T, E, H, I = 600, 2, 520, 16
+    H * 2^-30 through fp32 products, and exactly 0 through bf16 dot products (avx512bf16, bf16 hidden and weights:
+    the GEMV path at T = 2, the GEMM path at T = 600), so the output is 0 there and not elsewhere: the documented
+    exception to the bound, and proof of which kernel ran."""
+    E, H, I = 2, 520, 16
     hidden = torch.full((T, H), 2.0**-130).to(torch.bfloat16)
     w13 = torch.full((E, 2 * I, H), 2.0**100).to(torch.bfloat16)
     w2 = torch.ones(E, H, I).to(torch.bfloat16)
     ids = torch.tensor([[0, 1]] * T, dtype=torch.int32)
     w = torch.full((T, 2), 0.5)
-    assert prefill_experts(ids, H, I) == 2
+    assert prefill_experts(ids, H, I) == (2 if T == 600 else 0)
     got = moe.experts(hidden, w13, w2, ids, w)
     if isa == "avx512bf16":
         assert torch.equal(got, torch.zeros_like(got))

@@ -81,6 +81,7 @@ struct Job {
   int64_t n;              // vectors
   const float* const* xs;  // [n] input rows (C floats each)
   float* const* outs;      // [n] output rows (R floats each)
+  const uint16_t* const* xb = nullptr;  // the same rows as bf16 where they are bf16 values (gate/up of bf16 hidden)
 };
 
 void run_jobs(const MoeKernels& K, const std::vector<Job>& jobs) {
@@ -91,7 +92,10 @@ void run_jobs(const MoeKernels& K, const std::vector<Job>& jobs) {
     for (int64_t b = b0; b < b1; ++b) {
       const Job& jb = jobs[blocks[b].first];
       const int64_t r0 = blocks[b].second, r1 = std::min(jb.m.R, r0 + kRowBlock);
-      (jb.m.cols ? K.gemv_cols : K.gemv_rows)(jb.m.p, jb.m.dt, jb.m.ld, r0, r1, jb.m.C, jb.xs, jb.n, jb.outs);
+      if (jb.xb && K.gemv_rows_bf16 && !jb.m.cols && jb.m.dt == kBF16)  // bf16 x bf16: dot products (avx512bf16)
+        K.gemv_rows_bf16(static_cast<const uint16_t*>(jb.m.p), jb.m.ld, r0, r1, jb.m.C, jb.xb, jb.n, jb.outs);
+      else
+        (jb.m.cols ? K.gemv_cols : K.gemv_rows)(jb.m.p, jb.m.dt, jb.m.ld, r0, r1, jb.m.C, jb.xs, jb.n, jb.outs);
     }
   });
 }
@@ -164,6 +168,7 @@ struct Problem {
   int64_t T, H, E, I, k, Is;
   const float* x;    // [T, H] fp32
   bool x_bf16;       // hidden was bf16: x holds bf16 values (the gate/up GEMMs may take bf16 dot products)
+  const uint16_t* xb16;  // [T, H] hidden's bf16 bits where x_bf16, else nullptr
   const int32_t* ids;
   const float* tw;   // [T, k]
   at::Tensor w13, w2;  // [E, 2I, H], [E, H, I]
@@ -246,6 +251,7 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
   const int64_t ns = with_shared ? T : 0;
   std::vector<float> gu(npairs * 2 * I + ns * 2 * Is), a(npairs * I + ns * Is);
   std::vector<const float*> xs1(npairs + 2 * ns), xs2(npairs + ns);
+  std::vector<const uint16_t*> xb1(P.xb16 ? npairs + 2 * ns : 0);  // xs1's rows as bf16 (bf16 hidden)
   std::vector<float*> o1(npairs + 2 * ns), o2(npairs + ns);
   std::vector<Job> jobs1, jobs2;
   int64_t p = 0;
@@ -253,11 +259,12 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
     const int64_t n = offs[e + 1] - offs[e];
     for (int64_t i = 0; i < n; ++i) {
       xs1[p + i] = P.x + slots[offs[e] + i] / P.k * H;
+      if (P.xb16) xb1[p + i] = P.xb16 + slots[offs[e] + i] / P.k * H;
       o1[p + i] = gu.data() + (p + i) * 2 * I;
       xs2[p + i] = a.data() + (p + i) * I;
       o2[p + i] = y + (p + i) * H;
     }
-    jobs1.push_back(Job{expert_mat(P.w13, e), n, &xs1[p], &o1[p]});
+    jobs1.push_back(Job{expert_mat(P.w13, e), n, &xs1[p], &o1[p], P.xb16 ? &xb1[p] : nullptr});
     jobs2.push_back(Job{expert_mat(P.w2, e), n, &xs2[p], &o2[p]});
     p += n;
   }
@@ -266,6 +273,7 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
   if (with_shared) {
     for (int64_t t = 0; t < T; ++t) {
       xs1[npairs + t] = xs1[npairs + T + t] = P.x + t * H;
+      if (P.xb16) xb1[npairs + t] = xb1[npairs + T + t] = P.xb16 + t * H;
       o1[npairs + t] = gus + t * 2 * Is;
       o1[npairs + T + t] = gus + t * 2 * Is + Is;
       xs2[npairs + t] = as + t * Is;
@@ -275,8 +283,8 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
     mat_of(P.sw1, m1);
     mat_of(P.sw3, m3);
     mat_of(P.sw2, m2);
-    jobs1.push_back(Job{m1, T, &xs1[npairs], &o1[npairs]});
-    jobs1.push_back(Job{m3, T, &xs1[npairs + T], &o1[npairs + T]});
+    jobs1.push_back(Job{m1, T, &xs1[npairs], &o1[npairs], P.xb16 ? &xb1[npairs] : nullptr});
+    jobs1.push_back(Job{m3, T, &xs1[npairs + T], &o1[npairs + T], P.xb16 ? &xb1[npairs + T] : nullptr});
     jobs2.push_back(Job{m2, T, &xs2[npairs], &o2[npairs]});
   }
   const MoeKernels& K = active_kernels();
@@ -332,6 +340,8 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   P.T = T, P.H = H, P.E = E, P.I = I, P.k = k, P.Is = shared ? shared_w1->size(0) : 0;
   P.x = xf.data_ptr<float>();
   P.x_bf16 = hidden.scalar_type() == at::kBFloat16;
+  const at::Tensor hidden_c = P.x_bf16 ? hidden.contiguous() : at::Tensor();  // (kept alive for xb16)
+  P.xb16 = P.x_bf16 ? reinterpret_cast<const uint16_t*>(hidden_c.data_ptr<at::BFloat16>()) : nullptr;
   P.ids = ids;
   P.tw = tw_c.data_ptr<float>();
   P.w13 = w13, P.w2 = w2;

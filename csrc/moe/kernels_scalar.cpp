@@ -21,7 +21,12 @@ const MoeKernels& scalar_kernels() {
   return table;
 }
 
-const MoeKernels& active_kernels() { return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels); }
+const MoeKernels& active_kernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu::active_isa() == cpu::Isa::kAvx512Bf16) return avx512bf16_kernels();
+#endif
+  return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels);
+}
 
 }  // namespace moe
 }  // namespace leankern
