@@ -71,6 +71,21 @@ def test_gather_batch_tiles_and_h_tails(backend, B, per_row):
         assert torch.isneginf(out[..., ids < 0] if per_row else out[:, ids < 0]).all()
 
 
+@pytest.mark.parametrize("B", [1, 6])
+def test_gather_bf16_dot_products_run_and_flush_subnormal_hidden(backend, B):
+    """A bf16 head with bf16 hidden rows takes bf16 dot products under avx512bf16 (csrc/vocab/kernels_avx512bf16.cpp),
+    whose vdpbf16ps treats bf16 subnormal inputs as zero: hidden = 2^-130 times rows of 2^100 gives logits of
+    H * 2^-30 through fp32 products and exactly 0 there (the documented exception to the bound; proof the kernel
+    ran)."""
+    H, V = 40, 9
+    hidden = torch.full((B, H), 2.0**-130).to(torch.bfloat16)
+    weight = torch.full((V, H), 2.0**100).to(torch.bfloat16)
+    ids = torch.tensor([0, 3, 8, 5, 1], dtype=torch.int32)
+    out = _gather(hidden, weight, ids)
+    flushed = backend == "cpp" and leankern.extension().cpu_isa() == "avx512bf16"
+    assert torch.equal(out, torch.full_like(out, 0.0 if flushed else H * 2.0**-30))
+
+
 @pytest.mark.parametrize("soft_cap", [None, 30.0], ids=["nocap", "cap30"])
 @pytest.mark.parametrize("scale", [1.0, 0.5, -1.75])
 def test_gather_cap_scale_out_dtype(backend, soft_cap, scale):

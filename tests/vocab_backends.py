@@ -15,7 +15,7 @@ def _backend_params():
     """("ref", None) and ("cpp", isa) for every ISA; those this machine cannot run carry a skip mark."""
     out = [pytest.param(("ref", None), id="ref")]
     have = leankern.extension().supported_isas() if HAS_CPP else []
-    for isa in ("scalar", "avx2", "avx512"):
+    for isa in ("scalar", "avx2", "avx512", "avx512bf16"):
         why = "leankern._C not loaded" if not HAS_CPP else f"this CPU lacks {isa} (it has {have})"
         marks = [] if isa in have else [pytest.mark.skip(reason=why)]
         out.append(pytest.param(("cpp", isa), id=f"cpp-{isa}", marks=marks))

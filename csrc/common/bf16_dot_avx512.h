@@ -1,6 +1,10 @@
-// The AVX512-BF16 dot-product micro-kernel shared by the mx prefill kernel (csrc/mx/linear_packed_bf16.h) and the
-// plain bf16 GEMM (common/bf16_gemm_avx512.cpp): MM rows of x (<= kRowGroup) times one 16-row weight tile whose
-// pairs are already laid out for vdpbf16ps. Only translation units built with the avx512bf16 target include it.
+// AVX512-BF16 dot-product kernels shared by several families; only their avx512bf16 code paths include this.
+//  * micro: MM rows of x (<= kRowGroup) times one 16-row weight tile whose pairs are already laid out for
+//    vdpbf16ps (lane = weight row): the mx prefill kernel (csrc/mx/linear_packed_bf16.h) and the plain bf16 GEMM
+//    (common/bf16_gemm.cpp).
+//  * rows_dot: NR bf16 rows times NT bf16 vectors, lanes along the row (pairs as loaded) and one horizontal sum per
+//    output: the GEMV of moe's decode path (csrc/moe/kernels_avx512bf16.cpp) and vocab's gathered LM-head rows
+//    (csrc/vocab/kernels_avx512bf16.cpp).
 #pragma once
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -32,6 +36,57 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), noinline
       r[i] = _mm512_dpbf16_ps(r[i], wv, (__m512bh)_mm512_set1_epi32(xg[q * kRowGroup + i]));
   }
   for (int i = 0; i < MM; ++i) acc[i] = r[i];
+}
+
+// out(i, t, v) with v = sum over c < C of w[i][c] * x[t][c], for NR rows w[i] and NT vectors x[t] of bf16 bits
+// (i < NR, t < NT). Every product is exact (8 x 8 significant bits); lane j sums the pairs (32 s + 2 j,
+// 32 s + 2 j + 1) over steps s in fp32, then one horizontal sum; bf16 subnormal inputs count as zero. pf: NR rows to
+// prefetch alongside (the caller's next rows), or nullptr. NR * NT accumulators + NT vectors of x + 1 weight vector
+// must fit the 32 registers.
+template <int NR, int NT, class Out>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot(
+    const uint16_t* const* w, const uint16_t* const* x, int64_t C, const uint16_t* const* pf, Out&& out) {
+  __m512 acc[NR][NT];
+  for (int i = 0; i < NR; ++i)
+    for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32) {
+    __m512bh xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c);
+    if (pf)
+      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(pf[i] + c), _MM_HINT_T0);
+    for (int i = 0; i < NR; ++i) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w[i] + c);
+      for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);
+    }
+  }
+  if (c < C) {  // the last C - c < 32 elements: masked loads (zeros add nothing, nothing past C is read)
+    const __mmask32 m = (__mmask32)((1ull << (C - c)) - 1);
+    __m512bh xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_maskz_loadu_epi16(m, x[t] + c);
+    for (int i = 0; i < NR; ++i) {
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w[i] + c);
+      for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int t = 0; t < NT; ++t) out(i, t, _mm512_reduce_add_ps(acc[i][t]));
+}
+
+// rows_dot over n vectors, NTmax (<= 4) at a time (the rows stay in L1 across the groups; pf only with the first).
+template <int NR, int NTmax, class Out>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot_n(
+    const uint16_t* const* w, const uint16_t* const* x, int64_t n, int64_t C, const uint16_t* const* pf, Out&& out) {
+  static_assert(NTmax >= 1 && NTmax <= 4, "1 .. 4 vectors per pass");
+  for (int64_t t0 = 0; t0 < n; t0 += NTmax) {
+    const int64_t nt = n - t0 < NTmax ? n - t0 : NTmax;
+    const uint16_t* const* p = t0 == 0 ? pf : nullptr;
+    auto o = [&](int i, int t, float v) { out(i, t0 + t, v); };
+    if (nt >= 4 && NTmax >= 4) rows_dot<NR, (NTmax >= 4 ? 4 : 1)>(w, x + t0, C, p, o);
+    else if (nt == 3 && NTmax >= 3) rows_dot<NR, (NTmax >= 3 ? 3 : 1)>(w, x + t0, C, p, o);
+    else if (nt == 2 && NTmax >= 2) rows_dot<NR, (NTmax >= 2 ? 2 : 1)>(w, x + t0, C, p, o);
+    else rows_dot<NR, 1>(w, x + t0, C, p, o);
+  }
 }
 
 }  // namespace bf16dot

@@ -3,8 +3,8 @@
 //
 // Work: the K positions in chunks of kChunk, handed out dynamically to both cores (common/parallel.h);
 // a chunk's weight rows are read in place by id (padding skipped: never a read), multiplied with every
-// hidden row (kernels.h dots: up to 4 hiddens per pass over a row), then bias, soft cap, scale and
-// -inf padding. Top-k keeps per-thread candidates and never writes the [B, K] logits.
+// hidden row (kernels.h dots: up to 4 hiddens per pass over a row; dots_bf16, bf16 dot products, for a bf16
+// head and bf16 hidden under the avx512bf16 ISA), then bias, soft cap, scale and -inf padding. Top-k keeps per-thread candidates and never writes the [B, K] logits.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -28,6 +28,7 @@ constexpr int64_t kChunk = 64;  // positions per task: ~128-256 KB of bf16 rows 
 struct Head {
   const VocabKernels* k;
   const float* h;  // [B, H] fp32
+  const uint16_t* hb;  // [B, H] the same as bf16 bits where hidden is bf16, else nullptr
   int64_t B, H;
   const void* w;
   int wdt;
@@ -46,6 +47,14 @@ struct Scratch {
   std::vector<float> dots;
 };
 
+// dots of hidden rows [b0, b0 + nb) with the n weight rows `rows` (kernels.h).
+void head_dots(const Head& hd, int64_t b0, int64_t nb, const int64_t* rows, int64_t n, float* out, int64_t ldo) {
+  if (hd.hb && hd.wdt == kBF16 && hd.k->dots_bf16)
+    hd.k->dots_bf16(hd.hb + b0 * hd.H, hd.H, nb, hd.H, static_cast<const uint16_t*>(hd.w), hd.rs, rows, n, out, ldo);
+  else
+    hd.k->dots(hd.h + b0 * hd.H, hd.H, nb, hd.H, hd.w, hd.wdt, hd.rs, rows, n, out, ldo);
+}
+
 // fp32 logits of positions [j0, j1) for the hidden rows [b0, b0 + nb) into out[b * ldo + (j - j0)];
 // per_row: nb == 1 and the ids are row b0's.
 void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1, float* out, int64_t ldo,
@@ -63,7 +72,7 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
   }
   const float post = hd.capped ? 1.0f : hd.scale;
   if (n == m) {  // no padding in the chunk (the common case): the dots land in place
-    hd.k->dots(hd.h + b0 * hd.H, hd.H, nb, hd.H, hd.w, hd.wdt, hd.rs, sc.rows.data(), n, out, ldo);
+    head_dots(hd, b0, nb, sc.rows.data(), n, out, ldo);
     for (int64_t b = 0; b < nb; ++b) {
       float* o = out + b * ldo;
       if (hd.bias)
@@ -75,7 +84,7 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
     return;
   }
   sc.dots.resize(nb * std::max<int64_t>(n, 1));
-  if (n) hd.k->dots(hd.h + b0 * hd.H, hd.H, nb, hd.H, hd.w, hd.wdt, hd.rs, sc.rows.data(), n, sc.dots.data(), n);
+  if (n) head_dots(hd, b0, nb, sc.rows.data(), n, sc.dots.data(), n);
   for (int64_t b = 0; b < nb; ++b) {
     float* o = out + b * ldo;
     const float* d = sc.dots.data() + b * n;
@@ -92,11 +101,12 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
   }
 }
 
-Head make_head(const at::Tensor& hf, const at::Tensor& weight, const at::Tensor& ids, const std::optional<at::Tensor>& bias,
+Head make_head(const at::Tensor& hf, const at::Tensor& hb, const at::Tensor& weight, const at::Tensor& ids, const std::optional<at::Tensor>& bias,
                const at::Tensor& bias_c, std::optional<double> soft_cap, double scale) {
   Head hd;
   hd.k = &active_kernels();
   hd.h = hf.data_ptr<float>();
+  hd.hb = hb.defined() ? reinterpret_cast<const uint16_t*>(hb.data_ptr<at::BFloat16>()) : nullptr;
   hd.B = hf.size(0);
   hd.H = hf.size(1);
   hd.w = weight.data_ptr();
@@ -148,6 +158,10 @@ void log_softmax_row(const VocabKernels& k, float* z, int64_t n) {
 }
 
 at::Tensor prepare_hidden(const at::Tensor& hidden) { return hidden.to(at::kFloat).contiguous(); }
+// hidden's bf16 bits (contiguous) where it is bf16, else undefined (Head::hb)
+at::Tensor bf16_hidden(const at::Tensor& hidden) {
+  return hidden.scalar_type() == at::kBFloat16 ? hidden.contiguous() : at::Tensor();
+}
 
 at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& vocab_ids,
                                     const std::optional<at::Tensor>& bias, std::optional<double> soft_cap, double scale,
@@ -163,7 +177,8 @@ at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& 
   check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
   const at::Tensor hf = prepare_hidden(hidden);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const Head hd = make_head(hf, weight, ids, bias, bias_c, soft_cap, scale);
+  const at::Tensor hb = bf16_hidden(hidden);
+  const Head hd = make_head(hf, hb, weight, ids, bias, bias_c, soft_cap, scale);
   at::Tensor out = at::empty({hd.B, K}, hidden.options().dtype(at::kFloat));
   if (hd.B == 0 || K == 0) return out_dtype.value_or(at::kFloat) == at::kFloat ? out : out.to(*out_dtype);
   float* o = out.data_ptr<float>();
@@ -232,7 +247,8 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
   check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
   const at::Tensor hf = prepare_hidden(hidden);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const Head hd = make_head(hf, weight, ids, bias, bias_c, soft_cap, scale);
+  const at::Tensor hb = bf16_hidden(hidden);
+  const Head hd = make_head(hf, hb, weight, ids, bias, bias_c, soft_cap, scale);
   const int64_t B = hd.B, nt = at::get_num_threads();
   if (B == 0)
     return std::make_tuple(at::empty({0, k}, hidden.options().dtype(at::kFloat)),

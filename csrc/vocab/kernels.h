@@ -35,11 +35,16 @@ struct VocabKernels {
   int64_t (*argmax_f32)(const float* z, int64_t n);
   // Positions (in order) of z[0, n) with z >= thr or NaN, into idx; returns the count.
   int64_t (*select_ge)(const float* z, int64_t n, float thr, int32_t* idx);
+  // dots for bf16 hidden rows (bf16 bits, row stride ldh) and bf16 weight rows: exact products and fp32 sums with
+  // AVX512-BF16 dot products (bf16 subnormal inputs count as 0). nullptr below the avx512bf16 ISA.
+  void (*dots_bf16)(const uint16_t* hidden, int64_t ldh, int64_t B, int64_t H, const uint16_t* weight,
+                    int64_t row_stride, const int64_t* rows, int64_t n, float* out, int64_t ldo) = nullptr;
 };
 
 const VocabKernels& scalar_kernels();
 const VocabKernels& avx2_kernels();
 const VocabKernels& avx512_kernels();
+const VocabKernels& avx512bf16_kernels();  // avx512's plus dots_bf16
 const VocabKernels& active_kernels();  // the table of the active ISA (leankern._C.set_cpu_isa / LEANKERN_CPU_ISA)
 
 }  // namespace vocab
