@@ -102,8 +102,8 @@ LK_BG void tiles(const int32_t* xg, const uint16_t* w, int64_t ldw, float* out, 
 
 }  // namespace
 
-bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
-                  int64_t N, int64_t K) {
+bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
+                  int64_t ldo, int64_t M, int64_t N, int64_t K) {
   if (active_isa() != Isa::kAvx512Bf16) return false;
   if (M <= 0 || N <= 0) return true;
   if (K <= 0) {
@@ -117,7 +117,8 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw
       for (int i = 0; i < kRowGroup; ++i) {
         const int64_t m = g * kRowGroup + i;
         int32_t* dst = xg.data() + g * pairs * kRowGroup + i;
-        for (int64_t q = 0; q < pairs; ++q) dst[q * kRowGroup] = m < M ? (int32_t)pair_at(x + m * ldx, q, K) : 0;
+        const uint16_t* row = m < M ? x + (xrows ? xrows[m] : m) * ldx : nullptr;
+        for (int64_t q = 0; q < pairs; ++q) dst[q * kRowGroup] = row ? (int32_t)pair_at(row, q, K) : 0;
       }
   });
   const int64_t T = (N + kTile - 1) / kTile;
@@ -131,7 +132,8 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw
 #else
 namespace leankern {
 namespace cpu {
-bool bf16_gemm_nt(const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t, int64_t) {
+bool bf16_gemm_nt(const uint16_t*, int64_t, const int64_t*, const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t,
+                  int64_t) {
   return false;
 }
 }  // namespace cpu

@@ -7,13 +7,14 @@
 namespace leankern {
 namespace cpu {
 
-// out[m * ldo + n] = sum over k < K of x[m * ldx + k] * w[n * ldw + k] for m < M, n < N: x [M, K] and w [N, K]
-// bf16 bit patterns with contiguous rows, out fp32. Every product is exact (8 x 8 significant bits) and the sums
+// out[m * ldo + n] = sum over k < K of x[r(m) * ldx + k] * w[n * ldw + k] for m < M, n < N, with r(m) = xrows[m]
+// (rows of a larger x gathered in place) or m where xrows is nullptr: x and w [N, K] bf16 bit patterns with
+// contiguous rows, out fp32. Every product is exact (8 x 8 significant bits) and the sums
 // are fp32 (k in pairs), so the result is the fp32 matmul of the same values in another summation order, except
 // that vdpbf16ps treats bf16 subnormal inputs (|v| < 2^-126) and fp32 subnormal partial sums as zero.
 // Threads over 16-row tiles of w. Returns false, computing nothing, unless the active ISA is avx512bf16.
-bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
-                  int64_t N, int64_t K);
+bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
+                  int64_t ldo, int64_t M, int64_t N, int64_t K);
 
 }  // namespace cpu
 }  // namespace leankern

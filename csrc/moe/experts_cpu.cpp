@@ -27,7 +27,6 @@
 #include <vector>
 
 #include "common/bf16_gemm.h"
-#include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "moe/checks.h"
 #include "moe/kernels.h"
@@ -153,22 +152,19 @@ void project(const at::Tensor& X, const at::Tensor& W, at::Tensor out, at::Tenso
   }
 }
 
-// out [n, R] = X [n, C] @ W^T for X holding bf16 values (x_bf16) and W bf16 with contiguous rows, on an
-// avx512bf16 CPU: bf16 dot products, fp32 sums (common/bf16_gemm.h); false where it does not apply.
-bool project_bf16(const at::Tensor& X, const at::Tensor& W, at::Tensor out) {
-  if (W.scalar_type() != at::kBFloat16 || W.stride(1) != 1 || out.stride(1) != 1 || cpu::active_isa() != cpu::Isa::kAvx512Bf16)
-    return false;
-  const at::Tensor Xb = X.to(at::kBFloat16).contiguous();  // exact: X holds bf16 values
-  return cpu::bf16_gemm_nt(reinterpret_cast<const uint16_t*>(Xb.data_ptr<at::BFloat16>()), Xb.stride(0),
-                           reinterpret_cast<const uint16_t*>(W.data_ptr<at::BFloat16>()), W.stride(0),
-                           out.data_ptr<float>(), out.stride(0), Xb.size(0), W.size(0), W.size(1));
+// out [n, R] = hidden rows `rows` (all T when nullptr) @ W^T, read in place from xb16 (bf16 hidden [T, C]), for W bf16
+// with contiguous rows: bf16 dot products with fp32 sums on an avx512bf16 CPU (common/bf16_gemm.h); false (nothing
+// done) where that does not apply.
+bool project_bf16(const uint16_t* xb16, const int64_t* rows, int64_t n, const at::Tensor& W, at::Tensor out) {
+  if (!xb16 || W.scalar_type() != at::kBFloat16 || W.stride(1) != 1 || out.stride(1) != 1) return false;
+  return cpu::bf16_gemm_nt(xb16, W.size(1), rows, reinterpret_cast<const uint16_t*>(W.data_ptr<at::BFloat16>()),
+                           W.stride(0), out.data_ptr<float>(), out.stride(0), n, W.size(0), W.size(1));
 }
 
 struct Problem {
   int64_t T, H, E, I, k, Is;
   const float* x;    // [T, H] fp32
-  bool x_bf16;       // hidden was bf16: x holds bf16 values (the gate/up GEMMs may take bf16 dot products)
-  const uint16_t* xb16;  // [T, H] hidden's bf16 bits where x_bf16, else nullptr
+  const uint16_t* xb16;  // [T, H] hidden's bf16 bits where hidden is bf16 (gate/up may take bf16 dot products), else nullptr
   const int32_t* ids;
   const float* tw;   // [T, k]
   at::Tensor w13, w2;  // [E, 2I, H], [E, H, I]
@@ -193,9 +189,10 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
   at::Tensor idx = at::empty({n}, opts.dtype(at::kLong));
   int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) ip[i] = slots[i] / P.k;
-  const at::Tensor X = xf.index_select(0, idx);
   at::Tensor gu = at::empty({n, 2 * P.I}, opts), a = at::empty({n, P.I}, opts), y = at::empty({n, P.H}, opts);
-  if (!P.x_bf16 || !project_bf16(X, expert_view(P.w13, e), gu)) project(X, expert_view(P.w13, e), gu, buf);
+  // the token rows are gathered (fp32) only for the fp32 GEMM; the bf16 one reads them in place
+  if (!project_bf16(P.xb16, ip, n, expert_view(P.w13, e), gu))
+    project(xf.index_select(0, idx), expert_view(P.w13, e), gu, buf);
   const float* gp = gu.data_ptr<float>();
   float* apt = a.data_ptr<float>();
   const void* b13 = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
@@ -223,8 +220,8 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
 void shared_prefill(const Problem& P, const at::Tensor& xf, at::Tensor& buf, float* ys) {
   auto opts = xf.options();
   at::Tensor gu = at::empty({P.T, 2 * P.Is}, opts), a = at::empty({P.T, P.Is}, opts);
-  if (!P.x_bf16 || !project_bf16(xf, P.sw1, gu.narrow(1, 0, P.Is))) project(xf, P.sw1, gu.narrow(1, 0, P.Is), buf);
-  if (!P.x_bf16 || !project_bf16(xf, P.sw3, gu.narrow(1, P.Is, P.Is)))
+  if (!project_bf16(P.xb16, nullptr, P.T, P.sw1, gu.narrow(1, 0, P.Is))) project(xf, P.sw1, gu.narrow(1, 0, P.Is), buf);
+  if (!project_bf16(P.xb16, nullptr, P.T, P.sw3, gu.narrow(1, P.Is, P.Is)))
     project(xf, P.sw3, gu.narrow(1, P.Is, P.Is), buf);
   const Act silu{false, false, 0.f, 0.f};
   const float* gp = gu.data_ptr<float>();
@@ -339,9 +336,9 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   Problem P;
   P.T = T, P.H = H, P.E = E, P.I = I, P.k = k, P.Is = shared ? shared_w1->size(0) : 0;
   P.x = xf.data_ptr<float>();
-  P.x_bf16 = hidden.scalar_type() == at::kBFloat16;
-  const at::Tensor hidden_c = P.x_bf16 ? hidden.contiguous() : at::Tensor();  // (kept alive for xb16)
-  P.xb16 = P.x_bf16 ? reinterpret_cast<const uint16_t*>(hidden_c.data_ptr<at::BFloat16>()) : nullptr;
+  const bool bf16 = hidden.scalar_type() == at::kBFloat16;
+  const at::Tensor hidden_c = bf16 ? hidden.contiguous() : at::Tensor();  // (kept alive for xb16)
+  P.xb16 = bf16 ? reinterpret_cast<const uint16_t*>(hidden_c.data_ptr<at::BFloat16>()) : nullptr;
   P.ids = ids;
   P.tw = tw_c.data_ptr<float>();
   P.w13 = w13, P.w2 = w2;
