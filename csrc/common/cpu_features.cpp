@@ -155,6 +155,8 @@ std::string feature_string() {
   add(__builtin_cpu_supports("avx512cd"), "avx512cd");
   add(__builtin_cpu_supports("avx512vnni"), "avx512vnni");
   add(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+  add(__builtin_cpu_supports("avx512vbmi"), "avx512vbmi");
+  add(__builtin_cpu_supports("gfni"), "gfni");
 #endif
   return out.empty() ? std::string("none") : out;
 }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace leankern {
 namespace sefp {
@@ -33,6 +34,8 @@ struct Planes {
   int m;                 // mantissa planes read (1..16)
 };
 
+constexpr int kChunkBf16 = 512;  // weights per chunk of gemv_bf16 (16 words: one 64-byte load per plane)
+
 // Width of a row of x as the permuted kernels read it: Kw rounded up to whole chunks.
 inline int64_t permuted_width(int64_t Kw) { return (Kw + kChunkWords - 1) / kChunkWords * kChunk; }
 
@@ -40,9 +43,28 @@ inline int64_t permuted_width(int64_t Kw) { return (Kw + kChunkWords - 1) / kChu
 // holds element order[i] of that chunk ([256]).
 const int16_t* chunk_order(int m);
 
+// The order of x that gemv_bf16 reads at width m: position i of a 512-weight chunk holds element order[i] of it.
+const int16_t* chunk_order_bf16(int m);
+inline int64_t bf16_width(int64_t Kw) { return (Kw + 15) / 16 * kChunkBf16; }
+
 // [256] fp32 scales 2^(E - (m - 1)) indexed by E + 128 (E = -128, the empty block: 1.0, as
 // the reference). Exact: every such power of two is an fp32 (subnormal below 2^-126).
 const float* scale_table(int m);
+
+// f(std::integral_constant<int, m>{}) for a width m in 1..8 (a compile-time width for the kernels' templates).
+template <class F>
+inline void with_width8(int m, F&& f) {
+  switch (m) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
 
 struct SefpKernels {
   // Quantize rows [n0, n1) of w [N, K] (dtype dt, row stride ldw elements) into planes
@@ -64,11 +86,22 @@ struct SefpKernels {
   // Rows [n0, n1) exact fp32 in permuted order: out[(n - n0) * ldo + i], i < permuted_width(Kw);
   // P.m <= kMaxPermM. Null in the scalar table.
   void (*decode_permuted)(const Planes& P, int64_t n0, int64_t n1, float* out, int64_t ldo);
+  // avx512bf16 table only (null elsewhere; P.m <= 8), kernels_avx512bf16.cpp:
+  // y[r * ldy + n] = sum_k x[r * ldx + k] w[n, k] (fp32 sums of exact products) for r < R, n in [n0, n1); x bf16
+  // bits in chunk_order_bf16, zero padded to bf16_width(Kw). bf16 subnormal x counts as zero. Null unless the CPU
+  // also has GFNI and AVX512-VBMI (gemv_bf16_gfni.cpp).
+  void (*gemv_bf16)(const Planes& P, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
+                    int64_t ldy);
+  // Rows [n0, n1) as exact bf16 bits, natural order: out[(n - n0) * ldo + k], k < Kw * 32. Exact only where every
+  // block's E is -128 (empty) or >= m - 127 (the smallest nonzero weight 2^(E - (m - 1)) is a bf16 normal): the
+  // caller checks.
+  void (*decode_bf16)(const Planes& P, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo);
 };
 
 const SefpKernels& scalar_kernels();
 const SefpKernels& avx2_kernels();
 const SefpKernels& avx512_kernels();
+const SefpKernels& avx512bf16_kernels();
 const SefpKernels& active_kernels();  // the table of the active ISA (leankern._C.set_cpu_isa / LEANKERN_CPU_ISA)
 
 }  // namespace sefp

@@ -53,6 +53,9 @@ const SefpKernels& scalar_kernels() {
 }
 
 const SefpKernels& active_kernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu::active_isa() == cpu::Isa::kAvx512Bf16) return avx512bf16_kernels();
+#endif
   return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels);
 }
 

@@ -8,10 +8,9 @@
 //                    transposed kernels' permuted order.
 //   M >= kPanelRows: panels of kPanelN weight rows decoded to fp32 (in parallel), then torch's own
 //                    multithreaded fp32 GEMM (at::mm_out) into the output columns: the decode is
-//                    amortized over the M rows. Under the avx512bf16 ISA, for bf16 x without bias
-//                    and m <= 8, the panels are converted to bf16 (exact: <= 8 significant bits)
-//                    and torch's AVX512-BF16 GEMM writes y, about 2.4x faster at M = 512.
+//                    amortized over the M rows.
 // Both sum in fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
+// bf16 x with m <= 8 under the avx512bf16 ISA takes linear_bf16 instead (bf16 products are exact there).
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -39,6 +38,7 @@ using cpu::parallel_chunks;
 
 constexpr int64_t kPanelRows = 32;  // x rows from which the decoded-panel GEMM wins (measured, 4096x4096)
 constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp32 stays in L2/L3
+constexpr int64_t kPanelNBf16 = 512;  // bf16 panels (decode_bf16): wider panels, fewer GEMM calls
 
 // Rows per parallel task for ~`work` element-operations each (at least one row).
 int64_t rows_per_task(int64_t per_row, int64_t work) { return std::max<int64_t>(1, work / std::max<int64_t>(1, per_row)); }
@@ -162,10 +162,8 @@ at::Tensor prepare_x(const at::Tensor& x, int64_t Kx, bool permuted, int m) {
   return xb;
 }
 
-// y [M, N] = xb @ W^T through decoded panels and at::mm_out: y32 fp32 (xb fp32), or, with bf16
-// panels (bf16_y: xb and y bf16), torch's bf16 GEMM, which accumulates in fp32 and rounds once.
-void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32,
-                   bool bf16_y = false) {
+// y32 [M, N] (fp32) = xb @ W^T through decoded fp32 panels and at::mm_out.
+void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32) {
   const int64_t Kx = xb.size(1);
   at::Tensor panel = at::empty({std::min(kPanelN, P.N), Kx}, xb.options().dtype(at::kFloat));
   float* pp = panel.data_ptr<float>();
@@ -179,9 +177,63 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
       }
     });
     at::Tensor cols = y32.narrow(1, n0, nb);
-    const at::Tensor w = panel.narrow(0, 0, nb);
-    at::mm_out(cols, xb, (bf16_y ? w.to(at::kBFloat16) : w).t());
+    at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
   }
+}
+
+// bf16 x, m <= 8, the avx512bf16 table (every weight, x and product exact in bf16 / fp32):
+//   M < kPanelRows, a CPU with GFNI + VBMI: gemv_bf16 (gemv_bf16_gfni.cpp) on x in its chunk order; fp32 sums,
+//                    + bias in fp32, one rounding;
+//   M >= kPanelRows, no bias, every block's weights bf16 normals (E = -128 or E >= m - 127): panels decoded
+//                    straight to bf16 with the scale in the exponent (decode_bf16) and torch's bf16 GEMM
+//                    (fp32 accumulation, one rounding) into y's columns.
+// Returns false (nothing written) for the cases it leaves to the fp32 path. Both treat bf16 subnormal x as zero
+// (vdpbf16ps; docs/sefp.md).
+bool linear_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2, const at::Tensor& exponents,
+                 int64_t m, const std::optional<at::Tensor>& bias, at::Tensor out) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = P.N, Kx = P.Kw * kWord;
+  const bool panels = M >= kPanelRows;
+  if (panels && (bias.has_value() || (exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>())) return false;
+  if (panels) {
+    at::Tensor panel = at::empty({std::min(kPanelNBf16, N), Kx}, x2.options());
+    uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
+    const at::Tensor xc = x2.contiguous();
+    for (int64_t n0 = 0; n0 < N; n0 += kPanelNBf16) {
+      const int64_t nb = std::min(kPanelNBf16, N - n0);
+      parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kx, Kx); });
+      at::Tensor cols = out.narrow(1, n0, nb);
+      at::mm_out(cols, xc, panel.narrow(0, 0, nb).narrow(1, 0, K).t());
+    }
+    return true;
+  }
+  if (kern.gemv_bf16 == nullptr) return false;
+  // x in gemv_bf16's chunk order, zero padded to whole chunks
+  const int64_t Kc = bf16_width(P.Kw);
+  at::Tensor xb = at::empty({M, Kc}, x2.options());
+  {
+    const at::Tensor xc = x2.contiguous();
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(xc.data_ptr());
+    uint16_t* dst = reinterpret_cast<uint16_t*>(xb.data_ptr());
+    const int16_t* order = chunk_order_bf16(static_cast<int>(m));
+    parallel_chunks(M, rows_per_task(Kc, 1 << 16), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < Kc; c += kChunkBf16)
+          for (int i = 0; i < kChunkBf16; ++i) {
+            const int64_t k = c + order[i];
+            dst[r * Kc + c + i] = k < K ? src[r * K + k] : uint16_t(0);
+          }
+    });
+  }
+  const int64_t ldx = Kc;
+  const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+  at::Tensor y32 = at::empty({M, N}, x2.options().dtype(at::kFloat));
+  float* yp = y32.data_ptr<float>();
+  const int64_t per_row = rows_per_task(Kx * (1 + M), 1 << 19);
+  const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
+  parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(P, xp, M, ldx, n0, n1, yp, N); });
+  if (bias.has_value()) y32.add_(bias->to(at::kFloat));  // fp32 sum + bias: one rounding below
+  out.copy_(y32);
+  return true;
 }
 
 at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const at::Tensor& exponents, int64_t m,
@@ -195,19 +247,14 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   if (M == 0 || N == 0) return out;
 
   const SefpKernels& kern = active_kernels();
+  if (kern.decode_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16) {
+    if (linear_bf16(kern, P, x.reshape({M, K}), exponents, m, bias, out.view({M, N}))) return out;
+  }
   const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
   const int64_t Kx = permuted ? permuted_width(P.Kw) : P.Kw * kWord;
   const at::Tensor xb = prepare_x(x.reshape({M, K}).contiguous(), Kx, permuted, (int)m);
   const bool f32_out = x.scalar_type() == at::kFloat;
-  // bf16 x, no bias, m <= 8, a CPU with AVX512-BF16: the panels go through torch's bf16 GEMM (y is
-  // rounded once, as the reference rounds its fp32 sum); a bias needs the fp32 sum (one rounding
-  // of y + b), and without AVX512-BF16 torch's bf16 GEMM is slower than its fp32 one. Blocks whose
-  // smallest step 2^(E - (m - 1)) is below 2^-126 (E < m - 127, not the empty E = -128) would be
-  // bf16 subnormals, which bf16 dot products flush: then the fp32 path.
-  const bool bf16_gemm = M >= kPanelRows && x.scalar_type() == at::kBFloat16 && !bias.has_value() && m <= 8 &&
-                         cpu::active_isa() == cpu::Isa::kAvx512Bf16 &&
-                         !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
-  at::Tensor y32 = f32_out ? out.view({M, N}) : bf16_gemm ? at::Tensor() : at::empty({M, N}, x.options().dtype(at::kFloat));
+  at::Tensor y32 = f32_out ? out.view({M, N}) : at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M < kPanelRows) {
     const float* xp = xb.data_ptr<float>();
     float* yp = y32.data_ptr<float>();
@@ -216,10 +263,6 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
     const int64_t per_row = rows_per_task(Kx * (1 + M), 1 << 19);
     const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
     parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv(P, xp, M, Kx, n0, n1, yp, N); });
-  } else if (bf16_gemm) {  // the decoded weights (m <= 8 significant bits) and x are exact in bf16
-    at::Tensor o2 = out.view({M, N});
-    linear_panels(kern, P, permuted, xb.to(at::kBFloat16), o2, true);
-    return out;
   } else {
     linear_panels(kern, P, permuted, xb, y32);
   }

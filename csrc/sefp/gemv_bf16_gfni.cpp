@@ -1,0 +1,277 @@
+// gemv_bf16 of the avx512bf16 SEFP table (kernels.h) for CPUs that also have GFNI and AVX512-VBMI (Zen 4, Ice
+// Lake and later): y = x w^T for a few bf16 x rows, the bit planes decoded 512 weights at a time with full-width
+// byte shuffles, never through mask registers or per-weight work.
+//
+// One chunk = 16 words of a row = 512 weights: one 64-byte load per plane. Per chunk:
+//   1. The planes (sign + m mantissa, up to 8 of them; m = 8 keeps the sign apart) are interleaved bytewise by
+//      three unpack stages (8-bit, 16-bit, 32-bit; stages whose inputs are all absent planes are skipped) into 8
+//      registers of qwords: qword = the same byte position of each plane.
+//   2. vgf2p8affineqb with that qword as the bit matrix transposes it: byte i = weight i's bits of every plane, i.e.
+//      its code (sign at bit m for m <= 5, bit 7 for m = 6, 7; the magnitude q in the low m bits).
+//   3. The codes become bf16 (all exact: q < 2^8): m <= 5, sign and q as one 16-bit index into a signed table
+//      (vpermw / vpermi2w); m = 6, 7: the high and low bytes of bf16(q) from 128-byte tables (vpermi2b), the sign
+//      or'ed into the high byte, bytes interleaved; m = 8 the same with 256-byte tables (two lookups and a blend on
+//      q's top bit), the sign from the sign plane as a byte mask.
+//   4. vdpbf16ps with x, which the caller stored in the matching order (chunk_order_bf16): each 128-bit lane of a
+//      decoded vector holds 8 weights of one word, and the 4 vectors of a word group are summed into one
+//      accumulator whose lane group L belongs to one word: the block scale 2^(E - (m - 1)) is applied per lane with
+//      vscalefps (exact, subnormal results rounded once), then added.
+// About 5 to 9 instructions per 32 weights (m = 1 .. 8) where the transposed fp32 kernel needs ~20 and the
+// mask-register decode (decode_bf16) 2 per plane plus a serial dependency per word.
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "sefp/kernels.h"
+
+namespace leankern {
+namespace sefp {
+
+const int16_t* chunk_order_bf16(int m) {
+  // Position 32 v + 8 L + j of a chunk (v = 4 g + 2 h + u < 16, L < 4, j < 8) holds weight 8 c + i of word 4 L + g,
+  // where byte b of lane L of the code register 2 g + h supplies the j-th 16-bit value of decoded vector u:
+  // b = 8 u + j (m >= 6: codes unpacked lane-wise) or 2 j + u (m <= 5: even and odd bytes looked up in place);
+  // byte b is code i = b % 8 of plane byte c = 2 h + b / 8.
+  static const int16_t* tables = [] {
+    static int16_t t[2][kChunkBf16];
+    for (int path = 0; path < 2; ++path)
+      for (int v = 0; v < 16; ++v)
+        for (int L = 0; L < 4; ++L)
+          for (int j = 0; j < 8; ++j) {
+            const int g = v / 4, h = (v / 2) % 2, u = v % 2;
+            const int b = path == 0 ? 8 * u + j : 2 * j + u;
+            t[path][32 * v + 8 * L + j] = static_cast<int16_t>(32 * (4 * L + g) + 8 * (2 * h + b / 8) + b % 8);
+          }
+    return &t[0][0];
+  }();
+  return tables + (m <= 5 ? kChunkBf16 : 0);
+}
+
+namespace avx512bf16 {
+
+#define LK_G __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,gfni"))) inline
+
+constexpr int kWords = 16;  // words per chunk
+
+// bf16 bit patterns of 0..255 as separate high and low byte tables.
+struct ByteTables {
+  alignas(64) uint8_t hi[256];
+  alignas(64) uint8_t lo[256];
+  constexpr ByteTables() : hi(), lo() {
+    for (int q = 1; q < 256; ++q) {
+      int L = 7;
+      while (!(q >> L)) --L;
+      const int b = ((127 + L) << 7) | ((q << (7 - L)) & 0x7f);
+      hi[q] = static_cast<uint8_t>(b >> 8);
+      lo[q] = static_cast<uint8_t>(b & 0xff);
+    }
+  }
+};
+constexpr ByteTables kBytes;
+
+// Signed 16-bit tables for m <= 5: index s 2^m + q -> bf16(+-q) (64 entries).
+struct SignedTables {
+  alignas(64) uint16_t v[6][64];
+  constexpr SignedTables() : v() {
+    for (int m = 1; m <= 5; ++m)
+      for (int i = 0; i < (2 << m); ++i) {
+        const int q = i & ((1 << m) - 1);
+        int b = 0;
+        if (q) {
+          int L = 7;
+          while (!(q >> L)) --L;
+          b = ((127 + L) << 7) | ((q << (7 - L)) & 0x7f);
+        }
+        v[m][i] = static_cast<uint16_t>(b | ((i >> m) ? 0x8000 : 0));
+      }
+  }
+};
+constexpr SignedTables kSigned;
+
+// Which plane sits in qword byte s (bit 7 - s of the code after the transpose): -1 none, 0 sign, p mantissa plane.
+template <int M>
+constexpr int slot(int s) {
+  if constexpr (M <= 5) return s == 7 - M ? 0 : s > 7 - M ? s - (7 - M) : -1;
+  if constexpr (M <= 7) return s == 0 ? 0 : s >= 8 - M ? s - (7 - M) : -1;
+  return s + 1;
+}
+
+template <int M>
+struct Gfni {
+  __m512i tab[8];  // lookup tables (see decode)
+  __m512i ident;   // byte i of each qword = 1 << i: the transpose's x operand
+  __m512i sign_idx;  // m = 8: 16-bit lane 4 k + L <- word 8 L + k of the sign plane
+  __m512i idx[4];  // lane l <- block of word 4 (l / 4) + i of the chunk (relative to the chunk's first block)
+
+  LK_G explicit Gfni(int gs) {
+    if constexpr (M <= 4) {
+      tab[0] = _mm512_load_si512(kSigned.v[M]);
+    } else if constexpr (M == 5) {
+      tab[0] = _mm512_load_si512(kSigned.v[5]);
+      tab[1] = _mm512_load_si512(kSigned.v[5] + 32);
+    } else {
+      constexpr int n = M == 8 ? 4 : 2;
+      for (int t = 0; t < n; ++t) {
+        tab[t] = _mm512_load_si512(kBytes.hi + 64 * t);
+        tab[4 + t] = _mm512_load_si512(kBytes.lo + 64 * t);
+      }
+    }
+    ident = _mm512_set1_epi64(0x8040201008040201ll);
+    alignas(64) int16_t si[32];
+    for (int k = 0; k < 8; ++k)
+      for (int L = 0; L < 4; ++L) si[4 * k + L] = static_cast<int16_t>(8 * L + k);
+    sign_idx = _mm512_load_si512(si);
+    for (int i = 0; i < 4; ++i) {
+      alignas(64) int32_t b[16];
+      for (int l = 0; l < 16; ++l) b[l] = (4 * (l / 4) + i) >> gs;
+      idx[i] = _mm512_load_si512(b);
+    }
+  }
+
+  // 8 registers of codes for one chunk: q[k] lane L = the codes of word 4 L + k / 2, bytes 8 (k % 2) .. + 15 (in
+  // weight order), from planes a[s] (slot s).
+  LK_G void codes(const __m512i* a, __m512i* q) const {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i b[8], c[8];
+    constexpr bool n01 = slot<M>(0) >= 0 || slot<M>(1) >= 0, n23 = slot<M>(2) >= 0 || slot<M>(3) >= 0;
+    constexpr bool n45 = slot<M>(4) >= 0 || slot<M>(5) >= 0, n67 = slot<M>(6) >= 0 || slot<M>(7) >= 0;
+    // stage 1: byte pairs (a[2j], a[2j + 1]), positions 0..7 (b[2j]) and 8..15 (b[2j + 1]) of each lane
+    if constexpr (n01) b[0] = _mm512_unpacklo_epi8(a[0], a[1]), b[1] = _mm512_unpackhi_epi8(a[0], a[1]);
+    if constexpr (n23) b[2] = _mm512_unpacklo_epi8(a[2], a[3]), b[3] = _mm512_unpackhi_epi8(a[2], a[3]);
+    if constexpr (n45) b[4] = _mm512_unpacklo_epi8(a[4], a[5]), b[5] = _mm512_unpackhi_epi8(a[4], a[5]);
+    if constexpr (n67) b[6] = _mm512_unpacklo_epi8(a[6], a[7]), b[7] = _mm512_unpackhi_epi8(a[6], a[7]);
+    // stage 2: c[g] = bytes of slots 0..3 at positions 4 g .. 4 g + 3, c[4 + g] of slots 4..7
+    for (int h = 0; h < 2; ++h) {
+      if constexpr (n01 || n23) {
+        const __m512i lo = n01 ? b[h] : z, hi = n23 ? b[2 + h] : z;
+        c[2 * h] = _mm512_unpacklo_epi16(lo, hi);
+        c[2 * h + 1] = _mm512_unpackhi_epi16(lo, hi);
+      } else {
+        c[2 * h] = c[2 * h + 1] = z;
+      }
+      if constexpr (n45 || n67) {
+        const __m512i lo = n45 ? b[4 + h] : z, hi = n67 ? b[6 + h] : z;
+        c[4 + 2 * h] = _mm512_unpacklo_epi16(lo, hi);
+        c[4 + 2 * h + 1] = _mm512_unpackhi_epi16(lo, hi);
+      } else {
+        c[4 + 2 * h] = c[4 + 2 * h + 1] = z;
+      }
+    }
+    // stage 3 + transpose: positions 2 k, 2 k + 1
+    for (int k = 0; k < 8; ++k) {
+      const __m512i d = k % 2 ? _mm512_unpackhi_epi32(c[k / 2], c[4 + k / 2]) : _mm512_unpacklo_epi32(c[k / 2], c[4 + k / 2]);
+      q[k] = _mm512_gf2p8affine_epi64_epi8(ident, d, 0);
+    }
+  }
+
+  // codes q (one register of q[]) -> two bf16 vectors: v[0] from bytes 0..7 of each lane, v[1] from 8..15 (m >= 6),
+  // or v[0] from the even bytes, v[1] from the odd ones (m <= 5; chunk_order_bf16).
+  // sign: m = 8 only, the sign bits of q's 64 codes.
+  LK_G void values(__m512i q, __mmask64 sign, __m512i* v) const {
+    if constexpr (M <= 5) {  // a 16-bit lane holds two codes: the low byte's is the index (higher bits ignored)
+      const __m512i odd = _mm512_srli_epi16(q, 8);
+      if constexpr (M <= 4) {
+        v[0] = _mm512_permutexvar_epi16(q, tab[0]);
+        v[1] = _mm512_permutexvar_epi16(odd, tab[0]);
+      } else {
+        v[0] = _mm512_permutex2var_epi16(tab[0], q, tab[1]);
+        v[1] = _mm512_permutex2var_epi16(tab[0], odd, tab[1]);
+      }
+    } else {
+      __m512i hi = _mm512_permutex2var_epi8(tab[0], q, tab[1]);  // bit 7 of the index is ignored
+      __m512i lo = _mm512_permutex2var_epi8(tab[4], q, tab[5]);
+      if constexpr (M == 7 || M == 6) {
+        hi = _mm512_ternarylogic_epi32(hi, q, _mm512_set1_epi8(static_cast<char>(0x80)), 0xf8);  // hi | (q & 0x80)
+      } else {
+        const __mmask64 top = _mm512_movepi8_mask(q);
+        hi = _mm512_mask_blend_epi8(top, hi, _mm512_permutex2var_epi8(tab[2], q, tab[3]));
+        lo = _mm512_mask_blend_epi8(top, lo, _mm512_permutex2var_epi8(tab[6], q, tab[7]));
+        hi = _mm512_mask_add_epi8(hi, sign, hi, _mm512_set1_epi8(static_cast<char>(0x80)));
+      }
+      v[0] = _mm512_unpacklo_epi8(lo, hi);
+      v[1] = _mm512_unpackhi_epi8(lo, hi);
+    }
+  }
+};
+
+// y[r * ldy + n] for R (<= 4) x rows (permuted, chunk_order_bf16) and weight rows [n0, n1).
+template <int M, int R>
+LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_t ldx, int64_t n0, int64_t n1,
+                    float* y, int64_t ldy) {
+  const int64_t ps = P.plane_stride, nchunks = (P.Kw + kWords - 1) / kWords;
+  const int bpc = std::max(1, kWords >> P.gs);  // blocks per whole chunk
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint32_t* row = P.data + n * P.Kw;
+    const int8_t* ex = P.exps + n * P.nb;
+    __m512 tot[R];
+    for (int r = 0; r < R; ++r) tot[r] = _mm512_setzero_ps();
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      const int64_t w0 = ch * kWords;
+      const __mmask16 wm = w0 + kWords <= P.Kw ? __mmask16(0xffff) : __mmask16((1u << (P.Kw - w0)) - 1);
+      __m512i a[8];
+      for (int s = 0; s < 8; ++s)
+        a[s] = slot<M>(s) >= 0 ? _mm512_maskz_loadu_epi32(wm, row + slot<M>(s) * ps + w0) : _mm512_setzero_si512();
+      alignas(64) uint64_t sb[8];
+      if constexpr (M == 8) {
+        const __m512i sp = _mm512_maskz_loadu_epi32(wm, row + w0);
+        _mm512_store_si512(sb, _mm512_permutexvar_epi16(g.sign_idx, sp));
+      }
+      // block exponents of the chunk -> shifts E - (m - 1) (0 for an empty block: all its q are 0)
+      const int64_t b0 = w0 >> P.gs;
+      const int nbc = static_cast<int>(std::min<int64_t>(bpc, P.nb - b0));
+      const __m512i e = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << nbc) - 1), ex + b0));
+      const __m512i sh = _mm512_mask_sub_epi32(_mm512_setzero_si512(), _mm512_cmpneq_epi32_mask(e, _mm512_set1_epi32(-128)),
+                                               e, _mm512_set1_epi32(M - 1));
+      const __m512 shf = _mm512_cvtepi32_ps(sh);
+      __m512i q[8];
+      g.codes(a, q);
+      const uint16_t* xc = x + ch * kChunkBf16;
+      for (int i = 0; i < 4; ++i) {
+        __m512i v[4];
+        g.values(q[2 * i], M == 8 ? _cvtu64_mask64(sb[2 * i]) : 0, v);
+        g.values(q[2 * i + 1], M == 8 ? _cvtu64_mask64(sb[2 * i + 1]) : 0, v + 2);
+        const __m512 s = _mm512_permutexvar_ps(g.idx[i], shf);
+        for (int r = 0; r < R; ++r) {
+          const uint16_t* xr = xc + r * ldx + 128 * i;
+          __m512 acc = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)v[0], (__m512bh)_mm512_loadu_si512(xr));
+          acc = _mm512_dpbf16_ps(acc, (__m512bh)v[1], (__m512bh)_mm512_loadu_si512(xr + 32));
+          acc = _mm512_dpbf16_ps(acc, (__m512bh)v[2], (__m512bh)_mm512_loadu_si512(xr + 64));
+          acc = _mm512_dpbf16_ps(acc, (__m512bh)v[3], (__m512bh)_mm512_loadu_si512(xr + 96));
+          tot[r] = _mm512_add_ps(tot[r], _mm512_scalef_ps(acc, s));
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) y[r * ldy + n] = _mm512_reduce_add_ps(tot[r]);
+  }
+}
+
+template <int M>
+LK_G void gemv_width(const Planes& P, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
+                     int64_t ldy) {
+  const Gfni<M> g(P.gs);
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) gemv_tile<M, 4>(g, P, x + r * ldx, ldx, n0, n1, y + r * ldy, ldy);
+  switch (R - r) {
+    case 3: gemv_tile<M, 3>(g, P, x + r * ldx, ldx, n0, n1, y + r * ldy, ldy); break;
+    case 2: gemv_tile<M, 2>(g, P, x + r * ldx, ldx, n0, n1, y + r * ldy, ldy); break;
+    case 1: gemv_tile<M, 1>(g, P, x + r * ldx, ldx, n0, n1, y + r * ldy, ldy); break;
+    default: break;
+  }
+}
+
+#undef LK_G
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,gfni"))) void gemv_bf16_gfni(
+    const Planes& P, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  with_width8(P.m, [&](auto w) { gemv_width<decltype(w)::value>(P, x, R, ldx, n0, n1, y, ldy); });
+}
+
+}  // namespace avx512bf16
+}  // namespace sefp
+}  // namespace leankern
+
+#endif
