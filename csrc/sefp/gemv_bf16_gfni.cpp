@@ -14,8 +14,8 @@
 //      q's top bit), the sign from the sign plane as a byte mask.
 //   4. vdpbf16ps with x, which the caller stored in the matching order (chunk_order_bf16): each 128-bit lane of a
 //      decoded vector holds 8 weights of one word, and the 4 vectors of a word group are summed into one
-//      accumulator whose lane group L belongs to one word: the block scale 2^(E - (m - 1)) is applied per lane with
-//      vscalefps (exact, subnormal results rounded once), then added.
+//      accumulator whose lane group L belongs to one word: the block scale 2^(E - (m - 1)) is applied per lane by one
+//      FMA (vscalefps + add where a scale is not a normal fp32: exact, subnormal results rounded once).
 // About 5 to 9 instructions per 32 weights (m = 1 .. 8) where the transposed fp32 kernel needs ~20 and the
 // mask-register decode (decode_bf16) 2 per plane plus a serial dependency per word.
 #if defined(__x86_64__) || defined(_M_X64)
@@ -32,23 +32,35 @@ namespace leankern {
 namespace sefp {
 
 const int16_t* chunk_order_bf16(int m) {
-  // Position 32 v + 8 L + j of a chunk (v = 4 g + 2 h + u < 16, L < 4, j < 8) holds weight 8 c + i of word 4 L + g,
-  // where byte b of lane L of the code register 2 g + h supplies the j-th 16-bit value of decoded vector u:
-  // b = 8 u + j (m >= 6: codes unpacked lane-wise) or 2 j + u (m <= 5: even and odd bytes looked up in place);
-  // byte b is code i = b % 8 of plane byte c = 2 h + b / 8.
+  // Position 32 v + 8 L + j of a chunk (v < 16, L < 4, j < 8) holds weight 8 c + i of word 4 L + g (plane byte c,
+  // bit i), as the decoded vector v of gemv_bf16_gfni.cpp holds it in its j-th 16-bit value of lane L:
+  //   m >= 6: v = 4 g + 2 h + u, code byte b = 8 u + j of register 2 g + h (codes unpacked lane-wise);
+  //   m 4, 5: the same with b = 2 j + u (even and odd bytes looked up in place);
+  //   in both, byte b is code i = b % 8 of plane byte c = 2 h + b / 8;
+  //   m <= 3: v = 4 g + u, nibble u of the 16-bit lane j of register g: c = 2 (j / 4) + (u even),
+  //           i = (2 j + u / 2) % 8.
   static const int16_t* tables = [] {
-    static int16_t t[2][kChunkBf16];
-    for (int path = 0; path < 2; ++path)
+    static int16_t t[3][kChunkBf16];
+    for (int path = 0; path < 3; ++path)
       for (int v = 0; v < 16; ++v)
         for (int L = 0; L < 4; ++L)
           for (int j = 0; j < 8; ++j) {
-            const int g = v / 4, h = (v / 2) % 2, u = v % 2;
-            const int b = path == 0 ? 8 * u + j : 2 * j + u;
-            t[path][32 * v + 8 * L + j] = static_cast<int16_t>(32 * (4 * L + g) + 8 * (2 * h + b / 8) + b % 8);
+            int g = v / 4, c, i;
+            if (path == 2) {
+              const int u = v % 4;
+              c = 2 * (j / 4) + (u % 2 == 0 ? 1 : 0);
+              i = (2 * j + u / 2) % 8;
+            } else {
+              const int h = (v / 2) % 2, u = v % 2;
+              const int b = path == 0 ? 8 * u + j : 2 * j + u;
+              c = 2 * h + b / 8;
+              i = b % 8;
+            }
+            t[path][32 * v + 8 * L + j] = static_cast<int16_t>(32 * (4 * L + g) + 8 * c + i);
           }
     return &t[0][0];
   }();
-  return tables + (m <= 5 ? kChunkBf16 : 0);
+  return tables + (m <= 3 ? 2 : m <= 5 ? 1 : 0) * kChunkBf16;
 }
 
 namespace avx512bf16 {
@@ -108,7 +120,11 @@ struct Gfni {
   __m512i idx[4];  // lane l <- block of word 4 (l / 4) + i of the chunk (relative to the chunk's first block)
 
   LK_G explicit Gfni(int gs) {
-    if constexpr (M <= 4) {
+    if constexpr (M <= 3) {  // index = a nibble code + one bit of the next nibble: the 16 entries twice
+      alignas(64) uint16_t t[32];
+      for (int i = 0; i < 32; ++i) t[i] = kSigned.v[M][i % 16];
+      tab[0] = _mm512_load_si512(t);
+    } else if constexpr (M <= 4) {
       tab[0] = _mm512_load_si512(kSigned.v[M]);
     } else if constexpr (M == 5) {
       tab[0] = _mm512_load_si512(kSigned.v[5]);
@@ -166,6 +182,30 @@ struct Gfni {
       const __m512i d = k % 2 ? _mm512_unpackhi_epi32(c[k / 2], c[4 + k / 2]) : _mm512_unpacklo_epi32(c[k / 2], c[4 + k / 2]);
       q[k] = _mm512_gf2p8affine_epi64_epi8(ident, d, 0);
     }
+  }
+
+  // m <= 3 (at most 4 planes, in slots 4..7): the transpose of two positions' dwords at once leaves two codes per
+  // byte, position 4 g + 2 h in the high nibble and 4 g + 2 h + 1 in the low one (h: the qword): stage 3 and half
+  // the transposes are saved. qn[g] lane L = the 32 codes of word 4 L + g.
+  LK_G void nibble_codes(const __m512i* a, __m512i* qn) const {
+    static_assert(M <= 3, "four planes at most");
+    const __m512i z = _mm512_setzero_si512();
+    constexpr bool n45 = slot<M>(4) >= 0 || slot<M>(5) >= 0;
+    const __m512i b4 = n45 ? _mm512_unpacklo_epi8(a[4], a[5]) : z, b5 = n45 ? _mm512_unpackhi_epi8(a[4], a[5]) : z;
+    const __m512i b6 = _mm512_unpacklo_epi8(a[6], a[7]), b7 = _mm512_unpackhi_epi8(a[6], a[7]);
+    qn[0] = _mm512_gf2p8affine_epi64_epi8(ident, _mm512_unpacklo_epi16(b4, b6), 0);
+    qn[1] = _mm512_gf2p8affine_epi64_epi8(ident, _mm512_unpackhi_epi16(b4, b6), 0);
+    qn[2] = _mm512_gf2p8affine_epi64_epi8(ident, _mm512_unpacklo_epi16(b5, b7), 0);
+    qn[3] = _mm512_gf2p8affine_epi64_epi8(ident, _mm512_unpackhi_epi16(b5, b7), 0);
+  }
+
+  // nibble codes -> four bf16 vectors: v[u] from nibble u of each 16-bit lane (vpermw reads 5 index bits; the
+  // table repeats its 16 entries, so the neighbouring nibble's bit does not matter).
+  LK_G void nibble_values(__m512i q, __m512i* v) const {
+    v[0] = _mm512_permutexvar_epi16(q, tab[0]);
+    v[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(q, 4), tab[0]);
+    v[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(q, 8), tab[0]);
+    v[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(q, 12), tab[0]);
   }
 
   // codes q (one register of q[]) -> two bf16 vectors: v[0] from bytes 0..7 of each lane, v[1] from 8..15 (m >= 6),
@@ -226,14 +266,25 @@ LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_
       const __m512i e = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << nbc) - 1), ex + b0));
       const __m512i sh = _mm512_mask_sub_epi32(_mm512_setzero_si512(), _mm512_cmpneq_epi32_mask(e, _mm512_set1_epi32(-128)),
                                                e, _mm512_set1_epi32(M - 1));
-      const __m512 shf = _mm512_cvtepi32_ps(sh);
+      // 2^sh as fp32 bits where every shift of the chunk is a normal power of two (all but |w| beyond ~2^103 or
+      // below ~2^-95): then one FMA per group; otherwise vscalefps (exact, subnormal results rounded once)
+      const bool normal = !_mm512_cmpgt_epu32_mask(_mm512_add_epi32(sh, _mm512_set1_epi32(126)), _mm512_set1_epi32(253));
+      const __m512 shf = normal ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(sh, _mm512_set1_epi32(127)), 23))
+                                : _mm512_cvtepi32_ps(sh);
       __m512i q[8];
-      g.codes(a, q);
+      if constexpr (M <= 3)
+        g.nibble_codes(a, q);
+      else
+        g.codes(a, q);
       const uint16_t* xc = x + ch * kChunkBf16;
       for (int i = 0; i < 4; ++i) {
         __m512i v[4];
-        g.values(q[2 * i], M == 8 ? _cvtu64_mask64(sb[2 * i]) : 0, v);
-        g.values(q[2 * i + 1], M == 8 ? _cvtu64_mask64(sb[2 * i + 1]) : 0, v + 2);
+        if constexpr (M <= 3) {
+          g.nibble_values(q[i], v);
+        } else {
+          g.values(q[2 * i], M == 8 ? _cvtu64_mask64(sb[2 * i]) : 0, v);
+          g.values(q[2 * i + 1], M == 8 ? _cvtu64_mask64(sb[2 * i + 1]) : 0, v + 2);
+        }
         const __m512 s = _mm512_permutexvar_ps(g.idx[i], shf);
         for (int r = 0; r < R; ++r) {
           const uint16_t* xr = xc + r * ldx + 128 * i;
@@ -241,7 +292,7 @@ LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_
           acc = _mm512_dpbf16_ps(acc, (__m512bh)v[1], (__m512bh)_mm512_loadu_si512(xr + 32));
           acc = _mm512_dpbf16_ps(acc, (__m512bh)v[2], (__m512bh)_mm512_loadu_si512(xr + 64));
           acc = _mm512_dpbf16_ps(acc, (__m512bh)v[3], (__m512bh)_mm512_loadu_si512(xr + 96));
-          tot[r] = _mm512_add_ps(tot[r], _mm512_scalef_ps(acc, s));
+          tot[r] = normal ? _mm512_fmadd_ps(acc, s, tot[r]) : _mm512_add_ps(tot[r], _mm512_scalef_ps(acc, s));
         }
       }
     }
