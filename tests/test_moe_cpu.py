@@ -361,6 +361,28 @@ def test_experts_bf16_dot_products_run_and_flush_subnormal_hidden(isa, T):
         assert (got.float() > 0).all()
 
 
+@pytest.mark.parametrize("T", [2, 600])
+def test_experts_down_projection_split_bf16(isa, T):
+    """Under avx512bf16 the GEMM path's down projection with bf16 w2 carries the fp32 activation as two bf16 parts
+    (hi = bf16(a), lo = bf16(a - hi): 16 significant bits). Here a = silu(32) * 2^-5 (1 + 2^-10 + 2^-20) =
+    1 + 2^-10 + 2^-20 exactly (21 bits) and w2 picks it out: the split gives 1 + 2^-10 (hi = 1, lo = 2^-10), the
+    fp32 kernels (the GEMV path at T = 2, other ISAs) give a, a plain bf16 rounding would give 1. Proves which ran."""
+    E, H, I = 2, 520, 16
+    hidden = torch.ones(T, H)
+    w13 = torch.zeros(E, 2 * I, H)
+    w13[:, :I, 0] = 32.0  # gate = 32: silu(32) = 32 in fp32
+    w13[:, I:, 0], w13[:, I:, 1], w13[:, I:, 2] = 2.0**-5, 2.0**-15, 2.0**-25  # up: an exact fp32 sum
+    w2 = torch.zeros(E, H, I)
+    w2[:, :, 0] = 1.0
+    ids = torch.tensor([[0, 1]] * T, dtype=torch.int32)
+    w = torch.full((T, 2), 0.5)
+    assert prefill_experts(ids, H, I) == (2 if T == 600 else 0)
+    got = moe.experts(hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
+    a = 1 + 2.0**-10 + 2.0**-20
+    want = 1 + 2.0**-10 if (isa == "avx512bf16" and T == 600) else a
+    assert torch.equal(got, torch.full((T, H), want))
+
+
 # E = 2, k = 2: every token keeps both experts, so each expert has exactly T tokens: 2..4 take the sequential
 # stream kernel (stream_rows_n), 5 and 9 the 4-row register tile, 1 the single-vector stream.
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 9])

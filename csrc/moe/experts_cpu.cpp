@@ -12,10 +12,12 @@
 //    torch's bf16 GEMM on a CPU without AVX512-BF16 runs ~7x slower than its fp32 GEMM), activation in between,
 //    except that on an avx512bf16 CPU the gate/up GEMM of bf16 hidden states and bf16 weights runs as bf16 dot
 //    products with fp32 sums (common/bf16_gemm.h: the same exact products; torch's bf16 mm would round its output),
-//    and (y + b2) * w added to an fp32 [T, H] accumulator, experts in ascending order (deterministic).
+//    and the down GEMM of bf16 w2 (any hidden dtype) takes the activation as two bf16 parts (project_split_bf16:
+//    16 significant bits), and (y + b2) * w added to an fp32 [T, H] accumulator, experts in ascending order
+//    (deterministic).
 // 5. Combine per token: prefill accumulator, then the decode slots in slot order, then gate * shared output.
-//    Everything is fp32 until the final cast to hidden's dtype: the activation is never rounded to the weight
-//    dtype.
+//    Everything is fp32 until the final cast to hidden's dtype; the activation is never rounded to the weight
+//    dtype (only the avx512bf16 prefill down GEMM above carries it with 16 of its 24 bits).
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "common/bf16_gemm.h"
+#include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "moe/checks.h"
 #include "moe/kernels.h"
@@ -161,6 +164,38 @@ bool project_bf16(const uint16_t* xb16, const int64_t* rows, int64_t n, const at
                            W.stride(0), out.data_ptr<float>(), out.stride(0), n, W.size(0), W.size(1));
 }
 
+// out [n, R] = a [n, C] (fp32) @ W^T for W bf16 with contiguous rows, on an avx512bf16 CPU: a is carried as two
+// bf16 parts, hi = bf16(a) and lo = bf16(a - hi) (a - hi is exact in fp32), so a - hi - lo is within 2^-16 |a|,
+// and both parts go through the bf16 GEMM as 2n rows of one call (each w tile packed once for both); out = the
+// hi rows' sums + the lo rows' (one fp32 rounding). Every product is exact. Why: the fp32 GEMM needs the weights
+// widened to fp32 panels and runs at half the products per instruction; two bf16 dot products per pair still
+// beat it on Zen 4 (Mixtral-8x7B experts, T = 256: measured in docs/moe.md). False (nothing done) elsewhere.
+bool project_split_bf16(const at::Tensor& a, const at::Tensor& W, at::Tensor out) {
+  if (W.scalar_type() != at::kBFloat16 || W.stride(1) != 1 || !a.is_contiguous() || out.stride(1) != 1 ||
+      cpu::active_isa() != cpu::Isa::kAvx512Bf16)
+    return false;
+  const int64_t n = a.size(0), C = a.size(1), R = W.size(0);
+  at::Tensor parts = at::empty({2 * n, C}, a.options().dtype(at::kBFloat16));  // hi rows, then lo rows
+  at::Tensor sums = at::empty({2 * n, R}, a.options());
+  const float* ap = a.data_ptr<float>();
+  c10::BFloat16* pp = parts.data_ptr<c10::BFloat16>();
+  cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t c = 0; c < C; ++c) {
+        const float v = ap[i * C + c];
+        const c10::BFloat16 h(v);  // RNE
+        pp[i * C + c] = h;
+        pp[(n + i) * C + c] = c10::BFloat16(v - static_cast<float>(h));  // v - h: exact
+      }
+  });
+  if (!cpu::bf16_gemm_nt(reinterpret_cast<const uint16_t*>(pp), C, nullptr,
+                         reinterpret_cast<const uint16_t*>(W.data_ptr<at::BFloat16>()), W.stride(0),
+                         sums.data_ptr<float>(), R, 2 * n, R, C))
+    return false;
+  at::add_out(out, sums.narrow(0, 0, n), sums.narrow(0, n, n));
+  return true;
+}
+
 struct Problem {
   int64_t T, H, E, I, k, Is;
   const float* x;    // [T, H] fp32
@@ -199,7 +234,7 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
   cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) activate_row(P.act, gp + i * 2 * P.I, b13, P.b13dt, P.I, apt + i * P.I);
   });
-  project(a, expert_view(P.w2, e), y, buf);
+  if (!project_split_bf16(a, expert_view(P.w2, e), y)) project(a, expert_view(P.w2, e), y, buf);
   const float* yp = y.data_ptr<float>();
   const void* b2 = P.b2 ? (const char*)P.b2 + e * P.b2_ld * (P.b2dt == kF32 ? 4 : 2) : nullptr;
   cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {  // tokens of one expert are distinct: no race
@@ -229,7 +264,8 @@ void shared_prefill(const Problem& P, const at::Tensor& xf, at::Tensor& buf, flo
   cpu::parallel_chunks(P.T, 8, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) activate_row(silu, gp + i * 2 * P.Is, nullptr, 0, P.Is, apt + i * P.Is);
   });
-  project(a, P.sw2, at::from_blob(ys, {P.T, P.H}, opts), buf);
+  at::Tensor yv = at::from_blob(ys, {P.T, P.H}, opts);
+  if (!project_split_bf16(a, P.sw2, yv)) project(a, P.sw2, yv, buf);
 }
 
 Mat expert_mat(const at::Tensor& w, int64_t e) {
