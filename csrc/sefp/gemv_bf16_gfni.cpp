@@ -24,7 +24,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "sefp/kernels.h"
 
@@ -74,12 +73,9 @@ struct ByteTables {
   alignas(64) uint8_t hi[256];
   alignas(64) uint8_t lo[256];
   constexpr ByteTables() : hi(), lo() {
-    for (int q = 1; q < 256; ++q) {
-      int L = 7;
-      while (!(q >> L)) --L;
-      const int b = ((127 + L) << 7) | ((q << (7 - L)) & 0x7f);
-      hi[q] = static_cast<uint8_t>(b >> 8);
-      lo[q] = static_cast<uint8_t>(b & 0xff);
+    for (int q = 0; q < 256; ++q) {
+      hi[q] = static_cast<uint8_t>(bf16_of_int(q) >> 8);
+      lo[q] = static_cast<uint8_t>(bf16_of_int(q) & 0xff);
     }
   }
 };
@@ -91,14 +87,7 @@ struct SignedTables {
   constexpr SignedTables() : v() {
     for (int m = 1; m <= 5; ++m)
       for (int i = 0; i < (2 << m); ++i) {
-        const int q = i & ((1 << m) - 1);
-        int b = 0;
-        if (q) {
-          int L = 7;
-          while (!(q >> L)) --L;
-          b = ((127 + L) << 7) | ((q << (7 - L)) & 0x7f);
-        }
-        v[m][i] = static_cast<uint16_t>(b | ((i >> m) ? 0x8000 : 0));
+        v[m][i] = static_cast<uint16_t>(bf16_of_int(i & ((1 << m) - 1)) | ((i >> m) ? 0x8000 : 0));
       }
   }
 };

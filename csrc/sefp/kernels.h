@@ -51,6 +51,14 @@ inline int64_t bf16_width(int64_t Kw) { return (Kw + 15) / 16 * kChunkBf16; }
 // the reference). Exact: every such power of two is an fp32 (subnormal below 2^-126).
 const float* scale_table(int m);
 
+// The bf16 bit pattern of an integer 0 <= q < 256 (exact: at most 8 significant bits), for the bf16 kernels' tables.
+constexpr uint16_t bf16_of_int(int q) {
+  if (q == 0) return 0;
+  int L = 7;
+  while (!(q >> L)) --L;  // q = 1.f x 2^L, f = the 7 bits below the leading one
+  return static_cast<uint16_t>(((127 + L) << 7) | ((q << (7 - L)) & 0x7f));
+}
+
 // f(std::integral_constant<int, m>{}) for a width m in 1..8 (a compile-time width for the kernels' templates).
 template <class F>
 inline void with_width8(int m, F&& f) {

@@ -20,7 +20,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "sefp/kernels.h"
 
@@ -34,11 +33,7 @@ namespace avx512bf16 {
 struct IntTable {
   alignas(64) uint16_t v[256];
   constexpr IntTable() : v() {
-    for (int q = 1; q < 256; ++q) {
-      int L = 7;
-      while (!(q >> L)) --L;  // q = 1.f x 2^L with f the 7 bits below the leading one
-      v[q] = static_cast<uint16_t>(((127 + L) << 7) | ((q << (7 - L)) & 0x7f));
-    }
+    for (int q = 0; q < 256; ++q) v[q] = bf16_of_int(q);
   }
 };
 constexpr IntTable kInts;

@@ -224,13 +224,12 @@ bool linear_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2,
           }
     });
   }
-  const int64_t ldx = Kc;
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
   at::Tensor y32 = at::empty({M, N}, x2.options().dtype(at::kFloat));
   float* yp = y32.data_ptr<float>();
   const int64_t per_row = rows_per_task(Kx * (1 + M), 1 << 19);
   const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
-  parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(P, xp, M, ldx, n0, n1, yp, N); });
+  parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(P, xp, M, Kc, n0, n1, yp, N); });
   if (bias.has_value()) y32.add_(bias->to(at::kFloat));  // fp32 sum + bias: one rounding below
   out.copy_(y32);
   return true;
