@@ -227,53 +227,63 @@ struct Gfni {
   }
 };
 
+// One 512-weight chunk of a row, decoded: its codes, m = 8's sign masks and the block shifts.
+template <int M>
+struct Chunk {
+  __m512i q[8];              // Gfni::codes / nibble_codes
+  alignas(64) uint64_t sb[8];  // m = 8: the sign bits of q[k]'s 64 codes
+  __m512i sh;                // dword lane l: E - (m - 1) of the block of the chunk's l >> gs-th block (0: empty)
+
+  LK_G void load(const Gfni<M>& g, const Planes& P, int64_t n, int64_t ch) {
+    const uint32_t* row = P.data + n * P.Kw;
+    const int64_t w0 = ch * kWords, ps = P.plane_stride;
+    const __mmask16 wm = w0 + kWords <= P.Kw ? __mmask16(0xffff) : __mmask16((1u << (P.Kw - w0)) - 1);
+    __m512i a[8];
+    for (int s = 0; s < 8; ++s)
+      a[s] = slot<M>(s) >= 0 ? _mm512_maskz_loadu_epi32(wm, row + slot<M>(s) * ps + w0) : _mm512_setzero_si512();
+    if constexpr (M == 8) _mm512_store_si512(sb, _mm512_permutexvar_epi16(g.sign_idx, _mm512_maskz_loadu_epi32(wm, row + w0)));
+    if constexpr (M <= 3)
+      g.nibble_codes(a, q);
+    else
+      g.codes(a, q);
+    const int64_t b0 = w0 >> P.gs;
+    const int nbc = static_cast<int>(std::min<int64_t>(std::max(1, kWords >> P.gs), P.nb - b0));
+    const __m512i e = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << nbc) - 1), P.exps + n * P.nb + b0));
+    sh = _mm512_mask_sub_epi32(_mm512_setzero_si512(), _mm512_cmpneq_epi32_mask(e, _mm512_set1_epi32(-128)), e,
+                               _mm512_set1_epi32(M - 1));
+  }
+
+  // The 4 bf16 vectors of word group i (128-bit lane L: 8 weights of word 4 L + i), unscaled, in chunk order.
+  LK_G void group(const Gfni<M>& g, int i, __m512i* v) const {
+    if constexpr (M <= 3) {
+      g.nibble_values(q[i], v);
+    } else {
+      g.values(q[2 * i], M == 8 ? _cvtu64_mask64(sb[2 * i]) : 0, v);
+      g.values(q[2 * i + 1], M == 8 ? _cvtu64_mask64(sb[2 * i + 1]) : 0, v + 2);
+    }
+  }
+};
+
 // y[r * ldy + n] for R (<= 4) x rows (permuted, chunk_order_bf16) and weight rows [n0, n1).
 template <int M, int R>
 LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_t ldx, int64_t n0, int64_t n1,
                     float* y, int64_t ldy) {
-  const int64_t ps = P.plane_stride, nchunks = (P.Kw + kWords - 1) / kWords;
-  const int bpc = std::max(1, kWords >> P.gs);  // blocks per whole chunk
+  const int64_t nchunks = (P.Kw + kWords - 1) / kWords;
+  Chunk<M> c;
   for (int64_t n = n0; n < n1; ++n) {
-    const uint32_t* row = P.data + n * P.Kw;
-    const int8_t* ex = P.exps + n * P.nb;
     __m512 tot[R];
     for (int r = 0; r < R; ++r) tot[r] = _mm512_setzero_ps();
     for (int64_t ch = 0; ch < nchunks; ++ch) {
-      const int64_t w0 = ch * kWords;
-      const __mmask16 wm = w0 + kWords <= P.Kw ? __mmask16(0xffff) : __mmask16((1u << (P.Kw - w0)) - 1);
-      __m512i a[8];
-      for (int s = 0; s < 8; ++s)
-        a[s] = slot<M>(s) >= 0 ? _mm512_maskz_loadu_epi32(wm, row + slot<M>(s) * ps + w0) : _mm512_setzero_si512();
-      alignas(64) uint64_t sb[8];
-      if constexpr (M == 8) {
-        const __m512i sp = _mm512_maskz_loadu_epi32(wm, row + w0);
-        _mm512_store_si512(sb, _mm512_permutexvar_epi16(g.sign_idx, sp));
-      }
-      // block exponents of the chunk -> shifts E - (m - 1) (0 for an empty block: all its q are 0)
-      const int64_t b0 = w0 >> P.gs;
-      const int nbc = static_cast<int>(std::min<int64_t>(bpc, P.nb - b0));
-      const __m512i e = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << nbc) - 1), ex + b0));
-      const __m512i sh = _mm512_mask_sub_epi32(_mm512_setzero_si512(), _mm512_cmpneq_epi32_mask(e, _mm512_set1_epi32(-128)),
-                                               e, _mm512_set1_epi32(M - 1));
+      c.load(g, P, n, ch);
       // 2^sh as fp32 bits where every shift of the chunk is a normal power of two (all but |w| beyond ~2^103 or
       // below ~2^-95): then one FMA per group; otherwise vscalefps (exact, subnormal results rounded once)
-      const bool normal = !_mm512_cmpgt_epu32_mask(_mm512_add_epi32(sh, _mm512_set1_epi32(126)), _mm512_set1_epi32(253));
-      const __m512 shf = normal ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(sh, _mm512_set1_epi32(127)), 23))
-                                : _mm512_cvtepi32_ps(sh);
-      __m512i q[8];
-      if constexpr (M <= 3)
-        g.nibble_codes(a, q);
-      else
-        g.codes(a, q);
+      const bool normal = !_mm512_cmpgt_epu32_mask(_mm512_add_epi32(c.sh, _mm512_set1_epi32(126)), _mm512_set1_epi32(253));
+      const __m512 shf = normal ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(c.sh, _mm512_set1_epi32(127)), 23))
+                                : _mm512_cvtepi32_ps(c.sh);
       const uint16_t* xc = x + ch * kChunkBf16;
       for (int i = 0; i < 4; ++i) {
         __m512i v[4];
-        if constexpr (M <= 3) {
-          g.nibble_values(q[i], v);
-        } else {
-          g.values(q[2 * i], M == 8 ? _cvtu64_mask64(sb[2 * i]) : 0, v);
-          g.values(q[2 * i + 1], M == 8 ? _cvtu64_mask64(sb[2 * i + 1]) : 0, v + 2);
-        }
+        c.group(g, i, v);
         const __m512 s = _mm512_permutexvar_ps(g.idx[i], shf);
         for (int r = 0; r < R; ++r) {
           const uint16_t* xr = xc + r * ldx + 128 * i;
@@ -287,6 +297,31 @@ LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_
     }
     for (int r = 0; r < R; ++r) y[r * ldy + n] = _mm512_reduce_add_ps(tot[r]);
   }
+}
+
+// Rows [n0, n1) as bf16 in chunk order (out[(n - n0) * ldo + i], i < bf16_width(Kw)) with the block scale added to
+// the exponent field of the nonzero values: +-q 2^sh, exact where every block's smallest step is a bf16 normal
+// (the caller checks).
+template <int M>
+LK_G void decode_rows(const Gfni<M>& g, const Planes& P, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo) {
+  const int64_t nchunks = (P.Kw + kWords - 1) / kWords;
+  const __m512i magnitude = _mm512_set1_epi16(0x7fff), low16 = _mm512_set1_epi32(0xffff);
+  Chunk<M> c;
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      c.load(g, P, n, ch);
+      uint16_t* o = out + (n - n0) * ldo + ch * kChunkBf16;
+      for (int i = 0; i < 4; ++i) {
+        __m512i v[4];
+        c.group(g, i, v);
+        const __m512i s = _mm512_permutexvar_epi32(g.idx[i], c.sh);  // the shift of each lane's word
+        const __m512i s16 = _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi32(s, 7), low16), _mm512_slli_epi32(s, 23));
+        for (int u = 0; u < 4; ++u) {
+          const __m512i w = _mm512_mask_add_epi16(v[u], _mm512_test_epi16_mask(v[u], magnitude), v[u], s16);
+          _mm512_storeu_si512(o + 128 * i + 32 * u, w);
+        }
+      }
+    }
 }
 
 template <int M>
@@ -303,11 +338,22 @@ LK_G void gemv_width(const Planes& P, const uint16_t* x, int64_t R, int64_t ldx,
   }
 }
 
+template <int M>
+LK_G void decode_width(const Planes& P, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo) {
+  const Gfni<M> g(P.gs);
+  decode_rows<M>(g, P, n0, n1, out, ldo);
+}
+
 #undef LK_G
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,gfni"))) void gemv_bf16_gfni(
     const Planes& P, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   with_width8(P.m, [&](auto w) { gemv_width<decltype(w)::value>(P, x, R, ldx, n0, n1, y, ldy); });
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,gfni"))) void decode_bf16_gfni(
+    const Planes& P, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo) {
+  with_width8(P.m, [&](auto w) { decode_width<decltype(w)::value>(P, n0, n1, out, ldo); });
 }
 
 }  // namespace avx512bf16

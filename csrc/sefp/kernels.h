@@ -51,7 +51,7 @@ inline int64_t bf16_width(int64_t Kw) { return (Kw + 15) / 16 * kChunkBf16; }
 // the reference). Exact: every such power of two is an fp32 (subnormal below 2^-126).
 const float* scale_table(int m);
 
-// The bf16 bit pattern of an integer 0 <= q < 256 (exact: at most 8 significant bits), for the bf16 kernels' tables.
+// The bf16 bit pattern of an integer 0 <= q < 256 (exact: at most 8 significant bits), for gemv_bf16_gfni's tables.
 constexpr uint16_t bf16_of_int(int q) {
   if (q == 0) return 0;
   int L = 7;
@@ -94,15 +94,15 @@ struct SefpKernels {
   // Rows [n0, n1) exact fp32 in permuted order: out[(n - n0) * ldo + i], i < permuted_width(Kw);
   // P.m <= kMaxPermM. Null in the scalar table.
   void (*decode_permuted)(const Planes& P, int64_t n0, int64_t n1, float* out, int64_t ldo);
-  // avx512bf16 table only (null elsewhere; P.m <= 8), kernels_avx512bf16.cpp:
+  // avx512bf16 table on CPUs that also have GFNI and AVX512-VBMI only (null elsewhere; P.m <= 8;
+  // gemv_bf16_gfni.cpp). x and the decoded rows are in chunk_order_bf16(m), zero padded to bf16_width(Kw):
   // y[r * ldy + n] = sum_k x[r * ldx + k] w[n, k] (fp32 sums of exact products) for r < R, n in [n0, n1); x bf16
-  // bits in chunk_order_bf16, zero padded to bf16_width(Kw). bf16 subnormal x counts as zero. Null unless the CPU
-  // also has GFNI and AVX512-VBMI (gemv_bf16_gfni.cpp).
+  // bits. bf16 subnormal x counts as zero.
   void (*gemv_bf16)(const Planes& P, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
                     int64_t ldy);
-  // Rows [n0, n1) as exact bf16 bits, natural order: out[(n - n0) * ldo + k], k < Kw * 32. Exact only where every
-  // block's E is -128 (empty) or >= m - 127 (the smallest nonzero weight 2^(E - (m - 1)) is a bf16 normal): the
-  // caller checks.
+  // Rows [n0, n1) as bf16 bits with the block scale in the exponent: out[(n - n0) * ldo + i], i < bf16_width(Kw).
+  // Exact only where every block's E is -128 (empty) or >= m - 127 (the smallest nonzero weight 2^(E - (m - 1))
+  // is a bf16 normal): the caller checks.
   void (*decode_bf16)(const Planes& P, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo);
 };
 

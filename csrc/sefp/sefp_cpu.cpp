@@ -181,35 +181,20 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
   }
 }
 
-// bf16 x, m <= 8, the avx512bf16 table (every weight, x and product exact in bf16 / fp32):
-//   M < kPanelRows, a CPU with GFNI + VBMI: gemv_bf16 (gemv_bf16_gfni.cpp) on x in its chunk order; fp32 sums,
-//                    + bias in fp32, one rounding;
-//   M >= kPanelRows, no bias, every block's weights bf16 normals (E = -128 or E >= m - 127): panels decoded
-//                    straight to bf16 with the scale in the exponent (decode_bf16) and torch's bf16 GEMM
-//                    (fp32 accumulation, one rounding) into y's columns.
+// bf16 x, m <= 8, the avx512bf16 table on a GFNI + VBMI CPU (every weight, x and product exact in bf16 / fp32),
+// x permuted once into the kernels' chunk order (the same permutation of K on both sides of every dot product):
+//   M < kPanelRows: gemv_bf16 (gemv_bf16_gfni.cpp); fp32 sums, + bias in fp32, one rounding;
+//   M >= kPanelRows, no bias, every block's weights bf16 normals (E = -128 or E >= m - 127): panels decoded to bf16
+//                    with the scale in the exponent (decode_bf16, same decode) and torch's bf16 GEMM (fp32
+//                    accumulation, one rounding) into y's columns.
 // Returns false (nothing written) for the cases it leaves to the fp32 path. Both treat bf16 subnormal x as zero
 // (vdpbf16ps; docs/sefp.md).
 bool linear_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2, const at::Tensor& exponents,
                  int64_t m, const std::optional<at::Tensor>& bias, at::Tensor out) {
-  const int64_t M = x2.size(0), K = x2.size(1), N = P.N, Kx = P.Kw * kWord;
+  const int64_t M = x2.size(0), K = x2.size(1), N = P.N, Kc = bf16_width(P.Kw);
   const bool panels = M >= kPanelRows;
   if (panels && (bias.has_value() || (exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>())) return false;
-  if (panels) {
-    at::Tensor panel = at::empty({std::min(kPanelNBf16, N), Kx}, x2.options());
-    uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
-    const at::Tensor xc = x2.contiguous();
-    for (int64_t n0 = 0; n0 < N; n0 += kPanelNBf16) {
-      const int64_t nb = std::min(kPanelNBf16, N - n0);
-      parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kx, Kx); });
-      at::Tensor cols = out.narrow(1, n0, nb);
-      at::mm_out(cols, xc, panel.narrow(0, 0, nb).narrow(1, 0, K).t());
-    }
-    return true;
-  }
-  if (kern.gemv_bf16 == nullptr) return false;
-  // x in gemv_bf16's chunk order, zero padded to whole chunks
-  const int64_t Kc = bf16_width(P.Kw);
-  at::Tensor xb = at::empty({M, Kc}, x2.options());
+  at::Tensor xb = at::empty({M, Kc}, x2.options());  // x in chunk order, zero padded to whole chunks
   {
     const at::Tensor xc = x2.contiguous();
     const uint16_t* src = reinterpret_cast<const uint16_t*>(xc.data_ptr());
@@ -224,10 +209,21 @@ bool linear_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2,
           }
     });
   }
+  if (panels) {
+    at::Tensor panel = at::empty({std::min(kPanelNBf16, N), Kc}, x2.options());
+    uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
+    for (int64_t n0 = 0; n0 < N; n0 += kPanelNBf16) {
+      const int64_t nb = std::min(kPanelNBf16, N - n0);
+      parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kc, Kc); });
+      at::Tensor cols = out.narrow(1, n0, nb);
+      at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
+    }
+    return true;
+  }
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
   at::Tensor y32 = at::empty({M, N}, x2.options().dtype(at::kFloat));
   float* yp = y32.data_ptr<float>();
-  const int64_t per_row = rows_per_task(Kx * (1 + M), 1 << 19);
+  const int64_t per_row = rows_per_task(P.Kw * kWord * (1 + M), 1 << 19);
   const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
   parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(P, xp, M, Kc, n0, n1, yp, N); });
   if (bias.has_value()) y32.add_(bias->to(at::kFloat));  // fp32 sum + bias: one rounding below
@@ -246,7 +242,7 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   if (M == 0 || N == 0) return out;
 
   const SefpKernels& kern = active_kernels();
-  if (kern.decode_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16) {
+  if (kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16) {
     if (linear_bf16(kern, P, x.reshape({M, K}), exponents, m, bias, out.view({M, N}))) return out;
   }
   const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
