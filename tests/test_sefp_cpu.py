@@ -195,10 +195,10 @@ def test_linear_extreme_exponents(isa):
 
 
 def test_bf16_gemv_flushes_subnormal_x(isa):
-    """Under avx512bf16 on a CPU with GFNI and AVX512-VBMI, bf16 x with fewer than 32 rows runs the plane-shuffle
-    GEMV (gemv_bf16_gfni.cpp), whose vdpbf16ps treats bf16 subnormal x as zero: x = 2^-130 gives 0 where the fp32
-    kernels (fp32 x, other ISAs) keep 64 * 2^-130 (the documented exception to the bound, docs/sefp.md). Also proves
-    that the bf16 GEMV ran, at every width and for 1 to 31 rows."""
+    """Under avx512bf16 on a CPU with GFNI and AVX512-VBMI, bf16 x with fewer than 20 rows (fewer than 32 with a
+    bias) runs the plane-shuffle GEMV (gemv_bf16_gfni.cpp), whose vdpbf16ps treats bf16 subnormal x as zero:
+    x = 2^-130 gives 0 where the fp32 kernels (fp32 x, other ISAs) keep 64 * 2^-130 (the documented exception to
+    the bound, docs/sefp.md). Also proves that the bf16 GEMV ran, at every width, with and without a bias."""
     planes, exps = run("cpp", OPS.sefp_quantize, torch.ones(16, 64), 8, 32)  # w_hat = 1 at every width
     x = torch.full((31, 64), 2.0**-130).to(torch.bfloat16)
     tiny = 64 * 2.0**-130
@@ -206,8 +206,8 @@ def test_bf16_gemv_flushes_subnormal_x(isa):
     flushes = isa == "avx512bf16" and "gfni" in features and "avx512vbmi" in features
     for m in range(1, 9):
         assert run("cpp", OPS.sefp_linear, x.float(), planes[: 1 + m], exps, m, 32, None)[0, 0].item() == tiny
-        for M in (1, 4, 31):
-            y = run("cpp", OPS.sefp_linear, x[:M], planes[: 1 + m], exps, m, 32, None).float()
+        for M, bias in ((1, None), (4, None), (19, None), (31, torch.zeros(16).bfloat16())):
+            y = run("cpp", OPS.sefp_linear, x[:M], planes[: 1 + m], exps, m, 32, bias).float()
             assert torch.equal(y, torch.full((M, 16), 0.0 if flushes else tiny).bfloat16().float())
 
 

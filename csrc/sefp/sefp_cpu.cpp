@@ -38,7 +38,8 @@ using cpu::parallel_chunks;
 
 constexpr int64_t kPanelRows = 32;  // x rows from which the decoded-panel GEMM wins (measured, 4096x4096)
 constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp32 stays in L2/L3
-constexpr int64_t kPanelNBf16 = 512;  // bf16 panels (decode_bf16): wider panels, fewer GEMM calls
+constexpr int64_t kPanelRowsBf16 = 20;  // the same for bf16 x on avx512bf16 (linear_bf16; measured on Zen 4)
+constexpr int64_t kPanelBytesBf16 = 4 << 20;  // bf16 panels (decode_bf16): ~4 MB, 256..512 rows
 
 // Rows per parallel task for ~`work` element-operations each (at least one row).
 int64_t rows_per_task(int64_t per_row, int64_t work) { return std::max<int64_t>(1, work / std::max<int64_t>(1, per_row)); }
@@ -183,8 +184,9 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
 
 // bf16 x, m <= 8, the avx512bf16 table on a GFNI + VBMI CPU (every weight, x and product exact in bf16 / fp32),
 // x permuted once into the kernels' chunk order (the same permutation of K on both sides of every dot product):
-//   M < kPanelRows: gemv_bf16 (gemv_bf16_gfni.cpp); fp32 sums, + bias in fp32, one rounding;
-//   M >= kPanelRows, no bias, every block's weights bf16 normals (E = -128 or E >= m - 127): panels decoded to bf16
+//   M < kPanelRowsBf16 (or < kPanelRows where the panels do not apply): gemv_bf16 (gemv_bf16_gfni.cpp); fp32
+//                    sums, + bias in fp32, one rounding;
+//   M >= kPanelRowsBf16, no bias, every block's weights bf16 normals (E = -128 or E >= m - 127): panels decoded to bf16
 //                    with the scale in the exponent (decode_bf16, same decode) and torch's bf16 GEMM (fp32
 //                    accumulation, one rounding) into y's columns.
 // Returns false (nothing written) for the cases it leaves to the fp32 path. Both treat bf16 subnormal x as zero
@@ -192,8 +194,9 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
 bool linear_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2, const at::Tensor& exponents,
                  int64_t m, const std::optional<at::Tensor>& bias, at::Tensor out) {
   const int64_t M = x2.size(0), K = x2.size(1), N = P.N, Kc = bf16_width(P.Kw);
-  const bool panels = M >= kPanelRows;
-  if (panels && (bias.has_value() || (exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>())) return false;
+  const bool panels = M >= kPanelRowsBf16 && !bias.has_value() &&
+                      !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
+  if (!panels && M >= kPanelRows) return false;  // a bias or tiny blocks with many rows: the fp32 panels
   at::Tensor xb = at::empty({M, Kc}, x2.options());  // x in chunk order, zero padded to whole chunks
   {
     const at::Tensor xc = x2.contiguous();
@@ -210,10 +213,12 @@ bool linear_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2,
     });
   }
   if (panels) {
-    at::Tensor panel = at::empty({std::min(kPanelNBf16, N), Kc}, x2.options());
+    // panels of ~kPanelBytesBf16: the GEMM reads them from cache right after the decode wrote them
+    const int64_t rows = std::clamp<int64_t>(kPanelBytesBf16 / (2 * Kc) / 64 * 64, 256, 512);
+    at::Tensor panel = at::empty({std::min(rows, N), Kc}, x2.options());
     uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
-    for (int64_t n0 = 0; n0 < N; n0 += kPanelNBf16) {
-      const int64_t nb = std::min(kPanelNBf16, N - n0);
+    for (int64_t n0 = 0; n0 < N; n0 += rows) {
+      const int64_t nb = std::min(rows, N - n0);
       parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kc, Kc); });
       at::Tensor cols = out.narrow(1, n0, nb);
       at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
