@@ -10,7 +10,8 @@
 //                    multithreaded fp32 GEMM (at::mm_out) into the output columns: the decode is
 //                    amortized over the M rows.
 // Both sum in fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
-// bf16 x with m <= 8 under the avx512bf16 ISA takes linear_bf16 instead (bf16 products are exact there).
+// bf16 x with m <= 8 on a GFNI + VBMI avx512bf16 CPU takes the bf16 kernels instead (bf16 products are exact
+// there): gemv_bf16 below kPanelRows rows (or kPanelRowsBf16 without a bias), linear_panels_bf16 from there.
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -38,7 +39,7 @@ using cpu::parallel_chunks;
 
 constexpr int64_t kPanelRows = 32;  // x rows from which the decoded-panel GEMM wins (measured, 4096x4096)
 constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp32 stays in L2/L3
-constexpr int64_t kPanelRowsBf16 = 20;  // the same for bf16 x on avx512bf16 (linear_bf16; measured on Zen 4)
+constexpr int64_t kPanelRowsBf16 = 20;  // the same for the bf16 kernels (linear_panels_bf16; Zen 4)
 constexpr int64_t kPanelBytesBf16 = 4 << 20;  // bf16 panels (decode_bf16): ~4 MB, 256..512 rows
 
 // Rows per parallel task for ~`work` element-operations each (at least one row).
@@ -135,31 +136,46 @@ at::Tensor sefp_dequantize_cpu(const at::Tensor& planes, const at::Tensor& expon
 }
 
 // -------------------------------------------------------------------------------------- linear
+// dst [M, Kx] from M rows of K elements, zero padded: natural order (order == nullptr) or, per chunk of `chunk`
+// elements, position i <- element order[i] of that chunk. load(r, k): element k of row r as a T.
+template <class T, class Load>
+void arrange_rows(int64_t M, int64_t K, int64_t Kx, const int16_t* order, int chunk, T* dst, Load load) {
+  parallel_chunks(M, rows_per_task(Kx, 1 << 16), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* d = dst + r * Kx;
+      if (order == nullptr) {
+        for (int64_t k = 0; k < K; ++k) d[k] = load(r, k);
+        std::fill(d + K, d + Kx, T(0));
+        continue;
+      }
+      for (int64_t c = 0; c < Kx; c += chunk)
+        for (int i = 0; i < chunk; ++i) {
+          const int64_t k = c + order[i];
+          d[c + i] = k < K ? load(r, k) : T(0);
+        }
+    }
+  });
+}
+
 // x [M, K] (contiguous) -> fp32 [M, Kx], zero padded, permuted (kernels.h) or natural order.
 at::Tensor prepare_x(const at::Tensor& x, int64_t Kx, bool permuted, int m) {
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor xb = at::empty({M, Kx}, x.options().dtype(at::kFloat));
   const int dt = dtype_code(x.scalar_type());
   const char* src = static_cast<const char*>(x.data_ptr());
-  float* dst = xb.data_ptr<float>();
-  const int64_t es = x.element_size();
-  const int16_t* order = permuted ? chunk_order(m) : nullptr;
-  parallel_chunks(M, rows_per_task(Kx, 1 << 16), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const void* s = src + r * K * es;
-      float* d = dst + r * Kx;
-      if (!permuted) {
-        for (int64_t k = 0; k < K; ++k) d[k] = load_f32(s, dt, k);
-        std::fill(d + K, d + Kx, 0.0f);
-        continue;
-      }
-      for (int64_t c = 0; c < Kx; c += kChunk)
-        for (int i = 0; i < kChunk; ++i) {
-          const int64_t k = c + order[i];
-          d[c + i] = k < K ? load_f32(s, dt, k) : 0.0f;
-        }
-    }
-  });
+  const int64_t rb = K * x.element_size();
+  arrange_rows(M, K, Kx, permuted ? chunk_order(m) : nullptr, kChunk, xb.data_ptr<float>(),
+               [&](int64_t r, int64_t k) { return load_f32(src + r * rb, dt, k); });
+  return xb;
+}
+
+// bf16 x [M, K] (contiguous) -> its bits [M, bf16_width(Kw)] in gemv_bf16 / decode_bf16's chunk order, zero padded.
+at::Tensor prepare_x_bf16(const at::Tensor& x, int64_t Kw, int m) {
+  const int64_t M = x.size(0), K = x.size(1), Kc = bf16_width(Kw);
+  at::Tensor xb = at::empty({M, Kc}, x.options());
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  arrange_rows(M, K, Kc, chunk_order_bf16(m), kChunkBf16, reinterpret_cast<uint16_t*>(xb.data_ptr()),
+               [&](int64_t r, int64_t k) { return src[r * K + k]; });
   return xb;
 }
 
@@ -182,58 +198,24 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
   }
 }
 
-// bf16 x, m <= 8, the avx512bf16 table on a GFNI + VBMI CPU (every weight, x and product exact in bf16 / fp32),
-// x permuted once into the kernels' chunk order (the same permutation of K on both sides of every dot product):
-//   M < kPanelRowsBf16 (or < kPanelRows where the panels do not apply): gemv_bf16 (gemv_bf16_gfni.cpp); fp32
-//                    sums, + bias in fp32, one rounding;
-//   M >= kPanelRowsBf16, no bias, every block's weights bf16 normals (E = -128 or E >= m - 127): panels decoded to bf16
-//                    with the scale in the exponent (decode_bf16, same decode) and torch's bf16 GEMM (fp32
-//                    accumulation, one rounding) into y's columns.
-// Returns false (nothing written) for the cases it leaves to the fp32 path. Both treat bf16 subnormal x as zero
-// (vdpbf16ps; docs/sefp.md).
-bool linear_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2, const at::Tensor& exponents,
-                 int64_t m, const std::optional<at::Tensor>& bias, at::Tensor out) {
-  const int64_t M = x2.size(0), K = x2.size(1), N = P.N, Kc = bf16_width(P.Kw);
-  const bool panels = M >= kPanelRowsBf16 && !bias.has_value() &&
-                      !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
-  if (!panels && M >= kPanelRows) return false;  // a bias or tiny blocks with many rows: the fp32 panels
-  at::Tensor xb = at::empty({M, Kc}, x2.options());  // x in chunk order, zero padded to whole chunks
-  {
-    const at::Tensor xc = x2.contiguous();
-    const uint16_t* src = reinterpret_cast<const uint16_t*>(xc.data_ptr());
-    uint16_t* dst = reinterpret_cast<uint16_t*>(xb.data_ptr());
-    const int16_t* order = chunk_order_bf16(static_cast<int>(m));
-    parallel_chunks(M, rows_per_task(Kc, 1 << 16), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < Kc; c += kChunkBf16)
-          for (int i = 0; i < kChunkBf16; ++i) {
-            const int64_t k = c + order[i];
-            dst[r * Kc + c + i] = k < K ? src[r * K + k] : uint16_t(0);
-          }
-    });
+// y [M, N] (x's dtype) = x @ W^T for bf16 x with >= kPanelRowsBf16 rows, no bias, m <= 8, every block's weights
+// bf16 normals (E = -128 or E >= m - 127), on a GFNI + VBMI avx512bf16 CPU: panels of ~kPanelBytesBf16 decoded
+// straight to bf16 with the scale in the exponent (decode_bf16) and torch's bf16 GEMM (fp32 accumulation, one
+// rounding) into y's columns; x and the panels in the same chunk order along K (every dot product unchanged).
+void linear_panels_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2, int m, at::Tensor out) {
+  const int64_t N = P.N;
+  const at::Tensor xb = prepare_x_bf16(x2, P.Kw, m);
+  const int64_t Kc = xb.size(1);
+  // the GEMM reads each panel from cache right after the decode wrote it
+  const int64_t rows = std::clamp<int64_t>(kPanelBytesBf16 / (2 * Kc) / 64 * 64, 256, 512);
+  at::Tensor panel = at::empty({std::min(rows, N), Kc}, x2.options());
+  uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t nb = std::min(rows, N - n0);
+    parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kc, Kc); });
+    at::Tensor cols = out.narrow(1, n0, nb);
+    at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
   }
-  if (panels) {
-    // panels of ~kPanelBytesBf16: the GEMM reads them from cache right after the decode wrote them
-    const int64_t rows = std::clamp<int64_t>(kPanelBytesBf16 / (2 * Kc) / 64 * 64, 256, 512);
-    at::Tensor panel = at::empty({std::min(rows, N), Kc}, x2.options());
-    uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
-    for (int64_t n0 = 0; n0 < N; n0 += rows) {
-      const int64_t nb = std::min(rows, N - n0);
-      parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kc, Kc); });
-      at::Tensor cols = out.narrow(1, n0, nb);
-      at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
-    }
-    return true;
-  }
-  const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
-  at::Tensor y32 = at::empty({M, N}, x2.options().dtype(at::kFloat));
-  float* yp = y32.data_ptr<float>();
-  const int64_t per_row = rows_per_task(P.Kw * kWord * (1 + M), 1 << 19);
-  const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
-  parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(P, xp, M, Kc, n0, n1, yp, N); });
-  if (bias.has_value()) y32.add_(bias->to(at::kFloat));  // fp32 sum + bias: one rounding below
-  out.copy_(y32);
-  return true;
 }
 
 at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const at::Tensor& exponents, int64_t m,
@@ -247,23 +229,37 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   if (M == 0 || N == 0) return out;
 
   const SefpKernels& kern = active_kernels();
-  if (kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16) {
-    if (linear_bf16(kern, P, x.reshape({M, K}), exponents, m, bias, out.view({M, N}))) return out;
+  const at::Tensor x2 = x.reshape({M, K}).contiguous();
+  // bf16 x, m <= 8, a GFNI + VBMI avx512bf16 CPU: every weight, x and product is exact in bf16 / fp32, so the
+  // bf16 kernels (gemv_bf16_gfni.cpp) take it; they treat bf16 subnormal x as zero (vdpbf16ps; docs/sefp.md)
+  const bool bf16 = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16;
+  if (bf16 && M >= kPanelRowsBf16 && !bias.has_value() &&
+      !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>()) {
+    linear_panels_bf16(kern, P, x2, static_cast<int>(m), out.view({M, N}));
+    return out;
   }
-  const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
-  const int64_t Kx = permuted ? permuted_width(P.Kw) : P.Kw * kWord;
-  const at::Tensor xb = prepare_x(x.reshape({M, K}).contiguous(), Kx, permuted, (int)m);
   const bool f32_out = x.scalar_type() == at::kFloat;
   at::Tensor y32 = f32_out ? out.view({M, N}) : at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M < kPanelRows) {
-    const float* xp = xb.data_ptr<float>();
-    float* yp = y32.data_ptr<float>();
-    const auto gemv = permuted ? kern.gemv_permuted : kern.gemv_natural;
     // several x rows: tasks of >= 64 weight rows, so the x slabs read per task are shared by many rows
-    const int64_t per_row = rows_per_task(Kx * (1 + M), 1 << 19);
+    const int64_t per_row = rows_per_task(P.Kw * kWord * (1 + M), 1 << 19);
     const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
-    parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv(P, xp, M, Kx, n0, n1, yp, N); });
+    float* yp = y32.data_ptr<float>();
+    if (bf16) {  // fewer rows than the bf16 panels take (or a bias, or tiny blocks: they need no exact bf16 w)
+      const at::Tensor xb = prepare_x_bf16(x2, P.Kw, static_cast<int>(m));
+      const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+      parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(P, xp, M, xb.size(1), n0, n1, yp, N); });
+    } else {
+      const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
+      const int64_t Kx = permuted ? permuted_width(P.Kw) : P.Kw * kWord;
+      const at::Tensor xb = prepare_x(x2, Kx, permuted, (int)m);
+      const float* xp = xb.data_ptr<float>();
+      const auto gemv = permuted ? kern.gemv_permuted : kern.gemv_natural;
+      parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv(P, xp, M, Kx, n0, n1, yp, N); });
+    }
   } else {
+    const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
+    const at::Tensor xb = prepare_x(x2, permuted ? permuted_width(P.Kw) : P.Kw * kWord, permuted, (int)m);
     linear_panels(kern, P, permuted, xb, y32);
   }
   if (f32_out && !bias.has_value()) return out;
