@@ -69,25 +69,6 @@ LK_T typename S::F exp_clamped(typename S::F x) {
   return S::mul(p, S::pow2_magic(tm));
 }
 
-// 2^x for x in [-126, 126] (callers clamp): n = round(x) by the 1.5 * 2^23 rounding add, f = x - n exact in
-// [-1/2, 1/2], 2^f by a degree-5 minimax polynomial (relative error 7.5e-8; with FMA Horner within 2 ulp),
-// 2^n from the low mantissa bits of the rounding sum. The logit_stats pass works in base 2: 2^x needs two
-// FMAs fewer than e^x (no ln 2 reduction), for one multiply by log2 e.
-template <class S>
-LK_T typename S::F exp2_clamped(typename S::F x) {
-  using F = typename S::F;
-  const F magic = S::set1(12582912.0f);  // 1.5 * 2^23
-  const F tm = S::add(x, magic);
-  const F f = S::sub(x, S::sub(tm, magic));
-  F p = S::set1(1.327647199258419e-3f);
-  p = S::fmadd(p, f, S::set1(9.675541334454401e-3f));
-  p = S::fmadd(p, f, S::set1(5.550713273497929e-2f));
-  p = S::fmadd(p, f, S::set1(2.402211972383998e-1f));
-  p = S::fmadd(p, f, S::set1(6.931469670647603e-1f));
-  p = S::fmadd(p, f, S::set1(1.0000000716546849f));
-  return S::mul(p, S::pow2_magic(tm));
-}
-
 // exp(x) for x <= 0 (all callers subtract a maximum), 0 below -87.3 (the fp32 normal range; a term that
 // small cannot move a sum of terms >= 1).
 template <class S>
@@ -235,107 +216,133 @@ LK_T double sum_exp(const float* z, int64_t n, float m) {
   return total;
 }
 
-// One row run in blocks of kStatsBlock, each read once: the block max, sum x, and exp sums against a
-// reference m_ref (the running max of the earlier blocks; a block more than 60 above it, where exp
-// could overflow, is redone against its own max). Block sums go to fp64 totals, rescaled when the max
-// grows; the argmax is located (one more pass over the L1-resident block) only then. NaN anywhere makes
-// the block's sum x NaN, +inf its max: the row is then flagged for the exact fallback.
-constexpr int64_t kStatsBlock = 1024;
-
-template <int DT>
-LK_T typename S::F load_scaled(const void* x, int64_t i, bool div, typename S::F tv) {
-  const auto v = S::template load<DT>(x, i);
-  return div ? S::div(v, tv) : v;
-}
-
-// sum (x - m_ref) is accumulated times 2^-64 in fp32: logits near -FLT_MAX (HF masking with finfo.min) cannot
-// overflow it; the scaled-away low bits are below 2^-85 per term.
-constexpr float kZScale = 5.42101086242752217e-20f;  // 2^-64
-constexpr double kZUnscale = 18446744073709551616.0;  // 2^64
+// One row run in blocks of kStatsBlock elements, each read from memory once (a block stays in L1 for the rare
+// second look: a redo, or locating a new argmax). Per element, against a reference m_ref (the running max; for
+// the first block with a finite value, its own max from a max-only pre-pass, so no redo):
+//   r = x - m_ref, sum r (a plain fp32 add; a block whose sum overflows, logits near -FLT_MAX as HF's finfo.min
+//   masking writes, gets that sum again in fp64);
+//   rc = max(r, -87): e^-87 is still an fp32 normal; -inf and the far tail clamp there (e^-87 cannot move a sum
+//   of terms >= 1), so e rc stays finite;
+//   e = e^rc: n = round(rc log2 e) by the 1.5 * 2^23 rounding add inside an FMA, f = rc log2 e - n (fused,
+//   |f| <= 1/2), 2^f by a degree-4 polynomial, 2^n added to its exponent field (an integer add, no multiply);
+//   s = sum e, t = sum e rc.
+// That is 16 vector ops per N elements, nearly all on the FP pipes: the pass is bound by them, not by memory,
+// on AVX-512 machines with two cores (Zen 4: ~10 cycles per 16 elements), so the loop is written op by op. A block whose max is more than 60
+// above m_ref (where e could overflow) is redone against its own max; NaN anywhere makes the block's sum r
+// NaN, +inf its max: the row is then flagged for the exact fallback. bf16 rows are loaded 2N at a time and
+// split into even and odd elements (one op per N instead of a widening shuffle and a shift): sums do not
+// care about order, and the argmax is located by index in a separate pass.
+constexpr int64_t kStatsBlock = 4096;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kExpClamp = -87.0f;
 
 struct BlockSums {
   float max;
   double sumx;  // sum (x - m_ref)
-  double s, t;  // sum e^(x - m_ref), sum e^(x - m_ref) (x - m_ref)
+  double s, t;  // sum e^rc, sum e^rc rc
 };
 
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr double kLn2 = 0.6931471805599453;
+template <class V>  // V: the vector trait S, or Scalar for the tail
+LK_T void stats_step(typename V::F v, typename V::F mv, typename V::F& mx, typename V::F& z, typename V::F& s,
+                     typename V::F& t) {
+  using F = typename V::F;
+  const F magic = V::set1(12582912.0f), l2e = V::set1(kLog2e);  // 1.5 * 2^23
+  mx = V::max(mx, v);
+  const F r = V::sub(v, mv);
+  z = V::add(z, r);
+  const F rc = V::max(r, V::set1(kExpClamp));  // NaN r: the clamp (z carries the NaN)
+  const F tm = V::fmadd(rc, l2e, magic);
+  const F f = V::fmsub(rc, l2e, V::sub(tm, magic));
+  // 2^f on [-1/2, 1/2], degree-4 minimax (relative error 2.6e-6, 44 ulp: one FMA fewer than degree 5 is 10%
+  // of this pass; the statistics it feeds are sums of V terms, and tests/tolerances.py carries the bound)
+  F p = V::set1(0.009570068679749966f);
+  p = V::fmadd(p, f, V::set1(0.055917806923389435f));
+  p = V::fmadd(p, f, V::set1(0.240247443318367f));
+  p = V::fmadd(p, f, V::set1(0.6931218504905701f));
+  p = V::fmadd(p, f, V::set1(0.9999992847442627f));
+  const F e = V::ldexp_magic(p, tm);
+  s = V::add(s, e);
+  t = V::fmadd(e, rc, t);
+}
 
-// Sums of one block against the reference m_ref, in base 2: d = (x - m_ref) log2 e (one FMA; the rounded
-// m_ref log2 e shifts every d by the same amount, which only moves the reference), e = 2^d,
-// s = sum e, t = ln 2 sum e d, sum x - m_ref = ln 2 sum d.
-// Sums of one block against the reference m_ref, in base 2: r = x - m_ref, d = r log2 e, e = 2^d, s = sum e,
-// t = ln 2 sum e d, and sum r (times 2^-64 in fp32: logits near -FLT_MAX cannot overflow it).
-template <int DT>
+template <int DT, bool DIV>
+LK_T float load_t(const void* x, int64_t i, float t) {
+  const float v = load_scalar(x, DT, i);
+  return DIV ? v / t : v;
+}
+
+template <int DT, bool DIV>
+LK_T void load_pair_t(const void* x, int64_t i, typename S::F tv, typename S::F& a, typename S::F& b) {
+  S::template load_pair<DT>(x, i, a, b);
+  if (DIV) {
+    a = S::div(a, tv);
+    b = S::div(b, tv);
+  }
+}
+
+template <int DT, bool DIV>
 LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
   using F = typename S::F;
-  const bool div = t != 1.0f;
-  const F tv = S::set1(t), mv = S::set1(m_ref), l2e = S::set1(kLog2e), lo = S::set1(-126.0f),
-          zscale = S::set1(kZScale);
+  const F tv = S::set1(t), mv = S::set1(m_ref);
   F mx0 = S::set1(-INFINITY), mx1 = mx0, z0 = S::zero(), z1 = z0, s0 = z0, s1 = z0, t0 = z0, t1 = z0;
   int64_t i = b0;
   for (; i + 2 * S::N <= b1; i += 2 * S::N) {  // two independent chains: the exp latency overlaps
-    const F v0 = load_scaled<DT>(x, i, div, tv), v1 = load_scaled<DT>(x, i + S::N, div, tv);
-    mx0 = S::max(mx0, v0);
-    mx1 = S::max(mx1, v1);
-    const F r0 = S::sub(v0, mv), r1 = S::sub(v1, mv);
-    z0 = S::fmadd(r0, zscale, z0);
-    z1 = S::fmadd(r1, zscale, z1);
-    const F d0 = S::max(S::mul(r0, l2e), lo), d1 = S::max(S::mul(r1, l2e), lo);  // -inf: a finite d, e = 2^-126
-    const F e0 = exp2_clamped<S>(d0), e1 = exp2_clamped<S>(d1);
-    s0 = S::add(s0, e0);
-    s1 = S::add(s1, e1);
-    t0 = S::fmadd(e0, d0, t0);
-    t1 = S::fmadd(e1, d1, t1);
+    F v0, v1;
+    load_pair_t<DT, DIV>(x, i, tv, v0, v1);
+    stats_step<S>(v0, mv, mx0, z0, s0, t0);
+    stats_step<S>(v1, mv, mx1, z1, s1, t1);
   }
-  for (; i + S::N <= b1; i += S::N) {
-    const F v0 = load_scaled<DT>(x, i, div, tv);
-    mx0 = S::max(mx0, v0);
-    const F r0 = S::sub(v0, mv);
-    z0 = S::fmadd(r0, zscale, z0);
-    const F d0 = S::max(S::mul(r0, l2e), lo);
-    const F e0 = exp2_clamped<S>(d0);
-    s0 = S::add(s0, e0);
-    t0 = S::fmadd(e0, d0, t0);
-  }
+  float mxs = -INFINITY, zs = 0.0f, ss = 0.0f, ts = 0.0f;
+  for (; i < b1; ++i) stats_step<Scalar>(load_t<DT, DIV>(x, i, t), m_ref, mxs, zs, ss, ts);
   BlockSums r;
-  r.max = S::hmax(S::max(mx0, mx1));
-  r.sumx = static_cast<double>(S::hsum(S::add(z0, z1))) * kZUnscale;
-  r.s = S::hsum(S::add(s0, s1));
-  double st = S::hsum(S::add(t0, t1));
-  for (; i < b1; ++i) {
-    float v = load_scalar(x, DT, i);
-    v = div ? v / t : v;
-    r.max = v > r.max ? v : r.max;
-    const float rr = v - m_ref;
-    r.sumx += static_cast<double>(rr);
-    const float d = std::max(rr * kLog2e, -126.0f);
-    const float e = exp2_clamped<Scalar>(d);
-    r.s += e;
-    st += static_cast<double>(e) * d;
+  const float vmax = S::hmax(S::max(mx0, mx1));
+  r.max = mxs > vmax ? mxs : vmax;
+  r.sumx = static_cast<double>(S::hsum(S::add(z0, z1))) + zs;
+  r.s = static_cast<double>(S::hsum(S::add(s0, s1))) + ss;
+  r.t = static_cast<double>(S::hsum(S::add(t0, t1))) + ts;
+  if (std::isinf(r.sumx)) {  // fp32 overflow (or a -inf logit): the sum in fp64
+    double z = 0;
+    for (int64_t j = b0; j < b1; ++j) z += static_cast<double>(load_t<DT, DIV>(x, j, t)) - m_ref;
+    r.sumx = z;
   }
-  r.t = st * kLn2;
   return r;
 }
 
-template <int DT>
+template <int DT, bool DIV>
+LK_T float block_max(const void* x, int64_t b0, int64_t b1, float t) {
+  using F = typename S::F;
+  const F tv = S::set1(t);
+  F m0 = S::set1(-INFINITY), m1 = m0;
+  int64_t i = b0;
+  for (; i + 2 * S::N <= b1; i += 2 * S::N) {
+    F v0, v1;
+    load_pair_t<DT, DIV>(x, i, tv, v0, v1);
+    m0 = S::max(m0, v0);
+    m1 = S::max(m1, v1);
+  }
+  float m = S::hmax(S::max(m0, m1));
+  for (; i < b1; ++i) {
+    const float v = load_t<DT, DIV>(x, i, t);
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
+template <int DT, bool DIV>
 LK_T int64_t first_index_of(const void* x, int64_t b0, int64_t b1, float t, float v) {
-  const bool div = t != 1.0f;
   const auto tv = S::set1(t), vv = S::set1(v);
   int64_t i = b0;
   for (; i + S::N <= b1; i += S::N) {
-    const unsigned eq = S::eq_bits(load_scaled<DT>(x, i, div, tv), vv);
+    const auto u = S::template load<DT>(x, i);
+    const unsigned eq = S::eq_bits(DIV ? S::div(u, tv) : u, vv);
     if (eq) return i + __builtin_ctz(eq);
   }
-  for (; i < b1; ++i) {
-    const float u = load_scalar(x, DT, i);
-    if ((div ? u / t : u) == v) return i;
-  }
+  for (; i < b1; ++i)
+    if (load_t<DT, DIV>(x, i, t) == v) return i;
   return b0;
 }
 
-template <int DT>
+template <int DT, bool DIV>
 LK_T void stats_dt(const void* x, int64_t begin, int64_t end, float t, StatsPartial* out) {
   StatsPartial p;
   float amax = -INFINITY;  // the value p.argmax points at
@@ -350,8 +357,12 @@ LK_T void stats_dt(const void* x, int64_t begin, int64_t end, float t, StatsPart
   };
   for (int64_t b0 = begin; b0 < end; b0 += kStatsBlock) {
     const int64_t b1 = std::min(end, b0 + kStatsBlock);
-    const float m_ref = p.m;
-    BlockSums r = block_pass<DT>(x, b0, b1, t, m_ref == -INFINITY ? 0.0f : m_ref);
+    float m_ref = p.m;
+    if (m_ref == -INFINITY) {  // no finite maximum yet: this block's own (NaN / +-inf: any reference will do,
+      const float bm = block_max<DT, DIV>(x, b0, b1, t);  // the pass flags or skips such a block)
+      m_ref = std::isfinite(bm) ? bm : 0.0f;
+    }
+    BlockSums r = block_pass<DT, DIV>(x, b0, b1, t, m_ref);
     if (std::isnan(r.sumx) || r.max == INFINITY) {  // a NaN, or +inf (with -inf the sum is NaN too)
       p.bad = true;
       break;
@@ -361,25 +372,33 @@ LK_T void stats_dt(const void* x, int64_t begin, int64_t end, float t, StatsPart
       p.n += b1 - b0;
       continue;
     }
-    if (m_ref == -INFINITY || r.max > m_ref + 60.0f) {  // no reference yet, or exp may have overflowed
-      rebase(r.max);
-      r = block_pass<DT>(x, b0, b1, t, r.max);
+    if (r.max > m_ref + 60.0f) {  // e may have overflowed: again against the block's own max
+      m_ref = r.max;
+      r = block_pass<DT, DIV>(x, b0, b1, t, m_ref);
     }
-    p.s += r.s;  // all relative to p.m
-    p.t += r.t;
-    p.sumx += r.sumx;
+    if (m_ref > p.m) rebase(m_ref);  // the block's sums are relative to m_ref: so are the totals now
+    const double d = static_cast<double>(m_ref) - p.m;  // 0 unless m_ref < p.m (never: m_ref is p.m or above)
+    p.s += r.s;
+    p.t += r.t + r.s * d;
+    p.sumx += r.sumx + static_cast<double>(b1 - b0) * d;
     p.n += b1 - b0;
     if (r.max > p.m) rebase(r.max);  // a new maximum within the overflow margin
     if (r.max > amax) {  // strictly: an equal maximum later keeps the lower index
-      p.argmax = first_index_of<DT>(x, b0, b1, t, r.max);
+      p.argmax = first_index_of<DT, DIV>(x, b0, b1, t, r.max);
       amax = r.max;
     }
   }
   *out = p;
 }
 
+template <bool DIV>
+LK_T void stats_div(const void* x, int dt, int64_t begin, int64_t end, float t, StatsPartial* out) {
+  if (dt == kF32) return stats_dt<kF32, DIV>(x, begin, end, t, out);
+  if (dt == kBF16) return stats_dt<kBF16, DIV>(x, begin, end, t, out);
+  return stats_dt<kF16, DIV>(x, begin, end, t, out);
+}
+
 LK_T void stats(const void* x, int dt, int64_t begin, int64_t end, float t, StatsPartial* out) {
-  if (dt == kF32) return stats_dt<kF32>(x, begin, end, t, out);
-  if (dt == kBF16) return stats_dt<kBF16>(x, begin, end, t, out);
-  return stats_dt<kF16>(x, begin, end, t, out);
+  if (t == 1.0f) return stats_div<false>(x, dt, begin, end, t, out);
+  return stats_div<true>(x, dt, begin, end, t, out);
 }

@@ -62,6 +62,7 @@ struct Scalar {
   static F mul(F a, F b) { return a * b; }
   static F div(F a, F b) { return a / b; }
   static F fmadd(F a, F b, F c) { return std::fma(a, b, c); }
+  static F fmsub(F a, F b, F c) { return std::fma(a, b, -c); }
   static F max(F a, F b) { return a > b ? a : b; }  // NaN in a: b (as maxps)
   static F abs(F a) { return std::fabs(a); }
   static F copysign(F a, F s) { return std::copysign(a, s); }
@@ -90,6 +91,19 @@ struct Scalar {
     float f;
     std::memcpy(&f, &u, 4);
     return f;
+  }
+  // p * 2^n for tm = n + 1.5 * 2^23 (n integral) and p * 2^n a normal float: n added to p's exponent field
+  static F ldexp_magic(F p, F tm) {
+    const uint32_t u = bits(p) + (bits(tm) << 23);
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  // elements i, i + 1 (load_pair of the vector traits: 2N elements as two vectors, in an order of their choosing)
+  template <int DT>
+  static void load_pair(const void* p, int64_t i, F& a, F& b) {
+    a = load_scalar(p, DT, i);
+    b = load_scalar(p, DT, i + 1);
   }
   static float hsum(F a) { return a; }
   static float hmax(F a) { return a; }
@@ -127,6 +141,7 @@ struct Avx2 {
   LK_V F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   LK_V F div(F a, F b) { return _mm256_div_ps(a, b); }
   LK_V F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  LK_V F fmsub(F a, F b, F c) { return _mm256_fmsub_ps(a, b, c); }
   LK_V F max(F a, F b) { return _mm256_max_ps(a, b); }
   LK_V F abs(F a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   LK_V F copysign(F a, F s) {
@@ -137,6 +152,21 @@ struct Avx2 {
   LK_V F andnot(F m, F a) { return _mm256_andnot_ps(m, a); }
   LK_V F pow2_magic(F tm) {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(tm), 23), _mm256_set1_epi32(127 << 23)));
+  }
+  LK_V F ldexp_magic(F p, F tm) {
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(tm), 23)));
+  }
+  // 2N elements from i: bf16 as one 32-byte load split into the even (a) and odd (b) elements
+  template <int DT>
+  LK_V void load_pair(const void* p, int64_t i, F& a, F& b) {
+    if (DT == kBF16) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
+      a = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+      b = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+      return;
+    }
+    a = load<DT>(p, i);
+    b = load<DT>(p, i + N);
   }
   LK_V float hsum(F a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -181,6 +211,7 @@ struct Avx512 {
   LK_V F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   LK_V F div(F a, F b) { return _mm512_div_ps(a, b); }
   LK_V F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  LK_V F fmsub(F a, F b, F c) { return _mm512_fmsub_ps(a, b, c); }
   LK_V F max(F a, F b) { return _mm512_max_ps(a, b); }
   LK_V F abs(F a) { return _mm512_abs_ps(a); }
   LK_V F copysign(F a, F s) {
@@ -193,6 +224,21 @@ struct Avx512 {
   LK_V F andnot(F m, F a) { return _mm512_andnot_ps(m, a); }
   LK_V F pow2_magic(F tm) {
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(tm), 23), _mm512_set1_epi32(127 << 23)));
+  }
+  LK_V F ldexp_magic(F p, F tm) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(tm), 23)));
+  }
+  // 2N elements from i: bf16 as one 64-byte load split into the even (a) and odd (b) elements
+  template <int DT>
+  LK_V void load_pair(const void* p, int64_t i, F& a, F& b) {
+    if (DT == kBF16) {
+      const __m512i w = _mm512_loadu_si512(static_cast<const uint16_t*>(p) + i);
+      a = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      b = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+      return;
+    }
+    a = load<DT>(p, i);
+    b = load<DT>(p, i + N);
   }
   LK_V float hsum(F a) { return _mm512_reduce_add_ps(a); }
   LK_V float hmax(F a) { return _mm512_reduce_max_ps(a); }

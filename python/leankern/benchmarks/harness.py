@@ -95,6 +95,22 @@ def median_us_cold(fn, repeats: int, flush) -> float:
     return statistics.median(times) * 1e6
 
 
+def median_us_cold_interleaved(fns, repeats: int, flush) -> list:
+    """Median microseconds of each of ``fns``, timed in turn within every repeat (``flush()`` before each call):
+    a slow stretch of a shared machine hits all of them alike, so their ratios hold up better than those of
+    separate :func:`median_us_cold` runs."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            flush()
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) * 1e6 for ts in times]
+
+
 def time_fn(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 1, repeats: int = 5,
             min_time: float = 0.0, max_repeats: int = 200, graph: bool = False) -> list[float]:
     """Seconds per call of ``fn``: at least ``repeats`` timed samples after ``warmup`` untimed calls.

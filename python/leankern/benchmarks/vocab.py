@@ -12,16 +12,19 @@ Columns: ``ours`` = ``gather_lm_head`` (C++; rows read in place by id); ``full``
 reductions (no logits written), target <= ours; GB/s and ``%rd`` for the K x H x 2 weight bytes
 against the read bandwidth measured in the same run (``torch.sum`` over 256 MiB).
 
-logit_stats rows: ``[B, V]`` logits (fp32, bf16; V = 151,936), cold; bytes = B x V x itemsize;
-target >= 0.6 of read bandwidth; ``torch`` = max + argmax + logsumexp + entropy (softmax, log_softmax)
-as separate torch ops.
+logit_stats rows: ``[B, V]`` logits (fp32, bf16; V = 151,936); bytes = B x V x itemsize; target >= 0.6 of
+read bandwidth, judged cold: the 64 MiB rewrite evicts the logits, then a call on a tiny row brings the code
+path back (so the time is the logit bytes from memory, not the dispatcher's own state refetched). ``hot`` =
+logits in cache, as right after the LM head wrote them. ``torch`` = max + argmax + logsumexp + entropy
+(softmax, log_softmax) as separate torch ops, cold the same way.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .harness import BenchResult, ColdCache, cpu_isa, cpu_model, format_table, median_us_cold, write_csv
+from .harness import (BenchResult, ColdCache, cpu_isa, cpu_model, format_table, median_us_cold,
+                      median_us_cold_interleaved, write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "vocab"
@@ -31,7 +34,8 @@ HEAD_COLUMNS = [("model", "head", ""), ("K", "K", ""), ("B", "B", ""), ("ours_us
                 ("kv_ratio", "ours/(K/V full)", ".2f"), ("gl_us", "gather+lin us", ".0f"), ("x_gl", "x g+l", ".2f"),
                 ("argmax_us", "argmax us", ".0f"), ("top50_us", "top50 us", ".0f"), ("target", "targets", "")]
 STATS_COLUMNS = [("dtype", "dtype", ""), ("B", "B", ""), ("V", "V", ""), ("ours_us", "ours us", ".0f"),
-                 ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"), ("torch_us", "torch us", ".0f"),
+                 ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"), ("hot_us", "hot us", ".0f"),
+                 ("frac_rd_hot", "%rd hot", ".0%"), ("torch_us", "torch us", ".0f"),
                  ("x_torch", "x torch", ".1f"), ("target", "target", "")]
 
 
@@ -43,7 +47,8 @@ def _plan(quick: bool, full: bool):
 
 
 def _head_targets(row) -> str:
-    ok = [row["kv_ratio"] <= 1.3, row["x_gl"] >= 2.0, row["argmax_us"] <= row["ours_us"] * 1.05]
+    ok = [row["kv_ratio"] <= 1.3, row["x_gl"] >= 2.0,
+          max(row["argmax_us"], row["top50_us"]) <= row["ours_us"] * 1.05]
     return "/".join("y" if o else "n" for o in ok)
 
 
@@ -71,15 +76,16 @@ def _head_rows(quick, full, bw_rd, repeats, flush, out):
             return F.linear(hidden, buf)
 
         r = dict(model=name, K=K, B=B, V=V, H=H)
-        r["ours_us"] = median_us_cold(ours, repeats, flush)
+        # the fused reductions' target is relative to the plain gather: timed interleaved with it
+        r["ours_us"], r["argmax_us"], r["top50_us"] = median_us_cold_interleaved(
+            [ours, lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, ids),
+             lambda: leankern.vocab.gather_lm_head_topk(hidden, w, ids, 50)], repeats + 2, flush)
         r["gbps"] = K * H * 2 / r["ours_us"] / 1e3
         r["frac_rd"] = r["gbps"] / bw_rd
         r["full_us"] = full_us[(V, H, B)]
         r["kv_ratio"] = r["ours_us"] / (K / V * r["full_us"])
         r["gl_us"] = median_us_cold(gather_linear, repeats, flush)
         r["x_gl"] = r["gl_us"] / r["ours_us"]
-        r["argmax_us"] = median_us_cold(lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, ids), repeats, flush)
-        r["top50_us"] = median_us_cold(lambda: leankern.vocab.gather_lm_head_topk(hidden, w, ids, 50), repeats, flush)
         # the fused argmax must pick what the logits say (a cheap end-to-end check of the row)
         z = ours()
         got, _ = leankern.vocab.gather_lm_head_argmax(hidden, w, ids)
@@ -96,21 +102,32 @@ def _stats_rows(quick, bw_rd, repeats, flush):
     V = 151936
     g = torch.Generator().manual_seed(1)
     for dt in ((torch.float32,) if quick else (torch.float32, torch.bfloat16)):
+        tiny = torch.randn(1, 64).to(dt)
+
+        def torch_stats_of(z):
+            z = z.float()
+            m, a = z.max(-1)
+            lse = torch.logsumexp(z, -1)
+            ent = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
+            return m, a, lse, ent
+
+        def flush_data():
+            # evicts the logits, then runs both code paths on a tiny row: the cold time is the logit bytes
+            # coming from memory, not the dispatcher's and the interpreter's own state refetched (~60 us here)
+            flush()
+            leankern.vocab.logit_stats(tiny)
+            torch_stats_of(tiny)
+
         for B in ((1,) if quick else (1, 4, 16)):
             x = (torch.randn(B, V, generator=g) * 3).to(dt)
-
-            def torch_stats():
-                z = x.float()
-                m, a = z.max(-1)
-                lse = torch.logsumexp(z, -1)
-                ent = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
-                return m, a, lse, ent
-
             r = dict(dtype=str(dt)[6:], B=B, V=V)
-            r["ours_us"] = median_us_cold(lambda: leankern.vocab.logit_stats(x), repeats, flush)
-            r["gbps"] = x.numel() * x.element_size() / r["ours_us"] / 1e3
+            r["ours_us"] = median_us_cold(lambda: leankern.vocab.logit_stats(x), repeats, flush_data)
+            r["hot_us"] = median_us_cold(lambda: leankern.vocab.logit_stats(x), 5 * repeats, lambda: None)
+            nbytes = x.numel() * x.element_size()
+            r["gbps"] = nbytes / r["ours_us"] / 1e3
             r["frac_rd"] = r["gbps"] / bw_rd
-            r["torch_us"] = median_us_cold(torch_stats, max(3, repeats // 2), flush)
+            r["frac_rd_hot"] = nbytes / r["hot_us"] / 1e3 / bw_rd
+            r["torch_us"] = median_us_cold(lambda: torch_stats_of(x), max(3, repeats // 2), flush_data)
             r["x_torch"] = r["torch_us"] / r["ours_us"]
             r["target"] = "yes" if r["frac_rd"] >= 0.6 else "no"
             rows.append(r)
@@ -134,7 +151,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
     head = _head_rows(quick, full, bw_rd, repeats, flush, out)
     out(format_table(head, HEAD_COLUMNS))
     out("bf16 weights and hidden, fp32 logits, weights cold; targets y/n: ours/(K/V full) <= 1.3 / x g+l >= 2 / "
-        "argmax <= ours (5% noise margin)")
+        "argmax and top-50 <= ours (5% noise margin; the three timed interleaved)")
     for r in head:
         if r["check"] != "ok":
             out(f"  CHECK FAILED {r['model']} K={r['K']} B={r['B']}: fused argmax != argmax of the logits")

@@ -150,6 +150,10 @@ def gather_lm_head_topk(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, k
 
 def gather_lm_head_argmax(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, **kwargs) -> tuple:
     """Greedy next token over the subset: ``(global_ids int64 [...], max_logit fp32 [...])``; ties -> lowest position."""
+    if not kwargs and type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
+            type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: the op directly
+        vals, gids = torch.ops.leankern.vocab_gather_lm_head_topk(hidden, weight, vocab_ids, None, None, 1.0, 1)
+        return gids.view(-1), vals.view(-1)
     vals, gids = gather_lm_head_topk(hidden, weight, vocab_ids, 1, **kwargs)
     if vals.dim() == 2:  # [B, 1] -> [B]: a view is cheaper than an index
         return gids.view(-1), vals.view(-1)
