@@ -196,14 +196,9 @@ at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& 
 }
 
 // ------------------------------------------------------------------------------------------ top-k
-// A candidate ranks by one integer key, larger = better: the high 32 bits order the values as torch.sort does
-// (NaN above everything, -0.0 equal to +0.0), the low 32 bits prefer the lower position. Why a key and not a
-// comparator with NaN branches: the cuts below are nth_element calls, and integer compares make them ~3x cheaper.
-struct Cand {
-  uint64_t key;
-  float v;
-};
-
+// A candidate is one integer key, larger = better: the high 32 bits order the values as torch.sort does
+// (NaN above everything, -0.0 equal to +0.0), the low 32 bits prefer the lower position. The value comes back
+// from the key (a NaN as the canonical NaN, -0.0 as +0.0: equal under ==).
 inline uint64_t cand_key(float v, int64_t pos) {
   uint32_t b;
   std::memcpy(&b, &v, 4);
@@ -217,43 +212,39 @@ inline uint64_t cand_key(float v, int64_t pos) {
   return (static_cast<uint64_t>(k) << 32) | (0xffffffffu - static_cast<uint32_t>(pos));
 }
 
-inline int64_t cand_pos(const Cand& c) { return 0xffffffffu - static_cast<uint32_t>(c.key); }
+inline int64_t key_pos(uint64_t key) { return 0xffffffffu - static_cast<uint32_t>(key); }
 
-struct KeyGreater {
-  bool operator()(const Cand& a, const Cand& b) const { return a.key > b.key; }
-};
+inline float key_value(uint64_t key) {
+  const uint32_t k = static_cast<uint32_t>(key >> 32);
+  const uint32_t b = k == 0xffffffffu ? 0x7fc00000u : (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
 
-// The best k of a stream: a min-heap (by key) of the best k so far. Once full, its top is the k-th best: the
-// caller's vector pre-filter passes only values >= it, about k ln(n / k) of a random stream of n.
+// The best k of a stream, as a sorted array of keys (ascending: c[0] is the k-th best once full). A new key
+// enters by one insertion-sort pass from the bottom (the keys below it move down one; a predictable loop,
+// unlike a heap's sift whose compares mispredict). Once full, the caller's vector pre-filter passes only
+// values >= the k-th best, about k ln(n / k) of a random stream of n.
 struct TopK {
   int64_t k = 1;
-  std::vector<Cand> c;  // c[0] the worst kept once full
+  std::vector<uint64_t> c;
   float kth_v = -INFINITY;  // the k-th best value so far (-inf until full)
 
   bool full() const { return static_cast<int64_t>(c.size()) == k; }
-  void push(float v, int64_t pos) {
-    const Cand x{cand_key(v, pos), v};
+  inline __attribute__((always_inline)) void push(float v, int64_t pos) {
+    const uint64_t x = cand_key(v, pos);
     if (!full()) {
-      c.push_back(x);
-      std::push_heap(c.begin(), c.end(), KeyGreater{});
-    } else {
-      if (x.key <= c[0].key) return;
-      sift_down(x);
+      c.insert(std::upper_bound(c.begin(), c.end(), x), x);
+      if (full()) kth_v = key_value(c[0]);
+      return;
     }
-    if (full()) kth_v = c[0].v;
-  }
-  void sift_down(const Cand& x) {  // replaces the top by x and restores the heap
-    const int64_t n = k;
+    uint64_t* a = c.data();
+    if (x <= a[0]) return;
     int64_t i = 0;
-    for (;;) {
-      int64_t j = 2 * i + 1;
-      if (j >= n) break;
-      if (j + 1 < n && c[j + 1].key < c[j].key) ++j;
-      if (c[j].key >= x.key) break;
-      c[i] = c[j];
-      i = j;
-    }
-    c[i] = x;
+    for (; i + 1 < k && a[i + 1] < x; ++i) a[i] = a[i + 1];
+    a[i] = x;
+    kth_v = key_value(a[0]);
   }
 };
 
@@ -309,12 +300,18 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
   const int32_t* idp = ids.data_ptr<int32_t>();
   at::parallel_for(0, B, 1, [&](int64_t bb0, int64_t bb1) {
     for (int64_t b = bb0; b < bb1; ++b) {
-      std::vector<Cand> all;
-      for (int64_t t = 0; t < nt; ++t) all.insert(all.end(), best[t * B + b].c.begin(), best[t * B + b].c.end());
-      std::partial_sort(all.begin(), all.begin() + k, all.end(), KeyGreater{});
+      std::vector<uint64_t> all;  // the threads' sorted arrays merged (ascending): the best k at the end
+      for (int64_t t = 0; t < nt; ++t) {
+        const std::vector<uint64_t>& ct = best[t * B + b].c;
+        const auto mid = static_cast<std::ptrdiff_t>(all.size());
+        all.insert(all.end(), ct.begin(), ct.end());
+        std::inplace_merge(all.begin(), all.begin() + mid, all.end());
+      }
+      const int64_t n_all = static_cast<int64_t>(all.size());
       for (int64_t i = 0; i < k; ++i) {
-        vo[b * k + i] = all[i].v;
-        io[b * k + i] = idp[(hd.per_row ? b * K : 0) + cand_pos(all[i])];
+        const uint64_t key = all[n_all - 1 - i];
+        vo[b * k + i] = key_value(key);
+        io[b * k + i] = idp[(hd.per_row ? b * K : 0) + key_pos(key)];
       }
     }
   });
