@@ -216,6 +216,27 @@ def test_stats_logits_masked_with_finfo_min(backend, dtype):
     assert_logit_stats(outs, x, 1.0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS.get)
+def test_stats_block_paths(backend, dtype):
+    """The C++ pass works in blocks of 4,096 (kernels_impl.h kStatsBlock): the first against its own max, later
+    ones against the running max, redone when their max is more than 60 above it; a block whose fp32 sum of
+    x - m_ref overflows (finfo.min masking) gets that sum in fp64."""
+    blk = 4096
+    V = 3 * blk + 37
+    x = _logits(4, V, seed=13, spread=2.0)
+    x[0, 2 * blk + 5] = 90.0  # a late block far above the running max: redone against its own max
+    x[1, blk:2 * blk:3] = torch.finfo(dtype).min  # only the middle block's sum overflows
+    x[2, : blk + 11] = -INF  # a first block (and more) of only -inf, then finite values
+    x[3, 2 * blk - 1] = 70.0  # the maximum the last element of a block, then a tie in the next one
+    x[3, 2 * blk] = 70.0
+    x = x.to(dtype)
+    outs = _stats(x)
+    assert outs[1].tolist() == [2 * blk + 5, int(x[1].float().argmax()), int(x[2].float().argmax()), 2 * blk - 1]
+    assert torch.isfinite(outs[4][[0, 1, 3]]).all() and torch.isposinf(outs[4][2])
+    assert_logit_stats(outs, x, 1.0)
+    assert_logit_stats(_stats(x, 0.6), x, 0.6)
+
+
 def test_stats_uniform_row_at_finfo_min(backend):
     x = torch.full((1, 7), torch.finfo(torch.float32).min)
     _, am, _, ent, cert = _stats(x)
@@ -288,8 +309,8 @@ def test_cpp_and_python_checks_say_the_same():
 
 # ----------------------------------------------------------------------------------------- hypothesis
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 5), V=st.integers(1, 3000), dtype=st.sampled_from(DTYPES),
-       t=st.sampled_from([0.5, 0.7, 1.0, 1.5, 3.0]), spread=st.sampled_from([0.01, 1.0, 20.0]),
+@given(B=st.integers(1, 5), V=st.integers(1, 9000), dtype=st.sampled_from(DTYPES),
+       t=st.sampled_from([0.5, 0.7, 1.0, 1.5, 3.0]), spread=st.sampled_from([0.01, 1.0, 20.0, 100.0]),
        neg_inf=st.sampled_from([0.0, 0.1, 0.9]), seed=st.integers(0, 2**16))
 def test_stats_within_bound_hypothesis(B, V, dtype, t, spread, neg_inf, seed):
     g = torch.Generator().manual_seed(seed)
