@@ -227,9 +227,9 @@ LK_T double sum_exp(const float* z, int64_t n, float m) {
 //   |f| <= 1/2), 2^f by a degree-4 polynomial, 2^n added to its exponent field (an integer add, no multiply);
 //   s = sum e, t = sum e rc.
 // That is 16 vector ops per N elements, nearly all on the FP pipes: the pass is bound by them, not by memory,
-// on AVX-512 machines with two cores (Zen 4: ~10 cycles per 16 elements), so the loop is written op by op. A block whose max is more than 60
-// above m_ref (where e could overflow) is redone against its own max; NaN anywhere makes the block's sum r
-// NaN, +inf its max: the row is then flagged for the exact fallback. bf16 rows are loaded 2N at a time and
+// on AVX-512 machines with two cores (Zen 4: ~10 cycles per 16 elements), so the loop is written op by op.
+// A block whose max is more than 60 above m_ref (where e could overflow) is redone against its own max; NaN
+// anywhere makes the block's sum r NaN, +inf its max: the row is then flagged for the exact fallback. bf16 rows are loaded 2N at a time and
 // split into even and odd elements (one op per N instead of a widening shuffle and a shift): sums do not
 // care about order, and the argmax is located by index in a separate pass.
 constexpr int64_t kStatsBlock = 4096;
@@ -376,11 +376,10 @@ LK_T void stats_dt(const void* x, int64_t begin, int64_t end, float t, StatsPart
       m_ref = r.max;
       r = block_pass<DT, DIV>(x, b0, b1, t, m_ref);
     }
-    if (m_ref > p.m) rebase(m_ref);  // the block's sums are relative to m_ref: so are the totals now
-    const double d = static_cast<double>(m_ref) - p.m;  // 0 unless m_ref < p.m (never: m_ref is p.m or above)
+    if (m_ref > p.m) rebase(m_ref);  // m_ref is p.m or above: the totals now relative to it, as the block's sums
     p.s += r.s;
-    p.t += r.t + r.s * d;
-    p.sumx += r.sumx + static_cast<double>(b1 - b0) * d;
+    p.t += r.t;
+    p.sumx += r.sumx;
     p.n += b1 - b0;
     if (r.max > p.m) rebase(r.max);  // a new maximum within the overflow margin
     if (r.max > amax) {  // strictly: an equal maximum later keeps the lower index
