@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -269,6 +270,11 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
                            at::empty({0, k}, hidden.options().dtype(at::kLong)));
   std::vector<TopK> best(nt * B);  // [thread][b]
   for (auto& t : best) t.k = k;
+  // floor[b]: the largest k-th best a thread has published for row b. That thread holds k values >= it, so a
+  // value below it is in no one's final top k: every thread filters with it too (ties pass: a lower
+  // position may still win). Relaxed: a stale or overwritten floor is still a valid, only lower, bound.
+  std::vector<std::atomic<float>> floor(B);
+  for (auto& f : floor) f.store(-INFINITY, std::memory_order_relaxed);
   for_tasks(hd, [&](int64_t b0, int64_t nb, int64_t j0, int64_t j1) {
     thread_local Scratch sc;
     thread_local std::vector<float> z;
@@ -284,13 +290,14 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
         tk.push(zb[at], j0 + at);
         continue;
       }
-      if (!tk.full()) {
-        for (int64_t i = 0; i < m; ++i) tk.push(zb[i], j0 + i);
-        continue;
-      }
-      int32_t sel[kChunk];  // only values that can still enter (>= the k-th best so far, or NaN)
-      const int64_t n = hd.k->select_ge(zb, m, std::isnan(tk.kth_v) ? INFINITY : tk.kth_v, sel);
+      // only values that can still enter: >= the k-th best so far (this thread's or the floor), or NaN
+      const float own = tk.full() ? (std::isnan(tk.kth_v) ? INFINITY : tk.kth_v) : -INFINITY;
+      const float thr = std::max(own, floor[b0 + b].load(std::memory_order_relaxed));
+      int32_t sel[kChunk];
+      const int64_t n = hd.k->select_ge(zb, m, thr, sel);
       for (int64_t i = 0; i < n; ++i) tk.push(zb[sel[i]], j0 + sel[i]);
+      if (tk.full() && tk.kth_v > floor[b0 + b].load(std::memory_order_relaxed))  // false for NaN
+        floor[b0 + b].store(tk.kth_v, std::memory_order_relaxed);
     }
   });
   at::Tensor values = at::empty({B, k}, hidden.options().dtype(at::kFloat));
