@@ -242,8 +242,9 @@ struct TopK {
     }
     uint64_t* a = c.data();
     if (x <= a[0]) return;
+    const int64_t last = k - 1;  // a local: the stores below could alias the member for the compiler
     int64_t i = 0;
-    for (; i + 1 < k && a[i + 1] < x; ++i) a[i] = a[i + 1];
+    for (; i < last && a[i + 1] < x; ++i) a[i] = a[i + 1];
     a[i] = x;
     kth_v = key_value(a[0]);
   }
