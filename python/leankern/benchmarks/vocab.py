@@ -79,7 +79,7 @@ def _head_rows(quick, full, bw_rd, repeats, flush, out):
         # the fused reductions' target is relative to the plain gather: timed interleaved with it
         r["ours_us"], r["argmax_us"], r["top50_us"] = median_us_cold_interleaved(
             [ours, lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, ids),
-             lambda: leankern.vocab.gather_lm_head_topk(hidden, w, ids, 50)], repeats + 2, flush)
+             lambda: leankern.vocab.gather_lm_head_topk(hidden, w, ids, 50)], 2 * repeats + 1, flush)
         r["gbps"] = K * H * 2 / r["ours_us"] / 1e3
         r["frac_rd"] = r["gbps"] / bw_rd
         r["full_us"] = full_us[(V, H, B)]
