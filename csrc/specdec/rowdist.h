@@ -35,6 +35,7 @@ struct RowStats {
   bool accept = false;  // the draft row's sampled decision (chain op)
   bool has_exact = false, has_entropy = false;
   int32_t argmax = -1;
+  int64_t emit = -1;      // the token sampled from a rejected draft row's residual, or from the bonus row
   float max = 0.0f;       // raw maximum
   float m = 0.0f;         // scaled maximum (max / t)
   double F = -1.0;        // bound_sum (< 0: not computed)

@@ -3,8 +3,8 @@
 // Each request accepts a prefix of its drafts, then emits one token. A row is read only if its
 // request reaches it (rows behind a rejection never are): the argmax pass always; for a sampled
 // decision bounds of S first (rowdist.h), the exact weight pass only when they do not settle it or
-// the row is sampled from (its rejection, or the bonus); the residual pass only for the one rejected
-// row of a request, from the weights the exact pass kept. Work split: rows.h. Bit-identical with the
+// the row is sampled from (its rejection, or the bonus); the residual pass only for a rejected row,
+// from the weights the exact pass kept, and the sample at once. Work split: rows.h. Bit-identical with the
 // reference on every ISA (numerics.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -46,25 +46,34 @@ struct Chain {
   bool sampled(const RowParams& p) const { return (mode == kRejection || mode == kTypical) && p.t != 0.0f; }
   RowRef row(int64_t i) const { return i < T ? target.at(i) : bonus.at(i - T); }
 
-  // Everything row i's decision needs (blocks: its kBlock sums, for a row that may be sampled; keep_w:
-  // keep every W of a row sampled from in this thread's scratch, for the residual / sampling that
-  // follows at once).
-  void evaluate(int64_t i, int64_t b, RowStats& st, int64_t* blocks, bool keep_w, Scratch& sc) const {
+  // Everything row i's decision and its emitted token need. A sampled row that ends its request (a
+  // rejected draft, or the bonus row) is sampled at once, while its weights W are still in this
+  // thread's scratch: the residual and the sampling scan then read W instead of recomputing exp (and
+  // in the kRows split the whole row, sampling included, runs in the parallel phase).
+  void evaluate(int64_t i, int64_t b, RowStats& st, Scratch& sc) const {
     st = RowStats();
     const RowParams p = params(b);
     eval_argmax(*k, row(i), V, &st, i < T && sampled(p), sc);  // block maxima: a free bound of S
     if (sampled(p) && begin_sampled(p, &st)) {
+      const double u_extra = mode == kRejection ? static_cast<double>(u[T + b]) : 0.0;
+      int64_t* blocks = sc.block_buf(nblk);
       if (i >= T) {
-        if (mode == kRejection) eval_exact(*k, row(i), V, p, &st, blocks, keep_w, sc);  // the bonus is sampled
+        if (mode == kRejection) {  // the bonus is sampled
+          eval_exact(*k, row(i), V, p, &st, blocks, true, sc);
+          st.emit = sample_kept(row(i), V, p, st, blocks, u_extra, -1);
+        }
       } else if (mode == kRejection) {
         const int64_t x = drafts[i];
-        const double qx = has_q ? static_cast<double>(clamp_q(load_scalar(q.at(i).data, q.dtype, x))) : 1.0;
-        st.accept = rejection_accepts(*k, row(i), V, p, &st, x, qx, static_cast<double>(u[i]), blocks, keep_w, sc);
+        const RowRef q_row = has_q ? q.at(i) : RowRef{nullptr, kF32};
+        const double qx = has_q ? static_cast<double>(clamp_q(load_scalar(q_row.data, q.dtype, x))) : 1.0;
+        st.accept = rejection_accepts(*k, row(i), V, p, &st, x, qx, static_cast<double>(u[i]), blocks, true, sc);
+        if (!st.accept) st.emit = sample_rejected(*k, row(i), V, p, st, blocks, x, has_q ? &q_row : nullptr, u_extra, sc);
       } else {
         st.accept = typical_accepts(*k, row(i), V, p, &st, drafts[i], eps, delta, sc);
       }
     }
     st.block_max = nullptr;  // this thread's scratch: the next row overwrites it
+    st.W = nullptr;
     st.done = true;
   }
 
@@ -77,17 +86,14 @@ struct Chain {
   }
 
   // ref._verify_one for request b. stats: null = evaluate lazily (into a local); else all rows evaluated.
-  void finish(int64_t b, RowStats* stats, int64_t* blocks_all, Scratch& sc) const {
+  void finish(int64_t b, RowStats* stats, Scratch& sc) const {
     const int64_t s = b ? cu[b - 1] : 0, n = cu[b] - s;
     int32_t* o = out + b * width;
     std::fill(o, o + width, -1);
-    const RowParams p = params(b);
     RowStats local;
-    int64_t* lazy_blocks = stats ? nullptr : sc.block_buf(nblk);
-    auto blocks_of = [&](int64_t i) { return stats ? (blocks_all ? blocks_all + i * nblk : nullptr) : lazy_blocks; };
     auto get = [&](int64_t i) -> RowStats& {
       RowStats& st = stats ? stats[i] : local;
-      if (!stats || !st.done) evaluate(i, b, st, blocks_of(i), !stats, sc);
+      if (!stats || !st.done) evaluate(i, b, st, sc);
       return st;
     };
     for (int64_t j = 0; j < n; ++j) {
@@ -95,27 +101,19 @@ struct Chain {
       RowStats& st = get(i);
       int64_t emit = x;
       const bool stop = stops(i, st);
-      if (!st.valid) {
-        emit = -1;
-      } else if (st.greedy) {
-        emit = stop ? st.argmax : x;
-      } else if (stop) {
-        const RowRef q_row = has_q ? q.at(i) : RowRef{nullptr, kF32};
-        emit = mode == kTypical ? st.argmax
-                                : sample_rejected(*k, row(i), V, p, st, blocks_of(i), x, has_q ? &q_row : nullptr,
-                                                  static_cast<double>(u[T + b]), sc);
-      }
+      if (!st.valid) emit = -1;
+      else if (st.greedy) emit = stop ? st.argmax : x;
+      else if (stop) emit = mode == kTypical ? st.argmax : st.emit;  // the residual's sample
       o[j] = static_cast<int32_t>(emit);
       if (stop) {
         nacc[b] = static_cast<int32_t>(j);
         return;
       }
     }
-    const int64_t i = T + b;
-    RowStats& st = get(i);
+    const RowStats& st = get(T + b);
     int64_t emit = st.argmax;
     if (!st.valid) emit = -1;
-    else if (mode == kRejection && !st.greedy) emit = sample_kept(row(i), V, p, st, blocks_of(i), u[T + b], -1);
+    else if (mode == kRejection && !st.greedy) emit = st.emit;  // the bonus row's sample
     o[n] = static_cast<int32_t>(emit);
     nacc[b] = static_cast<int32_t>(n);
   }
@@ -126,15 +124,13 @@ struct Chain {
 // most a few rows per request are evaluated in vain. Then the requests are finished serially.
 void run_rows(const Chain& c) {
   static thread_local std::vector<RowStats> stats;
-  static thread_local std::vector<int64_t> blocks, stop_at;
+  static thread_local std::vector<int64_t> stop_at;
   const int64_t rows = c.T + c.B;
   stats.assign(rows, RowStats());
   stop_at.assign(c.B, INT64_MAX);
-  if (c.mode == kRejection) blocks.resize(rows * c.nblk);
   // pointers, not the names: inside the workers a thread_local name is the worker's own
   RowStats* st = stats.data();
   int64_t* stop = stop_at.data();
-  int64_t* blocks_all = c.mode == kRejection ? blocks.data() : nullptr;
   cpu::parallel_chunks(rows, row_grain(c.V), [&](int64_t p0, int64_t p1) {
     Scratch& sc = thread_scratch();
     for (int64_t pos = p0; pos < p1; ++pos) {
@@ -148,7 +144,7 @@ void run_rows(const Chain& c) {
       const int64_t b = lo, s = b ? c.cu[b - 1] : 0, j = pos - s - b, n = c.cu[b] - s;
       if (j > __atomic_load_n(&stop[b], __ATOMIC_RELAXED)) continue;
       const int64_t i = j < n ? s + j : c.T + b;
-      c.evaluate(i, b, st[i], blocks_all ? blocks_all + i * c.nblk : nullptr, false, sc);
+      c.evaluate(i, b, st[i], sc);
       if (j < n && c.stops(i, st[i])) {
         int64_t cur = __atomic_load_n(&stop[b], __ATOMIC_RELAXED);
         while (j < cur && !__atomic_compare_exchange_n(&stop[b], &cur, j, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -157,7 +153,7 @@ void run_rows(const Chain& c) {
     }
   });
   Scratch& sc = thread_scratch();
-  for (int64_t b = 0; b < c.B; ++b) c.finish(b, st, blocks_all, sc);
+  for (int64_t b = 0; b < c.B; ++b) c.finish(b, st, sc);
 }
 
 void run_chain(const Chain& c) {
@@ -165,11 +161,11 @@ void run_chain(const Chain& c) {
   const Split split = choose_split(c.B, c.T + c.B, c.V, sampled);
   if (split == Split::kSerial) {
     Scratch& sc = thread_scratch();
-    for (int64_t b = 0; b < c.B; ++b) c.finish(b, nullptr, nullptr, sc);
+    for (int64_t b = 0; b < c.B; ++b) c.finish(b, nullptr, sc);
   } else if (split == Split::kRequests) {
     cpu::parallel_chunks(c.B, 1, [&](int64_t b0, int64_t b1) {
       Scratch& sc = thread_scratch();
-      for (int64_t b = b0; b < b1; ++b) c.finish(b, nullptr, nullptr, sc);
+      for (int64_t b = b0; b < b1; ++b) c.finish(b, nullptr, sc);
     });
   } else {
     run_rows(c);
