@@ -14,6 +14,8 @@
 #include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "mx/formats.h"
+#include "specdec/numerics.h"
+#include "specdec/row_kernels.h"
 
 namespace py = pybind11;
 
@@ -108,6 +110,25 @@ void def_output_cache_functions(py::module_& m) {
         "on), 'live_bytes' (outputs alive that came from the cache's allocator)}.");
 }
 
+// The specdec exact weight pass of the active ISA on one row (test hook: the sums the verify ops
+// decide with, compared element for element with numerics.exp_weights). row: V elements of dtype
+// 0 fp32 / 1 bf16 / 2 fp16 as raw bytes. Returns (S, block sums, every W as raw fp32 bytes or None).
+py::tuple specdec_weight_sums(const py::bytes& row, int dtype, int64_t V, float t, float m, int64_t w_min,
+                              bool store) {
+  using namespace leankern::specdec;
+  const char* data = PyBytes_AsString(row.ptr());  // no copy
+  const int64_t esz = dtype == 0 ? 4 : 2;
+  if (dtype < 0 || dtype > 2 || V < 1 || static_cast<int64_t>(PyBytes_Size(row.ptr())) != V * esz)
+    throw py::value_error("specdec_weight_sums: expected dtype in {0, 1, 2} and len(row) == V * itemsize");
+  std::vector<int64_t> blocks((V + kBlock - 1) / kBlock);
+  std::vector<float> w(store ? V : 0);
+  const int64_t S = active_row_kernels().weight_sum(data, dtype, V, t, m, w_min, blocks.data(),
+                                                    store ? w.data() : nullptr);
+  py::object W = py::none();
+  if (store) W = py::bytes(reinterpret_cast<const char*>(w.data()), V * sizeof(float));
+  return py::make_tuple(S, blocks, W);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -116,6 +137,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   def_isa_functions(m);
   def_output_cache_functions(m);
   m.def("format_table", &format_table, "The C++ mirror of leankern.mx.formats.FORMATS, as a list of dicts.");
+  m.def("specdec_weight_sums", &specdec_weight_sums, py::arg("row"), py::arg("dtype"), py::arg("V"), py::arg("t"),
+        py::arg("m"), py::arg("w_min"), py::arg("store"),
+        "Test hook: the specdec exact weight pass of the active ISA on one row given as raw bytes: (S, block "
+        "sums, W or None).");
   m.def("kernel_limits", &kernel_limits,
         "{op: {argument: [lo, hi]}}: the size limits the C++ kernels' argument checks enforce.");
 }

@@ -416,6 +416,38 @@ def test_cpp_every_isa_equals_reference(isa, mode):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+_DT_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("V", (1, 15, 16, 17, 64, 65, 255, 256, 257, 1003, 4099))
+def test_weight_pass_every_isa_equals_reference(isa, dtype, V):
+    """The exact weight pass itself (S, its 256-element block sums, every stored W) against
+    numerics.exp_weights, not only the ids it leads to: an S off by one would flip almost no decision."""
+    g = torch.Generator().manual_seed(V)
+    row = (torch.randn(V, generator=g) * 6).to(dtype)
+    if V > 20:  # dead lanes (-inf, far below the cutoff) and ties at the maximum
+        row[3], row[7], row[11] = float("-inf"), row.max() - 40, row.max()
+    for t in (1.0, 0.7):
+        z = row.float() / torch.tensor(t) if t != 1.0 else row.float()
+        m = z.max()
+        w = numerics.exp_weights(z - m)  # int64 [V]
+        for w_min in (1, int(w.float().median()) + 1):
+            kept = torch.where(w >= w_min, w, 0)
+            raw = row.view(torch.int16 if dtype != torch.float32 else torch.int32).numpy().tobytes()
+            leankern._C.set_cpu_isa(isa)
+            try:
+                S, blocks, W = leankern._C.specdec_weight_sums(raw, _DT_CODE[dtype], V, t, float(m), w_min, True)
+                S2, blocks2, none = leankern._C.specdec_weight_sums(raw, _DT_CODE[dtype], V, t, float(m), w_min, False)
+            finally:
+                leankern._C.set_cpu_isa("auto")
+            want_blocks = [int(b) for b in torch.nn.functional.pad(kept, (0, -V % 256)).view(-1, 256).sum(1)]
+            assert S == S2 == int(kept.sum()), (t, w_min)
+            assert blocks == blocks2 == want_blocks, (t, w_min)
+            assert none is None and torch.equal(torch.frombuffer(bytearray(W), dtype=torch.float32).long(), w), (t, w_min)
+
+
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("mode", ("greedy", "relaxed", "typical"))
 def test_tree_backend_equals_reference(backend, mode):

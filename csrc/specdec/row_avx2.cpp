@@ -49,6 +49,14 @@ struct Avx2 {
   LK_V F pow2(F n, int bias) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12582912.0f + bias))), 23));
   }
+  // p * 2^n for integral n with p * 2^n normal (row_avx512.cpp scale_pow2).
+  LK_V F scale_pow2(F p, F n) {
+    const __m256i nb = _mm256_slli_epi32(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12582912.0f))), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), nb));
+  }
+  // No fp32 -> int64 conversion in AVX2: weight sums go through fp64 (row_simd_impl.h add_biased).
+  static constexpr bool kPlainWeightSum = false;
+  LK_V Q add_w(Q acc, F, F) { return acc; }  // never called (kPlainWeightSum is false)
   LK_V float hmax(F a) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));

@@ -10,17 +10,25 @@
 constexpr uint64_t kMagic52 = 0x4330000000000000ull;  // bit pattern of 2^52
 
 // ------------------------------------------------------------------------------------- weights
-// W of K * N elements at i (K vectors) as fp64 integers (two halves each): trunc(2^40 exp_poly(x / t - m)),
-// 0 below the cutoff; numerics.h exp_poly_2p40 lane by lane. Why K vectors, step by step: one vector's
-// exp is a ~30-operation dependency chain; the out-of-order window holds only a few such chains in
-// program order, interleaving K of them keeps K operations ready at every step (~1.5-2x faster).
-// Dead lanes (d < cutoff, -inf) compute garbage (NaN at worst, no traps): the mask clears them.
+// kExpCoeffs * 2^40: Horner on these gives exactly 2^40 times Horner on kExpCoeffs (a power-of-two
+// scale commutes with every rounding while nothing is subnormal, and a subnormal product of the
+// unscaled run is far below half an ulp of the coefficient it is added to: both sums round to it).
+constexpr float kExpCoeffs40[8] = {kExpCoeffs[0] * 0x1p40f, kExpCoeffs[1] * 0x1p40f, kExpCoeffs[2] * 0x1p40f,
+                                   kExpCoeffs[3] * 0x1p40f, kExpCoeffs[4] * 0x1p40f, kExpCoeffs[5] * 0x1p40f,
+                                   kExpCoeffs[6] * 0x1p40f, kExpCoeffs[7] * 0x1p40f};
+
+// 2^40 exp_poly(x / t - m) of K * N elements at i (K vectors), not yet truncated, and the live lanes
+// (d >= cutoff: false for NaN, -inf); numerics.h exp_poly_2p40 lane by lane, with the final exact
+// "* 2^n" done as an integer add to the exponent field (S::scale_pow2; n >= -41 keeps it normal).
+// Why K vectors, step by step: one vector's exp is a ~25-operation dependency chain; the
+// out-of-order window holds only a few such chains in program order, interleaving K of them keeps
+// K operations ready at every step (~1.5-2x faster). Dead lanes compute garbage (NaN at worst, no
+// traps): the callers clear them with the mask.
 template <int DT, bool kScale, int K>
-LK_T void weights_k(const void* row, int64_t i, typename S::F tv, typename S::F mv, typename S::D* lo,
-                    typename S::D* hi, typename S::F* e = nullptr) {
+LK_T void exp40_k(const void* row, int64_t i, typename S::F tv, typename S::F mv, typename S::F* e40,
+                  decltype(S::ge(tv, tv))* live) {
   using F = typename S::F;
   F d[K], n[K], r[K], p[K];
-  decltype(S::ge(d[0], d[0])) live[K];
 #pragma GCC unroll 16
   for (int j = 0; j < K; ++j) {
     F x = S::template load<DT>(row, i + j * S::N);
@@ -38,19 +46,30 @@ LK_T void weights_k(const void* row, int64_t i, typename S::F tv, typename S::F 
 #pragma GCC unroll 16
   for (int j = 0; j < K; ++j) r[j] = S::sub(r[j], S::mul(n[j], S::set1(kLn2Lo)));
 #pragma GCC unroll 16
-  for (int j = 0; j < K; ++j) p[j] = S::set1(kExpCoeffs[0]);
+  for (int j = 0; j < K; ++j) p[j] = S::set1(kExpCoeffs40[0]);
 #pragma GCC unroll 8
   for (int c = 1; c < 8; ++c) {
 #pragma GCC unroll 16
     for (int j = 0; j < K; ++j) p[j] = S::mul(p[j], r[j]);
 #pragma GCC unroll 16
-    for (int j = 0; j < K; ++j) p[j] = S::add(p[j], S::set1(kExpCoeffs[c]));
+    for (int j = 0; j < K; ++j) p[j] = S::add(p[j], S::set1(kExpCoeffs40[c]));
   }
 #pragma GCC unroll 16
+  for (int j = 0; j < K; ++j) e40[j] = S::scale_pow2(p[j], n[j]);
+}
+
+// W of K * N elements at i as fp64 integers (two halves each), 0 for dead lanes; e (optional): W as fp32.
+template <int DT, bool kScale, int K>
+LK_T void weights_k(const void* row, int64_t i, typename S::F tv, typename S::F mv, typename S::D* lo,
+                    typename S::D* hi, typename S::F* e = nullptr) {
+  typename S::F e40[K];
+  decltype(S::ge(tv, tv)) live[K];
+  exp40_k<DT, kScale, K>(row, i, tv, mv, e40, live);
+#pragma GCC unroll 16
   for (int j = 0; j < K; ++j) {
-    const F e40 = S::keep(S::trunc(S::mul(p[j], S::pow2(n[j], 127 + kWFracBits))), live[j]);
-    if (e) e[j] = e40;
-    S::to_pd(e40, lo[j], hi[j]);
+    const typename S::F w = S::keep(S::trunc(e40[j]), live[j]);
+    if (e) e[j] = w;
+    S::to_pd(w, lo[j], hi[j]);
   }
 }
 
@@ -81,27 +100,35 @@ LK_T int64_t weight_sum_t(const void* row, int64_t V, float t, float m, int64_t 
   for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
     const int64_t e = std::min(V, b0 + kBlock), ev = b0 + (e - b0) / N * N;
     auto acc = S::zero_q(), acc2 = S::zero_q();
+    // acc / acc2 hold biased patterns (2^52 + W) unless S::add_w sums plain W (kPlain)
+    constexpr bool kPlain = !kThresh && S::kPlainWeightSum;
     int64_t i = b0;
     constexpr int K = S::K;
     for (; i + K * N <= ev; i += K * N) {
-      typename S::D lo[K], hi[K];
-      typename S::F e[K];
-      weights_k<DT, kScale, K>(row, i, tv, mv, lo, hi, e);
+      typename S::F e40[K];
+      decltype(S::ge(tv, tv)) live[K];
+      exp40_k<DT, kScale, K>(row, i, tv, mv, e40, live);
 #pragma GCC unroll 16
       for (int j = 0; j < K; ++j) {
-        if (kStore) S::store(store + i + j * N, e[j]);
-        if (j % 2) acc2 = add_biased<kThresh>(acc2, lo[j], hi[j], wmin);
-        else acc = add_biased<kThresh>(acc, lo[j], hi[j], wmin);
+        if (kStore) S::store(store + i + j * N, S::keep(S::trunc(e40[j]), live[j]));
+        typename S::Q& a = j % 2 ? acc2 : acc;
+        if constexpr (kPlain) {
+          a = S::add_w(a, e40[j], live[j]);  // truncating conversion to int64 of the live lanes
+        } else {
+          typename S::D lo, hi;
+          S::to_pd(S::keep(S::trunc(e40[j]), live[j]), lo, hi);
+          a = add_biased<kThresh>(a, lo, hi, wmin);
+        }
       }
     }
+    uint64_t s = S::hsum_q(S::add_q(acc, acc2)) - (kPlain ? 0 : static_cast<uint64_t>(i - b0) * kMagic52);
     for (; i < ev; i += N) {
       typename S::D lo, hi;
-      typename S::F e;
-      weights_v<DT, kScale>(row, i, tv, mv, lo, hi, &e);
-      if (kStore) S::store(store + i, e);
-      acc = add_biased<kThresh>(acc, lo, hi, wmin);
+      typename S::F w;
+      weights_v<DT, kScale>(row, i, tv, mv, lo, hi, &w);
+      if (kStore) S::store(store + i, w);
+      s += S::hsum_q(add_biased<kThresh>(S::zero_q(), lo, hi, wmin)) - static_cast<uint64_t>(N) * kMagic52;
     }
-    uint64_t s = S::hsum_q(S::add_q(acc, acc2)) - static_cast<uint64_t>(ev - b0) * kMagic52;
     for (; i < e; ++i) {
       const int64_t w = weight_of(load_scalar(row, DT, i), t, m);
       if (kStore) store[i] = static_cast<float>(w);  // exact: w is the trunc of an fp32 value
