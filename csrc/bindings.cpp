@@ -123,7 +123,7 @@ py::tuple specdec_weight_sums(const py::bytes& row, int dtype, int64_t V, float 
   std::vector<int64_t> blocks((V + kBlock - 1) / kBlock);
   std::vector<float> w(store ? V : 0);
   const int64_t S = active_row_kernels().weight_sum(data, dtype, V, t, m, w_min, blocks.data(),
-                                                    store ? w.data() : nullptr);
+                                                    store ? w.data() : nullptr, nullptr, 0);
   py::object W = py::none();
   if (store) W = py::bytes(reinterpret_cast<const char*>(w.data()), V * sizeof(float));
   return py::make_tuple(S, blocks, W);

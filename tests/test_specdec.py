@@ -416,6 +416,24 @@ def test_cpp_every_isa_equals_reference(isa, mode):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("with_q", (True, False))
+@pytest.mark.parametrize("seed", range(3))
+def test_cpp_row_split_sampling_equals_reference(with_q, seed):
+    """Few requests and V >= 65,536: the C++ op samples a rejected or bonus row with its exact pass and
+    residual split over the threads (verify_cpu.cpp sample_split); a top-k request keeps the one-thread
+    path. Both must give the reference's ids."""
+    counts, V = [2, 0, 1, 3], 70001
+    kw = dict(mode="rejection", with_q=with_q, temperature=[1.0, 0.8, 1.0, 1.3], top_k=[0, 0, 0, 50])
+    with leankern.use_backend("ref"):
+        want = _call_config(counts, V, torch.bfloat16, kw, seed=seed)
+    with leankern.use_backend("cpp"):
+        got = _call_config(counts, V, torch.bfloat16, kw, seed=seed)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (got, want)
+    n = got[1].tolist()
+    assert n[1] == 0 and got[0][1, 0] >= 0  # request 1 (no drafts) sampled its bonus row
+    assert any(a < c for a, c in zip(n, counts)) or seed != 0  # seed 0 rejects a draft (a residual sample)
+
+
 _DT_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 

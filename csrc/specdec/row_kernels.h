@@ -24,9 +24,11 @@ struct RowKernels {
   // bound of S: rowdist.cpp).
   ArgmaxOut (*argmax)(const void* row, int dtype, int64_t V, float* block_max);
   // sum of W' (exact int64); blocks (optional): the sum of W' over each kBlock elements; store
-  // (optional): every W into store[V], as fp32 (W = trunc of an fp32 value: exact, half the bytes).
+  // (optional): every W into store[V], as fp32 (W = trunc of an fp32 value: exact, half the bytes);
+  // pf (optional): V elements of dtype pf_dtype to prefetch into cache meanwhile (the draft
+  // probabilities the residual pass reads next: the exp pass is compute-bound, the residual was not).
   int64_t (*weight_sum)(const void* row, int dtype, int64_t V, float t, float m, int64_t w_min, int64_t* blocks,
-                        float* store);
+                        float* store, const void* pf, int pf_dtype);
   // A bound of S: F = sum_i (1 + f_i) 2^k_i, k_i + f_i = max(d_i, -80) log2(e) (k_i integer, f_i in
   // [0, 1)), d_i = x_i / t - m. exp(d) <= (1 + f) 2^k <= 1.0616 exp(d), so 2^40 F / 1.0616 - 2V <= S
   // <= 2^40 F up to ~1e-5 of rounding (rowdist.cpp adds the margins). About a fifth of the exact pass.

@@ -42,7 +42,7 @@ ArgmaxOut argmax_scalar(const void* row, int dtype, int64_t V, float* block_max)
 }
 
 int64_t weight_sum_scalar(const void* row, int dtype, int64_t V, float t, float m, int64_t w_min, int64_t* blocks,
-                          float* store) {
+                          float* store, const void* /*pf: no prefetch on the portable path*/, int /*pf_dtype*/) {
   int64_t total = 0;
   for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
     int64_t s = 0;

@@ -92,7 +92,7 @@ LK_T typename S::Q add_biased(typename S::Q acc, typename S::D lo, typename S::D
 
 template <int DT, bool kScale, bool kThresh, bool kStore>
 LK_T int64_t weight_sum_t(const void* row, int64_t V, float t, float m, int64_t w_min, int64_t* blocks,
-                          float* store) {
+                          float* store, const char* pf, int pf_shift) {
   constexpr int N = S::N;
   const auto tv = S::set1(t), mv = S::set1(m);
   const auto wmin = S::set1_pd(static_cast<double>(w_min));
@@ -107,6 +107,8 @@ LK_T int64_t weight_sum_t(const void* row, int64_t V, float t, float m, int64_t 
     for (; i + K * N <= ev; i += K * N) {
       typename S::F e40[K];
       decltype(S::ge(tv, tv)) live[K];
+      if (pf)
+        for (int64_t o = i << pf_shift, oe = (i + K * N) << pf_shift; o < oe; o += 64) __builtin_prefetch(pf + o);
       exp40_k<DT, kScale, K>(row, i, tv, mv, e40, live);
 #pragma GCC unroll 16
       for (int j = 0; j < K; ++j) {
@@ -354,21 +356,24 @@ ArgmaxOut argmax(const void* row, int dtype, int64_t V, float* block_max) {
 }
 
 template <int DT, bool kScale>
-int64_t weight_sum_st(const void* row, int64_t V, float t, float m, int64_t w_min, int64_t* blocks, float* store) {
+int64_t weight_sum_st(const void* row, int64_t V, float t, float m, int64_t w_min, int64_t* blocks, float* store,
+                      const char* pf, int pf_shift) {
   if (store)
-    return w_min > 1 ? weight_sum_t<DT, kScale, true, true>(row, V, t, m, w_min, blocks, store)
-                     : weight_sum_t<DT, kScale, false, true>(row, V, t, m, w_min, blocks, store);
-  return w_min > 1 ? weight_sum_t<DT, kScale, true, false>(row, V, t, m, w_min, blocks, store)
-                   : weight_sum_t<DT, kScale, false, false>(row, V, t, m, w_min, blocks, store);
+    return w_min > 1 ? weight_sum_t<DT, kScale, true, true>(row, V, t, m, w_min, blocks, store, pf, pf_shift)
+                     : weight_sum_t<DT, kScale, false, true>(row, V, t, m, w_min, blocks, store, pf, pf_shift);
+  return w_min > 1 ? weight_sum_t<DT, kScale, true, false>(row, V, t, m, w_min, blocks, store, pf, pf_shift)
+                   : weight_sum_t<DT, kScale, false, false>(row, V, t, m, w_min, blocks, store, pf, pf_shift);
 }
 template <int DT>
-int64_t weight_sum_dt(const void* row, int64_t V, float t, float m, int64_t w_min, int64_t* blocks, float* store) {
-  return t == 1.0f ? weight_sum_st<DT, false>(row, V, t, m, w_min, blocks, store)
-                   : weight_sum_st<DT, true>(row, V, t, m, w_min, blocks, store);
+int64_t weight_sum_dt(const void* row, int64_t V, float t, float m, int64_t w_min, int64_t* blocks, float* store,
+                      const char* pf, int pf_shift) {
+  return t == 1.0f ? weight_sum_st<DT, false>(row, V, t, m, w_min, blocks, store, pf, pf_shift)
+                   : weight_sum_st<DT, true>(row, V, t, m, w_min, blocks, store, pf, pf_shift);
 }
 int64_t weight_sum(const void* row, int dtype, int64_t V, float t, float m, int64_t w_min, int64_t* blocks,
-                   float* store) {
-  return LK_DT_SWITCH(dtype, weight_sum_dt, row, V, t, m, w_min, blocks, store);
+                   float* store, const void* pf, int pf_dtype) {
+  return LK_DT_SWITCH(dtype, weight_sum_dt, row, V, t, m, w_min, blocks, store, static_cast<const char*>(pf),
+                      pf_dtype == kF32 ? 2 : 1);
 }
 
 template <int DT>

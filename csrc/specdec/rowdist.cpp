@@ -86,16 +86,16 @@ bool begin_sampled(const RowParams& p, RowStats* st) {
 }
 
 void eval_exact(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, RowStats* st, int64_t* blocks,
-                bool keep_w, Scratch& sc) {
+                bool keep_w, Scratch& sc, RowRef pf) {
   st->w_min = 1;
   st->W = nullptr;
   if (p.filtered(V) || keep_w) {
     if ((int64_t)sc.wbuf.size() < V) sc.wbuf.resize(V);
     float* w = sc.wbuf.data();
     if (!p.filtered(V)) {
-      st->S = k.weight_sum(row.data, row.dtype, V, p.t, st->m, 1, blocks, w);
+      st->S = k.weight_sum(row.data, row.dtype, V, p.t, st->m, 1, blocks, w, pf.data, pf.dtype);
     } else {
-      k.weight_sum(row.data, row.dtype, V, p.t, st->m, 1, nullptr, w);
+      k.weight_sum(row.data, row.dtype, V, p.t, st->m, 1, nullptr, w, pf.data, pf.dtype);
       const int64_t w_min = keep_threshold(w, V, p.top_k, p.top_p, sc.sbuf);
       int64_t total = 0;
       for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
@@ -112,7 +112,7 @@ void eval_exact(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, 
     }
     if (keep_w) st->W = w;
   } else {
-    st->S = k.weight_sum(row.data, row.dtype, V, p.t, st->m, 1, blocks, nullptr);
+    st->S = k.weight_sum(row.data, row.dtype, V, p.t, st->m, 1, blocks, nullptr, nullptr, kF32);
   }
   st->has_exact = true;
 }
@@ -166,7 +166,8 @@ int typical_rule(double w_x, double s_lo, double s_hi, int64_t V, double eps, do
 }  // namespace
 
 bool rejection_accepts(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, RowStats* st, int64_t x,
-                       double q, double u, int64_t* blocks, bool keep_w, Scratch& sc) {
+                       double q, double u, int64_t* blocks, bool keep_w, Scratch& sc, bool defer_reject,
+                       RowRef pf) {
   const double uq = u * q;  // the reference's (u * q) * S
   if (!p.filtered(V) && uq >= 0) {  // fp64 products are monotone in S for uq >= 0
     const double w_x = static_cast<double>(kept_weight(row, x, p, *st));
@@ -177,8 +178,10 @@ bool rejection_accepts(const RowKernels& k, RowRef row, int64_t V, const RowPara
       s_bounds(k, row, V, p, st, &s_lo, &s_hi);
       if (uq * s_hi < w_x) return true;
     }
+    // S >= s_lo (both doubles after rounding S) and the product is monotone: a sure rejection
+    if (defer_reject && !(uq * s_lo < w_x)) return false;
   }
-  eval_exact(k, row, V, p, st, blocks, keep_w, sc);
+  eval_exact(k, row, V, p, st, blocks, keep_w, sc, pf);
   return uq * static_cast<double>(st->S) < static_cast<double>(kept_weight(row, x, p, *st));
 }
 
@@ -241,13 +244,19 @@ int64_t sample_rejected(const RowKernels& k, RowRef row, int64_t V, const RowPar
   const int64_t total = st.W ? k.residual_sum_w(st.W, V, st.w_min, q_row->data, q_row->dtype, S, rb)
                              : k.residual_sum(row.data, row.dtype, V, p.t, st.m, st.w_min, q_row->data, q_row->dtype,
                                               S, rb);
+  return sample_from_residual(row, V, p, st, blocks, *q_row, u, rb, total);
+}
+
+int64_t sample_from_residual(RowRef row, int64_t V, const RowParams& p, const RowStats& st, const int64_t* blocks,
+                             const RowRef& q_row, double u, const int64_t* rb, int64_t total) {
   if (total <= 0) return sample_kept(row, V, p, st, blocks, u, -1);
+  const double S = static_cast<double>(st.S);
   const int64_t target = static_cast<int64_t>(std::floor(u * static_cast<double>(total)));
   int64_t acc = 0;
   for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
     if (acc + rb[b0 / kBlock] > target) {
       for (int64_t i = b0, e = std::min(V, b0 + kBlock); i < e; ++i) {
-        acc += residual_of(kept_weight(row, i, p, st), load_scalar(q_row->data, q_row->dtype, i), S);
+        acc += residual_of(kept_weight(row, i, p, st), load_scalar(q_row.data, q_row.dtype, i), S);
         if (acc > target) return i;
       }
     }

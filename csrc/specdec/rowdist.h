@@ -36,6 +36,7 @@ struct RowStats {
   bool has_exact = false, has_entropy = false;
   int32_t argmax = -1;
   int64_t emit = -1;      // the token sampled from a rejected draft row's residual, or from the bonus row
+  bool need_sample = false;  // a sampled stop whose exact pass and sample were deferred (verify_cpu.cpp)
   float max = 0.0f;       // raw maximum
   float m = 0.0f;         // scaled maximum (max / t)
   double F = -1.0;        // bound_sum (< 0: not computed)
@@ -64,20 +65,27 @@ inline int64_t num_blocks(int64_t V) { return (V + kBlock - 1) / kBlock; }
 void eval_argmax(const RowKernels& k, RowRef row, int64_t V, RowStats* st, bool keep_block_max, Scratch& sc);
 // A sampled row: greedy = false and m = max / t unless t == 0, the row is invalid or max / t overflowed.
 bool begin_sampled(const RowParams& p, RowStats* st);
-// The exact pass: w_min, S, the block sums into `blocks` (may be null), every W kept in sc.wbuf when keep_w.
+// The exact pass: w_min, S, the block sums into `blocks` (may be null), every W kept in sc.wbuf when keep_w;
+// pf (optional): a row to prefetch meanwhile (row_kernels.h weight_sum).
 void eval_exact(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, RowStats* st, int64_t* blocks,
-                bool keep_w, Scratch& sc);
+                bool keep_w, Scratch& sc, RowRef pf = RowRef{nullptr, kF32});
 // Kept weight W'_i of one element (after eval_exact; without a filter W'_i = W_i before it too).
 int64_t kept_weight(RowRef row, int64_t i, const RowParams& p, const RowStats& st);
-// ref.RowDist.accepts: u * q * S < W'_x, settled by the bound of S when it can be.
+// ref.RowDist.accepts: u * q * S < W'_x, settled by the bound of S when it can be. defer_reject: a
+// rejection the bounds settle returns false with no exact pass (st->has_exact stays false; the caller
+// computes it, e.g. split over the threads).
 bool rejection_accepts(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, RowStats* st, int64_t x,
-                       double q, double u, int64_t* blocks, bool keep_w, Scratch& sc);
+                       double q, double u, int64_t* blocks, bool keep_w, Scratch& sc, bool defer_reject = false,
+                       RowRef pf = RowRef{nullptr, kF32});
 // ref: p(x) > min(eps, delta * exp(-H)), through bounds of S and of exp(-H) in [1/V, 2^40/S] first.
 bool typical_accepts(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, RowStats* st, int64_t x,
                      double eps, double delta, Scratch& sc);
 // ref.sample_weights over W' (skip >= 0: with W'_skip = 0, the one-hot residual), from the block sums.
 int64_t sample_kept(RowRef row, int64_t V, const RowParams& p, const RowStats& st, const int64_t* blocks,
                     double u, int64_t skip);
+// ref.sample_weights over the residual of a rejected row, given its kBlock sums rb and their total.
+int64_t sample_from_residual(RowRef row, int64_t V, const RowParams& p, const RowStats& st, const int64_t* blocks,
+                             const RowRef& q_row, double u, const int64_t* rb, int64_t total);
 // ref.residual_weights + sample_weights for the first rejected row of a request (after eval_exact).
 int64_t sample_rejected(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, const RowStats& st,
                         const int64_t* blocks, int64_t x, const RowRef* q_row, double u, Scratch& sc);

@@ -4,7 +4,8 @@
 // request reaches it (rows behind a rejection never are): the argmax pass always; for a sampled
 // decision bounds of S first (rowdist.h), the exact weight pass only when they do not settle it or
 // the row is sampled from (its rejection, or the bonus); the residual pass only for a rejected row,
-// from the weights the exact pass kept, and the sample at once. Work split: rows.h. Bit-identical with the
+// from the weights the exact pass kept. Work split: rows.h; with few requests, a row that is sampled
+// from has its exact pass and residual split over the threads (sample_split). Bit-identical with the
 // reference on every ISA (numerics.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -48,9 +49,11 @@ struct Chain {
 
   // Everything row i's decision and its emitted token need. A sampled row that ends its request (a
   // rejected draft, or the bonus row) is sampled at once, while its weights W are still in this
-  // thread's scratch: the residual and the sampling scan then read W instead of recomputing exp (and
-  // in the kRows split the whole row, sampling included, runs in the parallel phase).
-  void evaluate(int64_t i, int64_t b, RowStats& st, Scratch& sc) const {
+  // thread's scratch: the residual and the sampling scan then read W instead of recomputing exp. The
+  // kRows split defers that sample instead (defer; sample_split runs it on every thread).
+  // defer: leave a sampled stop's exact pass and sample to sample_split (need_sample), except where
+  // its decision itself needs the exact pass.
+  void evaluate(int64_t i, int64_t b, RowStats& st, Scratch& sc, bool defer = false) const {
     st = RowStats();
     const RowParams p = params(b);
     eval_argmax(*k, row(i), V, &st, i < T && sampled(p), sc);  // block maxima: a free bound of S
@@ -58,7 +61,9 @@ struct Chain {
       const double u_extra = mode == kRejection ? static_cast<double>(u[T + b]) : 0.0;
       int64_t* blocks = sc.block_buf(nblk);
       if (i >= T) {
-        if (mode == kRejection) {  // the bonus is sampled
+        if (mode == kRejection && defer && !p.filtered(V)) {
+          st.need_sample = true;
+        } else if (mode == kRejection) {  // the bonus is sampled
           eval_exact(*k, row(i), V, p, &st, blocks, true, sc);
           st.emit = sample_kept(row(i), V, p, st, blocks, u_extra, -1);
         }
@@ -66,8 +71,10 @@ struct Chain {
         const int64_t x = drafts[i];
         const RowRef q_row = has_q ? q.at(i) : RowRef{nullptr, kF32};
         const double qx = has_q ? static_cast<double>(clamp_q(load_scalar(q_row.data, q.dtype, x))) : 1.0;
-        st.accept = rejection_accepts(*k, row(i), V, p, &st, x, qx, static_cast<double>(u[i]), blocks, true, sc);
-        if (!st.accept) st.emit = sample_rejected(*k, row(i), V, p, st, blocks, x, has_q ? &q_row : nullptr, u_extra, sc);
+        st.accept =
+            rejection_accepts(*k, row(i), V, p, &st, x, qx, static_cast<double>(u[i]), blocks, true, sc, defer, q_row);
+        if (!st.accept && !st.has_exact) st.need_sample = true;
+        else if (!st.accept) st.emit = sample_rejected(*k, row(i), V, p, st, blocks, x, has_q ? &q_row : nullptr, u_extra, sc);
       } else {
         st.accept = typical_accepts(*k, row(i), V, p, &st, drafts[i], eps, delta, sc);
       }
@@ -75,6 +82,61 @@ struct Chain {
     st.block_max = nullptr;  // this thread's scratch: the next row overwrites it
     st.W = nullptr;
     st.done = true;
+  }
+
+  // The deferred sample of row i (need_sample: a sure rejection or the bonus row, no top-k / top-p) with
+  // its exact pass and residual split over the threads by element range (whole kBlocks: block sums
+  // and exact int64 totals do not depend on the split). For few requests (the kRows split) this one
+  // row is most of the call, and one thread alone would leave the other idle.
+  int64_t sample_split(int64_t i, int64_t b, RowStats& st) const {
+    static thread_local std::vector<float> wbuf;
+    static thread_local std::vector<int64_t> blocks, rb;
+    const RowParams p = params(b);
+    const RowRef r = row(i);
+    wbuf.resize(V);
+    blocks.resize(nblk);
+    rb.resize(nblk);
+    float* W = wbuf.data();
+    int64_t *bl = blocks.data(), *rbp = rb.data();  // names, not thread_locals, inside the workers
+    const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t per = (nblk + nt - 1) / nt * kBlock;  // elements per part
+    const int64_t parts = (V + per - 1) / per;
+    std::vector<int64_t> part(parts);
+    const int64_t esz = r.dtype == kF32 ? 4 : 2, qesz = q.dtype == kF32 ? 4 : 2;
+    cpu::parallel_chunks(parts, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t o = c * per, n = std::min(per, V - o);
+        const char* qp = i < T && has_q ? static_cast<const char*>(q.at(i).data) + o * qesz : nullptr;
+        part[c] = k->weight_sum(static_cast<const char*>(r.data) + o * esz, r.dtype, n, p.t, st.m, 1, bl + o / kBlock,
+                                W + o, qp, q.dtype);
+      }
+    });
+    st.S = 0;
+    for (int64_t v : part) st.S += v;
+    st.w_min = 1;
+    st.W = W;
+    st.has_exact = true;
+    const double ue = static_cast<double>(u[T + b]);
+    int64_t emit;
+    if (i >= T || !has_q) {
+      emit = sample_kept(r, V, p, st, bl, ue, i >= T ? -1 : drafts[i]);
+    } else {
+      const RowRef q_row = q.at(i);
+      const double S = static_cast<double>(st.S);
+      cpu::parallel_chunks(parts, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t o = c * per, n = std::min(per, V - o);
+          part[c] = k->residual_sum_w(W + o, n, 1, static_cast<const char*>(q_row.data) + o * qesz, q_row.dtype, S,
+                                      rbp + o / kBlock);
+        }
+      });
+      int64_t total = 0;
+      for (int64_t v : part) total += v;
+      emit = sample_from_residual(r, V, p, st, bl, q_row, ue, rbp, total);
+    }
+    st.W = nullptr;
+    st.need_sample = false;
+    return emit;
   }
 
   // Does draft row i (evaluated) end its request? (invalid, mismatch, or a sampled rejection)
@@ -103,6 +165,7 @@ struct Chain {
       const bool stop = stops(i, st);
       if (!st.valid) emit = -1;
       else if (st.greedy) emit = stop ? st.argmax : x;
+      else if (stop && st.need_sample) emit = sample_split(i, b, st);
       else if (stop) emit = mode == kTypical ? st.argmax : st.emit;  // the residual's sample
       o[j] = static_cast<int32_t>(emit);
       if (stop) {
@@ -110,14 +173,21 @@ struct Chain {
         return;
       }
     }
-    const RowStats& st = get(T + b);
+    RowStats& st = get(T + b);
     int64_t emit = st.argmax;
     if (!st.valid) emit = -1;
+    else if (st.need_sample) emit = sample_split(T + b, b, st);
     else if (mode == kRejection && !st.greedy) emit = st.emit;  // the bonus row's sample
     o[n] = static_cast<int32_t>(emit);
     nacc[b] = static_cast<int32_t>(n);
   }
 };
+
+// Rows at least this long have their deferred sample split over the threads (sample_split); shorter
+// ones are sampled by the thread that evaluated them. Measured (Zen 4, 1 x 5, rejection + q): no gain
+// at V = 8,192 (the two extra parallel regions cost what half a row saves), -15% at 16,384, -18% at
+// 32,000 and -28% at 151,936 (bf16).
+constexpr int64_t kSplitRowMinV = 16384;
 
 // The kRows split: positions in request order (request b: its drafts, then its bonus row) handed out to
 // every thread in increasing order; a row behind a known rejection of its request is skipped, so at
@@ -131,6 +201,7 @@ void run_rows(const Chain& c) {
   // pointers, not the names: inside the workers a thread_local name is the worker's own
   RowStats* st = stats.data();
   int64_t* stop = stop_at.data();
+  const bool defer = c.V >= kSplitRowMinV;
   cpu::parallel_chunks(rows, row_grain(c.V), [&](int64_t p0, int64_t p1) {
     Scratch& sc = thread_scratch();
     for (int64_t pos = p0; pos < p1; ++pos) {
@@ -144,7 +215,7 @@ void run_rows(const Chain& c) {
       const int64_t b = lo, s = b ? c.cu[b - 1] : 0, j = pos - s - b, n = c.cu[b] - s;
       if (j > __atomic_load_n(&stop[b], __ATOMIC_RELAXED)) continue;
       const int64_t i = j < n ? s + j : c.T + b;
-      c.evaluate(i, b, st[i], sc);
+      c.evaluate(i, b, st[i], sc, defer);
       if (j < n && c.stops(i, st[i])) {
         int64_t cur = __atomic_load_n(&stop[b], __ATOMIC_RELAXED);
         while (j < cur && !__atomic_compare_exchange_n(&stop[b], &cur, j, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
