@@ -216,6 +216,43 @@ def test_topk_is_a_stable_sort_of_the_same_logits(backend, B, per_row):
             assert want_i[1].tolist() == [-1] * 26
 
 
+@pytest.mark.parametrize("per_row", [False, True], ids=["ids1d", "ids2d"])
+def test_topk_long_rows_with_ties_nan_and_zero_rows(backend, per_row):
+    """Rows long enough for the C++ two-pass top-k to select behind a bar from group maxima (K >= 16 k):
+    duplicate ids (equal logits on both sides of the bar), a hidden row of zeros (every logit ties), a NaN
+    logit (the row falls back to every position), padding; against a stable sort of the same logits."""
+    hidden, weight, ids, bias = _head(4, 32, 3000, 6000, torch.float32, torch.bfloat16, torch.float32, per_row,
+                                      pad=0.1, seed=11)
+    hidden[2] = 0.0
+    for nan_bias in (False, True):
+        if nan_bias:
+            bias = bias.clone()
+            bias[int(ids.flatten()[ids.flatten() >= 0][5])] = float("nan")
+        args = (hidden, weight, ids, bias, None, 1.0)
+        want_v, want_i = _sorted_reference(_gather(*args), ids)
+        nan_rows = torch.isnan(want_v).any(-1)
+        assert bool(nan_rows.any()) == nan_bias
+        for k in (2, 7, 50, 300):
+            vals, gids = OPS.vocab_gather_lm_head_topk(*args, k)
+            ok = ~nan_rows  # NaN rows: NaN first, then the same order (torch.sort puts NaN first too)
+            assert torch.equal(vals[ok], want_v[ok, :k]) and torch.equal(gids[ok], want_i[ok, :k]), k
+            for b in nan_rows.nonzero().flatten().tolist():
+                assert torch.equal(gids[b], want_i[b, :k]), (b, k)
+                assert torch.isnan(vals[b]).sum() == torch.isnan(want_v[b, :k]).sum()
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="the C++ extension is not built")
+def test_cpp_topk_rows_beyond_one_scratch_block():
+    """B * K above the C++ top-k's 4M-logit scratch: rows go through it in blocks (per-row ids offset per
+    block); every row still equals a stable sort of its logits."""
+    hidden, weight, ids, bias = _head(30, 16, 200000, 150000, per_row=True, pad=0.05, seed=12)
+    args = (hidden, weight, ids, bias, None, 1.0)
+    with leankern.use_backend("cpp"):
+        want_v, want_i = _sorted_reference(_gather(*args), ids)
+        vals, gids = OPS.vocab_gather_lm_head_topk(*args, 20)
+    assert torch.equal(vals, want_v[:, :20]) and torch.equal(gids, want_i[:, :20])
+
+
 def test_ties_go_to_the_lowest_position_across_chunks_and_threads(backend):
     g = torch.Generator().manual_seed(9)
     V, H, K = 500, 40, 1000
