@@ -260,8 +260,8 @@ struct TopK {
 // position >= a bar t that at least k positions reach, so no position below it can be in the top k: t is
 // the k-th largest of G = 4k group maxima (group l = positions l, l + G, ...: each maximum is a position,
 // and the vertical maxima vectorise). Only the ~k-2k candidates become keys for the exact selection (ties
-// to the lower position, NaN first, -0.0 as +0.0: cand_key). Rows with NaN, or too short for the bar to
-// pay, take every position.
+// to the lower position, NaN first, -0.0 as +0.0: cand_key). Rows too short for the bar to pay take every
+// position.
 void row_topk(const VocabKernels& kern, const float* z, int64_t K, int64_t k, const int32_t* ids, float* values,
               int64_t* out_ids, std::vector<float>& gmax, std::vector<int32_t>& sel, std::vector<uint64_t>& keys) {
   const int64_t G = std::max<int64_t>(4 * k, 64);
@@ -269,26 +269,17 @@ void row_topk(const VocabKernels& kern, const float* z, int64_t K, int64_t k, co
   int64_t n = 0;
   bool bar = K >= 4 * G;
   if (bar) {
-    gmax.assign(z, z + G);
-    bool nan = false;
+    // NaN never enters a maximum (v > g is false), so each maximum is -inf or a position's value; NaN
+    // positions pass select_ge (they rank first), and at least k non-NaN positions reach the bar.
+    gmax.assign(G, -INFINITY);
     float* g = gmax.data();
-    int64_t i = G;
+    int64_t i = 0;
     for (; i + G <= K; i += G)
-      for (int64_t l = 0; l < G; ++l) {
-        const float v = z[i + l];
-        nan |= v != v;
-        g[l] = v > g[l] ? v : g[l];
-      }
+      for (int64_t l = 0; l < G; ++l) g[l] = z[i + l] > g[l] ? z[i + l] : g[l];  // maxps
     for (int64_t l = 0; i + l < K; ++l) g[l] = z[i + l] > g[l] ? z[i + l] : g[l];
-    for (int64_t l = 0; l < G; ++l) nan |= g[l] != g[l];  // the first G positions, and a NaN tail
-    for (; i < K; ++i) nan |= z[i] != z[i];
-    if (nan) {
-      bar = false;
-    } else {
-      std::nth_element(gmax.begin(), gmax.begin() + (G - k), gmax.end());
-      n = kern.select_ge(z, K, gmax[G - k], sel.data());
-      bar = n >= k;  // always (k maxima reach the bar); never index past the candidates
-    }
+    std::nth_element(gmax.begin(), gmax.begin() + (G - k), gmax.end());
+    n = kern.select_ge(z, K, gmax[G - k], sel.data());
+    bar = n >= k;  // always (k maxima reach the bar); never index past the candidates
   }
   if (!bar) {
     n = K;
