@@ -51,7 +51,8 @@ struct Avx2 {
   }
   // p * 2^n for integral n with p * 2^n normal (row_avx512.cpp scale_pow2).
   LK_V F scale_pow2(F p, F n) {
-    const __m256i nb = _mm256_slli_epi32(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12582912.0f))), 23);
+    const __m256i nb =
+        _mm256_slli_epi32(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12582912.0f))), 23);
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), nb));
   }
   // No fp32 -> int64 conversion in AVX2: weight sums go through fp64 (row_simd_impl.h add_biased).

@@ -19,7 +19,9 @@ namespace avx512 {
 
 struct Avx512 {
   static constexpr int N = 16;
-  static constexpr int K = 8;  // vectors interleaved in the exp pass (row_simd_impl.h exp40_k; 8: two steps per kBlock, measured ~10% faster than 4)
+  // vectors interleaved in the exp pass (row_simd_impl.h exp40_k; 8: two steps per kBlock, measured ~10%
+  // faster than 4)
+  static constexpr int K = 8;
   using F = __m512;
   using D = __m512d;
   using Q = __m512i;
@@ -52,7 +54,8 @@ struct Avx512 {
   // p * 2^n for integral n with p * 2^n normal: n + 1.5 * 2^23 holds n in its low mantissa bits (two's
   // complement), the shift moves them into the exponent field, the integer add scales p exactly.
   LK_V F scale_pow2(F p, F n) {
-    const __m512i nb = _mm512_slli_epi32(_mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(12582912.0f))), 23);
+    const __m512i nb =
+        _mm512_slli_epi32(_mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(12582912.0f))), 23);
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), nb));
   }
   // acc + trunc(e) of the live lanes as int64 (e in [0, 2^41) there): two truncating conversions.

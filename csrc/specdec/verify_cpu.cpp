@@ -74,7 +74,8 @@ struct Chain {
         st.accept =
             rejection_accepts(*k, row(i), V, p, &st, x, qx, static_cast<double>(u[i]), blocks, true, sc, defer, q_row);
         if (!st.accept && !st.has_exact) st.need_sample = true;
-        else if (!st.accept) st.emit = sample_rejected(*k, row(i), V, p, st, blocks, x, has_q ? &q_row : nullptr, u_extra, sc);
+        else if (!st.accept)
+          st.emit = sample_rejected(*k, row(i), V, p, st, blocks, x, has_q ? &q_row : nullptr, u_extra, sc);
       } else {
         st.accept = typical_accepts(*k, row(i), V, p, &st, drafts[i], eps, delta, sc);
       }

@@ -4,9 +4,9 @@
 // Work: the K positions in chunks of kChunk, handed out dynamically to both cores (common/parallel.h);
 // a chunk's weight rows are read in place by id (padding skipped: never a read), multiplied with every
 // hidden row (kernels.h dots: up to 4 hiddens per pass over a row; dots_bf16, bf16 dot products, for a bf16
-// head and bf16 hidden under the avx512bf16 ISA), then bias, soft cap, scale and -inf padding. Top-k (k > 1) writes a block of rows' logits to a scratch
-// (<= 16 MB) and selects per row behind a bar from group maxima (row_topk); k = 1 streams one candidate per
-// chunk and thread and never holds the logits.
+// head and bf16 hidden under the avx512bf16 ISA), then bias, soft cap, scale and -inf padding.
+// Top-k (k > 1) writes a block of rows' logits to a scratch (<= 16 MB) and selects per row behind a bar
+// from group maxima (row_topk); k = 1 streams one candidate per chunk and thread and never holds the logits.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -125,11 +125,12 @@ def gather_lm_head_log_softmax(hidden, weight, vocab_ids, **kwargs) -> torch.Ten
 def gather_lm_head_topk(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, k: int, *,
                         bias: Optional[torch.Tensor] = None, soft_cap: Optional[float] = None,
                         scale: float = 1.0) -> tuple:
-    """The ``k`` largest subset logits without writing the ``[B, K]`` logits.
+    """The ``k`` largest subset logits, without returning (or keeping) the ``[B, K]`` logits.
 
     Returns ``(values fp32 [..., k], global_ids int64 [..., k])``, descending; equal logits keep their
     order in ``vocab_ids`` (the lowest position first, like a stable sort); padding positions report id -1.
-    Same arguments as :func:`gather_lm_head`; ``1 <= k <= min(K, ops.MAX_TOPK)``.
+    Same arguments as :func:`gather_lm_head`; ``1 <= k <= min(K, ops.MAX_TOPK)``. On CPU (k > 1) the
+    logits of a block of rows pass through a scratch of at most 16 MB (docs/vocab.md).
     """
     if type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
             type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: no reshapes

@@ -35,7 +35,9 @@ CAPABILITIES = {
     },
     "vocab_gather_lm_head_topk": {
         "ref": Capability(_ANY, FLOAT_DTYPES, {}, "logits then a stable sort"),
-        "cpp": Capability(("cpu",), FLOAT_DTYPES, {}, f"per-thread top-k (k <= {MAX_TOPK}) merged; logits never stored"),
+        "cpp": Capability(("cpu",), FLOAT_DTYPES, {},
+                          f"k <= {MAX_TOPK}; k > 1: rows' logits in a <= 16 MB scratch, ranked behind a group-max "
+                          "bar; k = 1: per-chunk argmax"),
         "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, {}, "per-tile top-k partials, then a merge"),
     },
     "vocab_scatter_to_full": {
