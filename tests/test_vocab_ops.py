@@ -242,15 +242,16 @@ def test_topk_long_rows_with_ties_nan_and_zero_rows(backend, per_row):
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="the C++ extension is not built")
-def test_cpp_topk_rows_beyond_one_scratch_block():
-    """B * K above the C++ top-k's 4M-logit scratch: rows go through it in blocks (per-row ids offset per
-    block); every row still equals a stable sort of its logits."""
+def test_cpp_topk_streaming_beyond_the_scratch():
+    """B * K above the C++ top-k's 4M-logit scratch: per-thread candidates are streamed and cut (the weights
+    are read once); every row still equals a stable sort of its logits."""
     hidden, weight, ids, bias = _head(30, 16, 200000, 150000, per_row=True, pad=0.05, seed=12)
     args = (hidden, weight, ids, bias, None, 1.0)
     with leankern.use_backend("cpp"):
         want_v, want_i = _sorted_reference(_gather(*args), ids)
-        vals, gids = OPS.vocab_gather_lm_head_topk(*args, 20)
-    assert torch.equal(vals, want_v[:, :20]) and torch.equal(gids, want_i[:, :20])
+        for k in (2, 20, 300):
+            vals, gids = OPS.vocab_gather_lm_head_topk(*args, k)
+            assert torch.equal(vals, want_v[:, :k]) and torch.equal(gids, want_i[:, :k]), k
 
 
 def test_ties_go_to_the_lowest_position_across_chunks_and_threads(backend):

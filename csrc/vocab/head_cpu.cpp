@@ -5,8 +5,8 @@
 // a chunk's weight rows are read in place by id (padding skipped: never a read), multiplied with every
 // hidden row (kernels.h dots: up to 4 hiddens per pass over a row; dots_bf16, bf16 dot products, for a bf16
 // head and bf16 hidden under the avx512bf16 ISA), then bias, soft cap, scale and -inf padding.
-// Top-k (k > 1) writes a block of rows' logits to a scratch (<= 16 MB) and selects per row behind a bar
-// from group maxima (row_topk); k = 1 streams one candidate per chunk and thread and never holds the logits.
+// Top-k (k > 1, B * K <= 4M) writes the logits to a scratch (<= 16 MB) and selects per row behind a bar
+// from group maxima (row_topk); otherwise it streams per-thread candidates and never holds the logits.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -29,8 +29,8 @@ namespace vocab {
 namespace {
 
 constexpr int64_t kChunk = 64;  // positions per task: ~128-256 KB of bf16 rows at H = 1-2k
-// Top-k with k > 1 runs in two passes through an fp32 scratch of at most this many logits (16 MB), one
-// block of rows at a time.
+// Top-k with k > 1 over at most this many logits (B * K) runs in two passes through an fp32 scratch
+// (16 MB). Larger batches stream: splitting them into blocks of rows would read the weights once per block.
 constexpr int64_t kTwoPassMaxElems = int64_t(1) << 22;
 
 struct Head {
@@ -229,30 +229,34 @@ inline float key_value(uint64_t key) {
   return v;
 }
 
-// The best k of a stream, as a sorted array of keys (ascending: c[0] is the k-th best once full). A new key
-// enters by one insertion-sort pass from the bottom (the keys below it move down one; a predictable loop,
-// unlike a heap's sift whose compares mispredict). Once full, the caller's vector pre-filter passes only
-// values >= the k-th best, about k ln(n / k) of a random stream of n.
+// The best k of a stream (the streaming top-k below). Keys that can still enter go to an unsorted buffer;
+// when it holds cap = 3k (>= 64) of them, nth_element keeps the best k and their smallest becomes the bar
+// (kth_key / kth_v) that later keys, and the caller's vector pre-filter, must pass. An entrant is one
+// store and a cut costs O(cap) per 2k entrants: a sorted array moved ~k/2 keys per entrant (2x the plain
+// gather at k = 200), a heap's sift mispredicts at every level.
 struct TopK {
   int64_t k = 1;
-  std::vector<uint64_t> c;
-  float kth_v = -INFINITY;  // the k-th best value so far (-inf until full)
+  std::vector<uint64_t> c;  // candidates; after finish(): the best min(k, seen), ascending
+  uint64_t kth_key = 0;     // keys <= it are in no top k (0: no cut yet, every key passes)
+  float kth_v = -INFINITY;  // the value of kth_key (-inf until the first cut)
 
-  bool full() const { return static_cast<int64_t>(c.size()) == k; }
+  bool full() const { return kth_key != 0; }  // k keys >= kth_v are held
   inline __attribute__((always_inline)) void push(float v, int64_t pos) {
     const uint64_t x = cand_key(v, pos);
-    if (!full()) {
-      c.insert(std::upper_bound(c.begin(), c.end(), x), x);
-      if (full()) kth_v = key_value(c[0]);
-      return;
-    }
-    uint64_t* a = c.data();
-    if (x <= a[0]) return;
-    const int64_t last = k - 1;  // a local: the stores below could alias the member for the compiler
-    int64_t i = 0;
-    for (; i < last && a[i + 1] < x; ++i) a[i] = a[i + 1];
-    a[i] = x;
-    kth_v = key_value(a[0]);
+    if (x <= kth_key) return;
+    c.push_back(x);
+    if (static_cast<int64_t>(c.size()) >= std::max<int64_t>(3 * k, 64)) cut();
+  }
+  void cut() {  // keep the best k, raise the bar to the smallest of them
+    if (static_cast<int64_t>(c.size()) <= k) return;
+    std::nth_element(c.begin(), c.end() - k, c.end());
+    c.erase(c.begin(), c.end() - k);
+    kth_key = *std::min_element(c.begin(), c.end());
+    kth_v = key_value(kth_key);
+  }
+  void finish() {
+    cut();
+    std::sort(c.begin(), c.end());
   }
 };
 
@@ -320,36 +324,23 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
   float* vo = values.data_ptr<float>();
   int64_t* io = gids.data_ptr<int64_t>();
   const int32_t* idp = ids.data_ptr<int32_t>();
-  if (k > 1) {
-    // Two passes per block of rows: the logits into an fp32 scratch of at most kTwoPassMaxElems (the plain
-    // gather's pass), then each row's top k (row_topk). Streaming candidates per chunk instead (the k = 1
-    // path below) costs ~k ln(K / k) ordered inserts per row and thread: +10-20% over the gather at
-    // k = 50, 2x at k = 200.
-    const int64_t rb = std::max<int64_t>(1, std::min(B, kTwoPassMaxElems / std::max<int64_t>(K, 1)));
-    at::Tensor zt = at::empty({rb, K}, hidden.options().dtype(at::kFloat));
+  if (k > 1 && B * K <= kTwoPassMaxElems) {
+    // Two passes: the logits into an fp32 scratch (the plain gather's pass), then each row's top k
+    // (row_topk). Streaming candidates per chunk instead (below) costs ~k ln(K / k) inserts and their
+    // cuts per row and thread: +13-22% over the gather at k = 50.
+    at::Tensor zt = at::empty({B, K}, hidden.options().dtype(at::kFloat));
     float* z = zt.data_ptr<float>();
-    for (int64_t r0 = 0; r0 < B; r0 += rb) {
-      Head sub = hd;  // rows [r0, r0 + nr)
-      const int64_t nr = std::min(rb, B - r0);
-      sub.B = nr;
-      sub.h = hd.h + r0 * hd.H;
-      if (hd.hb) sub.hb = hd.hb + r0 * hd.H;
-      if (hd.per_row) sub.ids = hd.ids + r0 * K;
-      for_tasks(sub, [&](int64_t b0, int64_t nb, int64_t j0, int64_t j1) {
-        thread_local Scratch sc;
-        chunk_logits(sub, b0, nb, j0, j1, z + b0 * K + j0, K, sc);
-      });
-      at::parallel_for(0, nr, 1, [&](int64_t b0, int64_t b1) {
-        std::vector<float> gmax;
-        std::vector<int32_t> sel;
-        std::vector<uint64_t> keys;
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t row = r0 + b;
-          row_topk(*hd.k, z + b * K, K, k, idp + (hd.per_row ? row * K : 0), vo + row * k, io + row * k, gmax,
-                   sel, keys);
-        }
-      });
-    }
+    for_tasks(hd, [&](int64_t b0, int64_t nb, int64_t j0, int64_t j1) {
+      thread_local Scratch sc;
+      chunk_logits(hd, b0, nb, j0, j1, z + b0 * K + j0, K, sc);
+    });
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> gmax;
+      std::vector<int32_t> sel;
+      std::vector<uint64_t> keys;
+      for (int64_t b = b0; b < b1; ++b)
+        row_topk(*hd.k, z + b * K, K, k, idp + (hd.per_row ? b * K : 0), vo + b * k, io + b * k, gmax, sel, keys);
+    });
     return std::make_tuple(values, gids);
   }
   std::vector<TopK> best(nt * B);  // [thread][b]
@@ -388,6 +379,7 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
     for (int64_t b = bb0; b < bb1; ++b) {
       std::vector<uint64_t> all;  // the threads' sorted arrays merged (ascending): the best k at the end
       for (int64_t t = 0; t < nt; ++t) {
+        best[t * B + b].finish();
         const std::vector<uint64_t>& ct = best[t * B + b].c;
         const auto mid = static_cast<std::ptrdiff_t>(all.size());
         all.insert(all.end(), ct.begin(), ct.end());

@@ -129,8 +129,9 @@ def gather_lm_head_topk(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, k
 
     Returns ``(values fp32 [..., k], global_ids int64 [..., k])``, descending; equal logits keep their
     order in ``vocab_ids`` (the lowest position first, like a stable sort); padding positions report id -1.
-    Same arguments as :func:`gather_lm_head`; ``1 <= k <= min(K, ops.MAX_TOPK)``. On CPU (k > 1) the
-    logits of a block of rows pass through a scratch of at most 16 MB (docs/vocab.md).
+    Same arguments as :func:`gather_lm_head`; ``1 <= k <= min(K, ops.MAX_TOPK)``. On CPU with k > 1 and
+    ``B * K <= 4M`` the logits pass through a scratch of at most 16 MB; larger batches stream candidates
+    (docs/vocab.md).
     """
     if type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
             type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: no reshapes

@@ -36,8 +36,8 @@ CAPABILITIES = {
     "vocab_gather_lm_head_topk": {
         "ref": Capability(_ANY, FLOAT_DTYPES, {}, "logits then a stable sort"),
         "cpp": Capability(("cpu",), FLOAT_DTYPES, {},
-                          f"k <= {MAX_TOPK}; k > 1: rows' logits in a <= 16 MB scratch, ranked behind a group-max "
-                          "bar; k = 1: per-chunk argmax"),
+                          f"k <= {MAX_TOPK}; k > 1, B * K <= 4M: logits in a <= 16 MB scratch, ranked behind a "
+                          "group-max bar; else per-thread candidates streamed and merged"),
         "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, {}, "per-tile top-k partials, then a merge"),
     },
     "vocab_scatter_to_full": {
