@@ -114,7 +114,7 @@ using S = Avx2;
 
 const RowKernels& avx2_row_kernels() {
   static const RowKernels table = {&avx2::argmax,      &avx2::weight_sum,   &avx2::bound_sum,
-                                   &avx2::entropy_sum, &avx2::residual_sum, &avx2::residual_sum_w};
+                                   &avx2::entropy_sum, &avx2::residual_sum_w};
   return table;
 }
 

@@ -126,7 +126,7 @@ using S = Avx512;
 
 const RowKernels& avx512_row_kernels() {
   static const RowKernels table = {&avx512::argmax,      &avx512::weight_sum,   &avx512::bound_sum,
-                                   &avx512::entropy_sum, &avx512::residual_sum, &avx512::residual_sum_w};
+                                   &avx512::entropy_sum, &avx512::residual_sum_w};
   return table;
 }
 

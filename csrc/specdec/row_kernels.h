@@ -35,11 +35,8 @@ struct RowKernels {
   double (*bound_sum)(const void* row, int dtype, int64_t V, float t, float m);
   // sum of W' ln W' over W' > 0 (fp64; the entropy's numerator).
   double (*entropy_sum)(const void* row, int dtype, int64_t V, float t, float m, int64_t w_min);
-  // Residual max(0, W'_i - floor(double(q_i) * S)) (ref.residual_weights, q read clamped to [0, 1]):
-  // returns its sum, fills blocks (optional) with its kBlock sums.
-  int64_t (*residual_sum)(const void* row, int dtype, int64_t V, float t, float m, int64_t w_min, const void* q,
-                          int q_dtype, double S, int64_t* blocks);
-  // The same residual from the weights W [V] stored by weight_sum (no exp recomputed).
+  // Residual max(0, W'_i - floor(double(q_i) * S)) (ref.residual_weights, q read clamped to [0, 1]) from
+  // the weights W [V] stored by weight_sum: returns its sum, fills blocks (optional) with its kBlock sums.
   int64_t (*residual_sum_w)(const float* W, int64_t V, int64_t w_min, const void* q, int q_dtype, double S,
                             int64_t* blocks);
 };

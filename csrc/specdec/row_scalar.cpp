@@ -67,21 +67,6 @@ double entropy_sum_scalar(const void* row, int dtype, int64_t V, float t, float 
   return acc;
 }
 
-int64_t residual_sum_scalar(const void* row, int dtype, int64_t V, float t, float m, int64_t w_min, const void* q,
-                            int q_dtype, double S, int64_t* blocks) {
-  int64_t total = 0;
-  for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
-    int64_t s = 0;
-    for (int64_t i = b0, e = std::min(V, b0 + kBlock); i < e; ++i) {
-      const int64_t w = weight_of(load_scalar(row, dtype, i), t, m);
-      s += residual_of(w >= w_min ? w : 0, load_scalar(q, q_dtype, i), S);
-    }
-    if (blocks) blocks[b0 / kBlock] = s;
-    total += s;
-  }
-  return total;
-}
-
 int64_t residual_sum_w_scalar(const float* W, int64_t V, int64_t w_min, const void* q, int q_dtype, double S,
                               int64_t* blocks) {
   int64_t total = 0;
@@ -101,7 +86,7 @@ int64_t residual_sum_w_scalar(const float* W, int64_t V, int64_t w_min, const vo
 
 const RowKernels& scalar_row_kernels() {
   static const RowKernels table = {&argmax_scalar,      &weight_sum_scalar,   &bound_sum_scalar,
-                                   &entropy_sum_scalar, &residual_sum_scalar, &residual_sum_w_scalar};
+                                   &entropy_sum_scalar, &residual_sum_w_scalar};
   return table;
 }
 

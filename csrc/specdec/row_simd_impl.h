@@ -242,28 +242,11 @@ LK_T typename S::D residual_v(typename S::D w, typename S::D q, typename S::D Sd
   return S::max_pd(S::sub_pd(w, S::floor_pd(S::mul_pd(q, Sd))), S::zero_pd());
 }
 
-// Kept weights (W' = W >= w_min ? W : 0) of N elements at i as fp64: recomputed from the row, or read
-// from stored weights W.
-template <int DT, bool kFromW, bool kThresh>
-LK_T void kept_v(const void* row, const float* W, int64_t i, typename S::F tv, typename S::F mv,
-                 typename S::D wmin, typename S::D& lo, typename S::D& hi) {
-  if (kFromW) {
-    S::to_pd(S::template load<kF32>(W, i), lo, hi);
-  } else {
-    weights_v<DT, true>(row, i, tv, mv, lo, hi);
-  }
-  if (kThresh) {  // w_min == 1 keeps every W (W = 0 leaves r = 0 anyway)
-    lo = S::keep_ge_pd(lo, wmin);
-    hi = S::keep_ge_pd(hi, wmin);
-  }
-}
-
-template <int DT, int QT, bool kFromW, bool kThresh>
-LK_T int64_t residual_sum_t(const void* row, const float* W, int64_t V, float t, float m, int64_t w_min,
-                            const void* q, double S_, int64_t* blocks) {
+// Residual sums from the stored weights W [V] (W' = W >= w_min ? W : 0; kThresh: w_min > 1).
+template <int QT, bool kThresh>
+LK_T int64_t residual_sum_t(const float* W, int64_t V, int64_t w_min, const void* q, double S_, int64_t* blocks) {
   constexpr int N = S::N;
   using D = typename S::D;
-  const auto tv = S::set1(t), mv = S::set1(m);
   const D wmin = S::set1_pd(static_cast<double>(w_min)), Sd = S::set1_pd(S_), magic = S::set1_pd(0x1p52);
   uint64_t total = 0;
   for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
@@ -271,7 +254,11 @@ LK_T int64_t residual_sum_t(const void* row, const float* W, int64_t V, float t,
     auto acc = S::zero_q();
     for (int64_t i = b0; i < ev; i += N) {
       D w0, w1, q0, q1;
-      kept_v<DT, kFromW, kThresh>(row, W, i, tv, mv, wmin, w0, w1);
+      S::to_pd(S::template load<kF32>(W, i), w0, w1);
+      if (kThresh) {  // w_min == 1 keeps every W (W = 0 leaves r = 0 anyway)
+        w0 = S::keep_ge_pd(w0, wmin);
+        w1 = S::keep_ge_pd(w1, wmin);
+      }
       // clamp q to [0, 1] in fp32 (max(NaN, 0) = 0; -0.0 -> +0.0 gives the same floor)
       S::to_pd(S::min(S::max(S::template load<QT>(q, i), S::set1(0.0f)), S::set1(1.0f)), q0, q1);
       acc = S::add_q(acc, S::bits(S::add_pd(residual_v(w0, q0, Sd), magic)));
@@ -279,7 +266,7 @@ LK_T int64_t residual_sum_t(const void* row, const float* W, int64_t V, float t,
     }
     uint64_t s = S::hsum_q(acc) - static_cast<uint64_t>(ev - b0) * kMagic52;
     for (int64_t i = ev; i < e; ++i) {
-      const int64_t w = kFromW ? static_cast<int64_t>(W[i]) : weight_of(load_scalar(row, DT, i), t, m);
+      const int64_t w = static_cast<int64_t>(W[i]);
       s += static_cast<uint64_t>(residual_of(w >= w_min ? w : 0, load_scalar(q, QT, i), S_));
     }
     if (blocks) blocks[b0 / kBlock] = static_cast<int64_t>(s);
@@ -392,29 +379,15 @@ double entropy_sum(const void* row, int dtype, int64_t V, float t, float m, int6
   return LK_DT_SWITCH(dtype, entropy_sum_dt, row, V, t, m, w_min);
 }
 
-template <int DT, bool kFromW>
-int64_t residual_qt(const void* row, const float* W, int64_t V, float t, float m, int64_t w_min, const void* q,
-                    int q_dtype, double S_, int64_t* blocks) {
-  if (w_min > 1) {
-    if (q_dtype == kF32) return residual_sum_t<DT, kF32, kFromW, true>(row, W, V, t, m, w_min, q, S_, blocks);
-    if (q_dtype == kBF16) return residual_sum_t<DT, kBF16, kFromW, true>(row, W, V, t, m, w_min, q, S_, blocks);
-    return residual_sum_t<DT, kF16, kFromW, true>(row, W, V, t, m, w_min, q, S_, blocks);
-  }
-  if (q_dtype == kF32) return residual_sum_t<DT, kF32, kFromW, false>(row, W, V, t, m, w_min, q, S_, blocks);
-  if (q_dtype == kBF16) return residual_sum_t<DT, kBF16, kFromW, false>(row, W, V, t, m, w_min, q, S_, blocks);
-  return residual_sum_t<DT, kF16, kFromW, false>(row, W, V, t, m, w_min, q, S_, blocks);
-}
-template <int DT>
-int64_t residual_dt(const void* row, int64_t V, float t, float m, int64_t w_min, const void* q, int q_dtype, double S_,
-                    int64_t* blocks) {
-  return residual_qt<DT, false>(row, nullptr, V, t, m, w_min, q, q_dtype, S_, blocks);
-}
-int64_t residual_sum(const void* row, int dtype, int64_t V, float t, float m, int64_t w_min, const void* q,
-                     int q_dtype, double S_, int64_t* blocks) {
-  return LK_DT_SWITCH(dtype, residual_dt, row, V, t, m, w_min, q, q_dtype, S_, blocks);
-}
 int64_t residual_sum_w(const float* W, int64_t V, int64_t w_min, const void* q, int q_dtype, double S_,
                        int64_t* blocks) {
-  return residual_qt<kF32, true>(nullptr, W, V, 1.0f, 0.0f, w_min, q, q_dtype, S_, blocks);
+  if (w_min > 1) {
+    if (q_dtype == kF32) return residual_sum_t<kF32, true>(W, V, w_min, q, S_, blocks);
+    if (q_dtype == kBF16) return residual_sum_t<kBF16, true>(W, V, w_min, q, S_, blocks);
+    return residual_sum_t<kF16, true>(W, V, w_min, q, S_, blocks);
+  }
+  if (q_dtype == kF32) return residual_sum_t<kF32, false>(W, V, w_min, q, S_, blocks);
+  if (q_dtype == kBF16) return residual_sum_t<kBF16, false>(W, V, w_min, q, S_, blocks);
+  return residual_sum_t<kF16, false>(W, V, w_min, q, S_, blocks);
 }
 #undef LK_DT_SWITCH

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <functional>
 
+#include <c10/util/Exception.h>
+
 #include "specdec/numerics.h"
 
 namespace leankern {
@@ -240,10 +242,9 @@ int64_t sample_rejected(const RowKernels& k, RowRef row, int64_t V, const RowPar
   const int64_t nblk = num_blocks(V);
   if ((int64_t)sc.res_blocks.size() < nblk) sc.res_blocks.resize(nblk);
   int64_t* rb = sc.res_blocks.data();
-  const double S = static_cast<double>(st.S);
-  const int64_t total = st.W ? k.residual_sum_w(st.W, V, st.w_min, q_row->data, q_row->dtype, S, rb)
-                             : k.residual_sum(row.data, row.dtype, V, p.t, st.m, st.w_min, q_row->data, q_row->dtype,
-                                              S, rb);
+  TORCH_INTERNAL_ASSERT(st.W, "sample_rejected: the row's weights were not kept (eval_exact keep_w)");
+  const int64_t total =
+      k.residual_sum_w(st.W, V, st.w_min, q_row->data, q_row->dtype, static_cast<double>(st.S), rb);
   return sample_from_residual(row, V, p, st, blocks, *q_row, u, rb, total);
 }
 

@@ -86,7 +86,8 @@ int64_t sample_kept(RowRef row, int64_t V, const RowParams& p, const RowStats& s
 // ref.sample_weights over the residual of a rejected row, given its kBlock sums rb and their total.
 int64_t sample_from_residual(RowRef row, int64_t V, const RowParams& p, const RowStats& st, const int64_t* blocks,
                              const RowRef& q_row, double u, const int64_t* rb, int64_t total);
-// ref.residual_weights + sample_weights for the first rejected row of a request (after eval_exact).
+// ref.residual_weights + sample_weights for the first rejected row of a request (after eval_exact with keep_w:
+// the residual reads the stored W).
 int64_t sample_rejected(const RowKernels& k, RowRef row, int64_t V, const RowParams& p, const RowStats& st,
                         const int64_t* blocks, int64_t x, const RowRef* q_row, double u, Scratch& sc);
 

@@ -49,10 +49,9 @@ struct Chain {
 
   // Everything row i's decision and its emitted token need. A sampled row that ends its request (a
   // rejected draft, or the bonus row) is sampled at once, while its weights W are still in this
-  // thread's scratch: the residual and the sampling scan then read W instead of recomputing exp. The
-  // kRows split defers that sample instead (defer; sample_split runs it on every thread).
-  // defer: leave a sampled stop's exact pass and sample to sample_split (need_sample), except where
-  // its decision itself needs the exact pass.
+  // thread's scratch: the residual and the sampling scan then read W instead of recomputing exp.
+  // defer (the kRows split): leave that exact pass and sample to sample_split (need_sample), which runs
+  // them on every thread, unless the decision itself needed the exact pass.
   void evaluate(int64_t i, int64_t b, RowStats& st, Scratch& sc, bool defer = false) const {
     st = RowStats();
     const RowParams p = params(b);
