@@ -174,6 +174,37 @@ def test_int8_dot_kernel_runs_for_int_pairs(isa):
     assert few == (0.0 if isa == "avx512bf16" else pytest.approx(want, rel=1e-6))
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxint4", "nvfp4", "nvint4"])
+@pytest.mark.parametrize("vbmi", [True, False])
+def test_few_rows_4bit_both_decoders(isa, fmt, vbmi):
+    """4-bit weights, bf16 x, fewer than 32 rows: with AVX512-VBMI the few-rows kernel decodes 64
+    code bytes at a time (x regrouped by eights, blocks of whole 8-element groups), otherwise 16;
+    both within the bound, for rows crossing its 8-row passes, N off the 16-row tile, block sizes
+    8 .. 128 (4 still takes the 16-byte decoder). Turning the VBMI decoder off changes nothing on
+    other ISAs or CPUs without VBMI."""
+    was = leankern._C.mx_set_vbmi_decoder(vbmi)
+    try:
+        for m, n, k, bs in ((1, 37, 256, 32), (3, 16, 128, 8), (9, 21, 512, 64), (17, 40, 256, 128), (5, 18, 64, 4)):
+            if fmt.startswith("nv"):
+                bs = 16
+            qt = _weight(n, k, fmt, bs, seed=m)
+            x = (torch.randn(m, k, generator=torch.Generator().manual_seed(n)) * 3).to(torch.bfloat16)
+            b = torch.randn(n).to(torch.bfloat16) if m % 2 else None
+            _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
+    finally:
+        leankern._C.mx_set_vbmi_decoder(was)
+
+
+def test_vbmi_decoder_hook_returns_the_previous_setting():
+    skip_unless_cpp()
+    was = leankern._C.mx_set_vbmi_decoder(False)
+    try:
+        assert leankern._C.mx_set_vbmi_decoder(True) is False
+        assert leankern._C.mx_set_vbmi_decoder(True) is True
+    finally:
+        leankern._C.mx_set_vbmi_decoder(was)
+
+
 def _with_scales(qt, scales, codes=None):
     return leankern.MXTensor(qt.codes if codes is None else codes, scales, qt.global_scale, qt.fmt, qt.block_size,
                              qt.shape, qt.dtype)

@@ -2,6 +2,8 @@
 // (the SIMD tables are defined in mx_avx512.cpp / mx_avx2.cpp).
 #include "mx/kernels.h"
 
+#include <atomic>
+
 #include "common/cpu_features.h"
 #include "mx/scalar_kernels.h"
 
@@ -20,6 +22,12 @@ const KernelTable& active_kernels() {
 #endif
   return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels);
 }
+
+namespace {
+std::atomic<bool> g_vbmi_decoder{true};
+}
+bool vbmi_decoder_enabled() { return g_vbmi_decoder.load(std::memory_order_relaxed); }
+void set_vbmi_decoder_enabled(bool on) { g_vbmi_decoder.store(on, std::memory_order_relaxed); }
 
 }  // namespace mx
 }  // namespace leankern

@@ -95,6 +95,10 @@ struct PackedLinearArgs {
   // bf16 x (or an MX dual x_hat) row-major as pairs, [M, K / 2] int32, for the few-rows bf16 kernel
   // (linear_packed_bf16_small.h); else nullptr.
   const int32_t* xb = nullptr;
+  // The same x for 4-bit weights with block_size % 8 == 0, pairs regrouped by eights ([M, K / 2]
+  // int32): int32 4 g + j = the bf16 pair (x[m, 8 g + j], x[m, 8 g + 4 + j]), j = 0..3, the order
+  // in which the few-rows kernel's VBMI decoder (quad_pairs4) yields the weights; else nullptr.
+  const int32_t* xb8 = nullptr;
 };
 constexpr int kBf16RowGroup = 24;
 
@@ -154,6 +158,11 @@ const KernelTable& avx512bf16_kernels();  // avx512's, plus linear_packed_bf16 /
 #endif
 // Table of the active ISA (common/cpu_features.h).
 const KernelTable& active_kernels();
+
+// Whether the few-rows bf16 kernel may take its AVX512-VBMI decoder for 4-bit weights (where the CPU
+// has VBMI). On by default; tests turn it off to run the other decoder on the same CPU.
+bool vbmi_decoder_enabled();
+void set_vbmi_decoder_enabled(bool on);
 
 }  // namespace mx
 }  // namespace leankern

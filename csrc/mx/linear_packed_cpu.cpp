@@ -126,6 +126,12 @@ void unpack_tile(const uint8_t* tile, int64_t cb, int64_t nb, int64_t block_byte
   }
 }
 
+// n bf16 values (n % 8 == 0) -> PackedLinearArgs::xb8's pairs: per 8 values, (x0, x4), (x1, x5), (x2, x6), (x3, x7).
+void pairs_by_eights(const uint16_t* x, int64_t n, uint32_t* out) {
+  for (int64_t i = 0; i < n; i += 8)
+    for (int j = 0; j < 4; ++j) out[i / 2 + j] = (uint32_t)x[i + j] | (uint32_t)x[i + 4 + j] << 16;
+}
+
 at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed_in, const at::Tensor& global_scale,
                                 c10::string_view fmt, int64_t block_size, int64_t N,
                                 const std::optional<at::Tensor>& bias, std::optional<c10::string_view> act_fmt) {
@@ -160,6 +166,11 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const at::Tensor xbf = bf16_dot || bf16_small ? (act >= 0 ? xq.to(at::kBFloat16) : x2) : at::Tensor();
   at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
   if (bf16_dot) xh = row_groups(xbf.view(at::kInt));  // pairs as int32 (K is even: block_size >= 2)
+  at::Tensor xb8;  // PackedLinearArgs::xb8: 4-bit weights, blocks of whole 8-element groups
+  if (bf16_small && elem_spec(kFormats[f].elem).bits == 4 && block_size % 8 == 0) {
+    xb8 = at::empty({M, K / 2}, x2.options().dtype(at::kInt));
+    pairs_by_eights(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), M * K, reinterpret_cast<uint32_t*>(xb8.data_ptr()));
+  }
   const at::Tensor xf = bf16_dot || bf16_small || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
@@ -179,7 +190,8 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
                             xi.q.defined() ? xi.q.data_ptr<int32_t>() : nullptr,
                             xi.q.defined() ? xi.corr.data_ptr<int32_t>() : nullptr,
                             xi.q.defined() ? xi.fac.data_ptr<float>() : nullptr,
-                            bf16_small ? xbf.view(at::kInt).data_ptr<int32_t>() : nullptr};
+                            bf16_small ? xbf.view(at::kInt).data_ptr<int32_t>() : nullptr,
+                            xb8.defined() ? xb8.data_ptr<int32_t>() : nullptr};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);

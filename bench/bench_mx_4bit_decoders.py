@@ -1,0 +1,88 @@
+"""A/B of the two 4-bit decoders of the few-rows bf16 ``mx.linear`` kernel (ISA avx512bf16):
+``python bench/bench_mx_4bit_decoders.py [FMTS] [MS]`` (defaults: the four 4-bit formats, M = 1,4,16).
+
+The VBMI decoder (64 code bytes -> 4 pair vectors: ``vpermb`` + ``vpermw``) against the 16-byte one
+(``vpmovzxbd`` + ``vpermw`` per 32 weights), switched per call with the test hook
+``leankern._C.mx_set_vbmi_decoder`` and timed in turn (3 rounds x 15 calls each, median of the round
+medians). Weights prepacked and cold (cycled through 256 MiB of copies), x bf16, 2 threads. %rd = the
+weight bytes (codes + scales) / time as a fraction of ``torch.sum``'s read bandwidth in the same run.
+"""
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+try:
+    import leankern
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import leankern
+
+from leankern.benchmarks.mx_linear import _cold_copies, _cycle, measure_read_bandwidth
+
+
+def _median_call(fn, reps=15):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main(argv) -> int:
+    if not leankern._C or "avx512vbmi" not in leankern._C.cpu_features() or \
+            "avx512bf16" not in leankern._C.supported_isas():
+        print("needs the C++ extension on a CPU with AVX512-BF16 and AVX512-VBMI")
+        return 0
+    fmts = argv[0].split(",") if argv else ["mxfp4", "mxint4", "nvfp4", "nvint4"]
+    ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [1, 4, 16]
+    torch.set_num_threads(2)
+    hook = leankern._C.mx_set_vbmi_decoder
+    bw = measure_read_bandwidth()
+    print(f"{_cpu_model()}, ISA {leankern._C.cpu_isa()}, torch {torch.__version__}, 2 threads; "
+          f"torch.sum read {bw:.1f} GB/s")
+    print("| weight | M | N x K | VBMI decoder ms | %rd | 16-byte decoder ms | %rd | 16-byte / VBMI |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fmt in fmts:
+        for n, k in ((4096, 4096), (14336, 4096), (4096, 14336)):
+            gen = torch.Generator().manual_seed(n + k)
+            qt = leankern.mx.prepack(leankern.mx.quantize(torch.randn(n, k, generator=gen), fmt))
+            wbytes = qt.codes.numel() + qt.scales.numel()
+            copies = _cold_copies(lambda: leankern.MXTensor(qt.codes.clone(), qt.scales.clone(), qt.global_scale,
+                                                            qt.fmt, qt.block_size, qt.shape, qt.dtype,
+                                                            layout=qt.layout), wbytes)
+            nxt = _cycle(copies)
+            for m in ms:
+                x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+                rounds = {True: [], False: []}
+                try:
+                    for _ in range(3):
+                        for on in (True, False):
+                            hook(on)
+                            rounds[on].append(_median_call(lambda: leankern.mx.linear(x, nxt())))
+                finally:
+                    hook(True)
+                a, b = statistics.median(rounds[True]), statistics.median(rounds[False])
+                print(f"| {fmt} | {m} | {n} x {k} | {a * 1e3:.3f} | {wbytes / a / 1e9 / bw:.0%} | {b * 1e3:.3f} | "
+                      f"{wbytes / b / 1e9 / bw:.0%} | {b / a:.2f} |", flush=True)
+            del copies
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
