@@ -4,8 +4,10 @@
 The VBMI decoder (64 code bytes -> 4 pair vectors: ``vpermb`` + ``vpermw``) against the 16-byte one
 (``vpmovzxbd`` + ``vpermw`` per 32 weights), switched per call with the test hook
 ``leankern._C.mx_set_vbmi_decoder`` and timed in turn (3 rounds x 15 calls each, median of the round
-medians). Weights prepacked and cold (cycled through 256 MiB of copies), x bf16, 2 threads. %rd = the
-weight bytes (codes + scales) / time as a fraction of ``torch.sum``'s read bandwidth in the same run.
+medians). Weights prepacked and cold (cycled through 256 MiB of copies, on 2 MiB pages as in
+``leankern bench``: the script reruns itself with THP_MEM_ALLOC_ENABLE=1 unless it is set), x bf16,
+2 threads. %rd = the weight bytes (codes + scales) / time as a fraction of ``torch.sum``'s read
+bandwidth in the same run.
 """
 import os
 import statistics
@@ -20,6 +22,7 @@ except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
     import leankern
 
+from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.mx_linear import _cold_copies, _cycle, measure_read_bandwidth
 
 
@@ -55,7 +58,7 @@ def main(argv) -> int:
     hook = leankern._C.mx_set_vbmi_decoder
     bw = measure_read_bandwidth()
     print(f"{_cpu_model()}, ISA {leankern._C.cpu_isa()}, torch {torch.__version__}, 2 threads; "
-          f"torch.sum read {bw:.1f} GB/s")
+          f"torch.sum read {bw:.1f} GB/s; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
     print("| weight | M | N x K | VBMI decoder ms | %rd | 16-byte decoder ms | %rd | 16-byte / VBMI |")
     print("|---|---|---|---|---|---|---|---|")
     for fmt in fmts:
@@ -85,4 +88,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    rc = rerun_with_thp(no_thp=False)
+    raise SystemExit(main(sys.argv[1:]) if rc is None else rc)
