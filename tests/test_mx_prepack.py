@@ -174,23 +174,47 @@ def test_int8_dot_kernel_runs_for_int_pairs(isa):
     assert few == (0.0 if isa == "avx512bf16" else pytest.approx(want, rel=1e-6))
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4", "mxint4", "nvfp4", "nvint4"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3",
+                                 "mxfp6_e3m2", "mxint6", "mxint8"])
 @pytest.mark.parametrize("vbmi", [True, False])
-def test_few_rows_4bit_both_decoders(isa, fmt, vbmi):
-    """4-bit weights, bf16 x, fewer than 32 rows: with AVX512-VBMI the few-rows kernel decodes 64
-    code bytes at a time (x regrouped by eights, blocks of whole 8-element groups), otherwise 16;
-    both within the bound, for rows crossing its 8-row passes, N off the 16-row tile, block sizes
-    8 .. 128 (4 still takes the 16-byte decoder). Turning the VBMI decoder off changes nothing on
-    other ISAs or CPUs without VBMI."""
+def test_few_rows_vbmi_decoders(isa, fmt, vbmi):
+    """bf16 x, fewer than 32 rows: with AVX512-VBMI the few-rows kernel decodes 64 code bytes at a
+    time (4-bit: x regrouped by eights, blocks of whole 8-element groups; 8 / 6-bit but MXINT8: byte
+    tables, blocks of whole 4-element groups, an odd last group at block size 4), otherwise 16 or 32.
+    Both within the bound, for rows crossing its 8-row passes, N off the 16-row tile, block sizes
+    4 .. 128 (2 keeps the other decoder). Turning the VBMI decoder off changes nothing on other ISAs,
+    on CPUs without VBMI or for MXINT8."""
     was = leankern._C.mx_set_vbmi_decoder(vbmi)
     try:
-        for m, n, k, bs in ((1, 37, 256, 32), (3, 16, 128, 8), (9, 21, 512, 64), (17, 40, 256, 128), (5, 18, 64, 4)):
+        for m, n, k, bs in ((1, 37, 256, 32), (3, 16, 128, 8), (9, 21, 512, 64), (17, 40, 256, 128), (5, 18, 64, 4),
+                            (2, 19, 64, 2)):
             if fmt.startswith("nv"):
                 bs = 16
             qt = _weight(n, k, fmt, bs, seed=m)
             x = (torch.randn(m, k, generator=torch.Generator().manual_seed(n)) * 3).to(torch.bfloat16)
             b = torch.randn(n).to(torch.bfloat16) if m % 2 else None
             _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
+    finally:
+        leankern._C.mx_set_vbmi_decoder(was)
+
+
+@pytest.mark.parametrize("vbmi", [True, False])
+def test_packed_e5m2_inf_and_nan_codes(isa, vbmi):
+    """E5M2 +-Inf and NaN codes decode to themselves on every path (the VBMI byte tables hold them):
+    each output column is +-Inf / NaN exactly where the fp32 reference (dequantize, matmul) is."""
+    qt = _weight(20, 64, "mxfp8_e5m2")
+    codes = _bytes(qt.codes).clone()
+    codes[3, 5], codes[7, 60], codes[11, 33], codes[12, 0], codes[12, 1] = 0x7C, 0xFC, 0x7E, 0x7C, 0xFC
+    bad = _with_scales(qt, qt.scales, codes.view(qt.codes.dtype))
+    was = leankern._C.mx_set_vbmi_decoder(vbmi)
+    try:
+        for x in (torch.randn(2, 64).abs() + 0.5, (torch.randn(5, 64).abs() + 0.5).to(torch.bfloat16)):
+            y = leankern.mx.linear(x, leankern.mx.prepack(bad)).float()
+            ref = x.float() @ bad.dequantize(torch.float32).T
+            assert torch.equal(torch.isnan(y), torch.isnan(ref))
+            assert torch.equal(torch.isinf(y) & (y > 0), torch.isinf(ref) & (ref > 0))
+            assert torch.equal(torch.isinf(y) & (y < 0), torch.isinf(ref) & (ref < 0))
+            assert torch.isnan(ref[:, 12]).all() and torch.isinf(ref[:, [3, 7]]).all()  # the case is the intended one
     finally:
         leankern._C.mx_set_vbmi_decoder(was)
 

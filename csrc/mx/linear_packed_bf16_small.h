@@ -20,6 +20,9 @@
 // Per block the unscaled sums bacc get the rows' block scales (block_scales, as in packed_tile):
 // acc += bacc * scale. Numerics are those of the unfolded prefill path: exact products, fp32 sums
 // in another order than the fp32 kernel's, and vdpbf16ps treats bf16 subnormal x as zero.
+// On CPUs with AVX512-VBMI, quad_tile below replaces the decode for 4-bit and for 8 / 6-bit formats
+// but MXINT8 (64 code bytes at a time); small_tile stays for MXINT8, block sizes 2 (and 4 for
+// 4-bit), and Cooper Lake.
 
 constexpr int kSM = 8;
 constexpr int64_t kSmallPrefetch = 1024;  // rows of x per pass: 2 * kSM accumulators + code, table and temporaries <= 32
@@ -162,16 +165,85 @@ LK_BFV void quad_pairs4(const uint8_t* p, I tidx, I tab, I (&w)[4]) {
   w[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), tab);  // high nibbles of bytes 1 and 3
 }
 
-// MM rows of x (from row m0) times one row tile of a 4-bit format.
+// ---- 8 / 6-bit MX weights (all but MXINT8, whose 256 codes need more than 7 index bits), same CPUs,
+// block_size % 4 == 0. Why: the fp16-pattern decode of small_pairs costs ~12 core cycles per 32 E4M3
+// weights on Zen 4 (two vpmovzxbd, the pattern, two vcvtph2ps, the pair), 3x the memory time of a
+// GEMV. Here a code byte indexes two 128-byte tables (vpermi2b reads 7 index bits) holding the
+// bytes of its exact bf16 value (element value * 2^0: every FP8 / FP6 / INT6 value is a normal bf16,
+// NaN and Inf codes included, so no block needs an exact path and no scale can overflow); FP8's
+// sign (bit 7) is copied to bit 15. Per 64-byte load (elements 4g .. 4g + 3 of the 16 rows), two
+// pair vectors, each: a vpermb spread (word h of lane r = that code twice), two masked vpermi2b,
+// one or: ~3.6 cycles per 32 weights in cache. x comes as the plain pairs of xb.
+constexpr bool quad8_format(int el) { return elem_params(el).bits != 4 && el != kInt8; }
+
+// lo / hi bytes of the bf16 value of index i: FP8 the magnitude code i (sign apart), FP6 the code
+// i & 63, INT6 the sign-extended code (i & 64: negative).
+template <int EL>
+const uint8_t* table8_bf16() {
+  struct Table {
+    alignas(64) uint8_t v[256];  // lo bytes [0, 128), hi bytes [128, 256)
+    Table() {
+      constexpr ElemParams p = elem_params(EL);
+      for (uint32_t i = 0; i < 128; ++i) {
+        const uint32_t code = p.bits == 8 ? i : p.is_int ? ((i & 64) ? i | 0x80 : i) : (i & 63);
+        const uint32_t f = decode_code_bits(code, p);
+        if (f & 0xFFFF) __builtin_trap();  // every value must be exact in bf16
+        v[i] = (uint8_t)(f >> 16);
+        v[128 + i] = (uint8_t)(f >> 24);
+      }
+    }
+  };
+  static const Table t;
+  return t.v;
+}
+
+// Byte b of lane r of spread vector t = the code of element 2 t + b / 2 of row r ([k][row] group).
+inline const uint8_t* quad8_spread_index() {
+  struct Index {
+    alignas(64) uint8_t v[128];
+    Index() {
+      for (int t = 0; t < 2; ++t)
+        for (int r = 0; r < kPR; ++r)
+          for (int b = 0; b < 4; ++b) v[64 * t + 4 * r + b] = (uint8_t)(kPR * (2 * t + b / 2) + r);
+    }
+  };
+  static const Index i;
+  return i.v;
+}
+
+// Group g of a block's code area (64 bytes at p) -> w[t]: lane r = row r's elements (4g + 2t, 4g + 2t + 1).
+template <int EL>
+LK_BFV void quad_pairs8(const uint8_t* p, const I (&sp)[2], const I (&tb)[4], I (&w)[2]) {
+  const I v = _mm512_loadu_si512(p);
+  for (int t = 0; t < 2; ++t) {
+    const I idx = _mm512_permutexvar_epi8(sp[t], v);
+    const I lo = _mm512_maskz_permutex2var_epi8(0x5555555555555555ull, tb[0], idx, tb[1]);
+    const I hi = _mm512_maskz_permutex2var_epi8(0xAAAAAAAAAAAAAAAAull, tb[2], idx, tb[3]);
+    if constexpr (elem_params(EL).bits == 8)  // lo | hi | (idx & 0x8000): the sign from the code's bit 7
+      w[t] = _mm512_ternarylogic_epi32(lo, hi, _mm512_and_si512(idx, _mm512_set1_epi16((short)0x8000)), 0xFE);
+    else
+      w[t] = _mm512_or_si512(lo, hi);
+  }
+}
+
+// MM rows of x (from row m0) times one row tile of a 4-bit or quad8_format format.
 template <int EL, bool NV, int MM>
 LK_BFV void quad_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0, int64_t n0, int rows) {
   // S sets of accumulators: >= 4 vdpbf16ps chains in flight, 6 from 3 rows of x (latency ~6 cycles)
   constexpr int S = MM == 1 ? 4 : MM <= 5 ? 2 : 1;
-  const int bs = a.block_size, pairs = bs / 2, groups = bs / 8;
+  constexpr bool four = elem_params(EL).bits == 4;
+  constexpr int P = four ? 4 : 2;  // pair vectors per 64-byte group
+  const int bs = a.block_size, pairs = bs / 2, groups = pairs / P;
   const int64_t nb = a.K / bs, xs = a.K / 2;
-  const int32_t* x = a.xb8 + m0 * xs;
-  const I tab = _mm512_load_si512(table4_bf16<EL>());
-  const I tidx = _mm512_load_si512(quad_transpose_index());
+  const int32_t* x = (four ? a.xb8 : a.xb) + m0 * xs;
+  I tab = _mm512_setzero_si512(), tidx = tab, sp[2] = {tab, tab}, tb[4] = {tab, tab, tab, tab};
+  if constexpr (four) {
+    tab = _mm512_load_si512(table4_bf16<EL>());
+    tidx = _mm512_load_si512(quad_transpose_index());
+  } else {
+    for (int t = 0; t < 2; ++t) sp[t] = _mm512_load_si512(quad8_spread_index() + 64 * t);
+    for (int t = 0; t < 4; ++t) tb[t] = _mm512_load_si512(table8_bf16<EL>() + 64 * t);
+  }
   __m512 acc[MM];
   for (int m = 0; m < MM; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -180,21 +252,45 @@ LK_BFV void quad_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0
     // left the stream short of requests in flight (Zen 4, cold, interleaved A/B: 1.01-1.16x)
     for (int64_t off = 0; off < a.block_bytes; off += 64) __builtin_prefetch(blk + kQuadPrefetch + off, 0, 2);
     I sc;
-    float pre;
-    block_scales<EL, NV>(blk, pairs, &sc, &pre);
+    float pre = 1.0f;
+    if constexpr (four)
+      block_scales<EL, NV>(blk, pairs, &sc, &pre);
+    else
+      packed_scales<false, 0>(blk, &sc);  // D = 0: 2^(s - 127), never overflows
     __m512 bacc[S][MM];
     for (int j = 0; j < S; ++j)
       for (int m = 0; m < MM; ++m) bacc[j][m] = _mm512_setzero_ps();
     const int32_t* xb = x + b * pairs;
-    for (int g = 0; g < groups; ++g) {
-      I w[4];
-      quad_pairs4(blk + kPR + g * 64, tidx, tab, w);
+    // 4 pair vectors per step (one 4-bit group, two 8-bit ones), set (vector index) % S: compile-time
+    // accumulator indices; an odd last 8-bit group (block_size 4 mod 8) alone
+    constexpr int GU = 4 / P;
+    int g = 0;
+    for (; g + GU <= groups; g += GU) {
+#pragma GCC unroll 2
+      for (int u = 0; u < GU; ++u) {
+        I w[P];
+        if constexpr (four)
+          quad_pairs4(blk + kPR + (g + u) * 64, tidx, tab, w);
+        else
+          quad_pairs8<EL>(blk + kPR + (g + u) * 64, sp, tb, w);
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j)
-        for (int m = 0; m < MM; ++m)  // embedded broadcast, as in small_block_sums
-          asm("vdpbf16ps %[x]%{1to16%}, %[w], %[acc]"
-              : [acc] "+v"(bacc[j % S][m])
-              : [w] "v"(w[j]), [x] "m"(xb[m * xs + 4 * g + j]));
+        for (int j = 0; j < P; ++j)
+          for (int m = 0; m < MM; ++m)  // embedded broadcast, as in small_block_sums
+            asm("vdpbf16ps %[x]%{1to16%}, %[w], %[acc]"
+                : [acc] "+v"(bacc[(P * u + j) % S][m])
+                : [w] "v"(w[j]), [x] "m"(xb[m * xs + P * (g + u) + j]));
+      }
+    }
+    if constexpr (!four) {
+      if (g < groups) {
+        I w[P];
+        quad_pairs8<EL>(blk + kPR + g * 64, sp, tb, w);
+        for (int j = 0; j < P; ++j)
+          for (int m = 0; m < MM; ++m)
+            asm("vdpbf16ps %[x]%{1to16%}, %[w], %[acc]"
+                : [acc] "+v"(bacc[j % S][m])
+                : [w] "v"(w[j]), [x] "m"(xb[m * xs + P * g + j]));
+      }
     }
     fold_block(bacc, pre, sc, acc);
   }
@@ -232,6 +328,8 @@ template <int EL, bool NV>
 LK_BF void small_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   if constexpr (elem_params(EL).bits == 4) {
     if (a.xb8 && a.block_size % 8 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, true>(a, t0, t1);
+  } else if constexpr (quad8_format(EL) && !NV) {
+    if (a.block_size % 4 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, true>(a, t0, t1);
   }
   small_tiles<EL, NV, false>(a, t0, t1);
 }

@@ -1,8 +1,10 @@
-"""A/B of the two 4-bit decoders of the few-rows bf16 ``mx.linear`` kernel (ISA avx512bf16):
-``python bench/bench_mx_4bit_decoders.py [FMTS] [MS]`` (defaults: the four 4-bit formats, M = 1,4,16).
+"""A/B of the few-rows bf16 ``mx.linear`` kernel's decoders (ISA avx512bf16):
+``python bench/bench_mx_vbmi_decoders.py [FMTS] [MS]`` (defaults: the four 4-bit formats and the 8 / 6-bit
+ones with a VBMI decoder, M = 1,4,16).
 
-The VBMI decoder (64 code bytes -> 4 pair vectors: ``vpermb`` + ``vpermw``) against the 16-byte one
-(``vpmovzxbd`` + ``vpermw`` per 32 weights), switched per call with the test hook
+The VBMI decoders (64 code bytes at a time: 4-bit ``vpermb`` + ``vpermw``; 8 / 6-bit ``vpermb`` +
+two ``vpermi2b`` byte tables) against the ones before them (16 or 32 code bytes per 32 weights:
+``vpmovzxbd`` + ``vpermw``; the fp16-pattern conversion), switched per call with the test hook
 ``leankern._C.mx_set_vbmi_decoder`` and timed in turn (3 rounds x 15 calls each, median of the round
 medians). Weights prepacked and cold (cycled through 256 MiB of copies, on 2 MiB pages as in
 ``leankern bench``: the script reruns itself with THP_MEM_ALLOC_ENABLE=1 unless it is set), x bf16,
@@ -52,14 +54,15 @@ def main(argv) -> int:
             "avx512bf16" not in leankern._C.supported_isas():
         print("needs the C++ extension on a CPU with AVX512-BF16 and AVX512-VBMI")
         return 0
-    fmts = argv[0].split(",") if argv else ["mxfp4", "mxint4", "nvfp4", "nvint4"]
+    fmts = argv[0].split(",") if argv else ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxfp8_e4m3", "mxfp8_e5m2",
+                                            "mxfp6_e2m3", "mxint6"]
     ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [1, 4, 16]
     torch.set_num_threads(2)
     hook = leankern._C.mx_set_vbmi_decoder
     bw = measure_read_bandwidth()
     print(f"{_cpu_model()}, ISA {leankern._C.cpu_isa()}, torch {torch.__version__}, 2 threads; "
           f"torch.sum read {bw:.1f} GB/s; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
-    print("| weight | M | N x K | VBMI decoder ms | %rd | 16-byte decoder ms | %rd | 16-byte / VBMI |")
+    print("| weight | M | N x K | VBMI decoder ms | %rd | other decoder ms | %rd | other / VBMI |")
     print("|---|---|---|---|---|---|---|---|")
     for fmt in fmts:
         for n, k in ((4096, 4096), (14336, 4096), (4096, 14336)):
