@@ -114,7 +114,9 @@ def _bf16_throughput_512(n, k) -> float:
     """FLOP/s of torch bf16 F.linear at M = 512 (the compute side of the roofline)."""
     x = torch.randn(512, k).to(torch.bfloat16)
     w = torch.randn(n, k).to(torch.bfloat16)
-    t = statistics.median(time_fn(lambda: F.linear(x, w), warmup=1, repeats=3))
+    # warm-up of 3 and a median of >= 5 over >= 1 s: with 1 + 3 the first shape of a run sometimes read half
+    # of torch's throughput (oneDNN set-up, fresh pages), which flattered every "x roof" of that shape
+    t = statistics.median(time_fn(lambda: F.linear(x, w), warmup=3, repeats=5, min_time=1.0))
     return 2 * 512 * n * k / t
 
 
