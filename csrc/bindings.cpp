@@ -141,7 +141,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mx_set_vbmi_decoder", [](bool on) { const bool was = leankern::mx::vbmi_decoder_enabled(); leankern::mx::set_vbmi_decoder_enabled(on); return was; },
         py::arg("on"),
         "Test hook: let (True) or forbid (False) the few-rows bf16 mx_linear kernel its AVX512-VBMI "
-        "decoder for 4-bit weights; returns the previous setting.");
+        "decoders (4-bit, FP8, FP6, MXINT6 weights); returns the previous setting.");
   m.def("specdec_weight_sums", &specdec_weight_sums, py::arg("row"), py::arg("dtype"), py::arg("V"), py::arg("t"),
         py::arg("m"), py::arg("w_min"), py::arg("store"),
         "Test hook: the specdec exact weight pass of the active ISA on one row given as raw bytes: (S, block "

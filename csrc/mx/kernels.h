@@ -159,7 +159,7 @@ const KernelTable& avx512bf16_kernels();  // avx512's, plus linear_packed_bf16 /
 // Table of the active ISA (common/cpu_features.h).
 const KernelTable& active_kernels();
 
-// Whether the few-rows bf16 kernel may take its AVX512-VBMI decoder for 4-bit weights (where the CPU
+// Whether the few-rows bf16 kernel may take its AVX512-VBMI decoders (4-bit, FP8, FP6, MXINT6; where the CPU
 // has VBMI). On by default; tests turn it off to run the other decoder on the same CPU.
 bool vbmi_decoder_enabled();
 void set_vbmi_decoder_enabled(bool on);
