@@ -99,6 +99,13 @@ void def_isa_functions(py::module_& m) {
   m.def("requested_isa_error", &cpu::requested_isa_error,
         "Why LEANKERN_CPU_ISA was not applied (unknown name, or an ISA this CPU lacks; the best ISA is "
         "active instead), or '' when it was applied or is unset.");
+  m.def("amx_supported", &cpu::amx_supported,
+        "Whether this CPU has AMX (TILE, BF16, INT8) with the OS's tile state granted to this process.");
+  m.def("amx_enabled", &cpu::amx_enabled,
+        "Whether kernels with AMX paths take them now: amx_supported(), the 'avx512bf16' ISA active, and "
+        "AMX switched on (the default; LEANKERN_AMX=0 at load time or set_amx(False) switch it off).");
+  m.def("set_amx", &cpu::set_amx_enabled, py::arg("on"),
+        "Switch the AMX paths on or off (comparisons on one CPU); returns the previous setting.");
 }
 
 void def_output_cache_functions(py::module_& m) {

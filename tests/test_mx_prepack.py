@@ -9,22 +9,29 @@ from leankern.mx.packed_layout import TILE_ROWS, pack_weight, packed_block_bytes
 from mx_cases import ALL_FORMATS, FLOAT_DTYPES, skip_unless_cpp
 from tolerances import assert_linear_result
 
-ISAS = ("avx512bf16", "avx512", "avx2", "scalar")
+# "amx": the avx512bf16 ISA with its AMX paths on (CPUs with AMX only); "avx512bf16": with them off.
+ISAS = ("amx", "avx512bf16", "avx512", "avx2", "scalar")
+BF16_DOT_ISAS = ("amx", "avx512bf16")  # bf16 dot products: subnormal bf16 inputs count as zero
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    """The C++ kernels forced onto one ISA for the test; back to "auto" afterwards."""
+    """The C++ kernels forced onto one ISA for the test; back to "auto" (and AMX on) afterwards."""
     skip_unless_cpp()
     ext = leankern._C
-    if request.param not in ext.supported_isas():
-        pytest.skip(f"this CPU does not support {request.param} (it has: {ext.cpu_features()})")
-    ext.set_cpu_isa(request.param)
+    name = "avx512bf16" if request.param == "amx" else request.param
+    if name not in ext.supported_isas():
+        pytest.skip(f"this CPU does not support {name} (it has: {ext.cpu_features()})")
+    if request.param == "amx" and not ext.amx_supported():
+        pytest.skip(f"this CPU (or OS) has no AMX (features: {ext.cpu_features()})")
+    ext.set_cpu_isa(name)
+    was = ext.set_amx(request.param == "amx")
     try:
         with leankern.use_backend("cpp"):
             yield request.param
     finally:
         ext.set_cpu_isa("auto")
+        ext.set_amx(was)
 
 
 def _weight(n, k, fmt, block_size=None, seed=0):
@@ -142,7 +149,7 @@ def test_bf16_dot_kernels_run_and_flush_subnormal_x(isa, fmt):
     x = torch.full((40, 64), 2.0**-130).to(torch.bfloat16)
     tiny = 64 * 2.0**-130
     assert leankern.mx.linear(x.float(), qt)[0, 0].item() == pytest.approx(tiny, rel=1e-6)
-    want = 0.0 if isa == "avx512bf16" else tiny
+    want = 0.0 if isa in BF16_DOT_ISAS else tiny
     for m in (1, 8, 31, 32, 40):
         assert leankern.mx.linear(x[:m], qt)[:, 0].float().tolist() == pytest.approx([want] * m, rel=1e-2, abs=0)
 
@@ -161,17 +168,54 @@ def test_packed_linear_dual_int_pairs(isa, w_fmt, a_fmt):
 
 def test_int8_dot_kernel_runs_for_int_pairs(isa):
     """x = 2^-127 quantizes to the element 1 at the smallest E8M0 scale: x_hat = 2^-127, a subnormal.
-    The int8 kernel (INT x INT under avx512bf16) sums integers and scales afterwards, so it keeps
-    it from 32 rows on; the bf16 kernels (an FP8 act format, or fewer rows) flush subnormal inputs
-    to zero. Proves which ran."""
+    The int8 kernel (INT x INT under avx512bf16 without AMX) sums integers and scales afterwards,
+    so it keeps it from 32 rows on; the bf16 kernels (an FP8 act format, fewer rows, or AMX tiles,
+    which take INT x INT too) flush subnormal inputs to zero. Proves which ran."""
     qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), "mxint8"))
     x = torch.full((32, 64), 2.0**-127)
     want = 64 * 2.0**-127
-    assert leankern.mx.linear(x, qt, act_fmt="mxint8")[0, 0].item() == pytest.approx(want, rel=1e-6)
+    dual = leankern.mx.linear(x, qt, act_fmt="mxint8")[0, 0].item()
+    assert dual == (0.0 if isa == "amx" else pytest.approx(want, rel=1e-6))
     fp8 = leankern.mx.linear(x, qt, act_fmt="mxfp8_e4m3")[0, 0].item()
-    assert fp8 == (0.0 if isa == "avx512bf16" else pytest.approx(want, rel=1e-6))
+    assert fp8 == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6))
     few = leankern.mx.linear(x[:31], qt, act_fmt="mxint8")[0, 0].item()
-    assert few == (0.0 if isa == "avx512bf16" else pytest.approx(want, rel=1e-6))
+    assert few == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6))
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_amx_prefill_shapes(isa, fmt, dtype):
+    """The prefill shapes of the AMX kernel (linear_packed_amx.h; other ISAs run the same cases
+    through their own kernels): rows crossing its 16-row tiles and its 512-row passes (530), N
+    across 16-tile panels with a ragged last tile (277), K not a whole number of its 512-element
+    chunks (608), a 1024-element block (one block per chunk), block size 2 (16 blocks per AMX
+    step), K % 32 != 0 (the AVX-512 prefill kernel instead), bias; bf16 x, and MX dual on x_hat (exact
+    in bf16) with x, bias and output of every dtype. Within the bound of the fp32 reference."""
+    for m, n, k, bs, bias in ((530, 37, 608, 32, True), (33, 277, 256, 64, False), (47, 40, 2048, 1024, True),
+                              (64, 24, 128, 2, False), (40, 19, 48, 16, True)):
+        if fmt.startswith("nv"):
+            bs = 16
+        qt = _weight(n, k, fmt, bs, seed=m)
+        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(n)) * 2).to(dtype)
+        b = torch.randn(n).to(dtype) if bias else None
+        xb, bb = x.to(torch.bfloat16), None if b is None else b.to(torch.bfloat16)
+        _check(leankern.mx.linear(xb, leankern.mx.prepack(qt), bb), xb, qt, bb)
+        if not fmt.startswith("nv") and m < 100:
+            _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b, act_fmt=fmt), x, qt, b, fmt)
+
+
+def test_amx_switch_returns_the_previous_setting():
+    """set_amx(on) returns the previous setting; AMX paths run only under avx512bf16 with it on."""
+    skip_unless_cpp()
+    ext = leankern._C
+    was = ext.set_amx(False)
+    try:
+        assert ext.amx_enabled() is False
+        assert ext.set_amx(True) is False and ext.set_amx(True) is True
+        assert ext.amx_enabled() == (ext.amx_supported() and ext.cpu_isa() == "avx512bf16")
+        assert ("amx" in ext.cpu_features().split()) == ext.amx_supported()
+    finally:
+        ext.set_amx(was)
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3",
@@ -208,7 +252,8 @@ def test_packed_e5m2_inf_and_nan_codes(isa, vbmi):
     bad = _with_scales(qt, qt.scales, codes.view(qt.codes.dtype))
     was = leankern._C.mx_set_vbmi_decoder(vbmi)
     try:
-        for x in (torch.randn(2, 64).abs() + 0.5, (torch.randn(5, 64).abs() + 0.5).to(torch.bfloat16)):
+        for x in (torch.randn(2, 64).abs() + 0.5, (torch.randn(5, 64).abs() + 0.5).to(torch.bfloat16),
+                  (torch.randn(40, 64).abs() + 0.5).to(torch.bfloat16)):  # 40: the prefill kernels
             y = leankern.mx.linear(x, leankern.mx.prepack(bad)).float()
             ref = x.float() @ bad.dequantize(torch.float32).T
             assert torch.equal(torch.isnan(y), torch.isnan(ref))

@@ -9,6 +9,10 @@
 #define LEANKERN_X86 1
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace leankern {
 namespace cpu {
@@ -93,7 +97,53 @@ std::atomic<int>& active_slot() {
   return slot;
 }
 
+#ifdef LEANKERN_X86
+// AMX on the CPU and its tile state enabled by the OS, then the process's permission to use it.
+bool detect_amx() {
+  unsigned a, b, c, d;
+  if (!detect(Isa::kAvx512Bf16) || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const unsigned bf16 = 1u << 22, tile = 1u << 24, int8 = 1u << 25;
+  if ((d & (bf16 | tile | int8)) != (bf16 | tile | int8)) return false;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return false;  // OSXSAVE
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;  // XTILECFG, XTILEDATA
+#if defined(__linux__)
+  // Linux >= 5.16 hands out the (8 KB) tile data state only on request; older kernels fail the call.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;  // no way to ask this OS for the tile state: not used
+#endif
+}
+#endif
+
+bool amx_env_default() {
+  const char* env = std::getenv("LEANKERN_AMX");
+  return !(env && std::string(env) == "0");
+}
+
+std::atomic<bool>& amx_switch() {
+  static std::atomic<bool> on{amx_env_default()};
+  return on;
+}
+
 }  // namespace
+
+bool amx_supported() {
+#ifdef LEANKERN_X86
+  static const bool ok = detect_amx();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool amx_enabled() {
+  return amx_switch().load(std::memory_order_relaxed) && active_isa() == Isa::kAvx512Bf16 && amx_supported();
+}
+
+bool set_amx_enabled(bool on) { return amx_switch().exchange(on, std::memory_order_relaxed); }
 
 bool isa_supported(Isa isa) {
   static const bool ok[4] = {detect(Isa::kScalar), detect(Isa::kAvx2), detect(Isa::kAvx512),
@@ -157,6 +207,7 @@ std::string feature_string() {
   add(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
   add(__builtin_cpu_supports("avx512vbmi"), "avx512vbmi");
   add(__builtin_cpu_supports("gfni"), "gfni");
+  add(amx_supported(), "amx");
 #endif
   return out.empty() ? std::string("none") : out;
 }

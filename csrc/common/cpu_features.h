@@ -34,6 +34,18 @@ const char* isa_name(Isa isa);
 // Space-separated list of the relevant features this CPU has, e.g. "avx2 f16c fma avx512f ...".
 std::string feature_string();
 
+// AMX (Intel Sapphire Rapids and later): AMX-TILE, AMX-BF16 and AMX-INT8 on the CPU, the tile state
+// enabled by the OS (XCR0 bits 17, 18) and, on Linux, this process granted its use
+// (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once, at the first call). Not an ISA level of its own:
+// kernels that have AMX paths take them under the avx512bf16 ISA when amx_enabled().
+bool amx_supported();
+// amx_supported(), the active ISA is avx512bf16, and AMX is switched on: by default, unless the
+// environment variable LEANKERN_AMX=0 was set at load time or set_amx_enabled(false) was called.
+bool amx_enabled();
+// Switch the AMX paths on or off (tests and benches compare both on one CPU); returns the previous
+// setting. Switching on where !amx_supported() is allowed and changes nothing.
+bool set_amx_enabled(bool on);
+
 // The kernel table of the active ISA, for a family's active_kernels():
 //   return LK_ACTIVE_TABLE(scalar_kernels, avx2_kernels, avx512_kernels);
 // (avx512bf16 runs the avx512 table; a family with kernels of its own for it picks them itself.)

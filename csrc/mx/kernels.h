@@ -99,6 +99,10 @@ struct PackedLinearArgs {
   // int32): int32 4 g + j = the bf16 pair (x[m, 8 g + j], x[m, 8 g + 4 + j]), j = 0..3, the order
   // in which the few-rows kernel's VBMI decoder (quad_pairs4) yields the weights; else nullptr.
   const int32_t* xb8 = nullptr;
+  // bf16 x (or an MX dual x_hat) as AMX A tiles for the AMX prefill kernel (linear_packed_amx.h):
+  // [ceil(M / 16), K / 32, 16, 32] bf16, element (g, s, r, e) = x[16 g + r, 32 s + e] (rows past M
+  // zero); else nullptr. That kernel also reads xb (rows < M, for tiles it cannot fold).
+  const int32_t* xa = nullptr;
 };
 constexpr int kBf16RowGroup = 24;
 
@@ -131,6 +135,9 @@ struct KernelTable {
   // The same product from a.xb for few rows of x (decode): tiles decoded to bf16 pairs in registers,
   // one vdpbf16ps per 32 weights and row. nullptr below the avx512bf16 ISA.
   PackedLinearFn linear_packed_bf16_small = nullptr;
+  // The prefill product (linear_packed_bf16's) from a.xa on AMX tiles; false where a.K % 32 != 0.
+  // Set in the avx512bf16 table; the op calls it only where cpu::amx_enabled().
+  PackedLinearFn linear_packed_amx = nullptr;
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -142,6 +149,7 @@ bool linear_packed(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 bool linear_packed_bf16(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 bool linear_packed_int8(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 bool linear_packed_bf16_small(const PackedLinearArgs& a, int64_t t0, int64_t t1);
+bool linear_packed_amx(const PackedLinearArgs& a, int64_t t0, int64_t t1);
 }
 namespace avx2 {
 void linear(const LinearArgs& a, int64_t n0, int64_t n1);

@@ -1,5 +1,5 @@
 // AVX-512 (F/BW/VL/DQ) build of the linear kernels (linear_simd_impl.h, linear_packed_impl.h; and the
-// AVX512-BF16 / VNNI ones, linear_packed_bf16.h / _bf16_small.h / _int8.h, run only under the avx512bf16 ISA) and the ISA extras they
+// AVX512-BF16 / VNNI ones, linear_packed_bf16.h / _bf16_small.h / _int8.h / _amx.h, run only under the avx512bf16 ISA, the last only with AMX) and the ISA extras they
 // need. Every function carries a target attribute; the baseline never executes any of it unless
 // common/cpu_features.cpp found the ISA at run time. Own namespace (avx512::lin): the decode
 // helpers of mx_simd_impl.h are compiled here again, independently of mx_avx512.cpp.
@@ -82,6 +82,7 @@ struct X {
 #include "mx/linear_packed_bf16.h"
 #include "mx/linear_packed_bf16_small.h"
 #include "mx/linear_packed_int8.h"
+#include "mx/linear_packed_amx.h"
 #undef LK_T
 
 }  // namespace lin
@@ -98,6 +99,9 @@ bool linear_packed_int8(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
 }
 bool linear_packed_bf16_small(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   return lin::linear_packed_bf16_small_range(a, t0, t1);
+}
+bool linear_packed_amx(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  return lin::linear_packed_amx_range(a, t0, t1);
 }
 
 }  // namespace avx512

@@ -28,8 +28,9 @@ struct ActCodes {
 ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern);
 
 // x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
-// NV with the dynamic tensor scale of x: the dual mode's x_hat.
-at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern);
+// NV with the dynamic tensor scale of x: the dual mode's x_hat. out_dtype (InDtype): kInBF16 where
+// the caller knows x_hat is exact in bf16 (MX formats).
+at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern, int out_dtype = 0);
 
 }  // namespace mx
 }  // namespace leankern

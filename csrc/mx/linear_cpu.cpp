@@ -156,12 +156,12 @@ ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const Kern
   return {codes, scales, q.g};
 }
 
-at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
+at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern, int out_dtype) {
   const ActCodes c = quantize_act(x, f, block_size, kern);
   const int64_t nblocks = x.numel() / block_size, grain = grain_blocks(block_size);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-  const DequantArgs d{c.codes.data_ptr<uint8_t>(), c.scales.data_ptr<uint8_t>(), c.g, (int)block_size, f, kInF32,
-                      out.data_ptr()};
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype == kInBF16 ? at::kBFloat16 : at::kFloat));
+  const DequantArgs d{c.codes.data_ptr<uint8_t>(), c.scales.data_ptr<uint8_t>(), c.g, (int)block_size, f,
+                      out_dtype == kInBF16 ? kInBF16 : kInF32, out.data_ptr()};
   parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.dequantize(d, b0, b1); });
   return out;
 }

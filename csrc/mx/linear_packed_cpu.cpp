@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "common/parallel.h"
 #include "common/torch_checks.h"
@@ -28,6 +29,11 @@ constexpr int64_t kTileRows = 16;
 // int8 for dual INT x INT) beat the few-rows bf16 one (a decode in registers per pass of 8 rows;
 // for dual, on x_hat); measured with bench/bench_mx.py on Zen 4.
 constexpr int64_t kBf16PrefillMinRows = 32;
+// Rows of x from which the AMX kernel (decode into L2, then tiles) beats the few-rows one where the
+// CPU has AMX: there vdpbf16ps runs at half Zen 4's rate per cycle, so the few-rows kernel's time
+// grows ~0.17 ms per row of a 4096 x 4096 weight, while AMX's is flat (its decode) up to M = 24:
+// mxfp4 0.70 vs 0.93 ms at M = 4, 0.70 vs 1.63 at 8; NV / FP8 even at 4 (Xeon, 2 cores, warm).
+constexpr int64_t kAmxMinRows = 4;
 
 int64_t code_bytes_per_row_block(int f, int64_t block_size) {
   return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
@@ -126,6 +132,14 @@ void unpack_tile(const uint8_t* tile, int64_t cb, int64_t nb, int64_t block_byte
   }
 }
 
+// [M, K] bf16 -> PackedLinearArgs::xa: [ceil(M / 16), K / 32, 16, 32], rows past M zero.
+at::Tensor amx_tiles(const at::Tensor& xbf, int64_t M, int64_t K) {
+  const int64_t G = (M + 15) / 16;
+  // moved as int32 bf16 pairs: torch's strided copy of 2-byte elements is ~2x slower
+  const at::Tensor pairs = at::constant_pad_nd(xbf, {0, 0, 0, G * 16 - M}).view(at::kInt);
+  return pairs.view({G, 16, K / 32, 16}).transpose(1, 2).contiguous().view(at::kBFloat16);
+}
+
 // n bf16 values (n % 8 == 0) -> PackedLinearArgs::xb8's pairs: per 8 values, (x0, x4), (x1, x5), (x2, x6), (x3, x7).
 void pairs_by_eights(const uint16_t* x, int64_t n, uint32_t* out) {
   for (int64_t i = 0; i < n; i += 8)
@@ -150,20 +164,28 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const int64_t block_bytes = packed.size(2);
   const float g = *global_scale.data_ptr<float>();
 
+  // x is exact in bf16 for bf16 x, or an MX x_hat (element values of <= 8 significant bits times a
+  // power of two); NV x_hat (times the fp32 tensor scale) and fp32 / fp16 x are not: no kernel rounds x.
+  const bool x_is_bf16 = act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16;
+  const bool prefill = M >= kBf16PrefillMinRows;
+  // AMX tiles (linear_packed_amx.h) from kAmxMinRows rows where the CPU has them, dual INT x INT
+  // included: bf16 tiles on x_hat beat the int8 VNNI kernel (AMX int8 steps over 64 elements of K,
+  // two 32-element blocks with their own scales, so it cannot rescale per block).
+  const bool amx = kern.linear_packed_amx && M >= kAmxMinRows && x_is_bf16 && K % 32 == 0 && cpu::amx_enabled();
   // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
   Int8Act xi;
-  if (kern.linear_packed_int8 && act >= 0 && M >= kBf16PrefillMinRows && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
+  if (!amx && kern.linear_packed_int8 && act >= 0 && prefill && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
       block_size % 4 == 0)
     xi = int8_act(x2, act, block_size, kern, M, K);
-  const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern) : at::Tensor();  // x_hat
-  // bf16 dot products (avx512bf16) where x is exact in bf16: bf16 x, or an MX x_hat (element values
-  // of <= 8 significant bits times a power of two); from kBf16PrefillMinRows rows of x on the prefill kernel
-  // (row groups), below it the few-rows kernel (x as it is). NV x_hat (times the fp32 tensor scale)
-  // and fp32 / fp16 x keep the fp32 kernel: no kernel rounds x.
-  const bool x_is_bf16 = act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16;
-  const bool bf16_dot = kern.linear_packed_bf16 && !xi.q.defined() && M >= kBf16PrefillMinRows && x_is_bf16;
-  const bool bf16_small = kern.linear_packed_bf16_small && !xi.q.defined() && M < kBf16PrefillMinRows && x_is_bf16;
-  const at::Tensor xbf = bf16_dot || bf16_small ? (act >= 0 ? xq.to(at::kBFloat16) : x2) : at::Tensor();
+  // bf16 dot products (avx512bf16) where x is exact in bf16: from kBf16PrefillMinRows rows of x on the
+  // prefill kernel (row groups), below it the few-rows kernel (x as it is); fp32 kernel otherwise.
+  const bool bf16_dot = !amx && kern.linear_packed_bf16 && !xi.q.defined() && prefill && x_is_bf16;
+  const bool bf16_small = kern.linear_packed_bf16_small && !xi.q.defined() && !prefill && x_is_bf16;
+  const bool bf16_x = bf16_dot || bf16_small || amx;
+  // x_hat: straight to bf16 for those kernels (exact: an MX act format)
+  const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern, bf16_x ? kInBF16 : kInF32)
+                                                    : at::Tensor();
+  const at::Tensor xbf = bf16_x ? (act >= 0 ? xq : x2) : at::Tensor();
   at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
   if (bf16_dot) xh = row_groups(xbf.view(at::kInt));  // pairs as int32 (K is even: block_size >= 2)
   at::Tensor xb8;  // PackedLinearArgs::xb8: 4-bit weights, blocks of whole 8-element groups
@@ -171,7 +193,9 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
     xb8 = at::empty({M, K / 2}, x2.options().dtype(at::kInt));
     pairs_by_eights(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), M * K, reinterpret_cast<uint32_t*>(xb8.data_ptr()));
   }
-  const at::Tensor xf = bf16_dot || bf16_small || xi.q.defined() ? at::Tensor()
+  // PackedLinearArgs::xa: x as AMX A tiles (16 rows x 32 elements), rows padded with zeros
+  const at::Tensor xa = amx ? amx_tiles(xbf, M, K) : at::Tensor();
+  const at::Tensor xf = bf16_x || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
   const PackedLinearArgs pa{xf.defined() ? xf.data_ptr<float>() : nullptr,
@@ -190,13 +214,18 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
                             xi.q.defined() ? xi.q.data_ptr<int32_t>() : nullptr,
                             xi.q.defined() ? xi.corr.data_ptr<int32_t>() : nullptr,
                             xi.q.defined() ? xi.fac.data_ptr<float>() : nullptr,
-                            bf16_small ? xbf.view(at::kInt).data_ptr<int32_t>() : nullptr,
-                            xb8.defined() ? xb8.data_ptr<int32_t>() : nullptr};
+                            bf16_small || amx ? xbf.view(at::kInt).data_ptr<int32_t>() : nullptr,
+                            xb8.defined() ? xb8.data_ptr<int32_t>() : nullptr,
+                            amx ? xa.view(at::kInt).data_ptr<int32_t>() : nullptr};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
   if (xi.q.defined()) {  // both formats int8-able: the kernel has the weight format
     parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_int8(pa, t0, t1); });
+    return y;
+  }
+  if (amx) {  // every format has the kernel (K % 32 == 0 checked above)
+    parallel_chunks(T, 16, [&](int64_t t0, int64_t t1) { kern.linear_packed_amx(pa, t0, t1); });
     return y;
   }
   if (bf16_dot) {  // every format has the kernel; a tile is decoded once for all M rows

@@ -33,6 +33,7 @@ const KernelTable& avx512bf16_kernels() {
     t.linear_packed_bf16 = &avx512::linear_packed_bf16;
     t.linear_packed_int8 = &avx512::linear_packed_int8;
     t.linear_packed_bf16_small = &avx512::linear_packed_bf16_small;
+    t.linear_packed_amx = &avx512::linear_packed_amx;
     return t;
   }();
   return table;

@@ -2,7 +2,8 @@
 
 CPU rows: weight [N, K] in a format, x [M, K] bf16, weights cold (a fresh set of weight buffers per
 call, cycling through more bytes than the last-level cache holds, as in decode where every layer's
-weights stream from memory), per ISA path of the C++ kernels, prepacked (``leankern.mx.prepack``,
+weights stream from memory), per ISA path of the C++ kernels ("amx": avx512bf16 with the AMX prefill kernel,
+on CPUs that have AMX; "avx512bf16" is then the same ISA without it), prepacked (``leankern.mx.prepack``,
 what the modules use) and row-major layouts. Contenders: torch bf16 ``F.linear`` on the same cold
 weights, and what a user would otherwise do with our quantizer (dequantize, then ``F.linear``).
 GB/s counts the bytes ours reads (codes + scales + x) and writes (y); %rd is that over the read
@@ -125,7 +126,21 @@ def _isas(full: bool) -> list:
 
     ext = leankern.extension()
     simd = [i for i in ("avx512bf16", "avx512", "avx2") if i in ext.supported_isas()]
+    if ext.amx_supported():  # "amx": avx512bf16 with its AMX prefill kernel; "avx512bf16" then runs without it
+        simd.insert(0, "amx")
     return simd if full else simd[:1]
+
+
+@contextlib.contextmanager
+def _on_isa(ext, isa: str):
+    """The C++ kernels on one ISA path ("amx" = avx512bf16 with AMX on; avx512bf16 = with AMX off)."""
+    ext.set_cpu_isa("avx512bf16" if isa == "amx" else isa)
+    was = ext.set_amx(isa == "amx")
+    try:
+        yield
+    finally:
+        ext.set_cpu_isa("auto")
+        ext.set_amx(was)
 
 
 def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None,
@@ -154,12 +169,9 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
     rows = []
     with leankern.output_cache.enabled(output_cache_mb) if output_cache_mb else contextlib.nullcontext():
         for isa in _isas(full):
-            ext.set_cpu_isa(isa)
-            try:
+            with _on_isa(ext, isa):
                 for fmt, act, m, n, k, layout in plan:
                     rows.append(_row(fmt, act, m, n, k, layout, bw_rd, bf16_512, 5 if quick else 11, isa))
-            finally:
-                ext.set_cpu_isa("auto")
     out(format_table(rows, COLUMNS))
     out("x bf16 / x dequant = their time / ours; x roof = ours / roofline; weights cold (cycled through 256 MiB "
         "of copies); GB/s = (codes + scales + x + y bytes) / time; %rd = GB/s / read bandwidth")

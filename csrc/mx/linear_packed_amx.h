@@ -1,0 +1,355 @@
+// The prepacked block-quantized linear on AMX tiles (TDPBF16PS): the prefill kernel of the
+// avx512bf16 ISA where the CPU has AMX (cpu::amx_enabled()). y = x @ W_hat^T (+ bias) for x exact
+// in bf16 (bf16 x, or an MX dual x_hat), fp32 accumulation.
+//
+// Not a normal header: linear_avx512.cpp includes it after linear_packed_bf16_small.h, inside
+// namespace lin (I, kPR, PackedElem, decode_w, table4_i8 / table4_bf16, small_pairs4, bf16_pair,
+// bf16_decode_block and linear_packed_bf16_small_range come from there).
+//
+// Why: one TDPBF16PS is 16 x 16 x 32 multiply-adds (16 rows of x, 16 weight rows, 32 elements of
+// K) in 16 core cycles, ~10x what vdpbf16ps gives per cycle; torch's bf16 F.linear (oneDNN) uses
+// it at M = 512, so a weight-only kernel must too.
+//
+// Layout. The decoded tile of the AVX-512 prefill kernel (wb[q]: lane i = weight row i's elements
+// 2q, 2q + 1 as a bf16 pair) is already AMX's B operand: 16 consecutive pair vectors (64 bytes
+// each) are one B tile (32 elements of K for 16 output columns). The A operand is 16 rows x 32
+// bf16 of x: a.xa holds x as those tiles, 1 KB each, in K order per 16 rows (kernels.h). Why not
+// row-major x with the stride 2K: 16 rows 8 KB apart (K = 4096) share one L1 set, and every A
+// load missed L1 (2.5x slower in all).
+//
+// Blocking (per thread, its row tiles [t0, t1)):
+//  * panels of kAmxPanel row tiles (128 output columns) x kAmxMaxM rows of x;
+//  * per K chunk (kAmxChunk elements, whole blocks): decode the panel's blocks of the chunk
+//    (folded: the weights with their block scale, as the AVX-512 kernel does; 16 KB per tile, in
+//    L2), then every pair of its tiles (32 KB, in L1 while every 32 rows of x pass over them).
+//    (Measured on a Xeon with AMX: decoding one pair just before its products, or prefetching the
+//    next chunk's codes, were both slower, by ~20% and ~8% at M <= 16.)
+//  * 2 x 2 tile blocks (32 rows of x x 32 columns: 4 accumulator tiles, 2 A, 2 B = all 8 tile
+//    registers), accumulators kept between chunks in a per-thread fp32 buffer (L2), and x's chunk
+//    ([512, 512] bf16: 512 KB) read from L2 once per pair of tiles.
+// Every weight is decoded once per kAmxMaxM rows of x.
+//
+// Numerics: those of the folded AVX-512 prefill path (products exact in fp32, fp32 sums, here in
+// K order per output, 2 products at a time). TDPBF16PS treats bf16 subnormal inputs as zero and
+// flushes subnormal results (as vdpbf16ps). A row tile with a block whose scaled weights are not
+// exact normal bf16 (extreme scales, E4M3 NaN codes) is not folded: its columns are recomputed by
+// the few-rows kernel (per-block scales), which reads the same bf16 x.
+
+#define LK_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,f16c,fma,amx-tile,amx-bf16"))) inline
+
+constexpr int kAmxPanel = 16;    // row tiles decoded per pass (256 output columns)
+constexpr int kAmxChunk = 512;   // elements of K decoded per pass (whole blocks; more for a larger block)
+constexpr int64_t kAmxMaxM = 512;  // rows of x per pass (the accumulators: 512 x 128 fp32 = 256 KB)
+constexpr int kAmxK = 32;        // elements of K per TDPBF16PS
+constexpr int kAmxTileBytes = 16 * 64;  // one tile register: 16 rows of 64 bytes
+
+// The tile registers (own asm with a memory clobber: the compiler's intrinsics do not tell it that
+// tileloadd reads, and tilestored writes, memory). C: 0..3, A: 4, 5, B: 6, 7.
+#define LK_TLOAD(t, p, stride) asm volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(p), "r"((int64_t)(stride)) : "memory")
+#define LK_TSTORE(t, p) asm volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(p), "r"((int64_t)64) : "memory")
+#define LK_TZERO(t) asm volatile("tilezero %%tmm" #t ::)
+#define LK_TDP(c, a, b) asm volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+LK_AMX void amx_configure() {
+  AmxTileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  asm volatile("ldtilecfg %0" ::"m"(c));
+}
+
+// A block of MA x NB accumulator tiles (16 rows of x x 16 columns each) over `steps` K steps of a
+// chunk: x0 = the first A tile of the chunk (the next 16 rows' at x0 + xs bytes), w0 = the first
+// tile's decoded chunk (the second at w0 + wstep bytes), c = the accumulators (tile (i, j) at
+// c + (i * kAmxPanel + j) * 256 floats), loaded first unless `fresh`.
+template <int MA, int NB>
+LK_AMX void amx_block(const uint8_t* x0, int64_t xs, const uint8_t* w0, int64_t wstep, int steps, float* c, bool fresh) {
+  float* const c00 = c;
+  float* const c01 = c + 256;
+  float* const c10 = c + kAmxPanel * 256;
+  float* const c11 = c10 + 256;
+  if (fresh) {
+    LK_TZERO(0);
+    if constexpr (NB > 1) LK_TZERO(1);
+    if constexpr (MA > 1) LK_TZERO(2);
+    if constexpr (MA > 1 && NB > 1) LK_TZERO(3);
+  } else {
+    LK_TLOAD(0, c00, 64);
+    if constexpr (NB > 1) LK_TLOAD(1, c01, 64);
+    if constexpr (MA > 1) LK_TLOAD(2, c10, 64);
+    if constexpr (MA > 1 && NB > 1) LK_TLOAD(3, c11, 64);
+  }
+  const uint8_t* x1 = x0 + xs;
+  for (int s = 0; s < steps; ++s) {
+    LK_TLOAD(4, x0 + s * kAmxTileBytes, 64);
+    LK_TLOAD(6, w0 + s * kAmxTileBytes, 64);
+    LK_TDP(0, 4, 6);
+    if constexpr (MA > 1) {
+      LK_TLOAD(5, x1 + s * kAmxTileBytes, 64);
+      LK_TDP(2, 5, 6);
+    }
+    if constexpr (NB > 1) {
+      LK_TLOAD(7, w0 + wstep + s * kAmxTileBytes, 64);
+      LK_TDP(1, 4, 7);
+      if constexpr (MA > 1) LK_TDP(3, 5, 7);
+    }
+  }
+  LK_TSTORE(0, c00);
+  if constexpr (NB > 1) LK_TSTORE(1, c01);
+  if constexpr (MA > 1) LK_TSTORE(2, c10);
+  if constexpr (MA > 1 && NB > 1) LK_TSTORE(3, c11);
+}
+
+// ---- the fast folded decode of MX blocks ----
+// An MX scale is a power of two, so folding it into a decoded bf16 weight (element * 2^D, exact)
+// is an add of s - 127 - D to its exponent field, where the result stays a normal number: one
+// masked vpaddw per 32 weights instead of bf16_decode_block's fp32 multiplies and per-weight
+// exactness checks (together ~3x the decode; at M = 512 the decode was ~15% of the time, at
+// M = 32 nearly all of it). Whether it stays normal is decided per block from the scale bytes and
+// the format's exponent range; other blocks (extreme scales, NaN scale bytes, FP8 NaN / Inf codes)
+// take bf16_decode_block. NV blocks (E4M3 scales: a real multiply) have their own (amx_decode_nv).
+
+// Biased exponents of the smallest and largest nonzero finite decoded magnitude (element * 2^D)
+// of a format, as its fast decoder produces them.
+struct AmxExpRange {
+  int lo, hi;
+};
+template <int EL>
+LK_AMX bool amx_special_code(uint32_t c) {  // FP8 codes decode_w<EL, true> does not decode as numbers
+  if constexpr (EL == kFp8E4M3) return (c & 0x7F) == 0x7F;
+  if constexpr (EL == kFp8E5M2) return (c & 0x7C) == 0x7C;
+  return false;
+}
+template <int EL>
+LK_AMX AmxExpRange amx_exp_range_of() {
+  constexpr int bits = elem_params(EL).bits;
+  AmxExpRange r{255, 0};
+  for (uint32_t c0 = 0; c0 < (1u << bits); c0 += kPR) {
+    alignas(64) uint32_t v[kPR];
+    alignas(16) uint8_t c[kPR];
+    for (int i = 0; i < kPR; ++i) c[i] = (uint8_t)(c0 + i);
+    if constexpr (bits == 4) {
+      for (int i = 0; i < kPR; ++i) v[i] = f2u((float)table4_i8<EL>()[i]);
+    } else {
+      _mm512_store_si512(v, decode_w<EL, true>(c));
+    }
+    for (int i = 0; i < kPR; ++i) {
+      const uint32_t mag = v[i] & 0x7fffffffu;
+      if (mag == 0 || amx_special_code<EL>(c0 + i)) continue;
+      const int e = (int)(mag >> 23);
+      r.lo = e < r.lo ? e : r.lo;
+      r.hi = e > r.hi ? e : r.hi;
+    }
+  }
+  return r;
+}
+template <int EL>
+LK_AMX const AmxExpRange& amx_exp_range() {
+  static const AmxExpRange r = amx_exp_range_of<EL>();
+  return r;
+}
+
+// One MX block: the exponent step of its 16 rows (s - 127 - D, in both 16-bit halves of the row's
+// lane) -> *add, or false where a row's folded weights could leave the normal range (or its scale
+// byte is NaN, or an FP8 block holds a NaN / Inf code).
+template <int EL>
+LK_AMX bool amx_fold_step(const uint8_t* blk, int64_t code_bytes, I* add) {
+  constexpr int D = PackedElem<EL>::D;
+  const AmxExpRange& r = amx_exp_range<EL>();
+  const I sb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk));
+  const I e = _mm512_sub_epi32(sb, _mm512_set1_epi32(127 + D));
+  const __mmask16 ok = _mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(1 - r.lo)) &
+                       _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254 - r.hi)) &
+                       _mm512_cmpneq_epi32_mask(sb, _mm512_set1_epi32(255));
+  if (ok != 0xFFFF) return false;
+  if constexpr (EL == kFp8E4M3) {
+    if (X::any_masked_eq(blk + kPR, code_bytes * kPR, 0x7F)) return false;
+  } else if constexpr (EL == kFp8E5M2) {
+    if (X::any_masked_eq(blk + kPR, code_bytes * kPR, 0x7C)) return false;
+  }
+  const I step = _mm512_and_si512(_mm512_slli_epi32(e, 7), _mm512_set1_epi32(0xFFFF));  // (two's complement)
+  *add = _mm512_or_si512(step, _mm512_slli_epi32(step, 16));
+  return true;
+}
+
+// The block's bs / 2 pair vectors (as bf16_decode_block<FOLD> writes them) -> w.
+template <int EL>
+LK_AMX void amx_decode_fast(const uint8_t* codes, int bs, I add, I* w) {
+  const I magnitude = _mm512_set1_epi16(0x7FFF);
+  if constexpr (elem_params(EL).bits == 4) {
+    const I tab = _mm512_load_si512(table4_bf16<EL>());
+    for (int q = 0; q < bs / 2; ++q) {
+      const I p = small_pairs4(codes + q * kPR, tab);
+      _mm512_store_si512(w + q, _mm512_mask_add_epi16(p, _mm512_test_epi16_mask(p, magnitude), p, add));
+    }
+  } else {
+    for (int q = 0; q < bs / 2; ++q) {
+      const I p = bf16_pair(decode_w<EL, true>(codes + 2 * q * kPR), decode_w<EL, true>(codes + (2 * q + 1) * kPR));
+      _mm512_store_si512(w + q, _mm512_mask_add_epi16(p, _mm512_test_epi16_mask(p, magnitude), p, add));
+    }
+  }
+}
+
+// One NV block (4-bit elements, E4M3 scales): decoded * scale in fp32, exact in bf16 and normal for
+// every code and finite scale (<= 3 x 4 significant bits, |product| in [2^-10, 2^12)), so no
+// per-weight check; false (bf16_decode_block instead) for a NaN scale byte.
+template <int EL>
+LK_AMX bool amx_decode_nv(const uint8_t* blk, int bs, I* w) {
+  const __m128i sb = _mm_loadu_si128((const __m128i*)blk);
+  if (_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(sb, _mm_set1_epi8(0x7F)), _mm_set1_epi8(0x7F)))) return false;
+  I sc;
+  packed_scales<true, PackedElem<EL>::D>(blk, &sc);  // bf16_decode_block's factor for a foldable block
+  const __m512 f = _mm512_castsi512_ps(sc);
+  const I tab = _mm512_load_si512(table4_bf16<EL>()), hi16 = _mm512_set1_epi32((int)0xFFFF0000u);
+  for (int q = 0; q < bs / 2; ++q) {
+    const I p = small_pairs4(blk + kPR + q * kPR, tab);
+    const I lo = _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(p, 16)), f));
+    const I hi = _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(p, hi16)), f));
+    _mm512_store_si512(w + q, bf16_pair(lo, hi));
+  }
+  return true;
+}
+
+// fp32 sums -> the output dtype's 16-bit patterns in the low halves of 32-bit lanes, rounded as
+// store_f32_bits rounds (bf16: RNE, NaN -> 0xFFFF; fp16: vcvtps2ph's RNE).
+LK_AMX I amx_half_bits(const PackedLinearArgs& a, __m512 v) {
+  if (a.out_dtype == kInF16) return _mm512_cvtepu16_epi32(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const I b = _mm512_castps_si512(v);
+  const I one = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const I r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), one)), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0xFFFF));
+}
+
+// Rows [0, mrows) of one or two accumulator tiles (c0: columns n0.., c1: the next 16, or nullptr)
+// -> y rows m0.. (times post, plus bias), `cols` columns in all; one store per row (a whole
+// 64-byte line of bf16 / fp16 for two tiles).
+LK_AMX void amx_store_rows(const PackedLinearArgs& a, int64_t m0, int mrows, int64_t n0, int cols, const float* c0,
+                           const float* c1, float post) {
+  const __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
+  const __mmask16 k1 = (__mmask16)(cols <= 16 ? 0u : cols >= 32 ? 0xFFFFu : (1u << (cols - 16)) - 1u);
+  const __m512 b0 = a.bias ? _mm512_maskz_loadu_ps(k0, a.bias + n0) : _mm512_setzero_ps();
+  const __m512 b1 = a.bias && c1 ? _mm512_maskz_loadu_ps(k1, a.bias + n0 + 16) : _mm512_setzero_ps();
+  const __m512 p = _mm512_set1_ps(post);
+  // the low 16-bit halves of two vectors' lanes, in lane order
+  const I pick = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26, 24, 22,
+                                  20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  for (int r = 0; r < mrows; ++r) {
+    // v * post + bias: two roundings, as packed_store (no FMA)
+    const __m512 v0 = _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(c0 + r * 16), p), b0);
+    const __m512 v1 = c1 ? _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(c1 + r * 16), p), b1) : _mm512_setzero_ps();
+    const int64_t at = (m0 + r) * a.N + n0;
+    if (a.out_dtype == kInF32) {
+      _mm512_mask_storeu_ps((float*)a.y + at, k0, v0);
+      if (c1) _mm512_mask_storeu_ps((float*)a.y + at + 16, k1, v1);
+    } else {
+      const I h = _mm512_permutex2var_epi16(amx_half_bits(a, v0), pick, amx_half_bits(a, v1));
+      _mm512_mask_storeu_epi16((uint16_t*)a.y + at, (__mmask32)k0 | (__mmask32)k1 << 16, h);
+    }
+  }
+}
+
+template <int EL, bool NV>
+LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  const int bs = a.block_size;
+  const int64_t nb = a.K / bs;
+  const int64_t chunk_blocks = bs >= kAmxChunk ? 1 : kAmxChunk / bs;
+  const int64_t chunk = chunk_blocks * bs;  // elements; a multiple of kAmxK (a.K % kAmxK == 0)
+  const int64_t wtile = chunk * 32;         // bytes of one row tile's decoded chunk (chunk / 2 pair vectors)
+  const int64_t cbytes = elem_params(EL).bits == 4 ? bs / 2 : bs;  // code bytes of one row's block
+  // decoded panel, accumulators: per thread, kept between calls (the op hands out one panel per call;
+  // fresh pages each time would cost as much as the decode), 64-byte aligned by hand
+  thread_local std::vector<uint8_t> wraw, craw;
+  if (wraw.size() < (size_t)(kAmxPanel * wtile + 64)) wraw.resize((size_t)(kAmxPanel * wtile + 64));
+  if (craw.size() < (size_t)((kAmxMaxM / 16) * kAmxPanel * 1024 + 64)) craw.resize((size_t)((kAmxMaxM / 16) * kAmxPanel * 1024 + 64));
+  uint8_t* const wbuf = (uint8_t*)(((uintptr_t)wraw.data() + 63) & ~(uintptr_t)63);
+  float* const cbuf = (float*)(((uintptr_t)craw.data() + 63) & ~(uintptr_t)63);
+  I sc;  // block scales / first factor: written by the decoder, unused when folded
+  float pre;
+  std::vector<int64_t> unfolded;  // row tiles for the few-rows kernel
+  const uint8_t* const xa = reinterpret_cast<const uint8_t*>(a.xa);
+  const int64_t xs = a.K / kAmxK * kAmxTileBytes;  // bytes per 16 rows of x
+  const float post = NV ? a.g : 1.0f;
+  amx_configure();
+  for (int64_t mb = 0; mb < a.M; mb += kAmxMaxM) {
+    const int64_t mrows = a.M - mb < kAmxMaxM ? a.M - mb : kAmxMaxM;
+    const int groups = (int)((mrows + 15) / 16);  // of 16 rows (a.xa has rows up to a multiple of 16, zeros)
+    for (int64_t p0 = t0; p0 < t1; p0 += kAmxPanel) {
+      const int pt = (int)(t1 - p0 < kAmxPanel ? t1 - p0 : kAmxPanel);
+      bool folded[kAmxPanel];
+      for (int j = 0; j < pt; ++j) folded[j] = true;
+      for (int64_t b0 = 0; b0 < nb; b0 += chunk_blocks) {
+        const int64_t bn = nb - b0 < chunk_blocks ? nb - b0 : chunk_blocks;
+        const bool first = b0 == 0, last = b0 + bn == nb;
+        const int steps = (int)(bn * bs / kAmxK);
+        const uint8_t* xk = xa + mb / 16 * xs + b0 * bs / kAmxK * kAmxTileBytes;
+        // decode the panel's chunk (folded), then every pair of its tiles x every 32 rows of x
+        for (int jj = 0; jj < pt; ++jj) {
+          const uint8_t* tile = a.packed + (p0 + jj) * nb * a.block_bytes;
+          I* w = (I*)(wbuf + jj * wtile);
+          for (int64_t b = 0; b < bn; ++b) {
+            const uint8_t* blk = tile + (b0 + b) * a.block_bytes;
+            I add;
+            if constexpr (NV) {
+              if (amx_decode_nv<EL>(blk, bs, w + b * (bs / 2))) continue;
+            } else if (amx_fold_step<EL>(blk, cbytes, &add)) {
+              amx_decode_fast<EL>(blk + kPR, bs, add, w + b * (bs / 2));
+              continue;
+            }
+            folded[jj] &= bf16_decode_block<EL, NV, true>(a, blk, w + b * (bs / 2), &sc, &pre);
+          }
+        }
+        for (int j = 0; j < pt; j += 2) {
+          const uint8_t* w0 = wbuf + j * wtile;
+          for (int g = 0; g < groups; g += 2) {
+            const uint8_t* x0 = xk + (int64_t)g * xs;
+            float* c = cbuf + ((int64_t)g * kAmxPanel + j) * 256;
+            const bool two_m = g + 1 < groups, two_n = j + 1 < pt;
+            if (two_m && two_n) amx_block<2, 2>(x0, xs, w0, wtile, steps, c, first);
+            else if (two_m) amx_block<2, 1>(x0, xs, w0, wtile, steps, c, first);
+            else if (two_n) amx_block<1, 2>(x0, xs, w0, wtile, steps, c, first);
+            else amx_block<1, 1>(x0, xs, w0, wtile, steps, c, first);
+            if (!last) continue;
+            // the finished tiles -> y while they are in L1 (a tile that did not fold: later)
+            const int64_t n0 = (p0 + j) * kPR;
+            const bool keep0 = folded[j], keep1 = two_n && folded[j + 1];
+            const int cols0 = (int)(a.N - n0 < kPR ? a.N - n0 : kPR);
+            const int cols1 = keep1 ? (int)(a.N - n0 - kPR < kPR ? a.N - n0 - kPR : kPR) : 0;
+            for (int i = 0; i < (two_m ? 2 : 1); ++i) {
+              const int64_t m0 = mb + (int64_t)(g + i) * 16;
+              const int rows = (int)(a.M - m0 < 16 ? a.M - m0 : 16);
+              const float* ci = c + (int64_t)i * kAmxPanel * 256;
+              if (keep0) amx_store_rows(a, m0, rows, n0, keep1 ? kPR + cols1 : cols0, ci, keep1 ? ci + 256 : nullptr, post);
+              else if (keep1) amx_store_rows(a, m0, rows, n0 + kPR, cols1, ci + 256, nullptr, post);
+            }
+          }
+        }
+      }
+      if (mb == 0)
+        for (int j = 0; j < pt; ++j)
+          if (!folded[j]) unfolded.push_back(p0 + j);
+    }
+  }
+  asm volatile("tilerelease" ::);
+  for (const int64_t t : unfolded) linear_packed_bf16_small_range(a, t, t + 1);
+}
+
+LK_AMX bool linear_packed_amx_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  if (!a.xa || !a.xb || a.K % kAmxK != 0) return false;
+  return dispatch_packed_format(a.fmt, [&](auto el, auto nv) {
+    amx_range_fmt<decltype(el)::value, decltype(nv)::value>(a, t0, t1);
+  });
+}
+
+#undef LK_TLOAD
+#undef LK_TSTORE
+#undef LK_TZERO
+#undef LK_TDP
+#undef LK_AMX
