@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import leankern
 from leankern import moe
 from leankern.moe import ref
+from isa_cases import BF16_DOT_ISAS, on_isa
 from mx_cases import skip_unless_cpp
 
 OPS = torch.ops.leankern
@@ -38,17 +39,12 @@ TINY = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0*
 pytestmark = pytest.mark.skipif(EXT is None, reason="leankern._C not loaded")
 
 
-@pytest.fixture(params=("avx512bf16", "avx512", "avx2", "scalar"))
+@pytest.fixture(params=("amx", "avx512bf16", "avx512", "avx2", "scalar"))
 def isa(request):
-    """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards."""
+    """Force the C++ kernels onto one ISA path for the test (isa_cases.py); back to "auto" afterwards."""
     skip_unless_cpp()
-    if request.param not in EXT.supported_isas():
-        pytest.skip(f"this CPU does not support {request.param} (it has: {EXT.cpu_features()})")
-    EXT.set_cpu_isa(request.param)
-    try:
+    with on_isa(request.param):
         yield request.param
-    finally:
-        EXT.set_cpu_isa("auto")
 
 
 def run(backend: str, fn, *args, **kwargs):
@@ -341,13 +337,24 @@ def test_experts_bf16_gemm_path(isa, H):
     check_experts(args, kw)
 
 
+# The AMX shapes of the GEMM path (K % 32 == 0: H = 544 for gate/up, one 512-element chunk and a 32-element one;
+# I = 64 for the down projection): 2I = 128 rows (8 tiles) and Is = 48 (3), ~800 tokens per expert (two 512-row
+# passes, the second with a ragged 16-row group). Other ISAs run the same cases through their own kernels.
+def test_experts_bf16_gemm_path_amx_shapes(isa):
+    args, kw = make_experts(1200, 3, 544, 64, 2, torch.bfloat16, torch.bfloat16, seed=5, drop=0.1, shared=48,
+                            gate=True)
+    assert prefill_experts(args[3], 544, 64) == 3
+    check_experts(args, kw)
+
+
+@pytest.mark.parametrize("H", [520, 544])  # 544: the AMX tiles where the CPU has them
 @pytest.mark.parametrize("T", [2, 600])
-def test_experts_bf16_dot_products_run_and_flush_subnormal_hidden(isa, T):
+def test_experts_bf16_dot_products_run_and_flush_subnormal_hidden(isa, T, H):
     """vdpbf16ps treats bf16 subnormal inputs as zero: hidden = 2^-130 times weights 2^100 gives gate/up sums of
     H * 2^-30 through fp32 products, and exactly 0 through bf16 dot products (avx512bf16, bf16 hidden and weights:
     the GEMV path at T = 2, the GEMM path at T = 600), so the output is 0 there and not elsewhere: the documented
     exception to the bound, and proof of which kernel ran."""
-    E, H, I = 2, 520, 16
+    E, I = 2, 16
     hidden = torch.full((T, H), 2.0**-130).to(torch.bfloat16)
     w13 = torch.full((E, 2 * I, H), 2.0**100).to(torch.bfloat16)
     w2 = torch.ones(E, H, I).to(torch.bfloat16)
@@ -355,19 +362,21 @@ def test_experts_bf16_dot_products_run_and_flush_subnormal_hidden(isa, T):
     w = torch.full((T, 2), 0.5)
     assert prefill_experts(ids, H, I) == (2 if T == 600 else 0)
     got = moe.experts(hidden, w13, w2, ids, w)
-    if isa == "avx512bf16":
+    if isa in BF16_DOT_ISAS:
         assert torch.equal(got, torch.zeros_like(got))
     else:
         assert (got.float() > 0).all()
 
 
-@pytest.mark.parametrize("T", [2, 600])
-def test_experts_down_projection_split_bf16(isa, T):
+# (T, H, I): 2 tokens per expert: GEMV path; 600: GEMM path (I = 32: the down projection on AMX tiles where the CPU
+# has them).
+@pytest.mark.parametrize("T,H,I", [(2, 520, 16), (600, 520, 16), (600, 520, 32)])
+def test_experts_down_projection_split_bf16(isa, T, H, I):
     """Under avx512bf16 the GEMM path's down projection with bf16 w2 carries the fp32 activation as two bf16 parts
     (hi = bf16(a), lo = bf16(a - hi): 16 significant bits). Here a = silu(32) * 2^-5 (1 + 2^-10 + 2^-20) =
     1 + 2^-10 + 2^-20 exactly (21 bits) and w2 picks it out: the split gives 1 + 2^-10 (hi = 1, lo = 2^-10), the
     fp32 kernels (the GEMV path at T = 2, other ISAs) give a, a plain bf16 rounding would give 1. Proves which ran."""
-    E, H, I = 2, 520, 16
+    E = 2
     hidden = torch.ones(T, H)
     w13 = torch.zeros(E, 2 * I, H)
     w13[:, :I, 0] = 32.0  # gate = 32: silu(32) = 32 in fp32
@@ -379,8 +388,30 @@ def test_experts_down_projection_split_bf16(isa, T):
     assert prefill_experts(ids, H, I) == (2 if T == 600 else 0)
     got = moe.experts(hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
     a = 1 + 2.0**-10 + 2.0**-20
-    want = 1 + 2.0**-10 if (isa == "avx512bf16" and T == 600) else a
+    want = 1 + 2.0**-10 if (isa in BF16_DOT_ISAS and T == 600) else a
     assert torch.equal(got, torch.full((T, H), want))
+
+
+@pytest.mark.parametrize("T", [8, 9, 20])
+def test_experts_amx_takes_the_gemm_path_from_nine_tokens(isa, T):
+    """With AMX (bf16 hidden and weights, H and I multiples of 32) an expert of more than 8 tokens takes the GEMM
+    path (experts_cpu.cpp: amx_gemm); elsewhere 20 tokens of H = 64 still take the GEMV path (use_gemv). The GEMM
+    path's down projection splits the fp32 activation into two bf16 parts (16 significant bits): activations
+    a0 = 1 + 2^-9 + 2^-20 and a1 = 1 + 2^-9 with w2 rows (1, -1) give a0 - a1 = 2^-20 through fp32 activations
+    (GEMV) and 0 through the split (hi = 1, lo = 2^-9 for both). Proves which path ran."""
+    E, H, I = 2, 64, 32
+    hidden = torch.ones(T, H).to(torch.bfloat16)
+    w13 = torch.zeros(E, 2 * I, H)
+    w13[:, :2, 0] = 32.0  # gate rows 0, 1: silu(32) = 32 in fp32
+    w13[:, I:I + 2, 0], w13[:, I:I + 2, 1] = 2.0**-5, 2.0**-14  # up rows 0, 1: 2^-5 (1 + 2^-9)
+    w13[:, I, 2] = 2.0**-25  # up row 0: + 2^-25
+    w2 = torch.zeros(E, H, I)
+    w2[:, :, 0], w2[:, :, 1] = 1.0, -1.0
+    ids = torch.tensor([[0, 1]] * T, dtype=torch.int32)
+    w = torch.full((T, 2), 0.5)
+    got = moe.experts(hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
+    gemm = isa == "amx" and T > GEMV_MIN_TOKENS
+    assert torch.equal(got.float(), torch.full((T, H), 0.0 if gemm else 2.0**-20))
 
 
 # E = 2, k = 2: every token keeps both experts, so each expert has exactly T tokens: 2..4 take the sequential

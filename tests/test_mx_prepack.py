@@ -6,32 +6,19 @@ import torch
 
 import leankern
 from leankern.mx.packed_layout import TILE_ROWS, pack_weight, packed_block_bytes, unpack_weight
+from isa_cases import BF16_DOT_ISAS, on_isa
 from mx_cases import ALL_FORMATS, FLOAT_DTYPES, skip_unless_cpp
 from tolerances import assert_linear_result
 
-# "amx": the avx512bf16 ISA with its AMX paths on (CPUs with AMX only); "avx512bf16": with them off.
-ISAS = ("amx", "avx512bf16", "avx512", "avx2", "scalar")
-BF16_DOT_ISAS = ("amx", "avx512bf16")  # bf16 dot products: subnormal bf16 inputs count as zero
+ISAS = ("amx", "avx512bf16", "avx512", "avx2", "scalar")  # isa_cases.py: "amx" = avx512bf16 with AMX on
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    """The C++ kernels forced onto one ISA for the test; back to "auto" (and AMX on) afterwards."""
+    """The C++ kernels forced onto one ISA path for the test; back to "auto" afterwards."""
     skip_unless_cpp()
-    ext = leankern._C
-    name = "avx512bf16" if request.param == "amx" else request.param
-    if name not in ext.supported_isas():
-        pytest.skip(f"this CPU does not support {name} (it has: {ext.cpu_features()})")
-    if request.param == "amx" and not ext.amx_supported():
-        pytest.skip(f"this CPU (or OS) has no AMX (features: {ext.cpu_features()})")
-    ext.set_cpu_isa(name)
-    was = ext.set_amx(request.param == "amx")
-    try:
-        with leankern.use_backend("cpp"):
-            yield request.param
-    finally:
-        ext.set_cpu_isa("auto")
-        ext.set_amx(was)
+    with on_isa(request.param), leankern.use_backend("cpp"):
+        yield request.param
 
 
 def _weight(n, k, fmt, block_size=None, seed=0):

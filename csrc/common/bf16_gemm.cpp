@@ -1,5 +1,5 @@
-// bf16_gemm_nt (bf16_gemm.h): x in row groups (bf16_dot_avx512.h) built once, then per 16-row tile of w its
-// pairs laid out for vdpbf16ps (16 x 16 transposes of 32-bit pairs; a gather per vector was 72 TSC cycles on Zen 4
+// bf16_gemm_nt (bf16_gemm.h): on AMX CPUs (cpu::amx_enabled(), K % 32 == 0) AMX tiles (below); otherwise
+// x in row groups (bf16_dot_avx512.h) built once, then per 16-row tile of w its pairs laid out for vdpbf16ps (16 x 16 transposes of 32-bit pairs; a gather per vector was 72 TSC cycles on Zen 4
 // with 4 KB rows, as slow as the products it feeds) and the shared micro-kernel for each group of 24 rows of x.
 #include "common/bf16_gemm.h"
 
@@ -10,6 +10,7 @@
 #include "common/parallel.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include "common/amx.h"
 #include "common/bf16_dot_avx512.h"
 
 namespace leankern {
@@ -100,6 +101,74 @@ LK_BG void tiles(const int32_t* xg, const uint16_t* w, int64_t ldw, float* out, 
   }
 }
 
+// ---- AMX (cpu::amx_enabled()): TDPBF16PS tiles, blocked as mx's prefill kernel (mx/linear_packed_amx.h) ----
+// Per thread: panels of kAmxPanel tiles of w, 512-element K chunks (pack_tile's pair vectors are
+// AMX's B operand as they are), 2 x 2 blocks of accumulator tiles over every 32 rows of x, whose
+// rows are gathered once into A tiles. Same products and fp32 sums as above, summed in K order.
+constexpr int kAmxPanel = 16;
+constexpr int64_t kAmxChunk = 512, kAmxMaxM = 512;
+
+// x rows (gathered) -> A tiles [ceil(M / 16), K / 32, 16, 32] bf16, rows past M zero.
+void amx_gather(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa) {
+  const int64_t G = (M + 15) / 16, S = K / amx::kK;
+  parallel_chunks(G, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int r = 0; r < 16; ++r) {
+        const int64_t m = g * 16 + r;
+        const uint16_t* row = m < M ? x + (xrows ? xrows[m] : m) * ldx : nullptr;
+        for (int64_t st = 0; st < S; ++st) {
+          uint16_t* dst = xa + ((g * S + st) * 16 + r) * amx::kK;
+          if (row) std::copy(row + st * amx::kK, row + (st + 1) * amx::kK, dst);
+          else std::fill(dst, dst + amx::kK, (uint16_t)0);
+        }
+      }
+  });
+}
+
+LK_AMX_FN void amx_tiles(const uint16_t* xa, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
+                         int64_t N, int64_t K, int64_t t0, int64_t t1) {
+  const int64_t chunk = std::min<int64_t>(kAmxChunk, K), wtile = chunk * 32;  // bytes of a tile's packed chunk
+  thread_local std::vector<uint8_t> wraw, craw;
+  if (wraw.size() < (size_t)(kAmxPanel * wtile + 64)) wraw.resize((size_t)(kAmxPanel * wtile + 64));
+  if (craw.size() < (size_t)((kAmxMaxM / 16) * kAmxPanel * 1024 + 64)) craw.resize((size_t)((kAmxMaxM / 16) * kAmxPanel * 1024 + 64));
+  uint8_t* const wbuf = (uint8_t*)(((uintptr_t)wraw.data() + 63) & ~(uintptr_t)63);
+  float* const cbuf = (float*)(((uintptr_t)craw.data() + 63) & ~(uintptr_t)63);
+  const uint8_t* const xb = reinterpret_cast<const uint8_t*>(xa);
+  const int64_t xs = K / amx::kK * amx::kTileBytes;  // bytes per 16 rows of x
+  amx::configure();
+  for (int64_t mb = 0; mb < M; mb += kAmxMaxM) {
+    const int64_t mrows = std::min<int64_t>(kAmxMaxM, M - mb);
+    const int groups = (int)((mrows + 15) / 16);
+    for (int64_t p0 = t0; p0 < t1; p0 += kAmxPanel) {
+      const int pt = (int)std::min<int64_t>(kAmxPanel, t1 - p0);
+      for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+        const int64_t kc = std::min<int64_t>(chunk, K - k0);
+        const bool first = k0 == 0, last = k0 + kc == K;
+        for (int j = 0; j < pt; ++j) pack_tile(w + k0, ldw, (p0 + j) * kTile, N, kc, (__m512i*)(wbuf + j * wtile));
+        const uint8_t* xk = xb + mb / 16 * xs + k0 / amx::kK * amx::kTileBytes;
+        for (int j = 0; j < pt; j += 2)
+          for (int g = 0; g < groups; g += 2) {
+            const bool two_m = g + 1 < groups, two_n = j + 1 < pt;
+            float* c = cbuf + ((int64_t)g * kAmxPanel + j) * amx::kTileFloats;
+            amx::block_any(two_m, two_n, xk + (int64_t)g * xs, xs, wbuf + j * wtile, wtile, (int)(kc / amx::kK), c,
+                           kAmxPanel, first);
+            if (!last) continue;
+            for (int i = 0; i < (two_m ? 2 : 1); ++i)  // the finished tiles -> out, while in L1
+              for (int jj = j; jj < j + (two_n ? 2 : 1); ++jj) {
+                const int64_t m0 = mb + (int64_t)(g + i) * 16, n0 = (p0 + jj) * kTile;
+                const int rows = (int)std::min<int64_t>(16, M - m0);
+                const __mmask16 live = (__mmask16)((1u << std::min<int64_t>(kTile, N - n0)) - 1);
+                const float* ct = c + ((int64_t)i * kAmxPanel + (jj - j)) * amx::kTileFloats;
+                for (int r = 0; r < rows; ++r)
+                  _mm512_mask_storeu_ps(out + (m0 + r) * ldo + n0, live, _mm512_load_ps(ct + r * 16));
+              }
+          }
+      }
+    }
+  }
+  amx::release();
+}
+
 }  // namespace
 
 bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
@@ -108,6 +177,13 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
   if (M <= 0 || N <= 0) return true;
   if (K <= 0) {
     for (int64_t m = 0; m < M; ++m) std::fill(out + m * ldo, out + m * ldo + N, 0.0f);
+    return true;
+  }
+  if (K % amx::kK == 0 && amx_enabled()) {  // AMX tiles (a K step is 32 elements)
+    std::vector<uint16_t> xa((size_t)((M + 15) / 16 * 16 * K));
+    amx_gather(x, ldx, xrows, M, K, xa.data());
+    const int64_t T = (N + kTile - 1) / kTile;
+    parallel_chunks(T, kAmxPanel, [&](int64_t t0, int64_t t1) { amx_tiles(xa.data(), w, ldw, out, ldo, M, N, K, t0, t1); });
     return true;
   }
   const int64_t pairs = (K + 1) / 2, G = (M + kRowGroup - 1) / kRowGroup;

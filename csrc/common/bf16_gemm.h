@@ -12,7 +12,8 @@ namespace cpu {
 // contiguous rows, out fp32. Every product is exact (8 x 8 significant bits) and the sums
 // are fp32 (k in pairs), so the result is the fp32 matmul of the same values in another summation order, except
 // that vdpbf16ps treats bf16 subnormal inputs (|v| < 2^-126) and fp32 subnormal partial sums as zero.
-// Threads over 16-row tiles of w. Returns false, computing nothing, unless the active ISA is avx512bf16.
+// Threads over 16-row tiles of w; AMX tiles (TDPBF16PS, the same products and fp32 sums in K order) where
+// cpu::amx_enabled() and K % 32 == 0. Returns false, computing nothing, unless the active ISA is avx512bf16.
 bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
                   int64_t ldo, int64_t M, int64_t N, int64_t K);
 

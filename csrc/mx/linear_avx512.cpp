@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "common/amx.h"
 #include "common/bf16_dot_avx512.h"
 #include "common/bits.h"
 #include "common/simd_avx512.h"

@@ -35,77 +35,13 @@
 // exact normal bf16 (extreme scales, E4M3 NaN codes) is not folded: its columns are recomputed by
 // the few-rows kernel (per-block scales), which reads the same bf16 x.
 
-#define LK_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,f16c,fma,amx-tile,amx-bf16"))) inline
+#define LK_AMX LK_AMX_FN  // (common/amx.h)
 
 constexpr int kAmxPanel = 16;    // row tiles decoded per pass (256 output columns)
 constexpr int kAmxChunk = 512;   // elements of K decoded per pass (whole blocks; more for a larger block)
 constexpr int64_t kAmxMaxM = 512;  // rows of x per pass (the accumulators: 512 x 128 fp32 = 256 KB)
-constexpr int kAmxK = 32;        // elements of K per TDPBF16PS
-constexpr int kAmxTileBytes = 16 * 64;  // one tile register: 16 rows of 64 bytes
-
-// The tile registers (own asm with a memory clobber: the compiler's intrinsics do not tell it that
-// tileloadd reads, and tilestored writes, memory). C: 0..3, A: 4, 5, B: 6, 7.
-#define LK_TLOAD(t, p, stride) asm volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(p), "r"((int64_t)(stride)) : "memory")
-#define LK_TSTORE(t, p) asm volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(p), "r"((int64_t)64) : "memory")
-#define LK_TZERO(t) asm volatile("tilezero %%tmm" #t ::)
-#define LK_TDP(c, a, b) asm volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
-
-struct alignas(64) AmxTileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-LK_AMX void amx_configure() {
-  AmxTileConfig c;
-  for (int t = 0; t < 8; ++t) {
-    c.colsb[t] = 64;
-    c.rows[t] = 16;
-  }
-  asm volatile("ldtilecfg %0" ::"m"(c));
-}
-
-// A block of MA x NB accumulator tiles (16 rows of x x 16 columns each) over `steps` K steps of a
-// chunk: x0 = the first A tile of the chunk (the next 16 rows' at x0 + xs bytes), w0 = the first
-// tile's decoded chunk (the second at w0 + wstep bytes), c = the accumulators (tile (i, j) at
-// c + (i * kAmxPanel + j) * 256 floats), loaded first unless `fresh`.
-template <int MA, int NB>
-LK_AMX void amx_block(const uint8_t* x0, int64_t xs, const uint8_t* w0, int64_t wstep, int steps, float* c, bool fresh) {
-  float* const c00 = c;
-  float* const c01 = c + 256;
-  float* const c10 = c + kAmxPanel * 256;
-  float* const c11 = c10 + 256;
-  if (fresh) {
-    LK_TZERO(0);
-    if constexpr (NB > 1) LK_TZERO(1);
-    if constexpr (MA > 1) LK_TZERO(2);
-    if constexpr (MA > 1 && NB > 1) LK_TZERO(3);
-  } else {
-    LK_TLOAD(0, c00, 64);
-    if constexpr (NB > 1) LK_TLOAD(1, c01, 64);
-    if constexpr (MA > 1) LK_TLOAD(2, c10, 64);
-    if constexpr (MA > 1 && NB > 1) LK_TLOAD(3, c11, 64);
-  }
-  const uint8_t* x1 = x0 + xs;
-  for (int s = 0; s < steps; ++s) {
-    LK_TLOAD(4, x0 + s * kAmxTileBytes, 64);
-    LK_TLOAD(6, w0 + s * kAmxTileBytes, 64);
-    LK_TDP(0, 4, 6);
-    if constexpr (MA > 1) {
-      LK_TLOAD(5, x1 + s * kAmxTileBytes, 64);
-      LK_TDP(2, 5, 6);
-    }
-    if constexpr (NB > 1) {
-      LK_TLOAD(7, w0 + wstep + s * kAmxTileBytes, 64);
-      LK_TDP(1, 4, 7);
-      if constexpr (MA > 1) LK_TDP(3, 5, 7);
-    }
-  }
-  LK_TSTORE(0, c00);
-  if constexpr (NB > 1) LK_TSTORE(1, c01);
-  if constexpr (MA > 1) LK_TSTORE(2, c10);
-  if constexpr (MA > 1 && NB > 1) LK_TSTORE(3, c11);
-}
+constexpr int kAmxK = cpu::amx::kK;
+constexpr int kAmxTileBytes = cpu::amx::kTileBytes;
 
 // ---- the fast folded decode of MX blocks ----
 // An MX scale is a power of two, so folding it into a decoded bf16 weight (element * 2^D, exact)
@@ -277,7 +213,7 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   const uint8_t* const xa = reinterpret_cast<const uint8_t*>(a.xa);
   const int64_t xs = a.K / kAmxK * kAmxTileBytes;  // bytes per 16 rows of x
   const float post = NV ? a.g : 1.0f;
-  amx_configure();
+  cpu::amx::configure();
   for (int64_t mb = 0; mb < a.M; mb += kAmxMaxM) {
     const int64_t mrows = a.M - mb < kAmxMaxM ? a.M - mb : kAmxMaxM;
     const int groups = (int)((mrows + 15) / 16);  // of 16 rows (a.xa has rows up to a multiple of 16, zeros)
@@ -312,10 +248,7 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
             const uint8_t* x0 = xk + (int64_t)g * xs;
             float* c = cbuf + ((int64_t)g * kAmxPanel + j) * 256;
             const bool two_m = g + 1 < groups, two_n = j + 1 < pt;
-            if (two_m && two_n) amx_block<2, 2>(x0, xs, w0, wtile, steps, c, first);
-            else if (two_m) amx_block<2, 1>(x0, xs, w0, wtile, steps, c, first);
-            else if (two_n) amx_block<1, 2>(x0, xs, w0, wtile, steps, c, first);
-            else amx_block<1, 1>(x0, xs, w0, wtile, steps, c, first);
+            cpu::amx::block_any(two_m, two_n, x0, xs, w0, wtile, steps, c, kAmxPanel, first);
             if (!last) continue;
             // the finished tiles -> y while they are in L1 (a tile that did not fold: later)
             const int64_t n0 = (p0 + j) * kPR;
@@ -337,7 +270,7 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
           if (!folded[j]) unfolded.push_back(p0 + j);
     }
   }
-  asm volatile("tilerelease" ::);
+  cpu::amx::release();
   for (const int64_t t : unfolded) linear_packed_bf16_small_range(a, t, t + 1);
 }
 
@@ -348,8 +281,4 @@ LK_AMX bool linear_packed_amx_range(const PackedLinearArgs& a, int64_t t0, int64
   });
 }
 
-#undef LK_TLOAD
-#undef LK_TSTORE
-#undef LK_TZERO
-#undef LK_TDP
 #undef LK_AMX
