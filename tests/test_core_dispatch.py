@@ -353,6 +353,19 @@ def test_unknown_cpu_isa_is_an_import_error():
     assert "bogus" in out.stdout, out.stdout
 
 
+def test_leankern_amx_0_turns_the_amx_kernels_off():
+    """LEANKERN_AMX=0 at load time: amx_enabled() is False even where the CPU has AMX; unset, it follows the CPU."""
+    if not _extension_is_built():
+        pytest.skip("leankern._C is not built")
+    code = "import leankern\nm = leankern._C\nprint(m.amx_supported(), m.amx_enabled())"
+    off = run_python(code, env={"LEANKERN_AMX": "0"}, drop=("LEANKERN_DISABLE_EXT", "LEANKERN_CPU_ISA"))
+    on = run_python(code, drop=("LEANKERN_DISABLE_EXT", "LEANKERN_CPU_ISA", "LEANKERN_AMX"))
+    assert off.returncode == 0 and on.returncode == 0, off.stderr + on.stderr
+    supported = on.stdout.split()[0]
+    assert off.stdout.split() == [supported, "False"]
+    assert on.stdout.split() == [supported, supported]
+
+
 # ------------------------------------------------------------ (f) opcheck and torch.compile per op
 def test_every_registered_op_has_samples():
     for name in OPS:

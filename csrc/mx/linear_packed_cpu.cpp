@@ -31,9 +31,10 @@ constexpr int64_t kTileRows = 16;
 constexpr int64_t kBf16PrefillMinRows = 32;
 // Rows of x from which the AMX kernel (decode into L2, then tiles) beats the few-rows one where the
 // CPU has AMX: there vdpbf16ps runs at half Zen 4's rate per cycle, so the few-rows kernel's time
-// grows ~0.17 ms per row of a 4096 x 4096 weight, while AMX's is flat (its decode) up to M = 24:
-// mxfp4 0.70 vs 0.93 ms at M = 4, 0.70 vs 1.63 at 8; NV / FP8 even at 4 (Xeon, 2 cores, warm).
-constexpr int64_t kAmxMinRows = 4;
+// grows ~0.2 ms per row of a 4096 x 4096 weight while AMX's stays flat (its decode) up to M = 24.
+// Cold weights (bench/bench_mx_amx.py, docs/bench/mx_linear_amx_ab_xeon.txt): equal at M = 4 for
+// 4-bit MX and MXINT8, 0.77-0.81x for NVFP4 / E4M3; 2.1-3.4x faster at 16; warm, 1.4-2.4x at 8.
+constexpr int64_t kAmxMinRows = 8;
 
 int64_t code_bytes_per_row_block(int f, int64_t block_size) {
   return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
