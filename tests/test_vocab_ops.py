@@ -71,13 +71,35 @@ def test_gather_batch_tiles_and_h_tails(backend, B, per_row):
         assert torch.isneginf(out[..., ids < 0] if per_row else out[:, ids < 0]).all()
 
 
-@pytest.mark.parametrize("B", [1, 6])
+# The AMX shapes (csrc/vocab/kernels_avx512bf16.cpp dots_bf16_amx under "amx": bf16 head and hidden, >= 8 rows,
+# H % 32 == 0, ids shared by all rows): 8 .. 70 hidden rows (1 .. 5 accumulator tiles, two passes past 64),
+# 150 positions (64-position chunks, the last of 22: a ragged 16-row group), padding, a bias, a soft cap, a weight
+# read in place with a row stride > H, top-k on the same logits. Other backends run the same cases.
+@pytest.mark.parametrize("B", [8, 16, 33, 70])
+def test_gather_amx_shapes(backend, B):
+    g = torch.Generator().manual_seed(B)
+    for H in (32, 96, 544):
+        big = torch.randn(300, H + 32, generator=g).to(torch.bfloat16) * 0.1
+        weight = big[:, :H]
+        hidden = torch.randn(B, H, generator=g).to(torch.bfloat16)
+        ids = _ids((150,), 300, g)
+        bias = torch.randn(300, generator=g)
+        for cap in (None, 30.0):
+            out = _gather(hidden, weight, ids, bias, cap)
+            assert_vocab_logits(out, (hidden, weight, ids, bias, cap, 1.0))
+            assert torch.isneginf(out[:, ids < 0]).all()
+        vals, pos = OPS.vocab_gather_lm_head_topk(hidden, weight, ids, bias, None, 1.0, 5)
+        want = _gather(hidden, weight, ids, bias).topk(5, dim=-1)
+        assert torch.equal(vals, want.values)
+
+
+@pytest.mark.parametrize("B", [1, 6, 8])  # 8: the AMX dots where the CPU has them (H = 64)
 def test_gather_bf16_dot_products_run_and_flush_subnormal_hidden(backend, B):
     """A bf16 head with bf16 hidden rows takes bf16 dot products under avx512bf16 (csrc/vocab/kernels_avx512bf16.cpp),
     whose vdpbf16ps treats bf16 subnormal inputs as zero: hidden = 2^-130 times rows of 2^100 gives logits of
     H * 2^-30 through fp32 products and exactly 0 there (the documented exception to the bound; proof the kernel
     ran)."""
-    H, V = 40, 9
+    H, V = (64 if B == 8 else 40), 9
     hidden = torch.full((B, H), 2.0**-130).to(torch.bfloat16)
     weight = torch.full((V, H), 2.0**100).to(torch.bfloat16)
     ids = torch.tensor([0, 3, 8, 5, 1], dtype=torch.int32)

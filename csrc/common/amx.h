@@ -19,7 +19,8 @@
 #define LK_AMX_FN __attribute__((target(LK_AMX_TARGET))) inline
 
 // The tile registers (own asm with a memory clobber: the compiler's intrinsics do not tell it that
-// tileloadd reads, and tilestored writes, memory). Blocks below use C: 0..3, A: 4, 5, B: 6, 7.
+// tileloadd reads, and tilestored writes, memory); tile numbers are literals. Blocks below use C: 0..3,
+// A: 4, 5, B: 6, 7. (Left defined for the kernels that include this header.)
 #define LK_TLOAD(t, p, stride) asm volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(p), "r"((int64_t)(stride)) : "memory")
 #define LK_TSTORE(t, p, stride) asm volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(p), "r"((int64_t)(stride)) : "memory")
 #define LK_TZERO(t) asm volatile("tilezero %%tmm" #t ::)
@@ -106,9 +107,4 @@ LK_AMX_FN void block_any(bool two_m, bool two_n, const uint8_t* x0, int64_t xs, 
 }  // namespace amx
 }  // namespace cpu
 }  // namespace leankern
-
-#undef LK_TLOAD
-#undef LK_TSTORE
-#undef LK_TZERO
-#undef LK_TDP
 #endif

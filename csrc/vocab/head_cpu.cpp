@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "vocab/checks.h"
 #include "vocab/kernels.h"
@@ -37,6 +38,7 @@ struct Head {
   const VocabKernels* k;
   const float* h;  // [B, H] fp32
   const uint16_t* hb;  // [B, H] the same as bf16 bits where hidden is bf16, else nullptr
+  const int32_t* hv;   // hidden as AMX B tiles (kernels.h dots_bf16_amx) where that kernel runs, else nullptr
   int64_t B, H;
   const void* w;
   int wdt;
@@ -57,7 +59,9 @@ struct Scratch {
 
 // dots of hidden rows [b0, b0 + nb) with the n weight rows `rows` (kernels.h).
 void head_dots(const Head& hd, int64_t b0, int64_t nb, const int64_t* rows, int64_t n, float* out, int64_t ldo) {
-  if (hd.hb && hd.wdt == kBF16 && hd.k->dots_bf16)
+  if (hd.hv && b0 == 0 && nb == hd.B)  // (hv is set only for a bf16 head with ids shared by every row)
+    hd.k->dots_bf16_amx(hd.hv, hd.B, hd.H, static_cast<const uint16_t*>(hd.w), hd.rs, rows, n, out, ldo);
+  else if (hd.hb && hd.wdt == kBF16 && hd.k->dots_bf16)
     hd.k->dots_bf16(hd.hb + b0 * hd.H, hd.H, nb, hd.H, static_cast<const uint16_t*>(hd.w), hd.rs, rows, n, out, ldo);
   else
     hd.k->dots(hd.h + b0 * hd.H, hd.H, nb, hd.H, hd.w, hd.wdt, hd.rs, rows, n, out, ldo);
@@ -109,12 +113,13 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
   }
 }
 
-Head make_head(const at::Tensor& hf, const at::Tensor& hb, const at::Tensor& weight, const at::Tensor& ids, const std::optional<at::Tensor>& bias,
-               const at::Tensor& bias_c, std::optional<double> soft_cap, double scale) {
+Head make_head(const at::Tensor& hf, const at::Tensor& hb, const at::Tensor& hv, const at::Tensor& weight, const at::Tensor& ids,
+               const std::optional<at::Tensor>& bias, const at::Tensor& bias_c, std::optional<double> soft_cap, double scale) {
   Head hd;
   hd.k = &active_kernels();
   hd.h = hf.data_ptr<float>();
   hd.hb = hb.defined() ? reinterpret_cast<const uint16_t*>(hb.data_ptr<at::BFloat16>()) : nullptr;
+  hd.hv = hv.defined() ? hv.data_ptr<int32_t>() : nullptr;
   hd.B = hf.size(0);
   hd.H = hf.size(1);
   hd.w = weight.data_ptr();
@@ -171,6 +176,22 @@ at::Tensor bf16_hidden(const at::Tensor& hidden) {
   return hidden.scalar_type() == at::kBFloat16 ? hidden.contiguous() : at::Tensor();
 }
 
+// Hidden rows from which the AMX dots beat dots_bf16 (a Xeon: at B = 4 dots_bf16 already reads at ~0.9 of the
+// bandwidth; at 16 it was compute-bound at a third).
+constexpr int64_t kAmxMinRows = 8;
+
+// hb (bf16 hidden) as AMX B tiles (kernels.h dots_bf16_amx) where that kernel runs: a bf16 head, ids shared by every
+// row, >= kAmxMinRows rows, H % 32 == 0, cpu::amx_enabled(); else undefined (Head::hv).
+at::Tensor amx_hidden(const at::Tensor& hb, const at::Tensor& weight, const at::Tensor& ids) {
+  if (!hb.defined() || !active_kernels().dots_bf16_amx || ids.dim() == 2 || dtype_code(weight) != kBF16 ||
+      hb.size(0) < kAmxMinRows || hb.size(1) % 32 != 0 || !cpu::amx_enabled())
+    return at::Tensor();
+  const int64_t B = hb.size(0), H = hb.size(1), G = (B + 15) / 16;
+  // [16 G, H] bf16 -> pairs [G, 16 (c), H / 32 (s), 16 (q)] -> [G, s, q, c]
+  const at::Tensor pairs = at::constant_pad_nd(hb, {0, 0, 0, G * 16 - B}).view(at::kInt).view({G, 16, H / 32, 16});
+  return pairs.permute({0, 2, 3, 1}).contiguous();
+}
+
 at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& vocab_ids,
                                     const std::optional<at::Tensor>& bias, std::optional<double> soft_cap, double scale,
                                     std::optional<at::ScalarType> out_dtype, bool log_softmax) {
@@ -186,7 +207,8 @@ at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& 
   const at::Tensor hf = prepare_hidden(hidden);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   const at::Tensor hb = bf16_hidden(hidden);
-  const Head hd = make_head(hf, hb, weight, ids, bias, bias_c, soft_cap, scale);
+  const at::Tensor hv = amx_hidden(hb, weight, ids);
+  const Head hd = make_head(hf, hb, hv, weight, ids, bias, bias_c, soft_cap, scale);
   at::Tensor out = at::empty({hd.B, K}, hidden.options().dtype(at::kFloat));
   if (hd.B == 0 || K == 0) return out_dtype.value_or(at::kFloat) == at::kFloat ? out : out.to(*out_dtype);
   float* o = out.data_ptr<float>();
@@ -314,7 +336,8 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
   const at::Tensor hf = prepare_hidden(hidden);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   const at::Tensor hb = bf16_hidden(hidden);
-  const Head hd = make_head(hf, hb, weight, ids, bias, bias_c, soft_cap, scale);
+  const at::Tensor hv = amx_hidden(hb, weight, ids);
+  const Head hd = make_head(hf, hb, hv, weight, ids, bias, bias_c, soft_cap, scale);
   const int64_t B = hd.B, nt = at::get_num_threads();
   if (B == 0)
     return std::make_tuple(at::empty({0, k}, hidden.options().dtype(at::kFloat)),

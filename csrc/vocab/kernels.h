@@ -39,12 +39,18 @@ struct VocabKernels {
   // AVX512-BF16 dot products (bf16 subnormal inputs count as 0). nullptr below the avx512bf16 ISA.
   void (*dots_bf16)(const uint16_t* hidden, int64_t ldh, int64_t B, int64_t H, const uint16_t* weight,
                     int64_t row_stride, const int64_t* rows, int64_t n, float* out, int64_t ldo) = nullptr;
+  // The same dots on AMX tiles (TDPBF16PS: exact products, fp32 sums in H order) from hidden packed as B tiles,
+  // hv = [ceil(B / 16), H / 32, 16, 16] int32, element (g, s, q, c) = the bf16 pair (hidden[16 g + c, 32 s + 2 q],
+  // hidden[16 g + c, 32 s + 2 q + 1]) (rows past B zero); H % 32 == 0. Set in the avx512bf16 table; the op calls
+  // it only where cpu::amx_enabled().
+  void (*dots_bf16_amx)(const int32_t* hv, int64_t B, int64_t H, const uint16_t* weight, int64_t row_stride,
+                        const int64_t* rows, int64_t n, float* out, int64_t ldo) = nullptr;
 };
 
 const VocabKernels& scalar_kernels();
 const VocabKernels& avx2_kernels();
 const VocabKernels& avx512_kernels();
-const VocabKernels& avx512bf16_kernels();  // avx512's plus dots_bf16
+const VocabKernels& avx512bf16_kernels();  // avx512's plus dots_bf16, dots_bf16_amx
 const VocabKernels& active_kernels();  // the table of the active ISA (leankern._C.set_cpu_isa / LEANKERN_CPU_ISA)
 
 }  // namespace vocab

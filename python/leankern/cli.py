@@ -81,7 +81,7 @@ def info_lines() -> list[str]:
                 lines.append(f"{label:<10} {getattr(ext, fn)()}")
         if hasattr(ext, "amx_enabled"):
             state = "on" if ext.amx_enabled() else "off" if ext.amx_supported() else "not on this CPU / OS"
-            lines.append(f"AMX        {state} (tile kernels: mx.linear from 8 rows, moe's bf16 GEMM; LEANKERN_AMX=0)")
+            lines.append(f"AMX        {state} (tile kernels: mx.linear and vocab dots from 8 rows, moe's bf16 GEMM; LEANKERN_AMX=0)")
     else:
         lines.append(f"C++ ext    NOT loaded: {extension_error()} -> reference backend on CPU")
     tri = "importable" if triton_available() else "not importable"
