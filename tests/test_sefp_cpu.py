@@ -22,6 +22,7 @@ import torch
 import leankern
 from leankern.sefp import ref
 from leankern.testing import assert_bitexact
+from isa_cases import on_isa
 from mx_cases import skip_unless_cpp
 from tolerances import assert_sefp_linear
 
@@ -33,18 +34,14 @@ BLOCK_SIZES = (32, 64, 128, 256)
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
 
-@pytest.fixture(params=("avx512bf16", "avx512", "avx2", "scalar"))
+@pytest.fixture(params=("amx", "avx512bf16", "avx512", "avx2", "scalar"))
 def isa(request):
-    """Force the C++ kernels onto one ISA for the test; back to "auto" afterwards. (avx512bf16 runs the
-    avx512 kernels, except sefp_linear's decoded-panel path: bf16 panels, torch's bf16 GEMM.)"""
+    """Force the C++ kernels onto one ISA path for the test (isa_cases.py: "amx" = avx512bf16 with AMX on);
+    back to "auto" afterwards. (avx512bf16 runs the avx512 kernels, except sefp_linear's bf16 GEMV and
+    decoded-panel path: bf16 panels, torch's bf16 GEMM, or AMX tiles under "amx".)"""
     skip_unless_cpp()
-    if request.param not in EXT.supported_isas():
-        pytest.skip(f"this CPU does not support {request.param} (it has: {EXT.cpu_features()})")
-    EXT.set_cpu_isa(request.param)
-    try:
+    with on_isa(request.param):
         yield request.param
-    finally:
-        EXT.set_cpu_isa("auto")
 
 
 def run(backend: str, op, *args):
@@ -198,12 +195,13 @@ def test_bf16_gemv_flushes_subnormal_x(isa):
     """Under avx512bf16 on a CPU with GFNI and AVX512-VBMI, bf16 x with fewer than 20 rows (fewer than 32 with a
     bias) runs the plane-shuffle GEMV (gemv_bf16_gfni.cpp), whose vdpbf16ps treats bf16 subnormal x as zero:
     x = 2^-130 gives 0 where the fp32 kernels (fp32 x, other ISAs) keep 64 * 2^-130 (the documented exception to
-    the bound, docs/sefp.md). Also proves that the bf16 GEMV ran, at every width, with and without a bias."""
+    the bound, docs/sefp.md). Also proves that the bf16 GEMV ran, at every width, with and without a bias. (Under
+    "amx" 12 .. 19 rows without a bias take the AMX panels, whose TDPBF16PS flushes alike.)"""
     planes, exps = run("cpp", OPS.sefp_quantize, torch.ones(16, 64), 8, 32)  # w_hat = 1 at every width
     x = torch.full((31, 64), 2.0**-130).to(torch.bfloat16)
     tiny = 64 * 2.0**-130
     features = EXT.cpu_features().split()
-    flushes = isa == "avx512bf16" and "gfni" in features and "avx512vbmi" in features
+    flushes = isa in ("amx", "avx512bf16") and "gfni" in features and "avx512vbmi" in features
     for m in range(1, 9):
         assert run("cpp", OPS.sefp_linear, x.float(), planes[: 1 + m], exps, m, 32, None)[0, 0].item() == tiny
         for M, bias in ((1, None), (4, None), (19, None), (31, torch.zeros(16).bfloat16())):
@@ -291,6 +289,21 @@ def test_linear_many_rows_over_k_slabs(isa):
         x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
         y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, bias)
         check_linear(y, x, planes, exps, m, 32, bias)
+
+
+def test_linear_decoded_panels(isa):
+    """bf16 x with >= 20 rows (>= 12 under "amx"), no bias, m <= 8: the decoded-panel path (bf16 panels and torch's bf16 GEMM, or AMX
+    tiles from x packed once under "amx"): rows crossing 16-row tiles and the AMX kernel's 512-row passes (530),
+    N off the 16-row tile and over several panels (203, 600), K over several 512-element chunks; other ISAs run the
+    same cases through their own kernels."""
+    gen = torch.Generator().manual_seed(12)
+    for N, K, M in ((203, 4096 + 100, 20), (600, 1000, 33), (37, 700, 530), (90, 512, 12)):
+        w = torch.randn(N, K, generator=gen)
+        planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+        x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
+        for m in (3, 8):
+            y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, None)
+            check_linear(y, x, planes, exps, m, 32, None)
 
 
 def test_linear_rows_do_not_read_their_neighbours_exponents(isa):

@@ -180,11 +180,9 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
     return true;
   }
   if (K % amx::kK == 0 && amx_enabled()) {  // AMX tiles (a K step is 32 elements)
-    std::vector<uint16_t> xa((size_t)((M + 15) / 16 * 16 * K));
+    std::vector<uint16_t> xa((size_t)amx_x_tiles_elems(M, K));
     amx_gather(x, ldx, xrows, M, K, xa.data());
-    const int64_t T = (N + kTile - 1) / kTile;
-    parallel_chunks(T, kAmxPanel, [&](int64_t t0, int64_t t1) { amx_tiles(xa.data(), w, ldw, out, ldo, M, N, K, t0, t1); });
-    return true;
+    return bf16_gemm_nt_amx(xa.data(), w, ldw, out, ldo, M, N, K);
   }
   const int64_t pairs = (K + 1) / 2, G = (M + kRowGroup - 1) / kRowGroup;
   std::vector<int32_t> xg((size_t)(G * pairs * kRowGroup));  // [G, pairs, 24]; rows past M: zeros
@@ -202,6 +200,23 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
   return true;
 }
 
+int64_t amx_x_tiles_elems(int64_t M, int64_t K) { return (M + 15) / 16 * 16 * K; }
+
+void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa) {
+  amx_gather(x, ldx, xrows, M, K, xa);
+}
+
+bool bf16_gemm_nt_amx(const uint16_t* xa, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
+                      int64_t N, int64_t K) {
+  if (active_isa() != Isa::kAvx512Bf16 || K % amx::kK != 0 || !amx_enabled()) return false;
+  if (M <= 0 || N <= 0) return true;
+  const int64_t T = (N + kTile - 1) / kTile;
+  // panels of up to kAmxPanel tiles, but enough of them for every thread (a 256-row w was one task)
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(kAmxPanel, (T + at::get_num_threads() - 1) / at::get_num_threads()));
+  parallel_chunks(T, per, [&](int64_t t0, int64_t t1) { amx_tiles(xa, w, ldw, out, ldo, M, N, K, t0, t1); });
+  return true;
+}
+
 }  // namespace cpu
 }  // namespace leankern
 
@@ -210,6 +225,11 @@ namespace leankern {
 namespace cpu {
 bool bf16_gemm_nt(const uint16_t*, int64_t, const int64_t*, const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t,
                   int64_t) {
+  return false;
+}
+int64_t amx_x_tiles_elems(int64_t M, int64_t K) { return (M + 15) / 16 * 16 * K; }
+void amx_pack_x(const uint16_t*, int64_t, const int64_t*, int64_t, int64_t, uint16_t*) {}
+bool bf16_gemm_nt_amx(const uint16_t*, const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t, int64_t) {
   return false;
 }
 }  // namespace cpu

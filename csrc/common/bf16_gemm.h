@@ -17,5 +17,14 @@ namespace cpu {
 bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
                   int64_t ldo, int64_t M, int64_t N, int64_t K);
 
+// The AMX path of bf16_gemm_nt with x packed once for several calls (e.g. one per panel of w): amx_x_tiles_elems
+// bf16 elements for amx_pack_x's [ceil(M / 16), K / 32, 16, 32] tiles of x's rows (gathered as above, rows past M
+// zero); bf16_gemm_nt_amx then computes out = x @ w^T from them. It returns false, computing nothing, unless
+// cpu::amx_enabled() (with the avx512bf16 ISA active) and K % 32 == 0.
+int64_t amx_x_tiles_elems(int64_t M, int64_t K);
+void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa);
+bool bf16_gemm_nt_amx(const uint16_t* xa, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
+                      int64_t N, int64_t K);
+
 }  // namespace cpu
 }  // namespace leankern
