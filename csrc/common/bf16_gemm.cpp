@@ -4,6 +4,7 @@
 #include "common/bf16_gemm.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -180,9 +181,9 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
     return true;
   }
   if (K % amx::kK == 0 && amx_enabled()) {  // AMX tiles (a K step is 32 elements)
-    std::vector<uint16_t> xa((size_t)amx_x_tiles_elems(M, K));
-    amx_gather(x, ldx, xrows, M, K, xa.data());
-    return bf16_gemm_nt_amx(xa.data(), w, ldw, out, ldo, M, N, K);
+    std::unique_ptr<uint16_t[]> xa(new uint16_t[(size_t)amx_x_tiles_elems(M, K)]);  // (every element written below)
+    amx_gather(x, ldx, xrows, M, K, xa.get());
+    return bf16_gemm_nt_amx(xa.get(), w, ldw, out, ldo, M, N, K);
   }
   const int64_t pairs = (K + 1) / 2, G = (M + kRowGroup - 1) / kRowGroup;
   std::vector<int32_t> xg((size_t)(G * pairs * kRowGroup));  // [G, pairs, 24]; rows past M: zeros
