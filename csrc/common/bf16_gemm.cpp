@@ -109,8 +109,10 @@ LK_BG void tiles(const int32_t* xg, const uint16_t* w, int64_t ldw, float* out, 
 constexpr int kAmxPanel = 16;
 constexpr int64_t kAmxChunk = 512, kAmxMaxM = 512;
 
-// x rows (gathered) -> A tiles [ceil(M / 16), K / 32, 16, 32] bf16, rows past M zero.
-void amx_gather(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa) {
+}  // namespace
+
+// x rows (gathered) -> A tiles [ceil(M / 16), K / 32, 16, 32] bf16, rows past M zero (bf16_gemm.h).
+void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa) {
   const int64_t G = (M + 15) / 16, S = K / amx::kK;
   parallel_chunks(G, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g)
@@ -125,6 +127,8 @@ void amx_gather(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M,
       }
   });
 }
+
+namespace {
 
 LK_AMX_FN void amx_tiles(const uint16_t* xa, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
                          int64_t N, int64_t K, int64_t t0, int64_t t1) {
@@ -182,7 +186,7 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
   }
   if (K % amx::kK == 0 && amx_enabled()) {  // AMX tiles (a K step is 32 elements)
     std::unique_ptr<uint16_t[]> xa(new uint16_t[(size_t)amx_x_tiles_elems(M, K)]);  // (every element written below)
-    amx_gather(x, ldx, xrows, M, K, xa.get());
+    amx_pack_x(x, ldx, xrows, M, K, xa.get());
     return bf16_gemm_nt_amx(xa.get(), w, ldw, out, ldo, M, N, K);
   }
   const int64_t pairs = (K + 1) / 2, G = (M + kRowGroup - 1) / kRowGroup;
@@ -203,13 +207,9 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
 
 int64_t amx_x_tiles_elems(int64_t M, int64_t K) { return (M + 15) / 16 * 16 * K; }
 
-void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa) {
-  amx_gather(x, ldx, xrows, M, K, xa);
-}
-
 bool bf16_gemm_nt_amx(const uint16_t* xa, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
                       int64_t N, int64_t K) {
-  if (active_isa() != Isa::kAvx512Bf16 || K % amx::kK != 0 || !amx_enabled()) return false;
+  if (K % amx::kK != 0 || !amx_enabled()) return false;  // (amx_enabled(): the avx512bf16 ISA is active)
   if (M <= 0 || N <= 0) return true;
   const int64_t T = (N + kTile - 1) / kTile;
   // panels of up to kAmxPanel tiles, but enough of them for every thread (a 256-row w was one task)

@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/bf16_gemm.h"
 #include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "common/parallel.h"
@@ -133,12 +134,12 @@ void unpack_tile(const uint8_t* tile, int64_t cb, int64_t nb, int64_t block_byte
   }
 }
 
-// [M, K] bf16 -> PackedLinearArgs::xa: [ceil(M / 16), K / 32, 16, 32], rows past M zero.
+// [M, K] bf16 (contiguous) -> PackedLinearArgs::xa: [ceil(M / 16), K / 32, 16, 32], rows past M zero.
 at::Tensor amx_tiles(const at::Tensor& xbf, int64_t M, int64_t K) {
-  const int64_t G = (M + 15) / 16;
-  // moved as int32 bf16 pairs: torch's strided copy of 2-byte elements is ~2x slower
-  const at::Tensor pairs = at::constant_pad_nd(xbf, {0, 0, 0, G * 16 - M}).view(at::kInt);
-  return pairs.view({G, 16, K / 32, 16}).transpose(1, 2).contiguous().view(at::kBFloat16);
+  at::Tensor xa = at::empty({cpu::amx_x_tiles_elems(M, K)}, xbf.options());
+  cpu::amx_pack_x(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), K, nullptr, M, K,
+                  reinterpret_cast<uint16_t*>(xa.data_ptr()));
+  return xa;
 }
 
 // n bf16 values (n % 8 == 0) -> PackedLinearArgs::xb8's pairs: per 8 values, (x0, x4), (x1, x5), (x2, x6), (x3, x7).

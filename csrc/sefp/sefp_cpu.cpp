@@ -202,50 +202,42 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
   }
 }
 
-// linear_panels_bf16 on AMX tiles (cpu::amx_enabled(), Kc % 32 == 0): x packed once as A tiles, each decoded panel
-// multiplied by common/bf16_gemm.h's AMX GEMM into fp32 sums, then one rounding to bf16. Why not torch's bf16 GEMM
-// on the panels there: its calls on 512-row panels took twice its time for the whole product (a 512 x 4096 x 4096
-// product: 18 ms in 8 panel calls against 9.4 ms in one, 2-core Xeon). Same exact products, fp32 sums, one rounding.
-bool linear_panels_amx(const SefpKernels& kern, const Planes& P, const at::Tensor& xb, at::Tensor out) {
-  const int64_t M = xb.size(0), Kc = xb.size(1), N = P.N;
-  if (!cpu::amx_enabled() || Kc % 32 != 0) return false;
-  at::Tensor xa = at::empty({cpu::amx_x_tiles_elems(M, Kc)}, xb.options());
-  cpu::amx_pack_x(reinterpret_cast<const uint16_t*>(xb.data_ptr()), Kc, nullptr, M, Kc,
-                  reinterpret_cast<uint16_t*>(xa.data_ptr()));
-  at::Tensor y32 = at::empty({M, N}, xb.options().dtype(at::kFloat));
-  const int64_t rows = std::clamp<int64_t>(kPanelBytesBf16 / (2 * Kc) / 64 * 64, 256, 512);  // (512: slower, 2 shapes)
-  at::Tensor panel = at::empty({std::min(rows, N), Kc}, xb.options());
-  uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
-  for (int64_t n0 = 0; n0 < N; n0 += rows) {
-    const int64_t nb = std::min(rows, N - n0);
-    parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kc, Kc); });
-    if (!cpu::bf16_gemm_nt_amx(reinterpret_cast<const uint16_t*>(xa.data_ptr()), pp, Kc, y32.data_ptr<float>() + n0,
-                               N, M, nb, Kc))
-      return false;  // (not reached: the conditions were checked above)
-  }
-  out.copy_(y32);  // RNE, once
-  return true;
-}
-
 // y [M, N] (x's dtype) = x @ W^T for bf16 x with >= kPanelRowsBf16 rows, no bias, m <= 8, every block's weights
 // bf16 normals (E = -128 or E >= m - 127), on a GFNI + VBMI avx512bf16 CPU: panels of ~kPanelBytesBf16 decoded
 // straight to bf16 with the scale in the exponent (decode_bf16) and torch's bf16 GEMM (fp32 accumulation, one
 // rounding) into y's columns; x and the panels in the same chunk order along K (every dot product unchanged).
 void linear_panels_bf16(const SefpKernels& kern, const Planes& P, const at::Tensor& x2, int m, at::Tensor out) {
-  const int64_t N = P.N;
+  const int64_t N = P.N, M = x2.size(0);
   const at::Tensor xb = prepare_x_bf16(x2, P.Kw, m);
   const int64_t Kc = xb.size(1);
-  if (linear_panels_amx(kern, P, xb, out)) return;
-  // the GEMM reads each panel from cache right after the decode wrote it
+  // On CPUs with AMX (cpu::amx_enabled()) our AMX GEMM (common/bf16_gemm.h, x packed once as A tiles) multiplies
+  // the panels into fp32 sums, rounded once at the end: torch's bf16 GEMM on 512-row panels took twice its time
+  // for the whole product there (a 512 x 4096 x 4096 product: 18 ms in 8 panel calls, 9.4 ms in one; 2-core Xeon).
+  const bool amx = cpu::amx_enabled() && Kc % 32 == 0;
+  at::Tensor xa, y32;
+  if (amx) {
+    xa = at::empty({cpu::amx_x_tiles_elems(M, Kc)}, xb.options());
+    cpu::amx_pack_x(reinterpret_cast<const uint16_t*>(xb.data_ptr()), Kc, nullptr, M, Kc,
+                    reinterpret_cast<uint16_t*>(xa.data_ptr()));
+    y32 = at::empty({M, N}, xb.options().dtype(at::kFloat));
+  }
+  // the GEMM reads each panel from cache right after the decode wrote it (AMX: 512 rows at K = 4096 measured
+  // slower too)
   const int64_t rows = std::clamp<int64_t>(kPanelBytesBf16 / (2 * Kc) / 64 * 64, 256, 512);
   at::Tensor panel = at::empty({std::min(rows, N), Kc}, x2.options());
   uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
   for (int64_t n0 = 0; n0 < N; n0 += rows) {
     const int64_t nb = std::min(rows, N - n0);
     parallel_chunks(nb, 8, [&](int64_t a, int64_t b) { kern.decode_bf16(P, n0 + a, n0 + b, pp + a * Kc, Kc); });
-    at::Tensor cols = out.narrow(1, n0, nb);
-    at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
+    if (amx)  // (cannot decline: its conditions were checked above)
+      cpu::bf16_gemm_nt_amx(reinterpret_cast<const uint16_t*>(xa.data_ptr()), pp, Kc, y32.data_ptr<float>() + n0, N, M,
+                            nb, Kc);
+    else {
+      at::Tensor cols = out.narrow(1, n0, nb);
+      at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
+    }
   }
+  if (amx) out.copy_(y32);  // RNE, once
 }
 
 at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const at::Tensor& exponents, int64_t m,
