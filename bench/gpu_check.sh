@@ -19,6 +19,8 @@
 #            (per-tensor fp8), error vs the reference first, CUDA-graph timing, then the sm_90/sm_100 AOT
 #            registers / shared memory / spills of the linear kernels
 #                                                                        -> bench_mx_linear_cuda.txt/.csv
+#   splitk   bench/gpu_linear_splitk.py: the weight-only decode GEMV (mxfp4 / nvfp4 / mxint8, M = 1 / 16) with
+#            SPLIT_K forced to 1 .. 32 against the launcher's own choice        -> bench_linear_splitk.txt
 #   specdec  bench/gpu_specdec.py: Triton specdec_verify (greedy / rejection; B x K = 64 x 8, 16 x 5,
 #            1 x 5; V = 32,000 and 151,936; fp32 / bf16), checked against the reference first, median of
 #            50 CUDA-event timings, GB/s of the logit rows        -> bench_specdec_cuda.txt
@@ -39,7 +41,7 @@
 #            timeout where those plugins are installed. The CPU tests are CI's job.  -> pytest.log, pytest.xml
 # The bench runs before the tests: GPU timings are what this machine is lent for, and the bench
 # checks every kernel bit-exactly against the reference before timing it. STAGES reorders or
-# drops stages (default "env build info linear bench vocab sefp moe specdec overhead tests"); BENCH_ARGS adds bench flags
+# drops stages (default "env build info linear splitk bench vocab sefp moe specdec overhead tests"); BENCH_ARGS adds bench flags
 # (e.g. --quick, --full); LINEAR_ARGS the linear stage's (default --quick). summary.txt has one
 # line per stage; the exit code is non-zero if any failed.
 set -uo pipefail
@@ -50,7 +52,7 @@ DRY_RUN="${DRY_RUN:-0}"
 OUT="${OUT:-$PWD/gpu_out}"
 PY="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-540}"
-STAGES="${STAGES:-env build info linear bench vocab sefp moe specdec overhead tests}"
+STAGES="${STAGES:-env build info linear splitk bench vocab sefp moe specdec overhead tests}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:---quick}"   # the linear stage's bench flags (first calls JIT-compile every tile)
 START=$(date +%s)
@@ -140,7 +142,8 @@ CUDA_ID_FILES="${CUDA_ID_FILES:-test_core_dispatch.py test_mx_ops.py test_mx_bit
 
 run_tests() {
   cd tests || return 1
-  local opts=(-q -ra -p no:cacheprovider --durations=15) rc=0
+  # -v: each test's outcome is written as it finishes, so a run cut short by the budget still names its failures
+  local opts=(-v -ra -p no:cacheprovider --durations=15) rc=0
   "$PY" -c "import xdist" 2>/dev/null && opts+=(-n "${TEST_WORKERS:-8}")
   "$PY" -c "import pytest_timeout" 2>/dev/null && opts+=(--timeout 150)
   # shellcheck disable=SC2086  # file lists
@@ -169,6 +172,9 @@ for s in $STAGES; do
       stage linear 100 bench_mx_linear_cuda.txt "$PY" -m leankern bench --family mx_linear --device cuda $LINEAR_ARGS \
         --csv "$OUT/bench_mx_linear_cuda.csv"
       show bench_mx_linear_cuda.txt 60 ;;
+    splitk)
+      stage splitk 60 bench_linear_splitk.txt "$PY" bench/gpu_linear_splitk.py
+      show bench_linear_splitk.txt 20 ;;
     specdec)
       stage specdec 45 bench_specdec_cuda.txt "$PY" bench/gpu_specdec.py
       show bench_specdec_cuda.txt 30 ;;
@@ -186,7 +192,7 @@ for s in $STAGES; do
         --csv "$OUT/overhead_cuda.csv"
       show overhead_cuda.txt 20 ;;
     tests) stage tests 200 pytest.log run_tests; show pytest.log 30 ;;
-    *) echo "unknown stage '$s' (stages: env build info bench linear specdec vocab sefp moe overhead tests)"; status=1 ;;
+    *) echo "unknown stage '$s' (stages: env build info linear splitk bench vocab sefp moe specdec overhead tests)"; status=1 ;;
   esac
 done
 

@@ -27,7 +27,7 @@ def main() -> int:
     args = p.parse_args()
     import leankern
     from leankern import moe
-    from leankern.benchmarks.moe import SHAPES, _hf_block, _routing
+    from leankern.benchmarks.moe import SHAPES, _hf_block, _routing, hf_routing, hf_skips_id_e
 
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     bw = copy_bandwidth_gbs()
@@ -42,6 +42,8 @@ def main() -> int:
         block = block.cuda()
         block.experts.gate_up_proj.data = w13
         block.experts.down_proj.data = w2
+    if block is not None and not hf_skips_id_e(block):
+        print("HF: this transformers cannot skip a slot; skipped slots run expert 0 with weight 0 in its loop")
     rows = []
     print(f"{'T':>5} {'skip':>5} {'kept':>6} {'experts':>7} {'ours us':>9} {'GB/s':>7} {'HF us':>9} {'x HF':>6} {'check':>6}")
     for T in (1, 16, 256, 4096):
@@ -55,7 +57,7 @@ def main() -> int:
             gbps = distinct * 3 * s.H * s.I * 2 / t / 1e6
             r = dict(T=T, skip=skip, kept=int((ids >= 0).sum()), experts=distinct, ours_us=t * 1e3, gbps=gbps)
             if block is not None:
-                ids_hf, w_hf = ids.long().masked_fill(ids < 0, s.E), w.to(torch.bfloat16)
+                ids_hf, w_hf = hf_routing(block, ids, w, s.E)
                 with torch.no_grad():
                     ref = block.experts(x, ids_hf, w_hf).float()
                     t_hf = cuda_time_ms(lambda: block.experts(x, ids_hf, w_hf), 5, False)

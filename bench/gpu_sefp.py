@@ -42,13 +42,13 @@ def main() -> int:
         wq = sefp.quantize(w, m_max=8)
         for M in (1, 16, 512):
             x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-            t_bf16 = cuda_time_ms(lambda: F.linear(x, w), 50, args.graph)
+            t_bf16 = cuda_time_ms(lambda: F.linear(x, w), 20, args.graph)
             for m in (8, 7, 6, 5, 4, 3, 2):
                 y = sefp.linear(x, wq, m)
                 ref = x.float() @ wq.dequantize(m, torch.float32).t()
                 err = (y.float() - ref).abs().max().item() / (ref.abs().max().item() + 1e-30)
-                t = cuda_time_ms(lambda: sefp.linear(x, wq, m), 50, args.graph)
-                t_deq = cuda_time_ms(lambda: F.linear(x, wq.dequantize(m, torch.bfloat16)), 20, args.graph)
+                t = cuda_time_ms(lambda: sefp.linear(x, wq, m), 20, args.graph)
+                t_deq = cuda_time_ms(lambda: F.linear(x, wq.dequantize(m, torch.bfloat16)), 10, args.graph)
                 gbps = (wq.nbytes(m) + 2 * M * (K + N)) / t / 1e6
                 r = dict(N=N, K=K, M=M, m=m, ours_us=t * 1e3, gbps=gbps, frac_copy=gbps / (bw / 2),
                          bf16_us=t_bf16 * 1e3, x_bf16=t_bf16 / t, deq_us=t_deq * 1e3,

@@ -28,7 +28,10 @@ def _check(device_backend, x, fmt, block_size=None, scale_mode="rceil", rand_bit
         for out_dtype in FLOAT_DTYPES:
             d_want = dequantize_with("ref", want, fmt, block_size, out_dtype)
             d_got = dequantize_with(backend, got, fmt, block_size, out_dtype)
-            assert_bitexact(d_got.cpu(), d_want, name=f"{what}: dequantize->{out_dtype}")
+            # any NaN on a GPU: the kernels write the bf16 NaN torch itself makes there (0x7FFF, the PTX
+            # conversion's), the CPU reference the one torch makes on CPU (0xFFFF); all other bits must match
+            assert_bitexact(d_got.cpu(), d_want, name=f"{what}: dequantize->{out_dtype}",
+                            any_nan=device != "cpu" and out_dtype == torch.bfloat16)
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)

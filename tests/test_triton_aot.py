@@ -225,14 +225,15 @@ def test_linear_int8_mma(compiled):
 
 
 def test_linear_fp8_mma(compiled):
-    """FP x FP dual on sm_90: e4m3 wgmma per scale block (decode tiles: Triton widens fp8 to f16
-    exactly for mma.sync, Hopper's mma.sync has no fp8); sm_100: tcgen05.mma kind::f8f6f4."""
+    """FP x FP dual on sm_90: e4m3 (e5m2 for e5m2 pairs) wgmma per scale block (decode tiles: Triton
+    widens fp8 to f16 exactly for mma.sync, Hopper's mma.sync has no fp8); sm_100: tcgen05.mma kind::f8f6f4."""
     for r in _linear(compiled, "linear_fp8["):
         ptx, where = r["ptx"], (r["name"], r["target"])
+        fp8 = "e5m2" if "e5m2xmxfp8_e5m2" in r["name"] else "e4m3"
         if r["constexprs"]["BM"] < 64:
             assert _count(r"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32", ptx) > 0, where
         elif r["target"] == "sm_90":
-            assert _count(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k32\.f32\.e4m3\.e4m3", ptx) > 0, where
+            assert _count(rf"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k32\.f32\.{fp8}\.{fp8}", ptx) > 0, where
         else:
             assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f8f6f4\b", ptx) > 0, where
 

@@ -156,6 +156,7 @@ def linear_specs(quick: bool = False) -> list[KernelSpec]:
             _linear_dual_spec("mxint4", "mxint4", 32, "int", 1),
             _linear_dual_spec("nvfp4", "nvfp4", 16, "fp8", 1),
             _linear_dual_spec("nvint4", "nvint4", 16, "int", 1),
+            _linear_dual_spec("mxfp8_e5m2", "mxfp8_e5m2", 32, "fp8", 64, targets=("sm_90",)),
             _linear_dual_spec("mxfp8_e4m3", "mxfp8_e4m3", 32, "scaled", 64, targets=("sm_100",)),
         ]
     return specs

@@ -132,6 +132,13 @@ def _store_codes(codes_ptr, blk, bmask, mag, neg, NB: tl.constexpr, BS: tl.const
 
 
 @triton.jit
+def _negate_where(cond, v):
+    """fp32 ``v`` with its sign bit flipped where ``cond``: ``-0.0`` stays ``-0.0`` and NaN payloads are
+    kept. (Triton 3.6 lowers ``-v`` to ``0 - v``, which makes -(+0.0) = +0.0; 3.9 emits a real negation.)"""
+    return (v.to(tl.int32, bitcast=True) ^ (cond.to(tl.int32) << 31)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _pow2(k):
     """2^k as fp32 for integer tensors k in [-126, 127] (exact)."""
     return ((k + 127) << 23).to(tl.float32, bitcast=True)
@@ -257,13 +264,13 @@ def _mx_dequantize_kernel(codes_ptr, scales_ptr, g_ptr, out_ptr, n_blocks,
             m2 = mag & 3
             special = 0x7F800000 | (m2 << 21) | tl.where(m2 != 0, 0x400000, 0)
             val = tl.where(mag >= 0x7C, special.to(tl.float32, bitcast=True), val)
-        val = tl.where(((raw >> SIGN_BIT) & 1) != 0, -val, val)
+        val = _negate_where(((raw >> SIGN_BIT) & 1) != 0, val)
     s = tl.load(scales_ptr + blk, mask=bmask, other=0).to(tl.int32)  # [NB] raw scale bytes
     if IS_NV:  # fp32 value * fp32(g * s)
         s_mag = s & 0x7F
         s_val = _fp_value(s_mag, 3, 7)
         s_val = tl.where(s_mag == 0x7F, tl.full([NB], 0x7FF00000, tl.int32).to(tl.float32, bitcast=True), s_val)
-        s_val = tl.where((s & 0x80) != 0, -s_val, s_val)
+        s_val = _negate_where((s & 0x80) != 0, s_val)
         d = tl.load(g_ptr) * s_val
         out = val * d[:, None]
     else:  # value * 2^(s - 127): one fp32 rounding; 2^-127 is the subnormal 0x00400000

@@ -140,6 +140,26 @@ def _hf_block(s: Shape, w13, w2, shared):
     return block.eval()
 
 
+def hf_skips_id_e(block) -> bool:
+    """Whether the installed transformers' expert loop skips the id E (5.2x: one_hot over E + 1 classes);
+    older ones index an E-class one_hot with it (an IndexError on CPU, a device assert on a GPU)."""
+    import inspect
+
+    try:
+        return "num_experts + 1" in inspect.getsource(type(block.experts).forward)
+    except (OSError, TypeError):
+        return False
+
+
+def hf_routing(block, ids: torch.Tensor, w: torch.Tensor, E: int):
+    """(ids, weights) for HF's expert loop: skipped slots (id -1) as id E where it skips that id, else as
+    expert 0 with weight 0 (the same output; HF then runs expert 0 for those slots, which it cannot skip)."""
+    skipped = ids < 0
+    if hf_skips_id_e(block):
+        return ids.long().masked_fill(skipped, E), w.to(torch.bfloat16)
+    return ids.long().masked_fill(skipped, 0), w.masked_fill(skipped, 0).to(torch.bfloat16)
+
+
 # ------------------------------------------------------------------------------------------ one row
 def _flops_gbps(s: Shape, reps: int) -> float:
     """GFLOP/s of torch bf16 F.linear at M = 512 on the [2I, H] gate/up shape (the compute roof)."""
@@ -174,8 +194,7 @@ def _row(s, T, pattern, skip, tensors, bw_rd, gflops, flush, reps, block, g):
     r["roof_ms"] = max(nbytes / bw_rd / 1e6, flops / gflops / 1e6)
     r["x_roof"] = r["ours_ms"] / r["roof_ms"]
     if block is not None:
-        ids_hf = ids.long().masked_fill(ids < 0, s.E)  # HF's expert loop skips id E
-        w_hf = w.to(torch.bfloat16)
+        ids_hf, w_hf = hf_routing(block, ids, w, s.E)
 
         def hf():
             with torch.no_grad():
@@ -313,7 +332,7 @@ def tiny_calls(device: str = "cpu") -> list:
     from .. import moe
     from .overhead import TinyCall
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     logits = torch.randn(1, 8, generator=g, device=device)
     x = torch.randn(1, 64, generator=g, device=device)
     w13 = torch.randn(8, 64, 64, generator=g, device=device)
