@@ -347,11 +347,12 @@ def _split_k(M, N, K, BM, BN, BK, device, split_k=None, waves=None) -> tuple[int
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
             if device.type == "cuda" else 2
         split_k = 1
-        if waves is not None:
+        if waves is None:  # double while the doubled count stays within 2 waves
+            while split_k < 16 and tiles * split_k * 2 <= 2 * sms and split_k * 2 <= steps:
+                split_k *= 2
+        else:  # double until at least ``waves`` waves
             while split_k < 8 and tiles * split_k < waves * sms and split_k * 2 <= steps:
                 split_k *= 2
-        while waves is None and split_k < 16 and tiles * split_k * 2 <= 2 * sms and split_k * 2 <= steps:
-            split_k *= 2
     split_k = max(1, min(int(split_k), steps))
     k_per_split = triton.cdiv(steps, split_k) * BK
     return triton.cdiv(K, k_per_split), k_per_split
