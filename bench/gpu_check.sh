@@ -24,6 +24,7 @@
 #   specdec  bench/gpu_specdec.py: Triton specdec_verify (greedy / rejection; B x K = 64 x 8, 16 x 5,
 #            1 x 5; V = 32,000 and 151,936; fp32 / bf16), checked against the reference first, median of
 #            50 CUDA-event timings, GB/s of the logit rows        -> bench_specdec_cuda.txt
+#            then the same as CUDA-graph replays (launch overhead removed)  -> bench_specdec_cuda_graph.txt
 #   vocab    bench/gpu_vocab.py --graph: Triton gather_lm_head (bf16 heads V = 151,936 x H = 1,024 and
 #            128,256 x 2,048; K = 4k / 16k / 32k; B = 1 / 4 / 16) vs F.linear over the full head and
 #            F.linear(hidden, weight[ids]), fused argmax, logit_stats vs torch reductions; checked against
@@ -42,7 +43,8 @@
 # The bench runs before the tests: GPU timings are what this machine is lent for, and the bench
 # checks every kernel bit-exactly against the reference before timing it. STAGES reorders or
 # drops stages (default "env build info linear splitk bench vocab sefp moe specdec overhead tests"); BENCH_ARGS adds bench flags
-# (e.g. --quick, --full); LINEAR_ARGS the linear stage's (default --quick). summary.txt has one
+# (e.g. --quick, --full); LINEAR_ARGS the linear stage's (default --quick). BUNDLE=1 also packs $OUT into
+# $OUT/gpu_results.tgz. summary.txt has one
 # line per stage; the exit code is non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -177,7 +179,10 @@ for s in $STAGES; do
       show bench_linear_splitk.txt 20 ;;
     specdec)
       stage specdec 45 bench_specdec_cuda.txt "$PY" bench/gpu_specdec.py
-      show bench_specdec_cuda.txt 30 ;;
+      show bench_specdec_cuda.txt 30
+      # the same kernels as CUDA-graph replays: the launch overhead that dominates small batches removed
+      stage specdec_graph 45 bench_specdec_cuda_graph.txt "$PY" bench/gpu_specdec.py --graph --no-check
+      show bench_specdec_cuda_graph.txt 30 ;;
     vocab)
       stage vocab 60 bench_vocab_cuda.txt "$PY" bench/gpu_vocab.py --graph --csv "$OUT/bench_vocab_cuda.csv"
       show bench_vocab_cuda.txt 40 ;;
@@ -197,6 +202,10 @@ for s in $STAGES; do
 done
 
 echo "total: $(( $(date +%s) - START ))s of ${BUDGET_S}s" >> "$OUT/summary.txt"
+# BUNDLE=1: everything also as one archive (for transports that bring back only a few files)
+if [ "${BUNDLE:-0}" = 1 ] && [ "$DRY_RUN" != 1 ]; then
+  tar czf "/tmp/gpu_results.tgz" -C "$OUT" . && mv /tmp/gpu_results.tgz "$OUT/"
+fi
 echo "== summary ($OUT/summary.txt)"
 cat "$OUT/summary.txt"
 exit "$status"
