@@ -99,3 +99,17 @@ def test_aot_report_formatting():
     assert "mx_quantize" in text and "40" in text and "sm_100" not in text
     assert "hello" in format_aot_report("hello")
     assert "regs: 3" in format_aot_report({"regs": 3})
+
+
+def test_gpu_check_dry_run_plans_every_stage(tmp_path):
+    """bench/gpu_check.sh (the one script a lent GPU machine runs): valid bash, and --dry-run plans each stage."""
+    stages = "env build info linear splitk bench vocab sefp moe specdec overhead tests".split()
+    env = dict(os.environ, OUT=str(tmp_path))
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    planned = [line.split(":")[0] for line in (tmp_path / "summary.txt").read_text().splitlines() if "dry-run" in line]
+    assert planned == stages[:9] + ["specdec", "specdec_graph"] + stages[10:]
+    bad = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                         timeout=60, env=dict(env, STAGES="env nosuchstage"), cwd=REPO)
+    assert bad.returncode != 0 and "unknown stage 'nosuchstage'" in bad.stdout

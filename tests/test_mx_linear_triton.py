@@ -136,6 +136,19 @@ def test_split_k(dev, fmt, split_k):
         check(args, tml.mx_linear_triton(*args, split_k=split_k))
 
 
+def test_split_k_rules(monkeypatch):
+    """The launcher's SPLIT_K choice on a 132-SM GPU (what bench/gpu_linear_splitk.py measured on an H200):
+    decode with the bf16 dot asks for >= 4 waves (power of two, <= 8); everything else keeps <= 2 waves."""
+    monkeypatch.setattr(tml, "_sm_count", lambda index: 132)
+    gpu = torch.device("cuda", 0)
+    decode = {N: tml._split_k(1, N, 4096, 16, 64, 64, gpu, waves=4) for N in (4096, 14336)}
+    assert decode == {4096: (8, 512), 14336: (4, 1024)}
+    two_waves = {N: tml._split_k(1, N, 4096, 16, 64, 64, gpu)[0] for N in (4096, 14336)}
+    assert two_waves == {4096: 4, 14336: 1}
+    assert tml._split_k(1, 64, 96, 16, 64, 64, gpu, waves=4)[0] == 2  # never more slices than K steps
+    assert tml._split_k(1, 4096, 4096, 16, 64, 64, gpu, split_k=3, waves=4) == (3, 1408)  # explicit wins
+
+
 _BF16_DOT_GAP = pytest.mark.xfail(
     triton_interpreting(), strict=True,
     reason="interpreter gap: tl.dot on bf16 multiplies the raw uint16 bit patterns (numpy has no bf16)")
