@@ -127,3 +127,16 @@ def test_dequantize_is_exact_for_mx():
         d2 = mx_dequantize_ref(*mx_quantize_ref(d, fmt, 32), fmt, 32)
         assert torch.equal(d, d2)
         assert not torch.equal(d, x)
+
+
+def test_ldexp_exact_is_ldexp_with_an_exact_power_of_two():
+    """The references' x * 2^e: the power of two built from its bits (device-independent), one rounding."""
+    from leankern._pow2 import ldexp_exact
+
+    e = torch.arange(-1022, 1024)
+    got = ldexp_exact(torch.ones(e.shape, dtype=torch.float64), e)
+    assert torch.equal(got, torch.tensor([math.ldexp(1.0, int(k)) for k in e], dtype=torch.float64))
+    x = torch.tensor([1.5, -3.0, 0.75, 1.0, 3.0], dtype=torch.float32)
+    k = torch.tensor([-140, -149, 127, -149, -150])  # fp32 subnormal results; 3 * 2^-150 rounds to 2^-149
+    want = torch.tensor([math.ldexp(float(a), int(b)) for a, b in zip(x, k)], dtype=torch.float64).to(torch.float32)
+    assert torch.equal(ldexp_exact(x, k).view(torch.int32), want.view(torch.int32))

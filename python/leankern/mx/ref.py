@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from .._pow2 import ldexp_exact
 from .formats import BlockFormat, ElementType, get_format
 
 __all__ = [
@@ -62,14 +63,14 @@ def round_to_element(v: torch.Tensor, el: ElementType, rand_bits: torch.Tensor |
     else:
         _, e = torch.frexp(v)  # v = m * 2^e, m in [0.5, 1): floor(log2 v) = e - 1
         quantum_exp = torch.clamp(e.to(torch.int64) - 1, min=el.emin) - el.mbits
-    t = torch.ldexp(v, -quantum_exp.to(torch.float64))  # exact: power-of-two scaling
+    t = ldexp_exact(v, -quantum_exp)  # exact: power-of-two scaling
     if rand_bits is None:
         r = torch.round(t)  # half to even
     else:
         t_fixed = torch.floor(t * 2.0**32).to(torch.int64)  # exact: power-of-two scaling
         rand = rand_bits.to(torch.int64) & 0xFFFFFFFF
         r = ((t_fixed + rand) >> 32).to(torch.float64)
-    value = torch.ldexp(r, quantum_exp.to(torch.float64))
+    value = ldexp_exact(r, quantum_exp)
     if el.is_int:
         return value.to(torch.int64)
     return torch.searchsorted(element_values(el, v.device), value)  # exact hit: value is on the grid
@@ -173,7 +174,7 @@ def mx_quantize_ref(
     else:
         e = torch.clamp(mx_scale_exponent(amax, el, scale_mode), -127, 127)
         e = torch.where(amax == 0, torch.full_like(e, -127), e)
-        v = torch.ldexp(absx.to(torch.float64), -e.unsqueeze(-1).to(torch.float64))
+        v = ldexp_exact(absx.to(torch.float64), -e.unsqueeze(-1))
         mag = round_to_element(v, el, rb)
         scale_bytes = torch.where(bad_block, E8M0_NAN, e + 127).to(torch.uint8)
         g_out = torch.ones((), dtype=torch.float32, device=x.device)
@@ -227,7 +228,7 @@ def mx_dequantize_ref(
         out = vals.to(torch.float32) * d.unsqueeze(-1)
     else:
         s = scales.view(torch.uint8).to(torch.int64)
-        out = torch.ldexp(vals, (s - 127).to(torch.float64).unsqueeze(-1))
+        out = ldexp_exact(vals, (s - 127).unsqueeze(-1))
         out = torch.where((s == E8M0_NAN).unsqueeze(-1), torch.full_like(out, math.nan), out)
         out = out.to(torch.float32)
     return out.reshape(*lead, K).to(out_dtype)

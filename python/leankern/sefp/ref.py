@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from .._pow2 import ldexp_exact
+
 __all__ = ["EMPTY", "MAX_M", "BLOCK_SIZES", "WORD", "padded_k", "block_exponents", "quantize_ref", "magnitudes",
            "dequantize_ref", "linear_ref"]
 
@@ -53,7 +55,7 @@ def magnitudes(w32: torch.Tensor, E: torch.Tensor, m_max: int, block_size: int) 
     """``q int64 [N, Kp]``: floor(|w| * 2^(m_max - 1 - E)) per block (0 in EMPTY blocks)."""
     a = w32.abs().to(torch.float64).reshape(*E.shape, block_size)
     shift = (m_max - 1 - E.clamp(min=-126)).to(torch.float64).unsqueeze(-1)
-    q = torch.floor(torch.ldexp(a, shift)).to(torch.int64)  # exact: power-of-two scaling in float64
+    q = torch.floor(ldexp_exact(a, shift)).to(torch.int64)  # exact: power-of-two scaling in float64
     return q.reshape(w32.shape)
 
 
@@ -99,7 +101,7 @@ def signed_values(planes: torch.Tensor, exponents: torch.Tensor, m: int, block_s
     v = torch.where(_unpack_bits(planes[0]) != 0, -v, v)
     E = exponents.to(torch.int64)
     scale_exp = torch.where(E == EMPTY, torch.zeros_like(E), E - (m - 1)).to(torch.float64)
-    v = torch.ldexp(v.reshape(*E.shape, block_size), scale_exp.unsqueeze(-1))
+    v = ldexp_exact(v.reshape(*E.shape, block_size), scale_exp.unsqueeze(-1))
     return v.reshape(q.shape)
 
 
@@ -141,7 +143,7 @@ def fake_quant_values(w: torch.Tensor, m: int, block_size: int) -> torch.Tensor:
     field = (bits >> 23) & 0xFF
     e = torch.where((bits & 0x7FFFFFFF) == 0, torch.full_like(field, EMPTY), field.clamp(min=1) - 127)
     E = e.amax(dim=-1, keepdim=True).clamp(min=-126)  # [..., nb, 1]
-    inv = torch.ldexp(torch.ones_like(blocks[..., :1]), -E.to(torch.float32))  # 2^-E, normal for E in [-126, 127]
+    inv = ldexp_exact(torch.ones_like(blocks[..., :1]), -E)  # 2^-E, normal for E in [-126, 127]
     q = torch.floor(blocks.abs() * inv * float(2 ** (m - 1)))
-    v = torch.copysign(q, blocks) * torch.ldexp(torch.ones_like(inv), (E - (m - 1)).to(torch.float32))
+    v = torch.copysign(q, blocks) * ldexp_exact(torch.ones_like(inv), E - (m - 1))
     return v.reshape(w32.shape)[..., :K].to(w.dtype)
