@@ -31,7 +31,8 @@ from leankern.core import triton_interpreting  # noqa: E402
 from leankern.mx.formats import FORMATS, get_format  # noqa: E402
 from leankern.mx.ref import mx_dequantize_ref, mx_linear_ref, mx_quantize_ref  # noqa: E402
 from leankern.triton_kernels import mx_linear as tml  # noqa: E402
-from tolerances import assert_linear_result, assert_linear_within_bound, linear_error_bound  # noqa: E402
+from tolerances import (assert_linear_result, assert_linear_within_bound, linear_error_bound,  # noqa: E402
+                        output_unit_roundoff)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy overflow notes (interpreter)
 
@@ -102,8 +103,7 @@ def check(args, y, extra=0, fp8_mma=False):
     pad = torch.nn.functional.pad
     exact, bound = linear_error_bound(pad(x_hat, (0, extra)), pad(w_hat, (0, extra)), bias, x.dtype)
     if fp8_mma:
-        u_out = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[x.dtype]
-        bound = bound + _fp8_mma_term(x_hat, w_hat) * (1 + u_out)
+        bound = bound + _fp8_mma_term(x_hat, w_hat) * (1 + output_unit_roundoff(x.dtype))
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
     assert_linear_within_bound(y.cpu(), exact, bound)
 

@@ -25,7 +25,7 @@ def tol(key) -> Tolerance:
 
 
 __all__ = ["TOLERANCES", "Tolerance", "tol", "linear_error_bound", "assert_linear_within_bound",
-           "assert_linear_result"]
+           "assert_linear_result", "output_unit_roundoff"]
 
 
 def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0):
@@ -56,7 +56,7 @@ def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0):
         terms += 1
     u = 2.0**-24
     gamma = terms * u / (1 - terms * u)
-    u_out = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[out_dtype]
+    u_out = output_unit_roundoff(out_dtype)
     # + terms * 2^-150: a product that underflows into fp32's subnormal range rounds with an absolute
     # error <= 2^-150 instead of a relative one (Higham's model with underflow, eta term)
     fp32_err = gamma * mags + terms * 2.0**-150
@@ -104,7 +104,8 @@ def _gamma(n: int) -> float:
     return n * _U / (1 - n * _U)
 
 
-def _u_out(dtype) -> float:
+def output_unit_roundoff(dtype) -> float:
+    """Half an ulp at 1 of the output dtype: the relative error of one rounding into it (0 for fp32 output)."""
     return {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]
 
 
@@ -163,7 +164,7 @@ def assert_vocab_logits(y, args_head, out_dtype=None, log_softmax=False):
         exact = out
     dt = torch.float32 if out_dtype is None else out_dtype
     assert y.dtype == dt and y.shape == exact.shape, (y.dtype, y.shape, exact.shape)
-    u = _u_out(dt)
+    u = output_unit_roundoff(dt)
     bound = bound * (1 + u) + u * exact.abs() + {torch.float32: 0.0, torch.bfloat16: 2.0**-133,
                                                  torch.float16: 2.0**-24}[dt]
     _assert_within("logits", y, exact, bound)
@@ -305,7 +306,7 @@ def moe_experts_bound(args):
     """
     (hidden, w13, w2, ids, wts, b13, b2, activation, alpha, limit, interleaved, s1, s3, s2, sg) = args
     x = hidden.double()
-    round_a = _u_out(w13.dtype)
+    round_a = output_unit_roundoff(w13.dtype)
     T, H = x.shape
     y = torch.zeros(T, H, dtype=torch.float64)
     err = torch.zeros(T, H, dtype=torch.float64)
@@ -322,7 +323,7 @@ def moe_experts_bound(args):
         mag.index_add_(0, tok, (wv * ye).abs())
     if s1 is not None:
         w13s = torch.cat([s1, s3]).double()
-        ys, es = _expert_bound(x, w13s, s2.double(), None, None, "silu", False, 1.0, 1.0, _u_out(s2.dtype))
+        ys, es = _expert_bound(x, w13s, s2.double(), None, None, "silu", False, 1.0, 1.0, output_unit_roundoff(s2.dtype))
         if sg is not None:
             z = x @ sg.double().reshape(H, 1)
             gz = torch.sigmoid(z)
@@ -330,7 +331,7 @@ def moe_experts_bound(args):
             es = gz * es + 0.25 * z_err * ys.abs() + 8 * _U * (gz * ys).abs()
             ys = gz * ys
         y, err, mag = y + ys, err + es, mag + ys.abs()
-    err = err + _gamma(k + 1) * mag + _u_out(hidden.dtype) * y.abs() + 2.0**-140
+    err = err + _gamma(k + 1) * mag + output_unit_roundoff(hidden.dtype) * y.abs() + 2.0**-140
     return y, err
 
 

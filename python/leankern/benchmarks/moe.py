@@ -22,6 +22,7 @@ T = 4096 at 88% skip >= 4x faster than our no-skip; T = 1 with one expert of eig
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -143,10 +144,15 @@ def _hf_block(s: Shape, w13, w2, shared):
 def hf_skips_id_e(block) -> bool:
     """Whether the installed transformers' expert loop skips the id E (5.2x: one_hot over E + 1 classes);
     older ones index an E-class one_hot with it (an IndexError on CPU, a device assert on a GPU)."""
+    return _forward_skips_id_e(type(block.experts))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_skips_id_e(experts_cls) -> bool:  # one source read per class, not one per bench row
     import inspect
 
     try:
-        return "num_experts + 1" in inspect.getsource(type(block.experts).forward)
+        return "num_experts + 1" in inspect.getsource(experts_cls.forward)
     except (OSError, TypeError):
         return False
 
