@@ -26,7 +26,7 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import cpu_model, time_fn
-from leankern.benchmarks.mx_linear import _bf16_throughput_512, _cold_copies, _cycle, measure_read_bandwidth
+from leankern.benchmarks.mx_linear import _bf16_throughput_512, cold_weights, measure_read_bandwidth
 
 CASES = [("mxfp4", None), ("mxint4", None), ("nvfp4", None), ("mxfp8_e4m3", None), ("mxint8", None),
          ("mxint8", "mxint8")]
@@ -61,13 +61,7 @@ def main(argv) -> int:
                 gen = torch.Generator().manual_seed(n + k)
                 w = torch.randn(n, k, generator=gen)
                 qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
-                wbytes = qt.codes.numel() + qt.scales.numel()
-                copies = _cold_copies(lambda: leankern.MXTensor(qt.codes.clone(), qt.scales.clone(), qt.global_scale,
-                                                                qt.fmt, qt.block_size, qt.shape, qt.dtype,
-                                                                layout=qt.layout), wbytes)
-                nq = _cycle(copies)
-                wbf = _cold_copies(lambda: w.to(torch.bfloat16), n * k * 2)
-                nw = _cycle(wbf)
+                nq, nw, wbytes = cold_weights(qt, w)
                 for m in ms:
                     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
                     rounds = {"amx": [], "off": [], "torch": []}
@@ -85,7 +79,7 @@ def main(argv) -> int:
                     print(f"| {fmt} | {act or '-'} | {m} | {n} x {k} | {a * 1e3:.3f} | {flops / a / 1e9:.0f} | "
                           f"{a / roof:.2f} | {off * 1e3:.3f} | {off / a:.2f} | {tb * 1e3:.3f} | {tb / a:.2f} |",
                           flush=True)
-                del copies, wbf
+                del nq, nw
     finally:
         ext.set_amx(True)
         ext.set_cpu_isa("auto")

@@ -9,7 +9,8 @@ two ``vpermi2b`` byte tables) against the ones before them (16 or 32 code bytes 
 medians). Weights prepacked and cold (cycled through 256 MiB of copies, on 2 MiB pages as in
 ``leankern bench``: the script reruns itself with THP_MEM_ALLOC_ENABLE=1 unless it is set), x bf16,
 2 threads. %rd = the weight bytes (codes + scales) / time as a fraction of ``torch.sum``'s read
-bandwidth in the same run.
+bandwidth in the same run. The fp32-FMA form of the kernel (on by default on CPUs with AMX) is switched off
+here: it replaces the vdpbf16ps form for 4-bit and INT6 weights (``python bench/bench_mx_few_rows.py``).
 """
 import os
 import statistics
@@ -25,7 +26,7 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.mx_linear import _cold_copies, _cycle, measure_read_bandwidth
+from leankern.benchmarks.mx_linear import cold_weights, measure_read_bandwidth
 
 
 def _median_call(fn, reps=15):
@@ -59,6 +60,7 @@ def main(argv) -> int:
     ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [1, 4, 16]
     torch.set_num_threads(2)
     hook = leankern._C.mx_set_vbmi_decoder
+    was_fma = leankern._C.mx_set_few_rows_fma(False)
     bw = measure_read_bandwidth()
     print(f"{_cpu_model()}, ISA {leankern._C.cpu_isa()}, torch {torch.__version__}, 2 threads; "
           f"torch.sum read {bw:.1f} GB/s; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
@@ -68,11 +70,7 @@ def main(argv) -> int:
         for n, k in ((4096, 4096), (14336, 4096), (4096, 14336)):
             gen = torch.Generator().manual_seed(n + k)
             qt = leankern.mx.prepack(leankern.mx.quantize(torch.randn(n, k, generator=gen), fmt))
-            wbytes = qt.codes.numel() + qt.scales.numel()
-            copies = _cold_copies(lambda: leankern.MXTensor(qt.codes.clone(), qt.scales.clone(), qt.global_scale,
-                                                            qt.fmt, qt.block_size, qt.shape, qt.dtype,
-                                                            layout=qt.layout), wbytes)
-            nxt = _cycle(copies)
+            nxt, _, wbytes = cold_weights(qt)
             for m in ms:
                 x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
                 rounds = {True: [], False: []}
@@ -86,7 +84,8 @@ def main(argv) -> int:
                 a, b = statistics.median(rounds[True]), statistics.median(rounds[False])
                 print(f"| {fmt} | {m} | {n} x {k} | {a * 1e3:.3f} | {wbytes / a / 1e9 / bw:.0%} | {b * 1e3:.3f} | "
                       f"{wbytes / b / 1e9 / bw:.0%} | {b / a:.2f} |", flush=True)
-            del copies
+            del nxt
+    leankern._C.mx_set_few_rows_fma(was_fma)
     return 0
 
 

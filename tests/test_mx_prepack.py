@@ -131,14 +131,19 @@ def test_bf16_dot_kernels_run_and_flush_subnormal_x(isa, fmt):
     """vdpbf16ps treats bf16 subnormal inputs as zero: under avx512bf16 a bf16 x of 2^-130 gives 0
     for every number of rows (the few-rows kernel below 32, the prefill one from 32; the documented
     exception to the bound), while the fp32 kernels (fp32 x, other ISAs) keep it. This also proves
-    that the bf16 kernels ran for bf16 x."""
+    that the bf16 kernels ran for bf16 x. The few-rows kernel's FMA form (on by default on AMX CPUs)
+    is off here; test_few_rows_fma_form_runs_where_taken shows that it keeps such x."""
     qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), fmt))
     x = torch.full((40, 64), 2.0**-130).to(torch.bfloat16)
     tiny = 64 * 2.0**-130
     assert leankern.mx.linear(x.float(), qt)[0, 0].item() == pytest.approx(tiny, rel=1e-6)
     want = 0.0 if isa in BF16_DOT_ISAS else tiny
-    for m in (1, 8, 31, 32, 40):
-        assert leankern.mx.linear(x[:m], qt)[:, 0].float().tolist() == pytest.approx([want] * m, rel=1e-2, abs=0)
+    was = leankern._C.mx_set_few_rows_fma(False)
+    try:
+        for m in (1, 8, 31, 32, 40):
+            assert leankern.mx.linear(x[:m], qt)[:, 0].float().tolist() == pytest.approx([want] * m, rel=1e-2, abs=0)
+    finally:
+        leankern._C.mx_set_few_rows_fma(was)
 
 
 @pytest.mark.parametrize("w_fmt", ["mxint8", "mxint4", "mxfp4"])
@@ -157,7 +162,8 @@ def test_int8_dot_kernel_runs_for_int_pairs(isa):
     """x = 2^-127 quantizes to the element 1 at the smallest E8M0 scale: x_hat = 2^-127, a subnormal.
     The int8 kernel (INT x INT under avx512bf16 without AMX) sums integers and scales afterwards,
     so it keeps it from 32 rows on; the bf16 kernels (an FP8 act format, fewer rows, or AMX tiles,
-    which take INT x INT too) flush subnormal inputs to zero. Proves which ran."""
+    which take INT x INT too) flush subnormal inputs to zero, the few-rows kernel's FMA form keeps
+    them. Proves which ran."""
     qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), "mxint8"))
     x = torch.full((32, 64), 2.0**-127)
     want = 64 * 2.0**-127
@@ -165,8 +171,15 @@ def test_int8_dot_kernel_runs_for_int_pairs(isa):
     assert dual == (0.0 if isa == "amx" else pytest.approx(want, rel=1e-6))
     fp8 = leankern.mx.linear(x, qt, act_fmt="mxfp8_e4m3")[0, 0].item()
     assert fp8 == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6))
-    few = leankern.mx.linear(x[:31], qt, act_fmt="mxint8")[0, 0].item()
-    assert few == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6))
+    was = leankern._C.mx_set_few_rows_fma(False)
+    try:
+        few = leankern.mx.linear(x[:31], qt, act_fmt="mxint8")[0, 0].item()
+        assert few == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6))
+        leankern._C.mx_set_few_rows_fma(True)  # 31 rows: AMX tiles where on, else the few-rows FMA form
+        few = leankern.mx.linear(x[:31], qt, act_fmt="mxint8")[0, 0].item()
+        assert few == (0.0 if isa == "amx" else pytest.approx(want, rel=1e-6))
+    finally:
+        leankern._C.mx_set_few_rows_fma(was)
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
@@ -208,14 +221,17 @@ def test_amx_switch_returns_the_previous_setting():
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3",
                                  "mxfp6_e3m2", "mxint6", "mxint8"])
 @pytest.mark.parametrize("vbmi", [True, False])
-def test_few_rows_vbmi_decoders(isa, fmt, vbmi):
+@pytest.mark.parametrize("fma", [True, False])
+def test_few_rows_vbmi_decoders(isa, fmt, vbmi, fma):
     """bf16 x, fewer than 32 rows: with AVX512-VBMI the few-rows kernel decodes 64 code bytes at a
     time (4-bit: x regrouped by eights, blocks of whole 8-element groups; 8 / 6-bit but MXINT8: byte
     tables, blocks of whole 4-element groups, an odd last group at block size 4), otherwise 16 or 32.
-    Both within the bound, for rows crossing its 8-row passes, N off the 16-row tile, block sizes
-    4 .. 128 (2 keeps the other decoder). Turning the VBMI decoder off changes nothing on other ISAs,
-    on CPUs without VBMI or for MXINT8."""
+    Its fp32-FMA form (fma; 4-bit with VBMI and block sizes % 8 == 0, INT6 / INT8) replaces
+    vdpbf16ps. All within the bound, for rows crossing its 8-row passes, N off the 16-row tile, block
+    sizes 4 .. 128 (2 keeps the other decoder). Turning the VBMI decoder or the FMA form off changes
+    nothing on other ISAs, on CPUs without VBMI or for formats they do not take."""
     was = leankern._C.mx_set_vbmi_decoder(vbmi)
+    was_fma = leankern._C.mx_set_few_rows_fma(fma)
     try:
         for m, n, k, bs in ((1, 37, 256, 32), (3, 16, 128, 8), (9, 21, 512, 64), (17, 40, 256, 128), (5, 18, 64, 4),
                             (2, 19, 64, 2)):
@@ -227,6 +243,47 @@ def test_few_rows_vbmi_decoders(isa, fmt, vbmi):
             _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
     finally:
         leankern._C.mx_set_vbmi_decoder(was)
+        leankern._C.mx_set_few_rows_fma(was_fma)
+
+
+FMA_FORMATS = ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxint6", "mxint8"]
+
+
+@pytest.mark.parametrize("fmt", FMA_FORMATS)
+def test_few_rows_fma_form_runs_where_taken(fmt):
+    """Which kernel ran, shown by subnormal bf16 x (2^-130): vdpbf16ps counts it as zero, the FMA form
+    multiplies it. On avx512bf16 with the FMA form on, every output is the fp32 reference's (exact
+    here: one nonzero x, so y = x0 * w[:, 0] * scale with no sum to round); off, every output is 0."""
+    skip_unless_cpp()
+    ext = leankern._C
+    if "avx512bf16" not in ext.supported_isas() or (fmt[-1] == "4" and "avx512vbmi" not in ext.cpu_features().split()):
+        pytest.skip(f"needs avx512bf16 (+ VBMI for 4-bit); this CPU: {ext.cpu_features()}")
+    qt = _weight(21, 64, fmt, 16 if fmt.startswith("nv") else 32)
+    x = torch.zeros(3, 64, dtype=torch.bfloat16)
+    x[:, 0] = 2.0 ** -130  # bf16 subnormal (the smallest normal is 2^-126)
+    ref = x.float() @ qt.dequantize(torch.float32).T
+    assert (ref != 0).any()  # the case is the intended one
+    was_fma = ext.mx_set_few_rows_fma(True)
+    try:
+        with on_isa("avx512bf16"), leankern.use_backend("cpp"):  # (AMX off: 3 rows take the few-rows kernel anyway)
+            p = leankern.mx.prepack(qt)
+            y_on = leankern.mx.linear(x, p).float()
+            ext.mx_set_few_rows_fma(False)
+            y_off = leankern.mx.linear(x, p).float()
+    finally:
+        ext.mx_set_few_rows_fma(was_fma)
+    assert torch.equal(y_on, ref.to(torch.bfloat16).float())
+    assert torch.equal(y_off, torch.zeros_like(y_off))
+
+
+def test_few_rows_fma_default_is_on_where_the_cpu_has_amx():
+    """In a fresh process the FMA form is on exactly where the CPU has AMX."""
+    skip_unless_cpp()
+    import subprocess
+    import sys
+    code = "import leankern; e = leankern._C; print(e.mx_set_few_rows_fma(False), e.amx_supported())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == out[1]
 
 
 @pytest.mark.parametrize("vbmi", [True, False])
@@ -251,14 +308,16 @@ def test_packed_e5m2_inf_and_nan_codes(isa, vbmi):
         leankern._C.mx_set_vbmi_decoder(was)
 
 
-def test_vbmi_decoder_hook_returns_the_previous_setting():
+@pytest.mark.parametrize("hook", ["mx_set_vbmi_decoder", "mx_set_few_rows_fma"])
+def test_kernel_hooks_return_the_previous_setting(hook):
     skip_unless_cpp()
-    was = leankern._C.mx_set_vbmi_decoder(False)
+    fn = getattr(leankern._C, hook)
+    was = fn(False)
     try:
-        assert leankern._C.mx_set_vbmi_decoder(True) is False
-        assert leankern._C.mx_set_vbmi_decoder(True) is True
+        assert fn(True) is False
+        assert fn(True) is True
     finally:
-        leankern._C.mx_set_vbmi_decoder(was)
+        fn(was)
 
 
 def _with_scales(qt, scales, codes=None):

@@ -29,5 +29,19 @@ std::atomic<bool> g_vbmi_decoder{true};
 bool vbmi_decoder_enabled() { return g_vbmi_decoder.load(std::memory_order_relaxed); }
 void set_vbmi_decoder_enabled(bool on) { g_vbmi_decoder.store(on, std::memory_order_relaxed); }
 
+namespace {
+std::atomic<int> g_few_rows_fma{-1};  // -1: not decided yet (the CPU's default at first use)
+}
+bool few_rows_fma_enabled() {
+  int v = g_few_rows_fma.load(std::memory_order_relaxed);
+  if (v < 0) {
+    int expected = -1;
+    g_few_rows_fma.compare_exchange_strong(expected, cpu::amx_supported() ? 1 : 0);
+    v = g_few_rows_fma.load(std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+void set_few_rows_fma_enabled(bool on) { g_few_rows_fma.store(on ? 1 : 0, std::memory_order_relaxed); }
+
 }  // namespace mx
 }  // namespace leankern

@@ -171,6 +171,11 @@ const KernelTable& active_kernels();
 // has VBMI). On by default; tests turn it off to run the other decoder on the same CPU.
 bool vbmi_decoder_enabled();
 void set_vbmi_decoder_enabled(bool on);
+// Whether the few-rows kernel multiplies with fp32 FMAs (linear_packed_fma_small.h: 4-bit and INT6 / INT8
+// weights) instead of vdpbf16ps. On by default where the CPU has AMX (Intel cores whose vdpbf16ps has half
+// the FMA rate), off elsewhere; tests set it to run both kernels on one CPU. The op then passes fp32 x.
+bool few_rows_fma_enabled();
+void set_few_rows_fma_enabled(bool on);
 
 }  // namespace mx
 }  // namespace leankern

@@ -106,7 +106,8 @@ at::Tensor mx_linear_cpu(const at::Tensor& x_in, const at::Tensor& codes_in, con
   // with something else does less). Why a floor: a tiny product (decode of one small layer) would
   // otherwise pay the thread-pool wake-up, several µs, for microseconds of work.
   const int64_t per_row = std::max<int64_t>(1, M * K);
-  const int64_t rows = ((65536 + per_row - 1) / per_row + 3) / 4 * 4;
+  int64_t rows = ((65536 + per_row - 1) / per_row + 3) / 4 * 4;
+  if (M <= 16) rows = (cpu::streaming_chunk(N, rows) + 3) / 4 * 4;  // decode: W streamed once
   parallel_chunks(N, rows, [&](int64_t n0, int64_t n1) { kern.linear(a, n0, n1); });
   return y;
 }

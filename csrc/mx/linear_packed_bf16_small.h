@@ -297,24 +297,30 @@ LK_BFV void quad_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0
   store_rows<NV>(a, acc, m0, n0, rows);
 }
 
-// small_tile (QUAD: quad_tile) with MM = mm (1..kSM) rows.
-template <int EL, bool NV, bool QUAD, int MM>
+#include "mx/linear_packed_fma_small.h"
+
+// The few-rows kernels: small_tile, quad_tile (VBMI decoders), fma_tile (fp32 FMAs).
+enum SmallKind { kSmallBf16, kSmallQuad, kSmallFma };
+
+// The KIND kernel with MM = mm (1..kSM) rows.
+template <int EL, bool NV, int KIND, int MM>
 LK_BF void small_tile_mm(int mm, const PackedLinearArgs& a, const uint8_t* tile, int64_t m0, int64_t n0, int rows) {
-  if (mm == MM) {
-    if constexpr (QUAD) return quad_tile<EL, NV, MM>(a, tile, m0, n0, rows);  // (a call: another target)
+  if (mm == MM) {  // (quad / fma: a call, another target)
+    if constexpr (KIND == kSmallQuad) return quad_tile<EL, NV, MM>(a, tile, m0, n0, rows);
+    else if constexpr (KIND == kSmallFma) return fma_tile<EL, NV, MM>(a, tile, m0, n0, rows);
     else return small_tile<EL, NV, MM>(a, tile, m0, n0, rows);
   }
-  if constexpr (MM < kSM) small_tile_mm<EL, NV, QUAD, MM + 1>(mm, a, tile, m0, n0, rows);
+  if constexpr (MM < kSM) small_tile_mm<EL, NV, KIND, MM + 1>(mm, a, tile, m0, n0, rows);
 }
 
-template <int EL, bool NV, bool QUAD>
+template <int EL, bool NV, int KIND>
 LK_BF void small_tiles(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   const int64_t nb = a.K / a.block_size;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n0 = t * kPR;
     const int rows = (int)(a.N - n0 < kPR ? a.N - n0 : kPR);
     for (int64_t m0 = 0; m0 < a.M; m0 += kSM)
-      small_tile_mm<EL, NV, QUAD, 1>((int)(a.M - m0 < kSM ? a.M - m0 : kSM), a, a.packed + t * nb * a.block_bytes, m0,
+      small_tile_mm<EL, NV, KIND, 1>((int)(a.M - m0 < kSM ? a.M - m0 : kSM), a, a.packed + t * nb * a.block_bytes, m0,
                                      n0, rows);
   }
 }
@@ -326,12 +332,15 @@ inline bool use_vbmi_decoder() {
 
 template <int EL, bool NV>
 LK_BF void small_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
-  if constexpr (elem_params(EL).bits == 4) {
-    if (a.xb8 && a.block_size % 8 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, true>(a, t0, t1);
-  } else if constexpr (quad8_format(EL) && !NV) {
-    if (a.block_size % 4 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, true>(a, t0, t1);
+  if constexpr (elem_params(EL).bits == 4 || fma_int_format(EL)) {
+    if (fma_tile_takes<EL>(a)) return small_tiles<EL, NV, kSmallFma>(a, t0, t1);
   }
-  small_tiles<EL, NV, false>(a, t0, t1);
+  if constexpr (elem_params(EL).bits == 4) {
+    if (a.xb8 && a.block_size % 8 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, kSmallQuad>(a, t0, t1);
+  } else if constexpr (quad8_format(EL) && !NV) {
+    if (a.block_size % 4 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, kSmallQuad>(a, t0, t1);
+  }
+  small_tiles<EL, NV, kSmallBf16>(a, t0, t1);
 }
 
 LK_BF bool linear_packed_bf16_small_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {

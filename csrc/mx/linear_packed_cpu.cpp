@@ -197,7 +197,9 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   }
   // PackedLinearArgs::xa: x as AMX A tiles (16 rows x 32 elements), rows padded with zeros
   const at::Tensor xa = amx ? amx_tiles(xbf, M, K) : at::Tensor();
-  const at::Tensor xf = bf16_x || xi.q.defined() ? at::Tensor()
+  // fp32 x for the few-rows kernel's FMA form (linear_packed_fma_small.h; exact: x is exact in bf16)
+  const at::Tensor xf = bf16_small && few_rows_fma_enabled() ? xbf.to(at::kFloat)
+                        : bf16_x || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
   const PackedLinearArgs pa{xf.defined() ? xf.data_ptr<float>() : nullptr,
@@ -222,6 +224,7 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
+  const int64_t stream_grain = cpu::streaming_chunk(T, grain);  // the few-rows kernels stream W once
   if (xi.q.defined()) {  // both formats int8-able: the kernel has the weight format
     parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_int8(pa, t0, t1); });
     return y;
@@ -235,11 +238,11 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
     return y;
   }
   if (bf16_small) {  // every format has the kernel
-    parallel_chunks(T, grain, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16_small(pa, t0, t1); });
+    parallel_chunks(T, stream_grain, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16_small(pa, t0, t1); });
     return y;
   }
   if (kern.linear_packed && kern.linear_packed(pa, 0, 0)) {  // the ISA has a packed kernel for the format
-    parallel_chunks(T, grain, [&](int64_t t0, int64_t t1) { kern.linear_packed(pa, t0, t1); });
+    parallel_chunks(T, prefill ? grain : stream_grain, [&](int64_t t0, int64_t t1) { kern.linear_packed(pa, t0, t1); });
     return y;
   }
   // Fallback: unpack each tile, then the row-major kernel (which reads fp32 x, and for 4-bit

@@ -265,7 +265,7 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   if (M < kPanelRows) {
     // several x rows: tasks of >= 64 weight rows, so the x slabs read per task are shared by many rows
     const int64_t per_row = rows_per_task(P.Kw * kWord * (1 + M), 1 << 19);
-    const int64_t task = M == 1 ? per_row : std::max<int64_t>(64, per_row);
+    const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
     float* yp = y32.data_ptr<float>();
     if (bf16) {  // fewer rows than the bf16 panels take (or a bias, or tiny blocks: they need no exact bf16 w)
       const at::Tensor xb = prepare_x_bf16(x2, P.Kw, static_cast<int>(m));

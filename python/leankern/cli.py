@@ -82,6 +82,11 @@ def info_lines() -> list[str]:
         if hasattr(ext, "amx_enabled"):
             state = "on" if ext.amx_enabled() else "off" if ext.amx_supported() else "not on this CPU / OS"
             lines.append(f"AMX        {state} (tile kernels: mx.linear and vocab dots from 8 rows, moe's bf16 GEMM; LEANKERN_AMX=0)")
+        if hasattr(ext, "mx_set_few_rows_fma"):
+            fma = ext.mx_set_few_rows_fma(True)
+            ext.mx_set_few_rows_fma(fma)
+            lines.append(f"few-rows   mx.linear {'fp32 FMA form' if fma else 'vdpbf16ps form'} (4-bit, MXINT6/8 weights "
+                         "below 8 or 32 rows; leankern._C.mx_set_few_rows_fma)")
     else:
         lines.append(f"C++ ext    NOT loaded: {extension_error()} -> reference backend on CPU")
     tri = "importable" if triton_available() else "not importable"

@@ -76,6 +76,18 @@ def _cycle(items):
     return nxt
 
 
+def cold_weights(qt, w=None):
+    """(next_qt, next_w_bf16 or None, weight bytes): callables cycling through copies of the MXTensor `qt` (and of
+    `w` in bf16) that fill _COLD_BYTES, so every call reads its weight from memory."""
+    import leankern
+
+    wbytes = qt.codes.numel() * qt.codes.element_size() + qt.scales.numel() * qt.scales.element_size()
+    nq = _cycle(_cold_copies(lambda: leankern.MXTensor(qt.codes.clone(), qt.scales.clone(), qt.global_scale, qt.fmt,
+                                                       qt.block_size, qt.shape, qt.dtype, layout=qt.layout), wbytes))
+    nw = None if w is None else _cycle(_cold_copies(lambda: w.to(torch.bfloat16), w.numel() * 2))
+    return nq, nw, wbytes
+
+
 def _timed(fn, m, repeats):
     """Median seconds of fn; large products (seconds per call) get fewer samples."""
     if m >= 256:
@@ -91,16 +103,12 @@ def _row(fmt, act, m, n, k, layout, bw_rd, bf16_512, repeats, isa):
     qt = leankern.mx.quantize(w, fmt)
     if layout == "prepacked":
         qt = leankern.mx.prepack(qt)
-    wbytes = qt.codes.numel() * qt.codes.element_size() + qt.scales.numel() * qt.scales.element_size()
     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-    qts = _cold_copies(lambda: leankern.MXTensor(qt.codes.clone(), qt.scales.clone(), qt.global_scale, qt.fmt,
-                                                 qt.block_size, qt.shape, qt.dtype, layout=qt.layout), wbytes)
-    nq = _cycle(qts)
+    nq, nw, wbytes = cold_weights(qt)
     ours = _timed(lambda: leankern.mx.linear(x, nq(), act_fmt=act), m, repeats)
-    wbf = _cold_copies(lambda: w.to(torch.bfloat16), n * k * 2)
-    nw = _cycle(wbf)
+    nw = cold_weights(qt, w)[1]
     bf16 = _timed(lambda: F.linear(x, nw()), m, repeats)
-    del wbf
+    del nw
     deq = _timed(lambda: F.linear(x, nq().dequantize(torch.bfloat16)), m, max(3, repeats // 3))
     moved = wbytes + x.numel() * 2 + m * n * 2
     flops = 2 * m * n * k

@@ -1,0 +1,88 @@
+"""A/B of the few-rows ``mx.linear`` kernel's fp32-FMA form against its vdpbf16ps form (ISA avx512bf16, AMX off):
+``python bench/bench_mx_few_rows.py [FMTS] [MS] [SHAPES]`` (defaults: mxfp4, mxint4, nvfp4, mxint6, mxint8;
+M = 1,2,4; 4096x4096; SHAPES as ``NxK,NxK``).
+
+The FMA form (``csrc/mx/linear_packed_fma_small.h``; ``leankern._C.mx_set_few_rows_fma``, on by default on CPUs
+with AMX) against the vdpbf16ps form of the same kernel, and torch bf16 ``F.linear`` on the same cold weights.
+Timed in turn per round (3 rounds, median of the round medians). Weights prepacked and cold (cycled through
+256 MiB of copies, on 2 MiB pages: the script reruns itself with THP_MEM_ALLOC_ENABLE=1 unless it is set), x bf16,
+2 threads. %rd = (codes + scales bytes) / time / the read bandwidth of torch.sum over 256 MiB in the same run;
+"sum 8 MiB" is torch.sum's own fraction of it on a cold buffer of about a 4096 x 4096 4-bit weight's size.
+"""
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import leankern
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import leankern
+
+from leankern.benchmarks import rerun_with_thp
+from leankern.benchmarks.harness import cpu_model, time_fn
+from leankern.benchmarks.mx_linear import _cold_copies, _cycle, cold_weights, measure_read_bandwidth
+
+FORMATS = ["mxfp4", "mxint4", "nvfp4", "mxint6", "mxint8"]
+
+
+def _median(fn):
+    return statistics.median(time_fn(fn, warmup=3, repeats=11))
+
+
+def main(argv) -> int:
+    ext = leankern._C
+    if not ext or "avx512bf16" not in ext.supported_isas():
+        print("needs the C++ extension on a CPU with AVX512-BF16")
+        return 0
+    fmts = argv[0].split(",") if argv else FORMATS
+    ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [1, 2, 4]
+    shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else [(4096, 4096)]
+    torch.set_num_threads(2)
+    ext.set_cpu_isa("avx512bf16")
+    was_amx, was_fma = ext.set_amx(False), ext.mx_set_few_rows_fma(True)
+    bw = measure_read_bandwidth()
+    small = _cold_copies(lambda: torch.ones(2**21), 2**23)
+    ns = _cycle(small)
+    sum8 = 2**23 / _median(lambda: ns().sum()) / 1e9
+    print(f"{cpu_model()}, ISA avx512bf16 (AMX off), torch {torch.__version__}, 2 threads; torch.sum read {bw:.1f} GB/s "
+          f"(256 MiB), {sum8:.1f} GB/s = {sum8 / bw:.0%} of it over cold 8 MiB buffers; "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+    print("| weight | M | N x K | FMA ms | GB/s | %rd | vdpbf16ps ms | %rd | vdpbf16ps / FMA | torch bf16 ms | "
+          "torch / FMA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    try:
+        for n, k in shapes:
+            for fmt in fmts:
+                gen = torch.Generator().manual_seed(n + k)
+                w = torch.randn(n, k, generator=gen)
+                qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
+                nq, nw, wbytes = cold_weights(qt, w)
+                for m in ms:
+                    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+                    rounds = {"fma": [], "bf16": [], "torch": []}
+                    for _ in range(3):
+                        for key in rounds:
+                            if key == "torch":
+                                rounds[key].append(_median(lambda: F.linear(x, nw())))
+                            else:
+                                ext.mx_set_few_rows_fma(key == "fma")
+                                rounds[key].append(_median(lambda: leankern.mx.linear(x, nq())))
+                    fma, b16, tb = (statistics.median(rounds[key]) for key in ("fma", "bf16", "torch"))
+                    gbs = wbytes / fma / 1e9
+                    print(f"| {fmt} | {m} | {n} x {k} | {fma * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {b16 * 1e3:.3f} | "
+                          f"{wbytes / b16 / 1e9 / bw:.0%} | {b16 / fma:.2f} | {tb * 1e3:.3f} | {tb / fma:.2f} |", flush=True)
+                del nq, nw
+    finally:
+        ext.set_amx(was_amx)
+        ext.mx_set_few_rows_fma(was_fma)
+        ext.set_cpu_isa("auto")
+    return 0
+
+
+if __name__ == "__main__":
+    rc = rerun_with_thp(no_thp=False)
+    raise SystemExit(main(sys.argv[1:]) if rc is None else rc)
