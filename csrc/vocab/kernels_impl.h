@@ -280,14 +280,22 @@ LK_T void load_pair_t(const void* x, int64_t i, typename S::F tv, typename S::F&
   }
 }
 
+// Software prefetch distance (bytes) of the stats pass. Why: a row is only 0.3-0.6 MB and each task a quarter of
+// it, too short a stream for the hardware prefetcher to ramp up on; measured cold (every row from DRAM) on a
+// 2-core Xeon, bf16 V = 151,936, B = 1: 46 -> 26 us (hot 18 us), fp32 48 -> 40 us; 1-16 KB tried, 4 KB best.
+constexpr int64_t kStatsPrefetch = 4096;
+
 template <int DT, bool DIV>
 LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
   using F = typename S::F;
+  constexpr int64_t es = DT == kF32 ? 4 : 2, step = 2 * S::N * es;  // bytes per iteration
+  const char* xc = static_cast<const char*>(x);
   const F tv = S::set1(t), mv = S::set1(m_ref);
   F mx0 = S::set1(-INFINITY), mx1 = mx0, z0 = S::zero(), z1 = z0, s0 = z0, s1 = z0, t0 = z0, t1 = z0;
   int64_t i = b0;
   for (; i + 2 * S::N <= b1; i += 2 * S::N) {  // two independent chains: the exp latency overlaps
     F v0, v1;
+    for (int64_t o = 0; o < step; o += 64) __builtin_prefetch(xc + i * es + kStatsPrefetch + o);
     load_pair_t<DT, DIV>(x, i, tv, v0, v1);
     stats_step<S>(v0, mv, mx0, z0, s0, t0);
     stats_step<S>(v1, mv, mx1, z1, s1, t1);
