@@ -1,6 +1,6 @@
 """A/B of the few-rows ``mx.linear`` kernel's fp32-FMA form against its vdpbf16ps form (ISA avx512bf16, AMX off):
-``python bench/bench_mx_few_rows.py [FMTS] [MS] [SHAPES]`` (defaults: mxfp4, mxint4, nvfp4, mxint6, mxint8;
-M = 1,2,4; 4096x4096; SHAPES as ``NxK,NxK``).
+``python bench/bench_mx_few_rows.py [FMTS] [MS] [SHAPES] [DTYPE]`` (defaults: mxfp4, mxint4, nvfp4, mxint6, mxint8;
+M = 1,2,4; 4096x4096; SHAPES as ``NxK,NxK``; x bf16, or fp32 / fp16, where the other side is the fp32 kernel).
 
 The FMA form (``csrc/mx/linear_packed_fma_small.h``; ``leankern._C.mx_set_few_rows_fma``, on by default on CPUs
 with AMX) against the vdpbf16ps form of the same kernel, and torch bf16 ``F.linear`` on the same cold weights.
@@ -41,6 +41,8 @@ def main(argv) -> int:
     fmts = argv[0].split(",") if argv else FORMATS
     ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [1, 2, 4]
     shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else [(4096, 4096)]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[argv[3] if len(argv) > 3 else "bf16"]
+    other = "vdpbf16ps" if dtype == torch.bfloat16 else "fp32 kernel"
     torch.set_num_threads(2)
     ext.set_cpu_isa("avx512bf16")
     was_amx, was_fma = ext.set_amx(False), ext.mx_set_few_rows_fma(True)
@@ -50,8 +52,8 @@ def main(argv) -> int:
     sum8 = 2**23 / _median(lambda: ns().sum()) / 1e9
     print(f"{cpu_model()}, ISA avx512bf16 (AMX off), torch {torch.__version__}, 2 threads; torch.sum read {bw:.1f} GB/s "
           f"(256 MiB), {sum8:.1f} GB/s = {sum8 / bw:.0%} of it over cold 8 MiB buffers; "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
-    print("| weight | M | N x K | FMA ms | GB/s | %rd | vdpbf16ps ms | %rd | vdpbf16ps / FMA | torch bf16 ms | "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; x {str(dtype)[6:]}")
+    print(f"| weight | M | N x K | FMA ms | GB/s | %rd | {other} ms | %rd | {other} / FMA | torch bf16 ms | "
           "torch / FMA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     try:
@@ -62,12 +64,13 @@ def main(argv) -> int:
                 qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
                 nq, nw, wbytes = cold_weights(qt, w)
                 for m in ms:
-                    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+                    x = torch.randn(m, k, generator=gen).to(dtype)
+                    xt = x.to(torch.bfloat16)  # torch's baseline: bf16 F.linear
                     rounds = {"fma": [], "bf16": [], "torch": []}
                     for _ in range(3):
                         for key in rounds:
                             if key == "torch":
-                                rounds[key].append(_median(lambda: F.linear(x, nw())))
+                                rounds[key].append(_median(lambda: F.linear(xt, nw())))
                             else:
                                 ext.mx_set_few_rows_fma(key == "fma")
                                 rounds[key].append(_median(lambda: leankern.mx.linear(x, nq())))

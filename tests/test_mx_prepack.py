@@ -276,6 +276,54 @@ def test_few_rows_fma_form_runs_where_taken(fmt):
     assert torch.equal(y_off, torch.zeros_like(y_off))
 
 
+@pytest.mark.parametrize("fmt", FMA_FORMATS + ["mxfp8_e4m3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("fma", [True, False])
+def test_few_rows_fma_form_fp32_x(isa, fmt, dtype, fma):
+    """fp32 / fp16 x (and NV dual x_hat, fp32) below 32 rows: the FMA form where it is on and takes the format
+    (under avx512bf16), else the fp32 kernel (E4M3 always). Within the bound for rows crossing the 8-row
+    passes, N off the 16-row tile, block sizes 8 .. 128, with and without bias."""
+    was = leankern._C.mx_set_few_rows_fma(fma)
+    try:
+        for m, n, k, bs in ((1, 37, 256, 32), (3, 16, 128, 8), (9, 21, 512, 64), (17, 40, 256, 128)):
+            if fmt.startswith("nv"):
+                bs = 16
+            qt = _weight(n, k, fmt, bs, seed=m)
+            x = (torch.randn(m, k, generator=torch.Generator().manual_seed(n)) * 3).to(dtype)
+            b = torch.randn(n).to(dtype) if m % 2 else None
+            p = leankern.mx.prepack(qt)
+            _check(leankern.mx.linear(x, p, b), x, qt, b)
+            if fmt.startswith("nv"):
+                _check(leankern.mx.linear(x, p, b, act_fmt=fmt), x, qt, b, fmt)
+    finally:
+        leankern._C.mx_set_few_rows_fma(was)
+
+
+@pytest.mark.parametrize("fmt", FMA_FORMATS)
+def test_few_rows_fma_form_takes_fp32_x(fmt):
+    """Which kernel ran for fp32 x under avx512bf16: the FMA form and the fp32 kernel sum the same exact products
+    in different orders, so on this seeded case (K = 4096, every output a sum of 4096 products) their outputs
+    differ in some element exactly when the switch changes the kernel; both are within the bound."""
+    skip_unless_cpp()
+    ext = leankern._C
+    if "avx512bf16" not in ext.supported_isas() or (fmt[-1] == "4" and "avx512vbmi" not in ext.cpu_features().split()):
+        pytest.skip(f"needs avx512bf16 (+ VBMI for 4-bit); this CPU: {ext.cpu_features()}")
+    qt = _weight(64, 4096, fmt, 16 if fmt.startswith("nv") else 32, seed=5)
+    x = torch.randn(2, 4096, generator=torch.Generator().manual_seed(6))
+    was = ext.mx_set_few_rows_fma(True)
+    try:
+        with on_isa("avx512bf16"), leankern.use_backend("cpp"):
+            p = leankern.mx.prepack(qt)
+            y_on = leankern.mx.linear(x, p)
+            ext.mx_set_few_rows_fma(False)
+            y_off = leankern.mx.linear(x, p)
+    finally:
+        ext.mx_set_few_rows_fma(was)
+    _check(y_on, x, qt)
+    _check(y_off, x, qt)
+    assert not torch.equal(y_on, y_off)
+
+
 def test_few_rows_fma_default_is_on_where_the_cpu_has_amx():
     """In a fresh process the FMA form is on exactly where the CPU has AMX."""
     skip_unless_cpp()

@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "common/cpu_features.h"
+#include "mx/formats.h"
 #include "mx/scalar_kernels.h"
 
 namespace leankern {
@@ -42,6 +43,18 @@ bool few_rows_fma_enabled() {
   return v == 1;
 }
 void set_few_rows_fma_enabled(bool on) { g_few_rows_fma.store(on ? 1 : 0, std::memory_order_relaxed); }
+bool few_rows_fma_takes(int fmt, int block_size) {
+  const ElemParams p = elem_params(kFormats[fmt].elem);
+  if (p.bits == 4) {
+#if defined(__x86_64__) || defined(_M_X64)
+    static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
+#else
+    const bool vbmi = false;
+#endif
+    return vbmi && block_size % 8 == 0;
+  }
+  return p.is_int;  // MXINT6 / MXINT8
+}
 
 }  // namespace mx
 }  // namespace leankern

@@ -176,6 +176,9 @@ void set_vbmi_decoder_enabled(bool on);
 // the FMA rate), off elsewhere; tests set it to run both kernels on one CPU. The op then passes fp32 x.
 bool few_rows_fma_enabled();
 void set_few_rows_fma_enabled(bool on);
+// Whether that form takes weights of format `fmt` (kFormats index) with this block size here: 4-bit formats
+// with block_size % 8 == 0 on CPUs with AVX512-VBMI, and MXINT6 / MXINT8. (The op and the kernel both ask.)
+bool few_rows_fma_takes(int fmt, int block_size);
 
 }  // namespace mx
 }  // namespace leankern

@@ -333,7 +333,7 @@ inline bool use_vbmi_decoder() {
 template <int EL, bool NV>
 LK_BF void small_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   if constexpr (elem_params(EL).bits == 4 || fma_int_format(EL)) {
-    if (fma_tile_takes<EL>(a)) return small_tiles<EL, NV, kSmallFma>(a, t0, t1);
+    if (fma_tile_takes(a)) return small_tiles<EL, NV, kSmallFma>(a, t0, t1);
   }
   if constexpr (elem_params(EL).bits == 4) {
     if (a.xb8 && a.block_size % 8 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, kSmallQuad>(a, t0, t1);
@@ -344,7 +344,7 @@ LK_BF void small_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
 }
 
 LK_BF bool linear_packed_bf16_small_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
-  if (!a.xb) return false;
+  if (!a.xb && !fma_tile_takes(a)) return false;  // (without bf16 x only the FMA form can run)
   return dispatch_packed_format(a.fmt, [&](auto el, auto nv) {
     small_range_fmt<decltype(el)::value, decltype(nv)::value>(a, t0, t1);
   });

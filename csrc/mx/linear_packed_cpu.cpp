@@ -183,6 +183,10 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   // prefill kernel (row groups), below it the few-rows kernel (x as it is); fp32 kernel otherwise.
   const bool bf16_dot = !amx && kern.linear_packed_bf16 && !xi.q.defined() && prefill && x_is_bf16;
   const bool bf16_small = kern.linear_packed_bf16_small && !xi.q.defined() && !prefill && x_is_bf16;
+  // fp32 / fp16 x (or an NV dual x_hat) below the prefill rows: the few-rows kernel's FMA form where it is on
+  // and takes the format (linear_packed_fma_small.h; x as the fp32 kernel reads it), else the fp32 kernel
+  const bool fma_small = kern.linear_packed_bf16_small && !x_is_bf16 && !prefill && few_rows_fma_enabled() &&
+                         few_rows_fma_takes(f, (int)block_size);
   const bool bf16_x = bf16_dot || bf16_small || amx;
   // x_hat: straight to bf16 for those kernels (exact: an MX act format)
   const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern, bf16_x ? kInBF16 : kInF32)
@@ -237,7 +241,7 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
     parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16(pa, t0, t1); });
     return y;
   }
-  if (bf16_small) {  // every format has the kernel
+  if (bf16_small || fma_small) {  // every format has the kernel
     parallel_chunks(T, stream_grain, [&](int64_t t0, int64_t t1) { kern.linear_packed_bf16_small(pa, t0, t1); });
     return y;
   }

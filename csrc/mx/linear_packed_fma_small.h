@@ -1,6 +1,7 @@
 // The few-rows kernel (linear_packed_bf16_small.h) with fp32 FMAs instead of vdpbf16ps, for CPUs
 // where vdpbf16ps is the slower product: 4-bit weights (block_size % 8 == 0, AVX512-VBMI) and 6 / 8-bit
-// INT weights, x read as fp32 (PackedLinearArgs::x; the op converts bf16 x, exactly).
+// INT weights, x read as fp32 (PackedLinearArgs::x: bf16 x converted exactly; fp32 / fp16 x and NV dual
+// x_hat, which the vdpbf16ps form cannot take, as the fp32 kernel reads them).
 //
 // Not a normal header: linear_packed_bf16_small.h includes it (I, kPR, LK_BFV, kQuadPrefetch,
 // quad_transpose_index, table4_i8, block_scales, decode_w, fold_block, store_rows come from there).
@@ -95,13 +96,7 @@ LK_BFV void fma_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0,
 }
 #undef LK_FMA_BCAST
 
-// Whether fma_tile takes this format and block size here (a.x set by the op).
-template <int EL>
+// Whether fma_tile runs for these arguments (the op sets a.x, fp32, where the form is on).
 inline bool fma_tile_takes(const PackedLinearArgs& a) {
-  if (!a.x || !few_rows_fma_enabled()) return false;
-  if constexpr (elem_params(EL).bits == 4) {
-    static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
-    return vbmi && a.block_size % 8 == 0;
-  }
-  return fma_int_format(EL);
+  return a.x && few_rows_fma_enabled() && few_rows_fma_takes(a.fmt, a.block_size);
 }
