@@ -324,14 +324,20 @@ def test_few_rows_fma_form_takes_fp32_x(fmt):
     assert not torch.equal(y_on, y_off)
 
 
-def test_few_rows_fma_default_is_on_where_the_cpu_has_amx():
-    """In a fresh process the FMA form is on exactly where the CPU has AMX."""
+@pytest.mark.parametrize("env", [None, "0", "1"])
+def test_few_rows_fma_default_is_on_where_the_cpu_has_amx(env):
+    """In a fresh process the FMA form is on exactly where the CPU has AMX, unless LEANKERN_MX_FMA=0 / 1 says."""
     skip_unless_cpp()
+    import os
     import subprocess
     import sys
     code = "import leankern; e = leankern._C; print(e.mx_set_few_rows_fma(False), e.amx_supported())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == out[1]
+    environ = {k: v for k, v in os.environ.items() if k != "LEANKERN_MX_FMA"}
+    if env is not None:
+        environ["LEANKERN_MX_FMA"] = env
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=environ).stdout.split()
+    assert out[0] == (out[1] if env is None else str(env == "1"))
 
 
 @pytest.mark.parametrize("vbmi", [True, False])

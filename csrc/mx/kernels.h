@@ -173,7 +173,8 @@ bool vbmi_decoder_enabled();
 void set_vbmi_decoder_enabled(bool on);
 // Whether the few-rows kernel multiplies with fp32 FMAs (linear_packed_fma_small.h: 4-bit and INT6 / INT8
 // weights) instead of vdpbf16ps. On by default where the CPU has AMX (Intel cores whose vdpbf16ps has half
-// the FMA rate), off elsewhere; tests set it to run both kernels on one CPU. The op then passes fp32 x.
+// the FMA rate), off elsewhere; LEANKERN_MX_FMA=0 / 1 (read at the first use) overrides that; tests set it
+// to run both kernels on one CPU. The op then passes fp32 x.
 bool few_rows_fma_enabled();
 void set_few_rows_fma_enabled(bool on);
 // Whether that form takes weights of format `fmt` (kFormats index) with this block size here: 4-bit formats

@@ -86,7 +86,7 @@ def info_lines() -> list[str]:
             fma = ext.mx_set_few_rows_fma(True)
             ext.mx_set_few_rows_fma(fma)
             lines.append(f"few-rows   mx.linear {'fp32 FMA form' if fma else 'vdpbf16ps form'} (4-bit, MXINT6/8 weights "
-                         "below 8 or 32 rows; leankern._C.mx_set_few_rows_fma)")
+                         "below 8 or 32 rows; LEANKERN_MX_FMA=0/1)")
     else:
         lines.append(f"C++ ext    NOT loaded: {extension_error()} -> reference backend on CPU")
     tri = "importable" if triton_available() else "not importable"
