@@ -152,8 +152,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mx_set_few_rows_fma", [](bool on) { const bool was = leankern::mx::few_rows_fma_enabled(); leankern::mx::set_few_rows_fma_enabled(on); return was; },
         py::arg("on"),
         "Let (True) or forbid (False) the few-rows mx_linear kernel its fp32-FMA form (4-bit and INT6 / INT8 "
-        "weights, bf16 x; default: on where the CPU has AMX, whose vdpbf16ps is the slower product); returns the "
-        "previous setting.");
+        "weights, below the prefill rows; default: on where the CPU has AMX, whose vdpbf16ps is the slower product, "
+        "or as LEANKERN_MX_FMA=0 / 1 says); returns the previous setting.");
   m.def("specdec_weight_sums", &specdec_weight_sums, py::arg("row"), py::arg("dtype"), py::arg("V"), py::arg("t"),
         py::arg("m"), py::arg("w_min"), py::arg("store"),
         "Test hook: the specdec exact weight pass of the active ISA on one row given as raw bytes: (S, block "

@@ -40,7 +40,8 @@ bool few_rows_fma_enabled() {
     int expected = -1;
     // LEANKERN_MX_FMA=0 / 1, read at the first use, overrides the CPU's default (A/B of whole models)
     const char* env = std::getenv("LEANKERN_MX_FMA");
-    const int want = env && (env[0] == '0' || env[0] == '1') && env[1] == '\0' ? env[0] - '0' : cpu::amx_supported() ? 1 : 0;
+    const bool given = env && (env[0] == '0' || env[0] == '1') && env[1] == '\0';
+    const int want = given ? env[0] - '0' : cpu::amx_supported() ? 1 : 0;
     g_few_rows_fma.compare_exchange_strong(expected, want);
     v = g_few_rows_fma.load(std::memory_order_relaxed);
   }

@@ -202,7 +202,8 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   // PackedLinearArgs::xa: x as AMX A tiles (16 rows x 32 elements), rows padded with zeros
   const at::Tensor xa = amx ? amx_tiles(xbf, M, K) : at::Tensor();
   // fp32 x for the few-rows kernel's FMA form (linear_packed_fma_small.h; exact: x is exact in bf16)
-  const at::Tensor xf = bf16_small && few_rows_fma_enabled() ? xbf.to(at::kFloat)
+  const bool fma_bf16 = bf16_small && few_rows_fma_enabled() && few_rows_fma_takes(f, (int)block_size);
+  const at::Tensor xf = fma_bf16 ? xbf.to(at::kFloat)
                         : bf16_x || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
