@@ -25,7 +25,7 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.harness import cpu_model, time_fn
+from leankern.benchmarks.harness import cpu_model, median_of_rounds, time_fn
 from leankern.benchmarks.mx_linear import _bf16_throughput_512, cold_weights, measure_read_bandwidth
 
 CASES = [("mxfp4", None), ("mxint4", None), ("nvfp4", None), ("mxfp8_e4m3", None), ("mxint8", None),
@@ -64,16 +64,15 @@ def main(argv) -> int:
                 nq, nw, wbytes = cold_weights(qt, w)
                 for m in ms:
                     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-                    rounds = {"amx": [], "off": [], "torch": []}
-                    for _ in range(3):
-                        for key in rounds:
-                            if key == "torch":
-                                rounds[key].append(_median(lambda: F.linear(x, nw()), m))
-                            else:
-                                ext.set_amx(key == "amx")
-                                rounds[key].append(_median(lambda: leankern.mx.linear(x, nq(), act_fmt=act), m))
+                    def time_one(key):
+                        if key == "torch":
+                            return _median(lambda: F.linear(x, nw()), m)
+                        ext.set_amx(key == "amx")
+                        return _median(lambda: leankern.mx.linear(x, nq(), act_fmt=act), m)
+
+                    t = median_of_rounds(("amx", "off", "torch"), time_one)
                     ext.set_amx(True)
-                    a, off, tb = (statistics.median(rounds[key]) for key in ("amx", "off", "torch"))
+                    a, off, tb = t["amx"], t["off"], t["torch"]
                     flops = 2 * m * n * k
                     roof = max(wbytes / (bw * 1e9), flops / rate[(n, k)])
                     print(f"| {fmt} | {act or '-'} | {m} | {n} x {k} | {a * 1e3:.3f} | {flops / a / 1e9:.0f} | "

@@ -23,7 +23,7 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.harness import cpu_model, time_fn
+from leankern.benchmarks.harness import cpu_model, median_of_rounds, time_fn
 from leankern.benchmarks.mx_linear import _cold_copies, _cycle, cold_weights, measure_read_bandwidth
 
 FORMATS = ["mxfp4", "mxint4", "nvfp4", "mxint6", "mxint8"]
@@ -66,15 +66,14 @@ def main(argv) -> int:
                 for m in ms:
                     x = torch.randn(m, k, generator=gen).to(dtype)
                     xt = x.to(torch.bfloat16)  # torch's baseline: bf16 F.linear
-                    rounds = {"fma": [], "bf16": [], "torch": []}
-                    for _ in range(3):
-                        for key in rounds:
-                            if key == "torch":
-                                rounds[key].append(_median(lambda: F.linear(xt, nw())))
-                            else:
-                                ext.mx_set_few_rows_fma(key == "fma")
-                                rounds[key].append(_median(lambda: leankern.mx.linear(x, nq())))
-                    fma, b16, tb = (statistics.median(rounds[key]) for key in ("fma", "bf16", "torch"))
+                    def time_one(key):
+                        if key == "torch":
+                            return _median(lambda: F.linear(xt, nw()))
+                        ext.mx_set_few_rows_fma(key == "fma")
+                        return _median(lambda: leankern.mx.linear(x, nq()))
+
+                    t = median_of_rounds(("fma", "bf16", "torch"), time_one)
+                    fma, b16, tb = t["fma"], t["bf16"], t["torch"]
                     gbs = wbytes / fma / 1e9
                     print(f"| {fmt} | {m} | {n} x {k} | {fma * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {b16 * 1e3:.3f} | "
                           f"{wbytes / b16 / 1e9 / bw:.0%} | {b16 / fma:.2f} | {tb * 1e3:.3f} | {tb / fma:.2f} |", flush=True)

@@ -26,6 +26,7 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
+from leankern.benchmarks.harness import median_of_rounds
 from leankern.benchmarks.mx_linear import cold_weights, measure_read_bandwidth
 
 
@@ -73,15 +74,15 @@ def main(argv) -> int:
             nxt, _, wbytes = cold_weights(qt)
             for m in ms:
                 x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-                rounds = {True: [], False: []}
+                def time_one(on):
+                    hook(on)
+                    return _median_call(lambda: leankern.mx.linear(x, nxt()))
+
                 try:
-                    for _ in range(3):
-                        for on in (True, False):
-                            hook(on)
-                            rounds[on].append(_median_call(lambda: leankern.mx.linear(x, nxt())))
+                    t = median_of_rounds((True, False), time_one)
                 finally:
                     hook(True)
-                a, b = statistics.median(rounds[True]), statistics.median(rounds[False])
+                a, b = t[True], t[False]
                 print(f"| {fmt} | {m} | {n} x {k} | {a * 1e3:.3f} | {wbytes / a / 1e9 / bw:.0%} | {b * 1e3:.3f} | "
                       f"{wbytes / b / 1e9 / bw:.0%} | {b / a:.2f} |", flush=True)
             del nxt

@@ -249,15 +249,21 @@ def test_few_rows_vbmi_decoders(isa, fmt, vbmi, fma):
 FMA_FORMATS = ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxint6", "mxint8"]
 
 
+def _fma_form_cpu(fmt):
+    """The extension, or a skip where the FMA form cannot take `fmt` (it needs avx512bf16, and VBMI for 4-bit)."""
+    skip_unless_cpp()
+    ext = leankern._C
+    if "avx512bf16" not in ext.supported_isas() or (fmt[-1] == "4" and "avx512vbmi" not in ext.cpu_features().split()):
+        pytest.skip(f"needs avx512bf16 (+ VBMI for 4-bit); this CPU: {ext.cpu_features()}")
+    return ext
+
+
 @pytest.mark.parametrize("fmt", FMA_FORMATS)
 def test_few_rows_fma_form_runs_where_taken(fmt):
     """Which kernel ran, shown by subnormal bf16 x (2^-130): vdpbf16ps counts it as zero, the FMA form
     multiplies it. On avx512bf16 with the FMA form on, every output is the fp32 reference's (exact
     here: one nonzero x, so y = x0 * w[:, 0] * scale with no sum to round); off, every output is 0."""
-    skip_unless_cpp()
-    ext = leankern._C
-    if "avx512bf16" not in ext.supported_isas() or (fmt[-1] == "4" and "avx512vbmi" not in ext.cpu_features().split()):
-        pytest.skip(f"needs avx512bf16 (+ VBMI for 4-bit); this CPU: {ext.cpu_features()}")
+    ext = _fma_form_cpu(fmt)
     qt = _weight(21, 64, fmt, 16 if fmt.startswith("nv") else 32)
     x = torch.zeros(3, 64, dtype=torch.bfloat16)
     x[:, 0] = 2.0 ** -130  # bf16 subnormal (the smallest normal is 2^-126)
@@ -304,10 +310,7 @@ def test_few_rows_fma_form_takes_fp32_x(fmt):
     """Which kernel ran for fp32 x under avx512bf16: the FMA form and the fp32 kernel sum the same exact products
     in different orders, so on this seeded case (K = 4096, every output a sum of 4096 products) their outputs
     differ in some element exactly when the switch changes the kernel; both are within the bound."""
-    skip_unless_cpp()
-    ext = leankern._C
-    if "avx512bf16" not in ext.supported_isas() or (fmt[-1] == "4" and "avx512vbmi" not in ext.cpu_features().split()):
-        pytest.skip(f"needs avx512bf16 (+ VBMI for 4-bit); this CPU: {ext.cpu_features()}")
+    ext = _fma_form_cpu(fmt)
     qt = _weight(64, 4096, fmt, 16 if fmt.startswith("nv") else 32, seed=5)
     x = torch.randn(2, 4096, generator=torch.Generator().manual_seed(6))
     was = ext.mx_set_few_rows_fma(True)
@@ -360,6 +363,17 @@ def test_packed_e5m2_inf_and_nan_codes(isa, vbmi):
             assert torch.isnan(ref[:, 12]).all() and torch.isinf(ref[:, [3, 7]]).all()  # the case is the intended one
     finally:
         leankern._C.mx_set_vbmi_decoder(was)
+
+
+def test_few_rows_fma_env_rejects_other_values():
+    """LEANKERN_MX_FMA other than 0 / 1 is an error at import, naming the variable, not silently the default."""
+    skip_unless_cpp()
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, LEANKERN_MX_FMA="off")
+    r = subprocess.run([sys.executable, "-c", "import leankern"], capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "LEANKERN_MX_FMA: expected 0 or 1" in r.stderr and "'off'" in r.stderr
 
 
 @pytest.mark.parametrize("hook", ["mx_set_vbmi_decoder", "mx_set_few_rows_fma"])

@@ -185,8 +185,8 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const bool bf16_small = kern.linear_packed_bf16_small && !xi.q.defined() && !prefill && x_is_bf16;
   // fp32 / fp16 x (or an NV dual x_hat) below the prefill rows: the few-rows kernel's FMA form where it is on
   // and takes the format (linear_packed_fma_small.h; x as the fp32 kernel reads it), else the fp32 kernel
-  const bool fma_small = kern.linear_packed_bf16_small && !x_is_bf16 && !prefill && few_rows_fma_enabled() &&
-                         few_rows_fma_takes(f, (int)block_size);
+  const bool fma_form = few_rows_fma_enabled() && few_rows_fma_takes(f, (int)block_size);
+  const bool fma_small = kern.linear_packed_bf16_small && !x_is_bf16 && !prefill && fma_form;
   const bool bf16_x = bf16_dot || bf16_small || amx;
   // x_hat: straight to bf16 for those kernels (exact: an MX act format)
   const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern, bf16_x ? kInBF16 : kInF32)
@@ -202,8 +202,7 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   // PackedLinearArgs::xa: x as AMX A tiles (16 rows x 32 elements), rows padded with zeros
   const at::Tensor xa = amx ? amx_tiles(xbf, M, K) : at::Tensor();
   // fp32 x for the few-rows kernel's FMA form (linear_packed_fma_small.h; exact: x is exact in bf16)
-  const bool fma_bf16 = bf16_small && few_rows_fma_enabled() && few_rows_fma_takes(f, (int)block_size);
-  const at::Tensor xf = fma_bf16 ? xbf.to(at::kFloat)
+  const at::Tensor xf = bf16_small && fma_form ? xbf.to(at::kFloat)
                         : bf16_x || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);

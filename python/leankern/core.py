@@ -112,6 +112,9 @@ def _load_extension():
         isa_err = mod.requested_isa_error()
         if isa_err:  # an unknown or unsupported LEANKERN_CPU_ISA is an error, not silently ignored
             raise ValueError(isa_err)
+        fma = os.environ.get("LEANKERN_MX_FMA")
+        if fma not in (None, "", "0", "1"):  # read by the C++ side at the first mx.linear: a typo would pass silently
+            raise ValueError(f"LEANKERN_MX_FMA: expected 0 or 1 (the mx few-rows kernel's FMA form off / on), got {fma!r}")
     return mod
 
 

@@ -111,6 +111,16 @@ def median_us_cold_interleaved(fns, repeats: int, flush) -> list:
     return [statistics.median(ts) * 1e6 for ts in times]
 
 
+def median_of_rounds(keys, time_one: Callable[[Any], float], rounds: int = 3) -> dict:
+    """{key: median over `rounds` of time_one(key)}, the keys timed in turn within each round (A/B scripts: a slow
+    stretch of a shared machine hits every side alike)."""
+    times = {k: [] for k in keys}
+    for _ in range(rounds):
+        for k in times:
+            times[k].append(time_one(k))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def time_fn(fn: Callable[[], Any], *, device: str = "cpu", warmup: int = 1, repeats: int = 5,
             min_time: float = 0.0, max_repeats: int = 200, graph: bool = False) -> list[float]:
     """Seconds per call of ``fn``: at least ``repeats`` timed samples after ``warmup`` untimed calls.
