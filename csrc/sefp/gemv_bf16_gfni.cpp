@@ -274,6 +274,9 @@ LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_
     __m512 tot[R];
     for (int r = 0; r < R; ++r) tot[r] = _mm512_setzero_ps();
     for (int64_t ch = 0; ch < nchunks; ++ch) {
+      const uint32_t* ahead = P.data + n * P.Kw + ch * kWords + kPlanePrefetch / 4;  // rows follow in a plane
+      for (int s = 0; s < 8; ++s)
+        if (slot<M>(s) >= 0) __builtin_prefetch(ahead + slot<M>(s) * P.plane_stride);
       c.load(g, P, n, ch);
       // 2^sh as fp32 bits where every shift of the chunk is a normal power of two (all but |w| beyond ~2^103 or
       // below ~2^-95): then one FMA per group; otherwise vscalefps (exact, subnormal results rounded once)
