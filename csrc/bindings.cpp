@@ -151,7 +151,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "decoders (4-bit, FP8, FP6, MXINT6 weights); returns the previous setting.");
   m.def("mx_set_few_rows_fma", [](bool on) { const bool was = leankern::mx::few_rows_fma_enabled(); leankern::mx::set_few_rows_fma_enabled(on); return was; },
         py::arg("on"),
-        "Let (True) or forbid (False) the few-rows mx_linear kernel its fp32-FMA form (4-bit and INT6 / INT8 "
+        "Let (True) or forbid (False) the few-rows mx_linear kernel its fp32-FMA form (4-bit and 6 / 8-bit "
         "weights, below the prefill rows; default: on where the CPU has AMX, whose vdpbf16ps is the slower product, "
         "or as LEANKERN_MX_FMA=0 / 1 says); returns the previous setting.");
   m.def("specdec_weight_sums", &specdec_weight_sums, py::arg("row"), py::arg("dtype"), py::arg("V"), py::arg("t"),

@@ -21,6 +21,17 @@ def isa(request):
         yield request.param
 
 
+@pytest.fixture(params=[True, False], ids=["fma", "bf16dot"])
+def few_rows_form(request):
+    """The few-rows kernel's fp32-FMA form on or off (avx512bf16, below 32 rows; the CPU's default otherwise)."""
+    skip_unless_cpp()
+    was = leankern._C.mx_set_few_rows_fma(request.param)
+    try:
+        yield request.param
+    finally:
+        leankern._C.mx_set_few_rows_fma(was)
+
+
 def _weight(n, k, fmt, block_size=None, seed=0):
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=gen) * torch.rand(n, 1, generator=gen) * 4  # rows of different scale
@@ -226,7 +237,7 @@ def test_few_rows_vbmi_decoders(isa, fmt, vbmi, fma):
     """bf16 x, fewer than 32 rows: with AVX512-VBMI the few-rows kernel decodes 64 code bytes at a
     time (4-bit: x regrouped by eights, blocks of whole 8-element groups; 8 / 6-bit but MXINT8: byte
     tables, blocks of whole 4-element groups, an odd last group at block size 4), otherwise 16 or 32.
-    Its fp32-FMA form (fma; 4-bit with VBMI and block sizes % 8 == 0, INT6 / INT8) replaces
+    Its fp32-FMA form (fma; 4-bit with VBMI and block sizes % 8 == 0, every 6 / 8-bit format) replaces
     vdpbf16ps. All within the bound, for rows crossing its 8-row passes, N off the 16-row tile, block
     sizes 4 .. 128 (2 keeps the other decoder). Turning the VBMI decoder or the FMA form off changes
     nothing on other ISAs, on CPUs without VBMI or for formats they do not take."""
@@ -246,7 +257,8 @@ def test_few_rows_vbmi_decoders(isa, fmt, vbmi, fma):
         leankern._C.mx_set_few_rows_fma(was_fma)
 
 
-FMA_FORMATS = ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxint6", "mxint8"]
+FMA_FORMATS = ["mxfp4", "mxint4", "nvfp4", "nvint4", "mxint6", "mxint8", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3",
+               "mxfp6_e3m2"]
 
 
 def _fma_form_cpu(fmt):
@@ -282,12 +294,12 @@ def test_few_rows_fma_form_runs_where_taken(fmt):
     assert torch.equal(y_off, torch.zeros_like(y_off))
 
 
-@pytest.mark.parametrize("fmt", FMA_FORMATS + ["mxfp8_e4m3"])
+@pytest.mark.parametrize("fmt", FMA_FORMATS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("fma", [True, False])
 def test_few_rows_fma_form_fp32_x(isa, fmt, dtype, fma):
     """fp32 / fp16 x (and NV dual x_hat, fp32) below 32 rows: the FMA form where it is on and takes the format
-    (under avx512bf16), else the fp32 kernel (E4M3 always). Within the bound for rows crossing the 8-row
+    (under avx512bf16), else the fp32 kernel. Within the bound for rows crossing the 8-row
     passes, N off the 16-row tile, block sizes 8 .. 128, with and without bias."""
     was = leankern._C.mx_set_few_rows_fma(fma)
     try:
@@ -344,7 +356,7 @@ def test_few_rows_fma_default_is_on_where_the_cpu_has_amx(env):
 
 
 @pytest.mark.parametrize("vbmi", [True, False])
-def test_packed_e5m2_inf_and_nan_codes(isa, vbmi):
+def test_packed_e5m2_inf_and_nan_codes(isa, vbmi, few_rows_form):
     """E5M2 +-Inf and NaN codes decode to themselves on every path (the VBMI byte tables hold them):
     each output column is +-Inf / NaN exactly where the fp32 reference (dequantize, matmul) is."""
     qt = _weight(20, 64, "mxfp8_e5m2")
@@ -401,7 +413,7 @@ _SMALL_MASK = {"mxfp8_e4m3": 0xBF, "mxfp8_e5m2": 0xBF, "mxfp6_e2m3": 0x2F, "mxfp
 
 @pytest.mark.parametrize("fmt", sorted(_SMALL_MASK))
 @pytest.mark.parametrize("scale_byte", [0, 1, 2, 200, 230, 240, 246, 247, 250, 254])
-def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte):
+def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte, few_rows_form):
     """Block scales at both ends of E8M0 (block 1 of every third row): the kernels fold the
     decode's power of two into the scale where that cannot overflow, and apply it to the block
     sums where it could (FP8 / FP6 with scale bytes near 254); every output stays within the bound.
@@ -421,7 +433,7 @@ def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte):
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
-def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt):
+def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt, few_rows_form):
     qt = _weight(20, 64, fmt)
     scales = _bytes(qt.scales).clone()
     scales[17, 1 if fmt != "nvfp4" else 3] = 0xFF if fmt != "nvfp4" else 0x7F
@@ -431,7 +443,7 @@ def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt):
         assert torch.isnan(y[:, 17]).all() and torch.isfinite(y[:, :17]).all() and torch.isfinite(y[:, 18:]).all()
 
 
-def test_packed_e4m3_nan_codes_take_the_exact_path(isa):
+def test_packed_e4m3_nan_codes_take_the_exact_path(isa, few_rows_form):
     """E4M3 NaN codes (0x7F / 0xFF) would decode to numbers through the fp16 pattern; their block
     is decoded exactly: the row is NaN, every other row within the bound."""
     qt = _weight(18, 128, "mxfp8_e4m3")

@@ -58,7 +58,7 @@ bool few_rows_fma_takes(int fmt, int block_size) {
 #endif
     return vbmi && block_size % 8 == 0;
   }
-  return p.is_int;  // MXINT6 / MXINT8
+  return true;  // 8 / 6-bit: MXINT8 / 6, MXFP8 / 6
 }
 
 }  // namespace mx

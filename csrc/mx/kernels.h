@@ -171,14 +171,14 @@ const KernelTable& active_kernels();
 // has VBMI). On by default; tests turn it off to run the other decoder on the same CPU.
 bool vbmi_decoder_enabled();
 void set_vbmi_decoder_enabled(bool on);
-// Whether the few-rows kernel multiplies with fp32 FMAs (linear_packed_fma_small.h: 4-bit and INT6 / INT8
+// Whether the few-rows kernel multiplies with fp32 FMAs (linear_packed_fma_small.h: 4-bit and 6 / 8-bit
 // weights) instead of vdpbf16ps. On by default where the CPU has AMX (Intel cores whose vdpbf16ps has half
 // the FMA rate), off elsewhere; LEANKERN_MX_FMA=0 / 1 (read at the first use) overrides that; tests set it
 // to run both kernels on one CPU. The op then passes fp32 x.
 bool few_rows_fma_enabled();
 void set_few_rows_fma_enabled(bool on);
 // Whether that form takes weights of format `fmt` (kFormats index) with this block size here: 4-bit formats
-// with block_size % 8 == 0 on CPUs with AVX512-VBMI, and MXINT6 / MXINT8. (The op and the kernel both ask.)
+// with block_size % 8 == 0 on CPUs with AVX512-VBMI, and every 6 / 8-bit format. (The op and the kernel both ask.)
 bool few_rows_fma_takes(int fmt, int block_size);
 
 }  // namespace mx

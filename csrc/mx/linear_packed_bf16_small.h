@@ -332,7 +332,7 @@ inline bool use_vbmi_decoder() {
 
 template <int EL, bool NV>
 LK_BF void small_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
-  if constexpr (elem_params(EL).bits == 4 || fma_int_format(EL)) {
+  {  // every format (few_rows_fma_takes: the block sizes)
     if (fma_tile_takes(a)) return small_tiles<EL, NV, kSmallFma>(a, t0, t1);
   }
   if constexpr (elem_params(EL).bits == 4) {

@@ -1,6 +1,6 @@
 // The few-rows kernel (linear_packed_bf16_small.h) with fp32 FMAs instead of vdpbf16ps, for CPUs
-// where vdpbf16ps is the slower product: 4-bit weights (block_size % 8 == 0, AVX512-VBMI) and 6 / 8-bit
-// INT weights, x read as fp32 (PackedLinearArgs::x: bf16 x converted exactly; fp32 / fp16 x and NV dual
+// where vdpbf16ps is the slower product: 4-bit weights (block_size % 8 == 0, AVX512-VBMI) and every 6 / 8-bit
+// format, x read as fp32 (PackedLinearArgs::x: bf16 x converted exactly; fp32 / fp16 x and NV dual
 // x_hat, which the vdpbf16ps form cannot take, as the fp32 kernel reads them).
 //
 // Not a normal header: linear_packed_bf16_small.h includes it (I, kPR, LK_BFV, kQuadPrefetch,
@@ -13,8 +13,10 @@
 // cycle, vdpbf16ps 32 products per cycle), so the switch (mx::few_rows_fma_enabled) is on by default
 // only where the CPU has AMX. The decode is as cheap as the bf16 one: 4-bit codes are transposed by
 // the quad decoder's vpermb (lane r = row r's code bytes q .. q + 3), and the nibble at shift 4 i is
-// looked up by vpermps, which reads exactly 4 index bits (16 fp32 values: element value * 2^D); INT
-// codes are sign-extended and converted (decode_w). One FMA per 16 weights and row of x.
+// looked up by vpermps, which reads exactly 4 index bits (16 fp32 values: element value * 2^D); 6 / 8-bit
+// codes go through decode_w (INT: sign-extended and converted; FP8 / FP6: the fp16 pattern and vcvtph2ps, E4M3
+// blocks holding NaN codes the exact decode, as block_scales says). One FMA per 16 weights and row of x.
+// FP8 / FP6 joined later (A/B on the Xeon, cold, M = 1 / 4: 1.07-1.28x the vdpbf16ps form's quad8 decoder).
 // Numerics: the same exact products (fp32 x times an exact decoded weight), fp32 sums per block in
 // another order, the block scale folded as in small_tile. Unlike vdpbf16ps, subnormal x counts.
 
@@ -37,10 +39,27 @@ const float* table4_f32() {
 // The 8-bit distance (1 KB) measured alike from 512 B to 2 KB.
 constexpr int64_t kFmaPrefetch = 2048;
 
-constexpr bool fma_int_format(int el) { return elem_params(el).is_int && elem_params(el).bits != 4; }
-
 // acc += w * x (x broadcast from memory: one instruction, as the bf16 kernel's vdpbf16ps)
 #define LK_FMA_BCAST(acc, w, xp) asm("vfmadd231ps %[x]%{1to16%}, %[wv], %[a]" : [a] "+v"(acc) : [wv] "v"(w), [x] "m"(*(xp)))
+
+// One block's unscaled sums of an 8 / 6-bit format (codes: its code area, element k of the 16 rows at k * kPR;
+// xb: row 0's block of x, row stride K) in S independent sets. FAST: decode_w's fp16-pattern decode of FP8 / FP6
+// (INT: always exact); not FAST: E4M3 blocks holding NaN codes, the exact element values.
+template <int EL, int MM, int S, bool FAST>
+LK_BFV void fma_wide_sums(const uint8_t* codes, const float* xb, int64_t K, int bs, __m512 (&bacc)[S][MM]) {
+  int k = 0;
+  for (; k + S <= bs; k += S) {
+#pragma GCC unroll 8
+    for (int j = 0; j < S; ++j) {
+      const __m512 w = _mm512_castsi512_ps(decode_w<EL, FAST>(codes + (k + j) * kPR));
+      for (int m = 0; m < MM; ++m) LK_FMA_BCAST(bacc[j][m], w, xb + m * K + k + j);
+    }
+  }
+  for (; k < bs; ++k) {
+    const __m512 w = _mm512_castsi512_ps(decode_w<EL, FAST>(codes + k * kPR));
+    for (int m = 0; m < MM; ++m) LK_FMA_BCAST(bacc[0][m], w, xb + m * K + k);
+  }
+}
 
 // MM rows of x (from row m0) times one row tile.
 template <int EL, bool NV, int MM>
@@ -65,7 +84,7 @@ LK_BFV void fma_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0,
       __builtin_prefetch(blk + (four ? kFmaPrefetch : kSmallPrefetch) + off);
     I sc;
     float pre = 1.0f;
-    block_scales<EL, NV>(blk, four ? bs / 2 : bs, &sc, &pre);  // (its exact flag is E4M3's only)
+    const bool exact = block_scales<EL, NV>(blk, four ? bs / 2 : bs, &sc, &pre);  // (E4M3 blocks with NaN codes)
     __m512 bacc[S][MM];
     for (int j = 0; j < S; ++j)
       for (int m = 0; m < MM; ++m) bacc[j][m] = _mm512_setzero_ps();
@@ -80,19 +99,10 @@ LK_BFV void fma_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0,
           for (int m = 0; m < MM; ++m) LK_FMA_BCAST(bacc[i % S][m], w, xb + m * K + 8 * g + i);
         }
       }
+    } else if (EL != kFp8E4M3 || !exact) {
+      fma_wide_sums<EL, MM, S, true>(codes, xb, K, bs, bacc);
     } else {
-      int k = 0;
-      for (; k + S <= bs; k += S) {
-#pragma GCC unroll 8
-        for (int j = 0; j < S; ++j) {
-          const __m512 w = _mm512_castsi512_ps(decode_w<EL, true>(codes + (k + j) * kPR));
-          for (int m = 0; m < MM; ++m) LK_FMA_BCAST(bacc[j][m], w, xb + m * K + k + j);
-        }
-      }
-      for (; k < bs; ++k) {
-        const __m512 w = _mm512_castsi512_ps(decode_w<EL, true>(codes + k * kPR));
-        for (int m = 0; m < MM; ++m) LK_FMA_BCAST(bacc[0][m], w, xb + m * K + k);
-      }
+      fma_wide_sums<EL, MM, S, EL != kFp8E4M3>(codes, xb, K, bs, bacc);  // (false: one instantiation per format)
     }
     fold_block(bacc, pre, sc, acc);
   }

@@ -85,7 +85,7 @@ def info_lines() -> list[str]:
         if hasattr(ext, "mx_set_few_rows_fma"):
             fma = ext.mx_set_few_rows_fma(True)
             ext.mx_set_few_rows_fma(fma)
-            lines.append(f"few-rows   mx.linear {'fp32 FMA form' if fma else 'vdpbf16ps form'} (4-bit, MXINT6/8 weights "
+            lines.append(f"few-rows   mx.linear {'fp32 FMA form' if fma else 'vdpbf16ps form'} (4-bit, 6 / 8-bit weights "
                          "below 8 or 32 rows; LEANKERN_MX_FMA=0/1)")
     else:
         lines.append(f"C++ ext    NOT loaded: {extension_error()} -> reference backend on CPU")
