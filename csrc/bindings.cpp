@@ -14,6 +14,7 @@
 #include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "mx/formats.h"
+#include "moe/kernels.h"
 #include "mx/kernels.h"
 #include "specdec/numerics.h"
 #include "specdec/row_kernels.h"
@@ -145,6 +146,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   def_isa_functions(m);
   def_output_cache_functions(m);
   m.def("format_table", &format_table, "The C++ mirror of leankern.mx.formats.FORMATS, as a list of dicts.");
+  m.def("moe_exp_f32", [](const py::bytes& x) {
+          const std::string in = x;
+          if (in.size() % 4) throw py::value_error("moe_exp_f32: expected float32 bytes, got " + std::to_string(in.size()));
+          std::string out(in.size(), '\0');
+          if (!leankern::moe::exp_f32(reinterpret_cast<const float*>(in.data()), (int64_t)(in.size() / 4),
+                                      reinterpret_cast<float*>(&out[0])))
+            return py::object(py::none());
+          return py::object(py::bytes(out));
+        },
+        py::arg("x"),
+        "Test hook: e^x of float32 bytes by the moe prefill activation's vectorised exp, as float32 bytes; None where "
+        "the CPU cannot run the avx512bf16 kernels.");
   m.def("mx_set_vbmi_decoder", [](bool on) { const bool was = leankern::mx::vbmi_decoder_enabled(); leankern::mx::set_vbmi_decoder_enabled(on); return was; },
         py::arg("on"),
         "Test hook: let (True) or forbid (False) the few-rows bf16 mx_linear kernel its AVX512-VBMI "

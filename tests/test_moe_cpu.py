@@ -337,13 +337,13 @@ def test_experts_bf16_gemm_path(isa, H):
     check_experts(args, kw)
 
 
-# The AMX shapes of the GEMM path (K % 32 == 0: H = 544 for gate/up, one 512-element chunk and a 32-element one;
+# The AMX shapes of the GEMM path (K % 32 == 0: H = 2080 for gate/up, one 2048-element chunk and a 32-element one;
 # I = 64 for the down projection): 2I = 128 rows (8 tiles) and Is = 48 (3), ~800 tokens per expert (two 512-row
 # passes, the second with a ragged 16-row group). Other ISAs run the same cases through their own kernels.
 def test_experts_bf16_gemm_path_amx_shapes(isa):
-    args, kw = make_experts(1200, 3, 544, 64, 2, torch.bfloat16, torch.bfloat16, seed=5, drop=0.1, shared=48,
+    args, kw = make_experts(1200, 3, 2080, 64, 2, torch.bfloat16, torch.bfloat16, seed=5, drop=0.1, shared=48,
                             gate=True)
-    assert prefill_experts(args[3], 544, 64) == 3
+    assert prefill_experts(args[3], 2080, 64) == 3
     check_experts(args, kw)
 
 
@@ -390,6 +390,81 @@ def test_experts_down_projection_split_bf16(isa, T, H, I):
     a = 1 + 2.0**-10 + 2.0**-20
     want = 1 + 2.0**-10 if (isa in BF16_DOT_ISAS and T == 600) else a
     assert torch.equal(got, torch.full((T, H), want))
+
+
+# Gate values at and beyond the ends of exp's range and the clamps, each in its own activation lane (I = 16, and 19
+# for a 3-lane tail), picked out one per output column by w2; `special` replaces lane 0 (a NaN or Inf activation
+# reaches every output of its token through the down GEMM's zero products).
+ACT_EDGE = [-200.0, -104.0, -88.0, -30.0, -16.0, -1.0, -2.0**-100, 0.0, 2.0**-100, 1.0, 3.0, 6.5, 16.0, 30.0, 88.0,
+            200.0, -7.5, 7.5, 0.5]
+
+
+@pytest.mark.parametrize("special", [None, float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("activation,I", [("silu", 16), ("swiglu_oai", 19)])
+def test_experts_prefill_activation_edge_values(isa, activation, I, special):
+    """The prefill path's activation on gate values at exp's limits, NaN and Inf (under avx512bf16 the vectorised
+    exp and the bf16 split of epilogue_avx512bf16.cpp; elsewhere std::exp): NaN / Inf exactly where the reference
+    (torch's fp32 activation) has them, every other output within 2^-15 relative of it (the split carries 16 bits)
+    plus 2^-126. 600 tokens of H = 520 on 2 experts: the GEMM path."""
+    T, E, H = 600, 2, 520
+    hidden = torch.ones(T, H)
+    w13 = torch.zeros(E, 2 * I, H)
+    g = torch.tensor(ACT_EDGE[:I])
+    if special is not None:
+        g[0] = special
+    w13[:, :I, 0] = g  # gate_i = g_i (one product, the rest 0 * 1)
+    w13[:, I:, 1] = torch.linspace(-3, 3, I)  # up_i
+    w2 = torch.zeros(E, H, I)
+    w2[:, torch.arange(H), torch.arange(H) % I] = 1.0  # y[h] = a[h % I]
+    ids = torch.tensor([[0, 1]] * T, dtype=torch.int32)
+    w = torch.full((T, 2), 0.5)
+    kw = dict(activation=activation, swiglu_alpha=1.702, swiglu_limit=7.0)
+    args = (hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
+    assert prefill_experts(ids, H, I) == 2
+    got, want = both(moe.experts, *args, **kw)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.equal(torch.isinf(got) & (got > 0), torch.isinf(want) & (want > 0))
+    assert torch.equal(torch.isinf(got) & (got < 0), torch.isinf(want) & (want < 0))
+    fin = torch.isfinite(want)
+    clamped = activation == "swiglu_oai" and special == float("inf")  # clamp(max=limit): a finite activation
+    assert bool(fin.all()) == (special is None or clamped)  # the case is the intended one
+    err = (got[fin].double() - want[fin].double()).abs()
+    assert (err <= 2.0**-15 * want[fin].double().abs() + 2.0**-126).all()
+
+
+def test_prefill_exp_within_one_ulp():
+    """The vectorised e^x of the avx512bf16 prefill activation (epilogue_avx512bf16.cpp exp_ps, reached through the
+    leankern._C.moe_exp_f32 test hook) on 2M points over [-110, 90] and the edges: within 1 ulp of e^x in fp64
+    (subnormal results: within 2^-149), Inf past 88.7228, 0 below -103.98, NaN for NaN, e^+-Inf = Inf / 0."""
+    import numpy as np
+
+    skip_unless_cpp()
+    edges = [0.0, -0.0, 1e-30, -1e-30, 88.72283, 88.72284, -87.33655, -103.97, -103.98, 150.0, -150.0, 1e30, -1e30]
+    x = np.concatenate([np.linspace(-110, 90, 2_000_001, dtype=np.float32), np.float32(edges)])
+    out = EXT.moe_exp_f32(x.tobytes())
+    if out is None:
+        pytest.skip("the CPU cannot run the avx512bf16 kernels")
+    y = np.frombuffer(out, dtype=np.float32).astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = np.exp(x.astype(np.float64))
+        ref32 = ref.astype(np.float32)
+    fin = np.isfinite(ref32)
+    assert np.array_equal(np.isinf(y), ~fin) and (ref32 == 0).sum() > 1000  # overflow and underflow both reached
+    ulp = np.maximum(np.spacing(np.abs(ref32[fin])).astype(np.float64), 2.0**-149)
+    assert (np.abs(y[fin] - ref[fin]) <= ulp).all()
+    special = np.frombuffer(EXT.moe_exp_f32(np.float32([np.nan, np.inf, -np.inf]).tobytes()), dtype=np.float32)
+    assert np.isnan(special[0]) and special[1] == np.inf and special[2] == 0.0
+
+
+# Interleaved gate/up, the clamped SwiGLU and both biases with row-contiguous bf16 weights on the GEMM path: under
+# avx512bf16 the vectorised act + split (deinterleaving, bias, lane tails: I = 37) and the fused combine.
+@pytest.mark.parametrize("hdt", [torch.bfloat16, torch.float32], ids=("h-bf16", "h-f32"))
+def test_experts_prefill_interleaved_bias_split_epilogue(isa, hdt):
+    args, kw = make_experts(600, 3, 520, 37, 2, torch.bfloat16, hdt, seed=21, bias=True)
+    assert prefill_experts(args[3], 520, 37) == 3
+    kw.update(activation="swiglu_oai", interleaved=True, swiglu_alpha=1.702, swiglu_limit=2.5)
+    args[0] = args[0] * 3  # reach the clamps
+    check_experts(args, kw)
 
 
 @pytest.mark.parametrize("T", [8, 9, 20])

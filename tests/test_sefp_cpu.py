@@ -294,7 +294,7 @@ def test_linear_many_rows_over_k_slabs(isa):
 def test_linear_decoded_panels(isa):
     """bf16 x with >= 20 rows (>= 12 under "amx"), no bias, m <= 8: the decoded-panel path (bf16 panels and torch's bf16 GEMM, or AMX
     tiles from x packed once under "amx"): rows crossing 16-row tiles and the AMX kernel's 512-row passes (530),
-    N off the 16-row tile and over several panels (203, 600), K over several 512-element chunks; other ISAs run the
+    N off the 16-row tile and over several panels (203, 600), K over several 2048-element chunks; other ISAs run the
     same cases through their own kernels."""
     gen = torch.Generator().manual_seed(12)
     for N, K, M in ((203, 4096 + 100, 20), (600, 1000, 33), (37, 700, 530), (90, 512, 12)):

@@ -12,9 +12,10 @@
 //    torch's bf16 GEMM on a CPU without AVX512-BF16 runs ~7x slower than its fp32 GEMM), activation in between,
 //    except that on an avx512bf16 CPU the gate/up GEMM of bf16 hidden states and bf16 weights runs as bf16 dot
 //    products with fp32 sums (common/bf16_gemm.h: the same exact products; torch's bf16 mm would round its output),
-//    and the down GEMM of bf16 w2 (any hidden dtype) takes the activation as two bf16 parts (project_split_bf16:
-//    16 significant bits), and (y + b2) * w added to an fp32 [T, H] accumulator, experts in ascending order
-//    (deterministic).
+//    and the down GEMM of bf16 w2 (any hidden dtype) takes the activation as two bf16 parts (split_bf16: 16
+//    significant bits; activation + split before it and hi + lo, bias, weight and accumulation after it one
+//    vectorised pass each: kernels.h act_split_bf16 / combine_split), and (y + b2) * w added to an fp32 [T, H]
+//    accumulator, experts in ascending order (deterministic).
 // 5. Combine per token: prefill accumulator, then the decode slots in slot order, then gate * shared output.
 //    Everything is fp32 until the final cast to hidden's dtype; the activation is never rounded to the weight
 //    dtype (only the avx512bf16 prefill down GEMM above carries it with 16 of its 24 bits).
@@ -105,10 +106,7 @@ void run_jobs(const MoeKernels& K, const std::vector<Job>& jobs) {
   });
 }
 
-struct Act {
-  bool oai, interleaved;
-  float alpha, limit;
-};
+using Act = ActParams;  // kernels.h
 
 // a[i] = act(gate_i + b_gate, up_i + b_up), i < I, from gu [2I] (ref.activation_ref, fp32).
 void activate_row(const Act& ac, const float* gu, const void* bias, int bdt, int64_t I, float* a) {
@@ -167,6 +165,15 @@ bool project_bf16(const uint16_t* xb16, const int64_t* rows, int64_t n, const at
                            W.stride(0), out.data_ptr<float>(), out.stride(0), n, W.size(0), W.size(1));
 }
 
+// v as hi + lo, two bf16 values: hi = bf16(v) (RNE; truncated where RNE would take a finite v to Inf), lo =
+// bf16(v - hi) (v - hi is exact), 0 where v is +-Inf (not Inf - Inf = NaN): hi + lo is v to 16 significant bits.
+inline void split_bf16(float v, c10::BFloat16* hi, c10::BFloat16* lo) {
+  c10::BFloat16 h(v);
+  if (std::isinf(static_cast<float>(h)) && std::isfinite(v)) h = c10::BFloat16(f2u(v) >> 16, c10::BFloat16::from_bits());
+  *hi = h;
+  *lo = std::isinf(v) ? c10::BFloat16(0.0f) : c10::BFloat16(v - static_cast<float>(h));
+}
+
 // out [n, R] = a [n, C] (fp32) @ W^T for W bf16 with contiguous rows, on an avx512bf16 CPU: a is carried as two
 // bf16 parts, hi = bf16(a) and lo = bf16(a - hi) (a - hi is exact in fp32), so a - hi - lo is within 2^-16 |a|,
 // and both parts go through the bf16 GEMM as 2n rows of one call (each w tile packed once for both); out = the
@@ -185,10 +192,7 @@ bool project_split_bf16(const at::Tensor& a, const at::Tensor& W, at::Tensor out
   cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t c = 0; c < C; ++c) {
-        const float v = ap[i * C + c];
-        const c10::BFloat16 h(v);  // RNE
-        pp[i * C + c] = h;
-        pp[(n + i) * C + c] = c10::BFloat16(v - static_cast<float>(h));  // v - h: exact
+        split_bf16(ap[i * C + c], pp + i * C + c, pp + (n + i) * C + c);
       }
   });
   if (!cpu::bf16_gemm_nt(reinterpret_cast<const uint16_t*>(pp), C, nullptr,
@@ -220,17 +224,74 @@ struct Problem {
 
 at::Tensor expert_view(const at::Tensor& w, int64_t e) { return w.select(0, e); }
 
+// A bias row (any float dtype) as fp32, or an undefined tensor.
+at::Tensor bias_f32(const void* b, int dt, int64_t ld, int64_t e, int64_t len) {
+  if (!b) return at::Tensor();
+  at::Tensor out = at::empty({len}, at::TensorOptions().dtype(at::kFloat));
+  const void* row = (const char*)b + e * ld * (dt == kF32 ? 4 : 2);
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < len; ++i) o[i] = load_any(row, dt, i);
+  return out;
+}
+
+// Scratch of the prefill experts, reused from one expert to the next (fresh large buffers per expert cost page
+// faults and page clearing): grown on demand, never shrunk within a call.
+struct Scratch {
+  at::Tensor gu, parts, sums;  // fp32 gate/up sums, the activation's bf16 parts, fp32 down sums
+  static void* grow(at::Tensor& t, int64_t n, at::ScalarType dt) {
+    if (!t.defined() || t.numel() < n) t = at::empty({n}, at::TensorOptions().dtype(dt));
+    return t.data_ptr();
+  }
+};
+
+// Whether expert e's down GEMM takes bf16 dot products with the activation as two bf16 parts, the element-wise
+// steps by the kernels' act_split_bf16 / combine_split (project_split_bf16's conditions).
+bool split_epilogue(const Problem& P, int64_t e) {
+  const at::Tensor w2 = expert_view(P.w2, e);
+  return active_kernels().combine_split != nullptr && w2.scalar_type() == at::kBFloat16 && w2.stride(1) == 1 &&
+         cpu::active_isa() == cpu::Isa::kAvx512Bf16;
+}
+
+// prefill_expert's avx512bf16 path from the gate/up sums gu [n, 2I]: act + split (one pass), the down GEMM on the
+// 2n bf16 rows, hi + lo sums, bias, routing weight and accumulation (one pass). False: nothing done.
+bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const int64_t* ip, int64_t n,
+                        const float* gu, float* acc, Scratch& sc) {
+  const MoeKernels& K = active_kernels();
+  const at::Tensor w2 = expert_view(P.w2, e);
+  const int64_t I = P.I, H = P.H;
+  const at::Tensor b13 = bias_f32(P.b13, P.b13dt, P.b13_ld, e, 2 * I), b2 = bias_f32(P.b2, P.b2dt, P.b2_ld, e, H);
+  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, 2 * n * I, at::kBFloat16));  // hi rows, lo rows
+  cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
+    K.act_split_bf16(gu + i0 * 2 * I, i1 - i0, I, P.act, b13.defined() ? b13.data_ptr<float>() : nullptr,
+                     parts + i0 * I, parts + (n + i0) * I);
+  });
+  std::vector<float> tw(n);
+  for (int64_t i = 0; i < n; ++i) tw[i] = P.tw[slots[i]];
+  float* sums = static_cast<float*>(Scratch::grow(sc.sums, 2 * n * H, at::kFloat));
+  if (!cpu::bf16_gemm_nt(parts, I, nullptr, reinterpret_cast<const uint16_t*>(w2.data_ptr<at::BFloat16>()),
+                         w2.stride(0), sums, H, 2 * n, H, I))
+    return false;
+  cpu::parallel_chunks(n, 8, [&](int64_t t0, int64_t t1) {  // tokens of one expert are distinct: no race
+    K.combine_split(sums, n, H, b2.defined() ? b2.data_ptr<float>() : nullptr, ip, tw.data(), t0, t1, acc);
+  });
+  return true;
+}
+
 // Prefill expert e: tokens of its pairs (slots `slots`), accumulated into acc [T, H].
 void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n, float* acc, at::Tensor& buf,
-                    const at::Tensor& xf) {
+                    const at::Tensor& xf, Scratch& sc) {
   auto opts = xf.options();
   at::Tensor idx = at::empty({n}, opts.dtype(at::kLong));
   int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) ip[i] = slots[i] / P.k;
-  at::Tensor gu = at::empty({n, 2 * P.I}, opts), a = at::empty({n, P.I}, opts), y = at::empty({n, P.H}, opts);
+  const bool split = split_epilogue(P, e);
+  at::Tensor gu = split ? at::from_blob(Scratch::grow(sc.gu, n * 2 * P.I, at::kFloat), {n, 2 * P.I}, opts)
+                        : at::empty({n, 2 * P.I}, opts);
   // the token rows are gathered (fp32) only for the fp32 GEMM; the bf16 one reads them in place
   if (!project_bf16(P.xb16, ip, n, expert_view(P.w13, e), gu))
     project(xf.index_select(0, idx), expert_view(P.w13, e), gu, buf);
+  if (split && prefill_down_split(P, e, slots, ip, n, gu.data_ptr<float>(), acc, sc)) return;
+  at::Tensor a = at::empty({n, P.I}, opts), y = at::empty({n, P.H}, opts);
   const float* gp = gu.data_ptr<float>();
   float* apt = a.data_ptr<float>();
   const void* b13 = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
@@ -429,8 +490,9 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   at::Tensor acc;
   if (!pre.empty()) {
     acc = at::zeros({T, H}, xf.options());
+    Scratch sc;
     for (int64_t e : pre) prefill_expert(P, e, slots.data() + offs[e], offs[e + 1] - offs[e], acc.data_ptr<float>(),
-                                         buf, xf);
+                                         buf, xf, sc);
   }
   // combine per token: prefill sum, decode slots in slot order, shared expert
   at::Tensor out = at::empty({T, H}, hidden.options());

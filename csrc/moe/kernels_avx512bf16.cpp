@@ -37,12 +37,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void ge
   }
 }
 
+// epilogue_avx512bf16.cpp
+void act_split_bf16(const float* gu, int64_t n, int64_t I, const ActParams& ac, const float* bias, uint16_t* hi,
+                    uint16_t* lo);
+void combine_split(const float* sums, int64_t n, int64_t H, const float* b2, const int64_t* tok, const float* w,
+                   int64_t t0, int64_t t1, float* acc);
+
 }  // namespace avx512bf16
 
 const MoeKernels& avx512bf16_kernels() {
   static const MoeKernels table = [] {
     MoeKernels t = avx512_kernels();
     t.gemv_rows_bf16 = &avx512bf16::gemv_rows_bf16;
+    t.act_split_bf16 = &avx512bf16::act_split_bf16;
+    t.combine_split = &avx512bf16::combine_split;
     return t;
   }();
   return table;
