@@ -169,9 +169,14 @@ bool project_bf16(const uint16_t* xb16, const int64_t* rows, int64_t n, const at
 // bf16(v - hi) (v - hi is exact), 0 where v is +-Inf (not Inf - Inf = NaN): hi + lo is v to 16 significant bits.
 inline void split_bf16(float v, c10::BFloat16* hi, c10::BFloat16* lo) {
   c10::BFloat16 h(v);
-  if (std::isinf(static_cast<float>(h)) && std::isfinite(v)) h = c10::BFloat16(f2u(v) >> 16, c10::BFloat16::from_bits());
+  if (std::isinf(static_cast<float>(h)) && std::isfinite(v))
+    h = c10::BFloat16(static_cast<uint16_t>(f2u(v) >> 16), c10::BFloat16::from_bits());
   *hi = h;
   *lo = std::isinf(v) ? c10::BFloat16(0.0f) : c10::BFloat16(v - static_cast<float>(h));
+}
+
+bool split_down_takes(const at::Tensor& W) {  // the weight side of project_split_bf16's conditions
+  return W.scalar_type() == at::kBFloat16 && W.stride(1) == 1 && cpu::active_isa() == cpu::Isa::kAvx512Bf16;
 }
 
 // out [n, R] = a [n, C] (fp32) @ W^T for W bf16 with contiguous rows, on an avx512bf16 CPU: a is carried as two
@@ -181,9 +186,7 @@ inline void split_bf16(float v, c10::BFloat16* hi, c10::BFloat16* lo) {
 // widened to fp32 panels and runs at half the products per instruction; two bf16 dot products per pair still
 // beat it on Zen 4 (Mixtral-8x7B experts, T = 256: measured in docs/moe.md). False (nothing done) elsewhere.
 bool project_split_bf16(const at::Tensor& a, const at::Tensor& W, at::Tensor out) {
-  if (W.scalar_type() != at::kBFloat16 || W.stride(1) != 1 || !a.is_contiguous() || out.stride(1) != 1 ||
-      cpu::active_isa() != cpu::Isa::kAvx512Bf16)
-    return false;
+  if (!split_down_takes(W) || !a.is_contiguous() || out.stride(1) != 1) return false;
   const int64_t n = a.size(0), C = a.size(1), R = W.size(0);
   at::Tensor parts = at::empty({2 * n, C}, a.options().dtype(at::kBFloat16));  // hi rows, then lo rows
   at::Tensor sums = at::empty({2 * n, R}, a.options());
@@ -245,11 +248,9 @@ struct Scratch {
 };
 
 // Whether expert e's down GEMM takes bf16 dot products with the activation as two bf16 parts, the element-wise
-// steps by the kernels' act_split_bf16 / combine_split (project_split_bf16's conditions).
+// steps by the kernels' act_split_bf16 / combine_split.
 bool split_epilogue(const Problem& P, int64_t e) {
-  const at::Tensor w2 = expert_view(P.w2, e);
-  return active_kernels().combine_split != nullptr && w2.scalar_type() == at::kBFloat16 && w2.stride(1) == 1 &&
-         cpu::active_isa() == cpu::Isa::kAvx512Bf16;
+  return active_kernels().combine_split != nullptr && split_down_takes(expert_view(P.w2, e));
 }
 
 // prefill_expert's avx512bf16 path from the gate/up sums gu [n, 2I]: act + split (one pass), the down GEMM on the
