@@ -148,7 +148,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("format_table", &format_table, "The C++ mirror of leankern.mx.formats.FORMATS, as a list of dicts.");
   m.def("moe_exp_f32", [](const py::bytes& x) {
           const std::string in = x;
-          if (in.size() % 4) throw py::value_error("moe_exp_f32: expected float32 bytes, got " + std::to_string(in.size()));
+          if (in.size() % 4) throw py::value_error("moe_exp_f32: x: expected float32 bytes (a multiple of 4), got " +
+                                                 std::to_string(in.size()) + " bytes");
           std::string out(in.size(), '\0');
           if (!leankern::moe::exp_f32(reinterpret_cast<const float*>(in.data()), (int64_t)(in.size() / 4),
                                       reinterpret_cast<float*>(&out[0])))

@@ -3,7 +3,7 @@
 // format, x read as fp32 (PackedLinearArgs::x: bf16 x converted exactly; fp32 / fp16 x and NV dual
 // x_hat, which the vdpbf16ps form cannot take, as the fp32 kernel reads them).
 //
-// Not a normal header: linear_packed_bf16_small.h includes it (I, kPR, LK_BFV, kQuadPrefetch,
+// Not a normal header: linear_packed_bf16_small.h includes it (I, kPR, LK_BFV, kSmallPrefetch,
 // quad_transpose_index, table4_i8, block_scales, decode_w, fold_block, store_rows come from there).
 //
 // Why: on an Intel Xeon with AMX (Golden Cove cores) vdpbf16ps zmm retires one per ~2.2 core cycles
@@ -99,10 +99,10 @@ LK_BFV void fma_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0,
           for (int m = 0; m < MM; ++m) LK_FMA_BCAST(bacc[i % S][m], w, xb + m * K + 8 * g + i);
         }
       }
-    } else if (EL != kFp8E4M3 || !exact) {
-      fma_wide_sums<EL, MM, S, true>(codes, xb, K, bs, bacc);
+    } else if (exact) {
+      fma_wide_sums<EL, MM, S, false>(codes, xb, K, bs, bacc);
     } else {
-      fma_wide_sums<EL, MM, S, EL != kFp8E4M3>(codes, xb, K, bs, bacc);  // (false: one instantiation per format)
+      fma_wide_sums<EL, MM, S, true>(codes, xb, K, bs, bacc);
     }
     fold_block(bacc, pre, sc, acc);
   }

@@ -66,6 +66,7 @@ template <int M>
 LK_T void load_chunk(const Planes& P, int64_t n, int64_t c, __m256i* r, __m256i& s) {
   const uint32_t* p0 = P.data + n * P.Kw + c * kChunkWords;
   int64_t ps = P.plane_stride;
+  for (int p = 0; p <= M; ++p) __builtin_prefetch(p0 + p * ps + kPlanePrefetch / 4);  // as gemv_bf16_gfni.cpp
   uint32_t tmp[M + 1][kChunkWords];
   const int64_t words = P.Kw - c * kChunkWords;
   if (words < kChunkWords) {
@@ -74,8 +75,6 @@ LK_T void load_chunk(const Planes& P, int64_t n, int64_t c, __m256i* r, __m256i&
     p0 = &tmp[0][0];
     ps = kChunkWords;
   }
-  if (ps != kChunkWords)  // the planes' next bytes, as gemv_bf16_gfni.cpp (kPlanePrefetch)
-    for (int p = 0; p <= M; ++p) __builtin_prefetch(p0 + p * ps + kPlanePrefetch / 4);
   s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0));
   for (int i = 0; i < 8; ++i)
     r[i] = i < M ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0 + (M - i) * ps)) : _mm256_setzero_si256();
