@@ -454,6 +454,8 @@ def test_prefill_exp_within_one_ulp():
     assert (np.abs(y[fin] - ref[fin]) <= ulp).all()
     special = np.frombuffer(EXT.moe_exp_f32(np.float32([np.nan, np.inf, -np.inf]).tobytes()), dtype=np.float32)
     assert np.isnan(special[0]) and special[1] == np.inf and special[2] == 0.0
+    with pytest.raises(ValueError, match="x: expected float32 bytes"):
+        EXT.moe_exp_f32(b"abc")
 
 
 # Interleaved gate/up, the clamped SwiGLU and both biases with row-contiguous bf16 weights on the GEMM path: under
