@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/bf16_gemm.h"
 #include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "mx/formats.h"
@@ -159,6 +160,30 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"),
         "Test hook: e^x of float32 bytes by the moe prefill activation's vectorised exp, as float32 bytes; None where "
         "the CPU cannot run the avx512bf16 kernels.");
+  m.def("bf16_gemm_nt", [](const py::bytes& x, const py::bytes& w, int64_t N, int64_t K, std::vector<int64_t> rows) {
+          // x: R rows of K bf16 bit patterns, w: N rows; out [len(rows), N] fp32 = x[rows] @ w^T (bf16_gemm.h)
+          const std::string xs = x, ws = w;
+          if (K < 1 || N < 1 || xs.size() % (2 * K) || ws.size() != (size_t)(2 * N * K))
+            throw py::value_error("bf16_gemm_nt: x, w: expected bf16 bytes of [R, K] and [N, K] rows, got " +
+                                  std::to_string(xs.size()) + " and " + std::to_string(ws.size()) + " bytes");
+          const int64_t R = (int64_t)(xs.size() / (2 * K)), M = (int64_t)rows.size();
+          for (int64_t r : rows)
+            if (r < 0 || r >= R)
+              throw py::value_error("bf16_gemm_nt: rows: expected values in [0, " + std::to_string(R) + "), got " +
+                                    std::to_string(r));
+          std::string out((size_t)(M * N * 4), '\0');
+          if (!leankern::cpu::bf16_gemm_nt(reinterpret_cast<const uint16_t*>(xs.data()), K, rows.data(),
+                                           reinterpret_cast<const uint16_t*>(ws.data()), K,
+                                           reinterpret_cast<float*>(&out[0]), N, M, N, K))
+            return py::object(py::none());
+          return py::object(py::bytes(out));
+        },
+        py::arg("x"), py::arg("w"), py::arg("N"), py::arg("K"), py::arg("rows"),
+        "Test hook: x[rows] @ w^T (fp32 bytes) by the common bf16 GEMM (AVX512-BF16 dot products or AMX tiles) from "
+        "bf16 bit patterns given as bytes; None where the active ISA is not avx512bf16.");
+  m.def("bf16_gemm_set_wa_rows", &leankern::cpu::set_bf16_gemm_wa_rows, py::arg("rows"),
+        "Test and tuning hook: the bf16 GEMM's AMX path reads w in place as A tiles up to this many rows of x "
+        "(default 1024), else packs w into B tiles (the same bits); returns the previous value.");
   m.def("mx_set_vbmi_decoder", [](bool on) { const bool was = leankern::mx::vbmi_decoder_enabled(); leankern::mx::set_vbmi_decoder_enabled(on); return was; },
         py::arg("on"),
         "Test hook: let (True) or forbid (False) the few-rows bf16 mx_linear kernel its AVX512-VBMI "

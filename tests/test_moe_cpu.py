@@ -52,6 +52,15 @@ def run(backend: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+@pytest.fixture
+def two_threads():
+    """torch's thread count set to 2 for the test (paths that depend on it: experts_cpu.cpp's small experts)."""
+    was = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(was)
+
+
 def both(fn, *args, **kwargs):
     return run("cpp", fn, *args, **kwargs), run("ref", fn, *args, **kwargs)
 
@@ -299,6 +308,7 @@ def make_experts(T, E, H, I, k, wdt=torch.bfloat16, hdt=torch.float32, seed=0, t
 
 
 GEMV_MIN_TOKENS, GEMV_INPUT_BYTES = 8, 512 << 10  # csrc/moe/experts_cpu.cpp use_gemv
+AMX_GEMV_MAX_TOKENS = 1  # csrc/moe/experts_cpu.cpp kAmxGemvMaxTokens
 
 
 def prefill_experts(ids: torch.Tensor, H: int, I: int) -> int:
@@ -338,10 +348,12 @@ def test_experts_bf16_gemm_path(isa, H):
 
 
 # The AMX shapes of the GEMM path (K % 32 == 0: H = 2080 for gate/up, one 2048-element chunk and a 32-element one;
-# I = 64 for the down projection): 2I = 128 rows (8 tiles) and Is = 48 (3), ~800 tokens per expert (two 512-row
-# passes, the second with a ragged 16-row group). Other ISAs run the same cases through their own kernels.
-def test_experts_bf16_gemm_path_amx_shapes(isa):
-    args, kw = make_experts(1200, 3, 2080, 64, 2, torch.bfloat16, torch.bfloat16, seed=5, drop=0.1, shared=48,
+# I = 64 for the down projection): 2I = 128 rows (8 tiles) and Is = 48 (3) or 64 (4: the shared expert's down GEMM
+# then takes the routed experts' AMX path with the fused sums), ~800 tokens per expert (two 512-row passes, the
+# second with a ragged 16-row group). Other ISAs run the same cases through their own kernels.
+@pytest.mark.parametrize("Is", [48, 64])
+def test_experts_bf16_gemm_path_amx_shapes(isa, Is):
+    args, kw = make_experts(1200, 3, 2080, 64, 2, torch.bfloat16, torch.bfloat16, seed=5, drop=0.1, shared=Is,
                             gate=True)
     assert prefill_experts(args[3], 2080, 64) == 3
     check_experts(args, kw)
@@ -458,6 +470,34 @@ def test_prefill_exp_within_one_ulp():
         EXT.moe_exp_f32(b"abc")
 
 
+def exact_counts(counts, H, I, seed, bias=False):
+    """moe.experts arguments where expert j keeps exactly counts[j] tokens (tokens 0 .. counts[j] - 1, slot j;
+    k = E = len(counts)), bf16 hidden and weights."""
+    E, T = len(counts), max(counts)
+    args, kw = make_experts(T, E, H, I, E, torch.bfloat16, torch.bfloat16, seed=seed, bias=bias)
+    t = torch.arange(T)[:, None]
+    ids = torch.where(t < torch.tensor(counts)[None, :], torch.arange(E, dtype=torch.int32)[None, :], -1)
+    args[3], args[4] = ids.to(torch.int32), args[4].masked_fill(ids < 0, 0.0)
+    return args, kw
+
+
+# The AMX prefill paths (experts_cpu.cpp), H and I multiples of 32: an expert of 2..32 tokens whole on one thread
+# (small_expert) where there are at least 4 per thread (8 here, on 2 threads), larger ones split over the
+# threads (prefill_expert); both through the down GEMM with its combine fused in (bf16_gemm_nt_pairs: 16-token
+# group pairs, the last one partial at 2, 3, 9, 15, 17, 31, 33, 47 and 100 tokens). "few": three small experts,
+# too few to share out, take the split paths (the GEMV path up to 8 tokens). Other ISAs run the same cases.
+COUNTS = {"mixed": [2, 3, 9, 15, 16, 17, 31, 32, 33, 47, 64, 100], "few": [2, 9, 33]}
+
+
+@pytest.mark.parametrize("counts", list(COUNTS), ids=list(COUNTS))
+@pytest.mark.parametrize("act", ["silu", "swiglu_oai-bias"])
+def test_experts_amx_small_experts_and_fused_combine(isa, two_threads, counts, act):
+    args, kw = exact_counts(COUNTS[counts], 96, 64, seed=len(counts), bias=act != "silu")
+    if act != "silu":
+        kw.update(activation="swiglu_oai", interleaved=True, swiglu_alpha=1.702, swiglu_limit=2.5)
+    check_experts(args, kw)
+
+
 # Interleaved gate/up, the clamped SwiGLU and both biases with row-contiguous bf16 weights on the GEMM path: under
 # avx512bf16 the vectorised act + split (deinterleaving, bias, lane tails: I = 37) and the fused combine.
 @pytest.mark.parametrize("hdt", [torch.bfloat16, torch.float32], ids=("h-bf16", "h-f32"))
@@ -469,14 +509,17 @@ def test_experts_prefill_interleaved_bias_split_epilogue(isa, hdt):
     check_experts(args, kw)
 
 
-@pytest.mark.parametrize("T", [8, 9, 20])
-def test_experts_amx_takes_the_gemm_path_from_nine_tokens(isa, T):
-    """With AMX (bf16 hidden and weights, H and I multiples of 32) an expert of more than 8 tokens takes the GEMM
-    path (experts_cpu.cpp: amx_gemm); elsewhere 20 tokens of H = 64 still take the GEMV path (use_gemv). The GEMM
+@pytest.mark.parametrize("E", [2, 8])
+@pytest.mark.parametrize("T", [1, 2, 8, 9, 20])
+def test_experts_amx_gemm_path_from_two_tokens(isa, two_threads, E, T):
+    """With AMX (bf16 hidden and weights, H and I multiples of 32) an expert of more than one token takes the GEMM
+    path (experts_cpu.cpp: amx_gemm, kAmxGemvMaxTokens) where at least 4 such experts per thread share out (E = 8 on
+    2 threads: small_expert), else from 9 tokens on (E = 2); elsewhere 20 tokens of H = 64 still take the GEMV path
+    (use_gemv). The GEMM
     path's down projection splits the fp32 activation into two bf16 parts (16 significant bits): activations
     a0 = 1 + 2^-9 + 2^-20 and a1 = 1 + 2^-9 with w2 rows (1, -1) give a0 - a1 = 2^-20 through fp32 activations
     (GEMV) and 0 through the split (hi = 1, lo = 2^-9 for both). Proves which path ran."""
-    E, H, I = 2, 64, 32
+    H, I = 64, 32
     hidden = torch.ones(T, H).to(torch.bfloat16)
     w13 = torch.zeros(E, 2 * I, H)
     w13[:, :2, 0] = 32.0  # gate rows 0, 1: silu(32) = 32 in fp32
@@ -484,10 +527,10 @@ def test_experts_amx_takes_the_gemm_path_from_nine_tokens(isa, T):
     w13[:, I, 2] = 2.0**-25  # up row 0: + 2^-25
     w2 = torch.zeros(E, H, I)
     w2[:, :, 0], w2[:, :, 1] = 1.0, -1.0
-    ids = torch.tensor([[0, 1]] * T, dtype=torch.int32)
-    w = torch.full((T, 2), 0.5)
+    ids = torch.arange(E, dtype=torch.int32).repeat(T, 1)  # every token on every expert
+    w = torch.full((T, E), 1.0 / E)
     got = moe.experts(hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
-    gemm = isa == "amx" and T > GEMV_MIN_TOKENS
+    gemm = isa == "amx" and T > (AMX_GEMV_MAX_TOKENS if E >= 4 * 2 else GEMV_MIN_TOKENS)
     assert torch.equal(got.float(), torch.full((T, H), 0.0 if gemm else 2.0**-20))
 
 
@@ -530,11 +573,12 @@ def test_experts_shared_expert(isa, T, gate, transposed):
     check_experts(args, kw)
 
 
-def test_experts_shared_expert_infinite_activation(isa):
+@pytest.mark.parametrize("Is", [16, 32])  # 32: with AMX, the routed experts' down GEMM (fused sums)
+def test_experts_shared_expert_infinite_activation(isa, Is):
     """An infinite activation of the shared expert on the GEMM path (600 rows; under avx512bf16 its down projection
     splits the activation into two bf16 parts) gives -inf outputs as the reference does, not NaN (Inf - Inf in
     the split's low part)."""
-    T, H, Is = 600, 264, 16
+    T, H = 600, 264
     hidden = torch.ones(T, H)
     sw1, sw3, sw2 = torch.zeros(Is, H), torch.zeros(Is, H), torch.zeros(H, Is)
     sw1[0, 0] = float("inf")  # gate 0 = +inf: silu = +inf
@@ -545,6 +589,27 @@ def test_experts_shared_expert_infinite_activation(isa):
     kw = dict(shared_w1=sw1.bfloat16(), shared_w3=sw3.bfloat16(), shared_w2=sw2.bfloat16())
     got, want = both(moe.experts, *args, **kw)
     assert torch.equal(want, torch.full((T, H), float("-inf")))  # the case is the intended one
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("Is", [48, 64])  # 64: with AMX, the routed experts' down GEMM (fused sums)
+def test_experts_shared_expert_split_carries_sixteen_bits(isa, Is):
+    """The shared expert alone on the GEMM path (80 tokens of H = 2048: 640 KB of fp32 rows), activations
+    a0 = silu(32) * 2^-5 (1 + 2^-9 + 2^-14) = 1 + 2^-9 + 2^-14 and a1 = 1, w2 rows (1, -1): every step exact in
+    fp32 and in the two-part bf16 split (hi = 1, lo = 2^-9 + 2^-14), so each output is exactly 2^-9 + 2^-14 (a bf16
+    value); dropping the low part gives 0."""
+    T, H = 80, 2048
+    hidden = torch.ones(T, H).bfloat16()
+    sw1, sw3, sw2 = torch.zeros(Is, H), torch.zeros(Is, H), torch.zeros(H, Is)
+    sw1[:2, 0] = 32.0  # gates 0, 1 = 32: silu = 32 in fp32
+    sw3[0, 0], sw3[0, 1], sw3[0, 2] = 2.0**-5, 2.0**-14, 2.0**-19  # up 0 = 2^-5 (1 + 2^-9 + 2^-14)
+    sw3[1, 0] = 2.0**-5  # up 1 = 2^-5
+    sw2[:, 0], sw2[:, 1] = 1.0, -1.0
+    ids = torch.full((T, 2), -1, dtype=torch.int32)  # every routed slot skipped: the shared expert alone
+    args = (hidden, torch.zeros(2, 64, H).bfloat16(), torch.zeros(2, H, 32).bfloat16(), ids, torch.zeros(T, 2))
+    kw = dict(shared_w1=sw1.bfloat16(), shared_w3=sw3.bfloat16(), shared_w2=sw2.bfloat16())
+    got, want = both(moe.experts, *args, **kw)
+    assert torch.equal(want.float(), torch.full((T, H), 2.0**-9 + 2.0**-14))  # the case is the intended one
     assert torch.equal(got, want)
 
 

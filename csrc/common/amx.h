@@ -52,13 +52,13 @@ LK_AMX_FN void configure() {
 
 LK_AMX_FN void release() { asm volatile("tilerelease" ::); }
 
-// A block of MA x NB accumulator tiles (MA, NB in {1, 2}) over `steps` K steps: x0 = the first A
-// tile (the next step's 1 KB further; the next 16 rows' at x0 + xs bytes), w0 = the first B tile
-// (likewise; the second column tile's at w0 + wstep bytes), c = the accumulators, tile (i, j) at
-// c + (i * cstride + j) * 256 floats, loaded first unless `fresh`, stored back at the end.
+// A block of MA x NB accumulator tiles (MA, NB in {1, 2}) over `steps` K steps. A tile i of step s: a0 + i * a_next
+// + s * a_step bytes, rows a_ld bytes apart; B tile j of step s: b0 + j * b_next + s * kTileBytes (packed, rows 64
+// bytes apart); c = the accumulators, tile (i, j) at c + (i * cstride + j) * 256 floats, loaded first unless
+// `fresh`, stored back at the end.
 template <int MA, int NB>
-LK_AMX_FN void block(const uint8_t* x0, int64_t xs, const uint8_t* w0, int64_t wstep, int steps, float* c,
-                     int64_t cstride, bool fresh) {
+LK_AMX_FN void block_strided(const uint8_t* a0, int64_t a_next, int64_t a_ld, int64_t a_step, const uint8_t* b0,
+                             int64_t b_next, int steps, float* c, int64_t cstride, bool fresh) {
   float* const c00 = c;
   float* const c01 = c + kTileFloats;
   float* const c10 = c + cstride * kTileFloats;
@@ -74,17 +74,17 @@ LK_AMX_FN void block(const uint8_t* x0, int64_t xs, const uint8_t* w0, int64_t w
     if constexpr (MA > 1) LK_TLOAD(2, c10, 64);
     if constexpr (MA > 1 && NB > 1) LK_TLOAD(3, c11, 64);
   }
-  const uint8_t* x1 = x0 + xs;
+  const uint8_t* a1 = a0 + a_next;
   for (int s = 0; s < steps; ++s) {
-    LK_TLOAD(4, x0 + s * kTileBytes, 64);
-    LK_TLOAD(6, w0 + s * kTileBytes, 64);
+    LK_TLOAD(4, a0 + s * a_step, a_ld);
+    LK_TLOAD(6, b0 + s * kTileBytes, 64);
     LK_TDP(0, 4, 6);
     if constexpr (MA > 1) {
-      LK_TLOAD(5, x1 + s * kTileBytes, 64);
+      LK_TLOAD(5, a1 + s * a_step, a_ld);
       LK_TDP(2, 5, 6);
     }
     if constexpr (NB > 1) {
-      LK_TLOAD(7, w0 + wstep + s * kTileBytes, 64);
+      LK_TLOAD(7, b0 + b_next + s * kTileBytes, 64);
       LK_TDP(1, 4, 7);
       if constexpr (MA > 1) LK_TDP(3, 5, 7);
     }
@@ -93,6 +93,14 @@ LK_AMX_FN void block(const uint8_t* x0, int64_t xs, const uint8_t* w0, int64_t w
   if constexpr (NB > 1) LK_TSTORE(1, c01, 64);
   if constexpr (MA > 1) LK_TSTORE(2, c10, 64);
   if constexpr (MA > 1 && NB > 1) LK_TSTORE(3, c11, 64);
+}
+
+// block_strided over packed A tiles: A tile of step s at x0 + s * kTileBytes (the next 16 rows' at x0 + xs), B
+// likewise at w0 (the second column tile's at w0 + wstep).
+template <int MA, int NB>
+LK_AMX_FN void block(const uint8_t* x0, int64_t xs, const uint8_t* w0, int64_t wstep, int steps, float* c,
+                     int64_t cstride, bool fresh) {
+  block_strided<MA, NB>(x0, xs, 64, kTileBytes, w0, wstep, steps, c, cstride, fresh);
 }
 
 // block<MA, NB> for run-time two_m / two_n.

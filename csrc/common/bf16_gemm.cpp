@@ -4,6 +4,7 @@
 #include "common/bf16_gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -53,25 +54,31 @@ LK_BG void transpose16(const __m512i* r, __m512i* o) {
   }
 }
 
-// Rows [n0, n0 + 16) of w -> wb[q] (lane r: row r's pair q; rows past N: zeros).
-LK_BG void pack_tile(const uint16_t* w, int64_t ldw, int64_t n0, int64_t N, int64_t K, __m512i* wb) {
+// Rows row(0) .. row(rows - 1) (rows <= 16, each K elements) -> wb[q] (lane r: row r's pair q; lanes past `rows`:
+// zeros).
+template <class Row>
+LK_BG void pack_pairs(const Row& row, int rows, int64_t K, __m512i* wb) {
   const int64_t pairs = (K + 1) / 2, full = K / 2;
-  const int rows = (int)std::min<int64_t>(kTile, N - n0);
-  const uint16_t* base = w + n0 * ldw;
   for (int64_t q0 = 0; q0 < full; q0 += 16) {  // 16 pairs of the 16 rows at a time (masked past the last one)
     const int n = (int)std::min<int64_t>(16, full - q0);
     const __mmask16 live = (__mmask16)((1u << n) - 1);
     __m512i r[kTile], o[kTile];
     for (int i = 0; i < kTile; ++i)
-      r[i] = i < rows ? _mm512_maskz_loadu_epi32(live, base + i * ldw + 2 * q0) : _mm512_setzero_si512();
+      r[i] = i < rows ? _mm512_maskz_loadu_epi32(live, row(i) + 2 * q0) : _mm512_setzero_si512();
     transpose16(r, o);
     for (int j = 0; j < n; ++j) wb[q0 + j] = o[j];
   }
   if (pairs > full) {  // odd K: the last element alone (a 4-byte gather would read past the last row)
     alignas(64) uint32_t last[kTile] = {};
-    for (int r = 0; r < rows; ++r) last[r] = pair_at(base + r * ldw, full, K);
+    for (int r = 0; r < rows; ++r) last[r] = pair_at(row(r), full, K);
     wb[full] = _mm512_load_si512(last);
   }
+}
+
+// Rows [n0, n0 + 16) of w -> wb[q] (lane r: row r's pair q; rows past N: zeros).
+LK_BG void pack_tile(const uint16_t* w, int64_t ldw, int64_t n0, int64_t N, int64_t K, __m512i* wb) {
+  const uint16_t* base = w + n0 * ldw;
+  pack_pairs([&](int i) { return base + i * ldw; }, (int)std::min<int64_t>(kTile, N - n0), K, wb);
 }
 
 template <int MM>
@@ -140,8 +147,25 @@ void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M,
 
 namespace {
 
+// PairCombine (bf16_gemm.h) of the 16 tokens from t0: hv[r] / lv[r] = token t0 + r's hi / lo sums over columns n0 ..
+// n0 + 15 (those below N); tokens past pc.n are padding.
+LK_BG void pair_combine(const PairCombine& pc, int64_t t0, const __m512* hv, const __m512* lv, int64_t n0, int64_t N) {
+  const __mmask16 live = (__mmask16)((1u << std::min<int64_t>(kTile, N - n0)) - 1);
+  const __m512 b = pc.b2 ? _mm512_maskz_loadu_ps(live, pc.b2 + n0) : _mm512_setzero_ps();
+  const int rows = (int)std::min<int64_t>(16, pc.n - t0);
+  for (int r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r;
+    __m512 y = _mm512_add_ps(hv[r], lv[r]);
+    if (pc.b2) y = _mm512_add_ps(y, b);
+    float* o = pc.out + (pc.tok ? pc.tok[t] : t) * pc.ldo + n0;
+    if (pc.w) y = _mm512_add_ps(_mm512_maskz_loadu_ps(live, o), _mm512_mul_ps(y, _mm512_set1_ps(pc.w[t])));
+    _mm512_mask_storeu_ps(o, live, y);
+  }
+}
+
+// pc: out is not written; x's rows are (hi, lo) 16-row group pairs and pair_combine takes the finished tiles.
 LK_AMX_FN void amx_tiles(const uint16_t* xa, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
-                         int64_t N, int64_t K, int64_t t0, int64_t t1) {
+                         int64_t N, int64_t K, int64_t t0, int64_t t1, const PairCombine* pc) {
   const bool long_chunks = std::min(M, kAmxMaxM) * K * 2 <= kAmxLongChunkXBytes;  // x's A tiles of one pass fit L2
   const int64_t chunk = std::min<int64_t>(long_chunks ? kAmxChunk : kAmxShortChunk, K);
   const int64_t wtile = chunk * 32;  // bytes of a tile's packed chunk
@@ -171,6 +195,18 @@ LK_AMX_FN void amx_tiles(const uint16_t* xa, const uint16_t* w, int64_t ldw, flo
             amx::block_any(two_m, two_n, xk + (int64_t)g * xs, xs, wbuf + j * wtile, wtile, (int)(kc / amx::kK), c,
                            kAmxPanel, first);
             if (!last) continue;
+            if (pc) {  // (groups come in pairs: two_m)
+              for (int jj = j; jj < j + (two_n ? 2 : 1); ++jj) {
+                const float* ct = c + (jj - j) * amx::kTileFloats;
+                __m512 hv[16], lv[16];
+                for (int r = 0; r < 16; ++r) {
+                  hv[r] = _mm512_load_ps(ct + r * 16);
+                  lv[r] = _mm512_load_ps(ct + kAmxPanel * amx::kTileFloats + r * 16);
+                }
+                pair_combine(*pc, (mb + (int64_t)g * 16) / 2, hv, lv, (p0 + jj) * kTile, N);
+              }
+              continue;
+            }
             for (int i = 0; i < (two_m ? 2 : 1); ++i)  // the finished tiles -> out, while in L1
               for (int jj = j; jj < j + (two_n ? 2 : 1); ++jj) {
                 const int64_t m0 = mb + (int64_t)(g + i) * 16, n0 = (p0 + jj) * kTile;
@@ -187,7 +223,134 @@ LK_AMX_FN void amx_tiles(const uint16_t* xa, const uint16_t* w, int64_t ldw, flo
   amx::release();
 }
 
+// ---- AMX with w as the A operand (M <= bf16_gemm_wa_rows()) ----
+// Why: w is read cold (moe's experts), and the packed form above spends much of its time reading it, transposing
+// it into B tiles and reading those again. Here w's rows are A tiles where they lie (tileloadd with w's row stride,
+// each row read from memory once), x's rows are packed once into B tiles (pack_pairs: the pair vectors w's B tiles
+// are made of), and the C tiles come out transposed (rows of w x rows of x), turned back by transpose16 on their
+// way out. Every sum has the same products in the same order: out equals the packed form's bit for bit.
+// Measured on the 2-core Xeon, moe's experts (bf16, no skip): Qwen3-30B-A3B T = 256 (~16 tokens per expert) 0.83x
+// the packed form's time. The K chunks below, against whole-K blocks: Qwen3 T = 1024 0.90x, Mixtral-8x7B T = 256
+// 0.83x; and taking up to 1024 rows in place instead of 256: Qwen3 T = 4096 0.93x (its down projection's 512 pair
+// rows). Software prefetch of w's rows (per row, 256 B - 2 KB ahead, or the next tiles' rows in linear order into
+// L2) was 0-10% slower.
+std::atomic<int64_t> g_wa_rows{1024};
+// K steps per chunk with more than two groups of x: a pair of w's tiles over 8 steps is 16 KB, half of L1, so the
+// groups after the first read it from L1 (4: equal at T = 1024, 16: 1.08x slower on Mixtral).
+constexpr int kWaChunkSteps = 8;
+
+// x's rows (gathered) -> B tiles [ceil(M / 16), K / 32, 16 pairs, 16 rows] (rows past M zero).
+void wa_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint8_t* xb) {
+  const int64_t xs = K / amx::kK * amx::kTileBytes;
+  for (int64_t m0 = 0; m0 < M; m0 += 16)
+    pack_pairs([&](int i) { return x + (xrows ? xrows[m0 + i] : m0 + i) * ldx; }, (int)std::min<int64_t>(16, M - m0),
+               K, (__m512i*)(xb + m0 / 16 * xs));
+}
+
+// C^T tile ct (16 rows of w x 16 rows of x, fp32) -> o[m] (lane n: row n of w, row m of x).
+LK_BG void wa_turn(const float* ct, __m512* o) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(ct + i * 16);
+  transpose16(r, t);
+  for (int i = 0; i < 16; ++i) o[i] = _mm512_castsi512_ps(t[i]);
+}
+
+template <int MA, int NB>
+LK_AMX_FN void wa_block(const uint8_t* a0, int64_t a_ld, const uint8_t* b0, int64_t xs, int steps, float* c,
+                        bool fresh) {
+  amx::block_strided<MA, NB>(a0, 16 * a_ld, a_ld, 64, b0, xs, steps, c, 2, fresh);
+}
+
+// Tiles [t0, t1) of w (16 rows each; a full tile's rows read in place, the last partial one from a zero-padded
+// copy) against every row of x: out rows [0, M), columns [16 t0, min(N, 16 t1)); or pc (amx_tiles' meaning).
+// More than 32 rows of x: K in chunks of kWaChunkSteps steps, each chunk's A tiles (16 KB for a pair) read from
+// memory by the first pair of x's groups and from L1 by the others, the accumulators kept in cbuf between chunks.
+LK_AMX_FN void wa_tiles(const uint8_t* xb, int64_t M, const uint16_t* w, int64_t ldw, float* out, int64_t ldo,
+                        int64_t N, int64_t K, int64_t t0, int64_t t1, const PairCombine* pc) {
+  const int steps = (int)(K / amx::kK);
+  const int64_t xs = steps * amx::kTileBytes, groups = (M + 15) / 16, full = N / kTile;
+  const int kc = groups > 2 ? std::min(kWaChunkSteps, steps) : steps;
+  thread_local std::vector<float> craw;  // 4 accumulator tiles per pair of x's groups (+ alignment)
+  craw.resize((size_t)((groups + 1) / 2 * 4 * amx::kTileFloats + 16));
+  float* const cbuf = (float*)(((uintptr_t)craw.data() + 63) & ~(uintptr_t)63);
+  thread_local std::vector<uint16_t> pad;  // the partial tile's rows, zero-padded to 16
+  amx::configure();
+  for (int64_t t = t0; t < t1;) {
+    const bool two_n = t + 1 < std::min(t1, full);  // two full tiles of w
+    const uint8_t* a0 = reinterpret_cast<const uint8_t*>(w + t * kTile * ldw);
+    int64_t a_ld = ldw * 2;
+    if (t >= full) {  // the partial tile: its N % 16 rows, then zeros
+      pad.assign((size_t)(kTile * K), 0);
+      for (int64_t n = t * kTile; n < N; ++n) std::copy(w + n * ldw, w + n * ldw + K, pad.data() + (n - t * kTile) * K);
+      a0 = reinterpret_cast<const uint8_t*>(pad.data());
+      a_ld = K * 2;
+    }
+    for (int s0 = 0; s0 < steps; s0 += kc) {
+      const int ns = std::min(kc, steps - s0);
+      const bool fresh = s0 == 0, last = s0 + ns == steps;
+      const uint8_t* as = a0 + (int64_t)s0 * 64;
+      for (int64_t g = 0; g < groups; g += 2) {
+        const bool two_m = g + 1 < groups;
+        const uint8_t* b0 = xb + g * xs + (int64_t)s0 * amx::kTileBytes;
+        float* c = cbuf + g / 2 * 4 * amx::kTileFloats;
+        if (two_n && two_m) wa_block<2, 2>(as, a_ld, b0, xs, ns, c, fresh);
+        else if (two_n) wa_block<2, 1>(as, a_ld, b0, xs, ns, c, fresh);
+        else if (two_m) wa_block<1, 2>(as, a_ld, b0, xs, ns, c, fresh);
+        else wa_block<1, 1>(as, a_ld, b0, xs, ns, c, fresh);
+        if (!last) continue;
+        for (int i = 0; i < (two_n ? 2 : 1); ++i) {
+          const int64_t n0 = (t + i) * kTile;
+          __m512 o[2][16];
+          for (int j = 0; j < (two_m ? 2 : 1); ++j) wa_turn(c + (i * 2 + j) * amx::kTileFloats, o[j]);
+          if (pc) {  // (groups come in pairs: two_m)
+            pair_combine(*pc, g * 8, o[0], o[1], n0, N);
+            continue;
+          }
+          const __mmask16 live = (__mmask16)((1u << std::min<int64_t>(kTile, N - n0)) - 1);
+          for (int j = 0; j < (two_m ? 2 : 1); ++j)
+            for (int64_t m = (g + j) * 16; m < std::min(M, (g + j + 1) * 16); ++m)
+              _mm512_mask_storeu_ps(out + m * ldo + n0, live, o[j][m % 16]);
+        }
+      }
+    }
+    t += two_n ? 2 : 1;
+  }
+  amx::release();
+}
+
+// The AMX GEMM on x's rows (gathered): w in place as A tiles for M <= bf16_gemm_wa_rows(), else packed; into out or
+// pc.
+bool amx_gemm(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
+              int64_t ldo, int64_t M, int64_t N, int64_t K, const PairCombine* pc) {
+  const int64_t T = (N + kTile - 1) / kTile;
+  if (M <= g_wa_rows.load(std::memory_order_relaxed)) {
+    std::unique_ptr<uint8_t[]> raw(new uint8_t[(size_t)((M + 15) / 16 * K * 32 + 64)]);
+    uint8_t* xb = (uint8_t*)(((uintptr_t)raw.get() + 63) & ~(uintptr_t)63);
+    wa_pack_x(x, ldx, xrows, M, K, xb);
+    // runs of an even number of tiles (pairs share each B tile load), about 4 per thread
+    const int64_t chunk = (streaming_chunk(T, 2) + 1) / 2 * 2;
+    parallel_chunks(T, chunk, [&](int64_t t0, int64_t t1) { wa_tiles(xb, M, w, ldw, out, ldo, N, K, t0, t1, pc); });
+    return true;
+  }
+  std::unique_ptr<uint16_t[]> xa(new uint16_t[(size_t)amx_x_tiles_elems(M, K)]);  // (every element written below)
+  amx_pack_x(x, ldx, xrows, M, K, xa.get());
+  // panels of up to kAmxPanel tiles, but enough of them for every thread (a 256-row w was one task)
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(kAmxPanel, (T + at::get_num_threads() - 1) / at::get_num_threads()));
+  parallel_chunks(T, per, [&](int64_t t0, int64_t t1) { amx_tiles(xa.get(), w, ldw, out, ldo, M, N, K, t0, t1, pc); });
+  return true;
+}
+
 }  // namespace
+
+int64_t bf16_gemm_wa_rows() { return g_wa_rows.load(std::memory_order_relaxed); }
+int64_t set_bf16_gemm_wa_rows(int64_t rows) { return g_wa_rows.exchange(std::max<int64_t>(0, rows)); }
+
+bool bf16_gemm_nt_pairs(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, const PairCombine& pc,
+                        int64_t N, int64_t K) {
+  if (K % amx::kK != 0 || !amx_enabled()) return false;
+  if (pc.n <= 0 || N <= 0) return true;
+  return amx_gemm(x, ldx, nullptr, w, ldw, nullptr, 0, pair_rows(pc.n), N, K, &pc);
+}
 
 bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
                   int64_t ldo, int64_t M, int64_t N, int64_t K) {
@@ -197,11 +360,7 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
     for (int64_t m = 0; m < M; ++m) std::fill(out + m * ldo, out + m * ldo + N, 0.0f);
     return true;
   }
-  if (K % amx::kK == 0 && amx_enabled()) {  // AMX tiles (a K step is 32 elements)
-    std::unique_ptr<uint16_t[]> xa(new uint16_t[(size_t)amx_x_tiles_elems(M, K)]);  // (every element written below)
-    amx_pack_x(x, ldx, xrows, M, K, xa.get());
-    return bf16_gemm_nt_amx(xa.get(), w, ldw, out, ldo, M, N, K);
-  }
+  if (K % amx::kK == 0 && amx_enabled()) return amx_gemm(x, ldx, xrows, w, ldw, out, ldo, M, N, K, nullptr);
   const int64_t pairs = (K + 1) / 2, G = (M + kRowGroup - 1) / kRowGroup;
   std::vector<int32_t> xg((size_t)(G * pairs * kRowGroup));  // [G, pairs, 24]; rows past M: zeros
   parallel_chunks(G, 1, [&](int64_t g0, int64_t g1) {
@@ -227,7 +386,7 @@ bool bf16_gemm_nt_amx(const uint16_t* xa, const uint16_t* w, int64_t ldw, float*
   const int64_t T = (N + kTile - 1) / kTile;
   // panels of up to kAmxPanel tiles, but enough of them for every thread (a 256-row w was one task)
   const int64_t per = std::max<int64_t>(1, std::min<int64_t>(kAmxPanel, (T + at::get_num_threads() - 1) / at::get_num_threads()));
-  parallel_chunks(T, per, [&](int64_t t0, int64_t t1) { amx_tiles(xa, w, ldw, out, ldo, M, N, K, t0, t1); });
+  parallel_chunks(T, per, [&](int64_t t0, int64_t t1) { amx_tiles(xa, w, ldw, out, ldo, M, N, K, t0, t1, nullptr); });
   return true;
 }
 
@@ -243,6 +402,11 @@ bool bf16_gemm_nt(const uint16_t*, int64_t, const int64_t*, const uint16_t*, int
 }
 int64_t amx_x_tiles_elems(int64_t M, int64_t K) { return (M + 15) / 16 * 16 * K; }
 void amx_pack_x(const uint16_t*, int64_t, const int64_t*, int64_t, int64_t, uint16_t*) {}
+int64_t bf16_gemm_wa_rows() { return 0; }
+int64_t set_bf16_gemm_wa_rows(int64_t) { return 0; }
+bool bf16_gemm_nt_pairs(const uint16_t*, int64_t, const uint16_t*, int64_t, const PairCombine&, int64_t, int64_t) {
+  return false;
+}
 bool bf16_gemm_nt_amx(const uint16_t*, const uint16_t*, int64_t, float*, int64_t, int64_t, int64_t, int64_t) {
   return false;
 }

@@ -22,6 +22,32 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
 // zero); bf16_gemm_nt_amx then computes out = x @ w^T from them. It returns false, computing nothing, unless
 // cpu::amx_enabled() (with the avx512bf16 ISA active) and K % 32 == 0.
 int64_t amx_x_tiles_elems(int64_t M, int64_t K);
+// bf16_gemm_nt's AMX path reads w in place as A tiles (x packed as B tiles) for M <= bf16_gemm_wa_rows() (default
+// 1024), else packs w into B tiles; both give the same bits. The setter (a test and tuning hook) returns the old value.
+int64_t bf16_gemm_wa_rows();
+int64_t set_bf16_gemm_wa_rows(int64_t rows);
+
+// moe's split down projection with its combine fused in (AMX only). x holds n tokens' activations as two bf16
+// parts in 16-token group pairs: rows [32 i, 32 i + 16) the hi parts of tokens 16 i .. 16 i + 15, the next 16 rows
+// their lo parts (rows of tokens past n: anything finite, e.g. zeros); pair_rows(n) rows in all. Instead of writing
+// the [pair_rows(n), N] sums, for each token t < n and column c < N:
+//   w != nullptr: out[r(t) * ldo + c] += ((hi sum + lo sum) + b2[c]) * w[t]
+//   w == nullptr: out[r(t) * ldo + c]  =  (hi sum + lo sum) + b2[c]
+// each step rounded to fp32 (no contraction), b2 [N] fp32 or nullptr (no term), r(t) = tok[t] or t where tok is
+// nullptr. Threads split the columns: each element of out is one thread's, its tokens added in ascending order.
+// Why: at ~256 tokens per expert the [2n, H] fp32 sums (4 MB for Qwen3) went to memory and back between the GEMM
+// and the combine. Returns false, computing nothing, unless cpu::amx_enabled() and K % 32 == 0.
+struct PairCombine {
+  int64_t n;
+  const int64_t* tok;
+  const float* w;
+  const float* b2;
+  float* out;
+  int64_t ldo;
+};
+inline int64_t pair_rows(int64_t n) { return (n + 15) / 16 * 32; }
+bool bf16_gemm_nt_pairs(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, const PairCombine& pc,
+                        int64_t N, int64_t K);
 void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa);
 bool bf16_gemm_nt_amx(const uint16_t* xa, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
                       int64_t N, int64_t K);

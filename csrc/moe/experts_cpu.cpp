@@ -253,6 +253,23 @@ bool split_epilogue(const Problem& P, int64_t e) {
   return active_kernels().combine_split != nullptr && split_down_takes(expert_view(P.w2, e));
 }
 
+// Whether the split down GEMM fuses its combine (cpu::bf16_gemm_nt_pairs: AMX, I % 32 == 0).
+bool pairs_take(const Problem& P) { return cpu::amx_enabled() && P.I % 32 == 0; }
+
+// act + split of the gate/up sums gu [n, 2I] (+ bias b13 or nullptr) into bf16_gemm_nt_pairs' layout: for each
+// 16-token group g in [g0, g1), 16 hi rows then 16 lo rows of I bf16 (rows of tokens past n zero).
+void act_split_pairs(const Act& act, int64_t I, const float* gu, int64_t n, const float* b13, uint16_t* parts,
+                     int64_t g0, int64_t g1) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t rows = std::min<int64_t>(16, n - g * 16);
+    uint16_t* hi = parts + g * 32 * I;
+    uint16_t* lo = hi + 16 * I;
+    active_kernels().act_split_bf16(gu + g * 16 * 2 * I, rows, I, act, b13, hi, lo);
+    std::fill(hi + rows * I, hi + 16 * I, (uint16_t)0);
+    std::fill(lo + rows * I, lo + 16 * I, (uint16_t)0);
+  }
+}
+
 // prefill_expert's avx512bf16 path from the gate/up sums gu [n, 2I]: act + split (one pass), the down GEMM on the
 // 2n bf16 rows, hi + lo sums, bias, routing weight and accumulation (one pass). False: nothing done.
 bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const int64_t* ip, int64_t n,
@@ -261,21 +278,59 @@ bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const
   const at::Tensor w2 = expert_view(P.w2, e);
   const int64_t I = P.I, H = P.H;
   const at::Tensor b13 = bias_f32(P.b13, P.b13dt, P.b13_ld, e, 2 * I), b2 = bias_f32(P.b2, P.b2dt, P.b2_ld, e, H);
-  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, 2 * n * I, at::kBFloat16));  // hi rows, lo rows
-  cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
-    K.act_split_bf16(gu + i0 * 2 * I, i1 - i0, I, P.act, b13.defined() ? b13.data_ptr<float>() : nullptr,
-                     parts + i0 * I, parts + (n + i0) * I);
-  });
+  const float* b13p = b13.defined() ? b13.data_ptr<float>() : nullptr;
+  const float* b2p = b2.defined() ? b2.data_ptr<float>() : nullptr;
   std::vector<float> tw(n);
   for (int64_t i = 0; i < n; ++i) tw[i] = P.tw[slots[i]];
+  const uint16_t* w2p = reinterpret_cast<const uint16_t*>(w2.data_ptr<at::BFloat16>());
+  if (pairs_take(P)) {  // the combine fused into the GEMM
+    uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, cpu::pair_rows(n) * I, at::kBFloat16));
+    cpu::parallel_chunks((n + 15) / 16, 1, [&](int64_t g0, int64_t g1) { act_split_pairs(P.act, I, gu, n, b13p, parts, g0, g1); });
+    return cpu::bf16_gemm_nt_pairs(parts, I, w2p, w2.stride(0), cpu::PairCombine{n, ip, tw.data(), b2p, acc, H}, H, I);
+  }
+  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, 2 * n * I, at::kBFloat16));  // hi rows, lo rows
+  cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
+    K.act_split_bf16(gu + i0 * 2 * I, i1 - i0, I, P.act, b13p, parts + i0 * I, parts + (n + i0) * I);
+  });
   float* sums = static_cast<float*>(Scratch::grow(sc.sums, 2 * n * H, at::kFloat));
-  if (!cpu::bf16_gemm_nt(parts, I, nullptr, reinterpret_cast<const uint16_t*>(w2.data_ptr<at::BFloat16>()),
-                         w2.stride(0), sums, H, 2 * n, H, I))
-    return false;
+  if (!cpu::bf16_gemm_nt(parts, I, nullptr, w2p, w2.stride(0), sums, H, 2 * n, H, I)) return false;
   cpu::parallel_chunks(n, 8, [&](int64_t t0, int64_t t1) {  // tokens of one expert are distinct: no race
-    K.combine_split(sums, n, H, b2.defined() ? b2.data_ptr<float>() : nullptr, ip, tw.data(), t0, t1, acc);
+    K.combine_split(sums, n, H, b2p, ip, tw.data(), t0, t1, acc);
   });
   return true;
+}
+
+// Prefill experts of kAmxGemvMaxTokens + 1 .. kSmallTokens kept tokens whose GEMMs both take AMX tiles and whose
+// down GEMM the split epilogue (small_takes): one expert per task, each whole on one thread (the GEMMs' and the
+// activation's own parallel loops then run inline on it), its y = hi + lo down sums written as rows of the decode
+// pairs' y, to which the final combine adds bias and routing weight as for the decode pairs. Why: one expert of
+// ~16 tokens is ~0.6 ms of weight reads cut into two GEMMs and two element-wise passes, each split over the threads
+// and joined; their joins and uneven ends had both cores idle about a quarter of the call (Qwen3-30B-A3B, T = 256,
+// 2-core Xeon, measured in docs/moe.md).
+constexpr int64_t kSmallTokens = 32;
+constexpr int64_t kSmallMinExpertsPerThread = 4;  // fewer small experts (Mixtral's 8): each expert's GEMMs split instead
+// The GEMV path's limit where an expert's GEMMs take AMX tiles: from 2 tokens on, the one-thread AMX expert above
+// was faster (Qwen3-30B-A3B on the 2-core Xeon, T = 64, ~4 tokens per expert: 0.86x the time with the GEMV up to 8).
+constexpr int64_t kAmxGemvMaxTokens = 1;
+
+bool small_takes(const Problem& P, int64_t e) {
+  return P.xb16 && pairs_take(P) && split_epilogue(P, e) && expert_view(P.w13, e).stride(1) == 1;
+}
+
+// y [n, H] = the down sums (hi + lo) of expert e's n tokens (slots `slots`), all on the calling thread.
+void small_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n, float* y, Scratch& sc) {
+  const at::Tensor w13 = expert_view(P.w13, e), w2 = expert_view(P.w2, e);
+  const int64_t I = P.I, H = P.H;
+  std::vector<int64_t> ip(n);
+  for (int64_t i = 0; i < n; ++i) ip[i] = slots[i] / P.k;
+  float* gu = static_cast<float*>(Scratch::grow(sc.gu, n * 2 * I, at::kFloat));
+  cpu::bf16_gemm_nt(P.xb16, H, ip.data(), reinterpret_cast<const uint16_t*>(w13.data_ptr<at::BFloat16>()),
+                    w13.stride(0), gu, 2 * I, n, 2 * I, H);
+  const at::Tensor b13 = bias_f32(P.b13, P.b13dt, P.b13_ld, e, 2 * I);
+  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, cpu::pair_rows(n) * I, at::kBFloat16));
+  act_split_pairs(P.act, I, gu, n, b13.defined() ? b13.data_ptr<float>() : nullptr, parts, 0, (n + 15) / 16);
+  cpu::bf16_gemm_nt_pairs(parts, I, reinterpret_cast<const uint16_t*>(w2.data_ptr<at::BFloat16>()), w2.stride(0),
+                          cpu::PairCombine{n, nullptr, nullptr, nullptr, y, H}, H, I);
 }
 
 // Prefill expert e: tokens of its pairs (slots `slots`), accumulated into acc [T, H].
@@ -319,12 +374,23 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
 // Shared expert over all T tokens with at::mm: ys [T, H].
 void shared_prefill(const Problem& P, const at::Tensor& xf, at::Tensor& buf, float* ys) {
   auto opts = xf.options();
-  at::Tensor gu = at::empty({P.T, 2 * P.Is}, opts), a = at::empty({P.T, P.Is}, opts);
+  at::Tensor gu = at::empty({P.T, 2 * P.Is}, opts);
   if (!project_bf16(P.xb16, nullptr, P.T, P.sw1, gu.narrow(1, 0, P.Is))) project(xf, P.sw1, gu.narrow(1, 0, P.Is), buf);
   if (!project_bf16(P.xb16, nullptr, P.T, P.sw3, gu.narrow(1, P.Is, P.Is)))
     project(xf, P.sw3, gu.narrow(1, P.Is, P.Is), buf);
   const Act silu{false, false, 0.f, 0.f};
   const float* gp = gu.data_ptr<float>();
+  if (cpu::amx_enabled() && P.Is % 32 == 0 && split_down_takes(P.sw2)) {  // the routed experts' AMX down GEMM
+    at::Tensor parts = at::empty({cpu::pair_rows(P.T) * P.Is}, opts.dtype(at::kBFloat16));
+    uint16_t* pp = reinterpret_cast<uint16_t*>(parts.data_ptr<at::BFloat16>());
+    cpu::parallel_chunks((P.T + 15) / 16, 1, [&](int64_t g0, int64_t g1) {
+      act_split_pairs(silu, P.Is, gp, P.T, nullptr, pp, g0, g1);
+    });
+    if (cpu::bf16_gemm_nt_pairs(pp, P.Is, reinterpret_cast<const uint16_t*>(P.sw2.data_ptr<at::BFloat16>()),
+                                P.sw2.stride(0), cpu::PairCombine{P.T, nullptr, nullptr, nullptr, ys, P.H}, P.H, P.Is))
+      return;
+  }
+  at::Tensor a = at::empty({P.T, P.Is}, opts);
   float* apt = a.data_ptr<float>();
   cpu::parallel_chunks(P.T, 8, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) activate_row(silu, gp + i * 2 * P.Is, nullptr, 0, P.Is, apt + i * P.Is);
@@ -467,27 +533,47 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
     }
   }
   // decode / prefill split. Where both GEMMs of an expert take AMX tiles (bf16 hidden and weights, H and I
-  // multiples of 32), the prefill path wins from kDecodeMinTokens + 1 tokens on: AMX's products cost little next to
-  // packing the weights, which both paths pay, while vdpbf16ps on such CPUs (Xeon) runs at half Zen 4's rate.
+  // multiples of 32), the prefill path wins from kAmxGemvMaxTokens + 1 tokens on: AMX reads the weights in place
+  // (bf16_gemm.h) and its products cost little, while vdpbf16ps on such CPUs (Xeon) runs at half Zen 4's rate.
   const bool amx_gemm = P.xb16 && cpu::amx_enabled() && w13.scalar_type() == at::kBFloat16 &&
                         w2.scalar_type() == at::kBFloat16 && H % 32 == 0 && I % 32 == 0;
-  std::vector<int64_t> dec, pre;
+  std::vector<int64_t> dec, small, pre;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = offs[e + 1] - offs[e];
-    if (n > 0) ((amx_gemm ? n <= kDecodeMinTokens : use_gemv(n, std::max(H, I))) ? dec : pre).push_back(e);
+    if (n == 0) continue;
+    if (amx_gemm ? n <= kAmxGemvMaxTokens : use_gemv(n, std::max(H, I))) dec.push_back(e);
+    else if (amx_gemm && n <= kSmallTokens && small_takes(P, e)) small.push_back(e);
+    else pre.push_back(e);
+  }
+  if ((int64_t)small.size() < kSmallMinExpertsPerThread * at::get_num_threads()) {  // too few to share out evenly
+    for (int64_t e : small) (offs[e + 1] - offs[e] <= kDecodeMinTokens ? dec : pre).push_back(e);
+    small.clear();
+    std::sort(dec.begin(), dec.end());
+    std::sort(pre.begin(), pre.end());
   }
   const bool shared_dec = shared && use_gemv(T, std::max(H, P.Is));
-  std::vector<int32_t> slot_row(T * k, -1);  // slot -> row of y (decode pairs)
-  int64_t ndec = 0;
-  for (int64_t e : dec)
-    for (int64_t i = offs[e]; i < offs[e + 1]; ++i) slot_row[slots[i]] = (int32_t)ndec++;
-  at::Tensor y = at::empty({ndec, H}, xf.options());
+  std::vector<int32_t> slot_row(T * k, -1);  // slot -> row of y (decode pairs, then the small experts' pairs)
+  int64_t ny = 0;
+  for (const std::vector<int64_t>* list : {&dec, &small})
+    for (int64_t e : *list)
+      for (int64_t i = offs[e]; i < offs[e + 1]; ++i) slot_row[slots[i]] = (int32_t)ny++;
+  at::Tensor y = at::empty({ny, H}, xf.options());
   at::Tensor ys = shared ? at::empty({T, H}, xf.options()) : at::Tensor();
   float* yp = y.data_ptr<float>();
   float* ysp = shared ? ys.data_ptr<float>() : nullptr;
   if (!dec.empty() || shared_dec) decode_all(P, dec, offs, slots, shared_dec, yp, ysp);
   at::Tensor buf;
   if (shared && !shared_dec) shared_prefill(P, xf, buf, ysp);
+  if (!small.empty()) {
+    std::vector<Scratch> scratch(at::get_num_threads());
+    cpu::parallel_chunks((int64_t)small.size(), 1, [&](int64_t j0, int64_t j1) {
+      Scratch& sc = scratch[at::get_thread_num()];
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t e = small[j];
+        small_expert(P, e, slots.data() + offs[e], offs[e + 1] - offs[e], yp + slot_row[slots[offs[e]]] * H, sc);
+      }
+    });
+  }
   at::Tensor acc;
   if (!pre.empty()) {
     acc = at::zeros({T, H}, xf.options());
