@@ -481,7 +481,7 @@ def exact_counts(counts, H, I, seed, bias=False):
     return args, kw
 
 
-# The AMX prefill paths (experts_cpu.cpp), H and I multiples of 32: an expert of 2..32 tokens whole on one thread
+# The AMX prefill paths (experts_cpu.cpp), H and I multiples of 32: an expert of 2..64 tokens whole on one thread
 # (small_expert) where there are at least 4 per thread (8 here, on 2 threads), larger ones split over the
 # threads (prefill_expert); both through the down GEMM with its combine fused in (bf16_gemm_nt_pairs: 16-token
 # group pairs, the last one partial at 2, 3, 9, 15, 17, 31, 33, 47 and 100 tokens). "few": three small experts,

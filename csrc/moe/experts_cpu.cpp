@@ -306,8 +306,9 @@ bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const
 // pairs' y, to which the final combine adds bias and routing weight as for the decode pairs. Why: one expert of
 // ~16 tokens is ~0.6 ms of weight reads cut into two GEMMs and two element-wise passes, each split over the threads
 // and joined; their joins and uneven ends had both cores idle about a quarter of the call (Qwen3-30B-A3B, T = 256,
-// 2-core Xeon, measured in docs/moe.md).
-constexpr int64_t kSmallTokens = 32;
+// 2-core Xeon, measured in docs/moe.md). Up to 64 tokens, not 32: Qwen3 T = 4096 at 0.88 skip (15-44 tokens per
+// expert) 100 -> 78-92 ms, T = 1024 (~64) 100-104 -> 92-96 ms; 96 or 128 were slower at T = 1024.
+constexpr int64_t kSmallTokens = 64;
 constexpr int64_t kSmallMinExpertsPerThread = 4;  // fewer small experts (Mixtral's 8): each expert's GEMMs split instead
 // The GEMV path's limit where an expert's GEMMs take AMX tiles: from 2 tokens on, the one-thread AMX expert above
 // was faster (Qwen3-30B-A3B on the 2-core Xeon, T = 64, ~4 tokens per expert: 0.86x the time with the GEMV up to 8).
