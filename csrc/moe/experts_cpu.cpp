@@ -208,7 +208,7 @@ bool project_split_bf16(const at::Tensor& a, const at::Tensor& W, at::Tensor out
 
 struct Problem {
   int64_t T, H, E, I, k, Is;
-  const float* x;    // [T, H] fp32
+  const float* x = nullptr;  // [T, H] fp32: HiddenF32 sets it on first use
   const uint16_t* xb16;  // [T, H] hidden's bf16 bits where hidden is bf16 (gate/up may take bf16 dot products), else nullptr
   const int32_t* ids;
   const float* tw;   // [T, k]
@@ -226,6 +226,24 @@ struct Problem {
 };
 
 at::Tensor expert_view(const at::Tensor& w, int64_t e) { return w.select(0, e); }
+
+// hidden as fp32 [T, H], made on first use (by the calling thread, before any parallel region reads P.x): the bf16
+// paths read bf16 hidden in place, and the copy is 32 MB at Qwen3's T = 4096 (~8 ms on the 2-core Xeon, a tenth of
+// the call at 0.88 skip).
+struct HiddenF32 {
+  const at::Tensor& hidden;
+  Problem& P;
+  at::Tensor t;
+  const at::Tensor& operator()() {
+    if (!t.defined()) {
+      t = hidden.to(at::kFloat).contiguous();
+      P.x = t.data_ptr<float>();
+    }
+    return t;
+  }
+};
+
+const at::TensorOptions kF32Opts = at::TensorOptions().dtype(at::kFloat);
 
 // A bias row (any float dtype) as fp32, or an undefined tensor.
 at::Tensor bias_f32(const void* b, int dt, int64_t ld, int64_t e, int64_t len) {
@@ -336,8 +354,8 @@ void small_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n, 
 
 // Prefill expert e: tokens of its pairs (slots `slots`), accumulated into acc [T, H].
 void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n, float* acc, at::Tensor& buf,
-                    const at::Tensor& xf, Scratch& sc) {
-  auto opts = xf.options();
+                    HiddenF32& xf, Scratch& sc) {
+  const at::TensorOptions opts = kF32Opts;
   at::Tensor idx = at::empty({n}, opts.dtype(at::kLong));
   int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) ip[i] = slots[i] / P.k;
@@ -346,7 +364,7 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
                         : at::empty({n, 2 * P.I}, opts);
   // the token rows are gathered (fp32) only for the fp32 GEMM; the bf16 one reads them in place
   if (!project_bf16(P.xb16, ip, n, expert_view(P.w13, e), gu))
-    project(xf.index_select(0, idx), expert_view(P.w13, e), gu, buf);
+    project(xf().index_select(0, idx), expert_view(P.w13, e), gu, buf);
   if (split && prefill_down_split(P, e, slots, ip, n, gu.data_ptr<float>(), acc, sc)) return;
   at::Tensor a = at::empty({n, P.I}, opts), y = at::empty({n, P.H}, opts);
   const float* gp = gu.data_ptr<float>();
@@ -373,12 +391,12 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
 }
 
 // Shared expert over all T tokens with at::mm: ys [T, H].
-void shared_prefill(const Problem& P, const at::Tensor& xf, at::Tensor& buf, float* ys) {
-  auto opts = xf.options();
+void shared_prefill(const Problem& P, HiddenF32& xf, at::Tensor& buf, float* ys) {
+  const at::TensorOptions opts = kF32Opts;
   at::Tensor gu = at::empty({P.T, 2 * P.Is}, opts);
-  if (!project_bf16(P.xb16, nullptr, P.T, P.sw1, gu.narrow(1, 0, P.Is))) project(xf, P.sw1, gu.narrow(1, 0, P.Is), buf);
+  if (!project_bf16(P.xb16, nullptr, P.T, P.sw1, gu.narrow(1, 0, P.Is))) project(xf(), P.sw1, gu.narrow(1, 0, P.Is), buf);
   if (!project_bf16(P.xb16, nullptr, P.T, P.sw3, gu.narrow(1, P.Is, P.Is)))
-    project(xf, P.sw3, gu.narrow(1, P.Is, P.Is), buf);
+    project(xf(), P.sw3, gu.narrow(1, P.Is, P.Is), buf);
   const Act silu{false, false, 0.f, 0.f};
   const float* gp = gu.data_ptr<float>();
   if (cpu::amx_enabled() && P.Is % 32 == 0 && split_down_takes(P.sw2)) {  // the routed experts' AMX down GEMM
@@ -499,11 +517,11 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   for (int64_t s = 0; s < T * k; ++s)
     if (ids[s] >= 0) slots[fill[ids[s]]++] = s;
 
-  const at::Tensor xf = hidden.to(at::kFloat).contiguous();
   const at::Tensor tw_c = topk_weights.contiguous();
   Problem P;
   P.T = T, P.H = H, P.E = E, P.I = I, P.k = k, P.Is = shared ? shared_w1->size(0) : 0;
-  P.x = xf.data_ptr<float>();
+  HiddenF32 xf{hidden, P, at::Tensor()};
+  if (hidden.scalar_type() != at::kBFloat16) xf();  // (every path reads it)
   const bool bf16 = hidden.scalar_type() == at::kBFloat16;
   const at::Tensor hidden_c = bf16 ? hidden.contiguous() : at::Tensor();  // (kept alive for xb16)
   P.xb16 = bf16 ? reinterpret_cast<const uint16_t*>(hidden_c.data_ptr<at::BFloat16>()) : nullptr;
@@ -525,6 +543,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
     if (shared_gate.has_value()) {
       const at::Tensor g = shared_gate->reshape({H}).to(at::kFloat).contiguous();
       const float* gp = g.data_ptr<float>();
+      xf();
       P.sgate.resize(T);
       for (int64_t t = 0; t < T; ++t) {
         double d = 0;
@@ -558,11 +577,14 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   for (const std::vector<int64_t>* list : {&dec, &small})
     for (int64_t e : *list)
       for (int64_t i = offs[e]; i < offs[e + 1]; ++i) slot_row[slots[i]] = (int32_t)ny++;
-  at::Tensor y = at::empty({ny, H}, xf.options());
-  at::Tensor ys = shared ? at::empty({T, H}, xf.options()) : at::Tensor();
+  at::Tensor y = at::empty({ny, H}, kF32Opts);
+  at::Tensor ys = shared ? at::empty({T, H}, kF32Opts) : at::Tensor();
   float* yp = y.data_ptr<float>();
   float* ysp = shared ? ys.data_ptr<float>() : nullptr;
-  if (!dec.empty() || shared_dec) decode_all(P, dec, offs, slots, shared_dec, yp, ysp);
+  if (!dec.empty() || shared_dec) {
+    xf();
+    decode_all(P, dec, offs, slots, shared_dec, yp, ysp);
+  }
   at::Tensor buf;
   if (shared && !shared_dec) shared_prefill(P, xf, buf, ysp);
   if (!small.empty()) {
@@ -577,7 +599,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   }
   at::Tensor acc;
   if (!pre.empty()) {
-    acc = at::zeros({T, H}, xf.options());
+    acc = at::zeros({T, H}, kF32Opts);
     Scratch sc;
     for (int64_t e : pre) prefill_expert(P, e, slots.data() + offs[e], offs[e + 1] - offs[e], acc.data_ptr<float>(),
                                          buf, xf, sc);
