@@ -15,8 +15,12 @@
 //    and the down GEMM of bf16 w2 (any hidden dtype) takes the activation as two bf16 parts (split_bf16: 16
 //    significant bits; activation + split before it and hi + lo, bias, weight and accumulation after it one
 //    vectorised pass each: kernels.h act_split_bf16 / combine_split), and (y + b2) * w added to an fp32 [T, H]
-//    accumulator, experts in ascending order (deterministic).
-// 5. Combine per token: prefill accumulator, then the decode slots in slot order, then gate * shared output.
+//    accumulator, experts in ascending order (deterministic). With AMX (bf16 hidden and weights, H and I multiples
+//    of 32; common/bf16_gemm.h): experts of 2+ tokens take this path; the down GEMM adds hi + lo, bias and weight
+//    into the accumulator from its finished tiles (bf16_gemm_nt_pairs); and experts of 2..kSmallTokens tokens run
+//    whole on one thread each (small_expert), their hi + lo sums rows of the decode pairs' output.
+// 5. Combine per token: prefill accumulator, then the decode (and one-thread AMX) slots in slot order, then
+//    gate * shared output.
 //    Everything is fp32 until the final cast to hidden's dtype; the activation is never rounded to the weight
 //    dtype (only the avx512bf16 prefill down GEMM above carries it with 16 of its 24 bits).
 #include <ATen/ATen.h>
@@ -289,7 +293,8 @@ void act_split_pairs(const Act& act, int64_t I, const float* gu, int64_t n, cons
 }
 
 // prefill_expert's avx512bf16 path from the gate/up sums gu [n, 2I]: act + split (one pass), the down GEMM on the
-// 2n bf16 rows, hi + lo sums, bias, routing weight and accumulation (one pass). False: nothing done.
+// 2n bf16 rows, hi + lo sums, bias, routing weight and accumulation (one pass; with AMX inside the GEMM). False:
+// nothing done.
 bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const int64_t* ip, int64_t n,
                         const float* gu, float* acc, Scratch& sc) {
   const MoeKernels& K = active_kernels();
