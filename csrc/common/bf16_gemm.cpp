@@ -223,7 +223,7 @@ LK_AMX_FN void amx_tiles(const uint16_t* xa, const uint16_t* w, int64_t ldw, flo
   amx::release();
 }
 
-// ---- AMX with w as the A operand (M <= bf16_gemm_wa_rows()) ----
+// ---- AMX with w as the A operand (M <= g_wa_rows) ----
 // Why: w is read cold (moe's experts), and the packed form above spends much of its time reading it, transposing
 // it into B tiles and reading those again. Here w's rows are A tiles where they lie (tileloadd with w's row stride,
 // each row read from memory once), x's rows are packed once into B tiles (pack_pairs: the pair vectors w's B tiles
@@ -242,9 +242,11 @@ constexpr int kWaChunkSteps = 8;
 // x's rows (gathered) -> B tiles [ceil(M / 16), K / 32, 16 pairs, 16 rows] (rows past M zero).
 void wa_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint8_t* xb) {
   const int64_t xs = K / amx::kK * amx::kTileBytes;
-  for (int64_t m0 = 0; m0 < M; m0 += 16)
-    pack_pairs([&](int i) { return x + (xrows ? xrows[m0 + i] : m0 + i) * ldx; }, (int)std::min<int64_t>(16, M - m0),
-               K, (__m512i*)(xb + m0 / 16 * xs));
+  parallel_chunks((M + 15) / 16, 1, [&](int64_t g0, int64_t g1) {  // (inline inside a parallel region)
+    for (int64_t m0 = g0 * 16; m0 < std::min(M, g1 * 16); m0 += 16)
+      pack_pairs([&](int i) { return x + (xrows ? xrows[m0 + i] : m0 + i) * ldx; },
+                 (int)std::min<int64_t>(16, M - m0), K, (__m512i*)(xb + m0 / 16 * xs));
+  });
 }
 
 // C^T tile ct (16 rows of w x 16 rows of x, fp32) -> o[m] (lane n: row n of w, row m of x).
@@ -318,7 +320,7 @@ LK_AMX_FN void wa_tiles(const uint8_t* xb, int64_t M, const uint16_t* w, int64_t
   amx::release();
 }
 
-// The AMX GEMM on x's rows (gathered): w in place as A tiles for M <= bf16_gemm_wa_rows(), else packed; into out or
+// The AMX GEMM on x's rows (gathered): w in place as A tiles for M <= g_wa_rows, else packed; into out or
 // pc.
 bool amx_gemm(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,
               int64_t ldo, int64_t M, int64_t N, int64_t K, const PairCombine* pc) {
@@ -342,7 +344,6 @@ bool amx_gemm(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16
 
 }  // namespace
 
-int64_t bf16_gemm_wa_rows() { return g_wa_rows.load(std::memory_order_relaxed); }
 int64_t set_bf16_gemm_wa_rows(int64_t rows) { return g_wa_rows.exchange(std::max<int64_t>(0, rows)); }
 
 bool bf16_gemm_nt_pairs(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, const PairCombine& pc,
@@ -402,7 +403,6 @@ bool bf16_gemm_nt(const uint16_t*, int64_t, const int64_t*, const uint16_t*, int
 }
 int64_t amx_x_tiles_elems(int64_t M, int64_t K) { return (M + 15) / 16 * 16 * K; }
 void amx_pack_x(const uint16_t*, int64_t, const int64_t*, int64_t, int64_t, uint16_t*) {}
-int64_t bf16_gemm_wa_rows() { return 0; }
 int64_t set_bf16_gemm_wa_rows(int64_t) { return 0; }
 bool bf16_gemm_nt_pairs(const uint16_t*, int64_t, const uint16_t*, int64_t, const PairCombine&, int64_t, int64_t) {
   return false;

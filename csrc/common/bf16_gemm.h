@@ -22,9 +22,8 @@ bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const ui
 // zero); bf16_gemm_nt_amx then computes out = x @ w^T from them. It returns false, computing nothing, unless
 // cpu::amx_enabled() (with the avx512bf16 ISA active) and K % 32 == 0.
 int64_t amx_x_tiles_elems(int64_t M, int64_t K);
-// bf16_gemm_nt's AMX path reads w in place as A tiles (x packed as B tiles) for M <= bf16_gemm_wa_rows() (default
-// 1024), else packs w into B tiles; both give the same bits. The setter (a test and tuning hook) returns the old value.
-int64_t bf16_gemm_wa_rows();
+// bf16_gemm_nt's AMX path reads w in place as A tiles (x packed as B tiles) for M up to a limit (default 1024),
+// else packs w into B tiles; both give the same bits. Sets the limit (a test and tuning hook); returns the old one.
 int64_t set_bf16_gemm_wa_rows(int64_t rows);
 
 // moe's split down projection with its combine fused in (AMX only). x holds n tokens' activations as two bf16
