@@ -243,6 +243,18 @@ def test_stats_uniform_row_at_finfo_min(backend):
     assert int(am) == 0 and abs(float(ent) - math.log(7)) <= 1e-5 and abs(float(cert)) <= 1e-5, (ent, cert)
 
 
+def test_stats_short_rows_hold_the_exp_bound(backend):
+    """Rows of 64 where every term counts: gamma_64 is small next to the 116u allowed per exponential, so an exp
+    off by 1e-5 (an ulp-careless polynomial, a dropped reduction step) exceeds the bound. Row b spans
+    [-ln 2, 0] (every fraction of 2^f), [-87, 0] (down to the clamp) or [-20, 20] (a max far above the first)."""
+    j = torch.arange(64, dtype=torch.float64)
+    rows = [-math.log(2) * (j / 64 + b / 512) for b in range(6)]
+    rows += [-87 * j / 63, -(87 * j / 63).flip(0), 40 * j / 63 - 20, (40 * j / 63 - 20).flip(0)]
+    x = torch.stack(rows).float()
+    for t in (1.0, 0.7):
+        assert_logit_stats(_stats(x, t), x, t)
+
+
 @pytest.mark.parametrize("V", [1, 7, 1000, 40000])
 def test_stats_uniform_and_one_hot_rows(backend, V):
     x = torch.full((3, V), 2.5)

@@ -225,9 +225,11 @@ LK_T double sum_exp(const float* z, int64_t n, float m) {
 //   of terms >= 1), so e rc stays finite;
 //   e = e^rc: n = round(rc log2 e) by the 1.5 * 2^23 rounding add inside an FMA, f = rc log2 e - n (fused,
 //   |f| <= 1/2), 2^f by a degree-4 polynomial, 2^n added to its exponent field (an integer add, no multiply);
+//   on AVX-512 instead y = rc log2 e, f = y - floor(y) (vreduceps), p(f) 2^floor(y) (vscalefps);
 //   s = sum e, t = sum e rc.
-// That is 16 vector ops per N elements, nearly all on the FP pipes: the pass is bound by them, not by memory,
-// on AVX-512 machines with two cores (Zen 4: ~10 cycles per 16 elements), so the loop is written op by op.
+// That is 16 vector ops per N elements (AVX-512: 13, and one register copy instead of three), nearly all on the
+// FP pipes: the pass is bound by them, not by memory, on AVX-512 machines with two cores (Zen 4: ~10 cycles per
+// 16 elements), so the loop is written op by op.
 // A block whose max is more than 60 above m_ref (where e could overflow) is redone against its own max; NaN
 // anywhere makes the block's sum r NaN, +inf its max: the row is then flagged for the exact fallback. bf16 rows are loaded 2N at a time and
 // split into even and odd elements (one op per N instead of a widening shuffle and a shift): sums do not
@@ -242,25 +244,43 @@ struct BlockSums {
   double s, t;  // sum e^rc, sum e^rc rc
 };
 
+template <class V>  // c4 f^4 + c3 f^3 + c2 f^2 + c1 f + c0 by Horner's rule (four FMAs)
+LK_T typename V::F horner4(typename V::F f, float c4, float c3, float c2, float c1, float c0) {
+  typename V::F p = V::fmadd(V::set1(c4), f, V::set1(c3));
+  p = V::fmadd(p, f, V::set1(c2));
+  p = V::fmadd(p, f, V::set1(c1));
+  return V::fmadd(p, f, V::set1(c0));
+}
+
 template <class V>  // V: the vector trait S, or Scalar for the tail
 LK_T void stats_step(typename V::F v, typename V::F mv, typename V::F& mx, typename V::F& z, typename V::F& s,
                      typename V::F& t) {
   using F = typename V::F;
-  const F magic = V::set1(12582912.0f), l2e = V::set1(kLog2e);  // 1.5 * 2^23
+  const F l2e = V::set1(kLog2e);
   mx = V::max(mx, v);
   const F r = V::sub(v, mv);
   z = V::add(z, r);
   const F rc = V::max(r, V::set1(kExpClamp));  // NaN r: the clamp (z carries the NaN)
-  const F tm = V::fmadd(rc, l2e, magic);
-  const F f = V::fmsub(rc, l2e, V::sub(tm, magic));
-  // 2^f on [-1/2, 1/2], degree-4 minimax (relative error 2.6e-6, 44 ulp: one FMA fewer than degree 5 is 10%
-  // of this pass; the statistics it feeds are sums of V terms, and tests/tolerances.py carries the bound)
-  F p = V::set1(0.009570068679749966f);
-  p = V::fmadd(p, f, V::set1(0.055917806923389435f));
-  p = V::fmadd(p, f, V::set1(0.240247443318367f));
-  p = V::fmadd(p, f, V::set1(0.6931218504905701f));
-  p = V::fmadd(p, f, V::set1(0.9999992847442627f));
-  const F e = V::ldexp_magic(p, tm);
+  F e;
+  if constexpr (V::kReduceExp) {
+    // y = rc log2 e rounded (|dy| <= u/2 |y|: u/2 |rc| relative in e, 44u at the clamp); f = y - floor(y) in
+    // [0, 1), exact
+    const F y = V::mul(rc, l2e), f = V::frac_floor(y);
+    // 2^f on [0, 1] as 1 + f q(f), q cubic: relative minimax with p(0) = 1 exactly (so e^0 = 1, a one-hot row's
+    // entropy stays ~0), 2.95e-6 = 50u in fp32
+    e = V::scalef(horner4<V>(f, 0.013426646590232849f, 0.05224253609776497f, 0.2412801831960678f,
+                             0.6930448412895203f, 1.0f),
+                  y);
+  } else {
+    const F magic = V::set1(12582912.0f);  // 1.5 * 2^23
+    const F tm = V::fmadd(rc, l2e, magic);
+    const F f = V::fmsub(rc, l2e, V::sub(tm, magic));
+    // 2^f on [-1/2, 1/2], degree-4 minimax (relative error 2.6e-6, 44 ulp: one FMA fewer than degree 5 is 10%
+    // of this pass; the statistics it feeds are sums of V terms, and tests/tolerances.py carries the bound)
+    e = V::ldexp_magic(horner4<V>(f, 0.009570068679749966f, 0.055917806923389435f, 0.240247443318367f,
+                                  0.6931218504905701f, 0.9999992847442627f),
+                       tm);
+  }
   s = V::add(s, e);
   t = V::fmadd(e, rc, t);
 }
@@ -280,10 +300,12 @@ LK_T void load_pair_t(const void* x, int64_t i, typename S::F tv, typename S::F&
   }
 }
 
-// Software prefetch distance (bytes) of the stats pass. Why: a row is only 0.3-0.6 MB and each task a quarter of
+// Software prefetch distances (bytes) of the stats pass. Why: a row is only 0.3-0.6 MB and each task a quarter of
 // it, too short a stream for the hardware prefetcher to ramp up on; measured cold (every row from DRAM) on a
-// 2-core Xeon, bf16 V = 151,936, B = 1: 46 -> 26 us (hot 18 us), fp32 48 -> 40 us; 1-16 KB tried, 4 KB best.
-constexpr int64_t kStatsPrefetch = 4096;
+// 2-core Xeon, bf16 V = 151,936, B = 1: 46 -> 26 us (hot 18 us), fp32 48 -> 40 us; 1-16 KB tried, 4 KB best (into
+// L1). A second one 16 KB ahead into L2 keeps more lines in flight: fp32 B = 4 from DRAM 108-115 -> 86-91 us
+// (8 / 16 / 32 / 64 KB tried; bf16 rows are bound by the pass's ops and did not move).
+constexpr int64_t kStatsPrefetch = 4096, kStatsPrefetchL2 = 16384;
 
 template <int DT, bool DIV>
 LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
@@ -295,7 +317,10 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
   int64_t i = b0;
   for (; i + 2 * S::N <= b1; i += 2 * S::N) {  // two independent chains: the exp latency overlaps
     F v0, v1;
-    for (int64_t o = 0; o < step; o += 64) __builtin_prefetch(xc + i * es + kStatsPrefetch + o);
+    for (int64_t o = 0; o < step; o += 64) {
+      __builtin_prefetch(xc + i * es + kStatsPrefetch + o, 0, 3);    // T0
+      __builtin_prefetch(xc + i * es + kStatsPrefetchL2 + o, 0, 2);  // T1
+    }
     load_pair_t<DT, DIV>(x, i, tv, v0, v1);
     stats_step<S>(v0, mv, mx0, z0, s0, t0);
     stats_step<S>(v1, mv, mx1, z1, s1, t1);

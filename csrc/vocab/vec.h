@@ -50,6 +50,7 @@ inline float load_scalar(const void* p, int dt, int64_t i) {
 
 struct Scalar {
   static constexpr int N = 1;
+  static constexpr bool kReduceExp = false;  // see Avx512::frac_floor
   using F = float;
   static F set1(float v) { return v; }
   static F zero() { return 0.0f; }
@@ -124,6 +125,7 @@ struct Scalar {
 #define LK_V __attribute__((target("avx2,fma,f16c"), always_inline)) inline static
 struct Avx2 {
   static constexpr int N = 8;
+  static constexpr bool kReduceExp = false;
   using F = __m256;
   LK_V F set1(float v) { return _mm256_set1_ps(v); }
   LK_V F zero() { return _mm256_setzero_ps(); }
@@ -194,6 +196,9 @@ struct Avx2 {
 #define LK_V __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"), always_inline)) inline static
 struct Avx512 {
   static constexpr int N = 16;
+  // e^r as 2^y, y = r log2 e: f = y - floor(y) by one vreduceps, p(f) * 2^floor(y) by one vscalefps; both
+  // non-destructive, where the 1.5 * 2^23 rounding form needs an FMA, a subtract and two register copies
+  static constexpr bool kReduceExp = true;
   using F = __m512;
   LK_V F set1(float v) { return _mm512_set1_ps(v); }
   LK_V F zero() { return _mm512_setzero_ps(); }
@@ -228,6 +233,8 @@ struct Avx512 {
   LK_V F ldexp_magic(F p, F tm) {
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(tm), 23)));
   }
+  LK_V F frac_floor(F y) { return _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }  // y - floor(y)
+  LK_V F scalef(F p, F y) { return _mm512_scalef_ps(p, y); }  // p * 2^floor(y)
   // 2N elements from i: bf16 as one 64-byte load split into the even (a) and odd (b) elements
   template <int DT>
   LK_V void load_pair(const void* p, int64_t i, F& a, F& b) {

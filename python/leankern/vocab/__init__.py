@@ -181,6 +181,11 @@ class LogitStats(NamedTuple):
     self_certainty: torch.Tensor  # fp32, KL(U || p) = logsumexp - mean(z / t) - ln V
 
 
+# the overload, looked up once: torch.ops.<ns>.<op>(...) resolves the namespace, the packet and its overload on
+# every call, ~0.8 us of a ~15 us call on one decode row (2-core Xeon)
+_STATS_OP = torch.ops.leankern.vocab_logit_stats.default
+
+
 def logit_stats(logits: torch.Tensor, *, temperature: float = 1.0) -> LogitStats:
     """Max, argmax, logsumexp, entropy and self-certainty of each row of ``logits [B, V]`` in one pass.
 
@@ -192,7 +197,7 @@ def logit_stats(logits: torch.Tensor, *, temperature: float = 1.0) -> LogitStats
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() == 2:  # the common case: no reshapes (each costs a microsecond or two)
-        return LogitStats(*torch.ops.leankern.vocab_logit_stats(logits, float(temperature)))
+        return LogitStats(*_STATS_OP(logits, float(temperature)))
     lead = tuple(logits.shape[:-1])
     outs = torch.ops.leankern.vocab_logit_stats(logits.reshape(-1, logits.shape[-1]) if logits.dim() else logits,
                                                 float(temperature))
