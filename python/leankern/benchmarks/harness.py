@@ -73,8 +73,32 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
+# Bytes of distinct copies a cold timing cycles through. Checked on the 2-core Xeon whose VM reports a 480 MiB L3:
+# cycling 256 MiB of copies of a 16 MiB weight timed the same as cycling 2 GiB (704 vs 689 us), so each call reads
+# DRAM; rewriting a 64 MiB buffer between calls on one copy did not (578 us: the L3 kept part of what every round
+# reread), and rewriting 256 MiB - 1 GiB overshot (863-1005 us: the flush's dirty lines written back during the call).
+COLD_BYTES = 256 << 20
+
+
+def cold_copies(make, nbytes_each: int, total: int = COLD_BYTES) -> list:
+    """``make()`` called enough times for the results to fill ``total`` bytes (at least 2 copies)."""
+    return [make() for _ in range(max(2, total // max(nbytes_each, 1)))]
+
+
+def cycle(items):
+    """A callable returning the next of ``items`` on each call, round and round."""
+    state = {"i": 0}
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return nxt
+
+
 class ColdCache:
-    """Rewrites a 64 MiB buffer: evicts the 32 MiB L3 (and anything smaller) before a timed call."""
+    """Rewrites a 64 MiB buffer before a timed call: evicts L1/L2 and a 32 MiB L3, but not a larger one (see
+    COLD_BYTES); timings that must read DRAM cycle through copies (:func:`cold_copies`) instead."""
 
     def __init__(self, nbytes: int = 64 << 20):
         self.buf = torch.zeros(nbytes // 4)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from .harness import (BenchResult, busy_note, format_table, measure_copy_bandwidth, section_header, time_fn,
                       write_csv)
+from .harness import cold_copies as _cold_copies  # noqa: F401 (bench/bench_mx_few_rows.py imports them from here)
+from .harness import cycle as _cycle
 
 FAMILY = "mx_linear"
 COLUMNS = [
@@ -31,7 +33,6 @@ COLUMNS = [
     ("gflops", "GFLOP/s", ".1f"), ("roof", "x roof", ".2f"), ("bf16_ms", "torch bf16 ms", ".3f"),
     ("x_bf16", "x bf16", ".2f"), ("deq_ms", "dequant+F.linear ms", ".3f"), ("x_deq", "x dequant", ".2f"),
 ]
-_COLD_BYTES = 256 << 20  # > any L3 here: weights come from memory
 
 
 def measure_read_bandwidth(nbytes: int = 2**28, repeats: int = 7) -> float:
@@ -62,23 +63,9 @@ def _plan(quick: bool, full: bool):
     return rows
 
 
-def _cold_copies(make, nbytes_each: int) -> list:
-    return [make() for _ in range(max(2, _COLD_BYTES // max(nbytes_each, 1)))]
-
-
-def _cycle(items):
-    state = {"i": 0}
-
-    def nxt():
-        state["i"] = (state["i"] + 1) % len(items)
-        return items[state["i"]]
-
-    return nxt
-
-
 def cold_weights(qt, w=None):
     """(next_qt, next_w_bf16 or None, weight bytes): callables cycling through copies of the MXTensor `qt` (and of
-    `w` in bf16) that fill _COLD_BYTES, so every call reads its weight from memory."""
+    `w` in bf16) that fill COLD_BYTES, so every call reads its weight from memory."""
     import leankern
 
     wbytes = qt.codes.numel() * qt.codes.element_size() + qt.scales.numel() * qt.scales.element_size()

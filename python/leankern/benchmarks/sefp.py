@@ -2,7 +2,9 @@
 
 Shapes (issue 10): W [N, K] = 4096 x 4096, 14336 x 4096 and 4096 x 14336 (an MLP's up and down
 projections), quantized once at m_max = 8, block 32, bf16 activations. Decode (M = 1): weights cold
-(a 64 MiB buffer is rewritten before each timed call, the L3 is 32 MiB), bytes = the planes read
+(every call takes the next of copies holding 256 MiB of what the narrowest width reads, so each reads DRAM;
+before 2026-12-05 a 64 MiB buffer was rewritten between calls on one copy, and the 480 MiB L3 of the Xeon
+kept part of it), bytes = the planes read
 ((1 + m) / 8 per weight) + the exponents (1 / 32), GB/s and ``%rd`` against the read bandwidth measured in the same run
 (``torch.sum`` over 256 MiB); ``t/t8`` = time at m over time at m = 8 (target t(3)/t(8) <= 0.6).
 Baselines: ``bf16`` = torch ``F.linear`` on the bf16 weight (2 bytes per weight), ``deq+lin`` =
@@ -17,7 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .harness import BenchResult, ColdCache, cpu_isa, cpu_model, format_table, median_us_cold, write_csv
+from ..sefp.tensor import SEFPTensor
+from .harness import (BenchResult, cold_copies, cpu_isa, cpu_model, cycle, format_table, median_us_cold,
+                      write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "sefp"
@@ -44,40 +48,50 @@ def _check(x, w, m, y) -> str:
     return "ok" if err <= 2.0**-7 * scale else f"err {err:.3g}"
 
 
-def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats, flush):
+def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
     import leankern
     from leankern import sefp
+
+    from .mx_linear import cold_weights
 
     g = torch.Generator().manual_seed(N + K)
     w_bf16 = (torch.randn(N, K, generator=g) * 0.02).to(torch.bfloat16)
     wq = sefp.quantize(w_bf16, m_max=8)
+    # cold: every call takes the next of copies holding COLD_BYTES of what the narrowest width reads, so a copy is
+    # read again only after that much other weight data (from DRAM, harness.COLD_BYTES)
+    least = wq.nbytes(min(tuple(decode_ms) + tuple(prefill_ms)))
+    nq = cycle(cold_copies(lambda: SEFPTensor(wq.planes.clone(), wq.exponents.clone(), wq.shape, wq.dtype,
+                                              wq.block_size), least))
+    nw = cycle(cold_copies(lambda: w_bf16.clone(), w_bf16.numel() * 2))
+    flush = lambda: None  # noqa: E731
     rows = []
     x1 = torch.randn(1, K, generator=g).to(torch.bfloat16)
-    bf16_us = median_us_cold(lambda: F.linear(x1, w_bf16), repeats, flush)
+    bf16_us = median_us_cold(lambda: F.linear(x1, nw()), repeats, flush)
     t8 = None
     for m in decode_ms:
         r = dict(shape=f"{N}x{K}", M=1, m=m, bits=wq.bits_per_weight(m))
-        r["ours_us"] = median_us_cold(lambda: sefp.linear(x1, wq, m), repeats, flush)
+        r["ours_us"] = median_us_cold(lambda: sefp.linear(x1, nq(), m), repeats, flush)
         t8 = r["ours_us"] if m == 8 else t8
         r["t_t8"] = r["ours_us"] / t8 if t8 else None
         r["gbps"] = (wq.nbytes(m) + 2 * (K + N)) / r["ours_us"] / 1e3
         r["frac_rd"] = r["gbps"] / bw_rd
         r["bf16_us"] = bf16_us
         r["x_bf16"] = bf16_us / r["ours_us"]
-        r["deq_us"] = median_us_cold(lambda: F.linear(x1, wq.dequantize(m, torch.bfloat16)), max(3, repeats // 2),
+        r["deq_us"] = median_us_cold(lambda: F.linear(x1, nq().dequantize(m, torch.bfloat16)), max(3, repeats // 2),
                                      flush)
         r["x_deq"] = r["deq_us"] / r["ours_us"]
         if m <= 7:
-            p = wq.packed(m)
-            r["packed_us"] = median_us_cold(lambda: leankern.mx.linear(x1, p), repeats, flush)
+            npk = cold_weights(wq.packed(m))[0]
+            r["packed_us"] = median_us_cold(lambda: leankern.mx.linear(x1, npk()), repeats, flush)
+            del npk
         r["check"] = _check(x1, wq, m, sefp.linear(x1, wq, m))
         rows.append(r)
     if prefill_ms:  # a small batch / speculative verification: the fused path over 16 x rows
         x16 = torch.randn(16, K, generator=g).to(torch.bfloat16)
-        bf16_16 = median_us_cold(lambda: F.linear(x16, w_bf16), max(3, repeats // 2), flush)
+        bf16_16 = median_us_cold(lambda: F.linear(x16, nw()), max(3, repeats // 2), flush)
         for m in prefill_ms:
             r = dict(shape=f"{N}x{K}", M=16, m=m, bits=wq.bits_per_weight(m), bf16_us=bf16_16)
-            r["ours_us"] = median_us_cold(lambda: sefp.linear(x16, wq, m), repeats, flush)
+            r["ours_us"] = median_us_cold(lambda: sefp.linear(x16, nq(), m), repeats, flush)
             r["gbps"] = (wq.nbytes(m) + 2 * 16 * (K + N)) / r["ours_us"] / 1e3
             r["frac_rd"] = r["gbps"] / bw_rd
             r["x_bf16"] = bf16_16 / r["ours_us"]
@@ -85,13 +99,13 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats, flush):
             rows.append(r)
         xp = torch.randn(512, K, generator=g).to(torch.bfloat16)
         reps = max(2, repeats // 3)
-        bf16_p = median_us_cold(lambda: F.linear(xp, w_bf16), reps, flush)
+        bf16_p = median_us_cold(lambda: F.linear(xp, nw()), reps, flush)
         for m in prefill_ms:
             r = dict(shape=f"{N}x{K}", M=512, m=m, bits=wq.bits_per_weight(m), bf16_us=bf16_p)
-            r["ours_us"] = median_us_cold(lambda: sefp.linear(xp, wq, m), reps, flush)
+            r["ours_us"] = median_us_cold(lambda: sefp.linear(xp, nq(), m), reps, flush)
             r["gbps"] = 2 * 512 * N * K / r["ours_us"] / 1e3  # GFLOP/s in this column for M = 512
             r["x_bf16"] = bf16_p / r["ours_us"]
-            r["deq_us"] = median_us_cold(lambda: F.linear(xp, wq.dequantize(m, torch.bfloat16)), reps, flush)
+            r["deq_us"] = median_us_cold(lambda: F.linear(xp, nq().dequantize(m, torch.bfloat16)), reps, flush)
             r["x_deq"] = r["deq_us"] / r["ours_us"]
             r["check"] = _check(xp[:8], wq, m, sefp.linear(xp[:8], wq, m))
             rows.append(r)
@@ -111,11 +125,10 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
         f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | sefp_linear runs on: "
         f"{leankern.backend_for('sefp_linear', 'cpu')}")
     shapes, decode_ms, prefill_ms = _plan(quick, full)
-    flush = ColdCache()
     repeats = 3 if quick else 7
     rows = []
     for N, K in shapes:
-        rows += _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats, flush)
+        rows += _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats)
     out(format_table(rows, COLUMNS))
     out("bf16 x, weights quantized once at m_max = 8 (block 32) and read at m; M = 1 and M = 16 rows: GB/s of planes "
         "+ exponents read, weights cold; M = 512 rows: the GB/s column holds GFLOP/s. Targets: M = 1 %rd >= 0.8 at "
