@@ -110,9 +110,12 @@ def _head_rows(quick, full, bw_rd, repeats, out):
 
 
 class _DramCopies:
-    """Copies of one tensor in a pool written once, at least ``pool_bytes`` (default 2 GiB, 4x the 480 MiB L3
+    """Copies of one tensor in one pool written once, at least ``pool_bytes`` (default 2 GiB, 4x the 480 MiB L3
     this VM reports): the copies used first were evicted by the writes of the later ones, so each call takes the
-    next copy and reads it from DRAM. Why not the 64 MiB rewrite of ``ColdCache``: the last-level cache keeps
+    next copy and reads it from DRAM. One pool, not ``harness.cold_copies``' separate tensors: the pool sits on
+    2 MiB pages (THP_MEM_ALLOC_ENABLE, the bench's default), separate 0.6 MB tensors on 4 KiB pages whose cold page
+    walks added ~5 us at fp32 B = 1 (31 -> 36 us, one run). A head's fresh output is on 4 KiB pages, but it was
+    just written, so its page-table entries are warm. Why not the 64 MiB rewrite of ``ColdCache``: the last-level cache keeps
     part of a row that a timed call rereads every round; the median of 31 such calls came out at 22 us where the
     first calls take 45 (fp32, B = 1, 2-core Xeon)."""
 
