@@ -482,7 +482,7 @@ def exact_counts(counts, H, I, seed, bias=False):
 
 
 # The AMX prefill paths (experts_cpu.cpp), H and I multiples of 32: an expert of 2..64 tokens whole on one thread
-# (small_expert) where there are at least 4 per thread (8 here, on 2 threads), larger ones split over the
+# (small_expert) where there are at least 3 per thread (8 here, on 2 threads), larger ones split over the
 # threads (prefill_expert); both through the down GEMM with its combine fused in (bf16_gemm_nt_pairs: 16-token
 # group pairs, the last one partial at 2, 3, 9, 15, 17, 31, 33, 47 and 100 tokens). "few": three small experts,
 # too few to share out, take the split paths (the GEMV path up to 8 tokens). Other ISAs run the same cases.
@@ -513,7 +513,7 @@ def test_experts_prefill_interleaved_bias_split_epilogue(isa, hdt):
 @pytest.mark.parametrize("T", [1, 2, 8, 9, 20])
 def test_experts_amx_gemm_path_from_two_tokens(isa, two_threads, E, T):
     """With AMX (bf16 hidden and weights, H and I multiples of 32) an expert of more than one token takes the GEMM
-    path (experts_cpu.cpp: amx_gemm, kAmxGemvMaxTokens) where at least 4 such experts per thread share out (E = 8 on
+    path (experts_cpu.cpp: amx_gemm, kAmxGemvMaxTokens) where at least 3 such experts per thread share out (E = 8 on
     2 threads: small_expert), else from 9 tokens on (E = 2); elsewhere 20 tokens of H = 64 still take the GEMV path
     (use_gemv). The GEMM
     path's down projection splits the fp32 activation into two bf16 parts (16 significant bits): activations
@@ -530,7 +530,7 @@ def test_experts_amx_gemm_path_from_two_tokens(isa, two_threads, E, T):
     ids = torch.arange(E, dtype=torch.int32).repeat(T, 1)  # every token on every expert
     w = torch.full((T, E), 1.0 / E)
     got = moe.experts(hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
-    gemm = isa == "amx" and T > (AMX_GEMV_MAX_TOKENS if E >= 4 * 2 else GEMV_MIN_TOKENS)
+    gemm = isa == "amx" and T > (AMX_GEMV_MAX_TOKENS if E >= 3 * 2 else GEMV_MIN_TOKENS)
     assert torch.equal(got.float(), torch.full((T, H), 0.0 if gemm else 2.0**-20))
 
 

@@ -332,7 +332,10 @@ bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const
 // 2-core Xeon, measured in docs/moe.md). Up to 64 tokens, not 32: Qwen3 T = 4096 at 0.88 skip (15-44 tokens per
 // expert) 100 -> 78-92 ms, T = 1024 (~64) 100-104 -> 92-96 ms; 96 or 128 were slower at T = 1024.
 constexpr int64_t kSmallTokens = 64;
-constexpr int64_t kSmallMinExpertsPerThread = 4;  // fewer small experts (Mixtral's 8): each expert's GEMMs split instead
+// Fewer small experts than this per thread: each expert's GEMMs split over the threads instead. 3, not 4: Mixtral's
+// 8 experts at T = 16 (~4 tokens each, 7-8 of them touched) qualify; from DRAM, alternating runs, 109-112 -> 93-96 ms
+// at no skip, 0.5 skip unchanged (84-88 vs 87-88 ms); 2 was no better
+constexpr int64_t kSmallMinExpertsPerThread = 3;
 // The GEMV path's limit where an expert's GEMMs take AMX tiles: from 2 tokens on, the one-thread AMX expert above
 // was faster (Qwen3-30B-A3B on the 2-core Xeon, T = 64, ~4 tokens per expert: 0.86x the time with the GEMV up to 8).
 constexpr int64_t kAmxGemvMaxTokens = 1;
