@@ -96,6 +96,10 @@ def cycle(items):
     return nxt
 
 
+def no_flush() -> None:
+    """The ``flush`` of a timing whose calls each read other data (cycled copies): nothing to evict."""
+
+
 class ColdCache:
     """Rewrites a 64 MiB buffer before a timed call: evicts L1/L2 and a 32 MiB L3, but not a larger one (see
     COLD_BYTES); timings that must read DRAM cycle through copies (:func:`cold_copies`) instead."""

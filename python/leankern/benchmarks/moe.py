@@ -33,7 +33,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .harness import BenchResult, ColdCache, cpu_isa, cpu_model, cycle, format_table, median_us_cold, write_csv
+from .harness import (BenchResult, ColdCache, cpu_isa, cpu_model, cycle, format_table, median_us_cold, no_flush,
+                      write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "moe"
@@ -210,12 +211,11 @@ def _row(s, T, pattern, skip, tensors, bw_rd, gflops, reps, block, g):
         ids, w, kw = nxt()
         return moe.experts(x, w13, w2, ids, w, **kw)
 
-    none = lambda: None  # noqa: E731
     r = dict(model=s.name, T=T, pattern=pattern, skip=1 - kept / (T * s.k), kept=kept, experts=distinct,
              mb=nbytes / 1e6, gflop=flops / 1e9)
     ids0, w0, kw0 = calls[0]
     y = moe.experts(x, w13, w2, ids0, w0, **kw0)
-    r["ours_ms"] = median_us_cold(ours, reps, none) / 1e3
+    r["ours_ms"] = median_us_cold(ours, reps, no_flush) / 1e3
     r["roof_ms"] = max(nbytes / bw_rd / 1e6, flops / gflops / 1e6)
     r["x_roof"] = r["ours_ms"] / r["roof_ms"]
     if block is not None:
@@ -227,7 +227,7 @@ def _row(s, T, pattern, skip, tensors, bw_rd, gflops, reps, block, g):
                 out = block.experts(x, ids_hf, w_hf)
                 return out + block.shared_experts(x) if shared is not None else out
 
-        r["hf_ms"] = median_us_cold(hf, max(3, reps // 2), none) / 1e3
+        r["hf_ms"] = median_us_cold(hf, max(3, reps // 2), no_flush) / 1e3
         r["x_hf"] = r["hf_ms"] / r["ours_ms"]
         err = (hf(hf_routing(block, ids0, w0, s.E)).float() - y.float()).abs().max().item()
         scale = y.float().abs().max().item() + 1e-30

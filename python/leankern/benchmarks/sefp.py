@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..sefp.tensor import SEFPTensor
 from .harness import (BenchResult, cold_copies, cpu_isa, cpu_model, cycle, format_table, median_us_cold,
-                      write_csv)
+                      no_flush, write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "sefp"
@@ -63,14 +63,13 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
     nq = cycle(cold_copies(lambda: SEFPTensor(wq.planes.clone(), wq.exponents.clone(), wq.shape, wq.dtype,
                                               wq.block_size), least))
     nw = cycle(cold_copies(lambda: w_bf16.clone(), w_bf16.numel() * 2))
-    flush = lambda: None  # noqa: E731
     rows = []
     x1 = torch.randn(1, K, generator=g).to(torch.bfloat16)
-    bf16_us = median_us_cold(lambda: F.linear(x1, nw()), repeats, flush)
+    bf16_us = median_us_cold(lambda: F.linear(x1, nw()), repeats, no_flush)
     t8 = None
     for m in decode_ms:
         r = dict(shape=f"{N}x{K}", M=1, m=m, bits=wq.bits_per_weight(m))
-        r["ours_us"] = median_us_cold(lambda: sefp.linear(x1, nq(), m), repeats, flush)
+        r["ours_us"] = median_us_cold(lambda: sefp.linear(x1, nq(), m), repeats, no_flush)
         t8 = r["ours_us"] if m == 8 else t8
         r["t_t8"] = r["ours_us"] / t8 if t8 else None
         r["gbps"] = (wq.nbytes(m) + 2 * (K + N)) / r["ours_us"] / 1e3
@@ -78,20 +77,20 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
         r["bf16_us"] = bf16_us
         r["x_bf16"] = bf16_us / r["ours_us"]
         r["deq_us"] = median_us_cold(lambda: F.linear(x1, nq().dequantize(m, torch.bfloat16)), max(3, repeats // 2),
-                                     flush)
+                                     no_flush)
         r["x_deq"] = r["deq_us"] / r["ours_us"]
         if m <= 7:
             npk = cold_weights(wq.packed(m))[0]
-            r["packed_us"] = median_us_cold(lambda: leankern.mx.linear(x1, npk()), repeats, flush)
+            r["packed_us"] = median_us_cold(lambda: leankern.mx.linear(x1, npk()), repeats, no_flush)
             del npk
         r["check"] = _check(x1, wq, m, sefp.linear(x1, wq, m))
         rows.append(r)
     if prefill_ms:  # a small batch / speculative verification: the fused path over 16 x rows
         x16 = torch.randn(16, K, generator=g).to(torch.bfloat16)
-        bf16_16 = median_us_cold(lambda: F.linear(x16, nw()), max(3, repeats // 2), flush)
+        bf16_16 = median_us_cold(lambda: F.linear(x16, nw()), max(3, repeats // 2), no_flush)
         for m in prefill_ms:
             r = dict(shape=f"{N}x{K}", M=16, m=m, bits=wq.bits_per_weight(m), bf16_us=bf16_16)
-            r["ours_us"] = median_us_cold(lambda: sefp.linear(x16, nq(), m), repeats, flush)
+            r["ours_us"] = median_us_cold(lambda: sefp.linear(x16, nq(), m), repeats, no_flush)
             r["gbps"] = (wq.nbytes(m) + 2 * 16 * (K + N)) / r["ours_us"] / 1e3
             r["frac_rd"] = r["gbps"] / bw_rd
             r["x_bf16"] = bf16_16 / r["ours_us"]
@@ -99,13 +98,13 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
             rows.append(r)
         xp = torch.randn(512, K, generator=g).to(torch.bfloat16)
         reps = max(2, repeats // 3)
-        bf16_p = median_us_cold(lambda: F.linear(xp, nw()), reps, flush)
+        bf16_p = median_us_cold(lambda: F.linear(xp, nw()), reps, no_flush)
         for m in prefill_ms:
             r = dict(shape=f"{N}x{K}", M=512, m=m, bits=wq.bits_per_weight(m), bf16_us=bf16_p)
-            r["ours_us"] = median_us_cold(lambda: sefp.linear(xp, nq(), m), reps, flush)
+            r["ours_us"] = median_us_cold(lambda: sefp.linear(xp, nq(), m), reps, no_flush)
             r["gbps"] = 2 * 512 * N * K / r["ours_us"] / 1e3  # GFLOP/s in this column for M = 512
             r["x_bf16"] = bf16_p / r["ours_us"]
-            r["deq_us"] = median_us_cold(lambda: F.linear(xp, nq().dequantize(m, torch.bfloat16)), reps, flush)
+            r["deq_us"] = median_us_cold(lambda: F.linear(xp, nq().dequantize(m, torch.bfloat16)), reps, no_flush)
             r["x_deq"] = r["deq_us"] / r["ours_us"]
             r["check"] = _check(xp[:8], wq, m, sefp.linear(xp[:8], wq, m))
             rows.append(r)

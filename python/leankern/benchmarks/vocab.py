@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .harness import (BenchResult, cpu_isa, cpu_model, cycle, format_table, median_us_cold,
+from .harness import (BenchResult, cpu_isa, cpu_model, cycle, format_table, median_us_cold, no_flush,
                       median_us_cold_interleaved, write_csv)
 from .mx_linear import measure_read_bandwidth
 
@@ -65,7 +65,6 @@ def _head_rows(quick, full, bw_rd, repeats, out):
     rows, full_us = [], {}
     g = torch.Generator().manual_seed(0)
     weights = {}
-    none = lambda: None  # noqa: E731
     for V, H, name, K, B in _plan(quick, full):
         if (V, H) not in weights:
             weights.clear()  # one head in memory at a time (the Llama one is 525 MB)
@@ -83,7 +82,7 @@ def _head_rows(quick, full, bw_rd, repeats, out):
         buf = torch.empty(K, H, dtype=torch.bfloat16)
         ours = lambda: leankern.vocab.gather_lm_head(hidden, w, next_ids())  # noqa: E731
         if (V, H, B) not in full_us:
-            full_us[(V, H, B)] = median_us_cold(lambda: F.linear(hidden, w), max(3, repeats // 2), none)
+            full_us[(V, H, B)] = median_us_cold(lambda: F.linear(hidden, w), max(3, repeats // 2), no_flush)
 
         def gather_linear():
             torch.index_select(w, 0, next_ids64(), out=buf)
@@ -93,12 +92,12 @@ def _head_rows(quick, full, bw_rd, repeats, out):
         # the fused reductions' target is relative to the plain gather: timed interleaved with it
         r["ours_us"], r["argmax_us"], r["top50_us"] = median_us_cold_interleaved(
             [ours, lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, next_ids()),
-             lambda: leankern.vocab.gather_lm_head_topk(hidden, w, next_ids(), 50)], 2 * repeats + 1, none)
+             lambda: leankern.vocab.gather_lm_head_topk(hidden, w, next_ids(), 50)], 2 * repeats + 1, no_flush)
         r["gbps"] = K * H * 2 / r["ours_us"] / 1e3
         r["frac_rd"] = r["gbps"] / bw_rd
         r["full_us"] = full_us[(V, H, B)]
         r["kv_ratio"] = r["ours_us"] / (K / V * r["full_us"])
-        r["gl_us"] = median_us_cold(gather_linear, repeats, none)
+        r["gl_us"] = median_us_cold(gather_linear, repeats, no_flush)
         r["x_gl"] = r["gl_us"] / r["ours_us"]
         # the fused argmax must pick what the logits say (a cheap end-to-end check of the row)
         z = leankern.vocab.gather_lm_head(hidden, w, ids)

@@ -199,8 +199,7 @@ def logit_stats(logits: torch.Tensor, *, temperature: float = 1.0) -> LogitStats
     if logits.dim() == 2:  # the common case: no reshapes (each costs a microsecond or two)
         return LogitStats(*_STATS_OP(logits, float(temperature)))
     lead = tuple(logits.shape[:-1])
-    outs = torch.ops.leankern.vocab_logit_stats(logits.reshape(-1, logits.shape[-1]) if logits.dim() else logits,
-                                                float(temperature))
+    outs = _STATS_OP(logits.reshape(-1, logits.shape[-1]) if logits.dim() else logits, float(temperature))
     return LogitStats(*(o.reshape(lead) for o in outs))
 
 
