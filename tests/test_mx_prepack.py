@@ -119,6 +119,20 @@ def test_packed_linear_dual(isa, fmt):
     _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b, act_fmt=fmt), x, qt, b, fmt)
 
 
+def _check_bf16_and_dual(fmt, m, n, k, bs, bias):
+    """bf16 x [m, k] times a prepacked [n, k] weight (NV: block 16), and for MX formats the dual product on fp32 x
+    (x_hat is exact in bf16), both within the bound of the fp32 reference."""
+    if fmt.startswith("nv"):
+        bs = 16
+    qt = _weight(n, k, fmt, bs, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(torch.bfloat16)
+    b = torch.randn(n).to(torch.bfloat16) if bias else None
+    _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
+    if not fmt.startswith("nv"):
+        xf, bf = x.float() * 3, None if b is None else b.float()
+        _check(leankern.mx.linear(xf, leankern.mx.prepack(qt), bf, act_fmt=fmt), xf, qt, bf, fmt)
+
+
 # The bf16 dot-product kernels (avx512bf16) run for bf16 x and MX dual x_hat (exact in bf16): the
 # few-rows one below 32 rows of x (passes of 8 rows: 16, 25, 31), the prefill one from 32 on (rows
 # crossing its 24-row groups: 32, 53, 48); elsewhere these shapes take the fp32 kernels.
@@ -126,15 +140,7 @@ def test_packed_linear_dual(isa, fmt):
 def test_packed_linear_many_rows(isa, fmt):
     for m, n, k, bs, bias in ((16, 40, 128, 32, True), (25, 17, 256, 64, False), (31, 20, 64, 16, True),
                               (32, 24, 128, 16, False), (53, 33, 64, 2, True), (48, 16, 1024, 1024, False)):
-        if fmt.startswith("nv"):
-            bs = 16
-        qt = _weight(n, k, fmt, bs, seed=m)
-        x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(torch.bfloat16)
-        b = torch.randn(n).to(torch.bfloat16) if bias else None
-        _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
-        if not fmt.startswith("nv"):  # dual with an MX activation format, fp32 x: x_hat is exact in bf16
-            xf, bf = x.float() * 3, None if b is None else b.float()
-            _check(leankern.mx.linear(xf, leankern.mx.prepack(qt), bf, act_fmt=fmt), xf, qt, bf, fmt)
+        _check_bf16_and_dual(fmt, m, n, k, bs, bias)
 
 
 @pytest.mark.parametrize("fmt", ["mxint8", "mxfp4", "nvint4", "mxfp8_e5m2"])
@@ -213,6 +219,40 @@ def test_amx_prefill_shapes(isa, fmt, dtype):
         _check(leankern.mx.linear(xb, leankern.mx.prepack(qt), bb), xb, qt, bb)
         if not fmt.startswith("nv") and m < 100:
             _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b, act_fmt=fmt), x, qt, b, fmt)
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_amx_few_rows_shapes(isa, fmt):
+    """The AMX kernel's few-rows form (linear_packed_amx.h, 2 <= M <= 32 by format; other ISAs run the same cases
+    through their own kernels): one 16-row group (4 row tiles per pass) and two (2 per pass), passes with 1-3 tiles
+    left (N = 37: 3 tiles, 80: 5, 112: 7, the last ragged where N % 16 != 0), block sizes 8 and 16 (several blocks
+    per AMX step; the 4-bit MX decoder needs whole groups of 8), 32, 64 and 256 (several steps per block), bias;
+    bf16 x, and MX dual on x_hat. Within the bound of the fp32 reference."""
+    for m, n, k, bs, bias in ((2, 37, 256, 8, True), (5, 80, 512, 32, False), (16, 112, 256, 16, True),
+                              (17, 37, 512, 64, True), (32, 80, 512, 256, False), (9, 21, 1024, 32, True)):
+        _check_bf16_and_dual(fmt, m, n, k, bs, bias)
+
+
+@pytest.mark.parametrize("fmt,first", [("mxfp4", 2), ("mxint4", 2), ("mxint8", 2), ("mxint6", 2), ("mxfp8_e4m3", 4),
+                                       ("mxfp6_e3m2", 4), ("nvfp4", 8), ("nvint4", 8)])
+def test_amx_takes_few_rows_from_its_first_row_count(fmt, first):
+    """Which kernel ran below 32 rows with AMX on, shown by subnormal bf16 x (2^-130): AMX tiles count it as zero,
+    the few-rows kernel's FMA form (on by default with AMX) multiplies it. The FMA form up to first - 1 rows, AMX
+    from first (linear_packed_cpu.cpp, amx_min_rows: where each was measured faster)."""
+    ext = leankern._C
+    if not ext or not ext.amx_supported():
+        pytest.skip("needs a CPU with AMX")
+    qt = leankern.mx.prepack(_weight(21, 64, fmt, 16 if fmt.startswith("nv") else 32))
+    x = torch.zeros(first, 64, dtype=torch.bfloat16)
+    x[:, 0] = 2.0 ** -130
+    was_fma = ext.mx_set_few_rows_fma(True)
+    try:
+        with on_isa("amx"), leankern.use_backend("cpp"):
+            below = leankern.mx.linear(x[: first - 1], qt).float()
+            at = leankern.mx.linear(x, qt).float()
+    finally:
+        ext.mx_set_few_rows_fma(was_fma)
+    assert (below != 0).any() and torch.equal(at, torch.zeros_like(at))
 
 
 def test_amx_switch_returns_the_previous_setting():

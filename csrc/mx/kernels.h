@@ -103,6 +103,10 @@ struct PackedLinearArgs {
   // [ceil(M / 16), K / 32, 16, 32] bf16, element (g, s, r, e) = x[16 g + r, 32 s + e] (rows past M
   // zero); else nullptr. That kernel also reads xb (rows < M, for tiles it cannot fold).
   const int32_t* xa = nullptr;
+  // The A tiles of xb8's order ([ceil(M / 16), K / 32, 16, 32] bf16: element (g, s, r, e) = the e-th value of xb8's
+  // row 16 g + r from 32 s on) for the AMX few-rows kernel's 4-bit MX decoder (M <= 32, block_size % 8 == 0); else
+  // nullptr. Where it is set, xa is not.
+  const int32_t* xa8 = nullptr;
 };
 constexpr int kBf16RowGroup = 24;
 

@@ -38,6 +38,10 @@
 // at M = 512 in 9.1-10.6 ms (1.6-1.9 TFLOP/s, 0.96-1.13x torch bf16, 10-11x the AVX-512 kernel).
 
 #define LK_AMX LK_AMX_FN  // (common/amx.h)
+// the per-block decode helpers: inlined into the loops (as calls, with their table set-up per block: 5% slower)
+#define LK_AMX_INL __attribute__((target(LK_AMX_TARGET), always_inline)) inline
+// the few-rows kernel and its 4-bit decoder (vpermb: every CPU with AMX has AVX512-VBMI)
+#define LK_AMX4 __attribute__((target(LK_AMX_TARGET ",avx512vbmi"), always_inline)) inline
 
 constexpr int kAmxPanel = 16;    // row tiles decoded per pass (256 output columns)
 constexpr int kAmxChunk = 512;   // elements of K decoded per pass (whole blocks; more for a larger block)
@@ -96,11 +100,10 @@ LK_AMX const AmxExpRange& amx_exp_range() {
 
 // One MX block: the exponent step of its 16 rows (s - 127 - D, in both 16-bit halves of the row's
 // lane) -> *add, or false where a row's folded weights could leave the normal range (or its scale
-// byte is NaN, or an FP8 block holds a NaN / Inf code).
+// byte is NaN, or an FP8 block holds a NaN / Inf code). r: amx_exp_range<EL>().
 template <int EL>
-LK_AMX bool amx_fold_step(const uint8_t* blk, int64_t code_bytes, I* add) {
+LK_AMX_INL bool amx_fold_step(const uint8_t* blk, int64_t code_bytes, const AmxExpRange& r, I* add) {
   constexpr int D = PackedElem<EL>::D;
-  const AmxExpRange& r = amx_exp_range<EL>();
   const I sb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk));
   const I e = _mm512_sub_epi32(sb, _mm512_set1_epi32(127 + D));
   const __mmask16 ok = _mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(1 - r.lo)) &
@@ -117,12 +120,55 @@ LK_AMX bool amx_fold_step(const uint8_t* blk, int64_t code_bytes, I* add) {
   return true;
 }
 
-// The block's bs / 2 pair vectors (as bf16_decode_block<FOLD> writes them) -> w.
+// The 4-bit MX decoder of the few-rows kernel: quad_pairs4's lookups (4 pair vectors per 64-byte load, in xb8's
+// order) from a table whose nonzero entries carry their exponent raised by bias4 = 255 - the largest one, and the
+// block scale folded by one unsigned saturating 16-bit subtract per vector of (bias4 - step) << 7: zero entries
+// (both signed zeros decode to +0) stay zero, every other lands on its folded exponent, without the per-vector zero
+// test and masked add of amx_decode_fast: 3 instructions per 32 weights instead of 6 (in L1 on the Xeon: 0.71
+// instead of 1.02 ns).
+// Exact where amx_fold_step accepts the block: the folded exponents are in [1, 254], so no subtract borrows into
+// the mantissa's neighbour (the sign bit) or saturates a nonzero value.
 template <int EL>
-LK_AMX void amx_decode_fast(const uint8_t* codes, int bs, I add, I* w) {
+const uint16_t* amx_table4_biased() {
+  struct Table {
+    alignas(64) uint16_t v[32];
+    Table() {
+      const uint16_t* t = table4_bf16<EL>();
+      const int bias = 255 - amx_exp_range_of<EL>().hi;
+      for (int c = 0; c < 32; ++c) v[c] = (t[c] & 0x7FFF) == 0 ? 0 : (uint16_t)(t[c] + (bias << 7));
+    }
+  };
+  static const Table t;
+  return t.v;
+}
+
+// One MX block's subtrahend for the biased decoder ((bias4 - step) << 7 in both 16-bit halves of each row's lane)
+// -> *sub, or false as amx_fold_step.
+template <int EL>
+LK_AMX_INL bool amx_fold_sub(const uint8_t* blk, const AmxExpRange& r, int bias4, I* sub) {
+  I add;  // step << 7 in both halves (mod 2^16)
+  if (!amx_fold_step<EL>(blk, 0, r, &add)) return false;
+  *sub = _mm512_sub_epi16(_mm512_set1_epi16((short)(bias4 << 7)), add);
+  return true;
+}
+
+// One block's codes (bs % 8 == 0) -> its bs / 2 pair vectors in xb8's order, folded by sub (amx_fold_sub).
+LK_AMX4 void amx_decode_quad4(const uint8_t* codes, int bs, I sub, I tidx, I btab, I* w) {
+  for (int g = 0; g < bs / 8; ++g) {
+    const I v = _mm512_permutexvar_epi8(tidx, _mm512_loadu_si512(codes + 64 * g));
+    w[4 * g] = _mm512_subs_epu16(_mm512_permutexvar_epi16(v, btab), sub);
+    w[4 * g + 1] = _mm512_subs_epu16(_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), btab), sub);
+    w[4 * g + 2] = _mm512_subs_epu16(_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), btab), sub);
+    w[4 * g + 3] = _mm512_subs_epu16(_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), btab), sub);
+  }
+}
+
+// The block's bs / 2 pair vectors (as bf16_decode_block<FOLD> writes them) -> w.
+// tab: table4_bf16<EL>() for 4-bit formats (else unused).
+template <int EL>
+LK_AMX_INL void amx_decode_fast(const uint8_t* codes, int bs, I add, I tab, I* w) {
   const I magnitude = _mm512_set1_epi16(0x7FFF);
   if constexpr (elem_params(EL).bits == 4) {
-    const I tab = _mm512_load_si512(table4_bf16<EL>());
     for (int q = 0; q < bs / 2; ++q) {
       const I p = small_pairs4(codes + q * kPR, tab);
       _mm512_store_si512(w + q, _mm512_mask_add_epi16(p, _mm512_test_epi16_mask(p, magnitude), p, add));
@@ -139,13 +185,13 @@ LK_AMX void amx_decode_fast(const uint8_t* codes, int bs, I add, I* w) {
 // every code and finite scale (<= 3 x 4 significant bits, |product| in [2^-10, 2^12)), so no
 // per-weight check; false (bf16_decode_block instead) for a NaN scale byte.
 template <int EL>
-LK_AMX bool amx_decode_nv(const uint8_t* blk, int bs, I* w) {
+LK_AMX_INL bool amx_decode_nv(const uint8_t* blk, int bs, I tab, I* w) {
   const __m128i sb = _mm_loadu_si128((const __m128i*)blk);
   if (_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(sb, _mm_set1_epi8(0x7F)), _mm_set1_epi8(0x7F)))) return false;
   I sc;
   packed_scales<true, PackedElem<EL>::D>(blk, &sc);  // bf16_decode_block's factor for a foldable block
   const __m512 f = _mm512_castsi512_ps(sc);
-  const I tab = _mm512_load_si512(table4_bf16<EL>()), hi16 = _mm512_set1_epi32((int)0xFFFF0000u);
+  const I hi16 = _mm512_set1_epi32((int)0xFFFF0000u);
   for (int q = 0; q < bs / 2; ++q) {
     const I p = small_pairs4(blk + kPR + q * kPR, tab);
     const I lo = _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(p, 16)), f));
@@ -153,6 +199,43 @@ LK_AMX bool amx_decode_nv(const uint8_t* blk, int bs, I* w) {
     _mm512_store_si512(w + q, bf16_pair(lo, hi));
   }
   return true;
+}
+
+// One block (bs / 2 pair vectors) -> w, folded (the scale inside the bf16 weights) by the fast decoders where
+// they apply, else by bf16_decode_block; false where the block does not fold (its tile goes to the few-rows kernel).
+// dec: the decoders' constants, set up once per call.
+struct AmxDecoder {
+  AmxExpRange r;  // amx_exp_range<EL>()
+  I tab;          // table4_bf16<EL>() (4-bit formats)
+  I tidx, btab;   // 4-bit MX: quad_transpose_index(), amx_table4_biased<EL>()
+  int bias4;      // 4-bit MX: 255 - r.hi
+};
+template <int EL>
+LK_AMX AmxDecoder amx_decoder() {
+  const I z = _mm512_setzero_si512();
+  AmxDecoder d{amx_exp_range<EL>(), z, z, z, 255 - amx_exp_range<EL>().hi};
+  if constexpr (elem_params(EL).bits == 4) {
+    d.tab = _mm512_load_si512(table4_bf16<EL>());
+    d.tidx = _mm512_load_si512(quad_transpose_index());
+    d.btab = _mm512_load_si512(amx_table4_biased<EL>());
+  }
+  return d;
+}
+template <int EL, bool NV>
+LK_AMX_INL bool amx_decode_block(const PackedLinearArgs& a, const AmxDecoder& dec, const uint8_t* blk, int64_t code_bytes,
+                                 I* w) {
+  if constexpr (NV) {
+    if (amx_decode_nv<EL>(blk, a.block_size, dec.tab, w)) return true;
+  } else {
+    I add;
+    if (amx_fold_step<EL>(blk, code_bytes, dec.r, &add)) {
+      amx_decode_fast<EL>(blk + kPR, a.block_size, add, dec.tab, w);
+      return true;
+    }
+  }
+  I sc;  // block scales / first factor: written by the decoder, unused when folded
+  float pre;
+  return bf16_decode_block<EL, NV, true>(a, blk, w, &sc, &pre);
 }
 
 // fp32 sums -> the output dtype's 16-bit patterns in the low halves of 32-bit lanes, rounded as
@@ -209,9 +292,8 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   if (craw.size() < (size_t)((kAmxMaxM / 16) * kAmxPanel * 1024 + 64)) craw.resize((size_t)((kAmxMaxM / 16) * kAmxPanel * 1024 + 64));
   uint8_t* const wbuf = (uint8_t*)(((uintptr_t)wraw.data() + 63) & ~(uintptr_t)63);
   float* const cbuf = (float*)(((uintptr_t)craw.data() + 63) & ~(uintptr_t)63);
-  I sc;  // block scales / first factor: written by the decoder, unused when folded
-  float pre;
   std::vector<int64_t> unfolded;  // row tiles for the few-rows kernel
+  const AmxDecoder dec = amx_decoder<EL>();
   const uint8_t* const xa = reinterpret_cast<const uint8_t*>(a.xa);
   const int64_t xs = a.K / kAmxK * kAmxTileBytes;  // bytes per 16 rows of x
   const float post = NV ? a.g : 1.0f;
@@ -232,17 +314,8 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
         for (int jj = 0; jj < pt; ++jj) {
           const uint8_t* tile = a.packed + (p0 + jj) * nb * a.block_bytes;
           I* w = (I*)(wbuf + jj * wtile);
-          for (int64_t b = 0; b < bn; ++b) {
-            const uint8_t* blk = tile + (b0 + b) * a.block_bytes;
-            I add;
-            if constexpr (NV) {
-              if (amx_decode_nv<EL>(blk, bs, w + b * (bs / 2))) continue;
-            } else if (amx_fold_step<EL>(blk, cbytes, &add)) {
-              amx_decode_fast<EL>(blk + kPR, bs, add, w + b * (bs / 2));
-              continue;
-            }
-            folded[jj] &= bf16_decode_block<EL, NV, true>(a, blk, w + b * (bs / 2), &sc, &pre);
-          }
+          for (int64_t b = 0; b < bn; ++b)
+            folded[jj] &= amx_decode_block<EL, NV>(a, dec, tile + (b0 + b) * a.block_bytes, cbytes, w + b * (bs / 2));
         }
         for (int j = 0; j < pt; j += 2) {
           const uint8_t* w0 = wbuf + j * wtile;
@@ -276,11 +349,156 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   for (const int64_t t : unfolded) linear_packed_bf16_small_range(a, t, t + 1);
 }
 
+// ---- few rows (M <= kAmxSmallRows): decode in L1, one chunk ahead ----
+// Why: the panel kernel above decodes 256 KB of bf16 weights per pass into L2 and reads it back; at M <= 32 that
+// write / read round trip, not the products, set its time (4096 x 4096 MXFP4 at M = 16, cold, 2-core Xeon: 1.02 ms,
+// flat in M). Here 4 row tiles (one 16-row group of x; 2 tiles for two groups) run over all of K with their
+// accumulators in tile registers: chunk c + 1 of the tiles (max(bs, 32) elements) is decoded into one half of a
+// small L1 buffer after chunk c's tile loads from the other half, and the codes stream through L1 with the few-rows
+// FMA kernel's software prefetch (kFmaPrefetch; 1-4 KB ahead and an extra prefetcht1 measured alike). 4-bit MX
+// weights take amx_decode_quad4 (x in xb8's order, a.xa8). Same case: 0.46-0.49 ms at M = 2-16 (4 tiles per pass:
+// 0.52 -> 0.48 ms at M = 4 against 2; chunks of 64-256 elements instead of 32: no gain, or slower from 128).
+// What is left is the decode's shuffle port (on this Xeon vpermw, vpermb, the shifts and vpsubusw share one:
+// ~0.75 ns per 32 weights) plus the products, which overlap the memory stream only in part.
+// Numerics: those of the panel kernel (folded weights; fp32 sums in K order per output, 2 products at a time).
+constexpr int64_t kAmxSmallRows = 32;  // two A tiles: x's rows 0-15 and 16-31
+
+// Chunk c (cblocks blocks) of nt row tiles -> w (tile j's at w + j * tbytes), codes prefetched kFmaPrefetch ahead;
+// folded[j] &= whether tile j's blocks folded.
+// QUAD: the 4-bit MX decoder (amx_decode_quad4; x from a.xa8), a block it cannot fold leaves its tile unfolded.
+template <int EL, bool NV, bool QUAD>
+LK_AMX4 void amx_small_decode(const PackedLinearArgs& a, const AmxDecoder& dec, const uint8_t* const* tiles, int nt,
+                              int64_t c, int cblocks, uint8_t* w, int64_t tbytes, bool* folded) {
+  const int64_t cbytes = elem_params(EL).bits == 4 ? a.block_size / 2 : a.block_size;
+  const int64_t chunk_bytes = cblocks * a.block_bytes;
+  for (int j = 0; j < nt; ++j) {
+    const uint8_t* blk = tiles[j] + c * chunk_bytes;
+    for (int64_t off = 0; off < chunk_bytes; off += 64) __builtin_prefetch(blk + kFmaPrefetch + off);
+    I* wj = (I*)(w + j * tbytes);
+    for (int b = 0; b < cblocks; ++b) {
+      const uint8_t* bb = blk + b * a.block_bytes;
+      if constexpr (QUAD) {
+        I sub;
+        if (amx_fold_sub<EL>(bb, dec.r, dec.bias4, &sub))
+          amx_decode_quad4(bb + kPR, a.block_size, sub, dec.tidx, dec.btab, wj + b * (a.block_size / 2));
+        else
+          folded[j] = false;
+      } else {
+        folded[j] &= amx_decode_block<EL, NV>(a, dec, bb, cbytes, wj + b * (a.block_size / 2));
+      }
+    }
+  }
+}
+
+template <int EL, bool NV, bool QUAD>
+__attribute__((target(LK_AMX_TARGET ",avx512vbmi"))) void amx_small_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
+  const int bs = a.block_size;
+  const int64_t nb = a.K / bs;
+  const int ce = bs >= kAmxK ? bs : kAmxK;  // elements of K per decoded chunk: whole blocks, whole steps
+  const int cblocks = ce / bs, csteps = ce / kAmxK;
+  const int64_t nchunks = a.K / ce;
+  const int64_t tbytes = (int64_t)ce * 32;  // one tile's decoded chunk (ce / 2 pair vectors)
+  thread_local std::vector<uint8_t> wraw;
+  if (wraw.size() < (size_t)(8 * tbytes + 64)) wraw.resize((size_t)(8 * tbytes + 64));
+  uint8_t* const wbuf = (uint8_t*)(((uintptr_t)wraw.data() + 63) & ~(uintptr_t)63);  // [2 halves][NT tiles]
+  alignas(64) float cbuf[4 * 256];  // the accumulators on their way to y (tile registers 0-3 in order)
+  const uint8_t* const xa = reinterpret_cast<const uint8_t*>(QUAD ? a.xa8 : a.xa);
+  const int64_t xs = a.K / kAmxK * kAmxTileBytes;  // bytes per 16 rows of x
+  const bool two_m = a.M > 16;
+  const float post = NV ? a.g : 1.0f;
+  std::vector<int64_t> unfolded;
+  const AmxDecoder dec = amx_decoder<EL>();
+  cpu::amx::configure();
+  // NT row tiles per pass: x's A tile of a step serves NT products. One 16-row group: 4 (accumulators 0-3, A 4,
+  // B 5-7 in turn); two: 2 (accumulators (group, tile) at 2 group + tile, A 4 and 5, B 6 and 7).
+  const int NT = two_m ? 2 : 4;
+  for (int64_t p0 = t0; p0 < t1; p0 += NT) {
+    const int nt = (int)(t1 - p0 < NT ? t1 - p0 : NT);
+    const uint8_t* tiles[4];
+    for (int j = 0; j < nt; ++j) tiles[j] = a.packed + (p0 + j) * nb * a.block_bytes;
+    bool folded[4] = {true, true, true, true};
+    LK_TZERO(0);
+    LK_TZERO(1);
+    LK_TZERO(2);
+    LK_TZERO(3);
+    amx_small_decode<EL, NV, QUAD>(a, dec, tiles, nt, 0, cblocks, wbuf, tbytes, folded);
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const uint8_t* x0 = xa + c * csteps * kAmxTileBytes;
+      const uint8_t* w0 = wbuf + NT * (c & 1) * tbytes;
+      for (int s = 0; s < csteps; ++s) {
+        const uint8_t* ws = w0 + s * kAmxTileBytes;
+        LK_TLOAD(4, x0 + s * kAmxTileBytes, 64);
+        if (two_m) {
+          LK_TLOAD(6, ws, 64);
+          LK_TDP(0, 4, 6);
+          LK_TLOAD(5, x0 + xs + s * kAmxTileBytes, 64);
+          LK_TDP(2, 5, 6);
+          if (nt > 1) {
+            LK_TLOAD(7, ws + tbytes, 64);
+            LK_TDP(1, 4, 7);
+            LK_TDP(3, 5, 7);
+          }
+        } else {
+          LK_TLOAD(5, ws, 64);
+          LK_TDP(0, 4, 5);
+          if (nt > 1) {
+            LK_TLOAD(6, ws + tbytes, 64);
+            LK_TDP(1, 4, 6);
+          }
+          if (nt > 2) {
+            LK_TLOAD(7, ws + 2 * tbytes, 64);
+            LK_TDP(2, 4, 7);
+          }
+          if (nt > 3) {
+            LK_TLOAD(5, ws + 3 * tbytes, 64);
+            LK_TDP(3, 4, 5);
+          }
+        }
+      }
+      if (c + 1 < nchunks)  // into the other half, after chunk c's tile loads (see above)
+        amx_small_decode<EL, NV, QUAD>(a, dec, tiles, nt, c + 1, cblocks, wbuf + NT * ((c + 1) & 1) * tbytes, tbytes,
+                                       folded);
+    }
+    LK_TSTORE(0, cbuf, 64);
+    LK_TSTORE(1, cbuf + 256, 64);
+    LK_TSTORE(2, cbuf + 512, 64);
+    LK_TSTORE(3, cbuf + 768, 64);
+    // the pass's tiles -> y, two at a time (a tile that did not fold: later)
+    for (int i = 0; i < (two_m ? 2 : 1); ++i) {
+      const int64_t m0 = (int64_t)i * 16;
+      const int rows = (int)(a.M - m0 < 16 ? a.M - m0 : 16);
+      for (int j = 0; j < nt; j += 2) {
+        const float* cj = cbuf + (two_m ? 2 * i + j : j) * 256;
+        const int64_t n0 = (p0 + j) * kPR;
+        const bool keep0 = folded[j], keep1 = j + 1 < nt && folded[j + 1];
+        const int cols0 = (int)(a.N - n0 < kPR ? a.N - n0 : kPR);
+        const int cols1 = keep1 ? (int)(a.N - n0 - kPR < kPR ? a.N - n0 - kPR : kPR) : 0;
+        if (keep0) amx_store_rows(a, m0, rows, n0, keep1 ? kPR + cols1 : cols0, cj, keep1 ? cj + 256 : nullptr, post);
+        else if (keep1) amx_store_rows(a, m0, rows, n0 + kPR, cols1, cj + 256, nullptr, post);
+      }
+    }
+    for (int j = 0; j < nt; ++j)
+      if (!folded[j]) unfolded.push_back(p0 + j);
+  }
+  cpu::amx::release();
+  for (const int64_t t : unfolded) linear_packed_bf16_small_range(a, t, t + 1);
+}
+
 LK_AMX bool linear_packed_amx_range(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
-  if (!a.xa || !a.xb || a.K % kAmxK != 0) return false;
+  if (!(a.xa || a.xa8) || !a.xb || a.K % kAmxK != 0) return false;
   return dispatch_packed_format(a.fmt, [&](auto el, auto nv) {
-    amx_range_fmt<decltype(el)::value, decltype(nv)::value>(a, t0, t1);
+    constexpr int EL = decltype(el)::value;
+    constexpr bool NV = decltype(nv)::value;
+    if constexpr (elem_params(EL).bits == 4 && !NV) {
+      if (a.xa8) return amx_small_fmt<EL, NV, true>(a, t0, t1);
+    }
+    if (a.M <= kAmxSmallRows)
+      amx_small_fmt<EL, NV, false>(a, t0, t1);
+    else
+      amx_range_fmt<decltype(el)::value, decltype(nv)::value>(a, t0, t1);
   });
 }
 
 #undef LK_AMX
+#undef LK_AMX_INL
+#undef LK_AMX4

@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <optional>
 #include <vector>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 #include "common/bf16_gemm.h"
 #include "common/cpu_features.h"
@@ -30,12 +33,19 @@ constexpr int64_t kTileRows = 16;
 // int8 for dual INT x INT) beat the few-rows bf16 one (a decode in registers per pass of 8 rows;
 // for dual, on x_hat); measured with bench/bench_mx.py on Zen 4.
 constexpr int64_t kBf16PrefillMinRows = 32;
-// Rows of x from which the AMX kernel (decode into L2, then tiles) beats the few-rows one where the
-// CPU has AMX: there vdpbf16ps runs at half Zen 4's rate per cycle, so the few-rows kernel's time
-// grows ~0.2 ms per row of a 4096 x 4096 weight while AMX's stays flat (its decode) up to M = 24.
-// Cold weights (bench/bench_mx_amx.py, docs/bench/mx_linear_amx_ab_xeon.txt): equal at M = 4 for
-// 4-bit MX and MXINT8, 0.77-0.81x for NVFP4 / E4M3; 2.1-3.4x faster at 16; warm, 1.4-2.4x at 8.
-constexpr int64_t kAmxMinRows = 8;
+// Rows of x from which the AMX kernel beats the few-rows one where the CPU has AMX (there vdpbf16ps runs at half Zen
+// 4's rate per cycle, and the few-rows FMA form's time grows ~0.14 ms per row of a 4096 x 4096 weight while AMX's is
+// flat up to M = 16). Cold weights, 2-core Xeon, 4096 x 4096, AMX few-rows kernel (linear_packed_amx.h) / FMA form
+// at M = 2: 0.88x for 4-bit MX, 0.87x INT8 / INT6; FP8 / FP6 1.10-1.18x at 2, 0.99-1.02x at 4; NV (E4M3 scales: a
+// fp32 multiply per weight in the AMX decode) 1.68x at 2, 1.19x at 4, 0.76x at 8.
+int64_t amx_min_rows(int f) {
+  const FormatSpec& spec = kFormats[f];
+  if (spec.is_nv) return 8;
+  const ElemSpec& e = elem_spec(spec.elem);
+  return e.bits == 4 || e.is_int ? 2 : 4;
+}
+// (= linear_packed_amx.h's kAmxSmallRows: up to it the AMX kernel keeps its accumulators in tile registers)
+constexpr int64_t kAmxSmallRows = 32;
 
 int64_t code_bytes_per_row_block(int f, int64_t block_size) {
   return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
@@ -142,6 +152,37 @@ at::Tensor amx_tiles(const at::Tensor& xbf, int64_t M, int64_t K) {
   return xa;
 }
 
+// bf16 x [M, K] (K % 32 == 0) -> PackedLinearArgs::xa8: A tiles of xb8's order, rows past M zero, in one pass (one
+// vpermw per 32 values; where it is called the CPU has AMX, so AVX512-BW). Why not pairs_by_eights, then amx_tiles:
+// the two scalar passes cost ~20 us per call at M = 16, K = 4096 (4-7% of the product).
+// Value e of each 32 <- x's value 8 (e / 8) + (e % 8) / 2 + 4 (e % 2): per 8 values (x0, x4), (x1, x5), ...
+inline int eights_source(int e) { return 8 * (e / 8) + (e % 8) / 2 + 4 * (e % 2); }
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx512f,avx512bw"))) void amx_tiles_eights(const uint16_t* x, int64_t M, int64_t K, uint16_t* xa) {
+  alignas(64) uint16_t order[32];
+  for (int e = 0; e < 32; ++e) order[e] = (uint16_t)eights_source(e);
+  const __m512i idx = _mm512_load_si512(order);
+  const int64_t G = (M + 15) / 16, S = K / 32;
+  for (int64_t g = 0; g < G; ++g)
+    for (int r = 0; r < 16; ++r) {
+      const int64_t m = g * 16 + r;
+      for (int64_t st = 0; st < S; ++st) {
+        const __m512i v = m < M ? _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(x + m * K + st * 32)) : _mm512_setzero_si512();
+        _mm512_storeu_si512(xa + ((g * S + st) * 16 + r) * 32, v);
+      }
+    }
+}
+#else
+void amx_tiles_eights(const uint16_t* x, int64_t M, int64_t K, uint16_t* xa) {  // (no AMX here: the same, portably)
+  const int64_t G = (M + 15) / 16, S = K / 32;
+  for (int64_t g = 0; g < G; ++g)
+    for (int r = 0; r < 16; ++r)
+      for (int64_t st = 0; st < S; ++st)
+        for (int e = 0; e < 32; ++e)
+          xa[((g * S + st) * 16 + r) * 32 + e] = g * 16 + r < M ? x[(g * 16 + r) * K + st * 32 + eights_source(e)] : 0;
+}
+#endif
+
 // n bf16 values (n % 8 == 0) -> PackedLinearArgs::xb8's pairs: per 8 values, (x0, x4), (x1, x5), (x2, x6), (x3, x7).
 void pairs_by_eights(const uint16_t* x, int64_t n, uint32_t* out) {
   for (int64_t i = 0; i < n; i += 8)
@@ -170,10 +211,10 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   // power of two); NV x_hat (times the fp32 tensor scale) and fp32 / fp16 x are not: no kernel rounds x.
   const bool x_is_bf16 = act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16;
   const bool prefill = M >= kBf16PrefillMinRows;
-  // AMX tiles (linear_packed_amx.h) from kAmxMinRows rows where the CPU has them, dual INT x INT
+  // AMX tiles (linear_packed_amx.h) from amx_min_rows rows where the CPU has them, dual INT x INT
   // included: bf16 tiles on x_hat beat the int8 VNNI kernel (AMX int8 steps over 64 elements of K,
   // two 32-element blocks with their own scales, so it cannot rescale per block).
-  const bool amx = kern.linear_packed_amx && M >= kAmxMinRows && x_is_bf16 && K % 32 == 0 && cpu::amx_enabled();
+  const bool amx = kern.linear_packed_amx && M >= amx_min_rows(f) && x_is_bf16 && K % 32 == 0 && cpu::amx_enabled();
   // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
   Int8Act xi;
   if (!amx && kern.linear_packed_int8 && act >= 0 && prefill && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
@@ -194,15 +235,24 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const at::Tensor xbf = bf16_x ? (act >= 0 ? xq : x2) : at::Tensor();
   at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
   if (bf16_dot) xh = row_groups(xbf.view(at::kInt));  // pairs as int32 (K is even: block_size >= 2)
+  // the AMX few-rows kernel's 4-bit MX decoder: x as A tiles in xb8's order (PackedLinearArgs::xa8)
+  const bool amx_quad = amx && M <= kAmxSmallRows && elem_spec(kFormats[f].elem).bits == 4 && !kFormats[f].is_nv &&
+                        block_size % 8 == 0;
   at::Tensor xb8;  // PackedLinearArgs::xb8: 4-bit weights, blocks of whole 8-element groups
-  if (bf16_small && elem_spec(kFormats[f].elem).bits == 4 && block_size % 8 == 0) {
+  if (bf16_small && !amx && elem_spec(kFormats[f].elem).bits == 4 && block_size % 8 == 0) {
     xb8 = at::empty({M, K / 2}, x2.options().dtype(at::kInt));
     pairs_by_eights(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), M * K, reinterpret_cast<uint32_t*>(xb8.data_ptr()));
   }
   // PackedLinearArgs::xa: x as AMX A tiles (16 rows x 32 elements), rows padded with zeros
-  const at::Tensor xa = amx ? amx_tiles(xbf, M, K) : at::Tensor();
+  const at::Tensor xa = amx && !amx_quad ? amx_tiles(xbf, M, K) : at::Tensor();
+  at::Tensor xa8;
+  if (amx_quad) {
+    xa8 = at::empty({cpu::amx_x_tiles_elems(M, K)}, xbf.options());
+    amx_tiles_eights(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), M, K, reinterpret_cast<uint16_t*>(xa8.data_ptr()));
+  }
   // fp32 x for the few-rows kernel's FMA form (linear_packed_fma_small.h; exact: x is exact in bf16)
-  const at::Tensor xf = bf16_small && fma_form ? xbf.to(at::kFloat)
+  // (not for AMX: its few-rows fallback for tiles that do not fold takes the vdpbf16ps form on xb)
+  const at::Tensor xf = bf16_small && fma_form && !amx ? xbf.to(at::kFloat)
                         : bf16_x || xi.q.defined() ? at::Tensor()
                         : act >= 0                  ? xq
                         : x2.scalar_type() == at::kFloat ? x2 : x2.to(at::kFloat);
@@ -224,7 +274,8 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
                             xi.q.defined() ? xi.fac.data_ptr<float>() : nullptr,
                             bf16_small || amx ? xbf.view(at::kInt).data_ptr<int32_t>() : nullptr,
                             xb8.defined() ? xb8.data_ptr<int32_t>() : nullptr,
-                            amx ? xa.view(at::kInt).data_ptr<int32_t>() : nullptr};
+                            xa.defined() ? xa.view(at::kInt).data_ptr<int32_t>() : nullptr,
+                            xa8.defined() ? xa8.view(at::kInt).data_ptr<int32_t>() : nullptr};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
@@ -234,7 +285,9 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
     return y;
   }
   if (amx) {  // every format has the kernel (K % 32 == 0 checked above)
-    parallel_chunks(T, 16, [&](int64_t t0, int64_t t1) { kern.linear_packed_amx(pa, t0, t1); });
+    // few rows: W streams once, 2 or 4 row tiles per pass (linear_packed_amx.h); else panels of 16 row tiles
+    const int64_t amx_grain = M <= kAmxSmallRows ? (stream_grain + 3) / 4 * 4 : 16;
+    parallel_chunks(T, amx_grain, [&](int64_t t0, int64_t t1) { kern.linear_packed_amx(pa, t0, t1); });
     return y;
   }
   if (bf16_dot) {  // every format has the kernel; a tile is decoded once for all M rows
