@@ -18,7 +18,9 @@
 namespace leankern {
 namespace cpu {
 
-// Like at::empty(sizes, opts) (contiguous, CPU), served from the output cache when on and large.
+// Like at::empty(sizes, opts) (contiguous, CPU), served from the output cache when on and large. Also for large
+// per-call scratch (mx's linear: x_hat, its codes, x as AMX tiles): at M = 512, K = 4096 the dual MXINT8 product
+// took 9.51 -> 9.03 ms (median of 12 alternations, cache off / on) once those came from here too.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
 
 struct OutputCacheStats {

@@ -138,8 +138,9 @@ ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const Kern
   const FormatSpec& spec = kFormats[f];
   const int64_t numel = x.numel(), nblocks = numel / block_size;
   const at::TensorOptions bytes = x.options().dtype(at::kByte);
-  at::Tensor codes = at::empty({elem_spec(spec.elem).bits == 4 ? numel / 2 : numel}, bytes);
-  at::Tensor scales = at::empty({nblocks}, bytes);
+  // (scratch: from the output cache where it is on, so a steady stream of calls does not fault in fresh pages)
+  at::Tensor codes = cpu::empty_output({elem_spec(spec.elem).bits == 4 ? numel / 2 : numel}, bytes);
+  at::Tensor scales = cpu::empty_output({nblocks}, bytes);
   QuantArgs q{x.data_ptr(), in_dtype_code(x.scalar_type()), (int)block_size, f, kScaleRceil, nullptr, 1.0f,
               0, codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>()};
   const int64_t grain = grain_blocks(block_size);
@@ -160,7 +161,7 @@ ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const Kern
 at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern, int out_dtype) {
   const ActCodes c = quantize_act(x, f, block_size, kern);
   const int64_t nblocks = x.numel() / block_size, grain = grain_blocks(block_size);
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype == kInBF16 ? at::kBFloat16 : at::kFloat));
+  at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(out_dtype == kInBF16 ? at::kBFloat16 : at::kFloat));
   const DequantArgs d{c.codes.data_ptr<uint8_t>(), c.scales.data_ptr<uint8_t>(), c.g, (int)block_size, f,
                       out_dtype == kInBF16 ? kInBF16 : kInF32, out.data_ptr()};
   parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.dequantize(d, b0, b1); });

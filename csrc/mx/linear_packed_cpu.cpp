@@ -146,7 +146,7 @@ void unpack_tile(const uint8_t* tile, int64_t cb, int64_t nb, int64_t block_byte
 
 // [M, K] bf16 (contiguous) -> PackedLinearArgs::xa: [ceil(M / 16), K / 32, 16, 32], rows past M zero.
 at::Tensor amx_tiles(const at::Tensor& xbf, int64_t M, int64_t K) {
-  at::Tensor xa = at::empty({cpu::amx_x_tiles_elems(M, K)}, xbf.options());
+  at::Tensor xa = cpu::empty_output({cpu::amx_x_tiles_elems(M, K)}, xbf.options());  // (scratch, as quantize_act's)
   cpu::amx_pack_x(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), K, nullptr, M, K,
                   reinterpret_cast<uint16_t*>(xa.data_ptr()));
   return xa;
@@ -247,7 +247,7 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   const at::Tensor xa = amx && !amx_quad ? amx_tiles(xbf, M, K) : at::Tensor();
   at::Tensor xa8;
   if (amx_quad) {
-    xa8 = at::empty({cpu::amx_x_tiles_elems(M, K)}, xbf.options());
+    xa8 = cpu::empty_output({cpu::amx_x_tiles_elems(M, K)}, xbf.options());
     amx_tiles_eights(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), M, K, reinterpret_cast<uint16_t*>(xa8.data_ptr()));
   }
   // fp32 x for the few-rows kernel's FMA form (linear_packed_fma_small.h; exact: x is exact in bf16)
