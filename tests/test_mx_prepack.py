@@ -239,8 +239,9 @@ def test_amx_takes_few_rows_from_its_first_row_count(fmt, first):
     """Which kernel ran below 32 rows with AMX on, shown by subnormal bf16 x (2^-130): AMX tiles count it as zero,
     the few-rows kernel's FMA form (on by default with AMX) multiplies it. The FMA form up to first - 1 rows, AMX
     from first (linear_packed_cpu.cpp, amx_min_rows: where each was measured faster)."""
+    skip_unless_cpp()
     ext = leankern._C
-    if not ext or not ext.amx_supported():
+    if not ext.amx_supported():
         pytest.skip("needs a CPU with AMX")
     qt = leankern.mx.prepack(_weight(21, 64, fmt, 16 if fmt.startswith("nv") else 32))
     x = torch.zeros(first, 64, dtype=torch.bfloat16)

@@ -108,6 +108,9 @@ struct PackedLinearArgs {
   // nullptr. Where it is set, xa is not.
   const int32_t* xa8 = nullptr;
 };
+// Rows of x up to which the AMX kernel takes its few-rows form (linear_packed_amx.h: accumulators in tile registers
+// over all of K) and the op may set PackedLinearArgs::xa8.
+constexpr int64_t kAmxSmallRows = 32;
 constexpr int kBf16RowGroup = 24;
 
 using QuantizeFn = void (*)(const QuantArgs&, int64_t b0, int64_t b1);

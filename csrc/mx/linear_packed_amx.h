@@ -349,7 +349,7 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
   for (const int64_t t : unfolded) linear_packed_bf16_small_range(a, t, t + 1);
 }
 
-// ---- few rows (M <= kAmxSmallRows): decode in L1, one chunk ahead ----
+// ---- few rows (M <= kAmxSmallRows, kernels.h: two A tiles, x's rows 0-15 and 16-31): decode in L1, one chunk ahead ----
 // Why: the panel kernel above decodes 256 KB of bf16 weights per pass into L2 and reads it back; at M <= 32 that
 // write / read round trip, not the products, set its time (4096 x 4096 MXFP4 at M = 16, cold, 2-core Xeon: 1.02 ms,
 // flat in M). Here 4 row tiles (one 16-row group of x; 2 tiles for two groups) run over all of K with their
@@ -361,7 +361,8 @@ LK_AMX void amx_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
 // What is left is the decode's shuffle port (on this Xeon vpermw, vpermb, the shifts and vpsubusw share one:
 // ~0.75 ns per 32 weights) plus the products, which overlap the memory stream only in part.
 // Numerics: those of the panel kernel (folded weights; fp32 sums in K order per output, 2 products at a time).
-constexpr int64_t kAmxSmallRows = 32;  // two A tiles: x's rows 0-15 and 16-31
+// (Also tried: decoding two chunks ahead into a third slot, so no tile load follows the stores that filled it
+// closely: the same times.)
 
 // Chunk c (cblocks blocks) of nt row tiles -> w (tile j's at w + j * tbytes), codes prefetched kFmaPrefetch ahead;
 // folded[j] &= whether tile j's blocks folded.

@@ -36,7 +36,7 @@ constexpr int64_t kBf16PrefillMinRows = 32;
 // Rows of x from which the AMX kernel beats the few-rows one where the CPU has AMX (there vdpbf16ps runs at half Zen
 // 4's rate per cycle, and the few-rows FMA form's time grows ~0.14 ms per row of a 4096 x 4096 weight while AMX's is
 // flat up to M = 16). Cold weights, 2-core Xeon, 4096 x 4096, AMX few-rows kernel (linear_packed_amx.h) / FMA form
-// at M = 2: 0.88x for 4-bit MX, 0.87x INT8 / INT6; FP8 / FP6 1.10-1.18x at 2, 0.99-1.02x at 4; NV (E4M3 scales: a
+// at M = 2: 0.88x for 4-bit MX, 0.87x INT8 / INT6; FP8 / FP6 1.10-1.18x at 2, 0.89-0.99x at 4; NV (E4M3 scales: a
 // fp32 multiply per weight in the AMX decode) 1.68x at 2, 1.19x at 4, 0.76x at 8.
 int64_t amx_min_rows(int f) {
   const FormatSpec& spec = kFormats[f];
@@ -44,8 +44,6 @@ int64_t amx_min_rows(int f) {
   const ElemSpec& e = elem_spec(spec.elem);
   return e.bits == 4 || e.is_int ? 2 : 4;
 }
-// (= linear_packed_amx.h's kAmxSmallRows: up to it the AMX kernel keeps its accumulators in tile registers)
-constexpr int64_t kAmxSmallRows = 32;
 
 int64_t code_bytes_per_row_block(int f, int64_t block_size) {
   return elem_spec(kFormats[f].elem).bits == 4 ? block_size / 2 : block_size;
