@@ -149,11 +149,13 @@ def test_bf16_dot_kernels_run_and_flush_subnormal_x(isa, fmt):
     for every number of rows (the few-rows kernel below 32, the prefill one from 32; the documented
     exception to the bound), while the fp32 kernels (fp32 x, other ISAs) keep it. This also proves
     that the bf16 kernels ran for bf16 x. The few-rows kernel's FMA form (on by default on AMX CPUs)
-    is off here; test_few_rows_fma_form_runs_where_taken shows that it keeps such x."""
+    is off here; test_few_rows_fma_form_runs_where_taken shows that it keeps such x. fp32 x of 40 rows keeps
+    it too, except with AMX on, where it goes to the tiles as bf16 parts (split_linear) and is flushed."""
     qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), fmt))
     x = torch.full((40, 64), 2.0**-130).to(torch.bfloat16)
     tiny = 64 * 2.0**-130
-    assert leankern.mx.linear(x.float(), qt)[0, 0].item() == pytest.approx(tiny, rel=1e-6)
+    want_fp32 = 0.0 if isa == "amx" else tiny
+    assert leankern.mx.linear(x.float(), qt)[0, 0].item() == pytest.approx(want_fp32, rel=1e-6, abs=0)
     want = 0.0 if isa in BF16_DOT_ISAS else tiny
     was = leankern._C.mx_set_few_rows_fma(False)
     try:
@@ -185,16 +187,16 @@ def test_int8_dot_kernel_runs_for_int_pairs(isa):
     x = torch.full((32, 64), 2.0**-127)
     want = 64 * 2.0**-127
     dual = leankern.mx.linear(x, qt, act_fmt="mxint8")[0, 0].item()
-    assert dual == (0.0 if isa == "amx" else pytest.approx(want, rel=1e-6))
+    assert dual == (0.0 if isa == "amx" else pytest.approx(want, rel=1e-6, abs=0))
     fp8 = leankern.mx.linear(x, qt, act_fmt="mxfp8_e4m3")[0, 0].item()
-    assert fp8 == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6))
+    assert fp8 == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6, abs=0))
     was = leankern._C.mx_set_few_rows_fma(False)
     try:
         few = leankern.mx.linear(x[:31], qt, act_fmt="mxint8")[0, 0].item()
-        assert few == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6))
+        assert few == (0.0 if isa in BF16_DOT_ISAS else pytest.approx(want, rel=1e-6, abs=0))
         leankern._C.mx_set_few_rows_fma(True)  # 31 rows: AMX tiles where on, else the few-rows FMA form
         few = leankern.mx.linear(x[:31], qt, act_fmt="mxint8")[0, 0].item()
-        assert few == (0.0 if isa == "amx" else pytest.approx(want, rel=1e-6))
+        assert few == (0.0 if isa == "amx" else pytest.approx(want, rel=1e-6, abs=0))
     finally:
         leankern._C.mx_set_few_rows_fma(was)
 
@@ -231,6 +233,30 @@ def test_amx_few_rows_shapes(isa, fmt):
     for m, n, k, bs, bias in ((2, 37, 256, 8, True), (5, 80, 512, 32, False), (16, 112, 256, 16, True),
                               (17, 37, 512, 64, True), (32, 80, 512, 256, False), (9, 21, 1024, 32, True)):
         _check_bf16_and_dual(fmt, m, n, k, bs, bias)
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fp32_x_of_many_rows_as_bf16_parts(isa, fmt, dtype):
+    """fp32 / fp16 x from 32 rows: with AMX on, three bf16 parts on the tiles (split_linear; other ISAs: their fp32
+    kernels), within tolerances.py's bound for it (x_parts), also with x spread over 2^-60 .. 2^60 and a bias.
+    x holding Inf or NaN keeps the fp32 kernel: +-Inf / NaN exactly where the fp32 reference has them."""
+    bs = 16 if fmt.startswith("nv") else 32
+    for m, n, k in ((32, 37, 64), (77, 40, 608)):
+        qt = _weight(n, k, fmt, bs, seed=m)
+        gen = torch.Generator().manual_seed(k)
+        x = torch.randn(m, k, generator=gen)
+        if dtype == torch.float32:
+            x = x * torch.exp2(torch.randint(-60, 61, (m, 1), generator=gen).float())
+        x = x.to(dtype)
+        b = torch.randn(n).to(dtype)
+        _check(leankern.mx.linear(x, leankern.mx.prepack(qt), b), x, qt, b)
+    qt = _weight(20, 64, fmt, bs)
+    x = torch.randn(40, 64).to(dtype)
+    x[3, 5], x[7, 0] = float("inf"), float("nan")
+    y = leankern.mx.linear(x, leankern.mx.prepack(qt)).float()
+    ref = x.float() @ qt.dequantize(torch.float32).T
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
 
 
 @pytest.mark.parametrize("fmt,first", [("mxfp4", 2), ("mxint4", 2), ("mxint8", 2), ("mxint6", 2), ("mxfp8_e4m3", 4),

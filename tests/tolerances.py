@@ -28,7 +28,7 @@ __all__ = ["TOLERANCES", "Tolerance", "tol", "linear_error_bound", "assert_linea
            "assert_linear_result", "output_unit_roundoff"]
 
 
-def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0):
+def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0, x_parts: bool = False):
     """Largest |kernel - exact| for ``y = x_hat @ w_hat^T + bias`` with fp32 accumulation, any order.
 
     Derivation: every kernel computes the fp32 products and sums of exactly representable fp32
@@ -45,11 +45,19 @@ def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0):
     by the tensor scale g in its epilogue (one rounding of y) instead of decoding each weight as
     the reference does, rnd(rnd(g * s) * v) (two roundings per weight, relative): <= 3 u more,
     relative to sum |x w|.
+
+    ``x_parts``: the kernel carried fp32 x as three bf16 parts x = hi + mid + lo (csrc/mx/linear_packed_cpu.cpp,
+    split_linear: AMX, fp32 / fp16 x from 32 rows). Each part's sum errs by gamma_K * sum |part w|, and
+    sum over parts of |part| <= (1 + 2^-8 + 2^-16) |x| <= (1 + 2^-7) |x|; the two adds of the part sums are two
+    more roundings: gamma_K (1 + 2^-7) + 2u <= gamma_{K + K / 128 + 3}. AMX tiles flush a part below bf16's
+    normal range: <= 3 * 2^-126 |w| per element, an absolute 2^-124 sum_k |w_k|.
     """
     x64, w64 = x_hat.double(), w_hat.double()
     exact = x64 @ w64.T
     mags = x64.abs() @ w64.abs().T
     terms = x_hat.shape[-1] + extra_terms
+    if x_parts:
+        terms += x_hat.shape[-1] // 128 + 3
     if bias is not None:
         exact = exact + bias.double()
         mags = mags + bias.double().abs()
@@ -60,6 +68,8 @@ def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0):
     # + terms * 2^-150: a product that underflows into fp32's subnormal range rounds with an absolute
     # error <= 2^-150 instead of a relative one (Higham's model with underflow, eta term)
     fp32_err = gamma * mags + terms * 2.0**-150
+    if x_parts:
+        fp32_err = fp32_err + 2.0**-124 * w64.abs().sum(1)
     bound = fp32_err * (1 + u_out) + u_out * exact.abs() + _min_subnormal(out_dtype)
     return exact, bound
 
@@ -79,6 +89,18 @@ def assert_linear_within_bound(y, exact, bound):
     assert worst <= 0, f"error exceeds the derived bound by {float(worst):.3g} (max err {float(err.max()):.3g})"
 
 
+def carries_x_in_parts(x, act_fmt) -> bool:
+    """Whether the C++ packed op carries this x as three bf16 parts on AMX tiles (split_linear in
+    csrc/mx/linear_packed_cpu.cpp): AMX on, weight-only, fp32 / fp16 x of >= 32 rows, K % 32 == 0. Other
+    backends in that state only meet a looser bound than they could."""
+    import leankern
+
+    ext = leankern.extension()
+    rows = x.numel() // max(1, x.shape[-1])
+    return (ext is not None and ext.amx_enabled() and act_fmt is None and x.dtype != torch.bfloat16 and rows >= 32
+            and x.shape[-1] % 32 == 0)
+
+
 def assert_linear_result(args: tuple, y) -> None:
     """``y``, a result of ``mx_linear(*args)``, has the right shape and dtype and lies within
     :func:`linear_error_bound` of the exact product of the operands the reference defines."""
@@ -91,7 +113,8 @@ def assert_linear_result(args: tuple, y) -> None:
         *mx_quantize_ref(x.contiguous(), act_fmt, block_size, "rceil", None, None), act_fmt, block_size,
         torch.float32)
     nv = get_format(fmt).is_nv
-    exact, bound = linear_error_bound(x_hat.reshape(-1, x.shape[-1]), w_hat, bias, x.dtype, 3 if nv else 0)
+    exact, bound = linear_error_bound(x_hat.reshape(-1, x.shape[-1]), w_hat, bias, x.dtype, 3 if nv else 0,
+                                      x_parts=carries_x_in_parts(x, act_fmt))
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
     assert_linear_within_bound(y, exact, bound)
 
