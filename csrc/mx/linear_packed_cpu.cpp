@@ -7,10 +7,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
 #include <optional>
 #include <vector>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#define LK_SPLIT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
 #endif
 
 #include "common/bf16_gemm.h"
@@ -184,7 +188,8 @@ void amx_tiles_eights(const uint16_t* x, int64_t M, int64_t K, uint16_t* xa) {  
 // n bf16 values (n % 8 == 0) -> PackedLinearArgs::xb8's pairs: per 8 values, (x0, x4), (x1, x5), (x2, x6), (x3, x7).
 void pairs_by_eights(const uint16_t* x, int64_t n, uint32_t* out) {
   for (int64_t i = 0; i < n; i += 8)
-    for (int j = 0; j < 4; ++j) out[i / 2 + j] = (uint32_t)x[i + j] | (uint32_t)x[i + 4 + j] << 16;
+    for (int j = 0; j < 4; ++j)
+      out[i / 2 + j] = (uint32_t)x[i + eights_source(2 * j)] | (uint32_t)x[i + eights_source(2 * j + 1)] << 16;
 }
 
 // y [M, N] (its dtype: the output's) = x2 [M, K] (contiguous) @ W_hat^T (+ bias), checked arguments; returns y.
@@ -333,28 +338,99 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
 // sums), then y = (y_hi + y_mid) + y_lo (+ bias), rounded once to x's dtype. Bound (tests/tolerances.py): the three
 // sums err by gamma_K * sum |part w| <= gamma_K (1 + 2^-7) sum |x w|, the two adds by u each; parts below bf16's
 // normal range (|x| < ~2^-110) are flushed by the tiles, <= 3 x 2^-126 |w| per element. Measured (4096 x 4096 mxint4,
-// M = 512, 2-core Xeon): 98-100 ms with the fp32 kernel, 50-52 ms with the parts (28 of them the [3M, K] product,
-// ~5 the parts and the adds). Non-finite x, or x past bf16's largest finite value, keeps the fp32 kernel (hi would
+// M = 512, 2-core Xeon): 98-100 ms with the fp32 kernel, 50-52 ms with the parts (28 of them the [3M, K] product)
+// when torch ops built the parts (~3.4 ms); split_parts' one pass takes ~0.6 ms of that (N = 16: 3.9 -> 1.7 ms per
+// call). Non-finite x, or x past bf16's largest finite value, keeps the fp32 kernel (hi would
 // be +-inf and mid NaN).
 bool splits_fp32_x(const at::Tensor& x2, int64_t M, int64_t K, int act) {
-  const KernelTable& kern = active_kernels();
-  if (act >= 0 || x2.scalar_type() == at::kBFloat16 || M < kBf16PrefillMinRows || K % 32 != 0 ||
-      !kern.linear_packed_amx || !cpu::amx_enabled())
-    return false;
-  return x2.abs().max().item<float>() < 3.3e38f;  // (NaN: the comparison is false)
+  return act < 0 && x2.scalar_type() != at::kBFloat16 && M >= kBf16PrefillMinRows && K % 32 == 0 &&
+         active_kernels().linear_packed_amx && cpu::amx_enabled();
 }
 
+inline uint16_t bf16_rne(float v) {  // v finite and below bf16's largest finite value (split_parts checks)
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+inline float bf16_value(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+// Elements [i0, i1) of split_parts; false where one is out of range.
+template <typename T>
+bool split_scalar(const T* x, int64_t n, int64_t i0, int64_t i1, uint16_t* parts) {
+  bool good = true;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float v = static_cast<float>(x[i]);
+    good &= std::fabs(v) < 3.3e38f;  // (false for NaN)
+    const uint16_t hi = bf16_rne(v);
+    const float r1 = v - bf16_value(hi);  // exact
+    const uint16_t mid = bf16_rne(r1);
+    parts[i] = hi;
+    parts[n + i] = mid;
+    parts[2 * n + i] = bf16_rne(r1 - bf16_value(mid));  // exact in bf16: the rounding changes nothing
+  }
+  return good;
+}
+template <typename T>
+bool split_range(const T* x, int64_t n, int64_t i0, int64_t i1, uint16_t* parts) {
+  return split_scalar(x, n, i0, i1, parts);
+}
+#if defined(__x86_64__) || defined(_M_X64)
+// fp32 16 at a time (AVX-512: split_parts runs only where the CPU has AMX). Why: the compiler left split_scalar's
+// loop scalar, 2.7 ms at M = 512, K = 4096.
+LK_SPLIT_TARGET inline __m512i bf16_rne16(__m512 v) {  // bf16_rne of each lane, in the low 16 bits of its 32
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+}
+LK_SPLIT_TARGET inline __m512 bf16_value16(__m512i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)); }
+template <>
+LK_SPLIT_TARGET bool split_range<float>(const float* x, int64_t n, int64_t i0, int64_t i1, uint16_t* parts) {
+  __mmask16 bad = 0;
+  int64_t i = i0;
+  for (; i + 16 <= i1; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    bad |= (__mmask16)~_mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(3.3e38f), _CMP_LT_OQ);
+    const __m512i hi = bf16_rne16(v);
+    const __m512 r1 = _mm512_sub_ps(v, bf16_value16(hi));
+    const __m512i mid = bf16_rne16(r1);
+    const __m512i lo = bf16_rne16(_mm512_sub_ps(r1, bf16_value16(mid)));
+    _mm256_storeu_si256((__m256i*)(parts + i), _mm512_cvtepi32_epi16(hi));
+    _mm256_storeu_si256((__m256i*)(parts + n + i), _mm512_cvtepi32_epi16(mid));
+    _mm256_storeu_si256((__m256i*)(parts + 2 * n + i), _mm512_cvtepi32_epi16(lo));
+  }
+  const bool tail = split_scalar(x, n, i, i1, parts);  // (fewer than 16 left)
+  return bad == 0 && tail;
+}
+#endif
+
+// x [n] (fp32 / fp16) -> parts [3, n] bf16 (hi, mid, lo) in one pass; false (parts unspecified) where some x is not
+// finite or is past bf16's largest finite value. Why one pass: as torch ops (conversions, two subtractions, a max
+// for the check) it took ~3.4 ms at M = 512, K = 4096, 7% of the product; this ~0.6 ms.
+template <typename T>
+bool split_parts(const T* x, int64_t n, uint16_t* parts) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, n, 1 << 15, [&](int64_t i0, int64_t i1) {
+    if (!split_range(x, n, i0, i1, parts)) ok.store(false, std::memory_order_relaxed);
+  });
+  return ok.load();
+}
+
+// The product of split_linear's parts into y, or an undefined tensor where split_parts declines x.
 at::Tensor split_linear(const at::Tensor& x2, int64_t M, int64_t K, int f, const at::Tensor& packed,
                         const at::Tensor& global_scale, int64_t block_size, int64_t N,
                         const std::optional<at::Tensor>& bias, at::Tensor y) {
-  const at::Tensor xf = x2.to(at::kFloat);
-  at::Tensor parts = cpu::empty_output({3, M, K}, x2.options().dtype(at::kBFloat16));  // (scratch)
-  parts[0].copy_(xf);  // (RNE)
-  const at::Tensor r1 = xf - parts[0].to(at::kFloat);
-  parts[1].copy_(r1);
-  parts[2].copy_(r1 - parts[1].to(at::kFloat));
+  at::Tensor parts = cpu::empty_output({3 * M, K}, x2.options().dtype(at::kBFloat16));  // (scratch)
+  uint16_t* pp = reinterpret_cast<uint16_t*>(parts.data_ptr());
+  const bool ok = x2.scalar_type() == at::kFloat ? split_parts(x2.data_ptr<float>(), M * K, pp)
+                                                 : split_parts(x2.data_ptr<at::Half>(), M * K, pp);
+  if (!ok) return at::Tensor();
   at::Tensor yp = cpu::empty_output({3 * M, N}, x2.options().dtype(at::kFloat));
-  packed_linear_run(parts.view({3 * M, K}), 3 * M, K, f, -1, packed, global_scale, block_size, N, std::nullopt, yp);
+  packed_linear_run(parts, 3 * M, K, f, -1, packed, global_scale, block_size, N, std::nullopt, yp);
   at::Tensor sum = (yp.narrow(0, 0, M) + yp.narrow(0, M, M)) + yp.narrow(0, 2 * M, M);
   if (bias.has_value()) sum.add_(bias->to(at::kFloat));
   y.view({M, N}).copy_(sum);
@@ -371,7 +447,10 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   at::Tensor y = cpu::empty_output(with_last_dim(x_in.sizes(), N), x_in.options());
   if (M == 0 || N == 0) return y;
   const at::Tensor x2 = x_in.reshape({M, K}).contiguous();
-  if (splits_fp32_x(x2, M, K, act)) return split_linear(x2, M, K, f, packed_in, global_scale, block_size, N, bias, y);
+  if (splits_fp32_x(x2, M, K, act)) {
+    const at::Tensor done = split_linear(x2, M, K, f, packed_in, global_scale, block_size, N, bias, y);
+    if (done.defined()) return done;
+  }
   return packed_linear_run(x2, M, K, f, act, packed_in, global_scale, block_size, N, bias, y);
 }
 

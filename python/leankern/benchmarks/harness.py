@@ -305,8 +305,8 @@ def section_header(name: str, device: str, bw_gbps: float, mode: str = "", outpu
         where = f"GPU: {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]}) | CUDA {torch.version.cuda}"
     else:
         where = f"CPU: {cpu_model()} | ISA: {cpu_isa()}"
-    cache = (f"C++ output cache on ({output_cache_mb} MB; serves leankern's C++ outputs and mx.linear's scratch only)" if output_cache_mb
-             else "C++ output cache off")
+    cache = (f"C++ output cache on ({output_cache_mb} MB; serves leankern's C++ outputs and mx.linear's scratch only)"
+             if output_cache_mb else "C++ output cache off")
     return (f"{head} {where} | copy bandwidth: {bw_gbps:.1f} GB/s (measured in this run) | torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads | fresh tensors on {_pages()} | {cache}")
 
