@@ -206,7 +206,7 @@ def test_int8_dot_kernel_runs_for_int_pairs(isa):
 def test_amx_prefill_shapes(isa, fmt, dtype):
     """The prefill shapes of the AMX kernel (linear_packed_amx.h; other ISAs run the same cases
     through their own kernels): rows crossing its 16-row tiles and its 512-row passes (530), N
-    across 16-tile panels with a ragged last tile (277), K not a whole number of its 512-element
+    across 16-tile panels with a ragged last tile (277), K not a whole number of its 256-element
     chunks (608), a 1024-element block (one block per chunk), block size 2 (16 blocks per AMX
     step), K % 32 != 0 (the AVX-512 prefill kernel instead), bias; bf16 x, and MX dual on x_hat (exact
     in bf16) with x, bias and output of every dtype. Within the bound of the fp32 reference."""

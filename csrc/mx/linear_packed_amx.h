@@ -20,13 +20,18 @@
 // Blocking (per thread, its row tiles [t0, t1)):
 //  * panels of kAmxPanel row tiles (256 output columns) x kAmxMaxM rows of x;
 //  * per K chunk (kAmxChunk elements, whole blocks): decode the panel's blocks of the chunk
-//    (folded: the weights with their block scale, as the AVX-512 kernel does; 16 KB per tile, in
-//    L2), then every pair of its tiles (32 KB, in L1 while every 32 rows of x pass over them).
+//    (folded: the weights with their block scale, as the AVX-512 kernel does; 8 KB per tile, in
+//    L2), then every pair of its tiles (16 KB, in L1 while every 32 rows of x pass over them: a
+//    pass brings 16 KB of x, so the pair and the pass fit the 48 KB L1 together. With 512-element
+//    chunks, 32 KB + 32 KB did not, and the pair was refetched from L2: 4096 x 4096 at M = 512,
+//    cold, 2-core Xeon, 256 against 512 in one process: 1.18-1.22x over mxfp4, MXINT8 dual and mxfp8; 1.07-1.24x
+//    over three shapes; 128 alike, 64 slower: each chunk reloads and stores the accumulators; 32-tile panels
+//    no better, 8 slower).
 //    (Measured on a Xeon with AMX: decoding one pair just before its products, or prefetching the
 //    next chunk's codes, were both slower, by ~20% and ~8% at M <= 16.)
 //  * 2 x 2 tile blocks (32 rows of x x 32 columns: 4 accumulator tiles, 2 A, 2 B = all 8 tile
 //    registers), accumulators kept between chunks in a per-thread fp32 buffer (L2), and x's chunk
-//    ([512, 512] bf16: 512 KB) read from L2 once per pair of tiles.
+//    ([512, 256] bf16: 256 KB) read from L2 once per pair of tiles.
 // Every weight is decoded once per kAmxMaxM rows of x.
 //
 // Numerics: those of the folded AVX-512 prefill path (products exact in fp32, fp32 sums, here in
@@ -35,7 +40,8 @@
 // exact normal bf16 (extreme scales, E4M3 NaN codes) is not folded: its columns are recomputed by
 // the few-rows kernel (per-block scales), which reads the same bf16 x (a.xb).
 // Measured (bench/bench_mx_amx.py, docs/bench/mx_linear_amx_ab_xeon.txt, 2-core Xeon): 4096 x 4096
-// at M = 512 in 9.1-10.6 ms (1.6-1.9 TFLOP/s, 0.96-1.13x torch bf16, 10-11x the AVX-512 kernel).
+// at M = 512 in 9.1-10.6 ms (1.6-1.9 TFLOP/s, 0.96-1.13x torch bf16, 10-11x the AVX-512 kernel) with 512-element
+// chunks; 256-element chunks since: 1.07-1.24x faster (docs/bench/mx_linear_amx_chunk256_ab_xeon.txt).
 
 #define LK_AMX LK_AMX_FN  // (common/amx.h)
 // the per-block decode helpers: inlined into the loops (as calls, with their table set-up per block: 5% slower)
@@ -44,7 +50,7 @@
 #define LK_AMX4 __attribute__((target(LK_AMX_TARGET ",avx512vbmi"), always_inline)) inline
 
 constexpr int kAmxPanel = 16;    // row tiles decoded per pass (256 output columns)
-constexpr int kAmxChunk = 512;   // elements of K decoded per pass (whole blocks; more for a larger block)
+constexpr int kAmxChunk = 256;   // elements of K decoded per pass (whole blocks; more for a larger block)
 constexpr int64_t kAmxMaxM = 512;  // rows of x per pass (the accumulators: 512 x 256 fp32 = 512 KB)
 constexpr int kAmxK = cpu::amx::kK;
 constexpr int kAmxTileBytes = cpu::amx::kTileBytes;
