@@ -134,37 +134,64 @@ static int64_t grain_blocks(int64_t block_size) { return std::max<int64_t>(1, 65
 
 // x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
 // NV with the dynamic tensor scale of x: mx_dequantize(*mx_quantize(x, ...), fp32) in one go.
-ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
+namespace {
+
+// quantize_act's codes and scales (scratch: from the output cache where it is on, so a steady stream of calls does
+// not fault in fresh pages) and arguments, NV's tensor scale found (its amax pass run); the quantize pass not yet.
+struct ActQuant {
+  at::Tensor codes, scales;
+  QuantArgs q;
+};
+
+ActQuant act_quant_setup(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
   const FormatSpec& spec = kFormats[f];
   const int64_t numel = x.numel(), nblocks = numel / block_size;
   const at::TensorOptions bytes = x.options().dtype(at::kByte);
-  // (scratch: from the output cache where it is on, so a steady stream of calls does not fault in fresh pages)
-  at::Tensor codes = cpu::empty_output({elem_spec(spec.elem).bits == 4 ? numel / 2 : numel}, bytes);
-  at::Tensor scales = cpu::empty_output({nblocks}, bytes);
-  QuantArgs q{x.data_ptr(), in_dtype_code(x.scalar_type()), (int)block_size, f, kScaleRceil, nullptr, 1.0f,
-              0, codes.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>()};
-  const int64_t grain = grain_blocks(block_size);
+  ActQuant a{cpu::empty_output({elem_spec(spec.elem).bits == 4 ? numel / 2 : numel}, bytes),
+             cpu::empty_output({nblocks}, bytes), QuantArgs{}};
+  a.q = QuantArgs{x.data_ptr(), in_dtype_code(x.scalar_type()), (int)block_size, f, kScaleRceil, nullptr, 1.0f,
+                  0, a.codes.data_ptr<uint8_t>(), a.scales.data_ptr<uint8_t>()};
   if (spec.is_nv) {
     std::atomic<uint32_t> amax{0};
-    parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) {
-      const uint32_t m = kern.nv_amax(q, b0, b1);
+    parallel_chunks(nblocks, grain_blocks(block_size), [&](int64_t b0, int64_t b1) {
+      const uint32_t m = kern.nv_amax(a.q, b0, b1);
       for (uint32_t cur = amax.load(); m > cur && !amax.compare_exchange_weak(cur, m);) {
       }
     });
-    q.amax_parked = 1;
-    q.g = nv_global_scale(amax.load(), elem_params(spec.elem));
+    a.q.amax_parked = 1;
+    a.q.g = nv_global_scale(amax.load(), elem_params(spec.elem));
   }
-  parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.quantize(q, b0, b1); });
-  return {codes, scales, q.g};
+  return a;
 }
 
+}  // namespace
+
+// x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
+// NV with the dynamic tensor scale of x: mx_dequantize(*mx_quantize(x, ...), fp32) in one go.
+ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
+  ActQuant a = act_quant_setup(x, f, block_size, kern);
+  parallel_chunks(x.numel() / block_size, grain_blocks(block_size), [&](int64_t b0, int64_t b1) { kern.quantize(a.q, b0, b1); });
+  return {a.codes, a.scales, a.q.g};
+}
+
+// dequantize(quantize(x)) as out_dtype (kInBF16 / kInF32). Each task dequantizes 8K elements right after quantizing
+// them, while their codes are in L1 (the same kernels and results as a quantize pass over all of x and then a
+// dequantize pass; the dual MXINT8 x_hat of x [512, 4096] bf16 on the 2-core Xeon, by perf samples: ~0.60 ms of the
+// call instead of ~0.74).
 at::Tensor fake_quantize(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern, int out_dtype) {
-  const ActCodes c = quantize_act(x, f, block_size, kern);
-  const int64_t nblocks = x.numel() / block_size, grain = grain_blocks(block_size);
+  ActQuant a = act_quant_setup(x, f, block_size, kern);
   at::Tensor out = cpu::empty_output(x.sizes(), x.options().dtype(out_dtype == kInBF16 ? at::kBFloat16 : at::kFloat));
-  const DequantArgs d{c.codes.data_ptr<uint8_t>(), c.scales.data_ptr<uint8_t>(), c.g, (int)block_size, f,
+  const DequantArgs d{a.codes.data_ptr<uint8_t>(), a.scales.data_ptr<uint8_t>(), a.q.g, (int)block_size, f,
                       out_dtype == kInBF16 ? kInBF16 : kInF32, out.data_ptr()};
-  parallel_chunks(nblocks, grain, [&](int64_t b0, int64_t b1) { kern.dequantize(d, b0, b1); });
+  constexpr int64_t kStep = 8192;  // elements quantized then dequantized at a time (their codes stay in L1)
+  const int64_t sub = std::max<int64_t>(1, kStep / block_size);
+  parallel_chunks(x.numel() / block_size, grain_blocks(block_size), [&](int64_t b0, int64_t b1) {
+    for (int64_t s0 = b0; s0 < b1; s0 += sub) {
+      const int64_t s1 = std::min(b1, s0 + sub);
+      kern.quantize(a.q, s0, s1);
+      kern.dequantize(d, s0, s1);
+    }
+  });
   return out;
 }
 
