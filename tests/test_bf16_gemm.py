@@ -49,14 +49,16 @@ def operands(R, N, K, seed):
 
 
 SHAPES = [(M, N, K) for K in (32, 96, 2080) for N in (16, 17, 40, 80) for M in (1, 15, 16, 17, 33, 64)]
+# x's A tiles past 1.5 MB (400 x 2080 bf16): the packed form's short K chunks (256 elements), 8 whole and a partial one
+SHAPES += [(400, 40, 2080)]
 
 
 @pytest.mark.parametrize("M,N,K", SHAPES, ids=[f"M{m}-N{n}-K{k}" for m, n, k in SHAPES])
 def test_bf16_gemm_within_fp32_sum_bound(isa, M, N, K):
     """Gathered rows (repeats allowed) against fp64: exact products, so only the fp32 sums err, by at most
     K u sum_k |x_k w_k| (partial last tile of w: N = 17, 40; odd groups of x: M = 15, 17, 33)."""
-    x, w, g = operands(50, N, K, seed=M * 1000 + N * 10 + K)
-    rows = torch.randint(0, 50, (M,), generator=g).tolist()
+    x, w, g = operands(max(50, M), N, K, seed=M * 1000 + N * 10 + K)
+    rows = torch.randint(0, max(50, M), (M,), generator=g).tolist()
     got = gemm(x, w, rows).double()
     xs, wd = x[rows].double(), w.double()
     bound = K * U * (xs.abs() @ wd.abs().T)
@@ -69,8 +71,8 @@ def test_bf16_gemm_amx_forms_agree_bit_for_bit(wa_rows, M, N, K):
     bits, and not zeros."""
     skip_unless_cpp()
     with on_isa("amx"):
-        x, w, g = operands(70, N, K, seed=M + N + K)
-        rows = torch.randint(0, 70, (M,), generator=g).tolist()
+        x, w, g = operands(max(70, M), N, K, seed=M + N + K)
+        rows = torch.randint(0, max(70, M), (M,), generator=g).tolist()
         wa_rows(0)
         packed = gemm(x, w, rows)
         wa_rows(M)

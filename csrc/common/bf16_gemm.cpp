@@ -96,9 +96,12 @@ LK_BG void tiles(const int32_t* xg, const uint16_t* w, int64_t ldw, float* out, 
 // / ~256 tokens per expert) on the 2-core Xeon took 0.80-0.85x the time at T = 256 and 0.85-0.88x at T = 4096 with
 // 2048-element chunks and 4-tile panels as with 512-element chunks and 16-tile panels. Larger A tiles outgrow L2
 // and are re-read once per panel: sefp's 512-row prefill (hot decoded panels, K = 4096: 4 MB) ran 0.84-0.97x as
-// fast with the long chunks, so it keeps 512-element chunks and 16-tile panels.
+// fast with the long chunks, so it keeps short chunks and 16-tile panels. Short chunks of 256 elements, not 512: a
+// tile pair's packed chunk (16 KB) and a pass of x over it (16 KB) then fit the 48 KB L1 together, as in mx's AMX
+// kernel; sefp's M = 512 prefill on the shapes (m = 8, 4) 1.06-1.18x faster in an in-process A/B
+// (docs/bench/sefp_amx_chunk256_ab_xeon.txt).
 constexpr int kAmxPanel = 16;
-constexpr int64_t kAmxChunk = 2048, kAmxShortChunk = 512, kAmxPanelBytes = 256 << 10;
+constexpr int64_t kAmxChunk = 2048, kAmxShortChunk = 256, kAmxPanelBytes = 256 << 10;
 constexpr int64_t kAmxLongChunkXBytes = 3 << 19;  // 1.5 MB of a 2 MB L2
 constexpr int64_t kAmxMaxM = 512;
 
