@@ -132,8 +132,6 @@ int check_format_named(const char* name, c10::string_view fmt) {
 // block maxima that the quantize pass over the same block ranges reads back).
 static int64_t grain_blocks(int64_t block_size) { return std::max<int64_t>(1, 65536 / block_size); }
 
-// x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
-// NV with the dynamic tensor scale of x: mx_dequantize(*mx_quantize(x, ...), fp32) in one go.
 namespace {
 
 // quantize_act's codes and scales (scratch: from the output cache where it is on, so a steady stream of calls does
@@ -166,11 +164,12 @@ ActQuant act_quant_setup(const at::Tensor& x, int f, int64_t block_size, const K
 
 }  // namespace
 
-// x [M, K] (contiguous, its own dtype) -> fp32 dequantize(quantize(x, fmt, block_size, "rceil")),
-// NV with the dynamic tensor scale of x: mx_dequantize(*mx_quantize(x, ...), fp32) in one go.
+// quantize(x, fmt, block_size, "rceil") of a contiguous x [M, K] (its own dtype): codes, scale bytes and (NV) the
+// dynamic tensor scale of x (linear_common.h).
 ActCodes quantize_act(const at::Tensor& x, int f, int64_t block_size, const KernelTable& kern) {
   ActQuant a = act_quant_setup(x, f, block_size, kern);
-  parallel_chunks(x.numel() / block_size, grain_blocks(block_size), [&](int64_t b0, int64_t b1) { kern.quantize(a.q, b0, b1); });
+  parallel_chunks(x.numel() / block_size, grain_blocks(block_size),
+                  [&](int64_t b0, int64_t b1) { kern.quantize(a.q, b0, b1); });
   return {a.codes, a.scales, a.q.g};
 }
 
