@@ -12,7 +12,7 @@ import leankern
 from leankern.mx.numerics import student_t
 from leankern.nn import QuantLinear, quantize_model
 from leankern.testing import qsnr_db
-from tolerances import assert_linear_result, assert_linear_within_bound, linear_error_bound
+from tolerances import assert_linear_result, assert_linear_within_bound, carries_x_in_parts, linear_error_bound
 
 FORMATS = ["mxfp8_e4m3", "mxint8", "mxfp4", "mxint4", "nvfp4"]
 U32 = 2.0**-24
@@ -69,11 +69,15 @@ def test_rotated_linear_is_the_product_of_the_rotated_operands(layout, act_fmt):
     xb = x.to(torch.bfloat16)
     y = leankern.mx.linear(xb, qt, bias.to(torch.bfloat16), act_fmt=act_fmt)
     assert y.dtype == torch.bfloat16
-    xr = leankern.mx.rotate(xb.float(), 32, seed=5)  # linear rotates x in fp32
+    xr = leankern.mx.rotate(xb.float(), 32, seed=5).to(torch.bfloat16)  # rotated in fp32, rounded once to bf16
     plain = _strip_rotation(qt)
     y_plain = leankern.mx.linear(xr, plain, bias.to(torch.bfloat16).float(), act_fmt=act_fmt)
-    assert torch.equal(y, y_plain.to(torch.bfloat16))
+    assert torch.equal(y, y_plain)
     _check(y_plain, xr, plain, bias.to(torch.bfloat16).float(), act_fmt)
+    # fp32 x keeps its fp32 rotation
+    xf = xb.float()
+    y32 = leankern.mx.linear(xf, qt, bias, act_fmt=act_fmt)
+    assert torch.equal(y32, leankern.mx.linear(leankern.mx.rotate(xf, 32, seed=5), plain, bias, act_fmt=act_fmt))
 
 
 def _hadamard_error_bound(v64, n):
@@ -94,24 +98,33 @@ def _exact_rotation(v64, n, seed):
     return ((chunks @ h) * signs / math.sqrt(n)).reshape(v64.shape)
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt,qmax", [("mxint8", 127), ("mxint4", 7)])
-def test_rotated_linear_preserves_the_product_within_a_derived_bound(fmt, qmax):
+def test_rotated_linear_preserves_the_product_within_a_derived_bound(fmt, qmax, x_dtype):
     """|linear(x, quantize(W, rotate=n)) - x @ W^T| in fp64, with every term derived:
     y - xW^T = (kernel rounding) + (x_r' - x_r) w_hat + x_r (w_hat - w_r') + x_r (w_r' - w_r), where
-    x_r, w_r are the exact rotations, x_r', w_r' the fp32 ones; |w_hat - w_r'| <= s / 2 per element
-    (INT codes, RCEIL scale s: nothing saturates); the rotation errors by _hadamard_error_bound."""
+    x_r, w_r are the exact rotations, x_r', w_r' the fp32 ones (bf16 x: x_r' rounded once more to bf16,
+    |error| <= 2^-8 |x_r'| under RNE); |w_hat - w_r'| <= s / 2 per element (INT codes, RCEIL scale s: nothing
+    saturates); the rotation errors by _hadamard_error_bound. The kernel bound includes the rounding of y to x's
+    dtype."""
     n, seed = 32, 11
     gen = torch.Generator().manual_seed(2)
     w = torch.randn(24, 256, generator=gen) * torch.rand(24, 1, generator=gen) * 3
     w[:, 17] *= 30  # an outlier input channel: what the rotation is for
-    x = torch.randn(5, 256, generator=gen)
+    x = torch.randn(48, 256, generator=gen).to(x_dtype)  # 48 rows: the prefill kernels (AMX where present)
     qt = leankern.mx.quantize(w, fmt, rotate=n, rotate_seed=seed)
-    y = leankern.mx.linear(x, qt.prepacked()).double()
+    y = leankern.mx.linear(x, qt.prepacked())
+    assert y.dtype == x_dtype
+    y = y.double()
 
     x64, w64 = x.double(), w.double()
-    xr_c = leankern.mx.rotate(x, n, seed=seed).double()  # what the kernel multiplies
+    xr_32 = leankern.mx.rotate(x.float(), n, seed=seed)
+    xr_c = xr_32.to(x_dtype).double()  # what the kernel multiplies
     w_hat = qt.dequantize(torch.float32).double()
-    _, kernel_bound = linear_error_bound(xr_c.float(), w_hat.float(), None, torch.float32)
+    _, kernel_bound = linear_error_bound(xr_c.to(x_dtype), w_hat.float(), None, x_dtype,
+                                         x_parts=carries_x_in_parts(xr_32.to(x_dtype), None))
+    if x_dtype == torch.bfloat16:
+        kernel_bound = kernel_bound + (2.0 ** -8 * xr_32.double().abs()) @ w_hat.abs().T
     s = torch.exp2((qt.scales.to(torch.int32) - 127).double())  # E8M0 scale per block
     q_err = s.repeat_interleave(qt.block_size, dim=1) / 2
     assert (w_hat - _exact_rotation(w64, n, seed)).abs().max() <= (q_err + _hadamard_error_bound(w64, n)).max()
@@ -200,7 +213,7 @@ def test_quant_linear_with_rotation_and_row_major_layout():
     assert q.layout == "row_major" and qp.layout == "prepacked16" and q.rotation == (32, 2)
     x = torch.randn(4, 128, dtype=torch.bfloat16)
     assert torch.equal(q(x), leankern.mx.linear(x, q.weight, q.bias))
-    xr = leankern.mx.rotate(x.float(), 32, seed=2)
+    xr = leankern.mx.rotate(x.float(), 32, seed=2).to(torch.bfloat16)  # bf16 x: the rotation rounded to bf16
     w_hat = qp.weight.dequantize(torch.float32)
     exact, bound = linear_error_bound(xr, w_hat, qp.bias.float(), torch.bfloat16)  # fp32 product, rounded to bf16
     assert_linear_within_bound(qp(x), exact, bound)

@@ -135,8 +135,9 @@ def _check_rotation(chunk_size, K: int) -> None:
 _ROTATION_SIGNS: dict = {}  # (chunk_size, seed, device) -> signs: eager linear calls skip rebuilding them
 
 
-def _rotate_input(x: torch.Tensor, rotation: tuple[int, int]) -> torch.Tensor:
-    """``rotate(x.float(), *rotation)``, with the signs cached outside torch.compile."""
+def _rotate_input(x: torch.Tensor, rotation: tuple[int, int], keep_bf16: bool = False) -> torch.Tensor:
+    """``rotate(x.float(), *rotation)``, with the signs cached outside torch.compile; with ``keep_bf16`` (x bf16)
+    that fp32 rotation rounded once to bf16 (the op computes in fp32 and rounds its result)."""
     n, seed = rotation
     if torch.compiler.is_compiling():
         signs = random_hadamard_signs(n, seed, x.device)
@@ -145,7 +146,7 @@ def _rotate_input(x: torch.Tensor, rotation: tuple[int, int]) -> torch.Tensor:
         signs = _ROTATION_SIGNS.get(key)
         if signs is None:
             signs = _ROTATION_SIGNS.setdefault(key, random_hadamard_signs(n, seed, x.device))
-    return torch.ops.leankern.hadamard_transform.default(x.float(), n, 1.0 / math.sqrt(n), signs)
+    return torch.ops.leankern.hadamard_transform.default(x if keep_bf16 else x.float(), n, 1.0 / math.sqrt(n), signs)
 
 
 def _as_scale_tensor(v, device) -> torch.Tensor:
@@ -187,8 +188,10 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
     act_fmt : str, optional
         Activation format for the dual (quantized x quantized) product.
 
-    A weight quantized with ``rotate`` (``weight.rotation`` set) first rotates x the same way
-    (in fp32; the fp32 result is rounded once to x's dtype), so the result is still x @ W^T.
+    A weight quantized with ``rotate`` (``weight.rotation`` set) first rotates x the same way, in
+    fp32, so the result is still x @ W^T up to rounding: bf16 x's rotation is rounded once to bf16
+    (the bf16 kernels then take it as they take any bf16 x), fp32 / fp16 x's stays fp32; the product
+    is rounded once to x's dtype.
 
     Shape:
         x ``[..., K]``, weight ``[N, K]``, bias ``[N]`` -> ``[..., N]`` in x's dtype.
@@ -202,7 +205,11 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected [..., {weight.shape[1]}] (the in_features of the weight), got {got}")
         out_dtype = x.dtype
-        xr = _rotate_input(x, weight.rotation)
+        # bf16 x: the rotated x is rounded once to bf16 (|error| <= 2^-8 |x_r| per element), as any bf16 model
+        # holds its activations, so it takes the bf16 kernels (AMX prefill) instead of carrying fp32 x as three
+        # bf16 parts: 3x less GEMM work. fp16 x stays fp32: a rotation can grow an element by up to sqrt(n),
+        # past fp16's range.
+        xr = _rotate_input(x, weight.rotation, keep_bf16=x.dtype == torch.bfloat16)
         if bias is not None and bias.dtype != torch.float32:
             bias = bias.float()
         plain = MXTensor(weight.codes, weight.scales, weight.global_scale, weight.fmt, weight.block_size,
