@@ -202,6 +202,25 @@ def _split(t, interleaved):
     return (t[:, 0::2], t[:, 1::2]) if interleaved else t.chunk(2, dim=-1)
 
 
+def down_rounding(w2) -> float:
+    """Relative rounding of the activation before the C++ prefill down projection of ``w2`` on the ISA now active:
+    2^-8 (bf16(a)) or 2^-16 (hi + lo, ``moe_set_down_split(True)``) where it takes bf16 dot products (avx512bf16,
+    AMX or not, bf16 w2), else 0. (The decode / GEMV path keeps a in fp32: the term only loosens its bound.)"""
+    if w2.dtype != torch.bfloat16 or EXT.cpu_isa() != "avx512bf16":
+        return 0.0
+    split = EXT.moe_set_down_split(False)
+    EXT.moe_set_down_split(split)
+    return 2.0**-16 if split else 2.0**-8
+
+
+@pytest.fixture
+def down_split():
+    """The prefill down projection's activation as hi + lo (16 bits) for the test; bf16(a) again afterwards."""
+    was = EXT.moe_set_down_split(True)
+    yield
+    EXT.moe_set_down_split(was)
+
+
 def experts_bound(hidden, w13, w2, topk_ids, topk_weights, w13_bias=None, w2_bias=None, activation="silu",
                   swiglu_alpha=1.702, swiglu_limit=7.0, interleaved=False, shared_w1=None, shared_w3=None,
                   shared_w2=None, shared_gate=None):
@@ -218,7 +237,10 @@ def experts_bound(hidden, w13, w2, topk_ids, topk_weights, w13_bias=None, w2_bia
     * combine over the k slots and the shared expert: sum |w| (dy + 2 (k + 2) u |y|)
 
     The shared expert likewise (gate ``sigmoid(x . g)``: its argument is within 2 H u |x| . |g|, sigmoid is
-    1/4-Lipschitz). Nothing rounds the activation to a narrower dtype in the C++ kernel, so no 2^-8 term.
+    1/4-Lipschitz). Where the C++ kernel rounds the activation before a bf16 down projection
+    (:func:`down_rounding`: the avx512bf16 ISA, AMX or not, carries bf16(a) by default, hi + lo with
+    ``moe_set_down_split(True)``), da gains that rounding: u_a |a| (2^-8 for bf16(a), 2^-16 for hi + lo); elsewhere
+    nothing rounds the activation to a narrower dtype, so no such term.
     ``test_bound_is_tight`` proves it can fail: one dropped pair exceeds it.
     """
     T, H = hidden.shape
@@ -239,6 +261,7 @@ def experts_bound(hidden, w13, w2, topk_ids, topk_weights, w13_bias=None, w2_bia
         dgu = 2 * (H + 1) * U * gu_abs
         (g, u), (dg, du) = _split(gu, interleaved), _split(dgu, interleaved)
         a_abs, da = _act_bound(g, u, dg, du, activation, swiglu_alpha, swiglu_limit)
+        da = da + down_rounding(w2) * a_abs
         y_abs = a_abs @ W2.abs().T
         if w2_bias is not None:
             y_abs = y_abs + w2_bias[e].double().abs()
@@ -251,6 +274,7 @@ def experts_bound(hidden, w13, w2, topk_ids, topk_weights, w13_bias=None, w2_bia
         g, u = x @ W1.T, x @ W3.T
         dg, du = 2 * (H + 1) * U * (ax @ W1.abs().T), 2 * (H + 1) * U * (ax @ W3.abs().T)
         a_abs, da = _act_bound(g, u, dg, du, "silu", 0.0, 0.0)
+        da = da + down_rounding(shared_w2) * a_abs
         s_abs = a_abs @ W2s.abs().T
         ds = 2 * (Is + 1) * U * s_abs + da @ W2s.abs().T
         if shared_gate is not None:
@@ -382,12 +406,22 @@ def test_experts_bf16_dot_products_run_and_flush_subnormal_hidden(isa, T, H):
 
 # (T, H, I): 2 tokens per expert: GEMV path; 600: GEMM path (I = 32: the down projection on AMX tiles where the CPU
 # has them).
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("T,H,I", [(2, 520, 16), (600, 520, 16), (600, 520, 32)])
-def test_experts_down_projection_split_bf16(isa, T, H, I):
-    """Under avx512bf16 the GEMM path's down projection with bf16 w2 carries the fp32 activation as two bf16 parts
-    (hi = bf16(a), lo = bf16(a - hi): 16 significant bits). Here a = silu(32) * 2^-5 (1 + 2^-10 + 2^-20) =
-    1 + 2^-10 + 2^-20 exactly (21 bits) and w2 picks it out: the split gives 1 + 2^-10 (hi = 1, lo = 2^-10), the
-    fp32 kernels (the GEMV path at T = 2, other ISAs) give a, a plain bf16 rounding would give 1. Proves which ran."""
+def test_experts_down_projection_bf16_parts(isa, T, H, I, split):
+    """Under avx512bf16 the GEMM path's down projection with bf16 w2 carries the fp32 activation as bf16(a) (the
+    default) or, with ``moe_set_down_split(True)``, as two bf16 parts (hi = bf16(a), lo = bf16(a - hi): 16
+    significant bits). Here a = silu(32) * 2^-5 (1 + 2^-10 + 2^-20) = 1 + 2^-10 + 2^-20 exactly (21 bits) and w2
+    picks it out: bf16(a) gives 1, the split 1 + 2^-10 (hi = 1, lo = 2^-10), the fp32 kernels (the GEMV path at
+    T = 2, other ISAs) give a. Proves which ran."""
+    was = EXT.moe_set_down_split(split)
+    try:
+        _down_projection_case(isa, T, H, I, 1 + 2.0**-10 if split else 1.0)
+    finally:
+        EXT.moe_set_down_split(was)
+
+
+def _down_projection_case(isa, T, H, I, want_bf16_dots):
     E = 2
     hidden = torch.ones(T, H)
     w13 = torch.zeros(E, 2 * I, H)
@@ -400,7 +434,7 @@ def test_experts_down_projection_split_bf16(isa, T, H, I):
     assert prefill_experts(ids, H, I) == (2 if T == 600 else 0)
     got = moe.experts(hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
     a = 1 + 2.0**-10 + 2.0**-20
-    want = 1 + 2.0**-10 if (isa in BF16_DOT_ISAS and T == 600) else a
+    want = want_bf16_dots if (isa in BF16_DOT_ISAS and T == 600) else a
     assert torch.equal(got, torch.full((T, H), want))
 
 
@@ -411,13 +445,23 @@ ACT_EDGE = [-200.0, -104.0, -88.0, -30.0, -16.0, -1.0, -2.0**-100, 0.0, 2.0**-10
             200.0, -7.5, 7.5, 0.5]
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("special", [None, float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("activation,I", [("silu", 16), ("swiglu_oai", 19)])
-def test_experts_prefill_activation_edge_values(isa, activation, I, special):
+def test_experts_prefill_activation_edge_values(isa, activation, I, special, split):
     """The prefill path's activation on gate values at exp's limits, NaN and Inf (under avx512bf16 the vectorised
-    exp and the bf16 split of epilogue_avx512bf16.cpp; elsewhere std::exp): NaN / Inf exactly where the reference
-    (torch's fp32 activation) has them, every other output within 2^-15 relative of it (the split carries 16 bits)
-    plus 2^-126. 600 tokens of H = 520 on 2 experts: the GEMM path."""
+    exp and the bf16 conversion or split of epilogue_avx512bf16.cpp; elsewhere std::exp): NaN / Inf exactly where
+    the reference (torch's fp32 activation) has them, every other output within 2^-15 relative of it (the split
+    carries 16 bits; other ISAs keep fp32), or 2^-8 (bf16(a), RNE, under avx512bf16 without the split), plus
+    2^-126. 600 tokens of H = 520 on 2 experts: the GEMM path."""
+    was = EXT.moe_set_down_split(split)
+    try:
+        _activation_edge_case(isa, activation, I, special, 2.0**-8 if isa in BF16_DOT_ISAS and not split else 2.0**-15)
+    finally:
+        EXT.moe_set_down_split(was)
+
+
+def _activation_edge_case(isa, activation, I, special, rel):
     T, E, H = 600, 2, 520
     hidden = torch.ones(T, H)
     w13 = torch.zeros(E, 2 * I, H)
@@ -441,7 +485,7 @@ def test_experts_prefill_activation_edge_values(isa, activation, I, special):
     clamped = activation == "swiglu_oai" and special == float("inf")  # clamp(max=limit): a finite activation
     assert bool(fin.all()) == (special is None or clamped)  # the case is the intended one
     err = (got[fin].double() - want[fin].double()).abs()
-    assert (err <= 2.0**-15 * want[fin].double().abs() + 2.0**-126).all()
+    assert (err <= rel * want[fin].double().abs() + 2.0**-126).all()
 
 
 def test_prefill_exp_within_one_ulp():
@@ -593,11 +637,11 @@ def test_experts_shared_expert_infinite_activation(isa, Is):
 
 
 @pytest.mark.parametrize("Is", [48, 64])  # 64: with AMX, the routed experts' down GEMM (fused sums)
-def test_experts_shared_expert_split_carries_sixteen_bits(isa, Is):
+def test_experts_shared_expert_split_carries_sixteen_bits(isa, Is, down_split):
     """The shared expert alone on the GEMM path (80 tokens of H = 2048: 640 KB of fp32 rows), activations
     a0 = silu(32) * 2^-5 (1 + 2^-9 + 2^-14) = 1 + 2^-9 + 2^-14 and a1 = 1, w2 rows (1, -1): every step exact in
-    fp32 and in the two-part bf16 split (hi = 1, lo = 2^-9 + 2^-14), so each output is exactly 2^-9 + 2^-14 (a bf16
-    value); dropping the low part gives 0."""
+    fp32 and in the two-part bf16 split (hi = 1, lo = 2^-9 + 2^-14; moe_set_down_split(True)), so each output is
+    exactly 2^-9 + 2^-14 (a bf16 value); dropping the low part gives 0 (the next test)."""
     T, H = 80, 2048
     hidden = torch.ones(T, H).bfloat16()
     sw1, sw3, sw2 = torch.zeros(Is, H), torch.zeros(Is, H), torch.zeros(H, Is)
@@ -611,6 +655,26 @@ def test_experts_shared_expert_split_carries_sixteen_bits(isa, Is):
     got, want = both(moe.experts, *args, **kw)
     assert torch.equal(want.float(), torch.full((T, H), 2.0**-9 + 2.0**-14))  # the case is the intended one
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("Is", [48, 64])
+def test_experts_shared_expert_rounds_the_activation_to_bf16(isa, Is):
+    """The case above with the default one part: under avx512bf16 (AMX or not) the shared expert's down projection
+    takes bf16(a0) = 1 (RNE: 2^-9 + 2^-14 is below half of bf16's 2^-7 spacing at 1), so every output is 1 - 1 = 0;
+    other ISAs keep a0 in fp32 (2^-9 + 2^-14)."""
+    T, H = 80, 2048
+    hidden = torch.ones(T, H).bfloat16()
+    sw1, sw3, sw2 = torch.zeros(Is, H), torch.zeros(Is, H), torch.zeros(H, Is)
+    sw1[:2, 0] = 32.0
+    sw3[0, 0], sw3[0, 1], sw3[0, 2] = 2.0**-5, 2.0**-14, 2.0**-19
+    sw3[1, 0] = 2.0**-5
+    sw2[:, 0], sw2[:, 1] = 1.0, -1.0
+    ids = torch.full((T, 2), -1, dtype=torch.int32)
+    args = (hidden, torch.zeros(2, 64, H).bfloat16(), torch.zeros(2, H, 32).bfloat16(), ids, torch.zeros(T, 2))
+    kw = dict(shared_w1=sw1.bfloat16(), shared_w3=sw3.bfloat16(), shared_w2=sw2.bfloat16())
+    got = run("cpp", moe.experts, *args, **kw)
+    want = 0.0 if isa in BF16_DOT_ISAS else 2.0**-9 + 2.0**-14
+    assert torch.equal(got.float(), torch.full((T, H), want))
 
 
 def test_experts_mixed_paths_one_call(isa):

@@ -127,14 +127,14 @@ void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M,
 namespace {
 
 // PairCombine (bf16_gemm.h) of the 16 tokens from t0: hv[r] / lv[r] = token t0 + r's hi / lo sums over columns n0 ..
-// n0 + 15 (those below N); tokens past pc.n are padding.
+// n0 + 15 (those below N), lv nullptr for one part; tokens past pc.n are padding.
 LK_BG void pair_combine(const PairCombine& pc, int64_t t0, const __m512* hv, const __m512* lv, int64_t n0, int64_t N) {
   const __mmask16 live = (__mmask16)((1u << std::min<int64_t>(kTile, N - n0)) - 1);
   const __m512 b = pc.b2 ? _mm512_maskz_loadu_ps(live, pc.b2 + n0) : _mm512_setzero_ps();
   const int rows = (int)std::min<int64_t>(16, pc.n - t0);
   for (int r = 0; r < rows; ++r) {
     const int64_t t = t0 + r;
-    __m512 y = _mm512_add_ps(hv[r], lv[r]);
+    __m512 y = lv ? _mm512_add_ps(hv[r], lv[r]) : hv[r];
     if (pc.b2) y = _mm512_add_ps(y, b);
     float* o = pc.out + (pc.tok ? pc.tok[t] : t) * pc.ldo + n0;
     if (pc.w) y = _mm512_add_ps(_mm512_maskz_loadu_ps(live, o), _mm512_mul_ps(y, _mm512_set1_ps(pc.w[t])));
@@ -174,14 +174,19 @@ LK_AMX_FN void amx_tiles(const uint16_t* xa, const uint16_t* w, int64_t ldw, flo
             amx::block_any(two_m, two_n, xk + (int64_t)g * xs, xs, wbuf + j * wtile, wtile, (int)(kc / amx::kK), c,
                            kAmxPanel, first);
             if (!last) continue;
-            if (pc) {  // (groups come in pairs: two_m)
+            if (pc) {  // two parts: groups come in pairs (two_m)
               for (int jj = j; jj < j + (two_n ? 2 : 1); ++jj) {
                 const float* ct = c + (jj - j) * amx::kTileFloats;
                 __m512 hv[16], lv[16];
-                for (int r = 0; r < 16; ++r) {
-                  hv[r] = _mm512_load_ps(ct + r * 16);
-                  lv[r] = _mm512_load_ps(ct + kAmxPanel * amx::kTileFloats + r * 16);
+                for (int r = 0; r < 16; ++r) hv[r] = _mm512_load_ps(ct + r * 16);
+                if (pc->parts == 1) {
+                  pair_combine(*pc, mb + (int64_t)g * 16, hv, nullptr, (p0 + jj) * kTile, N);
+                  if (!two_m) continue;
+                  for (int r = 0; r < 16; ++r) hv[r] = _mm512_load_ps(ct + kAmxPanel * amx::kTileFloats + r * 16);
+                  pair_combine(*pc, mb + (int64_t)g * 16 + 16, hv, nullptr, (p0 + jj) * kTile, N);
+                  continue;
                 }
+                for (int r = 0; r < 16; ++r) lv[r] = _mm512_load_ps(ct + kAmxPanel * amx::kTileFloats + r * 16);
                 pair_combine(*pc, (mb + (int64_t)g * 16) / 2, hv, lv, (p0 + jj) * kTile, N);
               }
               continue;
@@ -283,7 +288,11 @@ LK_AMX_FN void wa_tiles(const uint8_t* xb, int64_t M, const uint16_t* w, int64_t
           const int64_t n0 = (t + i) * kTile;
           __m512 o[2][16];
           for (int j = 0; j < (two_m ? 2 : 1); ++j) wa_turn(c + (i * 2 + j) * amx::kTileFloats, o[j]);
-          if (pc) {  // (groups come in pairs: two_m)
+          if (pc && pc->parts == 1) {
+            for (int j = 0; j < (two_m ? 2 : 1); ++j) pair_combine(*pc, (g + j) * 16, o[j], nullptr, n0, N);
+            continue;
+          }
+          if (pc) {  // two parts: groups come in pairs (two_m)
             pair_combine(*pc, g * 8, o[0], o[1], n0, N);
             continue;
           }
@@ -329,7 +338,7 @@ bool bf16_gemm_nt_pairs(const uint16_t* x, int64_t ldx, const uint16_t* w, int64
                         int64_t N, int64_t K) {
   if (K % amx::kK != 0 || !amx_enabled()) return false;
   if (pc.n <= 0 || N <= 0) return true;
-  return amx_gemm(x, ldx, nullptr, w, ldw, nullptr, 0, pair_rows(pc.n), N, K, &pc);
+  return amx_gemm(x, ldx, nullptr, w, ldw, nullptr, 0, pair_rows(pc.n, pc.parts), N, K, &pc);
 }
 
 bool bf16_gemm_nt(const uint16_t* x, int64_t ldx, const int64_t* xrows, const uint16_t* w, int64_t ldw, float* out,

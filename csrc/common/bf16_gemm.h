@@ -36,6 +36,8 @@ int64_t set_bf16_gemm_wa_rows(int64_t rows);
 // nullptr. Threads split the columns: each element of out is one thread's, its tokens added in ascending order.
 // Why: at ~256 tokens per expert the [2n, H] fp32 sums (4 MB for Qwen3) went to memory and back between the GEMM
 // and the combine. Returns false, computing nothing, unless cpu::amx_enabled() and K % 32 == 0.
+// parts = 1: x holds one bf16 row per token instead (16-token groups in order, rows past n as above;
+// pair_rows(n, 1) rows), and "hi sum + lo sum" above is that row's sum.
 struct PairCombine {
   int64_t n;
   const int64_t* tok;
@@ -43,8 +45,9 @@ struct PairCombine {
   const float* b2;
   float* out;
   int64_t ldo;
+  int parts = 2;
 };
-inline int64_t pair_rows(int64_t n) { return (n + 15) / 16 * 32; }
+inline int64_t pair_rows(int64_t n, int parts = 2) { return (n + 15) / 16 * 16 * parts; }
 bool bf16_gemm_nt_pairs(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, const PairCombine& pc,
                         int64_t N, int64_t K);
 void amx_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, int64_t K, uint16_t* xa);

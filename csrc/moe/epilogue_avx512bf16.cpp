@@ -1,7 +1,8 @@
 // The prefill experts' element-wise steps around the down GEMM on the avx512bf16 path (kernels.h: act_split_bf16,
-// combine_split), in 16-lane vectors. experts_cpu.cpp's down GEMM there carries the fp32 activation as two bf16
-// parts (project_split_bf16); these replace its three scalar / torch passes (activation, split, hi + lo sums and
-// the weighted add into the accumulator) with one pass before and one after the GEMM.
+// combine_split), in 16-lane vectors. experts_cpu.cpp's down GEMM there carries the fp32 activation as bf16(a), or
+// as two bf16 parts where moe_set_down_split asks (project_split_bf16); these replace its three scalar / torch passes
+// (activation, split, hi + lo sums and the weighted add into the accumulator) with one pass before and one after
+// the GEMM.
 //
 // Why: at T = 4096 (Qwen3-30B-A3B, no skip) those passes took about a fifth of the layer on the 2-core Xeon
 // (scalar std::exp per activation, a scalar RNE conversion per part, at::add_out, a scalar axpy per token row).
@@ -104,21 +105,22 @@ LK_EF void act_split_bf16(const float* gu, int64_t n, int64_t I, const ActParams
       const __m512 d = _mm512_maskz_sub_ps(~a_inf, a, hf);  // a - hi: exact; 0 for +-Inf (not Inf - Inf)
       const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(hf), 16));
       _mm256_mask_storeu_epi16(hi + t * I + i0, live, h);
-      _mm256_mask_storeu_epi16(lo + t * I + i0, live, (__m256i)_mm512_cvtneps_pbh(d));
+      if (lo) _mm256_mask_storeu_epi16(lo + t * I + i0, live, (__m256i)_mm512_cvtneps_pbh(d));
     }
   }
 }
 
-LK_EF void combine_split(const float* sums, int64_t n, int64_t H, const float* b2, const int64_t* tok, const float* w,
+LK_EF void combine_split(const float* hi, const float* lo, int64_t H, const float* b2, const int64_t* tok, const float* w,
                    int64_t t0, int64_t t1, float* acc) {
   for (int64_t t = t0; t < t1; ++t) {
-    const float* h_row = sums + t * H;
-    const float* l_row = sums + (n + t) * H;
+    const float* h_row = hi + t * H;
+    const float* l_row = lo ? lo + t * H : nullptr;
     float* o = acc + tok[t] * H;
     const __m512 wv = _mm512_set1_ps(w[t]);
     for (int64_t h = 0; h < H; h += 16) {
       const __mmask16 live = H - h >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (H - h)) - 1);
-      __m512 y = _mm512_add_ps(_mm512_maskz_loadu_ps(live, h_row + h), _mm512_maskz_loadu_ps(live, l_row + h));
+      __m512 y = _mm512_maskz_loadu_ps(live, h_row + h);
+      if (l_row) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(live, l_row + h));
       if (b2) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(live, b2 + h));
       _mm512_mask_storeu_ps(o + h, live, _mm512_add_ps(_mm512_maskz_loadu_ps(live, o + h), _mm512_mul_ps(y, wv)));
     }

@@ -12,23 +12,26 @@
 //    torch's bf16 GEMM on a CPU without AVX512-BF16 runs ~7x slower than its fp32 GEMM), activation in between,
 //    except that on an avx512bf16 CPU the gate/up GEMM of bf16 hidden states and bf16 weights runs as bf16 dot
 //    products with fp32 sums (common/bf16_gemm.h: the same exact products; torch's bf16 mm would round its output),
-//    and the down GEMM of bf16 w2 (any hidden dtype) takes the activation as two bf16 parts (split_bf16: 16
-//    significant bits; activation + split before it and hi + lo, bias, weight and accumulation after it one
-//    vectorised pass each: kernels.h act_split_bf16 / combine_split), and (y + b2) * w added to an fp32 [T, H]
+//    and the down GEMM of bf16 w2 (any hidden dtype) takes the activation as bf16(a) (down_parts; or as two bf16
+//    parts, split_bf16: 16 significant bits; activation + conversion before it and the sums, bias, weight and
+//    accumulation after it one vectorised pass each: kernels.h act_split_bf16 / combine_split), and (y + b2) * w
+//    added to an fp32 [T, H]
 //    accumulator, experts in ascending order (deterministic). With AMX (bf16 hidden and weights, H and I multiples
 //    of 32; common/bf16_gemm.h): experts of 2+ tokens take this path; the down GEMM adds hi + lo, bias and weight
 //    into the accumulator from its finished tiles (bf16_gemm_nt_pairs); and experts of 2..kSmallTokens tokens run
 //    whole on one thread each (small_expert), their hi + lo sums rows of the decode pairs' output.
 // 5. Combine per token: prefill accumulator, then the decode (and one-thread AMX) slots in slot order, then
 //    gate * shared output.
-//    Everything is fp32 until the final cast to hidden's dtype; the activation is never rounded to the weight
-//    dtype (only the avx512bf16 prefill down GEMM above carries it with 16 of its 24 bits).
+//    Everything is fp32 until the final cast to hidden's dtype, except the activation of the avx512bf16 prefill
+//    down GEMM above, rounded to bf16 (the weight dtype; or carried with 16 of its 24 bits where
+//    moe_set_down_split asks).
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -169,6 +172,13 @@ bool project_bf16(const uint16_t* xb16, const int64_t* rows, int64_t n, const at
                            W.stride(0), out.data_ptr<float>(), out.stride(0), n, W.size(0), W.size(1));
 }
 
+// The parts of the activation the avx512bf16 down GEMM of bf16 w2 carries (moe_set_down_split): 1, bf16(a) (the
+// default: a bf16 model holds its activations so, and the tolerance of ops.py's bound includes that rounding), or 2,
+// hi + lo (16 significant bits, twice the down GEMM's products). Why 1: Qwen3-30B-A3B experts on the 2-core Xeon
+// with AMX, one process, alternating: T = 4096 1.13x, T = 256 1.09x, T = 4096 at 0.88 skip 1.05x faster.
+std::atomic<int> g_down_parts{1};
+int down_parts() { return g_down_parts.load(std::memory_order_relaxed); }
+
 // v as hi + lo, two bf16 values: hi = bf16(v) (RNE; truncated where RNE would take a finite v to Inf), lo =
 // bf16(v - hi) (v - hi is exact), 0 where v is +-Inf (not Inf - Inf = NaN): hi + lo is v to 16 significant bits.
 inline void split_bf16(float v, c10::BFloat16* hi, c10::BFloat16* lo) {
@@ -183,30 +193,32 @@ bool split_down_takes(const at::Tensor& W) {  // the weight side of project_spli
   return W.scalar_type() == at::kBFloat16 && W.stride(1) == 1 && cpu::active_isa() == cpu::Isa::kAvx512Bf16;
 }
 
-// out [n, R] = a [n, C] (fp32) @ W^T for W bf16 with contiguous rows, on an avx512bf16 CPU: a is carried as two
-// bf16 parts, hi = bf16(a) and lo = bf16(a - hi) (a - hi is exact in fp32), so a - hi - lo is within 2^-16 |a|,
-// and both parts go through the bf16 GEMM as 2n rows of one call (each w tile packed once for both); out = the
-// hi rows' sums + the lo rows' (one fp32 rounding). Every product is exact. Why: the fp32 GEMM needs the weights
-// widened to fp32 panels and runs at half the products per instruction; two bf16 dot products per pair still
+// out [n, R] = a [n, C] (fp32) @ W^T for W bf16 with contiguous rows, on an avx512bf16 CPU: a is carried as
+// down_parts() bf16 parts, hi = bf16(a) and (two parts) lo = bf16(a - hi) (a - hi is exact in fp32, so a - hi - lo
+// is within 2^-16 |a|), through the bf16 GEMM as rows of one call (each w tile packed once for both); out = the
+// hi rows' sums (+ the lo rows': one fp32 rounding). Every product is exact. Why: the fp32 GEMM needs the weights
+// widened to fp32 panels and runs at half the products per instruction; even two bf16 dot products per pair
 // beat it on Zen 4 (Mixtral-8x7B experts, T = 256: measured in docs/moe.md). False (nothing done) elsewhere.
 bool project_split_bf16(const at::Tensor& a, const at::Tensor& W, at::Tensor out) {
   if (!split_down_takes(W) || !a.is_contiguous() || out.stride(1) != 1) return false;
-  const int64_t n = a.size(0), C = a.size(1), R = W.size(0);
-  at::Tensor parts = at::empty({2 * n, C}, a.options().dtype(at::kBFloat16));  // hi rows, then lo rows
-  at::Tensor sums = at::empty({2 * n, R}, a.options());
+  const int64_t n = a.size(0), C = a.size(1), R = W.size(0), np = down_parts();
+  at::Tensor parts = at::empty({np * n, C}, a.options().dtype(at::kBFloat16));  // hi rows, then lo rows
+  at::Tensor sums = at::empty({np * n, R}, a.options());
   const float* ap = a.data_ptr<float>();
   c10::BFloat16* pp = parts.data_ptr<c10::BFloat16>();
   cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
+    c10::BFloat16 lo;
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t c = 0; c < C; ++c) {
-        split_bf16(ap[i * C + c], pp + i * C + c, pp + (n + i) * C + c);
+        split_bf16(ap[i * C + c], pp + i * C + c, np == 2 ? pp + (n + i) * C + c : &lo);
       }
   });
   if (!cpu::bf16_gemm_nt(reinterpret_cast<const uint16_t*>(pp), C, nullptr,
                          reinterpret_cast<const uint16_t*>(W.data_ptr<at::BFloat16>()), W.stride(0),
-                         sums.data_ptr<float>(), R, 2 * n, R, C))
+                         sums.data_ptr<float>(), R, np * n, R, C))
     return false;
-  at::add_out(out, sums.narrow(0, 0, n), sums.narrow(0, n, n));
+  if (np == 2) at::add_out(out, sums.narrow(0, 0, n), sums.narrow(0, n, n));
+  else out.copy_(sums);
   return true;
 }
 
@@ -278,17 +290,17 @@ bool split_epilogue(const Problem& P, int64_t e) {
 // Whether the split down GEMM fuses its combine (cpu::bf16_gemm_nt_pairs: AMX, I % 32 == 0).
 bool pairs_take(const Problem& P) { return cpu::amx_enabled() && P.I % 32 == 0; }
 
-// act + split of the gate/up sums gu [n, 2I] (+ bias b13 or nullptr) into bf16_gemm_nt_pairs' layout: for each
-// 16-token group g in [g0, g1), 16 hi rows then 16 lo rows of I bf16 (rows of tokens past n zero).
+// act + split of the gate/up sums gu [n, 2I] (+ bias b13 or nullptr) into bf16_gemm_nt_pairs' layout with np parts:
+// for each 16-token group g in [g0, g1), 16 hi rows then (np = 2) 16 lo rows of I bf16 (rows of tokens past n zero).
 void act_split_pairs(const Act& act, int64_t I, const float* gu, int64_t n, const float* b13, uint16_t* parts,
-                     int64_t g0, int64_t g1) {
+                     int64_t g0, int64_t g1, int np) {
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t rows = std::min<int64_t>(16, n - g * 16);
-    uint16_t* hi = parts + g * 32 * I;
-    uint16_t* lo = hi + 16 * I;
+    uint16_t* hi = parts + g * 16 * np * I;
+    uint16_t* lo = np == 2 ? hi + 16 * I : nullptr;
     active_kernels().act_split_bf16(gu + g * 16 * 2 * I, rows, I, act, b13, hi, lo);
     std::fill(hi + rows * I, hi + 16 * I, (uint16_t)0);
-    std::fill(lo + rows * I, lo + 16 * I, (uint16_t)0);
+    if (lo) std::fill(lo + rows * I, lo + 16 * I, (uint16_t)0);
   }
 }
 
@@ -307,18 +319,23 @@ bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const
   for (int64_t i = 0; i < n; ++i) tw[i] = P.tw[slots[i]];
   const uint16_t* w2p = reinterpret_cast<const uint16_t*>(w2.data_ptr<at::BFloat16>());
   if (pairs_take(P)) {  // the combine fused into the GEMM
-    uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, cpu::pair_rows(n) * I, at::kBFloat16));
-    cpu::parallel_chunks((n + 15) / 16, 1, [&](int64_t g0, int64_t g1) { act_split_pairs(P.act, I, gu, n, b13p, parts, g0, g1); });
-    return cpu::bf16_gemm_nt_pairs(parts, I, w2p, w2.stride(0), cpu::PairCombine{n, ip, tw.data(), b2p, acc, H}, H, I);
+    const int np = down_parts();
+    uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, cpu::pair_rows(n, np) * I, at::kBFloat16));
+    cpu::parallel_chunks((n + 15) / 16, 1, [&](int64_t g0, int64_t g1) {
+      act_split_pairs(P.act, I, gu, n, b13p, parts, g0, g1, np);
+    });
+    return cpu::bf16_gemm_nt_pairs(parts, I, w2p, w2.stride(0), cpu::PairCombine{n, ip, tw.data(), b2p, acc, H, np},
+                                   H, I);
   }
-  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, 2 * n * I, at::kBFloat16));  // hi rows, lo rows
+  const int np = down_parts();
+  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, np * n * I, at::kBFloat16));  // hi rows, lo rows
   cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
-    K.act_split_bf16(gu + i0 * 2 * I, i1 - i0, I, P.act, b13p, parts + i0 * I, parts + (n + i0) * I);
+    K.act_split_bf16(gu + i0 * 2 * I, i1 - i0, I, P.act, b13p, parts + i0 * I, np == 2 ? parts + (n + i0) * I : nullptr);
   });
-  float* sums = static_cast<float*>(Scratch::grow(sc.sums, 2 * n * H, at::kFloat));
-  if (!cpu::bf16_gemm_nt(parts, I, nullptr, w2p, w2.stride(0), sums, H, 2 * n, H, I)) return false;
+  float* sums = static_cast<float*>(Scratch::grow(sc.sums, np * n * H, at::kFloat));
+  if (!cpu::bf16_gemm_nt(parts, I, nullptr, w2p, w2.stride(0), sums, H, np * n, H, I)) return false;
   cpu::parallel_chunks(n, 8, [&](int64_t t0, int64_t t1) {  // tokens of one expert are distinct: no race
-    K.combine_split(sums, n, H, b2p, ip, tw.data(), t0, t1, acc);
+    K.combine_split(sums, np == 2 ? sums + n * H : nullptr, H, b2p, ip, tw.data(), t0, t1, acc);
   });
   return true;
 }
@@ -354,10 +371,11 @@ void small_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n, 
   cpu::bf16_gemm_nt(P.xb16, H, ip.data(), reinterpret_cast<const uint16_t*>(w13.data_ptr<at::BFloat16>()),
                     w13.stride(0), gu, 2 * I, n, 2 * I, H);
   const at::Tensor b13 = bias_f32(P.b13, P.b13dt, P.b13_ld, e, 2 * I);
-  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, cpu::pair_rows(n) * I, at::kBFloat16));
-  act_split_pairs(P.act, I, gu, n, b13.defined() ? b13.data_ptr<float>() : nullptr, parts, 0, (n + 15) / 16);
+  const int np = down_parts();
+  uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, cpu::pair_rows(n, np) * I, at::kBFloat16));
+  act_split_pairs(P.act, I, gu, n, b13.defined() ? b13.data_ptr<float>() : nullptr, parts, 0, (n + 15) / 16, np);
   cpu::bf16_gemm_nt_pairs(parts, I, reinterpret_cast<const uint16_t*>(w2.data_ptr<at::BFloat16>()), w2.stride(0),
-                          cpu::PairCombine{n, nullptr, nullptr, nullptr, y, H}, H, I);
+                          cpu::PairCombine{n, nullptr, nullptr, nullptr, y, H, np}, H, I);
 }
 
 // Prefill expert e: tokens of its pairs (slots `slots`), accumulated into acc [T, H].
@@ -408,13 +426,15 @@ void shared_prefill(const Problem& P, HiddenF32& xf, at::Tensor& buf, float* ys)
   const Act silu{false, false, 0.f, 0.f};
   const float* gp = gu.data_ptr<float>();
   if (cpu::amx_enabled() && P.Is % 32 == 0 && split_down_takes(P.sw2)) {  // the routed experts' AMX down GEMM
-    at::Tensor parts = at::empty({cpu::pair_rows(P.T) * P.Is}, opts.dtype(at::kBFloat16));
+    const int np = down_parts();
+    at::Tensor parts = at::empty({cpu::pair_rows(P.T, np) * P.Is}, opts.dtype(at::kBFloat16));
     uint16_t* pp = reinterpret_cast<uint16_t*>(parts.data_ptr<at::BFloat16>());
     cpu::parallel_chunks((P.T + 15) / 16, 1, [&](int64_t g0, int64_t g1) {
-      act_split_pairs(silu, P.Is, gp, P.T, nullptr, pp, g0, g1);
+      act_split_pairs(silu, P.Is, gp, P.T, nullptr, pp, g0, g1, np);
     });
     if (cpu::bf16_gemm_nt_pairs(pp, P.Is, reinterpret_cast<const uint16_t*>(P.sw2.data_ptr<at::BFloat16>()),
-                                P.sw2.stride(0), cpu::PairCombine{P.T, nullptr, nullptr, nullptr, ys, P.H}, P.H, P.Is))
+                                P.sw2.stride(0), cpu::PairCombine{P.T, nullptr, nullptr, nullptr, ys, P.H, np}, P.H,
+                                P.Is))
       return;
   }
   at::Tensor a = at::empty({P.T, P.Is}, opts);
@@ -658,6 +678,8 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
 }
 
 }  // namespace
+
+bool set_down_split(bool two_parts) { return g_down_parts.exchange(two_parts ? 2 : 1) == 2; }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("moe_experts", &moe_experts_cpu); }
 

@@ -28,21 +28,24 @@ struct MoeKernels {
   // products (bf16 subnormal inputs count as 0). nullptr below the avx512bf16 ISA.
   void (*gemv_rows_bf16)(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
                          int64_t n, float* const* outs) = nullptr;
-  // The prefill down GEMM's element-wise steps where it carries the activation as two bf16 parts
-  // (epilogue_avx512bf16.cpp; nullptr below the avx512bf16 ISA):
+  // The prefill down GEMM's element-wise steps where it carries the activation as bf16: one part, bf16(a), or two
+  // (down_parts in experts_cpu.cpp; epilogue_avx512bf16.cpp; nullptr below the avx512bf16 ISA):
   // act_split_bf16: gu [n, 2I] fp32 gate/up sums (+ bias [2I] fp32, or nullptr) -> a = act(gate, up), written as
-  //   hi [n, I] = bf16(a) (RNE) and lo [n, I] = bf16(a - hi).
+  //   hi [n, I] = bf16(a) (RNE) and, unless lo is nullptr, lo [n, I] = bf16(a - hi).
   void (*act_split_bf16)(const float* gu, int64_t n, int64_t I, const ActParams& ac, const float* bias, uint16_t* hi,
                          uint16_t* lo) = nullptr;
-  // combine_split: sums [2n, H] (the hi rows' products, then the lo rows'): for rows t in [t0, t1)
-  //   acc[tok[t], :] += ((sums[t] + sums[n + t]) + b2) * w[t]   (b2 [H] fp32 or nullptr).
-  void (*combine_split)(const float* sums, int64_t n, int64_t H, const float* b2, const int64_t* tok, const float* w,
-                        int64_t t0, int64_t t1, float* acc) = nullptr;
+  // combine_split: hi [n, H] (the hi rows' sums) and lo [n, H] (the lo rows', or nullptr): for rows t in [t0, t1)
+  //   acc[tok[t], :] += ((hi[t] + lo[t]) + b2) * w[t]   (b2 [H] fp32 or nullptr; no lo term without lo).
+  void (*combine_split)(const float* hi, const float* lo, int64_t H, const float* b2, const int64_t* tok,
+                        const float* w, int64_t t0, int64_t t1, float* acc) = nullptr;
 };
 
 // y[i] = e^x[i] (i < n) by the prefill activation's vectorised exp (epilogue_avx512bf16.cpp); false, nothing
 // written, where the CPU cannot run the avx512bf16 kernels. A test hook (leankern._C.moe_exp_f32).
 bool exp_f32(const float* x, int64_t n, float* y);
+// The activation parts the AMX down GEMM of bf16 w2 carries: 1 = bf16(a) (default), 2 = hi + lo (16 bits);
+// leankern._C.moe_set_down_split. Returns the previous setting.
+bool set_down_split(bool two_parts);
 
 const MoeKernels& scalar_kernels();
 const MoeKernels& avx2_kernels();

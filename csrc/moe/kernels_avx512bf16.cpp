@@ -40,7 +40,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void ge
 // epilogue_avx512bf16.cpp
 void act_split_bf16(const float* gu, int64_t n, int64_t I, const ActParams& ac, const float* bias, uint16_t* hi,
                     uint16_t* lo);
-void combine_split(const float* sums, int64_t n, int64_t H, const float* b2, const int64_t* tok, const float* w,
+void combine_split(const float* hi, const float* lo, int64_t H, const float* b2, const int64_t* tok, const float* w,
                    int64_t t0, int64_t t1, float* acc);
 
 }  // namespace avx512bf16
