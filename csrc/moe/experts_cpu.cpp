@@ -318,8 +318,8 @@ bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const
   std::vector<float> tw(n);
   for (int64_t i = 0; i < n; ++i) tw[i] = P.tw[slots[i]];
   const uint16_t* w2p = reinterpret_cast<const uint16_t*>(w2.data_ptr<at::BFloat16>());
+  const int np = down_parts();
   if (pairs_take(P)) {  // the combine fused into the GEMM
-    const int np = down_parts();
     uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, cpu::pair_rows(n, np) * I, at::kBFloat16));
     cpu::parallel_chunks((n + 15) / 16, 1, [&](int64_t g0, int64_t g1) {
       act_split_pairs(P.act, I, gu, n, b13p, parts, g0, g1, np);
@@ -327,7 +327,6 @@ bool prefill_down_split(const Problem& P, int64_t e, const int64_t* slots, const
     return cpu::bf16_gemm_nt_pairs(parts, I, w2p, w2.stride(0), cpu::PairCombine{n, ip, tw.data(), b2p, acc, H, np},
                                    H, I);
   }
-  const int np = down_parts();
   uint16_t* parts = static_cast<uint16_t*>(Scratch::grow(sc.parts, np * n * I, at::kBFloat16));  // hi rows, lo rows
   cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
     K.act_split_bf16(gu + i0 * 2 * I, i1 - i0, I, P.act, b13p, parts + i0 * I, np == 2 ? parts + (n + i0) * I : nullptr);
