@@ -189,9 +189,9 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
         Activation format for the dual (quantized x quantized) product.
 
     A weight quantized with ``rotate`` (``weight.rotation`` set) first rotates x the same way, in
-    fp32, so the result is still x @ W^T up to rounding: bf16 x's rotation is rounded once to bf16
-    (the bf16 kernels then take it as they take any bf16 x), fp32 / fp16 x's stays fp32; the product
-    is rounded once to x's dtype.
+    fp32, so the result is still x @ W^T up to rounding: weight-only, bf16 x's rotation is rounded
+    once to bf16 (the bf16 kernels then take it as they take any bf16 x); fp32 / fp16 x's, and any
+    x's with ``act_fmt`` (quantized from fp32), stays fp32; the product is rounded once to x's dtype.
 
     Shape:
         x ``[..., K]``, weight ``[N, K]``, bias ``[N]`` -> ``[..., N]`` in x's dtype.
@@ -205,11 +205,12 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected [..., {weight.shape[1]}] (the in_features of the weight), got {got}")
         out_dtype = x.dtype
-        # bf16 x: the rotated x is rounded once to bf16 (|error| <= 2^-8 |x_r| per element), as any bf16 model
-        # holds its activations, so it takes the bf16 kernels (AMX prefill) instead of carrying fp32 x as three
-        # bf16 parts: 3x less GEMM work. fp16 x stays fp32: a rotation can grow an element by up to sqrt(n),
-        # past fp16's range.
-        xr = _rotate_input(x, weight.rotation, keep_bf16=x.dtype == torch.bfloat16)
+        # weight-only, bf16 x: the rotated x is rounded once to bf16 (|error| <= 2^-8 |x_r| per element), as any
+        # bf16 model holds its activations, so it takes the bf16 kernels (AMX prefill) instead of carrying fp32 x
+        # as three bf16 parts: 3x less GEMM work. fp16 x stays fp32: a rotation can grow an element by up to
+        # sqrt(n), past fp16's range. Dual (act_fmt): fp32, which act_fmt's quantizer rounds once (its x_hat
+        # takes the bf16 kernels either way).
+        xr = _rotate_input(x, weight.rotation, keep_bf16=x.dtype == torch.bfloat16 and act_fmt is None)
         if bias is not None and bias.dtype != torch.float32:
             bias = bias.float()
         plain = MXTensor(weight.codes, weight.scales, weight.global_scale, weight.fmt, weight.block_size,
