@@ -97,6 +97,32 @@ def test_prepack_rejects_non_mxtensor_and_3d():
 
 
 # ------------------------------------------------------------------------------- linear, per ISA
+def test_int8_few_rows_form_runs_for_int_pairs(isa):
+    """Dual INT x INT below 5 rows of x under avx512bf16 (where AMX does not take them: with AMX on, MXINT8 from 2
+    rows) runs the int8 kernel's few-rows form (leankern._C.mx_set_int8_few_rows), which sums integers and keeps
+    x_hat = 2^-127; with it off (and the FMA form off) the few-rows bf16 kernel flushes that subnormal. Proves
+    which ran, for a 4-bit and an 8-bit weight."""
+    if isa not in BF16_DOT_ISAS or "avx512vbmi" not in leankern._C.cpu_features().split():
+        pytest.skip("the int8 few-rows form needs the avx512bf16 ISA (VNNI) and AVX512-VBMI")
+    want = 64 * 2.0**-127
+    x = torch.full((4, 64), 2.0**-127)
+    was_fma = leankern._C.mx_set_few_rows_fma(False)
+    try:
+        for fmt in ("mxint8", "mxint4"):
+            qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), fmt))
+            for m in (1, 2, 3, 4):
+                amx_takes = isa == "amx" and m >= 2
+                on = leankern.mx.linear(x[:m], qt, act_fmt="mxint8")[:, 0].tolist()
+                assert on == ([0.0] * m if amx_takes else pytest.approx([want] * m, rel=1e-6, abs=0))
+                leankern._C.mx_set_int8_few_rows(False)
+                try:
+                    assert leankern.mx.linear(x[:m], qt, act_fmt="mxint8")[:, 0].tolist() == [0.0] * m
+                finally:
+                    leankern._C.mx_set_int8_few_rows(True)
+    finally:
+        leankern._C.mx_set_few_rows_fma(was_fma)
+
+
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_packed_linear_every_format(isa, fmt, dtype):
@@ -169,8 +195,10 @@ def test_bf16_dot_kernels_run_and_flush_subnormal_x(isa, fmt):
 @pytest.mark.parametrize("a_fmt", ["mxint8", "mxint4", "mxfp4"])
 def test_packed_linear_dual_int_pairs(isa, w_fmt, a_fmt):
     """Every pair of int8-able MX formats (the int8 dot-product kernel under avx512bf16 from 32 rows
-    on, the few-rows bf16 one on x_hat below), block sizes 4 .. 256, rows crossing the 24-row groups."""
-    for m, n, k, bs in ((16, 40, 128, 32), (29, 33, 256, 64), (50, 17, 64, 4), (32, 16, 512, 256)):
+    on and its few-rows form up to 4 rows, the few-rows bf16 one on x_hat between), block sizes 4 .. 256,
+    rows crossing the 24-row groups, partial row tiles (4-bit weights in blocks of 4 keep the bf16 kernels)."""
+    for m, n, k, bs in ((16, 40, 128, 32), (29, 33, 256, 64), (50, 17, 64, 4), (32, 16, 512, 256), (1, 40, 128, 32),
+                        (2, 33, 256, 64), (3, 17, 64, 8), (4, 16, 512, 256), (1, 20, 64, 4), (5, 24, 96, 32)):
         qt = _weight(n, k, w_fmt, bs, seed=m)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)) * 2
         b = torch.randn(n)

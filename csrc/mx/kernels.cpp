@@ -48,16 +48,21 @@ bool few_rows_fma_enabled() {
   return v == 1;
 }
 void set_few_rows_fma_enabled(bool on) { g_few_rows_fma.store(on ? 1 : 0, std::memory_order_relaxed); }
+std::atomic<bool> g_int8_few_rows{true};
+bool int8_few_rows_enabled() { return g_int8_few_rows.load(std::memory_order_relaxed); }
+void set_int8_few_rows_enabled(bool on) { g_int8_few_rows.store(on, std::memory_order_relaxed); }
+
+bool cpu_has_vbmi() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
+  return vbmi;
+#else
+  return false;
+#endif
+}
 bool few_rows_fma_takes(int fmt, int block_size) {
   const ElemParams p = elem_params(kFormats[fmt].elem);
-  if (p.bits == 4) {
-#if defined(__x86_64__) || defined(_M_X64)
-    static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
-#else
-    const bool vbmi = false;
-#endif
-    return vbmi && block_size % 8 == 0;
-  }
+  if (p.bits == 4) return cpu_has_vbmi() && block_size % 8 == 0;
   return true;  // 8 / 6-bit: MXINT8 / 6, MXFP8 / 6
 }
 

@@ -107,7 +107,14 @@ struct PackedLinearArgs {
   // row 16 g + r from 32 s on) for the AMX few-rows kernel's 4-bit MX decoder (M <= 32, block_size % 8 == 0); else
   // nullptr. Where it is set, xa is not.
   const int32_t* xa8 = nullptr;
+  // Dual INT x INT below kInt8SmallRows rows (with xq / xcorr / xfac): x's quads in the few-rows int8 kernel's order,
+  // [M, K / 4] int32 row-major: 8-bit weights, quad j = x[m, 4j .. 4j + 3]; 4-bit weights, quads 2j and 2j + 1 =
+  // x[m, 8j + 2i] and x[m, 8j + 2i + 1], i = 0..3 (the even and the odd elements of each 8); else nullptr.
+  const int32_t* xqs = nullptr;
 };
+// Rows of x up to which dual INT x INT takes the int8 kernel's few-rows form (linear_packed_int8.h; where AMX does
+// not take them: on AMX CPUs, below amx_min_rows).
+constexpr int64_t kInt8SmallRows = 4;
 // Rows of x up to which the AMX kernel takes its few-rows form (linear_packed_amx.h: accumulators in tile registers
 // over all of K) and the op may set PackedLinearArgs::xa8.
 constexpr int64_t kAmxSmallRows = 32;
@@ -187,6 +194,12 @@ void set_few_rows_fma_enabled(bool on);
 // Whether that form takes weights of format `fmt` (kFormats index) with this block size here: 4-bit formats
 // with block_size % 8 == 0 on CPUs with AVX512-VBMI, and every 6 / 8-bit format. (The op and the kernel both ask.)
 bool few_rows_fma_takes(int fmt, int block_size);
+// Whether the CPU has AVX512-VBMI (vpermb: the few-rows kernels' byte transpose).
+bool cpu_has_vbmi();
+// Dual INT x INT below kInt8SmallRows rows on the int8 kernel's few-rows form (default on; off: the few-rows bf16 /
+// FMA kernels on x_hat, as before it). A/B and test hook: leankern._C.mx_set_int8_few_rows.
+bool int8_few_rows_enabled();
+void set_int8_few_rows_enabled(bool on);
 
 }  // namespace mx
 }  // namespace leankern

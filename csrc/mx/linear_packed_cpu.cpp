@@ -192,6 +192,46 @@ void pairs_by_eights(const uint16_t* x, int64_t n, uint32_t* out) {
       out[i / 2 + j] = (uint32_t)x[i + eights_source(2 * j)] | (uint32_t)x[i + eights_source(2 * j + 1)] << 16;
 }
 
+// x quantized to `act` (RCEIL) for the int8 kernel's few-rows form (M <= kInt8SmallRows): q = PackedLinearArgs::xqs
+// (its order: [M, K / 4] int32; `four`, 4-bit weights: quads 2j, 2j + 1 = the even and the odd elements of
+// x[m, 8j .. 8j + 7]), corr / fac as int8_act's (one row group; rows past M zero). Plain loops over M * K values:
+// int8_act's torch ops cost ~50 us of fixed time at M = 1, as much as a 1024 x 4096 GEMV.
+Int8Act int8_small_act(const at::Tensor& x2, int act, int64_t block_size, const KernelTable& kern, int64_t M,
+                       int64_t K, bool four) {
+  const ActCodes c = quantize_act(x2, act, block_size, kern);
+  const int D = int8_shift(act);
+  const int64_t nb = K / block_size;
+  const bool eight = elem_spec(kFormats[act].elem).bits == 8;
+  int8_t lut[16];
+  for (uint32_t n = 0; n < 16; ++n)
+    lut[n] = eight ? 0 : (int8_t)(u2f(decode_code_bits(n, elem_params(kFormats[act].elem))) * (float)(1 << D));
+  const uint8_t* codes = c.codes.data_ptr<uint8_t>();
+  const uint8_t* sc = c.scales.data_ptr<uint8_t>();
+  const at::TensorOptions opts = x2.options();
+  Int8Act r{at::empty({M, K / 4}, opts.dtype(at::kInt)), at::zeros({nb, kBf16RowGroup}, opts.dtype(at::kInt)),
+            at::zeros({nb, kBf16RowGroup}, opts.dtype(at::kFloat))};
+  int8_t* q = reinterpret_cast<int8_t*>(r.q.data_ptr<int32_t>());
+  int32_t* corr = r.corr.data_ptr<int32_t>();
+  float* fac = r.fac.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    auto val = [&](int64_t k) -> int8_t {  // x[m, k] * 2^-scale * 2^D, an integer in [-128, 127]
+      const int64_t i = m * K + k;
+      return eight ? (int8_t)codes[i] : lut[(codes[i / 2] >> (4 * (i % 2))) & 0xF];
+    };
+    int8_t* d = q + m * K;
+    for (int64_t k = 0; k < K; ++k) d[k] = four ? val(k / 8 * 8 + 2 * (k % 4) + (k % 8) / 4) : val(k);
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t sum = 0;
+      for (int64_t k = b * block_size; k < (b + 1) * block_size; ++k) sum += val(k);
+      corr[b * kBf16RowGroup + m] = -128 * sum;
+      // E8M0 factor 2^(s - 127) from the bits (byte 0: the subnormal 2^-127; 255: NaN), then * 2^-D
+      const uint32_t s = sc[m * nb + b], bits = s == 0 ? 0x00400000u : s == 255 ? 0x7fc00000u : s << 23;
+      fac[b * kBf16RowGroup + m] = u2f(bits) / (float)(1 << D);
+    }
+  }
+  return r;
+}
+
 // y [M, N] (its dtype: the output's) = x2 [M, K] (contiguous) @ W_hat^T (+ bias), checked arguments; returns y.
 at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, int act, const at::Tensor& packed_in,
                              const at::Tensor& global_scale, int64_t block_size, int64_t N,
@@ -213,9 +253,13 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
   const bool amx = kern.linear_packed_amx && M >= amx_min_rows(f) && x_is_bf16 && K % 32 == 0 && cpu::amx_enabled();
   // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
   Int8Act xi;
-  if (!amx && kern.linear_packed_int8 && act >= 0 && prefill && int8_shift(f) >= 0 && int8_shift(act) >= 0 &&
-      block_size % 4 == 0)
-    xi = int8_act(x2, act, block_size, kern, M, K);
+  const bool int8_able = !amx && kern.linear_packed_int8 && act >= 0 && int8_shift(f) >= 0 && int8_shift(act) >= 0;
+  // below kInt8SmallRows rows its few-rows form (VBMI's byte transpose; 4-bit weights in whole 8-element groups)
+  const bool four = elem_spec(kFormats[f].elem).bits == 4;
+  const bool int8_small = int8_able && M <= kInt8SmallRows && block_size % (four ? 8 : 4) == 0 && cpu_has_vbmi() &&
+                          int8_few_rows_enabled();
+  if (int8_small) xi = int8_small_act(x2, act, block_size, kern, M, K, four);
+  else if (int8_able && prefill && block_size % 4 == 0) xi = int8_act(x2, act, block_size, kern, M, K);
   // bf16 dot products (avx512bf16) where x is exact in bf16: from kBf16PrefillMinRows rows of x on the
   // prefill kernel (row groups), below it the few-rows kernel (x as it is); fp32 kernel otherwise.
   const bool bf16_dot = !amx && kern.linear_packed_bf16 && !xi.q.defined() && prefill && x_is_bf16;
@@ -271,13 +315,14 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
                             bf16_small || amx ? xbf.view(at::kInt).data_ptr<int32_t>() : nullptr,
                             xb8.defined() ? xb8.data_ptr<int32_t>() : nullptr,
                             xa.defined() ? xa.view(at::kInt).data_ptr<int32_t>() : nullptr,
-                            xa8.defined() ? xa8.view(at::kInt).data_ptr<int32_t>() : nullptr};
+                            xa8.defined() ? xa8.view(at::kInt).data_ptr<int32_t>() : nullptr,
+                            int8_small ? xi.q.data_ptr<int32_t>() : nullptr};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
   const int64_t stream_grain = cpu::streaming_chunk(T, grain);  // the few-rows kernels stream W once
   if (xi.q.defined()) {  // both formats int8-able: the kernel has the weight format
-    parallel_chunks(T, 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_int8(pa, t0, t1); });
+    parallel_chunks(T, int8_small ? stream_grain : 1, [&](int64_t t0, int64_t t1) { kern.linear_packed_int8(pa, t0, t1); });
     return y;
   }
   if (amx) {  // every format has the kernel (K % 32 == 0 checked above)

@@ -1,0 +1,91 @@
+"""A/B of dual INT x INT ``mx.linear`` below 5 rows of x: the int8 kernel's few-rows form (vpdpbusd; on by
+default, ``leankern._C.mx_set_int8_few_rows``) against what ran before it (the few-rows bf16 / FMA kernel on x_hat):
+``python bench/bench_mx_dual_few_rows.py [FMTS] [MS] [SHAPES] [amx|noamx]`` (defaults: mxint4, mxfp4, mxint8
+weights; act mxint8; M = 1; 4096x4096,14336x4096,4096x14336; ISA avx512bf16 with AMX as the CPU has it).
+
+With AMX on, AMX tiles take dual INT x INT from 2 rows (MXINT8, 4-bit MX), so the form runs at M = 1 only; "noamx"
+turns AMX off (the path of CPUs without it, e.g. Zen 4, though on this CPU's half-rate vdpbf16ps) for M = 1..4.
+Weights prepacked and cold (cycled through 256 MiB of copies, on 2 MiB pages: the script reruns itself with
+THP_MEM_ALLOC_ENABLE=1 unless it is set), x bf16, 2 threads; each side timed in turn per round (3 rounds, median
+of the round medians), with weight-only and torch bf16 ``F.linear`` on the same cold weights. %rd = (codes + scales
+bytes) / time / the read bandwidth of torch.sum over 256 MiB in the same run.
+"""
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import leankern
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import leankern
+
+from leankern.benchmarks import rerun_with_thp
+from leankern.benchmarks.harness import cpu_model, median_of_rounds, time_fn
+from leankern.benchmarks.mx_linear import cold_weights, measure_read_bandwidth
+
+FORMATS = ["mxint4", "mxfp4", "mxint8"]
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
+
+
+def _median(fn):
+    return statistics.median(time_fn(fn, warmup=3, repeats=11))
+
+
+def main(argv) -> int:
+    ext = leankern._C
+    if not ext or "avx512bf16" not in ext.supported_isas():
+        print("needs the C++ extension on a CPU with AVX512-BF16 (and VNNI)")
+        return 0
+    fmts = argv[0].split(",") if argv else FORMATS
+    ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [1]
+    shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else SHAPES
+    amx = (argv[3] if len(argv) > 3 else "amx") == "amx" and ext.amx_supported()
+    torch.set_num_threads(2)
+    ext.set_cpu_isa("avx512bf16")
+    was_amx, was_i8 = ext.set_amx(amx), ext.mx_set_int8_few_rows(True)
+    bw = measure_read_bandwidth()
+    print(f"{cpu_model()}, ISA avx512bf16 (AMX {'on' if amx else 'off'}), torch {torch.__version__}, 2 threads; "
+          f"torch.sum read {bw:.1f} GB/s (256 MiB); THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; "
+          "x bf16, act_fmt mxint8")
+    print("| weight | M | N x K | int8 form ms | GB/s | %rd | before ms | %rd | before / int8 | weight-only ms | "
+          "torch bf16 ms | torch / int8 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    try:
+        for n, k in shapes:
+            for fmt in fmts:
+                gen = torch.Generator().manual_seed(n + k)
+                w = torch.randn(n, k, generator=gen)
+                qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
+                nq, nw, wbytes = cold_weights(qt, w)
+                for m in ms:
+                    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+
+                    def time_one(key):
+                        if key == "torch":
+                            return _median(lambda: F.linear(x, nw()))
+                        if key == "wonly":
+                            return _median(lambda: leankern.mx.linear(x, nq()))
+                        ext.mx_set_int8_few_rows(key == "int8")
+                        return _median(lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"))
+
+                    t = median_of_rounds(("int8", "before", "wonly", "torch"), time_one)
+                    i8, bf, wo, tb = t["int8"], t["before"], t["wonly"], t["torch"]
+                    gbs = wbytes / i8 / 1e9
+                    print(f"| {fmt} | {m} | {n} x {k} | {i8 * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {bf * 1e3:.3f} | "
+                          f"{wbytes / bf / 1e9 / bw:.0%} | {bf / i8:.2f} | {wo * 1e3:.3f} | {tb * 1e3:.3f} | {tb / i8:.2f} |",
+                          flush=True)
+                del nq, nw
+    finally:
+        ext.set_amx(was_amx)
+        ext.mx_set_int8_few_rows(was_i8)
+        ext.set_cpu_isa("auto")
+    return 0
+
+
+if __name__ == "__main__":
+    rc = rerun_with_thp(no_thp=False)
+    raise SystemExit(main(sys.argv[1:]) if rc is None else rc)
