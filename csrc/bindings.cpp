@@ -195,9 +195,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "decoders (4-bit, FP8, FP6, MXINT6 weights); returns the previous setting.");
   m.def("mx_set_int8_few_rows", [](bool on) { const bool was = leankern::mx::int8_few_rows_enabled(); leankern::mx::set_int8_few_rows_enabled(on); return was; },
         py::arg("on"),
-        "Let (True, the default) or forbid (False) dual INT x INT mx_linear below 5 rows of x the int8 kernel's "
-        "few-rows form (vpdpbusd; AVX512-VNNI and VBMI, where AMX does not take those rows); returns the previous "
-        "setting.");
+        "Let (True, the default) or forbid (False) dual INT x INT mx_linear below 5 rows of x (below 4 where AMX "
+        "is on) the int8 kernel's few-rows form (vpdpbusd; AVX512-VNNI and VBMI); returns the previous setting.");
   m.def("mx_set_few_rows_fma", [](bool on) { const bool was = leankern::mx::few_rows_fma_enabled(); leankern::mx::set_few_rows_fma_enabled(on); return was; },
         py::arg("on"),
         "Let (True) or forbid (False) the few-rows mx_linear kernel its fp32-FMA form (4-bit and 6 / 8-bit "

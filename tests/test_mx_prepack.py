@@ -98,10 +98,10 @@ def test_prepack_rejects_non_mxtensor_and_3d():
 
 # ------------------------------------------------------------------------------- linear, per ISA
 def test_int8_few_rows_form_runs_for_int_pairs(isa):
-    """Dual INT x INT below 5 rows of x under avx512bf16 (where AMX does not take them: with AMX on, MXINT8 from 2
-    rows) runs the int8 kernel's few-rows form (leankern._C.mx_set_int8_few_rows), which sums integers and keeps
-    x_hat = 2^-127; with it off (and the FMA form off) the few-rows bf16 kernel flushes that subnormal. Proves
-    which ran, for a 4-bit and an 8-bit weight."""
+    """Dual INT x INT below 5 rows of x under avx512bf16 (below 4 with AMX on; AMX tiles take 4) runs the int8
+    kernel's few-rows form (leankern._C.mx_set_int8_few_rows), which sums integers and keeps x_hat = 2^-127; with
+    it off (and the FMA form off) the few-rows bf16 kernel or AMX flushes that subnormal. Proves which ran, for a
+    4-bit and an 8-bit weight."""
     if isa not in BF16_DOT_ISAS or "avx512vbmi" not in leankern._C.cpu_features().split():
         pytest.skip("the int8 few-rows form needs the avx512bf16 ISA (VNNI) and AVX512-VBMI")
     want = 64 * 2.0**-127
@@ -111,7 +111,7 @@ def test_int8_few_rows_form_runs_for_int_pairs(isa):
         for fmt in ("mxint8", "mxint4"):
             qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), fmt))
             for m in (1, 2, 3, 4):
-                amx_takes = isa == "amx" and m >= 2
+                amx_takes = isa == "amx" and m >= 4
                 on = leankern.mx.linear(x[:m], qt, act_fmt="mxint8")[:, 0].tolist()
                 assert on == ([0.0] * m if amx_takes else pytest.approx([want] * m, rel=1e-6, abs=0))
                 leankern._C.mx_set_int8_few_rows(False)

@@ -250,16 +250,18 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
   // AMX tiles (linear_packed_amx.h) from amx_min_rows rows where the CPU has them, dual INT x INT
   // included: bf16 tiles on x_hat beat the int8 VNNI kernel (AMX int8 steps over 64 elements of K,
   // two 32-element blocks with their own scales, so it cannot rescale per block).
-  const bool amx = kern.linear_packed_amx && M >= amx_min_rows(f) && x_is_bf16 && K % 32 == 0 && cpu::amx_enabled();
+  const bool amx_takes = kern.linear_packed_amx && M >= amx_min_rows(f) && x_is_bf16 && K % 32 == 0 && cpu::amx_enabled();
   // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
-  Int8Act xi;
-  const bool int8_able = !amx && kern.linear_packed_int8 && act >= 0 && int8_shift(f) >= 0 && int8_shift(act) >= 0;
-  // below kInt8SmallRows rows its few-rows form (VBMI's byte transpose; 4-bit weights in whole 8-element groups)
+  const bool int8_pair = kern.linear_packed_int8 && act >= 0 && int8_shift(f) >= 0 && int8_shift(act) >= 0;
+  // up to kInt8SmallRows rows its few-rows form (VBMI's byte transpose; 4-bit weights in whole 8-element groups),
+  // up to kInt8SmallRowsOverAmx also where AMX would take them
   const bool four = elem_spec(kFormats[f].elem).bits == 4;
-  const bool int8_small = int8_able && M <= kInt8SmallRows && block_size % (four ? 8 : 4) == 0 && cpu_has_vbmi() &&
-                          int8_few_rows_enabled();
+  const bool int8_small = int8_pair && M <= (amx_takes ? kInt8SmallRowsOverAmx : kInt8SmallRows) &&
+                          block_size % (four ? 8 : 4) == 0 && cpu_has_vbmi() && int8_few_rows_enabled();
+  const bool amx = amx_takes && !int8_small;
+  Int8Act xi;
   if (int8_small) xi = int8_small_act(x2, act, block_size, kern, M, K, four);
-  else if (int8_able && prefill && block_size % 4 == 0) xi = int8_act(x2, act, block_size, kern, M, K);
+  else if (!amx && int8_pair && prefill && block_size % 4 == 0) xi = int8_act(x2, act, block_size, kern, M, K);
   // bf16 dot products (avx512bf16) where x is exact in bf16: from kBf16PrefillMinRows rows of x on the
   // prefill kernel (row groups), below it the few-rows kernel (x as it is); fp32 kernel otherwise.
   const bool bf16_dot = !amx && kern.linear_packed_bf16 && !xi.q.defined() && prefill && x_is_bf16;
