@@ -114,7 +114,7 @@ struct PackedLinearArgs {
 };
 // Rows of x up to which dual INT x INT takes the int8 kernel's few-rows form (linear_packed_int8.h), and up to which
 // it takes them where AMX would too. Why 3 there: on the 2-core Xeon, cold, against the AMX few-rows form (MXINT4,
-// MXINT8; 4096 x 4096, 14336 x 4096): M = 2 1.02-1.29x, M = 3 1.03-1.10x faster, M = 4 0.94-1.07x.
+// MXINT8; 4096 x 4096, 14336 x 4096; two runs): M = 2 0.98-1.29x, M = 3 1.03-1.10x faster, M = 4 0.94-1.07x.
 constexpr int64_t kInt8SmallRows = 4, kInt8SmallRowsOverAmx = 3;
 // Rows of x up to which the AMX kernel takes its few-rows form (linear_packed_amx.h: accumulators in tile registers
 // over all of K) and the op may set PackedLinearArgs::xa8.
