@@ -248,8 +248,8 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
   const bool x_is_bf16 = act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16;
   const bool prefill = M >= kBf16PrefillMinRows;
   // AMX tiles (linear_packed_amx.h) from amx_min_rows rows where the CPU has them, dual INT x INT
-  // included: bf16 tiles on x_hat beat the int8 VNNI kernel (AMX int8 steps over 64 elements of K,
-  // two 32-element blocks with their own scales, so it cannot rescale per block).
+  // included from 4 rows: bf16 tiles on x_hat beat the int8 VNNI prefill kernel (AMX int8 steps over 64 elements
+  // of K, two 32-element blocks with their own scales, so it cannot rescale per block).
   const bool amx_takes = kern.linear_packed_amx && M >= amx_min_rows(f) && x_is_bf16 && K % 32 == 0 && cpu::amx_enabled();
   // int8 dot products (avx512bf16 = + VNNI): dual INT x INT where both formats are int8-able
   const bool int8_pair = kern.linear_packed_int8 && act >= 0 && int8_shift(f) >= 0 && int8_shift(act) >= 0;
