@@ -182,10 +182,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Test hook: x[rows] @ w^T (fp32 bytes) by the common bf16 GEMM (AVX512-BF16 dot products or AMX tiles) from "
         "bf16 bit patterns given as bytes; None where the active ISA is not avx512bf16.");
   m.def("moe_set_down_split", &leankern::moe::set_down_split, py::arg("on"),
-        "moe_experts on the avx512bf16 ISA (AMX or not): the prefill down projection of bf16 w2 carries the fp32 "
-        "activation as bf16(a) (False, the "
-        "default: as a bf16 model holds it) or as two bf16 parts, hi + lo, 16 significant bits (True: twice the "
-        "down projection's products); returns the previous setting.");
+        "moe_experts on the avx512bf16 ISA (AMX or not): the down projection of bf16 w2 carries the fp32 "
+        "activation as bf16(a) (False, the default: as a bf16 model holds it; GEMM and GEMV paths) or, True, as "
+        "two bf16 parts, hi + lo, 16 significant bits, in the GEMM path (twice its products) and as fp32 in the "
+        "GEMV path; returns the previous setting.");
   m.def("bf16_gemm_set_wa_rows", &leankern::cpu::set_bf16_gemm_wa_rows, py::arg("rows"),
         "Test and tuning hook: the bf16 GEMM's AMX path reads w in place as A tiles up to this many rows of x "
         "(default 1024), else packs w into B tiles (the same bits); returns the previous value.");

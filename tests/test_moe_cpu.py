@@ -203,9 +203,9 @@ def _split(t, interleaved):
 
 
 def down_rounding(w2) -> float:
-    """Relative rounding of the activation before the C++ prefill down projection of ``w2`` on the ISA now active:
+    """Relative rounding of the activation before the C++ down projection of ``w2`` on the ISA now active:
     2^-8 (bf16(a)) or 2^-16 (hi + lo, ``moe_set_down_split(True)``) where it takes bf16 dot products (avx512bf16,
-    AMX or not, bf16 w2), else 0. (The decode / GEMV path keeps a in fp32: the term only loosens its bound.)"""
+    AMX or not, bf16 w2), else 0. (The GEMV path takes bf16(a) too, and keeps a in fp32 under the split.)"""
     if w2.dtype != torch.bfloat16 or EXT.cpu_isa() != "avx512bf16":
         return 0.0
     split = EXT.moe_set_down_split(False)
@@ -409,19 +409,19 @@ def test_experts_bf16_dot_products_run_and_flush_subnormal_hidden(isa, T, H):
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("T,H,I", [(2, 520, 16), (600, 520, 16), (600, 520, 32)])
 def test_experts_down_projection_bf16_parts(isa, T, H, I, split):
-    """Under avx512bf16 the GEMM path's down projection with bf16 w2 carries the fp32 activation as bf16(a) (the
-    default) or, with ``moe_set_down_split(True)``, as two bf16 parts (hi = bf16(a), lo = bf16(a - hi): 16
-    significant bits). Here a = silu(32) * 2^-5 (1 + 2^-10 + 2^-20) = 1 + 2^-10 + 2^-20 exactly (21 bits) and w2
-    picks it out: bf16(a) gives 1, the split 1 + 2^-10 (hi = 1, lo = 2^-10), the fp32 kernels (the GEMV path at
-    T = 2, other ISAs) give a. Proves which ran."""
+    """Under avx512bf16 the down projection with bf16 w2 carries the fp32 activation as bf16(a) (the default, GEMM
+    and GEMV paths) or, with ``moe_set_down_split(True)``, as two bf16 parts (hi = bf16(a), lo = bf16(a - hi): 16
+    significant bits) in the GEMM path and as fp32 in the GEMV path. Here a = silu(32) * 2^-5 (1 + 2^-10 + 2^-20)
+    = 1 + 2^-10 + 2^-20 exactly (21 bits) and w2 picks it out: bf16(a) gives 1, the split 1 + 2^-10 (hi = 1,
+    lo = 2^-10), the fp32 kernels (the GEMV path under the split, other ISAs) give a. Proves which ran."""
     was = EXT.moe_set_down_split(split)
     try:
-        _down_projection_case(isa, T, H, I, 1 + 2.0**-10 if split else 1.0)
+        _down_projection_case(isa, T, H, I, 1 + 2.0**-10 if split else 1.0, gemv_bf16=not split)
     finally:
         EXT.moe_set_down_split(was)
 
 
-def _down_projection_case(isa, T, H, I, want_bf16_dots):
+def _down_projection_case(isa, T, H, I, want_bf16_dots, gemv_bf16=False):
     E = 2
     hidden = torch.ones(T, H)
     w13 = torch.zeros(E, 2 * I, H)
@@ -434,7 +434,8 @@ def _down_projection_case(isa, T, H, I, want_bf16_dots):
     assert prefill_experts(ids, H, I) == (2 if T == 600 else 0)
     got = moe.experts(hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
     a = 1 + 2.0**-10 + 2.0**-20
-    want = want_bf16_dots if (isa in BF16_DOT_ISAS and T == 600) else a
+    dots = isa in BF16_DOT_ISAS and (T == 600 or gemv_bf16)
+    want = want_bf16_dots if dots else a
     assert torch.equal(got, torch.full((T, H), want))
 
 
@@ -461,8 +462,23 @@ def test_experts_prefill_activation_edge_values(isa, activation, I, special, spl
         EXT.moe_set_down_split(was)
 
 
-def _activation_edge_case(isa, activation, I, special, rel):
-    T, E, H = 600, 2, 520
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("special", [None, float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("activation,I", [("silu", 16), ("swiglu_oai", 19)])
+def test_experts_decode_activation_edge_values(isa, activation, I, special, split):
+    """The same edge values through the GEMV path (2 tokens per expert): under avx512bf16 without the split its
+    activation is the vectorised one rounded to bf16 (act_split_bf16) for the bf16 dot products of the down GEMV,
+    within 2^-8; with the split or on other ISAs the scalar fp32 activation (2^-15 holds it)."""
+    was = EXT.moe_set_down_split(split)
+    try:
+        _activation_edge_case(isa, activation, I, special, 2.0**-8 if isa in BF16_DOT_ISAS and not split else 2.0**-15,
+                              T=2)
+    finally:
+        EXT.moe_set_down_split(was)
+
+
+def _activation_edge_case(isa, activation, I, special, rel, T=600):
+    E, H = 2, 520
     hidden = torch.ones(T, H)
     w13 = torch.zeros(E, 2 * I, H)
     g = torch.tensor(ACT_EDGE[:I])
@@ -476,7 +492,7 @@ def _activation_edge_case(isa, activation, I, special, rel):
     w = torch.full((T, 2), 0.5)
     kw = dict(activation=activation, swiglu_alpha=1.702, swiglu_limit=7.0)
     args = (hidden, w13.bfloat16(), w2.bfloat16(), ids, w)
-    assert prefill_experts(ids, H, I) == 2
+    assert prefill_experts(ids, H, I) == (2 if T == 600 else 0)
     got, want = both(moe.experts, *args, **kw)
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     assert torch.equal(torch.isinf(got) & (got > 0), torch.isinf(want) & (want > 0))
@@ -555,14 +571,14 @@ def test_experts_prefill_interleaved_bias_split_epilogue(isa, hdt):
 
 @pytest.mark.parametrize("E", [2, 8])
 @pytest.mark.parametrize("T", [1, 2, 8, 9, 20])
-def test_experts_amx_gemm_path_from_two_tokens(isa, two_threads, E, T):
+def test_experts_amx_gemm_path_from_two_tokens(isa, two_threads, down_split, E, T):
     """With AMX (bf16 hidden and weights, H and I multiples of 32) an expert of more than one token takes the GEMM
     path (experts_cpu.cpp: amx_gemm, kAmxGemvMaxTokens) where at least 3 such experts per thread share out (E = 8 on
     2 threads: small_expert), else from 9 tokens on (E = 2); elsewhere 20 tokens of H = 64 still take the GEMV path
-    (use_gemv). The GEMM
-    path's down projection splits the fp32 activation into two bf16 parts (16 significant bits): activations
-    a0 = 1 + 2^-9 + 2^-20 and a1 = 1 + 2^-9 with w2 rows (1, -1) give a0 - a1 = 2^-20 through fp32 activations
-    (GEMV) and 0 through the split (hi = 1, lo = 2^-9 for both). Proves which path ran."""
+    (use_gemv). Under ``moe_set_down_split(True)`` the GEMM path's down projection splits the fp32 activation into
+    two bf16 parts (16 significant bits) and the GEMV path keeps it in fp32: activations a0 = 1 + 2^-9 + 2^-20 and
+    a1 = 1 + 2^-9 with w2 rows (1, -1) give a0 - a1 = 2^-20 through fp32 activations (GEMV) and 0 through the
+    split (hi = 1, lo = 2^-9 for both). Proves which path ran."""
     H, I = 64, 32
     hidden = torch.ones(T, H).to(torch.bfloat16)
     w13 = torch.zeros(E, 2 * I, H)
@@ -579,11 +595,16 @@ def test_experts_amx_gemm_path_from_two_tokens(isa, two_threads, E, T):
 
 
 # E = 2, k = 2: every token keeps both experts, so each expert has exactly T tokens: 2..4 take the sequential
-# stream kernel (stream_rows_n), 5 and 9 the 4-row register tile, 1 the single-vector stream.
+# stream kernel (stream_rows_n; stream_rows_bf16 for bf16 x bf16 under avx512bf16), 5 and 9 the 4-row register tile
+# (quads_bf16 there), 1 the single-vector stream. H = 67, I = 24: one whole step and masked tails; H = 520, I = 80:
+# several steps, the prefetch running on into the next row.
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 9])
-@pytest.mark.parametrize("wdt", [torch.bfloat16, torch.float32], ids=("bf16", "f32"))
-def test_experts_tokens_per_expert_kernels(isa, T, wdt):
-    args, kw = make_experts(T, 2, 67, 24, 2, wdt, torch.float32, seed=40 + T, drop=0.0)
+@pytest.mark.parametrize("wdt,hdt,H,I", [(torch.bfloat16, torch.float32, 67, 24), (torch.float32, torch.float32, 67, 24),
+                                         (torch.bfloat16, torch.bfloat16, 67, 24),
+                                         (torch.bfloat16, torch.bfloat16, 520, 80)],
+                         ids=("bf16-f32", "f32-f32", "bf16-bf16", "bf16-bf16-520"))
+def test_experts_tokens_per_expert_kernels(isa, T, wdt, hdt, H, I):
+    args, kw = make_experts(T, 2, H, I, 2, wdt, hdt, seed=40 + T, drop=0.0)
     assert torch.equal(torch.bincount(args[3].flatten().long(), minlength=2), torch.tensor([T, T]))
     check_experts(args, kw)
 

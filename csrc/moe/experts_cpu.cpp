@@ -91,7 +91,7 @@ struct Job {
   int64_t n;              // vectors
   const float* const* xs;  // [n] input rows (C floats each)
   float* const* outs;      // [n] output rows (R floats each)
-  const uint16_t* const* xb = nullptr;  // the same rows as bf16 where they are bf16 values (gate/up of bf16 hidden)
+  const uint16_t* const* xb = nullptr;  // the rows as bf16: bf16 hidden (gate/up), or bf16(a) (down, decode_all)
 };
 
 void run_jobs(const MoeKernels& K, const std::vector<Job>& jobs) {
@@ -459,9 +459,20 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
   int64_t npairs = 0;
   for (int64_t e : dec) npairs += offs[e + 1] - offs[e];
   const int64_t ns = with_shared ? T : 0;
+  const MoeKernels& K = active_kernels();
+  // the down GEMV of bf16 w2 (rows contiguous) on an avx512bf16 CPU takes bf16(a), as the prefill down GEMM does
+  // (down_parts() == 1; with the split asked for, a stays fp32: closer than hi + lo). Why: bf16 dot products, 32
+  // products per instruction, against widening every weight to fp32 for 16 per FMA; and the activation is then one
+  // vectorised pass (act_split_bf16) instead of a scalar exp per element. Qwen3-30B-A3B experts (~16 tokens each
+  // at T = 256, all on this path on a CPU without AMX) on 2-core Zen 4: measured in docs/moe.md.
+  const bool down_bf16 = K.gemv_rows_bf16 && K.act_split_bf16 && down_parts() == 1;
+  auto takes_bf16 = [&](const Mat& m) { return down_bf16 && !m.cols && m.dt == kBF16; };
   std::vector<float> gu(npairs * 2 * I + ns * 2 * Is), a(npairs * I + ns * Is);
+  std::vector<uint16_t> ab(down_bf16 ? npairs * I + ns * Is : 0);  // a's rows as bf16 where their w2 takes them
   std::vector<const float*> xs1(npairs + 2 * ns), xs2(npairs + ns);
   std::vector<const uint16_t*> xb1(P.xb16 ? npairs + 2 * ns : 0);  // xs1's rows as bf16 (bf16 hidden)
+  std::vector<const uint16_t*> xb2(down_bf16 ? npairs + ns : 0);
+  std::vector<char> row_bf16(npairs + ns, 0);  // the activation row is written as bf16 (ab), not fp32 (a)
   std::vector<float*> o1(npairs + 2 * ns), o2(npairs + ns);
   std::vector<Job> jobs1, jobs2;
   int64_t p = 0;
@@ -472,10 +483,14 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
       if (P.xb16) xb1[p + i] = P.xb16 + slots[offs[e] + i] / P.k * H;
       o1[p + i] = gu.data() + (p + i) * 2 * I;
       xs2[p + i] = a.data() + (p + i) * I;
+      if (down_bf16) xb2[p + i] = ab.data() + (p + i) * I;
       o2[p + i] = y + (p + i) * H;
     }
+    const Mat m2 = expert_mat(P.w2, e);
+    const bool b16 = takes_bf16(m2);
+    std::fill(row_bf16.begin() + p, row_bf16.begin() + p + n, (char)b16);
     jobs1.push_back(Job{expert_mat(P.w13, e), n, &xs1[p], &o1[p], P.xb16 ? &xb1[p] : nullptr});
-    jobs2.push_back(Job{expert_mat(P.w2, e), n, &xs2[p], &o2[p]});
+    jobs2.push_back(Job{m2, n, &xs2[p], &o2[p], b16 ? &xb2[p] : nullptr});
     p += n;
   }
   float* gus = gu.data() + npairs * 2 * I;
@@ -487,18 +502,27 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
       o1[npairs + t] = gus + t * 2 * Is;
       o1[npairs + T + t] = gus + t * 2 * Is + Is;
       xs2[npairs + t] = as + t * Is;
+      if (down_bf16) xb2[npairs + t] = ab.data() + npairs * I + t * Is;
       o2[npairs + t] = ys + t * H;
     }
     Mat m1, m3, m2;
     mat_of(P.sw1, m1);
     mat_of(P.sw3, m3);
     mat_of(P.sw2, m2);
+    const bool b16 = takes_bf16(m2);
+    std::fill(row_bf16.begin() + npairs, row_bf16.end(), (char)b16);
     jobs1.push_back(Job{m1, T, &xs1[npairs], &o1[npairs], P.xb16 ? &xb1[npairs] : nullptr});
     jobs1.push_back(Job{m3, T, &xs1[npairs + T], &o1[npairs + T], P.xb16 ? &xb1[npairs + T] : nullptr});
-    jobs2.push_back(Job{m2, T, &xs2[npairs], &o2[npairs]});
+    jobs2.push_back(Job{m2, T, &xs2[npairs], &o2[npairs], b16 ? &xb2[npairs] : nullptr});
   }
-  const MoeKernels& K = active_kernels();
   run_jobs(K, jobs1);
+  // fp32 biases of the decode experts whose activation rows go out as bf16 (act_split_bf16 takes fp32)
+  std::vector<at::Tensor> b13_f32(P.b13 && down_bf16 ? dec.size() : 0);
+  std::vector<int64_t> dec_index(P.b13 && down_bf16 ? P.E : 0, -1);
+  for (size_t j = 0; j < b13_f32.size(); ++j) {
+    b13_f32[j] = bias_f32(P.b13, P.b13dt, P.b13_ld, dec[j], 2 * I);
+    dec_index[dec[j]] = (int64_t)j;
+  }
   // activation rows: decode pairs then the shared rows
   std::vector<std::pair<int64_t, int64_t>> pair_expert(npairs);
   p = 0;
@@ -509,11 +533,17 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
     for (int64_t r = r0; r < r1; ++r) {
       if (r < npairs) {
         const int64_t e = pair_expert[r].first;
-        const void* b = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
-        activate_row(P.act, gu.data() + r * 2 * I, b, P.b13dt, I, a.data() + r * I);
+        if (row_bf16[r]) {
+          const float* b = P.b13 ? b13_f32[dec_index[e]].data_ptr<float>() : nullptr;
+          K.act_split_bf16(gu.data() + r * 2 * I, 1, I, P.act, b, ab.data() + r * I, nullptr);
+        } else {
+          const void* b = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
+          activate_row(P.act, gu.data() + r * 2 * I, b, P.b13dt, I, a.data() + r * I);
+        }
       } else {
         const int64_t t = r - npairs;
-        activate_row(silu, gus + t * 2 * Is, nullptr, 0, Is, as + t * Is);
+        if (row_bf16[r]) K.act_split_bf16(gus + t * 2 * Is, 1, Is, silu, nullptr, ab.data() + npairs * I + t * Is, nullptr);
+        else activate_row(silu, gus + t * 2 * Is, nullptr, 0, Is, as + t * Is);
       }
     }
   });

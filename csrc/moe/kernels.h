@@ -43,8 +43,8 @@ struct MoeKernels {
 // y[i] = e^x[i] (i < n) by the prefill activation's vectorised exp (epilogue_avx512bf16.cpp); false, nothing
 // written, where the CPU cannot run the avx512bf16 kernels. A test hook (leankern._C.moe_exp_f32).
 bool exp_f32(const float* x, int64_t n, float* y);
-// The activation parts the AMX down GEMM of bf16 w2 carries: 1 = bf16(a) (default), 2 = hi + lo (16 bits);
-// leankern._C.moe_set_down_split. Returns the previous setting.
+// The activation parts the avx512bf16 down GEMM of bf16 w2 carries: 1 = bf16(a) (default; the GEMV path too),
+// 2 = hi + lo (16 bits; the GEMV path then keeps fp32); leankern._C.moe_set_down_split. Returns the previous setting.
 bool set_down_split(bool two_parts);
 
 const MoeKernels& scalar_kernels();

@@ -1,15 +1,16 @@
-// avx512bf16 table of the moe CPU kernels: the avx512 GEMV loops plus gemv_rows_bf16, the gate/up GEMV of bf16
-// hidden states times bf16 weights with AVX512-BF16 dot products (kernels.h). Nothing here runs unless
-// common/cpu_features.cpp found AVX512-BF16 and the active ISA is avx512bf16.
+// avx512bf16 table of the moe CPU kernels: the avx512 GEMV loops plus gemv_rows_bf16, the GEMV of bf16 weights
+// times bf16 vectors with AVX512-BF16 dot products (kernels.h): gate/up of bf16 hidden states, and down of the
+// activation rounded to bf16 (experts_cpu.cpp decode_all). Nothing here runs unless common/cpu_features.cpp found
+// AVX512-BF16 and the active ISA is avx512bf16.
 //
 // Why: the fp32 loops widen every bf16 weight and spend one FMA per 16 products; vdpbf16ps multiplies the bf16
-// pairs as they are loaded, 32 products per instruction, each exact in fp32, with fp32 sums
-// (common/bf16_dot_avx512.h rows_dot). It treats bf16 subnormal inputs as zero, the one difference to the fp32
-// loops (docs/moe.md).
+// pairs as they are loaded, 32 products per instruction, each exact in fp32, with fp32 sums. It treats bf16
+// subnormal inputs as zero, the one difference to the fp32 loops (docs/moe.md).
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "common/bf16_dot_avx512.h"
 #include "moe/kernels.h"
@@ -18,10 +19,92 @@ namespace leankern {
 namespace moe {
 namespace avx512bf16 {
 
-constexpr int kNR = 4;  // weight rows per register tile (x 4 tokens: 16 accumulators)
+#define LK_BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void gemv_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
-                    int64_t n, float* const* outs) {
+constexpr int kNR = 4;  // weight rows per register tile (x 4 tokens: 16 accumulators)
+constexpr int64_t kAhead = 512;  // elements (1 KB) the stream's software prefetch runs ahead, as the fp32 loops'
+
+// NT (<= 4) vectors: rows one after the other as one sequential stream, as the fp32 loops' stream_rows_n
+// (kernels_impl.h), with a software prefetch kAhead elements ahead that runs on into the next row; two accumulators
+// per vector, lane j summing the pairs (2 j, 2 j + 1) of each 32 elements in fp32, one horizontal sum per output.
+// Why: the 4-row tile reads four rows side by side (four streams per thread), which the prefetchers follow less
+// well; with one to four tokens per expert (decode) the weights' bytes are the time.
+template <int NT>
+LK_BF void stream_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C,
+                            const uint16_t* const* xs, float* const* outs) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* row = w + r * ld;
+    const bool more = r + 1 < r1;
+    __m512 a[NT][2];
+    for (int t = 0; t < NT; ++t) a[t][0] = a[t][1] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 64 <= C; c += 64) {
+      for (int64_t q = 0; q < 64; q += 32) {  // the two lines 1 KB on, or as far into the next row
+        const int64_t o = c + kAhead + q;
+        if (o < C) _mm_prefetch((const char*)(row + o), _MM_HINT_T0);
+        else if (more) _mm_prefetch((const char*)(row + ld + (o - C)), _MM_HINT_T0);
+      }
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(row + c), w1 = (__m512bh)_mm512_loadu_si512(row + c + 32);
+      for (int t = 0; t < NT; ++t) {
+        a[t][0] = _mm512_dpbf16_ps(a[t][0], w0, (__m512bh)_mm512_loadu_si512(xs[t] + c));
+        a[t][1] = _mm512_dpbf16_ps(a[t][1], w1, (__m512bh)_mm512_loadu_si512(xs[t] + c + 32));
+      }
+    }
+    for (; c < C; c += 32) {  // the last < 64 elements: masked past C (zeros add nothing, nothing past C is read)
+      const __mmask32 m = C - c >= 32 ? (__mmask32)~0u : (__mmask32)((1u << (C - c)) - 1);
+      const __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi16(m, row + c);
+      for (int t = 0; t < NT; ++t)
+        a[t][0] = _mm512_dpbf16_ps(a[t][0], w0, (__m512bh)_mm512_maskz_loadu_epi16(m, xs[t] + c));
+    }
+    for (int t = 0; t < NT; ++t) outs[t][r] = _mm512_reduce_add_ps(_mm512_add_ps(a[t][0], a[t][1]));
+  }
+}
+
+// The register tile of 4 rows x NT (<= 4) tokens (as cpu::bf16dot::rows_dot), with a prefetch per step of the
+// rows i of `next` in the bit set pf_rows, at the same column. outs[t][r + i] = the sums, i < nr.
+template <int NT>
+LK_BF void quad_tile(const uint16_t* const* rows, const uint16_t* const* x, int64_t C, const uint16_t* const* next,
+                     unsigned pf_rows, int nr, int64_t r, float* const* outs) {
+  __m512 a[kNR][NT];
+  for (int i = 0; i < kNR; ++i)
+    for (int t = 0; t < NT; ++t) a[i][t] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32) {
+    for (int i = 0; i < kNR; ++i)
+      if (pf_rows >> i & 1) _mm_prefetch((const char*)(next[i] + c), _MM_HINT_T0);
+    __m512bh xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c);
+    for (int i = 0; i < kNR; ++i) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(rows[i] + c);
+      for (int t = 0; t < NT; ++t) a[i][t] = _mm512_dpbf16_ps(a[i][t], wv, xv[t]);
+    }
+  }
+  if (c < C) {  // the last C - c < 32 columns: masked (zeros add nothing, nothing past C is read)
+    const __mmask32 m = (__mmask32)((1u << (C - c)) - 1);
+    __m512bh xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_maskz_loadu_epi16(m, x[t] + c);
+    for (int i = 0; i < kNR; ++i) {
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, rows[i] + c);
+      for (int t = 0; t < NT; ++t) a[i][t] = _mm512_dpbf16_ps(a[i][t], wv, xv[t]);
+    }
+  }
+  if constexpr (NT == 4) {  // all 16 sums at once
+    alignas(64) float s[16];
+    _mm512_store_ps(s, cpu::bf16dot::reduce16(&a[0][0]));
+    for (int i = 0; i < nr; ++i)
+      for (int t = 0; t < 4; ++t) outs[t][r + i] = s[i * 4 + t];
+  } else {
+    for (int i = 0; i < nr; ++i)
+      for (int t = 0; t < NT; ++t) outs[t][r + i] = _mm512_reduce_add_ps(a[i][t]);
+  }
+}
+
+// Five or more tokens: quads of rows, each passed over by the token groups (4 tokens, the last 1..4) while it stays
+// in L1; the next quad's rows prefetched one row per group where there are four groups or more (row i by group
+// i mod groups), so that its reads spread over the quad's time instead of the first group's.
+LK_BF void quads_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
+                      int64_t n, float* const* outs) {
+  const int64_t groups = (n + 3) / 4;
   for (int64_t r = r0; r < r1; r += kNR) {
     const int nr = (int)std::min<int64_t>(kNR, r1 - r);
     const uint16_t* rows[kNR];
@@ -30,10 +113,30 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void ge
       rows[i] = w + (r + std::min(i, nr - 1)) * ld;  // a short tail repeats its last row (stored once)
       next[i] = w + (r + kNR + i) * ld;
     }
-    const bool pf = r + 2 * kNR <= r1;  // the next tile lies in this block
-    cpu::bf16dot::rows_dot_n<kNR, 4>(rows, xs, n, C, pf ? next : nullptr, [&](int i, int64_t t, float v) {
-      if (i < nr) outs[t][r + i] = v;
-    });
+    const bool pf_on = r + 2 * kNR <= r1;  // the next quad lies in this block
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t t0 = 4 * g, nt = std::min<int64_t>(4, n - t0);
+      unsigned pr = 0;
+      if (pf_on)
+        for (int i = 0; i < kNR; ++i) pr |= (unsigned)(i % groups == g) << i;
+      switch (nt) {
+        case 4: quad_tile<4>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
+        case 3: quad_tile<3>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
+        case 2: quad_tile<2>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
+        default: quad_tile<1>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
+      }
+    }
+  }
+}
+
+LK_BF void gemv_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
+                          int64_t n, float* const* outs) {
+  switch (n) {
+    case 1: return stream_rows_bf16<1>(w, ld, r0, r1, C, xs, outs);
+    case 2: return stream_rows_bf16<2>(w, ld, r0, r1, C, xs, outs);
+    case 3: return stream_rows_bf16<3>(w, ld, r0, r1, C, xs, outs);
+    case 4: return stream_rows_bf16<4>(w, ld, r0, r1, C, xs, outs);
+    default: return quads_bf16(w, ld, r0, r1, C, xs, n, outs);
   }
 }
 
