@@ -23,13 +23,17 @@ constexpr int kRowGroup = 24;
 // subnormal inputs and fp32 subnormal results as zero. Out of line with local sums so that up to 24 of them stay in
 // registers (acc's address escapes to the caller); intrinsics rather than an asm broadcast operand, with which
 // GCC kept 24 sums in memory.
+// pf: nullptr, or 16 row pointers whose first 4 * pairs bytes (rows of K = 2 * pairs bf16: the next weight tile
+// of the plain GEMM) are prefetched into L2 along the way, one line per step, so that their reads from memory
+// overlap these products instead of stalling the next tile's packing.
 template <int MM>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), noinline)) void micro(
-    const int32_t* xg, int64_t pairs, const __m512i* wb, __m512* acc) {
+    const int32_t* xg, int64_t pairs, const __m512i* wb, __m512* acc, const uint16_t* const* pf = nullptr) {
   static_assert(MM >= 1 && MM <= kRowGroup, "at most one row group per call");
   __m512 r[MM];
   for (int i = 0; i < MM; ++i) r[i] = _mm512_setzero_ps();
   for (int64_t q = 0; q < pairs; ++q) {
+    if (pf) _mm_prefetch((const char*)pf[q & 15] + (q >> 4) * 64, _MM_HINT_T1);
     const __m512bh wv = (__m512bh)_mm512_load_si512(wb + q);
 #pragma GCC unroll 24  // fully: r[] must be registers
     for (int i = 0; i < MM; ++i)
