@@ -1,5 +1,6 @@
-"""A/B of dual INT x INT ``mx.linear`` below 5 rows of x: the int8 kernel's few-rows form (vpdpbusd; on by
-default, ``leankern._C.mx_set_int8_few_rows``) against what ran before it (the few-rows bf16 / FMA kernel on x_hat):
+"""A/B of dual INT x INT ``mx.linear`` below 5 rows of x: the int8 kernel's few-rows form (vpdpbusd; by default for
+8-bit weights, and for 4-bit weights on CPUs with AMX; ``leankern._C.mx_set_int8_few_rows``) against what runs
+without it (the few-rows bf16 / FMA kernel on x_hat):
 ``python bench/bench_mx_dual_few_rows.py [FMTS] [MS] [SHAPES] [amx|noamx]`` (defaults: mxint4, mxfp4, mxint8
 weights; act mxint8; M = 1; 4096x4096,14336x4096,4096x14336; ISA avx512bf16 with AMX as the CPU has it).
 

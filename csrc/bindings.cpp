@@ -5,6 +5,7 @@
 // register on the public ops per dispatch key in their family's files (CPU:
 // csrc/<family>/*_cpu.cpp, CUDA: csrc/<family>/*_cuda_binding.cpp). Importing this module loads
 // those registrations.
+#include <optional>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -193,10 +194,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("on"),
         "Test hook: let (True) or forbid (False) the few-rows bf16 mx_linear kernel its AVX512-VBMI "
         "decoders (4-bit, FP8, FP6, MXINT6 weights); returns the previous setting.");
-  m.def("mx_set_int8_few_rows", [](bool on) { const bool was = leankern::mx::int8_few_rows_enabled(); leankern::mx::set_int8_few_rows_enabled(on); return was; },
+  m.def("mx_set_int8_few_rows",
+        [](std::optional<bool> on) -> py::object {
+          const int was = leankern::mx::set_int8_few_rows(on.has_value() ? (*on ? 1 : 0) : -1);
+          return was < 0 ? py::object(py::none()) : py::object(py::bool_(was == 1));
+        },
         py::arg("on"),
-        "Let (True, the default) or forbid (False) dual INT x INT mx_linear below 5 rows of x (below 4 where AMX "
-        "is on) the int8 kernel's few-rows form (vpdpbusd; AVX512-VNNI and VBMI); returns the previous setting.");
+        "Let (True) or forbid (False) dual INT x INT mx_linear below 5 rows of x (below 4 where AMX is on) the "
+        "int8 kernel's few-rows form (vpdpbusd; AVX512-VNNI and VBMI), or None: the CPU's default (8-bit weights "
+        "everywhere, 4-bit weights on CPUs with AMX); returns the previous setting (None for the default).");
   m.def("mx_set_few_rows_fma", [](bool on) { const bool was = leankern::mx::few_rows_fma_enabled(); leankern::mx::set_few_rows_fma_enabled(on); return was; },
         py::arg("on"),
         "Let (True) or forbid (False) the few-rows mx_linear kernel its fp32-FMA form (4-bit and 6 / 8-bit "

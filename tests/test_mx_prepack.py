@@ -107,6 +107,7 @@ def test_int8_few_rows_form_runs_for_int_pairs(isa):
     want = 64 * 2.0**-127
     x = torch.full((4, 64), 2.0**-127)
     was_fma = leankern._C.mx_set_few_rows_fma(False)
+    was_i8 = leankern._C.mx_set_int8_few_rows(True)
     try:
         for fmt in ("mxint8", "mxint4"):
             qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), fmt))
@@ -121,6 +122,27 @@ def test_int8_few_rows_form_runs_for_int_pairs(isa):
                     leankern._C.mx_set_int8_few_rows(True)
     finally:
         leankern._C.mx_set_few_rows_fma(was_fma)
+        leankern._C.mx_set_int8_few_rows(was_i8)
+
+
+def test_int8_few_rows_form_default_per_cpu(isa):
+    """By default (mx_set_int8_few_rows(None)) the int8 few-rows form takes 8-bit weights on every such CPU and
+    4-bit weights only where the CPU has AMX (on Zen 4 the bf16 form decodes them faster): the same 2^-127 probe as
+    above, M = 1."""
+    if isa not in BF16_DOT_ISAS or "avx512vbmi" not in leankern._C.cpu_features().split():
+        pytest.skip("the int8 few-rows form needs the avx512bf16 ISA (VNNI) and AVX512-VBMI")
+    x = torch.full((1, 64), 2.0**-127)
+    was_fma = leankern._C.mx_set_few_rows_fma(False)
+    was_i8 = leankern._C.mx_set_int8_few_rows(None)
+    try:
+        assert leankern._C.mx_set_int8_few_rows(None) is None  # the setting reads back as the default
+        for fmt, takes in (("mxint8", True), ("mxint4", leankern._C.amx_supported())):
+            qt = leankern.mx.prepack(leankern.mx.quantize(torch.ones(16, 64), fmt))
+            got = leankern.mx.linear(x, qt, act_fmt="mxint8")[0, 0].item()
+            assert got == (pytest.approx(64 * 2.0**-127, rel=1e-6, abs=0) if takes else 0.0), fmt
+    finally:
+        leankern._C.mx_set_few_rows_fma(was_fma)
+        leankern._C.mx_set_int8_few_rows(was_i8)
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)

@@ -48,9 +48,12 @@ bool few_rows_fma_enabled() {
   return v == 1;
 }
 void set_few_rows_fma_enabled(bool on) { g_few_rows_fma.store(on ? 1 : 0, std::memory_order_relaxed); }
-std::atomic<bool> g_int8_few_rows{true};
-bool int8_few_rows_enabled() { return g_int8_few_rows.load(std::memory_order_relaxed); }
-void set_int8_few_rows_enabled(bool on) { g_int8_few_rows.store(on, std::memory_order_relaxed); }
+std::atomic<int> g_int8_few_rows{-1};  // -1: the CPU's default (kernels.h)
+bool int8_few_rows_takes(bool four) {
+  const int v = g_int8_few_rows.load(std::memory_order_relaxed);
+  return v < 0 ? !four || cpu::amx_supported() : v == 1;
+}
+int set_int8_few_rows(int setting) { return g_int8_few_rows.exchange(setting < 0 ? -1 : setting > 0 ? 1 : 0); }
 
 bool cpu_has_vbmi() {
 #if defined(__x86_64__) || defined(_M_X64)

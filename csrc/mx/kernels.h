@@ -197,10 +197,15 @@ void set_few_rows_fma_enabled(bool on);
 bool few_rows_fma_takes(int fmt, int block_size);
 // Whether the CPU has AVX512-VBMI (vpermb: the few-rows kernels' byte transpose).
 bool cpu_has_vbmi();
-// Dual INT x INT below kInt8SmallRows rows on the int8 kernel's few-rows form (default on; off: the few-rows bf16 /
-// FMA kernels on x_hat, as before it). A/B and test hook: leankern._C.mx_set_int8_few_rows.
-bool int8_few_rows_enabled();
-void set_int8_few_rows_enabled(bool on);
+// Dual INT x INT below kInt8SmallRows rows on the int8 kernel's few-rows form, for 4-bit (four) or 8-bit weights;
+// otherwise the few-rows bf16 / FMA kernels on x_hat, as before it. Setting: 1 on, 0 off, -1 the CPU's default:
+// 8-bit weights everywhere, 4-bit weights where the CPU has AMX (Intel, whose vdpbf16ps runs at half the rate of
+// Zen 4's). Why: on 2-core Zen 4 the int8 form took MXINT4 / MXFP4 weights at M = 1-3 in 1.01-1.33x the time of the
+// bf16 form (M = 4: 0.88-1.05x), MXINT8 in 0.78-1.02x; on the Xeon it was 1.00-1.58x faster for both, AMX on or
+// off (docs/bench/mx_dual_few_rows_int8_zen4.txt, mx_dual_few_rows_int8_xeon.txt). A/B and test hook:
+// leankern._C.mx_set_int8_few_rows. set_ returns the previous setting.
+bool int8_few_rows_takes(bool four);
+int set_int8_few_rows(int setting);
 
 }  // namespace mx
 }  // namespace leankern

@@ -257,7 +257,7 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
   // up to kInt8SmallRowsOverAmx also where AMX would take them
   const bool four = elem_spec(kFormats[f].elem).bits == 4;
   const bool int8_small = int8_pair && M <= (amx_takes ? kInt8SmallRowsOverAmx : kInt8SmallRows) &&
-                          block_size % (four ? 8 : 4) == 0 && cpu_has_vbmi() && int8_few_rows_enabled();
+                          block_size % (four ? 8 : 4) == 0 && cpu_has_vbmi() && int8_few_rows_takes(four);
   const bool amx = amx_takes && !int8_small;
   Int8Act xi;
   if (int8_small) xi = int8_small_act(x2, act, block_size, kern, M, K, four);
