@@ -60,11 +60,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline __m512 redu
 // out(i, t, v) with v = sum over c < C of w[i][c] * x[t][c], for NR rows w[i] and NT vectors x[t] of bf16 bits
 // (i < NR, t < NT). Every product is exact (8 x 8 significant bits); lane j sums the pairs (32 s + 2 j,
 // 32 s + 2 j + 1) over steps s in fp32, then one horizontal sum; bf16 subnormal inputs count as zero. pf: NR rows to
-// prefetch alongside (the caller's next rows), or nullptr. NR * NT accumulators + NT vectors of x + 1 weight vector
-// must fit the 32 registers.
+// prefetch alongside (the caller's next rows), or nullptr; pf_rows: which of them (bit i: row i). NR * NT
+// accumulators + NT vectors of x + 1 weight vector must fit the 32 registers.
 template <int NR, int NT, class Out>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot(
-    const uint16_t* const* w, const uint16_t* const* x, int64_t C, const uint16_t* const* pf, Out&& out) {
+    const uint16_t* const* w, const uint16_t* const* x, int64_t C, const uint16_t* const* pf, Out&& out,
+    unsigned pf_rows = ~0u) {
   __m512 acc[NR][NT];
   for (int i = 0; i < NR; ++i)
     for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
@@ -73,7 +74,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline 
     __m512bh xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c);
     if (pf)
-      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(pf[i] + c), _MM_HINT_T0);
+      for (int i = 0; i < NR; ++i)
+        if (pf_rows >> i & 1) _mm_prefetch((const char*)(pf[i] + c), _MM_HINT_T0);
     for (int i = 0; i < NR; ++i) {
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w[i] + c);
       for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);

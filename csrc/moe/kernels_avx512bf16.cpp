@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "common/bf16_dot_avx512.h"
 #include "moe/kernels.h"
@@ -60,45 +59,6 @@ LK_BF void stream_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r
   }
 }
 
-// The register tile of 4 rows x NT (<= 4) tokens (as cpu::bf16dot::rows_dot), with a prefetch per step of the
-// rows i of `next` in the bit set pf_rows, at the same column. outs[t][r + i] = the sums, i < nr.
-template <int NT>
-LK_BF void quad_tile(const uint16_t* const* rows, const uint16_t* const* x, int64_t C, const uint16_t* const* next,
-                     unsigned pf_rows, int nr, int64_t r, float* const* outs) {
-  __m512 a[kNR][NT];
-  for (int i = 0; i < kNR; ++i)
-    for (int t = 0; t < NT; ++t) a[i][t] = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 32 <= C; c += 32) {
-    for (int i = 0; i < kNR; ++i)
-      if (pf_rows >> i & 1) _mm_prefetch((const char*)(next[i] + c), _MM_HINT_T0);
-    __m512bh xv[NT];
-    for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c);
-    for (int i = 0; i < kNR; ++i) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(rows[i] + c);
-      for (int t = 0; t < NT; ++t) a[i][t] = _mm512_dpbf16_ps(a[i][t], wv, xv[t]);
-    }
-  }
-  if (c < C) {  // the last C - c < 32 columns: masked (zeros add nothing, nothing past C is read)
-    const __mmask32 m = (__mmask32)((1u << (C - c)) - 1);
-    __m512bh xv[NT];
-    for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_maskz_loadu_epi16(m, x[t] + c);
-    for (int i = 0; i < kNR; ++i) {
-      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, rows[i] + c);
-      for (int t = 0; t < NT; ++t) a[i][t] = _mm512_dpbf16_ps(a[i][t], wv, xv[t]);
-    }
-  }
-  if constexpr (NT == 4) {  // all 16 sums at once
-    alignas(64) float s[16];
-    _mm512_store_ps(s, cpu::bf16dot::reduce16(&a[0][0]));
-    for (int i = 0; i < nr; ++i)
-      for (int t = 0; t < 4; ++t) outs[t][r + i] = s[i * 4 + t];
-  } else {
-    for (int i = 0; i < nr; ++i)
-      for (int t = 0; t < NT; ++t) outs[t][r + i] = _mm512_reduce_add_ps(a[i][t]);
-  }
-}
-
 // Five or more tokens: quads of rows, each passed over by the token groups (4 tokens, the last 1..4) while it stays
 // in L1; the next quad's rows prefetched one row per group where there are four groups or more (row i by group
 // i mod groups), so that its reads spread over the quad's time instead of the first group's.
@@ -119,11 +79,14 @@ LK_BF void quads_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int
       unsigned pr = 0;
       if (pf_on)
         for (int i = 0; i < kNR; ++i) pr |= (unsigned)(i % groups == g) << i;
+      auto out = [&](int i, int t, float v) {
+        if (i < nr) outs[t0 + t][r + i] = v;
+      };
       switch (nt) {
-        case 4: quad_tile<4>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
-        case 3: quad_tile<3>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
-        case 2: quad_tile<2>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
-        default: quad_tile<1>(rows, xs + t0, C, next, pr, nr, r, outs + t0); break;
+        case 4: cpu::bf16dot::rows_dot<kNR, 4>(rows, xs + t0, C, next, out, pr); break;
+        case 3: cpu::bf16dot::rows_dot<kNR, 3>(rows, xs + t0, C, next, out, pr); break;
+        case 2: cpu::bf16dot::rows_dot<kNR, 2>(rows, xs + t0, C, next, out, pr); break;
+        default: cpu::bf16dot::rows_dot<kNR, 1>(rows, xs + t0, C, next, out, pr); break;
       }
     }
   }
