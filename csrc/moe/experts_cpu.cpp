@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -451,6 +452,15 @@ Mat expert_mat(const at::Tensor& w, int64_t e) {
   return m;
 }
 
+// A buffer whose every element is written before it is read, left uninitialised: std::vector would zero it, and
+// would fault in the pages of the fp32 activation rows that no row uses where w2 takes bf16(a).
+template <class T>
+struct Uninit {
+  std::unique_ptr<T[]> p;
+  explicit Uninit(size_t n) : p(new T[n]) {}
+  T* data() { return p.get(); }
+};
+
 // GEMV path: decode experts `dec` (expert ids) with their slot lists, and the shared expert if `with_shared`.
 // Writes y [pair rows, H] in the order of dec's pairs and ys [T, H].
 void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::vector<int64_t>& offs,
@@ -467,8 +477,8 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
   // at T = 256, all on this path on a CPU without AMX) on 2-core Zen 4: measured in docs/moe.md.
   const bool down_bf16 = K.gemv_rows_bf16 && K.act_split_bf16 && down_parts() == 1;
   auto takes_bf16 = [&](const Mat& m) { return down_bf16 && !m.cols && m.dt == kBF16; };
-  std::vector<float> gu(npairs * 2 * I + ns * 2 * Is), a(npairs * I + ns * Is);
-  std::vector<uint16_t> ab(down_bf16 ? npairs * I + ns * Is : 0);  // a's rows as bf16 where their w2 takes them
+  Uninit<float> gu(npairs * 2 * I + ns * 2 * Is), a(npairs * I + ns * Is);  // a: the rows kept in fp32
+  Uninit<uint16_t> ab(down_bf16 ? npairs * I + ns * Is : 0);  // a's rows as bf16 where their w2 takes them
   std::vector<const float*> xs1(npairs + 2 * ns), xs2(npairs + ns);
   std::vector<const uint16_t*> xb1(P.xb16 ? npairs + 2 * ns : 0);  // xs1's rows as bf16 (bf16 hidden)
   std::vector<const uint16_t*> xb2(down_bf16 ? npairs + ns : 0);
