@@ -101,19 +101,28 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline 
   }
 }
 
-// rows_dot over n vectors, NTmax (<= 4) at a time (the rows stay in L1 across the groups; pf only with the first).
+// rows_dot over n vectors, NTmax (<= 4) at a time (the rows stay in L1 across the groups). pf with the first group
+// only, or, spread_pf, row i of pf with group i mod groups, so that the next rows' reads spread over all the groups'
+// time (moe's decode tile: one-thread DRAM microbenchmark, 16 tokens, rows of 768: 0.49 -> 0.40-0.415 ms).
 template <int NR, int NTmax, class Out>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot_n(
-    const uint16_t* const* w, const uint16_t* const* x, int64_t n, int64_t C, const uint16_t* const* pf, Out&& out) {
+    const uint16_t* const* w, const uint16_t* const* x, int64_t n, int64_t C, const uint16_t* const* pf, Out&& out,
+    bool spread_pf = false) {
   static_assert(NTmax >= 1 && NTmax <= 4, "1 .. 4 vectors per pass");
+  const int64_t groups = (n + NTmax - 1) / NTmax;
   for (int64_t t0 = 0; t0 < n; t0 += NTmax) {
-    const int64_t nt = n - t0 < NTmax ? n - t0 : NTmax;
-    const uint16_t* const* p = t0 == 0 ? pf : nullptr;
+    const int64_t nt = n - t0 < NTmax ? n - t0 : NTmax, g = t0 / NTmax;
+    unsigned rows = g == 0 ? ~0u : 0u;
+    if (spread_pf) {
+      rows = 0;
+      for (int i = 0; i < NR; ++i) rows |= (unsigned)(i % groups == g) << i;
+    }
+    const uint16_t* const* p = rows ? pf : nullptr;
     auto o = [&](int i, int t, float v) { out(i, t0 + t, v); };
-    if (nt >= 4 && NTmax >= 4) rows_dot<NR, (NTmax >= 4 ? 4 : 1)>(w, x + t0, C, p, o);
-    else if (nt == 3 && NTmax >= 3) rows_dot<NR, (NTmax >= 3 ? 3 : 1)>(w, x + t0, C, p, o);
-    else if (nt == 2 && NTmax >= 2) rows_dot<NR, (NTmax >= 2 ? 2 : 1)>(w, x + t0, C, p, o);
-    else rows_dot<NR, 1>(w, x + t0, C, p, o);
+    if (nt >= 4 && NTmax >= 4) rows_dot<NR, (NTmax >= 4 ? 4 : 1)>(w, x + t0, C, p, o, rows);
+    else if (nt == 3 && NTmax >= 3) rows_dot<NR, (NTmax >= 3 ? 3 : 1)>(w, x + t0, C, p, o, rows);
+    else if (nt == 2 && NTmax >= 2) rows_dot<NR, (NTmax >= 2 ? 2 : 1)>(w, x + t0, C, p, o, rows);
+    else rows_dot<NR, 1>(w, x + t0, C, p, o, rows);
   }
 }
 

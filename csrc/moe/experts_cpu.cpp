@@ -482,7 +482,10 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
   std::vector<const float*> xs1(npairs + 2 * ns), xs2(npairs + ns);
   std::vector<const uint16_t*> xb1(P.xb16 ? npairs + 2 * ns : 0);  // xs1's rows as bf16 (bf16 hidden)
   std::vector<const uint16_t*> xb2(down_bf16 ? npairs + ns : 0);
-  std::vector<char> row_bf16(npairs + ns, 0);  // the activation row is written as bf16 (ab), not fp32 (a)
+  // whether the routed experts' / the shared expert's activation rows go out as bf16 (ab) rather than fp32 (a): every
+  // expert's w2 is a slice of the same tensor, so one answer serves them all
+  const bool routed_b16 = !dec.empty() && takes_bf16(expert_mat(P.w2, dec[0]));
+  bool shared_b16 = false;
   std::vector<float*> o1(npairs + 2 * ns), o2(npairs + ns);
   std::vector<Job> jobs1, jobs2;
   int64_t p = 0;
@@ -496,11 +499,8 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
       if (down_bf16) xb2[p + i] = ab.data() + (p + i) * I;
       o2[p + i] = y + (p + i) * H;
     }
-    const Mat m2 = expert_mat(P.w2, e);
-    const bool b16 = takes_bf16(m2);
-    std::fill(row_bf16.begin() + p, row_bf16.begin() + p + n, (char)b16);
     jobs1.push_back(Job{expert_mat(P.w13, e), n, &xs1[p], &o1[p], P.xb16 ? &xb1[p] : nullptr});
-    jobs2.push_back(Job{m2, n, &xs2[p], &o2[p], b16 ? &xb2[p] : nullptr});
+    jobs2.push_back(Job{expert_mat(P.w2, e), n, &xs2[p], &o2[p], routed_b16 ? &xb2[p] : nullptr});
     p += n;
   }
   float* gus = gu.data() + npairs * 2 * I;
@@ -519,16 +519,15 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
     mat_of(P.sw1, m1);
     mat_of(P.sw3, m3);
     mat_of(P.sw2, m2);
-    const bool b16 = takes_bf16(m2);
-    std::fill(row_bf16.begin() + npairs, row_bf16.end(), (char)b16);
+    shared_b16 = takes_bf16(m2);
     jobs1.push_back(Job{m1, T, &xs1[npairs], &o1[npairs], P.xb16 ? &xb1[npairs] : nullptr});
     jobs1.push_back(Job{m3, T, &xs1[npairs + T], &o1[npairs + T], P.xb16 ? &xb1[npairs + T] : nullptr});
-    jobs2.push_back(Job{m2, T, &xs2[npairs], &o2[npairs], b16 ? &xb2[npairs] : nullptr});
+    jobs2.push_back(Job{m2, T, &xs2[npairs], &o2[npairs], shared_b16 ? &xb2[npairs] : nullptr});
   }
   run_jobs(K, jobs1);
   // fp32 biases of the decode experts whose activation rows go out as bf16 (act_split_bf16 takes fp32)
-  std::vector<at::Tensor> b13_f32(P.b13 && down_bf16 ? dec.size() : 0);
-  std::vector<int64_t> dec_index(P.b13 && down_bf16 ? P.E : 0, -1);
+  std::vector<at::Tensor> b13_f32(P.b13 && routed_b16 ? dec.size() : 0);
+  std::vector<int64_t> dec_index(P.b13 && routed_b16 ? P.E : 0, -1);
   for (size_t j = 0; j < b13_f32.size(); ++j) {
     b13_f32[j] = bias_f32(P.b13, P.b13dt, P.b13_ld, dec[j], 2 * I);
     dec_index[dec[j]] = (int64_t)j;
@@ -543,7 +542,7 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
     for (int64_t r = r0; r < r1; ++r) {
       if (r < npairs) {
         const int64_t e = pair_expert[r].first;
-        if (row_bf16[r]) {
+        if (routed_b16) {
           const float* b = P.b13 ? b13_f32[dec_index[e]].data_ptr<float>() : nullptr;
           K.act_split_bf16(gu.data() + r * 2 * I, 1, I, P.act, b, ab.data() + r * I, nullptr);
         } else {
@@ -552,7 +551,7 @@ void decode_all(const Problem& P, const std::vector<int64_t>& dec, const std::ve
         }
       } else {
         const int64_t t = r - npairs;
-        if (row_bf16[r]) K.act_split_bf16(gus + t * 2 * Is, 1, Is, silu, nullptr, ab.data() + npairs * I + t * Is, nullptr);
+        if (shared_b16) K.act_split_bf16(gus + t * 2 * Is, 1, Is, silu, nullptr, ab.data() + npairs * I + t * Is, nullptr);
         else activate_row(silu, gus + t * 2 * Is, nullptr, 0, Is, as + t * Is);
       }
     }

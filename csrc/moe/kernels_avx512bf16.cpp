@@ -60,11 +60,9 @@ LK_BF void stream_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r
 }
 
 // Five or more tokens: quads of rows, each passed over by the token groups (4 tokens, the last 1..4) while it stays
-// in L1; the next quad's rows prefetched one row per group where there are four groups or more (row i by group
-// i mod groups), so that its reads spread over the quad's time instead of the first group's.
+// in L1, the next quad's rows prefetched one row per group (rows_dot_n's spread_pf).
 LK_BF void quads_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
                       int64_t n, float* const* outs) {
-  const int64_t groups = (n + 3) / 4;
   for (int64_t r = r0; r < r1; r += kNR) {
     const int nr = (int)std::min<int64_t>(kNR, r1 - r);
     const uint16_t* rows[kNR];
@@ -73,22 +71,13 @@ LK_BF void quads_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int
       rows[i] = w + (r + std::min(i, nr - 1)) * ld;  // a short tail repeats its last row (stored once)
       next[i] = w + (r + kNR + i) * ld;
     }
-    const bool pf_on = r + 2 * kNR <= r1;  // the next quad lies in this block
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t t0 = 4 * g, nt = std::min<int64_t>(4, n - t0);
-      unsigned pr = 0;
-      if (pf_on)
-        for (int i = 0; i < kNR; ++i) pr |= (unsigned)(i % groups == g) << i;
-      auto out = [&](int i, int t, float v) {
-        if (i < nr) outs[t0 + t][r + i] = v;
-      };
-      switch (nt) {
-        case 4: cpu::bf16dot::rows_dot<kNR, 4>(rows, xs + t0, C, next, out, pr); break;
-        case 3: cpu::bf16dot::rows_dot<kNR, 3>(rows, xs + t0, C, next, out, pr); break;
-        case 2: cpu::bf16dot::rows_dot<kNR, 2>(rows, xs + t0, C, next, out, pr); break;
-        default: cpu::bf16dot::rows_dot<kNR, 1>(rows, xs + t0, C, next, out, pr); break;
-      }
-    }
+    const bool pf = r + 2 * kNR <= r1;  // the next quad lies in this block
+    cpu::bf16dot::rows_dot_n<kNR, 4>(
+        rows, xs, n, C, pf ? next : nullptr,
+        [&](int i, int64_t t, float v) {
+          if (i < nr) outs[t][r + i] = v;
+        },
+        true);
   }
 }
 
