@@ -53,7 +53,12 @@ SHAPES = [(M, N, K) for K in (32, 96, 2080) for N in (16, 17, 40, 80) for M in (
 SHAPES += [(400, 40, 2080)]
 
 
-@pytest.mark.parametrize("M,N,K", SHAPES, ids=[f"M{m}-N{n}-K{k}" for m, n, k in SHAPES])
+# the AVX512-BF16 GEMM packs w in chunks of 1024 pairs (K = 2048) with the sums carried across: odd K (a last pair
+# alone) in a second and a third chunk
+BOUND_SHAPES = SHAPES + [(33, 17, 2081), (64, 40, 4097)]
+
+
+@pytest.mark.parametrize("M,N,K", BOUND_SHAPES, ids=[f"M{m}-N{n}-K{k}" for m, n, k in BOUND_SHAPES])
 def test_bf16_gemm_within_fp32_sum_bound(isa, M, N, K):
     """Gathered rows (repeats allowed) against fp64: exact products, so only the fp32 sums err, by at most
     K u sum_k |x_k w_k| (partial last tile of w: N = 17, 40; odd groups of x: M = 15, 17, 33)."""

@@ -26,12 +26,15 @@ constexpr int kRowGroup = 24;
 // pf: nullptr, or 16 row pointers whose first 4 * pairs bytes (rows of K = 2 * pairs bf16: the next weight tile
 // of the plain GEMM) are prefetched into L2 along the way, one line per step, so that their reads from memory
 // overlap these products instead of stalling the next tile's packing.
+// init: nullptr (sums from zero), or the sums of earlier pairs to continue (acc may be init): a K range split into
+// chunks gives the same dot-product chains, so the same bits, as one call.
 template <int MM>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), noinline)) void micro(
-    const int32_t* xg, int64_t pairs, const __m512i* wb, __m512* acc, const uint16_t* const* pf = nullptr) {
+    const int32_t* xg, int64_t pairs, const __m512i* wb, __m512* acc, const uint16_t* const* pf = nullptr,
+    const __m512* init = nullptr) {
   static_assert(MM >= 1 && MM <= kRowGroup, "at most one row group per call");
   __m512 r[MM];
-  for (int i = 0; i < MM; ++i) r[i] = _mm512_setzero_ps();
+  for (int i = 0; i < MM; ++i) r[i] = init ? init[i] : _mm512_setzero_ps();
   for (int64_t q = 0; q < pairs; ++q) {
     if (pf) _mm_prefetch((const char*)pf[q & 15] + (q >> 4) * 64, _MM_HINT_T1);
     const __m512bh wv = (__m512bh)_mm512_load_si512(wb + q);

@@ -57,39 +57,61 @@ LK_BG void pack_tile(const uint16_t* w, int64_t ldw, int64_t n0, int64_t N, int6
   pack_pairs([&](int i) { return base + i * ldw; }, (int)std::min<int64_t>(kTile, N - n0), K, wb);
 }
 
+// Pairs of w per packed chunk of a tile. Why: packing a whole tile's rows (16 x K) at once took 16% of
+// Mixtral-8x7B's experts at T = 256 on 2-core Zen 4, its samples on the loads: the next tile, prefetched during
+// the first row group, is 128 KB (w13, K = 4096) or 448 KB (w2, K = 14336) and shares the 1 MB L2 with the packed
+// tile and x's row groups. With 1024-pair chunks (64 KB; the same dot-product chains, so the same bits) the experts
+// took 0.94-1.00x the time (alternating processes, four pairs); 512 and 2048 pairs, or prefetching two chunks
+// ahead, were slower, and the packing still shows ~13% of the samples, on its loads (docs/moe.md).
+constexpr int64_t kChunkPairs = 1024;
+
+// MM (<= 24) rows of x from row m0 times the packed chunk wb of one tile (cp pairs; xg at the chunk's first pair):
+// sums continued from accs (first: from zero) and kept there, or (last) stored into out's rows / live columns.
 template <int MM>
-LK_BG void rows_mm(int mm, const int32_t* xg, int64_t pairs, const __m512i* wb, float* out, int64_t ldo, int64_t m0,
-                   int64_t n0, int rows, const uint16_t* const* pf) {
+LK_BG void rows_mm(int mm, const int32_t* xg, int64_t cp, const __m512i* wb, __m512* accs, bool first, bool last,
+                   float* out, int64_t ldo, int64_t m0, int64_t n0, int rows, const uint16_t* const* pf) {
   if (mm != MM) {
-    if constexpr (MM < kRowGroup) rows_mm<MM + 1>(mm, xg, pairs, wb, out, ldo, m0, n0, rows, pf);
+    if constexpr (MM < kRowGroup) rows_mm<MM + 1>(mm, xg, cp, wb, accs, first, last, out, ldo, m0, n0, rows, pf);
     return;
   }
   __m512 acc[MM];
-  bf16dot::micro<MM>(xg, pairs, wb, acc, pf);
+  bf16dot::micro<MM>(xg, cp, wb, acc, pf, first ? nullptr : accs);
+  if (!last) {
+    for (int i = 0; i < MM; ++i) accs[i] = acc[i];
+    return;
+  }
   const __mmask16 live = (__mmask16)((1u << rows) - 1);
   for (int i = 0; i < MM; ++i) _mm512_mask_storeu_ps(out + (m0 + i) * ldo + n0, live, acc[i]);
 }
 
 LK_BG void tiles(const int32_t* xg, const uint16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M, int64_t N,
                  int64_t K, int64_t t0, int64_t t1) {
-  const int64_t pairs = (K + 1) / 2;
-  // one packed tile (aligned by hand), kept per thread: a fresh one per call was a page-faulted, zeroed allocation
+  const int64_t pairs = (K + 1) / 2, chunks = (pairs + kChunkPairs - 1) / kChunkPairs;
+  // one packed chunk (aligned by hand) and the rows' running sums, kept per thread: a fresh buffer per call was a
+  // page-faulted, zeroed allocation
   thread_local std::vector<uint8_t> buf;
-  if (buf.size() < (size_t)(pairs * 64 + 64)) buf.resize((size_t)(pairs * 64 + 64));
+  const size_t wbytes = (size_t)std::min(pairs, kChunkPairs) * 64, need = wbytes + (size_t)M * 64 + 64;
+  if (buf.size() < need) buf.resize(need);
   __m512i* wb = (__m512i*)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63);
+  __m512* accs = chunks > 1 ? (__m512*)((uint8_t*)wb + wbytes) : nullptr;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n0 = t * kTile;
-    pack_tile(w, ldw, n0, N, K, wb);
     const int rows = (int)std::min<int64_t>(kTile, N - n0);
-    // the next tile's rows (the last row repeated past N) prefetched during the first row group: Mixtral-8x7B
-    // experts at T = 256 on 2-core Zen 4 (64 tokens per expert, 16 x 8 KB per tile) spent 16% packing tiles
-    // straight from memory; measured in docs/moe.md
-    const uint16_t* next[kTile];
-    const bool pf = t + 1 < t1;
-    for (int i = 0; pf && i < kTile; ++i) next[i] = w + std::min<int64_t>(n0 + kTile + i, N - 1) * ldw;
-    for (int64_t m0 = 0; m0 < M; m0 += kRowGroup)
-      rows_mm<1>((int)std::min<int64_t>(kRowGroup, M - m0), xg + (m0 / kRowGroup) * pairs * kRowGroup, pairs, wb, out,
-                 ldo, m0, n0, rows, pf && m0 == 0 ? next : nullptr);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t q0 = c * kChunkPairs, cp = std::min(kChunkPairs, pairs - q0);
+      pack_tile(w + 2 * q0, ldw, n0, N, std::min<int64_t>(K - 2 * q0, 2 * cp), wb);
+      // the next chunk's rows (this tile's, or the next tile's first; the last row repeated past N) prefetched
+      // into L2 during the first row group, one line per pair step
+      const uint16_t* next[kTile];
+      const bool pf = c + 1 < chunks || t + 1 < t1;
+      const int64_t nn0 = c + 1 < chunks ? n0 : n0 + kTile, nq0 = c + 1 < chunks ? q0 + kChunkPairs : 0;
+      for (int i = 0; pf && i < kTile; ++i) next[i] = w + std::min<int64_t>(nn0 + i, N - 1) * ldw + 2 * nq0;
+      for (int64_t m0 = 0; m0 < M; m0 += kRowGroup) {
+        const int32_t* xc = xg + (m0 / kRowGroup * pairs + q0) * kRowGroup;  // the row group's pairs from q0
+        rows_mm<1>((int)std::min<int64_t>(kRowGroup, M - m0), xc, cp, wb, accs ? accs + m0 : nullptr, c == 0,
+                   c + 1 == chunks, out, ldo, m0, n0, rows, pf && m0 == 0 ? next : nullptr);
+      }
+    }
   }
 }
 
