@@ -18,7 +18,9 @@ of the Xeon kept part of a T = 1 row's 75-140 MB); kept pairs, experts and MB ar
 median of repeats. ``hf blk`` at skip 0: the whole HF block (router included) against ours (route + experts), each
 call after a 64 MiB rewrite (a ratio: both sides alike).
 Roofline: ``max(bytes of the distinct experts touched / read bandwidth, FLOPs of the kept pairs / the GFLOP/s of
-torch bf16 F.linear at M = 512 on the layer's gate/up shape)``, both measured in this run.
+torch bf16 F.linear at M = 512 on the layer's gate/up shape)``, both measured in this run; the read bandwidth
+(``rd GB/s``, ``torch.sum`` over 256 MiB), ours and HF are timed in turn within each repeat of a row (since
+2026-12-05: the host's bandwidth moved between 29 and 66 GB/s from run to run).
 Targets (issue 7): no skip within 1.25x of the roofline and faster than HF at every T; with skip within 1.5x of
 ``max(our no-skip time scaled by kept pairs, bytes of the distinct experts / read bandwidth)`` (``ours/skip-bound``);
 T = 4096 at 88% skip >= 4x faster than our no-skip; T = 1 with one expert of eight >= 3x; all skipped <= 30 us.
@@ -33,14 +35,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .harness import (BenchResult, ColdCache, cpu_isa, cpu_model, cycle, format_table, median_us_cold, no_flush,
-                      write_csv)
+from .harness import (BenchResult, ColdCache, cpu_isa, cpu_model, cycle, format_table, median_us_cold,
+                      median_us_cold_interleaved, no_flush, write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "moe"
 COLUMNS = [("model", "model", ""), ("T", "T", ""), ("pattern", "pattern", ""), ("skip", "skip", ".2f"),
            ("kept", "kept pairs", ".1f"), ("experts", "experts", ".1f"), ("mb", "MB read", ".0f"),
-           ("ours_ms", "ours ms", ".3f"), ("roof_ms", "roof ms", ".3f"), ("x_roof", "ours/roof", ".2f"),
+           ("rd_gbps", "rd GB/s", ".1f"), ("ours_ms", "ours ms", ".3f"), ("roof_ms", "roof ms", ".3f"), ("x_roof", "ours/roof", ".2f"),
            ("x_skip_bound", "ours/skip-bound", ".2f"), ("hf_ms", "HF ms", ".3f"), ("x_hf", "x HF", ".2f"), ("x_noskip", "x no-skip", ".2f"),
            ("hf_block_x", "x HF blk", ".2f"), ("check", "check", "")]
 
@@ -189,7 +191,7 @@ def _flops_gbps(s: Shape, reps: int) -> float:
 _ROUTINGS = 8  # routings (and shared-expert copies) a row's calls cycle through: its experts come from DRAM
 
 
-def _row(s, T, pattern, skip, tensors, bw_rd, gflops, reps, block, g):
+def _row(s, T, pattern, skip, tensors, big, gflops, reps, block, g):
     from .. import moe
 
     w13, w2, shared = tensors
@@ -215,9 +217,7 @@ def _row(s, T, pattern, skip, tensors, bw_rd, gflops, reps, block, g):
              mb=nbytes / 1e6, gflop=flops / 1e9)
     ids0, w0, kw0 = calls[0]
     y = moe.experts(x, w13, w2, ids0, w0, **kw0)
-    r["ours_ms"] = median_us_cold(ours, reps, no_flush) / 1e3
-    r["roof_ms"] = max(nbytes / bw_rd / 1e6, flops / gflops / 1e6)
-    r["x_roof"] = r["ours_ms"] / r["roof_ms"]
+    fns = [lambda: big.sum(), ours]
     if block is not None:
         nxt_hf = cycle([hf_routing(block, ids, w, s.E) for ids, w, _ in calls])
 
@@ -227,7 +227,16 @@ def _row(s, T, pattern, skip, tensors, bw_rd, gflops, reps, block, g):
                 out = block.experts(x, ids_hf, w_hf)
                 return out + block.shared_experts(x) if shared is not None else out
 
-        r["hf_ms"] = median_us_cold(hf, max(3, reps // 2), no_flush) / 1e3
+        fns.append(hf)
+    # torch.sum (the read bandwidth), ours and HF timed in turn within each repeat: on a shared host torch.sum read
+    # 29-66 GB/s from one run to the next, so the roof and x HF of a row come from the same stretch of time
+    ts = median_us_cold_interleaved(fns, reps, no_flush)
+    r["rd_gbps"] = big.numel() * big.element_size() / ts[0] / 1e3
+    r["ours_ms"] = ts[1] / 1e3
+    r["roof_ms"] = max(nbytes / r["rd_gbps"] / 1e6, flops / gflops / 1e6)
+    r["x_roof"] = r["ours_ms"] / r["roof_ms"]
+    if block is not None:
+        r["hf_ms"] = ts[2] / 1e3
         r["x_hf"] = r["hf_ms"] / r["ours_ms"]
         err = (hf(hf_routing(block, ids0, w0, s.E)).float() - y.float()).abs().max().item()
         scale = y.float().abs().max().item() + 1e-30
@@ -281,10 +290,11 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
         return BenchResult([], 0.0, device)
     bw_rd = measure_read_bandwidth()
     reps = 3 if quick else 5
-    out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB): "
+    out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB) at the start: "
         f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | moe_experts runs on: "
         f"{leankern.backend_for('moe_experts', 'cpu')}")
     flush = ColdCache()
+    big = torch.ones(2**28 // 4, dtype=torch.float32)  # torch.sum over 256 MiB: the read bandwidth of every row
     rows, notes = [], []
     current = None
     for s, T, cases in _plan(quick, full):
@@ -300,7 +310,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
         t_reps = reps * 3 if T <= 16 and not quick else reps  # sub-10 ms rows: more samples for a stable median
         base = None
         for pattern, skip in cases:
-            r = _row(s, T, pattern, skip, tensors, bw_rd, gflops, t_reps, block, g)
+            r = _row(s, T, pattern, skip, tensors, big, gflops, t_reps, block, g)
             if skip == 0.0:
                 base = r
                 if block is not None:
@@ -309,7 +319,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
                 r["x_noskip"] = base["ours_ms"] / r["ours_ms"]
                 # the with-skip target's bound: the kept pairs' FLOPs (+ the shared expert's, never skipped) at our
                 # own no-skip speed, or the bytes at bandwidth
-                bound = max(base["ours_ms"] * r["gflop"] / base["gflop"], r["mb"] / bw_rd)
+                bound = max(base["ours_ms"] * r["gflop"] / base["gflop"], r["mb"] / r["rd_gbps"])
                 r["x_skip_bound"] = r["ours_ms"] / bound
             rows.append(r)
             out(format_table([r], COLUMNS).splitlines()[-1] if len(rows) > 1 else format_table([r], COLUMNS))
