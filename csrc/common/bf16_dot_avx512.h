@@ -63,12 +63,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline __m512 redu
 // out(i, t, v) with v = sum over c < C of w[i][c] * x[t][c], for NR rows w[i] and NT vectors x[t] of bf16 bits
 // (i < NR, t < NT). Every product is exact (8 x 8 significant bits); lane j sums the pairs (32 s + 2 j,
 // 32 s + 2 j + 1) over steps s in fp32, then one horizontal sum; bf16 subnormal inputs count as zero. pf: NR rows to
-// prefetch alongside (the caller's next rows), or nullptr; pf_rows: which of them (bit i: row i). NR * NT
+// prefetch alongside (the caller's next rows), or nullptr; PF_L2: into L2 (prefetcht1) instead of L1. NR * NT
 // accumulators + NT vectors of x + 1 weight vector must fit the 32 registers.
-template <int NR, int NT, class Out>
+template <int NR, int NT, bool PF_L2 = false, class Out>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot(
-    const uint16_t* const* w, const uint16_t* const* x, int64_t C, const uint16_t* const* pf, Out&& out,
-    unsigned pf_rows = ~0u) {
+    const uint16_t* const* w, const uint16_t* const* x, int64_t C, const uint16_t* const* pf, Out&& out) {
   __m512 acc[NR][NT];
   for (int i = 0; i < NR; ++i)
     for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
@@ -77,8 +76,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline 
     __m512bh xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c);
     if (pf)
-      for (int i = 0; i < NR; ++i)
-        if (pf_rows >> i & 1) _mm_prefetch((const char*)(pf[i] + c), _MM_HINT_T0);
+      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(pf[i] + c), PF_L2 ? _MM_HINT_T1 : _MM_HINT_T0);
     for (int i = 0; i < NR; ++i) {
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w[i] + c);
       for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);
@@ -104,28 +102,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline 
   }
 }
 
-// rows_dot over n vectors, NTmax (<= 4) at a time (the rows stay in L1 across the groups). pf with the first group
-// only, or, spread_pf, row i of pf with group i mod groups, so that the next rows' reads spread over all the groups'
-// time (moe's decode tile: one-thread DRAM microbenchmark, 16 tokens, rows of 768: 0.49 -> 0.40-0.415 ms).
-template <int NR, int NTmax, class Out>
+// rows_dot over n vectors, NTmax (<= 4) at a time (the rows stay in L1 across the groups), pf with the first group.
+// PF_L2 (moe's decode tile): the next rows into L2, not L1, where they evicted the current rows and x (16 + 16 KB at
+// C = 2048 beside the next 16 KB in a 32 KB L1): one-thread microbenchmark, 16 tokens, rows from DRAM, core cycles
+// per vdpbf16ps, C = 768 / 2048: 2.4-2.5 / 1.9-2.0 with L1 and 1.65-1.73 / 1.68-1.71 with L2 (1.3 in cache), and
+// row i of the next rows with group i (spread over the groups' time, the form before) 2.1-2.2 / 1.9-2.1 with L1,
+// 1.75-1.9 / 1.74-2.0 with L2.
+template <int NR, int NTmax, bool PF_L2 = false, class Out>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot_n(
-    const uint16_t* const* w, const uint16_t* const* x, int64_t n, int64_t C, const uint16_t* const* pf, Out&& out,
-    bool spread_pf = false) {
+    const uint16_t* const* w, const uint16_t* const* x, int64_t n, int64_t C, const uint16_t* const* pf, Out&& out) {
   static_assert(NTmax >= 1 && NTmax <= 4, "1 .. 4 vectors per pass");
-  const int64_t groups = (n + NTmax - 1) / NTmax;
   for (int64_t t0 = 0; t0 < n; t0 += NTmax) {
-    const int64_t nt = n - t0 < NTmax ? n - t0 : NTmax, g = t0 / NTmax;
-    unsigned rows = g == 0 ? ~0u : 0u;
-    if (spread_pf) {
-      rows = 0;
-      for (int i = 0; i < NR; ++i) rows |= (unsigned)(i % groups == g) << i;
-    }
-    const uint16_t* const* p = rows ? pf : nullptr;
+    const int64_t nt = n - t0 < NTmax ? n - t0 : NTmax;
+    const uint16_t* const* p = t0 == 0 ? pf : nullptr;
     auto o = [&](int i, int t, float v) { out(i, t0 + t, v); };
-    if (nt >= 4 && NTmax >= 4) rows_dot<NR, (NTmax >= 4 ? 4 : 1)>(w, x + t0, C, p, o, rows);
-    else if (nt == 3 && NTmax >= 3) rows_dot<NR, (NTmax >= 3 ? 3 : 1)>(w, x + t0, C, p, o, rows);
-    else if (nt == 2 && NTmax >= 2) rows_dot<NR, (NTmax >= 2 ? 2 : 1)>(w, x + t0, C, p, o, rows);
-    else rows_dot<NR, 1>(w, x + t0, C, p, o, rows);
+    if (nt >= 4 && NTmax >= 4) rows_dot<NR, (NTmax >= 4 ? 4 : 1), PF_L2>(w, x + t0, C, p, o);
+    else if (nt == 3 && NTmax >= 3) rows_dot<NR, (NTmax >= 3 ? 3 : 1), PF_L2>(w, x + t0, C, p, o);
+    else if (nt == 2 && NTmax >= 2) rows_dot<NR, (NTmax >= 2 ? 2 : 1), PF_L2>(w, x + t0, C, p, o);
+    else rows_dot<NR, 1, PF_L2>(w, x + t0, C, p, o);
   }
 }
 
