@@ -269,6 +269,11 @@ template <int M, int R>
 LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_t ldx, int64_t n0, int64_t n1,
                     float* y, int64_t ldy) {
   const int64_t nchunks = (P.Kw + kWords - 1) / kWords;
+  // m >= 7 (8-9 planes, the most bytes per decode instruction) prefetches into L2, narrower widths into L1: 4096 x
+  // 4096, M = 1, cold, on Zen 4 (alternating processes, six pairs) L2 took m = 8 0.91-0.98x the time, m = 6 about the
+  // same, m = 4 and 2 1.05-1.15x (their decode then waits on L2); with this split, three more pairs: m = 7
+  // 0.86-0.96x, m = 8 0.94-1.00x
+  constexpr int kPrefetchLocality = M >= 7 ? 2 : 3;
   Chunk<M> c;
   for (int64_t n = n0; n < n1; ++n) {
     __m512 tot[R];
@@ -276,7 +281,7 @@ LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_
     for (int64_t ch = 0; ch < nchunks; ++ch) {
       const uint32_t* ahead = P.data + n * P.Kw + ch * kWords + kPlanePrefetch / 4;  // rows follow in a plane
       for (int s = 0; s < 8; ++s)
-        if (slot<M>(s) >= 0) __builtin_prefetch(ahead + slot<M>(s) * P.plane_stride);
+        if (slot<M>(s) >= 0) __builtin_prefetch(ahead + slot<M>(s) * P.plane_stride, 0, kPrefetchLocality);
       c.load(g, P, n, ch);
       // 2^sh as fp32 bits where every shift of the chunk is a normal power of two (all but |w| beyond ~2^103 or
       // below ~2^-95): then one FMA per group; otherwise vscalefps (exact, subnormal results rounded once)
