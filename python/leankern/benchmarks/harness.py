@@ -139,6 +139,25 @@ def median_us_cold_interleaved(fns, repeats: int, flush) -> list:
     return [statistics.median(ts) * 1e6 for ts in times]
 
 
+def read_buffer(nbytes: int = 2**28) -> torch.Tensor:
+    """The fp32 buffer of :func:`read_gbps` (256 MiB: beyond the last-level caches here)."""
+    return torch.ones(nbytes // 4, dtype=torch.float32)
+
+
+def read_gbps(buf: torch.Tensor, repeats: int = 3) -> float:
+    """GB/s of ``buf.sum()`` (median of ``repeats``): the read bandwidth right now. Benches take it just before and
+    after a row's timings and use the mean, because this shared host's bandwidth moved between 29 and 66 GB/s from
+    run to run; not inside the rounds, where the 256 MiB stream evicted the page-table entries of the call after it
+    (a gathered LM head of 4096 rows then took 1.5x its time)."""
+    buf.sum()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t0)
+    return buf.numel() * buf.element_size() / statistics.median(times) / 1e9
+
+
 def median_of_rounds(keys, time_one: Callable[[Any], float], rounds: int = 3) -> dict:
     """{key: median over `rounds` of time_one(key)}, the keys timed in turn within each round (A/B scripts: a slow
     stretch of a shared machine hits every side alike)."""

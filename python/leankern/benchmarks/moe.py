@@ -18,9 +18,9 @@ of the Xeon kept part of a T = 1 row's 75-140 MB); kept pairs, experts and MB ar
 median of repeats. ``hf blk`` at skip 0: the whole HF block (router included) against ours (route + experts), each
 call after a 64 MiB rewrite (a ratio: both sides alike).
 Roofline: ``max(bytes of the distinct experts touched / read bandwidth, FLOPs of the kept pairs / the GFLOP/s of
-torch bf16 F.linear at M = 512 on the layer's gate/up shape)``, both measured in this run; the read bandwidth
-(``rd GB/s``, ``torch.sum`` over 256 MiB), ours and HF are timed in turn within each repeat of a row (since
-2026-12-05: the host's bandwidth moved between 29 and 66 GB/s from run to run).
+torch bf16 F.linear at M = 512 on the layer's gate/up shape)``, both measured in this run: the read bandwidth
+(``rd GB/s``, ``torch.sum`` over 256 MiB) just before and after each row, the mean (since 2026-12-05: the host's
+bandwidth moved between 29 and 66 GB/s from run to run); ours and HF timed in turn within each repeat.
 Targets (issue 7): no skip within 1.25x of the roofline and faster than HF at every T; with skip within 1.5x of
 ``max(our no-skip time scaled by kept pairs, bytes of the distinct experts / read bandwidth)`` (``ours/skip-bound``);
 T = 4096 at 88% skip >= 4x faster than our no-skip; T = 1 with one expert of eight >= 3x; all skipped <= 30 us.
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .harness import (BenchResult, ColdCache, cpu_isa, cpu_model, cycle, format_table, median_us_cold,
-                      median_us_cold_interleaved, no_flush, write_csv)
+                      median_us_cold_interleaved, no_flush, read_buffer, read_gbps, write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "moe"
@@ -217,7 +217,7 @@ def _row(s, T, pattern, skip, tensors, big, gflops, reps, block, g):
              mb=nbytes / 1e6, gflop=flops / 1e9)
     ids0, w0, kw0 = calls[0]
     y = moe.experts(x, w13, w2, ids0, w0, **kw0)
-    fns = [lambda: big.sum(), ours]
+    fns = [ours]
     if block is not None:
         nxt_hf = cycle([hf_routing(block, ids, w, s.E) for ids, w, _ in calls])
 
@@ -228,15 +228,17 @@ def _row(s, T, pattern, skip, tensors, big, gflops, reps, block, g):
                 return out + block.shared_experts(x) if shared is not None else out
 
         fns.append(hf)
-    # torch.sum (the read bandwidth), ours and HF timed in turn within each repeat: on a shared host torch.sum read
-    # 29-66 GB/s from one run to the next, so the roof and x HF of a row come from the same stretch of time
+    # ours and HF timed in turn within each repeat, the read bandwidth just before and after (harness.read_gbps): on
+    # a shared host torch.sum read 29-66 GB/s from one run to the next, so the roof and x HF of a row come from the
+    # same stretch of time
+    bw0 = read_gbps(big)
     ts = median_us_cold_interleaved(fns, reps, no_flush)
-    r["rd_gbps"] = big.numel() * big.element_size() / ts[0] / 1e3
-    r["ours_ms"] = ts[1] / 1e3
+    r["rd_gbps"] = (bw0 + read_gbps(big)) / 2
+    r["ours_ms"] = ts[0] / 1e3
     r["roof_ms"] = max(nbytes / r["rd_gbps"] / 1e6, flops / gflops / 1e6)
     r["x_roof"] = r["ours_ms"] / r["roof_ms"]
     if block is not None:
-        r["hf_ms"] = ts[2] / 1e3
+        r["hf_ms"] = ts[1] / 1e3
         r["x_hf"] = r["hf_ms"] / r["ours_ms"]
         err = (hf(hf_routing(block, ids0, w0, s.E)).float() - y.float()).abs().max().item()
         scale = y.float().abs().max().item() + 1e-30
@@ -294,7 +296,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
         f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | moe_experts runs on: "
         f"{leankern.backend_for('moe_experts', 'cpu')}")
     flush = ColdCache()
-    big = torch.ones(2**28 // 4, dtype=torch.float32)  # torch.sum over 256 MiB: the read bandwidth of every row
+    big = read_buffer()  # torch.sum over 256 MiB: the read bandwidth of every row
     rows, notes = [], []
     current = None
     for s, T, cases in _plan(quick, full):

@@ -6,9 +6,9 @@ projections), quantized once at m_max = 8, block 32, bf16 activations. Decode (M
 before 2026-12-05 a 64 MiB buffer was rewritten between calls on one copy, and the 480 MiB L3 of the Xeon
 kept part of it), bytes = the planes read
 ((1 + m) / 8 per weight) + the exponents (1 / 32), GB/s and ``%rd`` against the read bandwidth measured in the same run
-(``torch.sum`` over 256 MiB); ``t/t8`` = time at m over time at m = 8 (target t(3)/t(8) <= 0.6); the widths, the
-bf16 baseline and the read bandwidth (``rd GB/s``, the denominator of these rows' %rd) of a shape are timed in turn
-within each of 2 x repeats + 1 rounds (medians).
+(``torch.sum`` over 256 MiB); ``t/t8`` = time at m over time at m = 8 (target t(3)/t(8) <= 0.6); the widths and the
+bf16 baseline of a shape are timed in turn within each of 2 x repeats + 1 rounds (medians), the read bandwidth
+(``rd GB/s``, the denominator of these rows' %rd) just before and after them (the mean).
 Baselines: ``bf16`` = torch ``F.linear`` on the bf16 weight (2 bytes per weight), ``deq+lin`` =
 ``sefp.dequantize(m, bf16)`` then ``F.linear`` (what a user without the kernel would do), and for
 m <= 7 ``packed`` = the single-width packed copy (``SEFPTensor.packed(m)``, an mxint8 / mxint4
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..sefp.tensor import SEFPTensor
 from .harness import (BenchResult, cold_copies, cpu_isa, cpu_model, cycle, format_table, median_us_cold,
-                      median_us_cold_interleaved, no_flush, write_csv)
+                      median_us_cold_interleaved, no_flush, read_buffer, read_gbps, write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "sefp"
@@ -70,14 +70,14 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
     x1 = torch.randn(1, K, generator=g).to(torch.bfloat16)
     # every width and the bf16 baseline timed in turn within each repeat: a slow stretch of the shared machine hits
     # them alike, so t/t8 and x bf16 hold up (separate medians per width moved by up to 2x between runs)
-    # torch.sum over 256 MiB (the read bandwidth) is one of them: on this shared host it measured 29-65 GB/s in
-    # neighbouring runs, so %rd divides by the value of the same rounds
-    big = torch.ones(READ_BW_BYTES // 4, dtype=torch.float32)
-    fns = ([lambda: big.sum(), lambda: F.linear(x1, nw())] +
-           [lambda m=m: sefp.linear(x1, nq(), m) for m in decode_ms])
-    sum_us, bf16_us, *ours = median_us_cold_interleaved(fns, 2 * repeats + 1, no_flush)
+    # the read bandwidth (torch.sum over 256 MiB) just before and after them, the mean: on this shared host it
+    # measured 29-65 GB/s in neighbouring runs (harness.read_gbps)
+    big = read_buffer(READ_BW_BYTES)
+    bw0 = read_gbps(big)
+    fns = [lambda: F.linear(x1, nw())] + [lambda m=m: sefp.linear(x1, nq(), m) for m in decode_ms]
+    bf16_us, *ours = median_us_cold_interleaved(fns, 2 * repeats + 1, no_flush)
+    bw_rd = (bw0 + read_gbps(big)) / 2
     del big
-    bw_rd = READ_BW_BYTES / sum_us / 1e3
     t8 = None
     for m, ours_us in zip(decode_ms, ours):
         r = dict(shape=f"{N}x{K}", M=1, m=m, bits=wq.bits_per_weight(m), rd_gbps=bw_rd)

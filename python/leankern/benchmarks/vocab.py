@@ -12,7 +12,8 @@ Columns: ``ours`` = ``gather_lm_head`` (C++; rows read in place by id); ``full``
 ``gather+lin`` = ``torch.index_select(weight, 0, ids, out=buf)`` into a preallocated buffer, then
 ``F.linear(hidden, buf)``; ``x g+l`` = its time / ours, target >= 2; ``argmax`` / ``top50`` = the fused
 reductions (no logits written), target <= ours; GB/s and ``%rd`` for the K x H x 2 weight bytes
-against the read bandwidth measured in the same run (``torch.sum`` over 256 MiB).
+against the read bandwidth (``torch.sum`` over 256 MiB) taken just before and after the row (``rd GB/s``, the mean;
+since 2026-12-05: this host read 29-66 GB/s from run to run); gather + F.linear timed in turn with ours.
 
 logit_stats rows: ``[B, V]`` logits (fp32, bf16; V = 151,936); bytes = B x V x itemsize; target >= 0.6 of
 read bandwidth, judged cold: every timed call reads its own copy of the logits from a 2 GiB pool written
@@ -31,17 +32,19 @@ import torch
 import torch.nn.functional as F
 
 from .harness import (BenchResult, cpu_isa, cpu_model, cycle, format_table, median_us_cold, no_flush,
-                      median_us_cold_interleaved, write_csv)
+                      median_us_cold_interleaved, read_buffer, read_gbps, write_csv)
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "vocab"
 SHAPES = [(151936, 1024, "qwen3-0.6b"), (128256, 2048, "llama-3.2-1b")]
 HEAD_COLUMNS = [("model", "head", ""), ("K", "K", ""), ("B", "B", ""), ("ours_us", "ours us", ".0f"),
-                ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"), ("full_us", "full us", ".0f"),
+                ("rd_gbps", "rd GB/s", ".1f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
+                ("full_us", "full us", ".0f"),
                 ("kv_ratio", "ours/(K/V full)", ".2f"), ("gl_us", "gather+lin us", ".0f"), ("x_gl", "x g+l", ".2f"),
                 ("argmax_us", "argmax us", ".0f"), ("top50_us", "top50 us", ".0f"), ("target", "targets", "")]
 STATS_COLUMNS = [("dtype", "dtype", ""), ("B", "B", ""), ("V", "V", ""), ("ours_us", "ours us", ".0f"),
-                 ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"), ("hot_us", "hot us", ".0f"),
+                 ("rd_gbps", "rd GB/s", ".1f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
+                 ("hot_us", "hot us", ".0f"),
                  ("frac_rd_hot", "%rd hot", ".0%"), ("torch_us", "torch us", ".0f"),
                  ("x_torch", "x torch", ".1f"), ("target", "target", "")]
 
@@ -59,9 +62,10 @@ def _head_targets(row) -> str:
     return "/".join("y" if o else "n" for o in ok)
 
 
-def _head_rows(quick, full, bw_rd, repeats, out):
+def _head_rows(quick, full, repeats, out):
     import leankern
 
+    big = read_buffer()
     rows, full_us = [], {}
     g = torch.Generator().manual_seed(0)
     weights = {}
@@ -89,15 +93,18 @@ def _head_rows(quick, full, bw_rd, repeats, out):
             return F.linear(hidden, buf)
 
         r = dict(model=name, K=K, B=B, V=V, H=H)
-        # the fused reductions' target is relative to the plain gather: timed interleaved with it
-        r["ours_us"], r["argmax_us"], r["top50_us"] = median_us_cold_interleaved(
+        # the fused reductions' target is relative to the plain gather, and so is gather + F.linear: timed in turn
+        # within each round; the read bandwidth (the denominator of %rd) just before and after (harness.read_gbps)
+        bw0 = read_gbps(big)
+        r["ours_us"], r["argmax_us"], r["top50_us"], r["gl_us"] = median_us_cold_interleaved(
             [ours, lambda: leankern.vocab.gather_lm_head_argmax(hidden, w, next_ids()),
-             lambda: leankern.vocab.gather_lm_head_topk(hidden, w, next_ids(), 50)], 2 * repeats + 1, no_flush)
+             lambda: leankern.vocab.gather_lm_head_topk(hidden, w, next_ids(), 50), gather_linear],
+            2 * repeats + 1, no_flush)
+        r["rd_gbps"] = (bw0 + read_gbps(big)) / 2
         r["gbps"] = K * H * 2 / r["ours_us"] / 1e3
-        r["frac_rd"] = r["gbps"] / bw_rd
+        r["frac_rd"] = r["gbps"] / r["rd_gbps"]
         r["full_us"] = full_us[(V, H, B)]
         r["kv_ratio"] = r["ours_us"] / (K / V * r["full_us"])
-        r["gl_us"] = median_us_cold(gather_linear, repeats, no_flush)
         r["x_gl"] = r["gl_us"] / r["ours_us"]
         # the fused argmax must pick what the logits say (a cheap end-to-end check of the row)
         z = leankern.vocab.gather_lm_head(hidden, w, ids)
@@ -143,9 +150,10 @@ def _median_us_dram(fn, x, repeats, prime, pool_bytes=2 << 30):
     return statistics.median(times) * 1e6
 
 
-def _stats_rows(quick, bw_rd, repeats):
+def _stats_rows(quick, repeats):
     import leankern
 
+    big = read_buffer()
     rows = []
     V = 151936
     g = torch.Generator().manual_seed(1)
@@ -171,8 +179,10 @@ def _stats_rows(quick, bw_rd, repeats):
             x = (torch.randn(B, V, generator=g) * 3).to(dt)
             r = dict(dtype=str(dt)[6:], B=B, V=V)
             pool = (256 << 20) if quick else (2 << 30)  # --quick: a smoke run, not a measurement
+            bw0 = read_gbps(big)
             r["ours_us"] = _median_us_dram(leankern.vocab.logit_stats, x, 3 * repeats, prime, pool)
             r["hot_us"] = median_us_cold(lambda: leankern.vocab.logit_stats(x), 5 * repeats, lambda: None)
+            r["rd_gbps"] = bw_rd = (bw0 + read_gbps(big)) / 2
             nbytes = x.numel() * x.element_size()
             r["gbps"] = nbytes / r["ours_us"] / 1e3
             r["frac_rd"] = r["gbps"] / bw_rd
@@ -194,17 +204,18 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
         return BenchResult([], 0.0, device)
     bw_rd = measure_read_bandwidth()
     out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB): "
-        f"{bw_rd:.1f} GB/s | torch {torch.__version__}, {torch.get_num_threads()} threads | gather_lm_head runs on: "
+        f"{bw_rd:.1f} GB/s at the start (each row: rd GB/s) | torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads | gather_lm_head runs on: "
         f"{leankern.backend_for('vocab_gather_lm_head', 'cpu')}")
     repeats = 3 if quick else 7
-    head = _head_rows(quick, full, bw_rd, repeats, out)
+    head = _head_rows(quick, full, repeats, out)
     out(format_table(head, HEAD_COLUMNS))
     out("bf16 weights and hidden, fp32 logits, weights cold; targets y/n: ours/(K/V full) <= 1.3 / x g+l >= 2 / "
         "argmax and top-50 <= ours (5% noise margin; the three timed interleaved)")
     for r in head:
         if r["check"] != "ok":
             out(f"  CHECK FAILED {r['model']} K={r['K']} B={r['B']}: fused argmax != argmax of the logits")
-    stats = _stats_rows(quick, bw_rd, repeats)
+    stats = _stats_rows(quick, repeats)
     out(format_table(stats, STATS_COLUMNS))
     out("logit_stats: max, argmax, logsumexp, entropy, self-certainty in one pass; torch = max + logsumexp + "
         "softmax/log_softmax entropy (no self-certainty)")
