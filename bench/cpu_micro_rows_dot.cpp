@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
     for (int r = 0; r < 10; ++r)
       hot = std::min(hot, v == 2 ? pass<true>(W.data(), C, rows, X.data(), tokens, out.data(), true)
                                  : pass<false>(W.data(), C, rows, X.data(), tokens, out.data(), v == 1));
-    printf("C = %ld, %ld rows, %d tokens, %-18s: from DRAM %.2f, one copy again (L3) %.2f core cycles per vdpbf16ps\n", (long)C,
+    printf("C = %ld, %ld rows, %d tokens, %-18s: from DRAM %.2f, one copy again (L3) %.2f core cycles per vdpbf16ps\n",
+           (long)C,
            (long)rows, tokens, names[v], cold / (3 * copies) / dps / kTscPerCore, hot / dps / kTscPerCore);
   }
 }

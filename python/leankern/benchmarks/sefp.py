@@ -27,11 +27,11 @@ from .harness import (BenchResult, cold_copies, cpu_isa, cpu_model, cycle, forma
 from .mx_linear import measure_read_bandwidth
 
 FAMILY = "sefp"
-READ_BW_BYTES = 2**28  # torch.sum's buffer for the read bandwidth: well beyond any L3 here
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (N, K): the square, up and down projections
 COLUMNS = [("shape", "W [N, K]", ""), ("M", "M", ""), ("m", "m", ""), ("bits", "bits/w", ".3f"),
            ("ours_us", "ours us", ".0f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
-           ("t_t8", "t/t8", ".2f"), ("rd_gbps", "rd GB/s", ".1f"), ("bf16_us", "bf16 us", ".0f"), ("x_bf16", "x bf16", ".2f"),
+           ("t_t8", "t/t8", ".2f"), ("rd_gbps", "rd GB/s", ".1f"), ("bf16_us", "bf16 us", ".0f"),
+           ("x_bf16", "x bf16", ".2f"),
            ("deq_us", "deq+lin us", ".0f"), ("x_deq", "x deq", ".2f"), ("packed_us", "packed us", ".0f"),
            ("check", "check", "")]
 
@@ -69,10 +69,9 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
     rows = []
     x1 = torch.randn(1, K, generator=g).to(torch.bfloat16)
     # every width and the bf16 baseline timed in turn within each repeat: a slow stretch of the shared machine hits
-    # them alike, so t/t8 and x bf16 hold up (separate medians per width moved by up to 2x between runs)
-    # the read bandwidth (torch.sum over 256 MiB) just before and after them, the mean: on this shared host it
-    # measured 29-65 GB/s in neighbouring runs (harness.read_gbps)
-    big = read_buffer(READ_BW_BYTES)
+    # them alike, so t/t8 and x bf16 hold up (separate medians per width moved by up to 2x between runs); the read
+    # bandwidth (torch.sum over 256 MiB) just before and after them, the mean (harness.read_gbps)
+    big = read_buffer()
     bw0 = read_gbps(big)
     fns = [lambda: F.linear(x1, nw())] + [lambda m=m: sefp.linear(x1, nq(), m) for m in decode_ms]
     bf16_us, *ours = median_us_cold_interleaved(fns, 2 * repeats + 1, no_flush)
@@ -131,10 +130,10 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
     if str(device).startswith("cuda"):
         out("== sefp == on CUDA: not timed by this module (the Triton kernel is AOT-checked in the tests)")
         return BenchResult([], 0.0, device)
-    bw_rd = measure_read_bandwidth(READ_BW_BYTES)
-    out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB) at the start: "
-        f"{bw_rd:.1f} GB/s (M = 1 rows: the value timed in their rounds, rd GB/s) | torch {torch.__version__}, {torch.get_num_threads()} threads | sefp_linear runs on: "
-        f"{leankern.backend_for('sefp_linear', 'cpu')}")
+    bw_rd = measure_read_bandwidth()
+    out(f"== {FAMILY} == CPU: {cpu_model()} | ISA: {cpu_isa()} | read bandwidth (torch.sum over 256 MiB) at the "
+        f"start: {bw_rd:.1f} GB/s (M = 1 rows: around their rounds, rd GB/s) | torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads | sefp_linear runs on: {leankern.backend_for('sefp_linear', 'cpu')}")
     shapes, decode_ms, prefill_ms = _plan(quick, full)
     repeats = 3 if quick else 7
     rows = []
