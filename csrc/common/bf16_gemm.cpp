@@ -66,7 +66,8 @@ LK_BG void pack_tile(const uint16_t* w, int64_t ldw, int64_t n0, int64_t N, int6
 // the first row group, is 128 KB (w13, K = 4096) or 448 KB (w2, K = 14336) and shares the 1 MB L2 with the packed
 // tile and x's row groups. With 1024-pair chunks (64 KB; the same dot-product chains, so the same bits) the experts
 // took 0.94-1.00x the time (alternating processes, four pairs); 512 and 2048 pairs, or prefetching two chunks
-// ahead, were slower, and the packing still shows ~13% of the samples, on its loads (docs/moe.md).
+// ahead, were slower. With the stores of pack_pairs fixed too, the packing still takes ~11% of the samples, on its
+// loads (docs/moe.md).
 constexpr int64_t kChunkPairs = 1024;
 
 // MM (<= 24) rows of x from row m0 times the packed chunk wb of one tile (cp pairs; xg at the chunk's first pair):
