@@ -144,17 +144,12 @@ def read_buffer(nbytes: int = 2**28) -> torch.Tensor:
     return torch.ones(nbytes // 4, dtype=torch.float32)
 
 
-def read_gbps(buf: torch.Tensor, repeats: int = 3) -> float:
-    """GB/s of ``buf.sum()`` (median of ``repeats``): the read bandwidth right now. Benches take it just before and
-    after a row's timings and use the mean, because this shared host's bandwidth moved between 29 and 66 GB/s from
-    run to run; not inside the rounds, where the 256 MiB stream evicted the page-table entries of the call after it
-    (a gathered LM head of 4096 rows then took 1.5x its time)."""
-    buf.sum()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        buf.sum()
-        times.append(time.perf_counter() - t0)
+def read_gbps(buf: torch.Tensor, repeats: int = 3, min_time: float = 0.0) -> float:
+    """GB/s of ``buf.sum()`` (median of at least ``repeats``, :func:`time_fn`): the read bandwidth right now. Benches
+    take it just before and after a row's timings and use the mean, because this shared host's bandwidth moved between
+    29 and 66 GB/s from run to run; not inside the rounds, where the 256 MiB stream evicted the page-table entries of
+    the call after it (a gathered LM head of 4096 rows then took 1.5x its time)."""
+    times = time_fn(lambda: buf.sum(), warmup=1, repeats=repeats, min_time=min_time)
     return buf.numel() * buf.element_size() / statistics.median(times) / 1e9
 
 

@@ -21,8 +21,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from .harness import (BenchResult, busy_note, format_table, measure_copy_bandwidth, section_header, time_fn,
-                      write_csv)
+from .harness import (BenchResult, busy_note, format_table, measure_copy_bandwidth, read_buffer, read_gbps,
+                      section_header, time_fn, write_csv)
 from .harness import cold_copies as _cold_copies  # noqa: F401 (bench/bench_mx_few_rows.py imports them from here)
 from .harness import cycle as _cycle
 
@@ -36,10 +36,8 @@ COLUMNS = [
 
 
 def measure_read_bandwidth(nbytes: int = 2**28, repeats: int = 7) -> float:
-    """GB/s of ``torch.sum`` over a ``nbytes`` fp32 buffer (bytes read / time, median)."""
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
-    times = time_fn(lambda: src.sum(), warmup=2, repeats=repeats, min_time=0.5)
-    return nbytes / statistics.median(times) / 1e9
+    """GB/s of ``torch.sum`` over a ``nbytes`` fp32 buffer (bytes read / time, median; at least 0.5 s timed)."""
+    return read_gbps(read_buffer(nbytes), repeats, min_time=0.5)
 
 
 def _plan(quick: bool, full: bool):
