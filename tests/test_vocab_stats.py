@@ -255,6 +255,17 @@ def test_stats_short_rows_hold_the_exp_bound(backend):
         assert_logit_stats(_stats(x, t), x, t)
 
 
+def test_stats_single_logit_rows_give_the_logit(backend):
+    """lse of a one-element row is the logit itself. The C++ pass works against m' = fl(m log2 e) / log2 e, which
+    misses m by up to 0.69 ulp(m) (more than the fp32 output's half ulp) and corrects it in fp64: rows where that
+    miss is largest (m just below a power of two times ln 2) must still give exactly m."""
+    g = torch.Generator().manual_seed(3)
+    m = torch.cat([torch.rand(200, generator=g) * 3e4 + 64, -(torch.rand(56, generator=g) * 3e4 + 64)])
+    _, _, lse, ent, _ = _stats(m[:, None])
+    assert torch.equal(lse, m), (m[lse != m][:4].tolist(), lse[lse != m][:4].tolist())
+    assert ent.abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("V", [1, 7, 1000, 40000])
 def test_stats_uniform_and_one_hot_rows(backend, V):
     x = torch.full((3, V), 2.5)

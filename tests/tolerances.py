@@ -218,10 +218,10 @@ def assert_logit_stats(outs, logits, temperature):
     """max / argmax bit for bit with torch; logsumexp, entropy, self-certainty within derived bounds of fp64.
 
     Derivation (V terms, fp32, each exp within E = 116 ulp: the C++ pass evaluates 2^f by a degree-4
-    polynomial, relative error <= 2.95e-6 = 50u, and its argument r log2 e with log2 e rounded to fp32, 0.25u |r|
-    for |r| <= 87, the clamp: at most 22u; the AVX-512 form also rounds y = r log2 e before splitting it,
-    u/2 |r|: at most 44u): s = sum e^(z - m) errs by (gamma_V + E) s, so ln s by gamma_V + E + u
-    (+ u |lse| for the final add). Entropy ln s - t / s with t = sum e_i d_i, d_i = z_i - m: t errs by
+    polynomial, relative error <= 2.95e-6 = 50u, and its argument y = x log2 e - c (one FMA, c the block
+    reference times log2 e rounded; the rounding of c only moves the reference, corrected in fp64) with log2 e
+    rounded to fp32, 0.25u |r| for |r| <= 87, the clamp: at most 22u; rounding y, u/2 |y|: at most 44u):
+    s = sum e^(z - m) errs by (gamma_V + E) s, so ln s by gamma_V + E + u (+ u |lse| for the final add). Entropy ln s - t / s with t = sum e_i d_i, d_i = z_i - m: t errs by
     (gamma_V + E + 2u) sum e |d|, so t / s by (2 gamma_V + 2E + 3u) E|d| (E|d| under p).
     Self-certainty ln s - mean(z - m) - ln V (centred on the max m): the sum of z - m_ref (m_ref a block
     reference at most 60 below m) errs by (gamma_V + u)(mean|z - m| + 60); plus u (ln V + |result|).

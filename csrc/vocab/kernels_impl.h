@@ -218,22 +218,26 @@ LK_T double sum_exp(const float* z, int64_t n, float m) {
 
 // One row run in blocks of kStatsBlock elements, each read from memory once (a block stays in L1 for the rare
 // second look: a redo, or locating a new argmax). Per element, against a reference m_ref (the running max; for
-// the first block with a finite value, its own max from a max-only pre-pass, so no redo):
-//   r = x - m_ref, sum r (a plain fp32 add; a block whose sum overflows, logits near -FLT_MAX as HF's finfo.min
-//   masking writes, gets that sum again in fp64);
-//   rc = max(r, -87): e^-87 is still an fp32 normal; -inf and the far tail clamp there (e^-87 cannot move a sum
-//   of terms >= 1), so e rc stays finite;
-//   e = e^rc: n = round(rc log2 e) by the 1.5 * 2^23 rounding add inside an FMA, f = rc log2 e - n (fused,
-//   |f| <= 1/2), 2^f by a degree-4 polynomial, 2^n added to its exponent field (an integer add, no multiply);
-//   on AVX-512 instead y = rc log2 e, f = y - floor(y) (vreduceps), p(f) 2^floor(y) (vscalefps);
-//   s = sum e, t = sum e rc.
-// That is 16 vector ops per N elements (AVX-512: 13, and one register copy instead of three), nearly all on the
-// FP pipes: the pass is bound by them, not by memory, on AVX-512 machines with two cores (Zen 4: ~10 cycles per
-// 16 elements), so the loop is written op by op.
+// the first block with a finite value, its own max from a max-only pre-pass, so no redo), in log2 units:
+//   y = x log2 e - c in one FMA, c = m_ref log2 e rounded to fp32: y = log2 e (x - m') with m' = c / log2 e, one
+//   rounding (|dy| <= u/2 |y|); the block's sums are moved from m' to m_ref in fp64 at its end;
+//   sum y (an FMA with 1; a block whose sum overflows, logits near -FLT_MAX as HF's finfo.min masking writes,
+//   gets the sum of x - m_ref again in fp64);
+//   yc = max(y, -87 log2 e): 2^yc is still an fp32 normal; -inf and the far tail clamp there (e^-87 cannot move a
+//   sum of terms >= 1), so e yc stays finite;
+//   e = 2^yc: n = round(yc) by the 1.5 * 2^23 rounding add, f = yc - n (exact, |f| <= 1/2), 2^f by a degree-4
+//   polynomial, 2^n added to its exponent field (an integer add, no multiply); on AVX-512 instead
+//   f = yc - floor(yc) (vreduceps), p(f) 2^floor(yc) (vscalefps);
+//   s = sum e, t = sum e yc.
+// That is 13 vector ops per N elements (AVX-512: 12), nearly all on the FP pipes: the pass is bound by them, not
+// by memory, on AVX-512 machines with two cores, so the loop is written op by op. On Zen 4 a 512-bit op takes two
+// of its four 256-bit pipes (two ops per cycle at most) and vreduceps / vscalefps two cycles of the add / max pair
+// (bench/cpu_micro_pipes.cpp): ~15 cycles per 32 elements at best; the op runs ~9.4 per 16 hot on one thread
+// (docs/bench/vocab_stats_fold_zen4.txt).
 // A block whose max is more than 60 above m_ref (where e could overflow) is redone against its own max; NaN
-// anywhere makes the block's sum r NaN, +inf its max: the row is then flagged for the exact fallback. bf16 rows are loaded 2N at a time and
-// split into even and odd elements (one op per N instead of a widening shuffle and a shift): sums do not
-// care about order, and the argmax is located by index in a separate pass.
+// anywhere makes the block's sum of y NaN, +inf its max: the row is then flagged for the exact fallback. bf16 rows
+// are loaded 2N at a time and split into even and odd elements (one op per N instead of a widening shuffle and a
+// shift): sums do not care about order, and the argmax is located by index in a separate pass.
 constexpr int64_t kStatsBlock = 4096;
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kExpClamp = -87.0f;
@@ -252,29 +256,26 @@ LK_T typename V::F horner4(typename V::F f, float c4, float c3, float c2, float 
   return V::fmadd(p, f, V::set1(c0));
 }
 
+// Returns y = log2 e (x - m'), for the caller's sum of y.
 template <class V>  // V: the vector trait S, or Scalar for the tail
-LK_T void stats_step(typename V::F v, typename V::F mv, typename V::F& mx, typename V::F& z, typename V::F& s,
-                     typename V::F& t) {
+LK_T typename V::F stats_step(typename V::F v, typename V::F cv, typename V::F& mx, typename V::F& s,
+                              typename V::F& t) {
   using F = typename V::F;
-  const F l2e = V::set1(kLog2e);
   mx = V::max(mx, v);
-  const F r = V::sub(v, mv);
-  z = V::add(z, r);
-  const F rc = V::max(r, V::set1(kExpClamp));  // NaN r: the clamp (z carries the NaN)
+  const F y = V::fmsub(v, V::set1(kLog2e), cv);  // one rounding (block_pass: m' = cv / log2 e)
+  const F yc = V::max(y, V::set1(kExpClamp * kLog2e));  // NaN y: the clamp (z carries the NaN)
   F e;
   if constexpr (V::kReduceExp) {
-    // y = rc log2 e rounded (|dy| <= u/2 |y|: u/2 |rc| relative in e, 44u at the clamp); f = y - floor(y) in
-    // [0, 1), exact
-    const F y = V::mul(rc, l2e), f = V::frac_floor(y);
-    // 2^f on [0, 1] as 1 + f q(f), q cubic: relative minimax with p(0) = 1 exactly (so e^0 = 1, a one-hot row's
-    // entropy stays ~0), 2.95e-6 = 50u in fp32
+    // f = yc - floor(yc) in [0, 1), exact; 2^f on [0, 1] as 1 + f q(f), q cubic: relative minimax with p(0) = 1
+    // exactly (so e^0 = 1, a one-hot row's entropy stays ~0), 2.95e-6 = 50u in fp32
+    const F f = V::frac_floor(yc);
     e = V::scalef(horner4<V>(f, 0.013426646590232849f, 0.05224253609776497f, 0.2412801831960678f,
                              0.6930448412895203f, 1.0f),
-                  y);
+                  yc);
   } else {
-    const F magic = V::set1(12582912.0f);  // 1.5 * 2^23
-    const F tm = V::fmadd(rc, l2e, magic);
-    const F f = V::fmsub(rc, l2e, V::sub(tm, magic));
+    const F magic = V::set1(12582912.0f);  // 1.5 * 2^23: tm = n + magic rounds yc to the nearest integer n
+    const F tm = V::add(yc, magic);
+    const F f = V::sub(yc, V::sub(tm, magic));  // exact, |f| <= 1/2
     // 2^f on [-1/2, 1/2], degree-4 minimax (relative error 2.6e-6, 44 ulp: one FMA fewer than degree 5 is 10%
     // of this pass; the statistics it feeds are sums of V terms, and tests/tolerances.py carries the bound)
     e = V::ldexp_magic(horner4<V>(f, 0.009570068679749966f, 0.055917806923389435f, 0.240247443318367f,
@@ -282,7 +283,8 @@ LK_T void stats_step(typename V::F v, typename V::F mv, typename V::F& mx, typen
                        tm);
   }
   s = V::add(s, e);
-  t = V::fmadd(e, rc, t);
+  t = V::fmadd(e, yc, t);
+  return y;
 }
 
 template <int DT, bool DIV>
@@ -307,32 +309,60 @@ LK_T void load_pair_t(const void* x, int64_t i, typename S::F tv, typename S::F&
 // (8 / 16 / 32 / 64 KB tried; bf16 rows are bound by the pass's ops and did not move).
 constexpr int64_t kStatsPrefetch = 4096, kStatsPrefetchL2 = 16384;
 
+// The block's sums in fp64, one element at a time: for |m_ref| so large that m_ref log2 e overflows fp32 (a row
+// of finfo.min-masked logits), where the vector pass's folded reference would be infinite.
+template <int DT, bool DIV>
+LK_T BlockSums block_pass_f64(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
+  BlockSums r{-INFINITY, 0.0, 0.0, 0.0};
+  for (int64_t i = b0; i < b1; ++i) {
+    const float v = load_t<DT, DIV>(x, i, t);
+    r.max = v > r.max ? v : r.max;
+    const double d = static_cast<double>(v) - m_ref, dc = std::max(d, static_cast<double>(kExpClamp)),
+                 e = std::exp(dc);
+    r.sumx += d;
+    r.s += e;
+    r.t += e * dc;
+  }
+  return r;
+}
+
 template <int DT, bool DIV>
 LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
+  if (!(std::fabs(m_ref) < 1e37f)) return block_pass_f64<DT, DIV>(x, b0, b1, t, m_ref);
   using F = typename S::F;
   constexpr int64_t es = DT == kF32 ? 4 : 2, step = 2 * S::N * es;  // bytes per iteration
   const char* xc = static_cast<const char*>(x);
-  const F tv = S::set1(t), mv = S::set1(m_ref);
+  // y = log2 e x - c in one FMA (not (x - m_ref) log2 e: one op fewer per element); the sums are then relative to
+  // m' = c / log2 e, which differs from m_ref by a rounding of c, and are moved to m_ref in fp64 below
+  const float c = m_ref * kLog2e;
+  const F tv = S::set1(t), cv = S::set1(c);
   F mx0 = S::set1(-INFINITY), mx1 = mx0, z0 = S::zero(), z1 = z0, s0 = z0, s1 = z0, t0 = z0, t1 = z0;
   int64_t i = b0;
-  for (; i + 2 * S::N <= b1; i += 2 * S::N) {  // two independent chains: the exp latency overlaps
+  // two independent chains (the exp latency overlaps); the scalar build runs everything in the tail loop below
+  for (; S::N > 1 && i + 2 * S::N <= b1; i += 2 * S::N) {
     F v0, v1;
     for (int64_t o = 0; o < step; o += 64) {
       __builtin_prefetch(xc + i * es + kStatsPrefetch + o, 0, 3);    // T0
       __builtin_prefetch(xc + i * es + kStatsPrefetchL2 + o, 0, 2);  // T1
     }
     load_pair_t<DT, DIV>(x, i, tv, v0, v1);
-    stats_step<S>(v0, mv, mx0, z0, s0, t0);
-    stats_step<S>(v1, mv, mx1, z1, s1, t1);
+    // sum y by an FMA, not an add: on Zen 4 the add / max pipe is the busier one
+    z0 = S::fmadd(stats_step<S>(v0, cv, mx0, s0, t0), S::set1(1.0f), z0);
+    z1 = S::fmadd(stats_step<S>(v1, cv, mx1, s1, t1), S::set1(1.0f), z1);
   }
-  float mxs = -INFINITY, zs = 0.0f, ss = 0.0f, ts = 0.0f;
-  for (; i < b1; ++i) stats_step<Scalar>(load_t<DT, DIV>(x, i, t), m_ref, mxs, zs, ss, ts);
+  float mxs = -INFINITY, ss = 0.0f, ts = 0.0f;
+  double zs = 0;  // fp64: the scalar build's whole row comes through here, and one fp32 sum of 4096 y would drift
+  for (; i < b1; ++i) zs += stats_step<Scalar>(load_t<DT, DIV>(x, i, t), c, mxs, ss, ts);
   BlockSums r;
   const float vmax = S::hmax(S::max(mx0, mx1));
   r.max = mxs > vmax ? mxs : vmax;
-  r.sumx = static_cast<double>(S::hsum(S::add(z0, z1))) + zs;
-  r.s = static_cast<double>(S::hsum(S::add(s0, s1))) + ss;
-  r.t = static_cast<double>(S::hsum(S::add(t0, t1))) + ts;
+  // from log2 units and m' to natural units and m_ref: e = e^(x - m'), t = sum e (x - m'), z = sum (x - m')
+  const double l2e = kLog2e, d = c / l2e - m_ref, f = std::exp(d);
+  const double s = static_cast<double>(S::hsum(S::add(s0, s1))) + ss,
+               tt = (static_cast<double>(S::hsum(S::add(t0, t1))) + ts) / l2e;
+  r.s = f * s;
+  r.t = f * (tt + s * d);
+  r.sumx = (static_cast<double>(S::hsum(S::add(z0, z1))) + zs) / l2e + static_cast<double>(b1 - b0) * d;
   if (std::isinf(r.sumx)) {  // fp32 overflow (or a -inf logit): the sum in fp64
     double z = 0;
     for (int64_t j = b0; j < b1; ++j) z += static_cast<double>(load_t<DT, DIV>(x, j, t)) - m_ref;
