@@ -597,12 +597,15 @@ def test_experts_amx_gemm_path_from_two_tokens(isa, two_threads, down_split, E, 
 # E = 2, k = 2: every token keeps both experts, so each expert has exactly T tokens: 2..4 take the sequential
 # stream kernel (stream_rows_n; stream_rows_bf16 for bf16 x bf16 under avx512bf16), 5 and 9 the 4-row register tile
 # (quads_bf16 there), 1 the single-vector stream. H = 67, I = 24: one whole step and masked tails; H = 520, I = 80:
-# several steps, the prefetch running on into the next row.
+# several steps, the prefetch running on into the next row. Under avx512bf16, 2..4 tokens whose vectors are long
+# (T x C >= 8192: H = 4100 for gate/up, I = 4100 for down) take the quads as well.
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 9])
 @pytest.mark.parametrize("wdt,hdt,H,I", [(torch.bfloat16, torch.float32, 67, 24), (torch.float32, torch.float32, 67, 24),
                                          (torch.bfloat16, torch.bfloat16, 67, 24),
-                                         (torch.bfloat16, torch.bfloat16, 520, 80)],
-                         ids=("bf16-f32", "f32-f32", "bf16-bf16", "bf16-bf16-520"))
+                                         (torch.bfloat16, torch.bfloat16, 520, 80),
+                                         (torch.bfloat16, torch.bfloat16, 4100, 24),
+                                         (torch.bfloat16, torch.bfloat16, 67, 4100)],
+                         ids=("bf16-f32", "f32-f32", "bf16-bf16", "bf16-bf16-520", "bf16-bf16-H4100", "bf16-bf16-I4100"))
 def test_experts_tokens_per_expert_kernels(isa, T, wdt, hdt, H, I):
     args, kw = make_experts(T, 2, H, I, 2, wdt, hdt, seed=40 + T, drop=0.0)
     assert torch.equal(torch.bincount(args[3].flatten().long(), minlength=2), torch.tensor([T, T]))

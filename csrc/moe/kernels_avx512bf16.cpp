@@ -27,7 +27,7 @@ constexpr int64_t kAhead = 512;  // elements (1 KB) the stream's software prefet
 // (kernels_impl.h), with a software prefetch kAhead elements ahead that runs on into the next row; two accumulators
 // per vector, lane j summing the pairs (2 j, 2 j + 1) of each 32 elements in fp32, one horizontal sum per output.
 // Why: the 4-row tile reads four rows side by side (four streams per thread), which the prefetchers follow less
-// well; with one to four tokens per expert (decode) the weights' bytes are the time.
+// well; with one token per expert (decode), or a few short ones, the weights' bytes are the time.
 template <int NT>
 LK_BF void stream_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C,
                             const uint16_t* const* xs, float* const* outs) {
@@ -82,8 +82,16 @@ LK_BF void quads_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int
   }
 }
 
+// Two to four tokens whose vectors fill half of L1 or more (n x C >= 8192 elements, 16 KB) take the quads too: the
+// stream reads every token's vector again for every row, and with the row's stream beside it they no longer stay in
+// L1. Mixtral-8x7B's experts (C = 4096 / 14336), 2 experts x n tokens from DRAM, 2-core Zen 4, alternating
+// processes: n = 2 / 3 / 4 0.80-0.84 / 0.71-0.73 / 0.61-0.71x the streamed time (Mixtral at T = 16: 0.67-0.70x;
+// docs/bench/moe_decode_quads_ab_zen4.txt). Qwen3-30B-A3B's short vectors (C = 2048 / 768) gained nothing.
+constexpr int64_t kQuadsMinVectorElems = 8192;
+
 LK_BF void gemv_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
                           int64_t n, float* const* outs) {
+  if (n >= 2 && n * C >= kQuadsMinVectorElems) return quads_bf16(w, ld, r0, r1, C, xs, n, outs);
   switch (n) {
     case 1: return stream_rows_bf16<1>(w, ld, r0, r1, C, xs, outs);
     case 2: return stream_rows_bf16<2>(w, ld, r0, r1, C, xs, outs);
