@@ -26,6 +26,11 @@ constexpr double kTscPerCore = 0.71;
 #define PSL(i) "vpslld $3, %%zmm30, %%zmm" #i "\n"
 #define PMU(i) "vpminud %%zmm30, %%zmm31, %%zmm" #i "\n"
 #define PRM(i) "vpermps %%zmm30, %%zmm31, %%zmm" #i "\n"
+#define PRW(i) "vpermw %%zmm30, %%zmm31, %%zmm" #i "\n"
+#define SRW(i) "vpsrlw $4, %%zmm30, %%zmm" #i "\n"
+#define DPB(i) "vdpbf16ps %%zmm30, %%zmm31, %%zmm" #i "\n"
+#define GFA(i) "vgf2p8affineqb $0, %%zmm30, %%zmm31, %%zmm" #i "\n"
+#define UNP(i) "vpunpcklbw %%zmm30, %%zmm31, %%zmm" #i "\n"
 #define CLOBBER "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11"
 // best of 7 runs of 2M iterations of `body` (n instructions)
 #define BENCH(name, body, n)                                                                  \
@@ -64,5 +69,15 @@ int main() {
   BENCH("fma + add + paddd", R12(FMA) R12(ADD) R12(PAD), 36)
   BENCH("fma + add + pslld", R12(FMA) R12(ADD) R12(PSL), 36)
   BENCH("fma + add + vpermps", R12(FMA) R12(ADD) R12(PRM), 36)
+  BENCH("vpermw", R12(PRW), 12)
+  BENCH("vpsrlw", R12(SRW), 12)
+  BENCH("vdpbf16ps", R12(DPB), 12)
+  BENCH("vgf2p8affineqb", R12(GFA), 12)
+  BENCH("vpunpcklbw", R12(UNP), 12)
+  BENCH("vpermw + vdpbf16ps", R12(PRW) R12(DPB), 24)
+  BENCH("vpermw + vpsrlw", R12(PRW) R12(SRW), 24)
+  BENCH("vpsrlw + vdpbf16ps", R12(SRW) R12(DPB), 24)
+  BENCH("vpermw + vpsrlw + dp", R12(PRW) R12(SRW) R12(DPB), 36)
+  BENCH("vpermw + vpunpcklbw", R12(PRW) R12(UNP), 24)
   return 0;
 }
