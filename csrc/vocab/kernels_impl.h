@@ -336,33 +336,39 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
   // m' = c / log2 e, which differs from m_ref by a rounding of c, and are moved to m_ref in fp64 below
   const float c = m_ref * kLog2e;
   const F tv = S::set1(t), cv = S::set1(c);
-  F mx0 = S::set1(-INFINITY), mx1 = mx0, z0 = S::zero(), z1 = z0, s0 = z0, s1 = z0, t0 = z0, t1 = z0;
+  constexpr int NC = S::kStatsChains;  // independent chains (the exp latency overlaps), loaded in pairs
+  F mx[NC], z[NC], sv[NC], tw[NC];
+  for (int k = 0; k < NC; ++k) mx[k] = S::set1(-INFINITY), z[k] = sv[k] = tw[k] = S::zero();
   int64_t i = b0;
-  // two independent chains (the exp latency overlaps); the scalar build runs everything in the tail loop below
-  for (; S::N > 1 && i + 2 * S::N <= b1; i += 2 * S::N) {
-    F v0, v1;
-    for (int64_t o = 0; o < step; o += 64) {
+  // the scalar build runs everything in the tail loop below
+  for (; S::N > 1 && i + NC * S::N <= b1; i += NC * S::N) {
+    F v[NC];
+    for (int64_t o = 0; o < step * NC / 2; o += 64) {
       __builtin_prefetch(xc + i * es + kStatsPrefetch + o, 0, 3);    // T0
       __builtin_prefetch(xc + i * es + kStatsPrefetchL2 + o, 0, 2);  // T1
     }
-    load_pair_t<DT, DIV>(x, i, tv, v0, v1);
+    for (int k = 0; k < NC / 2; ++k) load_pair_t<DT, DIV>(x, i + 2 * k * S::N, tv, v[2 * k], v[2 * k + 1]);
     // sum y by an FMA, not an add: on Zen 4 the add / max pipe is the busier one
-    z0 = S::fmadd(stats_step<S>(v0, cv, mx0, s0, t0), S::set1(1.0f), z0);
-    z1 = S::fmadd(stats_step<S>(v1, cv, mx1, s1, t1), S::set1(1.0f), z1);
+    for (int k = 0; k < NC; ++k) z[k] = S::fmadd(stats_step<S>(v[k], cv, mx[k], sv[k], tw[k]), S::set1(1.0f), z[k]);
+  }
+  for (int k = 1; k < NC; ++k) {
+    mx[0] = S::max(mx[0], mx[k]);
+    z[0] = S::add(z[0], z[k]);
+    sv[0] = S::add(sv[0], sv[k]);
+    tw[0] = S::add(tw[0], tw[k]);
   }
   float mxs = -INFINITY, ss = 0.0f, ts = 0.0f;
   double zs = 0;  // fp64: the scalar build's whole row comes through here, and one fp32 sum of 4096 y would drift
   for (; i < b1; ++i) zs += stats_step<Scalar>(load_t<DT, DIV>(x, i, t), c, mxs, ss, ts);
   BlockSums r;
-  const float vmax = S::hmax(S::max(mx0, mx1));
+  const float vmax = S::hmax(mx[0]);
   r.max = mxs > vmax ? mxs : vmax;
   // from log2 units and m' to natural units and m_ref: e = e^(x - m'), t = sum e (x - m'), z = sum (x - m')
   const double l2e = kLog2e, d = c / l2e - m_ref, f = std::exp(d);
-  const double s = static_cast<double>(S::hsum(S::add(s0, s1))) + ss,
-               tt = (static_cast<double>(S::hsum(S::add(t0, t1))) + ts) / l2e;
+  const double s = static_cast<double>(S::hsum(sv[0])) + ss, tt = (static_cast<double>(S::hsum(tw[0])) + ts) / l2e;
   r.s = f * s;
   r.t = f * (tt + s * d);
-  r.sumx = (static_cast<double>(S::hsum(S::add(z0, z1))) + zs) / l2e + static_cast<double>(b1 - b0) * d;
+  r.sumx = (static_cast<double>(S::hsum(z[0])) + zs) / l2e + static_cast<double>(b1 - b0) * d;
   if (std::isinf(r.sumx)) {  // fp32 overflow (or a -inf logit): the sum in fp64
     double z = 0;
     for (int64_t j = b0; j < b1; ++j) z += static_cast<double>(load_t<DT, DIV>(x, j, t)) - m_ref;
