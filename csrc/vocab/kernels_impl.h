@@ -351,6 +351,12 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
     // sum y by an FMA, not an add: on Zen 4 the add / max pipe is the busier one
     for (int k = 0; k < NC; ++k) z[k] = S::fmadd(stats_step<S>(v[k], cv, mx[k], sv[k], tw[k]), S::set1(1.0f), z[k]);
   }
+  for (; S::N > 1 && NC > 2 && i + 2 * S::N <= b1; i += 2 * S::N) {  // what is left in pairs: a shorter scalar tail
+    F v0, v1;
+    load_pair_t<DT, DIV>(x, i, tv, v0, v1);
+    z[0] = S::fmadd(stats_step<S>(v0, cv, mx[0], sv[0], tw[0]), S::set1(1.0f), z[0]);
+    z[1] = S::fmadd(stats_step<S>(v1, cv, mx[1], sv[1], tw[1]), S::set1(1.0f), z[1]);
+  }
   for (int k = 1; k < NC; ++k) {
     mx[0] = S::max(mx[0], mx[k]);
     z[0] = S::add(z[0], z[k]);
