@@ -232,7 +232,7 @@ LK_T double sum_exp(const float* z, int64_t n, float m) {
 // That is 13 vector ops per N elements (AVX-512: 12), nearly all on the FP pipes: the pass is bound by them, not
 // by memory, on AVX-512 machines with two cores, so the loop is written op by op. On Zen 4 a 512-bit op takes two
 // of its four 256-bit pipes (two ops per cycle at most) and vreduceps / vscalefps two cycles of the add / max pair
-// (bench/cpu_micro_pipes.cpp): ~15 cycles per 32 elements at best; the op runs ~9.4 per 16 hot on one thread
+// (bench/cpu_micro_pipes.cpp): ~15 cycles per 32 elements at best; the op runs ~9.0 per 16 hot on one thread
 // (docs/bench/vocab_stats_fold_zen4.txt).
 // A block whose max is more than 60 above m_ref (where e could overflow) is redone against its own max; NaN
 // anywhere makes the block's sum of y NaN, +inf its max: the row is then flagged for the exact fallback. bf16 rows
