@@ -255,6 +255,20 @@ def test_stats_short_rows_hold_the_exp_bound(backend):
         assert_logit_stats(_stats(x, t), x, t)
 
 
+def test_stats_temperature_max_ties_made_by_the_division(backend):
+    """With a temperature the pass takes the max of the stored logits and divides it once (x / t is monotonic):
+    two different logits that x / t rounds to the same value must still give torch's first index, and the max
+    bit for bit. 1.5000004 (first) and its successor divide by 0.7 to the same fp32 value."""
+    a = 1.5000003576278687
+    b = float(torch.nextafter(torch.tensor(a, dtype=torch.float32), torch.tensor(2.0)))
+    assert float(torch.tensor(a, dtype=torch.float32) / 0.7) == float(torch.tensor(b, dtype=torch.float32) / 0.7)
+    for V in (40, 5000):
+        x = torch.linspace(-3, 1, V).float().repeat(2, 1)
+        x[0, V // 3], x[0, V // 2] = a, b  # the smaller first: argmax of x / t is V // 3, argmax of x is V // 2
+        x[1, V // 2], x[1, V - 1] = b, a  # tie inside the last vector / the scalar tail
+        assert_logit_stats(_stats(x, 0.7), x, 0.7)
+
+
 def test_stats_single_logit_rows_give_the_logit(backend):
     """lse of a one-element row is the logit itself. The C++ pass works against m' = fl(m log2 e) / log2 e, which
     misses m by up to 0.69 ulp(m) (more than the fp32 output's half ulp) and corrects it in fp64: rows where that

@@ -256,13 +256,13 @@ LK_T typename V::F horner4(typename V::F f, float c4, float c3, float c2, float 
   return V::fmadd(p, f, V::set1(c0));
 }
 
-// Returns y = log2 e (x - m'), for the caller's sum of y.
+// Returns y = k x - c, for the caller's sum of y (k: log2 e, or log2 e / t; block_pass).
 template <class V>  // V: the vector trait S, or Scalar for the tail
-LK_T typename V::F stats_step(typename V::F v, typename V::F cv, typename V::F& mx, typename V::F& s,
-                              typename V::F& t) {
+LK_T typename V::F stats_step(typename V::F v, typename V::F kv, typename V::F cv, typename V::F& mx,
+                              typename V::F& s, typename V::F& t) {
   using F = typename V::F;
   mx = V::max(mx, v);
-  const F y = V::fmsub(v, V::set1(kLog2e), cv);  // one rounding (block_pass: m' = cv / log2 e)
+  const F y = V::fmsub(v, kv, cv);  // one rounding
   const F yc = V::max(y, V::set1(kExpClamp * kLog2e));  // NaN y: the clamp (z carries the NaN)
   F e;
   if constexpr (V::kReduceExp) {
@@ -332,10 +332,16 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
   using F = typename S::F;
   constexpr int64_t es = DT == kF32 ? 4 : 2, step = 2 * S::N * es;  // bytes per iteration
   const char* xc = static_cast<const char*>(x);
-  // y = log2 e x - c in one FMA (not (x - m_ref) log2 e: one op fewer per element); the sums are then relative to
-  // m' = c / log2 e, which differs from m_ref by a rounding of c, and are moved to m_ref in fp64 below
-  const float c = m_ref * kLog2e;
-  const F tv = S::set1(t), cv = S::set1(c);
+  // y = k x - c in one FMA, x the logit as stored: k = log2 e (t = 1), else log2 e / t rounded once, so no logit
+  // is divided here (vdivps: 1.33x the pass's time); the statistics of z = x / t then come from
+  // y = k t (z - m'), m' = c / (k t), as e = 2^y = e^((1 + d)(z - m')) with 1 + d = k t ln 2 (|d| <= u/2 |z - m'|
+  // relative to the exponent; log2 e itself carries 0.25u). The max is taken of x and divided once (x / t is
+  // monotonic in x, so that is the max of z bit for bit); the sums, relative to m', are moved to m_ref in fp64
+  // below.
+  const float k = DIV ? static_cast<float>(1.4426950408889634 / t) : kLog2e;
+  const float c = DIV ? static_cast<float>(static_cast<double>(m_ref) * t * k) : m_ref * kLog2e;
+  const double kt = DIV ? static_cast<double>(k) * t : static_cast<double>(k);  // y per unit of z - m'
+  const F kv = S::set1(k), cv = S::set1(c);
   constexpr int NC = S::kStatsChains;  // independent chains (the exp latency overlaps), loaded in pairs
   F mx[NC], z[NC], sv[NC], tw[NC];
   for (int k = 0; k < NC; ++k) mx[k] = S::set1(-INFINITY), z[k] = sv[k] = tw[k] = S::zero();
@@ -347,15 +353,16 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
       __builtin_prefetch(xc + i * es + kStatsPrefetch + o, 0, 3);    // T0
       __builtin_prefetch(xc + i * es + kStatsPrefetchL2 + o, 0, 2);  // T1
     }
-    for (int k = 0; k < NC / 2; ++k) load_pair_t<DT, DIV>(x, i + 2 * k * S::N, tv, v[2 * k], v[2 * k + 1]);
+    for (int j = 0; j < NC / 2; ++j) S::template load_pair<DT>(x, i + 2 * j * S::N, v[2 * j], v[2 * j + 1]);
     // sum y by an FMA, not an add: on Zen 4 the add / max pipe is the busier one
-    for (int k = 0; k < NC; ++k) z[k] = S::fmadd(stats_step<S>(v[k], cv, mx[k], sv[k], tw[k]), S::set1(1.0f), z[k]);
+    for (int j = 0; j < NC; ++j)
+      z[j] = S::fmadd(stats_step<S>(v[j], kv, cv, mx[j], sv[j], tw[j]), S::set1(1.0f), z[j]);
   }
   for (; S::N > 1 && NC > 2 && i + 2 * S::N <= b1; i += 2 * S::N) {  // what is left in pairs: a shorter scalar tail
     F v0, v1;
-    load_pair_t<DT, DIV>(x, i, tv, v0, v1);
-    z[0] = S::fmadd(stats_step<S>(v0, cv, mx[0], sv[0], tw[0]), S::set1(1.0f), z[0]);
-    z[1] = S::fmadd(stats_step<S>(v1, cv, mx[1], sv[1], tw[1]), S::set1(1.0f), z[1]);
+    S::template load_pair<DT>(x, i, v0, v1);
+    z[0] = S::fmadd(stats_step<S>(v0, kv, cv, mx[0], sv[0], tw[0]), S::set1(1.0f), z[0]);
+    z[1] = S::fmadd(stats_step<S>(v1, kv, cv, mx[1], sv[1], tw[1]), S::set1(1.0f), z[1]);
   }
   for (int k = 1; k < NC; ++k) {
     mx[0] = S::max(mx[0], mx[k]);
@@ -365,16 +372,16 @@ LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float 
   }
   float mxs = -INFINITY, ss = 0.0f, ts = 0.0f;
   double zs = 0;  // fp64: the scalar build's whole row comes through here, and one fp32 sum of 4096 y would drift
-  for (; i < b1; ++i) zs += stats_step<Scalar>(load_t<DT, DIV>(x, i, t), c, mxs, ss, ts);
+  for (; i < b1; ++i) zs += stats_step<Scalar>(load_scalar(x, DT, i), k, c, mxs, ss, ts);
   BlockSums r;
-  const float vmax = S::hmax(mx[0]);
-  r.max = mxs > vmax ? mxs : vmax;
-  // from log2 units and m' to natural units and m_ref: e = e^(x - m'), t = sum e (x - m'), z = sum (x - m')
-  const double l2e = kLog2e, d = c / l2e - m_ref, f = std::exp(d);
-  const double s = static_cast<double>(S::hsum(sv[0])) + ss, tt = (static_cast<double>(S::hsum(tw[0])) + ts) / l2e;
+  const float vmax = S::hmax(mx[0]), xmax = mxs > vmax ? mxs : vmax;
+  r.max = DIV ? xmax / t : xmax;
+  // from y's units and m' to z's and m_ref: e = e^(z - m'), t = sum e (z - m'), z = sum (z - m')
+  const double d = c / kt - m_ref, f = std::exp(d);
+  const double s = static_cast<double>(S::hsum(sv[0])) + ss, tt = (static_cast<double>(S::hsum(tw[0])) + ts) / kt;
   r.s = f * s;
   r.t = f * (tt + s * d);
-  r.sumx = (static_cast<double>(S::hsum(z[0])) + zs) / l2e + static_cast<double>(b1 - b0) * d;
+  r.sumx = (static_cast<double>(S::hsum(z[0])) + zs) / kt + static_cast<double>(b1 - b0) * d;
   if (std::isinf(r.sumx)) {  // fp32 overflow (or a -inf logit): the sum in fp64
     double z = 0;
     for (int64_t j = b0; j < b1; ++j) z += static_cast<double>(load_t<DT, DIV>(x, j, t)) - m_ref;
