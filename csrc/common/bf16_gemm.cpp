@@ -30,65 +30,51 @@ inline uint32_t pair_at(const uint16_t* row, int64_t q, int64_t K) {
   return lo | hi << 16;
 }
 
-// Rows row(0) .. row(rows - 1) (rows <= 16, each K elements) -> wb[q] (lane r: row r's pair q; lanes past `rows`:
-// zeros).
+// Rows row(0) .. row(rows - 1) (rows <= lanes, each K elements; a nullptr row reads as zeros) -> dst[q * ld + r]
+// = row r's pair q for r < lanes (16: 64-byte stores, 8: 32-byte ones; lanes past `rows`: zeros).
 template <class Row>
-LK_BG void pack_pairs(const Row& row, int rows, int64_t K, __m512i* wb) {
+LK_BG void pack_pairs(const Row& row, int rows, int64_t K, int32_t* dst, int64_t ld, int lanes = 16) {
   const int64_t pairs = (K + 1) / 2, full = K / 2;
   for (int64_t q0 = 0; q0 < full; q0 += 16) {  // 16 pairs of the 16 rows at a time (masked past the last one)
     const int n = (int)std::min<int64_t>(16, full - q0);
     const __mmask16 live = (__mmask16)((1u << n) - 1);
     __m512i r[kTile], o[kTile];
-    for (int i = 0; i < kTile; ++i)
-      r[i] = i < rows ? _mm512_maskz_loadu_epi32(live, row(i) + 2 * q0) : _mm512_setzero_si512();
+    for (int i = 0; i < kTile; ++i) {
+      const uint16_t* p = i < rows ? row(i) : nullptr;
+      r[i] = p ? _mm512_maskz_loadu_epi32(live, p + 2 * q0) : _mm512_setzero_si512();
+    }
     transpose16(r, o);
     // stored straight from the registers, a test per store: a copy loop of variable length became o[] spilled to
     // the stack and a memmove (2% of Mixtral-8x7B's experts at T = 256 on Zen 4, and the spills)
 #pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j)
-      if (j < n) _mm512_store_si512(wb + q0 + j, o[j]);
-  }
-  if (pairs > full) {  // odd K: the last element alone (a 4-byte gather would read past the last row)
-    alignas(64) uint32_t last[kTile] = {};
-    for (int r = 0; r < rows; ++r) last[r] = pair_at(row(r), full, K);
-    wb[full] = _mm512_load_si512(last);
-  }
-}
-
-// 24 rows of x (nullptr: a row past M, zeros) -> dst[q * 24 + i] = row i's pair q, q < (K + 1) / 2: 16 x 16
-// transposes of 16 pairs of rows 0-15 and of rows 16-23 (and 8 zero rows). Why: the scalar loop it replaces (one
-// pair_at and one store 96 bytes from the last per pair) was 5% of Qwen3-30B-A3B's experts at T = 4096 on Zen 4.
-LK_BG void pack_x_group(const uint16_t* const* rows, int64_t K, int32_t* dst) {
-  static_assert(kRowGroup == 24, "two transposes: rows 0-15 and 16-23");
-  const int64_t pairs = (K + 1) / 2, full = K / 2;
-  for (int64_t q0 = 0; q0 < full; q0 += 16) {
-    const int n = (int)std::min<int64_t>(16, full - q0);
-    const __mmask16 live = (__mmask16)((1u << n) - 1);
-    for (int half = 0; half < 2; ++half) {
-      __m512i r[16], o[16];
-      for (int i = 0; i < 16; ++i) {
-        const uint16_t* row = half == 0 || i < 8 ? rows[16 * half + i] : nullptr;
-        r[i] = row ? _mm512_maskz_loadu_epi32(live, row + 2 * q0) : _mm512_setzero_si512();
-      }
-      transpose16(r, o);
-#pragma GCC unroll 16
-      for (int j = 0; j < 16; ++j) {
-        if (j < n) {  // a test per store, as pack_pairs
-          int32_t* d = dst + (q0 + j) * kRowGroup;
-          if (half == 0) _mm512_storeu_si512(d, o[j]);
-          else _mm256_storeu_si256((__m256i*)(d + 16), _mm512_castsi512_si256(o[j]));
-        }
+    for (int j = 0; j < 16; ++j) {
+      if (j < n) {
+        int32_t* d = dst + (q0 + j) * ld;
+        if (lanes == 16) _mm512_storeu_si512(d, o[j]);
+        else _mm256_storeu_si256((__m256i*)d, _mm512_castsi512_si256(o[j]));
       }
     }
   }
-  if (pairs > full)  // odd K: the last element alone (a 4-byte load would read past the row)
-    for (int i = 0; i < kRowGroup; ++i) dst[full * kRowGroup + i] = rows[i] ? (int32_t)pair_at(rows[i], full, K) : 0;
+  if (pairs > full)  // odd K: the last element alone (a 4-byte gather would read past the last row)
+    for (int i = 0; i < lanes; ++i) {
+      const uint16_t* p = i < rows ? row(i) : nullptr;
+      dst[full * ld + i] = p ? (int32_t)pair_at(p, full, K) : 0;
+    }
+}
+
+// 24 rows of x (nullptr: a row past M, zeros) -> dst[q * 24 + i] = row i's pair q: rows 0-15 and rows 16-23 by
+// pack_pairs. Why: the scalar loop it replaces (one pair_at and one store 96 bytes from the last per pair) was 5% of
+// Qwen3-30B-A3B's experts at T = 4096 on Zen 4.
+LK_BG void pack_x_group(const uint16_t* const* rows, int64_t K, int32_t* dst) {
+  static_assert(kRowGroup == 24, "rows 0-15 and 16-23");
+  pack_pairs([&](int i) { return rows[i]; }, 16, K, dst, kRowGroup);
+  pack_pairs([&](int i) { return rows[16 + i]; }, 8, K, dst + 16, kRowGroup, 8);
 }
 
 // Rows [n0, n0 + 16) of w -> wb[q] (lane r: row r's pair q; rows past N: zeros).
 LK_BG void pack_tile(const uint16_t* w, int64_t ldw, int64_t n0, int64_t N, int64_t K, __m512i* wb) {
   const uint16_t* base = w + n0 * ldw;
-  pack_pairs([&](int i) { return base + i * ldw; }, (int)std::min<int64_t>(kTile, N - n0), K, wb);
+  pack_pairs([&](int i) { return base + i * ldw; }, (int)std::min<int64_t>(kTile, N - n0), K, (int32_t*)wb, kTile);
 }
 
 // Pairs of w per packed chunk of a tile. Why: packing a whole tile's rows (16 x K) at once took 16% of
@@ -294,7 +280,7 @@ void wa_pack_x(const uint16_t* x, int64_t ldx, const int64_t* xrows, int64_t M, 
   parallel_chunks((M + 15) / 16, 1, [&](int64_t g0, int64_t g1) {  // (inline inside a parallel region)
     for (int64_t m0 = g0 * 16; m0 < std::min(M, g1 * 16); m0 += 16)
       pack_pairs([&](int i) { return x + (xrows ? xrows[m0 + i] : m0 + i) * ldx; },
-                 (int)std::min<int64_t>(16, M - m0), K, (__m512i*)(xb + m0 / 16 * xs));
+                 (int)std::min<int64_t>(16, M - m0), K, (int32_t*)(xb + m0 / 16 * xs), kTile);
   });
 }
 
