@@ -14,6 +14,7 @@
 
 #include "common/bf16_gemm.h"
 #include "common/cpu_features.h"
+#include "common/no_derivative.h"
 #include "common/output_cache.h"
 #include "mx/formats.h"
 #include "moe/kernels.h"
@@ -147,6 +148,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             "CPU-feature dispatch, the output cache and the C++ format / limit tables.";
   def_isa_functions(m);
   def_output_cache_functions(m);
+  m.def("register_no_derivative", &leankern::register_no_derivative, py::arg("op"),
+        "Give torch.ops.leankern.<op> torch's 'derivative not implemented' autograd kernel (called by "
+        "leankern.core.register_op for the ops without a backward).");
   m.def("format_table", &format_table, "The C++ mirror of leankern.mx.formats.FORMATS, as a list of dicts.");
   m.def("moe_exp_f32", [](const py::bytes& x) {
           const std::string in = x;

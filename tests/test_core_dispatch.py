@@ -388,3 +388,25 @@ def test_torch_compile_fullgraph(name):
     got, want = compiled(*args), op(*args)
     for g, w in zip(_flat(got), _flat(want)):
         assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+# ------------------------------------------------------------------------------- autograd
+@needs_ext
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_has_an_autograd_kernel(name):
+    # without one torch's default runs: a backward through the op warns and leaves None gradients
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(_spec(name).qualname, "Autograd")
+
+
+@needs_ext
+def test_backward_through_a_raw_op_raises_instead_of_returning_no_gradient():
+    h = torch.randn(2, 16, requires_grad=True)
+    w = torch.randn(50, 16)
+    ids = torch.tensor([1, 3, 5], dtype=torch.int32)
+    z = torch.ops.leankern.vocab_gather_lm_head(h, w, ids, None, None, 1.0, torch.float32, False)
+    assert z.requires_grad  # the forward runs as usual
+    with pytest.raises(RuntimeError, match="derivative for leankern::vocab_gather_lm_head is not implemented"):
+        z.sum().backward()
+    assert h.grad is None
+    with torch.no_grad():
+        assert not torch.ops.leankern.vocab_gather_lm_head(h, w, ids, None, None, 1.0, torch.float32, False).requires_grad

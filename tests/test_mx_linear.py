@@ -134,3 +134,46 @@ def test_opcheck_and_compile(fmt):
 
 def test_every_format_is_covered():
     assert set(ALL_FORMATS) == set(FORMATS)
+
+
+# ------------------------------------------------------------------------------- gradients
+def _effective_weight(q):
+    """The fp32 [N, K] map that linear applies to x: W_hat, times the rotation's transpose when rotated."""
+    import math
+
+    w = q.dequantize(torch.float32)
+    if q.rotation is None:
+        return w
+    n, seed = q.rotation
+    K = q.shape[1]
+    r = leankern.mx.hadamard_transform(torch.eye(K), n, 1.0 / math.sqrt(n), leankern.mx.random_hadamard_signs(n, seed))
+    return w @ r.T  # rotate(x) = x @ r
+
+
+@pytest.mark.parametrize("rotate", [None, 32])
+@pytest.mark.parametrize("prepacked", [False, True])
+@pytest.mark.parametrize("act_fmt", [None, "mxint8"])
+def test_backward_for_x_and_bias(rotate, prepacked, act_fmt):
+    # the weight is frozen; x's gradient is grad_y @ W_eff (act_fmt's quantizer straight-through), bias's the sum
+    g = torch.Generator().manual_seed(3)
+    q = leankern.mx.quantize(torch.randn(24, 64, generator=g), "mxfp4", rotate=rotate)
+    q = leankern.mx.prepack(q) if prepacked else q
+    x = torch.randn(2, 3, 64, generator=g, requires_grad=True)
+    b = torch.randn(24, generator=g, requires_grad=True)
+    gy = torch.randn(2, 3, 24, generator=g)
+    leankern.mx.linear(x, q, b, act_fmt=act_fmt).backward(gy)
+    w_eff = _effective_weight(q)
+    torch.testing.assert_close(x.grad, gy @ w_eff, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.grad, gy.sum((0, 1)), rtol=1e-6, atol=1e-6)
+
+
+def test_backward_keeps_x_dtype_and_no_grad_calls_stay_plain():
+    q = leankern.mx.quantize(torch.randn(16, 32), "nvfp4")
+    x = torch.randn(4, 32, dtype=torch.bfloat16, requires_grad=True)
+    y = leankern.mx.linear(x, q)
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x.grad.float(), q.dequantize(torch.float32).sum(0).expand(4, 32).bfloat16().float())
+    with torch.no_grad():
+        assert leankern.mx.linear(x, q).grad_fn is None
+    assert leankern.mx.linear(x.detach(), q).grad_fn is None  # nothing requires grad: the op alone

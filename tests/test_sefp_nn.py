@@ -361,3 +361,39 @@ def test_numerics_bench_qsnr_table_gains_one_bit_per_plane():
     lines = []
     sefp_numerics.run(sizes=(64,), bw_gbps=1.0, part="qsnr", out=lines.append)
     assert "\n| sefp m=8 | 9.25 | 9.25 |" in "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- input checks and gradients
+@pytest.mark.parametrize("k", [33, 48, 64, 39])
+def test_sefp_linear_rejects_an_x_whose_k_differs_from_the_weight(k):
+    # the planes are padded to the block size (K = 40 -> 64): without the check, x rows of 33..64 columns ran
+    w = sefp.quantize(torch.randn(16, 40))
+    with pytest.raises(ValueError, match=r"x: expected shape \[\.\.\., K=40\]"):
+        sefp.linear(torch.randn(3, k), w, 4)
+    with pytest.raises(ValueError, match=r"K=40"):
+        SEFPLinear.from_linear(nn.Linear(40, 16))(torch.randn(2, k))
+
+
+@pytest.mark.parametrize("m", [8, 3])
+def test_sefp_linear_backward_for_x_and_bias(m):
+    g = torch.Generator().manual_seed(5)
+    w = sefp.quantize(torch.randn(16, 40, generator=g))
+    x = torch.randn(2, 3, 40, generator=g, requires_grad=True)
+    b = torch.randn(16, generator=g, requires_grad=True)
+    gy = torch.randn(2, 3, 16, generator=g)
+    sefp.linear(x, w, m, b).backward(gy)
+    torch.testing.assert_close(x.grad, gy @ w.dequantize(m, torch.float32), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.grad, gy.sum((0, 1)), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        assert sefp.linear(x, w, m).grad_fn is None
+
+
+def test_sefp_fake_quant_zero_rows_and_rejected_dtypes():
+    assert sefp.sefp_fake_quant(torch.randn(0, 32), 4).shape == (0, 32)
+    assert sefp.sefp_fake_quant(torch.randn(2, 0, 32), 4).shape == (2, 0, 32)
+    big = torch.tensor([[1e300] + [1.0] * 31], dtype=torch.float64)  # would come back as inf through fp32
+    for bad in (big, torch.ones(2, 32, dtype=torch.int64)):
+        with pytest.raises(TypeError, match="w: expected dtype float32, bfloat16 or float16"):
+            sefp.sefp_fake_quant(bad, 4)
+    with pytest.raises(ValueError, match="0-d"):
+        sefp.sefp_fake_quant(torch.tensor(1.0), 4)

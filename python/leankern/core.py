@@ -45,7 +45,7 @@ def check_tensor(name: str, t, dtypes: Iterable[torch.dtype] | None = None, devi
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if dtypes is not None:
-        dtypes = tuple(dtypes)
+        dtypes = tuple(dict.fromkeys(dtypes))  # (x.dtype, torch.float32) with fp32 x: listed once in the message
         if t.dtype not in dtypes:
             raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
     if device is not None and t.device != device:
@@ -87,6 +87,37 @@ def check_value_on_device(ok: torch.Tensor, message: str) -> None:
             raise ValueError(message)
     elif ok.device.type != "meta":
         torch._assert_async(ok, message)
+
+
+# ------------------------------------------------------------------------------------- autograd
+class FrozenWeightLinear(torch.autograd.Function):
+    """``y = fwd(x, bias)``, a linear map of x (plus bias) by a frozen quantized weight, with a backward for x
+    (``grad_x(grad_y in fp32)``, returned in x's dtype) and for bias (the sum of grad_y over its leading dims).
+
+    For the front-ends of ops that have no derivative themselves (``mx.linear``, ``sefp.linear``): they take this
+    path only when grad is enabled and x or bias requires grad, so inference calls go to the op directly.
+    """
+
+    @staticmethod
+    def forward(x, bias, fwd, grad_x):
+        return fwd(x, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, bias, _, grad_x = inputs
+        ctx.grad_x, ctx.x_dtype = grad_x, x.dtype
+        ctx.bias_dtype = bias.dtype if isinstance(bias, torch.Tensor) else None
+
+    @staticmethod
+    def backward(ctx, gy):
+        gx = ctx.grad_x(gy.float()).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        gb = gy.float().reshape(-1, gy.shape[-1]).sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[1] else None
+        return gx, gb, None, None
+
+
+def needs_input_grad(*tensors) -> bool:
+    """Grad is enabled and one of ``tensors`` (None allowed) requires it."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 # ------------------------------------------------------------------------------------- extension
@@ -200,7 +231,10 @@ def register_op(spec: OpSpec) -> OpSpec:
     _LIBS.append(lib)
     lib.define(spec.name + spec.schema)
     torch.library.register_fake(spec.qualname, spec.fake, lib=lib)
-    _load_extension()  # C++ kernels register CPU (and CUDA) impls for the op when the .so loads
+    ext = _load_extension()  # C++ kernels register CPU (and CUDA) impls for the op when the .so loads
+    no_derivative = getattr(ext, "register_no_derivative", None)
+    if no_derivative is not None:  # a backward through the op raises (torch's default: None gradients, a warning)
+        no_derivative(spec.name)
     spec.native_cuda = _has_kernel(spec.qualname, "CUDA")
     if spec.triton is not None and not spec.native_cuda:
         lib.impl(spec.name, _triton_kernel(spec), "CUDA")

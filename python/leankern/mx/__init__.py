@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..core import check_choice
+from ..core import FrozenWeightLinear, check_choice, needs_input_grad
 from . import formats, ops, ref
 from .checkpoints import ModelOptNVFP4, from_gpt_oss, from_modelopt_nvfp4, select_expert
 from .formats import FORMATS, PAPER_FORMATS, format_names, get_format
@@ -193,9 +193,34 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
     once to bf16 (the bf16 kernels then take it as they take any bf16 x); fp32 / fp16 x's, and any
     x's with ``act_fmt`` (quantized from fp32), stays fp32; the product is rounded once to x's dtype.
 
+    Gradients: with grad enabled and ``x`` (or ``bias``) requiring grad, the result has a backward for ``x``
+    (``grad_y @ W_hat``, W_hat the dequantized weight, in fp32, rotated back where ``rotate`` was used) and for
+    ``bias``; with ``act_fmt`` the quantization of x is taken as the identity there (straight-through). The weight
+    is a frozen quantized tensor: no gradient (adapters such as LoRA train beside it). The raw ops have no derivative
+    (a backward through them raises).
+
     Shape:
         x ``[..., K]``, weight ``[N, K]``, bias ``[N]`` -> ``[..., N]`` in x's dtype.
     """
+    if needs_input_grad(x, bias):
+        return FrozenWeightLinear.apply(x, bias, lambda x, b: _linear(x, weight, b, act_fmt),
+                                        lambda g: _linear_grad_x(weight, g))
+    return _linear(x, weight, bias, act_fmt)
+
+
+def _linear_grad_x(weight: MXTensor, g: torch.Tensor) -> torch.Tensor:
+    """d(x . W^T) / dx applied to fp32 ``g [..., N]``: ``g @ W_hat``, rotated back where x was rotated."""
+    g = g @ weight.dequantize(torch.float32)  # [..., K]: the gradient with respect to the rotated x
+    if weight.rotation is not None:  # x_r = x H D / sqrt(n) per chunk: d/dx = (g D) H / sqrt(n)
+        n, seed = weight.rotation
+        signs = random_hadamard_signs(n, seed, g.device).float()
+        g = torch.ops.leankern.hadamard_transform.default(
+            (g.reshape(*g.shape[:-1], -1, n) * signs).reshape(g.shape), n, 1.0 / math.sqrt(n), None)
+    return g
+
+
+def _linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None, act_fmt: str | None) -> torch.Tensor:
+    """:func:`linear` without autograd (the ops)."""
     if not isinstance(weight, MXTensor):
         raise TypeError(f"weight: expected an MXTensor, got {type(weight).__name__}")
     if len(weight.shape) != 2:
@@ -215,7 +240,7 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
             bias = bias.float()
         plain = MXTensor(weight.codes, weight.scales, weight.global_scale, weight.fmt, weight.block_size,
                          weight.shape, weight.dtype, weight.scale_mode, weight.scale_layout, weight.layout)
-        return linear(xr, plain, bias, act_fmt=act_fmt).to(out_dtype)
+        return _linear(xr, plain, bias, act_fmt).to(out_dtype)
     if weight.layout == "prepacked16":
         return torch.ops.leankern.mx_linear_packed.default(x, weight.codes, weight.global_scale, weight.fmt,
                                                            weight.block_size, weight.shape[0], bias, act_fmt)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core import FrozenWeightLinear, needs_input_grad
 from . import ops  # registers torch.ops.leankern.sefp_*
 from .ref import BLOCK_SIZES, EMPTY, MAX_M, fake_quant_values
 from .tensor import SEFPTensor
@@ -59,10 +60,24 @@ def linear(x: torch.Tensor, w: SEFPTensor, m: int | None = None, bias: torch.Ten
     """``y = x @ dequantize(w, m)^T + bias``, weight-only, fp32 accumulation, reading ``1 + m`` planes.
 
     Shape: x ``[..., K]`` (fp32 / bf16 / fp16), bias ``[N]``, y ``[..., N]`` in x's dtype.
+
+    Gradients: with grad enabled and ``x`` (or ``bias``) requiring grad, the result has a backward for ``x``
+    (``grad_y @ dequantize(w, m)`` in fp32) and ``bias``; the stored weight is frozen (no gradient; to train it,
+    see :func:`sefp_fake_quant`). The raw op ``torch.ops.leankern.sefp_linear`` has no derivative, and takes K
+    from the planes (padded to the block size), so it cannot tell a short ``x`` row from a padded one: this
+    function checks ``x``'s K against ``w.shape``.
     """
     if not isinstance(w, SEFPTensor):
         raise TypeError(f"w: expected an SEFPTensor (leankern.sefp.quantize), got {type(w).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x: expected shape [..., K={w.shape[1]}] (w.shape[1]), got {tuple(x.shape)}")
     m = w._width(m)
+    if needs_input_grad(x, bias):
+        return FrozenWeightLinear.apply(
+            x, bias, lambda x, b: torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, b),
+            lambda g: g @ w.dequantize(m, torch.float32))
     return torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, bias)
 
 
@@ -86,6 +101,13 @@ def sefp_fake_quant(w: torch.Tensor, m: int, block_size: int = 32) -> torch.Tens
     For fine-tuning at several widths (OTARo's "loss summed over bit-widths"); plain tensor ops, so
     it runs on any device and inside ``torch.compile``. Shape: ``w [..., K]`` -> same.
     """
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"w: expected a torch.Tensor, got {type(w).__name__}")
+    if w.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        # SEFP is defined on fp32 patterns: fp64 beyond fp32's range would come back as inf
+        raise TypeError(f"w: expected dtype float32, bfloat16 or float16, got {w.dtype}")
+    if w.dim() == 0:
+        raise ValueError("w: expected shape [..., K] with at least one dimension, got a 0-d tensor")
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_M:
         raise ValueError(f"m: expected an int in [1, {MAX_M}], got {m!r}")
     if block_size not in BLOCK_SIZES:

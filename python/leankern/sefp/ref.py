@@ -138,7 +138,7 @@ def fake_quant_values(w: torch.Tensor, m: int, block_size: int) -> torch.Tensor:
     """
     K = w.shape[-1]
     w32 = _pad_k(w.to(torch.float32), block_size)
-    blocks = w32.reshape(*w32.shape[:-1], -1, block_size)  # [..., nb, G]
+    blocks = w32.reshape(*w32.shape[:-1], w32.shape[-1] // block_size, block_size)  # [..., nb, G] (also 0 rows)
     bits = blocks.view(torch.int32)
     field = (bits >> 23) & 0xFF
     e = torch.where((bits & 0x7FFFFFFF) == 0, torch.full_like(field, EMPTY), field.clamp(min=1) - 127)
