@@ -6,6 +6,7 @@
 // and the exception types match too: a wrong dtype raises TypeError (TORCH_CHECK_TYPE), a wrong
 // value, shape or device ValueError (TORCH_CHECK_VALUE). All checks are O(1): no pass over data.
 #pragma once
+#include <algorithm>
 
 #include <ATen/ATen.h>
 #include <c10/core/ScalarType.h>
@@ -96,8 +97,10 @@ inline std::string dtype_name(at::ScalarType st) { return "torch." + std::string
 // repr([str(d) for d in dtypes]): ['torch.float32', 'torch.bfloat16'].
 inline std::string dtype_list(std::initializer_list<at::ScalarType> dtypes) {
   std::string out = "[";
-  for (auto it = dtypes.begin(); it != dtypes.end(); ++it)
-    out += (it == dtypes.begin() ? "'" : ", '") + dtype_name(*it) + "'";
+  for (auto it = dtypes.begin(); it != dtypes.end(); ++it) {
+    if (std::find(dtypes.begin(), it, *it) != it) continue;  // {x.dtype, fp32} with fp32 x: listed once
+    out += (out.size() == 1 ? "'" : ", '") + dtype_name(*it) + "'";
+  }
   return out + "]";
 }
 
