@@ -15,6 +15,7 @@ Hugging Face drop-in: ``model.generate()`` over the request's vocabulary).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -27,38 +28,54 @@ __all__ = ["gather_lm_head", "gather_lm_head_argmax", "gather_lm_head_topk", "ga
            "OffloadedEmbedding", "tailor", "untailor", "vocab_bytes", "ops", "ref"]
 
 
-def _ids32(vocab_ids: torch.Tensor) -> torch.Tensor:
-    """Hugging Face code holds int64 ids; the ops take int32 (V < 2^31)."""
+def _ids32(vocab_ids: torch.Tensor, V: Optional[int]) -> torch.Tensor:
+    """Hugging Face code holds int64 ids; the ops take int32 (V < 2^31). int32 ids pass untouched (no pass over them).
+
+    An int64 id outside int32 must not wrap onto a valid row (2^32 + 5 -> 5): on CPU the ids are checked against
+    [-1, V) here (the ops' message, with the actual min / max); elsewhere (CUDA, torch.compile tracing, or V unknown
+    because ``weight`` is not valid) the narrowing saturates, ids beyond int32 becoming -2 or 2^31 - 1, which the op's
+    own id check rejects before any read: on a GPU a device-side assert, so no host sync and no extra reduction.
+    """
     if not isinstance(vocab_ids, torch.Tensor):
         raise TypeError(f"vocab_ids: expected a torch.Tensor of token ids, got {type(vocab_ids).__name__}")
-    return vocab_ids.to(torch.int32) if vocab_ids.dtype == torch.int64 else vocab_ids
+    if vocab_ids.dtype != torch.int64:
+        return vocab_ids
+    if V is not None and vocab_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+        ops.check_ids_values(vocab_ids, V)
+        return vocab_ids.to(torch.int32)
+    return vocab_ids.clamp(-2, 2**31 - 1).to(torch.int32)
 
 
-def _flatten(hidden: torch.Tensor, vocab_ids: torch.Tensor):
+def _rows(weight) -> Optional[int]:
+    """V of a plausible ``weight`` ([V, H] tensor or MXTensor), else None (the op's checks then reject it)."""
+    shape = getattr(weight, "shape", None) if isinstance(weight, (torch.Tensor, MXTensor)) else None
+    return shape[0] if shape is not None and len(shape) == 2 and 1 <= shape[0] < 2**31 else None
+
+
+def _flatten(hidden: torch.Tensor, vocab_ids: torch.Tensor, V: Optional[int]):
     """hidden ``[*lead, H]`` -> ``[B, H]``; ids ``[K]`` stay, ids ``[*lead, K]`` -> ``[B, K]``; returns lead too."""
     if not isinstance(hidden, torch.Tensor):
         raise TypeError(f"hidden: expected a torch.Tensor, got {type(hidden).__name__}")
     if hidden.dim() < 1:
         raise ValueError(f"hidden: expected shape [..., H], got {tuple(hidden.shape)}")
     lead = tuple(hidden.shape[:-1])
-    h = hidden.reshape(-1, hidden.shape[-1])
-    ids = _ids32(vocab_ids)
+    B = math.prod(lead)  # not reshape(-1, ...): ambiguous for an empty tensor (H = 0, or K = 0 ids)
+    h = hidden.reshape(B, hidden.shape[-1])
+    ids = _ids32(vocab_ids, V)
     if ids.dim() > 1:
         if tuple(ids.shape[:-1]) != lead:
             raise ValueError(f"vocab_ids: expected shape [K] or [{', '.join(map(str, lead))}, K] (hidden's leading "
                              f"dims), got {tuple(vocab_ids.shape)}")
-        ids = ids.reshape(-1, ids.shape[-1])
+        ids = ids.reshape(B, ids.shape[-1])
     return h, ids, lead
 
 
 def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
     """fp32 subset logits of an MXTensor head: the K rows' codes and scales are gathered (a few bytes per weight),
-    then multiplied by the quantized linear kernel."""
+    then multiplied by the quantized linear kernel. The arguments were checked by ``GATHER.check`` / ``TOPK.check``
+    (the plain-tensor path's checks and messages); the ids' values are checked here, before any row is read."""
     from ..mx import linear
 
-    if weight.layout != "row_major" or weight.scale_layout != "row_major":
-        raise ValueError("weight: an MXTensor head must be in the row-major layout with row-major scales (not prepacked "
-                         f"/ swizzled), got layout={weight.layout!r}, scale_layout={weight.scale_layout!r}")
     ops.check_ids_values(ids, weight.shape[0])
 
     def rows(ids1d):  # the MXTensor of rows ids1d (padding reads row 0; masked to -inf below)
@@ -105,8 +122,9 @@ def gather_lm_head(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, *, bia
             type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: no reshapes
         return torch.ops.leankern.vocab_gather_lm_head(hidden, weight, vocab_ids, bias, soft_cap, float(scale),
                                                        out_dtype, bool(log_softmax))
-    h, ids, lead = _flatten(hidden, vocab_ids)
+    h, ids, lead = _flatten(hidden, vocab_ids, _rows(weight))
     if _is_mx(weight):
+        ops.GATHER.check("ref", h, weight, ids, bias, soft_cap, float(scale), out_dtype, bool(log_softmax))
         z = _mx_logits(h, weight, ids, bias, soft_cap, scale)
         if log_softmax:
             z = ref.log_softmax_rows(z)
@@ -129,34 +147,48 @@ def gather_lm_head_topk(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, k
 
     Returns ``(values fp32 [..., k], global_ids int64 [..., k])``, descending; equal logits keep their
     order in ``vocab_ids`` (the lowest position first, like a stable sort); padding positions report id -1.
-    Same arguments as :func:`gather_lm_head`; ``1 <= k <= min(K, ops.MAX_TOPK)``. On CPU with k > 1 and
-    ``B * K <= 4M`` the logits pass through a scratch of at most 16 MB; larger batches stream candidates
-    (docs/vocab.md).
+    Same arguments as :func:`gather_lm_head`; ``k`` an int (not a bool), ``1 <= k <= min(K, ops.MAX_TOPK)``.
+    On CPU with k > 1 and ``B * K <= 4M`` the logits pass through a scratch of at most 16 MB; larger batches
+    stream candidates (docs/vocab.md).
     """
+    if type(k) is not int:  # a bool / float k is an error, not int(k)
+        ops.check_k_type(k)
     if type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
             type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: no reshapes
         return torch.ops.leankern.vocab_gather_lm_head_topk(hidden, weight, vocab_ids, bias, soft_cap, float(scale),
                                                             int(k))
-    h, ids, lead = _flatten(hidden, vocab_ids)
+    h, ids, lead = _flatten(hidden, vocab_ids, _rows(weight))
+    k = int(k)
     if _is_mx(weight):
-        if not 1 <= k <= ids.shape[-1]:
-            raise ValueError(f"k: expected 1 <= k <= K={ids.shape[-1]}, got {k}")
+        ops.TOPK.check("ref", h, weight, ids, bias, soft_cap, float(scale), k)
         z = _mx_logits(h, weight, ids, bias, soft_cap, scale)
         vals, pos = torch.sort(z, dim=-1, descending=True, stable=True)
         vals, pos = vals[:, :k], pos[:, :k]
         gids = ids.long()[pos] if ids.dim() == 1 else ids.long().gather(1, pos)
     else:
-        vals, gids = torch.ops.leankern.vocab_gather_lm_head_topk(h, weight, ids, bias, soft_cap, float(scale), int(k))
+        vals, gids = torch.ops.leankern.vocab_gather_lm_head_topk(h, weight, ids, bias, soft_cap, float(scale), k)
     return vals.reshape(*lead, k), gids.reshape(*lead, k)
+
+
+def _argmax_error(err: ValueError, vocab_ids) -> None:
+    """Argmax takes no k: its k = 1 range error over K = 0 ids is raised as what it is, an empty vocab_ids."""
+    if str(err).startswith("k: ") and isinstance(vocab_ids, torch.Tensor) and vocab_ids.dim() >= 1 and (
+            vocab_ids.shape[-1] == 0):
+        raise ValueError("vocab_ids: expected K >= 1 ids to take the argmax over, got K=0 (shape "
+                         f"{tuple(vocab_ids.shape)})") from None
 
 
 def gather_lm_head_argmax(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, **kwargs) -> tuple:
     """Greedy next token over the subset: ``(global_ids int64 [...], max_logit fp32 [...])``; ties -> lowest position."""
-    if not kwargs and type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
-            type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: the op directly
-        vals, gids = torch.ops.leankern.vocab_gather_lm_head_topk(hidden, weight, vocab_ids, None, None, 1.0, 1)
-        return gids.view(-1), vals.view(-1)
-    vals, gids = gather_lm_head_topk(hidden, weight, vocab_ids, 1, **kwargs)
+    try:  # free when nothing is raised
+        if not kwargs and type(hidden) is torch.Tensor and hidden.dim() == 2 and type(weight) is torch.Tensor and (
+                type(vocab_ids) is torch.Tensor and vocab_ids.dtype == torch.int32):  # the decode call: the op directly
+            vals, gids = torch.ops.leankern.vocab_gather_lm_head_topk(hidden, weight, vocab_ids, None, None, 1.0, 1)
+            return gids.view(-1), vals.view(-1)
+        vals, gids = gather_lm_head_topk(hidden, weight, vocab_ids, 1, **kwargs)
+    except ValueError as e:
+        _argmax_error(e, vocab_ids)
+        raise
     if vals.dim() == 2:  # [B, 1] -> [B]: a view is cheaper than an index
         return gids.view(-1), vals.view(-1)
     return gids[..., 0], vals[..., 0]
@@ -168,7 +200,9 @@ def scatter_to_full(logits: torch.Tensor, vocab_ids: torch.Tensor, V: int, fill:
     logits ``[B, K]`` (any float dtype, kept); vocab_ids ``[K]`` or ``[B, K]`` (-1 writes nothing; a repeated id
     keeps its last position's value). For samplers that need ``[B, V]``.
     """
-    return torch.ops.leankern.vocab_scatter_to_full(logits, _ids32(vocab_ids), int(V), float(fill))
+    V = int(V)
+    return torch.ops.leankern.vocab_scatter_to_full(logits, _ids32(vocab_ids, V if 1 <= V < 2**31 else None), V,
+                                                    float(fill))
 
 
 class LogitStats(NamedTuple):

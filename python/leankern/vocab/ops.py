@@ -16,13 +16,15 @@ range check runs before any kernel reads a row: an exception on CPU, a device-si
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_tensor, check_value_on_device, register_op)
+from ..mx.tensor import MXTensor
 from . import ref
 
-__all__ = ["CAPABILITIES", "GATHER", "TOPK", "SCATTER", "STATS", "MAX_TOPK", "check_ids_values"]
+__all__ = ["CAPABILITIES", "GATHER", "TOPK", "SCATTER", "STATS", "MAX_TOPK", "check_ids_values", "check_k_type"]
 
 MAX_TOPK = 1024  # fused top-k keeps k candidates per worker in registers / a small heap
 _ANY = ("cpu", "cuda", "meta")
@@ -58,19 +60,30 @@ def _cap(op: str, backend: str) -> Capability:
 
 
 def _check_head(op, backend, hidden, weight, vocab_ids, bias, soft_cap, scale) -> tuple:
-    """Shapes, dtypes, devices and scalars of the gather ops; returns (B, K, V)."""
+    """Shapes, dtypes, devices and scalars of the gather ops; returns (B, K, V).
+
+    ``weight`` may also be an ``MXTensor`` (the public functions' quantized-head path runs these checks through
+    ``GATHER.check`` / ``TOPK.check``): its codes replace the dtype and stride checks."""
     cap = _cap(op, backend)
     check_tensor("hidden", hidden, cap.dtypes)
     if hidden.dim() != 2:
         raise ValueError(f"hidden: expected shape [B, H], got {tuple(hidden.shape)}")
     B, H = hidden.shape
     dev = hidden.device
-    check_tensor("weight", weight, cap.dtypes, device=dev, device_of="hidden")
-    if weight.dim() != 2 or weight.shape[1] != H:
+    mx = isinstance(weight, MXTensor)  # the front-end's quantized head (never an op argument): same checks otherwise
+    if mx:
+        if weight.codes.device != dev:
+            raise ValueError(f"weight: expected an MXTensor on {dev} (the device of hidden), got {weight.codes.device}")
+    else:
+        check_tensor("weight", weight, cap.dtypes, device=dev, device_of="hidden")
+    if len(weight.shape) != 2 or weight.shape[1] != H:
         raise ValueError(f"weight: expected shape [V, H={H}] (H from hidden), got {tuple(weight.shape)}")
     if weight.shape[0] < 1:
         raise ValueError("weight: expected at least one vocabulary row, got V = 0")
-    if H > 1 and weight.stride(1) != 1:
+    if mx and (weight.layout != "row_major" or weight.scale_layout != "row_major"):
+        raise ValueError("weight: an MXTensor head must be in the row-major layout with row-major scales (not prepacked "
+                         f"/ swizzled), got layout={weight.layout!r}, scale_layout={weight.scale_layout!r}")
+    if not mx and H > 1 and weight.stride(1) != 1:
         # Why not .contiguous(): that would silently copy the whole [V, H] head on every call
         raise ValueError(f"weight: expected rows contiguous in memory (stride(1) == 1), got strides {weight.stride()}")
     V = weight.shape[0]
@@ -135,8 +148,15 @@ _TOPK_SCHEMA = ("(Tensor hidden, Tensor weight, Tensor vocab_ids, Tensor? bias, 
                 "-> (Tensor, Tensor)")
 
 
+def check_k_type(k) -> None:
+    """``k`` is an int (a numpy integer too); a bool, a float or a tensor is refused, not converted by ``int(k)``."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k: expected an int, got {type(k).__name__} {k!r}")
+
+
 def _check_topk(backend, hidden, weight, vocab_ids, bias, soft_cap, scale, k):
     B, K, V = _check_head("vocab_gather_lm_head_topk", backend, hidden, weight, vocab_ids, bias, soft_cap, scale)
+    check_k_type(k)
     if not 1 <= k <= min(K, MAX_TOPK):
         raise ValueError(f"k: expected 1 <= k <= min(K={K}, {MAX_TOPK}), got {k}")
     return B, K, V

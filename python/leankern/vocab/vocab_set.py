@@ -248,8 +248,12 @@ class VocabSet:
         if include_specials:
             parts.append(torch.tensor(self.special_ids, dtype=torch.int64))
         union = torch.unique(torch.cat(parts), sorted=True)  # [K]
-        if V is not None and union.numel() and int(union[-1]) >= V:
-            raise ValueError(f"prompt_ids / ids: expected token ids < V = {V}, got {int(union[-1])}")
+        if union.numel():  # checked before the int32 narrowing: 2^32 + 5 must not become 5 (or 2^31 negative)
+            top = int(union[-1])
+            if V is not None and top >= V:
+                raise ValueError(f"prompt_ids / ids: expected token ids < V = {V}, got {top}")
+            if top >= 2**31:
+                raise ValueError(f"prompt_ids / ids: expected token ids < 2^31 (int32 ids), got {top}")
         return RequestVocab(union.to(device=device or "cpu", dtype=torch.int32), V)
 
 
