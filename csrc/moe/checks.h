@@ -21,6 +21,7 @@ namespace moe {
 
 constexpr int64_t kMaxTopk = 64;  // ops.MAX_TOPK
 constexpr int64_t kMaxBlockM = 1024;
+constexpr int64_t kIdBoundInt32 = int64_t(1) << 31;  // ops.ID_BOUND_INT32: E not known (moe_skip), only ids >= -1
 
 enum Rule : int { kNone = 0, kModes = 1, kNaee = 2, kTopP = 3, kMinP = 4, kTopK = 5 };
 
@@ -92,7 +93,8 @@ inline void check_ids_values(const int32_t* ids, int64_t n, int64_t k, int64_t n
     lo = std::min(lo, ids[i]);
     hi = std::max(hi, ids[i]);
   }
-  TORCH_CHECK_VALUE(lo >= -1 && hi < num_experts, name, ": expected expert ids in [-1, ", num_experts,
+  TORCH_CHECK_VALUE(lo >= -1 && hi < num_experts, name, ": expected expert ids in [-1, ",
+                    num_experts == kIdBoundInt32 ? std::string("2^31") : std::to_string(num_experts),
                     ") (-1 = skipped), got min ", lo, ", max ", hi);
   if (!no_duplicates || k <= 1) return;
   bool dup = false;

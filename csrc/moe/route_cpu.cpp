@@ -163,6 +163,8 @@ std::tuple<at::Tensor, at::Tensor> moe_skip_cpu(const at::Tensor& topk_ids, cons
     check_modality_values(mod.data_ptr<int32_t>(), T);
   }
   at::Tensor ids = topk_ids.contiguous().clone();
+  // ids < -1 are errors, not skipped slots (experts would no longer reject them); no E here: ids >= E pass through
+  check_ids_values(ids.data_ptr<int32_t>(), T * k, k, kIdBoundInt32, "topk_ids", false);
   at::Tensor w = topk_weights.contiguous().clone();
   const SkipRule rule = make_skip_rule(r, params, renormalize);
   const int32_t* m = mod.defined() ? mod.data_ptr<int32_t>() : nullptr;

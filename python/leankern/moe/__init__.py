@@ -100,7 +100,8 @@ def route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "softmax", 
 
 
 def skip(topk_ids: torch.Tensor, topk_weights: torch.Tensor, rule: str = "modes", *, alpha=None, tau=None,
-         beta=None, p=None, k=None, modality: Optional[torch.Tensor] = None, renormalize: Optional[bool] = None):
+         beta=None, p=None, k=None, modality: Optional[torch.Tensor] = None, renormalize: Optional[bool] = None,
+         num_experts: Optional[int] = None):
     """Mark skipped routed slots with id -1 (weight 0).
 
     Rules: ``"modes"`` (``alpha=(a_text, a_vision)`` of this layer, ``tau=(tau_text, tau_vision)``; keep iff
@@ -109,12 +110,24 @@ def skip(topk_ids: torch.Tensor, topk_weights: torch.Tensor, rule: str = "modes"
     (None: all text, e.g. decode). ``renormalize``: default True for NAEE only (MoDES keeps weights as they are).
 
     Shape: ``topk_ids [T, k]`` int32 (int64 accepted), ``topk_weights [T, k]`` (cast to fp32); returns both, same shapes.
+
+    Ids: an id < -1 is a ``ValueError`` (never turned into a skipped slot). skip does not know E: an id >= E passes
+    through unchanged (and :func:`experts` / :func:`align` reject it) unless the rule drops its slot; pass
+    ``num_experts=E`` to reject ids outside ``[-1, E)`` here (one min/max pass over the ids).
     """
     params = skip_params_for(rule, alpha=alpha, tau=tau, beta=beta, p=p, k=k)
     renorm = (rule == "naee") if renormalize is None else bool(renormalize)
-    ids = topk_ids.to(torch.int32) if topk_ids.dtype == torch.int64 else topk_ids
+    bound = ops.ID_BOUND_INT32
+    if num_experts is not None:
+        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 1 <= num_experts < 2**31:
+            raise ValueError(f"num_experts: expected an int in [1, 2^31) (or None), got {num_experts!r}")
+        bound = num_experts
+    # int64 ids, or num_experts given: checked here first, on every backend (int64: before narrowing, no id wraps)
+    ids = ops.ids_to_int32(topk_ids, bound)
+    if num_experts is not None and ids is topk_ids and isinstance(ids, torch.Tensor):
+        ops.check_ids_range(ids, bound)
     w = topk_weights.float() if topk_weights.dtype != torch.float32 else topk_weights
-    return torch.ops.leankern.moe_skip(ids, w, rule, params, _modality32(modality), renorm)
+    return torch.ops.leankern.moe_skip(ids, w, rule, params, _modality32(modality), renorm)  # the op: ids >= -1
 
 
 def align(topk_ids: torch.Tensor, num_experts: int, *, block_m: int = 1, expert_map: Optional[torch.Tensor] = None):
@@ -123,8 +136,18 @@ def align(topk_ids: torch.Tensor, num_experts: int, *, block_m: int = 1, expert_
     Returns ``(sorted_slot_ids [T*k + E*(block_m-1)], expert_offsets [E+1], block_expert_ids
     [ceil(S_max/block_m)], num_kept [1])``, all int32 (:func:`leankern.moe.ref.align_ref` has the layout).
     ``expert_map [E_global]`` int32 maps global ids to local ones (-1: expert not on this rank).
+
+    Ids outside ``[-1, E)`` (``E_global`` with an expert_map) are a ``ValueError`` (int64 ids are checked before
+    they are narrowed to int32). An expert twice in one row is *not* rejected here (align is well defined on it:
+    both slots are grouped under that expert) and testing it would cost align a pass per row: keeping the ids of
+    a row distinct is the caller's responsibility; :func:`experts` rejects such ids.
     """
-    ids = topk_ids.to(torch.int32) if topk_ids.dtype == torch.int64 else topk_ids
+    bound = ops.ID_BOUND_INT32  # where the op will reject the arguments anyway: only no wrapping
+    if expert_map is None and 1 <= int(num_experts) < 2**20:
+        bound = int(num_experts)
+    elif isinstance(expert_map, torch.Tensor) and expert_map.dim() == 1 and 1 <= expert_map.shape[0] < 2**31:
+        bound = expert_map.shape[0]
+    ids = ops.ids_to_int32(topk_ids, bound)  # int64: checked in [-1, bound) first; int32: as it is (the op checks)
     return torch.ops.leankern.moe_align(ids, int(num_experts), int(block_m), expert_map)
 
 
@@ -153,7 +176,8 @@ def experts(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids:
     ``[T, H]`` in hidden's dtype; fp32 accumulation. A token whose every slot is -1 gets exactly the shared output
     (0 without one). An expert with no kept slot has none of its weights read.
     """
-    ids = topk_ids.to(torch.int32) if topk_ids.dtype == torch.int64 else topk_ids
+    E = w13.shape[0] if isinstance(w13, torch.Tensor) and w13.dim() == 3 else ops.ID_BOUND_INT32
+    ids = ops.ids_to_int32(topk_ids, E)  # int64: checked in [-1, E) first (no id >= 2^31 wraps); int32: as it is
     w = topk_weights.float() if topk_weights.dtype != torch.float32 else topk_weights
     return torch.ops.leankern.moe_experts(hidden, w13, w2, ids, w, w13_bias, w2_bias, activation, float(swiglu_alpha),
                                           float(swiglu_limit), bool(interleaved), shared_w1, shared_w3, shared_w2,
@@ -168,6 +192,13 @@ def moe_forward(hidden: torch.Tensor, router_logits: torch.Tensor, w13: torch.Te
 
     ``expert_kwargs`` go to :func:`experts` (biases, activation, shared expert).
     """
+    if isinstance(router_logits, torch.Tensor) and router_logits.dim() == 2:
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 and router_logits.shape[0] != hidden.shape[0]:
+            raise ValueError(f"router_logits: expected shape [T={hidden.shape[0]}, E] (T: the tokens of hidden, of "
+                             f"shape {tuple(hidden.shape)}), got {tuple(router_logits.shape)}")
+        if isinstance(w13, torch.Tensor) and w13.dim() == 3 and router_logits.shape[1] != w13.shape[0]:
+            raise ValueError(f"router_logits: expected shape [T, E={w13.shape[0]}] (E: the experts of w13, of shape "
+                             f"{tuple(w13.shape)}), got {tuple(router_logits.shape)}")
     ids, w = route(router_logits, top_k, scoring=scoring, renormalize=renormalize, n_group=n_group,
                    topk_group=topk_group, correction_bias=correction_bias,
                    routed_scaling_factor=routed_scaling_factor, skip_rule=skip_rule, skip_params=skip_params,

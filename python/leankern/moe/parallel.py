@@ -255,10 +255,10 @@ def ep_moe_forward(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
     if expert_map.numel() and int(expert_map.max()) >= e_local:
         raise ValueError(f"expert_map: local ids must be < E_local = {e_local} (local_w13.shape[0]), "
                          f"got {int(expert_map.max())}")
-    ids = topk_ids.to(torch.int32) if topk_ids.dtype == torch.int64 else topk_ids
-    if ids.dtype != torch.int32:
+    if topk_ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"topk_ids: expected int32 (or int64), got {topk_ids.dtype}")
-    check_ids_values(ids, E)
+    check_ids_values(topk_ids, E)  # on the ids as given: an int64 id >= 2^31 must not wrap into range
+    ids = topk_ids.to(torch.int32)  # int32: the tensor itself
     w = topk_weights.float()
     method = _resolve_method(exchange, group)
     rank, W = dist.get_rank(group), dist.get_world_size(group)

@@ -206,16 +206,17 @@ def quantized_experts(hidden: torch.Tensor, qexperts: QuantizedExperts, topk_ids
     if hidden.device != dev:
         raise ValueError(f"hidden: expected a tensor on {dev} (the device of qexperts), got {hidden.device}")
     T = hidden.shape[0]
-    ids = topk_ids.to(torch.int32) if isinstance(topk_ids, torch.Tensor) and topk_ids.dtype == torch.int64 \
-        else topk_ids
     w = topk_weights.float() if isinstance(topk_weights, torch.Tensor) and topk_weights.dtype in FLOAT_DTYPES \
         and topk_weights.dtype != torch.float32 else topk_weights
-    check_tensor("topk_ids", ids, (torch.int32,), device=dev, device_of="hidden")
-    if ids.dim() != 2 or ids.shape[0] != T or not 1 <= ids.shape[1] <= MAX_TOPK:
-        raise ValueError(f"topk_ids: expected shape [T={T}, k] with 1 <= k <= {MAX_TOPK}, got {tuple(ids.shape)}")
+    # int64 ids are checked as they are (below) and narrowed to int32 only then: an id >= 2^31 must not wrap
+    check_tensor("topk_ids", topk_ids, (torch.int32, torch.int64), device=dev, device_of="hidden")
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != T or not 1 <= topk_ids.shape[1] <= MAX_TOPK:
+        raise ValueError(f"topk_ids: expected shape [T={T}, k] with 1 <= k <= {MAX_TOPK}, got "
+                         f"{tuple(topk_ids.shape)}")
     check_tensor("topk_weights", w, (torch.float32,), device=dev, device_of="hidden")
-    if w.shape != ids.shape:
-        raise ValueError(f"topk_weights: expected shape {list(ids.shape)} (that of topk_ids), got {list(w.shape)}")
+    if w.shape != topk_ids.shape:
+        raise ValueError(f"topk_weights: expected shape {list(topk_ids.shape)} (that of topk_ids), got "
+                         f"{list(w.shape)}")
     check_choice("activation", activation, ref.ACTIVATIONS)
     if not (math.isfinite(swiglu_alpha) and swiglu_limit > 0 and math.isfinite(swiglu_limit)):
         raise ValueError(f"swiglu_alpha, swiglu_limit: expected a finite alpha and a finite limit > 0, got "
@@ -226,7 +227,8 @@ def quantized_experts(hidden: torch.Tensor, qexperts: QuantizedExperts, topk_ids
             get_format(act_fmt)
         except ValueError as exc:
             raise ValueError(f"act_{exc}") from None
-    check_ids_values(ids, E)  # before any weight is read
+    check_ids_values(topk_ids, E)  # before any weight is read; on the ids as given (int64: before narrowing)
+    ids = topk_ids.to(torch.int32)  # int32: the tensor itself
 
     k = ids.shape[1]
     x = hidden.float()  # exact; mx.linear on fp32 x returns its fp32 sums unrounded
