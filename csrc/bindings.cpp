@@ -186,6 +186,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("w"), py::arg("N"), py::arg("K"), py::arg("rows"),
         "Test hook: x[rows] @ w^T (fp32 bytes) by the common bf16 GEMM (AVX512-BF16 dot products or AMX tiles) from "
         "bf16 bit patterns given as bytes; None where the active ISA is not avx512bf16.");
+  m.def("moe_set_poison_workspaces", &leankern::moe::set_poison_workspaces, py::arg("on"),
+        "Test hook: moe_experts fills its floating-point workspaces and its output with NaN when it allocates them "
+        "(a row read before it was written then shows as NaN); LEANKERN_POISON_WORKSPACES=1 at load. Returns the "
+        "previous setting.");
   m.def("moe_set_down_split", &leankern::moe::set_down_split, py::arg("on"),
         "moe_experts on the avx512bf16 ISA (AMX or not): the down projection of bf16 w2 carries the fp32 "
         "activation as bf16(a) (False, the default: as a bf16 model holds it; GEMM and GEMV paths) or, True, as "

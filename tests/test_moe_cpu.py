@@ -920,3 +920,31 @@ def test_torch_compile_fullgraph_route_experts():
     want = layer(x, logits, w13, w2)
     assert torch.equal(got, want)
     assert math.isfinite(float(got.float().abs().sum()))
+
+
+@pytest.fixture
+def poisoned():
+    """moe_experts' workspaces and output filled with NaN when allocated (leankern._C.moe_set_poison_workspaces)."""
+    was = EXT.moe_set_poison_workspaces(True)
+    yield
+    EXT.moe_set_poison_workspaces(was)
+
+
+# Unwritten rows are never read: with every float workspace (and the output) NaN from the start, a row read before
+# it was written would put NaN into the result. Cases: the GEMV path (T = 1, 3), the row-quad tile (T = 24: 5+ tokens
+# per expert), the GEMM path (T = 600, H = 520), shared experts on both paths, bf16 and fp32 weights, a third of the
+# slots skipped, and every slot skipped.
+@pytest.mark.parametrize("T,H,wdt,hdt,shared,drop", [
+    (1, 72, torch.bfloat16, torch.float32, None, 0.3),
+    (3, 72, torch.float32, torch.bfloat16, 24, 0.3),
+    (24, 72, torch.bfloat16, torch.bfloat16, None, 0.3),
+    (600, 520, torch.bfloat16, torch.float32, None, 0.3),
+    (600, 264, torch.bfloat16, torch.bfloat16, 56, 0.3),
+    (600, 264, torch.float16, torch.float32, 24, 0.0),
+    (5, 72, torch.bfloat16, torch.float32, 24, 1.0),
+], ids=["gemv", "gemv-shared", "quads", "gemm", "gemm-shared-bf16", "gemm-f16", "all-skipped-shared"])
+def test_experts_poisoned_workspaces_are_never_read(isa, poisoned, T, H, wdt, hdt, shared, drop):
+    E = 3 if T == 600 else 8
+    args, kw = make_experts(T, E, H, 40, 2, wdt, hdt, seed=T + H, shared=shared, drop=drop)
+    got, _ = check_experts(args, kw)
+    assert not torch.isnan(got).any()

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -58,6 +59,24 @@ constexpr int64_t kRowBlock = 64;         // rows of a projection per task (a mu
 constexpr int64_t kPanelBytes = 16 << 20;  // fp32 panel of converted weights in the prefill path
 
 int dtype_code(at::ScalarType st) { return st == at::kFloat ? kF32 : st == at::kBFloat16 ? kBF16 : kF16; }
+
+std::atomic<bool> g_poison{[] {
+  const char* v = std::getenv("LEANKERN_POISON_WORKSPACES");
+  return v != nullptr && v[0] == '1';
+}()};
+
+// at::empty, filled with NaN when the poison hook is on (set_poison_workspaces): raw stores, no ATen op (the
+// scratch grows on worker threads, where an in-place op would not see the caller's inference mode).
+at::Tensor ws_empty(at::IntArrayRef size, const at::TensorOptions& o) {
+  at::Tensor t = at::empty(size, o);
+  if (g_poison.load(std::memory_order_relaxed)) {
+    const int64_t n = t.numel();
+    if (t.scalar_type() == at::kFloat) std::fill_n(t.data_ptr<float>(), n, NAN);
+    else if (t.scalar_type() == at::kBFloat16) std::fill_n(static_cast<uint16_t*>(t.data_ptr()), n, uint16_t(0x7FC0));
+    else if (t.scalar_type() == at::kHalf) std::fill_n(static_cast<uint16_t*>(t.data_ptr()), n, uint16_t(0x7E00));
+  }
+  return t;
+}
 
 inline float load_any(const void* p, int dt, int64_t i) {
   return dt == kF32 ? load1<kF32>(p, i) : dt == kBF16 ? load1<kBF16>(p, i) : load1<kF16>(p, i);
@@ -145,7 +164,7 @@ void project(const at::Tensor& X, const at::Tensor& W, at::Tensor out, at::Tenso
   }
   const int64_t R = W.size(0), C = W.size(1);
   const int64_t prow = std::min(R, std::max<int64_t>(64, kPanelBytes / (4 * C) / 64 * 64));
-  if (!buf.defined() || buf.numel() < prow * C) buf = at::empty({prow * C}, X.options());
+  if (!buf.defined() || buf.numel() < prow * C) buf = ws_empty({prow * C}, X.options());
   const bool rows = C == 1 || W.stride(1) == 1;
   for (int64_t r0 = 0; r0 < R; r0 += prow) {
     const int64_t nr = std::min(prow, R - r0);
@@ -203,8 +222,8 @@ bool split_down_takes(const at::Tensor& W) {  // the weight side of project_spli
 bool project_split_bf16(const at::Tensor& a, const at::Tensor& W, at::Tensor out) {
   if (!split_down_takes(W) || !a.is_contiguous() || out.stride(1) != 1) return false;
   const int64_t n = a.size(0), C = a.size(1), R = W.size(0), np = down_parts();
-  at::Tensor parts = at::empty({np * n, C}, a.options().dtype(at::kBFloat16));  // hi rows, then lo rows
-  at::Tensor sums = at::empty({np * n, R}, a.options());
+  at::Tensor parts = ws_empty({np * n, C}, a.options().dtype(at::kBFloat16));  // hi rows, then lo rows
+  at::Tensor sums = ws_empty({np * n, R}, a.options());
   const float* ap = a.data_ptr<float>();
   c10::BFloat16* pp = parts.data_ptr<c10::BFloat16>();
   cpu::parallel_chunks(n, 8, [&](int64_t i0, int64_t i1) {
@@ -265,7 +284,7 @@ const at::TensorOptions kF32Opts = at::TensorOptions().dtype(at::kFloat);
 // A bias row (any float dtype) as fp32, or an undefined tensor.
 at::Tensor bias_f32(const void* b, int dt, int64_t ld, int64_t e, int64_t len) {
   if (!b) return at::Tensor();
-  at::Tensor out = at::empty({len}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor out = ws_empty({len}, at::TensorOptions().dtype(at::kFloat));
   const void* row = (const char*)b + e * ld * (dt == kF32 ? 4 : 2);
   float* o = out.data_ptr<float>();
   for (int64_t i = 0; i < len; ++i) o[i] = load_any(row, dt, i);
@@ -277,7 +296,7 @@ at::Tensor bias_f32(const void* b, int dt, int64_t ld, int64_t e, int64_t len) {
 struct Scratch {
   at::Tensor gu, parts, sums;  // fp32 gate/up sums, the activation's bf16 parts, fp32 down sums
   static void* grow(at::Tensor& t, int64_t n, at::ScalarType dt) {
-    if (!t.defined() || t.numel() < n) t = at::empty({n}, at::TensorOptions().dtype(dt));
+    if (!t.defined() || t.numel() < n) t = ws_empty({n}, at::TensorOptions().dtype(dt));
     return t.data_ptr();
   }
 };
@@ -387,12 +406,12 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
   for (int64_t i = 0; i < n; ++i) ip[i] = slots[i] / P.k;
   const bool split = split_epilogue(P, e);
   at::Tensor gu = split ? at::from_blob(Scratch::grow(sc.gu, n * 2 * P.I, at::kFloat), {n, 2 * P.I}, opts)
-                        : at::empty({n, 2 * P.I}, opts);
+                        : ws_empty({n, 2 * P.I}, opts);
   // the token rows are gathered (fp32) only for the fp32 GEMM; the bf16 one reads them in place
   if (!project_bf16(P.xb16, ip, n, expert_view(P.w13, e), gu))
     project(xf().index_select(0, idx), expert_view(P.w13, e), gu, buf);
   if (split && prefill_down_split(P, e, slots, ip, n, gu.data_ptr<float>(), acc, sc)) return;
-  at::Tensor a = at::empty({n, P.I}, opts), y = at::empty({n, P.H}, opts);
+  at::Tensor a = ws_empty({n, P.I}, opts), y = ws_empty({n, P.H}, opts);
   const float* gp = gu.data_ptr<float>();
   float* apt = a.data_ptr<float>();
   const void* b13 = P.b13 ? (const char*)P.b13 + e * P.b13_ld * (P.b13dt == kF32 ? 4 : 2) : nullptr;
@@ -419,7 +438,7 @@ void prefill_expert(const Problem& P, int64_t e, const int64_t* slots, int64_t n
 // Shared expert over all T tokens with at::mm: ys [T, H].
 void shared_prefill(const Problem& P, HiddenF32& xf, at::Tensor& buf, float* ys) {
   const at::TensorOptions opts = kF32Opts;
-  at::Tensor gu = at::empty({P.T, 2 * P.Is}, opts);
+  at::Tensor gu = ws_empty({P.T, 2 * P.Is}, opts);
   if (!project_bf16(P.xb16, nullptr, P.T, P.sw1, gu.narrow(1, 0, P.Is))) project(xf(), P.sw1, gu.narrow(1, 0, P.Is), buf);
   if (!project_bf16(P.xb16, nullptr, P.T, P.sw3, gu.narrow(1, P.Is, P.Is)))
     project(xf(), P.sw3, gu.narrow(1, P.Is, P.Is), buf);
@@ -427,7 +446,7 @@ void shared_prefill(const Problem& P, HiddenF32& xf, at::Tensor& buf, float* ys)
   const float* gp = gu.data_ptr<float>();
   if (cpu::amx_enabled() && P.Is % 32 == 0 && split_down_takes(P.sw2)) {  // the routed experts' AMX down GEMM
     const int np = down_parts();
-    at::Tensor parts = at::empty({cpu::pair_rows(P.T, np) * P.Is}, opts.dtype(at::kBFloat16));
+    at::Tensor parts = ws_empty({cpu::pair_rows(P.T, np) * P.Is}, opts.dtype(at::kBFloat16));
     uint16_t* pp = reinterpret_cast<uint16_t*>(parts.data_ptr<at::BFloat16>());
     cpu::parallel_chunks((P.T + 15) / 16, 1, [&](int64_t g0, int64_t g1) {
       act_split_pairs(silu, P.Is, gp, P.T, nullptr, pp, g0, g1, np);
@@ -437,7 +456,7 @@ void shared_prefill(const Problem& P, HiddenF32& xf, at::Tensor& buf, float* ys)
                                 P.Is))
       return;
   }
-  at::Tensor a = at::empty({P.T, P.Is}, opts);
+  at::Tensor a = ws_empty({P.T, P.Is}, opts);
   float* apt = a.data_ptr<float>();
   cpu::parallel_chunks(P.T, 8, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) activate_row(silu, gp + i * 2 * P.Is, nullptr, 0, P.Is, apt + i * P.Is);
@@ -643,8 +662,8 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   for (const std::vector<int64_t>* list : {&dec, &small})
     for (int64_t e : *list)
       for (int64_t i = offs[e]; i < offs[e + 1]; ++i) slot_row[slots[i]] = (int32_t)ny++;
-  at::Tensor y = at::empty({ny, H}, kF32Opts);
-  at::Tensor ys = shared ? at::empty({T, H}, kF32Opts) : at::Tensor();
+  at::Tensor y = ws_empty({ny, H}, kF32Opts);
+  at::Tensor ys = shared ? ws_empty({T, H}, kF32Opts) : at::Tensor();
   float* yp = y.data_ptr<float>();
   float* ysp = shared ? ys.data_ptr<float>() : nullptr;
   if (!dec.empty() || shared_dec) {
@@ -671,7 +690,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
                                          buf, xf, sc);
   }
   // combine per token: prefill sum, decode slots in slot order, shared expert
-  at::Tensor out = at::empty({T, H}, hidden.options());
+  at::Tensor out = ws_empty({T, H}, hidden.options());
   const int odt = dtype_code(hidden.scalar_type());
   const float* accp = acc.defined() ? acc.data_ptr<float>() : nullptr;
   const float* twp = P.tw;
@@ -718,6 +737,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
 }  // namespace
 
 bool set_down_split(bool two_parts) { return g_down_parts.exchange(two_parts ? 2 : 1) == 2; }
+bool set_poison_workspaces(bool on) { return g_poison.exchange(on); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("moe_experts", &moe_experts_cpu); }
 

@@ -46,6 +46,10 @@ bool exp_f32(const float* x, int64_t n, float* y);
 // The activation parts the avx512bf16 down GEMM of bf16 w2 carries: 1 = bf16(a) (default; the GEMV path too),
 // 2 = hi + lo (16 bits; the GEMV path then keeps fp32); leankern._C.moe_set_down_split. Returns the previous setting.
 bool set_down_split(bool two_parts);
+// Test hook (leankern._C.moe_set_poison_workspaces; LEANKERN_POISON_WORKSPACES=1 at load): moe_experts fills every
+// floating-point workspace and its output with NaN when it allocates them, so that a row read before it was written
+// shows as NaN in the result. Returns the previous setting.
+bool set_poison_workspaces(bool on);
 
 const MoeKernels& scalar_kernels();
 const MoeKernels& avx2_kernels();
