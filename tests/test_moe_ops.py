@@ -418,3 +418,22 @@ def test_moe_forward_compiles_fullgraph():
     torch._dynamo.reset()
     got = torch.compile(fn, fullgraph=True)(hidden, logits)
     assert torch.equal(got, fn(hidden, logits))
+
+
+def test_moe_forward_takes_a_skip_config():
+    g = torch.Generator().manual_seed(11)
+    T, E, H, I = 6, 4, 16, 8
+    hidden, logits = torch.randn(T, H, generator=g), torch.randn(T, E, generator=g)
+    w13, w2 = torch.randn(E, 2 * I, H, generator=g) / 4, torch.randn(E, H, I, generator=g) / 3
+    cfg = moe.SkipConfig(rule="modes", alpha=[[0.5, 0.5], [2.0, 2.0]], tau_text=0.3, tau_vision=0.3)
+    for layer in (0, 1):
+        want = moe.moe_forward(hidden, logits, w13, w2, 2, skip_rule="modes",
+                               skip_params=cfg.skip_params(layer))
+        assert torch.equal(moe.moe_forward(hidden, logits, w13, w2, 2, config=cfg, layer=layer), want)
+    # the two layers' alphas skip differently: the config's layer is used
+    assert not torch.equal(moe.moe_forward(hidden, logits, w13, w2, 2, config=cfg, layer=0),
+                           moe.moe_forward(hidden, logits, w13, w2, 2, config=cfg, layer=1))
+    with pytest.raises(ValueError, match="config: give the skip rule either"):
+        moe.moe_forward(hidden, logits, w13, w2, 2, config=cfg, skip_rule="top_k", skip_params=[1])
+    with pytest.raises(TypeError, match="config: expected a leankern.moe.SkipConfig"):
+        moe.moe_forward(hidden, logits, w13, w2, 2, config={"rule": "none"})

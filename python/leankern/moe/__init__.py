@@ -187,11 +187,22 @@ def experts(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids:
 def moe_forward(hidden: torch.Tensor, router_logits: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: int,
                 *, scoring: str = "softmax", renormalize: bool = True, n_group: int = 1, topk_group: int = 1,
                 correction_bias=None, routed_scaling_factor: float = 1.0, skip_rule: str = "none",
-                skip_params: Sequence[float] = (), modality=None, skip_renormalize=None, **expert_kwargs):
+                skip_params: Sequence[float] = (), modality=None, skip_renormalize=None, config=None, layer: int = 0,
+                **expert_kwargs):
     """route (+ skip) then experts in one call. Shape: hidden ``[T, H]``, router_logits ``[T, E]`` -> ``[T, H]``.
 
-    ``expert_kwargs`` go to :func:`experts` (biases, activation, shared expert).
+    ``config``: a :class:`SkipConfig` (calibrated, or loaded from JSON) instead of ``skip_rule`` / ``skip_params`` /
+    ``skip_renormalize``; ``layer`` picks its MoDES alpha row (0-based MoE layer). ``expert_kwargs`` go to
+    :func:`experts` (biases, activation, shared expert).
     """
+    if config is not None:
+        if not isinstance(config, SkipConfig):
+            raise TypeError(f"config: expected a leankern.moe.SkipConfig, got {type(config).__name__}")
+        if skip_rule != "none" or len(skip_params) or skip_renormalize is not None:
+            raise ValueError("config: give the skip rule either as config or as skip_rule / skip_params / "
+                             "skip_renormalize, not both")
+        skip_rule, skip_params = config.rule, config.skip_params(layer)
+        skip_renormalize = config.skip_renormalize()
     if isinstance(router_logits, torch.Tensor) and router_logits.dim() == 2:
         if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 and router_logits.shape[0] != hidden.shape[0]:
             raise ValueError(f"router_logits: expected shape [T={hidden.shape[0]}, E] (T: the tokens of hidden, of "
