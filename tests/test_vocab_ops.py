@@ -514,3 +514,23 @@ def test_mxfp4_head_through_the_public_api(per_row):
         vocab.gather_lm_head(hidden, qw, _i32(0, 48))
     with pytest.raises(ValueError, match=r"^k: expected 1 <= k <= min\(K=30, 1024\), got 31$"):  # the plain path's
         vocab.gather_lm_head_topk(hidden, qw, ids, 31)
+
+
+@pytest.mark.parametrize("fmt,rotate", [("nvfp4", None), ("nvint4", None), ("mxint8", None), ("mxfp8_e4m3", None),
+                                        ("mxint4", 32), ("nvfp4", 16)])
+def test_quantized_heads_of_other_formats_and_rotated(fmt, rotate):
+    """Beyond mxfp4: NV (E4M3 block scales x a per-tensor scale), 8-bit, and rotated heads (x is rotated the same way
+    on the fly): the subset logits are those of the effective weight in x's basis."""
+    hidden, weight, ids, bias = _head(3, 64, 48, 30, torch.float32, torch.bfloat16, torch.float32, True, seed=23)
+    qw = leankern.mx.quantize(weight, fmt, rotate=rotate)
+    w_eff = leankern.mx.dequantize(qw, torch.float32)
+    if rotate:  # rotate(x) = x @ r, so x @ W_eff^T with W_eff = W_hat @ r^T
+        r = leankern.mx.hadamard_transform(torch.eye(64), rotate, 1.0 / math.sqrt(rotate),
+                                           leankern.mx.random_hadamard_signs(rotate, qw.rotation[1]))
+        w_eff = w_eff @ r.T
+    out = vocab.gather_lm_head(hidden, qw, ids, bias=bias)
+    ref = vocab.gather_lm_head(hidden, w_eff, ids, bias=bias)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    best_ids, best = vocab.gather_lm_head_argmax(hidden, qw, ids, bias=bias)
+    want_v, want_i = _sorted_reference(out, ids)
+    assert torch.equal(best_ids, want_i[:, 0]) and torch.equal(best, want_v[:, 0])

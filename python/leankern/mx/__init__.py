@@ -186,7 +186,13 @@ def linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None = None, 
     bias : Tensor, optional
         ``[N]``, x's dtype or fp32.
     act_fmt : str, optional
-        Activation format for the dual (quantized x quantized) product.
+        Activation format for the dual (quantized x quantized) product: any of the ten formats, with any weight
+        format (x is quantized per ``weight.block_size`` block along K, which every format allows; the product of
+        two decoded values is exact in fp32, so every pair is defined). Where the CPU kernels multiply: int8 dot
+        products with one int32 sum per block when both formats are among MXINT8, MXINT4 and MXFP4 (values times
+        a power of two are int8) on the prepacked layout (from 32 rows of x, and below 5 rows on CPUs with
+        AVX512-VBMI); every other pair, row count and layout multiplies the decoded x_hat in bf16 (exact) or fp32,
+        within the same bound (docs/numerics.md).
 
     A weight quantized with ``rotate`` (``weight.rotation`` set) first rotates x the same way, in
     fp32, so the result is still x @ W^T up to rounding: weight-only, bf16 x's rotation is rounded

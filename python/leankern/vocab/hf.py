@@ -367,7 +367,9 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
 
     Parameters
     ----------
-    model : a ``*ForCausalLM`` whose ``get_output_embeddings()`` is an ``nn.Linear`` ``[V, H]``
+    model : a ``*ForCausalLM`` whose ``get_output_embeddings()`` is an ``nn.Linear`` ``[V, H]`` (a quantized head,
+        ``QuantLinear`` / ``SEFPLinear``, is not taken: ``leankern.quantize_model`` keeps the LM head unquantized
+        unless asked; the ops themselves take an ``MXTensor`` head, see :func:`gather_lm_head`)
     vocab_set : VocabSet, the static task vocabulary (+ its special ids)
     offload_embedding : keep the input embedding's table in host memory (:class:`OffloadedEmbedding`)
     full_logits : return ``[.., V]`` rows with -inf outside the set (default; needed by ``generate``),
