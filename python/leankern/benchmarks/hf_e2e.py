@@ -4,7 +4,8 @@
 Model: a Qwen3 config shaped like Qwen3-0.6B (28 layers, hidden 1024, MLP 3072, GQA 16/8 heads,
 vocab 151936, tied embeddings: 0.6 B parameters; ``--quick``: a 4-layer toy). Weights are
 random (HF init), so nothing is downloaded; every linear layer is quantized, the LM head included
-(the embedding table it is tied to stays bf16). Per format:
+(the embedding table it is tied to stays bf16). Formats: all ten, the rotated mxint4 and one dual variant
+(MXINT8 x MXINT8) by default and with ``--full``; ``--quick`` a smoke subset. Per format:
 
 * **decode tok/s**: ``model.generate`` at batch 1, greedy, ``min_new_tokens = max_new_tokens``
   (never stops early), from an 8-token prompt; rate = (T - 1) / (time(T new) - time(1 new)), so
@@ -34,6 +35,12 @@ COLUMNS = [
 VARIANTS = [
     ("bf16", None, {}), ("mxfp8_e4m3", "mxfp8_e4m3", {}), ("mxint8", "mxint8", {}), ("mxfp4", "mxfp4", {}),
     ("nvfp4", "nvfp4", {}), ("mxint4", "mxint4", {}), ("mxint4+rotate32", "mxint4", {"rotate": 32}),
+]
+# the default and --full runs: every format (the issue asks bf16 against each), and one dual variant
+ALL_VARIANTS = VARIANTS + [
+    ("mxfp8_e5m2", "mxfp8_e5m2", {}), ("mxfp6_e2m3", "mxfp6_e2m3", {}), ("mxfp6_e3m2", "mxfp6_e3m2", {}),
+    ("mxint6", "mxint6", {}), ("nvint4", "nvint4", {}), ("mxint8 x mxint8", "mxint8", {"act_fmt": "mxint8"}),
+    ("bf16, again", None, {}),  # the baseline once more at the end: how far the machine drifted during the run
 ]
 
 
@@ -93,8 +100,8 @@ def _plan(quick: bool, full: bool) -> dict:
     if quick:
         return dict(new_tokens=8, prompt=64, agree=64, reps=1, prefill_reps=1, variants=VARIANTS)
     if full:
-        return dict(new_tokens=64, prompt=512, agree=256, reps=3, prefill_reps=3, variants=VARIANTS)
-    return dict(new_tokens=16, prompt=512, agree=128, reps=1, prefill_reps=1, variants=VARIANTS)
+        return dict(new_tokens=64, prompt=512, agree=256, reps=3, prefill_reps=3, variants=ALL_VARIANTS)
+    return dict(new_tokens=16, prompt=512, agree=128, reps=1, prefill_reps=1, variants=ALL_VARIANTS)
 
 
 def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None,

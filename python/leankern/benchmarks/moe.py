@@ -63,10 +63,17 @@ SHAPES = [Shape("qwen3-30b-a3b", 2048, 768, 128, 8), Shape("mixtral-8x7b", 4096,
 
 
 def _plan(quick: bool, full: bool):
-    """[(shape, T, [(pattern, skip), ...])]: the default keeps the suite to a few minutes on 2 cores."""
+    """[(shape, T, [(pattern, skip), ...])]: the default keeps the suite to a few minutes on 2 cores; ``full`` is the
+    issue's whole matrix (every shape and T, skip 0 / 0.5 / 0.8 / 0.88 uniform and MoDES-like, the adversarial
+    pattern at its 1 - 1/k)."""
     q, mx, ds = SHAPES
     if quick:
         return [(q, T, [("uniform", 0.0), ("uniform", 0.88)]) for T in (1, 256)]
+    if full:
+        matrix = ([("uniform", s) for s in (0.0, 0.5, 0.8, 0.88)] + [("modes", s) for s in (0.5, 0.8, 0.88)]
+                  + [("adversarial", 0.0)])
+        return [(sh, T, [(p, 1 - 1 / sh.k if p == "adversarial" else s) for p, s in matrix])
+                for sh in SHAPES for T in (1, 16, 256, 4096)]
     skips = [("uniform", s) for s in (0.0, 0.5, 0.8, 0.88)] + [("modes", 0.88), ("adversarial", 0.875)]
     plan = [(q, T, skips) for T in (1, 16, 256, 4096)]
     plan += [(mx, T, [("uniform", 0.0), ("uniform", 0.5), ("adversarial", 0.5)]) for T in ((1, 16, 256, 4096) if full
