@@ -284,3 +284,19 @@ def test_act_fmt_dual_quantization_passthrough(monkeypatch):
                         real(x, wt, b, act_fmt=act_fmt))
     quantized_experts(hidden, q, ids, w, act_fmt="mxfp8")
     assert acts and set(acts) == {"mxfp8"}
+
+
+def test_quantized_experts_is_excluded_from_torch_compile_with_a_reason():
+    """It syncs the host to skip untouched experts: compiled code graph-breaks around it (same result); under
+    fullgraph=True the error names the function and why."""
+    g = torch.Generator().manual_seed(4)
+    E, H, I, T = 4, 64, 32, 5
+    q = quantize_experts(torch.randn(E, 2 * I, H, generator=g) / 8, torch.randn(E, H, I, generator=g) / 6, "mxfp4")
+    h = torch.randn(T, H, generator=g)
+    ids, w = leankern.moe.route(torch.randn(T, E, generator=g), 2)
+    fn = lambda h, ids, w: quantized_experts(h, q, ids, w) * 2  # noqa: E731
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(fn)(h, ids, w), fn(h, ids, w))
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="reads which experts are touched on the host"):
+        torch.compile(fn, fullgraph=True)(h, ids, w)

@@ -534,3 +534,20 @@ def test_quantized_heads_of_other_formats_and_rotated(fmt, rotate):
     best_ids, best = vocab.gather_lm_head_argmax(hidden, qw, ids, bias=bias)
     want_v, want_i = _sorted_reference(out, ids)
     assert torch.equal(best_ids, want_i[:, 0]) and torch.equal(best, want_v[:, 0])
+
+
+def test_quantized_head_compiles_fullgraph():
+    """The MXTensor-head path traces whole: its id check is an assert in the graph while compiling."""
+    hidden, weight, ids, bias = _head(3, 64, 48, 30, torch.float32, torch.bfloat16, torch.float32, False, seed=29)
+    qw = leankern.mx.quantize(weight, "nvfp4")
+    torch._dynamo.reset()
+    for fn in (lambda h, i: vocab.gather_lm_head(h, qw, i, bias=bias),
+               lambda h, i: vocab.gather_lm_head_argmax(h, qw, i, bias=bias),
+               lambda h, i: vocab.gather_lm_head_topk(h, qw, i, 4, bias=bias)):
+        got, want = torch.compile(fn, fullgraph=True)(hidden, ids), fn(hidden, ids)
+        for g_, w_ in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            assert torch.equal(g_, w_)
+    bad = ids.clone()
+    bad[0] = 48
+    with pytest.raises(RuntimeError, match=r"vocab_ids: expected ids in \[-1, V=48\) \(-1 = padding\), got an id "):
+        torch.compile(lambda h, i: vocab.gather_lm_head(h, qw, i), fullgraph=True)(hidden, bad)

@@ -80,8 +80,21 @@ def check_divisible(name: str, size: int, divisor_name: str, divisor: int) -> No
         )
 
 
+def host_values(t: torch.Tensor) -> bool:
+    """Whether an error message may quote values of ``t`` (read to the host): on CPU, outside ``torch.compile``."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def check_value_on_device(ok: torch.Tensor, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``ok``; on a GPU an async device assert (no host sync); nothing on meta."""
+    """Raise ``ValueError(message)`` unless ``ok``; on a GPU an async device assert (no host sync); nothing on meta.
+
+    While ``torch.compile`` traces (any device) it is an assert in the graph (``torch._assert_async``: a
+    ``RuntimeError`` with the message when it fails), where a host-side ``bool(ok)`` would be a data-dependent guard.
+    """
+    if torch.compiler.is_compiling():
+        if ok.device.type != "meta":
+            torch._assert_async(ok, message)
+        return
     if ok.device.type == "cpu":
         if not bool(ok):
             raise ValueError(message)

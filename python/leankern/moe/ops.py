@@ -25,7 +25,7 @@ import math
 import torch
 
 from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_tensor, check_value_on_device,
-                    register_op)
+                    host_values, register_op)
 from . import ref
 
 __all__ = ["CAPABILITIES", "ROUTE", "SKIP", "ALIGN", "EXPERTS", "MAX_TOPK", "MAX_BLOCK_M", "ID_BOUND_INT32",
@@ -101,7 +101,7 @@ def check_ids_values(topk_ids: torch.Tensor, num_experts: int, name: str = "topk
     if not topk_ids.numel() or topk_ids.device.type == "meta":
         return
     lo, hi, ok = _ids_range_ok(topk_ids, num_experts)
-    where = f", got min {int(lo)}, max {int(hi)}" if topk_ids.device.type == "cpu" else ", got an id outside it"
+    where = f", got min {int(lo)}, max {int(hi)}" if host_values(topk_ids) else ", got an id outside it"
     check_value_on_device(ok, _ids_range_message(name, num_experts, where))
     if no_duplicates and topk_ids.shape[-1] > 1:
         s = topk_ids.sort(dim=-1).values

@@ -171,6 +171,9 @@ def quantize_experts(w13: torch.Tensor, w2: torch.Tensor, fmt: str = "mxfp4", *,
     return QuantizedExperts(q13, q2, biases[0], biases[1], E, H, I, f.name, bs, interleaved, w13.dtype, w13.device)
 
 
+@torch.compiler.disable(reason="leankern.moe.quantized_experts reads which experts are touched on the host (one sync "
+                               "per call) to skip the others: it runs eagerly; torch.compile graph-breaks around it "
+                               "(with fullgraph=True this is an error: call it outside the compiled region)")
 def quantized_experts(hidden: torch.Tensor, qexperts: QuantizedExperts, topk_ids: torch.Tensor,
                       topk_weights: torch.Tensor, *, activation: str = "silu", swiglu_alpha: float = 1.702,
                       swiglu_limit: float = 7.0, shared_w1=None, shared_w3=None, shared_w2=None, shared_gate=None,
@@ -190,7 +193,9 @@ def quantized_experts(hidden: torch.Tensor, qexperts: QuantizedExperts, topk_ids
         quantizes its input (hidden for gate/up, the activation for down) per ``block_size`` block to it.
 
     The ids are validated (range ``[-1, E)``, no expert twice in a row) before any weight is read, with the
-    messages of :func:`leankern.moe.experts`. One host sync per call learns the touched experts (module doc).
+    messages of :func:`leankern.moe.experts`. One host sync per call learns the touched experts (module doc), so
+    the function is excluded from ``torch.compile`` (``torch.compiler.disable``: a graph break, an error under
+    ``fullgraph=True``); the bf16 / fp16 / fp32 :func:`leankern.moe.experts` op compiles with static shapes.
 
     Returns
     -------
