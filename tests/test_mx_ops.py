@@ -402,3 +402,25 @@ def test_last_dim_not_a_multiple_of_block_is_a_clear_error(k, block_size, fmt):
         return
     with pytest.raises(ValueError, match=rf"x.shape\[-1\]: expected a multiple of block_size={block_size}, got {k}"):
         leankern.mx.quantize(x, fmt, block_size=block_size)
+
+
+def test_mxtensor_checks_its_codes_and_scales_against_its_shape():
+    import leankern
+
+    q = leankern.mx.quantize(torch.randn(16, 64), "mxfp4")
+    with pytest.raises(ValueError, match=r"codes: expected shape \(16, 32\) for an MXTensor of shape \(16, 64\) in "
+                                         r"mxfp4 \(two 4-bit codes per byte\), got \(16, 16\)"):
+        leankern.mx.MXTensor(q.codes[:, :16], q.scales, q.global_scale, "mxfp4", 32, (16, 64), torch.float32)
+    with pytest.raises(ValueError, match=r"scales: expected shape \(16, 2\) \(one per block of 32 along K=64\)"):
+        leankern.mx.MXTensor(q.codes, q.scales[:, :1], q.global_scale, "mxfp4", 32, (16, 64), torch.float32)
+
+
+def test_linear_names_the_weight_on_a_device_mismatch():
+    import leankern
+
+    q = leankern.mx.quantize(torch.randn(16, 64), "mxint8")
+    with pytest.raises(ValueError, match=r"weight: expected an MXTensor on meta \(the device of x\), got cpu"):
+        leankern.mx.linear(torch.randn(2, 64, device="meta"), q)
+    w = leankern.sefp.quantize(torch.randn(16, 64))
+    with pytest.raises(ValueError, match=r"w: expected an SEFPTensor on meta \(the device of x\), got cpu"):
+        leankern.sefp.linear(torch.randn(2, 64, device="meta"), w, 4)

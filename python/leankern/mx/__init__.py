@@ -231,6 +231,8 @@ def _linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None, act_fm
         raise TypeError(f"weight: expected an MXTensor, got {type(weight).__name__}")
     if len(weight.shape) != 2:
         raise ValueError(f"weight: expected a 2-D [N, K] MXTensor, got shape {weight.shape}")
+    if isinstance(x, torch.Tensor) and weight.device != x.device:  # (the op would name its internal codes tensor)
+        raise ValueError(f"weight: expected an MXTensor on {x.device} (the device of x), got {weight.device}")
     if weight.rotation is not None:
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != weight.shape[1]:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -55,6 +55,21 @@ class MXTensor:
             raise ValueError(f"layout: expected 'row_major' or 'prepacked16', got {layout!r}")
         self.layout = layout
         self.rotation = None if rotation is None else (int(rotation[0]), int(rotation[1]))
+        if layout == "row_major":
+            self._check_row_major_shapes()
+
+    def _check_row_major_shapes(self) -> None:
+        """codes / scales of the row-major layout against ``shape`` (a plain container, but not a silent misfit: the
+        kernels take K from the codes, so a mismatched ``shape`` would surface as an unrelated error, or none)."""
+        packed = self.format.element.packed
+        lead, K = self.shape[:-1], self.shape[-1] if self.shape else 0
+        want = (*lead, K // 2 if packed else K)
+        if not self.shape or tuple(self.codes.shape) != want:
+            raise ValueError(f"codes: expected shape {want} for an MXTensor of shape {self.shape} in {self.fmt}"
+                             f"{' (two 4-bit codes per byte)' if packed else ''}, got {tuple(self.codes.shape)}")
+        if self.scale_layout == "row_major" and tuple(self.scales.shape) != (*lead, K // self.block_size):
+            raise ValueError(f"scales: expected shape {(*lead, K // self.block_size)} (one per block of "
+                             f"{self.block_size} along K={K}), got {tuple(self.scales.shape)}")
 
     @property
     def format(self):

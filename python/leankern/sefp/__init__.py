@@ -73,6 +73,8 @@ def linear(x: torch.Tensor, w: SEFPTensor, m: int | None = None, bias: torch.Ten
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"x: expected shape [..., K={w.shape[1]}] (w.shape[1]), got {tuple(x.shape)}")
+    if w.planes.device != x.device:  # (the op would name its internal planes tensor)
+        raise ValueError(f"w: expected an SEFPTensor on {x.device} (the device of x), got {w.planes.device}")
     m = w._width(m)
     if needs_input_grad(x, bias):
         return FrozenWeightLinear.apply(
