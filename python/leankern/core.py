@@ -45,9 +45,10 @@ def check_tensor(name: str, t, dtypes: Iterable[torch.dtype] | None = None, devi
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if dtypes is not None:
-        dtypes = tuple(dict.fromkeys(dtypes))  # (x.dtype, torch.float32) with fp32 x: listed once in the message
-        if t.dtype not in dtypes:
-            raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+        if not isinstance(dtypes, (tuple, list)):  # an iterable is read twice below
+            dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:  # (x.dtype, torch.float32) with fp32 x: each dtype listed once in the message
+            raise TypeError(f"{name}: expected dtype in {[str(d) for d in dict.fromkeys(dtypes)]}, got {t.dtype}")
     if device is not None and t.device != device:
         raise ValueError(f"{name}: expected a tensor on {device} (the device of {device_of}), got {t.device}")
     if t.dim() < min_dim:
@@ -128,9 +129,9 @@ class FrozenWeightLinear(torch.autograd.Function):
         return gx, gb, None, None
 
 
-def needs_input_grad(*tensors) -> bool:
-    """Grad is enabled and one of ``tensors`` (None allowed) requires it."""
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+def needs_input_grad(x, bias=None) -> bool:
+    """Grad is enabled and ``x`` or ``bias`` (None allowed) requires it. (No generator: ~0.1 us a call.)"""
+    return torch.is_grad_enabled() and (getattr(x, "requires_grad", False) or getattr(bias, "requires_grad", False))
 
 
 # ------------------------------------------------------------------------------------- extension

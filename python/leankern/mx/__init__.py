@@ -122,7 +122,7 @@ def quantize(
         x_dtype, x = x.dtype, _rotate_input(x, rotation)  # the exact rotation linear() applies to x
     codes, scales, g = torch.ops.leankern.mx_quantize.default(x, f.name, bs, scale_mode, rand_bits, global_scale, strict)
     qt = MXTensor(codes, scales, g, f.name, bs, tuple(x.shape), x.dtype if rotation is None else x_dtype, scale_mode,
-                  rotation=rotation)
+                  rotation=rotation, _trusted=True)
     return qt.swizzled() if swizzle else qt
 
 
@@ -231,8 +231,6 @@ def _linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None, act_fm
         raise TypeError(f"weight: expected an MXTensor, got {type(weight).__name__}")
     if len(weight.shape) != 2:
         raise ValueError(f"weight: expected a 2-D [N, K] MXTensor, got shape {weight.shape}")
-    if isinstance(x, torch.Tensor) and weight.device != x.device:  # (the op would name its internal codes tensor)
-        raise ValueError(f"weight: expected an MXTensor on {x.device} (the device of x), got {weight.device}")
     if weight.rotation is not None:
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != weight.shape[1]:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -247,13 +245,20 @@ def _linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None, act_fm
         if bias is not None and bias.dtype != torch.float32:
             bias = bias.float()
         plain = MXTensor(weight.codes, weight.scales, weight.global_scale, weight.fmt, weight.block_size,
-                         weight.shape, weight.dtype, weight.scale_mode, weight.scale_layout, weight.layout)
+                         weight.shape, weight.dtype, weight.scale_mode, weight.scale_layout, weight.layout,
+                         _trusted=True)
         return _linear(xr, plain, bias, act_fmt).to(out_dtype)
-    if weight.layout == "prepacked16":
-        return torch.ops.leankern.mx_linear_packed.default(x, weight.codes, weight.global_scale, weight.fmt,
-                                                           weight.block_size, weight.shape[0], bias, act_fmt)
-    return torch.ops.leankern.mx_linear.default(x, weight.codes, weight.row_major_scales(), weight.global_scale,
-                                                weight.fmt, weight.block_size, bias, act_fmt)
+    try:
+        if weight.layout == "prepacked16":
+            return torch.ops.leankern.mx_linear_packed.default(x, weight.codes, weight.global_scale, weight.fmt,
+                                                               weight.block_size, weight.shape[0], bias, act_fmt)
+        return torch.ops.leankern.mx_linear.default(x, weight.codes, weight.row_major_scales(), weight.global_scale,
+                                                    weight.fmt, weight.block_size, bias, act_fmt)
+    except ValueError:  # the op names its own codes tensor on a device mismatch: name the weight instead
+        if isinstance(x, torch.Tensor) and weight.device != x.device:
+            raise ValueError(f"weight: expected an MXTensor on {x.device} (the device of x), got {weight.device}") \
+                from None
+        raise
 
 
 def prepack(weight: MXTensor) -> MXTensor:

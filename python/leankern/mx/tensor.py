@@ -41,7 +41,7 @@ class MXTensor:
     """
 
     def __init__(self, codes, scales, global_scale, fmt, block_size, shape, dtype,
-                 scale_mode="rceil", scale_layout="row_major", layout="row_major", rotation=None):
+                 scale_mode="rceil", scale_layout="row_major", layout="row_major", rotation=None, _trusted=False):
         self.codes = codes
         self.scales = scales
         self.global_scale = global_scale
@@ -55,8 +55,8 @@ class MXTensor:
             raise ValueError(f"layout: expected 'row_major' or 'prepacked16', got {layout!r}")
         self.layout = layout
         self.rotation = None if rotation is None else (int(rotation[0]), int(rotation[1]))
-        if layout == "row_major":
-            self._check_row_major_shapes()
+        if layout == "row_major" and not _trusted:  # _trusted: leankern's own hot paths, shapes consistent by
+            self._check_row_major_shapes()          # construction (the check costs ~0.5 us a call)
 
     def _check_row_major_shapes(self) -> None:
         """codes / scales of the row-major layout against ``shape`` (a plain container, but not a silent misfit: the
@@ -103,7 +103,7 @@ class MXTensor:
 
         codes, scales = unpack_weight(self.codes, self.fmt, self.block_size, self.shape[0])
         return MXTensor(codes, scales, self.global_scale, self.fmt, self.block_size, self.shape, self.dtype,
-                        self.scale_mode, rotation=self.rotation)
+                        self.scale_mode, rotation=self.rotation, _trusted=True)
 
     def row_major_scales(self) -> torch.Tensor:
         """Scales as ``[..., K // block_size]`` whatever the stored layout."""
@@ -150,7 +150,7 @@ class MXTensor:
     def to(self, device) -> "MXTensor":
         return MXTensor(self.codes.to(device), self.scales.to(device), self.global_scale.to(device), self.fmt,
                         self.block_size, self.shape, self.dtype, self.scale_mode, self.scale_layout, self.layout,
-                        self.rotation)
+                        self.rotation, _trusted=True)
 
     def _meta(self) -> dict:
         return {"version": _META_VERSION, "fmt": self.fmt, "block_size": self.block_size, "shape": list(self.shape),

@@ -199,7 +199,7 @@ class QuantLinear(nn.Module):
         """The quantized weight as an :class:`MXTensor` sharing this module's buffers."""
         return MXTensor(self.codes, self.scales, self.global_scale, self.fmt, self.block_size,
                         (self.out_features, self.in_features), self.weight_dtype, self.scale_mode,
-                        layout=self.layout, rotation=self.rotation)
+                        layout=self.layout, rotation=self.rotation, _trusted=True)  # its own buffers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias

@@ -73,14 +73,18 @@ def linear(x: torch.Tensor, w: SEFPTensor, m: int | None = None, bias: torch.Ten
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"x: expected shape [..., K={w.shape[1]}] (w.shape[1]), got {tuple(x.shape)}")
-    if w.planes.device != x.device:  # (the op would name its internal planes tensor)
-        raise ValueError(f"w: expected an SEFPTensor on {x.device} (the device of x), got {w.planes.device}")
     m = w._width(m)
     if needs_input_grad(x, bias):
         return FrozenWeightLinear.apply(
             x, bias, lambda x, b: torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, b),
             lambda g: g @ w.dequantize(m, torch.float32))
-    return torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, bias)
+    try:
+        return torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, bias)
+    except ValueError:  # the op names its own planes tensor on a device mismatch: name w instead
+        if w.planes.device != x.device:
+            raise ValueError(f"w: expected an SEFPTensor on {x.device} (the device of x), got {w.planes.device}") \
+                from None
+        raise
 
 
 class _SEFPFakeQuant(torch.autograd.Function):

@@ -81,7 +81,8 @@ def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
     def rows(ids1d):  # the MXTensor of rows ids1d (padding reads row 0; masked to -inf below)
         safe = ids1d.long().clamp_min(0)
         return MXTensor(weight.codes[safe], weight.scales[safe], weight.global_scale, weight.fmt, weight.block_size,
-                        (ids1d.numel(), weight.shape[1]), weight.dtype, weight.scale_mode, rotation=weight.rotation)
+                        (ids1d.numel(), weight.shape[1]), weight.dtype, weight.scale_mode, rotation=weight.rotation,
+                        _trusted=True)
 
     h = hidden.float()
     if ids.dim() == 1:
