@@ -79,7 +79,9 @@ class SEFPTensor:
         byte, for ``m <= 3``; ``mxint8`` for ``m <= 7``) and the exponent the E8M0 block scale
         ``E - (m - 1) + 127``, so ``leankern.mx.linear`` computes exactly the m-bit product. One
         shift pass over the planes. Needs ``K`` a multiple of ``block_size``; ``m = 8`` needs 9
-        bits per code and is served from the planes.
+        bits per code and is served from the planes. For m = 4..6 the int8 codes hold more bits than the
+        planes read (8.25 bits per weight against 5.25 .. 7.25): the copy trades bytes for the cheaper
+        decode of ``mx.linear``; where the weights stream from memory (M = 1) the planes may be as fast.
         """
         from ..mx import MXTensor
         from .ref import signed_codes
