@@ -81,7 +81,9 @@ class SEFPTensor:
         shift pass over the planes. Needs ``K`` a multiple of ``block_size``; ``m = 8`` needs 9
         bits per code and is served from the planes. For m = 4..6 the int8 codes hold more bits than the
         planes read (8.25 bits per weight against 5.25 .. 7.25): the copy trades bytes for the cheaper
-        decode of ``mx.linear``; where the weights stream from memory (M = 1) the planes may be as fast.
+        decode of ``mx.linear``. Measured at M = 1, 4096 x 4096, weights from DRAM, 2-core Zen 4: m = 3 the
+        packed copy is 1.55-1.86x faster than the planes, m = 7 1.10-1.12x, but m = 5 the planes are
+        (the copy takes 1.33-1.39x their time).
         """
         from ..mx import MXTensor
         from .ref import signed_codes
