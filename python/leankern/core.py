@@ -86,6 +86,22 @@ def host_values(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def check_ids_in_range(ids: torch.Tensor, lo: int, hi: int | None, expected: str) -> None:
+    """Every id in ``[lo, hi)`` (``hi`` None: no upper bound), before any row they index is read: the families'
+    one id check. One pass (``aminmax``); on CPU outside ``torch.compile`` a ``ValueError(f"{expected}, got min a,
+    max b")``, elsewhere an assert on the device / in the graph
+    (:func:`check_value_on_device`, message ``f"{expected}, got an id outside it"``)."""
+    if not ids.numel() or ids.device.type == "meta":
+        return
+    mn, mx = ids.aminmax()
+    if host_values(ids):  # two host ints: cheaper than tensor comparisons on a CPU (~1 us against ~5)
+        a, b = int(mn), int(mx)
+        if a < lo or (hi is not None and b >= hi):
+            raise ValueError(f"{expected}, got min {a}, max {b}")
+        return
+    check_value_on_device(mn >= lo if hi is None else (mn >= lo) & (mx < hi), f"{expected}, got an id outside it")
+
+
 def check_value_on_device(ok: torch.Tensor, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``ok``; on a GPU an async device assert (no host sync); nothing on meta.
 

@@ -125,7 +125,7 @@ def skip(topk_ids: torch.Tensor, topk_weights: torch.Tensor, rule: str = "modes"
     # int64 ids, or num_experts given: checked here first, on every backend (int64: before narrowing, no id wraps)
     ids = ops.ids_to_int32(topk_ids, bound)
     if num_experts is not None and ids is topk_ids and isinstance(ids, torch.Tensor):
-        ops.check_ids_range(ids, bound)
+        ops.check_ids_values(ids, bound, no_duplicates=False)
     w = topk_weights.float() if topk_weights.dtype != torch.float32 else topk_weights
     return torch.ops.leankern.moe_skip(ids, w, rule, params, _modality32(modality), renorm)  # the op: ids >= -1
 

@@ -24,12 +24,12 @@ import math
 
 import torch
 
-from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_tensor, check_value_on_device,
-                    host_values, register_op)
+from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_ids_in_range, check_tensor,
+                    check_value_on_device, register_op)
 from . import ref
 
 __all__ = ["CAPABILITIES", "ROUTE", "SKIP", "ALIGN", "EXPERTS", "MAX_TOPK", "MAX_BLOCK_M", "ID_BOUND_INT32",
-           "check_ids_values", "check_ids_range", "ids_to_int32", "check_modality_values"]
+           "check_ids_values", "ids_to_int32", "check_modality_values"]
 
 MAX_TOPK = 64  # slots per token: C++ and Triton keep a row's k slots in registers / a small array
 MAX_BLOCK_M = 1024
@@ -77,32 +77,19 @@ def _check_2d(name: str, t: torch.Tensor, what: str) -> None:
 ID_BOUND_INT32 = 2**31  # the id bound where E is not known (moe_skip): every id an int32 holds, i.e. only ids >= -1
 
 
-def _ids_range_ok(topk_ids: torch.Tensor, num_experts: int):
-    """``(min, max, ok)`` of the ids, ``ok`` = every id in [-1, num_experts), as 0-dim tensors (no host sync)."""
-    lo, hi = topk_ids.aminmax()  # one pass
-    ok = lo >= -1
-    # an int32 id is always < 2^31, and 2^31 itself would wrap to -2^31 in an int32 comparison
-    if topk_ids.dtype == torch.int64 or num_experts < ID_BOUND_INT32:
-        ok = ok & (hi < num_experts)
-    return lo, hi, ok
-
-
-def _ids_range_message(name: str, num_experts: int, where: str) -> str:
-    bound = "2^31" if num_experts == ID_BOUND_INT32 else num_experts
-    return f"{name}: expected expert ids in [-1, {bound}) (-1 = skipped){where}"
-
-
 def check_ids_values(topk_ids: torch.Tensor, num_experts: int, name: str = "topk_ids",
                      no_duplicates: bool = True) -> None:
-    """Every id in [-1, num_experts) and no expert twice in a row (-1 may repeat): before any weight is read.
+    """Every id in [-1, num_experts) and (``no_duplicates``) no expert twice in a row (-1 may repeat): before any
+    weight is read.
 
     Any integer dtype: int64 ids are tested as they are (check them before narrowing them to int32, where
     2^32 + 1 would read as 1). ``num_experts = ID_BOUND_INT32``: E not known, only ids >= -1 (and < 2^31)."""
     if not topk_ids.numel() or topk_ids.device.type == "meta":
         return
-    lo, hi, ok = _ids_range_ok(topk_ids, num_experts)
-    where = f", got min {int(lo)}, max {int(hi)}" if host_values(topk_ids) else ", got an id outside it"
-    check_value_on_device(ok, _ids_range_message(name, num_experts, where))
+    bound = "2^31" if num_experts == ID_BOUND_INT32 else num_experts
+    # an int32 id is always < 2^31, and 2^31 itself would wrap to -2^31 in an int32 comparison
+    hi = num_experts if topk_ids.dtype == torch.int64 or num_experts < ID_BOUND_INT32 else None
+    check_ids_in_range(topk_ids, -1, hi, f"{name}: expected expert ids in [-1, {bound}) (-1 = skipped)")
     if no_duplicates and topk_ids.shape[-1] > 1:
         s = topk_ids.sort(dim=-1).values
         dup = ((s[..., 1:] == s[..., :-1]) & (s[..., 1:] >= 0)).any()
@@ -110,34 +97,13 @@ def check_ids_values(topk_ids: torch.Tensor, num_experts: int, name: str = "topk
                                     "got an expert twice in one row")
 
 
-def check_ids_range(topk_ids: torch.Tensor, num_experts: int = ID_BOUND_INT32, name: str = "topk_ids") -> None:
-    """:func:`check_ids_values`' range test alone, for the Python front-ends (before they call an op).
-
-    Traceable by ``torch.compile(fullgraph=True)``: while compiling it is an async assert in the graph (the message
-    without the values; a ``RuntimeError`` when it fails on CPU) instead of a host-side ``ValueError``."""
-    if torch.compiler.is_compiling():
-        if topk_ids.numel() and topk_ids.device.type != "meta":
-            torch._assert_async(_ids_range_ok(topk_ids, num_experts)[2],
-                                _ids_range_message(name, num_experts, ", got an id outside it"))
-        return
-    if topk_ids.device.type == "cpu" and topk_ids.numel():  # host ints: ~2 us on a tiny input
-        if topk_ids.dtype == torch.int32 and num_experts >= ID_BOUND_INT32:
-            bad = int(topk_ids.min()) < -1  # only the lower bound can fail
-        else:
-            lo, hi = topk_ids.aminmax()
-            bad = int(lo) < -1 or int(hi) >= num_experts
-        if not bad:
-            return
-    check_ids_values(topk_ids, num_experts, name, no_duplicates=False)  # raises on CPU; an async assert on a GPU
-
-
 def ids_to_int32(topk_ids, num_experts: int = ID_BOUND_INT32, name: str = "topk_ids"):
     """int64 ids narrowed to the ops' int32 after checking them in [-1, num_experts) (so that no id >= 2^31 wraps
     into range: 2^32 + 1 would read as 1); anything else is returned as it is (int32 ids: no pass, no copy).
 
-    On a GPU the check is a device-side assert (no host sync), as the ops' own value checks."""
+    On a GPU (and while compiling) the check is an assert on the device / in the graph, as the ops' own."""
     if isinstance(topk_ids, torch.Tensor) and topk_ids.dtype == torch.int64:
-        check_ids_range(topk_ids, num_experts, name)
+        check_ids_values(topk_ids, num_experts, name, no_duplicates=False)
         return topk_ids.to(torch.int32)
     return topk_ids
 
