@@ -1,4 +1,5 @@
-"""VocabTailor on a Hugging Face model: a task vocabulary, a per-request LM head, an offloaded embedding.
+"""VocabTailor on a Hugging Face model: a task vocabulary, a per-request LM head, an offloaded embedding
+(and then the same with the model quantized to MXFP4, its LM head included).
 
     pip install transformers tokenizers
     python examples/vocab_tailor.py
@@ -17,6 +18,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+import leankern
 from leankern.vocab.hf import tailor, untailor, vocab_bytes
 from leankern.vocab.vocab_set import build_static_vocab
 
@@ -86,4 +88,15 @@ print(f"vocab bytes on the compute device: before {mb(b['before']['total'])} "
       f"(embedding {mb(b['before']['embedding'])}, head {mb(b['before']['head'])}, tied), "
       f"after {mb(b['total'])} (embedding {mb(b['embedding'])}, head {mb(b['head'])}); host {mb(b['host'])}")
 print(f"decode step: full {full_ms:.2f} ms/token, tailored {tail_ms:.2f} ms/token")
+untailor(model)
+
+# ------------------------------------------- fewer bits as well: every linear layer MXFP4, the LM head included
+leankern.quantize_model(model, "mxfp4", include_lm_head=True)
+with torch.inference_mode():
+    q_ms, _ = decode_ms(model)
+    tailor(model, vocab_set, offload_embedding=True, compact_head=True)  # the head's K rows read out of its codes
+    qt_ms, _ = decode_ms(model)
+    qb = vocab_bytes(model)
+print(f"MXFP4 model (head included): full {q_ms:.2f} ms/token, tailored {qt_ms:.2f} ms/token; head bytes on the "
+      f"compute device {mb(qb['before']['head'])} -> {mb(qb['head'])}")
 untailor(model)

@@ -51,4 +51,4 @@ def test_moe_modes():
 def test_vocab_tailor():
     pytest.importorskip("tokenizers")
     out = _run("vocab_tailor.py")
-    assert "static vocabulary" in out and "decode step: full" in out
+    assert "static vocabulary" in out and "decode step: full" in out and "MXFP4 model (head included)" in out

@@ -63,6 +63,32 @@ def test_pack_round_trip_is_exact(fmt, n, k, bs):
     assert torch.equal(_bytes(p.dequantize(torch.float32)), _bytes(qt.dequantize(torch.float32)))
 
 
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("layout", ["row_major", "swizzled", "prepacked16"])
+def test_select_rows_reads_the_rows_out_of_every_layout(fmt, layout):
+    qt = _weight(37, 128, fmt, 16 if fmt.startswith("nv") else 32, seed=3)
+    held = {"row_major": qt, "swizzled": qt.swizzled(), "prepacked16": qt.prepacked()}[layout]
+    ids = torch.tensor([36, 0, 5, 5, 17, 16, 15, 31, 32], dtype=torch.int32)  # both tile edges, a duplicate
+    for idx in (ids, ids.long(), ids[:0]):
+        r = held.select_rows(idx)
+        assert r.layout == "row_major" and r.scale_layout == "row_major" and r.shape == (len(idx), 128)
+        assert torch.equal(_bytes(r.codes), _bytes(qt.codes[idx.long()]))
+        assert torch.equal(_bytes(r.scales), _bytes(qt.scales[idx.long()]))
+        assert r.fmt == qt.fmt and r.block_size == qt.block_size and torch.equal(r.global_scale, qt.global_scale)
+
+
+def test_select_rows_rejects_bad_ids():
+    qt = _weight(20, 64, "mxfp4").prepacked()
+    with pytest.raises(ValueError, match=r"^ids: expected row ids in \[0, N=20\), got min 0, max 20$"):
+        qt.select_rows(torch.tensor([0, 20]))
+    with pytest.raises(ValueError, match=r"^ids: expected row ids in \[0, N=20\), got min -1, max 3$"):
+        qt.select_rows(torch.tensor([3, -1], dtype=torch.int32))
+    with pytest.raises(TypeError, match=r"^ids: expected dtype in \['torch.int32', 'torch.int64'\], got torch.float32"):
+        qt.select_rows(torch.tensor([1.0]))
+    with pytest.raises(ValueError, match=r"^ids: expected shape \[R\], got \(1, 2\)$"):
+        qt.select_rows(torch.tensor([[1, 2]]))
+
+
 def test_layout_by_hand():
     """Block b of tile t: 16 scale bytes, then code byte q of the 16 rows at 16 q .. 16 q + 15."""
     codes = torch.arange(20 * 8, dtype=torch.int32).reshape(20, 8).to(torch.uint8)  # mxfp4, K = 16, bs = 8

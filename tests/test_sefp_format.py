@@ -199,6 +199,22 @@ def test_at_is_a_view_and_bytes_scale_with_m():
     assert t.bits_per_weight(8) == pytest.approx(9 + 8 / 32)
 
 
+def test_select_rows_keeps_every_plane():
+    t = sefp.quantize(torch.randn(40, 96, generator=torch.Generator().manual_seed(8)), m_max=7)
+    ids = torch.tensor([39, 0, 7, 7, 21], dtype=torch.int32)
+    for idx in (ids, ids.long(), ids[:0]):
+        r = t.select_rows(idx)
+        assert r.shape == (len(idx), 96) and r.m == 7 and r.block_size == t.block_size and r.dtype == t.dtype
+        for m in (7, 3):
+            assert torch.equal(r.dequantize(m), t.dequantize(m)[idx.long()])
+    with pytest.raises(ValueError, match=r"^ids: expected row ids in \[0, N=40\), got min 0, max 40$"):
+        t.select_rows(torch.tensor([0, 40]))
+    with pytest.raises(TypeError, match=r"^ids: expected dtype in"):
+        t.select_rows(torch.tensor([0.0]))
+    with pytest.raises(ValueError, match=r"^ids: expected shape \[R\], got \(1, 1\)$"):
+        t.select_rows(torch.tensor([[0]]))
+
+
 def test_ops_read_only_the_first_1_plus_m_planes(backend):
     """Planes beyond m hold garbage: the m-bit results do not change."""
     w = torch.randn(9, 130, generator=torch.Generator().manual_seed(5))

@@ -449,3 +449,102 @@ def test_tied_decode_modes_and_untailor(tied):
     assert now.keys() == saved.keys() and all(torch.equal(now[k], v) for k, v in saved.items())
     ids = _prompt()
     assert torch.equal(_greedy(model, ids), _greedy(full, ids))
+
+
+# ------------------------------------------------------------------ quantized (MX / NV) heads
+def _quantized(full, fmt="mxfp4", **kw):
+    import leankern
+
+    model = copy.deepcopy(full)
+    leankern.quantize_model(model, fmt, include_lm_head=True, **kw)
+    return model
+
+
+@pytest.mark.parametrize("fmt,kw", [("mxfp4", {}), ("nvfp4", {}), ("mxint4", dict(rotate=32)),
+                                    ("mxint8", dict(act_fmt="mxint8"))], ids=["mxfp4", "nvfp4", "mxint4-rot", "dual"])
+def test_quantized_head_is_tailored_with_its_own_logits(base, fmt, kw):
+    """A QuantLinear head (quantize_model(include_lm_head=True)): the in-set logits are the quantized head's bit for
+    bit (the same kernel over the K rows read out of its prepacked codes), outside ids -inf, greedy unchanged."""
+    from leankern.nn import QuantLinear
+
+    arch, full = base
+    qfull = _quantized(full, fmt, **kw)
+    assert isinstance(qfull.get_output_embeddings(), QuantLinear)
+    ids = _prompt(L=9, seed=12)
+    ref_g = _greedy(qfull, ids)
+    model = _tailored(qfull, _vocab(ref_g[0].tolist() + _random_ids(100)))
+    head = model.get_output_embeddings()
+    assert isinstance(head, TailoredHead) and head.quantized
+    assert torch.equal(_greedy(model, ids), ref_g), arch
+    with torch.inference_mode():
+        ref, got = qfull(ids).logits, model(ids).logits
+    vocab_ids = request_vocab(model).vocab_ids.long()
+    assert torch.equal(got[..., vocab_ids], ref[..., vocab_ids]), arch
+    outside = torch.ones(V, dtype=torch.bool)
+    outside[vocab_ids] = False
+    assert torch.isneginf(got[..., outside]).all()
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_quantized_head_bytes_and_untailor(compact):
+    full = _build("llama")
+    qfull = _quantized(full)
+    model = copy.deepcopy(qfull)
+    q = model.get_output_embeddings()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    qbytes = q.codes.numel() + q.scales.numel()  # uint8 buffers (prepacked: scales inside the codes)
+    tailor(model, _vocab(_random_ids(60)), compact_head=compact)
+    ids = _prompt(seed=13)
+    _greedy(model, ids, 3)
+    head = model.get_output_embeddings()
+    K = len(head.request)
+    rows = head._rows  # the request's rows, prepacked: K padded to a multiple of 16 rows
+    assert rows.layout == "prepacked16" and rows.shape == (K, H)
+    assert rows.codes.numel() == -(-K // 16) * 16 * (H // 32) * (1 + 16)  # mxfp4: 16 B codes + 1 scale per block
+    b = vocab_bytes(model)
+    assert b["before"]["head"] == qbytes
+    if compact:  # only the K rows count on the device; the full quantized head is host memory
+        assert b["head"] == rows.codes.numel() and b["host"] == qbytes
+    else:
+        assert b["head"] == qbytes + rows.codes.numel() and b["host"] == 0
+    untailor(model)
+    assert model.get_output_embeddings() is q
+    now = model.state_dict()
+    assert now.keys() == saved.keys() and all(torch.equal(now[k], v) for k, v in saved.items())
+    assert torch.equal(_greedy(model, ids), _greedy(qfull, ids))
+
+
+def test_sefp_head_is_tailored_and_follows_set_precision():
+    """An SEFPLinear head: the K rows keep every plane, so set_precision(model, m) (which finds the head under its
+    own name through TailoredHead.wrapped_layer) switches the tailored head too; in-set logits equal the full
+    SEFP head's at each width."""
+    import leankern
+
+    full = copy.deepcopy(_build("gemma2"))  # soft-capped
+    leankern.quantize_model(full, "sefp", include_lm_head=True)
+    ids = _prompt(L=9, seed=14)
+    model = _tailored(full, _vocab(_greedy(full, ids)[0].tolist() + _random_ids(100)), compact_head=True)
+    head = model.get_output_embeddings()
+    assert head.quantized and isinstance(head.wrapped_layer, leankern.SEFPLinear)
+    for m in (8, 5, 3):
+        assert leankern.set_precision(full, m)["lm_head"] == m and leankern.set_precision(model, m)["lm_head"] == m
+        assert head.wrapped_layer.m == m
+        if m == 8:  # the set holds the full model's greedy ids at m = 8 (other widths may choose ids outside it)
+            assert torch.equal(_greedy(model, ids), _greedy(full, ids))
+        with torch.inference_mode():
+            ref, got = full(ids).logits, model(ids).logits
+        vocab_ids = request_vocab(model).vocab_ids.long()
+        assert torch.equal(got[..., vocab_ids], ref[..., vocab_ids]), m
+    rows = head._rows  # all 1 + m_max planes of the K rows
+    assert rows.planes.shape[:2] == (9, len(head.request))
+    assert vocab_bytes(model)["head"] == rows.planes.numel() * 4 + rows.exponents.numel()
+    untailor(model)
+    assert isinstance(model.get_output_embeddings(), leankern.SEFPLinear)
+
+
+def test_other_heads_are_refused():
+    model = copy.deepcopy(_build("llama"))
+    model.set_output_embeddings(torch.nn.Identity())
+    with pytest.raises(TypeError, match=r"^model.get_output_embeddings\(\): expected an nn.Linear, a leankern "
+                                        r"QuantLinear or SEFPLinear head, got Identity$"):
+        tailor(model, _vocab(range(10)))

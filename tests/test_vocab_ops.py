@@ -536,6 +536,21 @@ def test_quantized_heads_of_other_formats_and_rotated(fmt, rotate):
     assert torch.equal(best_ids, want_i[:, 0]) and torch.equal(best, want_v[:, 0])
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxint8"])
+@pytest.mark.parametrize("layout", ["prepacked", "swizzled"])
+def test_quantized_head_in_any_stored_layout_gives_the_row_major_logits(fmt, layout):
+    """A QuantLinear's prepacked weight (or one with swizzled scales) is taken as it is: its K rows are read out of
+    that layout, so the logits equal the row-major head's bit for bit."""
+    hidden, weight, ids, bias = _head(3, 64, 40, 25, torch.float32, torch.bfloat16, torch.float32, False, seed=29)
+    qw = leankern.mx.quantize(weight, fmt)
+    other = qw.prepacked() if layout == "prepacked" else qw.swizzled()
+    assert torch.equal(vocab.gather_lm_head(hidden, other, ids, bias=bias),
+                       vocab.gather_lm_head(hidden, qw, ids, bias=bias))
+    per_row = ids.clamp_min(0).repeat(3, 1).roll(1, 1)  # [B, K] sets read the same way
+    assert torch.equal(vocab.gather_lm_head_topk(hidden, other, per_row, 3)[1],
+                       vocab.gather_lm_head_topk(hidden, qw, per_row, 3)[1])
+
+
 def test_quantized_head_compiles_fullgraph():
     """The MXTensor-head path traces whole: its id check is an assert in the graph while compiling."""
     hidden, weight, ids, bias = _head(3, 64, 48, 30, torch.float32, torch.bfloat16, torch.float32, False, seed=29)

@@ -244,7 +244,8 @@ def _row(s, T, pattern, skip, tensors, big, gflops, reps, block, g):
     r["rd_gbps"] = (bw0 + read_gbps(big)) / 2
     r["ours_ms"] = ts[0] / 1e3
     r["roof_ms"] = max(nbytes / r["rd_gbps"] / 1e6, flops / gflops / 1e6)
-    r["x_roof"] = r["ours_ms"] / r["roof_ms"]
+    if r["roof_ms"] > 0:  # 0 when every slot is skipped (T = 1, k = 2 at skip >= 0.75): the row is the overhead
+        r["x_roof"] = r["ours_ms"] / r["roof_ms"]
     if block is not None:
         r["hf_ms"] = ts[1] / 1e3
         r["x_hf"] = r["hf_ms"] / r["ours_ms"]
@@ -330,7 +331,8 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
                 # the with-skip target's bound: the kept pairs' FLOPs (+ the shared expert's, never skipped) at our
                 # own no-skip speed, or the bytes at bandwidth
                 bound = max(base["ours_ms"] * r["gflop"] / base["gflop"], r["mb"] / r["rd_gbps"])
-                r["x_skip_bound"] = r["ours_ms"] / bound
+                if bound > 0:
+                    r["x_skip_bound"] = r["ours_ms"] / bound
             rows.append(r)
             out(format_table([r], COLUMNS).splitlines()[-1] if len(rows) > 1 else format_table([r], COLUMNS))
     out("")

@@ -19,6 +19,10 @@ Per (model, K):
   tied head still reads the full table there); tailored with ``compact_head`` + offloaded embedding
   (only the request's K rows stay: the VocabTailor claim).
 
+Then the same with an MXFP4-quantized head (``QuantLinear``; the rest of the model as it is): decode ms/token
+and one position through the full quantized head vs the tailored one (the request's rows read out of the
+quantized codes), and the head's resident MB (quantized full head; ``compact_head`` rows).
+
 Correctness first: subset logits of the tailored head equal ``F.linear``'s at the same ids
 (bf16 rounding), and every generated id lies in the request's set.
 """
@@ -156,6 +160,53 @@ def _bench_k(model, K, prompt, plan, device, full_ms, gen) -> dict:
     return row
 
 
+Q_FMT = "mxfp4"
+Q_COLUMNS = [
+    ("model", "model", "<"), ("fmt", "head", "<"), ("K", "K", ""), ("full_ms", "decode q-head ms/tok", ".2f"),
+    ("tailored_ms", "tailored ms/tok", ".2f"), ("x_decode", "x full", ".2f"), ("head_full_ms", "q-head ms", ".3f"),
+    ("head_tailored_ms", "tailored head ms", ".3f"), ("x_head", "head x full", ".2f"),
+    ("head_mb", "q-head MB", ".1f"), ("compact_mb", "compact rows MB", ".2f"),
+]
+
+
+def _bench_quantized_head(model, ks, prompt, plan, device, gen) -> list:
+    """Rows with the LM head MXFP4-quantized (a QuantLinear; restored afterwards): the full quantized head vs the
+    tailored one, which reads the request's K rows out of the quantized codes once per request."""
+    from ..nn import QuantLinear
+    from ..vocab.hf import request_vocab, tailor, untailor, vocab_bytes
+    from ..vocab.vocab_set import VocabSet
+
+    linear = model.get_output_embeddings()
+    q = QuantLinear.from_linear(linear, Q_FMT)
+    model.set_output_embeddings(q)
+    rows = []
+    try:
+        full_ms, _ = _decode_ms(model, prompt, plan, device)
+        V, H = q.out_features, q.in_features
+        hidden = torch.randn(1, H, generator=gen).to(device, torch.bfloat16)
+        head_full = _ms(lambda: q(hidden), device, plan["head_repeats"])
+        for K in ks:
+            vs = VocabSet(ids=torch.randperm(V, generator=gen)[:K].tolist(), tokenizer_name="random", special_ids=[0])
+            tailor(model, vs, compact_head=True)
+            try:
+                ms, out = _decode_ms(model, prompt, plan, device)
+                req = request_vocab(model)
+                assert bool(req.contains(out[0, prompt.shape[1]:].cpu()).all()), "a generated id outside the set"
+                head = model.get_output_embeddings()
+                ids = head.vocab_ids.long()
+                torch.testing.assert_close(head(hidden)[:, ids], q(hidden)[:, ids], rtol=0, atol=0)  # same kernel
+                head_ms = _ms(lambda: head(hidden), device, plan["head_repeats"])
+                b = vocab_bytes(model)
+            finally:
+                untailor(model)
+            rows.append(dict(fmt=Q_FMT, K=len(req), full_ms=full_ms, tailored_ms=ms, x_decode=full_ms / ms,
+                             head_full_ms=head_full, head_tailored_ms=head_ms, x_head=head_full / head_ms,
+                             head_mb=q.nbytes / 2**20, compact_mb=b["head"] / 2**20))
+    finally:
+        model.set_output_embeddings(linear)
+    return rows
+
+
 def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None, csv_path=None, plot_path=None,
         aot: bool = True, bw_gbps: float | None = None, output_cache_mb: int = 0, out=print) -> BenchResult:
     mode = "quick" if quick else "full" if full else "default"
@@ -171,7 +222,7 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
         out(busy_note(device))
     plan = _plan(quick, full)
     ks = tuple(sizes) if sizes else KS  # --size S (tests): K = S on a toy model
-    rows, t_start = [], time.perf_counter()
+    rows, qrows, t_start = [], [], time.perf_counter()
     gen = torch.Generator().manual_seed(1)
     for label, cfg in model_configs(quick, full, tiny=bool(sizes)):
         torch.manual_seed(0)
@@ -188,13 +239,23 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
                 out(f"  K={row['K']}: decode {full_ms:.2f} -> {row['tailored_ms']:.2f} ms/token, head "
                     f"{row['head_full_ms']:.3f} -> {row['head_tailored_ms']:.3f} ms "
                     f"({time.perf_counter() - t_start:.0f} s)")
+            for row in _bench_quantized_head(model, ks, prompt, plan, device, gen):
+                qrows.append({"model": label, **row})
+                out(f"  {Q_FMT} head, K={row['K']}: decode {row['full_ms']:.2f} -> {row['tailored_ms']:.2f} ms/token, "
+                    f"head {row['head_full_ms']:.3f} -> {row['head_tailored_ms']:.3f} ms "
+                    f"({time.perf_counter() - t_start:.0f} s)")
         del model
     out(format_table(rows, COLUMNS))
     out("K = the request's set (static + prompt + specials); tailored = head in place + offloaded embedding; "
         "x full = full / tailored; head times: one position [1, H], bf16; resident = embedding + head bytes on the "
         "compute device (vocab_bytes; a tied table counted once); compact = compact_head=True, only K rows resident")
+    out("")
+    out(format_table(qrows, Q_COLUMNS))
+    out(f"The LM head quantized to {Q_FMT} (QuantLinear, prepacked; embedding and layers bf16): decode with the full "
+        "quantized head vs tailored (compact_head: the request's K rows read out of the codes at prefill); head times: "
+        "one position [1, H]; q-head MB: the quantized head; compact rows MB: the K rows kept (prepacked)")
     if csv_path:
-        write_csv(csv_path, rows, {"family": FAMILY, "bw_gbps": bw, "device": device})
+        write_csv(csv_path, rows + qrows, {"family": FAMILY, "bw_gbps": bw, "device": device})
         out(f"wrote {csv_path}")
     return BenchResult(rows, bw, device)
 

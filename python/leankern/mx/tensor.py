@@ -105,6 +105,40 @@ class MXTensor:
         return MXTensor(codes, scales, self.global_scale, self.fmt, self.block_size, self.shape, self.dtype,
                         self.scale_mode, rotation=self.rotation, _trusted=True)
 
+    def select_rows(self, ids: torch.Tensor) -> "MXTensor":
+        """Rows ``ids`` of this 2-D ``[N, K]`` weight as a new row-major MXTensor ``[len(ids), K]``.
+
+        Only the selected rows' codes and scales are copied (straight out of any stored layout: row-major,
+        swizzled scales, prepacked), so a vocabulary subset of a quantized LM head costs a few bytes per weight.
+        ``ids``: an int32 / int64 ``[R]`` tensor on this tensor's device, every id in ``[0, N)`` (checked, before any
+        read); duplicates allowed, order kept. Rotation, per-tensor scale and metadata carry over.
+        """
+        from ..core import check_ids_in_range, check_tensor
+
+        if len(self.shape) != 2:
+            raise ValueError(f"weight: expected a 2-D [N, K] MXTensor to select rows of, got shape {self.shape}")
+        check_tensor("ids", ids, (torch.int32, torch.int64), device=self.device, device_of="the weight")
+        if ids.dim() != 1:
+            raise ValueError(f"ids: expected shape [R], got {tuple(ids.shape)}")
+        check_ids_in_range(ids, 0, self.shape[0], f"ids: expected row ids in [0, N={self.shape[0]})")
+        return self._take_rows(ids.long())
+
+    def _take_rows(self, idx: torch.Tensor) -> "MXTensor":
+        """:meth:`select_rows` without the checks (``idx`` int64 ``[R]``, in range)."""
+        f = get_format(self.fmt)
+        R, nb = idx.numel(), self.shape[1] // self.block_size
+        if self.layout == "prepacked16":
+            from .packed_layout import TILE_ROWS
+
+            tile, lane = idx // TILE_ROWS, idx % TILE_ROWS
+            body = self.codes[:, :, TILE_ROWS:].unflatten(-1, (-1, TILE_ROWS))  # [T, nb, cb, 16] (a view)
+            codes = body[tile, :, :, lane].reshape(R, body.shape[1] * body.shape[2]).view(f.code_dtype)  # [R, nb, cb] -> [R, K or K / 2]
+            scales = self.codes[tile, :, lane].reshape(R, nb).view(f.scale_dtype)  # scale bytes lead each unit
+        else:
+            codes, scales = self.codes[idx], self.row_major_scales()[idx]
+        return MXTensor(codes, scales, self.global_scale, self.fmt, self.block_size, (R, self.shape[1]), self.dtype,
+                        self.scale_mode, rotation=self.rotation, _trusted=True)
+
     def row_major_scales(self) -> torch.Tensor:
         """Scales as ``[..., K // block_size]`` whatever the stored layout."""
         if self.layout != "row_major":

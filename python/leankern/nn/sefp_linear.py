@@ -237,7 +237,11 @@ def set_precision(model: nn.Module, m: Widths) -> dict[str, int]:
     Raises ValueError (and changes nothing) if a width is not an int in ``[1, m_max]`` of its layer,
     naming the layer, or if a dict key matches no layer.
     """
-    layers = {name: mod for name, mod in model.named_modules() if isinstance(mod, SEFPLinear)}
+    layers = {}
+    for name, mod in model.named_modules():  # a wrapper holding its layer unregistered (vocab.tailor's head) exposes
+        held = mod if isinstance(mod, SEFPLinear) else getattr(mod, "wrapped_layer", None)  # it as .wrapped_layer
+        if isinstance(held, SEFPLinear):
+            layers[name] = held
     if not layers:
         raise ValueError("model: expected a module holding SEFPLinear layers (run leankern.quantize_model(model, "
                          "'sefp') first), found none")

@@ -78,11 +78,8 @@ def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
 
     ops.check_ids_values(ids, weight.shape[0])
 
-    def rows(ids1d):  # the MXTensor of rows ids1d (padding reads row 0; masked to -inf below)
-        safe = ids1d.long().clamp_min(0)
-        return MXTensor(weight.codes[safe], weight.scales[safe], weight.global_scale, weight.fmt, weight.block_size,
-                        (ids1d.numel(), weight.shape[1]), weight.dtype, weight.scale_mode, rotation=weight.rotation,
-                        _trusted=True)
+    def rows(ids1d):  # the MXTensor of rows ids1d, from any stored layout (padding reads row 0; masked to -inf below)
+        return weight._take_rows(ids1d.long().clamp_min(0))
 
     h = hidden.float()
     if ids.dim() == 1:
@@ -109,6 +106,7 @@ def gather_lm_head(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, *, bia
     ----------
     hidden : Tensor ``[..., H]``, fp32 / bf16 / fp16
     weight : Tensor ``[V, H]`` (bf16 / fp16 / fp32, rows contiguous), or an ``MXTensor`` ``[V, H]`` quantized along H
+        (any stored layout: row-major, swizzled scales or prepacked, e.g. a ``QuantLinear``'s ``.weight``)
     vocab_ids : int32 / int64 Tensor ``[K]`` (one subset for every row) or ``[..., K]`` (one per row of hidden):
         global ids, -1 = padding (gives -inf); duplicates allowed, order kept
     bias : Tensor ``[V]``, optional

@@ -38,6 +38,14 @@ and the head applies the cap itself inside ``gather_lm_head`` (``soft_cap=``), b
 outside ids stay exactly ``-inf``. Scales applied after the head (``logit_scale``, ``logits_scaling``)
 keep ``-inf`` as is and need nothing.
 
+**Quantized heads.** A head made an MX/NV :class:`leankern.nn.QuantLinear` or an
+:class:`leankern.nn.SEFPLinear` by ``leankern.quantize_model(model, fmt, include_lm_head=True)`` is
+tailored too: fewer bits per weight and fewer rows per step. At each prefill the request's ``K`` rows
+are read out of the head (MX codes and scales from any stored layout, prepacked on CPU; every SEFP
+plane) and kept for the request; every call runs :func:`leankern.mx.linear` over them (the head's
+``act_fmt`` and Hadamard rotation included) or :func:`leankern.sefp.linear` at the head's current
+width (``set_precision`` switches it), so the in-set logits are the quantized head's own.
+
 **Offloading.** ``offload_embedding=True`` replaces the input embedding by an
 :class:`~leankern.vocab.embedding.OffloadedEmbedding` (table in host memory, rows gathered per
 call). For tied models (``config.tie_word_embeddings``) the head still reads the same weight on
@@ -80,8 +88,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import mx, sefp
 from ..core import check_choice, check_value_on_device
+from ..nn.quant_linear import QuantLinear
+from ..nn.sefp_linear import SEFPLinear
 from . import gather_lm_head, scatter_to_full
+from .ref import apply_cap
 from .embedding import OffloadedEmbedding
 from .vocab_set import RequestVocab, VocabSet
 
@@ -94,7 +106,15 @@ class TailoredHead(nn.Module):
 
     Attributes
     ----------
-    weight, bias : the original head's Parameters (in place; not registered with ``compact_head``)
+    weight, bias : the original head's Parameters (in place; not registered with ``compact_head``); absent for a
+        quantized head
+    quantized : bool, the original head is a :class:`leankern.nn.QuantLinear` (MX/NV block-quantized) or a
+        :class:`leankern.nn.SEFPLinear`, kept unregistered as ``qlinear``: at each prefill the request's K rows are
+        read out of it (``select_rows``: a few bytes per weight; any MX layout; every SEFP plane) and every call
+        multiplies them as the full head does: :func:`leankern.mx.linear` with the head's ``act_fmt`` and rotation
+        (rows prepacked on CPU), or :func:`leankern.sefp.linear` at the head's current width (``set_precision``
+        keeps working). The K rows stay on the compute device for the request (K/V of the head's bytes); with
+        ``compact_head`` the full quantized head is moved to host memory like a plain one
     request : RequestVocab or None, the current request's set (CPU ids)
     vocab_ids : int32 ``[K]`` on the compute device, sorted global ids of the current request
     request_device : RequestVocab or None, compact mode: ``request`` over ``vocab_ids`` (the same device tensor),
@@ -111,7 +131,10 @@ class TailoredHead(nn.Module):
         self.V, self.in_features = (int(s) for s in linear.weight.shape)
         self.vocab_set, self.soft_cap, self.full_logits = vocab_set, soft_cap, bool(full_logits)
         self.compact, self.include_specials, self.device = bool(compact), include_specials, torch.device(device)
-        if self.compact:  # plain attributes: model.to(...) must not pull the full table back onto the device
+        self.quantized = isinstance(linear, (QuantLinear, SEFPLinear))
+        if self.quantized:  # plain attributes: the rows are read once per request from wherever the module is
+            self.__dict__["qlinear"] = linear
+        elif self.compact:  # plain attributes: model.to(...) must not pull the full table back onto the device
             self.__dict__["weight"], self.__dict__["bias"] = linear.weight, linear.bias
         else:  # the same Parameter objects: state_dict keys and tying stay as they were
             self.weight, self.bias = linear.weight, linear.bias
@@ -129,7 +152,15 @@ class TailoredHead(nn.Module):
             raise ValueError("vocab_set: the request's vocabulary is empty (no static ids, specials or prompt ids)")
         self.request = req
         self.vocab_ids = req.vocab_ids.to(self.device)  # [K] int32
-        if self.compact:  # the K rows this request can emit, copied once onto the compute device
+        if self.quantized:  # the K rows' codes and scales (or planes and exponents), once per request
+            q = self.qlinear
+            gids = req.vocab_ids.to(_held_device(q), torch.int64)
+            rows = q.weight.select_rows(gids).to(self.device)  # MXTensor (row-major) / SEFPTensor [K, H]
+            if isinstance(q, QuantLinear) and self.device.type == "cpu":
+                rows = rows.prepacked()  # the CPU kernels' fast layout
+            self._rows = rows
+            self._bias_rows = None if q.bias is None else q.bias.detach()[gids].to(self.device)
+        elif self.compact:  # the K rows this request can emit, copied once onto the compute device
             gids = req.vocab_ids.to(self.weight.device, torch.int64)
             self._rows = self.weight.detach().index_select(0, gids).to(self.device)  # [K, H]
             self._bias_rows = None if self.bias is None else self.bias.detach()[gids].to(self.device)
@@ -141,22 +172,52 @@ class TailoredHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.request is None:  # head called without a prefill through the model (e.g. lm_head(h) by hand)
             self.set_request(None)
-        if self.compact:
-            w, ids, bias = self._rows, self._local_ids, self._bias_rows
+        if self.quantized:
+            logits = self._quantized_logits(hidden)
         else:
-            if self.vocab_ids.device != self.weight.device:  # model.to(...) after tailor: follow the weight
-                self.device, self.vocab_ids = self.weight.device, self.vocab_ids.to(self.weight.device)
-            w, ids, bias = self.weight, self.vocab_ids, self.bias
-        logits = gather_lm_head(hidden, w, ids, bias=bias, soft_cap=self.soft_cap, out_dtype=hidden.dtype)  # [..., K]
+            logits = self._plain_logits(hidden)
         if not self.full_logits:
             return logits
         lead, K = logits.shape[:-1], logits.shape[-1]
         full = scatter_to_full(logits.reshape(-1, K), self.vocab_ids, self.V)  # [N, V], -inf outside the set
         return full.reshape(*lead, self.V)
 
+    @property
+    def wrapped_layer(self) -> Optional[nn.Module]:
+        """The quantized head this one reads (``QuantLinear`` / ``SEFPLinear``), else None: what
+        :func:`leankern.set_precision` switches under this module's name."""
+        return self.__dict__.get("qlinear")
+
+    def _quantized_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., K]`` in hidden's dtype: the QuantLinear's own product (its bias handling) over the K rows, then
+        the cap in fp32."""
+        bias = self._bias_rows
+        if bias is not None and bias.dtype != hidden.dtype and bias.dtype != torch.float32:
+            bias = bias.to(hidden.dtype)  # as QuantLinear.forward does
+        q = self.qlinear
+        if isinstance(q, QuantLinear):
+            z = mx.linear(hidden, self._rows, bias, act_fmt=q.act_fmt)  # [..., K]
+        else:
+            z = sefp.linear(hidden, self._rows, q.m, bias)  # [..., K], at the head's current width
+        return z if self.soft_cap is None else apply_cap(z.float(), self.soft_cap, 1.0).to(hidden.dtype)
+
+    def _plain_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.compact:
+            w, ids, bias = self._rows, self._local_ids, self._bias_rows
+        else:
+            if self.vocab_ids.device != self.weight.device:  # model.to(...) after tailor: follow the weight
+                self.device, self.vocab_ids = self.weight.device, self.vocab_ids.to(self.weight.device)
+            w, ids, bias = self.weight, self.vocab_ids, self.bias
+        return gather_lm_head(hidden, w, ids, bias=bias, soft_cap=self.soft_cap, out_dtype=hidden.dtype)  # [..., K]
+
     def resident_tensors(self) -> list:
         """Tensors this head keeps on the compute device between calls (the in-place weight, or the K rows)."""
-        if self.compact:
+        if self.quantized:  # the K rows, plus the full quantized head unless compact (then host memory by convention)
+            q = self.qlinear
+            ts = [] if self._rows is None else [*_held_tensors(self._rows), self._bias_rows]
+            if not self.compact:
+                ts += [*_held_tensors(q.weight), q.bias]
+        elif self.compact:
             ts = [self._rows, self._bias_rows]
         else:
             ts = [self.weight, self.bias]
@@ -166,6 +227,15 @@ class TailoredHead(nn.Module):
         K = None if self.request is None else len(self.request)
         return (f"V={self.V}, H={self.in_features}, K={K}, static={len(self.vocab_set)}, soft_cap={self.soft_cap}, "
                 f"full_logits={self.full_logits}, compact={self.compact}")
+
+
+def _held_tensors(w) -> tuple:
+    """The tensors of an MXTensor (codes, scales) or an SEFPTensor (planes, exponents)."""
+    return (w.codes, w.scales) if isinstance(w, mx.MXTensor) else (w.planes, w.exponents)
+
+
+def _held_device(q) -> torch.device:
+    return q.codes.device if isinstance(q, QuantLinear) else q.planes.device
 
 
 def _kept_prompt_ids(prompt_ids, attention_mask) -> torch.Tensor:
@@ -367,9 +437,9 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
 
     Parameters
     ----------
-    model : a ``*ForCausalLM`` whose ``get_output_embeddings()`` is an ``nn.Linear`` ``[V, H]`` (a quantized head,
-        ``QuantLinear`` / ``SEFPLinear``, is not taken: ``leankern.quantize_model`` keeps the LM head unquantized
-        unless asked; the ops themselves take an ``MXTensor`` head, see :func:`gather_lm_head`)
+    model : a ``*ForCausalLM`` whose ``get_output_embeddings()`` is an ``nn.Linear`` ``[V, H]``, an MX/NV
+        :class:`leankern.nn.QuantLinear` or an :class:`leankern.nn.SEFPLinear` (``quantize_model(...,
+        include_lm_head=True)``: the request's rows are read out of it once per request, see :class:`TailoredHead`)
     vocab_set : VocabSet, the static task vocabulary (+ its special ids)
     offload_embedding : keep the input embedding's table in host memory (:class:`OffloadedEmbedding`)
     full_logits : return ``[.., V]`` rows with -inf outside the set (default; needed by ``generate``),
@@ -389,17 +459,22 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
     linear = model.get_output_embeddings()
     if isinstance(linear, TailoredHead):
         raise ValueError("model: already tailored; call untailor(model) first")
-    if not isinstance(linear, nn.Linear):
-        raise TypeError(f"model.get_output_embeddings(): expected an nn.Linear head, got {type(linear).__name__}")
+    quantized = isinstance(linear, (QuantLinear, SEFPLinear))
+    if not (quantized or isinstance(linear, nn.Linear)):
+        raise TypeError("model.get_output_embeddings(): expected an nn.Linear, a leankern QuantLinear or SEFPLinear "
+                        f"head, got {type(linear).__name__}")
     before = vocab_bytes(model)
     emb = model.get_input_embeddings()
-    device = linear.weight.device
-    tied = isinstance(emb, nn.Embedding) and emb.weight.data_ptr() == linear.weight.data_ptr()
+    device = _held_device(linear) if quantized else linear.weight.device
+    tied = not quantized and isinstance(emb, nn.Embedding) and emb.weight.data_ptr() == linear.weight.data_ptr()
     cfgs, cap = _softcap_configs(model)
     moved_from = None
     if compact_head and device.type != "cpu" and (not tied or offload_embedding):
         moved_from = device  # nothing else on the device reads the full table: move it to host memory
-        linear.weight.data = linear.weight.data.to("cpu")
+        if quantized:
+            linear.to("cpu")
+        else:
+            linear.weight.data = linear.weight.data.to("cpu")
     head = TailoredHead(linear, vocab_set, soft_cap=cap, full_logits=full_logits, compact=compact_head, device=device,
                         include_specials=include_specials)
     emb_device = emb.weight.device if moved_from is None or not tied else moved_from
@@ -433,7 +508,10 @@ def untailor(model):
     for h in st.hooks:
         h.remove()
     if st.moved_from is not None:
-        st.head.weight.data = st.head.weight.data.to(st.moved_from)
+        if isinstance(st.head, (QuantLinear, SEFPLinear)):
+            st.head.to(st.moved_from)
+        else:
+            st.head.weight.data = st.head.weight.data.to(st.moved_from)
     if st.embedding is not None:
         model.set_input_embeddings(st.embedding)
     model.set_output_embeddings(st.head)
@@ -451,7 +529,7 @@ def _current_bytes(model) -> dict:
     """Bytes of the input embedding and the head kept on the compute device (shared storage counted once in
     ``total``), and the offloaded tables' bytes in host memory / files (``host``)."""
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    device = head.device if isinstance(head, TailoredHead) else head.weight.device
+    device = head.device if isinstance(head, TailoredHead) else head.weight.device  # (an MXTensor has .device)
     parts = {"embedding": [], "head": []}
     host = {}
     if isinstance(emb, OffloadedEmbedding):  # what the module reports: 0 on the device, its table on the host
@@ -461,10 +539,15 @@ def _current_bytes(model) -> dict:
         parts["embedding"].append((("t", emb.weight.data_ptr()), _nbytes(emb.weight)))
     if isinstance(head, TailoredHead):
         ts = head.resident_tensors()
-        if head.compact:  # the full table is host memory by the same convention as OffloadedEmbedding's
+        if head.quantized and head.compact:  # the QuantLinear's buffers: host memory, as the plain compact head's table
+            q = head.qlinear
+            host.update({("t", t.data_ptr()): _nbytes(t) for t in (*_held_tensors(q.weight), q.bias) if t is not None})
+        elif head.compact:  # the full table is host memory by the same convention as OffloadedEmbedding's
             host[("t", head.weight.data_ptr())] = _nbytes(head.weight)
     else:
-        ts = [t for t in (head.weight, head.bias) if t is not None and t.device == device]
+        held = ((*_held_tensors(head.weight), head.bias) if isinstance(head, (QuantLinear, SEFPLinear))
+                else (head.weight, head.bias))
+        ts = [t for t in held if t is not None and t.device == device]
     parts["head"] += [(("t", t.data_ptr()), _nbytes(t)) for t in ts]
     unique = dict(kv for p in parts.values() for kv in p)
     return {"device": str(device), "embedding": sum(b for _, b in parts["embedding"]),

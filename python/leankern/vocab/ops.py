@@ -81,9 +81,6 @@ def _check_head(op, backend, hidden, weight, vocab_ids, bias, soft_cap, scale) -
         raise ValueError(f"weight: expected shape [V, H={H}] (H from hidden), got {tuple(weight.shape)}")
     if weight.shape[0] < 1:
         raise ValueError("weight: expected at least one vocabulary row, got V = 0")
-    if mx and (weight.layout != "row_major" or weight.scale_layout != "row_major"):
-        raise ValueError("weight: an MXTensor head must be in the row-major layout with row-major scales (not prepacked "
-                         f"/ swizzled), got layout={weight.layout!r}, scale_layout={weight.scale_layout!r}")
     if not mx and H > 1 and weight.stride(1) != 1:
         # Why not .contiguous(): that would silently copy the whole [V, H] head on every call
         raise ValueError(f"weight: expected rows contiguous in memory (stride(1) == 1), got strides {weight.stride()}")
