@@ -360,6 +360,22 @@ def test_experts_matches_reference(isa, T, wdt, hdt):
     check_experts(args, kw)
 
 
+# moe_set_gemv_tokens (a tuning hook): raising the GEMV path's token limit moves experts of 9..32 tokens whose rows
+# are too long for the 512 KB rule from the GEMM path to the GEMV path; both stay within the bound, and the hook
+# returns the previous limit.
+def test_experts_gemv_token_limit_hook(isa):
+    args, kw = make_experts(72, 3, 4104, 40, 2, torch.bfloat16, torch.bfloat16, seed=11)  # ~48 tokens per expert
+    assert prefill_experts(args[3], 4104, 40) == 3
+    check_experts(args, kw)
+    was = EXT.moe_set_gemv_tokens(64)
+    try:
+        assert was == GEMV_MIN_TOKENS and EXT.moe_set_gemv_tokens(64) == 64
+        check_experts(args, kw)
+    finally:
+        EXT.moe_set_gemv_tokens(was)
+    assert EXT.moe_set_gemv_tokens(was) == was
+
+
 # bf16 hidden and bf16 weights on the GEMM path: under avx512bf16 the gate/up GEMMs (routed and shared) take bf16
 # dot products (csrc/common/bf16_gemm.h). 2I = 80 and Is = 24 rows (partial 16-row tiles), ~400 tokens per expert
 # (partial 24-row groups), odd H (the last pair alone).

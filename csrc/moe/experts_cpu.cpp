@@ -52,9 +52,11 @@ namespace {
 // GEMV path for an expert with n kept tokens when n <= kDecodeMinTokens or its n fp32 input rows fit in
 // kDecodeInputBytes (half of a Zen 2 L2: the tile kernel re-reads them for every row quad). Measured on Zen 2
 // (H = 2048, I = 768, bf16): the GEMV path is 2.5x faster than convert + fp32 GEMM at n = 16, equal at n = 64.
-constexpr int64_t kDecodeMinTokens = 8;
+std::atomic<int64_t> g_decode_min_tokens{8};  // kDecodeMinTokens; moe_set_gemv_tokens (a tuning hook)
 constexpr int64_t kDecodeInputBytes = 512 << 10;
-inline bool use_gemv(int64_t n, int64_t C) { return n <= kDecodeMinTokens || n * C * 4 <= kDecodeInputBytes; }
+inline bool use_gemv(int64_t n, int64_t C) {
+  return n <= g_decode_min_tokens.load(std::memory_order_relaxed) || n * C * 4 <= kDecodeInputBytes;
+}
 constexpr int64_t kRowBlock = 64;         // rows of a projection per task (a multiple of every ISA's column strip)
 constexpr int64_t kPanelBytes = 16 << 20;  // fp32 panel of converted weights in the prefill path
 
@@ -651,7 +653,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
     else pre.push_back(e);
   }
   if ((int64_t)small.size() < kSmallMinExpertsPerThread * at::get_num_threads()) {  // too few to share out evenly
-    for (int64_t e : small) (offs[e + 1] - offs[e] <= kDecodeMinTokens ? dec : pre).push_back(e);
+    for (int64_t e : small) (offs[e + 1] - offs[e] <= g_decode_min_tokens.load() ? dec : pre).push_back(e);
     small.clear();
     std::sort(dec.begin(), dec.end());
     std::sort(pre.begin(), pre.end());
@@ -738,6 +740,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
 
 bool set_down_split(bool two_parts) { return g_down_parts.exchange(two_parts ? 2 : 1) == 2; }
 bool set_poison_workspaces(bool on) { return g_poison.exchange(on); }
+int64_t set_gemv_tokens(int64_t n) { return g_decode_min_tokens.exchange(std::max<int64_t>(0, n)); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("moe_experts", &moe_experts_cpu); }
 

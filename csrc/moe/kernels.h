@@ -50,6 +50,9 @@ bool set_down_split(bool two_parts);
 // floating-point workspace and its output with NaN when it allocates them, so that a row read before it was written
 // shows as NaN in the result. Returns the previous setting.
 bool set_poison_workspaces(bool on);
+// Tuning hook (leankern._C.moe_set_gemv_tokens): experts with at most n kept tokens take the GEMV path whatever
+// their size (larger ones still do while their fp32 input rows fit 512 KB). Returns the previous n (default 8).
+int64_t set_gemv_tokens(int64_t n);
 
 const MoeKernels& scalar_kernels();
 const MoeKernels& avx2_kernels();
