@@ -193,6 +193,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_set_gemv_tokens", &leankern::moe::set_gemv_tokens, py::arg("n"),
         "Tuning hook: moe_experts on CPU runs an expert with at most n kept tokens on the GEMV path (each weight row "
         "streamed once for its tokens), whatever its size; returns the previous n.");
+  m.def("moe_set_gemv_input_bytes", &leankern::moe::set_gemv_input_bytes, py::arg("nbytes"),
+        "Tuning hook: moe_experts on CPU also runs an expert on the GEMV path while its tokens' fp32 input rows "
+        "(n x max(H, I) x 4 bytes) fit nbytes (default 512 KB); returns the previous value.");
   m.def("moe_set_down_split", &leankern::moe::set_down_split, py::arg("on"),
         "moe_experts on the avx512bf16 ISA (AMX or not): the down projection of bf16 w2 carries the fp32 "
         "activation as bf16(a) (False, the default: as a bf16 model holds it; GEMM and GEMV paths) or, True, as "

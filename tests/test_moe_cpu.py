@@ -360,20 +360,24 @@ def test_experts_matches_reference(isa, T, wdt, hdt):
     check_experts(args, kw)
 
 
-# moe_set_gemv_tokens (a tuning hook): raising the GEMV path's token limit moves experts of 9..32 tokens whose rows
-# are too long for the 512 KB rule from the GEMM path to the GEMV path; both stay within the bound, and the hook
-# returns the previous limit.
-def test_experts_gemv_token_limit_hook(isa):
-    args, kw = make_experts(72, 3, 4104, 40, 2, torch.bfloat16, torch.bfloat16, seed=11)  # ~48 tokens per expert
-    assert prefill_experts(args[3], 4104, 40) == 3
+# moe_set_gemv_tokens / moe_set_gemv_input_bytes (tuning hooks): raising the GEMV path's token limit moves experts
+# of more than 8 tokens whose rows are too long for the 512 KB rule from the GEMM path to the GEMV path, lowering the bytes
+# moves short-row experts the other way; every path stays within the bound, and the hooks return the previous value.
+@pytest.mark.parametrize("hook,value,default,T,E,H,prefill", [
+    ("moe_set_gemv_tokens", 64, GEMV_MIN_TOKENS, 72, 3, 4104, 3),  # ~48 tokens per expert, 16 KB rows: GEMM -> GEMV
+    ("moe_set_gemv_input_bytes", 0, GEMV_INPUT_BYTES, 40, 4, 520, 0),  # ~20 tokens, 2 KB rows: GEMV -> GEMM
+], ids=["tokens", "input_bytes"])
+def test_experts_gemv_path_hooks(isa, hook, value, default, T, E, H, prefill):
+    args, kw = make_experts(T, E, H, 40, 2, torch.bfloat16, torch.bfloat16, seed=T)
+    assert prefill_experts(args[3], H, 40) == prefill
     check_experts(args, kw)
-    was = EXT.moe_set_gemv_tokens(64)
+    set_ = getattr(EXT, hook)
+    was = set_(value)
     try:
-        assert was == GEMV_MIN_TOKENS and EXT.moe_set_gemv_tokens(64) == 64
+        assert was == default and set_(value) == value
         check_experts(args, kw)
     finally:
-        EXT.moe_set_gemv_tokens(was)
-    assert EXT.moe_set_gemv_tokens(was) == was
+        set_(was)
 
 
 # bf16 hidden and bf16 weights on the GEMM path: under avx512bf16 the gate/up GEMMs (routed and shared) take bf16

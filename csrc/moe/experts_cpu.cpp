@@ -53,9 +53,10 @@ namespace {
 // kDecodeInputBytes (half of a Zen 2 L2: the tile kernel re-reads them for every row quad). Measured on Zen 2
 // (H = 2048, I = 768, bf16): the GEMV path is 2.5x faster than convert + fp32 GEMM at n = 16, equal at n = 64.
 std::atomic<int64_t> g_decode_min_tokens{8};  // kDecodeMinTokens; moe_set_gemv_tokens (a tuning hook)
-constexpr int64_t kDecodeInputBytes = 512 << 10;
+std::atomic<int64_t> g_decode_input_bytes{512 << 10};  // kDecodeInputBytes; moe_set_gemv_input_bytes
 inline bool use_gemv(int64_t n, int64_t C) {
-  return n <= g_decode_min_tokens.load(std::memory_order_relaxed) || n * C * 4 <= kDecodeInputBytes;
+  return n <= g_decode_min_tokens.load(std::memory_order_relaxed) ||
+         n * C * 4 <= g_decode_input_bytes.load(std::memory_order_relaxed);
 }
 constexpr int64_t kRowBlock = 64;         // rows of a projection per task (a multiple of every ISA's column strip)
 constexpr int64_t kPanelBytes = 16 << 20;  // fp32 panel of converted weights in the prefill path
@@ -741,6 +742,7 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
 bool set_down_split(bool two_parts) { return g_down_parts.exchange(two_parts ? 2 : 1) == 2; }
 bool set_poison_workspaces(bool on) { return g_poison.exchange(on); }
 int64_t set_gemv_tokens(int64_t n) { return g_decode_min_tokens.exchange(std::max<int64_t>(0, n)); }
+int64_t set_gemv_input_bytes(int64_t b) { return g_decode_input_bytes.exchange(std::max<int64_t>(0, b)); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("moe_experts", &moe_experts_cpu); }
 
