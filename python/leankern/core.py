@@ -102,6 +102,15 @@ def check_ids_in_range(ids: torch.Tensor, lo: int, hi: int | None, expected: str
     check_value_on_device(mn >= lo if hi is None else (mn >= lo) & (mx < hi), f"{expected}, got an id outside it")
 
 
+def check_row_ids(ids, n_rows: int, device: torch.device) -> None:
+    """``ids`` is an int32 / int64 ``[R]`` tensor on ``device`` with every id in ``[0, n_rows)``: the checks of
+    ``MXTensor.select_rows`` / ``SEFPTensor.select_rows``, before any row is read."""
+    check_tensor("ids", ids, (torch.int32, torch.int64), device=device, device_of="the weight")
+    if ids.dim() != 1:
+        raise ValueError(f"ids: expected shape [R], got {tuple(ids.shape)}")
+    check_ids_in_range(ids, 0, n_rows, f"ids: expected row ids in [0, N={n_rows})")
+
+
 def check_value_on_device(ok: torch.Tensor, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``ok``; on a GPU an async device assert (no host sync); nothing on meta.
 

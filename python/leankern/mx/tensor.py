@@ -113,14 +113,11 @@ class MXTensor:
         ``ids``: an int32 / int64 ``[R]`` tensor on this tensor's device, every id in ``[0, N)`` (checked, before any
         read); duplicates allowed, order kept. Rotation, per-tensor scale and metadata carry over.
         """
-        from ..core import check_ids_in_range, check_tensor
+        from ..core import check_row_ids
 
         if len(self.shape) != 2:
             raise ValueError(f"weight: expected a 2-D [N, K] MXTensor to select rows of, got shape {self.shape}")
-        check_tensor("ids", ids, (torch.int32, torch.int64), device=self.device, device_of="the weight")
-        if ids.dim() != 1:
-            raise ValueError(f"ids: expected shape [R], got {tuple(ids.shape)}")
-        check_ids_in_range(ids, 0, self.shape[0], f"ids: expected row ids in [0, N={self.shape[0]})")
+        check_row_ids(ids, self.shape[0], self.device)
         return self._take_rows(ids.long())
 
     def _take_rows(self, idx: torch.Tensor) -> "MXTensor":
@@ -132,7 +129,8 @@ class MXTensor:
 
             tile, lane = idx // TILE_ROWS, idx % TILE_ROWS
             body = self.codes[:, :, TILE_ROWS:].unflatten(-1, (-1, TILE_ROWS))  # [T, nb, cb, 16] (a view)
-            codes = body[tile, :, :, lane].reshape(R, body.shape[1] * body.shape[2]).view(f.code_dtype)  # [R, nb, cb] -> [R, K or K / 2]
+            cb = body.shape[2]
+            codes = body[tile, :, :, lane].reshape(R, nb * cb).view(f.code_dtype)  # [R, nb, cb] -> [R, K or K / 2]
             scales = self.codes[tile, :, lane].reshape(R, nb).view(f.scale_dtype)  # scale bytes lead each unit
         else:
             codes, scales = self.codes[idx], self.row_major_scales()[idx]

@@ -112,12 +112,9 @@ class SEFPTensor:
         """Rows ``ids`` of this ``[N, K]`` weight as a new SEFPTensor ``[len(ids), K]`` with every plane held (so
         any width stays readable). ``ids``: an int32 / int64 ``[R]`` tensor on this tensor's device, every id in
         ``[0, N)`` (checked, before any read); duplicates allowed, order kept."""
-        from ..core import check_ids_in_range, check_tensor
+        from ..core import check_row_ids
 
-        check_tensor("ids", ids, (torch.int32, torch.int64), device=self.device, device_of="the weight")
-        if ids.dim() != 1:
-            raise ValueError(f"ids: expected shape [R], got {tuple(ids.shape)}")
-        check_ids_in_range(ids, 0, self.shape[0], f"ids: expected row ids in [0, N={self.shape[0]})")
+        check_row_ids(ids, self.shape[0], self.device)
         idx = ids.long()
         return SEFPTensor(self.planes[:, idx], self.exponents[idx], (idx.numel(), self.shape[1]), self.dtype,
                           self.block_size)

@@ -154,7 +154,7 @@ class TailoredHead(nn.Module):
         self.vocab_ids = req.vocab_ids.to(self.device)  # [K] int32
         if self.quantized:  # the K rows' codes and scales (or planes and exponents), once per request
             q = self.qlinear
-            gids = req.vocab_ids.to(_held_device(q), torch.int64)
+            gids = req.vocab_ids.to(q.weight.device, torch.int64)
             rows = q.weight.select_rows(gids).to(self.device)  # MXTensor (row-major) / SEFPTensor [K, H]
             if isinstance(q, QuantLinear) and self.device.type == "cpu":
                 rows = rows.prepacked()  # the CPU kernels' fast layout
@@ -232,10 +232,6 @@ class TailoredHead(nn.Module):
 def _held_tensors(w) -> tuple:
     """The tensors of an MXTensor (codes, scales) or an SEFPTensor (planes, exponents)."""
     return (w.codes, w.scales) if isinstance(w, mx.MXTensor) else (w.planes, w.exponents)
-
-
-def _held_device(q) -> torch.device:
-    return q.codes.device if isinstance(q, QuantLinear) else q.planes.device
 
 
 def _kept_prompt_ids(prompt_ids, attention_mask) -> torch.Tensor:
@@ -465,7 +461,7 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
                         f"head, got {type(linear).__name__}")
     before = vocab_bytes(model)
     emb = model.get_input_embeddings()
-    device = _held_device(linear) if quantized else linear.weight.device
+    device = linear.weight.device  # (an MXTensor / SEFPTensor has .device too)
     tied = not quantized and isinstance(emb, nn.Embedding) and emb.weight.data_ptr() == linear.weight.data_ptr()
     cfgs, cap = _softcap_configs(model)
     moved_from = None
