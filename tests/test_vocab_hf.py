@@ -542,6 +542,28 @@ def test_sefp_head_is_tailored_and_follows_set_precision():
     assert isinstance(model.get_output_embeddings(), leankern.SEFPLinear)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh runs the ids naming cuda)")
+@pytest.mark.parametrize("compact", [False, True])
+def test_quantized_head_tailored_on_cuda(compact):
+    """On a GPU the quantized head is row-major and multiplied by the Triton kernels; compact_head moves the full
+    quantized head to host memory and back on untailor. Another N may split K otherwise there: in-set logits within
+    fp32 summation noise of the full head's, greedy unchanged."""
+    qfull = _quantized(_build("llama")).to("cuda")
+    ids = _prompt(L=9, seed=15).cuda()
+    ref_g = _greedy(qfull, ids)
+    model = _tailored(qfull, _vocab(ref_g[0].tolist() + _random_ids(100)), compact_head=compact)
+    q = model.get_output_embeddings().wrapped_layer
+    assert q.codes.device.type == ("cpu" if compact else "cuda")
+    assert torch.equal(_greedy(model, ids), ref_g)
+    with torch.inference_mode():
+        ref, got = qfull(ids).logits, model(ids).logits
+    vocab_ids = request_vocab(model).vocab_ids.long().cuda()
+    torch.testing.assert_close(got[..., vocab_ids], ref[..., vocab_ids], rtol=1e-5, atol=1e-5)
+    assert vocab_bytes(model)["head"] > 0
+    untailor(model)
+    assert model.get_output_embeddings().codes.device.type == "cuda"
+
+
 def test_other_heads_are_refused():
     model = copy.deepcopy(_build("llama"))
     model.set_output_embeddings(torch.nn.Identity())
