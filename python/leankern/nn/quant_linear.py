@@ -23,6 +23,13 @@ __all__ = ["QuantLinear"]
 _LAYOUTS = ("prepacked16", "row_major")
 
 
+def bias_for(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """The bias as the quantized linears pass it on: fp32 or x's dtype as it is, any other dtype cast to x's."""
+    if bias is not None and bias.dtype != x.dtype and bias.dtype != torch.float32:
+        return bias.to(x.dtype)
+    return bias
+
+
 def _check_config(in_features, out_features, fmt, block_size, act_fmt, rotate) -> tuple[str, int, str | None]:
     """Validate the constructor arguments; returns (fmt name, block size, act_fmt name)."""
     for name, v in (("in_features", in_features), ("out_features", out_features)):
@@ -202,10 +209,12 @@ class QuantLinear(nn.Module):
                         layout=self.layout, rotation=self.rotation, _trusted=True)  # its own buffers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias
-        if bias is not None and bias.dtype != x.dtype and bias.dtype != torch.float32:
-            bias = bias.to(x.dtype)
-        return mx.linear(x, self.weight, bias, act_fmt=self.act_fmt)
+        return self.linear_with(x, self.weight, self.bias)
+
+    def linear_with(self, x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's product (its ``act_fmt``, its bias handling) with another weight of its kind, e.g. some of
+        its rows (``weight.select_rows``: leankern.vocab.tailor's head)."""
+        return mx.linear(x, weight, bias_for(bias, x), act_fmt=self.act_fmt)
 
     @property
     def nbytes(self) -> int:

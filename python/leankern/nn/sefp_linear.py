@@ -22,7 +22,7 @@ from torch import nn
 from .. import sefp
 from ..sefp.ref import BLOCK_SIZES, MAX_M, WORD, padded_k
 from ..sefp.tensor import SEFPTensor
-from .quant_linear import meta_mismatch
+from .quant_linear import bias_for, meta_mismatch
 
 __all__ = ["SEFPLinear", "set_precision"]
 
@@ -155,10 +155,12 @@ class SEFPLinear(nn.Module):
                           self.block_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias
-        if bias is not None and bias.dtype != x.dtype and bias.dtype != torch.float32:
-            bias = bias.to(x.dtype)
-        return sefp.linear(x, self.weight, self._m, bias)  # reads planes 0 .. m only
+        return self.linear_with(x, self.weight, self.bias)
+
+    def linear_with(self, x: torch.Tensor, weight: SEFPTensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's product at its current width (reads planes 0 .. m only) with another weight of its kind, e.g.
+        some of its rows (``weight.select_rows``: leankern.vocab.tailor's head)."""
+        return sefp.linear(x, weight, self._m, bias_for(bias, x))
 
     def nbytes(self, m: int | None = None) -> int:
         """Bytes read per forward at width ``m`` (default: the current one): sign + ``m`` mantissa planes,

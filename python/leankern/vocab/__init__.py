@@ -77,6 +77,9 @@ def _mx_logits(hidden, weight, ids, bias, soft_cap, scale):
     from ..mx import linear
 
     ops.check_ids_values(ids, weight.shape[0])
+    if weight.layout == "row_major" and weight.scale_layout != "row_major":  # unswizzled once, not per row set
+        weight = MXTensor(weight.codes, weight.row_major_scales(), weight.global_scale, weight.fmt, weight.block_size,
+                          weight.shape, weight.dtype, weight.scale_mode, rotation=weight.rotation, _trusted=True)
 
     def rows(ids1d):  # the MXTensor of rows ids1d, from any stored layout (padding reads row 0; masked to -inf below)
         return weight._take_rows(ids1d.long().clamp_min(0))

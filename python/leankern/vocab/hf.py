@@ -88,7 +88,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import mx, sefp
+from .. import mx
 from ..core import check_choice, check_value_on_device
 from ..nn.quant_linear import QuantLinear
 from ..nn.sefp_linear import SEFPLinear
@@ -189,16 +189,8 @@ class TailoredHead(nn.Module):
         return self.__dict__.get("qlinear")
 
     def _quantized_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., K]`` in hidden's dtype: the QuantLinear's own product (its bias handling) over the K rows, then
-        the cap in fp32."""
-        bias = self._bias_rows
-        if bias is not None and bias.dtype != hidden.dtype and bias.dtype != torch.float32:
-            bias = bias.to(hidden.dtype)  # as QuantLinear.forward does
-        q = self.qlinear
-        if isinstance(q, QuantLinear):
-            z = mx.linear(hidden, self._rows, bias, act_fmt=q.act_fmt)  # [..., K]
-        else:
-            z = sefp.linear(hidden, self._rows, q.m, bias)  # [..., K], at the head's current width
+        """``[..., K]`` in hidden's dtype: the head's own product over the K rows, then the cap in fp32."""
+        z = self.qlinear.linear_with(hidden, self._rows, self._bias_rows)  # [..., K]
         return z if self.soft_cap is None else apply_cap(z.float(), self.soft_cap, 1.0).to(hidden.dtype)
 
     def _plain_logits(self, hidden: torch.Tensor) -> torch.Tensor:
