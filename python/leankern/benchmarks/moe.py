@@ -76,10 +76,8 @@ def _plan(quick: bool, full: bool):
                 for sh in SHAPES for T in (1, 16, 256, 4096)]
     skips = [("uniform", s) for s in (0.0, 0.5, 0.8, 0.88)] + [("modes", 0.88), ("adversarial", 0.875)]
     plan = [(q, T, skips) for T in (1, 16, 256, 4096)]
-    plan += [(mx, T, [("uniform", 0.0), ("uniform", 0.5), ("adversarial", 0.5)]) for T in ((1, 16, 256, 4096) if full
-                                                                                            else (1, 16, 256))]
-    plan += [(ds, T, [("uniform", 0.0), ("uniform", 0.8), ("modes", 0.88)]) for T in ((1, 16, 256, 4096) if full
-                                                                                       else (1, 16, 256))]
+    plan += [(mx, T, [("uniform", 0.0), ("uniform", 0.5), ("adversarial", 0.5)]) for T in (1, 16, 256)]
+    plan += [(ds, T, [("uniform", 0.0), ("uniform", 0.8), ("modes", 0.88)]) for T in (1, 16, 256)]
     return plan
 
 
