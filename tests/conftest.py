@@ -161,6 +161,13 @@ def op_args(op: str, size: int = 32, dtype: torch.dtype = torch.float32, rows: i
         if op == "sefp_dequantize":
             return (planes, exps, 5, 32, size, dtype)
         return (torch.randn(rows, size, generator=g).to(dtype).to(device), planes, exps, 5, 32, None)
+    if op == "sefp_packed_linear":  # a [3, size] weight's packed copy at m = 5
+        from leankern.sefp.packed import pack_fields
+        from leankern.sefp.ref import quantize_ref
+
+        planes, exps = quantize_ref(torch.randn(3, size, generator=g), 8, 32)
+        return (torch.randn(rows, size, generator=g).to(dtype).to(device), pack_fields(planes, 5).to(device),
+                exps.to(device), 5, 32, None)
     if op.startswith("moe_"):
         return _moe_args(op, size, dtype, rows, g, device)
     raise KeyError(f"tests/conftest.py: no sample arguments for op {op!r}: add them to op_args")
@@ -196,7 +203,7 @@ def with_dtype(op: str, args: tuple, dtype: torch.dtype) -> tuple:
         return args[:5] + (dtype,)
     if op == "sefp_dequantize":
         return args[:5] + (dtype,)
-    if op == "sefp_linear":
+    if op in ("sefp_linear", "sefp_packed_linear"):
         return (args[0].to(dtype),) + args[1:]
     if op in ("moe_skip", "moe_align"):  # no float input of a choosable dtype
         return args
@@ -230,6 +237,12 @@ def assert_matches_reference(op: str, args: tuple, got, want) -> None:
 
         for y in (got[0], want[0]):
             assert_sefp_linear(args, y)
+        return
+    if op == "sefp_packed_linear":
+        from tolerances import assert_sefp_packed_linear
+
+        for y in (got[0], want[0]):
+            assert_sefp_packed_linear(args, y)
         return
     if op not in ("mx_linear", "mx_linear_packed"):
         for g, w in zip(got, want):

@@ -247,10 +247,10 @@ def test_state_dict_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 6, 7])
-def test_packed_copy_is_the_same_weight(m):
+def test_packed_mx_copy_is_the_same_weight(m):
     w = torch.randn(24, 128, generator=torch.Generator().manual_seed(m)) * 0.05
     t = sefp.quantize(w, m_max=8)
-    p = t.packed(m)
+    p = t.packed(m, layout="mx")
     assert p.fmt == ("mxint4" if m <= 3 else "mxint8")
     assert torch.equal(p.dequantize(torch.float32), t.dequantize(m, torch.float32))
     x = torch.randn(2, 128)
@@ -264,7 +264,7 @@ def test_packed_copy_errors():
     with pytest.raises(ValueError, match=r"m: expected m <= 7 for a packed copy"):
         t.packed(8)
     with pytest.raises(ValueError, match=r"packed: expected K a multiple of block_size=32, got K=40"):
-        t.packed(4)
+        t.packed(4, layout="mx")
 
 
 # ----------------------------------------------------------------------------------------- errors

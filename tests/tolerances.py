@@ -287,6 +287,18 @@ def assert_sefp_linear(args: tuple, y) -> None:
     assert_linear_within_bound(y, exact, bound)
 
 
+def assert_sefp_packed_linear(args: tuple, y) -> None:
+    """As :func:`assert_sefp_linear` for ``sefp_packed_linear(*args)`` (the packed copy's weight is the planes' at m,
+    exact in fp32)."""
+    from leankern.sefp.packed import packed_values
+
+    x, codes, exponents, m, block_size, bias = args
+    w_hat = packed_values(codes, exponents, m, block_size)[:, : x.shape[-1]].float()
+    exact, bound = linear_error_bound(x.float().reshape(-1, x.shape[-1]), w_hat, bias, x.dtype)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
+    assert_linear_within_bound(y, exact, bound)
+
+
 # --------------------------------------------------------------------------------------------- moe
 def _act64(gu, activation, interleaved, alpha, limit):
     """fp64 activation and per-element slopes (|d act / d gate|, |d act / d up|) bounds."""

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <optional>
 
@@ -18,6 +20,22 @@ inline void check_float(const char* name, const at::Tensor& t) {
 }
 
 inline int dtype_code(at::ScalarType st) { return st == at::kFloat ? kF32 : st == at::kBFloat16 ? kBF16 : kF16; }
+
+// Element i of a float buffer of dtype code dt as fp32, and back (RNE, as Tensor.to).
+inline float load_f32(const void* p, int dt, int64_t i) {
+  if (dt == kF32) return static_cast<const float*>(p)[i];
+  if (dt == kBF16) return static_cast<float>(static_cast<const c10::BFloat16*>(p)[i]);
+  return static_cast<float>(static_cast<const c10::Half*>(p)[i]);
+}
+
+inline void store_from_f32(void* p, int dt, int64_t i, float v) {  // RNE, as Tensor.to
+  if (dt == kF32)
+    static_cast<float*>(p)[i] = v;
+  else if (dt == kBF16)
+    static_cast<c10::BFloat16*>(p)[i] = c10::BFloat16(v);
+  else
+    static_cast<c10::Half*>(p)[i] = c10::Half(v);
+}
 
 // ops._check_int
 inline void check_int(const char* name, int64_t v, int64_t lo, int64_t hi) {

@@ -49,21 +49,6 @@ constexpr int64_t kPanelBytesBf16 = 4 << 20;  // bf16 panels (decode_bf16): ~4 M
 // Rows per parallel task for ~`work` element-operations each (at least one row).
 int64_t rows_per_task(int64_t per_row, int64_t work) { return std::max<int64_t>(1, work / std::max<int64_t>(1, per_row)); }
 
-inline float load_f32(const void* p, int dt, int64_t i) {
-  if (dt == kF32) return static_cast<const float*>(p)[i];
-  if (dt == kBF16) return static_cast<float>(static_cast<const c10::BFloat16*>(p)[i]);
-  return static_cast<float>(static_cast<const c10::Half*>(p)[i]);
-}
-
-inline void store_from_f32(void* p, int dt, int64_t i, float v) {  // RNE, as Tensor.to
-  if (dt == kF32)
-    static_cast<float*>(p)[i] = v;
-  else if (dt == kBF16)
-    static_cast<c10::BFloat16*>(p)[i] = c10::BFloat16(v);
-  else
-    static_cast<c10::Half*>(p)[i] = c10::Half(v);
-}
-
 Planes make_planes(const at::Tensor& planes, const at::Tensor& exponents, int64_t m, int64_t block_size) {
   Planes P;
   P.data = reinterpret_cast<const uint32_t*>(planes.data_ptr<int32_t>());

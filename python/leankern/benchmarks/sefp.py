@@ -11,8 +11,10 @@ bf16 baseline of a shape are timed in turn within each of 2 x repeats + 1 rounds
 (``rd GB/s``, the denominator of these rows' %rd) just before and after them (the mean).
 Baselines: ``bf16`` = torch ``F.linear`` on the bf16 weight (2 bytes per weight), ``deq+lin`` =
 ``sefp.dequantize(m, bf16)`` then ``F.linear`` (what a user without the kernel would do), and for
-m <= 7 ``packed`` = the single-width packed copy (``SEFPTensor.packed(m)``, an mxint8 / mxint4
-MXTensor) through ``leankern.mx.linear``. M = 16 (a small batch, or a speculative verification
+m <= 7 the single-width packed copies: ``pk`` = ``SEFPTensor.packed(m)`` (sign + m bits per weight contiguous,
+the same bytes as the planes at m; timed in the same rounds, ``pk %rd`` of the same read bandwidth) through
+``sefp.linear``, and ``mx pk`` = ``packed(m, layout="mx")`` (an mxint8 / mxint4 MXTensor) through
+``leankern.mx.linear``. M = 16 (a small batch, or a speculative verification
 step): the fused path, GB/s of the planes read. Prefill (M = 512): ``x bf16`` = torch bf16 ``F.linear``
 time / ours (target >= 0.7).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..sefp.packed import SEFPPacked
 from ..sefp.tensor import SEFPTensor
 from .harness import (BenchResult, cold_copies, cpu_isa, cpu_model, cycle, format_table, median_us_cold,
                       median_us_cold_interleaved, no_flush, read_buffer, read_gbps, write_csv)
@@ -32,7 +35,8 @@ COLUMNS = [("shape", "W [N, K]", ""), ("M", "M", ""), ("m", "m", ""), ("bits", "
            ("ours_us", "ours us", ".0f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
            ("t_t8", "t/t8", ".2f"), ("rd_gbps", "rd GB/s", ".1f"), ("bf16_us", "bf16 us", ".0f"),
            ("x_bf16", "x bf16", ".2f"),
-           ("deq_us", "deq+lin us", ".0f"), ("x_deq", "x deq", ".2f"), ("packed_us", "packed us", ".0f"),
+           ("deq_us", "deq+lin us", ".0f"), ("x_deq", "x deq", ".2f"), ("pk_us", "pk us", ".0f"),
+           ("pk_frac_rd", "pk %rd", ".0%"), ("packed_us", "mx pk us", ".0f"),
            ("check", "check", "")]
 
 
@@ -73,8 +77,17 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
     # bandwidth (torch.sum over 256 MiB) just before and after them, the mean (harness.read_gbps)
     big = read_buffer()
     bw0 = read_gbps(big)
-    fns = [lambda: F.linear(x1, nw())] + [lambda m=m: sefp.linear(x1, nq(), m) for m in decode_ms]
-    bf16_us, *ours = median_us_cold_interleaved(fns, 2 * repeats + 1, no_flush)
+    pk_ms = [m for m in decode_ms if m <= 7]
+    npks = {}
+    for m in pk_ms:
+        p = wq.packed(m)
+        npks[m] = cycle(cold_copies(lambda p=p: SEFPPacked(p.codes.clone(), p.exponents.clone(), p.m, p.shape, p.dtype,
+                                                          p.block_size), p.nbytes()))
+    fns = ([lambda: F.linear(x1, nw())] + [lambda m=m: sefp.linear(x1, nq(), m) for m in decode_ms]
+           + [lambda m=m: sefp.linear(x1, npks[m]()) for m in pk_ms])
+    bf16_us, *times = median_us_cold_interleaved(fns, 2 * repeats + 1, no_flush)
+    ours, pk_us = times[:len(decode_ms)], dict(zip(pk_ms, times[len(decode_ms):]))
+    del npks
     bw_rd = (bw0 + read_gbps(big)) / 2
     del big
     t8 = None
@@ -91,7 +104,9 @@ def _rows_for_shape(N, K, decode_ms, prefill_ms, bw_rd, repeats):
                                      no_flush)
         r["x_deq"] = r["deq_us"] / r["ours_us"]
         if m <= 7:
-            npk = cold_weights(wq.packed(m))[0]
+            r["pk_us"] = pk_us[m]
+            r["pk_frac_rd"] = (wq.nbytes(m) + 2 * (K + N)) / pk_us[m] / 1e3 / bw_rd
+            npk = cold_weights(wq.packed(m, layout="mx"))[0]
             r["packed_us"] = median_us_cold(lambda: leankern.mx.linear(x1, npk()), repeats, no_flush)
             del npk
         r["check"] = _check(x1, wq, m, sefp.linear(x1, wq, m))
@@ -158,9 +173,13 @@ def tiny_calls(device: str = "cpu") -> list:
     x = torch.randn(1, 64, device=device)
     wq = sefp.quantize(w, m_max=8)
     w4 = wq.dequantize(4, torch.float32)
+    p4 = wq.packed(4)
     return [
         TinyCall("sefp_linear", "1 x 64 @ 64 x 64 at m=4", lambda: torch.ops.leankern.sefp_linear(
             x, wq.planes, wq.exponents, 4, 32, None), "sefp.linear", lambda: sefp.linear(x, wq, 4),
+            "F.linear (dense fp32)", lambda: F.linear(x, w4)),
+        TinyCall("sefp_packed_linear", "1 x 64 @ 64 x 64 packed at m=4", lambda: torch.ops.leankern.sefp_packed_linear(
+            x, p4.codes, p4.exponents, 4, 32, None), "sefp.linear (packed)", lambda: sefp.linear(x, p4),
             "F.linear (dense fp32)", lambda: F.linear(x, w4)),
         TinyCall("sefp_quantize", "64 x 64 fp32", lambda: torch.ops.leankern.sefp_quantize(w, 8, 32),
                  "sefp.quantize", lambda: sefp.quantize(w), "torch.round(w)", lambda: torch.round(w)),

@@ -9,6 +9,8 @@ bit planes (sign, then mantissa bits from the most significant down), so reading
 >>> y8 = leankern.sefp.linear(x, w_q, m=8)                       # 9 bits per weight read
 >>> y4 = leankern.sefp.linear(x, w_q, m=4)                       # the same copy, 5 bits read
 >>> w_q.at(4).dequantize()                                       # the 4-bit weight; at() is a view
+>>> p5 = w_q.packed(5)                                           # optional single-width copy: 6 contiguous bits
+>>> y5 = leankern.sefp.linear(x, p5)                             # per weight, one stream per row
 
 Reference: :mod:`leankern.sefp.ref` (the definition). Ops: :mod:`leankern.sefp.ops`.
 """
@@ -18,10 +20,11 @@ import torch
 
 from ..core import FrozenWeightLinear, needs_input_grad
 from . import ops  # registers torch.ops.leankern.sefp_*
+from .packed import SEFPPacked
 from .ref import BLOCK_SIZES, EMPTY, MAX_M, fake_quant_values
 from .tensor import SEFPTensor
 
-__all__ = ["SEFPTensor", "quantize", "dequantize", "linear", "sefp_fake_quant", "DEFAULT_MENU", "BLOCK_SIZES",
+__all__ = ["SEFPTensor", "SEFPPacked", "quantize", "dequantize", "linear", "sefp_fake_quant", "DEFAULT_MENU", "BLOCK_SIZES",
            "EMPTY", "MAX_M"]
 
 DEFAULT_MENU = (8, 7, 6, 5, 4, 3, 2)  # widths served from one quantization at m_max = 8
@@ -56,34 +59,52 @@ def dequantize(w: SEFPTensor, m: int | None = None, dtype: torch.dtype | None = 
     return w.dequantize(m, dtype)
 
 
-def linear(x: torch.Tensor, w: SEFPTensor, m: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, w: SEFPTensor | SEFPPacked, m: int | None = None,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
     """``y = x @ dequantize(w, m)^T + bias``, weight-only, fp32 accumulation, reading ``1 + m`` planes.
 
     Shape: x ``[..., K]`` (fp32 / bf16 / fp16), bias ``[N]``, y ``[..., N]`` in x's dtype.
 
+    ``w`` an :class:`SEFPTensor` (any width ``m`` up to its planes, default all) or an :class:`SEFPPacked`
+    single-width copy (``w.packed(m)``; ``m`` may be left out or must equal the copy's width): the same product,
+    through ``torch.ops.leankern.sefp_packed_linear``.
+
     Gradients: with grad enabled and ``x`` (or ``bias``) requiring grad, the result has a backward for ``x``
     (``grad_y @ dequantize(w, m)`` in fp32) and ``bias``; the stored weight is frozen (no gradient; to train it,
-    see :func:`sefp_fake_quant`). The raw op ``torch.ops.leankern.sefp_linear`` has no derivative, and takes K
-    from the planes (padded to the block size), so it cannot tell a short ``x`` row from a padded one: this
-    function checks ``x``'s K against ``w.shape``.
+    see :func:`sefp_fake_quant`). The raw ops have no derivative, and take K from the stored width (padded to the
+    block size), so they cannot tell a short ``x`` row from a padded one: this function checks ``x``'s K against
+    ``w.shape``.
     """
-    if not isinstance(w, SEFPTensor):
-        raise TypeError(f"w: expected an SEFPTensor (leankern.sefp.quantize), got {type(w).__name__}")
+    if not isinstance(w, (SEFPTensor, SEFPPacked)):
+        raise TypeError(f"w: expected an SEFPTensor (leankern.sefp.quantize) or an SEFPPacked (SEFPTensor.packed), "
+                        f"got {type(w).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"x: expected shape [..., K={w.shape[1]}] (w.shape[1]), got {tuple(x.shape)}")
     m = w._width(m)
+    if isinstance(w, SEFPPacked):
+        def op(x, b):
+            return torch.ops.leankern.sefp_packed_linear.default(x, w.codes, w.exponents, m, w.block_size, b)
+
+        def weight():
+            return w.dequantize(torch.float32)
+        stored = w.codes
+    else:
+        def op(x, b):
+            return torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, b)
+
+        def weight():
+            return w.dequantize(m, torch.float32)
+        stored = w.planes
     if needs_input_grad(x, bias):
-        return FrozenWeightLinear.apply(
-            x, bias, lambda x, b: torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, b),
-            lambda g: g @ w.dequantize(m, torch.float32))
+        return FrozenWeightLinear.apply(x, bias, op, lambda g: g @ weight())
     try:
-        return torch.ops.leankern.sefp_linear.default(x, w.planes, w.exponents, m, w.block_size, bias)
-    except ValueError:  # the op names its own planes tensor on a device mismatch: name w instead
-        if w.planes.device != x.device:
-            raise ValueError(f"w: expected an SEFPTensor on {x.device} (the device of x), got {w.planes.device}") \
-                from None
+        return op(x, bias)
+    except ValueError:  # the op names its own stored tensor on a device mismatch: name w instead
+        if stored.device != x.device:
+            raise ValueError(f"w: expected an {type(w).__name__} on {x.device} (the device of x), got "
+                             f"{stored.device}") from None
         raise
 
 

@@ -5,6 +5,8 @@ Torch ops (opcheck-clean, ``torch.compile(fullgraph=True)``-traceable):
 * ``sefp_quantize(w [N, K], m_max, block_size) -> (planes int32 [1 + m_max, N, Kw], exponents int8 [N, Kp / G])``
 * ``sefp_dequantize(planes [>= 1 + m, N, Kw], exponents, m, block_size, K, out_dtype) -> [N, K]``
 * ``sefp_linear(x [..., K], planes, exponents, m, block_size, bias [N]?) -> [..., N]`` (x's dtype)
+* ``sefp_packed_linear(x [..., K], codes uint8 [N, Kp (1 + m) / 8], exponents, m, block_size, bias [N]?) -> [..., N]``:
+  the same product over the single-width packed copy (:mod:`leankern.sefp.packed`)
 
 The m-bit ops read only planes ``0 .. m`` (the sign and the first m mantissa planes) and the
 exponents. Kernels: C++ on ``CPU`` (csrc/sefp/), Triton on ``CUDA`` (triton_kernels/sefp.py), the
@@ -16,9 +18,10 @@ import torch
 
 from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_tensor, register_op)
 from . import ref
+from .packed import PACKED_MAX_M, packed_linear_ref
 from .ref import BLOCK_SIZES, MAX_M, WORD, padded_k
 
-__all__ = ["CAPABILITIES", "QUANTIZE", "DEQUANTIZE", "LINEAR", "check_planes"]
+__all__ = ["CAPABILITIES", "QUANTIZE", "DEQUANTIZE", "LINEAR", "PACKED_LINEAR", "check_planes", "check_packed"]
 
 _ANY = ("cpu", "cuda", "meta")
 CAPABILITIES = {
@@ -38,6 +41,12 @@ CAPABILITIES = {
                           "decode: planes expanded in registers, fp32 FMA; prefill: decoded panels + fp32 GEMM"),
         "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, {"m": (1, MAX_M)},
                              "planes -> x's dtype in registers (exact for m <= 8 bf16, <= 11 fp16), tl.dot"),
+    },
+    "sefp_packed_linear": {
+        "ref": Capability(_ANY, FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)}, "fields unpacked, fp32 matmul; the definition"),
+        "cpp": Capability(("cpu",), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
+                          "bf16 x, <= 16 rows, AVX512-VBMI + BF16: fields -> bf16 in registers, vdpbf16ps; "
+                          "otherwise rows decoded to fp32 (portable), dot products or panels + fp32 GEMM"),
     },
 }
 
@@ -75,6 +84,36 @@ def check_planes(planes, exponents, m: int, block_size: int, device=None, device
     if not exponents.is_contiguous():
         raise ValueError(f"exponents: expected a contiguous tensor, got strides {exponents.stride()}")
     return N, Kw
+
+
+def check_packed(codes, exponents, m: int, block_size: int, device=None, device_of: str = "x") -> tuple[int, int]:
+    """Checks of a packed copy's tensors (:mod:`leankern.sefp.packed`); returns ``(N, Kp)``."""
+    check_choice("block_size", block_size, BLOCK_SIZES)
+    check_tensor("codes", codes, (torch.uint8,), device=device, device_of=device_of)
+    if codes.dim() != 2:
+        raise ValueError(f"codes: expected shape [N, Kp * (1 + m) / 8], got {tuple(codes.shape)}")
+    _check_int("m", m, 1, PACKED_MAX_M)
+    N, nbytes = codes.shape
+    Kp = nbytes * 8 // (1 + m)
+    if (nbytes * 8) % (1 + m) or Kp < 1 or Kp % block_size:
+        raise ValueError(f"codes: expected rows of Kp * (1 + m) / 8 bytes with Kp a positive multiple of "
+                         f"block_size={block_size} (m={m}), got {nbytes} bytes")
+    if not codes.is_contiguous():
+        raise ValueError(f"codes: expected a contiguous tensor, got strides {codes.stride()}")
+    check_tensor("exponents", exponents, (torch.int8,), device=codes.device, device_of="codes")
+    nb = Kp // block_size
+    if tuple(exponents.shape) != (N, nb):
+        raise ValueError(f"exponents: expected shape (N={N}, Kp/block_size={nb}), got {tuple(exponents.shape)}")
+    if not exponents.is_contiguous():
+        raise ValueError(f"exponents: expected a contiguous tensor, got strides {exponents.stride()}")
+    return N, Kp
+
+
+def _check_bias(bias, N: int, x) -> None:
+    if bias is not None:
+        check_tensor("bias", bias, FLOAT_DTYPES, device=x.device, device_of="x")
+        if tuple(bias.shape) != (N,):
+            raise ValueError(f"bias: expected shape (N={N},), got {tuple(bias.shape)}")
 
 
 def _check_k(name: str, K: int, Kw: int, block_size: int) -> None:
@@ -140,10 +179,7 @@ def _check_linear(backend, x, planes, exponents, m, block_size, bias):
     check_tensor("x", x, _cap("sefp_linear", backend).dtypes, min_dim=1)
     N, Kw = check_planes(planes, exponents, m, block_size, device=x.device, device_of="x")
     _check_k("x", x.shape[-1], Kw, block_size)
-    if bias is not None:
-        check_tensor("bias", bias, FLOAT_DTYPES, device=x.device, device_of="x")
-        if tuple(bias.shape) != (N,):
-            raise ValueError(f"bias: expected shape (N={N},), got {tuple(bias.shape)}")
+    _check_bias(bias, N, x)
     return N
 
 
@@ -158,9 +194,28 @@ def _linear_fake(x, planes, exponents, m, block_size, bias):
     return x.new_empty(tuple(x.shape[:-1]) + (N,))
 
 
+# ------------------------------------------------------------------------------------- packed linear
+_PACKED_LINEAR_SCHEMA = "(Tensor x, Tensor codes, Tensor exponents, int m, int block_size, Tensor? bias) -> Tensor"
+
+
+def _check_packed_linear(backend, x, codes, exponents, m, block_size, bias):
+    check_tensor("x", x, _cap("sefp_packed_linear", backend).dtypes, min_dim=1)
+    N, Kp = check_packed(codes, exponents, m, block_size, device=x.device, device_of="x")
+    _check_k("x", x.shape[-1], Kp // WORD, block_size)
+    _check_bias(bias, N, x)
+    return N
+
+
+def _packed_linear_fake(x, codes, exponents, m, block_size, bias):
+    N = _check_packed_linear(backend_for("sefp_packed_linear", x.device), x, codes, exponents, m, block_size, bias)
+    return x.new_empty(tuple(x.shape[:-1]) + (N,))
+
+
 QUANTIZE = register_op(OpSpec("sefp_quantize", _QUANTIZE_SCHEMA, ref.quantize_ref, _quantize_fake, _check_quantize,
                               CAPABILITIES["sefp_quantize"], triton=_quantize_triton))
 DEQUANTIZE = register_op(OpSpec("sefp_dequantize", _DEQUANTIZE_SCHEMA, ref.dequantize_ref, _dequantize_fake,
                                 _check_dequantize, CAPABILITIES["sefp_dequantize"], triton=_dequantize_triton))
 LINEAR = register_op(OpSpec("sefp_linear", _LINEAR_SCHEMA, ref.linear_ref, _linear_fake, _check_linear,
                             CAPABILITIES["sefp_linear"], triton=_linear_triton))
+PACKED_LINEAR = register_op(OpSpec("sefp_packed_linear", _PACKED_LINEAR_SCHEMA, packed_linear_ref, _packed_linear_fake,
+                                   _check_packed_linear, CAPABILITIES["sefp_packed_linear"]))

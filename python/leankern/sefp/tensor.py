@@ -72,19 +72,32 @@ class SEFPTensor:
     def bits_per_weight(self, m: int | None = None) -> float:
         return 8.0 * self.nbytes(m) / max(1, math.prod(self.shape))
 
-    def packed(self, m: int):
-        """A single-width copy for the fastest serving at ``m``: an :class:`leankern.mx.MXTensor`.
+    def packed(self, m: int, layout: str = "bits"):
+        """A single-width copy for the fastest serving at ``m`` (1..7), made by one shift pass over the planes.
 
-        Sign and magnitude become one signed integer code (``(-1)^s q'``: ``mxint4``, two per
-        byte, for ``m <= 3``; ``mxint8`` for ``m <= 7``) and the exponent the E8M0 block scale
-        ``E - (m - 1) + 127``, so ``leankern.mx.linear`` computes exactly the m-bit product. One
-        shift pass over the planes. Needs ``K`` a multiple of ``block_size``; ``m = 8`` needs 9
-        bits per code and is served from the planes. For m = 4..6 the int8 codes hold more bits than the
-        planes read (8.25 bits per weight against 5.25 .. 7.25): the copy trades bytes for the cheaper
-        decode of ``mx.linear``. Measured at M = 1, 4096 x 4096, weights from DRAM, 2-core Zen 4: m = 3 the
-        packed copy is 1.55-1.86x faster than the planes, m = 7 1.10-1.12x, but m = 5 the planes are
-        (the copy takes 1.33-1.39x their time).
+        ``layout="bits"`` (default): a :class:`leankern.sefp.packed.SEFPPacked`, sign + m bits per weight contiguous
+        in each row (``1 + m + 8 / block_size`` bits per weight, the planes' own count at m); multiply with
+        :func:`leankern.sefp.linear`. It shares this tensor's exponents. Measured at M = 1, bf16 x, 4096 x 4096,
+        weights from DRAM, 2-core Zen 4: see docs/results/sefp.md ("packed copy").
+
+        ``layout="mx"``: an :class:`leankern.mx.MXTensor` for :func:`leankern.mx.linear`: sign and magnitude become
+        one signed integer code (``(-1)^s q'``: ``mxint4``, two per byte, for ``m <= 3``; ``mxint8`` for ``m <= 7``)
+        and the exponent the E8M0 block scale ``E - (m - 1) + 127``, so ``mx.linear`` computes exactly the m-bit
+        product. Needs ``K`` a multiple of ``block_size``. For m = 4..6 the int8 codes hold more bits than the
+        planes read (8.25 bits per weight against 5.25 .. 7.25).
+
+        ``m = 8`` needs 9 bits per code and is served from the planes.
         """
+        if layout not in ("bits", "mx"):
+            raise ValueError(f"layout: expected 'bits' or 'mx', got {layout!r}")
+        if layout == "bits":
+            from .packed import PACKED_MAX_M, SEFPPacked, pack_fields
+
+            m = self._width(m)
+            if m > PACKED_MAX_M:
+                raise ValueError(f"m: expected m <= {PACKED_MAX_M} for a packed copy (sign + m bits in a byte), got {m}; "
+                                 "serve m >= 8 from the planes (sefp.linear)")
+            return SEFPPacked(pack_fields(self.planes, m), self.exponents, m, self.shape, self.dtype, self.block_size)
         from ..mx import MXTensor
         from .ref import signed_codes
 

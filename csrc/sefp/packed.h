@@ -1,0 +1,41 @@
+// The single-width packed copy of an SEFP weight (python/leankern/sefp/packed.py is the definition):
+// each weight is one field of B = 1 + m bits, (s << m) | q' (sign above the m-bit magnitude), the fields of a row
+// bit-packed little-endian in K order: field k occupies bits [k B, k B + B) of the row's bytes (bit i of byte j is
+// bit 8 j + i). A row holds Kp fields (K rounded up to the block size, zero padded), so Kp B / 8 bytes; the
+// exponents are the SEFPTensor's int8 [N, Kp / G].
+#pragma once
+
+#include <cstdint>
+
+namespace leankern {
+namespace sefp {
+
+constexpr int kPackedMaxM = 7;   // B = 1 + m <= 8: a field never spans more than two bytes
+constexpr int kPackedUnit = 128;  // weights per unit of the VBMI kernel: 4 words, two 64-weight halves
+
+struct PackedW {
+  const uint8_t* codes;  // [N, row_bytes]
+  int64_t row_bytes;     // Kp * (1 + m) / 8
+  const int8_t* exps;    // [N, nb]
+  int64_t nb;            // blocks per row
+  int gs;                // log2(block_size / 32)
+  int m;                 // 1..7
+  int64_t N, Kp;
+};
+
+// Width of one row of x as the VBMI kernel reads it: Kp rounded up to whole units.
+inline int64_t packed_x_width(int64_t Kp) { return (Kp + kPackedUnit - 1) / kPackedUnit * kPackedUnit; }
+
+// y[r * ldy + n] = sum_k x[r * ldx + k] w[n, k] (fp32 sums of exact bf16 products; bf16 subnormal x counts as zero)
+// for r < R, n in [n0, n1); x bf16 bits in natural order, zero padded to packed_x_width(Kp). Needs
+// AVX512-BF16 and AVX512-VBMI (packed_vbmi_supported()).
+void gemv_packed_vbmi(const PackedW& W, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
+                      int64_t ldy);
+bool packed_vbmi_supported();
+// Rows [n0, n1) as bf16 bits, scales applied, natural order: out[(n - n0) * ldo + k], k < packed_x_width(Kp) (zero
+// past Kp). Exact only where every block's E is -128 (empty) or >= m - 127 (every nonzero weight a bf16 normal):
+// the caller checks. Needs packed_vbmi_supported().
+void decode_packed_bf16_vbmi(const PackedW& W, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo);
+
+}  // namespace sefp
+}  // namespace leankern

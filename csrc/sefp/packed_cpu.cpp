@@ -1,0 +1,203 @@
+// CPU kernel of leankern::sefp_packed_linear: y = x @ W^T (+ bias) over the single-width packed SEFP copy
+// (packed.h; schema, checks and numerics: python/leankern/sefp/ops.py, packed.py). By path:
+//   bf16 x on an AVX512-BF16 + VBMI CPU (avx512bf16 ISA):
+//     up to kPackedGemvRows rows: gemv_packed_vbmi (packed_gemv_vbmi.cpp), the weights streamed once, decoded in
+//       registers, exact bf16 products, fp32 sums;
+//     more rows, no bias, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM;
+//   otherwise: rows decoded to fp32 (exact) by the portable decoder below, then a dot product per x row (few rows) or
+//     panels of kPanelN decoded rows and at::mm_out in fp32 (many rows).
+// Sums are fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "common/output_cache.h"
+#include "common/parallel.h"
+#include "sefp/checks.h"
+#include "sefp/kernels.h"
+#include "sefp/packed.h"
+
+namespace leankern {
+namespace sefp {
+namespace {
+
+constexpr int64_t kPackedGemvRows = 16;  // x rows the VBMI GEMV takes (it decodes the weights once per 8 rows)
+constexpr int64_t kPanelN = 128;         // weight rows per decoded fp32 panel of the many-rows path
+
+// ops.check_packed
+void check_packed(const at::Tensor& codes, const at::Tensor& exponents, int64_t m, int64_t block_size,
+                  const at::Tensor& x) {
+  check_block_size(block_size);
+  checks::check_dtype("codes", codes, {at::kByte});
+  checks::check_device("codes", codes, x.device(), "x");
+  TORCH_CHECK_VALUE(codes.dim() == 2, "codes: expected shape [N, Kp * (1 + m) / 8], got ",
+                    checks::py_repr(codes.sizes()));
+  check_int("m", m, 1, kPackedMaxM);
+  const int64_t N = codes.size(0), nbytes = codes.size(1), Kp = nbytes * 8 / (1 + m);
+  TORCH_CHECK_VALUE((nbytes * 8) % (1 + m) == 0 && Kp >= 1 && Kp % block_size == 0,
+                    "codes: expected rows of Kp * (1 + m) / 8 bytes with Kp a positive multiple of block_size=",
+                    block_size, " (m=", m, "), got ", nbytes, " bytes");
+  TORCH_CHECK_VALUE(codes.is_contiguous(), "codes: expected a contiguous tensor, got strides ",
+                    checks::py_repr(codes.strides()));
+  checks::check_dtype("exponents", exponents, {at::kChar});
+  checks::check_device("exponents", exponents, codes.device(), "codes");
+  const int64_t nb = Kp / block_size;
+  TORCH_CHECK_VALUE(exponents.dim() == 2 && exponents.size(0) == N && exponents.size(1) == nb,
+                    "exponents: expected shape (N=", N, ", Kp/block_size=", nb, "), got ",
+                    checks::py_repr(exponents.sizes()));
+  TORCH_CHECK_VALUE(exponents.is_contiguous(), "exponents: expected a contiguous tensor, got strides ",
+                    checks::py_repr(exponents.strides()));
+}
+
+// Row n of the weight, exact fp32, natural order: out [Kp]. Portable: 8 fields (B bytes) at a time; q times the
+// exact power of two 2^(E - (m - 1)) (scale_table): one rounding where the result is subnormal, as the reference.
+void decode_row(const PackedW& W, int64_t n, float* out) {
+  const int B = 1 + W.m, m = W.m;
+  const uint8_t* row = W.codes + n * W.row_bytes;
+  const int8_t* ex = W.exps + n * W.nb;
+  const float* lut = scale_table(m);
+  const uint64_t fmask = (1u << B) - 1, qmask = (1u << m) - 1;
+  for (int64_t g = 0; g < W.Kp / 8; ++g) {
+    uint64_t bits = 0;
+    std::memcpy(&bits, row + g * B, B);  // little-endian: bit i of byte j is bit 8 j + i
+    const float scale = lut[ex[(g / 4) >> W.gs] + 128];
+    for (int j = 0; j < 8; ++j) {
+      const uint64_t c = (bits >> (B * j)) & fmask;
+      const float q = static_cast<float>(c & qmask) * scale;
+      out[8 * g + j] = (c >> m) ? -q : q;
+    }
+  }
+}
+
+PackedW make_packed(const at::Tensor& codes, const at::Tensor& exponents, int64_t m, int64_t block_size) {
+  PackedW W;
+  W.codes = codes.data_ptr<uint8_t>();
+  W.row_bytes = codes.size(1);
+  W.exps = exponents.data_ptr<int8_t>();
+  W.nb = exponents.size(1);
+  W.gs = block_shift(block_size);
+  W.m = static_cast<int>(m);
+  W.N = codes.size(0);
+  W.Kp = W.row_bytes * 8 / (1 + m);
+  return W;
+}
+
+at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& exponents, int64_t m,
+                                  int64_t block_size, const std::optional<at::Tensor>& bias) {
+  check_float("x", x);
+  checks::check_min_dim("x", x, 1);
+  check_packed(codes, exponents, m, block_size, x);
+  const PackedW W = make_packed(codes, exponents, m, block_size);
+  check_k("x", x.size(-1), W.Kp / kWord, block_size);
+  if (bias.has_value()) {
+    check_float("bias", *bias);
+    checks::check_device("bias", *bias, x.device(), "x");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == W.N, "bias: expected shape (N=", W.N, ",), got ",
+                      checks::py_repr(bias->sizes()));
+  }
+  const int64_t K = x.size(-1), N = W.N, M = x.numel() / K;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor out = cpu::empty_output(out_shape, x.options());
+  if (M == 0 || N == 0) return out;
+  const at::Tensor x2 = x.reshape({M, K}).contiguous();
+  const bool f32_out = x.scalar_type() == at::kFloat;
+  const int dt = dtype_code(x.scalar_type());
+  const bool vbmi = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported();
+  const bool bf16_panels = vbmi && M > kPackedGemvRows && !bias.has_value() &&
+                           !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
+  at::Tensor y32 = f32_out       ? out.view({M, N})
+                   : bf16_panels ? at::Tensor()
+                                 : at::empty({M, N}, x.options().dtype(at::kFloat));
+  float* yp = y32.defined() ? y32.data_ptr<float>() : nullptr;
+
+  if (vbmi && M <= kPackedGemvRows) {
+    // x's bits, zero padded to whole units (as they are when K is a multiple of 128)
+    const int64_t Kx = packed_x_width(W.Kp);
+    at::Tensor xb = x2;
+    if (Kx != K) {
+      xb = at::zeros({M, Kx}, x.options());
+      xb.narrow(1, 0, K).copy_(x2);
+    }
+    const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+    const int64_t per_row = std::max<int64_t>(1, (1 << 19) / (W.Kp * (1 + M)));
+    const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
+    cpu::parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv_packed_vbmi(W, xp, M, Kx, n0, n1, yp, N); });
+  } else if (bf16_panels) {
+    // many bf16 rows, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM
+    // (fp32 accumulation, one rounding into the output), as sefp_linear's linear_panels_bf16
+    const int64_t Kx = packed_x_width(W.Kp);
+    at::Tensor xb = x2;
+    if (Kx != K) {
+      xb = at::zeros({M, Kx}, x.options());
+      xb.narrow(1, 0, K).copy_(x2);
+    }
+    const int64_t rows = std::clamp<int64_t>((4 << 20) / (2 * Kx) / 64 * 64, 256, 512);
+    at::Tensor panel = at::empty({std::min(rows, N), Kx}, x.options());
+    uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
+    at::Tensor o2 = out.view({M, N});
+    for (int64_t n0 = 0; n0 < N; n0 += rows) {
+      const int64_t nb = std::min(rows, N - n0);
+      cpu::parallel_chunks(nb, 8, [&](int64_t a, int64_t b) {
+        decode_packed_bf16_vbmi(W, n0 + a, n0 + b, pp + a * Kx, Kx);
+      });
+      at::Tensor cols = o2.narrow(1, n0, nb);
+      at::mm_out(cols, xb, panel.narrow(0, 0, nb).t());
+    }
+    return out;
+  } else {
+    at::Tensor xf = at::empty({M, W.Kp}, x.options().dtype(at::kFloat));
+    float* xp = xf.data_ptr<float>();
+    const char* src = static_cast<const char*>(x2.data_ptr());
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t k = 0; k < W.Kp; ++k) xp[r * W.Kp + k] = k < K ? load_f32(src, dt, r * K + k) : 0.0f;
+    if (M <= kPackedGemvRows) {
+      cpu::parallel_chunks(N, cpu::streaming_chunk(N, 16), [&](int64_t n0, int64_t n1) {
+        std::vector<float> row(W.Kp);
+        for (int64_t n = n0; n < n1; ++n) {
+          decode_row(W, n, row.data());
+          for (int64_t r = 0; r < M; ++r) {
+            const float* xr = xp + r * W.Kp;
+            float s = 0.0f;
+            for (int64_t k = 0; k < W.Kp; ++k) s += xr[k] * row[k];
+            yp[r * N + n] = s;
+          }
+        }
+      });
+    } else {
+      at::Tensor panel = at::empty({std::min(kPanelN, N), W.Kp}, xf.options());
+      float* pp = panel.data_ptr<float>();
+      for (int64_t n0 = 0; n0 < N; n0 += kPanelN) {
+        const int64_t nb = std::min(kPanelN, N - n0);
+        cpu::parallel_chunks(nb, 8, [&](int64_t a, int64_t b) {
+          for (int64_t i = a; i < b; ++i) decode_row(W, n0 + i, pp + i * W.Kp);
+        });
+        at::Tensor cols = y32.narrow(1, n0, nb);
+        at::mm_out(cols, xf, panel.narrow(0, 0, nb).t());
+      }
+    }
+  }
+  if (f32_out && !bias.has_value()) return out;
+  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  void* o = out.data_ptr();
+  cpu::parallel_chunks(M, std::max<int64_t>(1, (1 << 16) / N), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t n = 0; n < N; ++n) store_from_f32(o, dt, r * N + n, bp ? yp[r * N + n] + bp[n] : yp[r * N + n]);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("sefp_packed_linear", &sefp_packed_linear_cpu); }
+
+}  // namespace sefp
+}  // namespace leankern
