@@ -28,6 +28,8 @@ at batch 1 from an 8-token prompt (``(T - 1) / (t(T new) - t(1 new))``: prefill 
 the agreement with the bf16 model, teacher forced on the bf16 model's own greedy continuation:
 top-1 agreement and mean KL(bf16 || SEFP) of the next-token distributions over the generated
 positions. With random weights the logits are flat, so KL is small in absolute terms: compare widths.
+On CPU the widths up to 7 are then served again from their packed copies (``set_precision(model, m,
+packed=True)``: rows "sefp m=X packed"; the same weights, another kernel).
 Decode speed is the C++ kernel's only when ``backend_for("sefp_linear", "cpu") == "cpp"``; otherwise
 a WARNING line says the reference was timed (on the 4-layer model, over 6 tokens: it runs ~1 tok/s).
 
@@ -199,13 +201,20 @@ def e2e_rows(mode: str = "default", device: str = "cpu", new_tokens: int | None 
                 f"(bf16 linears: {report.bytes_before / 1e6:.1f} MB)")
             layers = [m for m in model.modules() if isinstance(m, leankern.SEFPLinear)]
             for m in SEFP_WIDTHS:
-                leankern.set_precision(model, m)
-                kl, top1 = _agreement(model(seq).logits[0, gen_pos], ref)
-                bits = 8.0 * sum(lay.weight.nbytes(m) for lay in layers) / lin_bf16
-                rows.append(dict(variant=f"sefp m={m}", bits=bits, tps=_decode_tps(model, prompt, timed_tokens, reps),
-                                 kl=kl, top1=top1))
-                tps = rows[-1]["tps"]
-                out(f"  m={m}: {'-' if tps is None else f'{tps:.2f}'} tok/s, top-1 {top1:.1%}, KL {kl:.2e}")
+                # each width from the planes, then (CPU, m <= 7) from its packed copy right after: adjacent rows, so
+                # the host's drift during the run hits both alike
+                variants = [False] + ([True] if str(device) == "cpu" and m <= 7 else [])
+                for packed in variants:
+                    leankern.set_precision(model, m, packed=packed)
+                    kl, top1 = _agreement(model(seq).logits[0, gen_pos], ref)
+                    bits = 8.0 * sum(lay.weight.nbytes(m) for lay in layers) / lin_bf16
+                    name = f"sefp m={m}" + (" packed" if packed else "")
+                    rows.append(dict(variant=name, bits=bits, tps=_decode_tps(model, prompt, timed_tokens, reps),
+                                     kl=kl, top1=top1))
+                    tps = rows[-1]["tps"]
+                    out(f"  {name[5:]}: {'-' if tps is None else f'{tps:.2f}'} tok/s, top-1 {top1:.1%}, KL {kl:.2e}")
+                    for lay in layers:
+                        lay.unpack()
     for r in rows:
         r["x_bf16"] = None if r["tps"] is None or rows[0]["tps"] is None else r["tps"] / rows[0]["tps"]
     return rows

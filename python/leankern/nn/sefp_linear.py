@@ -147,6 +147,34 @@ class SEFPLinear(nn.Module):
         # recorded for checkpoints; a fresh tensor (no in-place write: safe under inference_mode)
         self.register_buffer("width", torch.tensor(value, dtype=torch.int32, device=self.planes.device))
 
+    # ------------------------------------------------------------------------- packed copy
+    @property
+    def packed(self) -> "sefp.SEFPPacked | None":
+        """The single-width packed copy built by :meth:`pack` (None if none); forward serves from it while
+        ``m`` equals its width, and from the planes at any other width."""
+        return getattr(self, "_packed", None)
+
+    def pack(self, m: int | None = None) -> "SEFPLinear":
+        """Build the single-width packed copy at width ``m`` (default: the current one; 1..7) and serve from it
+        while ``self.m == m``: ``1 + m`` bits per weight in one stream per row (:meth:`leankern.sefp.SEFPTensor.packed`),
+        held beside the planes (``1 + m`` bits per weight more memory; not in ``state_dict``: call ``pack`` again
+        after loading). Returns self."""
+        m = self._m if m is None else _check_width("m", m, self.m_max)
+        self._packed = self.weight.packed(m)
+        return self
+
+    def unpack(self) -> "SEFPLinear":
+        """Drop the packed copy (forward reads the planes again). Returns self."""
+        self._packed = None
+        return self
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.packed is not None:  # .to(device) / .cuda(): the copy follows the planes (it shares their exponents)
+            p = self._packed
+            self._packed = sefp.SEFPPacked(fn(p.codes), self.exponents, p.m, p.shape, p.dtype, p.block_size)
+        return out
+
     # ------------------------------------------------------------------------------- use
     @property
     def weight(self) -> SEFPTensor:
@@ -155,6 +183,9 @@ class SEFPLinear(nn.Module):
                           self.block_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.packed
+        if p is not None and p.m == self._m:
+            return sefp.linear(x, p, bias=bias_for(self.bias, x))
         return self.linear_with(x, self.weight, self.bias)
 
     def linear_with(self, x: torch.Tensor, weight: SEFPTensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -171,8 +202,9 @@ class SEFPLinear(nn.Module):
 
     def extra_repr(self) -> str:
         bits = self.weight.bits_per_weight(self._m)
+        packed = "" if self.packed is None else f", packed copy at m={self.packed.m}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"m={self._m}, m_max={self.m_max}, block_size={self.block_size}, {bits:.2f} bits/weight at m")
+                f"m={self._m}, m_max={self.m_max}, block_size={self.block_size}, {bits:.2f} bits/weight at m{packed}")
 
     # ------------------------------------------------------------------------ checkpoints
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -218,7 +250,7 @@ def _layer_widths(layers: dict[str, SEFPLinear], m: Widths) -> dict[str, int]:
     return {name: m for name in layers}
 
 
-def set_precision(model: nn.Module, m: Widths) -> dict[str, int]:
+def set_precision(model: nn.Module, m: Widths, *, packed: bool = False) -> dict[str, int]:
     """Set the width served by every :class:`SEFPLinear` in ``model`` (the stored planes are untouched).
 
     Parameters
@@ -230,6 +262,10 @@ def set_precision(model: nn.Module, m: Widths) -> dict[str, int]:
         dotted name or its last part, like ``quantize_model``'s ``skip``; an exact name beats a
         pattern, the first matching pattern wins; layers not matched keep their width); or a callable
         ``(name, module) -> width or None`` (None: leave that layer alone).
+    packed : bool
+        Also build each set layer's single-width packed copy at its new width (:meth:`SEFPLinear.pack`: one shift
+        pass, ``1 + m`` bits per weight more memory, widths up to 7) and serve from it; without it, set layers keep
+        any copy they had, which serves again only when their width returns to it.
 
     Returns
     -------
@@ -250,6 +286,11 @@ def set_precision(model: nn.Module, m: Widths) -> dict[str, int]:
     plan = _layer_widths(layers, m)
     for name, w in plan.items():
         _check_width(f"m for layer {name or '<model>'!r}", w, layers[name].m_max)
+        if packed and w > 7:
+            raise ValueError(f"m for layer {name or '<model>'!r}: expected m <= 7 with packed=True (a packed copy holds "
+                             f"sign + m bits in a byte), got {w}")
     for name, w in plan.items():
         layers[name].m = w
+        if packed:
+            layers[name].pack(w)
     return plan
