@@ -8,6 +8,9 @@
 // any mix (each takes two of the four 256-bit pipes); FMA / mul and add / sub / max on different pairs (1 per cycle
 // each, 2 together); vreduceps and vscalefps 0.5 per cycle and on the add / max pair (add + either: 0.67 pairs per
 // cycle); vpaddd / vpandd 2 per cycle alone, vpslld 1.
+// Zen 4, 2026-12-06 (the packed SEFP GEMV, csrc/sefp/packed_gemv_vbmi.cpp): vpermb, vpmultishiftqb and vpermt2b 1 per
+// cycle alone, 1.5 with each other or with vpunpcklbw / vdpbf16ps / FMA (they hold more than one pipe pair);
+// vdpbf16ps and FMA share their pair (1 per cycle together); vpunpcklbw + vdpbf16ps 2 per cycle.
 #include <cstdint>
 #include <cstdio>
 #include <x86intrin.h>
@@ -31,6 +34,9 @@ constexpr double kTscPerCore = 0.71;
 #define DPB(i) "vdpbf16ps %%zmm30, %%zmm31, %%zmm" #i "\n"
 #define GFA(i) "vgf2p8affineqb $0, %%zmm30, %%zmm31, %%zmm" #i "\n"
 #define UNP(i) "vpunpcklbw %%zmm30, %%zmm31, %%zmm" #i "\n"
+#define PRB(i) "vpermb %%zmm30, %%zmm31, %%zmm" #i "\n"
+#define MSH(i) "vpmultishiftqb %%zmm30, %%zmm31, %%zmm" #i "\n"
+#define P2B(i) "vpermt2b %%zmm30, %%zmm31, %%zmm" #i "\n"
 #define CLOBBER "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11"
 // best of 7 runs of 2M iterations of `body` (n instructions)
 #define BENCH(name, body, n)                                                                  \
@@ -79,5 +85,15 @@ int main() {
   BENCH("vpsrlw + vdpbf16ps", R12(SRW) R12(DPB), 24)
   BENCH("vpermw + vpsrlw + dp", R12(PRW) R12(SRW) R12(DPB), 36)
   BENCH("vpermw + vpunpcklbw", R12(PRW) R12(UNP), 24)
+  // the packed SEFP GEMV's decode (csrc/sefp/packed_gemv_vbmi.cpp)
+  BENCH("vpermb", R12(PRB), 12)
+  BENCH("vpmultishiftqb", R12(MSH), 12)
+  BENCH("vpermt2b", R12(P2B), 12)
+  BENCH("vpermb + vpunpcklbw", R12(PRB) R12(UNP), 24)
+  BENCH("vpermb + vpmultishiftqb", R12(PRB) R12(MSH), 24)
+  BENCH("vpermb + vdpbf16ps", R12(PRB) R12(DPB), 24)
+  BENCH("vpermb + fma", R12(PRB) R12(FMA), 24)
+  BENCH("vpunpcklbw + vdpbf16ps", R12(UNP) R12(DPB), 24)
+  BENCH("vdpbf16ps + fma", R12(DPB) R12(FMA), 24)
   return 0;
 }
