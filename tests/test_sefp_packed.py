@@ -330,3 +330,23 @@ def test_hypothesis_shapes(N, K, M, m, block_size, bf16, seed):
     assert torch.equal(p.dequantize(torch.float32), t.dequantize(m, torch.float32))
     x = torch.randn(M, K, generator=gen).to(torch.bfloat16 if bf16 else torch.float32)
     _check(sefp.linear(x, p), x, p, None)
+
+
+def test_state_dict_and_safetensors_round_trip(tmp_path):
+    """A packed copy saved alone (codes, exponents, meta) loads back and serves the same product."""
+    t = sefp.quantize(torch.randn(12, 100, generator=torch.Generator().manual_seed(8)).bfloat16(), m_max=8)
+    p = t.packed(5)
+    sd = p.state_dict("layer.")
+    assert set(sd) == {"layer.codes", "layer.exponents", "layer.meta"}
+    safetensors = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "p.safetensors"
+    safetensors.save_file(sd, str(path))
+    q = SEFPPacked.from_state_dict(safetensors.load_file(str(path)), "layer.")
+    assert (q.m, q.shape, q.dtype, q.block_size) == (5, (12, 100), torch.bfloat16, 32)
+    assert torch.equal(q.codes, p.codes) and torch.equal(q.exponents, p.exponents)
+    x = torch.randn(2, 100).bfloat16()
+    assert torch.equal(sefp.linear(x, q), sefp.linear(x, p))
+    with pytest.raises(KeyError, match="missing key"):
+        SEFPPacked.from_state_dict({}, "layer.")
+    with pytest.raises(ValueError, match="expected an SEFP packed-copy version 1 record"):
+        SEFPPacked.from_state_dict(t.state_dict("layer.") | {"layer.codes": p.codes}, "layer.")

@@ -122,6 +122,28 @@ class SEFPPacked:
         return SEFPPacked(self.codes.to(device), self.exponents.to(device), self.m, self.shape, self.dtype,
                           self.block_size)
 
+    def _meta(self) -> dict:
+        from .tensor import _DTYPE_NAMES, _META_VERSION
+
+        return {"version": _META_VERSION, "format": "sefp_packed", "shape": list(self.shape), "m": self.m,
+                "dtype": _DTYPE_NAMES[self.dtype], "block_size": self.block_size, "word": WORD}
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Tensors only (safetensors-compatible): codes, exponents and a JSON ``meta`` (uint8). A copy saved alone
+        serves width ``m`` without the planes."""
+        from .tensor import meta_tensor
+
+        return {prefix + "codes": self.codes.contiguous(), prefix + "exponents": self.exponents.contiguous(),
+                prefix + "meta": meta_tensor(self._meta())}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, prefix: str = "") -> "SEFPPacked":
+        from .tensor import read_record
+
+        meta, dtype, (codes, exponents) = read_record(state, prefix, ("codes", "exponents"), "sefp_packed",
+                                                      "an SEFP packed-copy")
+        return cls(codes, exponents, meta["m"], meta["shape"], dtype, meta["block_size"])
+
     def __repr__(self) -> str:
         return (f"SEFPPacked(shape={self.shape}, dtype={self.dtype}, m={self.m}, block_size={self.block_size}, "
                 f"{self.bits_per_weight():.3f} bits/weight, device={self.device})")

@@ -14,6 +14,24 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 _META_VERSION = 1
 
 
+def meta_tensor(meta: dict) -> torch.Tensor:
+    """A JSON record as a uint8 tensor (state_dict entries stay tensors: safetensors-compatible)."""
+    return torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
+
+
+def read_record(state: dict, prefix: str, keys: tuple, fmt: str, what: str):
+    """``(meta, dtype, tensors)`` of a state_dict written by ``state_dict(prefix)``: ``prefix + meta`` a version
+    _META_VERSION record of format ``fmt`` (``what`` names it in errors), ``tensors`` those under ``prefix + keys``."""
+    try:
+        meta = json.loads(bytes(state[prefix + "meta"].cpu().tolist()).decode())
+        tensors = tuple(state[prefix + k] for k in keys)
+    except KeyError as exc:
+        raise KeyError(f"state: missing key {exc} (expected {prefix}{'/'.join(keys)}/meta)") from None
+    if meta.get("version") != _META_VERSION or meta.get("format") != fmt:
+        raise ValueError(f"state[{prefix}meta]: expected {what} version {_META_VERSION} record, got {meta}")
+    return meta, {v: k for k, v in _DTYPE_NAMES.items()}[meta["dtype"]], tensors
+
+
 class SEFPTensor:
     """A weight ``[N, K]`` in shared-exponent FP, stored as bit planes. Plain container.
 
@@ -141,20 +159,12 @@ class SEFPTensor:
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Tensors only (safetensors-compatible): planes, exponents and a JSON ``meta`` (uint8)."""
-        meta = torch.frombuffer(bytearray(json.dumps(self._meta()).encode()), dtype=torch.uint8)
         return {prefix + "planes": self.planes.contiguous(), prefix + "exponents": self.exponents,
-                prefix + "meta": meta}
+                prefix + "meta": meta_tensor(self._meta())}
 
     @classmethod
     def from_state_dict(cls, state: dict, prefix: str = "") -> "SEFPTensor":
-        try:
-            meta = json.loads(bytes(state[prefix + "meta"].cpu().tolist()).decode())
-            planes, exponents = state[prefix + "planes"], state[prefix + "exponents"]
-        except KeyError as exc:
-            raise KeyError(f"state: missing key {exc} (expected {prefix}planes/exponents/meta)") from None
-        if meta.get("version") != _META_VERSION or meta.get("format") != "sefp":
-            raise ValueError(f"state[{prefix}meta]: expected an SEFP version {_META_VERSION} record, got {meta}")
-        dtype = {v: k for k, v in _DTYPE_NAMES.items()}[meta["dtype"]]
+        meta, dtype, (planes, exponents) = read_record(state, prefix, ("planes", "exponents"), "sefp", "an SEFP")
         return cls(planes, exponents, meta["shape"], dtype, meta["block_size"])
 
     def __repr__(self) -> str:
