@@ -3,7 +3,7 @@
 // six full-width instructions, with no per-weight or per-plane work.
 //
 // One unit = 128 weights of a row (4 words of 32), two halves of 64. Per half:
-//   1. one 64-byte load of its 8 B bytes (masked in a row's last unit: never past the row);
+//   1. one 64-byte load of its 8 B bytes (masked in a row's last units: never past the row);
 //   2. vpermb: qword p <- the B bytes of weights 8 g .. 8 g + 7, g = p / 2 for even p, 4 + p / 2 for odd p;
 //   3. vpmultishiftqb: byte j of a qword <- the 8 bits from bit j B: field j in the low B bits (garbage above);
 //   4. two vpermb lookups (64-entry tables; vpermb reads the low 6 index bits, so the garbage never matters):
@@ -19,7 +19,6 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
-
 
 #include <algorithm>
 #include <cstdint>

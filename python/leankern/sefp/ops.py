@@ -45,8 +45,8 @@ CAPABILITIES = {
     "sefp_packed_linear": {
         "ref": Capability(_ANY, FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)}, "fields unpacked, fp32 matmul; the definition"),
         "cpp": Capability(("cpu",), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
-                          "bf16 x, <= 16 rows, AVX512-VBMI + BF16: fields -> bf16 in registers, vdpbf16ps; "
-                          "otherwise rows decoded to fp32 (portable), dot products or panels + fp32 GEMM"),
+                          "bf16 x on AVX512-VBMI + BF16: <= 16 rows fields -> bf16 in registers, vdpbf16ps; more "
+                          "rows bf16 panels + torch's bf16 GEMM; otherwise rows decoded to fp32 (portable)"),
     },
 }
 
