@@ -30,8 +30,9 @@
 #            F.linear(hidden, weight[ids]), fused argmax, logit_stats vs torch reductions; checked against
 #            the derived bounds first, CUDA-graph timing      -> bench_vocab_cuda.txt/.csv
 #   sefp     bench/gpu_sefp.py --graph: Triton sefp_linear (W 4096 x 4096 and 14336 x 4096, M = 1 / 16 / 512,
-#            m = 8 .. 2 from one stored copy) vs torch bf16 F.linear and dequantize-then-F.linear; checked
-#            against dequantize-then-fp32-matmul first, CUDA-graph timing  -> bench_sefp_cuda.txt/.csv
+#            m = 8 .. 2 from one stored copy; decode rows also from the packed copy at m <= 7) vs torch bf16
+#            F.linear and dequantize-then-F.linear; checked against dequantize-then-fp32-matmul first, CUDA-graph
+#            timing  -> bench_sefp_cuda.txt/.csv
 #   moe      bench/gpu_moe.py --graph: Triton moe_experts on Qwen3-30B-A3B's layer (T = 1 .. 4096, skip 0 / 0.5 /
 #            0.88) vs the Hugging Face experts loop; checked against it first  -> bench_moe_cuda.txt/.csv
 #   overhead leankern bench --family overhead --device cuda (launch cost per call, tiny inputs)
@@ -187,7 +188,7 @@ for s in $STAGES; do
       stage vocab 60 bench_vocab_cuda.txt "$PY" bench/gpu_vocab.py --graph --csv "$OUT/bench_vocab_cuda.csv"
       show bench_vocab_cuda.txt 40 ;;
     sefp)
-      stage sefp 50 bench_sefp_cuda.txt "$PY" bench/gpu_sefp.py --graph --csv "$OUT/bench_sefp_cuda.csv"
+      stage sefp 70 bench_sefp_cuda.txt "$PY" bench/gpu_sefp.py --graph --csv "$OUT/bench_sefp_cuda.csv"
       show bench_sefp_cuda.txt 45 ;;
     moe)
       stage moe 50 bench_moe_cuda.txt "$PY" bench/gpu_moe.py --graph --csv "$OUT/bench_moe_cuda.csv"

@@ -1,7 +1,8 @@
 """GPU timing of the Triton SEFP linear (run by bench/gpu_check.sh, stage ``sefp``).
 
 W [N, K] = 4096 x 4096 and 14336 x 4096 quantized once at m_max = 8, bf16 x; M = 1 and 16 (decode)
-and 512 (prefill) at m = 8 .. 2; baselines torch bf16 F.linear and dequantize-then-F.linear.
+and 512 (prefill) at m = 8 .. 2; baselines torch bf16 F.linear and dequantize-then-F.linear. Decode rows at
+m <= 7 are followed by the packed copy's (``SEFPTensor.packed(m)``, triton_kernels/sefp_packed.py; "packed").
 Checked against dequantize-then-fp32-matmul first; median of CUDA-event timings (CUDA-graph replay
 with --graph). GB/s = planes + exponents read (decode); copy bandwidth measured in the same run.
 
@@ -56,6 +57,17 @@ def main() -> int:
                 rows.append(r)
                 print(f"{f'{N}x{K}':>12} {M:>4} {m:>2} {r['ours_us']:9.1f} {gbps:7.0f} {r['frac_copy']:6.0%} "
                       f"{r['bf16_us']:9.1f} {r['x_bf16']:7.2f} {r['deq_us']:10.1f} {r['check']:>6}")
+                if m <= 7 and M <= 16:  # the packed copy (triton_kernels/sefp_packed.py, untuned): its first numbers
+                    pk = wq.packed(m)
+                    y = sefp.linear(x, pk)
+                    err = (y.float() - ref).abs().max().item() / (ref.abs().max().item() + 1e-30)
+                    t = cuda_time_ms(lambda: sefp.linear(x, pk), 20, args.graph)
+                    gbps = (pk.nbytes() + 2 * M * (K + N)) / t / 1e6
+                    rows.append(dict(N=N, K=K, M=M, m=f"{m}pk", ours_us=t * 1e3, gbps=gbps, frac_copy=gbps / (bw / 2),
+                                     bf16_us=t_bf16 * 1e3, x_bf16=t_bf16 / t, deq_us=None,
+                                     check="ok" if err <= 2.0**-7 else f"{err:.2g}"))
+                    print(f"{f'{N}x{K}':>12} {M:>4} {m:>2} packed {t * 1e3:9.1f} {gbps:7.0f} {gbps / (bw / 2):6.0%} "
+                          f"{t_bf16 * 1e3:9.1f} {t_bf16 / t:7.2f} {'-':>10} {rows[-1]['check']:>6}")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             wr = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -6,6 +6,7 @@
   portable decode elsewhere and from 17 rows) within the shared derived bound of the exact product; the reference
   likewise; the last unit of a row never reads past the row (codes placed against a guard page); bad arguments.
 * sefp.linear over the copy: gradients, torch.compile, the layout / width errors.
+* The Triton kernel (triton_kernels/sefp_packed.py; the interpreter without a GPU) within the same bound.
 """
 from __future__ import annotations
 
@@ -350,3 +351,44 @@ def test_state_dict_and_safetensors_round_trip(tmp_path):
         SEFPPacked.from_state_dict({}, "layer.")
     with pytest.raises(ValueError, match="expected an SEFP packed-copy version 1 record"):
         SEFPPacked.from_state_dict(t.state_dict("layer.") | {"layer.codes": p.codes}, "layer.")
+
+
+# ------------------------------------------------------------------------------------------- Triton
+def _triton_dev(device):
+    from leankern.core import triton_interpreting
+
+    pytest.importorskip("triton")
+    if device == "cpu" and not triton_interpreting():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (conftest sets it only without a GPU)")
+    return device
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=("f32", "bf16", "f16"))
+def test_triton_matches_the_exact_product(device, dtype):
+    """triton_kernels/sefp_packed.py (the interpreter without a GPU): within the shared bound, every m, split-K,
+    bias, K not a multiple of the block or of the tile, N not a multiple of the row tile."""
+    dev = _triton_dev(device)
+    from leankern.triton_kernels.sefp_packed import packed_linear_triton
+
+    gen = torch.Generator().manual_seed(21)
+    for N, K, G in ((37, 100, 32), (20, 256, 64)):
+        t = sefp.quantize(torch.randn(N, K, generator=gen), m_max=8, block_size=G)
+        for m in range(1, 8):
+            p = t.packed(m)
+            for M, split in ((1, None), (5, 2)):
+                x = torch.randn(M, K, generator=gen).to(dtype)
+                bias = torch.randn(N, generator=gen).to(dtype) if M > 1 else None
+                y = packed_linear_triton(x.to(dev), p.codes.to(dev), p.exponents.to(dev), m, G,
+                                         None if bias is None else bias.to(dev), split_k=split)
+                _check(y.cpu(), x, p, bias)
+
+
+def test_triton_is_the_ops_cuda_backend(device):
+    """The op reaches the Triton launcher through use_backend("triton") (on a GPU: by default)."""
+    dev = _triton_dev(device)
+    t = sefp.quantize(torch.randn(8, 64, generator=torch.Generator().manual_seed(22)), m_max=8)
+    p = t.packed(4)
+    x = torch.randn(2, 64).bfloat16()
+    with leankern.use_backend("triton"):
+        y = OPS.sefp_packed_linear(x.to(dev), p.codes.to(dev), p.exponents.to(dev), 4, 32, None)
+    _check(y.cpu(), x, p, None)

@@ -67,7 +67,7 @@ def _is_vocab_gemm(row):
 
 
 def _is_sefp_gemm(row):
-    return row["name"].startswith("sefp_linear[")
+    return row["name"].startswith(("sefp_linear[", "sefp_packed_linear["))
 
 
 def _is_moe_gemm(row):
@@ -463,7 +463,7 @@ def test_vocab_resources(vocab_compiled):
 
 
 # --------------------------------------------------------------------------------- sefp
-_SEFP_KERNELS = ("quantize", "dequantize", "linear")
+_SEFP_KERNELS = ("quantize", "dequantize", "linear", "packed_linear")
 
 
 @pytest.fixture(scope="module")
@@ -510,6 +510,25 @@ def test_sefp_linear_mma(sefp_compiled):
             assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
     kinds = {(r["constexprs"]["DOT"], r["constexprs"]["BM"] >= 64) for r in _sefp(sefp_compiled, "linear[")}
     assert {(1, True), (1, False), (2, True), (2, False), (0, False)} <= kinds  # every path is compiled
+
+
+def test_sefp_packed_linear_mma(sefp_compiled):
+    """The packed copy's kernel (triton_kernels/sefp_packed.py): bf16 x -> the exact bf16 weight tile on the bf16
+    MMA (wgmma on sm_90 / tcgen05.mma on sm_100 for 64-row tiles, mma.sync m16n8k16 for decode tiles); fp32 x -> the
+    ieee fp32 dot (FMAs, no tensor-core instruction); the fields are byte gathers (ld.global.b8 / .u8)."""
+    rows = _sefp(sefp_compiled, "packed_linear[")
+    for r in rows:
+        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+        assert _count(r"\bld\.global(\.[a-z0-9]+)*\.[ub]8\b", ptx) >= 2, where
+        if ce["DOT"] == 0:
+            assert _count(r"\bfma\.rn\.f32\b", ptx) > 0 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
+        elif ce["BM"] < 64:
+            assert _count(r"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32\b", ptx) > 0, where
+        elif r["target"] == "sm_90":
+            assert _count(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16\b", ptx) > 0, where
+        else:
+            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+    assert {(r["constexprs"]["DOT"], r["constexprs"]["BM"] >= 64) for r in rows} == {(1, True), (1, False), (0, False)}
 
 
 def test_sefp_codegen(sefp_compiled):

@@ -420,6 +420,18 @@ def _sefp_linear_spec(m, bs, dtype, M, split_k=1, bias=True):
     return _sefp_spec(f"linear[{tag}]", fn, types, dict(ce, SPLIT_K=split_k), nw)
 
 
+def _sefp_packed_linear_spec(m, bs, dtype, M, split_k=1, bias=True):
+    """The packed-copy linear kernel (:mod:`.sefp_packed`) as its launcher configures it for ``M`` rows."""
+    from .sefp_packed import packed_linear_config
+
+    fn, ce, nw = packed_linear_config(m, bs, dtype, bias, M)
+    types = dict(x_ptr=_X_PTR[dtype], codes_ptr="*u8", exps_ptr="*i8", bias_ptr=_X_PTR[dtype], y_ptr=_OUT_PTR[dtype],
+                 part_ptr="*fp32", M="i32", N="i32", K="i32", Kp="i32", RB="i32", NB="i32", k_per_split="i32")
+    tag = f"{str(dtype)[6:]},m{m},M{M},bs{bs}" + (f",splitk{split_k}" if split_k > 1 else "")
+    return KernelSpec(f"sefp_packed_linear[{tag}]", fn, types, dict(ce, SPLIT_K=split_k), nw, "sefp",
+                      div16=("K", "N", "Kp", "RB", "NB", "k_per_split"))
+
+
 def sefp_specs(quick: bool = False) -> list[KernelSpec]:
     """sefp: quantize (bit-plane packing), dequantize (planes 0..m), the linear kernel per dot kind: bf16 (scale
     folded into the weight; wgmma / tcgen05 tiles and mma.sync decode tiles), fp16 (per-block dots), fp32 (ieee)."""
@@ -431,6 +443,9 @@ def sefp_specs(quick: bool = False) -> list[KernelSpec]:
         _sefp_linear_spec(4, 32, bf16, 1, split_k=8),
         _sefp_linear_spec(8, 128, f16, 64),
         _sefp_linear_spec(4, 32, f32, 64),
+        _sefp_packed_linear_spec(5, 32, bf16, 256),
+        _sefp_packed_linear_spec(3, 32, bf16, 1, split_k=8),
+        _sefp_packed_linear_spec(7, 64, f32, 64),
     ]
     if not quick:
         specs += [

@@ -9,7 +9,7 @@ Torch ops (opcheck-clean, ``torch.compile(fullgraph=True)``-traceable):
   the same product over the single-width packed copy (:mod:`leankern.sefp.packed`)
 
 The m-bit ops read only planes ``0 .. m`` (the sign and the first m mantissa planes) and the
-exponents. Kernels: C++ on ``CPU`` (csrc/sefp/), Triton on ``CUDA`` (triton_kernels/sefp.py), the
+exponents. Kernels: C++ on ``CPU`` (csrc/sefp/), Triton on ``CUDA`` (triton_kernels/sefp.py, sefp_packed.py), the
 reference (:mod:`leankern.sefp.ref`) where none exists. Checks here (the fakes run them too).
 """
 from __future__ import annotations
@@ -47,6 +47,10 @@ CAPABILITIES = {
         "cpp": Capability(("cpu",), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
                           "bf16 x on AVX512-VBMI + BF16: <= 16 rows fields -> bf16 in registers, vdpbf16ps; more "
                           "rows bf16 panels + torch's bf16 GEMM; otherwise rows decoded to fp32 (portable)"),
+
+        "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
+                             "fields gathered per weight (two bytes, shift, mask), scaled exactly, tl.dot (bf16 MMA "
+                             "for bf16 x, ieee fp32 otherwise); not tuned"),
     },
 }
 
@@ -206,6 +210,12 @@ def _check_packed_linear(backend, x, codes, exponents, m, block_size, bias):
     return N
 
 
+def _packed_linear_triton(x, codes, exponents, m, block_size, bias):
+    from ..triton_kernels.sefp_packed import packed_linear_triton
+
+    return packed_linear_triton(x, codes, exponents, m, block_size, bias)
+
+
 def _packed_linear_fake(x, codes, exponents, m, block_size, bias):
     N = _check_packed_linear(backend_for("sefp_packed_linear", x.device), x, codes, exponents, m, block_size, bias)
     return x.new_empty(tuple(x.shape[:-1]) + (N,))
@@ -218,4 +228,5 @@ DEQUANTIZE = register_op(OpSpec("sefp_dequantize", _DEQUANTIZE_SCHEMA, ref.dequa
 LINEAR = register_op(OpSpec("sefp_linear", _LINEAR_SCHEMA, ref.linear_ref, _linear_fake, _check_linear,
                             CAPABILITIES["sefp_linear"], triton=_linear_triton))
 PACKED_LINEAR = register_op(OpSpec("sefp_packed_linear", _PACKED_LINEAR_SCHEMA, packed_linear_ref, _packed_linear_fake,
-                                   _check_packed_linear, CAPABILITIES["sefp_packed_linear"]))
+                                   _check_packed_linear, CAPABILITIES["sefp_packed_linear"],
+                                   triton=_packed_linear_triton))
