@@ -4,8 +4,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <optional>
 
@@ -21,21 +19,6 @@ inline void check_float(const char* name, const at::Tensor& t) {
 
 inline int dtype_code(at::ScalarType st) { return st == at::kFloat ? kF32 : st == at::kBFloat16 ? kBF16 : kF16; }
 
-// Element i of a float buffer of dtype code dt as fp32, and back (RNE, as Tensor.to).
-inline float load_f32(const void* p, int dt, int64_t i) {
-  if (dt == kF32) return static_cast<const float*>(p)[i];
-  if (dt == kBF16) return static_cast<float>(static_cast<const c10::BFloat16*>(p)[i]);
-  return static_cast<float>(static_cast<const c10::Half*>(p)[i]);
-}
-
-inline void store_from_f32(void* p, int dt, int64_t i, float v) {  // RNE, as Tensor.to
-  if (dt == kF32)
-    static_cast<float*>(p)[i] = v;
-  else if (dt == kBF16)
-    static_cast<c10::BFloat16*>(p)[i] = c10::BFloat16(v);
-  else
-    static_cast<c10::Half*>(p)[i] = c10::Half(v);
-}
 
 // ops._check_int
 inline void check_int(const char* name, int64_t v, int64_t lo, int64_t hi) {
@@ -106,6 +89,15 @@ inline void check_dequantize(const at::Tensor& planes, const at::Tensor& exponen
                    checks::dtype_name(out_dtype));
 }
 
+// ops._check_bias: a float [N] bias on x's device, or none
+inline void check_bias(const std::optional<at::Tensor>& bias, int64_t N, const at::Tensor& x) {
+  if (!bias.has_value()) return;
+  check_float("bias", *bias);
+  checks::check_device("bias", *bias, x.device(), "x");
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape (N=", N, ",), got ",
+                    checks::py_repr(bias->sizes()));
+}
+
 // ops._check_linear
 inline void check_linear(const at::Tensor& x, const at::Tensor& planes, const at::Tensor& exponents, int64_t m,
                          int64_t block_size, const std::optional<at::Tensor>& bias) {
@@ -113,13 +105,7 @@ inline void check_linear(const at::Tensor& x, const at::Tensor& planes, const at
   checks::check_min_dim("x", x, 1);
   check_planes(planes, exponents, m, block_size, &x, "x");
   check_k("x", x.size(-1), planes.size(2), block_size);
-  if (bias.has_value()) {
-    check_float("bias", *bias);
-    checks::check_device("bias", *bias, x.device(), "x");
-    const int64_t N = planes.size(1);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape (N=", N, ",), got ",
-                      checks::py_repr(bias->sizes()));
-  }
+  check_bias(bias, planes.size(1), x);
 }
 
 }  // namespace sefp

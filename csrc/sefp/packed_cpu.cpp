@@ -8,8 +8,6 @@
 //     panels of kPanelN decoded rows and at::mm_out in fp32 (many rows).
 // Sums are fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
 #include <ATen/ATen.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,6 +19,7 @@
 #include "common/output_cache.h"
 #include "common/parallel.h"
 #include "sefp/checks.h"
+#include "sefp/io.h"
 #include "sefp/kernels.h"
 #include "sefp/packed.h"
 
@@ -76,6 +75,14 @@ void decode_row(const PackedW& W, int64_t n, float* out) {
   }
 }
 
+// x [M, K] zero padded to Kx columns (x itself when K == Kx: a multiple of the VBMI kernels' 128-weight unit).
+at::Tensor padded_to(const at::Tensor& x, int64_t Kx) {
+  if (x.size(1) == Kx) return x;
+  at::Tensor xb = at::zeros({x.size(0), Kx}, x.options());
+  xb.narrow(1, 0, x.size(1)).copy_(x);
+  return xb;
+}
+
 PackedW make_packed(const at::Tensor& codes, const at::Tensor& exponents, int64_t m, int64_t block_size) {
   PackedW W;
   W.codes = codes.data_ptr<uint8_t>();
@@ -96,12 +103,7 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   check_packed(codes, exponents, m, block_size, x);
   const PackedW W = make_packed(codes, exponents, m, block_size);
   check_k("x", x.size(-1), W.Kp / kWord, block_size);
-  if (bias.has_value()) {
-    check_float("bias", *bias);
-    checks::check_device("bias", *bias, x.device(), "x");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == W.N, "bias: expected shape (N=", W.N, ",), got ",
-                      checks::py_repr(bias->sizes()));
-  }
+  check_bias(bias, W.N, x);
   const int64_t K = x.size(-1), N = W.N, M = x.numel() / K;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
@@ -119,13 +121,8 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   float* yp = y32.defined() ? y32.data_ptr<float>() : nullptr;
 
   if (vbmi && M <= kPackedGemvRows) {
-    // x's bits, zero padded to whole units (as they are when K is a multiple of 128)
     const int64_t Kx = packed_x_width(W.Kp);
-    at::Tensor xb = x2;
-    if (Kx != K) {
-      xb = at::zeros({M, Kx}, x.options());
-      xb.narrow(1, 0, K).copy_(x2);
-    }
+    const at::Tensor xb = padded_to(x2, Kx);
     const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
     const int64_t per_row = std::max<int64_t>(1, (1 << 19) / (W.Kp * (1 + M)));
     const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
@@ -134,11 +131,7 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
     // many bf16 rows, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM
     // (fp32 accumulation, one rounding into the output), as sefp_linear's linear_panels_bf16
     const int64_t Kx = packed_x_width(W.Kp);
-    at::Tensor xb = x2;
-    if (Kx != K) {
-      xb = at::zeros({M, Kx}, x.options());
-      xb.narrow(1, 0, K).copy_(x2);
-    }
+    const at::Tensor xb = padded_to(x2, Kx);
     const int64_t rows = std::clamp<int64_t>((4 << 20) / (2 * Kx) / 64 * 64, 256, 512);
     at::Tensor panel = at::empty({std::min(rows, N), Kx}, x.options());
     uint16_t* pp = reinterpret_cast<uint16_t*>(panel.data_ptr());
@@ -185,13 +178,7 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
     }
   }
   if (f32_out && !bias.has_value()) return out;
-  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  void* o = out.data_ptr();
-  cpu::parallel_chunks(M, std::max<int64_t>(1, (1 << 16) / N), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t n = 0; n < N; ++n) store_from_f32(o, dt, r * N + n, bp ? yp[r * N + n] + bp[n] : yp[r * N + n]);
-  });
+  store_output(out.data_ptr(), dt, yp, M, N, bias);  // + bias in fp32, one rounding to x's dtype
   return out;
 }
 

@@ -30,6 +30,7 @@
 #include "common/output_cache.h"
 #include "common/parallel.h"
 #include "sefp/checks.h"
+#include "sefp/io.h"
 #include "sefp/kernels.h"
 
 namespace leankern {
@@ -271,15 +272,7 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   }
   if (f32_out && !bias.has_value()) return out;
   // y + bias in fp32, then one rounding to x's dtype
-  const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  const float* ys = y32.data_ptr<float>();
-  void* o = out.data_ptr();
-  const int dt = dtype_code(x.scalar_type());
-  parallel_chunks(M, rows_per_task(N, 1 << 16), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t n = 0; n < N; ++n) store_from_f32(o, dt, r * N + n, bp ? ys[r * N + n] + bp[n] : ys[r * N + n]);
-  });
+  store_output(out.data_ptr(), dtype_code(x.scalar_type()), y32.data_ptr<float>(), M, N, bias);
   return out;
 }
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import sefp
+from ..sefp.packed import PACKED_MAX_M
 from ..sefp.ref import BLOCK_SIZES, MAX_M, WORD, padded_k
 from ..sefp.tensor import SEFPTensor
 from .quant_linear import bias_for, meta_mismatch
@@ -156,8 +157,8 @@ class SEFPLinear(nn.Module):
 
     def pack(self, m: int | None = None) -> "SEFPLinear":
         """Build the single-width packed copy at width ``m`` (default: the current one; 1..7) and serve from it
-        while ``self.m == m``: ``1 + m`` bits per weight in one stream per row (:meth:`leankern.sefp.SEFPTensor.packed`),
-        held beside the planes (``1 + m`` bits per weight more memory; not in ``state_dict``: call ``pack`` again
+        while ``self.m == m``: ``1 + m`` bits per weight in one stream per row
+        (:meth:`leankern.sefp.SEFPTensor.packed`), held beside the planes (``1 + m`` bits per weight more memory; not in ``state_dict``: call ``pack`` again
         after loading). Returns self."""
         m = self._m if m is None else _check_width("m", m, self.m_max)
         self._packed = self.weight.packed(m)
@@ -286,9 +287,9 @@ def set_precision(model: nn.Module, m: Widths, *, packed: bool = False) -> dict[
     plan = _layer_widths(layers, m)
     for name, w in plan.items():
         _check_width(f"m for layer {name or '<model>'!r}", w, layers[name].m_max)
-        if packed and w > 7:
-            raise ValueError(f"m for layer {name or '<model>'!r}: expected m <= 7 with packed=True (a packed copy holds "
-                             f"sign + m bits in a byte), got {w}")
+        if packed and w > PACKED_MAX_M:
+            raise ValueError(f"m for layer {name or '<model>'!r}: expected m <= {PACKED_MAX_M} with packed=True (a "
+                             f"packed copy holds sign + m bits in a byte), got {w}")
     for name, w in plan.items():
         layers[name].m = w
         if packed:

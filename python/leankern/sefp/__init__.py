@@ -24,8 +24,8 @@ from .packed import SEFPPacked
 from .ref import BLOCK_SIZES, EMPTY, MAX_M, fake_quant_values
 from .tensor import SEFPTensor
 
-__all__ = ["SEFPTensor", "SEFPPacked", "quantize", "dequantize", "linear", "sefp_fake_quant", "DEFAULT_MENU", "BLOCK_SIZES",
-           "EMPTY", "MAX_M"]
+__all__ = ["SEFPTensor", "SEFPPacked", "quantize", "dequantize", "linear", "sefp_fake_quant", "DEFAULT_MENU",
+           "BLOCK_SIZES", "EMPTY", "MAX_M"]
 
 DEFAULT_MENU = (8, 7, 6, 5, 4, 3, 2)  # widths served from one quantization at m_max = 8
 

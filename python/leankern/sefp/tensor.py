@@ -108,21 +108,17 @@ class SEFPTensor:
         """
         if layout not in ("bits", "mx"):
             raise ValueError(f"layout: expected 'bits' or 'mx', got {layout!r}")
-        if layout == "bits":
-            from .packed import PACKED_MAX_M, SEFPPacked, pack_fields
+        from .packed import PACKED_MAX_M, SEFPPacked, pack_fields
 
-            m = self._width(m)
-            if m > PACKED_MAX_M:
-                raise ValueError(f"m: expected m <= {PACKED_MAX_M} for a packed copy (sign + m bits in a byte), got {m}; "
-                                 "serve m >= 8 from the planes (sefp.linear)")
+        m = self._width(m)
+        if m > PACKED_MAX_M:  # both layouts: sign + m bits in a byte
+            raise ValueError(f"m: expected m <= {PACKED_MAX_M} for a packed copy (sign + m bits in a byte), got "
+                             f"{m}; serve m >= 8 from the planes (sefp.linear)")
+        if layout == "bits":
             return SEFPPacked(pack_fields(self.planes, m), self.exponents, m, self.shape, self.dtype, self.block_size)
         from ..mx import MXTensor
         from .ref import signed_codes
 
-        m = self._width(m)
-        if m > 7:
-            raise ValueError(f"m: expected m <= 7 for a packed copy (sign + m bits in an int8 code), got {m}; "
-                             "serve m >= 8 from the planes (sefp.linear)")
         N, K = self.shape
         if K % self.block_size:
             raise ValueError(f"packed: expected K a multiple of block_size={self.block_size}, got K={K}")
