@@ -207,5 +207,27 @@ bool cpu_has_vbmi();
 bool int8_few_rows_takes(bool four);
 int set_int8_few_rows(int setting);
 
+// E2M1 codes (MXFP4 / NVFP4) of one fast-path group of 16 blocks, 32 elements per op with a vpermb table
+// (quant_fp4_vbmi.cpp). mx_simd_impl.h's quant_fast_group fills this after the scales; the codes are then
+// bit-identical to its own fast_codes_4bit.
+struct Fp4Group {
+  const void* x;           // the quantize input (QuantArgs.x), dtype InDtype
+  int dtype;
+  uint8_t* codes;          // QuantArgs.codes (packed nibbles)
+  int64_t b;               // first block of the group
+  int block_size;          // >= 16
+  const int32_t* factor;   // [16] fp32 bits per block: v = x * factor (MX 2^-e, NV r) or x / factor (divide)
+  const int32_t* mx_e;     // [16] MX scale exponents, all >= -124, to take bf16 x on its bit pattern; or nullptr
+  bool divide;             // NV exact division (scale_mode rceil)
+  bool saturate;           // some v may exceed the element max (clamp the table index)
+  unsigned bad_blocks;     // bit j: block b + j is NaN / Inf (zero codes)
+};
+// Whether fp4_codes_vbmi may run here for this block size: AVX512-VBMI, block_size >= 16, not switched off.
+bool fp4_codes_vbmi_takes(int block_size);
+void fp4_codes_vbmi(const Fp4Group& g);
+// Test / A-B hook (leankern._C.mx_set_fp4_quantize_vbmi): on by default.
+bool fp4_codes_vbmi_enabled();
+void set_fp4_codes_vbmi_enabled(bool on);
+
 }  // namespace mx
 }  // namespace leankern

@@ -352,7 +352,8 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
   const bool parked = NV && q.amax_parked;  // then amax / max_elem, still NaN / Inf for bad blocks
   const I amax = parked ? parked_amax(q.codes, b, bs) : block_amax_group<DT>(q.x, b, bs);
   const M bad = V::gt_u(amax, const_(0x7f7fffff));
-  alignas(64) int32_t kk[N], ss[N];
+  alignas(64) int32_t kk[N], ss[N], ee[N];
+  bool bf16_bits = false;  // MX E2M1 on bf16 x: every block's e >= -124 (fp4_codes_vbmi's route A)
   I sbyte;
   bool sat = q.scale_mode == kScaleFloor;  // MX rceil: amax <= max_elem * 2^e, nothing saturates
   if constexpr (NV) {
@@ -376,10 +377,20 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
       if (V::any(V::mandnot(bad, V::gt_i(const_(-126 - p.emin), e)))) return false;
       V::store(kk, V::sub(const_(fp_bias_k(p.mbits, 0)), V::slli<23>(V::add(e, const_(126 + p.emin)))));
     }
+    if constexpr (EL == kFp4E2M1 && DT == kInBF16) {
+      V::store(ee, V::blend(bad, e, V::zero()));
+      bf16_bits = !V::any(V::mandnot(bad, V::gt_i(const_(-124), e)));
+    }
     V::store(ss, V::blend(V::eq(e, const_(127)), V::slli<23>(V::sub(const_(127), e)), const_(0x00400000)));
   }
   V::store_u8(q.scales + b, sbyte);
   const unsigned badbits = V::mask_bits(bad);
+  if constexpr (N == 16 && EL == kFp4E2M1) {
+    if (fp4_codes_vbmi_takes(bs)) {
+      fp4_codes_vbmi(Fp4Group{q.x, DT, q.codes, b, bs, ss, bf16_bits ? ee : nullptr, NV && !RECIP, sat, badbits});
+      return true;
+    }
+  }
   if (p.bits == 4 && sat)
     fast_codes_4bit<EL, DT, NV, RECIP, true>(q.x, q.codes, b, bs, kk, ss, badbits);
   else if (p.bits == 4)
