@@ -208,8 +208,8 @@ bool int8_few_rows_takes(bool four);
 int set_int8_few_rows(int setting);
 
 // E2M1 codes (MXFP4 / NVFP4) of one fast-path group of 16 blocks, 32 elements per op with a vpermb table
-// (quant_fp4_vbmi.cpp). mx_simd_impl.h's quant_fast_group fills this after the scales; the codes are then
-// bit-identical to its own fast_codes_4bit.
+// (quant_fp4_vbmi.cpp). mx_simd_impl.h's quant_fast_group fills this after the scales (quant_range batches the
+// groups); the codes are bit-identical to its own fast_codes_4bit.
 struct Fp4Group {
   const void* x;           // the quantize input (QuantArgs.x), dtype InDtype
   int dtype;
@@ -222,9 +222,16 @@ struct Fp4Group {
   bool saturate;           // some v may exceed the element max (clamp the table index)
   unsigned bad_blocks;     // bit j: block b + j is NaN / Inf (zero codes)
 };
+// A group's description plus the per-block arrays it points into (filled by quant_fast_group).
+struct Fp4Slot {
+  Fp4Group group;
+  alignas(64) int32_t factor[16];
+  alignas(64) int32_t mx_e[16];
+};
 // Whether fp4_codes_vbmi may run here for this block size: AVX512-VBMI, block_size >= 16, not switched off.
 bool fp4_codes_vbmi_takes(int block_size);
-void fp4_codes_vbmi(const Fp4Group& g);
+// The codes of n groups (batched: the per-call cost is a fair share of a 256-element group's work).
+void fp4_codes_vbmi(const Fp4Slot* slots, int n);
 // Test / A-B hook (leankern._C.mx_set_fp4_quantize_vbmi): on by default.
 bool fp4_codes_vbmi_enabled();
 void set_fp4_codes_vbmi_enabled(bool on);

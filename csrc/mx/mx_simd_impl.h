@@ -183,53 +183,58 @@ LK_T void quant_range_general(const QuantArgs& q, int64_t b0, int64_t b1) {
 // Blocks this form does not cover (FP blocks so tiny that subnormal inputs could map to normal
 // elements; NV blocks whose g * s underflows) go to the general path.
 // ---------------------------------------------------------------------------------------------
-template <int H>
+// W16: the lanes hold two 16-bit halves (maxima taken half-wise; a level moves whole 32-bit lanes).
+template <int H, bool W16 = false>
 LK_T void tmax_level(I* m) {
   const M hi = V::hi_lanes<H>();
   for (int j = 0; j < H; ++j) {  // lanes with bit H set come from m[j + H]
     I a = m[j], b = m[j + H];
-    m[j] = V::max_u(V::blend(hi, a, b), V::perm_xor<H>(V::blend(hi, b, a)));
+    I u = V::blend(hi, a, b), w = V::perm_xor<H>(V::blend(hi, b, a));
+    m[j] = W16 ? V::max_u16(u, w) : V::max_u(u, w);
   }
 }
 
 // m[j] (j < N): lane-wise partial maxima of block j -> one vector, lane j = max of block j.
+template <bool W16 = false>
 LK_T I transpose_max(I* m) {
-  if constexpr (N == 16) tmax_level<8>(m);
-  tmax_level<4>(m);
-  tmax_level<2>(m);
-  tmax_level<1>(m);
+  if constexpr (N == 16) tmax_level<8, W16>(m);
+  tmax_level<4, W16>(m);
+  tmax_level<2, W16>(m);
+  tmax_level<1, W16>(m);
   return m[0];
 }
+
+// Lanes of two 16-bit halves -> the larger half, zero-extended.
+LK_T I max_halves(I v) { return V::max_u(V::and_(v, const_(0xffff)), V::srli<16>(v)); }
 
 // |x| maxima of blocks [b, b + N) (block_size >= N), lane j = block j; NaN / Inf patterns kept.
 template <int DT>
 LK_T I block_amax_group(const void* x, int64_t b, int bs) {
   I m[N];
-  if (DT != kInF32 && bs == N) {  // 16-bit data, one vector = blocks 2k (lanes < N/2) and 2k + 1
+  // 16-bit data: the transposing levels take 16-bit maxima (pairs of halves travel together) and the
+  // two halves are folded once at the end, instead of once per block.
+  if (DT != kInF32 && bs == N) {  // one vector = blocks 2k (lanes < N/2) and 2k + 1
     const I absm16 = const_(0x7fff7fff);
     const uint16_t* xh = (const uint16_t*)x + b * bs;
-    for (int k = 0; k < N / 2; ++k) {
-      const I v = V::and_(V::load(xh + 2 * k * bs), absm16);
-      m[k] = V::max_u(V::and_(v, const_(0xffff)), V::srli<16>(v));
-    }
-    if constexpr (N == 16) tmax_level<4>(m);  // the first level (lane bit N/2) is the block parity
-    tmax_level<2>(m);
-    tmax_level<1>(m);
+    for (int k = 0; k < N / 2; ++k) m[k] = V::and_(V::load(xh + 2 * k * bs), absm16);
+    if constexpr (N == 16) tmax_level<4, true>(m);  // the first level (lane bit N/2) is the block parity
+    tmax_level<2, true>(m);
+    tmax_level<1, true>(m);
     alignas(64) int32_t idx[N];  // block j sits in lane (j >> 1) + (j & 1) * N / 2
     for (int j = 0; j < N; ++j) idx[j] = (j >> 1) + (j & 1) * (N / 2);
-    const I a16 = V::permute(m[0], V::load(idx));
+    const I a16 = V::permute(max_halves(m[0]), V::load(idx));
     return DT == kInBF16 ? V::slli<16>(a16) : V::f16_lanes_to_f32(a16);
   }
-  if (DT != kInF32 && bs >= 2 * N) {  // 16-bit data: one vector of raw halves lies inside one block
+  if (DT != kInF32 && bs >= 2 * N) {  // one vector of raw halves lies inside one block
     const I absm16 = const_(0x7fff7fff);
     const uint16_t* xh = (const uint16_t*)x;
     for (int j = 0; j < N; ++j) {
       const uint16_t* p = xh + (b + j) * bs;
       I acc = V::and_(V::load(p), absm16);
       for (int v = 2 * N; v < bs; v += 2 * N) acc = V::max_u16(acc, V::and_(V::load(p + v), absm16));
-      m[j] = V::max_u(V::and_(acc, const_(0xffff)), V::srli<16>(acc));
+      m[j] = acc;
     }
-    const I a16 = transpose_max(m);
+    const I a16 = max_halves(transpose_max<true>(m));
     return DT == kInBF16 ? V::slli<16>(a16) : V::f16_lanes_to_f32(a16);
   }
   const I absm = const_(0x7fffffff);
@@ -346,13 +351,16 @@ LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
 
 // Blocks [b, b + N). Returns false (nothing written) if a block needs the general path.
 template <int EL, int DT, bool NV, bool RECIP>
-LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
+// fp4 (E2M1 on AVX512-VBMI): scales only; the codes are left to fp4_codes_vbmi, described in *fp4.
+LK_T bool quant_fast_group(const QuantArgs& q, int64_t b, Fp4Slot* fp4 = nullptr) {
   constexpr ElemParams p = elem_params(EL);
   const int bs = q.block_size;
   const bool parked = NV && q.amax_parked;  // then amax / max_elem, still NaN / Inf for bad blocks
   const I amax = parked ? parked_amax(q.codes, b, bs) : block_amax_group<DT>(q.x, b, bs);
   const M bad = V::gt_u(amax, const_(0x7f7fffff));
-  alignas(64) int32_t kk[N], ss[N], ee[N];
+  alignas(64) int32_t kk[N], ss_here[N], ee_here[N];
+  int32_t* ss = fp4 ? fp4->factor : ss_here;
+  int32_t* ee = fp4 ? fp4->mx_e : ee_here;
   bool bf16_bits = false;  // MX E2M1 on bf16 x: every block's e >= -124 (fp4_codes_vbmi's route A)
   I sbyte;
   bool sat = q.scale_mode == kScaleFloor;  // MX rceil: amax <= max_elem * 2^e, nothing saturates
@@ -386,8 +394,8 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
   V::store_u8(q.scales + b, sbyte);
   const unsigned badbits = V::mask_bits(bad);
   if constexpr (N == 16 && EL == kFp4E2M1) {
-    if (fp4_codes_vbmi_takes(bs)) {
-      fp4_codes_vbmi(Fp4Group{q.x, DT, q.codes, b, bs, ss, bf16_bits ? ee : nullptr, NV && !RECIP, sat, badbits});
+    if (fp4) {
+      fp4->group = Fp4Group{q.x, DT, q.codes, b, bs, ss, bf16_bits ? ee : nullptr, NV && !RECIP, sat, badbits};
       return true;
     }
   }
@@ -405,6 +413,25 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b) {
 template <int EL, int DT, bool NV, bool RECIP>
 LK_T void quant_range(const QuantArgs& q, int64_t b0, int64_t b1) {
   int64_t b = b0;
+  if constexpr (N == 16 && EL == kFp4E2M1) {
+    if (q.block_size >= N && fp4_codes_vbmi_takes(q.block_size)) {
+      // Scales group by group, codes in batches of groups: one call into the VBMI kernel per batch.
+      constexpr int kBatch = 8;
+      Fp4Slot slots[kBatch];
+      int n = 0;
+      for (; b + N <= b1; b += N) {
+        if (!quant_fast_group<EL, DT, NV, RECIP>(q, b, &slots[n])) {
+          quant_range_general<EL, DT, NV, RECIP>(q, b, b + N);
+        } else if (++n == kBatch) {
+          fp4_codes_vbmi(slots, n);
+          n = 0;
+        }
+      }
+      if (n) fp4_codes_vbmi(slots, n);
+      if (b < b1) quant_range_general<EL, DT, NV, RECIP>(q, b, b1);
+      return;
+    }
+  }
   if (q.block_size >= N)
     for (; b + N <= b1; b += N)
       if (!quant_fast_group<EL, DT, NV, RECIP>(q, b)) quant_range_general<EL, DT, NV, RECIP>(q, b, b + N);

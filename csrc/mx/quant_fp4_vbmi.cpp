@@ -52,10 +52,7 @@ struct CodeTable {
     }
   }
 };
-const CodeTable& code_table() {
-  static const CodeTable t;
-  return t;
-}
+const CodeTable kCodeTable;  // built at load time: no guard on the per-group call
 
 struct Tables {
   __m512i lo, hi;
@@ -124,6 +121,9 @@ LK_FP4 void codes_f32(const Fp4Group& g, const Tables& t) {
   alignas(64) static const uint16_t kOddWords[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
                                                      33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
   const __m512i odd_words = _mm512_load_si512(kOddWords);
+  alignas(64) static const uint16_t kHiPairs[32] = {1,  33, 3,  35, 5,  37, 7,  39, 9,  41, 11, 43, 13, 45, 15, 47,
+                                                    17, 49, 19, 51, 21, 53, 23, 55, 25, 57, 27, 59, 29, 61, 31, 63};
+  const __m512i hi_pairs = _mm512_load_si512(kHiPairs);
   const int lg = __builtin_ctz((unsigned)bs);
   auto pairs = [&](int64_t i) LK_FP4_TARGET {
     const int j0 = (int)(i >> lg), j1 = (int)((i + 16) >> lg);
@@ -134,7 +134,7 @@ LK_FP4 void codes_f32(const Fp4Group& g, const Tables& t) {
       const __m512 f = _mm512_mask_blend_ps(0xFF00, f0, f1);
       const __m512i ve = scaled_sticky<DIV>(_mm512_castsi512_ps(_mm512_slli_epi32(raw, 16)), f);
       const __m512i vo = scaled_sticky<DIV>(_mm512_castsi512_ps(_mm512_and_si512(raw, hi_words)), f);
-      w = _mm512_ternarylogic_epi32(_mm512_srli_epi32(ve, 16), vo, hi_words, 0xF8);  // A | (B & C)
+      w = _mm512_permutex2var_epi16(ve, hi_pairs, vo);  // high halves: word 2l from ve, 2l + 1 from vo
     } else {
       __m512 x0, x1;
       if constexpr (DT == kInF32) {
@@ -169,16 +169,18 @@ bool fp4_codes_vbmi_takes(int block_size) {
   return block_size >= 16 && cpu_has_vbmi() && fp4_codes_vbmi_enabled();
 }
 
-LK_FP4_TARGET void fp4_codes_vbmi(const Fp4Group& g) {
-  const CodeTable& ct = code_table();
-  const Tables t{_mm512_load_si512(ct.v), _mm512_load_si512(ct.v + 64)};
-  if (g.saturate)
-    codes_any<true>(g, t);
-  else
-    codes_any<false>(g, t);
-  const int64_t nb = g.block_size / 2;  // code bytes per block
-  for (unsigned bad = g.bad_blocks; bad; bad &= bad - 1)  // NaN / Inf policy: zero codes
-    memset(g.codes + (g.b + __builtin_ctz(bad)) * nb, 0, (size_t)nb);
+LK_FP4_TARGET void fp4_codes_vbmi(const Fp4Slot* slots, int n) {
+  const Tables t{_mm512_load_si512(kCodeTable.v), _mm512_load_si512(kCodeTable.v + 64)};
+  for (int i = 0; i < n; ++i) {
+    const Fp4Group& g = slots[i].group;
+    if (g.saturate)
+      codes_any<true>(g, t);
+    else
+      codes_any<false>(g, t);
+    const int64_t nb = g.block_size / 2;  // code bytes per block
+    for (unsigned bad = g.bad_blocks; bad; bad &= bad - 1)  // NaN / Inf policy: zero codes
+      memset(g.codes + (g.b + __builtin_ctz(bad)) * nb, 0, (size_t)nb);
+  }
 }
 
 }  // namespace mx
@@ -191,7 +193,7 @@ namespace mx {
 bool fp4_codes_vbmi_enabled() { return false; }
 void set_fp4_codes_vbmi_enabled(bool) {}
 bool fp4_codes_vbmi_takes(int) { return false; }
-void fp4_codes_vbmi(const Fp4Group&) {}
+void fp4_codes_vbmi(const Fp4Slot*, int) {}
 }  // namespace mx
 }  // namespace leankern
 
