@@ -12,9 +12,7 @@ run (the issue's quantize target: >= 50%). NV rows: dynamic global scale (two pa
 (+g); exact division (rceil) or the reciprocal (:recip).
 """
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -25,24 +23,13 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.harness import cpu_model, measure_copy_bandwidth, median_of_rounds
+from leankern.benchmarks.harness import cpu_model, measure_copy_bandwidth, median_call_s, median_of_rounds
 
 # (label, format, scale_mode, given global scale)
 ROWS = [("mxfp4", "mxfp4", "rceil", False), ("nvfp4", "nvfp4", "rceil", False),
         ("nvfp4+g", "nvfp4", "rceil", True), ("nvfp4:recip", "nvfp4", "reciprocal", False),
         ("nvfp4+g:recip", "nvfp4", "reciprocal", True)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-
-
-def _median_call(fn, reps=15):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv) -> int:
@@ -68,7 +55,7 @@ def main(argv) -> int:
 
                 def time_one(on):
                     hook(on)
-                    return _median_call(lambda: leankern.mx.quantize(x, fmt, scale_mode=mode, global_scale=g))
+                    return median_call_s(lambda: leankern.mx.quantize(x, fmt, scale_mode=mode, global_scale=g))
 
                 try:
                     t = median_of_rounds((True, False), time_one)

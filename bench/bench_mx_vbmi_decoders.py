@@ -13,9 +13,7 @@ bandwidth in the same run. The fp32-FMA form of the kernel (on by default on CPU
 here: it replaces the vdpbf16ps form for 4-bit and INT6 weights (``python bench/bench_mx_few_rows.py``).
 """
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -26,19 +24,8 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.harness import median_of_rounds
+from leankern.benchmarks.harness import median_call_s, median_of_rounds
 from leankern.benchmarks.mx_linear import cold_weights, measure_read_bandwidth
-
-
-def _median_call(fn, reps=15):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _cpu_model() -> str:
@@ -76,7 +63,7 @@ def main(argv) -> int:
                 x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
                 def time_one(on):
                     hook(on)
-                    return _median_call(lambda: leankern.mx.linear(x, nxt()))
+                    return median_call_s(lambda: leankern.mx.linear(x, nxt()))
 
                 try:
                     t = median_of_rounds((True, False), time_one)

@@ -153,6 +153,18 @@ def read_gbps(buf: torch.Tensor, repeats: int = 3, min_time: float = 0.0) -> flo
     return buf.numel() * buf.element_size() / statistics.median(times) / 1e9
 
 
+def median_call_s(fn: Callable[[], Any], reps: int = 15, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in seconds over ``reps`` calls after ``warmup`` (CPU; A/B scripts' unit)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def median_of_rounds(keys, time_one: Callable[[Any], float], rounds: int = 3) -> dict:
     """{key: median over `rounds` of time_one(key)}, the keys timed in turn within each round (A/B scripts: a slow
     stretch of a shared machine hits every side alike)."""
