@@ -208,12 +208,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("on"),
         "Test hook: let (True) or forbid (False) the few-rows bf16 mx_linear kernel its AVX512-VBMI "
         "decoders (4-bit, FP8, FP6, MXINT6 weights); returns the previous setting.");
-  m.def("mx_set_fp4_quantize_vbmi",
-        [](bool on) { const bool was = leankern::mx::fp4_codes_vbmi_enabled(); leankern::mx::set_fp4_codes_vbmi_enabled(on); return was; },
+  m.def("mx_set_quantize_vbmi",
+        [](bool on) { const bool was = leankern::mx::quantize_vbmi_enabled(); leankern::mx::set_quantize_vbmi_enabled(on); return was; },
         py::arg("on"),
-        "Test / A-B hook: let (True) or forbid (False) mx_quantize's AVX512-VBMI E2M1 code kernel (MXFP4 / NVFP4, "
-        "block_size >= 16, 32 elements per op; else the generic AVX-512 one, bit-identical); returns the previous "
-        "setting.");
+        "Test / A-B hook: let (True) or forbid (False) mx_quantize's AVX512-VBMI code kernels (E2M1: MXFP4 / NVFP4; "
+        "E4M3: MXFP8 on bf16 x; block_size >= 16; 32 elements per op, vpermb tables; else the generic AVX-512 ones, "
+        "bit-identical); returns the previous setting.");
   m.def("mx_set_int8_few_rows",
         [](std::optional<bool> on) -> py::object {
           const int was = leankern::mx::set_int8_few_rows(on.has_value() ? (*on ? 1 : 0) : -1);

@@ -55,6 +55,10 @@ bool int8_few_rows_takes(bool four) {
 }
 int set_int8_few_rows(int setting) { return g_int8_few_rows.exchange(setting < 0 ? -1 : setting > 0 ? 1 : 0); }
 
+std::atomic<bool> g_quantize_vbmi{true};
+bool quantize_vbmi_enabled() { return g_quantize_vbmi.load(std::memory_order_relaxed); }
+void set_quantize_vbmi_enabled(bool on) { g_quantize_vbmi.store(on, std::memory_order_relaxed); }
+
 bool cpu_has_vbmi() {
 #if defined(__x86_64__) || defined(_M_X64)
   static const bool vbmi = __builtin_cpu_supports("avx512vbmi");

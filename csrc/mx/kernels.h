@@ -207,34 +207,38 @@ bool cpu_has_vbmi();
 bool int8_few_rows_takes(bool four);
 int set_int8_few_rows(int setting);
 
-// E2M1 codes (MXFP4 / NVFP4) of one fast-path group of 16 blocks, 32 elements per op with a vpermb table
-// (quant_fp4_vbmi.cpp). mx_simd_impl.h's quant_fast_group fills this after the scales (quant_range batches the
-// groups); the codes are bit-identical to its own fast_codes_4bit.
-struct Fp4Group {
+// Code bytes of one fast-path group of 16 blocks in 16-bit lanes with vpermb tables (AVX512-VBMI): E2M1
+// (MXFP4 / NVFP4, quant_fp4_vbmi.cpp) and MX E4M3 on bf16 x (quant_fp8_vbmi.cpp). mx_simd_impl.h's
+// quant_fast_group fills this after the scales (quant_range batches the groups); the codes are bit-identical
+// to its own fast_codes_4bit / fast_codes_8bit.
+struct VbmiGroup {
   const void* x;           // the quantize input (QuantArgs.x), dtype InDtype
   int dtype;
-  uint8_t* codes;          // QuantArgs.codes (packed nibbles)
+  uint8_t* codes;          // QuantArgs.codes
   int64_t b;               // first block of the group
   int block_size;          // >= 16
   const int32_t* factor;   // [16] fp32 bits per block: v = x * factor (MX 2^-e, NV r) or x / factor (divide)
-  const int32_t* mx_e;     // [16] MX scale exponents, all >= -124, to take bf16 x on its bit pattern; or nullptr
+  const int32_t* mx_e;     // [16] MX scale exponents, to take bf16 x on its bit pattern (E2M1: all >= -124,
+                           // E4M3: all >= -116); or nullptr (E2M1 only: v from fp32)
   bool divide;             // NV exact division (scale_mode rceil)
-  bool saturate;           // some v may exceed the element max (clamp the table index)
+  bool saturate;           // some v may exceed the element max (clamp)
   unsigned bad_blocks;     // bit j: block b + j is NaN / Inf (zero codes)
 };
 // A group's description plus the per-block arrays it points into (filled by quant_fast_group).
-struct Fp4Slot {
-  Fp4Group group;
+struct VbmiSlot {
+  VbmiGroup group;
   alignas(64) int32_t factor[16];
   alignas(64) int32_t mx_e[16];
 };
-// Whether fp4_codes_vbmi may run here for this block size: AVX512-VBMI, block_size >= 16, not switched off.
+// Whether the VBMI code kernels may run here: AVX512-VBMI, block_size >= 16, not switched off; E4M3 for bf16 x.
 bool fp4_codes_vbmi_takes(int block_size);
+bool fp8_codes_vbmi_takes(int dtype, int block_size);
 // The codes of n groups (batched: the per-call cost is a fair share of a 256-element group's work).
-void fp4_codes_vbmi(const Fp4Slot* slots, int n);
-// Test / A-B hook (leankern._C.mx_set_fp4_quantize_vbmi): on by default.
-bool fp4_codes_vbmi_enabled();
-void set_fp4_codes_vbmi_enabled(bool on);
+void fp4_codes_vbmi(const VbmiSlot* slots, int n);
+void fp8_codes_vbmi(const VbmiSlot* slots, int n);
+// Test / A-B hook (leankern._C.mx_set_quantize_vbmi): on by default.
+bool quantize_vbmi_enabled();
+void set_quantize_vbmi_enabled(bool on);
 
 }  // namespace mx
 }  // namespace leankern

@@ -349,19 +349,25 @@ LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
   }
 }
 
-// Blocks [b, b + N). Returns false (nothing written) if a block needs the general path.
+// Element formats with a VBMI code kernel (kernels.h VbmiGroup).
+constexpr bool has_vbmi_codes(int el) { return el == kFp4E2M1 || el == kFp8E4M3; }
+enum GroupResult : int { kGroupGeneral = 0, kGroupDone = 1, kGroupDeferred = 2 };
+
+// Blocks [b, b + N). Returns kGroupGeneral (nothing written) if a block needs the general path. Given a VBMI
+// slot (has_vbmi_codes formats, CPU with AVX512-VBMI): the scales only, the group described in *slot for
+// fp4_codes_vbmi / fp8_codes_vbmi (kGroupDeferred), unless E4M3 blocks are too small for the bf16 route (the
+// codes here: kGroupDone).
 template <int EL, int DT, bool NV, bool RECIP>
-// fp4 (E2M1 on AVX512-VBMI): scales only; the codes are left to fp4_codes_vbmi, described in *fp4.
-LK_T bool quant_fast_group(const QuantArgs& q, int64_t b, Fp4Slot* fp4 = nullptr) {
+LK_T int quant_fast_group(const QuantArgs& q, int64_t b, VbmiSlot* slot = nullptr) {
   constexpr ElemParams p = elem_params(EL);
   const int bs = q.block_size;
   const bool parked = NV && q.amax_parked;  // then amax / max_elem, still NaN / Inf for bad blocks
   const I amax = parked ? parked_amax(q.codes, b, bs) : block_amax_group<DT>(q.x, b, bs);
   const M bad = V::gt_u(amax, const_(0x7f7fffff));
   alignas(64) int32_t kk[N], ss_here[N], ee_here[N];
-  int32_t* ss = fp4 ? fp4->factor : ss_here;
-  int32_t* ee = fp4 ? fp4->mx_e : ee_here;
-  bool bf16_bits = false;  // MX E2M1 on bf16 x: every block's e >= -124 (fp4_codes_vbmi's route A)
+  int32_t* ss = slot ? slot->factor : ss_here;
+  int32_t* ee = slot ? slot->mx_e : ee_here;
+  bool bf16_bits = false;  // MX bf16 x whose blocks the VBMI kernels may take on the bit pattern (VbmiGroup.mx_e)
   I sbyte;
   bool sat = q.scale_mode == kScaleFloor;  // MX rceil: amax <= max_elem * 2^e, nothing saturates
   if constexpr (NV) {
@@ -370,7 +376,7 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b, Fp4Slot* fp4 = nullptr
     constexpr int32_t k_e4m3 = fp_bias_k(3, 126 + elem_params(kFp8E4M3).emin);
     I sc = V::max_i(fast_code<kFp8E4M3, true>(t, t, const_(k_e4m3), t), const_(1));
     I d = V::fmul(gv, e4m3_value_v(sc));
-    if (V::any(V::mandnot(bad, V::feq(d, V::zero())))) return false;
+    if (V::any(V::mandnot(bad, V::feq(d, V::zero())))) return kGroupGeneral;
     sbyte = V::blend(bad, sc, const_(0x7F));
     V::store(ss, RECIP ? nv_reciprocal_v(d) : d);
     // |v| <= amax / d < max_elem * 1.07 (E4M3 normal scale: relative error <= 2^-4) rounds to at
@@ -382,21 +388,22 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b, Fp4Slot* fp4 = nullptr
     sbyte = V::blend(bad, V::add(e, const_(127)), const_(0xFF));
     if constexpr (!p.is_int) {
       e = V::blend(V::eq(amax, V::zero()), e, V::zero());  // zero blocks: any e with a re-bias >= 0 works
-      if (V::any(V::mandnot(bad, V::gt_i(const_(-126 - p.emin), e)))) return false;
+      if (V::any(V::mandnot(bad, V::gt_i(const_(-126 - p.emin), e)))) return kGroupGeneral;
       V::store(kk, V::sub(const_(fp_bias_k(p.mbits, 0)), V::slli<23>(V::add(e, const_(126 + p.emin)))));
     }
-    if constexpr (EL == kFp4E2M1 && DT == kInBF16) {
+    if constexpr (has_vbmi_codes(EL) && DT == kInBF16) {
+      constexpr int lowest = EL == kFp4E2M1 ? -124 : -116;  // bf16 subnormals stay below the kernels' tables
       V::store(ee, V::blend(bad, e, V::zero()));
-      bf16_bits = !V::any(V::mandnot(bad, V::gt_i(const_(-124), e)));
+      bf16_bits = !V::any(V::mandnot(bad, V::gt_i(const_(lowest), e)));
     }
     V::store(ss, V::blend(V::eq(e, const_(127)), V::slli<23>(V::sub(const_(127), e)), const_(0x00400000)));
   }
   V::store_u8(q.scales + b, sbyte);
   const unsigned badbits = V::mask_bits(bad);
-  if constexpr (N == 16 && EL == kFp4E2M1) {
-    if (fp4) {
-      fp4->group = Fp4Group{q.x, DT, q.codes, b, bs, ss, bf16_bits ? ee : nullptr, NV && !RECIP, sat, badbits};
-      return true;
+  if constexpr (N == 16 && has_vbmi_codes(EL)) {
+    if (slot && (EL == kFp4E2M1 || bf16_bits)) {
+      slot->group = VbmiGroup{q.x, DT, q.codes, b, bs, ss, bf16_bits ? ee : nullptr, NV && !RECIP, sat, badbits};
+      return kGroupDeferred;
     }
   }
   if (p.bits == 4 && sat)
@@ -407,33 +414,43 @@ LK_T bool quant_fast_group(const QuantArgs& q, int64_t b, Fp4Slot* fp4 = nullptr
     fast_codes_8bit<EL, DT, NV, RECIP, true>(q.x, q.codes, b, bs, kk, ss, badbits);
   else
     fast_codes_8bit<EL, DT, NV, RECIP, false>(q.x, q.codes, b, bs, kk, ss, badbits);
-  return true;
+  return kGroupDone;
+}
+
+template <int EL>
+LK_T void vbmi_codes(const VbmiSlot* slots, int n) {
+  if constexpr (EL == kFp4E2M1)
+    fp4_codes_vbmi(slots, n);
+  else
+    fp8_codes_vbmi(slots, n);
 }
 
 template <int EL, int DT, bool NV, bool RECIP>
 LK_T void quant_range(const QuantArgs& q, int64_t b0, int64_t b1) {
   int64_t b = b0;
-  if constexpr (N == 16 && EL == kFp4E2M1) {
-    if (q.block_size >= N && fp4_codes_vbmi_takes(q.block_size)) {
+  if constexpr (N == 16 && has_vbmi_codes(EL)) {
+    const bool vbmi = EL == kFp4E2M1 ? fp4_codes_vbmi_takes(q.block_size) : fp8_codes_vbmi_takes(DT, q.block_size);
+    if (q.block_size >= N && vbmi) {
       // Scales group by group, codes in batches of groups: one call into the VBMI kernel per batch. Batches
       // of ~2 KB of x: at 8 KB - 16 KB the scale pass (loads) and the code pass (ops) stopped overlapping when
       // x streams from DRAM (4096 x 4096 fp32 MXFP4 ran 1.25x slower than unbatched; bf16 1.3x faster at 2 KB).
       constexpr int kBatch = 8;
       constexpr int64_t kBatchBytes = 2048;
-      Fp4Slot slots[kBatch];
+      VbmiSlot slots[kBatch];
       const int64_t group_bytes = (int64_t)N * q.block_size * (DT == kInF32 ? 4 : 2);
       const int64_t fit = kBatchBytes / group_bytes;
       const int batch = fit < 1 ? 1 : fit > kBatch ? kBatch : (int)fit;
       int n = 0;
       for (; b + N <= b1; b += N) {
-        if (!quant_fast_group<EL, DT, NV, RECIP>(q, b, &slots[n])) {
+        const int r = quant_fast_group<EL, DT, NV, RECIP>(q, b, &slots[n]);
+        if (r == kGroupGeneral) {
           quant_range_general<EL, DT, NV, RECIP>(q, b, b + N);
-        } else if (++n == batch) {
-          fp4_codes_vbmi(slots, n);
+        } else if (r == kGroupDeferred && ++n == batch) {
+          vbmi_codes<EL>(slots, n);
           n = 0;
         }
       }
-      if (n) fp4_codes_vbmi(slots, n);
+      if (n) vbmi_codes<EL>(slots, n);
       if (b < b1) quant_range_general<EL, DT, NV, RECIP>(q, b, b1);
       return;
     }

@@ -25,8 +25,6 @@
 #include <immintrin.h>
 #include <string.h>
 
-#include <atomic>
-
 #include "common/bits.h"
 #include "mx/formats.h"
 
@@ -36,8 +34,6 @@ namespace {
 
 #define LK_FP4_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,f16c")))
 #define LK_FP4 LK_FP4_TARGET inline
-
-std::atomic<bool> g_fp4_vbmi{true};
 
 // Stored E2M1 code by idx (above), from the scalar rounding of one v inside each cell.
 struct CodeTable {
@@ -79,7 +75,7 @@ LK_FP4 void store_64(__m512i p0, __m512i p1, uint8_t* dst) {
 
 // Route A: MX, bf16 x, every block's e >= -124. TWO: block_size 16 (a vector spans two blocks).
 template <bool SAT, bool TWO>
-LK_FP4 void codes_mx_bf16(const Fp4Group& g, const Tables& t) {
+LK_FP4 void codes_mx_bf16(const VbmiGroup& g, const Tables& t) {
   const int bs = g.block_size;
   const uint16_t* x = (const uint16_t*)g.x + g.b * bs;
   uint8_t* out = g.codes + g.b * bs / 2;
@@ -111,7 +107,7 @@ LK_FP4 __m512i scaled_sticky(__m512 x, __m512 f) {
 
 // Route B: v in fp32.
 template <int DT, bool DIV, bool SAT>
-LK_FP4 void codes_f32(const Fp4Group& g, const Tables& t) {
+LK_FP4 void codes_f32(const VbmiGroup& g, const Tables& t) {
   const int bs = g.block_size;
   const int64_t e0 = g.b * bs;
   uint8_t* out = g.codes + e0 / 2;
@@ -152,7 +148,7 @@ LK_FP4 void codes_f32(const Fp4Group& g, const Tables& t) {
 }
 
 template <bool SAT>
-LK_FP4 void codes_any(const Fp4Group& g, const Tables& t) {
+LK_FP4 void codes_any(const VbmiGroup& g, const Tables& t) {
   if (g.mx_e) return g.block_size == 16 ? codes_mx_bf16<SAT, true>(g, t) : codes_mx_bf16<SAT, false>(g, t);
   if (g.dtype == kInBF16)
     return g.divide ? codes_f32<kInBF16, true, SAT>(g, t) : codes_f32<kInBF16, false, SAT>(g, t);
@@ -162,17 +158,12 @@ LK_FP4 void codes_any(const Fp4Group& g, const Tables& t) {
 
 }  // namespace
 
-bool fp4_codes_vbmi_enabled() { return g_fp4_vbmi.load(std::memory_order_relaxed); }
-void set_fp4_codes_vbmi_enabled(bool on) { g_fp4_vbmi.store(on, std::memory_order_relaxed); }
+bool fp4_codes_vbmi_takes(int block_size) { return block_size >= 16 && cpu_has_vbmi() && quantize_vbmi_enabled(); }
 
-bool fp4_codes_vbmi_takes(int block_size) {
-  return block_size >= 16 && cpu_has_vbmi() && fp4_codes_vbmi_enabled();
-}
-
-LK_FP4_TARGET void fp4_codes_vbmi(const Fp4Slot* slots, int n) {
+LK_FP4_TARGET void fp4_codes_vbmi(const VbmiSlot* slots, int n) {
   const Tables t{_mm512_load_si512(kCodeTable.v), _mm512_load_si512(kCodeTable.v + 64)};
   for (int i = 0; i < n; ++i) {
-    const Fp4Group& g = slots[i].group;
+    const VbmiGroup& g = slots[i].group;
     if (g.saturate)
       codes_any<true>(g, t);
     else
@@ -190,10 +181,8 @@ LK_FP4_TARGET void fp4_codes_vbmi(const Fp4Slot* slots, int n) {
 
 namespace leankern {
 namespace mx {
-bool fp4_codes_vbmi_enabled() { return false; }
-void set_fp4_codes_vbmi_enabled(bool) {}
 bool fp4_codes_vbmi_takes(int) { return false; }
-void fp4_codes_vbmi(const Fp4Slot*, int) {}
+void fp4_codes_vbmi(const VbmiSlot*, int) {}
 }  // namespace mx
 }  // namespace leankern
 

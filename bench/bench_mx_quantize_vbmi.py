@@ -1,9 +1,9 @@
-"""A/B of mx_quantize's E2M1 code kernels (MXFP4 / NVFP4) on the CPU:
-``python bench/bench_mx_quantize_fp4.py [ROWS]`` (default 4096 rows of 4096).
+"""A/B of mx_quantize's code kernels for AVX512-VBMI CPUs:
+``python bench/bench_mx_quantize_vbmi.py [ROWS]`` (default 4096 rows of 4096).
 
-The AVX512-VBMI kernel (csrc/mx/quant_fp4_vbmi.cpp: 32 elements per op, one ``vpermb`` table lookup per
-code; codes of 8 groups of 16 blocks per call) against the generic AVX-512 4-bit kernel before it (16 fp32
-lanes per op), switched per call with the test hook ``leankern._C.mx_set_fp4_quantize_vbmi`` and timed in
+The VBMI kernels (csrc/mx/quant_fp4_vbmi.cpp: E2M1 for MXFP4 / NVFP4, every input dtype;
+quant_fp8_vbmi.cpp: E4M3 for MXFP8 on bf16 x; 32 elements per op, ``vpermb`` table lookups, codes of ~2 KB
+of x per call) against the generic AVX-512 kernels before them (16 fp32 lanes per op), switched per call with the test hook ``leankern._C.mx_set_quantize_vbmi`` and timed in
 turn (3 rounds x 15 calls each, median of the round medians), 2 threads, outputs from
 ``leankern.output_cache`` and fresh tensors on 2 MiB pages as in ``leankern bench`` (the script reruns
 itself with THP_MEM_ALLOC_ENABLE=1 unless it is set). GB/s counts x read once plus codes and scales
@@ -26,7 +26,7 @@ from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import cpu_model, measure_copy_bandwidth, median_call_s, median_of_rounds
 
 # (label, format, scale_mode, given global scale)
-ROWS = [("mxfp4", "mxfp4", "rceil", False), ("nvfp4", "nvfp4", "rceil", False),
+ROWS = [("mxfp8_e4m3", "mxfp8_e4m3", "rceil", False), ("mxfp4", "mxfp4", "rceil", False), ("nvfp4", "nvfp4", "rceil", False),
         ("nvfp4+g", "nvfp4", "rceil", True), ("nvfp4:recip", "nvfp4", "reciprocal", False),
         ("nvfp4+g:recip", "nvfp4", "reciprocal", True)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -38,7 +38,7 @@ def main(argv) -> int:
         return 0
     rows = int(argv[0]) if argv else 4096
     torch.set_num_threads(2)
-    hook = leankern._C.mx_set_fp4_quantize_vbmi
+    hook = leankern._C.mx_set_quantize_vbmi
     bw = measure_copy_bandwidth()
     print(f"{cpu_model()}, ISA {leankern._C.cpu_isa()}, torch {torch.__version__}, 2 threads; copy bandwidth "
           f"{bw:.1f} GB/s (this run); THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
@@ -50,8 +50,11 @@ def main(argv) -> int:
             x = torch.randn(rows, 4096, generator=gen).to(dtype)
             for label, fmt, mode, given in ROWS:
                 g = float(x.float().abs().amax()) / (448 * 6) if given else None
+                if fmt.startswith("mxfp8") and dtype != torch.bfloat16:
+                    continue  # the E4M3 kernel takes bf16 x only
                 bs = 16 if fmt.startswith("nv") else 32
-                nbytes = x.numel() * x.element_size() + x.numel() // 2 + x.numel() // bs
+                code_bytes = x.numel() if fmt.startswith("mxfp8") else x.numel() // 2
+                nbytes = x.numel() * x.element_size() + code_bytes + x.numel() // bs
 
                 def time_one(on):
                     hook(on)

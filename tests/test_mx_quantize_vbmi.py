@@ -1,14 +1,17 @@
-"""mx_quantize's E2M1 code kernel for AVX512-VBMI CPUs (csrc/mx/quant_fp4_vbmi.cpp), bit-exact.
+"""mx_quantize's code kernels for AVX512-VBMI CPUs (csrc/mx/quant_fp4_vbmi.cpp, quant_fp8_vbmi.cpp), bit-exact.
 
-MXFP4 / NVFP4 with block_size >= 16 take it on CPUs with AVX512-VBMI (32 elements per op, one vpermb
-table lookup per code) instead of the generic AVX-512 4-bit kernel; ``leankern._C.mx_set_fp4_quantize_vbmi``
-switches it off, so both kernels run here on the same inputs against the reference:
+MXFP4 / NVFP4 (every input dtype) and MXFP8 E4M3 (bf16 x) with block_size >= 16 take them on CPUs with
+AVX512-VBMI (32 elements per op, vpermb table lookups) instead of the generic AVX-512 kernels;
+``leankern._C.mx_set_quantize_vbmi`` switches them off, so both run here on the same inputs against the
+reference:
 
 * every bf16 / fp16 pattern (and fp32 patterns built from them), sorted and shuffled, with NaN / Inf blocks;
 * every finite pattern next to controlled block maxima (several scale exponents per pattern);
-* MX bf16 blocks at the edge of the bit-pattern route (e = -124 takes it, e = -125 and below go through
-  fp32), alone and mixed in one group of 16 blocks, bf16 subnormals included;
-* every E2M1 rounding boundary (and one ulp either side) at many block scales, every input dtype;
+* MX bf16 blocks at the edge of the bit-pattern routes (E2M1: e = -124 takes it, e = -125 and below go
+  through fp32; E4M3: e >= -116, below it the generic kernel), alone and mixed in one group of 16 blocks,
+  bf16 subnormals included;
+* every E2M1 rounding boundary (and one ulp either side) at many block scales, every input dtype; E4M3 ties
+  in its subnormal and normal ranges and the floor mode's saturation;
 * NV: dynamic and static global scales (1.0 saturates / underflows block scales: the clamped table
   index), exact division and the reciprocal.
 """
@@ -27,7 +30,8 @@ EXT = leankern.extension()
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (format, scale_mode, static global scale or None)
 CASES = [("mxfp4", "rceil", None), ("mxfp4", "floor", None), ("nvfp4", "rceil", None), ("nvfp4", "rceil", 1.0),
-         ("nvfp4", "reciprocal", None), ("nvfp4", "reciprocal", 1.0)]
+         ("nvfp4", "reciprocal", None), ("nvfp4", "reciprocal", 1.0), ("mxfp8_e4m3", "rceil", None),
+         ("mxfp8_e4m3", "floor", None)]
 CASE_IDS = [f"{f}-{m}-{'dynamic' if g is None else 'g=1'}" for f, m, g in CASES]
 
 
@@ -36,19 +40,19 @@ def _has_vbmi() -> bool:
 
 
 @pytest.fixture(params=["vbmi", "generic"])
-def fp4_kernel(request):
-    """The AVX-512 kernels with the VBMI E2M1 code kernel on (where the CPU has VBMI) or off."""
+def code_kernel(request):
+    """The AVX-512 kernels with the VBMI code kernels on (where the CPU has VBMI) or off."""
     skip_unless_cpp()
     if "avx512" not in EXT.supported_isas():
         pytest.skip(f"no AVX-512 here (it has: {EXT.cpu_features()})")
     if request.param == "vbmi" and not _has_vbmi():
         pytest.skip("this CPU has no AVX512-VBMI")
     EXT.set_cpu_isa("avx512")
-    was = EXT.mx_set_fp4_quantize_vbmi(request.param == "vbmi")
+    was = EXT.mx_set_quantize_vbmi(request.param == "vbmi")
     try:
         yield request.param
     finally:
-        EXT.mx_set_fp4_quantize_vbmi(was)
+        EXT.mx_set_quantize_vbmi(was)
         EXT.set_cpu_isa("auto")
 
 
@@ -61,34 +65,48 @@ def _check(x, fmt, bs, mode, g, what):
 @pytest.mark.parametrize("bs", [16, 32, 64, 1024])
 @pytest.mark.parametrize("src", list(DTYPES))
 @pytest.mark.parametrize("fmt,mode,g", CASES, ids=CASE_IDS)
-def test_every_16bit_pattern(fp4_kernel, fmt, mode, g, src, bs):
+def test_every_16bit_pattern(code_kernel, fmt, mode, g, src, bs):
     if fmt.startswith("nv") and bs != 16:
         pytest.skip("NV formats: block size 16 is the one models use; the MX rows cover the others")
     for order in ("sorted", "shuffled"):
-        _check(sweep_input(src, order, bs), fmt, bs, mode, g, f"{fp4_kernel} {fmt} {mode} g={g} {src} bs={bs} {order}")
+        _check(sweep_input(src, order, bs), fmt, bs, mode, g, f"{code_kernel} {fmt} {mode} g={g} {src} bs={bs} {order}")
 
 
 @pytest.mark.parametrize("bs", [16, 32])
 @pytest.mark.parametrize("src", list(DTYPES))
 @pytest.mark.parametrize("fmt,mode,g", CASES, ids=CASE_IDS)
-def test_every_pattern_at_several_block_scales(fp4_kernel, fmt, mode, g, src, bs):
+def test_every_pattern_at_several_block_scales(code_kernel, fmt, mode, g, src, bs):
     if fmt.startswith("nv") and bs != 16:
         pytest.skip("NV formats: block size 16")
     for i, x in enumerate(scaled_cases(src, bs, fmt.startswith("nv") and g is None)):
-        _check(x, fmt, bs, mode, g, f"{fp4_kernel} {fmt} {mode} g={g} {src} bs={bs} part {i}")
+        _check(x, fmt, bs, mode, g, f"{code_kernel} {fmt} {mode} g={g} {src} bs={bs} part {i}")
 
 
-def _boundary_blocks(dtype: torch.dtype, exps, bs: int) -> torch.Tensor:
-    """One row per block exponent e: the block max 6 * 2^e, then every E2M1 midpoint and grid value times
-    2^e, one ulp below and above each, both signs (as many as fit; the rest of the row repeats them)."""
-    grid = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0])
+def _e4m3_points() -> torch.Tensor:
+    """E4M3 values and midpoints (subnormal 2^-9 steps, each binade's, the top ones up to 448 and past it)."""
+    sub = torch.arange(0, 17) * 2.0**-10  # 0 .. 2^-6 in half-quantum steps: values and ties
+    norm = torch.cat([(1 + torch.arange(0, 16) / 16) * 2.0**k for k in (-6, -5, 0, 1, 7, 8)])
+    return torch.cat([sub, norm, torch.tensor([449.0, 464.0, 480.0, 500.0])])
+
+
+GRIDS = {"mxfp4": torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0]),
+         "mxfp8_e4m3": _e4m3_points()}
+GRIDS["nvfp4"] = GRIDS["mxfp4"]
+MAXES = {"mxfp4": 6.0, "nvfp4": 6.0, "mxfp8_e4m3": 448.0}
+
+
+def _boundary_blocks(fmt: str, dtype: torch.dtype, exps, bs: int) -> torch.Tensor:
+    """One row per block exponent e: the block max (element max * 2^e), then every element value and
+    midpoint times 2^e, one ulp below and above each, both signs (as many as fit; the rest of the row
+    repeats them)."""
+    grid = GRIDS[fmt]
     rows = []
     for e in exps:
         v = (grid * 2.0**e).to(dtype)
         vals = torch.cat([v, torch.nextafter(v, torch.zeros_like(v)), torch.nextafter(v, torch.full_like(v, torch.finfo(dtype).max))])
         vals = torch.cat([vals, -vals])
-        row = vals.repeat(bs * 8 // vals.numel() + 1)[: bs * 8].reshape(8, bs)
-        row[:, 0] = 6.0 * 2.0**e  # the block max: scale exponent e under rceil and floor
+        row = vals.repeat(bs * 16 // vals.numel() + 1)[: bs * 16].reshape(16, bs)
+        row[:, 0] = MAXES[fmt] * 2.0**e  # the block max: scale exponent e under rceil
         rows.append(row.reshape(-1))
     return torch.stack(rows).to(dtype)
 
@@ -96,45 +114,48 @@ def _boundary_blocks(dtype: torch.dtype, exps, bs: int) -> torch.Tensor:
 @pytest.mark.parametrize("bs", [16, 32, 128])
 @pytest.mark.parametrize("src", list(DTYPES))
 @pytest.mark.parametrize("fmt,mode,g", CASES, ids=CASE_IDS)
-def test_rounding_boundaries(fp4_kernel, fmt, mode, g, src, bs):
+def test_rounding_boundaries(code_kernel, fmt, mode, g, src, bs):
     if fmt.startswith("nv") and bs != 16:
         pytest.skip("NV formats: block size 16")
     dtype = DTYPES[src]
     lo = -14 if dtype == torch.float16 else -120
     hi = 13 if dtype == torch.float16 else 120
     exps = list(range(lo, hi + 1, 7)) + [0, 1, -1]
-    x = _boundary_blocks(dtype, exps, bs)
+    x = _boundary_blocks(fmt, dtype, exps, bs)
     if fmt.startswith("nv") and g is None:  # one tensor per exponent: in-range E4M3 block scales
         for e, row in zip(exps, x):
-            _check(row.unsqueeze(0), fmt, bs, mode, g, f"{fp4_kernel} {fmt} {mode} {src} bs={bs} e={e}")
+            _check(row.unsqueeze(0), fmt, bs, mode, g, f"{code_kernel} {fmt} {mode} {src} bs={bs} e={e}")
     else:
-        _check(x, fmt, bs, mode, g, f"{fp4_kernel} {fmt} {mode} g={g} {src} bs={bs}")
+        _check(x, fmt, bs, mode, g, f"{code_kernel} {fmt} {mode} g={g} {src} bs={bs}")
 
 
 @pytest.mark.parametrize("mode", ["rceil", "floor"])
 @pytest.mark.parametrize("bs", [16, 32, 64])
-def test_mx_bf16_tiny_blocks(fp4_kernel, mode, bs):
-    """MX bf16: block exponents -128..-120 around the bit-pattern route's limit (-124), every block of a
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3"])
+def test_mx_bf16_tiny_blocks(code_kernel, fmt, mode, bs):
+    """MX bf16: block exponents around the bit-pattern route's limit (E2M1 -124, E4M3 -116), every block of a
     16-block group at one exponent (the group takes one route) and then mixed (one tiny block sends its
-    group through fp32), with bf16 subnormals and the smallest normals inside the blocks."""
+    group the other way), with bf16 subnormals and the smallest normals inside the blocks."""
     gen = torch.Generator().manual_seed(bs)
+    top = MAXES[fmt]
+    limit = -124 if fmt == "mxfp4" else -116
     groups = []
-    for e in range(-128, -119):
+    for e in range(limit - 4, limit + 5):
         blk = torch.randn(16, bs, generator=gen) * 2.0 ** (e + 1)
         blk[:, 1] = 2.0**-133 * torch.randint(1, 128, (16,), generator=gen)  # bf16 subnormals
         blk[:, 2] = -(2.0**-126)
         blk[:, 3] = 2.0**-127 * 1.5
-        blk[:, 0] = 6.0 * 2.0**e
+        blk[:, 0] = top * 2.0**e
         groups.append(blk.reshape(-1))
     uniform = torch.stack(groups).to(torch.bfloat16)  # [9, 16 * bs]
-    _check(uniform, "mxfp4", bs, mode, None, f"{fp4_kernel} uniform groups {mode} bs={bs}")
+    _check(uniform, fmt, bs, mode, None, f"{code_kernel} uniform groups {fmt} {mode} bs={bs}")
     mixed = uniform.reshape(9, 16, bs).transpose(0, 1).reshape(9, 16 * bs)  # each row: every exponent
-    _check(mixed.contiguous(), "mxfp4", bs, mode, None, f"{fp4_kernel} mixed groups {mode} bs={bs}")
+    _check(mixed.contiguous(), fmt, bs, mode, None, f"{code_kernel} mixed groups {fmt} {mode} bs={bs}")
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxfp8_e4m3"])
 @pytest.mark.parametrize("src", list(DTYPES))
-def test_two_threads_many_groups(fp4_kernel, fmt, src):
+def test_two_threads_many_groups(code_kernel, fmt, src):
     """A tensor of many parallel chunks, rows at magnitudes 2^-20..2^20, NaN / Inf blocks."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(257, 4096, generator=gen) * torch.pow(2.0, torch.randint(-20, 21, (257, 1), generator=gen))
@@ -144,16 +165,16 @@ def test_two_threads_many_groups(fp4_kernel, fmt, src):
     try:
         bs = 16 if fmt.startswith("nv") else 32
         for mode in (("rceil", "reciprocal") if fmt.startswith("nv") else ("rceil",)):
-            _check(x.to(DTYPES[src]), fmt, bs, mode, None, f"{fp4_kernel} {fmt} {src} {mode}")
+            _check(x.to(DTYPES[src]), fmt, bs, mode, None, f"{code_kernel} {fmt} {src} {mode}")
     finally:
         torch.set_num_threads(prev)
 
 
 def test_switch_returns_the_previous_setting():
     skip_unless_cpp()
-    was = EXT.mx_set_fp4_quantize_vbmi(False)
+    was = EXT.mx_set_quantize_vbmi(False)
     try:
-        assert EXT.mx_set_fp4_quantize_vbmi(True) is False
-        assert EXT.mx_set_fp4_quantize_vbmi(True) is True
+        assert EXT.mx_set_quantize_vbmi(True) is False
+        assert EXT.mx_set_quantize_vbmi(True) is True
     finally:
-        EXT.mx_set_fp4_quantize_vbmi(was)
+        EXT.mx_set_quantize_vbmi(was)
