@@ -2,7 +2,7 @@
 ``python bench/bench_mx_quantize_vbmi.py [ROWS]`` (default 4096 rows of 4096).
 
 The VBMI kernels (csrc/mx/quant_fp4_vbmi.cpp: E2M1 for MXFP4 / NVFP4, every input dtype;
-quant_fp8_vbmi.cpp: E4M3 for MXFP8 on bf16 x; 32 elements per op, ``vpermb`` table lookups, codes of ~2 KB
+quant_fp8_vbmi.cpp: MXFP8 / MXFP6 on bf16 x; 32 elements per op, ``vpermb`` table lookups, codes of ~2 KB
 of x per call) against the generic AVX-512 kernels before them (16 fp32 lanes per op), switched per call with the test hook ``leankern._C.mx_set_quantize_vbmi`` and timed in
 turn (3 rounds x 15 calls each, median of the round medians), 2 threads, outputs from
 ``leankern.output_cache`` and fresh tensors on 2 MiB pages as in ``leankern bench`` (the script reruns
@@ -26,7 +26,9 @@ from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import cpu_model, measure_copy_bandwidth, median_call_s, median_of_rounds
 
 # (label, format, scale_mode, given global scale)
-ROWS = [("mxfp8_e4m3", "mxfp8_e4m3", "rceil", False), ("mxfp4", "mxfp4", "rceil", False), ("nvfp4", "nvfp4", "rceil", False),
+ROWS = [("mxfp8_e4m3", "mxfp8_e4m3", "rceil", False), ("mxfp8_e5m2", "mxfp8_e5m2", "rceil", False),
+        ("mxfp6_e2m3", "mxfp6_e2m3", "rceil", False), ("mxfp6_e3m2", "mxfp6_e3m2", "rceil", False),
+        ("mxfp4", "mxfp4", "rceil", False), ("nvfp4", "nvfp4", "rceil", False),
         ("nvfp4+g", "nvfp4", "rceil", True), ("nvfp4:recip", "nvfp4", "reciprocal", False),
         ("nvfp4+g:recip", "nvfp4", "reciprocal", True)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -50,10 +52,11 @@ def main(argv) -> int:
             x = torch.randn(rows, 4096, generator=gen).to(dtype)
             for label, fmt, mode, given in ROWS:
                 g = float(x.float().abs().amax()) / (448 * 6) if given else None
-                if fmt.startswith("mxfp8") and dtype != torch.bfloat16:
-                    continue  # the E4M3 kernel takes bf16 x only
+                byte_codes = fmt.startswith(("mxfp8", "mxfp6"))  # one code byte per element
+                if byte_codes and dtype != torch.bfloat16:
+                    continue  # the FP8 / FP6 kernel takes bf16 x only
                 bs = 16 if fmt.startswith("nv") else 32
-                code_bytes = x.numel() if fmt.startswith("mxfp8") else x.numel() // 2
+                code_bytes = x.numel() if byte_codes else x.numel() // 2
                 nbytes = x.numel() * x.element_size() + code_bytes + x.numel() // bs
 
                 def time_one(on):

@@ -1,6 +1,6 @@
 """mx_quantize's code kernels for AVX512-VBMI CPUs (csrc/mx/quant_fp4_vbmi.cpp, quant_fp8_vbmi.cpp), bit-exact.
 
-MXFP4 / NVFP4 (every input dtype) and MXFP8 E4M3 (bf16 x) with block_size >= 16 take them on CPUs with
+MXFP4 / NVFP4 (every input dtype) and MXFP8 / MXFP6 (bf16 x) with block_size >= 16 take them on CPUs with
 AVX512-VBMI (32 elements per op, vpermb table lookups) instead of the generic AVX-512 kernels;
 ``leankern._C.mx_set_quantize_vbmi`` switches them off, so both run here on the same inputs against the
 reference:
@@ -8,20 +8,23 @@ reference:
 * every bf16 / fp16 pattern (and fp32 patterns built from them), sorted and shuffled, with NaN / Inf blocks;
 * every finite pattern next to controlled block maxima (several scale exponents per pattern);
 * MX bf16 blocks at the edge of the bit-pattern routes (E2M1: e = -124 takes it, e = -125 and below go
-  through fp32; E4M3: e >= -116, below it the generic kernel), alone and mixed in one group of 16 blocks,
-  bf16 subnormals included;
-* every E2M1 rounding boundary (and one ulp either side) at many block scales, every input dtype; E4M3 ties
-  in its subnormal and normal ranges and the floor mode's saturation;
+  through fp32; FP8 / FP6: below their limit the generic kernel), alone and mixed in one group of 16
+  blocks, bf16 subnormals included;
+* every element value and RNE tie (and one ulp either side) at many block scales, every input dtype,
+  subnormal ranges and the floor mode's saturation included;
 * NV: dynamic and static global scales (1.0 saturates / underflows block scales: the clamped table
   index), exact division and the reciprocal.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import leankern
-from leankern.mx.ref import mx_quantize_ref
+from leankern.mx.formats import get_format
+from leankern.mx.ref import element_values, mx_quantize_ref
 from leankern.testing import assert_bitexact
 from mx_cases import skip_unless_cpp
 from test_mx_cpu_isa import cpp_quantize, scaled_cases, sweep_input
@@ -30,8 +33,8 @@ EXT = leankern.extension()
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (format, scale_mode, static global scale or None)
 CASES = [("mxfp4", "rceil", None), ("mxfp4", "floor", None), ("nvfp4", "rceil", None), ("nvfp4", "rceil", 1.0),
-         ("nvfp4", "reciprocal", None), ("nvfp4", "reciprocal", 1.0), ("mxfp8_e4m3", "rceil", None),
-         ("mxfp8_e4m3", "floor", None)]
+         ("nvfp4", "reciprocal", None), ("nvfp4", "reciprocal", 1.0)]
+CASES += [(f, m, None) for f in ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2") for m in ("rceil", "floor")]
 CASE_IDS = [f"{f}-{m}-{'dynamic' if g is None else 'g=1'}" for f, m, g in CASES]
 
 
@@ -82,17 +85,17 @@ def test_every_pattern_at_several_block_scales(code_kernel, fmt, mode, g, src, b
         _check(x, fmt, bs, mode, g, f"{code_kernel} {fmt} {mode} g={g} {src} bs={bs} part {i}")
 
 
-def _e4m3_points() -> torch.Tensor:
-    """E4M3 values and midpoints (subnormal 2^-9 steps, each binade's, the top ones up to 448 and past it)."""
-    sub = torch.arange(0, 17) * 2.0**-10  # 0 .. 2^-6 in half-quantum steps: values and ties
-    norm = torch.cat([(1 + torch.arange(0, 16) / 16) * 2.0**k for k in (-6, -5, 0, 1, 7, 8)])
-    return torch.cat([sub, norm, torch.tensor([449.0, 464.0, 480.0, 500.0])])
+def _grid_points(fmt: str) -> torch.Tensor:
+    """Every element value and every midpoint between neighbours (the RNE ties), and two past the max."""
+    vals = element_values(get_format(fmt).element)
+    mids = (vals[1:] + vals[:-1]) / 2
+    top = vals[-1]
+    return torch.cat([vals, mids, torch.stack([top * 1.06, top * 1.14])]).float()
 
 
-GRIDS = {"mxfp4": torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0]),
-         "mxfp8_e4m3": _e4m3_points()}
-GRIDS["nvfp4"] = GRIDS["mxfp4"]
-MAXES = {"mxfp4": 6.0, "nvfp4": 6.0, "mxfp8_e4m3": 448.0}
+FP_FORMATS = ["mxfp4", "nvfp4", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2"]
+GRIDS = {f: _grid_points(f) for f in FP_FORMATS}
+MAXES = {f: float(element_values(get_format(f).element)[-1]) for f in FP_FORMATS}
 
 
 def _boundary_blocks(fmt: str, dtype: torch.dtype, exps, bs: int) -> torch.Tensor:
@@ -119,7 +122,7 @@ def test_rounding_boundaries(code_kernel, fmt, mode, g, src, bs):
         pytest.skip("NV formats: block size 16")
     dtype = DTYPES[src]
     lo = -14 if dtype == torch.float16 else -120
-    hi = 13 if dtype == torch.float16 else 120
+    hi = min(13 if dtype == torch.float16 else 120, math.floor(math.log2(torch.finfo(dtype).max / MAXES[fmt])) - 1)
     exps = list(range(lo, hi + 1, 7)) + [0, 1, -1]
     x = _boundary_blocks(fmt, dtype, exps, bs)
     if fmt.startswith("nv") and g is None:  # one tensor per exponent: in-range E4M3 block scales
@@ -131,14 +134,16 @@ def test_rounding_boundaries(code_kernel, fmt, mode, g, src, bs):
 
 @pytest.mark.parametrize("mode", ["rceil", "floor"])
 @pytest.mark.parametrize("bs", [16, 32, 64])
-@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2"])
 def test_mx_bf16_tiny_blocks(code_kernel, fmt, mode, bs):
-    """MX bf16: block exponents around the bit-pattern route's limit (E2M1 -124, E4M3 -116), every block of a
+    """MX bf16: block exponents around the bit-pattern route's limit (1 - (127 + emin - mbits - 1): E2M1 -124,
+    E4M3 -116, E5M2 -109, E2M3 -122, E3M2 -121), every block of a
     16-block group at one exponent (the group takes one route) and then mixed (one tiny block sends its
     group the other way), with bf16 subnormals and the smallest normals inside the blocks."""
     gen = torch.Generator().manual_seed(bs)
     top = MAXES[fmt]
-    limit = -124 if fmt == "mxfp4" else -116
+    el = get_format(fmt).element
+    limit = 1 - (127 + (1 - el.bias) - el.mbits - 1)
     groups = []
     for e in range(limit - 4, limit + 5):
         blk = torch.randn(16, bs, generator=gen) * 2.0 ** (e + 1)
@@ -153,7 +158,7 @@ def test_mx_bf16_tiny_blocks(code_kernel, fmt, mode, bs):
     _check(mixed.contiguous(), fmt, bs, mode, None, f"{code_kernel} mixed groups {fmt} {mode} bs={bs}")
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxfp8_e4m3"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxfp8_e4m3", "mxfp6_e3m2"])
 @pytest.mark.parametrize("src", list(DTYPES))
 def test_two_threads_many_groups(code_kernel, fmt, src):
     """A tensor of many parallel chunks, rows at magnitudes 2^-20..2^20, NaN / Inf blocks."""

@@ -208,7 +208,7 @@ bool int8_few_rows_takes(bool four);
 int set_int8_few_rows(int setting);
 
 // Code bytes of one fast-path group of 16 blocks in 16-bit lanes with vpermb tables (AVX512-VBMI): E2M1
-// (MXFP4 / NVFP4, quant_fp4_vbmi.cpp) and MX E4M3 on bf16 x (quant_fp8_vbmi.cpp). mx_simd_impl.h's
+// (MXFP4 / NVFP4, quant_fp4_vbmi.cpp) and MX FP8 / FP6 on bf16 x (quant_fp8_vbmi.cpp). mx_simd_impl.h's
 // quant_fast_group fills this after the scales (quant_range batches the groups); the codes are bit-identical
 // to its own fast_codes_4bit / fast_codes_8bit.
 struct VbmiGroup {
@@ -218,8 +218,8 @@ struct VbmiGroup {
   int64_t b;               // first block of the group
   int block_size;          // >= 16
   const int32_t* factor;   // [16] fp32 bits per block: v = x * factor (MX 2^-e, NV r) or x / factor (divide)
-  const int32_t* mx_e;     // [16] MX scale exponents, to take bf16 x on its bit pattern (E2M1: all >= -124,
-                           // E4M3: all >= -116); or nullptr (E2M1 only: v from fp32)
+  const int32_t* mx_e;     // [16] MX scale exponents, all >= vbmi_bf16_lowest_e, to take bf16 x on its bit
+                           // pattern; or nullptr (E2M1 only: v from fp32)
   bool divide;             // NV exact division (scale_mode rceil)
   bool saturate;           // some v may exceed the element max (clamp)
   unsigned bad_blocks;     // bit j: block b + j is NaN / Inf (zero codes)
@@ -230,12 +230,15 @@ struct VbmiSlot {
   alignas(64) int32_t factor[16];
   alignas(64) int32_t mx_e[16];
 };
-// Whether the VBMI code kernels may run here: AVX512-VBMI, block_size >= 16, not switched off; E4M3 for bf16 x.
+// The smallest MX scale exponent e whose blocks the VBMI kernels take on bf16 bits: v = x * 2^-e as x's pattern
+// minus (e + K) << 7, K = 127 + emin - mbits - 1, needs e + K >= 1 so that bf16 subnormals saturate to 0.
+constexpr int vbmi_bf16_lowest_e(int emin, int mbits) { return 1 - (127 + emin - mbits - 1); }
+// Whether the VBMI code kernels may run here: AVX512-VBMI, block_size >= 16, not switched off; FP8 / FP6 bf16 x.
 bool fp4_codes_vbmi_takes(int block_size);
 bool fp8_codes_vbmi_takes(int dtype, int block_size);
 // The codes of n groups (batched: the per-call cost is a fair share of a 256-element group's work).
 void fp4_codes_vbmi(const VbmiSlot* slots, int n);
-void fp8_codes_vbmi(const VbmiSlot* slots, int n);
+void fp8_codes_vbmi(int elem, const VbmiSlot* slots, int n);  // elem: kFp8E4M3 / E5M2, kFp6E2M3 / E3M2
 // Test / A-B hook (leankern._C.mx_set_quantize_vbmi): on by default.
 bool quantize_vbmi_enabled();
 void set_quantize_vbmi_enabled(bool on);

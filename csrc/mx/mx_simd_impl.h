@@ -350,13 +350,15 @@ LK_T void fast_codes_4bit(const void* x, uint8_t* codes, int64_t b, int bs, cons
 }
 
 // Element formats with a VBMI code kernel (kernels.h VbmiGroup).
-constexpr bool has_vbmi_codes(int el) { return el == kFp4E2M1 || el == kFp8E4M3; }
+constexpr bool has_vbmi_codes(int el) {
+  return el == kFp4E2M1 || el == kFp8E4M3 || el == kFp8E5M2 || el == kFp6E2M3 || el == kFp6E3M2;
+}
 enum GroupResult : int { kGroupGeneral = 0, kGroupDone = 1, kGroupDeferred = 2 };
 
 // Blocks [b, b + N). Returns kGroupGeneral (nothing written) if a block needs the general path. Given a VBMI
 // slot (has_vbmi_codes formats, CPU with AVX512-VBMI): the scales only, the group described in *slot for
-// fp4_codes_vbmi / fp8_codes_vbmi (kGroupDeferred), unless E4M3 blocks are too small for the bf16 route (the
-// codes here: kGroupDone).
+// fp4_codes_vbmi / fp8_codes_vbmi (kGroupDeferred), unless FP8 / FP6 blocks are too small for the bf16 route
+// (the codes here: kGroupDone).
 template <int EL, int DT, bool NV, bool RECIP>
 LK_T int quant_fast_group(const QuantArgs& q, int64_t b, VbmiSlot* slot = nullptr) {
   constexpr ElemParams p = elem_params(EL);
@@ -392,7 +394,7 @@ LK_T int quant_fast_group(const QuantArgs& q, int64_t b, VbmiSlot* slot = nullpt
       V::store(kk, V::sub(const_(fp_bias_k(p.mbits, 0)), V::slli<23>(V::add(e, const_(126 + p.emin)))));
     }
     if constexpr (has_vbmi_codes(EL) && DT == kInBF16) {
-      constexpr int lowest = EL == kFp4E2M1 ? -124 : -116;  // bf16 subnormals stay below the kernels' tables
+      constexpr int lowest = vbmi_bf16_lowest_e(p.emin, p.mbits);  // E2M1 -124, E4M3 -116
       V::store(ee, V::blend(bad, e, V::zero()));
       bf16_bits = !V::any(V::mandnot(bad, V::gt_i(const_(lowest), e)));
     }
@@ -422,7 +424,7 @@ LK_T void vbmi_codes(const VbmiSlot* slots, int n) {
   if constexpr (EL == kFp4E2M1)
     fp4_codes_vbmi(slots, n);
   else
-    fp8_codes_vbmi(slots, n);
+    fp8_codes_vbmi(EL, slots, n);
 }
 
 template <int EL, int DT, bool NV, bool RECIP>
