@@ -62,6 +62,20 @@ def _count(pattern, ptx):
     return len(re.findall(pattern, ptx))
 
 
+def _assert_16bit_mma(r, el, dot):
+    """A GEMM tile's instruction by its path: no 16-bit dot -> the ieee fp32 dot (FMAs, no tensor-core
+    instruction); 16-row tiles -> mma.sync m16n8k16; 64-row tiles -> wgmma (sm_90) / tcgen05.mma kind::f16 (sm_100)."""
+    ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
+    if not dot:
+        assert _count(r"\bfma\.rn\.f32\b", ptx) > 0 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
+    elif ce["BM"] < 64:
+        assert _count(rf"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.{el}\.{el}\.f32\b", ptx) > 0, where
+    elif r["target"] == "sm_90":
+        assert _count(rf"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.{el}\.{el}\b", ptx) > 0, where
+    else:
+        assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+
+
 def _is_vocab_gemm(row):
     return row["name"].startswith(("vocab_gather[", "vocab_topk_tile["))
 
@@ -201,15 +215,7 @@ def test_linear_weight_only_mma(compiled):
     """bf16 x: 64-row tiles -> wgmma (sm_90) / tcgen05.mma kind::f16 (sm_100); decode tiles (M <= 16)
     -> mma.sync m16n8k16 bf16; fp32 / fp16 x -> the ieee fp32 dot (FMAs, no tensor core)."""
     for r in _linear(compiled, "linear_wo["):
-        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
-        if not ce["BF16_DOT"]:
-            assert _count(r"\bfma\.rn\.f32\b", ptx) > 0 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
-        elif ce["BM"] < 64:
-            assert _count(r"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32", ptx) > 0, where
-        elif r["target"] == "sm_90":
-            assert _count(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16", ptx) > 0, where
-        else:
-            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+        _assert_16bit_mma(r, "bf16", r["constexprs"]["BF16_DOT"])
 
 
 def test_linear_int8_mma(compiled):
@@ -496,18 +502,11 @@ def test_sefp_linear_mma(sefp_compiled):
     -> wgmma (sm_90) / tcgen05.mma kind::f16 (sm_100); decode tiles (16 rows) -> mma.sync m16n8k16; fp32 x and
     wider widths -> the ieee fp32 dot (FMAs, no tensor-core instruction)."""
     for r in _sefp(sefp_compiled, "linear["):
-        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
-        if ce["DOT"] == 0:
-            assert _count(r"\bfma\.rn\.f32\b", ptx) > 0 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
-            continue
-        el = _SEFP_EL[r["arg_types"]["x_ptr"]]
-        assert ce["DOT"] == (1 if el == "bf16" else 2), where
-        if ce["BM"] < 64:
-            assert _count(rf"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.{el}\.{el}\.f32\b", ptx) > 0, where
-        elif r["target"] == "sm_90":
-            assert _count(rf"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.{el}\.{el}\b", ptx) > 0, where
-        else:
-            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+        dot = r["constexprs"]["DOT"]
+        el = _SEFP_EL[r["arg_types"]["x_ptr"]] if dot else None
+        if dot:
+            assert dot == (1 if el == "bf16" else 2), (r["name"], r["target"])
+        _assert_16bit_mma(r, el, dot)
     kinds = {(r["constexprs"]["DOT"], r["constexprs"]["BM"] >= 64) for r in _sefp(sefp_compiled, "linear[")}
     assert {(1, True), (1, False), (2, True), (2, False), (0, False)} <= kinds  # every path is compiled
 
@@ -518,16 +517,8 @@ def test_sefp_packed_linear_mma(sefp_compiled):
     ieee fp32 dot (FMAs, no tensor-core instruction); the fields are byte gathers (ld.global.b8 / .u8)."""
     rows = _sefp(sefp_compiled, "packed_linear[")
     for r in rows:
-        ptx, ce, where = r["ptx"], r["constexprs"], (r["name"], r["target"])
-        assert _count(r"\bld\.global(\.[a-z0-9]+)*\.[ub]8\b", ptx) >= 2, where
-        if ce["DOT"] == 0:
-            assert _count(r"\bfma\.rn\.f32\b", ptx) > 0 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
-        elif ce["BM"] < 64:
-            assert _count(r"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32\b", ptx) > 0, where
-        elif r["target"] == "sm_90":
-            assert _count(r"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16\b", ptx) > 0, where
-        else:
-            assert _count(r"\btcgen05\.mma\.cta_group::1\.kind::f16\b", ptx) > 0, where
+        assert _count(r"\bld\.global(\.[a-z0-9]+)*\.[ub]8\b", r["ptx"]) >= 2, (r["name"], r["target"])
+        _assert_16bit_mma(r, "bf16", r["constexprs"]["DOT"])
     assert {(r["constexprs"]["DOT"], r["constexprs"]["BM"] >= 64) for r in rows} == {(1, True), (1, False), (0, False)}
 
 

@@ -58,6 +58,10 @@ int set_int8_few_rows(int setting) { return g_int8_few_rows.exchange(setting < 0
 std::atomic<bool> g_quantize_vbmi{true};
 bool quantize_vbmi_enabled() { return g_quantize_vbmi.load(std::memory_order_relaxed); }
 void set_quantize_vbmi_enabled(bool on) { g_quantize_vbmi.store(on, std::memory_order_relaxed); }
+bool quantize_vbmi_takes(int elem, int dtype, int block_size) {
+  if (block_size < 16 || !cpu_has_vbmi() || !quantize_vbmi_enabled()) return false;
+  return elem == kFp4E2M1 || dtype == kInBF16;
+}
 
 bool cpu_has_vbmi() {
 #if defined(__x86_64__) || defined(_M_X64)

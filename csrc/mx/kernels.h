@@ -233,9 +233,9 @@ struct VbmiSlot {
 // The smallest MX scale exponent e whose blocks the VBMI kernels take on bf16 bits: v = x * 2^-e as x's pattern
 // minus (e + K) << 7, K = 127 + emin - mbits - 1, needs e + K >= 1 so that bf16 subnormals saturate to 0.
 constexpr int vbmi_bf16_lowest_e(int emin, int mbits) { return 1 - (127 + emin - mbits - 1); }
-// Whether the VBMI code kernels may run here: AVX512-VBMI, block_size >= 16, not switched off; FP8 / FP6 bf16 x.
-bool fp4_codes_vbmi_takes(int block_size);
-bool fp8_codes_vbmi_takes(int dtype, int block_size);
+// Whether a VBMI code kernel takes elements `elem` from x of `dtype` here: AVX512-VBMI, block_size >= 16, not
+// switched off; E2M1 any dtype, FP8 / FP6 bf16 x.
+bool quantize_vbmi_takes(int elem, int dtype, int block_size);
 // The codes of n groups (batched: the per-call cost is a fair share of a 256-element group's work).
 void fp4_codes_vbmi(const VbmiSlot* slots, int n);
 void fp8_codes_vbmi(int elem, const VbmiSlot* slots, int n);  // elem: kFp8E4M3 / E5M2, kFp6E2M3 / E3M2

@@ -431,8 +431,7 @@ template <int EL, int DT, bool NV, bool RECIP>
 LK_T void quant_range(const QuantArgs& q, int64_t b0, int64_t b1) {
   int64_t b = b0;
   if constexpr (N == 16 && has_vbmi_codes(EL)) {
-    const bool vbmi = EL == kFp4E2M1 ? fp4_codes_vbmi_takes(q.block_size) : fp8_codes_vbmi_takes(DT, q.block_size);
-    if (q.block_size >= N && vbmi) {
+    if (q.block_size >= N && quantize_vbmi_takes(EL, DT, q.block_size)) {
       // Scales group by group, codes in batches of groups: one call into the VBMI kernel per batch. Batches
       // of ~2 KB of x: at 8 KB - 16 KB the scale pass (loads) and the code pass (ops) stopped overlapping when
       // x streams from DRAM (4096 x 4096 fp32 MXFP4 ran 1.25x slower than unbatched; bf16 1.3x faster at 2 KB).

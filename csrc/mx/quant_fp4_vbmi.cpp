@@ -23,10 +23,10 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
-#include <string.h>
 
 #include "common/bits.h"
 #include "mx/formats.h"
+#include "mx/quant_vbmi_common.h"
 
 namespace leankern {
 namespace mx {
@@ -79,15 +79,13 @@ LK_FP4 void codes_mx_bf16(const VbmiGroup& g, const Tables& t) {
   const int bs = g.block_size;
   const uint16_t* x = (const uint16_t*)g.x + g.b * bs;
   uint8_t* out = g.codes + g.b * bs / 2;
-  alignas(64) int16_t bw[16];  // per block: (e + 124) << 7, |x| minus it = v's pattern re-biased to 2^-3
-  for (int j = 0; j < 16; ++j) bw[j] = (int16_t)((g.mx_e[j] + 124) << 7);
+  alignas(64) int16_t bw[16];
+  vbmi::rebias_words(g, 124, bw);  // v's pattern re-biased to 2^-3
   const __m512i lowbits = _mm512_set1_epi16(0xF);
   const __m512i keep = _mm512_set1_epi16(0x7FFF);
   const int lg = __builtin_ctz((unsigned)bs);  // block_size is a power of two
   auto pairs = [&](int64_t i) LK_FP4_TARGET {
-    const __m512i base = TWO ? _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(bw[i >> lg]),
-                                                       _mm512_set1_epi16(bw[(i + 16) >> lg]))
-                             : _mm512_set1_epi16(bw[i >> lg]);
+    const __m512i base = vbmi::rebias_vector<TWO>(bw, i, lg);
     const __m512i w = _mm512_loadu_si512(x + i);
     // bit 4 |= (bits 3..0 != 0), sign dropped: (w | ((w & 15) + 15)) & 0x7fff (bits 3..0 are don't-cares)
     const __m512i st = _mm512_add_epi16(_mm512_and_si512(w, lowbits), lowbits);
@@ -158,8 +156,6 @@ LK_FP4 void codes_any(const VbmiGroup& g, const Tables& t) {
 
 }  // namespace
 
-bool fp4_codes_vbmi_takes(int block_size) { return block_size >= 16 && cpu_has_vbmi() && quantize_vbmi_enabled(); }
-
 LK_FP4_TARGET void fp4_codes_vbmi(const VbmiSlot* slots, int n) {
   const Tables t{_mm512_load_si512(kCodeTable.v), _mm512_load_si512(kCodeTable.v + 64)};
   for (int i = 0; i < n; ++i) {
@@ -168,9 +164,7 @@ LK_FP4_TARGET void fp4_codes_vbmi(const VbmiSlot* slots, int n) {
       codes_any<true>(g, t);
     else
       codes_any<false>(g, t);
-    const int64_t nb = g.block_size / 2;  // code bytes per block
-    for (unsigned bad = g.bad_blocks; bad; bad &= bad - 1)  // NaN / Inf policy: zero codes
-      memset(g.codes + (g.b + __builtin_ctz(bad)) * nb, 0, (size_t)nb);
+    vbmi::zero_bad_blocks(g, g.block_size / 2);
   }
 }
 
@@ -181,7 +175,6 @@ LK_FP4_TARGET void fp4_codes_vbmi(const VbmiSlot* slots, int n) {
 
 namespace leankern {
 namespace mx {
-bool fp4_codes_vbmi_takes(int) { return false; }
 void fp4_codes_vbmi(const VbmiSlot*, int) {}
 }  // namespace mx
 }  // namespace leankern

@@ -16,16 +16,16 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
-#include <string.h>
 
 #include "common/bits.h"
 #include "mx/formats.h"
+#include "mx/quant_vbmi_common.h"
 
 namespace leankern {
 namespace mx {
 namespace {
 
-#define LK_FP8_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2")))
+#define LK_FP8_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,f16c")))
 #define LK_FP8 LK_FP8_TARGET inline
 
 template <int EL>
@@ -83,7 +83,7 @@ LK_FP8 void group_codes(const VbmiGroup& g, __m512i table) {
   const uint16_t* x = (const uint16_t*)g.x + g.b * bs;
   uint8_t* out = g.codes + g.b * bs;
   alignas(64) int16_t bw[16];
-  for (int j = 0; j < 16; ++j) bw[j] = (int16_t)((g.mx_e[j] + Fmt<EL>::K) << 7);
+  vbmi::rebias_words(g, Fmt<EL>::K, bw);
   const int lg = __builtin_ctz((unsigned)bs);
   alignas(64) static const uint8_t kLowBytes[64] = {
       0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
@@ -94,10 +94,7 @@ LK_FP8 void group_codes(const VbmiGroup& g, __m512i table) {
     __m512i c[2];
     for (int h = 0; h < 2; ++h) {
       const int64_t k = i + 32 * h;
-      const __m512i base = TWO ? _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(bw[k >> lg]),
-                                                         _mm512_set1_epi16(bw[(k + 16) >> lg]))
-                               : _mm512_set1_epi16(bw[k >> lg]);
-      c[h] = codes32<EL, SAT>(_mm512_loadu_si512(x + k), base, table);
+      c[h] = codes32<EL, SAT>(_mm512_loadu_si512(x + k), vbmi::rebias_vector<TWO>(bw, k, lg), table);
     }
     _mm512_storeu_si512(out + i, _mm512_permutex2var_epi8(c[0], low_bytes, c[1]));
   }
@@ -113,16 +110,11 @@ LK_FP8 void groups(const VbmiSlot* slots, int n, const uint8_t* table_bytes) {
       two ? group_codes<EL, true, true>(g, table) : group_codes<EL, true, false>(g, table);
     else
       two ? group_codes<EL, false, true>(g, table) : group_codes<EL, false, false>(g, table);
-    for (unsigned bad = g.bad_blocks; bad; bad &= bad - 1)  // NaN / Inf policy: zero codes
-      memset(g.codes + (g.b + __builtin_ctz(bad)) * g.block_size, 0, (size_t)g.block_size);
+    vbmi::zero_bad_blocks(g, g.block_size);
   }
 }
 
 }  // namespace
-
-bool fp8_codes_vbmi_takes(int dtype, int block_size) {
-  return dtype == kInBF16 && block_size >= 16 && cpu_has_vbmi() && quantize_vbmi_enabled();
-}
 
 LK_FP8_TARGET void fp8_codes_vbmi(int elem, const VbmiSlot* slots, int n) {
   switch (elem) {
@@ -141,7 +133,6 @@ LK_FP8_TARGET void fp8_codes_vbmi(int elem, const VbmiSlot* slots, int n) {
 
 namespace leankern {
 namespace mx {
-bool fp8_codes_vbmi_takes(int, int) { return false; }
 void fp8_codes_vbmi(int, const VbmiSlot*, int) {}
 }  // namespace mx
 }  // namespace leankern
