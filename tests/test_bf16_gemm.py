@@ -56,7 +56,8 @@ SHAPES += [(400, 40, 2080)]
 # the AVX512-BF16 GEMM packs w in chunks of 1024 pairs (K = 2048) with the sums carried across: odd K (a last pair
 # alone) in a second and a third chunk; x's rows are packed 16 pairs at a time: K / 2 not a multiple of 16 leaves
 # a partial block (K = 70, 2085, 7)
-BOUND_SHAPES = SHAPES + [(33, 17, 2081), (64, 40, 4097), (20, 17, 70), (41, 16, 2085), (25, 33, 7)]
+# x's rows in blocks of 384 (16 row groups) per pass over w: M = 800 three blocks, the last of 32 rows
+BOUND_SHAPES = SHAPES + [(33, 17, 2081), (64, 40, 4097), (20, 17, 70), (41, 16, 2085), (25, 33, 7), (800, 33, 2081)]
 
 
 @pytest.mark.parametrize("M,N,K", BOUND_SHAPES, ids=[f"M{m}-N{n}-K{k}" for m, n, k in BOUND_SHAPES])
