@@ -440,6 +440,33 @@ def test_experts_down_projection_bf16_parts(isa, T, H, I, split):
         EXT.moe_set_down_split(was)
 
 
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("I", [16, 32])
+def test_experts_shared_down_projection_bf16_parts(isa, I, split):
+    """The shared expert over 600 tokens (the prefill path, every routed slot skipped): under avx512bf16 its down
+    projection carries the activation as the routed experts' prefill does, bf16(a) or (``moe_set_down_split(True)``)
+    hi + lo, from the vectorised activation (I = 16; I = 32: the routed experts' AMX down GEMM where the CPU has it);
+    a = 1 + 2^-10 + 2^-20 as in _down_projection_case gives 1, 1 + 2^-10, or a from the fp32 kernels of other ISAs.
+    Proves which ran."""
+    T, H, E = 600, 520, 2
+    hidden = torch.ones(T, H)
+    w1, w3, w2s = torch.zeros(I, H), torch.zeros(I, H), torch.zeros(H, I)
+    w1[:, 0] = 32.0
+    w3[:, 0], w3[:, 1], w3[:, 2] = 2.0**-5, 2.0**-15, 2.0**-25
+    w2s[:, 0] = 1.0
+    ids = torch.full((T, 2), -1, dtype=torch.int32)
+    was = EXT.moe_set_down_split(split)
+    try:
+        got = moe.experts(hidden, torch.zeros(E, 2 * I, H).bfloat16(), torch.zeros(E, H, I).bfloat16(), ids,
+                          torch.full((T, 2), 0.5), shared_w1=w1.bfloat16(), shared_w3=w3.bfloat16(),
+                          shared_w2=w2s.bfloat16())
+    finally:
+        EXT.moe_set_down_split(was)
+    a = 1 + 2.0**-10 + 2.0**-20
+    want = (1 + 2.0**-10 if split else 1.0) if isa in BF16_DOT_ISAS else a
+    assert torch.equal(got, torch.full((T, H), want))
+
+
 def _down_projection_case(isa, T, H, I, want_bf16_dots, gemv_bf16=False):
     E = 2
     hidden = torch.ones(T, H)

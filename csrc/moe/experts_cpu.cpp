@@ -459,12 +459,35 @@ void shared_prefill(const Problem& P, HiddenF32& xf, at::Tensor& buf, float* ys)
                                 P.Is))
       return;
   }
+  at::Tensor yv = at::from_blob(ys, {P.T, P.H}, opts);
+  const MoeKernels& K = active_kernels();
+  if (K.act_split_bf16 && split_down_takes(P.sw2)) {  // the routed experts' split epilogue (prefill_down_split)
+    // Why: the fp32 activation, a scalar split into bf16 parts and the down sums copied into ys were three more
+    // passes over [T, Is] / [T, H] in fresh pages (DeepSeek-V2-Lite's shared experts at T = 4096: 46 + 23 + 32 MB)
+    const int np = down_parts();
+    at::Tensor parts = ws_empty({np * P.T * P.Is}, opts.dtype(at::kBFloat16));  // hi rows, then lo rows
+    uint16_t* pp = reinterpret_cast<uint16_t*>(parts.data_ptr<at::BFloat16>());
+    cpu::parallel_chunks(P.T, 8, [&](int64_t i0, int64_t i1) {
+      K.act_split_bf16(gp + i0 * 2 * P.Is, i1 - i0, P.Is, silu, nullptr, pp + i0 * P.Is,
+                       np == 2 ? pp + (P.T + i0) * P.Is : nullptr);
+    });
+    const uint16_t* w2p = reinterpret_cast<const uint16_t*>(P.sw2.data_ptr<at::BFloat16>());
+    if (np == 1) {  // the sums are ys: written in place
+      if (cpu::bf16_gemm_nt(pp, P.Is, nullptr, w2p, P.sw2.stride(0), ys, P.H, P.T, P.H, P.Is)) return;
+    } else {
+      at::Tensor sums = ws_empty({2 * P.T, P.H}, opts);
+      if (cpu::bf16_gemm_nt(pp, P.Is, nullptr, w2p, P.sw2.stride(0), sums.data_ptr<float>(), P.H, 2 * P.T, P.H,
+                            P.Is)) {
+        at::add_out(yv, sums.narrow(0, 0, P.T), sums.narrow(0, P.T, P.T));
+        return;
+      }
+    }
+  }
   at::Tensor a = ws_empty({P.T, P.Is}, opts);
   float* apt = a.data_ptr<float>();
   cpu::parallel_chunks(P.T, 8, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) activate_row(silu, gp + i * 2 * P.Is, nullptr, 0, P.Is, apt + i * P.Is);
   });
-  at::Tensor yv = at::from_blob(ys, {P.T, P.H}, opts);
   if (!project_split_bf16(a, P.sw2, yv)) project(a, P.sw2, yv, buf);
 }
 
