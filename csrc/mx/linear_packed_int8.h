@@ -77,25 +77,29 @@ LK_VN void int8_decode_block(const PackedLinearArgs& a, const uint8_t* blk, I* w
 template <int MM>
 LK_VN_MICRO void int8_micro(const int32_t* xq, const int32_t* xc, const float* xf, const I* wq, const I* sw,
                             int64_t nb, int qb, __m512* acc) {
-  __m512 r[MM];
-  for (int i = 0; i < MM; ++i) r[i] = _mm512_setzero_ps();
+  // the fp32 sums in memory (acc, L1), loaded and stored once per block: in registers beside the MM int32 block sums
+  // they were spilled and copied around every block by the compiler (the memory clobber keeps them out)
+  for (int i = 0; i < MM; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
+    asm volatile("" ::: "memory");
     I bacc[MM];
     for (int i = 0; i < MM; ++i) bacc[i] = _mm512_set1_epi32(xc[b * kBf16RowGroup + i]);
     const I* w = wq + b * qb;
+    const I* const wend = w + qb;
+    // x's quads of step j at xb[0 .. MM): the pointer advances, so each operand's address is the pointer plus a
+    // constant (an index j * 24 + i cost three scalar instructions per vpdpbusd)
     const int32_t* xb = xq + b * qb * kBf16RowGroup;
-    for (int j = 0; j < qb; ++j) {
-      const I wv = _mm512_load_si512(w + j);
+    for (; w < wend; ++w, xb += kBf16RowGroup) {
+      const I wv = _mm512_load_si512(w);
       // x's quad as an embedded broadcast (the signed operand); the weights are the unsigned one
       for (int i = 0; i < MM; ++i)
-        asm("vpdpbusd %[x]%{1to16%}, %[w], %[acc]" : [acc] "+v"(bacc[i]) : [w] "v"(wv), [x] "m"(xb[j * kBf16RowGroup + i]));
+        asm("vpdpbusd %[x]%{1to16%}, %[w], %[acc]" : [acc] "+v"(bacc[i]) : [w] "v"(wv), [x] "m"(xb[i]));
     }
     const __m512 s = _mm512_castsi512_ps(sw[b]);
     for (int i = 0; i < MM; ++i)
-      r[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(bacc[i]), s), _mm512_set1_ps(xf[b * kBf16RowGroup + i]),
-                             r[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(bacc[i]), s), _mm512_set1_ps(xf[b * kBf16RowGroup + i]),
+                               acc[i]);
   }
-  for (int i = 0; i < MM; ++i) acc[i] = r[i];
 }
 
 // int8_micro with MM = mm (1..kQM), then the rows' stores.
