@@ -649,3 +649,25 @@ def test_packed_opcheck_and_compile():
     eager = leankern.mx.linear(x, qt, b)
     compiled = torch.compile(lambda x: leankern.mx.linear(x, qt, b), fullgraph=True)(x)
     assert torch.equal(eager, compiled)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,act_fmt", [(3, None), (40, None), (40, "mxint8")])
+def test_packed_output_rounding_and_nan_columns(isa, dtype, m, act_fmt):
+    """The packed kernels' output row store (a vector form on AVX-512): a block with the NaN scale (MX 0xFF) makes its
+    output column NaN, as bf16 the pattern 0xFFFF (store_f32_bits), and leaves the other 20 columns (a full and a
+    partial 16-row tile, bias added) finite."""
+    qt = _weight(21, 64, "mxint8", seed=m)
+    scales = qt.scales.clone()
+    scales[2, 1] = 0xFF
+    bad = leankern.mx.prepack(leankern.MXTensor(qt.codes, scales, qt.global_scale, qt.fmt, qt.block_size, qt.shape,
+                                                qt.dtype))
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 64, generator=gen).to(dtype)
+    bias = torch.randn(21, generator=gen).to(dtype)
+    y = leankern.mx.linear(x, bad, bias, act_fmt=act_fmt)
+    assert y.dtype == dtype and torch.isnan(y[:, 2]).all()
+    if dtype == torch.bfloat16:
+        assert (y[:, 2].view(torch.int16) == -1).all()  # 0xFFFF
+    keep = [c for c in range(21) if c != 2]
+    assert torch.isfinite(y[:, keep]).all()

@@ -24,6 +24,8 @@ using V = cpu::V256;
 #include "mx/mx_simd_impl.h"
 
 struct X {
+  // no vector form of packed_store's row (two vectors per row tile here): its scalar loop runs
+  LK_T static bool store_row(const PackedLinearArgs&, int64_t, int64_t, int, const I*, float) { return false; }
   LK_T static __m256 f(I a) { return _mm256_castsi256_ps(a); }
   LK_T static I fmadd(I a, I b, I c) { return _mm256_castps_si256(_mm256_fmadd_ps(f(a), f(b), f(c))); }
   LK_T static float hsum(I a) {

@@ -98,6 +98,7 @@ LK_T bool block_scales(const uint8_t* blk, int64_t code_bytes, I* sc, float* pre
 
 // The tile's sums for one row of x -> y (times post, plus bias), the first `rows` lanes.
 LK_T void packed_store(const PackedLinearArgs& a, int64_t m, int64_t n0, int rows, const I* acc, float post) {
+  if (X::store_row(a, m, n0, rows, acc, post)) return;  // (a vector form where the ISA has one)
   alignas(64) float out[kPR];
   for (int v = 0; v < kVT; ++v) V::store(out + v * N, V::fmul(acc[v], V::fset1(post)));
   for (int i = 0; i < rows; ++i) {

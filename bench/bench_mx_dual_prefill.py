@@ -1,0 +1,78 @@
+"""Dual INT x INT ``mx.linear`` in prefill (the int8 VNNI kernel, ``csrc/mx/linear_packed_int8.h``) against torch bf16
+``F.linear`` and weight-only on the same cold weights:
+``python bench/bench_mx_dual_prefill.py [FMTS] [MS] [SHAPES] [amx|noamx]`` (defaults: mxint8, mxint4, mxfp4 weights;
+act mxint8; M = 512; 4096x4096,14336x4096,4096x14336; AMX as the CPU has it).
+
+The issue's target for MXINT8 x MXINT8 at M = 512: >= 1.0x torch bf16, >= 1.3x on CPUs without AMX. Weights
+prepacked and cold (cycled through 256 MiB of copies, on 2 MiB pages: the script reruns itself with
+THP_MEM_ALLOC_ENABLE=1 unless it is set), x bf16, 2 threads; the three sides timed in turn per round (3 rounds,
+median of the round medians). Run it against another build with ``PYTHONPATH=/path/to/other/python`` for an A/B.
+"""
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import leankern
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import leankern
+
+from leankern.benchmarks import rerun_with_thp
+from leankern.benchmarks.harness import cpu_model, median_of_rounds, time_fn
+from leankern.benchmarks.mx_linear import cold_weights
+
+FORMATS = ["mxint8", "mxint4", "mxfp4"]
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
+
+
+def _median(fn):
+    return statistics.median(time_fn(fn, warmup=2, repeats=7))
+
+
+def main(argv) -> int:
+    ext = leankern._C
+    if not ext or "avx512bf16" not in ext.supported_isas():
+        print("needs the C++ extension on a CPU with AVX512-BF16 (and VNNI)")
+        return 0
+    fmts = argv[0].split(",") if argv else FORMATS
+    ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [512]
+    shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else SHAPES
+    amx = (argv[3] if len(argv) > 3 else "amx") == "amx" and ext.amx_supported()
+    torch.set_num_threads(2)
+    ext.set_cpu_isa("avx512bf16")
+    was_amx = ext.set_amx(amx)
+    print(f"{cpu_model()}, ISA avx512bf16 (AMX {'on' if amx else 'off'}), torch {torch.__version__}, 2 threads; "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; x bf16, act_fmt mxint8; "
+          f"leankern from {os.path.dirname(os.path.dirname(leankern.__file__))}")
+    print("| weight | M | N x K | dual ms | GOP/s | weight-only ms | torch bf16 ms | torch GFLOP/s | torch / dual |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    try:
+        for n, k in shapes:
+            for fmt in fmts:
+                gen = torch.Generator().manual_seed(n + k)
+                w = torch.randn(n, k, generator=gen)
+                qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
+                nq, nw, _ = cold_weights(qt, w)
+                for m in ms:
+                    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+                    fns = {"dual": lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"),
+                           "wonly": lambda: leankern.mx.linear(x, nq()), "torch": lambda: F.linear(x, nw())}
+                    t = median_of_rounds(tuple(fns), lambda key: _median(fns[key]))
+                    ops = 2 * m * n * k
+                    print(f"| {fmt} | {m} | {n} x {k} | {t['dual'] * 1e3:.2f} | {ops / t['dual'] / 1e9:.0f} | "
+                          f"{t['wonly'] * 1e3:.2f} | {t['torch'] * 1e3:.2f} | {ops / t['torch'] / 1e9:.0f} | "
+                          f"{t['torch'] / t['dual']:.2f} |", flush=True)
+                del nq, nw
+    finally:
+        ext.set_amx(was_amx)
+        ext.set_cpu_isa("auto")
+    return 0
+
+
+if __name__ == "__main__":
+    rc = rerun_with_thp(no_thp=False)
+    raise SystemExit(main(sys.argv[1:]) if rc is None else rc)
