@@ -9,7 +9,6 @@ THP_MEM_ALLOC_ENABLE=1 unless it is set), x bf16, 2 threads; the three sides tim
 median of the round medians). Run it against another build with ``PYTHONPATH=/path/to/other/python`` for an A/B.
 """
 import os
-import statistics
 import sys
 
 import torch
@@ -22,15 +21,11 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.harness import cpu_model, median_of_rounds, time_fn
+from leankern.benchmarks.harness import cpu_model, median_call_s, median_of_rounds
 from leankern.benchmarks.mx_linear import cold_weights
 
 FORMATS = ["mxint8", "mxint4", "mxfp4"]
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
-
-
-def _median(fn):
-    return statistics.median(time_fn(fn, warmup=2, repeats=7))
 
 
 def main(argv) -> int:
@@ -61,7 +56,7 @@ def main(argv) -> int:
                     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
                     fns = {"dual": lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"),
                            "wonly": lambda: leankern.mx.linear(x, nq()), "torch": lambda: F.linear(x, nw())}
-                    t = median_of_rounds(tuple(fns), lambda key: _median(fns[key]))
+                    t = median_of_rounds(tuple(fns), lambda key: median_call_s(fns[key], reps=7, warmup=2))
                     ops = 2 * m * n * k
                     print(f"| {fmt} | {m} | {n} x {k} | {t['dual'] * 1e3:.2f} | {ops / t['dual'] / 1e9:.0f} | "
                           f"{t['wonly'] * 1e3:.2f} | {t['torch'] * 1e3:.2f} | {ops / t['torch'] / 1e9:.0f} | "
