@@ -21,7 +21,7 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.harness import cpu_model, median_call_s, median_of_rounds
+from leankern.benchmarks.harness import ab_args, cpu_model, median_call_s, median_of_rounds
 from leankern.benchmarks.mx_linear import cold_weights
 
 FORMATS = ["mxint8", "mxint4", "mxfp4"]
@@ -33,10 +33,8 @@ def main(argv) -> int:
     if not ext or "avx512bf16" not in ext.supported_isas():
         print("needs the C++ extension on a CPU with AVX512-BF16 (and VNNI)")
         return 0
-    fmts = argv[0].split(",") if argv else FORMATS
-    ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [512]
-    shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else SHAPES
-    amx = (argv[3] if len(argv) > 3 else "amx") == "amx" and ext.amx_supported()
+    fmts, ms, shapes, rest = ab_args(argv, FORMATS, [512], SHAPES)
+    amx = (rest[0] if rest else "amx") == "amx" and ext.amx_supported()
     torch.set_num_threads(2)
     ext.set_cpu_isa("avx512bf16")
     was_amx = ext.set_amx(amx)

@@ -23,7 +23,7 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern.benchmarks import rerun_with_thp
-from leankern.benchmarks.harness import cpu_model, median_of_rounds, time_fn
+from leankern.benchmarks.harness import ab_args, cpu_model, median_of_rounds, time_fn
 from leankern.benchmarks.mx_linear import _cold_copies, _cycle, cold_weights, measure_read_bandwidth
 
 FORMATS = ["mxfp4", "mxint4", "nvfp4", "mxint6", "mxint8"]
@@ -38,10 +38,8 @@ def main(argv) -> int:
     if not ext or "avx512bf16" not in ext.supported_isas():
         print("needs the C++ extension on a CPU with AVX512-BF16")
         return 0
-    fmts = argv[0].split(",") if argv else FORMATS
-    ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [1, 2, 4]
-    shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else [(4096, 4096)]
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[argv[3] if len(argv) > 3 else "bf16"]
+    fmts, ms, shapes, rest = ab_args(argv, FORMATS, [1, 2, 4], [(4096, 4096)])
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[rest[0] if rest else "bf16"]
     other = "vdpbf16ps" if dtype == torch.bfloat16 else "fp32 kernel"
     torch.set_num_threads(2)
     ext.set_cpu_isa("avx512bf16")

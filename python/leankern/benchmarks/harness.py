@@ -165,6 +165,15 @@ def median_call_s(fn: Callable[[], Any], reps: int = 15, warmup: int = 3) -> flo
     return statistics.median(times)
 
 
+def ab_args(argv, formats, ms, shapes):
+    """The positional arguments of the bench/ A/B scripts: FMTS (comma list), MS (comma list of row counts) and SHAPES
+    (``NxK,NxK``), each with its default; returns (fmts, ms, shapes, the remaining arguments)."""
+    fmts = argv[0].split(",") if argv else list(formats)
+    ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else list(ms)
+    shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else list(shapes)
+    return fmts, ms, shapes, list(argv[3:])
+
+
 def median_of_rounds(keys, time_one: Callable[[Any], float], rounds: int = 3) -> dict:
     """{key: median over `rounds` of time_one(key)}, the keys timed in turn within each round (A/B scripts: a slow
     stretch of a shared machine hits every side alike)."""
