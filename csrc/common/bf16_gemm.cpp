@@ -89,10 +89,10 @@ constexpr int64_t kChunkPairs = 1024;
 // Rows of x per pass over w: a tile's pass reads every row group of its chunk (rows x 4 KB at 1024 pairs), so with
 // all of x's rows in one pass a chunk of x (16 MB for DeepSeek-V2-Lite's shared experts at T = 4096) came from
 // memory again for every 16 columns of out. With blocks of 16 groups (384 rows, 1.5 MB per chunk) the tiles re-read
-// it from cache, at the price of packing each tile once per block. 2-core Zen 4, one process, blocks alternated
-// (x from the 16 rows .. all rows): M = 4096 x (N, K) = (2816, 2048) 357-372 -> 368-414 GFLOP/s, (2048, 2816)
-// 311-343 -> 405-413; Mixtral-8x7B's down shape M = 1024, (4096, 14336) 317-324 -> 413-414; (28672, 4096)
-// unchanged (~430); 256-768 rows measured as well.
+// it from cache, at the price of packing each tile once per block. 2-core Zen 4, a C++ harness, builds alternated:
+// M = 4096 x (N, K) = (2816, 2048) 350-361 -> 386-407 GFLOP/s, (2048, 2816) 324 -> 410-412; Mixtral-8x7B's down
+// shape M = 1024 x (4096, 14336) 322-329 -> 410-422; M <= 384 unchanged. Blocks of 256 to 2048 rows and a balanced
+// split were measured too: 384 was at or near the best on every shape (1024 x (4096, 14336) wants <= 384).
 constexpr int64_t kBlockGroups = 16;
 
 // MM (<= 24) rows of x from row m0 times the packed chunk wb of one tile (cp pairs; xg at the chunk's first pair):
