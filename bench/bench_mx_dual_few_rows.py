@@ -26,7 +26,7 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import ab_args, cpu_model, median_of_rounds, time_fn
-from leankern.benchmarks.mx_linear import cold_weights, measure_read_bandwidth
+from leankern.benchmarks.mx_linear import ab_cases, measure_read_bandwidth
 
 FORMATS = ["mxint4", "mxfp4", "mxint8"]
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
@@ -54,30 +54,22 @@ def main(argv) -> int:
           "torch bf16 ms | torch / int8 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     try:
-        for n, k in shapes:
-            for fmt in fmts:
-                gen = torch.Generator().manual_seed(n + k)
-                w = torch.randn(n, k, generator=gen)
-                qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
-                nq, nw, wbytes = cold_weights(qt, w)
-                for m in ms:
-                    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        for fmt, m, n, k, x, nq, nw, wbytes in ab_cases(shapes, fmts, ms):
 
-                    def time_one(key):
-                        if key == "torch":
-                            return _median(lambda: F.linear(x, nw()))
-                        if key == "wonly":
-                            return _median(lambda: leankern.mx.linear(x, nq()))
-                        ext.mx_set_int8_few_rows(key == "int8")
-                        return _median(lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"))
+            def time_one(key):
+                if key == "torch":
+                    return _median(lambda: F.linear(x, nw()))
+                if key == "wonly":
+                    return _median(lambda: leankern.mx.linear(x, nq()))
+                ext.mx_set_int8_few_rows(key == "int8")
+                return _median(lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"))
 
-                    t = median_of_rounds(("int8", "before", "wonly", "torch"), time_one)
-                    i8, bf, wo, tb = t["int8"], t["before"], t["wonly"], t["torch"]
-                    gbs = wbytes / i8 / 1e9
-                    print(f"| {fmt} | {m} | {n} x {k} | {i8 * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {bf * 1e3:.3f} | "
-                          f"{wbytes / bf / 1e9 / bw:.0%} | {bf / i8:.2f} | {wo * 1e3:.3f} | {tb * 1e3:.3f} | {tb / i8:.2f} |",
-                          flush=True)
-                del nq, nw
+            t = median_of_rounds(("int8", "before", "wonly", "torch"), time_one)
+            i8, bf, wo, tb = t["int8"], t["before"], t["wonly"], t["torch"]
+            gbs = wbytes / i8 / 1e9
+            print(f"| {fmt} | {m} | {n} x {k} | {i8 * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {bf * 1e3:.3f} | "
+                  f"{wbytes / bf / 1e9 / bw:.0%} | {bf / i8:.2f} | {wo * 1e3:.3f} | {tb * 1e3:.3f} | {tb / i8:.2f} |",
+                  flush=True)
     finally:
         ext.set_amx(was_amx)
         ext.mx_set_int8_few_rows(was_i8)

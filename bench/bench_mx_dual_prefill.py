@@ -22,7 +22,7 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import ab_args, cpu_model, median_call_s, median_of_rounds
-from leankern.benchmarks.mx_linear import cold_weights
+from leankern.benchmarks.mx_linear import ab_cases
 
 FORMATS = ["mxint8", "mxint4", "mxfp4"]
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
@@ -44,22 +44,14 @@ def main(argv) -> int:
     print("| weight | M | N x K | dual ms | GOP/s | weight-only ms | torch bf16 ms | torch GFLOP/s | torch / dual |")
     print("|---|---|---|---|---|---|---|---|---|")
     try:
-        for n, k in shapes:
-            for fmt in fmts:
-                gen = torch.Generator().manual_seed(n + k)
-                w = torch.randn(n, k, generator=gen)
-                qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
-                nq, nw, _ = cold_weights(qt, w)
-                for m in ms:
-                    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-                    fns = {"dual": lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"),
-                           "wonly": lambda: leankern.mx.linear(x, nq()), "torch": lambda: F.linear(x, nw())}
-                    t = median_of_rounds(tuple(fns), lambda key: median_call_s(fns[key], reps=7, warmup=2))
-                    ops = 2 * m * n * k
-                    print(f"| {fmt} | {m} | {n} x {k} | {t['dual'] * 1e3:.2f} | {ops / t['dual'] / 1e9:.0f} | "
-                          f"{t['wonly'] * 1e3:.2f} | {t['torch'] * 1e3:.2f} | {ops / t['torch'] / 1e9:.0f} | "
-                          f"{t['torch'] / t['dual']:.2f} |", flush=True)
-                del nq, nw
+        for fmt, m, n, k, x, nq, nw, _ in ab_cases(shapes, fmts, ms):
+            fns = {"dual": lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"),
+                   "wonly": lambda: leankern.mx.linear(x, nq()), "torch": lambda: F.linear(x, nw())}
+            t = median_of_rounds(tuple(fns), lambda key: median_call_s(fns[key], reps=7, warmup=2))
+            ops = 2 * m * n * k
+            print(f"| {fmt} | {m} | {n} x {k} | {t['dual'] * 1e3:.2f} | {ops / t['dual'] / 1e9:.0f} | "
+                  f"{t['wonly'] * 1e3:.2f} | {t['torch'] * 1e3:.2f} | {ops / t['torch'] / 1e9:.0f} | "
+                  f"{t['torch'] / t['dual']:.2f} |", flush=True)
     finally:
         ext.set_amx(was_amx)
         ext.set_cpu_isa("auto")

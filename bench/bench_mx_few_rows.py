@@ -24,7 +24,7 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import ab_args, cpu_model, median_of_rounds, time_fn
-from leankern.benchmarks.mx_linear import _cold_copies, _cycle, cold_weights, measure_read_bandwidth
+from leankern.benchmarks.mx_linear import _cold_copies, _cycle, ab_cases, measure_read_bandwidth
 
 FORMATS = ["mxfp4", "mxint4", "nvfp4", "mxint6", "mxint8"]
 
@@ -55,27 +55,20 @@ def main(argv) -> int:
           "torch / FMA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     try:
-        for n, k in shapes:
-            for fmt in fmts:
-                gen = torch.Generator().manual_seed(n + k)
-                w = torch.randn(n, k, generator=gen)
-                qt = leankern.mx.prepack(leankern.mx.quantize(w, fmt))
-                nq, nw, wbytes = cold_weights(qt, w)
-                for m in ms:
-                    x = torch.randn(m, k, generator=gen).to(dtype)
-                    xt = x.to(torch.bfloat16)  # torch's baseline: bf16 F.linear
-                    def time_one(key):
-                        if key == "torch":
-                            return _median(lambda: F.linear(xt, nw()))
-                        ext.mx_set_few_rows_fma(key == "fma")
-                        return _median(lambda: leankern.mx.linear(x, nq()))
+        for fmt, m, n, k, x, nq, nw, wbytes in ab_cases(shapes, fmts, ms, dtype):
+            xt = x.to(torch.bfloat16)  # torch's baseline: bf16 F.linear
 
-                    t = median_of_rounds(("fma", "bf16", "torch"), time_one)
-                    fma, b16, tb = t["fma"], t["bf16"], t["torch"]
-                    gbs = wbytes / fma / 1e9
-                    print(f"| {fmt} | {m} | {n} x {k} | {fma * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {b16 * 1e3:.3f} | "
-                          f"{wbytes / b16 / 1e9 / bw:.0%} | {b16 / fma:.2f} | {tb * 1e3:.3f} | {tb / fma:.2f} |", flush=True)
-                del nq, nw
+            def time_one(key):
+                if key == "torch":
+                    return _median(lambda: F.linear(xt, nw()))
+                ext.mx_set_few_rows_fma(key == "fma")
+                return _median(lambda: leankern.mx.linear(x, nq()))
+
+            t = median_of_rounds(("fma", "bf16", "torch"), time_one)
+            fma, b16, tb = t["fma"], t["bf16"], t["torch"]
+            gbs = wbytes / fma / 1e9
+            print(f"| {fmt} | {m} | {n} x {k} | {fma * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {b16 * 1e3:.3f} | "
+                  f"{wbytes / b16 / 1e9 / bw:.0%} | {b16 / fma:.2f} | {tb * 1e3:.3f} | {tb / fma:.2f} |", flush=True)
     finally:
         ext.set_amx(was_amx)
         ext.mx_set_few_rows_fma(was_fma)

@@ -73,6 +73,22 @@ def cold_weights(qt, w=None):
     return nq, nw, wbytes
 
 
+def ab_cases(shapes, fmts, ms, x_dtype=torch.bfloat16):
+    """The bench/ A/B scripts' cases: per shape (N, K) and format, a random weight quantized and prepacked with its
+    cold copies (cold_weights), then per row count M a random x; yields (fmt, m, n, k, x, next_qt, next_w_bf16,
+    weight bytes). The copies of one (shape, format) are dropped before the next are made."""
+    import leankern
+
+    for n, k in shapes:
+        for fmt in fmts:
+            gen = torch.Generator().manual_seed(n + k)
+            w = torch.randn(n, k, generator=gen)
+            nq, nw, wbytes = cold_weights(leankern.mx.prepack(leankern.mx.quantize(w, fmt)), w)
+            for m in ms:
+                yield fmt, m, n, k, torch.randn(m, k, generator=gen).to(x_dtype), nq, nw, wbytes
+            del nq, nw
+
+
 def _timed(fn, m, repeats):
     """Median seconds of fn; large products (seconds per call) get fewer samples."""
     if m >= 256:
