@@ -263,6 +263,29 @@ def test_topk_long_rows_with_ties_nan_and_zero_rows(backend, per_row):
                 assert torch.isnan(vals[b]).sum() == torch.isnan(want_v[b, :k]).sum()
 
 
+def test_topk_bar_on_ties_few_levels_and_infinities(backend):
+    """Rows for the C++ bar (K >= 16 k) where it cannot be tight: every logit equal (all K positions pass it), four
+    levels (a quarter pass: more candidates than the vector ranking takes), +-inf among the logits (the bisection's
+    ends), and a plain row (~1-2 k candidates, ranked). Each row's logits are its own bias slice (hidden zero)."""
+    g = torch.Generator().manual_seed(31)
+    B, H, V, K, span = 5, 8, 3000, 6000, 600
+    hidden = torch.zeros(B, H)
+    hidden[4] = torch.randn(H, generator=g)
+    weight = torch.randn(V, H, generator=g)
+    bias = torch.randn(V, generator=g)
+    bias[0:span] = 0.75  # row 0: one value
+    bias[span:2 * span] = torch.randint(0, 4, (span,), generator=g).float()  # row 1: four levels
+    inf_at = torch.randperm(span, generator=g)[:40] + 2 * span  # row 2: 20 x +inf, 20 x -inf
+    bias[inf_at[:20]], bias[inf_at[20:]] = float("inf"), float("-inf")
+    ids = (torch.arange(B)[:, None] * span + torch.randint(0, span, (B, K), generator=g)).to(torch.int32)
+    args = (hidden, weight, ids, bias, None, 1.0)
+    want_v, want_i = _sorted_reference(_gather(*args), ids)
+    assert int(torch.isinf(want_v[2]).sum()) > 0
+    for k in (2, 50, 300):
+        vals, gids = OPS.vocab_gather_lm_head_topk(*args, k)
+        assert torch.equal(vals, want_v[:, :k]) and torch.equal(gids, want_i[:, :k]), k
+
+
 @pytest.mark.skipif(not HAS_CPP, reason="the C++ extension is not built")
 def test_cpp_topk_streaming_beyond_the_scratch():
     """B * K above the C++ top-k's 4M-logit scratch: per-thread candidates are streamed and cut (the weights

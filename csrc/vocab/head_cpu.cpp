@@ -291,43 +291,61 @@ struct TopK {
   }
 };
 
+// Order-preserving 32-bit image of a non-NaN float (-0.0 below +0.0; between two such images lie only images of
+// non-NaN floats), and back: the bar's bisection runs on these integers.
+inline uint32_t ordered_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+inline float from_ordered_bits(uint32_t k) {
+  const uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+
 // Top k of one row of logits z[0, K) into values / ids (ids: the row's vocab ids). Candidates: every
-// position >= a bar t that at least k positions reach, so no position below it can be in the top k: t is
-// the k-th largest of G = 4k group maxima (group l = positions l, l + G, ...: each maximum is a position,
-// and the vertical maxima vectorise). Only the ~k-2k candidates become keys for the exact selection (ties
-// to the lower position, NaN first, -0.0 as +0.0: cand_key). Rows too short for the bar to pay take every
-// position.
+// position >= a bar t that at least k positions reach, so no position below it can be in the top k: at least k of
+// G ~ 4k group maxima (group l = positions l, l + G, ...: each maximum is a position, and the vertical maxima
+// vectorise) reach t, found by bisection on the maxima's ordered bits (close to their k-th largest; no sort, whose
+// mispredicted comparisons cost more than the rest of the row). Only those ~k-2k candidates become keys for the
+// exact selection (ties to the lower position, NaN first, -0.0 as +0.0: cand_key). Rows too short for the bar to
+// pay take every position.
 void row_topk(const VocabKernels& kern, const float* z, int64_t K, int64_t k, const int32_t* ids, float* values,
               int64_t* out_ids, std::vector<float>& gmax, std::vector<int32_t>& sel, std::vector<uint64_t>& keys) {
-  const int64_t G = std::max<int64_t>(4 * k, 64);
+  const int64_t G = (std::max<int64_t>(4 * k, 64) + 15) / 16 * 16;  // whole vectors for group_max / count_ge
   sel.resize(K);
   int64_t n = 0;
   bool bar = K >= 4 * G;
   if (bar) {
-    // NaN never enters a maximum (v > g is false), so each maximum is -inf or a position's value; NaN
-    // positions pass select_ge (they rank first), and at least k non-NaN positions reach the bar.
-    gmax.assign(G, -INFINITY);
+    // NaN never enters a maximum, so each maximum is -inf or a position's value; NaN positions pass select_ge
+    // (they rank first). Invariant: at least k maxima >= from_ordered_bits(lo), fewer than k >= hi.
+    gmax.resize(G);
     float* g = gmax.data();
-    int64_t i = 0;
-    for (; i + G <= K; i += G)
-      for (int64_t l = 0; l < G; ++l) g[l] = z[i + l] > g[l] ? z[i + l] : g[l];  // maxps
-    for (int64_t l = 0; i + l < K; ++l) g[l] = z[i + l] > g[l] ? z[i + l] : g[l];
-    std::nth_element(gmax.begin(), gmax.begin() + (G - k), gmax.end());
-    n = kern.select_ge(z, K, gmax[G - k], sel.data());
+    kern.group_max(z, K, G, g);
+    const auto [lo_it, hi_it] = std::minmax_element(g, g + G);
+    uint32_t lo = ordered_bits(*lo_it), hi = ordered_bits(*hi_it) + 1;  // all G >= lo; none >= hi (< 2^32: no NaN)
+    for (int it = 0; it < 20 && hi - lo > 1; ++it) {
+      const uint32_t mid = lo + (hi - lo) / 2;
+      const int64_t c = kern.count_ge(g, G, from_ordered_bits(mid));
+      (c >= k ? lo : hi) = mid;
+      if (c == k) break;  // exactly k maxima reach it: as tight as a bar from the maxima gets
+    }
+    n = kern.select_ge(z, K, from_ordered_bits(lo), sel.data());
     bar = n >= k;  // always (k maxima reach the bar); never index past the candidates
   }
   if (!bar) {
     n = K;
     for (int64_t i = 0; i < K; ++i) sel[i] = static_cast<int32_t>(i);
   }
-  keys.resize(n);
+  keys.resize(n + k);
   for (int64_t i = 0; i < n; ++i) keys[i] = cand_key(z[sel[i]], sel[i]);
-  auto desc = std::greater<uint64_t>();
-  if (n > k) std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), desc);
-  std::sort(keys.begin(), keys.begin() + k, desc);
+  uint64_t* best = keys.data() + n;
+  kern.rank_desc(keys.data(), n, k, best);
   for (int64_t i = 0; i < k; ++i) {
-    values[i] = key_value(keys[i]);
-    out_ids[i] = ids[key_pos(keys[i])];
+    values[i] = key_value(best[i]);
+    out_ids[i] = ids[key_pos(best[i])];
   }
 }
 

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <vector>
 
 #define LK_VOCAB_ISA_AVX2
 #include "vocab/kernels.h"
@@ -22,7 +24,8 @@ using S = Avx2;
 
 const VocabKernels& avx2_kernels() {
   static const VocabKernels table = {&avx2::dots, &avx2::soft_cap, &avx2::sum_exp, &avx2::stats,
-                                           &avx2::argmax_f32, &avx2::select_ge};
+                                           &avx2::argmax_f32, &avx2::select_ge,
+                                           &avx2::group_max, &avx2::count_ge, &avx2::rank_desc};
   return table;
 }
 

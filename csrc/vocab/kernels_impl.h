@@ -48,6 +48,37 @@ LK_T int64_t select_ge(const float* z, int64_t n, float thr, int32_t* idx) {
   return c;
 }
 
+// g[l] = the largest non-NaN z[i] with i % G == l, or -inf (G % 16 == 0, so whole vectors): the group maxima
+// behind row_topk's bar. S::max(v, g) keeps g where v is NaN, as the scalar form z > g ? z : g.
+LK_T void group_max(const float* z, int64_t n, int64_t G, float* g) {
+  for (int64_t l = 0; l < G; l += S::N) S::storeu(g + l, S::set1(-INFINITY));
+  int64_t i = 0;
+  for (; i + G <= n; i += G)
+    for (int64_t l = 0; l < G; l += S::N) S::storeu(g + l, S::max(S::loadu(z + i + l), S::loadu(g + l)));
+  for (int64_t l = 0; i + l < n; ++l) g[l] = z[i + l] > g[l] ? z[i + l] : g[l];
+}
+
+// How many of g[0, G) are >= t (G % 16 == 0; g holds no NaN).
+LK_T int64_t count_ge(const float* g, int64_t G, float t) {
+  const auto tv = S::set1(t);
+  constexpr unsigned all = S::N >= 32 ? ~0u : (1u << S::N) - 1;
+  int64_t c = 0;
+  for (int64_t l = 0; l < G; l += S::N) c += __builtin_popcount(~S::movemask(S::lt(S::loadu(g + l), tv)) & all);
+  return c;
+}
+
+// out[r] = the key of rank r (0: the largest) of n distinct keys, r < k <= n: a selection, then a sort of the k.
+LK_T void rank_desc_select(const uint64_t* keys, int64_t n, int64_t k, uint64_t* out) {
+  std::vector<uint64_t> c(keys, keys + n);
+  auto desc = std::greater<uint64_t>();
+  if (n > k) std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), desc);
+  std::sort(c.begin(), c.begin() + k, desc);
+  std::copy(c.begin(), c.begin() + k, out);
+}
+#ifndef LK_VOCAB_ISA_AVX512  // kernels_avx512.cpp ranks up to 256 keys by counting
+LK_T void rank_desc(const uint64_t* keys, int64_t n, int64_t k, uint64_t* out) { rank_desc_select(keys, n, k, out); }
+#endif
+
 // exp(x) for x in [-87.3, 88] (callers clamp): Cody-Waite reduction by ln 2, degree-6 polynomial on
 // [-ln2/2, ln2/2], within 2 ulp; the rounding add of 1.5 * 2^23 leaves n in the low mantissa bits, so
 // 2^n is one shift and one add away. Written once over the trait: every ISA gives the same bits.

@@ -1,6 +1,8 @@
 // Portable build of the vocab inner loops (kernels_impl.h over the 1-lane Scalar trait), and the ISA switch.
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <vector>
 
 #include "common/cpu_features.h"
 #include "vocab/kernels.h"
@@ -19,7 +21,8 @@ using S = Scalar;
 
 const VocabKernels& scalar_kernels() {
   static const VocabKernels table = {&scalar::dots, &scalar::soft_cap, &scalar::sum_exp, &scalar::stats,
-                                           &scalar::argmax_f32, &scalar::select_ge};
+                                           &scalar::argmax_f32, &scalar::select_ge,
+                                           &scalar::group_max, &scalar::count_ge, &scalar::rank_desc};
   return table;
 }
 
