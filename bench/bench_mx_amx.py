@@ -26,7 +26,7 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import cpu_model, median_of_rounds, time_fn
-from leankern.benchmarks.mx_linear import _bf16_throughput_512, cold_weights, measure_read_bandwidth
+from leankern.benchmarks.mx_linear import _bf16_throughput_512, avx512bf16_session, cold_weights, measure_read_bandwidth
 
 CASES = [("mxfp4", None), ("mxint4", None), ("nvfp4", None), ("mxfp8_e4m3", None), ("mxint8", None),
          ("mxint8", "mxint8")]
@@ -44,18 +44,16 @@ def main(argv) -> int:
     cases = CASES if not argv else [(f, None) for f in argv[0].split(",")]
     ms = [int(v) for v in argv[1].split(",")] if len(argv) > 1 else [8, 16, 64, 512]
     shapes = [tuple(int(d) for d in s.split("x")) for s in argv[2].split(",")] if len(argv) > 2 else [(4096, 4096)]
-    torch.set_num_threads(2)
-    ext.set_cpu_isa("avx512bf16")
-    bw = measure_read_bandwidth()
-    rate = {s: _bf16_throughput_512(*s) for s in shapes}
-    print(f"{cpu_model()}, ISA avx512bf16 with AMX on / off, torch {torch.__version__}, 2 threads; torch.sum read "
-          f"{bw:.1f} GB/s; torch bf16 F.linear at M = 512: " +
-          ", ".join(f"{n}x{k} {r / 1e9:.0f} GFLOP/s" for (n, k), r in rate.items()) +
-          f"; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
-    print("| weight | act | M | N x K | AMX ms | GFLOP/s | x roof | AMX off ms | off / AMX | torch bf16 ms | "
-          "torch / AMX |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    try:
+    with avx512bf16_session(True):
+        bw = measure_read_bandwidth()
+        rate = {s: _bf16_throughput_512(*s) for s in shapes}
+        print(f"{cpu_model()}, ISA avx512bf16 with AMX on / off, torch {torch.__version__}, 2 threads; torch.sum read "
+              f"{bw:.1f} GB/s; torch bf16 F.linear at M = 512: " +
+              ", ".join(f"{n}x{k} {r / 1e9:.0f} GFLOP/s" for (n, k), r in rate.items()) +
+              f"; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+        print("| weight | act | M | N x K | AMX ms | GFLOP/s | x roof | AMX off ms | off / AMX | torch bf16 ms | "
+              "torch / AMX |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for n, k in shapes:
             for fmt, act in cases:
                 gen = torch.Generator().manual_seed(n + k)
@@ -64,6 +62,7 @@ def main(argv) -> int:
                 nq, nw, wbytes = cold_weights(qt, w)
                 for m in ms:
                     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+
                     def time_one(key):
                         if key == "torch":
                             return _median(lambda: F.linear(x, nw()), m)
@@ -71,7 +70,6 @@ def main(argv) -> int:
                         return _median(lambda: leankern.mx.linear(x, nq(), act_fmt=act), m)
 
                     t = median_of_rounds(("amx", "off", "torch"), time_one)
-                    ext.set_amx(True)
                     a, off, tb = t["amx"], t["off"], t["torch"]
                     flops = 2 * m * n * k
                     roof = max(wbytes / (bw * 1e9), flops / rate[(n, k)])
@@ -79,9 +77,6 @@ def main(argv) -> int:
                           f"{a / roof:.2f} | {off * 1e3:.3f} | {off / a:.2f} | {tb * 1e3:.3f} | {tb / a:.2f} |",
                           flush=True)
                 del nq, nw
-    finally:
-        ext.set_amx(True)
-        ext.set_cpu_isa("auto")
     return 0
 
 

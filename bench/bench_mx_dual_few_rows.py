@@ -26,7 +26,7 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import ab_args, cpu_model, median_of_rounds, time_fn
-from leankern.benchmarks.mx_linear import ab_cases, measure_read_bandwidth
+from leankern.benchmarks.mx_linear import ab_cases, avx512bf16_ready, avx512bf16_session, measure_read_bandwidth
 
 FORMATS = ["mxint4", "mxfp4", "mxint8"]
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
@@ -37,23 +37,18 @@ def _median(fn):
 
 
 def main(argv) -> int:
-    ext = leankern._C
-    if not ext or "avx512bf16" not in ext.supported_isas():
-        print("needs the C++ extension on a CPU with AVX512-BF16 (and VNNI)")
+    if not avx512bf16_ready(" (and VNNI)"):
         return 0
     fmts, ms, shapes, rest = ab_args(argv, FORMATS, [1], SHAPES)
-    amx = (rest[0] if rest else "amx") == "amx" and ext.amx_supported()
-    torch.set_num_threads(2)
-    ext.set_cpu_isa("avx512bf16")
-    was_amx, was_i8 = ext.set_amx(amx), ext.mx_set_int8_few_rows(True)
-    bw = measure_read_bandwidth()
-    print(f"{cpu_model()}, ISA avx512bf16 (AMX {'on' if amx else 'off'}), torch {torch.__version__}, 2 threads; "
-          f"torch.sum read {bw:.1f} GB/s (256 MiB); THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; "
-          "x bf16, act_fmt mxint8")
-    print("| weight | M | N x K | int8 form ms | GB/s | %rd | before ms | %rd | before / int8 | weight-only ms | "
-          "torch bf16 ms | torch / int8 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    try:
+    amx = (rest[0] if rest else "amx") == "amx" and leankern._C.amx_supported()
+    with avx512bf16_session(amx, mx_set_int8_few_rows=True) as ext:
+        bw = measure_read_bandwidth()
+        print(f"{cpu_model()}, ISA avx512bf16 (AMX {'on' if amx else 'off'}), torch {torch.__version__}, 2 threads; "
+              f"torch.sum read {bw:.1f} GB/s (256 MiB); "
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; x bf16, act_fmt mxint8")
+        print("| weight | M | N x K | int8 form ms | GB/s | %rd | before ms | %rd | before / int8 | weight-only ms | "
+              "torch bf16 ms | torch / int8 |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for fmt, m, n, k, x, nq, nw, wbytes in ab_cases(shapes, fmts, ms):
 
             def time_one(key):
@@ -70,10 +65,6 @@ def main(argv) -> int:
             print(f"| {fmt} | {m} | {n} x {k} | {i8 * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {bf * 1e3:.3f} | "
                   f"{wbytes / bf / 1e9 / bw:.0%} | {bf / i8:.2f} | {wo * 1e3:.3f} | {tb * 1e3:.3f} | {tb / i8:.2f} |",
                   flush=True)
-    finally:
-        ext.set_amx(was_amx)
-        ext.mx_set_int8_few_rows(was_i8)
-        ext.set_cpu_isa("auto")
     return 0
 
 

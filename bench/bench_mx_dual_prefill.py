@@ -22,28 +22,23 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import ab_args, cpu_model, median_call_s, median_of_rounds
-from leankern.benchmarks.mx_linear import ab_cases
+from leankern.benchmarks.mx_linear import ab_cases, avx512bf16_ready, avx512bf16_session
 
 FORMATS = ["mxint8", "mxint4", "mxfp4"]
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
 
 
 def main(argv) -> int:
-    ext = leankern._C
-    if not ext or "avx512bf16" not in ext.supported_isas():
-        print("needs the C++ extension on a CPU with AVX512-BF16 (and VNNI)")
+    if not avx512bf16_ready(" (and VNNI)"):
         return 0
     fmts, ms, shapes, rest = ab_args(argv, FORMATS, [512], SHAPES)
-    amx = (rest[0] if rest else "amx") == "amx" and ext.amx_supported()
-    torch.set_num_threads(2)
-    ext.set_cpu_isa("avx512bf16")
-    was_amx = ext.set_amx(amx)
-    print(f"{cpu_model()}, ISA avx512bf16 (AMX {'on' if amx else 'off'}), torch {torch.__version__}, 2 threads; "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; x bf16, act_fmt mxint8; "
-          f"leankern from {os.path.dirname(os.path.dirname(leankern.__file__))}")
-    print("| weight | M | N x K | dual ms | GOP/s | weight-only ms | torch bf16 ms | torch GFLOP/s | torch / dual |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    try:
+    amx = (rest[0] if rest else "amx") == "amx" and leankern._C.amx_supported()
+    with avx512bf16_session(amx):
+        print(f"{cpu_model()}, ISA avx512bf16 (AMX {'on' if amx else 'off'}), torch {torch.__version__}, 2 threads; "
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; x bf16, act_fmt mxint8; "
+              f"leankern from {os.path.dirname(os.path.dirname(leankern.__file__))}")
+        print("| weight | M | N x K | dual ms | GOP/s | weight-only ms | torch bf16 ms | torch GFLOP/s | torch / dual |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for fmt, m, n, k, x, nq, nw, _ in ab_cases(shapes, fmts, ms):
             fns = {"dual": lambda: leankern.mx.linear(x, nq(), act_fmt="mxint8"),
                    "wonly": lambda: leankern.mx.linear(x, nq()), "torch": lambda: F.linear(x, nw())}
@@ -52,9 +47,6 @@ def main(argv) -> int:
             print(f"| {fmt} | {m} | {n} x {k} | {t['dual'] * 1e3:.2f} | {ops / t['dual'] / 1e9:.0f} | "
                   f"{t['wonly'] * 1e3:.2f} | {t['torch'] * 1e3:.2f} | {ops / t['torch'] / 1e9:.0f} | "
                   f"{t['torch'] / t['dual']:.2f} |", flush=True)
-    finally:
-        ext.set_amx(was_amx)
-        ext.set_cpu_isa("auto")
     return 0
 
 

@@ -24,7 +24,8 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.benchmarks import rerun_with_thp
 from leankern.benchmarks.harness import ab_args, cpu_model, median_of_rounds, time_fn
-from leankern.benchmarks.mx_linear import _cold_copies, _cycle, ab_cases, measure_read_bandwidth
+from leankern.benchmarks.mx_linear import (_cold_copies, _cycle, ab_cases, avx512bf16_ready, avx512bf16_session,
+                                           measure_read_bandwidth)
 
 FORMATS = ["mxfp4", "mxint4", "nvfp4", "mxint6", "mxint8"]
 
@@ -34,27 +35,22 @@ def _median(fn):
 
 
 def main(argv) -> int:
-    ext = leankern._C
-    if not ext or "avx512bf16" not in ext.supported_isas():
-        print("needs the C++ extension on a CPU with AVX512-BF16")
+    if not avx512bf16_ready():
         return 0
     fmts, ms, shapes, rest = ab_args(argv, FORMATS, [1, 2, 4], [(4096, 4096)])
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[rest[0] if rest else "bf16"]
     other = "vdpbf16ps" if dtype == torch.bfloat16 else "fp32 kernel"
-    torch.set_num_threads(2)
-    ext.set_cpu_isa("avx512bf16")
-    was_amx, was_fma = ext.set_amx(False), ext.mx_set_few_rows_fma(True)
-    bw = measure_read_bandwidth()
-    small = _cold_copies(lambda: torch.ones(2**21), 2**23)
-    ns = _cycle(small)
-    sum8 = 2**23 / _median(lambda: ns().sum()) / 1e9
-    print(f"{cpu_model()}, ISA avx512bf16 (AMX off), torch {torch.__version__}, 2 threads; torch.sum read {bw:.1f} GB/s "
-          f"(256 MiB), {sum8:.1f} GB/s = {sum8 / bw:.0%} of it over cold 8 MiB buffers; "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; x {str(dtype)[6:]}")
-    print(f"| weight | M | N x K | FMA ms | GB/s | %rd | {other} ms | %rd | {other} / FMA | torch bf16 ms | "
-          "torch / FMA |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    try:
+    with avx512bf16_session(False, mx_set_few_rows_fma=True) as ext:
+        bw = measure_read_bandwidth()
+        small = _cold_copies(lambda: torch.ones(2**21), 2**23)
+        ns = _cycle(small)
+        sum8 = 2**23 / _median(lambda: ns().sum()) / 1e9
+        print(f"{cpu_model()}, ISA avx512bf16 (AMX off), torch {torch.__version__}, 2 threads; torch.sum read "
+              f"{bw:.1f} GB/s (256 MiB), {sum8:.1f} GB/s = {sum8 / bw:.0%} of it over cold 8 MiB buffers; "
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; x {str(dtype)[6:]}")
+        print(f"| weight | M | N x K | FMA ms | GB/s | %rd | {other} ms | %rd | {other} / FMA | torch bf16 ms | "
+              "torch / FMA |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for fmt, m, n, k, x, nq, nw, wbytes in ab_cases(shapes, fmts, ms, dtype):
             xt = x.to(torch.bfloat16)  # torch's baseline: bf16 F.linear
 
@@ -69,10 +65,6 @@ def main(argv) -> int:
             gbs = wbytes / fma / 1e9
             print(f"| {fmt} | {m} | {n} x {k} | {fma * 1e3:.3f} | {gbs:.1f} | {gbs / bw:.0%} | {b16 * 1e3:.3f} | "
                   f"{wbytes / b16 / 1e9 / bw:.0%} | {b16 / fma:.2f} | {tb * 1e3:.3f} | {tb / fma:.2f} |", flush=True)
-    finally:
-        ext.set_amx(was_amx)
-        ext.mx_set_few_rows_fma(was_fma)
-        ext.set_cpu_isa("auto")
     return 0
 
 

@@ -73,6 +73,38 @@ def cold_weights(qt, w=None):
     return nq, nw, wbytes
 
 
+def avx512bf16_ready(note: str = "") -> bool:
+    """Whether the C++ extension runs its avx512bf16 ISA path here; prints why not (the bench/ A/B scripts then exit)."""
+    import leankern
+
+    ext = leankern._C
+    ok = bool(ext) and "avx512bf16" in ext.supported_isas()
+    if not ok:
+        print(f"needs the C++ extension on a CPU with AVX512-BF16{note}")
+    return ok
+
+
+@contextlib.contextmanager
+def avx512bf16_session(amx: bool = False, **switches: bool):
+    """The bench/ A/B scripts' setting: 2 threads, the C++ extension on its avx512bf16 ISA path with AMX on or off,
+    and any of its boolean switches (``mx_set_few_rows_fma=True``: name -> value; each returns its previous value);
+    every one restored on exit, the ISA to "auto". Yields the extension."""
+    import leankern
+
+    ext = leankern._C
+    torch.set_num_threads(2)
+    ext.set_cpu_isa("avx512bf16")
+    was = {"set_amx": ext.set_amx(amx)}
+    try:
+        for name, value in switches.items():
+            was[name] = getattr(ext, name)(value)
+        yield ext
+    finally:
+        for name, value in was.items():
+            getattr(ext, name)(value)
+        ext.set_cpu_isa("auto")
+
+
 def ab_cases(shapes, fmts, ms, x_dtype=torch.bfloat16):
     """The bench/ A/B scripts' cases: per shape (N, K) and format, a random weight quantized and prepacked with its
     cold copies (cold_weights), then per row count M a random x; yields (fmt, m, n, k, x, next_qt, next_w_bf16,
