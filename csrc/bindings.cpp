@@ -193,6 +193,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_set_gemv_tokens", &leankern::moe::set_gemv_tokens, py::arg("n"),
         "Tuning hook: moe_experts on CPU runs an expert with at most n kept tokens on the GEMV path (each weight row "
         "streamed once for its tokens), whatever its size; returns the previous n.");
+  m.def("moe_set_stream_prefetch",
+        [](int64_t elements, bool into_l2) {
+#if defined(__x86_64__) || defined(_M_X64)
+          return leankern::moe::set_stream_prefetch(elements, into_l2);
+#else
+          return int64_t(0);
+#endif
+        },
+        py::arg("elements"), py::arg("into_l2"),
+        "Tuning hook: how many bf16 elements ahead moe_experts' avx512bf16 GEMV (experts with 1-4 tokens) prefetches "
+        "its weight rows, and whether into L2 rather than L1; returns the previous distance.");
   m.def("moe_set_gemv_input_bytes", &leankern::moe::set_gemv_input_bytes, py::arg("nbytes"),
         "Tuning hook: moe_experts on CPU also runs an expert on the GEMV path while its tokens' fp32 input rows "
         "(n x max(H, I) x 4 bytes) fit nbytes (default 512 KB); returns the previous value.");

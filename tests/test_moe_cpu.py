@@ -380,6 +380,26 @@ def test_experts_gemv_path_hooks(isa, hook, value, default, T, E, H, prefill):
         set_(was)
 
 
+# moe_set_stream_prefetch (tuning hook): the avx512bf16 GEMV's row stream (1-4 tokens per expert) prefetches at any
+# distance and level with the same bits: a distance past the row's end runs into the next row (or stops at the last),
+# 0 is clamped to 32 elements; the hook returns the previous distance (default 2048, into L2). Other ISAs: same bits.
+def test_experts_stream_prefetch_hook(isa):
+    args, kw = make_experts(3, 8, 520, 40, 2, torch.bfloat16, torch.bfloat16, seed=4)
+    got, _ = check_experts(args, kw)
+    was = EXT.moe_set_stream_prefetch(2048, True)
+    if was == 0:
+        pytest.skip("not an x86-64 build: the hook has no kernel to tune")
+    try:
+        assert was == 2048
+        for elements, l2 in ((0, False), (600, True), (1 << 20, False)):
+            EXT.moe_set_stream_prefetch(elements, l2)
+            again, _ = check_experts(args, kw)
+            assert torch.equal(again, got), (elements, l2)
+        assert EXT.moe_set_stream_prefetch(2048, True) == 1 << 20
+    finally:
+        EXT.moe_set_stream_prefetch(2048, True)
+
+
 # bf16 hidden and bf16 weights on the GEMM path: under avx512bf16 the gate/up GEMMs (routed and shared) take bf16
 # dot products (csrc/common/bf16_gemm.h). 2I = 80 and Is = 24 rows (partial 16-row tiles), ~400 tokens per expert
 # (partial 24-row groups), odd H (the last pair alone).

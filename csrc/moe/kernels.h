@@ -53,6 +53,9 @@ bool set_poison_workspaces(bool on);
 // Tuning hook (leankern._C.moe_set_gemv_tokens): experts with at most n kept tokens take the GEMV path whatever
 // their size (larger ones still do while their fp32 input rows fit 512 KB). Returns the previous n (default 8).
 int64_t set_gemv_tokens(int64_t n);
+// Tuning hook (leankern._C.moe_set_stream_prefetch): how many elements ahead the avx512bf16 GEMV's row stream (1-4
+// tokens) prefetches, and whether into L2 rather than L1. Returns the previous distance.
+int64_t set_stream_prefetch(int64_t elements, bool into_l2);
 // Tuning hook (leankern._C.moe_set_gemv_input_bytes): the 512 KB rule's bytes. Returns the previous value.
 int64_t set_gemv_input_bytes(int64_t b);
 

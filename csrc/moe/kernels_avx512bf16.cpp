@@ -9,7 +9,9 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/bf16_dot_avx512.h"
 #include "moe/kernels.h"
@@ -21,16 +23,24 @@ namespace avx512bf16 {
 #define LK_BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 constexpr int kNR = 4;  // weight rows per register tile (x 4 tokens: 16 accumulators)
-constexpr int64_t kAhead = 512;  // elements (1 KB) the stream's software prefetch runs ahead, as the fp32 loops'
+// How far (elements) the stream's software prefetch runs ahead, and into which level (leankern._C.moe_set_stream_prefetch,
+// a tuning hook): 4 KB into L2. Why (bench/bench_moe_prefetch.py, 2-core Zen 4, weights from DRAM, the settings
+// alternated within one process, three runs): against the 1 KB into L1 of the fp32 loops (measured on Zen 2),
+// Qwen3-30B-A3B's experts at T = 1 / 2 / 16 took 0.93-0.96 / 0.92-0.94 / 0.90-0.93x the time, DeepSeek-V2-Lite at
+// T = 1 / 4 0.92-1.00 / 0.94-0.96x, Mixtral-8x7B 0.83-0.96 / 0.91-0.97x; 2 KB into L2 about the same, 8 KB into L2
+// or 4 KB into L1 mostly less (docs/bench/moe_prefetch_zen4.txt).
+std::atomic<int64_t> g_ahead{2048};
+std::atomic<bool> g_ahead_l2{true};
 
 // NT (<= 4) vectors: rows one after the other as one sequential stream, as the fp32 loops' stream_rows_n
-// (kernels_impl.h), with a software prefetch kAhead elements ahead that runs on into the next row; two accumulators
+// (kernels_impl.h), with a software prefetch `ahead` elements ahead that runs on into the next row; two accumulators
 // per vector, lane j summing the pairs (2 j, 2 j + 1) of each 32 elements in fp32, one horizontal sum per output.
 // Why: the 4-row tile reads four rows side by side (four streams per thread), which the prefetchers follow less
 // well; with one token per expert (decode), or a few short ones, the weights' bytes are the time.
-template <int NT>
+template <int NT, bool L2>
 LK_BF void stream_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C,
-                            const uint16_t* const* xs, float* const* outs) {
+                            const uint16_t* const* xs, float* const* outs, int64_t ahead) {
+  constexpr _mm_hint kHint = L2 ? _MM_HINT_T1 : _MM_HINT_T0;
   for (int64_t r = r0; r < r1; ++r) {
     const uint16_t* row = w + r * ld;
     const bool more = r + 1 < r1;
@@ -38,10 +48,10 @@ LK_BF void stream_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r
     for (int t = 0; t < NT; ++t) a[t][0] = a[t][1] = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 64 <= C; c += 64) {
-      for (int64_t q = 0; q < 64; q += 32) {  // the two lines 1 KB on, or as far into the next row
-        const int64_t o = c + kAhead + q;
-        if (o < C) _mm_prefetch((const char*)(row + o), _MM_HINT_T0);
-        else if (more) _mm_prefetch((const char*)(row + ld + (o - C)), _MM_HINT_T0);
+      for (int64_t q = 0; q < 64; q += 32) {  // the two lines `ahead` on, or as far into the next row
+        const int64_t o = c + ahead + q;
+        if (o < C) _mm_prefetch((const char*)(row + o), kHint);
+        else if (more) _mm_prefetch((const char*)(row + ld + (o - C)), kHint);
       }
       const __m512bh w0 = (__m512bh)_mm512_loadu_si512(row + c), w1 = (__m512bh)_mm512_loadu_si512(row + c + 32);
       for (int t = 0; t < NT; ++t) {
@@ -92,13 +102,19 @@ constexpr int64_t kQuadsMinVectorElems = 8192;
 LK_BF void gemv_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
                           int64_t n, float* const* outs) {
   if (n >= 2 && n * C >= kQuadsMinVectorElems) return quads_bf16(w, ld, r0, r1, C, xs, n, outs);
-  switch (n) {
-    case 1: return stream_rows_bf16<1>(w, ld, r0, r1, C, xs, outs);
-    case 2: return stream_rows_bf16<2>(w, ld, r0, r1, C, xs, outs);
-    case 3: return stream_rows_bf16<3>(w, ld, r0, r1, C, xs, outs);
-    case 4: return stream_rows_bf16<4>(w, ld, r0, r1, C, xs, outs);
-    default: return quads_bf16(w, ld, r0, r1, C, xs, n, outs);
-  }
+  const int64_t ahead = g_ahead.load(std::memory_order_relaxed);
+  auto stream = [&](auto l2) {
+    constexpr bool L2 = decltype(l2)::value;
+    switch (n) {
+      case 1: return stream_rows_bf16<1, L2>(w, ld, r0, r1, C, xs, outs, ahead);
+      case 2: return stream_rows_bf16<2, L2>(w, ld, r0, r1, C, xs, outs, ahead);
+      case 3: return stream_rows_bf16<3, L2>(w, ld, r0, r1, C, xs, outs, ahead);
+      case 4: return stream_rows_bf16<4, L2>(w, ld, r0, r1, C, xs, outs, ahead);
+      default: return quads_bf16(w, ld, r0, r1, C, xs, n, outs);
+    }
+  };
+  if (g_ahead_l2.load(std::memory_order_relaxed)) return stream(std::true_type{});
+  stream(std::false_type{});
 }
 
 // epilogue_avx512bf16.cpp
@@ -108,6 +124,11 @@ void combine_split(const float* hi, const float* lo, int64_t H, const float* b2,
                    int64_t t0, int64_t t1, float* acc);
 
 }  // namespace avx512bf16
+
+int64_t set_stream_prefetch(int64_t elements, bool into_l2) {
+  avx512bf16::g_ahead_l2.store(into_l2);
+  return avx512bf16::g_ahead.exchange(std::max<int64_t>(32, elements));
+}
 
 const MoeKernels& avx512bf16_kernels() {
   static const MoeKernels table = [] {

@@ -1,0 +1,74 @@
+"""The moe GEMV's row-stream prefetch, settings alternated in one process:
+``python bench/bench_moe_prefetch.py {qwen3|mixtral|deepseek} T[,T...] [ROUNDS]`` (default 12 rounds).
+
+``leankern.moe.experts`` on one layer of the shape (bf16 weights and hidden states, uniform routings of
+``leankern.benchmarks.moe``, 8 routings cycled so the experts come from DRAM), with the avx512bf16 GEMV's software
+prefetch (experts with 1-4 tokens; ``leankern._C.moe_set_stream_prefetch``) at each setting in turn within every
+round (4 calls each, their median), then the median over rounds and its ratio to the first setting. Alternating
+within one process is what makes a few-percent difference visible on a shared host whose bandwidth moves between runs.
+Needs the C++ extension on an AVX512-BF16 CPU (elsewhere the hook changes nothing).
+"""
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+try:
+    import leankern
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import leankern
+
+from leankern import moe
+from leankern.benchmarks.harness import cpu_model
+from leankern.benchmarks.moe import SHAPES, _routing, _weights
+
+NAMES = {"qwen3": SHAPES[0], "mixtral": SHAPES[1], "deepseek": SHAPES[2]}
+# (elements ahead, into L2): the default before 2026-12-06 first, then the default after it, then the others tried
+SETTINGS = [(512, False), (2048, True), (4096, True), (2048, False), (1024, True)]
+
+
+def main(argv) -> int:
+    if len(argv) < 2 or argv[0] not in NAMES:
+        print(__doc__)
+        return 2
+    s, Ts = NAMES[argv[0]], [int(t) for t in argv[1].split(",")]
+    rounds = int(argv[2]) if len(argv) > 2 else 12
+    ext = leankern._C
+    w13, w2, shared = _weights(s, torch.Generator().manual_seed(7))
+    kw = {} if shared is None else dict(shared_w1=shared[0], shared_w3=shared[1], shared_w2=shared[2])
+    print(f"{cpu_model()}, ISA {ext.cpu_isa()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{rounds} rounds; each setting: bytes ahead / level, median ms, ratio to the first")
+    try:
+        for T in Ts:
+            g = torch.Generator().manual_seed(T)
+            x = torch.randn(T, s.H, generator=g).bfloat16()
+            calls = [_routing(T, s, "uniform", 0.0, g, shift=i) for i in range(8)]
+            for ids, w in calls[:2]:  # warm-up
+                moe.experts(x, w13, w2, ids, w, **kw)
+            ts = {c: [] for c in SETTINGS}
+            k = 0
+            for _ in range(rounds):
+                for c in SETTINGS:
+                    ext.moe_set_stream_prefetch(*c)
+                    sub = []
+                    for _ in range(4):
+                        ids, w = calls[k % 8]
+                        k += 1
+                        t0 = time.perf_counter()
+                        moe.experts(x, w13, w2, ids, w, **kw)
+                        sub.append(time.perf_counter() - t0)
+                    ts[c].append(statistics.median(sub))
+            base = statistics.median(ts[SETTINGS[0]])
+            print(s.name, f"T={T}", " | ".join(
+                f"{c[0] * 2} B/{'L2' if c[1] else 'L1'} {statistics.median(v) * 1e3:.2f} ms ({statistics.median(v) / base:.3f})"
+                for c, v in ts.items()), flush=True)
+    finally:
+        ext.moe_set_stream_prefetch(*SETTINGS[1])  # the default again
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
