@@ -23,22 +23,20 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern import moe
 from leankern.benchmarks.harness import cpu_model
-from leankern.benchmarks.moe import SHAPES, _routing, _weights
+from leankern.benchmarks.moe import QUICK_NAMES, _routing, quick_layer
 
-NAMES = {"qwen3": SHAPES[0], "mixtral": SHAPES[1], "deepseek": SHAPES[2]}
 # (elements ahead, into L2): the default before 2026-12-06 first, then the default after it, then the others tried
 SETTINGS = [(512, False), (2048, True), (4096, True), (2048, False), (1024, True)]
 
 
 def main(argv) -> int:
-    if len(argv) < 2 or argv[0] not in NAMES:
+    if len(argv) < 2 or argv[0] not in QUICK_NAMES:
         print(__doc__)
         return 2
-    s, Ts = NAMES[argv[0]], [int(t) for t in argv[1].split(",")]
+    s, w13, w2, kw = quick_layer(argv[0])
+    Ts = [int(t) for t in argv[1].split(",")]
     rounds = int(argv[2]) if len(argv) > 2 else 12
     ext = leankern._C
-    w13, w2, shared = _weights(s, torch.Generator().manual_seed(7))
-    kw = {} if shared is None else dict(shared_w1=shared[0], shared_w3=shared[1], shared_w2=shared[2])
     print(f"{cpu_model()}, ISA {ext.cpu_isa()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{rounds} rounds; each setting: bytes ahead / level, median ms, ratio to the first")
     try:

@@ -19,19 +19,16 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern import moe
-from leankern.benchmarks.moe import SHAPES, _routing, _weights
-
-NAMES = {"qwen3": SHAPES[0], "mixtral": SHAPES[1], "deepseek": SHAPES[2]}
+from leankern.benchmarks.moe import QUICK_NAMES, _routing, quick_layer
 
 
 def main(argv) -> int:
-    if len(argv) < 2 or argv[0] not in NAMES:
+    if len(argv) < 2 or argv[0] not in QUICK_NAMES:
         print(__doc__)
         return 2
-    s, Ts = NAMES[argv[0]], [int(t) for t in argv[1].split(",")]
+    s, w13, w2, kw = quick_layer(argv[0])
+    Ts = [int(t) for t in argv[1].split(",")]
     skip = float(argv[2]) if len(argv) > 2 else 0.0
-    w13, w2, shared = _weights(s, torch.Generator().manual_seed(7))
-    kw = {} if shared is None else dict(shared_w1=shared[0], shared_w3=shared[1], shared_w2=shared[2])
     out = []
     for T in Ts:
         g = torch.Generator().manual_seed(T)

@@ -119,6 +119,18 @@ def _weights(s: Shape, g):
     return w13, w2, shared
 
 
+QUICK_NAMES = {"qwen3": SHAPES[0], "mixtral": SHAPES[1], "deepseek": SHAPES[2]}
+
+
+def quick_layer(name: str):
+    """The bench/ A/B scripts' layer (bench_moe_quick.py, bench_moe_prefetch.py): (shape, w13, w2, the shared
+    expert's keyword arguments of ``moe.experts``) for "qwen3", "mixtral" or "deepseek", weights seeded with 7."""
+    s = QUICK_NAMES[name]
+    w13, w2, shared = _weights(s, torch.Generator().manual_seed(7))
+    kw = {} if shared is None else dict(shared_w1=shared[0], shared_w3=shared[1], shared_w2=shared[2])
+    return s, w13, w2, kw
+
+
 def _hf_block(s: Shape, w13, w2, shared):
     """The installed transformers' block for the shape, its parameters set to our tensors (no copy); or None."""
     try:
