@@ -23,19 +23,18 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern import moe
 from leankern.benchmarks.harness import cpu_model
-from leankern.benchmarks.moe import QUICK_NAMES, _routing, quick_layer
+from leankern.benchmarks.moe import _routing, quick_layer
 
 # (elements ahead, into L2): the default before 2026-12-06 first, then the default after it, then the others tried
 SETTINGS = [(512, False), (2048, True), (4096, True), (2048, False), (1024, True)]
 
 
 def main(argv) -> int:
-    if len(argv) < 2 or argv[0] not in QUICK_NAMES:
-        print(__doc__)
+    layer = quick_layer(argv, __doc__)
+    if layer is None:
         return 2
-    s, w13, w2, kw = quick_layer(argv[0])
-    Ts = [int(t) for t in argv[1].split(",")]
-    rounds = int(argv[2]) if len(argv) > 2 else 12
+    s, w13, w2, kw, Ts, rest = layer
+    rounds = int(rest[0]) if rest else 12
     ext = leankern._C
     print(f"{cpu_model()}, ISA {ext.cpu_isa()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{rounds} rounds; each setting: bytes ahead / level, median ms, ratio to the first")

@@ -19,16 +19,15 @@ except ImportError:  # running from a source checkout without an install
     import leankern
 
 from leankern import moe
-from leankern.benchmarks.moe import QUICK_NAMES, _routing, quick_layer
+from leankern.benchmarks.moe import _routing, quick_layer
 
 
 def main(argv) -> int:
-    if len(argv) < 2 or argv[0] not in QUICK_NAMES:
-        print(__doc__)
+    layer = quick_layer(argv, __doc__)
+    if layer is None:
         return 2
-    s, w13, w2, kw = quick_layer(argv[0])
-    Ts = [int(t) for t in argv[1].split(",")]
-    skip = float(argv[2]) if len(argv) > 2 else 0.0
+    s, w13, w2, kw, Ts, rest = layer
+    skip = float(rest[0]) if rest else 0.0
     out = []
     for T in Ts:
         g = torch.Generator().manual_seed(T)

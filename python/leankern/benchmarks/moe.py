@@ -122,13 +122,17 @@ def _weights(s: Shape, g):
 QUICK_NAMES = {"qwen3": SHAPES[0], "mixtral": SHAPES[1], "deepseek": SHAPES[2]}
 
 
-def quick_layer(name: str):
-    """The bench/ A/B scripts' layer (bench_moe_quick.py, bench_moe_prefetch.py): (shape, w13, w2, the shared
-    expert's keyword arguments of ``moe.experts``) for "qwen3", "mixtral" or "deepseek", weights seeded with 7."""
-    s = QUICK_NAMES[name]
+def quick_layer(argv, usage: str):
+    """The bench/ A/B scripts' arguments NAME T[,T...] [more] (bench_moe_quick.py, bench_moe_prefetch.py) ->
+    (shape, w13, w2, the shared expert's keyword arguments of ``moe.experts``, the T list, the remaining arguments)
+    for NAME "qwen3", "mixtral" or "deepseek", weights seeded with 7; None, with `usage` printed, for other arguments."""
+    if len(argv) < 2 or argv[0] not in QUICK_NAMES:
+        print(usage)
+        return None
+    s = QUICK_NAMES[argv[0]]
     w13, w2, shared = _weights(s, torch.Generator().manual_seed(7))
     kw = {} if shared is None else dict(shared_w1=shared[0], shared_w3=shared[1], shared_w2=shared[2])
-    return s, w13, w2, kw
+    return s, w13, w2, kw, [int(t) for t in argv[1].split(",")], list(argv[2:])
 
 
 def _hf_block(s: Shape, w13, w2, shared):
