@@ -39,8 +39,8 @@ struct VocabKernels {
   // none), G a multiple of 16. count_ge: how many of g[0, G) are >= t (G a multiple of 16, no NaN in g).
   void (*group_max)(const float* z, int64_t n, int64_t G, float* g);
   int64_t (*count_ge)(const float* g, int64_t G, float t);
-  // out[r] = the key of rank r (0: the largest) of the n distinct keys, for r < k <= n.
-  void (*rank_desc)(const uint64_t* keys, int64_t n, int64_t k, uint64_t* out);
+  // out[r] = the key of rank r (0: the largest) of the n distinct keys, for r < k <= n; may reorder keys.
+  void (*rank_desc)(uint64_t* keys, int64_t n, int64_t k, uint64_t* out);
   // dots for bf16 hidden rows (bf16 bits, row stride ldh) and bf16 weight rows: exact products and fp32 sums with
   // AVX512-BF16 dot products (bf16 subnormal inputs count as 0). nullptr below the avx512bf16 ISA.
   void (*dots_bf16)(const uint16_t* hidden, int64_t ldh, int64_t B, int64_t H, const uint16_t* weight,

@@ -26,7 +26,7 @@ using S = Avx512;
 // top-50 of ~57 keys, with building the keys, 1,200-1,500 -> ~870 TSC ticks at 2.6 GHz (Zen 4, one thread, rows in
 // L2). More keys: that selection + sort.
 constexpr int64_t kRankMax = 256;
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void rank_desc(const uint64_t* keys, int64_t n, int64_t k,
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void rank_desc(uint64_t* keys, int64_t n, int64_t k,
                                                                            uint64_t* out) {
   if (n > kRankMax) return rank_desc_select(keys, n, k, out);
   const __m512i one = _mm512_set1_epi64(1);

@@ -68,15 +68,15 @@ LK_T int64_t count_ge(const float* g, int64_t G, float t) {
 }
 
 // out[r] = the key of rank r (0: the largest) of n distinct keys, r < k <= n: a selection, then a sort of the k.
-LK_T void rank_desc_select(const uint64_t* keys, int64_t n, int64_t k, uint64_t* out) {
-  std::vector<uint64_t> c(keys, keys + n);
+// Selects in place (keys reordered): no per-row copy of the candidates.
+LK_T void rank_desc_select(uint64_t* keys, int64_t n, int64_t k, uint64_t* out) {
   auto desc = std::greater<uint64_t>();
-  if (n > k) std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), desc);
-  std::sort(c.begin(), c.begin() + k, desc);
-  std::copy(c.begin(), c.begin() + k, out);
+  if (n > k) std::nth_element(keys, keys + (k - 1), keys + n, desc);
+  std::sort(keys, keys + k, desc);
+  std::copy(keys, keys + k, out);
 }
 #ifndef LK_VOCAB_ISA_AVX512  // kernels_avx512.cpp ranks up to 256 keys by counting
-LK_T void rank_desc(const uint64_t* keys, int64_t n, int64_t k, uint64_t* out) { rank_desc_select(keys, n, k, out); }
+LK_T void rank_desc(uint64_t* keys, int64_t n, int64_t k, uint64_t* out) { rank_desc_select(keys, n, k, out); }
 #endif
 
 // exp(x) for x in [-87.3, 88] (callers clamp): Cody-Waite reduction by ln 2, degree-6 polynomial on
