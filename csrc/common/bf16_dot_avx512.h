@@ -60,23 +60,37 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline __m512 redu
   return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xDD));
 }
 
+// The caller's next NR rows, prefetched along one or more rows_dot passes: their lines numbered L = row + NR * step
+// (step: 32 elements), `per_step` lines per step of a pass from line `first` on (lines past NR * (C / 32) skipped).
+struct NextRows {
+  const uint16_t* const* rows = nullptr;  // nullptr: no prefetch
+  int64_t first = 0;
+  int per_step = 0;
+};
+
 // out(i, t, v) with v = sum over c < C of w[i][c] * x[t][c], for NR rows w[i] and NT vectors x[t] of bf16 bits
 // (i < NR, t < NT). Every product is exact (8 x 8 significant bits); lane j sums the pairs (32 s + 2 j,
-// 32 s + 2 j + 1) over steps s in fp32, then one horizontal sum; bf16 subnormal inputs count as zero. pf: NR rows to
-// prefetch alongside (the caller's next rows), or nullptr; PF_L2: into L2 (prefetcht1) instead of L1. NR * NT
-// accumulators + NT vectors of x + 1 weight vector must fit the 32 registers.
+// 32 s + 2 j + 1) over steps s in fp32, then one horizontal sum; bf16 subnormal inputs count as zero. pf: the rows
+// to prefetch alongside (NextRows); PF_L2: into L2 (prefetcht1) instead of L1. NR * NT accumulators + NT vectors of
+// x + 1 weight vector must fit the 32 registers.
 template <int NR, int NT, bool PF_L2 = false, class Out>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot(
-    const uint16_t* const* w, const uint16_t* const* x, int64_t C, const uint16_t* const* pf, Out&& out) {
+    const uint16_t* const* w, const uint16_t* const* x, int64_t C, const NextRows& pf, Out&& out) {
   __m512 acc[NR][NT];
   for (int i = 0; i < NR; ++i)
     for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_ps();
+  const int64_t lines = NR * (C / 32);
+  int64_t line = pf.first;
   int64_t c = 0;
   for (; c + 32 <= C; c += 32) {
     __m512bh xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c);
-    if (pf)
-      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(pf[i] + c), PF_L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+    if (pf.rows && pf.per_step >= NR) {  // one pass: this step's line of every row (unrolled)
+      for (int i = 0; i < NR; ++i) _mm_prefetch((const char*)(pf.rows[i] + c), PF_L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+    } else if (pf.rows) {
+      for (int j = 0; j < pf.per_step && line < lines; ++j, ++line)
+        _mm_prefetch((const char*)(pf.rows[line % NR] + 32 * (line / NR)), PF_L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+    }
     for (int i = 0; i < NR; ++i) {
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w[i] + c);
       for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);
@@ -102,19 +116,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline 
   }
 }
 
-// rows_dot over n vectors, NTmax (<= 4) at a time (the rows stay in L1 across the groups), pf with the first group.
+// rows_dot over n vectors, NTmax (<= 4) at a time (the rows stay in L1 across the groups), pf (the next NR rows, or
+// nullptr) spread evenly over the groups' steps: ceil(NR / groups) lines per step.
 // PF_L2 (moe's decode tile): the next rows into L2, not L1, where they evicted the current rows and x (16 + 16 KB at
 // C = 2048 beside the next 16 KB in a 32 KB L1): one-thread microbenchmark, 16 tokens, rows from DRAM, core cycles
 // per vdpbf16ps, C = 768 / 2048: 2.4-2.5 / 1.9-2.0 with L1 and 1.65-1.73 / 1.68-1.71 with L2 (1.3 in cache), and
-// row i of the next rows with group i (spread over the groups' time, the form before) 2.1-2.2 / 1.9-2.1 with L1,
-// 1.75-1.9 / 1.74-2.0 with L2.
+// row i of the next rows with group i 2.1-2.2 / 1.9-2.1 with L1, 1.75-1.9 / 1.74-2.0 with L2. Spread line by line
+// over all the groups instead of issued in the first: Qwen3-30B-A3B's layer at T = 256 / 128 (~16 / ~8 tokens per
+// expert) 0.95x / 0.88-0.94x the time, the vocab gather at B = 16 0.88-0.94x (two threads, weights from DRAM,
+// alternating processes; docs/bench/rows_dot_spread_ab_zen4.txt).
 template <int NR, int NTmax, bool PF_L2 = false, class Out>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot_n(
     const uint16_t* const* w, const uint16_t* const* x, int64_t n, int64_t C, const uint16_t* const* pf, Out&& out) {
   static_assert(NTmax >= 1 && NTmax <= 4, "1 .. 4 vectors per pass");
+  const int64_t groups = (n + NTmax - 1) / NTmax;
+  const int per_step = static_cast<int>((NR + groups - 1) / groups);
   for (int64_t t0 = 0; t0 < n; t0 += NTmax) {
     const int64_t nt = n - t0 < NTmax ? n - t0 : NTmax;
-    const uint16_t* const* p = t0 == 0 ? pf : nullptr;
+    const NextRows p{pf, t0 / NTmax * per_step * (C / 32), per_step};
     auto o = [&](int i, int t, float v) { out(i, t0 + t, v); };
     if (nt >= 4 && NTmax >= 4) rows_dot<NR, (NTmax >= 4 ? 4 : 1), PF_L2>(w, x + t0, C, p, o);
     else if (nt == 3 && NTmax >= 3) rows_dot<NR, (NTmax >= 3 ? 3 : 1), PF_L2>(w, x + t0, C, p, o);
