@@ -193,18 +193,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_set_gemv_tokens", &leankern::moe::set_gemv_tokens, py::arg("n"),
         "Tuning hook: moe_experts on CPU runs an expert with at most n kept tokens on the GEMV path (each weight row "
         "streamed once for its tokens), whatever its size; returns the previous n.");
-  m.def("moe_set_quads_min_elems",
-        [](int64_t elems) {
-#if defined(__x86_64__) || defined(_M_X64)
-          return leankern::moe::set_quads_min_elems(elems);
-#else
-          return int64_t(0);
-#endif
-        },
-        py::arg("elems"),
-        "Tuning hook: moe_experts' avx512bf16 GEMV runs an expert's n tokens (1-4) as row quads instead of one row "
-        "stream when n x C (C the row length) reaches elems (default 8192: the token vectors fill half of L1); "
-        "returns the previous value (0 on builds without that kernel).");
+  m.def("moe_set_tile_min_elems", &leankern::moe::set_tile_min_elems, py::arg("elems"),
+        "Tuning hook: moe_experts' CPU GEMV runs an expert's n = 1-4 tokens as a tile of 4 weight rows instead of "
+        "one row stream when n x C (C the row length) reaches elems; default 8192 (16 KB of bf16 vectors on "
+        "AVX512-BF16, 32 KB of the fp32 loops' vectors). Returns the previous value.");
   m.def("moe_set_stream_prefetch",
         [](int64_t elements, bool into_l2) {
 #if defined(__x86_64__) || defined(_M_X64)

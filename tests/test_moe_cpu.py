@@ -400,23 +400,20 @@ def test_experts_stream_prefetch_hook(isa):
         EXT.moe_set_stream_prefetch(2048, True)
 
 
-# moe_set_quads_min_elems (tuning hook): the avx512bf16 GEMV runs an expert's 1-4 tokens as row quads instead of the
-# row stream once n x C reaches the threshold (default 8192: H = 8200 here, so even one token's gate/up rows take the
-# quads, the down rows (C = 40) the stream); always (0) and never (2^40) give results within the same bounds; the hook
-# returns the previous value. Other ISAs: the hook changes nothing.
-def test_experts_quads_threshold_hook(isa):
+# moe_set_tile_min_elems (tuning hook): the GEMV runs an expert's 1-4 tokens as a 4-row tile instead of the row
+# stream once n x C reaches the threshold (default 8192: H = 8200 here, so even one token's gate/up rows take the
+# tile, the down rows (C = 40) the stream); always (0) and never (2^40) give results within the same bounds on
+# every ISA; the hook returns the previous value.
+def test_experts_tile_threshold_hook(isa):
     args, kw = make_experts(3, 8, 8200, 40, 2, torch.bfloat16, torch.bfloat16, seed=6)
-    was = EXT.moe_set_quads_min_elems(8192)
-    if was == 0:
-        pytest.skip("not an x86-64 build: the hook has no kernel to tune")
+    assert EXT.moe_set_tile_min_elems(8192) == 8192
     try:
-        assert was == 8192
         for elems in (8192, 0, 1 << 40):
-            EXT.moe_set_quads_min_elems(elems)
+            EXT.moe_set_tile_min_elems(elems)
             check_experts(args, kw)
-        assert EXT.moe_set_quads_min_elems(8192) == 1 << 40
+        assert EXT.moe_set_tile_min_elems(8192) == 1 << 40
     finally:
-        EXT.moe_set_quads_min_elems(8192)
+        EXT.moe_set_tile_min_elems(8192)
 
 
 # bf16 hidden and bf16 weights on the GEMM path: under avx512bf16 the gate/up GEMMs (routed and shared) take bf16

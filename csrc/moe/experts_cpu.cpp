@@ -54,6 +54,8 @@ namespace {
 // (H = 2048, I = 768, bf16): the GEMV path is 2.5x faster than convert + fp32 GEMM at n = 16, equal at n = 64.
 std::atomic<int64_t> g_decode_min_tokens{8};  // kDecodeMinTokens; moe_set_gemv_tokens (a tuning hook)
 std::atomic<int64_t> g_decode_input_bytes{512 << 10};  // kDecodeInputBytes; moe_set_gemv_input_bytes
+// kernels.h tile_min_elems (the GEMV's stream-or-tile rule for 1-4 tokens); moe_set_tile_min_elems
+std::atomic<int64_t> g_tile_min_elems{8192};
 inline bool use_gemv(int64_t n, int64_t C) {
   return n <= g_decode_min_tokens.load(std::memory_order_relaxed) ||
          n * C * 4 <= g_decode_input_bytes.load(std::memory_order_relaxed);
@@ -766,6 +768,8 @@ bool set_down_split(bool two_parts) { return g_down_parts.exchange(two_parts ? 2
 bool set_poison_workspaces(bool on) { return g_poison.exchange(on); }
 int64_t set_gemv_tokens(int64_t n) { return g_decode_min_tokens.exchange(std::max<int64_t>(0, n)); }
 int64_t set_gemv_input_bytes(int64_t b) { return g_decode_input_bytes.exchange(std::max<int64_t>(0, b)); }
+int64_t set_tile_min_elems(int64_t n) { return g_tile_min_elems.exchange(std::max<int64_t>(0, n)); }
+int64_t tile_min_elems() { return g_tile_min_elems.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("moe_experts", &moe_experts_cpu); }
 

@@ -56,10 +56,13 @@ int64_t set_gemv_tokens(int64_t n);
 // Tuning hook (leankern._C.moe_set_stream_prefetch): how many elements ahead the avx512bf16 GEMV's row stream (1-4
 // tokens) prefetches, and whether into L2 rather than L1. Returns the previous distance.
 int64_t set_stream_prefetch(int64_t elements, bool into_l2);
-// Tuning hook (leankern._C.moe_set_quads_min_elems): the avx512bf16 GEMV takes row quads instead of the row stream
-// for an expert's n tokens when n x C reaches this many elements (5+ tokens always). Returns the previous value
-// (default 8192).
-int64_t set_quads_min_elems(int64_t elems);
+// Tuning hook (leankern._C.moe_set_tile_min_elems): the GEMV runs an expert's n = 1-4 tokens as a register tile of
+// 4 rows instead of one row stream when n x C reaches this many elements (5+ tokens always take the tile): the
+// stream re-reads every token's vector for every row, which stops fitting L1 beside it. Returns the previous value
+// (default 8192: 16 KB of the avx512bf16 GEMV's bf16 vectors, 32 KB of the fp32 loops'). tile_min_elems: the
+// current value, for the kernels.
+int64_t set_tile_min_elems(int64_t elems);
+int64_t tile_min_elems();
 // Tuning hook (leankern._C.moe_set_gemv_input_bytes): the 512 KB rule's bytes. Returns the previous value.
 int64_t set_gemv_input_bytes(int64_t b);
 

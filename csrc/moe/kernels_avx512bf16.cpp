@@ -92,20 +92,17 @@ LK_BF void quads_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int
   }
 }
 
-// One to four tokens whose vectors fill half of L1 or more (n x C >= 8192 elements, 16 KB) take the quads too: the
-// stream reads every token's vector again for every row, and with the row's stream beside it they no longer stay in
-// L1. Mixtral-8x7B's experts (C = 4096 / 14336), 2 experts x n tokens from DRAM, 2-core Zen 4, alternating
-// processes: n = 2 / 3 / 4 0.80-0.84 / 0.71-0.73 / 0.61-0.71x the streamed time (Mixtral at T = 16: 0.67-0.70x;
-// docs/bench/moe_decode_quads_ab_zen4.txt). Qwen3-30B-A3B's short vectors (C = 2048 / 768) gained nothing.
-// One token too, from C = 8192 (16 KB of x): with the stream's 64 bytes of x per 64 bytes of weights, x no longer
-// stays in L1 beside the row stream. A standalone copy of the loops (one thread, rows from DRAM, Zen 4): C = 8192 /
-// 14336 22.6 / 23.6 GB/s streamed, 28.2 / 30.9 in row quads; C = 4096 / 6144 35 / 33 streamed, 26 / 27 in quads.
-constexpr int64_t kQuadsMinVectorElems = 8192;
-std::atomic<int64_t> g_quads_min{kQuadsMinVectorElems};  // leankern._C.moe_set_quads_min_elems (a tuning hook)
-
+// One to four tokens whose vectors fill half of L1 or more (n x C >= tile_min_elems(), 8192 by default: 16 KB) take
+// the quads too: the stream reads every token's vector again for every row, and with the row's stream beside it
+// they no longer stay in L1. Mixtral-8x7B's experts (C = 4096 / 14336), 2 experts x n tokens from DRAM, 2-core Zen 4,
+// alternating processes: n = 2 / 3 / 4 0.80-0.84 / 0.71-0.73 / 0.61-0.71x the streamed time (Mixtral at T = 16:
+// 0.67-0.70x; docs/bench/moe_decode_quads_ab_zen4.txt). Qwen3-30B-A3B's short vectors (C = 2048 / 768) gained nothing.
+// One token too, from C = 8192: a standalone copy of the loops (one thread, rows from DRAM, Zen 4): C = 8192 / 14336
+// 22.6 / 23.6 GB/s streamed, 28.2 / 30.9 in row quads; C = 4096 / 6144 35 / 33 streamed, 26 / 27 in quads
+// (docs/bench/moe_quads_one_token_ab_zen4.txt).
 LK_BF void gemv_rows_bf16(const uint16_t* w, int64_t ld, int64_t r0, int64_t r1, int64_t C, const uint16_t* const* xs,
                           int64_t n, float* const* outs) {
-  if (n * C >= g_quads_min.load(std::memory_order_relaxed)) return quads_bf16(w, ld, r0, r1, C, xs, n, outs);
+  if (n * C >= tile_min_elems()) return quads_bf16(w, ld, r0, r1, C, xs, n, outs);
   const int64_t ahead = g_ahead.load(std::memory_order_relaxed);
   auto stream = [&](auto l2) {
     constexpr bool L2 = decltype(l2)::value;
@@ -133,8 +130,6 @@ int64_t set_stream_prefetch(int64_t elements, bool into_l2) {
   avx512bf16::g_ahead_l2.store(into_l2);
   return avx512bf16::g_ahead.exchange(std::max<int64_t>(32, elements));
 }
-
-int64_t set_quads_min_elems(int64_t elems) { return avx512bf16::g_quads_min.exchange(std::max<int64_t>(0, elems)); }
 
 const MoeKernels& avx512bf16_kernels() {
   static const MoeKernels table = [] {
