@@ -129,6 +129,7 @@ template <int NR, int NTmax, bool PF_L2 = false, class Out>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline void rows_dot_n(
     const uint16_t* const* w, const uint16_t* const* x, int64_t n, int64_t C, const uint16_t* const* pf, Out&& out) {
   static_assert(NTmax >= 1 && NTmax <= 4, "1 .. 4 vectors per pass");
+  if (n <= 0) return;
   const int64_t groups = (n + NTmax - 1) / NTmax;
   const int per_step = static_cast<int>((NR + groups - 1) / groups);
   for (int64_t t0 = 0; t0 < n; t0 += NTmax) {
