@@ -3,7 +3,8 @@
 //
 // Decode is memory-bound: the bytes that count are the expert weights, each read once per call.
 // gemv_rows: one vector, and 2..4 vectors whose n x C elements stay below tile_min_elems(): rows read one after the
-// other as one prefetched stream (stream_rows1, stream_rows_n); otherwise a register tile of 4 rows x NT (<= S::kMaxNT) vectors; a row quad (<= 32 KB) stays in L1 while the
+// other as one prefetched stream (stream_rows1, stream_rows_n); otherwise a register tile of 4 rows x NT
+// (<= S::kMaxNT) vectors; a row quad (<= 32 KB) stays in L1 while the
 // token groups loop over it. gemv_cols (transposed views): axpy form, a strip of 4 S::N contiguous output rows
 // x NT vectors, broadcasting x[t][c] and streaming the strip's column segments; the strip stays in L2 across
 // token groups.
@@ -128,8 +129,8 @@ LK_T void gemv_rows_dt(const void* w, int64_t ld, int64_t r0, int64_t r1, int64_
                        float* const* outs) {
   // the stream while the n vectors stay in L1 beside it (kernels.h tile_min_elems: 32 KB of fp32 by default). Why
   // (2-core Zen 4, weights from DRAM, settings alternated in one process; docs/bench/moe_tile_rule_ab_zen4.txt):
-  // Mixtral-8x7B T = 1 (C = 4096 / 14336) 0.81x the time on the avx512 ISA, 0.89x on avx2; Qwen3-30B-A3B's short
-  // rows within 0.95-1.0x. From 16 KB (8 KB of x per token at C = 2048): Qwen3 at 1-2 tokens per expert 1.02-1.12x.
+  // Mixtral-8x7B T = 1 (C = 4096 / 14336) 0.81-0.90x the time on the avx512 ISA, 0.89-0.91x on avx2; Qwen3-30B-A3B
+  // 0.93-1.03x. From 16 KB (8 KB of x per token at C = 2048): Qwen3 at 1-2 tokens per expert 1.02-1.12x.
   const bool stream = n <= 4 && (S::N == 1 || n * C < tile_min_elems());
   if (stream && n == 1) return stream_rows1<DT>(w, ld, r0, r1, C, xs[0], outs[0]);
   if (stream) {  // measured (Zen 3, Qwen3-30B-A3B at T = 256, 80% skip, ~3 tokens per expert): 5-13% faster than the tile
