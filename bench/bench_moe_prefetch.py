@@ -9,9 +9,7 @@ within one process is what makes a few-percent difference visible on a shared ho
 Needs the C++ extension on an AVX512-BF16 CPU (elsewhere the hook changes nothing).
 """
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -21,9 +19,8 @@ except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
     import leankern
 
-from leankern import moe
 from leankern.benchmarks.harness import cpu_model
-from leankern.benchmarks.moe import _routing, quick_layer
+from leankern.benchmarks.moe import alternate_settings, quick_layer
 
 # (elements ahead, into L2): the default before 2026-12-06 first, then the default after it, then the others tried
 SETTINGS = [(512, False), (2048, True), (4096, True), (2048, False), (1024, True)]
@@ -40,28 +37,11 @@ def main(argv) -> int:
           f"{rounds} rounds; each setting: bytes ahead / level, median ms, ratio to the first")
     try:
         for T in Ts:
-            g = torch.Generator().manual_seed(T)
-            x = torch.randn(T, s.H, generator=g).bfloat16()
-            calls = [_routing(T, s, "uniform", 0.0, g, shift=i) for i in range(8)]
-            for ids, w in calls[:2]:  # warm-up
-                moe.experts(x, w13, w2, ids, w, **kw)
-            ts = {c: [] for c in SETTINGS}
-            k = 0
-            for _ in range(rounds):
-                for c in SETTINGS:
-                    ext.moe_set_stream_prefetch(*c)
-                    sub = []
-                    for _ in range(4):
-                        ids, w = calls[k % 8]
-                        k += 1
-                        t0 = time.perf_counter()
-                        moe.experts(x, w13, w2, ids, w, **kw)
-                        sub.append(time.perf_counter() - t0)
-                    ts[c].append(statistics.median(sub))
-            base = statistics.median(ts[SETTINGS[0]])
+            ts = alternate_settings(layer, T, SETTINGS, lambda c: ext.moe_set_stream_prefetch(*c), rounds)
+            base = ts[SETTINGS[0]]
             print(s.name, f"T={T}", " | ".join(
-                f"{c[0] * 2} B/{'L2' if c[1] else 'L1'} {statistics.median(v) * 1e3:.2f} ms ({statistics.median(v) / base:.3f})"
-                for c, v in ts.items()), flush=True)
+                f"{c[0] * 2} B/{'L2' if c[1] else 'L1'} {v * 1e3:.2f} ms ({v / base:.3f})" for c, v in ts.items()),
+                flush=True)
     finally:
         ext.moe_set_stream_prefetch(*SETTINGS[1])  # the default again
     return 0

@@ -135,6 +135,36 @@ def quick_layer(argv, usage: str):
     return s, w13, w2, kw, [int(t) for t in argv[1].split(",")], list(argv[2:])
 
 
+def alternate_settings(layer, T: int, settings, apply, rounds: int, skip: float = 0.0) -> dict:
+    """The bench/ A/B scripts' timing loop: ``moe.experts`` on ``layer`` (a :func:`quick_layer` tuple) at T tokens,
+    8 uniform routings at ``skip`` cycled (the experts from DRAM), ``apply(setting)`` for each of ``settings`` in turn
+    within every round, 4 calls per setting and round (their median) -> {setting: median over the rounds, seconds}.
+    Alternating within one process is what makes a few-percent difference visible on a shared host whose read
+    bandwidth moves between runs."""
+    from .. import moe
+
+    s, w13, w2, kw = layer[:4]
+    g = torch.Generator().manual_seed(T)
+    x = torch.randn(T, s.H, generator=g).bfloat16()
+    calls = [_routing(T, s, "uniform", skip, g, shift=i) for i in range(8)]
+    for ids, w in calls[:2]:  # warm-up
+        moe.experts(x, w13, w2, ids, w, **kw)
+    ts = {c: [] for c in settings}
+    k = 0
+    for _ in range(rounds):
+        for c in settings:
+            apply(c)
+            sub = []
+            for _ in range(4):
+                ids, w = calls[k % 8]
+                k += 1
+                t0 = time.perf_counter()
+                moe.experts(x, w13, w2, ids, w, **kw)
+                sub.append(time.perf_counter() - t0)
+            ts[c].append(statistics.median(sub))
+    return {c: statistics.median(v) for c, v in ts.items()}
+
+
 def _hf_block(s: Shape, w13, w2, shared):
     """The installed transformers' block for the shape, its parameters set to our tensors (no copy); or None."""
     try:
