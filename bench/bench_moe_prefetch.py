@@ -30,7 +30,7 @@ def main(argv) -> int:
     layer = quick_layer(argv, __doc__)
     if layer is None:
         return 2
-    s, w13, w2, kw, Ts, rest = layer
+    s, Ts, rest = layer[0], layer[4], layer[5]
     rounds = int(rest[0]) if rest else 12
     ext = leankern._C
     print(f"{cpu_model()}, ISA {ext.cpu_isa()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
