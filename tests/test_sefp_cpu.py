@@ -192,7 +192,7 @@ def test_linear_extreme_exponents(isa):
 
 
 def test_bf16_gemv_flushes_subnormal_x(isa):
-    """Under avx512bf16 on a CPU with GFNI and AVX512-VBMI, bf16 x with fewer than 20 rows (fewer than 32 with a
+    """Under avx512bf16 on a CPU with GFNI and AVX512-VBMI, bf16 x with fewer than 80 rows (any number with a
     bias) runs the plane-shuffle GEMV (gemv_bf16_gfni.cpp), whose vdpbf16ps treats bf16 subnormal x as zero:
     x = 2^-130 gives 0 where the fp32 kernels (fp32 x, other ISAs) keep 64 * 2^-130 (the documented exception to
     the bound, docs/sefp.md). Also proves that the bf16 GEMV ran, at every width, with and without a bias. (Under
@@ -292,18 +292,66 @@ def test_linear_many_rows_over_k_slabs(isa):
 
 
 def test_linear_decoded_panels(isa):
-    """bf16 x with >= 20 rows (>= 12 under "amx"), no bias, m <= 8: the decoded-panel path (bf16 panels and torch's bf16 GEMM, or AMX
+    """bf16 x with >= 80 rows (>= 12 under "amx"), no bias, m <= 8: the decoded-panel path (bf16 panels and torch's bf16 GEMM, or AMX
     tiles from x packed once under "amx"): rows crossing 16-row tiles and the AMX kernel's 512-row passes (530),
     N off the 16-row tile and over several panels (203, 600), K over several 2048-element chunks; other ISAs run the
-    same cases through their own kernels."""
+    same cases through their own kernels (and 20 / 33 / 12 rows, the GEMV's decode-once tile on avx512bf16)."""
     gen = torch.Generator().manual_seed(12)
-    for N, K, M in ((203, 4096 + 100, 20), (600, 1000, 33), (37, 700, 530), (90, 512, 12)):
+    for N, K, M in ((203, 4096 + 100, 20), (203, 4096 + 100, 96), (600, 1000, 33), (37, 700, 530), (90, 512, 12)):
         w = torch.randn(N, K, generator=gen)
         planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
         x = torch.randn(M, K, generator=gen).to(torch.bfloat16)
         for m in (3, 8):
             y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, None)
             check_linear(y, x, planes, exps, m, 32, None)
+
+
+@pytest.mark.parametrize("decoded_rows", (8, 1, 1 << 30), ids=("default", "always", "never"))
+def test_linear_bf16_decode_once_tile(isa, decoded_rows):
+    """bf16 x with 8+ rows on avx512bf16 (GFNI + VBMI): gemv_bf16 decodes 4 weight rows at a time once to bf16 and
+    runs 4 x 4 register tiles over every x row (gemv_decoded; the tuning hook sefp_set_decoded_rows moves its
+    threshold: "always" from one x row, "never" the planes decoded again per 4 x rows). N = 39: groups of 4 and a
+    tail of 3 in every task; K = 1,120: two 512-weight chunks and a partial third; M = 40: two slabs of x rows (at
+    most 32 per pass); rows 4..7 scaled by 2^-124 next to normal rows: with x ~ N(0, 1) their products could fall
+    below 2^-126, where vdpbf16ps flushes, and with x ~ 2^40 N(0, 1) their smallest step is no bf16 normal at
+    m >= 5 (either way that group of 4 must take the re-decoding tile: sefp_cpu.cpp decode_min_exponent); with and
+    without a bias; m 1..8. Other ISAs run the same cases through their own kernels."""
+    gen = torch.Generator().manual_seed(13)
+    N, K = 39, 1120
+    w = torch.randn(N, K, generator=gen)
+    w[4:8] *= 2.0**-124
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    bias = torch.randn(N, generator=gen).to(torch.bfloat16)
+    before = EXT.sefp_set_decoded_rows(decoded_rows)
+    try:
+        for M, scale in ((1, 1.0), (8, 1.0), (13, 2.0**40), (40, 1.0), (40, 2.0**40)):
+            x = (torch.randn(M, K, generator=gen) * scale).to(torch.bfloat16)
+            for m in range(1, 9):
+                b = bias if (M + m) % 2 else None
+                y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, b)
+                check_linear(y, x, planes, exps, m, 32, b)
+    finally:
+        assert EXT.sefp_set_decoded_rows(before) == decoded_rows
+
+
+def test_linear_bf16_panel_rows_hook(isa):
+    """sefp_set_panel_rows (tuning hook) moves where bf16 x without a bias takes the decoded bf16 panels on CPUs
+    without AMX: at 4 the 8-row product runs through the panels, at 2^30 a 96-row one through the GEMV's tile; both
+    within the bound, and the hook hands back the value it replaced."""
+    gen = torch.Generator().manual_seed(14)
+    w = torch.randn(70, 600, generator=gen)
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    before = EXT.sefp_set_panel_rows(4)
+    try:
+        for M in (8, 96):
+            x = torch.randn(M, 600, generator=gen).to(torch.bfloat16)
+            for m in (2, 8):
+                y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, None)
+                check_linear(y, x, planes, exps, m, 32, None)
+            assert EXT.sefp_set_panel_rows(1 << 30 if M == 8 else 4) == (4 if M == 8 else 1 << 30)
+    finally:
+        EXT.sefp_set_panel_rows(before)
+    assert before == 80
 
 
 def test_linear_rows_do_not_read_their_neighbours_exponents(isa):

@@ -38,6 +38,9 @@ struct Planes {
   int64_t nb;            // blocks per row
   int gs;                // log2(block_size / 32): word w of a row is in block w >> gs
   int m;                 // mantissa planes read (1..16)
+  // gemv_bf16 only: the smallest block exponent E (E = -128, an empty block, aside) whose weights it may decode to
+  // bf16 and multiply as such (gemv_decoded); 128: none. Set by the caller from x (sefp_cpu.cpp decode_min_exponent).
+  int decode_min_e = 128;
 };
 
 constexpr int kChunkBf16 = 512;  // weights per chunk of gemv_bf16 (16 words: one 64-byte load per plane)
@@ -111,6 +114,16 @@ struct SefpKernels {
   // is a bf16 normal): the caller checks.
   void (*decode_bf16)(const Planes& P, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo);
 };
+
+// x rows from which gemv_bf16 decodes 4 weight rows once to bf16 and multiplies them by every x row (a register
+// tile), instead of re-decoding the planes for every 4 x rows. Tuning hook (leankern._C.sefp_set_decoded_rows):
+// returns the previous value.
+int64_t set_decoded_rows(int64_t rows);
+int64_t decoded_rows();
+// bf16 x rows from which sefp_linear (no bias, a GFNI + VBMI avx512bf16 CPU without AMX) decodes bf16 panels for
+// torch's bf16 GEMM instead of running gemv_bf16. Tuning hook (leankern._C.sefp_set_panel_rows): returns the
+// previous value (default 80).
+int64_t set_panel_rows(int64_t rows);
 
 const SefpKernels& scalar_kernels();
 const SefpKernels& avx2_kernels();

@@ -11,7 +11,8 @@
 //                    amortized over the M rows.
 // Both sum in fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
 // bf16 x with m <= 8 on a GFNI + VBMI avx512bf16 CPU takes the bf16 kernels instead (bf16 products are exact
-// there): gemv_bf16 below kPanelRows rows (or kPanelRowsBf16 without a bias), linear_panels_bf16 from there.
+// there): gemv_bf16 below g_panel_rows_bf16 rows (kPanelRowsAmx with AMX; any M with a bias), linear_panels_bf16 from
+// there. From kernels.h decoded_rows() x rows on, gemv_bf16 decodes each weight row once for all of them.
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -41,11 +42,17 @@ using cpu::parallel_chunks;
 
 constexpr int64_t kPanelRows = 32;  // x rows from which the decoded-panel GEMM wins (measured, 4096x4096)
 constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp32 stays in L2/L3
-constexpr int64_t kPanelRowsBf16 = 20;  // the same for the bf16 kernels (linear_panels_bf16; Zen 4)
+// The same for the bf16 kernels (linear_panels_bf16) on CPUs without AMX: since gemv_bf16 decodes 4 weight rows
+// once for all x rows (gemv_decoded), it beat the panels at every M up to 64 and lost from 96 (Zen 4, 4096 x 4096,
+// m = 8 / 4 / 2: M = 64 7.7 / 7.9 / 6.2 ms against 9.3 / 8.6 / 8.1, M = 96 13.2 / 11.9 / 9.6 against
+// 11.6 / 11.2 / 10.7; bench/bench_sefp_rows.py); it was 20 before.
+std::atomic<int64_t> g_panel_rows_bf16{80};  // kernels.h set_panel_rows (a tuning hook)
 // ... and with AMX (linear_panels_amx): on a 2-core Xeon the GEMV costs ~0.33 ms per row of a 4096 x 4096 weight
 // (vdpbf16ps at half Zen 4's rate), the panels ~4 ms at any M up to 64 (their decode).
 constexpr int64_t kPanelRowsAmx = 12;
 constexpr int64_t kPanelBytesBf16 = 4 << 20;  // bf16 panels (decode_bf16): ~4 MB, 256..512 rows
+
+std::atomic<int64_t> g_decoded_rows{8};  // kernels.h decoded_rows
 
 // Rows per parallel task for ~`work` element-operations each (at least one row).
 int64_t rows_per_task(int64_t per_row, int64_t work) { return std::max<int64_t>(1, work / std::max<int64_t>(1, per_row)); }
@@ -169,6 +176,21 @@ at::Tensor prepare_x_bf16(const at::Tensor& x, int64_t Kw, int m) {
   return xb;
 }
 
+// Planes::decode_min_e for bf16 x [M, K]: gemv_decoded multiplies weights decoded with their block scale,
+// q 2^(E - (m - 1)), by x in vdpbf16ps, which flushes fp32 subnormal results. Every partial sum of a block is a
+// multiple of 2^(E - (m - 1)) 2^(ex - 7) (ex: the exponent of x's smallest nonzero normal |x|; bf16 keeps 8
+// significant bits), so none falls below 2^-126 when E >= m - 120 - ex; and the decoded weights are bf16 normals
+// (exact) when E >= m - 127. gemv_tile's sums of unscaled codes never get near 2^-126 that way.
+int decode_min_exponent(const at::Tensor& x, int m) {
+  const uint16_t* p = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  int lo = 255;  // the smallest nonzero exponent field (0: zero or subnormal, flushed as documented)
+  for (int64_t i = 0, n = x.numel(); i < n; ++i) {
+    const int e = (p[i] >> 7) & 0xff;
+    lo = e != 0 && e < lo ? e : lo;
+  }
+  return lo == 255 ? m - 127 : std::max(m - 127, m - 120 - (lo - 127));
+}
+
 // y32 [M, N] (fp32) = xb @ W^T through decoded fp32 panels and at::mm_out.
 void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32) {
   const int64_t Kx = xb.size(1);
@@ -188,7 +210,7 @@ void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, cons
   }
 }
 
-// y [M, N] (x's dtype) = x @ W^T for bf16 x with >= kPanelRowsBf16 rows, no bias, m <= 8, every block's weights
+// y [M, N] (x's dtype) = x @ W^T for bf16 x with >= g_panel_rows_bf16 rows, no bias, m <= 8, every block's weights
 // bf16 normals (E = -128 or E >= m - 127), on a GFNI + VBMI avx512bf16 CPU: panels of ~kPanelBytesBf16 decoded
 // straight to bf16 with the scale in the exponent (decode_bf16) and torch's bf16 GEMM (fp32 accumulation, one
 // rounding) into y's columns; x and the panels in the same chunk order along K (every dot product unchanged).
@@ -241,14 +263,15 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   // bf16 x, m <= 8, a GFNI + VBMI avx512bf16 CPU: every weight, x and product is exact in bf16 / fp32, so the
   // bf16 kernels (gemv_bf16_gfni.cpp) take it; they treat bf16 subnormal x as zero (vdpbf16ps; docs/sefp.md)
   const bool bf16 = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16;
-  if (bf16 && M >= (cpu::amx_enabled() ? kPanelRowsAmx : kPanelRowsBf16) && !bias.has_value() &&
+  const int64_t panel_rows = cpu::amx_enabled() ? kPanelRowsAmx : g_panel_rows_bf16.load(std::memory_order_relaxed);
+  if (bf16 && M >= panel_rows && !bias.has_value() &&
       !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>()) {
     linear_panels_bf16(kern, P, x2, static_cast<int>(m), out.view({M, N}));
     return out;
   }
   const bool f32_out = x.scalar_type() == at::kFloat;
   at::Tensor y32 = f32_out ? out.view({M, N}) : at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M < kPanelRows) {
+  if (M < kPanelRows || (bf16 && M < panel_rows)) {
     // several x rows: tasks of >= 64 weight rows, so the x slabs read per task are shared by many rows
     const int64_t per_row = rows_per_task(P.Kw * kWord * (1 + M), 1 << 19);
     const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
@@ -256,7 +279,9 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
     if (bf16) {  // fewer rows than the bf16 panels take (or a bias, or tiny blocks: they need no exact bf16 w)
       const at::Tensor xb = prepare_x_bf16(x2, P.Kw, static_cast<int>(m));
       const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
-      parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(P, xp, M, xb.size(1), n0, n1, yp, N); });
+      Planes Pb = P;
+      if (M >= decoded_rows()) Pb.decode_min_e = decode_min_exponent(x2, static_cast<int>(m));
+      parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(Pb, xp, M, xb.size(1), n0, n1, yp, N); });
     } else {
       const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
       const int64_t Kx = permuted ? permuted_width(P.Kw) : P.Kw * kWord;
@@ -277,6 +302,10 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
 }
 
 }  // namespace
+
+int64_t set_decoded_rows(int64_t rows) { return g_decoded_rows.exchange(rows); }
+int64_t decoded_rows() { return g_decoded_rows.load(std::memory_order_relaxed); }
+int64_t set_panel_rows(int64_t rows) { return g_panel_rows_bf16.exchange(rows); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) {
   m.impl("sefp_quantize", &sefp_quantize_cpu);
