@@ -194,14 +194,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_set_gemv_tokens", &leankern::moe::set_gemv_tokens, py::arg("n"),
         "Tuning hook: moe_experts on CPU runs an expert with at most n kept tokens on the GEMV path (each weight row "
         "streamed once for its tokens), whatever its size; returns the previous n.");
-  m.def("sefp_set_decoded_rows", &leankern::sefp::set_decoded_rows, py::arg("rows"),
-        "Tuning hook: sefp_linear's bf16 GEMV (AVX512-BF16 with GFNI and VBMI) decodes 4 weight rows once to bf16 "
-        "and runs a register tile over every x row from this many x rows on (below: the planes decoded again for "
-        "every 4 x rows); default 8. Returns the previous value.");
+  m.def("sefp_set_decoded_rows", &leankern::sefp::set_decoded_rows, py::arg("rows"), py::arg("packed") = false,
+        "Tuning hook: sefp_linear's bf16 GEMV (AVX512-BF16 with GFNI and VBMI; packed=True: sefp_packed_linear's, "
+        "AVX512-BF16 with VBMI) decodes 4 weight rows once to bf16 and runs a register tile over every x row from "
+        "this many x rows on (below: the weights decoded again for every 4 (8) x rows); default 8 (packed: 16). "
+        "Returns the previous value.");
   m.def("sefp_set_panel_rows", &leankern::sefp::set_panel_rows, py::arg("rows"),
-        "Tuning hook: sefp_linear with bf16 x, no bias, on an AVX512-BF16 CPU with GFNI and VBMI but no AMX decodes "
-        "bf16 panels for torch's bf16 GEMM from this many x rows on (below: the bf16 GEMV); default 80. Returns the "
-        "previous value.");
+        "Tuning hook: sefp_linear and sefp_packed_linear with bf16 x, no bias, on an AVX512-BF16 CPU with VBMI (and "
+        "GFNI for sefp_linear) but no AMX decode bf16 panels for torch's bf16 GEMM from this many x rows on (below: "
+        "the bf16 GEMVs); default 80. Returns the previous value.");
   m.def("moe_set_tile_min_elems", &leankern::moe::set_tile_min_elems, py::arg("elems"),
         "Tuning hook: moe_experts' CPU GEMV runs an expert's n = 1-4 tokens as a tile of 4 weight rows instead of "
         "one row stream when n x C (C the row length) reaches elems; default 8192 (16 KB of bf16 vectors on "

@@ -25,6 +25,7 @@ from mx_cases import skip_unless_cpp
 from tolerances import assert_linear_within_bound, linear_error_bound
 
 OPS = torch.ops.leankern
+EXT = leankern.extension()
 BLOCK_SIZES = (32, 64, 128, 256)
 
 
@@ -129,6 +130,37 @@ def test_linear_matches_the_exact_product(isa, dtype):
             with leankern.use_backend("cpp"):
                 y = OPS.sefp_packed_linear(x, p.codes, p.exponents, m, 32, b)
             _check(y, x, p, b)
+
+
+@pytest.mark.parametrize("decoded_rows", (16, 1, 1 << 30), ids=("default", "always", "never"))
+def test_bf16_decode_once_tile(isa, decoded_rows):
+    """bf16 x with 16+ rows on avx512bf16 (VBMI): the GEMV decodes 4 weight rows at a time once to bf16 (scales
+    applied) span by span (512 weights) and runs 4 x 4 register tiles over every x row (the tuning hook
+    sefp_set_decoded_rows(rows, packed=True) moves its threshold: "always" from one x row, "never" the re-decoding
+    row groups).
+    N = 39: groups of 4 and a tail of 3; K = 1,120: spans of 512, 512 and 128 (x padded to whole 128-weight units);
+    M = 40: two slabs of x rows (at most 32 per pass); rows 4..7 scaled by 2^-124 next to normal rows: with
+    x ~ N(0, 1) their products could fall below 2^-126 (where vdpbf16ps flushes), with x ~ 2^40 N(0, 1) their smallest
+    step is no bf16 normal at m >= 5 (either way that group must take the row groups); with and without a bias;
+    m 1..7. Other ISAs run the same cases through their own kernels."""
+    gen = torch.Generator().manual_seed(13)
+    N, K = 39, 1120
+    w = torch.randn(N, K, generator=gen)
+    w[4:8] *= 2.0**-124
+    t = sefp.quantize(w, m_max=8)
+    bias = torch.randn(N, generator=gen).to(torch.bfloat16)
+    before = EXT.sefp_set_decoded_rows(decoded_rows, packed=True)
+    try:
+        for M, scale in ((1, 1.0), (8, 1.0), (17, 2.0**40), (40, 1.0), (40, 2.0**40)):
+            x = (torch.randn(M, K, generator=gen) * scale).to(torch.bfloat16)
+            for m in range(1, 8):
+                p = t.packed(m)
+                b = bias if (M + m) % 2 else None
+                with leankern.use_backend("cpp"):
+                    y = OPS.sefp_packed_linear(x, p.codes, p.exponents, m, 32, b)
+                _check(y, x, p, b)
+    finally:
+        assert EXT.sefp_set_decoded_rows(before, packed=True) == decoded_rows
 
 
 def test_reference_matches_the_exact_product():
@@ -302,12 +334,13 @@ def test_errors():
 
 
 def test_bf16_paths_flush_subnormal_x(isa):
-    """Under avx512bf16 on a CPU with AVX512-VBMI, bf16 x runs the VBMI GEMV (up to 16 rows) or the bf16 panels (from
-    17 rows, no bias), whose vdpbf16ps / bf16 GEMM treat bf16 subnormal x as zero: x = 2^-130 gives 0 where the
-    portable path (fp32 x, other ISAs, a bias from 17 rows) keeps 64 * 2^-130 (the documented exception to the bound,
-    docs/sefp.md). Also proves which path ran, at every width."""
+    """Under avx512bf16 on a CPU with AVX512-VBMI (AMX off), bf16 x runs the VBMI GEMV (below 80 rows, with or without
+    a bias; from 8 rows its decode-once tile) or the bf16 panels (from 80 rows, no bias), whose vdpbf16ps / bf16 GEMM
+    treat bf16 subnormal x as zero: x = 2^-130 gives 0 where the portable path (fp32 x, other ISAs, a bias from 80
+    rows) keeps 64 * 2^-130 (the documented exception to the bound, docs/sefp.md). Also proves which path ran, at
+    every width."""
     p_all = sefp.quantize(torch.ones(16, 64), m_max=8)  # w_hat = 1 at every width
-    x = torch.full((24, 64), 2.0**-130).to(torch.bfloat16)
+    x = torch.full((100, 64), 2.0**-130).to(torch.bfloat16)
     tiny = 64 * 2.0**-130
     features = leankern.extension().cpu_features().split()
     vbmi = isa == "avx512bf16" and "avx512vbmi" in features
@@ -315,7 +348,8 @@ def test_bf16_paths_flush_subnormal_x(isa):
         p = p_all.packed(m)
         assert sefp.linear(x.float(), p)[0, 0].item() == tiny
         for M, bias, fast in ((1, None, vbmi), (4, None, vbmi), (16, None, vbmi), (24, None, vbmi),
-                              (24, torch.zeros(16).bfloat16(), False)):
+                              (24, torch.zeros(16).bfloat16(), vbmi), (100, None, vbmi),
+                              (100, torch.zeros(16).bfloat16(), False)):
             y = sefp.linear(x[:M], p, bias=bias).float()
             assert torch.equal(y, torch.full((M, 16), 0.0 if fast else tiny).bfloat16().float()), (m, M)
 

@@ -143,6 +143,60 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline 
   }
 }
 
+// acc[4 t + i] (unreduced lanes) += the products of weight row i (w + i * ldw) and x row t (x[t] + c0) over
+// elements [0, len) of w's rows and [c0, c0 + len) of x's, len a multiple of 32; the 16 sums stay in registers for
+// the span and go back to acc, so a K range can be walked span by span (sefp's decode-once GEMVs: a span of 4
+// decoded rows that stays in L1 while every group of 4 x rows passes over it). Out of line: inlined beside a
+// decoder's tables, it kept x in memory (sefp m = 2: 0.8x the time of the decode it replaced).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), noinline)) inline void tile4x4_sums(
+    const uint16_t* w, int64_t ldw, const uint16_t* const* x, int64_t c0, int64_t len, __m512* acc) {
+  __m512 a[4][4];
+  for (int t = 0; t < 4; ++t)
+    for (int i = 0; i < 4; ++i) a[i][t] = acc[4 * t + i];
+  for (int64_t c = 0; c < len; c += 32) {
+    __m512bh xv[4];
+    for (int t = 0; t < 4; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c0 + c);
+    for (int i = 0; i < 4; ++i) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + i * ldw + c);
+      for (int t = 0; t < 4; ++t) a[i][t] = _mm512_dpbf16_ps(a[i][t], wv, xv[t]);
+    }
+  }
+  for (int t = 0; t < 4; ++t)
+    for (int i = 0; i < 4; ++i) acc[4 * t + i] = a[i][t];
+}
+
+#define LK_TILE4 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) inline
+
+// The running sums of a decode-once GEMV: 4 weight rows times R <= kMaxRows x rows (x + r * ldx), the x rows in
+// groups of 4 (a short last group repeats row R - 1), walked span by span (add) and stored as y[r * ldy + n + i].
+template <int kMaxRows>
+struct Tile4Sums {
+  __m512 acc[4 * kMaxRows];  // [x group][t][i]
+  const uint16_t* xr[kMaxRows];
+  int64_t R, groups;
+
+  LK_TILE4 Tile4Sums(const uint16_t* x, int64_t rows, int64_t ldx) : R(rows), groups((rows + 3) / 4) {
+    for (int64_t r = 0; r < 4 * groups; ++r) xr[r] = x + (r < R ? r : R - 1) * ldx;
+  }
+  LK_TILE4 void zero() {
+    for (int64_t j = 0; j < 16 * groups; ++j) acc[j] = _mm512_setzero_ps();
+  }
+  // the 4 rows' elements [0, len) (w + i * ldw) times every x row's [c0, c0 + len)
+  LK_TILE4 void add(const uint16_t* w, int64_t ldw, int64_t c0, int64_t len) {
+    for (int64_t q = 0; q < groups; ++q) tile4x4_sums(w, ldw, xr + 4 * q, c0, len, acc + 16 * q);
+  }
+  LK_TILE4 void store(float* y, int64_t ldy, int64_t n) const {
+    for (int64_t q = 0; q < groups; ++q) {
+      alignas(64) float s[16];
+      _mm512_store_ps(s, reduce16(acc + 16 * q));
+      for (int t = 0; t < 4 && 4 * q + t < R; ++t)
+        for (int i = 0; i < 4; ++i) y[(4 * q + t) * ldy + n + i] = s[4 * t + i];
+    }
+  }
+};
+
+#undef LK_TILE4
+
 }  // namespace bf16dot
 }  // namespace cpu
 }  // namespace leankern

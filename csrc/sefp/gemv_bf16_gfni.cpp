@@ -63,6 +63,17 @@ const int16_t* chunk_order_bf16(int m) {
   return tables + (m <= 3 ? 2 : m <= 5 ? 1 : 0) * kChunkBf16;
 }
 
+__attribute__((target("avx512f,avx512bw"))) bool blocks_decode_exact(const int8_t* e, int64_t n, int lo) {
+  // -128 < E < lo as one unsigned compare: E + 127 < lo + 127 (wrapping to 255 at E = -128), 64 exponents at a time
+  const int lim = std::min(255, std::max(0, lo + 127));
+  const __m512i bias = _mm512_set1_epi8(127), limv = _mm512_set1_epi8(static_cast<char>(lim));
+  for (int64_t i = 0; i < n; i += 64) {
+    const __mmask64 k = n - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - i)) - 1;
+    if (_mm512_mask_cmplt_epu8_mask(k, _mm512_add_epi8(_mm512_maskz_loadu_epi8(k, e + i), bias), limv)) return false;
+  }
+  return true;
+}
+
 namespace avx512bf16 {
 
 #define LK_G __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,gfni"))) inline
@@ -350,46 +361,11 @@ LK_G void gemv_redecode(const Gfni<M>& g, const Planes& P, const uint16_t* x, in
   }
 }
 
-// Whether gemv_decoded may take rows [n0, n1): every block empty (E = -128) or E >= P.decode_min_e.
-LK_G bool rows_decode_exact(const Planes& P, int64_t n0, int64_t n1) {
-  const int8_t* e = P.exps + n0 * P.nb;
-  // -128 < E < lo as one unsigned compare: E + 127 < lo + 127 (wrapping to 255 at E = -128), 64 exponents at a time
-  const int lim = std::min(255, std::max(0, P.decode_min_e + 127));
-  const __m512i bias = _mm512_set1_epi8(127), m = _mm512_set1_epi8(static_cast<char>(lim));
-  const int64_t n = (n1 - n0) * P.nb;
-  for (int64_t i = 0; i < n; i += 64) {
-    const __mmask64 k = n - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - i)) - 1;
-    if (_mm512_mask_cmplt_epu8_mask(k, _mm512_add_epi8(_mm512_maskz_loadu_epi8(k, e + i), bias), m)) return false;
-  }
-  return true;
-}
-
-constexpr int64_t kDecodedMaxRows = 32;  // x rows per gemv_decoded pass: 8 KB of sums on the stack
-
-// acc[4 t + i] (unreduced lanes) += the dot products over one decoded chunk of weight row i (w + i * kChunkBf16)
-// and x row t (x[t]), i, t < 4; the 16 sums stay in registers for the chunk's 16 steps. Out of line: inlined
-// beside the decode's tables, it kept x in memory (m = 2: 0.8x the time of the planes decoded for every 4 x rows).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), noinline)) static void tile_chunk(
-    const uint16_t* w, const uint16_t* const* x, int64_t c0, __m512* acc) {
-  __m512 a[4][4];
-  for (int t = 0; t < 4; ++t)
-    for (int i = 0; i < 4; ++i) a[i][t] = acc[4 * t + i];
-  for (int c = 0; c < kChunkBf16; c += 32) {
-    __m512bh xv[4];
-    for (int t = 0; t < 4; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + c0 + c);
-    for (int i = 0; i < 4; ++i) {
-      const __m512bh wv = (__m512bh)_mm512_load_si512(w + i * kChunkBf16 + c);
-      for (int t = 0; t < 4; ++t) a[i][t] = _mm512_dpbf16_ps(a[i][t], wv, xv[t]);
-    }
-  }
-  for (int t = 0; t < 4; ++t)
-    for (int i = 0; i < 4; ++i) acc[4 * t + i] = a[i][t];
-}
 
 // Many x rows: 4 weight rows at a time, chunk by chunk, decoded once to bf16 (the scale in the exponent,
-// decode_chunk) into 4 KB that stay in L1, times every 4 x rows in a 4 x 4 register tile (tile_chunk), their sums
-// kept across chunks in acc (1 KB per 4 x rows). gemv_redecode instead decodes the planes again for every 4 x rows,
-// and its single weight row reloads x for each of them. (8 weight rows per group, two tiles per x slice so that
+// decode_chunk) into 4 KB that stay in L1, times every 4 x rows in a 4 x 4 register tile (cpu::bf16dot::
+// tile4x4_sums), their sums kept across chunks in acc (1 KB per 4 x rows). gemv_redecode instead decodes the planes
+// again for every 4 x rows, and its single weight row reloads x for each of them. (8 weight rows per group, two tiles per x slice so that
 // the second reads it from L1, measured 0.96-0.98x the time at M = 32-64 on 4096 x 4096 and 1.05-1.09x at M = 16
 // on 4096 x 14336, Zen 4: not kept.) Rows whose blocks decode_chunk cannot give exactly or whose products could
 // fall below 2^-126 (P.decode_min_e), and a last group of fewer than 4, take gemv_redecode.
@@ -401,18 +377,16 @@ LK_G void gemv_decoded(const Gfni<M>& g, const Planes& P, const uint16_t* x, int
       gemv_decoded<M>(g, P, x + r * ldx, std::min(kDecodedMaxRows, R - r), ldx, n0, n1, y + r * ldy, ldy);
     return;
   }
-  const int64_t nchunks = (P.Kw + kWords - 1) / kWords, groups = (R + 3) / 4;
+  const int64_t nchunks = (P.Kw + kWords - 1) / kWords;
   alignas(64) uint16_t w[4 * kChunkBf16];
-  __m512 acc[4 * kDecodedMaxRows];  // [x group][t][i]
-  const uint16_t* xr[kDecodedMaxRows];
-  for (int64_t r = 0; r < 4 * groups; ++r) xr[r] = x + std::min(r, R - 1) * ldx;  // a short group repeats row R - 1
+  cpu::bf16dot::Tile4Sums<kDecodedMaxRows> sums(x, R, ldx);
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
-    if (!rows_decode_exact(P, n, n + 4)) {
+    if (!blocks_decode_exact(P.exps + n * P.nb, 4 * P.nb, P.decode_min_e)) {
       gemv_redecode<M>(g, P, x, R, ldx, n, n + 4, y, ldy);
       continue;
     }
-    for (int64_t j = 0; j < 16 * groups; ++j) acc[j] = _mm512_setzero_ps();
+    sums.zero();
     const bool ahead = n + 8 <= n1;
     for (int64_t ch = 0; ch < nchunks; ++ch) {
       // the next 4 rows' lines of this chunk into L2, a group ahead: 4 (1 + m) streams at once are more than the
@@ -422,14 +396,9 @@ LK_G void gemv_decoded(const Gfni<M>& g, const Planes& P, const uint16_t* x, int
           for (int i = 4; i < 8; ++i)
             _mm_prefetch((const char*)(P.data + p * P.plane_stride + (n + i) * P.Kw + ch * kWords), _MM_HINT_T1);
       for (int i = 0; i < 4; ++i) decode_chunk<M>(g, P, n + i, ch, w + i * kChunkBf16);
-      for (int64_t q = 0; q < groups; ++q) tile_chunk(w, xr + 4 * q, ch * kChunkBf16, acc + 16 * q);
+      sums.add(w, kChunkBf16, ch * kChunkBf16, kChunkBf16);
     }
-    for (int64_t q = 0; q < groups; ++q) {
-      alignas(64) float s[16];
-      _mm512_store_ps(s, cpu::bf16dot::reduce16(acc + 16 * q));
-      for (int t = 0; t < 4 && 4 * q + t < R; ++t)
-        for (int i = 0; i < 4; ++i) y[(4 * q + t) * ldy + n + i] = s[4 * t + i];
-    }
+    sums.store(y, ldy, n);
   }
   if (n < n1) gemv_redecode<M>(g, P, x, R, ldx, n, n1, y, ldy);
 }

@@ -9,6 +9,7 @@
 //             so x is permuted once per call instead of every weight once per row.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -118,12 +119,33 @@ struct SefpKernels {
 // x rows from which gemv_bf16 decodes 4 weight rows once to bf16 and multiplies them by every x row (a register
 // tile), instead of re-decoding the planes for every 4 x rows. Tuning hook (leankern._C.sefp_set_decoded_rows):
 // returns the previous value.
-int64_t set_decoded_rows(int64_t rows);
-int64_t decoded_rows();
+// packed: the same for sefp_packed_linear's VBMI GEMV (default 16: its row groups decode once per 8 x rows, which
+// stayed faster at 8-12 rows).
+int64_t set_decoded_rows(int64_t rows, bool packed = false);
+int64_t decoded_rows(bool packed = false);
+constexpr int64_t kDecodedMaxRows = 32;  // x rows per pass of a decode-once GEMV: 8 KB of sums on the stack
+
+// Planes::decode_min_e / PackedW::decode_min_e for bf16 x (bits[0 .. n)) at width m: the decode-once GEMVs multiply
+// weights decoded with their block scale, q 2^(E - (m - 1)), by x in vdpbf16ps, which flushes fp32 subnormal
+// results. Every partial sum of a block is a multiple of 2^(E - (m - 1)) 2^(ex - 7) (ex: the exponent of x's
+// smallest nonzero normal |x|; bf16 keeps 8 significant bits), so none falls below 2^-126 when E >= m - 120 - ex;
+// and the decoded weights are bf16 normals (exact) when E >= m - 127. The GEMVs that scale sums of unscaled codes
+// never get near 2^-126 that way.
+inline int decode_min_exponent(const uint16_t* bits, int64_t n, int m) {
+  int lo = 255;  // the smallest nonzero exponent field (0: zero or subnormal x, flushed as documented)
+  for (int64_t i = 0; i < n; ++i) {
+    const int e = (bits[i] >> 7) & 0xff;
+    lo = e != 0 && e < lo ? e : lo;
+  }
+  return lo == 255 ? m - 127 : std::max(m - 127, m - 120 - (lo - 127));
+}
+// Whether every exponent e[0 .. n) is -128 (an empty block) or >= lo (AVX-512; gemv_bf16_gfni.cpp).
+bool blocks_decode_exact(const int8_t* e, int64_t n, int lo);
 // bf16 x rows from which sefp_linear (no bias, a GFNI + VBMI avx512bf16 CPU without AMX) decodes bf16 panels for
 // torch's bf16 GEMM instead of running gemv_bf16. Tuning hook (leankern._C.sefp_set_panel_rows): returns the
 // previous value (default 80).
 int64_t set_panel_rows(int64_t rows);
+int64_t panel_rows();
 
 const SefpKernels& scalar_kernels();
 const SefpKernels& avx2_kernels();

@@ -21,6 +21,7 @@ struct PackedW {
   int gs;                // log2(block_size / 32)
   int m;                 // 1..7
   int64_t N, Kp;
+  int decode_min_e = 128;  // as Planes::decode_min_e (kernels.h): the decode-once GEMV's bound on the blocks' E
 };
 
 // Width of one row of x as the VBMI kernel reads it: Kp rounded up to whole units.

@@ -1,8 +1,9 @@
 // CPU kernel of leankern::sefp_packed_linear: y = x @ W^T (+ bias) over the single-width packed SEFP copy
 // (packed.h; schema, checks and numerics: python/leankern/sefp/ops.py, packed.py). By path:
 //   bf16 x on an AVX512-BF16 + VBMI CPU (avx512bf16 ISA):
-//     up to kPackedGemvRows rows: gemv_packed_vbmi (packed_gemv_vbmi.cpp), the weights streamed once, decoded in
-//       registers, exact bf16 products, fp32 sums;
+//     below the bf16 panel threshold (kernels.h panel_rows; kPackedGemvRows with AMX): gemv_packed_vbmi
+//       (packed_gemv_vbmi.cpp), the weights streamed once, decoded in registers (from decoded_rows(true) x rows: 4 rows
+//       at a time into L1, then 4 x 4 tiles), exact bf16 products, fp32 sums;
 //     more rows, no bias, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM;
 //   otherwise: rows decoded to fp32 (exact) by the portable decoder below, then a dot product per x row (few rows) or
 //     panels of kPanelN decoded rows and at::mm_out in fp32 (many rows).
@@ -16,6 +17,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "common/parallel.h"
 #include "sefp/checks.h"
@@ -27,7 +29,7 @@ namespace leankern {
 namespace sefp {
 namespace {
 
-constexpr int64_t kPackedGemvRows = 16;  // x rows the VBMI GEMV takes (it decodes the weights once per 8 rows)
+constexpr int64_t kPackedGemvRows = 16;  // x rows the VBMI GEMV takes on CPUs with AMX
 constexpr int64_t kPanelN = 128;         // weight rows per decoded fp32 panel of the many-rows path
 
 // ops.check_packed
@@ -113,20 +115,26 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   const bool f32_out = x.scalar_type() == at::kFloat;
   const int dt = dtype_code(x.scalar_type());
   const bool vbmi = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported();
-  const bool bf16_panels = vbmi && M > kPackedGemvRows && !bias.has_value() &&
+  // the GEMV's rows: up to kPackedGemvRows with AMX (torch's bf16 GEMM over the panels uses it), else below the
+  // planes' panel threshold (kernels.h set_panel_rows): from decoded_rows(true) x rows it decodes each weight row once
+  const int64_t gemv_rows = cpu::amx_enabled() ? kPackedGemvRows : panel_rows() - 1;
+  const bool bf16_panels = vbmi && M > gemv_rows && !bias.has_value() &&
                            !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
   at::Tensor y32 = f32_out       ? out.view({M, N})
                    : bf16_panels ? at::Tensor()
                                  : at::empty({M, N}, x.options().dtype(at::kFloat));
   float* yp = y32.defined() ? y32.data_ptr<float>() : nullptr;
 
-  if (vbmi && M <= kPackedGemvRows) {
+  if (vbmi && M <= gemv_rows) {
     const int64_t Kx = packed_x_width(W.Kp);
     const at::Tensor xb = padded_to(x2, Kx);
     const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
     const int64_t per_row = std::max<int64_t>(1, (1 << 19) / (W.Kp * (1 + M)));
     const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
-    cpu::parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv_packed_vbmi(W, xp, M, Kx, n0, n1, yp, N); });
+    PackedW Wb = W;
+    if (M >= decoded_rows(true))
+      Wb.decode_min_e = decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), (int)m);
+    cpu::parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv_packed_vbmi(Wb, xp, M, Kx, n0, n1, yp, N); });
   } else if (bf16_panels) {
     // many bf16 rows, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM
     // (fp32 accumulation, one rounding into the output), as sefp_linear's linear_panels_bf16

@@ -22,7 +22,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
+#include "common/bf16_dot_avx512.h"
 #include "common/cpu_features.h"
 #include "sefp/kernels.h"
 #include "sefp/packed.h"
@@ -121,15 +123,16 @@ LK_P void unit_scales(const float* lut, const int8_t* ex, int64_t u, int gs, int
 // two 64-byte loads stay inside the row use plain loads (a half's 8 B bytes, then bytes of the row's next unit); the
 // rest masked loads, never past the row.
 template <int B, class Body>
-LK_P void walk_row(const Consts<B>& C, const PackedW& W, int64_t n, const float* lut, bool far, Body& body) {
-  const int64_t units = packed_x_width(W.Kp) / kPackedUnit;
+LK_P void walk_row(const Consts<B>& C, const PackedW& W, int64_t n, const float* lut, bool far, Body& body,
+                   int64_t u_begin = 0, int64_t u_end = -1) {
+  const int64_t units = u_end < 0 ? packed_x_width(W.Kp) / kPackedUnit : u_end;
   constexpr int64_t half_bytes = 8 * B;
   const int64_t reach = half_bytes + 64;  // a unit's loads read bytes [off, off + reach)
   const int64_t plain_units = W.row_bytes >= reach ? std::min(units, (W.row_bytes - reach) / (2 * half_bytes) + 1) : 0;
   const uint8_t* row = W.codes + n * W.row_bytes;
   const int8_t* ex = W.exps + n * W.nb;
   __m512i w[4];
-  for (int64_t u = 0; u < plain_units; ++u) {
+  for (int64_t u = u_begin; u < std::min(plain_units, units); ++u) {
     const uint8_t* p = row + u * 2 * half_bytes;
     if (far) {
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchL2), _MM_HINT_T1);
@@ -143,7 +146,7 @@ LK_P void walk_row(const Consts<B>& C, const PackedW& W, int64_t n, const float*
     for (int s = 0; s < 4; ++s) sc[s] = lut[ex[(4 * u + s) >> W.gs] + 128];  // all four words inside the row
     body(u, w, sc);
   }
-  for (int64_t u = plain_units; u < units; ++u) {
+  for (int64_t u = std::max(plain_units, u_begin); u < units; ++u) {
     const int64_t off = u * 2 * half_bytes;
     for (int h = 0; h < 2; ++h) {
       const int64_t left = W.row_bytes - off - h * half_bytes;
@@ -196,9 +199,8 @@ LK_P void rows_kernel(const Consts<B>& C, const PackedW& W, const uint16_t* x, i
 }
 
 template <int B>
-LK_P void gemv_width(const PackedW& W, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
-                     int64_t ldy) {
-  const Consts<B> C;
+LK_P void gemv_rows(const Consts<B>& C, const PackedW& W, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0,
+                    int64_t n1, float* y, int64_t ldy) {
   int64_t r = 0;
   // row groups of 8, 4, 2, 1: each group decodes the weights once
   for (; R - r >= 8; r += 8) rows_kernel<B, 8>(C, W, x + r * ldx, ldx, n0, n1, y + r * ldy, ldy);
@@ -210,7 +212,8 @@ LK_P void gemv_width(const PackedW& W, const uint16_t* x, int64_t R, int64_t ldx
 // A unit's weights times their scales, as bf16 (exact where the caller checked every weight is a bf16 normal or
 // zero): each bf16 pair becomes two fp32 (shift / mask), is multiplied by the scale, and its top 16 bits go back.
 struct Bf16Body {
-  uint16_t* out;  // the row's first element
+  uint16_t* out;  // element u0 * kPackedUnit of the row
+  int64_t u0 = 0;
 
   LK_P void operator()(int64_t u, const __m512i* w, const float* sc) {
     const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
@@ -220,10 +223,59 @@ struct Bf16Body {
       const __m512 odd = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(w[s], hi)), sv);
       const __m512i v = _mm512_or_si512(_mm512_srli_epi32(_mm512_castps_si512(even), 16),
                                         _mm512_and_si512(_mm512_castps_si512(odd), hi));
-      _mm512_storeu_si512(out + u * kPackedUnit + 32 * s, v);
+      _mm512_storeu_si512(out + (u - u0) * kPackedUnit + 32 * s, v);
     }
   }
 };
+
+// Many x rows (decoded_rows(true) and more): 4 weight rows at a time decoded once to bf16 with their scales (Bf16Body;
+// exact, and no product below 2^-126, where the group's blocks pass W.decode_min_e) span by span (512 weights of 4
+// rows: 4 KB that stay in L1), each span multiplied by every group of 4 x rows (cpu::bf16dot::tile4x4_sums).
+// gemv_rows instead decodes the weights again per 8 x rows and reloads x from L2 for every weight row. Groups that
+// fail the check, and a last group of fewer than 4 rows, take gemv_rows.
+template <int B>
+LK_P void gemv_decoded(const Consts<B>& C, const PackedW& W, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0,
+                       int64_t n1, float* y, int64_t ldy) {
+  if (R > kDecodedMaxRows) {  // x rows in slabs (the decode repeated per slab)
+    for (int64_t r = 0; r < R; r += kDecodedMaxRows)
+      gemv_decoded<B>(C, W, x + r * ldx, std::min(kDecodedMaxRows, R - r), ldx, n0, n1, y + r * ldy, ldy);
+    return;
+  }
+  constexpr int64_t kSpanUnits = 4, kSpan = kSpanUnits * kPackedUnit;  // 512 weights
+  const int64_t units = packed_x_width(W.Kp) / kPackedUnit;
+  const float* lut = scale_table(W.m);
+  alignas(64) uint16_t buf[4 * kSpan];  // 4 rows' span: 4 KB
+  cpu::bf16dot::Tile4Sums<kDecodedMaxRows> sums(x, R, ldx);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    if (!blocks_decode_exact(W.exps + n * W.nb, 4 * W.nb, W.decode_min_e)) {
+      gemv_rows<B>(C, W, x, R, ldx, n, n + 4, y, ldy);
+      continue;
+    }
+    sums.zero();
+    for (int64_t u0 = 0; u0 < units; u0 += kSpanUnits) {
+      const int64_t u1 = std::min(units, u0 + kSpanUnits);
+      for (int i = 0; i < 4; ++i) {
+        Bf16Body body{buf + i * kSpan, u0};
+        walk_row<B>(C, W, n + i, lut, false, body, u0, u1);
+      }
+      sums.add(buf, kSpan, u0 * kPackedUnit, (u1 - u0) * kPackedUnit);
+    }
+    sums.store(y, ldy, n);
+  }
+  if (n < n1) gemv_rows<B>(C, W, x, R, ldx, n, n1, y, ldy);
+}
+
+template <int B>
+LK_P void gemv_width(const PackedW& W, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
+                     int64_t ldy) {
+  const Consts<B> C;
+  if (R >= decoded_rows(true))
+    gemv_decoded<B>(C, W, x, R, ldx, n0, n1, y, ldy);
+  else
+    gemv_rows<B>(C, W, x, R, ldx, n0, n1, y, ldy);
+}
+
 
 template <int B>
 LK_P void decode_width(const PackedW& W, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo) {

@@ -52,7 +52,7 @@ std::atomic<int64_t> g_panel_rows_bf16{80};  // kernels.h set_panel_rows (a tuni
 constexpr int64_t kPanelRowsAmx = 12;
 constexpr int64_t kPanelBytesBf16 = 4 << 20;  // bf16 panels (decode_bf16): ~4 MB, 256..512 rows
 
-std::atomic<int64_t> g_decoded_rows{8};  // kernels.h decoded_rows
+std::atomic<int64_t> g_decoded_rows{8}, g_packed_decoded_rows{16};  // kernels.h decoded_rows
 
 // Rows per parallel task for ~`work` element-operations each (at least one row).
 int64_t rows_per_task(int64_t per_row, int64_t work) { return std::max<int64_t>(1, work / std::max<int64_t>(1, per_row)); }
@@ -176,21 +176,6 @@ at::Tensor prepare_x_bf16(const at::Tensor& x, int64_t Kw, int m) {
   return xb;
 }
 
-// Planes::decode_min_e for bf16 x [M, K]: gemv_decoded multiplies weights decoded with their block scale,
-// q 2^(E - (m - 1)), by x in vdpbf16ps, which flushes fp32 subnormal results. Every partial sum of a block is a
-// multiple of 2^(E - (m - 1)) 2^(ex - 7) (ex: the exponent of x's smallest nonzero normal |x|; bf16 keeps 8
-// significant bits), so none falls below 2^-126 when E >= m - 120 - ex; and the decoded weights are bf16 normals
-// (exact) when E >= m - 127. gemv_tile's sums of unscaled codes never get near 2^-126 that way.
-int decode_min_exponent(const at::Tensor& x, int m) {
-  const uint16_t* p = reinterpret_cast<const uint16_t*>(x.data_ptr());
-  int lo = 255;  // the smallest nonzero exponent field (0: zero or subnormal, flushed as documented)
-  for (int64_t i = 0, n = x.numel(); i < n; ++i) {
-    const int e = (p[i] >> 7) & 0xff;
-    lo = e != 0 && e < lo ? e : lo;
-  }
-  return lo == 255 ? m - 127 : std::max(m - 127, m - 120 - (lo - 127));
-}
-
 // y32 [M, N] (fp32) = xb @ W^T through decoded fp32 panels and at::mm_out.
 void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32) {
   const int64_t Kx = xb.size(1);
@@ -280,7 +265,8 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
       const at::Tensor xb = prepare_x_bf16(x2, P.Kw, static_cast<int>(m));
       const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
       Planes Pb = P;
-      if (M >= decoded_rows()) Pb.decode_min_e = decode_min_exponent(x2, static_cast<int>(m));
+      if (M >= decoded_rows())
+        Pb.decode_min_e = decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), static_cast<int>(m));
       parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(Pb, xp, M, xb.size(1), n0, n1, yp, N); });
     } else {
       const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
@@ -303,9 +289,14 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
 
 }  // namespace
 
-int64_t set_decoded_rows(int64_t rows) { return g_decoded_rows.exchange(rows); }
-int64_t decoded_rows() { return g_decoded_rows.load(std::memory_order_relaxed); }
+int64_t set_decoded_rows(int64_t rows, bool packed) {
+  return (packed ? g_packed_decoded_rows : g_decoded_rows).exchange(rows);
+}
+int64_t decoded_rows(bool packed) {
+  return (packed ? g_packed_decoded_rows : g_decoded_rows).load(std::memory_order_relaxed);
+}
 int64_t set_panel_rows(int64_t rows) { return g_panel_rows_bf16.exchange(rows); }
+int64_t panel_rows() { return g_panel_rows_bf16.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) {
   m.impl("sefp_quantize", &sefp_quantize_cpu);
