@@ -45,8 +45,9 @@ CAPABILITIES = {
     "sefp_packed_linear": {
         "ref": Capability(_ANY, FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)}, "fields unpacked, fp32 matmul; the definition"),
         "cpp": Capability(("cpu",), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
-                          "bf16 x on AVX512-VBMI + BF16: <= 16 rows fields -> bf16 in registers, vdpbf16ps; more "
-                          "rows bf16 panels + torch's bf16 GEMM; otherwise rows decoded to fp32 (portable)"),
+                          "bf16 x on AVX512-VBMI + BF16: fields -> bf16 in registers, vdpbf16ps (from 16 rows 4 "
+                          "weight rows decoded once into L1 for 4 x 4 tiles); from 80 rows (16 with AMX) bf16 panels "
+                          "+ torch's bf16 GEMM; otherwise rows decoded to fp32 (portable)"),
 
         "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
                              "fields gathered per weight (two bytes, shift, mask), scaled exactly, tl.dot (bf16 MMA "
