@@ -7,7 +7,8 @@ harness.COLD_BYTES). Two settings of the tuning hooks, timed in turn with torch 
 (medians):
 
 * ``new`` (the default): from ``sefp_set_decoded_rows`` = 8 x rows (16 for the packed copies) the GEMVs decode 4
-  weight rows once to bf16 and run 4 x 4 register tiles over every x row; ``sefp_set_panel_rows`` = 80: bf16 panels + torch's GEMM from 80 rows.
+  weight rows once to bf16 and run 4 x 4 register tiles over every x row; ``sefp_set_panel_rows`` = 80 (packed: 40): bf16 panels + torch's GEMM from
+  80 (40) rows.
 * ``old`` (the rules before 2026-12-06): the weights decoded again for every 4 (planes) or 8 (packed) x rows
   (decoded rows 2^30), the panels from 20 rows (planes) or 17 (packed).
 
@@ -33,13 +34,13 @@ from leankern.benchmarks.harness import (cold_copies, cpu_isa, cpu_model, cycle,
 from leankern.sefp import SEFPPacked, SEFPTensor
 
 SETTINGS = {("planes", "new"): (8, 80), ("planes", "old"): (1 << 30, 20),  # (decoded rows, panel rows)
-            ("packed", "new"): (16, 80), ("packed", "old"): (1 << 30, 17)}
+            ("packed", "new"): (16, 40), ("packed", "old"): (1 << 30, 17)}
 
 
 def apply(kind, name):
     decoded, panels = SETTINGS[(kind, name)]
     leankern._C.sefp_set_decoded_rows(decoded, packed=kind == "packed")
-    leankern._C.sefp_set_panel_rows(panels)
+    leankern._C.sefp_set_panel_rows(panels, packed=kind == "packed")
 
 
 def main(argv) -> int:
@@ -47,7 +48,7 @@ def main(argv) -> int:
     kinds = argv[1:] or ["planes", "packed"]
     ext = leankern._C
     defaults = (ext.sefp_set_decoded_rows(8), ext.sefp_set_decoded_rows(16, packed=True),
-                ext.sefp_set_panel_rows(80))
+                ext.sefp_set_panel_rows(80), ext.sefp_set_panel_rows(40, packed=True))
     big = read_buffer()
     print(f"{cpu_model()} | ISA {cpu_isa()} | torch {torch.__version__}, {torch.get_num_threads()} threads | "
           f"read bandwidth {read_gbps(big):.1f} GB/s at the start | repeats {repeats}")
@@ -90,6 +91,7 @@ def main(argv) -> int:
         ext.sefp_set_decoded_rows(defaults[0])
         ext.sefp_set_decoded_rows(defaults[1], packed=True)
         ext.sefp_set_panel_rows(defaults[2])
+        ext.sefp_set_panel_rows(defaults[3], packed=True)
     print(f"read bandwidth at the end: {read_gbps(big):.1f} GB/s")
     return 0
 

@@ -199,10 +199,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "AVX512-BF16 with VBMI) decodes 4 weight rows once to bf16 and runs a register tile over every x row from "
         "this many x rows on (below: the weights decoded again for every 4 (8) x rows); default 8 (packed: 16). "
         "Returns the previous value.");
-  m.def("sefp_set_panel_rows", &leankern::sefp::set_panel_rows, py::arg("rows"),
-        "Tuning hook: sefp_linear and sefp_packed_linear with bf16 x, no bias, on an AVX512-BF16 CPU with VBMI (and "
-        "GFNI for sefp_linear) but no AMX decode bf16 panels for torch's bf16 GEMM from this many x rows on (below: "
-        "the bf16 GEMVs); default 80. Returns the previous value.");
+  m.def("sefp_set_panel_rows", &leankern::sefp::set_panel_rows, py::arg("rows"), py::arg("packed") = false,
+        "Tuning hook: sefp_linear (packed=True: sefp_packed_linear) with bf16 x, no bias, on an AVX512-BF16 CPU with "
+        "VBMI (and GFNI for sefp_linear) but no AMX decodes bf16 panels for torch's bf16 GEMM from this many x rows "
+        "on (below: the bf16 GEMV); default 80 (packed: 40). Returns the previous value.");
   m.def("moe_set_tile_min_elems", &leankern::moe::set_tile_min_elems, py::arg("elems"),
         "Tuning hook: moe_experts' CPU GEMV runs an expert's n = 1-4 tokens as a tile of 4 weight rows instead of "
         "one row stream when n x C (C the row length) reaches elems; default 8192 (16 KB of bf16 vectors on "

@@ -311,10 +311,10 @@ def test_linear_bf16_decode_once_tile(isa, decoded_rows):
     """bf16 x with 8+ rows on avx512bf16 (GFNI + VBMI): gemv_bf16 decodes 4 weight rows at a time once to bf16 and
     runs 4 x 4 register tiles over every x row (gemv_decoded; the tuning hook sefp_set_decoded_rows moves its
     threshold: "always" from one x row, "never" the planes decoded again per 4 x rows). N = 39: groups of 4 and a
-    tail of 3 in every task; K = 1,120: two 512-weight chunks and a partial third; M = 40: two slabs of x rows (at
-    most 32 per pass); rows 4..7 scaled by 2^-124 next to normal rows: with x ~ N(0, 1) their products could fall
+    tail of 3 in every task; K = 1,120: two 512-weight chunks and a partial third; M = 70: two slabs of x rows (at
+    most 64 per pass); rows 4..7 scaled by 2^-124 next to normal rows: with x ~ N(0, 1) their products could fall
     below 2^-126, where vdpbf16ps flushes, and with x ~ 2^40 N(0, 1) their smallest step is no bf16 normal at
-    m >= 5 (either way that group of 4 must take the re-decoding tile: sefp_cpu.cpp decode_min_exponent); with and
+    m >= 5 (either way that group of 4 must take the re-decoding tile: kernels.h decode_min_exponent); with and
     without a bias; m 1..8. Other ISAs run the same cases through their own kernels."""
     gen = torch.Generator().manual_seed(13)
     N, K = 39, 1120
@@ -324,7 +324,7 @@ def test_linear_bf16_decode_once_tile(isa, decoded_rows):
     bias = torch.randn(N, generator=gen).to(torch.bfloat16)
     before = EXT.sefp_set_decoded_rows(decoded_rows)
     try:
-        for M, scale in ((1, 1.0), (8, 1.0), (13, 2.0**40), (40, 1.0), (40, 2.0**40)):
+        for M, scale in ((1, 1.0), (8, 1.0), (13, 2.0**40), (70, 1.0), (70, 2.0**40)):
             x = (torch.randn(M, K, generator=gen) * scale).to(torch.bfloat16)
             for m in range(1, 9):
                 b = bias if (M + m) % 2 else None

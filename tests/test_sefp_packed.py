@@ -139,7 +139,7 @@ def test_bf16_decode_once_tile(isa, decoded_rows):
     sefp_set_decoded_rows(rows, packed=True) moves its threshold: "always" from one x row, "never" the re-decoding
     row groups).
     N = 39: groups of 4 and a tail of 3; K = 1,120: spans of 512, 512 and 128 (x padded to whole 128-weight units);
-    M = 40: two slabs of x rows (at most 32 per pass); rows 4..7 scaled by 2^-124 next to normal rows: with
+    M = 70: two slabs of x rows (at most 64 per pass); rows 4..7 scaled by 2^-124 next to normal rows: with
     x ~ N(0, 1) their products could fall below 2^-126 (where vdpbf16ps flushes), with x ~ 2^40 N(0, 1) their smallest
     step is no bf16 normal at m >= 5 (either way that group must take the row groups); with and without a bias;
     m 1..7. Other ISAs run the same cases through their own kernels."""
@@ -150,8 +150,9 @@ def test_bf16_decode_once_tile(isa, decoded_rows):
     t = sefp.quantize(w, m_max=8)
     bias = torch.randn(N, generator=gen).to(torch.bfloat16)
     before = EXT.sefp_set_decoded_rows(decoded_rows, packed=True)
+    panels = EXT.sefp_set_panel_rows(1 << 30, packed=True)  # 70 rows on the GEMV too (the panels start at 40)
     try:
-        for M, scale in ((1, 1.0), (8, 1.0), (17, 2.0**40), (40, 1.0), (40, 2.0**40)):
+        for M, scale in ((1, 1.0), (8, 1.0), (17, 2.0**40), (70, 1.0), (70, 2.0**40)):
             x = (torch.randn(M, K, generator=gen) * scale).to(torch.bfloat16)
             for m in range(1, 8):
                 p = t.packed(m)
@@ -161,6 +162,7 @@ def test_bf16_decode_once_tile(isa, decoded_rows):
                 _check(y, x, p, b)
     finally:
         assert EXT.sefp_set_decoded_rows(before, packed=True) == decoded_rows
+        assert EXT.sefp_set_panel_rows(panels, packed=True) == 1 << 30
 
 
 def test_reference_matches_the_exact_product():
@@ -334,9 +336,9 @@ def test_errors():
 
 
 def test_bf16_paths_flush_subnormal_x(isa):
-    """Under avx512bf16 on a CPU with AVX512-VBMI (AMX off), bf16 x runs the VBMI GEMV (below 80 rows, with or without
-    a bias; from 8 rows its decode-once tile) or the bf16 panels (from 80 rows, no bias), whose vdpbf16ps / bf16 GEMM
-    treat bf16 subnormal x as zero: x = 2^-130 gives 0 where the portable path (fp32 x, other ISAs, a bias from 80
+    """Under avx512bf16 on a CPU with AVX512-VBMI (AMX off), bf16 x runs the VBMI GEMV (below 40 rows, with or without
+    a bias; from 16 rows its decode-once tile) or the bf16 panels (from 40 rows, no bias), whose vdpbf16ps / bf16 GEMM
+    treat bf16 subnormal x as zero: x = 2^-130 gives 0 where the portable path (fp32 x, other ISAs, a bias from 40
     rows) keeps 64 * 2^-130 (the documented exception to the bound, docs/sefp.md). Also proves which path ran, at
     every width."""
     p_all = sefp.quantize(torch.ones(16, 64), m_max=8)  # w_hat = 1 at every width

@@ -1,7 +1,7 @@
 // CPU kernel of leankern::sefp_packed_linear: y = x @ W^T (+ bias) over the single-width packed SEFP copy
 // (packed.h; schema, checks and numerics: python/leankern/sefp/ops.py, packed.py). By path:
 //   bf16 x on an AVX512-BF16 + VBMI CPU (avx512bf16 ISA):
-//     below the bf16 panel threshold (kernels.h panel_rows; kPackedGemvRows with AMX): gemv_packed_vbmi
+//     below the bf16 panel threshold (kernels.h panel_rows(true); kPackedGemvRows with AMX): gemv_packed_vbmi
 //       (packed_gemv_vbmi.cpp), the weights streamed once, decoded in registers (from decoded_rows(true) x rows: 4 rows
 //       at a time into L1, then 4 x 4 tiles), exact bf16 products, fp32 sums;
 //     more rows, no bias, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM;
@@ -116,8 +116,8 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   const int dt = dtype_code(x.scalar_type());
   const bool vbmi = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported();
   // the GEMV's rows: up to kPackedGemvRows with AMX (torch's bf16 GEMM over the panels uses it), else below the
-  // planes' panel threshold (kernels.h set_panel_rows): from decoded_rows(true) x rows it decodes each weight row once
-  const int64_t gemv_rows = cpu::amx_enabled() ? kPackedGemvRows : panel_rows() - 1;
+  // packed panel threshold (kernels.h set_panel_rows): from decoded_rows(true) x rows it decodes each weight row once
+  const int64_t gemv_rows = cpu::amx_enabled() ? kPackedGemvRows : panel_rows(true) - 1;
   const bool bf16_panels = vbmi && M > gemv_rows && !bias.has_value() &&
                            !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
   at::Tensor y32 = f32_out       ? out.view({M, N})

@@ -47,6 +47,9 @@ constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp
 // m = 8 / 4 / 2: M = 64 7.7 / 7.9 / 6.2 ms against 9.3 / 8.6 / 8.1, M = 96 13.2 / 11.9 / 9.6 against
 // 11.6 / 11.2 / 10.7; bench/bench_sefp_rows.py); it was 20 before.
 std::atomic<int64_t> g_panel_rows_bf16{80};  // kernels.h set_panel_rows (a tuning hook)
+// ... and sefp_packed_linear's (its decode with the scale multiplied in is dearer: the tile lost to the panels at
+// 48-64 rows, 0.84-0.97x, and won at 16-32, 0.99-1.55x; Zen 4, bench/bench_sefp_rows.py, two runs)
+std::atomic<int64_t> g_packed_panel_rows_bf16{40};
 // ... and with AMX (linear_panels_amx): on a 2-core Xeon the GEMV costs ~0.33 ms per row of a 4096 x 4096 weight
 // (vdpbf16ps at half Zen 4's rate), the panels ~4 ms at any M up to 64 (their decode).
 constexpr int64_t kPanelRowsAmx = 12;
@@ -295,8 +298,12 @@ int64_t set_decoded_rows(int64_t rows, bool packed) {
 int64_t decoded_rows(bool packed) {
   return (packed ? g_packed_decoded_rows : g_decoded_rows).load(std::memory_order_relaxed);
 }
-int64_t set_panel_rows(int64_t rows) { return g_panel_rows_bf16.exchange(rows); }
-int64_t panel_rows() { return g_panel_rows_bf16.load(std::memory_order_relaxed); }
+int64_t set_panel_rows(int64_t rows, bool packed) {
+  return (packed ? g_packed_panel_rows_bf16 : g_panel_rows_bf16).exchange(rows);
+}
+int64_t panel_rows(bool packed) {
+  return (packed ? g_packed_panel_rows_bf16 : g_panel_rows_bf16).load(std::memory_order_relaxed);
+}
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) {
   m.impl("sefp_quantize", &sefp_quantize_cpu);

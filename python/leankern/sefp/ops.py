@@ -46,7 +46,7 @@ CAPABILITIES = {
         "ref": Capability(_ANY, FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)}, "fields unpacked, fp32 matmul; the definition"),
         "cpp": Capability(("cpu",), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
                           "bf16 x on AVX512-VBMI + BF16: fields -> bf16 in registers, vdpbf16ps (from 16 rows 4 "
-                          "weight rows decoded once into L1 for 4 x 4 tiles); from 80 rows (16 with AMX) bf16 panels "
+                          "weight rows decoded once into L1 for 4 x 4 tiles); from 40 rows (17 with AMX) bf16 panels "
                           "+ torch's bf16 GEMM; otherwise rows decoded to fp32 (portable)"),
 
         "triton": Capability(("cuda", "cpu"), FLOAT_DTYPES, {"m": (1, PACKED_MAX_M)},
