@@ -319,10 +319,9 @@ LK_G void gemv_tile(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_
   }
 }
 
-// Rows [n0, n1) as bf16 in chunk order (out[(n - n0) * ldo + i], i < bf16_width(Kw)) with the block scale added to
-// the exponent field of the nonzero values: +-q 2^sh, exact where every block's smallest step is a bf16 normal
-// (the caller checks).
-// Chunk ch of row n as kChunkBf16 bf16 values at o (decode_rows' terms).
+// Chunk ch of row n as kChunkBf16 bf16 values at o, in chunk order, with the block scale added to the exponent
+// field of the nonzero values: +-q 2^sh, exact where every block's smallest step is a bf16 normal (the caller
+// checks).
 template <int M>
 LK_G void decode_chunk(const Gfni<M>& g, const Planes& P, int64_t n, int64_t ch, uint16_t* o) {
   const __m512i magnitude = _mm512_set1_epi16(0x7fff), low16 = _mm512_set1_epi32(0xffff);
@@ -340,6 +339,7 @@ LK_G void decode_chunk(const Gfni<M>& g, const Planes& P, int64_t n, int64_t ch,
   }
 }
 
+// Rows [n0, n1) by decode_chunk: out[(n - n0) * ldo + i], i < bf16_width(Kw).
 template <int M>
 LK_G void decode_rows(const Gfni<M>& g, const Planes& P, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo) {
   const int64_t nchunks = (P.Kw + kWords - 1) / kWords;
@@ -361,18 +361,18 @@ LK_G void gemv_redecode(const Gfni<M>& g, const Planes& P, const uint16_t* x, in
   }
 }
 
-
 // Many x rows: 4 weight rows at a time, chunk by chunk, decoded once to bf16 (the scale in the exponent,
 // decode_chunk) into 4 KB that stay in L1, times every 4 x rows in a 4 x 4 register tile (cpu::bf16dot::
-// tile4x4_sums), their sums kept across chunks in acc (1 KB per 4 x rows). gemv_redecode instead decodes the planes
-// again for every 4 x rows, and its single weight row reloads x for each of them. (8 weight rows per group, two tiles per x slice so that
-// the second reads it from L1, measured 0.96-0.98x the time at M = 32-64 on 4096 x 4096 and 1.05-1.09x at M = 16
-// on 4096 x 14336, Zen 4: not kept.) Rows whose blocks decode_chunk cannot give exactly or whose products could
-// fall below 2^-126 (P.decode_min_e), and a last group of fewer than 4, take gemv_redecode.
+// tile4x4_sums), their sums kept across chunks (Tile4Sums, 1 KB per 4 x rows); x rows in passes of
+// kDecodedMaxRows. gemv_redecode instead decodes the planes again for every 4 x rows, and its single weight row
+// reloads x for each of them. (8 weight rows per group, two tiles per x slice so that the second reads it from L1:
+// 0.96-0.98x the time at M = 32-64 on 4096 x 4096, 1.05-1.09x at M = 16 on 4096 x 14336, Zen 4; not kept.) Rows
+// whose blocks decode_chunk cannot give exactly or whose products could fall below 2^-126 (P.decode_min_e), and a
+// last group of fewer than 4, take gemv_redecode.
 template <int M>
 LK_G void gemv_decoded(const Gfni<M>& g, const Planes& P, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0,
                        int64_t n1, float* y, int64_t ldy) {
-  if (R > kDecodedMaxRows) {  // x rows in slabs (the decode repeated per slab)
+  if (R > kDecodedMaxRows) {  // x rows in passes (the decode repeated per pass)
     for (int64_t r = 0; r < R; r += kDecodedMaxRows)
       gemv_decoded<M>(g, P, x + r * ldx, std::min(kDecodedMaxRows, R - r), ldx, n0, n1, y + r * ldy, ldy);
     return;

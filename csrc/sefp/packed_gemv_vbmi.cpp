@@ -22,7 +22,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "common/bf16_dot_avx512.h"
 #include "common/cpu_features.h"
@@ -118,7 +117,8 @@ LK_P void unit_scales(const float* lut, const int8_t* ex, int64_t u, int gs, int
   for (int s = 0; s < 4; ++s) sc[s] = 4 * u + s < words ? lut[ex[(4 * u + s) >> gs] + 128] : 0.0f;
 }
 
-// Walks row n of W unit by unit (far: also the prefetcht1 far ahead): body(u, w, sc) with w[s] = the 32 bf16
+// Walks units [u_begin, u_end) of row n of W (u_end < 0: to the row's end), unit by unit (far: also the prefetcht1
+// far ahead): body(u, w, sc) with w[s] = the 32 bf16
 // weights of word 4 u + s (natural order) and sc[s] their scale 2^(E - (m - 1)) (0 past the row's words). Units whose
 // two 64-byte loads stay inside the row use plain loads (a half's 8 B bytes, then bytes of the row's next unit); the
 // rest masked loads, never past the row.
@@ -228,15 +228,16 @@ struct Bf16Body {
   }
 };
 
-// Many x rows (decoded_rows(true) and more): 4 weight rows at a time decoded once to bf16 with their scales (Bf16Body;
-// exact, and no product below 2^-126, where the group's blocks pass W.decode_min_e) span by span (512 weights of 4
-// rows: 4 KB that stay in L1), each span multiplied by every group of 4 x rows (cpu::bf16dot::tile4x4_sums).
+// Many x rows (decoded_rows(true) and more): 4 weight rows at a time decoded once to bf16 with their scales
+// (Bf16Body; exact, and no product below 2^-126, where the group's blocks pass W.decode_min_e) span by span (512
+// weights of 4 rows: 4 KB that stay in L1), each span multiplied by every group of 4 x rows (cpu::bf16dot::
+// tile4x4_sums, Tile4Sums).
 // gemv_rows instead decodes the weights again per 8 x rows and reloads x from L2 for every weight row. Groups that
 // fail the check, and a last group of fewer than 4 rows, take gemv_rows.
 template <int B>
 LK_P void gemv_decoded(const Consts<B>& C, const PackedW& W, const uint16_t* x, int64_t R, int64_t ldx, int64_t n0,
                        int64_t n1, float* y, int64_t ldy) {
-  if (R > kDecodedMaxRows) {  // x rows in slabs (the decode repeated per slab)
+  if (R > kDecodedMaxRows) {  // x rows in passes (the decode repeated per pass)
     for (int64_t r = 0; r < R; r += kDecodedMaxRows)
       gemv_decoded<B>(C, W, x + r * ldx, std::min(kDecodedMaxRows, R - r), ldx, n0, n1, y + r * ldy, ldy);
     return;

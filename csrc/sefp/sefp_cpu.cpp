@@ -269,7 +269,8 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
       const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
       Planes Pb = P;
       if (M >= decoded_rows())
-        Pb.decode_min_e = decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), static_cast<int>(m));
+        Pb.decode_min_e =
+            decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), static_cast<int>(m));
       parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(Pb, xp, M, xb.size(1), n0, n1, yp, N); });
     } else {
       const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
