@@ -40,7 +40,7 @@ struct Planes {
   int gs;                // log2(block_size / 32): word w of a row is in block w >> gs
   int m;                 // mantissa planes read (1..16)
   // gemv_bf16 only: the smallest block exponent E (E = -128, an empty block, aside) whose weights it may decode to
-  // bf16 and multiply as such (gemv_decoded); 128: none. Set by the caller from x (sefp_cpu.cpp decode_min_exponent).
+  // bf16 and multiply as such (gemv_decoded); 128: none. Set by the caller from x (decode_min_exponent below).
   int decode_min_e = 128;
 };
 
@@ -133,13 +133,16 @@ constexpr int64_t kDecodedMaxRows = 64;
 // smallest nonzero normal |x|; bf16 keeps 8 significant bits), so none falls below 2^-126 when E >= m - 120 - ex;
 // and the decoded weights are bf16 normals (exact) when E >= m - 127. The GEMVs that scale sums of unscaled codes
 // never get near 2^-126 that way.
+// One pass over x on the calling thread, so written as an unsigned byte minimum that compiles to vector code: the
+// exponent field minus 1 wraps to 255 for zero and subnormal x (flushed as documented), and inf / NaN (254) never
+// lowers the minimum below a normal's.
 inline int decode_min_exponent(const uint16_t* bits, int64_t n, int m) {
-  int lo = 255;  // the smallest nonzero exponent field (0: zero or subnormal x, flushed as documented)
+  uint8_t lo = 255;  // the smallest nonzero exponent field, minus 1
   for (int64_t i = 0; i < n; ++i) {
-    const int e = (bits[i] >> 7) & 0xff;
-    lo = e != 0 && e < lo ? e : lo;
+    const uint8_t f = static_cast<uint8_t>((bits[i] >> 7) - 1);
+    lo = f < lo ? f : lo;
   }
-  return lo == 255 ? m - 127 : std::max(m - 127, m - 120 - (lo - 127));
+  return lo >= 254 ? m - 127 : std::max(m - 127, m - 120 - (lo + 1 - 127));
 }
 // Whether every exponent e[0 .. n) is -128 (an empty block) or >= lo (AVX-512; gemv_bf16_gfni.cpp).
 bool blocks_decode_exact(const int8_t* e, int64_t n, int lo);

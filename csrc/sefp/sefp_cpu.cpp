@@ -251,15 +251,15 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   // bf16 x, m <= 8, a GFNI + VBMI avx512bf16 CPU: every weight, x and product is exact in bf16 / fp32, so the
   // bf16 kernels (gemv_bf16_gfni.cpp) take it; they treat bf16 subnormal x as zero (vdpbf16ps; docs/sefp.md)
   const bool bf16 = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16;
-  const int64_t panel_rows = cpu::amx_enabled() ? kPanelRowsAmx : g_panel_rows_bf16.load(std::memory_order_relaxed);
-  if (bf16 && M >= panel_rows && !bias.has_value() &&
+  const int64_t panels_from = cpu::amx_enabled() ? kPanelRowsAmx : panel_rows();
+  if (bf16 && M >= panels_from && !bias.has_value() &&
       !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>()) {
     linear_panels_bf16(kern, P, x2, static_cast<int>(m), out.view({M, N}));
     return out;
   }
   const bool f32_out = x.scalar_type() == at::kFloat;
   at::Tensor y32 = f32_out ? out.view({M, N}) : at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M < kPanelRows || (bf16 && M < panel_rows)) {
+  if (M < kPanelRows || (bf16 && M < panels_from)) {
     // several x rows: tasks of >= 64 weight rows, so the x slabs read per task are shared by many rows
     const int64_t per_row = rows_per_task(P.Kw * kWord * (1 + M), 1 << 19);
     const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
