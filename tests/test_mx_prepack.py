@@ -575,6 +575,39 @@ def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte, few_rows_form)
         _check(leankern.mx.linear(x, leankern.mx.prepack(w)), x, w)
 
 
+def _normal_bf16(m, k, top_exp, seed):
+    """[m, k] bf16 of random sign whose magnitudes lie in [2^(top_exp - 4), 2^top_exp): all normal for top_exp >= -122."""
+    gen = torch.Generator().manual_seed(seed)
+    mag = torch.exp2(top_exp - 4 * torch.rand(m, k, generator=gen))
+    return (torch.where(torch.rand(m, k, generator=gen) < 0.5, -mag, mag)).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_packed_linear_products_near_fp32_subnormals(isa, fmt, few_rows_form):
+    """Normal bf16 x whose products with the weights fall near fp32's subnormal range, where vdpbf16ps and AMX tiles
+    flush results to zero: (a) rows whose every block scale is tiny (bytes 3 .. 24) times x ~ 2^-10 / 2^-20, which
+    the folded kernels (the prefill kernel's folded tiles, AMX) must not fold; (b) x ~ 2^-100 .. 2^-122 times ordinary
+    weights, which every bf16 kernel but the fold would flush in its block sums (the op takes the fp32 kernels). Rows
+    of x crossing every kernel's row counts (few rows, prefill); dual on x_hat for MX act formats. Within the
+    derived bound everywhere (before the checks: 34 failures of (a) in the prefill kernel, up to 1.8e-37 over it)."""
+    nv = fmt.startswith("nv")
+    bs = 16 if nv else 32
+    qt = _weight(20, 128, fmt, bs)
+    cases = []
+    if not nv:
+        for sbyte in (3, 10, 18, 24):
+            scales = _bytes(qt.scales).clone()
+            scales[::3, :] = sbyte
+            cases += [(_with_scales(qt, scales.view(qt.scales.dtype)), xe) for xe in (-10, -20)]
+    cases += [(qt, xe) for xe in (-100, -106, -112, -118, -122)]
+    for w, xe in cases:
+        for m in (3, 5, 17, 40):
+            x = _normal_bf16(m, 128, xe, seed=m - xe)
+            _check(leankern.mx.linear(x, leankern.mx.prepack(w)), x, w)
+            if not nv:
+                _check(leankern.mx.linear(x, leankern.mx.prepack(w), act_fmt=fmt), x, w, None, fmt)
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
 def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt, few_rows_form):
     qt = _weight(20, 64, fmt)

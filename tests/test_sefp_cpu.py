@@ -354,6 +354,22 @@ def test_linear_bf16_panel_rows_hook(isa):
     assert before == 80
 
 
+def test_linear_bf16_panels_keep_small_products(isa):
+    """bf16 x of 96 rows (the bf16 panels from 80 on CPUs without AMX, 12 with): rows whose blocks have tiny exponents
+    (weights ~2^-110) times x ~2^-10 give products near 2^-126, where torch's bf16 GEMM over the scaled panels
+    flushes; such weights keep the GEMV (its decode-once tile checks each 4-row group the same way). Within the bound
+    (with the panels taken regardless: 3e-38 over it)."""
+    gen = torch.Generator().manual_seed(15)
+    w = torch.randn(40, 256, generator=gen)
+    w[::3] *= 2.0**-110
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    mag = torch.exp2(-10 - 4 * torch.rand(96, 256, generator=gen))  # every x a bf16 normal
+    x = torch.where(torch.rand(96, 256, generator=gen) < 0.5, -mag, mag).to(torch.bfloat16)
+    for m in (2, 5, 8):
+        y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, None)
+        check_linear(y, x, planes, exps, m, 32, None)
+
+
 def test_linear_rows_do_not_read_their_neighbours_exponents(isa):
     """A row's result depends on its own exponents only: rows whose K ends inside a 256-weight chunk
     once read the next row's exponent bytes (and past the tensor for the last rows), so an extreme

@@ -117,4 +117,17 @@ LEANKERN_HD void store_f32_bits(void* out, int dtype, int64_t i, uint32_t bits) 
     store_raw<uint16_t>(out, i, dtype == kInBF16 ? f32_to_bf16_bits(bits) : f32_to_f16_bits(bits));
 }
 
+// The smallest exponent field (1 .. 254) of the normal values among n bf16 patterns, or 255 where there is none
+// (zeros, subnormals, Inf and NaN do not count). A byte minimum (the field minus 1 wraps to 255 for zero and
+// subnormal values; Inf / NaN give 254), so that it compiles to vector code: one pass over x on the calling
+// thread, where the bf16 dot-product kernels check what their products may flush (mx, sefp).
+inline int bf16_min_normal_exponent_field(const uint16_t* bits, int64_t n) {
+  uint8_t lo = 255;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t f = static_cast<uint8_t>(((bits[i] & 0x7FFF) >> 7) - 1);
+    lo = f < lo ? f : lo;
+  }
+  return lo >= 254 ? 255 : lo + 1;
+}
+
 }  // namespace leankern

@@ -113,6 +113,14 @@ LEANKERN_HD constexpr ElemParams elem_params(int id) {
                     elem_max_bits(elem_spec(id)) & 0x7fffffu};
 }
 
+// The packed linear kernels decode an element as its value * 2^D, D = packed_decode_shift (exact): FP8 / FP6
+// through the fp16 pattern (bias - 15), E2M1 as integers (1), INT as they are (0).
+LEANKERN_HD constexpr int packed_decode_shift(int id) {
+  return !elem_spec(id).is_int && elem_spec(id).bits != 4 ? elem_spec(id).bias - 15
+         : elem_spec(id).bits == 4 && !elem_spec(id).is_int ? 1
+                                                             : 0;
+}
+
 // ------------------------------------------------------------------------------------------
 // Scale exponent (MX, E8M0) from a finite non-negative block amax pattern.
 // rceil: smallest e with amax <= max_elem * 2^e; floor: floor(log2 amax) - emax_elem.

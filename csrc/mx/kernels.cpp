@@ -2,6 +2,7 @@
 // (the SIMD tables are defined in mx_avx512.cpp / mx_avx2.cpp).
 #include "mx/kernels.h"
 
+#include <array>
 #include <atomic>
 #include <cstdlib>
 
@@ -61,6 +62,42 @@ void set_quantize_vbmi_enabled(bool on) { g_quantize_vbmi.store(on, std::memory_
 bool quantize_vbmi_takes(int elem, int dtype, int block_size) {
   if (block_size < 16 || !cpu_has_vbmi() || !quantize_vbmi_enabled()) return false;
   return elem == kFp4E2M1 || dtype == kInBF16;
+}
+
+int elem_grid_exp(int elem) {
+  static const auto grids = [] {
+    std::array<int, kNumElems> g{};
+    for (int e = 0; e < kNumElems; ++e) {
+      const ElemParams p = elem_params(e);
+      int lo = 1000;
+      for (uint32_t c = 0; c < (1u << p.bits); ++c) {
+        const uint32_t u = decode_code_bits(c, p) & 0x7FFFFFFFu;
+        const uint32_t field = u >> 23;
+        if (u == 0 || field == 255) continue;  // zero, Inf, NaN
+        const uint32_t sig = (u & 0x7FFFFFu) | (field ? 0x800000u : 0u);
+        const int low = (field ? (int)field : 1) - 150 + __builtin_ctz(sig);
+        lo = low < lo ? low : lo;
+      }
+      g[e] = lo;
+    }
+    return g;
+  }();
+  return grids[elem];
+}
+
+bool bf16_products_exact(int fmt, int x_field) {
+  if (x_field == 255) return true;  // no normal x
+  const int elem = kFormats[fmt].elem, d = packed_decode_shift(elem);
+  return elem_grid_exp(elem) + (d < 0 ? d : 0) + (x_field - 127) - 7 >= -126;
+}
+
+int fold_min_scale(int fmt, int x_field) {
+  if (x_field == 255) return 0;
+  const int ex = x_field - 127;
+  const int grid = elem_grid_exp(kFormats[fmt].elem);
+  if (kFormats[fmt].is_nv) return grid - 9 + ex - 7 >= -126 ? 0 : 256;
+  const int s = 8 - grid - ex;  // grid + s - 127 + ex - 7 >= -126
+  return s < 0 ? 0 : s;
 }
 
 bool cpu_has_vbmi() {

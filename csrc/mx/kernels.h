@@ -111,6 +111,10 @@ struct PackedLinearArgs {
   // [M, K / 4] int32 row-major: 8-bit weights, quad j = x[m, 4j .. 4j + 3]; 4-bit weights, quads 2j and 2j + 1 =
   // x[m, 8j + 2i] and x[m, 8j + 2i + 1], i = 0..3 (the even and the odd elements of each 8); else nullptr.
   const int32_t* xqs = nullptr;
+  // Folded kernels (block scales inside the bf16 weights: the prefill and AMX kernels): the smallest MX scale byte a
+  // block may have to fold, or for NV 0 (fold) / 256 (never). From x (fold_min_scale): below it a product of a
+  // folded weight and x could fall under 2^-126, where the dot-product instructions flush it to zero.
+  int fold_min_s = 0;
 };
 // Rows of x up to which dual INT x INT takes the int8 kernel's few-rows form (linear_packed_int8.h), and up to which
 // it takes them where AMX would too. Why 3 there: on the 2-core Xeon, cold, against the AMX few-rows form (MXINT4,
@@ -186,6 +190,19 @@ const KernelTable& active_kernels();
 // has VBMI). On by default; tests turn it off to run the other decoder on the same CPU.
 bool vbmi_decoder_enabled();
 void set_vbmi_decoder_enabled(bool on);
+// Exponent of the finest step of an element format's values: every finite value is a multiple of 2^grid (E2M1:
+// -1, E4M3: -9, INT: 0).
+int elem_grid_exp(int elem);
+// What the bf16 dot-product kernels (vdpbf16ps and AMX tiles flush subnormal inputs and results to zero) may do with
+// bf16 x whose smallest normal exponent field is x_field (common/bits.h, bf16_min_normal_exponent_field; subnormal
+// x are flushed, as documented) and weights of format fmt:
+//  * bf16_products_exact: no product of x with an unscaled decoded weight (value * 2^D, any D the kernels use) and
+//    no partial sum of them falls below 2^-126: all are multiples of 2^(grid + D + ex - 7) (ex = x_field - 127; bf16
+//    keeps 8 significant bits). Else the op takes the fp32 kernels (x ~2^-110 and below, by format).
+//  * fold_min_scale: PackedLinearArgs::fold_min_s, the same for folded weights: value * 2^(s - 127), multiples of
+//    2^(grid + s - 127) (MX); value * E4M3 scale, multiples of 2^(grid - 9) (NV).
+bool bf16_products_exact(int fmt, int x_field);
+int fold_min_scale(int fmt, int x_field);
 // Whether the few-rows kernel multiplies with fp32 FMAs (linear_packed_fma_small.h: 4-bit and 6 / 8-bit
 // weights) instead of vdpbf16ps. On by default where the CPU has AMX (Intel cores whose vdpbf16ps has half
 // the FMA rate), off elsewhere; LEANKERN_MX_FMA=0 / 1 (read at the first use) overrides that; tests set it

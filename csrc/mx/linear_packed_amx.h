@@ -108,13 +108,14 @@ LK_AMX const AmxExpRange& amx_exp_range() {
 // lane) -> *add, or false where a row's folded weights could leave the normal range (or its scale
 // byte is NaN, or an FP8 block holds a NaN / Inf code). r: amx_exp_range<EL>().
 template <int EL>
-LK_AMX_INL bool amx_fold_step(const uint8_t* blk, int64_t code_bytes, const AmxExpRange& r, I* add) {
+LK_AMX_INL bool amx_fold_step(const uint8_t* blk, int64_t code_bytes, const AmxExpRange& r, int min_s, I* add) {
   constexpr int D = PackedElem<EL>::D;
   const I sb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk));
   const I e = _mm512_sub_epi32(sb, _mm512_set1_epi32(127 + D));
   const __mmask16 ok = _mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(1 - r.lo)) &
                        _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(254 - r.hi)) &
-                       _mm512_cmpneq_epi32_mask(sb, _mm512_set1_epi32(255));
+                       _mm512_cmpneq_epi32_mask(sb, _mm512_set1_epi32(255)) &
+                       _mm512_cmpge_epi32_mask(sb, _mm512_set1_epi32(min_s));  // (PackedLinearArgs::fold_min_s)
   if (ok != 0xFFFF) return false;
   if constexpr (EL == kFp8E4M3) {
     if (X::any_masked_eq(blk + kPR, code_bytes * kPR, 0x7F)) return false;
@@ -151,9 +152,9 @@ const uint16_t* amx_table4_biased() {
 // One MX block's subtrahend for the biased decoder ((bias4 - step) << 7 in both 16-bit halves of each row's lane)
 // -> *sub, or false as amx_fold_step.
 template <int EL>
-LK_AMX_INL bool amx_fold_sub(const uint8_t* blk, const AmxExpRange& r, int bias4, I* sub) {
+LK_AMX_INL bool amx_fold_sub(const uint8_t* blk, const AmxExpRange& r, int min_s, int bias4, I* sub) {
   I add;  // step << 7 in both halves (mod 2^16)
-  if (!amx_fold_step<EL>(blk, 0, r, &add)) return false;
+  if (!amx_fold_step<EL>(blk, 0, r, min_s, &add)) return false;
   *sub = _mm512_sub_epi16(_mm512_set1_epi16((short)(bias4 << 7)), add);
   return true;
 }
@@ -191,7 +192,8 @@ LK_AMX_INL void amx_decode_fast(const uint8_t* codes, int bs, I add, I tab, I* w
 // every code and finite scale (<= 3 x 4 significant bits, |product| in [2^-10, 2^12)), so no
 // per-weight check; false (bf16_decode_block instead) for a NaN scale byte.
 template <int EL>
-LK_AMX_INL bool amx_decode_nv(const uint8_t* blk, int bs, I tab, I* w) {
+LK_AMX_INL bool amx_decode_nv(const uint8_t* blk, int bs, int min_s, I tab, I* w) {
+  if (min_s > 255) return false;  // products with x could fall below 2^-126 (PackedLinearArgs::fold_min_s)
   const __m128i sb = _mm_loadu_si128((const __m128i*)blk);
   if (_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(sb, _mm_set1_epi8(0x7F)), _mm_set1_epi8(0x7F)))) return false;
   I sc;
@@ -231,10 +233,10 @@ template <int EL, bool NV>
 LK_AMX_INL bool amx_decode_block(const PackedLinearArgs& a, const AmxDecoder& dec, const uint8_t* blk, int64_t code_bytes,
                                  I* w) {
   if constexpr (NV) {
-    if (amx_decode_nv<EL>(blk, a.block_size, dec.tab, w)) return true;
+    if (amx_decode_nv<EL>(blk, a.block_size, a.fold_min_s, dec.tab, w)) return true;
   } else {
     I add;
-    if (amx_fold_step<EL>(blk, code_bytes, dec.r, &add)) {
+    if (amx_fold_step<EL>(blk, code_bytes, dec.r, a.fold_min_s, &add)) {
       amx_decode_fast<EL>(blk + kPR, a.block_size, add, dec.tab, w);
       return true;
     }
@@ -386,7 +388,7 @@ LK_AMX4 void amx_small_decode(const PackedLinearArgs& a, const AmxDecoder& dec, 
       const uint8_t* bb = blk + b * a.block_bytes;
       if constexpr (QUAD) {
         I sub;
-        if (amx_fold_sub<EL>(bb, dec.r, dec.bias4, &sub))
+        if (amx_fold_sub<EL>(bb, dec.r, a.fold_min_s, dec.bias4, &sub))
           amx_decode_quad4(bb + kPR, a.block_size, sub, dec.tidx, dec.btab, wj + b * (a.block_size / 2));
         else
           folded[j] = false;

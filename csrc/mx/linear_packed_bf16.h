@@ -53,6 +53,14 @@ LK_BF void bf16_put(I* wb, __m512 sc, float pre, __mmask16& bad, I lo, I hi) {
 
 // One block of a tile -> bs / 2 pair vectors at wb; its scale vector -> *sc and the factor the
 // block sums take first -> *pre (1, or 2^-D where the folded scale would overflow).
+// Whether every scale byte of an MX block (16 rows) is >= min_s.
+LK_BF bool fold_scales_ok(const uint8_t* blk, int min_s) {
+  if (min_s <= 0) return true;
+  if (min_s > 255) return false;
+  const __m128i sb = _mm_loadu_si128((const __m128i*)blk);
+  return !_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(sb, _mm_set1_epi8((char)(min_s - 1))), _mm_set1_epi8((char)(min_s - 1))));
+}
+
 // FOLD: store instead the weights themselves, decoded * pre * scale (the reference's fp32 W_hat
 // before NV's g: exact products of <= 4 + 4 significant bits and a power of two), and return
 // whether all of them are exact, non-subnormal bf16; false: the caller decodes the tile unfolded.
@@ -62,6 +70,9 @@ LK_BF bool bf16_decode_block(const PackedLinearArgs& a, const uint8_t* blk, I* w
   const int bs = a.block_size;
   const uint8_t* codes = blk + kPR;
   const bool exact = block_scales<EL, NV>(blk, four ? bs / 2 : bs, sc, pre);
+  if constexpr (FOLD) {  // products with x that could fall below 2^-126 (PackedLinearArgs::fold_min_s): unfolded
+    if (NV ? a.fold_min_s > 255 : !fold_scales_ok(blk, a.fold_min_s)) return false;
+  }
   __mmask16 bad = 0;
   const __m512 fs = _mm512_castsi512_ps(*sc);
   if constexpr (four) {

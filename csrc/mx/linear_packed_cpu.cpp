@@ -233,9 +233,14 @@ Int8Act int8_small_act(const at::Tensor& x2, int act, int64_t block_size, const 
 }
 
 // y [M, N] (its dtype: the output's) = x2 [M, K] (contiguous) @ W_hat^T (+ bias), checked arguments; returns y.
+// How packed_linear_run treats x: kXChecked, bf16 x the dot-product kernels would flush (bf16_products_exact) goes
+// to the fp32 kernels instead (the whole call again with kXFp32); kXParts, split_linear's bf16 parts, whose
+// flushes its bound allows.
+enum XMode { kXChecked, kXParts, kXFp32 };
+
 at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, int act, const at::Tensor& packed_in,
                              const at::Tensor& global_scale, int64_t block_size, int64_t N,
-                             const std::optional<at::Tensor>& bias, at::Tensor y) {
+                             const std::optional<at::Tensor>& bias, at::Tensor y, XMode xmode = kXChecked) {
   const KernelTable& kern = active_kernels();
   const at::Tensor packed = packed_in.contiguous();
   const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -245,7 +250,7 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
 
   // x is exact in bf16 for bf16 x, or an MX x_hat (element values of <= 8 significant bits times a
   // power of two); NV x_hat (times the fp32 tensor scale) and fp32 / fp16 x are not: no kernel rounds x.
-  const bool x_is_bf16 = act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16;
+  const bool x_is_bf16 = xmode != kXFp32 && (act >= 0 ? !kFormats[act].is_nv : x2.scalar_type() == at::kBFloat16);
   const bool prefill = M >= kBf16PrefillMinRows;
   // AMX tiles (linear_packed_amx.h) from amx_min_rows rows where the CPU has them, dual INT x INT
   // included from 4 rows: bf16 tiles on x_hat beat the int8 VNNI prefill kernel (AMX int8 steps over 64 elements
@@ -275,6 +280,12 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
   const at::Tensor xq = act >= 0 && !xi.q.defined() ? fake_quantize(x2, act, block_size, kern, bf16_x ? kInBF16 : kInF32)
                                                     : at::Tensor();
   const at::Tensor xbf = bf16_x ? (act >= 0 ? xq : x2) : at::Tensor();
+  // what the dot products may flush (kernels.h): x so small that products would fall below 2^-126 goes to the fp32
+  // kernels, and the folded kernels fold only blocks whose products with this x stay normal
+  const int x_field =
+      bf16_x ? bf16_min_normal_exponent_field(reinterpret_cast<const uint16_t*>(xbf.data_ptr()), M * K) : 255;
+  if (xmode == kXChecked && !bf16_products_exact(f, x_field))
+    return packed_linear_run(x2, M, K, f, act, packed_in, global_scale, block_size, N, bias, y, kXFp32);
   at::Tensor xh;  // the row-group layout of kernels.h (PackedLinearArgs::xh)
   if (bf16_dot) xh = row_groups(xbf.view(at::kInt));  // pairs as int32 (K is even: block_size >= 2)
   // the AMX few-rows kernel's 4-bit MX decoder: x as A tiles in xb8's order (PackedLinearArgs::xa8)
@@ -318,7 +329,8 @@ at::Tensor packed_linear_run(const at::Tensor& x2, int64_t M, int64_t K, int f, 
                             xb8.defined() ? xb8.data_ptr<int32_t>() : nullptr,
                             xa.defined() ? xa.view(at::kInt).data_ptr<int32_t>() : nullptr,
                             xa8.defined() ? xa8.view(at::kInt).data_ptr<int32_t>() : nullptr,
-                            int8_small ? xi.q.data_ptr<int32_t>() : nullptr};
+                            int8_small ? xi.q.data_ptr<int32_t>() : nullptr,
+                            fold_min_scale(f, x_field)};
   // Tasks of >= ~64K multiply-adds (a tiny product does not wake the thread pool).
   const int64_t per_tile = std::max<int64_t>(1, M * K * kTileRows);
   const int64_t grain = std::max<int64_t>(1, (65536 + per_tile - 1) / per_tile);
@@ -477,7 +489,7 @@ at::Tensor split_linear(const at::Tensor& x2, int64_t M, int64_t K, int f, const
                                                  : split_parts(x2.data_ptr<at::Half>(), M * K, pp);
   if (!ok) return at::Tensor();
   at::Tensor yp = cpu::empty_output({3 * M, N}, x2.options().dtype(at::kFloat));
-  packed_linear_run(parts, 3 * M, K, f, -1, packed, global_scale, block_size, N, std::nullopt, yp);
+  packed_linear_run(parts, 3 * M, K, f, -1, packed, global_scale, block_size, N, std::nullopt, yp, kXParts);
   at::Tensor sum = (yp.narrow(0, 0, M) + yp.narrow(0, M, M)) + yp.narrow(0, 2 * M, M);
   if (bias.has_value()) sum.add_(bias->to(at::kFloat));
   y.view({M, N}).copy_(sum);

@@ -34,7 +34,7 @@ struct PackedElem {
   static constexpr ElemParams p = elem_params(EL);
   static constexpr bool fp16 = !p.is_int && p.bits != 4;
   // decoded = element value * 2^D
-  static constexpr int D = fp16 ? elem_spec(EL).bias - 15 : p.bits == 4 ? (p.is_int ? 0 : 1) : 0;
+  static constexpr int D = packed_decode_shift(EL);
 };
 
 // int8 table of a 4-bit format: element value * 2^D (checked exact and in range at first use).

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/bits.h"
+
 namespace leankern {
 namespace sefp {
 
@@ -131,18 +133,12 @@ constexpr int64_t kDecodedMaxRows = 64;
 // weights decoded with their block scale, q 2^(E - (m - 1)), by x in vdpbf16ps, which flushes fp32 subnormal
 // results. Every partial sum of a block is a multiple of 2^(E - (m - 1)) 2^(ex - 7) (ex: the exponent of x's
 // smallest nonzero normal |x|; bf16 keeps 8 significant bits), so none falls below 2^-126 when E >= m - 120 - ex;
-// and the decoded weights are bf16 normals (exact) when E >= m - 127. The GEMVs that scale sums of unscaled codes
-// never get near 2^-126 that way.
-// One pass over x on the calling thread, so written as an unsigned byte minimum that compiles to vector code: the
-// exponent field minus 1 wraps to 255 for zero and subnormal x (flushed as documented), and inf / NaN (254) never
-// lowers the minimum below a normal's.
+// and the decoded weights are bf16 normals (exact) when E >= m - 127. The bf16 panels ask the same of every block.
+// The GEMVs that scale sums of unscaled codes (multiples of 2^(ex - 7)) stay above 2^-126 for x down to 2^-119.
+// (Zero and subnormal x, flushed as documented, and Inf / NaN do not count: common/bits.h.)
 inline int decode_min_exponent(const uint16_t* bits, int64_t n, int m) {
-  uint8_t lo = 255;  // the smallest nonzero exponent field, minus 1
-  for (int64_t i = 0; i < n; ++i) {
-    const uint8_t f = static_cast<uint8_t>((bits[i] >> 7) - 1);
-    lo = f < lo ? f : lo;
-  }
-  return lo >= 254 ? m - 127 : std::max(m - 127, m - 120 - (lo + 1 - 127));
+  const int field = bf16_min_normal_exponent_field(bits, n);
+  return field == 255 ? m - 127 : std::max(m - 127, m - 120 - (field - 127));
 }
 // Whether every exponent e[0 .. n) is -128 (an empty block) or >= lo (AVX-512; gemv_bf16_gfni.cpp).
 bool blocks_decode_exact(const int8_t* e, int64_t n, int lo);

@@ -118,8 +118,14 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   // the GEMV's rows: up to kPackedGemvRows with AMX (torch's bf16 GEMM over the panels uses it), else below the
   // packed panel threshold (kernels.h set_panel_rows): from decoded_rows(true) x rows it decodes each weight row once
   const int64_t gemv_rows = cpu::amx_enabled() ? kPackedGemvRows : panel_rows(true) - 1;
-  const bool bf16_panels = vbmi && M > gemv_rows && !bias.has_value() &&
-                           !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>();
+  // (the panels' weights carry their block scale: every block must keep its products with this x above 2^-126,
+  // decode_min_exponent, as sefp_linear's)
+  const bool bf16_panels =
+      vbmi && M > gemv_rows && !bias.has_value() &&
+      !(exponents.gt(-128) &
+        exponents.lt(decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), (int)m)))
+           .any()
+           .item<bool>();
   at::Tensor y32 = f32_out       ? out.view({M, N})
                    : bf16_panels ? at::Tensor()
                                  : at::empty({M, N}, x.options().dtype(at::kFloat));

@@ -252,8 +252,14 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   // bf16 kernels (gemv_bf16_gfni.cpp) take it; they treat bf16 subnormal x as zero (vdpbf16ps; docs/sefp.md)
   const bool bf16 = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16;
   const int64_t panels_from = cpu::amx_enabled() ? kPanelRowsAmx : panel_rows();
+  // the panels hold weights scaled by their block's 2^(E - (m - 1)), and torch's bf16 GEMM flushes products and sums
+  // below 2^-126 as vdpbf16ps does: only where every block keeps them above with this x (decode_min_exponent, which
+  // also asks E >= m - 127: exact bf16 weights)
   if (bf16 && M >= panels_from && !bias.has_value() &&
-      !(exponents.gt(-128) & exponents.lt(m - 127)).any().item<bool>()) {
+      !(exponents.gt(-128) &
+        exponents.lt(decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), (int)m)))
+           .any()
+           .item<bool>()) {
     linear_panels_bf16(kern, P, x2, static_cast<int>(m), out.view({M, N}));
     return out;
   }
