@@ -179,6 +179,33 @@ at::Tensor prepare_x_bf16(const at::Tensor& x, int64_t Kw, int m) {
   return xb;
 }
 
+// Whether the permuted fp32 GEMVs (planes_simd_impl.h) may take x at width m: they sum products of x with q 2^24
+// (m <= 7) or q 2^-24 (m = 8) and apply the block scale to the sums, so |x| >= 2^87 could overflow a chunk's sums
+// (up to 2^39 |x|) and, at m = 8, |x| < 2^-100 puts products among fp32's subnormals, whose absolute rounding the
+// scale then magnifies. gemv_natural (exactly decoded weights, as the reference) takes such x. fp16 x is always in
+// range. One pass over x on the calling thread (a byte maximum and minimum, vectorized).
+bool permuted_gemv_takes(const at::Tensor& x2, int m) {
+  const int64_t n = x2.numel();
+  int hi = 0, lo = 255;  // the largest exponent field, the smallest of a nonzero value (0: a subnormal)
+  if (x2.scalar_type() == at::kFloat || x2.scalar_type() == at::kBFloat16) {
+    const bool f32 = x2.scalar_type() == at::kFloat;
+    const uint32_t* u32 = f32 ? reinterpret_cast<const uint32_t*>(x2.data_ptr()) : nullptr;
+    const uint16_t* u16 = f32 ? nullptr : reinterpret_cast<const uint16_t*>(x2.data_ptr());
+    uint8_t h = 0, l = 255;
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t mag = f32 ? u32[i] & 0x7FFFFFFFu : (uint32_t)(u16[i] & 0x7FFF) << 16;
+      const uint8_t f = static_cast<uint8_t>(mag >> 23);
+      h = f > h ? f : h;
+      const uint8_t g = mag ? f : static_cast<uint8_t>(255);
+      l = g < l ? g : l;
+    }
+    hi = h, lo = l;
+  } else {
+    return true;
+  }
+  return hi <= 127 + 86 && (m < 8 || lo == 255 || lo >= 127 - 100);
+}
+
 // y32 [M, N] (fp32) = xb @ W^T through decoded fp32 panels and at::mm_out.
 void linear_panels(const SefpKernels& kern, const Planes& P, bool permuted, const at::Tensor& xb, at::Tensor& y32) {
   const int64_t Kx = xb.size(1);
@@ -279,7 +306,7 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
             decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), static_cast<int>(m));
       parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(Pb, xp, M, xb.size(1), n0, n1, yp, N); });
     } else {
-      const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM;
+      const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM && permuted_gemv_takes(x2, (int)m);
       const int64_t Kx = permuted ? permuted_width(P.Kw) : P.Kw * kWord;
       const at::Tensor xb = prepare_x(x2, Kx, permuted, (int)m);
       const float* xp = xb.data_ptr<float>();
