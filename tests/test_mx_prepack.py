@@ -608,6 +608,29 @@ def test_packed_linear_products_near_fp32_subnormals(isa, fmt, few_rows_form):
                 _check(leankern.mx.linear(x, leankern.mx.prepack(w), act_fmt=fmt), x, w, None, fmt)
 
 
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_linear_x_near_the_top_of_fp32(isa, fmt):
+    """|x| up to 2^124 times weights of small block scales (byte 90: 2^-37; NV as quantized): the products are finite,
+    but the kernels' per-block sums of x times the unscaled element values were not (inf from |x| ~ 2^118 on every ISA,
+    47 cases); the op computes such x as ((x 2^-k) W^T) 2^k. Prepacked and row-major weights, fp32 and bf16 x, a
+    bias, dual on x_hat for MX act formats; within the bound (infinities only where the exact result reaches the
+    overflow threshold of y's dtype)."""
+    qt = _weight(20, 128, fmt, 16 if fmt.startswith("nv") else 32)
+    if not fmt.startswith("nv"):
+        scales = _bytes(qt.scales).clone()
+        scales[:] = 90
+        qt = _with_scales(qt, scales.view(qt.scales.dtype))
+    for top in (110, 118, 124):
+        for dtype in (torch.float32, torch.bfloat16):
+            for m in (1, 3, 17, 40):
+                x = _normal_bf16(m, 128, top, seed=m + top).to(dtype)
+                b = torch.randn(20).to(dtype) if m == 3 else None
+                for w in (leankern.mx.prepack(qt), qt):
+                    _check(leankern.mx.linear(x, w, b), x, qt, b)
+                    if not fmt.startswith("nv") and top < 124:  # (x_hat's own block scales top out at 2^127)
+                        _check(leankern.mx.linear(x, w, b, act_fmt=fmt), x, qt, b, fmt)
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
 def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt, few_rows_form):
     qt = _weight(20, 64, fmt)
