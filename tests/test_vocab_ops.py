@@ -559,6 +559,30 @@ def test_quantized_heads_of_other_formats_and_rotated(fmt, rotate):
     assert torch.equal(best_ids, want_i[:, 0]) and torch.equal(best, want_v[:, 0])
 
 
+@pytest.mark.parametrize("backend", _cpp_and_ref())
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxint8", "mxfp8_e4m3", "nvfp4"])
+def test_quantized_head_at_the_ends_of_fp32(backend, fmt):
+    """MX heads whose block scales are 2^-37 times hidden states of ~2^-110 (logits among fp32's subnormals, each
+    product rounding with an absolute error: the bound's per-term underflow allowance, which it lacked) and ~2^124
+    (NV heads as quantized: logits at fp32's overflow threshold, where an infinity of the right sign is the result):
+    within the derived bound."""
+    V, H = 120, 256
+    qw = leankern.mx.quantize(torch.randn(V, H, generator=torch.Generator().manual_seed(31)), fmt)
+    if fmt.startswith("mx"):
+        qw = leankern.MXTensor(qw.codes, torch.full_like(qw.scales.view(torch.uint8), 90).view(qw.scales.dtype),
+                               qw.global_scale, qw.fmt, qw.block_size, qw.shape, qw.dtype)
+    w_hat = leankern.mx.dequantize(qw, torch.float32)
+    ids = torch.randperm(V, generator=torch.Generator().manual_seed(5))[:50].to(torch.int32)
+    for top in (-110, 124):
+        for B in (1, 4, 16):
+            g = torch.Generator().manual_seed(B)
+            mag = torch.exp2(top - 4 * torch.rand(B, H, generator=g))
+            hidden = torch.where(torch.rand(B, H, generator=g) < 0.5, -mag, mag)
+            for dt in (torch.float32, torch.bfloat16):
+                h = hidden.to(dt)
+                assert_vocab_logits(vocab.gather_lm_head(h, qw, ids), (h, w_hat, ids, None, None, 1.0))
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxint8"])
 @pytest.mark.parametrize("layout", ["prepacked", "swizzled"])
 def test_quantized_head_in_any_stored_layout_gives_the_row_major_logits(fmt, layout):
