@@ -198,7 +198,7 @@ int elem_grid_exp(int elem);
 // x are flushed, as documented) and weights of format fmt:
 //  * bf16_products_exact: no product of x with an unscaled decoded weight (value * 2^D, any D the kernels use) and
 //    no partial sum of them falls below 2^-126: all are multiples of 2^(grid + D + ex - 7) (ex = x_field - 127; bf16
-//    keeps 8 significant bits). Else the op takes the fp32 kernels (x ~2^-110 and below, by format).
+//    keeps 8 significant bits). Else the op takes the fp32 kernels (from x ~2^-102 down for E4M3 to ~2^-118 for INT).
 //  * fold_min_scale: PackedLinearArgs::fold_min_s, the same for folded weights: value * 2^(s - 127), multiples of
 //    2^(grid + s - 127) (MX); value * E4M3 scale, multiples of 2^(grid - 9) (NV).
 bool bf16_products_exact(int fmt, int x_field);

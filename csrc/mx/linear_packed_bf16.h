@@ -51,16 +51,16 @@ LK_BF void bf16_put(I* wb, __m512 sc, float pre, __mmask16& bad, I lo, I hi) {
   *wb = bf16_pair(lo, hi);
 }
 
-// One block of a tile -> bs / 2 pair vectors at wb; its scale vector -> *sc and the factor the
-// block sums take first -> *pre (1, or 2^-D where the folded scale would overflow).
-// Whether every scale byte of an MX block (16 rows) is >= min_s.
+// Whether every scale byte of an MX block (16 rows) is >= min_s (max(s, min_s - 1) == min_s - 1: s < min_s).
 LK_BF bool fold_scales_ok(const uint8_t* blk, int min_s) {
   if (min_s <= 0) return true;
   if (min_s > 255) return false;
-  const __m128i sb = _mm_loadu_si128((const __m128i*)blk);
-  return !_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(sb, _mm_set1_epi8((char)(min_s - 1))), _mm_set1_epi8((char)(min_s - 1))));
+  const __m128i sb = _mm_loadu_si128((const __m128i*)blk), below = _mm_set1_epi8((char)(min_s - 1));
+  return !_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(sb, below), below));
 }
 
+// One block of a tile -> bs / 2 pair vectors at wb; its scale vector -> *sc and the factor the
+// block sums take first -> *pre (1, or 2^-D where the folded scale would overflow).
 // FOLD: store instead the weights themselves, decoded * pre * scale (the reference's fp32 W_hat
 // before NV's g: exact products of <= 4 + 4 significant bits and a power of two), and return
 // whether all of them are exact, non-subnormal bf16; false: the caller decodes the tile unfolded.

@@ -67,7 +67,7 @@ inline int linear_x_shift(const at::Tensor& x2) {
 // fp32 x 2^-shift without bias (an fp32 result).
 template <class Run>
 at::Tensor linear_shifted(const at::Tensor& x_in, int shift, const std::optional<at::Tensor>& bias, Run run) {
-  const at::Tensor xs = at::ldexp(x_in.to(at::kFloat), at::full({}, -shift, x_in.options().dtype(at::kInt)));
+  const at::Tensor xs = x_in.to(at::kFloat).mul(static_cast<double>(std::ldexp(1.0f, -shift)));  // (exact)
   at::Tensor y = run(xs, std::optional<at::Tensor>()).mul_(std::ldexp(1.0f, shift));
   if (bias.has_value()) y.add_(bias->to(at::kFloat));
   return y.to(x_in.scalar_type());
