@@ -220,6 +220,20 @@ def test_linear_extreme_exponents(isa):
             _check(sefp.linear(xs, t.packed(m)), xs, t.packed(m), None)
 
 
+def test_linear_tiny_bf16_x(isa):
+    """bf16 x of ~2^-122 (every value normal): the VBMI GEMV's sums of unscaled codes times x are multiples of
+    2^(ex - 7), below 2^-126 where vdpbf16ps flushes them, so such x takes the fp32 path (before: 5 failing cases
+    at 2^-120 / 2^-122). Within the bound for 1, 3 and 20 rows."""
+    gen = torch.Generator().manual_seed(17)
+    t = sefp.quantize(torch.randn(40, 256, generator=gen), m_max=8)
+    for M in (1, 3, 20):
+        mag = torch.exp2(-122 - 4 * torch.rand(M, 256, generator=gen))
+        x = torch.where(torch.rand(M, 256, generator=gen) < 0.5, -mag, mag).to(torch.bfloat16)
+        for m in (2, 5, 7):
+            with leankern.use_backend("cpp"):
+                _check(sefp.linear(x, t.packed(m)), x, t.packed(m), None)
+
+
 def test_rows_do_not_read_their_neighbours(isa):
     """A row's result depends on its own codes and exponents only (K = 80: every unit is a row's last, partial)."""
     gen = torch.Generator().manual_seed(12)

@@ -114,7 +114,8 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
   const bool f32_out = x.scalar_type() == at::kFloat;
   const int dt = dtype_code(x.scalar_type());
-  const bool vbmi = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported();
+  const bool vbmi = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported() &&
+                    bf16_gemv_takes(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel());
   // the GEMV's rows: up to kPackedGemvRows with AMX (torch's bf16 GEMM over the panels uses it), else below the
   // packed panel threshold (kernels.h set_panel_rows): from decoded_rows(true) x rows it decodes each weight row once
   const int64_t gemv_rows = cpu::amx_enabled() ? kPackedGemvRows : panel_rows(true) - 1;

@@ -277,7 +277,8 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
   // bf16 x, m <= 8, a GFNI + VBMI avx512bf16 CPU: every weight, x and product is exact in bf16 / fp32, so the
   // bf16 kernels (gemv_bf16_gfni.cpp) take it; they treat bf16 subnormal x as zero (vdpbf16ps; docs/sefp.md)
-  const bool bf16 = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16;
+  const bool bf16 = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16 &&
+                   bf16_gemv_takes(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel());
   const int64_t panels_from = cpu::amx_enabled() ? kPanelRowsAmx : panel_rows();
   // the panels hold weights scaled by their block's 2^(E - (m - 1)), and torch's bf16 GEMM flushes products and sums
   // below 2^-126 as vdpbf16ps does: only where every block keeps them above with this x (decode_min_exponent, which
