@@ -129,25 +129,21 @@ int64_t decoded_rows(bool packed = false);
 // (planes, 4096 x 4096 and 4096 x 14336, m = 8 / 2, Zen 4, three pairs of alternating processes): one decode, not two.
 constexpr int64_t kDecodedMaxRows = 64;
 
-// Planes::decode_min_e / PackedW::decode_min_e for bf16 x (bits[0 .. n)) at width m: the decode-once GEMVs multiply
-// weights decoded with their block scale, q 2^(E - (m - 1)), by x in vdpbf16ps, which flushes fp32 subnormal
-// results. Every partial sum of a block is a multiple of 2^(E - (m - 1)) 2^(ex - 7) (ex: the exponent of x's
-// smallest nonzero normal |x|; bf16 keeps 8 significant bits), so none falls below 2^-126 when E >= m - 120 - ex;
-// and the decoded weights are bf16 normals (exact) when E >= m - 127. The bf16 panels ask the same of every block.
-// The GEMVs that scale sums of unscaled codes take x down to 2^-119 (bf16_gemv_takes).
-// (Zero and subnormal x, flushed as documented, and Inf / NaN do not count: common/bits.h.)
-inline int decode_min_exponent(const uint16_t* bits, int64_t n, int m) {
-  const int field = bf16_min_normal_exponent_field(bits, n);
-  return field == 255 ? m - 127 : std::max(m - 127, m - 120 - (field - 127));
+// x_field: the smallest normal exponent field of bf16 x (common/bits.h, bf16_min_normal_exponent_field: zero and
+// subnormal x, flushed as documented, and Inf / NaN do not count; 255: none), read once per call by the ops.
+// Planes::decode_min_e / PackedW::decode_min_e for that x at width m: the decode-once GEMVs multiply weights decoded
+// with their block scale, q 2^(E - (m - 1)), by x in vdpbf16ps, which flushes fp32 subnormal results. Every partial
+// sum of a block is a multiple of 2^(E - (m - 1)) 2^(ex - 7) (ex = x_field - 127; bf16 keeps 8 significant bits), so
+// none falls below 2^-126 when E >= m - 120 - ex; and the decoded weights are bf16 normals (exact) when
+// E >= m - 127. The bf16 panels ask the same of every block.
+inline int decode_min_exponent(int x_field, int m) {
+  return x_field == 255 ? m - 127 : std::max(m - 127, m - 120 - (x_field - 127));
 }
 // Whether the bf16 GEMVs (gemv_bf16, the packed copies' VBMI GEMV: vdpbf16ps over unscaled codes q < 2^8 and bf16
 // x, the block scale applied to the fp32 sums) may take this x: every product and partial sum is a multiple of
-// 2^(ex - 7) (ex as above), so none falls below 2^-126, where vdpbf16ps flushes, for x down to 2^-119. Smaller x
-// takes the fp32 kernels.
-inline bool bf16_gemv_takes(const uint16_t* bits, int64_t n) {
-  const int field = bf16_min_normal_exponent_field(bits, n);
-  return field == 255 || field - 127 >= -119;
-}
+// 2^(ex - 7), so none falls below 2^-126, where vdpbf16ps flushes, for x down to 2^-119. Smaller x takes the fp32
+// kernels.
+inline bool bf16_gemv_takes(int x_field) { return x_field == 255 || x_field - 127 >= -119; }
 // Whether every exponent e[0 .. n) is -128 (an empty block) or >= lo (AVX-512; gemv_bf16_gfni.cpp).
 bool blocks_decode_exact(const int8_t* e, int64_t n, int lo);
 // bf16 x rows from which sefp_linear (no bias, a GFNI + VBMI avx512bf16 CPU without AMX) decodes bf16 panels for

@@ -114,8 +114,10 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
   const bool f32_out = x.scalar_type() == at::kFloat;
   const int dt = dtype_code(x.scalar_type());
-  const bool vbmi = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported() &&
-                    bf16_gemv_takes(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel());
+  const bool bf16_x = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported();
+  const int x_field =  // (kernels.h: one pass over x, for every check below)
+      bf16_x ? bf16_min_normal_exponent_field(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel()) : 255;
+  const bool vbmi = bf16_x && bf16_gemv_takes(x_field);
   // the GEMV's rows: up to kPackedGemvRows with AMX (torch's bf16 GEMM over the panels uses it), else below the
   // packed panel threshold (kernels.h set_panel_rows): from decoded_rows(true) x rows it decodes each weight row once
   const int64_t gemv_rows = cpu::amx_enabled() ? kPackedGemvRows : panel_rows(true) - 1;
@@ -124,7 +126,7 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   const bool bf16_panels =
       vbmi && M > gemv_rows && !bias.has_value() &&
       !(exponents.gt(-128) &
-        exponents.lt(decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), (int)m)))
+        exponents.lt(decode_min_exponent(x_field, (int)m)))
            .any()
            .item<bool>();
   at::Tensor y32 = f32_out       ? out.view({M, N})
@@ -140,7 +142,7 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
     const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
     PackedW Wb = W;
     if (M >= decoded_rows(true))
-      Wb.decode_min_e = decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), (int)m);
+      Wb.decode_min_e = decode_min_exponent(x_field, (int)m);
     cpu::parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { gemv_packed_vbmi(Wb, xp, M, Kx, n0, n1, yp, N); });
   } else if (bf16_panels) {
     // many bf16 rows, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM

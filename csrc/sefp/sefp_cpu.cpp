@@ -277,15 +277,17 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
   // bf16 x, m <= 8, a GFNI + VBMI avx512bf16 CPU: every weight, x and product is exact in bf16 / fp32, so the
   // bf16 kernels (gemv_bf16_gfni.cpp) take it; they treat bf16 subnormal x as zero (vdpbf16ps; docs/sefp.md)
-  const bool bf16 = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16 &&
-                   bf16_gemv_takes(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel());
+  const bool bf16_x = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16;
+  const int x_field =  // (kernels.h: one pass over x, for every check below)
+      bf16_x ? bf16_min_normal_exponent_field(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel()) : 255;
+  const bool bf16 = bf16_x && bf16_gemv_takes(x_field);
   const int64_t panels_from = cpu::amx_enabled() ? kPanelRowsAmx : panel_rows();
   // the panels hold weights scaled by their block's 2^(E - (m - 1)), and torch's bf16 GEMM flushes products and sums
   // below 2^-126 as vdpbf16ps does: only where every block keeps them above with this x (decode_min_exponent, which
   // also asks E >= m - 127: exact bf16 weights)
   if (bf16 && M >= panels_from && !bias.has_value() &&
       !(exponents.gt(-128) &
-        exponents.lt(decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), (int)m)))
+        exponents.lt(decode_min_exponent(x_field, (int)m)))
            .any()
            .item<bool>()) {
     linear_panels_bf16(kern, P, x2, static_cast<int>(m), out.view({M, N}));
@@ -304,7 +306,7 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
       Planes Pb = P;
       if (M >= decoded_rows())
         Pb.decode_min_e =
-            decode_min_exponent(reinterpret_cast<const uint16_t*>(x2.data_ptr()), x2.numel(), static_cast<int>(m));
+            decode_min_exponent(x_field, static_cast<int>(m));
       parallel_chunks(N, task, [&](int64_t n0, int64_t n1) { kern.gemv_bf16(Pb, xp, M, xb.size(1), n0, n1, yp, N); });
     } else {
       const bool permuted = kern.gemv_permuted != nullptr && m <= kMaxPermM && permuted_gemv_takes(x2, (int)m);
