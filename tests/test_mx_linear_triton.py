@@ -197,6 +197,53 @@ def test_tensor_on_another_device_is_rejected():
         tml.mx_linear_triton(x, codes, scales, gs, fmt, bs, bias.to("meta"))
 
 
+def _normal(m, k, top_exp, seed):
+    """[m, k] fp32 of random sign, magnitudes in [2^(top_exp - 4), 2^top_exp), each a bf16 value."""
+    g = _gen(seed)
+    mag = torch.exp2(top_exp - 4 * torch.rand(m, k, generator=g))
+    return torch.where(torch.rand(m, k, generator=g) < 0.5, -mag, mag).bfloat16().float()
+
+
+def _small_scales(fmt, N=20, K=128, byte=90):
+    """Weights of every block scale byte ``byte`` (2^-37; NV: as quantized, E4M3 scales up to 448)."""
+    codes, scales, gs = mx_quantize_ref(torch.randn(N, K, generator=_gen(1)) * 4, fmt, _bs(fmt))
+    if not get_format(fmt).is_nv:
+        scales = torch.full_like(scales.view(torch.uint8), byte).view(scales.dtype)
+    return codes, scales, gs
+
+
+# Known gaps of the GPU kernels at the ends of fp32's range (docs/numerics.md, "The GPU kernels at the ends of
+# fp32's range"), found by the property checks below and pinned as strict xfails under the interpreter. Fixes
+# were tried and not kept untimed: they cost registers in the hot kernels (sm_90 / sm_100 AOT: a second pass
+# over K for non-finite tiles, weight-only 64-row tiles 96 -> 128 / 70 -> 142, the split-K reduction 68 -> 219;
+# a pre-pass over x's scale bytes, dual 64-row tiles 153-166 -> 157-197 on sm_90).
+_GPU_GAP = "known gap of the GPU kernels at the ends of fp32 (docs/numerics.md)"
+
+
+def _gap(*values):
+    return pytest.param(*values, marks=pytest.mark.xfail(strict=triton_interpreting(), reason=_GPU_GAP))
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxint8", _gap("nvfp4"), _gap("nvint4")])
+def test_weight_only_x_near_the_top_of_fp32(dev, fmt):
+    """|x| up to 2^124 times weights of small block scales (MX byte 90: 2^-37; NV as quantized): the products with
+    w_hat are finite, and so must be the results wherever the exact one is (within the bound; inf only where the
+    exact result reaches fp32's overflow threshold). One K slice and several. MX passes; NV does not (gap): its
+    K slices' partial sums of x * (q * s) * g pass 2^128 at M = 17 (inf / NaN where the exact result is
+    ~4e37-2.4e38). The CPU kernels compute such x as ((x 2^-k) W^T) 2^k (test_mx_prepack.py)."""
+    codes, scales, gs = _small_scales(fmt)
+    for top in (118, 124):
+        for M in (1, 17):
+            for dtype in (torch.float32, torch.bfloat16):
+                x = _normal(M, 128, top, seed=M + top).to(dtype)
+                b = torch.randn(20, generator=_gen(top)).to(dtype) if M == 17 else None
+                args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a
+                             for a in (x, codes, scales, gs, fmt, _bs(fmt), b, None))
+                for split_k in (None, 1, 4):
+                    check(args, tml.mx_linear_triton(*args, split_k=split_k),
+                          _extra_roundings(fmt, None, None, dev == "cuda" and dtype == torch.bfloat16))
+
+
 # ----------------------------------------------------------------------------- dual
 @pytest.mark.parametrize("act_fmt,fmt", DUAL_PAIRS)
 def test_dual_pairs(dev, act_fmt, fmt):
@@ -247,6 +294,23 @@ def test_dual_split_k(dev):
         mode = tml.dual_mode(act_fmt, fmt, _bs(fmt), dev)
         check(args, tml.mx_linear_triton(*args, split_k=4), _extra_roundings(fmt, act_fmt, mode, False),
               _fp8_mma_sm90(dev, mode))
+
+
+@pytest.mark.parametrize("fmt,mode", [_gap("mxfp8_e5m2", "fp8"), ("mxfp8_e4m3", "fp8"), ("mxint8", "int")])
+def test_dual_block_scales_beyond_fp32_range(dev, fmt, mode):
+    """x ~ 2^-100 .. 2^-122 (x_hat's block scales down to 2^-127) times weight blocks scaled by 2^-37, dual per
+    block: INT and e4m3 pass; e5m2 does not (gap): the kernel forms each block's factor s_x * s_w first, 2^-152 at
+    x ~ 2^-100 (e5m2's largest value is 57344, so its x scales sit 7 binades below e4m3's), which fp32 holds as
+    zero, while the block's sum times it is a normal number."""
+    if dev == "cuda" and mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 dots need sm_89+")
+    codes, scales, gs = _small_scales(fmt)
+    for top in (-100, -118, -122):
+        for M in (1, 17):
+            x = _normal(M, 128, top, seed=M - top)
+            args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a
+                         for a in (x, codes, scales, gs, fmt, 32, None, fmt))
+            check(args, tml.mx_linear_triton(*args, dual=mode), fp8_mma=_fp8_mma_sm90(dev, mode))
 
 
 # ----------------------------------------------------------------------------- the op
