@@ -389,6 +389,25 @@ def test_linear_extreme_x_within_bound(isa, dtype):
                 check_linear(y, x, planes, exps, m, 32, None)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=("f32", "bf16"))
+def test_linear_x_near_the_top_of_fp32(isa, dtype):
+    """|x| up to 2^124 times ordinary weights: products near fp32's top, whose partial sums (per lane, per chunk, per
+    panel) passed 2^128 in another order than the result's: NaN where the exact result is +-inf, inf where it is
+    finite (6 cases at 2^124 before, bf16 x, one row). The op computes such x as ((x 2^-k) W^T) 2^k, the bias added
+    after (common/x_shift.h). Within the bound, +-inf exactly where the exact result overflows."""
+    gen = torch.Generator().manual_seed(18)
+    w = torch.randn(40, 256, generator=gen)
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    for top in (110, 118, 124):
+        for M in (1, 3, 40):
+            mag = torch.exp2(top - 4 * torch.rand(M, 256, generator=gen))
+            x = torch.where(torch.rand(M, 256, generator=gen) < 0.5, -mag, mag).to(dtype)
+            b = (torch.randn(40, generator=gen) * 2.0**top).to(dtype) if M == 3 else None
+            for m in (2, 7, 8):
+                y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, b)
+                check_linear(y, x, planes, exps, m, 32, b)
+
+
 def test_linear_rows_do_not_read_their_neighbours_exponents(isa):
     """A row's result depends on its own exponents only: rows whose K ends inside a 256-weight chunk
     once read the next row's exponent bytes (and past the tensor for the last rows), so an extreme

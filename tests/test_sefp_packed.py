@@ -220,6 +220,21 @@ def test_linear_extreme_exponents(isa):
             _check(sefp.linear(xs, t.packed(m)), xs, t.packed(m), None)
 
 
+def test_linear_x_near_the_top_of_fp32(isa):
+    """|x| up to 2^124 (products near fp32's top): as sefp_linear, the op computes such x as ((x 2^-k) W^T) 2^k, so
+    no partial sum passes 2^128 unless the result does. Within the bound for 1, 3 and 40 rows, fp32 and bf16 x."""
+    gen = torch.Generator().manual_seed(19)
+    t = sefp.quantize(torch.randn(40, 256, generator=gen), m_max=8)
+    for top in (118, 124):
+        for M in (1, 3, 40):
+            mag = torch.exp2(top - 4 * torch.rand(M, 256, generator=gen))
+            x = torch.where(torch.rand(M, 256, generator=gen) < 0.5, -mag, mag)
+            for dtype in (torch.float32, torch.bfloat16):
+                b = (torch.randn(40, generator=gen) * 2.0**top).to(dtype) if M == 3 else None
+                for m in (2, 5, 7):
+                    _check(sefp.linear(x.to(dtype), t.packed(m), bias=b), x.to(dtype), t.packed(m), b)
+
+
 def test_linear_tiny_bf16_x(isa):
     """bf16 x of ~2^-122 (every value normal): the VBMI GEMV's sums of unscaled codes times x are multiples of
     2^(ex - 7), below 2^-126 where vdpbf16ps flushes them, so such x takes the fp32 path (before: 5 failing cases

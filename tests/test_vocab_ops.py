@@ -583,6 +583,33 @@ def test_quantized_head_at_the_ends_of_fp32(backend, fmt):
                 assert_vocab_logits(vocab.gather_lm_head(h, qw, ids), (h, w_hat, ids, None, None, 1.0))
 
 
+def test_plain_head_with_hidden_near_the_top_of_fp32(backend):
+    """Hidden states up to 2^124 times ordinary fp32 / bf16 rows (a bias of ~2^118 on one batch): the dots' partial
+    sums passed 2^128 in an order other than the result's, inf where the exact logit is finite (B = 4, 5 cases
+    before). The op computes such hidden as ((h 2^-k) W^T + b 2^-k) 2^k (common/x_shift.h). Logits, top-k and
+    argmax within the bound (argmax: the same position as the op's own logits)."""
+    if backend == "ref":
+        pytest.skip("the reference's fp32 matmul sums in its own order; the bound is the kernels' contract")
+    V, H = 120, 256
+    ids = torch.randperm(V, generator=torch.Generator().manual_seed(5))[:50].to(torch.int32)
+    bias = torch.randn(V, generator=torch.Generator().manual_seed(6)) * 2.0**118
+    for wdt in (torch.float32, torch.bfloat16):
+        w = torch.randn(V, H, generator=torch.Generator().manual_seed(31)).to(wdt)
+        for top in (118, 124):
+            for B in (1, 4, 16):
+                g = torch.Generator().manual_seed(B + top)
+                mag = torch.exp2(top - 4 * torch.rand(B, H, generator=g))
+                hidden = torch.where(torch.rand(B, H, generator=g) < 0.5, -mag, mag)
+                for dt in (torch.float32, torch.bfloat16):
+                    h, b = hidden.to(dt), bias if B == 4 else None
+                    args = (h, w, ids, b, None, 1.0)
+                    z = vocab.gather_lm_head(h, w, ids, bias=b)
+                    assert_vocab_logits(z, args)
+                    assert_vocab_topk(*vocab.gather_lm_head_topk(h, w, ids, 5, bias=b), args, 5)
+                    best_ids, best = vocab.gather_lm_head_argmax(h, w, ids, bias=b)
+                    assert torch.equal(best_ids, ids.long()[z.argmax(-1)]) and torch.equal(best, z.max(-1).values)
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxint8"])
 @pytest.mark.parametrize("layout", ["prepacked", "swizzled"])
 def test_quantized_head_in_any_stored_layout_gives_the_row_major_logits(fmt, layout):

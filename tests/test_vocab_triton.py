@@ -106,6 +106,27 @@ def test_gather_within_bound(dev, small, dtype, case):
     assert torch.isneginf(y[:, ids.cpu().eq(-1).nonzero().flatten()] if ids.dim() == 1 else y[ids < 0]).all()
 
 
+_GAP = pytest.mark.xfail(strict=triton_interpreting(), reason="known gap: hidden near fp32's top (docs/vocab.md)")
+
+
+@pytest.mark.parametrize("B", [1, 4, pytest.param(16, marks=_GAP)])
+def test_gather_hidden_near_the_top_of_fp32(dev, B):
+    """Hidden states up to 2^124 times ordinary fp32 / bf16 rows (the C++ op shifts such hidden: test_vocab_ops.py):
+    within the bound at 1 and 4 rows; a known gap at 16 (a row tile's sums pass 2^128, inf where the exact logit is
+    finite)."""
+    V_, H_ = 120, 256
+    ids = torch.randperm(V_, generator=_gen(5))[:50].to(torch.int32)
+    g = _gen(B + 124)
+    mag = torch.exp2(124 - 4 * torch.rand(B, H_, generator=g))
+    hidden = torch.where(torch.rand(B, H_, generator=g) < 0.5, -mag, mag)
+    for wdt in (torch.float32, torch.bfloat16):
+        w = torch.randn(V_, H_, generator=_gen(31)).to(wdt)
+        for dt in (torch.float32, torch.bfloat16):
+            h = hidden.to(dt)
+            y = _triton(leankern.vocab.gather_lm_head, h.to(dev), w.to(dev), ids.to(dev))
+            assert_vocab_logits(y.cpu(), (h, w, ids, None, None, 1.0))
+
+
 @pytest.mark.parametrize("w_dtype", [torch.float32, torch.float16], ids=str)
 def test_gather_mixed_dtypes(dev, small, w_dtype):
     """bf16 hidden with an fp32 / fp16 head: the fp32 ieee dot (hidden widened exactly)."""

@@ -12,6 +12,7 @@
 
 #include "common/bits.h"
 #include "common/torch_checks.h"
+#include "common/x_shift.h"
 #include "mx/formats.h"
 
 namespace leankern {
@@ -33,44 +34,6 @@ inline std::vector<int64_t> with_last_dim(at::IntArrayRef sizes, int64_t last) {
   std::vector<int64_t> out(sizes.begin(), sizes.end());
   out.back() = last;
   return out;
-}
-
-// mx_linear's CPU kernels sum products of x with the decoded, unscaled element values (up to ~2^16, D included)
-// over a block (up to 2^10 elements) before the block scale, so |x| near fp32's top could overflow where the
-// product does not. x with a finite |x| >= 2^kLinearXMaxExp is computed as ((x 2^-k) W^T) 2^k (powers of two:
-// exact; elements of x below ~2^(max - 150) drop out, an absolute error far under the bound). Returns k (0: x is in
-// range; fp16 x always is). One pass over x.
-constexpr int kLinearXMaxExp = 64;
-inline int linear_x_shift(const at::Tensor& x2) {
-  const int64_t n = x2.numel();
-  uint8_t hi = 0;  // the largest exponent field of a finite x (Inf / NaN: 255 -> 0)
-  if (x2.scalar_type() == at::kFloat) {
-    const uint32_t* u = reinterpret_cast<const uint32_t*>(x2.data_ptr());
-    for (int64_t i = 0; i < n; ++i) {
-      const uint8_t f = static_cast<uint8_t>(static_cast<uint8_t>(u[i] >> 23) + 1);  // 255 wraps to 0
-      hi = f > hi ? f : hi;
-    }
-  } else if (x2.scalar_type() == at::kBFloat16) {
-    const uint16_t* u = reinterpret_cast<const uint16_t*>(x2.data_ptr());
-    for (int64_t i = 0; i < n; ++i) {
-      const uint8_t f = static_cast<uint8_t>(static_cast<uint8_t>(u[i] >> 7) + 1);
-      hi = f > hi ? f : hi;
-    }
-  } else {
-    return 0;
-  }
-  const int field = hi - 1;  // (none: -1)
-  return field >= 127 + kLinearXMaxExp ? field - (127 + kLinearXMaxExp) + 1 : 0;
-}
-
-// y = ((x 2^-shift) W^T) 2^shift (+ bias), rounded once to x's dtype: run(xs, none) computes the product of the
-// fp32 x 2^-shift without bias (an fp32 result).
-template <class Run>
-at::Tensor linear_shifted(const at::Tensor& x_in, int shift, const std::optional<at::Tensor>& bias, Run run) {
-  const at::Tensor xs = x_in.to(at::kFloat).mul(static_cast<double>(std::ldexp(1.0f, -shift)));  // (exact)
-  at::Tensor y = run(xs, std::optional<at::Tensor>()).mul_(std::ldexp(1.0f, shift));
-  if (bias.has_value()) y.add_(bias->to(at::kFloat));
-  return y.to(x_in.scalar_type());
 }
 
 // InDtype code of a float dtype (checked before: fp32 / bf16 / fp16).

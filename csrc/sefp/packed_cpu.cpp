@@ -20,6 +20,7 @@
 #include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "common/parallel.h"
+#include "common/x_shift.h"
 #include "sefp/checks.h"
 #include "sefp/io.h"
 #include "sefp/kernels.h"
@@ -112,6 +113,10 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   at::Tensor out = cpu::empty_output(out_shape, x.options());
   if (M == 0 || N == 0) return out;
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
+  if (const int shift = linear_x_shift(x2))  // |x| near fp32's top (common/x_shift.h)
+    return linear_shifted(x, shift, bias, [&](const at::Tensor& xs, const std::optional<at::Tensor>& none) {
+      return sefp_packed_linear_cpu(xs, codes, exponents, m, block_size, none);
+    });
   const bool f32_out = x.scalar_type() == at::kFloat;
   const int dt = dtype_code(x.scalar_type());
   const bool bf16_x = x.scalar_type() == at::kBFloat16 && packed_vbmi_supported();

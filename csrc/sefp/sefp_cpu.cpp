@@ -30,6 +30,7 @@
 #include "common/cpu_features.h"
 #include "common/output_cache.h"
 #include "common/parallel.h"
+#include "common/x_shift.h"
 #include "sefp/checks.h"
 #include "sefp/io.h"
 #include "sefp/kernels.h"
@@ -273,8 +274,12 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   at::Tensor out = cpu::empty_output(out_shape, x.options());
   if (M == 0 || N == 0) return out;
 
-  const SefpKernels& kern = active_kernels();
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
+  if (const int shift = linear_x_shift(x2))  // |x| near fp32's top (common/x_shift.h)
+    return linear_shifted(x, shift, bias, [&](const at::Tensor& xs, const std::optional<at::Tensor>& none) {
+      return sefp_linear_cpu(xs, planes, exponents, m, block_size, none);
+    });
+  const SefpKernels& kern = active_kernels();
   // bf16 x, m <= 8, a GFNI + VBMI avx512bf16 CPU: every weight, x and product is exact in bf16 / fp32, so the
   // bf16 kernels (gemv_bf16_gfni.cpp) take it; they treat bf16 subnormal x as zero (vdpbf16ps; docs/sefp.md)
   const bool bf16_x = kern.gemv_bf16 != nullptr && m <= 8 && x.scalar_type() == at::kBFloat16;

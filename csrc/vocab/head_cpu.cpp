@@ -22,6 +22,7 @@
 
 #include "common/cpu_features.h"
 #include "common/parallel.h"
+#include "common/x_shift.h"
 #include "vocab/checks.h"
 #include "vocab/kernels.h"
 
@@ -50,6 +51,7 @@ struct Head {
   int bdt;
   bool capped;
   float cap, scale;
+  float down = 1.0f, up = 1.0f;  // hidden holds hidden 2^-k (hidden_shift): bias times down, the sum times up
 };
 
 struct Scratch {
@@ -87,8 +89,12 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
     head_dots(hd, b0, nb, sc.rows.data(), n, out, ldo);
     for (int64_t b = 0; b < nb; ++b) {
       float* o = out + b * ldo;
-      if (hd.bias)
+      if (hd.up != 1.0f) {  // shifted hidden: (dots + bias 2^-k) 2^k
+        for (int64_t i = 0; i < m; ++i)
+          o[i] = (hd.bias ? o[i] + load_scalar(hd.bias, hd.bdt, sc.rows[i]) * hd.down : o[i]) * hd.up;
+      } else if (hd.bias) {
         for (int64_t i = 0; i < m; ++i) o[i] += load_scalar(hd.bias, hd.bdt, sc.rows[i]);
+      }
       if (post != 1.0f)
         for (int64_t i = 0; i < m; ++i) o[i] *= post;
       if (hd.capped) hd.k->soft_cap(o, m, hd.cap, hd.scale);
@@ -103,7 +109,8 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
     std::fill(o, o + m, 0.0f);
     for (int64_t i = 0; i < n; ++i) {
       float z = d[i];
-      if (hd.bias) z += load_scalar(hd.bias, hd.bdt, sc.rows[i]);
+      if (hd.bias) z += load_scalar(hd.bias, hd.bdt, sc.rows[i]) * hd.down;
+      if (hd.up != 1.0f) z *= hd.up;
       o[sc.pos[i]] = post == 1.0f ? z : z * post;
     }
     if (hd.capped) hd.k->soft_cap(o, m, hd.cap, hd.scale);
@@ -179,6 +186,18 @@ void log_softmax_row(const VocabKernels& k, float* z, int64_t n) {
   for (int64_t i = 0; i < n; ++i) z[i] -= lse;
 }
 
+// hidden with a finite |h| >= 2^64 times 2^-k (its dtype kept: powers of two, exact), with k in *shift (0: hidden
+// as it is). Why: the dots' partial sums of products near fp32's top pass 2^128 in an order other than the result's
+// (inf where the exact logit is finite, |h| ~ 2^124 with ordinary rows), as mx / sefp linear (common/x_shift.h).
+at::Tensor hidden_shift(const at::Tensor& hidden, int* shift) {
+  *shift = linear_x_shift(hidden.contiguous());
+  return *shift ? hidden.mul(std::ldexp(1.0, -*shift)) : hidden;
+}
+void set_shift(Head& hd, int shift) {
+  hd.down = std::ldexp(1.0f, -shift);
+  hd.up = std::ldexp(1.0f, shift);
+}
+
 at::Tensor prepare_hidden(const at::Tensor& hidden) { return hidden.to(at::kFloat).contiguous(); }
 // hidden's bf16 bits (contiguous) where it is bf16, else undefined (Head::hb)
 at::Tensor bf16_hidden(const at::Tensor& hidden) {
@@ -213,11 +232,14 @@ at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& 
   }
   const at::Tensor ids = vocab_ids.contiguous();
   check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
-  const at::Tensor hf = prepare_hidden(hidden);
+  int shift = 0;
+  const at::Tensor hs = hidden_shift(hidden, &shift);
+  const at::Tensor hf = prepare_hidden(hs);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor hb = bf16_hidden(hidden);
+  const at::Tensor hb = bf16_hidden(hs);
   const at::Tensor hv = amx_hidden(hb, weight, ids);
-  const Head hd = make_head(hf, hb, hv, weight, ids, bias, bias_c, soft_cap, scale);
+  Head hd = make_head(hf, hb, hv, weight, ids, bias, bias_c, soft_cap, scale);
+  set_shift(hd, shift);
   at::Tensor out = at::empty({hd.B, K}, hidden.options().dtype(at::kFloat));
   if (hd.B == 0 || K == 0) return out_dtype.value_or(at::kFloat) == at::kFloat ? out : out.to(*out_dtype);
   float* o = out.data_ptr<float>();
@@ -360,11 +382,14 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
                     "), got ", k);
   const at::Tensor ids = vocab_ids.contiguous();
   check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
-  const at::Tensor hf = prepare_hidden(hidden);
+  int shift = 0;
+  const at::Tensor hs = hidden_shift(hidden, &shift);
+  const at::Tensor hf = prepare_hidden(hs);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor hb = bf16_hidden(hidden);
+  const at::Tensor hb = bf16_hidden(hs);
   const at::Tensor hv = amx_hidden(hb, weight, ids);
-  const Head hd = make_head(hf, hb, hv, weight, ids, bias, bias_c, soft_cap, scale);
+  Head hd = make_head(hf, hb, hv, weight, ids, bias, bias_c, soft_cap, scale);
+  set_shift(hd, shift);
   const int64_t B = hd.B, nt = at::get_num_threads();
   if (B == 0)
     return std::make_tuple(at::empty({0, k}, hidden.options().dtype(at::kFloat)),
