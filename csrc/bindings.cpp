@@ -19,6 +19,7 @@
 #include "mx/formats.h"
 #include "moe/kernels.h"
 #include "sefp/kernels.h"
+#include "sefp/packed.h"
 #include "mx/kernels.h"
 #include "specdec/numerics.h"
 #include "specdec/row_kernels.h"
@@ -199,6 +200,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "AVX512-BF16 with VBMI) decodes 4 weight rows once to bf16 and runs a register tile over every x row from "
         "this many x rows on (below: the weights decoded again for every 4 (8) x rows); default 8 (packed: 16). "
         "Returns the previous value.");
+  m.def("sefp_packed_bf16_kernel", &leankern::sefp::packed_vbmi_supported,
+        "Whether sefp_packed_linear has its bf16 kernels here (bf16 x, AVX512-BF16 with VBMI, the avx512bf16 ISA "
+        "active); elsewhere it decodes rows to fp32 portably, slower than sefp_linear on the planes "
+        "(leankern.nn.SEFPLinear then serves from the planes).");
   m.def("sefp_set_panel_rows", &leankern::sefp::set_panel_rows, py::arg("rows"), py::arg("packed") = false,
         "Tuning hook: sefp_linear (packed=True: sefp_packed_linear) with bf16 x, no bias, on an AVX512-BF16 CPU with "
         "VBMI (and GFNI for sefp_linear) but no AMX decodes bf16 panels for torch's bf16 GEMM from this many x rows "

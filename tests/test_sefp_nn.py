@@ -299,8 +299,9 @@ def test_sefp_linear_pack_serves_the_packed_copy_at_its_width_only():
     planes_y = mod(x)
     assert mod.pack() is mod and mod.packed.m == 5 and "packed copy at m=5" in repr(mod)
     assert mod.packed.exponents is mod.exponents
-    want = sefp.linear(x, mod.weight.packed(5), bias=mod.bias)  # fp32 bias: added before the one rounding
-    assert torch.equal(mod(x), want)  # forward went through the packed op
+    assert mod.serves_packed(x) == leankern.extension().sefp_packed_bf16_kernel()  # (this CPU's bf16 kernels)
+    want = sefp.linear(x, mod.weight.packed(5), bias=mod.bias) if mod.serves_packed(x) else planes_y
+    assert torch.equal(mod(x), want)  # forward went through the packed op (where it serves)
     assert_sefp_linear((x, mod.planes, mod.exponents, 5, 32, mod.bias), mod(x))
     mod.m = 3  # another width: the planes again
     assert torch.equal(mod(x), sefp.linear(x, mod.weight, 3, mod.bias))
@@ -312,6 +313,18 @@ def test_sefp_linear_pack_serves_the_packed_copy_at_its_width_only():
     assert mod.unpack().packed is None and torch.equal(mod(x), planes_y)
     with pytest.raises(ValueError, match=r"m: expected m <= 7 for a packed copy"):
         mod.pack(8)
+
+
+def test_packed_layer_serves_fp32_x_from_the_planes():
+    """fp32 / fp16 x on CPU: the packed op has no fast kernel for them (rows decoded to fp32 portably, ~20x the
+    planes' GEMV time), so forward reads the planes: bit for bit the unpacked layer's result."""
+    mod = SEFPLinear.from_linear(_linear(bias=True), m_max=8, m=5)
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(3, 80, generator=torch.Generator().manual_seed(4)).to(dtype)
+        planes_y = mod(x)
+        mod.pack()
+        assert not mod.serves_packed(x) and torch.equal(mod(x), planes_y)
+        mod.unpack()
 
 
 def test_set_precision_packed_builds_each_layers_copy_and_rejects_wide_widths():
