@@ -160,8 +160,8 @@ class SEFPLinear(nn.Module):
     def serves_packed(self, x: torch.Tensor) -> bool:
         """Whether forward(x) reads the packed copy. On CPU only bf16 x on a CPU where ``sefp_packed_linear`` has
         its bf16 kernels (AVX512-BF16 + VBMI, ``leankern._C.sefp_packed_bf16_kernel()``, asked once when the copy
-        is built): elsewhere it decodes rows to fp32 portably, 20x slower than the planes' GEMV (fp32 x, 4096 x
-        4096, M = 1 on Zen 4: 14 ms against 0.66)."""
+        is built): elsewhere it decodes rows to fp32 portably, ~7x slower than the planes' GEMV (fp32 x, 4096 x
+        4096, M = 1 on Zen 4: 5.1 ms against 0.7)."""
         p = self.packed
         if p is None or p.m != self._m:
             return False
