@@ -32,6 +32,7 @@ namespace {
 
 constexpr int64_t kPackedGemvRows = 16;  // x rows the VBMI GEMV takes on CPUs with AMX
 constexpr int64_t kPanelN = 128;         // weight rows per decoded fp32 panel of the many-rows path
+constexpr int64_t kInlineWeights = 1 << 13;  // weights up to which the portable GEMV stays on one thread (~10 us)
 
 // ops.check_packed
 void check_packed(const at::Tensor& codes, const at::Tensor& exponents, int64_t m, int64_t block_size,
@@ -207,7 +208,9 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
     for (int64_t r = 0; r < M; ++r)
       for (int64_t k = 0; k < W.Kp; ++k) xp[r * W.Kp + k] = k < K ? load_f32(src, dt, r * K + k) : 0.0f;
     if (M <= kPackedGemvRows) {
-      cpu::parallel_chunks(N, cpu::streaming_chunk(N, 16), [&](int64_t n0, int64_t n1) {
+      // (a small weight runs on the calling thread: waking the other costs more than its share of the rows)
+      const int64_t chunk = N * W.Kp <= kInlineWeights ? N : cpu::streaming_chunk(N, 16);
+      cpu::parallel_chunks(N, chunk, [&](int64_t n0, int64_t n1) {
         std::vector<float> row(W.Kp);
         for (int64_t n = n0; n < n1; ++n) {
           decode_row(W, n, row.data());
