@@ -31,6 +31,7 @@ from leankern.core import triton_interpreting  # noqa: E402
 from leankern.mx.formats import FORMATS, get_format  # noqa: E402
 from leankern.mx.ref import mx_dequantize_ref, mx_linear_ref, mx_quantize_ref  # noqa: E402
 from leankern.triton_kernels import mx_linear as tml  # noqa: E402
+from leankern.testing.strategies import binade_tensor  # noqa: E402
 from tolerances import (assert_linear_result, assert_linear_within_bound, linear_error_bound,  # noqa: E402
                         output_unit_roundoff)
 
@@ -199,9 +200,7 @@ def test_tensor_on_another_device_is_rejected():
 
 def _normal(m, k, top_exp, seed):
     """[m, k] fp32 of random sign, magnitudes in [2^(top_exp - 4), 2^top_exp), each a bf16 value."""
-    g = _gen(seed)
-    mag = torch.exp2(top_exp - 4 * torch.rand(m, k, generator=g))
-    return torch.where(torch.rand(m, k, generator=g) < 0.5, -mag, mag).bfloat16().float()
+    return binade_tensor((m, k), top_exp, _gen(seed)).bfloat16().float()
 
 
 def _small_scales(fmt, N=20, K=128, byte=90):

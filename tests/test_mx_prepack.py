@@ -6,6 +6,7 @@ import torch
 
 import leankern
 from leankern.mx.packed_layout import TILE_ROWS, pack_weight, packed_block_bytes, unpack_weight
+from leankern.testing.strategies import binade_tensor
 from isa_cases import BF16_DOT_ISAS, on_isa
 from mx_cases import ALL_FORMATS, FLOAT_DTYPES, skip_unless_cpp
 from tolerances import assert_linear_result
@@ -577,9 +578,7 @@ def test_packed_linear_extreme_block_scales(isa, fmt, scale_byte, few_rows_form)
 
 def _normal_bf16(m, k, top_exp, seed):
     """[m, k] bf16 of random sign whose magnitudes lie in [2^(top_exp - 4), 2^top_exp): all normal for top_exp >= -122."""
-    gen = torch.Generator().manual_seed(seed)
-    mag = torch.exp2(top_exp - 4 * torch.rand(m, k, generator=gen))
-    return (torch.where(torch.rand(m, k, generator=gen) < 0.5, -mag, mag)).to(torch.bfloat16)
+    return binade_tensor((m, k), top_exp, torch.Generator().manual_seed(seed)).to(torch.bfloat16)
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)

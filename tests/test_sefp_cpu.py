@@ -22,6 +22,7 @@ import torch
 import leankern
 from leankern.sefp import ref
 from leankern.testing import assert_bitexact
+from leankern.testing.strategies import binade_tensor
 from isa_cases import on_isa
 from mx_cases import skip_unless_cpp
 from tolerances import assert_sefp_linear
@@ -363,8 +364,7 @@ def test_linear_bf16_panels_keep_small_products(isa):
     w = torch.randn(40, 256, generator=gen)
     w[::3] *= 2.0**-110
     planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
-    mag = torch.exp2(-10 - 4 * torch.rand(96, 256, generator=gen))  # every x a bf16 normal
-    x = torch.where(torch.rand(96, 256, generator=gen) < 0.5, -mag, mag).to(torch.bfloat16)
+    x = binade_tensor((96, 256), -10, gen).to(torch.bfloat16)  # every x a bf16 normal
     for m in (2, 5, 8):
         y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, None)
         check_linear(y, x, planes, exps, m, 32, None)
@@ -382,8 +382,7 @@ def test_linear_extreme_x_within_bound(isa, dtype):
     planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
     for top in (90, 96, 100, 104, -100, -110, -122):
         for M in (1, 3, 40):
-            mag = torch.exp2(top - 4 * torch.rand(M, 256, generator=gen))
-            x = torch.where(torch.rand(M, 256, generator=gen) < 0.5, -mag, mag).to(dtype)
+            x = binade_tensor((M, 256), top, gen).to(dtype)
             for m in (2, 7, 8):
                 y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, None)
                 check_linear(y, x, planes, exps, m, 32, None)
@@ -400,8 +399,7 @@ def test_linear_x_near_the_top_of_fp32(isa, dtype):
     planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
     for top in (110, 118, 124):
         for M in (1, 3, 40):
-            mag = torch.exp2(top - 4 * torch.rand(M, 256, generator=gen))
-            x = torch.where(torch.rand(M, 256, generator=gen) < 0.5, -mag, mag).to(dtype)
+            x = binade_tensor((M, 256), top, gen).to(dtype)
             b = (torch.randn(40, generator=gen) * 2.0**top).to(dtype) if M == 3 else None
             for m in (2, 7, 8):
                 y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, b)

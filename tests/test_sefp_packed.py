@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 import leankern
 from leankern import sefp
 from leankern.sefp.packed import SEFPPacked, pack_fields, packed_linear_ref, unpack_fields
+from leankern.testing.strategies import binade_tensor
 from isa_cases import on_isa
 from mx_cases import skip_unless_cpp
 from tolerances import assert_linear_within_bound, linear_error_bound
@@ -227,8 +228,7 @@ def test_linear_x_near_the_top_of_fp32(isa):
     t = sefp.quantize(torch.randn(40, 256, generator=gen), m_max=8)
     for top in (118, 124):
         for M in (1, 3, 40):
-            mag = torch.exp2(top - 4 * torch.rand(M, 256, generator=gen))
-            x = torch.where(torch.rand(M, 256, generator=gen) < 0.5, -mag, mag)
+            x = binade_tensor((M, 256), top, gen)
             for dtype in (torch.float32, torch.bfloat16):
                 b = (torch.randn(40, generator=gen) * 2.0**top).to(dtype) if M == 3 else None
                 for m in (2, 5, 7):
@@ -242,8 +242,7 @@ def test_linear_tiny_bf16_x(isa):
     gen = torch.Generator().manual_seed(17)
     t = sefp.quantize(torch.randn(40, 256, generator=gen), m_max=8)
     for M in (1, 3, 20):
-        mag = torch.exp2(-122 - 4 * torch.rand(M, 256, generator=gen))
-        x = torch.where(torch.rand(M, 256, generator=gen) < 0.5, -mag, mag).to(torch.bfloat16)
+        x = binade_tensor((M, 256), -122, gen).to(torch.bfloat16)
         for m in (2, 5, 7):
             with leankern.use_backend("cpp"):
                 _check(sefp.linear(x, t.packed(m)), x, t.packed(m), None)

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 import leankern  # noqa: E402
 from leankern.core import triton_interpreting  # noqa: E402
 from leankern.sefp import ref  # noqa: E402
+from leankern.testing.strategies import binade_tensor  # noqa: E402
 from tolerances import assert_sefp_linear  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy overflow notes (interpreter)
@@ -235,8 +236,7 @@ def test_linear_x_near_the_top_of_fp32(dev, ts, dtype, M, m):
     exact result is finite. m = 2 stays within the bound in the same cases."""
     g = _gen(17)
     planes, exps = ref.quantize_ref(torch.randn(40, 256, generator=g), 8, 32)
-    mag = torch.exp2(124 - 4 * torch.rand(M, 256, generator=g))
-    x = torch.where(torch.rand(M, 256, generator=g) < 0.5, -mag, mag).to(dtype)
+    x = binade_tensor((M, 256), 124, g).to(dtype)
     args = _to(dev, x, planes[: 1 + m], exps, m, 32, None)
     _check_linear(args, ts.linear_triton(*args))
 

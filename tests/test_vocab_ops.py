@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import leankern
 from leankern import vocab
+from leankern.testing.strategies import binade_tensor
 from conftest import available_backends, run_python
 from tolerances import assert_vocab_logits, assert_vocab_topk
 
@@ -576,8 +577,7 @@ def test_quantized_head_at_the_ends_of_fp32(backend, fmt):
     for top in (-110, 124):
         for B in (1, 4, 16):
             g = torch.Generator().manual_seed(B)
-            mag = torch.exp2(top - 4 * torch.rand(B, H, generator=g))
-            hidden = torch.where(torch.rand(B, H, generator=g) < 0.5, -mag, mag)
+            hidden = binade_tensor((B, H), top, g)
             for dt in (torch.float32, torch.bfloat16):
                 h = hidden.to(dt)
                 assert_vocab_logits(vocab.gather_lm_head(h, qw, ids), (h, w_hat, ids, None, None, 1.0))
@@ -598,8 +598,7 @@ def test_plain_head_with_hidden_near_the_top_of_fp32(backend):
         for top in (118, 124):
             for B in (1, 4, 16):
                 g = torch.Generator().manual_seed(B + top)
-                mag = torch.exp2(top - 4 * torch.rand(B, H, generator=g))
-                hidden = torch.where(torch.rand(B, H, generator=g) < 0.5, -mag, mag)
+                hidden = binade_tensor((B, H), top, g)
                 for dt in (torch.float32, torch.bfloat16):
                     h, b = hidden.to(dt), bias if B == 4 else None
                     args = (h, w, ids, b, None, 1.0)

@@ -18,6 +18,7 @@ import leankern  # noqa: E402
 from conftest import assert_matches_reference, op_args  # noqa: E402
 from leankern.core import triton_interpreting  # noqa: E402
 from leankern.vocab import ref  # noqa: E402
+from leankern.testing.strategies import binade_tensor  # noqa: E402
 from tolerances import assert_logit_stats, assert_vocab_logits, assert_vocab_topk  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf / NaN notes (interpreter)
@@ -117,8 +118,7 @@ def test_gather_hidden_near_the_top_of_fp32(dev, B):
     V_, H_ = 120, 256
     ids = torch.randperm(V_, generator=_gen(5))[:50].to(torch.int32)
     g = _gen(B + 124)
-    mag = torch.exp2(124 - 4 * torch.rand(B, H_, generator=g))
-    hidden = torch.where(torch.rand(B, H_, generator=g) < 0.5, -mag, mag)
+    hidden = binade_tensor((B, H_), 124, g)
     for wdt in (torch.float32, torch.bfloat16):
         w = torch.randn(V_, H_, generator=_gen(31)).to(wdt)
         for dt in (torch.float32, torch.bfloat16):

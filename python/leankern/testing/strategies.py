@@ -9,6 +9,7 @@
   format, +-0, min/max normal, min subnormal, every RNE tie between adjacent grid points (and
   its fp32 neighbours) at a given power-of-two scale, just-above-max overflow, NaN/Inf.
 * :func:`heavy_tailed_tensors`: Student-t and outlier-channel data at random magnitudes.
+* :func:`binade_tensor`: values of random sign in the few binades below a power of two (near fp32's ends).
 * :func:`block_sizes`, :func:`format_names`, :func:`scale_modes`.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..mx.formats import FORMATS, PAPER_FORMATS, get_format
 __all__ = [
     "PRIMES", "block_sizes", "format_names", "scale_modes", "leading_dims", "shapes", "blocked_shapes",
     "special_bit_patterns", "bit_pattern_tensors", "special_values", "special_value_tensor",
-    "special_value_tensors", "heavy_tailed_tensors",
+    "special_value_tensors", "heavy_tailed_tensors", "binade_tensor",
 ]
 
 PRIMES = (2, 3, 5, 7, 11, 13, 17, 31, 61, 127, 257)
@@ -265,3 +266,11 @@ def heavy_tailed_tensors(draw, shape=None, dtype=torch.float32) -> torch.Tensor:
     if dtype == torch.float16 and amax > 0:
         k = min(k, math.floor(math.log2(60000.0 / amax)))
     return (x * 2.0**k).to(dtype)
+
+
+def binade_tensor(shape, top_exp: int, generator: torch.Generator, binades: int = 4) -> torch.Tensor:
+    """fp32 ``shape`` of random sign whose magnitudes lie in ``[2^(top_exp - binades), 2^top_exp)`` (log-uniform): x
+    near the ends of fp32's range for property checks of GEMMs (all normal, and normal after a cast to bf16, for
+    ``-126 + binades <= top_exp <= 127``). Draws the magnitudes, then the signs, from ``generator``."""
+    mag = torch.exp2(top_exp - binades * torch.rand(shape, generator=generator))
+    return torch.where(torch.rand(shape, generator=generator) < 0.5, -mag, mag)
