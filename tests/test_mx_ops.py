@@ -299,9 +299,18 @@ def test_nv_scale_arguments_are_exclusive_and_checked():
     x = _x(2, 32)
     with pytest.raises(ValueError, match="pass at most one"):
         leankern.mx.quantize(x, "nvfp4", global_scale=1.0, global_encode_scale=1.0)
-    for encode in (float("inf"), 0.0, float("nan"), -1.0):  # decode g = 0, inf, nan, -1
-        with pytest.raises(ValueError, match=r"global_scale: expected a finite value >= 2\^-126"):
+    for encode in (float("inf"), 0.0, float("nan"), -1.0, 2.0**127):  # decode g = 0, inf, nan, -1, 2^-127
+        # the error names the argument given and its value (not the reciprocal the op is handed)
+        with pytest.raises(ValueError, match=r"global_encode_scale: expected a value > 0 .* got " + re.escape(repr(encode))):
             leankern.mx.quantize(x, "nvfp4", global_encode_scale=encode)
+        with pytest.raises(ValueError, match=r"global_encode_scale: expected a value > 0"):
+            leankern.mx.quantize(x, "nvfp4", global_encode_scale=torch.tensor(encode))
+    with pytest.raises(ValueError, match=r"global_encode_scale: expected shape \(\), got \(1,\)"):
+        leankern.mx.quantize(x, "nvfp4", global_encode_scale=torch.tensor([100.0]))
+    with pytest.raises(TypeError, match=r"global_encode_scale: expected dtype in \['torch.float32'\], got torch.float64"):
+        leankern.mx.quantize(x, "nvfp4", global_encode_scale=torch.tensor(100.0, dtype=torch.float64))
+    g = leankern.mx.quantize(x, "nvfp4", global_encode_scale=2.0**126).global_scale  # the edge: g = 2^-126
+    assert float(g) == 2.0**-126
 
 
 # ------------------------------------------------------------------------------------ container

@@ -180,6 +180,43 @@ def test_rotated_linear_rejects_wrong_in_features():
         leankern.mx.linear(torch.randn(2, 96), qt)
 
 
+def test_rotated_linear_checks_x_and_bias_as_the_plain_path_does():
+    w = torch.randn(8, 64)
+    for rotate in (None, 32):  # the same errors with and without a rotation (which computes in fp32)
+        qt = leankern.mx.quantize(w, "mxint4", rotate=rotate)
+        for x in (torch.randint(-3, 4, (2, 64)), torch.randn(2, 64, dtype=torch.float64)):
+            with pytest.raises(TypeError, match=rf"x: expected dtype in .*got {x.dtype}"):
+                leankern.mx.linear(x, qt)
+        for b in (torch.ones(8, dtype=torch.int64), torch.ones(8, dtype=torch.float16)):
+            with pytest.raises(TypeError, match=rf"bias: expected dtype in .*got {b.dtype}"):
+                leankern.mx.linear(torch.randn(2, 64), qt, b)
+
+
+@pytest.mark.parametrize("rotate", [None, 32])
+def test_backward_through_an_empty_batch(rotate):
+    qt = leankern.mx.quantize(torch.randn(8, 64), "mxint4", rotate=rotate)
+    x = torch.randn(0, 64, requires_grad=True)  # an expert that got no tokens in a training step
+    leankern.mx.linear(x, qt).sum().backward()
+    assert x.grad.shape == (0, 64)
+
+
+def test_rotation_survives_select_expert():
+    torch.manual_seed(0)
+    w, x = torch.randn(4, 16, 64), torch.randn(3, 64)
+    qt = leankern.mx.quantize(w, "mxint4", rotate=32)
+    e1 = leankern.mx.select_expert(qt, 1)
+    assert e1.rotation == (32, 0)
+    own = leankern.mx.quantize(w[1], "mxint4", rotate=32)  # the same codes, quantized alone
+    assert torch.equal(leankern.mx.linear(x, e1), leankern.mx.linear(x, own))
+
+
+def test_mxtensor_to_rejects_a_dtype():
+    qt = leankern.mx.quantize(torch.randn(16, 64), "mxfp4")
+    with pytest.raises(TypeError, match=r"device: MXTensor.to takes a device .*dequantize\(torch.float16\)"):
+        qt.to(torch.float16)
+    assert qt.to("cpu").codes.dtype == torch.uint8
+
+
 # ------------------------------------------------------------------------------------ QuantLinear
 def _linear(k=128, n=72, bias=True, seed=0, dtype=torch.bfloat16):
     torch.manual_seed(seed)
@@ -263,6 +300,49 @@ def test_load_state_dict_of_another_configuration_names_meta():
         QuantLinear(128, 72, True, "mxint4").load_state_dict(q.state_dict())
 
 
+@pytest.mark.parametrize("fmt,scale_mode", [("mxfp4", "floor"), ("nvfp4", "reciprocal")])
+def test_load_state_dict_of_a_weight_quantized_with_another_scale_mode(fmt, scale_mode):
+    lin = _linear(dtype=torch.float32)
+    q = QuantLinear.from_mxtensor(leankern.mx.quantize(lin.weight, fmt, scale_mode=scale_mode), lin.bias)
+    x = torch.randn(3, 128)
+    for fresh in (QuantLinear(128, 72, True, fmt, dtype=torch.float32),  # takes the checkpoint's scale_mode
+                  QuantLinear(128, 72, True, fmt, dtype=torch.float32, scale_mode=scale_mode)):
+        fresh.load_state_dict(q.state_dict())
+        assert fresh.scale_mode == scale_mode and torch.equal(fresh(x), q(x))
+    with pytest.raises(RuntimeError, match="meta"):  # anything else that differs still names meta
+        QuantLinear(128, 72, True, "mxint4", dtype=torch.float32).load_state_dict(q.state_dict())
+
+
+def test_quant_linear_from_a_parameter_is_a_frozen_module():
+    import copy
+    lin = nn.Linear(64, 32)
+    q = QuantLinear.from_mxtensor(leankern.mx.quantize(lin.weight, "nvfp4"), lin.bias.detach())
+    assert not any(b.requires_grad for b in q.buffers())
+    copy.deepcopy(q)
+    lora = nn.Linear(64, 32, bias=False)  # an adapter trained beside the frozen weight
+    x = torch.randn(2, 64)
+    (q(x) + lora(x)).square().sum().backward()
+    assert lora.weight.grad is not None
+
+
+def test_experts_of_one_checkpoint_get_buffers_of_their_own(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (2, 16, 2, 16), dtype=torch.uint8, generator=g)  # gpt-oss [E, N, G, 16]
+    scales = torch.randint(120, 130, (2, 16, 2), dtype=torch.uint8, generator=g)
+    qt = leankern.mx.from_gpt_oss(blocks, scales)
+    for layout in ("prepacked16", "row_major"):
+        experts = nn.ModuleList(QuantLinear.from_mxtensor(leankern.mx.select_expert(qt, e), layout=layout)
+                                for e in range(2))
+        path = str(tmp_path / f"experts_{layout}.safetensors")
+        safetensors.save_file(experts.state_dict(), path)  # refuses tensors that share storage
+        back = nn.ModuleList(QuantLinear(64, 16, False, "mxfp4", layout=layout) for _ in range(2))
+        back.load_state_dict(safetensors.load_file(path))
+        x = torch.randn(3, 64)
+        for e in range(2):
+            assert torch.equal(back[e](x), experts[e](x))
+
+
 @pytest.mark.parametrize("kw", [dict(fmt="mxfp4"), dict(fmt="mxint4", rotate=32, act_fmt="mxint8")])
 def test_torch_compile_fullgraph_is_bit_exact(kw):
     kw = dict(kw)
@@ -305,6 +385,45 @@ def test_quantize_model_replaces_linears_in_place():
     assert report.table().count("\n") == 4
     y = model(x)
     assert (y - ref).norm() / ref.norm() < 0.05  # mxfp8 (QSNR ~31 dB per weight); a wrong layer gives ~1
+
+
+def test_quantize_model_replaces_a_layer_used_twice_at_both_places():
+    shared = nn.Linear(64, 64)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    report = quantize_model(model, "mxfp4")
+    assert model[0] is model[2] and isinstance(model[0], QuantLinear)
+    assert [(r.name, r.also) for r in report.replaced] == [("0", ["2"])] and not report.skipped
+    assert "also used as 2" in str(report)
+
+
+def test_quantize_model_takes_a_string_skip_as_one_pattern():
+    model = nn.Sequential()
+    model.add_module("up_proj", nn.Linear(64, 64))
+    model.add_module("down_proj", nn.Linear(64, 64))
+    report = quantize_model(model, "mxfp4", skip="down_proj")
+    assert [type(m).__name__ for m in model] == ["QuantLinear", "Linear"]
+    assert report.skipped[0].skipped == "skip pattern 'down_proj'"
+
+
+def test_quantize_model_leaves_linears_their_parents_read_directly():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    mha = nn.MultiheadAttention(64, 4, batch_first=True)
+    x = torch.randn(2, 5, 64)
+    for model in (mha, layer):
+        report = quantize_model(model, "mxfp8_e4m3")
+        reasons = {r.name: r.skipped for r in report.skipped}
+        assert all("reads this layer's weight directly" in v for v in reasons.values()) and reasons
+        model(x, x, x) if model is mha else model(x)  # still runs
+
+
+def test_quantize_model_skips_layers_of_other_dtypes_and_checks_before_swapping():
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64).double())
+    report = quantize_model(model, "mxfp4")
+    assert [type(m).__name__ for m in model] == ["QuantLinear", "ReLU", "Linear"]
+    assert "weight dtype torch.float64" in report.skipped[0].skipped
+    with pytest.raises(TypeError, match=r"model: .*got the Linear layer itself.*QuantLinear.from_linear"):
+        quantize_model(nn.Linear(64, 64), "mxfp4")
 
 
 def test_quantize_model_rejects_bad_arguments_before_touching_the_model():

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..core import FrozenWeightLinear, check_choice, needs_input_grad
+from ..core import FLOAT_DTYPES, FrozenWeightLinear, check_choice, check_shape, check_tensor, host_values, needs_input_grad
 from . import formats, ops, ref
 from .checkpoints import ModelOptNVFP4, from_gpt_oss, from_modelopt_nvfp4, select_expert
 from .formats import FORMATS, PAPER_FORMATS, format_names, get_format
@@ -96,7 +96,8 @@ def quantize(
     -------
     MXTensor
         ``codes [..., K]`` (``[..., K // 2]`` uint8 for 4-bit), ``scales [..., K // block_size]``,
-        ``global_scale []``.
+        ``global_scale []``. Outside autograd: quantizing an ``nn.Parameter`` gives a frozen weight (no
+        gradient flows back to ``x``; adapters train beside it, as with :func:`linear`).
 
     Shape:
         x ``[..., K]`` -> codes ``[..., K or K // 2]``, scales ``[..., K // block_size]``.
@@ -104,6 +105,8 @@ def quantize(
     f = get_format(fmt)
     bs = f.default_block_size if block_size is None else block_size
     check_choice("rounding", rounding, ("rne", "stochastic"))
+    if isinstance(x, torch.Tensor):  # (other types: the op's error names x)
+        x = x.detach()  # codes have no derivative: the op's outputs would carry a grad_fn that raises on backward
     if rounding == "rne" and (rand_bits is not None or seed is not None):
         raise ValueError("rand_bits/seed: only used with rounding='stochastic'")
     if rounding == "stochastic" and rand_bits is None:
@@ -112,7 +115,7 @@ def quantize(
     if global_encode_scale is not None:
         if global_scale is not None:
             raise ValueError("global_scale, global_encode_scale: pass at most one of the two (g and 1/g)")
-        global_scale = 1.0 / _as_scale_tensor(global_encode_scale, x.device)
+        global_scale = _global_from_encode_scale(global_encode_scale, x.device)
     elif global_scale is not None:
         global_scale = _as_scale_tensor(global_scale, x.device)
     rotation = None
@@ -147,6 +150,27 @@ def _rotate_input(x: torch.Tensor, rotation: tuple[int, int], keep_bf16: bool = 
         if signs is None:
             signs = _ROTATION_SIGNS.setdefault(key, random_hadamard_signs(n, seed, x.device))
     return torch.ops.leankern.hadamard_transform.default(x if keep_bf16 else x.float(), n, 1.0 / math.sqrt(n), signs)
+
+
+def _global_from_encode_scale(v, device) -> torch.Tensor:
+    """``global_encode_scale`` (1 / g) -> g, fp32 ``[]``; errors name ``global_encode_scale`` and the value given."""
+    if isinstance(v, torch.Tensor):
+        check_tensor("global_encode_scale", v, (torch.float32,))
+        check_shape("global_encode_scale", v, ())
+        g = 1.0 / v
+        if not host_values(v):  # a device value: the op checks g (no host read here)
+            return g
+        given = float(v)
+    else:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"global_encode_scale: expected a float or an fp32 [] tensor, got {type(v).__name__}")
+        given = float(v)
+        g = _as_scale_tensor(1.0 / given if given != 0 else math.inf, device)
+    gv = float(g)
+    if not (math.isfinite(gv) and gv >= ops.NV_MIN_GLOBAL_SCALE and given > 0):
+        raise ValueError(f"global_encode_scale: expected a value > 0 whose reciprocal (the global scale) is a finite "
+                         f"value >= 2^-126, i.e. in (0, 2^126], got {given!r}")
+    return g
 
 
 def _as_scale_tensor(v, device) -> torch.Tensor:
@@ -221,7 +245,7 @@ def _linear_grad_x(weight: MXTensor, g: torch.Tensor) -> torch.Tensor:
         n, seed = weight.rotation
         signs = random_hadamard_signs(n, seed, g.device).float()
         g = torch.ops.leankern.hadamard_transform.default(
-            (g.reshape(*g.shape[:-1], -1, n) * signs).reshape(g.shape), n, 1.0 / math.sqrt(n), None)
+            (g.reshape(*g.shape[:-1], g.shape[-1] // n, n) * signs).reshape(g.shape), n, 1.0 / math.sqrt(n), None)
     return g
 
 
@@ -232,9 +256,13 @@ def _linear(x: torch.Tensor, weight: MXTensor, bias: torch.Tensor | None, act_fm
     if len(weight.shape) != 2:
         raise ValueError(f"weight: expected a 2-D [N, K] MXTensor, got shape {weight.shape}")
     if weight.rotation is not None:
-        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != weight.shape[1]:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected [..., {weight.shape[1]}] (the in_features of the weight), got {got}")
+        # the checks the op would make on x and bias, before the rotation turns them into fp32 tensors
+        check_tensor("x", x, FLOAT_DTYPES)
+        if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"x: expected [..., {weight.shape[1]}] (the in_features of the weight), "
+                             f"got {tuple(x.shape)}")
+        if bias is not None:
+            check_tensor("bias", bias, (x.dtype, torch.float32), x.device)
         out_dtype = x.dtype
         # weight-only, bf16 x: the rotated x is rounded once to bf16 (|error| <= 2^-8 |x_r| per element), as any
         # bf16 model holds its activations, so it takes the bf16 kernels (AMX prefill) instead of carrying fp32 x

@@ -252,4 +252,4 @@ def select_expert(qt: MXTensor, index: int) -> MXTensor:
     if not -e <= index < e:
         raise IndexError(f"index: expected in [{-e}, {e}), got {index}")
     return MXTensor(qt.codes[index], qt.scales[index], qt.global_scale, qt.fmt, qt.block_size, qt.shape[1:],
-                    qt.dtype, qt.scale_mode, qt.scale_layout)
+                    qt.dtype, qt.scale_mode, qt.scale_layout, rotation=qt.rotation)

@@ -180,6 +180,10 @@ class MXTensor:
         return 8.0 * self.nbytes / max(1, math.prod(self.shape))
 
     def to(self, device) -> "MXTensor":
+        """The same quantized weight on ``device`` (codes, scales and global scale moved, bytes unchanged)."""
+        if isinstance(device, torch.dtype):
+            raise TypeError(f"device: MXTensor.to takes a device (its codes keep their dtype), got the dtype {device}; "
+                            f"use dequantize({device}) for a tensor of that dtype")
         return MXTensor(self.codes.to(device), self.scales.to(device), self.global_scale.to(device), self.fmt,
                         self.block_size, self.shape, self.dtype, self.scale_mode, self.scale_layout, self.layout,
                         self.rotation, _trusted=True)

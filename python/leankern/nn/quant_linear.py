@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from .. import mx
-from ..core import check_power_of_two
+from ..core import check_choice, check_power_of_two
 from ..mx.formats import get_format
+from ..mx.ops import SCALE_MODES
 from ..mx.tensor import MXTensor
 
 __all__ = ["QuantLinear"]
@@ -52,7 +53,8 @@ def _check_config(in_features, out_features, fmt, block_size, act_fmt, rotate) -
     return f.name, bs, act
 
 
-def _empty_weight(out_features, in_features, fmt, block_size, dtype, layout, rotation, device) -> MXTensor:
+def _empty_weight(out_features, in_features, fmt, block_size, dtype, layout, rotation, device,
+                  scale_mode="rceil") -> MXTensor:
     """An all-zero MXTensor with the buffers' shapes (filled by load_state_dict)."""
     from ..mx.packed_layout import TILE_ROWS, packed_block_bytes
 
@@ -67,8 +69,19 @@ def _empty_weight(out_features, in_features, fmt, block_size, dtype, layout, rot
         codes = torch.zeros((out_features, kc), dtype=torch.uint8, device=device).view(f.code_dtype)
         scales = torch.zeros((out_features, in_features // block_size), dtype=torch.uint8,
                              device=device).view(f.scale_dtype)
-    return MXTensor(codes, scales, g, fmt, block_size, (out_features, in_features), dtype, layout=layout,
+    return MXTensor(codes, scales, g, fmt, block_size, (out_features, in_features), dtype, scale_mode, layout=layout,
                     rotation=rotation)
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A buffer for the module: out of autograd (a weight quantized from an ``nn.Parameter`` carries a grad_fn) and
+    with storage of its own where ``t`` is a view into a larger tensor (an expert of ``[E, N, K]`` codes): a
+    state_dict whose tensors share storage is refused by safetensors, and loading into one module would write into
+    the others."""
+    t = t.detach()
+    if t.device.type != "meta" and t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
 
 
 def _default_layout(device) -> str:
@@ -112,6 +125,9 @@ class QuantLinear(nn.Module):
         The dtype the weight was quantized from (recorded in the metadata) and of the bias.
     device : optional
         Where the buffers live; the layout is ``"prepacked16"`` on CPU, ``"row_major"`` elsewhere.
+    scale_mode : str
+        How the weight's scales were chosen (``"rceil"``, ``"floor"``, ``"reciprocal"``; recorded in the
+        metadata, no effect on decoding). ``load_state_dict`` takes the checkpoint's where only this differs.
 
     The constructor makes zero buffers to be filled by ``load_state_dict``; build from a trained
     layer with :meth:`from_linear` (or :meth:`from_mxtensor`).
@@ -122,14 +138,16 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "mxfp8_e4m3", *,
                  block_size: int | None = None, act_fmt: str | None = None, rotate: int | None = None,
-                 rotate_seed: int = 0, dtype: torch.dtype = torch.bfloat16, device=None, layout: str | None = None):
+                 rotate_seed: int = 0, dtype: torch.dtype = torch.bfloat16, device=None, layout: str | None = None,
+                 scale_mode: str = "rceil"):
         super().__init__()
         fmt, bs, act = _check_config(in_features, out_features, fmt, block_size, act_fmt, rotate)
+        check_choice("scale_mode", scale_mode, SCALE_MODES)
         layout = _default_layout(device) if layout is None else layout
         if layout not in _LAYOUTS:
             raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
         rotation = None if rotate is None else (rotate, int(rotate_seed))
-        w = _empty_weight(out_features, in_features, fmt, bs, dtype, layout, rotation, device)
+        w = _empty_weight(out_features, in_features, fmt, bs, dtype, layout, rotation, device, scale_mode)
         b = torch.zeros(out_features, dtype=dtype, device=device) if bias else None
         self._set_weight(w, b, act)
 
@@ -179,9 +197,9 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         self.fmt, self.block_size, self.act_fmt = w.fmt, w.block_size, act_fmt
         self.rotation, self.layout, self.weight_dtype, self.scale_mode = w.rotation, w.layout, w.dtype, w.scale_mode
-        self.register_buffer("codes", w.codes)
-        self.register_buffer("scales", w.scales)
-        self.register_buffer("global_scale", w.global_scale.reshape(()).to(torch.float32))
+        self.register_buffer("codes", _own(w.codes))
+        self.register_buffer("scales", _own(w.scales))
+        self.register_buffer("global_scale", w.global_scale.detach().reshape(()).to(torch.float32).clone())
         self.register_buffer("meta", self._meta_tensor(w))
         self.register_buffer("bias", bias)
 
@@ -236,12 +254,30 @@ class QuantLinear(nn.Module):
     # ------------------------------------------------------------------------ checkpoints
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        self._adopt_scale_mode(state_dict.get(prefix + "meta"))
         err = meta_mismatch(self, state_dict, prefix, "")
         if err is not None:
             error_msgs.append(err)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    def _adopt_scale_mode(self, meta: torch.Tensor | None) -> None:
+        """The checkpoint's ``scale_mode`` where its metadata differs from this module's in nothing else: how the
+        scales were chosen does not change how the codes decode, so a module built with the default loads a
+        weight quantized with ``scale_mode="floor"`` / ``"reciprocal"``."""
+        if meta is None or torch.equal(meta.cpu(), self.meta.cpu()):
+            return
+        try:
+            theirs = json.loads(bytes(meta.cpu().tolist()).decode())
+        except (ValueError, UnicodeDecodeError):
+            return
+        mine = json.loads(bytes(self.meta.cpu().tolist()).decode())
+        if not isinstance(theirs, dict) or theirs.get("scale_mode") not in SCALE_MODES or \
+                dict(theirs, scale_mode=None) != dict(mine, scale_mode=None):
+            return
+        self.scale_mode = theirs["scale_mode"]
+        self._buffers["meta"] = meta.detach().to(device=self.meta.device, dtype=torch.uint8).clone()
 
     @classmethod
     def from_state_dict(cls, state: dict, prefix: str = "") -> "QuantLinear":

@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import torch
 from torch import nn
 
 from .quant_linear import QuantLinear, _check_config, linear_bytes
@@ -24,6 +25,7 @@ class LayerReport:
     bytes_before: int
     bytes_after: int
     skipped: str | None = None  # reason; None = replaced
+    also: list[str] = field(default_factory=list)  # the layer's other names (one module used at several places)
 
 
 @dataclass
@@ -60,8 +62,9 @@ class QuantizeReport:
         w = max([len(r.name) for r in self.layers] + [5])
         lines = [f"{'layer':<{w}}  {'in x out':>13}  {'MB before':>9}  {'MB after':>8}  note"]
         for r in self.layers:
+            also = f" (also as {', '.join(r.also)})" if r.also else ""
             lines.append(f"{r.name:<{w}}  {f'{r.in_features}x{r.out_features}':>13}  {r.bytes_before / 1e6:9.2f}  "
-                         f"{r.bytes_after / 1e6:8.2f}  {r.skipped or 'quantized'}")
+                         f"{r.bytes_after / 1e6:8.2f}  {r.skipped or 'quantized'}{also}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -83,6 +86,10 @@ class QuantizeReport:
             lines.append(f"    {kind}: {n} x, {_mb(before)} -> {_mb(after)}")
         for r in self.skipped:
             lines.append(f"    skipped {r.name}: {r.skipped}")
+        for r in self.layers:
+            if r.also:
+                lines.append(f"    {r.name} is also used as {', '.join(r.also)}: "
+                             f"{'replaced at every place' if r.skipped is None else 'left at every place'}")
         return "\n".join(lines)
 
 
@@ -141,17 +148,22 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
         As :meth:`QuantLinear.from_linear`, for every replaced layer.
     m_max, m : int, optional
         ``fmt="sefp"`` only: as :meth:`SEFPLinear.from_linear`.
-    skip : iterable of str
+    skip : str or iterable of str
         fnmatch patterns of layer names to leave alone, matched against the dotted name
-        (``"model.layers.0.mlp.down_proj"``) and its last part (``"down_proj"``, ``"*proj"``).
+        (``"model.layers.0.mlp.down_proj"``) and its last part (``"down_proj"``, ``"*proj"``); a single
+        string is one pattern.
     include_lm_head : bool
         Also quantize the output projection: the module returned by
         ``model.get_output_embeddings()`` where the model has that method, else any layer named
         ``lm_head``. Default False: the LM head stays in its dtype (it is the most sensitive layer).
 
     Layers whose ``in_features`` is not a multiple of the block size (or of ``rotate``) are left
-    alone and listed in the report with the reason (SEFP pads the last block instead); bad
-    arguments (unknown ``fmt``, ...) raise.
+    alone and listed in the report with the reason (SEFP pads the last block instead), as are layers
+    whose weight is not fp32 / bf16 / fp16 and the linears of modules that read their weight
+    directly (``nn.MultiheadAttention``'s ``out_proj``, the ``nn.Transformer*Layer`` fast path). Every
+    layer is checked before any is swapped; bad arguments (unknown ``fmt``, ...) raise. A layer used at
+    several places (one module under two names) is replaced at all of them by one quantized module.
+    ``model`` itself must not be an ``nn.Linear`` (use ``QuantLinear.from_linear``).
 
     Returns
     -------
@@ -167,39 +179,79 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
         if m_max is not None or m is not None:
             raise ValueError(f"m_max, m: only for fmt='sefp', got m_max={m_max!r}, m={m!r} with fmt={fmt!r}")
         _check_config(64 * 1024, 1, fmt, block_size, act_fmt, rotate)  # argument errors before touching the model
-    skip = tuple(skip)
+    if isinstance(model, nn.Linear):  # the swap is done in the parent module; the root has none
+        raise TypeError(f"model: expected a module holding nn.Linear layers, got the {type(model).__name__} layer "
+                        f"itself (it cannot be replaced in place); use {'SEFPLinear' if is_sefp else 'QuantLinear'}"
+                        f".from_linear(model, ...)")
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)  # one pattern, not its characters
     head = None if include_lm_head else _output_embedding(model)
     report = QuantizeReport(fmt=fmt, act_fmt=act_fmt, rotate=rotate, model_bytes_before=_model_bytes(model),
                             m_max=m_max if is_sefp else None)
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name, lin in named:
+    # every name of every linear (a module used twice, e.g. one layer applied at two places, has two names: both
+    # get the same replacement) and the parent that holds it
+    uses: dict[int, tuple[nn.Linear, list[tuple[str, nn.Module]]]] = {}
+    for pname, parent in model.named_modules(remove_duplicate=False):
+        for cname, child in parent._modules.items():  # (named_children drops a module's second name)
+            if isinstance(child, nn.Linear):
+                name = f"{pname}.{cname}" if pname else cname
+                places = uses.setdefault(id(child), (child, []))[1]
+                if all(name != n for n, _ in places):
+                    places.append((name, parent))
+    # the reasons first, for every layer: no layer is swapped before all are checked
+    plan = []
+    for lin, places in uses.values():
+        names = [n for n, _ in places]
+        reason = _skip_reason(lin, places, skip, head, include_lm_head, is_sefp, fmt, block_size, act_fmt, rotate)
+        plan.append((lin, names, reason))
+    for lin, names, reason in plan:
         before = linear_bytes(lin)
-        reason = None
-        if (pat := _matches(name, skip)) is not None:
-            reason = f"skip pattern {pat!r}"
-        elif not include_lm_head and (lin is head or (head is None and name.rsplit(".", 1)[-1] == "lm_head")):
-            reason = "LM head (include_lm_head=False)"
-        elif is_sefp and not bool(lin.weight.detach().isfinite().all()):
-            reason = "weight holds NaN/Inf (SEFP has no code for them)"
-        elif not is_sefp:
-            try:
-                _check_config(lin.in_features, lin.out_features, fmt, block_size, act_fmt, rotate)
-            except ValueError as exc:
-                reason = str(exc)
         if reason is not None:
-            report.layers.append(LayerReport(name, lin.in_features, lin.out_features, before, before, reason))
+            report.layers.append(LayerReport(names[0], lin.in_features, lin.out_features, before, before, reason,
+                                             also=names[1:]))
             continue
         if is_sefp:
             q = SEFPLinear.from_linear(lin, m_max=m_max, block_size=block_size, m=m)
         else:
             q = QuantLinear.from_linear(lin, fmt, block_size=block_size, act_fmt=act_fmt, rotate=rotate,
                                         rotate_seed=rotate_seed, layout=layout)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
-        report.layers.append(LayerReport(name, lin.in_features, lin.out_features, before,
-                                         q.nbytes(m_max) if is_sefp else q.nbytes))
+        for _, parent in uses[id(lin)][1]:
+            for cname, child in list(parent._modules.items()):
+                if child is lin:
+                    setattr(parent, cname, q)
+        report.layers.append(LayerReport(names[0], lin.in_features, lin.out_features, before,
+                                         q.nbytes(m_max) if is_sefp else q.nbytes, also=names[1:]))
     report.model_bytes_after = _model_bytes(model)
     return report
+
+
+# Modules that read their nn.Linear children's .weight / .bias directly (not by calling them): replacing those
+# children would break their forward (nn.MultiheadAttention's out_proj; the Transformer layers' fast path).
+_WEIGHT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _skip_reason(lin, places, skip, head, include_lm_head, is_sefp, fmt, block_size, act_fmt, rotate) -> str | None:
+    """Why ``lin`` (known by the names in ``places``) stays as it is, or None: it is replaced."""
+    for name, parent in places:
+        if (pat := _matches(name, skip)) is not None:
+            return f"skip pattern {pat!r}" + (f" (on {name})" if len(places) > 1 else "")
+    for name, parent in places:
+        if isinstance(parent, _WEIGHT_READERS):
+            return f"{type(parent).__name__} reads this layer's weight directly"
+    if not include_lm_head and (lin is head or (head is None and any(n.rsplit(".", 1)[-1] == "lm_head"
+                                                                      for n, _ in places))):
+        return "LM head (include_lm_head=False)"
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    if lin.weight.dtype not in dtypes:
+        return f"weight dtype {lin.weight.dtype} (expected one of {[str(d) for d in dtypes]})"
+    if is_sefp:
+        if not bool(lin.weight.detach().isfinite().all()):
+            return "weight holds NaN/Inf (SEFP has no code for them)"
+        return None
+    try:
+        _check_config(lin.in_features, lin.out_features, fmt, block_size, act_fmt, rotate)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _check_sefp_args(act_fmt, rotate, layout, block_size, m_max, m) -> None:
