@@ -237,6 +237,22 @@ def test_stats_block_paths(backend, dtype):
     assert_logit_stats(_stats(x, 0.6), x, 0.6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS.get)
+def test_stats_of_huge_logits_and_tiny_temperatures(backend, dtype):
+    """Finite rows whose z = x / t reaches 2^26 and beyond (large logits, or a small temperature): the C++ pass
+    folds m log2 e into fp32, off by ulp / 2 in units of y: past ~3e9 that pushed the row's largest e out of fp32's
+    range (inf / NaN lse, entropy ln 2 for a one-hot row); such references take the fp64 pass."""
+    big = torch.tensor([[2e10, 1e10], [1e8, 1e8 - 1e4], [-3e9, -3e9]]).to(dtype)
+    assert_logit_stats(_stats(big), big, 1.0)
+    x = _logits(2, 3 * 4096 + 5, dtype, seed=21)  # several blocks, one segment or more
+    for t in (1e-9, 1e-6, 1e-3):
+        outs = _stats(x, t)
+        assert torch.isfinite(outs[2]).all() and torch.isfinite(outs[3]).all(), (t, outs)
+        assert_logit_stats(outs, x, t)
+    y = torch.tensor([[1.0, 2.0]]).to(dtype)
+    assert_logit_stats(_stats(y, 1e-12), y, 1e-12)
+
+
 def test_stats_uniform_row_at_finfo_min(backend):
     x = torch.full((1, 7), torch.finfo(torch.float32).min)
     _, am, _, ent, cert = _stats(x)

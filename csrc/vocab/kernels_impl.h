@@ -356,8 +356,9 @@ inline void move_reference(double d, int64_t n, double& s, double& t, double& su
   sumx += static_cast<double>(n) * d;
 }
 
-// The block's sums in fp64, one element at a time: for |m_ref| so large that m_ref log2 e overflows fp32 (a row
-// of finfo.min-masked logits), where the vector pass's folded reference would be infinite.
+// The block's sums in fp64, one element at a time: for |m_ref| so large (>= 2^26: logits that large, a small
+// temperature, a row of finfo.min-masked logits) that the vector pass's reference folded into fp32 would be off by
+// more than a few units of y, or infinite.
 template <int DT, bool DIV>
 LK_T BlockSums block_pass_f64(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
   BlockSums r{-INFINITY, 0.0, 0.0, 0.0};
@@ -375,7 +376,10 @@ LK_T BlockSums block_pass_f64(const void* x, int64_t b0, int64_t b1, float t, fl
 
 template <int DT, bool DIV>
 LK_T BlockSums block_pass(const void* x, int64_t b0, int64_t b1, float t, float m_ref) {
-  if (!(std::fabs(m_ref) < 1e37f)) return block_pass_f64<DT, DIV>(x, b0, b1, t, m_ref);
+  // |m_ref| >= 2^26 (logits of that size, or a small temperature): c = m_ref log2 e rounded to fp32 is then off by
+  // more than 4 in log2 units, enough to push the row's largest e out of fp32's range (inf / NaN statistics from a
+  // finite row, or all e flushed to 0); the fp64 pass has no folded reference to round
+  if (!(std::fabs(m_ref) < 67108864.0f)) return block_pass_f64<DT, DIV>(x, b0, b1, t, m_ref);
   using F = typename S::F;
   constexpr int64_t es = DT == kF32 ? 4 : 2, step = 2 * S::N * es;  // bytes per iteration
   const char* xc = static_cast<const char*>(x);
