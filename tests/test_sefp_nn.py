@@ -315,6 +315,34 @@ def test_sefp_linear_pack_serves_the_packed_copy_at_its_width_only():
         mod.pack(8)
 
 
+def test_load_state_dict_rebuilds_the_packed_copy_from_the_loaded_planes():
+    """The packed copy is not in state_dict: loading other weights into a packed layer kept serving the old codes
+    (where the copy serves: bf16 x on AVX512-BF16 + VBMI CPUs, any x on CUDA). It is rebuilt at its width."""
+    src = SEFPLinear.from_linear(_linear(bias=True, seed=1), m_max=8, m=5)
+    x = torch.randn(3, 80, generator=torch.Generator().manual_seed(6)).bfloat16()
+    for model_level in (False, True):
+        dst = SEFPLinear.from_linear(_linear(bias=True, seed=2), m_max=8, m=5)
+        if model_level:  # set_precision(..., packed=True) on a model, then its load_state_dict
+            model = nn.Sequential(dst)
+            set_precision(model, 5, packed=True)
+            model.load_state_dict(nn.Sequential(src).state_dict())
+        else:
+            dst.pack().load_state_dict(src.state_dict())
+        assert dst.packed is not None and dst.packed.m == 5, "the pack() choice persists"
+        assert dst.packed.exponents is dst.exponents
+        want = src.weight.packed(5)
+        assert torch.equal(dst.packed.codes, want.codes)
+        fresh = SEFPLinear.from_linear(_linear(bias=True, seed=1), m_max=8, m=5).pack()
+        assert torch.equal(dst(x), fresh(x)) and torch.equal(dst(x.float()), src(x.float()))
+    dst = SEFPLinear.from_linear(_linear(bias=True, seed=2), m_max=8, m=5).pack(3)  # a copy at another width
+    dst.load_state_dict(src.state_dict())
+    assert dst.m == 5 and dst.packed.m == 3 and torch.equal(dst.packed.codes, src.weight.packed(3).codes)
+    wrong = SEFPLinear(80, 40, m_max=8, block_size=64, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="meta: this SEFPLinear is"):
+        dst.load_state_dict(wrong.state_dict())  # refused before any buffer is touched: the copy stays valid
+    assert torch.equal(dst.packed.codes, src.weight.packed(3).codes)
+
+
 def test_packed_layer_serves_fp32_x_from_the_planes():
     """fp32 / fp16 x on CPU: the packed op has no fast kernel for them (rows decoded to fp32 portably, ~20x the
     planes' GEMV time), so forward reads the planes: bit for bit the unpacked layer's result."""
@@ -409,6 +437,27 @@ def test_fake_quant_under_torch_compile_fullgraph():
     assert torch.equal(out_c, out_e) and torch.equal(w_c.grad, w_e.grad)
     fq = torch.compile(lambda w: sefp.sefp_fake_quant(w, 3), fullgraph=True, backend="aot_eager")
     assert torch.equal(fq(w0), sefp.quantize(w0, m_max=3).dequantize())
+
+
+def test_fake_quant_under_inductor_with_a_padded_last_block():
+    """K = 70: the last 32-block is zero padded. Broadcasting the block max back through the padded [.., nb, G]
+    reshape and slicing to K, followed by a pointwise op, made Inductor (CPU) return garbage and NaN in columns
+    64..69; the default backend, as a fine-tuning user would compile it, must equal eager bit for bit."""
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is not available in this torch build")
+
+    def f(w):
+        fq = sefp.sefp_fake_quant(w, 4, 32)
+        return fq - w, fq * 2  # the quantization error and a scaled copy: pointwise ops fused after fq
+
+    w = _weights(torch.float32)[:, :70].contiguous()
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True)(w)  # default backend: inductor
+    want = f(w)
+    ref = sefp.quantize(w, m_max=4).dequantize()
+    assert torch.equal(want[0], ref - w) and torch.equal(want[1], ref * 2)
+    for g, e in zip(got, want):
+        assert torch.equal(g.view(torch.int32), e.view(torch.int32))
 
 
 # --------------------------------------------------------------------------------- example

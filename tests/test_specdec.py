@@ -2,6 +2,7 @@
 mode's output distribution, bit-exact agreement of every backend (C++ per ISA, Triton under the
 interpreter) with the reference, and errors."""
 import math
+import re
 
 import pytest
 import torch
@@ -564,6 +565,62 @@ def test_int64_ids_are_accepted_by_the_api():
     want = verify(drafts, cu, logits, bonus)
     got = verify(drafts.long(), cu.long(), logits, bonus)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def _states(excinfo, value) -> bool:
+    """The message states ``value`` itself, not its wrapped or saturated int32 value."""
+    return re.search(rf"(?<![-\d]){value}(?!\d)", str(excinfo.value)) is not None
+
+
+@pytest.mark.parametrize("backend", ["ref"] + _backends())
+def test_int64_arguments_beyond_int32_raise_instead_of_wrapping(backend):
+    """int64 ids, counts, tree indices and top_k are narrowed to int32 by the API: 2^32 + x wrapped onto x (a valid
+    id / count / index, top_k 2^32 + 1 -> 1) and verified silently; now the op's own checks reject them."""
+    drafts, cu, logits, bonus = _batch([2, 3], 20)
+    ids64, cu64 = drafts.long(), cu.long()
+    with leankern.use_backend(backend):
+        with pytest.raises(ValueError, match=r"^draft_token_ids: expected token ids in \[0, V=20\)") as e:
+            verify(ids64 + 2**32, cu64, logits, bonus)
+        assert _states(e, int(ids64.max()) + 2**32)
+        with pytest.raises(ValueError, match=r"^cu_num_draft_tokens: expected the last entry to equal T") as e:
+            verify(ids64, cu64 + torch.tensor([0, 2**32]), logits, bonus)
+        assert _states(e, 5 + 2**32)
+        with pytest.raises(ValueError, match=r"^cu_num_draft_tokens: expected non-decreasing"):
+            verify(ids64, cu64 + torch.tensor([2**32, 0]), logits, bonus)
+        with pytest.raises(ValueError, match=r"^top_k: expected values >= 0"):
+            verify(drafts, cu, logits, bonus, mode="typical", top_k=torch.tensor([1, -(2**32) + 1]))
+        # beyond int32, top_k keeps every id (as 0 = off does), not the top 1 of 2^32 + 1's wrapped value
+        kw = dict(mode="rejection", seed=3, temperature=torch.ones(2))
+        off = verify(drafts, cu, logits, bonus, top_k=torch.zeros(2, dtype=torch.int32), **kw)
+        top1 = verify(drafts, cu, logits, bonus, top_k=torch.ones(2, dtype=torch.int32), **kw)
+        wide = verify(drafts, cu, logits, bonus, top_k=torch.full((2,), 2**32 + 1), **kw)
+        assert not torch.equal(off[0], top1[0]), "pick another seed: top_k = 1 must change the output"
+        assert torch.equal(wide[0], off[0]) and torch.equal(wide[1], off[1])
+
+        tokens, nl, cu_n = torch.tensor([0, 3, 4]), torch.zeros(3, 10), torch.tensor([3])
+        ri = torch.tensor([[[0, 1, 2]]])
+        with pytest.raises(ValueError, match=r"^tree_token_ids: expected token ids in \[0, V=10\)") as e:
+            verify_tree(tokens + 2**32, cu_n, nl, ri)
+        assert _states(e, 4 + 2**32)
+        with pytest.raises(ValueError, match=r"^cu_num_nodes: expected the last entry to equal N") as e:
+            verify_tree(tokens, cu_n + 2**32, nl, ri)
+        assert _states(e, 3 + 2**32)
+        with pytest.raises(ValueError, match=r"^retrieve_indices: expected local node indices"):
+            verify_tree(tokens, cu_n, nl, torch.tensor([[[0, 2**32 + 1, 2]]]))
+
+
+def test_int64_arguments_beyond_int32_raise_under_torch_compile():
+    """Traced, the values are not read on the host: the narrowing saturates and the op's checks reject the value."""
+    drafts, cu, logits, bonus = _batch([2, 3], 20)
+    fn = torch.compile(lambda ids, cu: verify(ids, cu, logits, bonus, max_drafts=3), fullgraph=True,
+                       backend="aot_eager")
+    want = verify(drafts, cu, logits, bonus, max_drafts=3)
+    got = fn(drafts.long(), cu.long())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises((ValueError, RuntimeError), match=r"draft_token_ids: expected token ids in \[0, V=20\)"):
+        fn(drafts.long() + 2**32, cu.long())
+    with pytest.raises((ValueError, RuntimeError), match=r"cu_num_draft_tokens: expected the last entry"):
+        fn(drafts.long(), cu.long() + 2**32)
 
 
 def test_verify_compiles_fullgraph():

@@ -79,6 +79,68 @@ def test_eos_stops_like_generate(models):
     assert res.sequences.shape[1] <= ids.shape[1] + 6 and int(res.sequences[0, -1]) == eos
 
 
+def test_eos_list_stops_at_any_of_its_ids_like_generate(models):
+    """A list / tuple (as Hugging Face configs hold eos_token_id, e.g. Llama-3) was silently never matched."""
+    target, draft = models
+    ids = _prompt(2)
+    ref = _hf_greedy(target, ids, 16)
+    L = ids.shape[1]
+    first, later = int(ref[0, L + 5]), int(ref[0, L + 9])
+    never = next(t for t in range(3, VOCAB) if t not in ref[0, L:].tolist())  # emitted nowhere
+    assert first not in ref[0, L:L + 5].tolist() and later not in ref[0, L:L + 9].tolist(), "pick another prompt"
+    for eos in ([first], (never, later), [later, first], [never]):
+        res = generate(target, draft, ids, k=3, max_new_tokens=16, eos_token_id=eos)
+        want = _hf_greedy(target, ids, 16, eos_token_id=list(eos), pad_token_id=0)
+        assert torch.equal(res.sequences, want), eos
+    assert generate(target, draft, ids, k=3, max_new_tokens=16, eos_token_id=[later]).sequences.shape[1] == L + 10
+    assert generate(target, draft, ids, k=3, max_new_tokens=16, eos_token_id=[]).sequences.shape[1] == L + 16
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([5]), 5.0, True, [5, "6"], {5}, "5"])
+def test_eos_of_another_type_is_a_type_error(models, bad):
+    target, draft = models
+    with pytest.raises(TypeError, match=r"^eos_token_id: expected None, an int or a list / tuple of ints"):
+        generate(target, draft, _prompt(), max_new_tokens=4, eos_token_id=bad)
+
+
+def test_readme_call_form_specdec_generate():
+    """README: ``from leankern import specdec; res = specdec.generate(target, draft, input_ids, k=4)``; the package
+    attribute was the submodule (AttributeError before anything imported it, 'module' is not callable after)."""
+    import importlib
+    import sys
+
+    from leankern import specdec
+
+    assert specdec.generate is generate and specdec.GenerateResult is GenerateResult
+    assert importlib.import_module("leankern.specdec.generate") is sys.modules["leankern.specdec.generate"]
+    torch.manual_seed(0)
+    target = _tiny_llama(0, hidden=32, layers=1)
+    input_ids = _prompt(6)
+    res = specdec.generate(target, target, input_ids, k=4, max_new_tokens=5)
+    assert isinstance(res, GenerateResult) and torch.equal(res.sequences, _hf_greedy(target, input_ids, 5))
+
+
+def test_subset_logits_of_a_tailored_model_are_refused(models):
+    """leankern.vocab.tailor(..., full_logits=False) makes the head return [.., K] subset logits, whose columns are
+    not token ids: verifying them returned local column indices as tokens. generate refuses them."""
+    import copy
+
+    from leankern.vocab import VocabSet
+    from leankern.vocab.hf import tailor
+
+    target, draft = models
+    ids = _prompt(7)
+    vs = VocabSet(ids=list(range(3, 40)), tokenizer_name="toy", special_ids=[0, 1])
+    sub = tailor(copy.deepcopy(target), vs, full_logits=False)
+    with pytest.raises(ValueError, match=r"^target: expected logits over the whole vocabulary \(V=96 columns\)"):
+        generate(sub, draft, ids, k=3, max_new_tokens=6)
+    with pytest.raises(ValueError, match=r"^draft: expected logits over the whole vocabulary .*full_logits=True"):
+        generate(target, sub, ids, k=3, max_new_tokens=6)
+    full = tailor(copy.deepcopy(target), vs, full_logits=True)  # full rows, -inf outside the set: works
+    res = generate(full, draft, ids, k=3, max_new_tokens=6)
+    assert set(res.sequences[0, ids.shape[1]:].tolist()) <= set(vs.ids) | set(ids[0].tolist()) | {0, 1}
+
+
 def test_zero_new_tokens(models):
     target, draft = models
     ids = _prompt(3)

@@ -193,6 +193,35 @@ def test_untailor_restores_original_head_bit_for_bit(base):
         untailor(model)
 
 
+@pytest.mark.parametrize("arch,kw", [("llama", {}), ("qwen3", dict(offload_embedding=True, compact_head=True))],
+                         ids=["llama", "qwen3-tied-compact"])
+def test_deepcopy_of_a_tailored_model_is_independent(arch, kw):
+    """The prefill hook closed over the head (and the tied decode embedding): a deep copy's hook kept updating the
+    original's request, and the copy decoded over the set of whatever request the original saw last."""
+    full = _build(arch)
+    vs = _vocab(range(100, 130))
+    model = tailor(copy.deepcopy(full), vs, **kw)
+    p1, p2 = torch.tensor([[5, 17, 42]]), torch.tensor([[950, 951, 952]])
+    with torch.inference_mode():
+        model(p1)
+        twin = copy.deepcopy(model)
+        twin(p2)
+    assert {950, 951, 952} <= set(request_vocab(twin).vocab_ids.tolist())
+    assert not {950, 951, 952} & set(request_vocab(model).vocab_ids.tolist()), "the original's request is its own"
+    assert {5, 17, 42} <= set(request_vocab(model).vocab_ids.tolist())
+    fresh = tailor(copy.deepcopy(full), vs, **kw)
+    assert torch.equal(_greedy(twin, p2, 4), _greedy(fresh, p2, 4))
+    assert {950, 951, 952} <= set(request_vocab(twin).vocab_ids.tolist())
+    assert not {950, 951, 952} & set(request_vocab(model).vocab_ids.tolist())
+    if kw:  # the copy's decode steps arm the copy's embedding (head rows), never the original's
+        e_twin, e_model = twin.get_input_embeddings(), model.get_input_embeddings()
+        assert e_twin.head is twin.get_output_embeddings() and e_twin.head_row_calls == 3
+        assert e_model.head_row_calls == 0 and not e_model._decode_step and not e_twin._decode_step
+    untailor(twin)  # removes the copy's hooks only
+    assert len(twin._forward_pre_hooks) == 0 and len(model._forward_pre_hooks) == 1
+    assert torch.equal(_greedy(model, p1, 4), _greedy(tailor(copy.deepcopy(full), vs, **kw), p1, 4))
+
+
 def test_tailor_twice_is_refused():
     model = _tailored(_build("llama"), _vocab(range(10)))
     with pytest.raises(ValueError, match="already tailored"):

@@ -170,8 +170,9 @@ class SEFPLinear(nn.Module):
     def pack(self, m: int | None = None) -> "SEFPLinear":
         """Build the single-width packed copy at width ``m`` (default: the current one; 1..7) and serve from it
         while ``self.m == m``: ``1 + m`` bits per weight in one stream per row
-        (:meth:`leankern.sefp.SEFPTensor.packed`), held beside the planes (``1 + m`` bits per weight more memory; not in ``state_dict``: call ``pack`` again
-        after loading). Returns self."""
+        (:meth:`leankern.sefp.SEFPTensor.packed`), held beside the planes (``1 + m`` bits per weight more memory; not in
+        ``state_dict``: a freshly built module needs ``pack`` again after loading; ``load_state_dict`` into a module
+        holding a copy rebuilds it from the loaded planes). Returns self."""
         m = self._m if m is None else _check_width("m", m, self.m_max)
         self._packed = self.weight.packed(m)
         ext = extension()
@@ -227,7 +228,7 @@ class SEFPLinear(nn.Module):
         if err is not None:
             error_msgs.append(err)
             return
-        n_missing = len(missing_keys)
+        n_missing, n_errors = len(missing_keys), len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if prefix + "width" in missing_keys[n_missing:]:  # a bare SEFPTensor.state_dict(): keep the current width
@@ -236,6 +237,17 @@ class SEFPLinear(nn.Module):
             self._m = _check_width(f"{prefix}width", int(self.width), self.m_max)
         except ValueError as exc:
             error_msgs.append(str(exc))
+        self._repack(loaded=len(error_msgs) == n_errors)
+
+    def _repack(self, loaded: bool) -> None:
+        """After a load: a packed copy holds the old planes' codes (it shares only the exponents), so it is rebuilt
+        from the loaded planes at its width (the ``pack`` choice persists), or dropped when the load failed."""
+        p = self.packed
+        if p is None:
+            return
+        self._packed = None
+        if loaded:
+            self.pack(p.m)
 
 
 # ------------------------------------------------------------------------------- set_precision

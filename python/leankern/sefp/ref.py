@@ -135,15 +135,24 @@ def fake_quant_values(w: torch.Tensor, m: int, block_size: int) -> torch.Tensor:
 
     Same numbers as the bit planes: E from the exponent field, q = floor(|w| 2^-E 2^(m-1)) in fp32
     (both scalings exact where the floor can be nonzero), value q 2^(E - (m-1)).
+
+    Only the exponents are padded to whole blocks (with EMPTY); each element reads its block's E by an index
+    gather, never by broadcasting ``[..., nb, 1]`` back through a padded ``[..., nb, G]`` reshape and slicing
+    to K: Inductor (CPU) miscompiles that pattern when a pointwise op follows (garbage, NaN included, in the last
+    block's columns under ``torch.compile``).
+
+    Shape: w ``[..., K]`` -> ``[..., K]``.
     """
     K = w.shape[-1]
-    w32 = _pad_k(w.to(torch.float32), block_size)
-    blocks = w32.reshape(*w32.shape[:-1], w32.shape[-1] // block_size, block_size)  # [..., nb, G] (also 0 rows)
-    bits = blocks.view(torch.int32)
+    nb = padded_k(K, block_size) // block_size
+    w32 = w.to(torch.float32)  # [..., K]
+    bits = w32.view(torch.int32)
     field = (bits >> 23) & 0xFF
-    e = torch.where((bits & 0x7FFFFFFF) == 0, torch.full_like(field, EMPTY), field.clamp(min=1) - 127)
-    E = e.amax(dim=-1, keepdim=True).clamp(min=-126)  # [..., nb, 1]
-    inv = ldexp_exact(torch.ones_like(blocks[..., :1]), -E)  # 2^-E, normal for E in [-126, 127]
-    q = torch.floor(blocks.abs() * inv * float(2 ** (m - 1)))
-    v = torch.copysign(q, blocks) * ldexp_exact(torch.ones_like(inv), E - (m - 1))
-    return v.reshape(w32.shape)[..., :K].to(w.dtype)
+    e = torch.where((bits & 0x7FFFFFFF) == 0, torch.full_like(field, EMPTY), field.clamp(min=1) - 127)  # [..., K]
+    e = torch.nn.functional.pad(e, (0, nb * block_size - K), value=EMPTY)  # [..., Kp] (also 0 rows)
+    E = e.reshape(*e.shape[:-1], nb, block_size).amax(dim=-1).clamp(min=-126)  # [..., nb]
+    E = E.index_select(-1, torch.arange(K, device=w.device) // block_size)  # [..., K]: each element's block E
+    inv = ldexp_exact(torch.ones_like(w32), -E)  # 2^-E, normal for E in [-126, 127]
+    q = torch.floor(w32.abs() * inv * float(2 ** (m - 1)))
+    v = torch.copysign(q, w32) * ldexp_exact(torch.ones_like(inv), E - (m - 1))
+    return v.to(w.dtype)

@@ -10,6 +10,12 @@ bit for bit, random modes included (typical mode: except for a draft whose proba
 within ~1e-12 relative of the threshold, an fp64 entropy sum): random numbers are inputs (``uniforms``, or ``seed`` /
 ``offset`` expanded by :func:`~leankern.specdec.numerics.uniforms_from_seed`) and probabilities
 are integer weights (:mod:`leankern.specdec.numerics`; docs/specdec.md).
+
+:func:`generate` (speculative decoding of a Hugging Face causal LM with a draft model) is the function
+``leankern.specdec.generate``; it lives in the submodule of the same name, whose other public name,
+:class:`GenerateResult`, is exported here too (``from leankern.specdec.generate import GenerateResult, generate``
+also works: ``from`` imports find the submodule in ``sys.modules``; ``import leankern.specdec.generate as m`` binds
+the function, ``sys.modules["leankern.specdec.generate"]`` is the module).
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from . import numerics, ops, ref
 from .numerics import target_probs, uniforms_from_seed
 from .ref import CHAIN_MODES, TREE_MODES
 
-__all__ = ["verify", "verify_tree", "uniforms_from_seed", "target_probs", "CHAIN_MODES", "TREE_MODES", "numerics", "ref", "ops"]
+__all__ = ["verify", "verify_tree", "generate", "GenerateResult", "uniforms_from_seed", "target_probs", "CHAIN_MODES",
+           "TREE_MODES", "numerics", "ref", "ops"]
 
 _NO_RANGE = (0, -1)
 
@@ -41,9 +48,43 @@ def _action_bounds(mode: str, relax_radius: int, action_range, V: int) -> Tuple[
     return lo, hi
 
 
-def _as_int32(t: torch.Tensor) -> torch.Tensor:
-    """Hugging Face code holds int64 ids; the ops take int32 (ids < 2^23 are checked by the op)."""
-    return t.to(torch.int32) if isinstance(t, torch.Tensor) and t.dtype == torch.int64 else t
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _as_int32(t, check=None):
+    """Hugging Face code holds int64 ids; the ops take int32. int32 (or any non-int64) input passes untouched.
+
+    An int64 value outside int32 must not wrap onto a valid one (``2**32 + 5 -> 5``, ``top_k 2**32 + 1 -> 1``):
+    on CPU outside ``torch.compile``, ``check`` (the op's own value check, given when the argument's bounds are
+    known) runs on the int64 values first, so its message states the actual values; otherwise the narrowing
+    saturates, a value beyond int32 becoming ``-2**31`` or ``2**31 - 1``, which the op's own checks reject (ids
+    outside ``[0, V)``, counts that do not add up, tree indices outside their request, a negative ``top_k``) before
+    any row is read: on a GPU a device-side assert, so no host sync. A ``top_k`` beyond int32 keeps every id, as
+    ``2**31 - 1`` does.
+    """
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64:
+        return t
+    if check is not None and t.device.type == "cpu" and not torch.compiler.is_compiling():
+        check(t)
+        return t.to(torch.int32)
+    return t.clamp(_INT32_MIN, _INT32_MAX).to(torch.int32)
+
+
+def _dims(t, dim: int, axis: int):
+    """``t.shape[axis]`` when ``t`` is a ``dim``-d tensor, else None (the op's shape checks then reject it)."""
+    return t.shape[axis] if isinstance(t, torch.Tensor) and t.dim() == dim else None
+
+
+def _narrow_ids_and_counts(ids, ids_name: str, cu, cu_name: str, logits, total_name: str, min_count: int):
+    """int32 ``ids [N]`` and inclusive cumulative counts ``cu [B]`` (see :func:`_as_int32`); on CPU, int64 values
+    are checked against ``[0, V)`` and ``N`` with the op's messages when ``logits`` is ``[N, V]``."""
+    V, N = _dims(logits, 2, 1), _dims(logits, 2, 0)
+    id_check = cu_check = None
+    if V is not None and 1 <= V <= ops.MAX_VOCAB and _dims(ids, 1, 0) == N:
+        id_check = lambda t: ops._check_ids(ids_name, t, V)  # noqa: E731
+    if N is not None and _dims(cu, 1, 0) is not None:
+        cu_check = lambda t: ops._check_cumulative(cu_name, t, N, total_name, min_count)  # noqa: E731
+    return _as_int32(ids, id_check), _as_int32(cu, cu_check)
 
 
 def verify(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor, target_logits: torch.Tensor,
@@ -88,7 +129,8 @@ def verify(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor, tar
         Output width - 1. Defaults to the largest draft count (a host sync on GPU: pass it to capture
         the call in a CUDA graph).
 
-    Ids may be int64 (cast to int32 here); the op itself takes int32.
+    Ids, counts and ``top_k`` may be int64 (narrowed to int32 here; a value outside int32 is an error, never
+    wrapped onto a valid one); the op itself takes int32.
 
     Shape:
         draft_token_ids [T] int32; cu_num_draft_tokens [B] int32 (inclusive cumulative counts);
@@ -97,14 +139,19 @@ def verify(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor, tar
         returns output_token_ids [B, max_drafts + 1] int32 (-1 after the emitted tokens),
         num_accepted [B] int32 (accepted drafts, not counting the extra token).
     """
-    draft_token_ids, cu_num_draft_tokens = _as_int32(draft_token_ids), _as_int32(cu_num_draft_tokens)
+    draft_token_ids, cu_num_draft_tokens = _narrow_ids_and_counts(
+        draft_token_ids, "draft_token_ids", cu_num_draft_tokens, "cu_num_draft_tokens", target_logits,
+        "T (draft_token_ids.numel())", 0)
     top_k = _as_int32(top_k)
     if uniforms is None and seed is not None:
         n = draft_token_ids.numel() + cu_num_draft_tokens.numel()
         uniforms = uniforms_from_seed(seed, offset, n, device=target_logits.device)
     if max_drafts is None:
-        counts = torch.diff(cu_num_draft_tokens, prepend=cu_num_draft_tokens.new_zeros(1))
-        max_drafts = int(counts.max()) if counts.numel() else 0
+        cu = cu_num_draft_tokens.long()  # int32 differences would wrap (e.g. [2^31 - 1, -2])
+        counts = torch.diff(cu, prepend=cu.new_zeros(1))
+        # within [0, T]: a count outside it means counts that do not add up to T, which the op reports as such
+        T = draft_token_ids.numel() if isinstance(draft_token_ids, torch.Tensor) else 0
+        max_drafts = min(max(int(counts.max()), 0), T) if counts.numel() else 0
     lo, hi = _action_bounds(mode, relax_radius, action_range, target_logits.shape[-1])
     eps, delta = typical
     return torch.ops.leankern.specdec_verify(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_logits,
@@ -133,11 +180,20 @@ def verify_tree(tree_token_ids: torch.Tensor, cu_num_nodes: torch.Tensor, node_l
         node_logits [N, V] fp32/bf16/fp16; retrieve_indices [B, P, D+1] int32; temperature [B] fp32;
         returns output [B, D+1] int32 (accepted tokens, extra token, -1 after), num_accepted [B] int32,
         best_path [B] int32 (-1 when a request has no path).
+
+    Ids, counts and indices may be int64 (narrowed to int32 here; a value outside int32 is an error, never
+    wrapped onto a valid one).
     """
-    tree_token_ids, cu_num_nodes = _as_int32(tree_token_ids), _as_int32(cu_num_nodes)
+    tree_token_ids, cu_num_nodes = _narrow_ids_and_counts(tree_token_ids, "tree_token_ids", cu_num_nodes,
+                                                          "cu_num_nodes", node_logits, "N (tree_token_ids.numel())", 1)
     retrieve_indices = _as_int32(retrieve_indices)
     lo, hi = _action_bounds(mode, relax_radius, action_range, node_logits.shape[-1])
     eps, delta = typical
     return torch.ops.leankern.specdec_verify_tree(tree_token_ids, cu_num_nodes, node_logits, retrieve_indices,
                                                   temperature, mode, int(relax_radius), lo, hi, float(eps),
                                                   float(delta))
+
+
+# Last: the package attribute ``generate`` is the function, not the submodule (importing the submodule bound it to
+# the module; this import rebinds it). generate.py imports verify from here at call time.
+from .generate import GenerateResult, generate  # noqa: E402

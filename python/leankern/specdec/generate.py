@@ -84,15 +84,18 @@ class _CachedLM:
             self.cache_len = keep
 
 
-def _propose(draft: _CachedLM, sequence: list, k: int, sample: bool, temperature: float, gen):
-    """``k`` draft tokens (argmax, or sampled from softmax(logits / temperature) with ``gen``).
+def _propose(draft: _CachedLM, sequence: list, k: int, sample: bool, temperature: float, gen, V):
+    """``k`` draft tokens (argmax, or sampled from softmax(logits / temperature) with ``gen``); ``V``: the draft
+    head's rows (its logits' expected width), or None.
 
     Returns (tokens list of k ints, draft_probs [k, V] fp32 or None).
     """
     tokens, probs = [], []
     feed = sequence[draft.cache_len:]
     for _ in range(k):
-        logits = draft.forward(feed, 1)[0]  # [V]
+        row = draft.forward(feed, 1)  # [1, V]
+        _check_full_logits("draft", row, V)
+        logits = row[0]  # [V]
         if sample:
             p = torch.softmax(logits / temperature, dim=-1)
             tok = int(torch.multinomial(p.cpu(), 1, generator=gen))
@@ -105,12 +108,46 @@ def _propose(draft: _CachedLM, sequence: list, k: int, sample: bool, temperature
     return tokens, q
 
 
-def _vocab_size(model) -> int:
+def _head_rows(model):
+    """Rows of the output head (the logits' width), None when the model exposes no head."""
     head = model.get_output_embeddings()
-    return head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
+    if head is None:
+        return None
+    V = getattr(head, "V", None)  # a leankern.vocab.tailor head (its quantized kind holds no .weight)
+    return int(V) if isinstance(V, int) else int(head.weight.shape[0])
 
 
-def _check_args(target, draft, input_ids, k, mode, max_new_tokens, temperature):
+def _vocab_size(model) -> int:
+    rows = _head_rows(model)
+    return rows if rows is not None else model.config.get_text_config().vocab_size
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _eos_ids(eos_token_id) -> frozenset:
+    """The stop ids: an int, or a list / tuple of ints (as ``model.generate`` and HF configs hold them)."""
+    if eos_token_id is None:
+        return frozenset()
+    if _is_int(eos_token_id):
+        return frozenset((eos_token_id,))
+    if isinstance(eos_token_id, (list, tuple)) and all(_is_int(v) for v in eos_token_id):
+        return frozenset(eos_token_id)
+    raise TypeError(f"eos_token_id: expected None, an int or a list / tuple of ints, got {eos_token_id!r} "
+                    f"({type(eos_token_id).__name__})")
+
+
+def _check_full_logits(name: str, logits: torch.Tensor, V) -> None:
+    """``logits [n, V]`` (V: the head's rows; None: unknown, not checked). A head over a vocabulary subset
+    (``leankern.vocab.tailor(..., full_logits=False)``) returns ``[n, K]`` columns that are not token ids."""
+    if V is not None and logits.shape[-1] != V:
+        raise ValueError(f"{name}: expected logits over the whole vocabulary (V={V} columns), got "
+                         f"{logits.shape[-1]} columns (a model tailored with leankern.vocab.tailor(..., "
+                         f"full_logits=False) returns subset logits: tailor it with full_logits=True)")
+
+
+def _check_args(target, draft, input_ids, k, mode, max_new_tokens, temperature) -> None:
     if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
         raise ValueError(f"input_ids: expected shape [1, L] with L >= 1 (batch 1 only), got {tuple(input_ids.shape)}")
     if k < 1:
@@ -155,8 +192,9 @@ def generate(target, draft, input_ids, *, k=4, mode="greedy", max_new_tokens=32,
     seed : int
         Seeds the draft sampler (a ``torch.Generator``) and verify's uniforms (``seed=``, with a
         running ``offset=`` of T + B uniforms per call).
-    eos_token_id : int or None
-        Stop after this token is emitted (it is kept, like ``model.generate``); None never stops early.
+    eos_token_id : int, list / tuple of ints, or None
+        Stop after one of these tokens is emitted (it is kept, like ``model.generate``, which takes the same
+        forms: Hugging Face configs often hold a list); None never stops early. Anything else is a TypeError.
 
     Returns
     -------
@@ -166,6 +204,8 @@ def generate(target, draft, input_ids, *, k=4, mode="greedy", max_new_tokens=32,
     from . import verify  # late: the package's __init__ imports this module's siblings
 
     _check_args(target, draft, input_ids, k, mode, max_new_tokens, temperature)
+    eos_ids = _eos_ids(eos_token_id)
+    t_rows, d_rows = _head_rows(target), _head_rows(draft)
     sample = mode == "rejection"
     gen = torch.Generator().manual_seed(seed)
     verify_kwargs = {"mode": mode}
@@ -180,9 +220,10 @@ def generate(target, draft, input_ids, *, k=4, mode="greedy", max_new_tokens=32,
     start = time.perf_counter()
     while len(sequence) - prompt_len < max_new_tokens:
         k_step = min(k, max_new_tokens - (len(sequence) - prompt_len) - 1)
-        drafts, q = _propose(d_lm, sequence, k_step, sample, draft_temperature, gen)
+        drafts, q = _propose(d_lm, sequence, k_step, sample, draft_temperature, gen, d_rows)
         base = len(sequence)
         logits = t_lm.forward(sequence[t_lm.cache_len:] + drafts, k_step + 1)  # [k_step + 1, V]
+        _check_full_logits("target", logits, t_rows)
         dev = logits.device
         out, num_accepted = verify(
             torch.tensor(drafts, dtype=torch.int32, device=dev), torch.tensor([k_step], dtype=torch.int32, device=dev),
@@ -198,8 +239,9 @@ def generate(target, draft, input_ids, *, k=4, mode="greedy", max_new_tokens=32,
         t_lm.crop(base + matched)  # cached drafts that are not in the sequence are dropped
         d_lm.crop(base + matched)
         sequence += emitted
-        if eos_token_id is not None and eos_token_id in sequence[prompt_len:]:
-            del sequence[sequence.index(eos_token_id, prompt_len) + 1:]
+        stop = next((i for i in range(base, len(sequence)) if sequence[i] in eos_ids), None)  # earlier steps had none
+        if stop is not None:
+            del sequence[stop + 1:]
             break
     del sequence[prompt_len + max_new_tokens:]
     wall = time.perf_counter() - start
