@@ -1,6 +1,7 @@
 """leankern.moe.calibration.calibrate_alpha: MoDES's per-layer, per-modality importance by KL of ablations, on tiny
 random Qwen3-MoE / DeepSeek-V3 models (fp32, seeded, no downloads)."""
 import copy
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ tf = pytest.importorskip("transformers")
 from leankern.moe import hf  # noqa: E402
 from leankern.moe.calibration import answer_positions, calibrate_alpha, kl_per_position  # noqa: E402
 from leankern.moe.config import SkipConfig  # noqa: E402
+from leankern.moe.search import kl_per_token  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -149,6 +151,32 @@ def test_kl_per_position():
     want = torch.nn.functional.kl_div(torch.log_softmax(b, -1), lp, log_target=True, reduction="none").sum(-1)
     torch.testing.assert_close(kl_per_position(lp, b), want)
     assert torch.all(kl_per_position(lp, a) < 1e-6)
+
+
+def test_kl_per_position_over_the_support():
+    """An entry masked to -inf in both distributions (p = q = 0) contributes 0, not NaN: the search's KL."""
+    logp = torch.log_softmax(torch.tensor([[2.0, 1.0, float("-inf")], [0.5, 0.5, float("-inf")]]), -1)
+    q = torch.tensor([[1.0, 2.0, float("-inf")], [3.0, -1.0, float("-inf")]])
+    got = kl_per_position(logp, q)
+    torch.testing.assert_close(got, kl_per_position(logp[:, :2], q[:, :2]))  # the same KL without the entry
+    torch.testing.assert_close(got, kl_per_token(logp, q))
+    assert torch.isfinite(got).all() and got[0] == pytest.approx(0.4621, abs=1e-4)
+
+
+def test_masked_vocabulary_entry_leaves_alpha_unchanged():
+    """A model whose logits mask an unused vocabulary entry (-inf) calibrates as the model without that entry, not
+    to the uniform fallback with NaN KL."""
+    batches = _batches()
+    results = []
+    for mask in (lambda out: out[..., :-1], lambda out: out.index_fill(-1, torch.tensor([V - 1]), float("-inf"))):
+        model = copy.deepcopy(base())
+        model.lm_head.register_forward_hook(lambda m, i, out, mask=mask: mask(out))
+        results.append(calibrate_alpha(model, batches, progress=False, return_kl=True))
+    (alpha_cut, kl_cut), (alpha, kl) = results
+    assert all(math.isfinite(r[0]) and r[0] > 0 for r in kl)
+    assert alpha != [[1 / L, 1 / L]] * L
+    for got, want in zip(alpha + kl, alpha_cut + kl_cut):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-9)
 
 
 def test_deepseek_v3_shared_experts_kept_under_ablation():

@@ -321,7 +321,149 @@ def test_bad_arguments():
     assert hf._state(model).config.rule == "top_k"
 
 
+NAN, INF = float("nan"), float("inf")
+# (SkipConfig kwargs, the message): the ops' own rules, raised when the config is built, naming the field
+BAD_CONFIGS = [
+    (dict(rule="top_k"), r"param: expected top_k's k to be an integer >= 1, got 0.0"),  # the default param
+    (dict(rule="top_k", param=1.5), r"param: expected top_k's k to be an integer >= 1, got 1.5"),
+    (dict(rule="naee", param=2.0), r"param: expected naee's parameter in \[0, 1\], got 2.0"),
+    (dict(rule="top_p", param=-0.5), r"param: expected top_p's parameter in \[0, 1\], got -0.5"),
+    (dict(rule="min_p", param=NAN), r"param: expected a finite value, got nan"),
+    (dict(rule="modes", alpha=[[0.5, 0.5]] * 2, tau_text=NAN), r"tau_text: expected a finite value, got nan"),
+    (dict(rule="modes", alpha=[[0.5, 0.5]] * 2, tau_vision=-INF), r"tau_vision: expected a finite value, got -inf"),
+    (dict(rule="modes", alpha=[[0.5, 0.5], [INF, 0.5]]), r"alpha\[1\]\[0\]: expected a finite value, got inf"),
+]
+
+
+@pytest.mark.parametrize("kw,msg", BAD_CONFIGS)
+def test_skip_config_parameters_checked_when_built(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        SkipConfig(**kw)
+    with pytest.raises(TypeError, match="param: expected a number, got str"):
+        SkipConfig(rule="top_k", param="2")
+
+
+@pytest.mark.parametrize("kw,msg", BAD_CONFIGS)
+def test_patch_model_and_set_skip_config_check_the_config_fields(kw, msg):
+    """A field changed after the config was built is caught by patch_model / set_skip_config, not by the first
+    forward (with the op's message, which names skip_params)."""
+    fine = {"top_k": {"param": 1}, "modes": {"tau_text": 0.1, "tau_vision": 0.1, "alpha": [[0.5, 0.5]] * 2}}
+    good = dict(kw, **fine.get(kw["rule"], {"param": 0.5}))
+    cfg = SkipConfig(**good)
+    for name in ("param", "tau_text", "tau_vision"):  # the bad fields (the default 0.0 for top_k's param)
+        setattr(cfg, name, kw.get(name, 0.0))
+    if "alpha" in kw:
+        cfg.alpha[1][0] = kw["alpha"][1][0]
+    model = copy.deepcopy(base("qwen3_moe"))
+    with pytest.raises(ValueError, match=msg):
+        hf.patch_model(model, cfg)
+    assert not hf.is_patched(model)
+    hf.patch_model(model)
+    with pytest.raises(ValueError, match=msg):
+        hf.set_skip_config(model, cfg)
+    with pytest.raises(ValueError, match=msg):
+        hf.patch_model(model, cfg)  # re-patching updates the config: checked the same way
+    assert hf._state(model).config is None
+
+
+# ------------------------------------------------------------------------------------------- pickling
+@pytest.mark.parametrize("arch", [a for a in ("qwen3_moe", "qwen2_moe", "gpt_oss") if a in AVAILABLE])
+def test_patched_model_pickles(arch, tmp_path):
+    """torch.save(model) / torch.load(weights_only=False) round-trips a patched model: it still runs patched, on its
+    own state (config, statistics, hooks), independent of the original."""
+    model = base(arch)
+    p = hf.patch_model(copy.deepcopy(model), SkipConfig(rule="top_k", param=1))
+    ids = _prompt()
+    with torch.inference_mode():
+        want = p(ids).logits
+    torch.save(p, tmp_path / "model.pt")
+    q = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert hf.is_patched(q) and hf._state(q).config == SkipConfig(rule="top_k", param=1)
+    assert hf.skip_stats(q) == hf.skip_stats(p)
+    hf.reset_skip_stats(q)
+    with torch.inference_mode():
+        got = q(ids).logits
+    assert torch.equal(got, want)
+    k, n = ARCHS[arch][3], len(hf.moe_blocks(q))
+    assert hf.skip_stats(q)["overall"] == pytest.approx(1 - 1 / k)  # the loaded blocks count into q's state
+    assert hf.skip_stats(q)["total"] == [ids.numel() * k] * n and hf.skip_stats(p)["total"] == [ids.numel() * k] * n
+    hf.unpatch_model(q)
+    with torch.inference_mode():
+        torch.testing.assert_close(q(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_default_modality_fn_pickles():
+    import pickle
+    import types
+
+    fn = hf.default_modality_fn(types.SimpleNamespace(image_token_id=5, vision_start_token_id=6))
+    back = pickle.loads(pickle.dumps(fn))
+    assert back.vision_ids == [5] and back.special_ids == [6]
+    ids = torch.tensor([[4, 5, 6, 7]])
+    assert torch.equal(back(ids), fn(ids)) and fn(ids).tolist() == [[0, 1, 2, 0]]
+
+
+# --------------------------------------------------------------------------------------------- nesting
+def test_blocks_patched_through_another_module_are_rejected():
+    """One patch state per block: patching the decoder and then the LM around it (or the other way round) is
+    rejected, naming the block; the first patch stays whole."""
+    model = copy.deepcopy(base("qwen3_moe"))
+    hf.patch_model(model.model)
+    with pytest.raises(ValueError, match=r"model: MoE block 'model.layers.0.mlp' \(Qwen3MoeSparseMoeBlock, MoE "
+                                         r"layer 0\) is already patched through another module \(a Qwen3MoeModel\); "
+                                         r"call unpatch_model on that module first"):
+        hf.patch_model(model)
+    assert not hf.is_patched(model)
+    with torch.inference_mode():
+        model(_prompt())
+    assert hf.skip_stats(model.model)["total"] == [_prompt().numel() * 4] * 2
+    hf.unpatch_model(model.model)
+    hf.patch_model(model)
+    with pytest.raises(ValueError, match=r"model: MoE block 'layers.0.mlp' \(Qwen3MoeSparseMoeBlock, MoE layer 0\) "
+                                         r"is already patched through another module \(a Qwen3MoeForCausalLM\)"):
+        hf.patch_model(model.model)
+    assert not hf.is_patched(model.model)
+    hf.unpatch_model(model)
+    assert all("forward" not in b.__dict__ for b in hf.moe_blocks(model))
+
+
+def test_a_single_block_can_be_the_patched_model():
+    """patch_model(block): the block's own state and the model state live under two keys (one overwrote the
+    other, and the block's forward failed)."""
+    block = copy.deepcopy(hf.moe_blocks(base("qwen3_moe"))[0])
+    x = torch.randn(2, 5, block.gate.weight.shape[1], generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = _block_out(block, x)
+        hf.patch_model(block)
+        got = _block_out(block, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert hf.is_patched(block) and hf.skip_stats(block)["total_slots"] == 10 * 4
+    hf.unpatch_model(block)
+    assert not hf.is_patched(block) and "forward" not in block.__dict__
+
+
 # ------------------------------------------------------------------------------------------- modality
+def test_modality_fn_codes_checked_before_narrowing():
+    """int64 codes from a modality_fn are checked as returned: 2^32 + 1 must not read as 1 (vision), with or without a
+    skip rule (the statistics index by code)."""
+    model = copy.deepcopy(base("qwen3_moe"))
+    modes = SkipConfig(rule="modes", alpha=[[1.0, 1.0]] * 2, tau_text=0.0, tau_vision=1e6)
+    for cfg in (None, modes):
+        hf.patch_model(model, cfg, modality_fn=lambda ids: torch.where(ids < 40, 2**32 + 1, 0))
+        with pytest.raises(ValueError, match=r"modality_fn: expected codes 0 \(text\), 1 \(vision\) or 2 \(never "
+                                             r"skip\), got min 0, max 4294967297"):
+            with torch.inference_mode():
+                model(_prompt())
+    hf.set_modality_fn(model, lambda ids: (ids < 40).float())
+    with pytest.raises(TypeError, match="modality_fn: expected integer codes 0/1/2, got torch.float32"):
+        hf.modality_codes(model, _prompt())
+    hf.set_modality_fn(model, lambda ids: torch.where(ids < 40, 1, 0))  # int64 codes in range: as before
+    hf.reset_skip_stats(model)
+    with torch.inference_mode():
+        model(_prompt())
+    assert hf.skip_stats(model)["per_modality"]["vision"] == 1.0
+
+
 def test_modality_fn_override_on_text_model(monkeypatch):
     """Tokens the modality_fn marks as vision are skipped by tau_vision only; code 2 never."""
     model = copy.deepcopy(base("qwen3_moe"))

@@ -105,6 +105,45 @@ def test_ep_moe_forward_rejects_wrapping_int64_ids():
             ep_moe_forward(hidden, ids64, WTS, w13, w2, emap, owner=torch.zeros(E, dtype=torch.int32))
 
 
+# ---------------------------------------------------------------------------------------- modality
+MODALITY = r"modality: expected codes 0 \(text\), 1 \(vision\) or 2 \(never skip\)"
+MODES = [1.0, 1.0, 0.5, 0.99]  # alpha (text, vision), tau (text, vision)
+
+
+@pytest.mark.parametrize("code", [2**32, 2**32 + 1, 2**32 + 2, -(2**32) + 1, 3, -1])
+def test_int64_modality_codes_outside_0_to_2_are_rejected(backend, code):
+    """int64 codes are narrowed to the ops' int32 saturated: 2^32 + 1 must not read as 1 (vision), 2^32 + 2 as 2
+    (never skip), -2^32 + 1 as 1."""
+    modality = torch.tensor([0, 1, 2, code], dtype=torch.int64)
+    hidden, w13, w2 = _weights()
+    logits = torch.randn(IDS.shape[0], E, generator=torch.Generator().manual_seed(1))
+    with leankern.use_backend(backend):
+        with pytest.raises(ValueError, match=MODALITY):
+            moe.skip(IDS, WTS, "modes", alpha=MODES[:2], tau=MODES[2:], modality=modality)
+        with pytest.raises(ValueError, match=MODALITY):
+            moe.route(logits, 2, skip_rule="modes", skip_params=MODES, modality=modality)
+        with pytest.raises(ValueError, match=MODALITY):
+            moe.moe_forward(hidden, logits, w13, w2, 2, skip_rule="modes", skip_params=MODES, modality=modality)
+        ok = torch.tensor([0, 1, 2, 1])  # int64 codes in range: the int32 result
+        for a, b in zip(moe.skip(IDS, WTS, "modes", alpha=MODES[:2], tau=MODES[2:], modality=ok),
+                        moe.skip(IDS, WTS, "modes", alpha=MODES[:2], tau=MODES[2:], modality=ok.int())):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(leankern.extension() is None, reason="leankern._C not loaded")
+def test_int64_modality_narrowing_compiles_fullgraph():
+    def layer(ids, w, modality):
+        return moe.skip(ids, w, "modes", alpha=MODES[:2], tau=MODES[2:], modality=modality)
+
+    torch._dynamo.reset()
+    fn = torch.compile(layer, fullgraph=True)
+    ok = torch.tensor([0, 1, 2, 1])
+    for a, b in zip(fn(IDS, WTS, ok), layer(IDS, WTS, ok.int())):
+        assert torch.equal(a, b)
+    with pytest.raises((ValueError, RuntimeError), match=MODALITY):
+        fn(IDS, WTS, ok + 2**32)
+
+
 # -------------------------------------------------------------------------------------------- skip
 @pytest.mark.parametrize("rule,kw", [("top_k", dict(k=2)), ("top_k", dict(k=1)), ("none", {}),
                                      ("modes", dict(alpha=1.0, tau=0.5)), ("naee", dict(beta=0.5)),
@@ -214,3 +253,12 @@ def test_front_end_id_checks_compile_fullgraph():
     with pytest.raises(RuntimeError, match=r"topk_ids: expected expert ids in \[-1, \d+\) \(-1 = skipped\), got "
                                            r"an id outside it"):
         fw(hidden, IDS.long() + 2**32, WTS)
+
+
+def test_experts_with_zero_hidden_size_give_an_empty_result(backend):
+    """H = 0 passes the shape checks; the C++ kernel divided by H (SIGFPE killed the process): [T, 0] on every
+    backend, as the reference gives."""
+    x, w13, w2 = torch.randn(4, 0), torch.randn(8, 12, 0), torch.randn(8, 0, 6)
+    ids = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]], dtype=torch.int32)
+    out = moe.experts(x, w13, w2, ids, torch.rand(4, 2))
+    assert out.shape == (4, 0) and out.dtype == x.dtype

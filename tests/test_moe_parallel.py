@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from leankern.moe.parallel import EXCHANGES, PLACEMENTS, expert_map, expert_owner
+from leankern import moe
+from leankern.moe.parallel import EXCHANGES, PLACEMENTS, ep_moe_forward, expert_map, expert_owner
 
 U32 = 2.0 ** -24  # unit roundoff of fp32
 
@@ -253,6 +254,142 @@ def test_argument_error_before_collectives(dist_results):
     for rank in range(2):
         assert "duplicate" in (dist_results[rank]["dup_error"] or "").lower() or \
             "twice" in (dist_results[rank]["dup_error"] or "").lower(), dist_results[rank]["dup_error"]
+
+
+# ------------------------------------------------------------------------------ one rank, in this process
+@pytest.fixture
+def world_of_one(tmp_path, monkeypatch):
+    """A Gloo group of one rank in the test process; yields the names of the collectives called since (spied)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a default process group already exists in this process")
+    dist.init_process_group("gloo", init_method="file://" + str(tmp_path / "init"), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    calls = []
+    for name in ("all_to_all_single", "all_gather", "batch_isend_irecv", "all_reduce", "broadcast"):
+        real = getattr(dist, name)
+        monkeypatch.setattr(dist, name, lambda *a, _real=real, _name=name, **kw: (calls.append(_name),
+                                                                                 _real(*a, **kw))[1])
+    try:
+        yield calls
+    finally:
+        dist.destroy_process_group()
+
+
+def _local_case(T=5):
+    hidden, ids, weights, w13, w2, _ = make_case(7, T, 0.3, False)
+    return hidden, ids, weights, w13, w2
+
+
+# case -> (local_w13, local_w2, kwargs) from the full w13 / w2, the error and its message
+BAD_EXPERT_ARGS = {
+    "activation": (lambda a, b: (a, b, dict(activation="bogus")), ValueError,
+                   r"activation: expected one of \('silu', 'swiglu_oai'\), got 'bogus'"),
+    "w2_as_E_I_H": (lambda a, b: (a, b.transpose(1, 2).contiguous(), {}), ValueError,
+                    rf"local_w2: expected shape \[E={E}, H={H}, I={I}\], got \({E}, {I}, {H}\)"),
+    "w2_dtype": (lambda a, b: (a, b.half(), {}), TypeError, r"local_w2: expected dtype in \['torch.float32'\]"),
+    "w2_bias_shape": (lambda a, b: (a, b, dict(w2_bias=torch.zeros(E, I))), ValueError,
+                      rf"w2_bias: expected shape \[{E}, {H}\]"),
+    "w13_bias_dtype": (lambda a, b: (a, b, dict(w13_bias=torch.zeros(E, 2 * I, dtype=torch.int32))), TypeError,
+                       r"w13_bias: expected dtype"),
+    "swiglu_limit": (lambda a, b: (a, b, dict(activation="swiglu_oai", swiglu_limit=-1.0)), ValueError,
+                     r"swiglu_alpha, swiglu_limit: expected a finite alpha and a finite limit > 0"),
+    "shared_incomplete": (lambda a, b: (a, b, dict(shared_w1=torch.zeros(5, H))), ValueError,
+                          r"shared_w1, shared_w3, shared_w2: expected all three"),
+    "shared_gate_shape": (lambda a, b: (a, b, dict(shared_w1=torch.zeros(5, H), shared_w3=torch.zeros(5, H),
+                                                   shared_w2=torch.zeros(H, 5), shared_gate=torch.zeros(H + 1))),
+                          ValueError, rf"shared_gate: expected shape \[H={H}\]"),
+    "map_beyond_local": (lambda a, b: (a[:E - 1], b[:E - 1], {}), ValueError,
+                         rf"expert_map: expected local ids in \[-1, E_local={E - 1}\) .*got min 0, max {E - 1}"),
+}
+
+
+@pytest.mark.parametrize("exchange", ["all_to_all", "p2p"])
+@pytest.mark.parametrize("via", ["owner_given", "owner_gathered", "EPMoE"])
+@pytest.mark.parametrize("case", list(BAD_EXPERT_ARGS))
+def test_expert_argument_errors_before_any_collective(world_of_one, case, exchange, via):
+    """The module docstring's promise: a bad argument of the expert compute (raised by moe.experts on the received
+    pairs) is raised before the counts exchange, the payloads and the owner gather (EPMoE's first forward too)."""
+    from leankern.moe.parallel import EPMoE
+
+    make, err, msg = BAD_EXPERT_ARGS[case]
+    hidden, ids, weights, w13, w2 = _local_case()
+    local_w13, local_w2, kw = make(w13, w2)
+    owner = torch.zeros(E, dtype=torch.int32) if via == "owner_given" else None
+    with pytest.raises(err, match=msg):
+        if via == "EPMoE":
+            EPMoE(local_w13, local_w2, expert_map(E, 0, 1), exchange=exchange, **kw)(hidden, ids, weights)
+        else:
+            ep_moe_forward(hidden, ids, weights, local_w13, local_w2, expert_map(E, 0, 1), owner=owner,
+                           exchange=exchange, **kw)
+    assert world_of_one == []
+    out = ep_moe_forward(hidden, ids, weights, w13, w2, expert_map(E, 0, 1), owner=owner, exchange=exchange)
+    assert world_of_one and torch.equal(out, moe.experts(hidden, w13, w2, ids, weights))  # the spies see them
+
+
+# owner -> (expert_map on rank 0, the error and its message)
+BAD_OWNERS = {
+    "rank_beyond_world": (torch.tensor([0, 0, 1, 0, 0, 0]), expert_map(E, 0, 1), ValueError,
+                          r"owner: expected ranks in \[0, world_size=1\), got min 0, max 1"),
+    "negative": (torch.tensor([0, 0, -1, 0, 0, 0]), expert_map(E, 0, 1), ValueError,
+                 r"owner: expected ranks in \[0, world_size=1\), got min -1, max 0"),
+    "other_world_size": (expert_owner(E, 2)[0], expert_map(E, 0, 1), ValueError,
+                         r"owner: expected ranks in \[0, world_size=1\), got min 0, max 1"),
+    "disagrees_with_map": (torch.zeros(E, dtype=torch.int32), expert_map(E, 0, 2), ValueError,
+                           r"owner: expected owner\[e\] == rank 0 exactly for the experts this rank's expert_map "
+                           r"holds \(expert_map\[e\] >= 0\), got 3 expert\(s\) that disagree, first e = 3: owner 0, "
+                           r"expert_map -1"),
+    "float": (torch.zeros(E), expert_map(E, 0, 1), TypeError, r"owner: expected an int32 tensor \[E=6\]"),
+    "shape": (torch.zeros(E + 1, dtype=torch.int32), expert_map(E, 0, 1), ValueError,
+              r"owner: expected shape \[E=6\], got \(7,\)"),
+}
+
+
+@pytest.mark.parametrize("exchange", ["all_to_all", "p2p"])
+@pytest.mark.parametrize("case", list(BAD_OWNERS))
+def test_owner_values_checked_before_any_collective(world_of_one, case, exchange):
+    owner, emap, err, msg = BAD_OWNERS[case]
+    hidden, ids, weights, w13, w2 = _local_case()
+    held = emap >= 0
+    with pytest.raises(err, match=msg):
+        ep_moe_forward(hidden, ids, weights, w13[held], w2[held], emap, owner=owner, exchange=exchange)
+    assert world_of_one == []
+
+
+def test_bf16_pairs_rounded_before_the_combine_as_documented(world_of_one):
+    """fp32: moe.experts' result up to summation order (here, one rank: equal). bf16: each kept pair's output and the
+    shared expert's come back rounded to bf16 before the fp32 sum (the documented k + 1 more roundings), so the
+    result differs from moe.experts' by at most one bf16 rounding of each term and of both results."""
+    g = torch.Generator().manual_seed(5)
+    T, k = 64, 4
+    hidden = torch.randn(T, H, generator=g)
+    w13 = torch.randn(E, 2 * I, H, generator=g) / H ** 0.5
+    w2 = torch.randn(E, H, I, generator=g) / I ** 0.5
+    shared = dict(shared_w1=torch.randn(5, H, generator=g) / H ** 0.5,
+                  shared_w3=torch.randn(5, H, generator=g) / H ** 0.5, shared_w2=torch.randn(H, 5, generator=g))
+    ids = torch.argsort(torch.rand(T, E, generator=g), dim=1)[:, :k].to(torch.int32)
+    weights = torch.rand(T, k, generator=g)
+    m = expert_map(E, 0, 1)
+    out = ep_moe_forward(hidden, ids, weights, w13, w2, m, **shared)
+    torch.testing.assert_close(out, moe.experts(hidden, w13, w2, ids, weights, **shared), rtol=1e-6, atol=1e-6)
+
+    bf = {key: v.bfloat16() for key, v in dict(hidden=hidden, w13=w13, w2=w2, **shared).items()}
+    ep = ep_moe_forward(bf["hidden"], ids, weights, bf["w13"], bf["w2"], m,
+                        **{key: v for key, v in bf.items() if key.startswith("shared")}).float()
+    single = moe.experts(bf["hidden"], bf["w13"], bf["w2"], ids, weights,
+                         **{key: v for key, v in bf.items() if key.startswith("shared")}).float()
+    f32 = {key: v.float() for key, v in bf.items()}
+    none = torch.full((T, 1), -1, dtype=torch.int32)
+    terms = sum(moe.ref.experts_ref(f32["hidden"], f32["w13"], f32["w2"], ids[:, j:j + 1], weights[:, j:j + 1]).abs()
+                for j in range(k))
+    terms = terms + moe.ref.experts_ref(f32["hidden"], f32["w13"], f32["w2"], none, torch.zeros(T, 1), None, None,
+                                        "silu", 1.702, 7.0, False, f32["shared_w1"], f32["shared_w3"],
+                                        f32["shared_w2"], None).abs()
+    u = 2.0 ** -8  # unit roundoff of bf16
+    assert not torch.equal(ep, single)  # the per-pair rounding is real: moe.experts rounds the fp32 sum once
+    assert ((ep - single).abs() <= u * (terms + ep.abs() + single.abs())).all()
+    assert "k + 1" in ep_moe_forward.__doc__ and "up to summation order" in ep_moe_forward.__doc__
 
 
 def test_exchange_names():

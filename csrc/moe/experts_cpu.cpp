@@ -625,7 +625,8 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
     if (ids[s] >= 0) ++offs[ids[s] + 1];
   for (int64_t e = 0; e < E; ++e) offs[e + 1] += offs[e];
   const int64_t kept = offs[E];
-  if (T == 0 || (kept == 0 && !shared)) return at::zeros({T, H}, hidden.options());
+  // (H == 0: an empty [T, 0] result; the work splits below divide by H)
+  if (T == 0 || H == 0 || (kept == 0 && !shared)) return at::zeros({T, H}, hidden.options());
   std::vector<int64_t> slots(kept), fill(offs.begin(), offs.end() - 1);
   for (int64_t s = 0; s < T * k; ++s)
     if (ids[s] >= 0) slots[fill[ids[s]]++] = s;

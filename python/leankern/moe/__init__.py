@@ -46,7 +46,7 @@ def _modality32(modality: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         raise TypeError(f"modality: expected a torch.Tensor of codes 0/1/2, got {type(modality).__name__}")
     if modality.dtype not in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8, torch.bool):
         raise TypeError(f"modality: expected an integer tensor of codes 0/1/2, got {modality.dtype}")
-    return modality.reshape(-1).to(torch.int32)
+    return ops.modality_to_int32(modality.reshape(-1))  # int64: saturated, so no code >= 2^32 wraps into 0..2
 
 
 def skip_params_for(rule: str, *, alpha=None, tau=None, beta=None, p=None, k=None) -> list:

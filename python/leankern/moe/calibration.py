@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import hf
+from .search import kl_per_token
 
 __all__ = ["calibrate_alpha", "answer_positions", "kl_per_position"]
 
@@ -55,9 +56,10 @@ def answer_positions(answer_mask: Optional[torch.Tensor], attention_mask: Option
 
 def kl_per_position(logp: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """``KL(p || q)`` per row: ``logp`` ``[N, V]`` log-probabilities of p, ``logits_q`` ``[N, V]`` logits of q
-    (fp32)."""
-    logq = torch.log_softmax(logits_q.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(dim=-1).clamp_min(0.0)
+    (fp32), clamped at 0. Over the support of p: an entry where p is 0 (e.g. a logit of -inf on a masked vocabulary
+    entry) contributes 0, as in the threshold search (:func:`leankern.moe.search.kl_per_token`, the one definition
+    both use)."""
+    return kl_per_token(logp, logits_q).clamp_min(0.0)
 
 
 def _logits(model: nn.Module, inputs: Mapping) -> torch.Tensor:

@@ -10,6 +10,15 @@ from .ref import SKIP_RULES
 __all__ = ["SkipConfig"]
 
 
+def _number(name: str, value) -> float:
+    if not isinstance(value, (str, bytes, bool)) and value is not None:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+
+
 @dataclasses.dataclass
 class SkipConfig:
     """How a patched model skips routed experts.
@@ -41,6 +50,29 @@ class SkipConfig:
                 raise ValueError(f"alpha: expected one (alpha_text, alpha_vision) pair per MoE layer, got {bad[0]}")
         if self.rule == "modes" and self.alpha is None:
             raise ValueError("alpha: rule 'modes' needs per-layer alpha (leankern.moe.calibrate_alpha), got None")
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the field (``param``, ``tau_text``, ``alpha[l][m]`` ...) unless the rule's
+        parameters pass the ops' own checks (:func:`leankern.moe.ops.check_skip_params`: finite values, NAEE's beta
+        and top-p / min-p's p in [0, 1], top-k's k an integer >= 1) for every MoE layer. Run when the config is built
+        and again by :func:`leankern.moe.hf.patch_model` / ``set_skip_config`` (a field may change in between)."""
+        from .ops import check_skip_params  # here: the ops register themselves on import
+
+        if self.rule == "none":
+            return
+        if self.rule == "modes":
+            if self.alpha is None:
+                raise ValueError("alpha: rule 'modes' needs per-layer alpha (leankern.moe.calibrate_alpha), got None")
+            taus = [_number("tau_text", self.tau_text), _number("tau_vision", self.tau_vision)]
+            for layer, row in enumerate(self.alpha):
+                if len(row) != 2:
+                    raise ValueError(f"alpha: expected one (alpha_text, alpha_vision) pair per MoE layer, got {row}")
+                a = [_number(f"alpha[{layer}][{m}]", v) for m, v in enumerate(row)]
+                check_skip_params("modes", a + taus,
+                                  names=(f"alpha[{layer}][0]", f"alpha[{layer}][1]", "tau_text", "tau_vision"))
+            return
+        check_skip_params(self.rule, [_number("param", self.param)], names=("param",))
 
     def skip_params(self, layer: int) -> Sequence[float]:
         """The ``skip_params`` of the ops for MoE layer ``layer`` (0-based, model order)."""

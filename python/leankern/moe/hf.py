@@ -54,14 +54,15 @@ on request) the patched forward calls it for its logits, else it computes the sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-import types
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import check_ids_in_range
 from . import experts, route
 from .config import SkipConfig
 
@@ -80,7 +81,8 @@ SUPPORTED_BLOCKS = {
     "GptOssMLP": "gpt_oss",
 }
 _SILU = ("silu", "swish")
-_STATE = "_leankern_moe"
+_STATE = "_leankern_moe"  # a patched block's _BlockState (in its __dict__)
+_MODEL_STATE = "_leankern_moe_model"  # the patched module's _ModelState: another key, so a block can be the model
 MODALITIES = ("text", "vision", "never")
 
 
@@ -189,6 +191,7 @@ class _ModelState:
     def __init__(self, model: nn.Module, config: Optional[SkipConfig], modality_fn):
         self.config = config
         self.modality_fn = modality_fn
+        self.owner_name = type(model).__name__  # the module patched (named in errors)
         self.default_fn = default_modality_fn(getattr(model, "config", None))
         self.param_names = list(inspect.signature(model.forward).parameters)
         self.blocks: List[nn.Module] = []
@@ -226,6 +229,12 @@ class _ModelState:
         if not isinstance(codes, torch.Tensor) or tuple(codes.shape) != tuple(input_ids.shape):
             raise ValueError(f"modality_fn: expected a tensor of codes shaped like input_ids {tuple(input_ids.shape)}, "
                              f"got {getattr(codes, 'shape', type(codes).__name__)}")
+        if codes.dtype.is_floating_point or codes.dtype.is_complex:
+            raise TypeError(f"modality_fn: expected integer codes 0/1/2, got {codes.dtype}")
+        # checked as returned, before narrowing to int32 (an int64 2^32 + 1 would read as 1); once per model call,
+        # one aminmax: a ValueError on CPU, a device-side assert elsewhere (no host synchronisation)
+        if codes.dtype != torch.bool:
+            check_ids_in_range(codes, 0, 3, "modality_fn: expected codes 0 (text), 1 (vision) or 2 (never skip)")
         return codes.to(device=input_ids.device, dtype=torch.int32)
 
     def set_inputs(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor]) -> None:
@@ -246,8 +255,29 @@ class _ModelState:
         return self.codes.reshape(-1), valid
 
 
+class _DefaultModalityFn:
+    """``input_ids -> codes`` int32: ``vision_ids`` -> 1, ``special_ids`` -> 2, the rest 0. A module-level class
+    holding plain lists (not a closure), so that a patched model pickles (``torch.save(model)``)."""
+
+    def __init__(self, vision_ids: List[int], special_ids: List[int]):
+        self.vision_ids, self.special_ids = list(vision_ids), list(special_ids)
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        codes = torch.zeros(input_ids.shape, dtype=torch.int32, device=input_ids.device)
+        if self.vision_ids:
+            codes.masked_fill_(torch.isin(input_ids, torch.tensor(self.vision_ids, device=input_ids.device)), 1)
+        if self.special_ids:
+            codes.masked_fill_(torch.isin(input_ids, torch.tensor(self.special_ids, device=input_ids.device)), 2)
+        return codes
+
+    def __repr__(self) -> str:
+        return f"default_modality_fn(vision_ids={self.vision_ids}, special_ids={self.special_ids})"
+
+
 def default_modality_fn(config) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Codes from a model config: image / video placeholder ids -> 1, vision start / end ids -> 2, the rest 0."""
+    """Codes from a model config: image / video placeholder ids -> 1, vision start / end ids -> 2, the rest 0.
+
+    The callable returned has ``vision_ids`` and ``special_ids`` (lists of token ids)."""
     def ids_of(names):
         out = []
         for c in (config, getattr(config, "text_config", None)):
@@ -260,17 +290,7 @@ def default_modality_fn(config) -> Callable[[torch.Tensor], torch.Tensor]:
     vision = ids_of(("image_token_id", "video_token_id", "image_token_index", "video_token_index"))
     special = [i for i in ids_of(("vision_start_token_id", "vision_end_token_id", "boi_token_index",
                                   "eoi_token_index")) if i not in vision]
-
-    def fn(input_ids: torch.Tensor) -> torch.Tensor:
-        codes = torch.zeros(input_ids.shape, dtype=torch.int32, device=input_ids.device)
-        if vision:
-            codes.masked_fill_(torch.isin(input_ids, torch.tensor(vision, device=input_ids.device)), 1)
-        if special:
-            codes.masked_fill_(torch.isin(input_ids, torch.tensor(special, device=input_ids.device)), 2)
-        return codes
-
-    fn.vision_ids, fn.special_ids = vision, special
-    return fn
+    return _DefaultModalityFn(vision, special)
 
 
 # ----------------------------------------------------------------------------------- patched forward
@@ -336,14 +356,14 @@ def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args, **kwar
 
 # ----------------------------------------------------------------------------------------- public API
 def _state(model: nn.Module) -> _ModelState:
-    st = model.__dict__.get(_STATE)
+    st = model.__dict__.get(_MODEL_STATE)
     if not isinstance(st, _ModelState):
         raise ValueError("model: not patched (call leankern.moe.hf.patch_model first)")
     return st
 
 
 def is_patched(model: nn.Module) -> bool:
-    return isinstance(model.__dict__.get(_STATE), _ModelState)
+    return isinstance(model.__dict__.get(_MODEL_STATE), _ModelState)
 
 
 def moe_blocks(model: nn.Module) -> List[nn.Module]:
@@ -359,8 +379,19 @@ def _check_config(config: Optional[SkipConfig], n_layers: int) -> None:
     if config.rule == "modes" and len(config.alpha) != n_layers:
         raise ValueError(f"config.alpha: expected one (alpha_text, alpha_vision) pair per MoE layer ({n_layers}), "
                          f"got {len(config.alpha)}")
-    if config.rule != "none":
-        config.skip_params(0)  # raises on a bad parameter early
+    config.check()  # the ops' rules on every layer's parameters, naming the field (param, tau_text, ...)
+
+
+def _check_already_patched(model: nn.Module, blocks: List[nn.Module]) -> None:
+    """A block carries one patch state: patching it again through another module (``patch_model(model.model)``,
+    then ``patch_model(model)``, or the other way round) would overwrite the first module's state."""
+    for b in blocks:
+        st = b.__dict__.get(_STATE)
+        if isinstance(st, _BlockState):
+            name = next((n for n, m in model.named_modules() if m is b), "") or "(the model itself)"
+            owner = getattr(st.model, "owner_name", "module")
+            raise ValueError(f"model: MoE block {name!r} ({type(b).__name__}, MoE layer {st.layer}) is already patched "
+                             f"through another module (a {owner}); call unpatch_model on that module first")
 
 
 def patch_model(model: nn.Module, config: Optional[SkipConfig] = None, *,
@@ -370,6 +401,9 @@ def patch_model(model: nn.Module, config: Optional[SkipConfig] = None, *,
     ``config``: the skip rule (None or rule ``"none"``: no skipping, the original outputs within rounding).
     ``modality_fn(input_ids [B, S]) -> codes [B, S]`` (0 text, 1 vision, 2 never skip) replaces the codes read from
     the config. Patching a patched model updates its config (and ``modality_fn`` when given), keeping statistics.
+    A block already patched through another module (``patch_model(model.model)`` then ``patch_model(model)``, or the
+    other way round) is a ``ValueError`` naming it: :func:`unpatch_model` that module first. A patched model pickles
+    (``torch.save(model)``) when its ``modality_fn`` does. ``config`` is checked by :meth:`SkipConfig.check`.
     See the module docstring for the routers, the modality hook and the statistics.
     """
     if is_patched(model):
@@ -383,17 +417,18 @@ def patch_model(model: nn.Module, config: Optional[SkipConfig] = None, *,
     if not blocks:
         raise ValueError(f"model: no supported sparse-MoE block in {type(model).__name__} "
                          f"(supported: {', '.join(SUPPORTED_BLOCKS)})")
+    _check_already_patched(model, blocks)
     _check_config(config, len(blocks))
     ms = _ModelState(model, config, modality_fn)
     states = [_BlockState(i, _block_kind(b), b, ms) for i, b in enumerate(blocks)]  # validate all before patching
     for b, st in zip(blocks, states):
         b.__dict__[_STATE] = st
-        b.forward = types.MethodType(_patched_forward, b)
+        b.forward = functools.partial(_patched_forward, b)  # pickles (a MethodType of b would not: torch.save)
     ms.blocks = blocks
     h1 = model.register_forward_pre_hook(ms.pre_hook, with_kwargs=True)
     h2 = model.register_forward_hook(ms.post_hook, always_call=True)
     ms.hook_ids = [h1.id, h2.id]
-    model.__dict__[_STATE] = ms
+    model.__dict__[_MODEL_STATE] = ms
     return model
 
 
@@ -408,7 +443,7 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     for b in ms.blocks:
         b.__dict__.pop("forward", None)
         b.__dict__.pop(_STATE, None)
-    del model.__dict__[_STATE]
+    del model.__dict__[_MODEL_STATE]
     return model
 
 

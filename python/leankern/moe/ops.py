@@ -29,7 +29,7 @@ from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice,
 from . import ref
 
 __all__ = ["CAPABILITIES", "ROUTE", "SKIP", "ALIGN", "EXPERTS", "MAX_TOPK", "MAX_BLOCK_M", "ID_BOUND_INT32",
-           "check_ids_values", "ids_to_int32", "check_modality_values"]
+           "check_ids_values", "ids_to_int32", "check_modality_values", "modality_to_int32", "check_skip_params"]
 
 MAX_TOPK = 64  # slots per token: C++ and Triton keep a row's k slots in registers / a small array
 MAX_BLOCK_M = 1024
@@ -114,18 +114,42 @@ def check_modality_values(modality: torch.Tensor) -> None:
         check_value_on_device(ok, "modality: expected codes 0 (text), 1 (vision) or 2 (never skip)")
 
 
+def modality_to_int32(modality: torch.Tensor) -> torch.Tensor:
+    """Integer modality codes as the ops' int32. int64 codes saturate to [-1, 3] first, so that a code outside
+    int32 stays invalid (2^32 + 1 must not read as 1) and the ops' 0/1/2 check rejects it: one elementwise pass
+    over ``[T]``, no host synchronisation (the vocab family's saturating narrowing). Narrower dtypes widen as they
+    are."""
+    if modality.dtype == torch.int64:
+        modality = modality.clamp(-1, 3)
+    return modality.to(torch.int32)
+
+
 # ------------------------------------------------------------------------------------------ skip
-def _check_skip_args(rule, skip_params, modality, T, dev) -> None:
+def check_skip_params(rule: str, skip_params, names=None) -> None:
+    """The ops' rules for a skip rule's parameters: the count of ``rule``, finite values, NAEE's beta and top-p /
+    min-p's p in [0, 1], top-k's k an integer >= 1.
+
+    ``names``: the argument each value came from, for the messages (e.g. ``("param",)``, or SkipConfig's
+    ``("alpha[0][0]", "alpha[0][1]", "tau_text", "tau_vision")``); None: ``skip_params`` (the ops' messages)."""
     check_choice("skip_rule", rule, ref.SKIP_RULES)
     want = ref.skip_param_count(rule)
     if len(skip_params) != want:
         raise ValueError(f"skip_params: expected {want} value(s) for rule {rule!r}, got {len(skip_params)}")
-    if any(not math.isfinite(v) for v in skip_params):
-        raise ValueError(f"skip_params: expected finite values, got {list(skip_params)}")
+    if names is None:
+        if any(not math.isfinite(v) for v in skip_params):
+            raise ValueError(f"skip_params: expected finite values, got {list(skip_params)}")
+        names = ("skip_params",) * want
+    for name, v in zip(names, skip_params):
+        if not math.isfinite(v):
+            raise ValueError(f"{name}: expected a finite value, got {v}")
     if rule in ("top_p", "min_p", "naee") and not 0.0 <= skip_params[0] <= 1.0:
-        raise ValueError(f"skip_params: expected {rule}'s parameter in [0, 1], got {skip_params[0]}")
+        raise ValueError(f"{names[0]}: expected {rule}'s parameter in [0, 1], got {skip_params[0]}")
     if rule == "top_k" and (skip_params[0] < 1 or skip_params[0] != int(skip_params[0])):
-        raise ValueError(f"skip_params: expected top_k's k to be an integer >= 1, got {skip_params[0]}")
+        raise ValueError(f"{names[0]}: expected top_k's k to be an integer >= 1, got {skip_params[0]}")
+
+
+def _check_skip_args(rule, skip_params, modality, T, dev) -> None:
+    check_skip_params(rule, skip_params)
     if modality is not None:
         check_tensor("modality", modality, _I32, device=dev, device_of="topk_ids")
         if tuple(modality.shape) != (T,):

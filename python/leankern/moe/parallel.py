@@ -9,10 +9,11 @@ local id, -1 = not on this rank) and its own tokens. :func:`ep_moe_forward` runs
 2. **expert compute**: the receiving rank maps the global ids through its ``expert_map`` and runs
    :func:`leankern.moe.experts` on the received pairs (one slot per row, local ids): only its own experts'
    weights are read, the routing weight is applied there (the kernels' down-projection epilogue).
-3. **combine**: the results go back the same way; the origin sums a token's slots in slot order ``j = 0 .. k-1``
+3. **combine**: the results go back the same way, in hidden's dtype (each pair's weighted expert output is rounded
+   to it once, on the expert's rank); the origin sums a token's slots in slot order ``j = 0 .. k-1``
    (fp32, one ``index_add_`` per slot index, each token at most once per call: deterministic on CPU and CUDA, and
    independent of the placement and the world size), adds the shared expert (computed locally, never
-   dispatched) and casts to hidden's dtype.
+   dispatched, also returned in hidden's dtype) and casts to hidden's dtype.
 
 Communication. The exchange needs the split sizes on the host: counts are exchanged first (one small collective),
 then ``(hidden rows, [id, weight])`` out and the results back, so a forward synchronises with the host (not
@@ -28,8 +29,15 @@ CUDA-graph capturable; a static-buffer design such as DeepEP's is out of scope).
 ``"auto"`` picks ``"all_to_all"`` for the nccl, gloo, mpi, ucc and xccl backends, ``"p2p"`` otherwise.
 
 Every rank of the group must call :func:`ep_moe_forward` the same number of times (each call is a sequence of
-collectives), even with zero tokens. Argument errors are raised before any collective, on the rank that has them;
-the other ranks then block until the group's timeout (``init_process_group(timeout=...)``).
+collectives), even with zero tokens. Argument errors (tokens, ids, weights, the local experts and every expert
+keyword argument, ``expert_map``, ``owner`` and its agreement with this rank's ``expert_map``) are raised before any
+collective, on the rank that has them; the other ranks then block until the group's timeout
+(``init_process_group(timeout=...)``).
+
+Numerics: with fp32 ``hidden`` the result is :func:`leankern.moe.experts`'s up to summation order. With bf16 / fp16
+``hidden`` it is not that close: the combine payload is in hidden's dtype (see below), so each kept pair's output is
+rounded to it before the fp32 sum, and so is the shared expert's output before it is added: up to ``k + 1``
+roundings to hidden's dtype more than :func:`leankern.moe.experts` (which rounds the fp32 sum once).
 
 Payload per remote pair: dispatch ``H * hidden.element_size() + 8`` bytes (row, int32 id, fp32 weight), combine
 ``H * hidden.element_size()`` bytes; :class:`DispatchStats` counts them. A token routed to several experts of the
@@ -204,6 +212,88 @@ def _resolve_method(exchange: str, group) -> str:
     return "all_to_all" if any(b in backend for b in _A2A_BACKENDS) else "p2p"
 
 
+# --------------------------------------------------------------------------------------- checks
+def _check_placement_values(emap: torch.Tensor, owner: Optional[torch.Tensor], e_local: int, rank: int,
+                            W: int) -> None:
+    """``expert_map``'s local ids in [-1, E_local); a given ``owner``: shape [E], ranks in [0, W), and owner == rank
+    exactly where this rank's ``expert_map`` holds the expert. One host read of a few numbers (the forward
+    synchronises with the host anyway, for the split sizes), before any collective."""
+    E = emap.numel()
+    if owner is not None:
+        if not isinstance(owner, torch.Tensor) or owner.dtype not in (torch.int32, torch.int64):
+            got = owner.dtype if isinstance(owner, torch.Tensor) else type(owner).__name__
+            raise TypeError(f"owner: expected an int32 tensor [E={E}] of ranks (expert_owner), got {got}")
+        if tuple(owner.shape) != (E,):
+            raise ValueError(f"owner: expected shape [E={E}], got {tuple(owner.shape)}")
+    if E == 0:
+        return
+    vals = list(emap.aminmax())
+    if owner is not None:
+        own = owner.to(emap.device)
+        vals += list(own.aminmax()) + [((emap >= 0) != (own == rank)).sum()]
+    v = torch.stack([x.long() for x in vals]).tolist()
+    if v[0] < -1 or v[1] >= e_local:
+        raise ValueError(f"expert_map: expected local ids in [-1, E_local={e_local}) (-1 = elsewhere; E_local: "
+                         f"local_w13.shape[0]), got min {v[0]}, max {v[1]}")
+    if owner is None:
+        return
+    if v[2] < 0 or v[3] >= W:
+        raise ValueError(f"owner: expected ranks in [0, world_size={W}), got min {v[2]}, max {v[3]}")
+    if v[4]:
+        e = int(torch.nonzero((emap >= 0) != (own == rank))[0])
+        raise ValueError(f"owner: expected owner[e] == rank {rank} exactly for the experts this rank's expert_map "
+                         f"holds (expert_map[e] >= 0), got {v[4]} expert(s) that disagree, first e = {e}: owner "
+                         f"{int(own[e])}, expert_map {int(emap[e])}")
+
+
+def _checked_args(hidden, topk_ids, topk_weights, local_w13, local_w2, expert_map, group, owner, exchange,
+                  expert_kwargs) -> tuple:
+    """Every check of :func:`ep_moe_forward`, before any collective (the module docstring's promise): returns
+    ``(ids int32, weights fp32, routed kwargs, shared kwargs, method, rank, world size)``."""
+    from . import experts as _experts
+    from ..core import check_tensor
+    from .ops import check_ids_values
+
+    unknown = set(expert_kwargs) - set(_ROUTED_KWARGS) - set(_SHARED_KWARGS)
+    if unknown:
+        raise TypeError(f"ep_moe_forward: unexpected keyword arguments {sorted(unknown)}")
+    for name, t in (("hidden", hidden), ("topk_ids", topk_ids), ("topk_weights", topk_weights),
+                    ("local_w13", local_w13), ("local_w2", local_w2)):
+        check_tensor(name, t)
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden: expected shape [T, H], got {tuple(hidden.shape)}")
+    T, H = hidden.shape
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != T or topk_ids.shape[1] < 1:
+        raise ValueError(f"topk_ids: expected shape [T={T}, k] with k >= 1, got {tuple(topk_ids.shape)}")
+    if topk_weights.shape != topk_ids.shape:
+        raise ValueError(f"topk_weights: expected shape {tuple(topk_ids.shape)} (as topk_ids), "
+                         f"got {tuple(topk_weights.shape)}")
+    _validate_map(expert_map)
+    e_local = local_w13.shape[0] if local_w13.dim() else -1
+    if local_w13.dim() != 3 or local_w2.dim() != 3 or local_w2.shape[0] != e_local or local_w13.shape[2] != H:
+        raise ValueError(f"local_w13, local_w2: expected [E_local, 2I, H={H}] and [E_local, H, I], got "
+                         f"{tuple(local_w13.shape)} and {tuple(local_w2.shape)}")
+    if topk_ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"topk_ids: expected int32 (or int64), got {topk_ids.dtype}")
+    check_ids_values(topk_ids, expert_map.numel())  # on the ids as given: an int64 id >= 2^31 must not wrap
+    routed = {key: v for key, v in expert_kwargs.items() if key in _ROUTED_KWARGS}
+    shared = {key: v for key, v in expert_kwargs.items() if key in _SHARED_KWARGS}
+    # the local weights, activation, biases, swiglu_* and the shared expert, by the op's own checks on a 0-row call:
+    # the expert calls on the received pairs and for the shared expert can then raise no argument error
+    try:
+        _experts(hidden[:0], local_w13, local_w2, torch.empty(0, 1, dtype=torch.int32, device=hidden.device),
+                 torch.empty(0, 1, dtype=torch.float32, device=hidden.device), **routed, **shared)
+    except (TypeError, ValueError) as e:  # the op names its w13 / w2: here they are local_w13 / local_w2
+        msg = str(e)
+        msg = "local_" + msg if msg.startswith(("w13:", "w2:")) else msg
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(msg) from None
+    method = _resolve_method(exchange, group)
+    rank, W = dist.get_rank(group), dist.get_world_size(group)  # not collectives
+    _check_placement_values(expert_map, owner, e_local, rank, W)
+    ids = topk_ids.to(torch.int32)  # int32: the tensor itself
+    return ids, topk_weights.float(), routed, shared, method, rank, W
+
+
 # --------------------------------------------------------------------------------------- forward
 def ep_moe_forward(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                    local_w13: torch.Tensor, local_w2: torch.Tensor, expert_map: torch.Tensor, group=None, *,
@@ -229,43 +319,24 @@ def ep_moe_forward(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
 
     Returns
     -------
-    ``out [T, H]`` in hidden's dtype (and the stats): what :func:`leankern.moe.experts` returns on the full weights,
-    up to summation order (slots summed in slot order here, fp32).
+    ``out [T, H]`` in hidden's dtype (and the stats). fp32 hidden: what :func:`leankern.moe.experts` returns on the
+    full weights, up to summation order (slots summed in slot order here, fp32). bf16 / fp16 hidden: each kept pair's
+    weighted output comes back rounded to hidden's dtype (the combine payload) and the shared expert's output too,
+    then they are summed in fp32 and rounded again: up to ``k + 1`` roundings to hidden's dtype more than
+    :func:`leankern.moe.experts` makes (a token's error grows with the sum of its slots' magnitudes, not the
+    magnitude of the result).
+
+    Raises
+    ------
+    TypeError, ValueError : on a bad argument, before any collective (so on this rank only).
     """
     from . import experts as _experts
-    from .ops import check_ids_values
 
-    unknown = set(expert_kwargs) - set(_ROUTED_KWARGS) - set(_SHARED_KWARGS)
-    if unknown:
-        raise TypeError(f"ep_moe_forward: unexpected keyword arguments {sorted(unknown)}")
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
-        raise ValueError(f"hidden: expected shape [T, H], got {tuple(getattr(hidden, 'shape', ()))}")
-    T, H = hidden.shape
-    if topk_ids.dim() != 2 or topk_ids.shape[0] != T:
-        raise ValueError(f"topk_ids: expected shape [T={T}, k], got {tuple(topk_ids.shape)}")
-    if topk_weights.shape != topk_ids.shape:
-        raise ValueError(f"topk_weights: expected shape {tuple(topk_ids.shape)} (as topk_ids), "
-                         f"got {tuple(topk_weights.shape)}")
-    _validate_map(expert_map)
-    E = expert_map.numel()
-    e_local = local_w13.shape[0]
-    if local_w13.dim() != 3 or local_w2.dim() != 3 or local_w2.shape[0] != e_local or local_w13.shape[2] != H:
-        raise ValueError(f"local_w13, local_w2: expected [E_local, 2I, H={H}] and [E_local, H, I], got "
-                         f"{tuple(local_w13.shape)} and {tuple(local_w2.shape)}")
-    if expert_map.numel() and int(expert_map.max()) >= e_local:
-        raise ValueError(f"expert_map: local ids must be < E_local = {e_local} (local_w13.shape[0]), "
-                         f"got {int(expert_map.max())}")
-    if topk_ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"topk_ids: expected int32 (or int64), got {topk_ids.dtype}")
-    check_ids_values(topk_ids, E)  # on the ids as given: an int64 id >= 2^31 must not wrap into range
-    ids = topk_ids.to(torch.int32)  # int32: the tensor itself
-    w = topk_weights.float()
-    method = _resolve_method(exchange, group)
-    rank, W = dist.get_rank(group), dist.get_world_size(group)
+    ids, w, routed, shared, method, rank, W = _checked_args(hidden, topk_ids, topk_weights, local_w13, local_w2,
+                                                            expert_map, group, owner, exchange, expert_kwargs)
     if owner is None:
-        owner = gather_expert_owner(expert_map, group)
-    elif owner.shape != (E,):
-        raise ValueError(f"owner: expected shape [E={E}], got {tuple(owner.shape)}")
+        owner = gather_expert_owner(expert_map, group)  # the first collective
+    T, H = hidden.shape
     dev = hidden.device
     k = ids.shape[1]
 
@@ -291,7 +362,6 @@ def ep_moe_forward(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
     if local.numel() and bool((local < 0).any()):
         raise RuntimeError(f"ep_moe_forward: rank {rank} received pairs for experts it does not hold "
                            f"(global ids {gid_recv[local < 0].unique().tolist()}): owner and expert_map disagree")
-    routed = {key: v for key, v in expert_kwargs.items() if key in _ROUTED_KWARGS}
     y = _experts(x_recv, local_w13, local_w2, local[:, None], meta_recv[:, 1:2].contiguous(), **routed)
 
     # ---- combine: results back to their origin, summed per token in slot order
@@ -302,7 +372,6 @@ def ep_moe_forward(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
         sel = torch.nonzero(slot_j == j).flatten()
         if sel.numel():
             out.index_add_(0, tok[sel], y_back[sel].float())
-    shared = {key: v for key, v in expert_kwargs.items() if key in _SHARED_KWARGS}
     if shared.get("shared_w1") is not None:
         none_ids = torch.full((T, 1), -1, dtype=torch.int32, device=dev)
         out = out + _experts(hidden, local_w13, local_w2, none_ids, torch.zeros(T, 1, device=dev), **shared).float()
@@ -346,7 +415,9 @@ class EPMoE(torch.nn.Module):
         self.last_dispatch_stats: Optional[DispatchStats] = None
 
     def forward(self, hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
-        if self.owner is None:
+        if self.owner is None:  # checked first: the gather is a collective
+            _checked_args(hidden, topk_ids, topk_weights, self.local_w13, self.local_w2, self.expert_map, self.group,
+                          None, self.exchange, self.expert_kwargs)
             self.owner = gather_expert_owner(self.expert_map, self.group)
         out, self.last_dispatch_stats = ep_moe_forward(
             hidden, topk_ids, topk_weights, self.local_w13, self.local_w2, self.expert_map, self.group,

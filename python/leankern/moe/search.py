@@ -248,7 +248,8 @@ def _alpha_list(alpha) -> List[List[float]]:
 def kl_per_token(logp_ref: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """``KL(p_ref || p)`` per row, fp32: ``logp_ref [n, V]`` log-probabilities, ``logits [n, V]`` -> ``[n]``.
 
-    Rows where p_ref is 0 contribute 0 (``xlogy`` convention)."""
+    Entries where p_ref is 0 contribute 0 (``xlogy`` convention: the KL over p_ref's support, so a vocabulary entry
+    masked to -inf in both gives 0, not NaN). :func:`leankern.moe.calibration.kl_per_position` uses it too."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     p_ref = logp_ref.exp()
     return (p_ref * (logp_ref - logp)).masked_fill(p_ref == 0, 0.0).sum(-1)
