@@ -313,6 +313,45 @@ def test_load_state_dict_of_a_weight_quantized_with_another_scale_mode(fmt, scal
         QuantLinear(128, 72, True, "mxint4", dtype=torch.float32).load_state_dict(q.state_dict())
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "sefp"])
+def test_a_model_built_on_meta_loads_a_quantized_checkpoint(fmt):
+    """Build on the meta device, quantize_model, then to_empty + load_state_dict or load_state_dict(assign=True):
+    the load compares the checkpoint's meta with the module's configuration (its attributes: the meta buffer is
+    uninitialised or on meta), and the meta layout is the CPU's."""
+    def mlp():
+        return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+
+    torch.manual_seed(0)
+    src = mlp()
+    quantize_model(src, fmt)
+    x = torch.randn(3, 64)
+    for assign in (False, True):
+        with torch.device("meta"):
+            m = mlp()
+        quantize_model(m, fmt)
+        if not assign:
+            m.to_empty(device="cpu")
+        m.load_state_dict(src.state_dict(), assign=assign)
+        assert torch.equal(m(x), src(x)), assign
+        if fmt != "sefp":
+            assert m[0].layout == "prepacked16"
+
+
+def test_quantize_model_reports_a_tailored_head_it_cannot_reach():
+    tf = pytest.importorskip("transformers")
+    from leankern.vocab import VocabSet, tailor, untailor
+    cfg = tf.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    model = tailor(tf.LlamaForCausalLM(cfg).eval(), VocabSet(ids=list(range(3, 200)), tokenizer_name="toy"))
+    report = quantize_model(model, "mxfp4", include_lm_head=True)
+    assert {r.name: r.skipped for r in report.skipped} == {
+        "lm_head": "LM head tailored by leankern.vocab.tailor: quantize the model before tailoring it (untailor, "
+                   "quantize_model, tailor again)"}
+    untailor(model)
+    assert type(model.lm_head) is nn.Linear
+
+
 def test_quant_linear_from_a_parameter_is_a_frozen_module():
     import copy
     lin = nn.Linear(64, 32)

@@ -85,21 +85,27 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 
 
 def _default_layout(device) -> str:
-    return "prepacked16" if torch.device(device if device is not None else "cpu").type == "cpu" else "row_major"
+    # the meta device as the CPU: a model built on meta is materialised (to_empty) and loaded on the CPU far more
+    # often than on a GPU, and a move to a GPU switches the layout as for any CPU module
+    kind = torch.device(device if device is not None else "cpu").type
+    return "prepacked16" if kind in ("cpu", "meta") else "row_major"
 
 
 
 def meta_mismatch(module: nn.Module, state_dict: dict, prefix: str, hint: str) -> str | None:
-    """The load error when ``state_dict``'s JSON ``meta`` record differs from ``module.meta`` (None if equal
-    or absent): both configurations named, so the user knows which module to build."""
+    """The load error when ``state_dict``'s JSON ``meta`` record differs from the module's configuration
+    (``module._meta_bytes()``, from its attributes: its own ``meta`` buffer may be uninitialised, after ``to_empty``,
+    or on the meta device; None if equal or absent): both configurations named, so the user knows which module to
+    build."""
     meta = state_dict.get(prefix + "meta")
-    if meta is None or torch.equal(meta.cpu(), module.meta.cpu()):
+    mine_bytes = module._meta_bytes()
+    if meta is None or (meta.device.type != "meta" and bytes(meta.cpu().tolist()) == mine_bytes):
         return None
     try:
         theirs = json.loads(bytes(meta.cpu().tolist()).decode())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, NotImplementedError):
         theirs = "unreadable"
-    mine = json.loads(bytes(module.meta.cpu().tolist()).decode())
+    mine = json.loads(mine_bytes.decode())
     return (f"{prefix}meta: this {type(module).__name__} is {mine}, the checkpoint holds {theirs}; build the "
             f"module with the checkpoint's configuration{hint}")
 
@@ -204,8 +210,12 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def _meta_tensor(self, w: MXTensor) -> torch.Tensor:
-        meta = dict(w._meta(), act_fmt=self.act_fmt)
-        return torch.tensor(list(json.dumps(meta, sort_keys=True).encode()), dtype=torch.uint8, device=w.device)
+        return torch.tensor(list(self._meta_bytes(w)), dtype=torch.uint8, device=w.device)
+
+    def _meta_bytes(self, w: MXTensor | None = None) -> bytes:
+        """The JSON ``meta`` record of this configuration (of ``w``, default this module's weight)."""
+        meta = dict((self.weight if w is None else w)._meta(), act_fmt=self.act_fmt)
+        return json.dumps(meta, sort_keys=True).encode()
 
     def _apply(self, fn, recurse=True):
         kept = {k: self._buffers[k] for k in ("codes", "scales", "global_scale")}
@@ -266,13 +276,16 @@ class QuantLinear(nn.Module):
         """The checkpoint's ``scale_mode`` where its metadata differs from this module's in nothing else: how the
         scales were chosen does not change how the codes decode, so a module built with the default loads a
         weight quantized with ``scale_mode="floor"`` / ``"reciprocal"``."""
-        if meta is None or torch.equal(meta.cpu(), self.meta.cpu()):
+        if meta is None or meta.device.type == "meta":
+            return
+        mine_bytes = self._meta_bytes()
+        if bytes(meta.cpu().tolist()) == mine_bytes:
             return
         try:
             theirs = json.loads(bytes(meta.cpu().tolist()).decode())
         except (ValueError, UnicodeDecodeError):
             return
-        mine = json.loads(bytes(self.meta.cpu().tolist()).decode())
+        mine = json.loads(mine_bytes.decode())
         if not isinstance(theirs, dict) or theirs.get("scale_mode") not in SCALE_MODES or \
                 dict(theirs, scale_mode=None) != dict(mine, scale_mode=None):
             return

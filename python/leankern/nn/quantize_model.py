@@ -199,6 +199,14 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
                     places.append((name, parent))
     # the reasons first, for every layer: no layer is swapped before all are checked
     plan = []
+    tailored = _tailored_head(model) if include_lm_head else None
+    if tailored is not None:  # its nn.Linear is held outside the module tree: not found above, not quantized
+        name, th = tailored
+        orig = getattr(th.__dict__.get("_tailor_state"), "head", None)
+        nbytes = linear_bytes(orig) if isinstance(orig, nn.Module) else 0
+        report.layers.append(LayerReport(name, th.in_features, th.V, nbytes, nbytes,
+                                         "LM head tailored by leankern.vocab.tailor: quantize the model before "
+                                         "tailoring it (untailor, quantize_model, tailor again)"))
     for lin, places in uses.values():
         names = [n for n, _ in places]
         reason = _skip_reason(lin, places, skip, head, include_lm_head, is_sefp, fmt, block_size, act_fmt, rotate)
@@ -224,6 +232,16 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
     return report
 
 
+def _tailored_head(model: nn.Module):
+    """``(name, head)`` where ``model``'s output embedding is a leankern.vocab.tailor head, else None."""
+    from ..vocab.hf import TailoredHead  # (late: vocab imports this package)
+
+    head = _output_embedding(model)
+    if not isinstance(head, TailoredHead):
+        return None
+    return next((n for n, m in model.named_modules() if m is head), "lm_head"), head
+
+
 # Modules that read their nn.Linear children's .weight / .bias directly (not by calling them): replacing those
 # children would break their forward (nn.MultiheadAttention's out_proj; the Transformer layers' fast path).
 _WEIGHT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -244,7 +262,7 @@ def _skip_reason(lin, places, skip, head, include_lm_head, is_sefp, fmt, block_s
     if lin.weight.dtype not in dtypes:
         return f"weight dtype {lin.weight.dtype} (expected one of {[str(d) for d in dtypes]})"
     if is_sefp:
-        if not bool(lin.weight.detach().isfinite().all()):
+        if lin.weight.device.type != "meta" and not bool(lin.weight.detach().isfinite().all()):  # (meta: no values)
             return "weight holds NaN/Inf (SEFP has no code for them)"
         return None
     try:

@@ -129,8 +129,15 @@ class SEFPLinear(nn.Module):
 
     @staticmethod
     def _meta_tensor(w: SEFPTensor) -> torch.Tensor:
-        meta = json.dumps(w._meta()).encode()  # same bytes as SEFPTensor.state_dict()'s "meta"
-        return torch.tensor(list(meta), dtype=torch.uint8, device=w.device)
+        return torch.tensor(list(SEFPLinear._meta_bytes_of(w)), dtype=torch.uint8, device=w.device)
+
+    @staticmethod
+    def _meta_bytes_of(w: SEFPTensor) -> bytes:
+        return json.dumps(w._meta()).encode()  # same bytes as SEFPTensor.state_dict()'s "meta"
+
+    def _meta_bytes(self) -> bytes:
+        """The JSON ``meta`` record of this module's configuration (its attributes, not its ``meta`` buffer)."""
+        return self._meta_bytes_of(self.weight)
 
     # ------------------------------------------------------------------------------- width
     @property
