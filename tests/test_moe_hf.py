@@ -8,6 +8,7 @@ import torch
 
 tf = pytest.importorskip("transformers")
 
+import leankern  # noqa: E402
 from leankern.moe import hf  # noqa: E402
 from leankern.moe.config import SkipConfig  # noqa: E402
 
@@ -171,8 +172,69 @@ def test_shared_expert_with_bias_falls_back_to_the_module():
         want = model(ids).logits
         p = hf.patch_model(copy.deepcopy(model))
         got = p(ids).logits
-    assert not hf.moe_blocks(p)[0].__dict__["_leankern_moe"].shared_fused
+    b = hf.moe_blocks(p)[0]
+    assert hf._fused_shared_kwargs(b.__dict__["_leankern_moe"], b, b.shared_experts) is None
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+SHARED_ARCHS = [a for a in ("qwen2_moe", "deepseek_v2", "deepseek_v3") if a in AVAILABLE]
+# (arch, how): "after": patch, then quantize_model (mxfp4: the shared MLP's linears whose in_features is a multiple
+# of 32 become QuantLinear, the others stay nn.Linear; sefp: every linear becomes SEFPLinear); "gate_before" /
+# "gate_after": only Qwen2-MoE's shared_expert_gate is quantized, before / after patching
+SHARED_QUANT_CASES = ([(a, "after", f) for a in SHARED_ARCHS for f in ("mxfp4", "sefp")]
+                      + [("qwen2_moe", h, "mxint8") for h in ("gate_before", "gate_after") if "qwen2_moe" in AVAILABLE])
+
+
+@pytest.mark.parametrize("arch,how,fmt", SHARED_QUANT_CASES)
+def test_quantized_shared_expert_is_called_as_a_module(arch, how, fmt, monkeypatch):
+    """leankern.quantize_model on a patched model (or a model whose shared gate is quantized, then patched): the
+    shared expert's linears / gate are QuantLinear / SEFPLinear, not plain tensors the fused op can read; the patched
+    block calls the shared module instead (decided at every call) and matches the unpatched quantized model."""
+    import leankern
+    from leankern.nn import QuantLinear, SEFPLinear
+
+    def quantize(m):
+        if how == "after":
+            rep = leankern.quantize_model(m, fmt)
+        else:  # only the shared gate: every other linear of the model is named *_proj
+            rep = leankern.quantize_model(m, fmt, skip=("*_proj",))
+            assert sorted(r.name for r in rep.layers if r.skipped is None) == [
+                f"model.layers.{i}.mlp.shared_expert_gate" for i in range(len(hf.moe_blocks(m)))]
+        return m
+
+    ref = quantize(copy.deepcopy(base(arch)))
+    p = copy.deepcopy(base(arch))
+    if how == "gate_before":
+        quantize(p)
+    hf.patch_model(p)
+    if how != "gate_before":
+        quantize(p)
+    qcls = SEFPLinear if fmt == "sefp" else QuantLinear
+    for b in hf.moe_blocks(p):
+        shared = b.shared_expert if arch == "qwen2_moe" else b.shared_experts
+        if how == "after":
+            assert isinstance(shared.gate_proj, qcls) and isinstance(shared.up_proj, qcls)
+        else:
+            assert type(shared.gate_proj) is torch.nn.Linear and isinstance(b.shared_expert_gate, qcls)
+    seen = []
+    real = hf.experts
+
+    def spy(*a, **kw):
+        seen.append("shared_w1" in kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(hf, "experts", spy)
+    ids = _prompt()
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    with torch.inference_mode():
+        want = ref(ids, attention_mask=mask).logits
+        got = p(ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert seen == [False] * len(hf.moe_blocks(p))  # the shared module was called, not fused
+    gids = _prompt(B=1, L=6, seed=5)
+    assert torch.equal(_greedy(p, gids), _greedy(ref, gids))
+    assert hf.skip_stats(p)["overall"] == 0.0
 
 
 def test_output_router_logits_still_recorded():
@@ -425,6 +487,24 @@ def test_blocks_patched_through_another_module_are_rejected():
     assert not hf.is_patched(model.model)
     hf.unpatch_model(model)
     assert all("forward" not in b.__dict__ for b in hf.moe_blocks(model))
+
+
+@pytest.mark.parametrize("arch", ["qwen2_moe", "deepseek_v3"])
+def test_patched_block_compiles_fullgraph(arch):
+    """A patched block (shared expert fused, decided per call) under torch.compile(fullgraph=True): the eager
+    result; quantizing the shared expert afterwards recompiles to the module call."""
+    model = copy.deepcopy(base(arch))
+    hf.patch_model(model)
+    block = hf.moe_blocks(model)[0]
+    H = model.config.hidden_size
+    x = torch.randn(2, 5, H, generator=torch.Generator().manual_seed(8))
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    with torch.inference_mode():
+        assert torch.equal(_block_out(compiled, x), _block_out(block, x))
+        report = leankern.quantize_model(model, "mxint8")  # the shared expert's linears (and gate) among them
+        assert any("shared_expert" in r.name for r in report.replaced)
+        assert torch.equal(_block_out(compiled, x), _block_out(block, x))
 
 
 def test_a_single_block_can_be_the_patched_model():

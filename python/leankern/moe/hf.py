@@ -26,7 +26,10 @@ on the model's own Parameters (read in place: nothing is copied, no Parameter or
   original does.
 
 Shared experts are passed as ``shared_w1/w3/w2`` (``gate_proj``/``up_proj``/``down_proj`` weights) when they are a
-bias-free SiLU MLP, else the shared module is called and its output added; they are never skipped. The numerics
+bias-free SiLU MLP, else the shared module is called and its output added; they are never skipped. This is decided
+at every call, not at patch time: the three linears (and Qwen2-MoE's ``shared_expert_gate``) must be bias-free
+``nn.Linear`` modules holding plain fp32 / bf16 / fp16 weights, so a shared expert (or gate) quantized before or after
+patching (``leankern.quantize_model``: ``QuantLinear`` / ``SEFPLinear``) is called as the module it now is. The numerics
 of routing follow :mod:`leankern.moe.ref` (stable sort: ties go to the lowest expert id where ``torch.topk``
 leaves them unspecified; weights in fp32 where HF rounds them to the logits' dtype); without skipping a patched
 block equals the original within rounding.
@@ -142,11 +145,42 @@ def _routing_for(kind: str, block: nn.Module) -> _Routing:
     raise AssertionError(kind)
 
 
-def _plain_silu_mlp(mlp: Optional[nn.Module]) -> bool:
-    if mlp is None:
-        return False
-    lin = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-    return (all(isinstance(m, nn.Linear) and m.bias is None for m in lin) and _act_name(mlp) in _SILU)
+_FUSABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what moe_experts takes for shared weights
+
+
+def _plain_weight(m) -> Optional[torch.Tensor]:
+    """``m.weight`` when ``m`` is a bias-free ``nn.Linear`` whose weight is a plain tensor the op can read (not an
+    ``MXTensor`` / ``SEFPTensor`` or another tensor subclass, not an integer dtype), else None. Cheap enough per call;
+    under ``torch.compile`` it is evaluated while tracing and guarded."""
+    if not isinstance(m, nn.Linear) or m.bias is not None:
+        return None
+    w = m.weight
+    if type(w) is not nn.Parameter and type(w) is not torch.Tensor:
+        return None
+    return w if w.dtype in _FUSABLE_DTYPES else None
+
+
+def _shared_module(block: nn.Module) -> Optional[nn.Module]:
+    """The block's shared expert as it is now (DeepSeek: ``shared_experts``, Qwen2-MoE: ``shared_expert``)."""
+    shared = getattr(block, "shared_experts", None)
+    return getattr(block, "shared_expert", None) if shared is None else shared
+
+
+def _fused_shared_kwargs(st: "_BlockState", block: nn.Module, sh: Optional[nn.Module]) -> Optional[dict]:
+    """The ``shared_*`` arguments of :func:`experts` when the shared expert ``sh`` (and Qwen2-MoE's gate) can be
+    fused at this call, else None (the caller then calls the shared module, whatever it now is)."""
+    if sh is None or _act_name(sh) not in _SILU:
+        return None
+    w1, w3, w2 = (_plain_weight(getattr(sh, n, None)) for n in ("gate_proj", "up_proj", "down_proj"))
+    if w1 is None or w3 is None or w2 is None:
+        return None
+    kw = dict(shared_w1=w1, shared_w3=w3, shared_w2=w2)
+    if st.kind == "qwen2_moe":
+        g = _plain_weight(getattr(block, "shared_expert_gate", None))
+        if g is None or g.dim() != 2 or g.shape[0] != 1:
+            return None
+        kw["shared_gate"] = g[0]
+    return kw
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -161,11 +195,8 @@ class _BlockState:
             if act not in _SILU:
                 raise ValueError(f"{type(block).__name__} (MoE layer {layer}): experts' activation {act!r} is not "
                                  "supported (silu only)")
-        shared = getattr(block, "shared_experts", None)
-        if shared is None:
-            shared = getattr(block, "shared_expert", None)
-        self.shared_module = shared
-        self.shared_fused = _plain_silu_mlp(shared)
+        # the shared expert is looked up, and whether it can be fused decided, at each call (_fused_shared_kwargs):
+        # its linears may be quantized or replaced after patching
         self.kept: Optional[torch.Tensor] = None  # [3] int64: kept slots per modality code
         self.total: Optional[torch.Tensor] = None  # [3] int64: slots of non-padding tokens per modality code
 
@@ -339,14 +370,10 @@ def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args, **kwar
                       swiglu_alpha=float(ex.alpha), swiglu_limit=float(ex.limit), interleaved=True)
         return out.reshape(hidden_states.shape), w.to(hidden_states.dtype)
     ex = self.experts
-    shared_kw = {}
-    sh = st.shared_module
-    if sh is not None and st.shared_fused:
-        shared_kw = dict(shared_w1=sh.gate_proj.weight, shared_w3=sh.up_proj.weight, shared_w2=sh.down_proj.weight)
-        if st.kind == "qwen2_moe":
-            shared_kw["shared_gate"] = self.shared_expert_gate.weight[0]
-    out = experts(x, ex.gate_up_proj, ex.down_proj, ids, w, **shared_kw)
-    if sh is not None and not st.shared_fused:
+    sh = _shared_module(self)
+    shared_kw = _fused_shared_kwargs(st, self, sh)
+    out = experts(x, ex.gate_up_proj, ex.down_proj, ids, w, **(shared_kw or {}))
+    if sh is not None and shared_kw is None:  # not fusable now (biases, activation, quantized linears): call it
         s = sh(x)
         if st.kind == "qwen2_moe":
             s = torch.sigmoid(self.shared_expert_gate(x)) * s
