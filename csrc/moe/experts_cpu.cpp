@@ -618,6 +618,8 @@ at::Tensor moe_experts_cpu(const at::Tensor& hidden, const at::Tensor& w13, cons
   const int64_t T = hidden.size(0), H = hidden.size(1), E = w13.size(0), I = w13.size(1) / 2, k = ids_c.size(1);
   const int32_t* ids = ids_c.data_ptr<int32_t>();
   check_ids_values(ids, T * k, k, E, "topk_ids", true);
+  // slot_row below numbers the kept pairs in int32
+  TORCH_CHECK_VALUE(T * k < (int64_t(1) << 31), "topk_ids: expected T * k < 2^31 slots, got T=", T, ", k=", k);
   const bool shared = shared_w1.has_value();
   // kept slots grouped by expert, ascending
   std::vector<int64_t> offs(E + 1, 0);

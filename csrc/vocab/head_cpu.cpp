@@ -380,6 +380,8 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
   constexpr int64_t kMaxTopK = 1024;  // ops.MAX_TOPK
   TORCH_CHECK_VALUE(k >= 1 && k <= std::min(K, kMaxTopK), "k: expected 1 <= k <= min(K=", K, ", ", kMaxTopK,
                     "), got ", k);
+  // a candidate's position is the low 32 bits of its key (cand_key)
+  TORCH_CHECK_VALUE(K < (int64_t(1) << 32), "vocab_ids: expected K < 2^32 ids per row, got ", K);
   const at::Tensor ids = vocab_ids.contiguous();
   check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
   int shift = 0;
