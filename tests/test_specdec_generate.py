@@ -141,6 +141,35 @@ def test_subset_logits_of_a_tailored_model_are_refused(models):
     assert set(res.sequences[0, ids.shape[1]:].tolist()) <= set(vs.ids) | set(ids[0].tolist()) | {0, 1}
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_greedy_with_a_tailored_target_equals_its_generate(models, k):
+    """A target tailored by leankern.vocab.tailor: its first forward is prompt + drafts with no cache, which the
+    tailor hook took for the prompt, so the drafts joined the request's set and, with a good draft (a copy of the
+    full target), ids outside the set won. generate sets the request from the prompt alone: greedy equals the
+    tailored target's own generate, every id lies in static ∪ prompt, the set is not widened. A tailored draft (the
+    target itself, sharing its head) keeps the same set."""
+    import copy
+
+    from leankern.vocab import VocabSet
+    from leankern.vocab.hf import request_vocab, tailor
+
+    target, _ = models
+    ids = _prompt(11)
+    n = 10
+    full = _hf_greedy(target, ids, n)[0, ids.shape[1]:].tolist()
+    static = [i for i in range(3, 60) if i not in full and i not in ids[0].tolist()]  # without the full model's picks
+    allowed = set(static) | set(ids[0].tolist())
+    tailored = tailor(copy.deepcopy(target), VocabSet(ids=static, tokenizer_name="toy", special_ids=[]))
+    ref = _hf_greedy(tailored, ids, n)
+    assert set(ref[0, ids.shape[1]:].tolist()) <= allowed
+    good_draft = copy.deepcopy(target)  # proposes exactly the full model's (outside) picks
+    for draft in (good_draft, tailored):
+        res = generate(tailored, draft, ids, k=k, max_new_tokens=n)
+        assert torch.equal(res.sequences, ref)
+        assert set(res.sequences[0, ids.shape[1]:].tolist()) <= allowed
+        assert set(request_vocab(tailored).vocab_ids.tolist()) == allowed
+
+
 def test_zero_new_tokens(models):
     target, draft = models
     ids = _prompt(3)

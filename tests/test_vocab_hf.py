@@ -599,3 +599,198 @@ def test_other_heads_are_refused():
     with pytest.raises(TypeError, match=r"^model.get_output_embeddings\(\): expected an nn.Linear, a leankern "
                                         r"QuantLinear or SEFPLinear head, got Identity$"):
         tailor(model, _vocab(range(10)))
+
+
+# ------------------------------------------------------------- explicit requests, assisted generation
+def test_explicit_request_is_kept_by_the_next_call_only():
+    """TailoredHead.set_request: the model's next top-level call keeps that set even when it is a prefill (no
+    cache), the call after it follows the prefill rule again."""
+    model = _tailored(_build("llama"), _vocab(range(100, 130)))
+    head = model.get_output_embeddings()
+    prompt, extra, other = [5, 17, 42], [900, 901], [950, 951]
+    head.set_request(torch.tensor([prompt]))
+    with torch.inference_mode():
+        model(torch.tensor([prompt + extra]))  # a cache-less call over prompt + more ids: the set stays
+        assert {5, 17, 42} <= set(request_vocab(model).vocab_ids.tolist())
+        assert not {900, 901} & set(request_vocab(model).vocab_ids.tolist())
+        model(torch.tensor([other]))  # the next prefill builds its own set
+    assert {950, 951} <= set(request_vocab(model).vocab_ids.tolist())
+    assert not {5, 17, 42} & set(request_vocab(model).vocab_ids.tolist())
+
+
+def test_hf_assisted_generation_with_an_explicit_request():
+    """Hugging Face generate(assistant_model=...): the target's first forward is prompt + candidates with an empty
+    cache (a prefill by the rule); with a draft that proposes the full model's picks, those ids joined the set and
+    won. set_request(prompt) right before generate keeps the prompt's set: greedy equals the tailored model's own."""
+    full = _build("llama")
+    ids = _prompt(seed=21)
+    n = 8
+    picks = _greedy(full, ids, n)[0, ids.shape[1]:].tolist()
+    static = [i for i in range(3, 300) if i not in picks and i not in ids[0].tolist()]
+    allowed = set(static) | set(ids[0].tolist()) | {1, 2}
+    model = _tailored(full, _vocab(static))
+    ref = _greedy(model, ids, n)
+    draft = copy.deepcopy(full)
+    model.get_output_embeddings().set_request(ids)
+    with torch.inference_mode():
+        got = model.generate(ids, assistant_model=draft, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             pad_token_id=0)
+    assert torch.equal(got, ref)
+    assert set(got[0, ids.shape[1]:].tolist()) <= allowed
+    assert set(request_vocab(model).vocab_ids.tolist()) == allowed
+
+
+# ---------------------------------------------------------------- state_dict, casts, pickling
+_HEADS = {"plain-compact": (None, True), "mxfp4": ("mxfp4", False), "mxfp4-compact": ("mxfp4", True),
+          "sefp": ("sefp", False)}
+
+
+def _head_model(kind, seed, arch="llama"):
+    import leankern
+
+    fmt, compact = _HEADS[kind]
+    model = _build(arch, seed)
+    if fmt is not None:
+        leankern.quantize_model(model, fmt, include_lm_head=True)
+    return model, compact
+
+
+@pytest.mark.parametrize("kind", list(_HEADS))
+def test_state_dict_of_a_tailored_model_holds_the_head_and_round_trips(kind):
+    """A quantized or compact head is held outside the module tree: state_dict() had no lm_head entries and a strict
+    load into another tailored model matched all keys and kept that model's old head. Now the tailored model's
+    state_dict equals the untailored one's (keys and values); a strict load writes into the held head and takes the
+    request's rows again; untailored and tailored checkpoints load into each other."""
+    ua, compact = _head_model(kind, 0)
+    ub, _ = _head_model(kind, 1)
+    vs = _vocab(_random_ids(200))
+    a, b = tailor(copy.deepcopy(ua), vs, compact_head=compact), tailor(copy.deepcopy(ub), vs, compact_head=compact)
+    ids = _prompt(seed=22)
+    with torch.inference_mode():
+        b(ids)  # b holds the request's rows of its own (old) head
+    sa, su = a.state_dict(), ua.state_dict()
+    assert any(k.startswith("lm_head.") for k in sa)
+    assert sa.keys() == su.keys() and all(torch.equal(sa[k], su[k]) for k in su)
+    b.load_state_dict(sa, strict=True)
+    with torch.inference_mode():
+        assert torch.equal(b(ids).logits, a(ids).logits)
+    c = tailor(copy.deepcopy(ub), vs, compact_head=compact)  # an untailored checkpoint into a tailored model
+    c.load_state_dict(su, strict=True)
+    uc = copy.deepcopy(ub)  # a tailored checkpoint into an untailored model
+    uc.load_state_dict(sa, strict=True)
+    with torch.inference_mode():
+        assert torch.equal(c(ids).logits, a(ids).logits)
+        assert torch.equal(uc(ids).logits, ua(ids).logits)
+    untailor(b)
+    now = b.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in su.items())
+    with torch.inference_mode():
+        assert torch.equal(b(ids).logits, ua(ids).logits)
+
+
+def test_load_state_dict_into_a_tailored_quantized_head_checks_its_configuration():
+    """The load goes through the held QuantLinear's own checks: another format's checkpoint is refused, not kept."""
+    a, _ = _head_model("mxfp4", 0)
+    b, _ = _head_model("sefp", 1)
+    sa = a.state_dict()
+    model = tailor(copy.deepcopy(_quantized(_build("llama", 1), "nvfp4")), _vocab(range(50)))
+    with pytest.raises(RuntimeError, match="lm_head.meta"):
+        model.load_state_dict(sa, strict=True)
+    with pytest.raises(RuntimeError, match="lm_head"):
+        tailor(copy.deepcopy(b), _vocab(range(50))).load_state_dict(sa, strict=True)
+
+
+@pytest.mark.parametrize("cast", ["half", "bf16"])
+@pytest.mark.parametrize("arch,kind", [("llama", "plain-compact"), ("qwen3", "plain-compact"),
+                                       ("llama", "plain"), ("llama", "mxfp4-compact")])
+def test_cast_then_untailor_gives_a_head_matching_the_model(arch, kind, cast):
+    """tailor(compact_head=True) -> model.half() / .to(bf16) -> untailor gave back an fp32 head (the compact head
+    held it outside the module tree) and every forward raised. Casts now reach the held head: while tailored the
+    rows follow the cast; after untailor the model equals the full model cast the same way, bit for bit."""
+    if kind == "plain":
+        full, compact = _build(arch), False
+    else:
+        full, compact = _head_model(kind, 0, arch)
+    model = tailor(copy.deepcopy(full), _vocab(_random_ids(300)), compact_head=compact)
+    ids = _prompt(seed=23)
+    with torch.inference_mode():
+        model(ids)  # a request with rows of the fp32 head
+    do = (lambda m: m.half()) if cast == "half" else (lambda m: m.to(torch.bfloat16))
+    dtype = torch.float16 if cast == "half" else torch.bfloat16
+    model, ref = do(model), do(copy.deepcopy(full))
+    head = model.get_output_embeddings()
+    if not head.quantized:
+        assert head._rows is None or head._rows.dtype == dtype
+        assert head.weight.dtype == dtype
+    with torch.inference_mode():
+        got = model(ids).logits
+        want = ref(ids).logits
+    assert got.dtype == dtype
+    vocab_ids = request_vocab(model).vocab_ids.long()
+    torch.testing.assert_close(got[..., vocab_ids].float(), want[..., vocab_ids].float(), rtol=2e-2, atol=2e-2)
+    untailor(model)
+    restored = model.get_output_embeddings()
+    if not head.quantized:
+        assert restored.weight.dtype == dtype == model.get_input_embeddings().weight.dtype
+    now, saved = model.state_dict(), ref.state_dict()
+    assert now.keys() == saved.keys()
+    assert all(torch.equal(now[k], v) and now[k].dtype == v.dtype for k, v in saved.items())
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, want)
+
+
+@pytest.mark.parametrize("arch,kind,kw", [("llama", "plain", {}), ("llama", "mxfp4-compact", {}),
+                                          ("qwen3", "plain", dict(compact_head=True, offload_embedding=True))],
+                         ids=["llama", "llama-mxfp4-compact", "qwen3-tied-compact-offloaded"])
+def test_torch_save_of_a_tailored_model_round_trips(arch, kind, kw):
+    """The prefill hook was a local closure: torch.save(model) raised "Can't pickle local object". The hooks are
+    module-level callable objects holding names: the loaded model runs tailored (its own head's requests), equals
+    the original's greedy output, and untailor on it removes its own hooks only."""
+    import io
+
+    if kind == "plain":
+        full, compact = _build(arch), kw.get("compact_head", False)
+    else:
+        full, compact = _head_model(kind, 0, arch)
+    model = tailor(copy.deepcopy(full), _vocab(_random_ids(200)), **dict(kw, compact_head=compact))
+    ids = _prompt(seed=24)
+    ref = _greedy(model, ids)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    head = loaded.get_output_embeddings()
+    assert isinstance(head, TailoredHead) and head is not model.get_output_embeddings()
+    p2 = _prompt(seed=25)
+    assert torch.equal(_greedy(loaded, p2), _greedy(tailor(copy.deepcopy(full), _vocab(_random_ids(200)),
+                                                         **dict(kw, compact_head=compact)), p2))
+    assert set(p2[0].tolist()) <= set(request_vocab(loaded).vocab_ids.tolist())
+    assert not set(p2[0].tolist()) <= set(request_vocab(model).vocab_ids.tolist())
+    assert torch.equal(_greedy(loaded, ids), ref)
+    untailor(loaded)
+    assert len(loaded._forward_pre_hooks) == 0 and len(model._forward_pre_hooks) == 1
+    assert not isinstance(loaded.get_output_embeddings(), TailoredHead)
+    assert torch.equal(_greedy(loaded, ids), _greedy(full, ids))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh runs the ids naming cuda)")
+@pytest.mark.parametrize("kind", ["plain-compact", "mxfp4", "mxfp4-compact"])
+def test_tailored_on_cpu_then_moved_to_cuda(kind):
+    """model.to("cuda") after tailor reaches the held head: a quantized head moves with the model (compact: its
+    full table stays in host memory) and the request's rows follow the compute device; untailor gives back a head
+    on the model's device."""
+    full, compact = _head_model(kind, 0)
+    ids = _prompt(L=9, seed=26)
+    ref_g = _greedy(full, ids)
+    model = tailor(copy.deepcopy(full), _vocab(ref_g[0].tolist() + _random_ids(100)), compact_head=compact)
+    _greedy(model, ids, 2)  # a request with CPU rows
+    model, full = model.to("cuda"), copy.deepcopy(full).to("cuda")
+    head = model.get_output_embeddings()
+    assert head.device.type == "cuda" and head.vocab_ids.device.type == "cuda"
+    held = head.original.codes if head.quantized else head.original.weight
+    assert held.device.type == ("cpu" if compact else "cuda")
+    assert torch.equal(_greedy(model, ids.cuda()), ref_g.cuda())
+    untailor(model)
+    restored = model.get_output_embeddings()
+    assert (restored.codes if head.quantized else restored.weight).device.type == "cuda"
+    assert torch.equal(_greedy(model, ids.cuda()), _greedy(full, ids.cuda()))

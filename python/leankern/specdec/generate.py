@@ -49,13 +49,19 @@ class GenerateResult:
 
 
 class _CachedLM:
-    """A causal LM plus its KV cache; ``cache_len`` tokens of the sequence are cached."""
+    """A causal LM plus its KV cache; ``cache_len`` tokens of the sequence are cached.
 
-    def __init__(self, model):
+    ``prompt`` (``[1, L]``): a model tailored by :func:`leankern.vocab.tailor` gets its request's vocabulary from the
+    prompt alone, set just before its first (cache-less) forward. The target's first forward is prompt + drafts,
+    which the tailor hook would otherwise take for the prompt, letting the draft's tokens into the set."""
+
+    def __init__(self, model, prompt=None):
         self.model = model
         self.cache = None
         self.cache_len = 0
         self.calls = 0
+        self._tailored_head = _tailored_head(model) if prompt is not None else None
+        self._prompt = prompt
         params = inspect.signature(model.forward).parameters
         self._keep_arg = "logits_to_keep" in params
         # transformers >= 5.x (late) renamed past_key_values to cache, in the forward and its output
@@ -70,6 +76,8 @@ class _CachedLM:
         ids = torch.tensor([tokens], dtype=torch.long, device=device)  # [1, n]
         kwargs = {"logits_to_keep": num_rows} if self._keep_arg else {}
         kwargs[self._cache_arg] = self.cache
+        if self.cache is None and self._tailored_head is not None:  # kept by this call (TailoredHead.set_request)
+            self._tailored_head.set_request(self._prompt)
         out = self.model(input_ids=ids, use_cache=True, **kwargs)
         self.cache = out[self._cache_arg]
         self.cache_len += len(tokens)
@@ -106,6 +114,14 @@ def _propose(draft: _CachedLM, sequence: list, k: int, sample: bool, temperature
         feed = [tok]
     q = torch.stack(probs) if sample and probs else None
     return tokens, q
+
+
+def _tailored_head(model):
+    """The model's :class:`leankern.vocab.hf.TailoredHead` (``leankern.vocab.tailor``), else None."""
+    from ..vocab.hf import TailoredHead  # late: the package's __init__ imports this module's siblings
+
+    head = model.get_output_embeddings()
+    return head if isinstance(head, TailoredHead) else None
 
 
 def _head_rows(model):
@@ -171,7 +187,9 @@ def generate(target, draft, input_ids, *, k=4, mode="greedy", max_new_tokens=32,
     Parameters
     ----------
     target, draft : transformers PreTrainedModel
-        Causal LMs with the same vocabulary (``draft`` may be ``target`` itself).
+        Causal LMs with the same vocabulary (``draft`` may be ``target`` itself). A model tailored by
+        :func:`leankern.vocab.tailor` (``full_logits=True``) gets its request's vocabulary from the prompt alone
+        (never from the drafts), so greedy mode reproduces the tailored target's own ``generate``.
     input_ids : torch.LongTensor
         The prompt, batch 1. Shape: [1, L].
     k : int
@@ -214,7 +232,7 @@ def generate(target, draft, input_ids, *, k=4, mode="greedy", max_new_tokens=32,
     if mode in ("rejection", "typical"):
         verify_kwargs["temperature"] = torch.tensor([float(temperature)], device=target.device)
     draft_temperature = temperature if temperature > 0 else 1.0
-    t_lm, d_lm = _CachedLM(target), _CachedLM(draft)
+    t_lm, d_lm = _CachedLM(target, input_ids), _CachedLM(draft, input_ids)
     sequence = input_ids[0].tolist()
     prompt_len, offset, acceptance = len(sequence), 0, []
     start = time.perf_counter()

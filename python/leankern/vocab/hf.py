@@ -19,10 +19,29 @@ creates an empty ``DynamicCache`` before the first forward), or, on older versio
 ids the attention mask keeps (left/right padding excluded; ``inputs_embeds`` only: static ∪
 specials) and keeps it frozen for every later call with a non-empty cache (the decode steps).
 Continuing from a filled cache therefore keeps the previous request's set; call
-:meth:`TailoredHead.set_request` to choose one explicitly. A batch of B prompts gets ONE union set
+:meth:`TailoredHead.set_request` to choose one explicitly: the model's next top-level call keeps that set even
+when the rule calls it a prefill (later calls follow the rule again). A batch of B prompts gets ONE union set
 (every row shares the same K columns; an id in another row's prompt may win in this row). The hook holds no
 objects: it looks the head (and a tied decode embedding) up on the model it is called on, so ``copy.deepcopy`` of a
 tailored model is an independent tailored model.
+
+**Speculative / assisted decoding.** A verifier's first forward is the prompt *and* the draft tokens with no
+cache; by the rule above the drafts would join the request's set (ids outside the task set could then win, exactly
+what a good draft proposes). :func:`leankern.specdec.generate` sets a tailored target's (and draft's) request from
+the prompt alone before that call. Hugging Face ``model.generate(..., assistant_model=draft)`` makes the same first
+call and cannot be told apart from a prefill: call ``model.get_output_embeddings().set_request(input_ids,
+attention_mask)`` right before it (tested: greedy output then equals the tailored model's own ``generate``).
+
+**Saving, casting, moving.** ``state_dict()`` holds the original head's entries under the original keys
+(``lm_head.weight`` / ``lm_head.bias``, or a quantized head's ``codes`` / ``scales`` / ``planes`` ... buffers) also
+when the head is kept outside the module tree (quantized, ``compact_head``): a tailored model's state_dict has the
+untailored one's keys and values, and loads (strictly) into a tailored or an untailored model; a load into a
+tailored model writes into the held original head and takes the current request's rows again. Exception: an
+offloaded input embedding's table is not in ``state_dict()`` (as for :class:`OffloadedEmbedding`): save / load the
+untailored model there. ``model.to(...)``, ``.half()``, ``.cuda()`` reach the held head (with ``compact_head`` only
+dtype casts: its full table stays in host memory, and :func:`untailor` moves it to the model's device), so
+:func:`untailor` gives back a head matching the model. The hooks are module-level callable objects holding names,
+so ``torch.save(model)`` / ``torch.load(..., weights_only=False)`` round-trip a tailored model (it runs tailored).
 
 **Logits.** ``full_logits=True`` (default): ``[B, L, V]`` rows filled with ``-inf`` outside the set
 (:func:`leankern.vocab.scatter_to_full`), so ``generate``, every logits processor and sampler keep
@@ -110,6 +129,9 @@ class TailoredHead(nn.Module):
     ----------
     weight, bias : the original head's Parameters (in place; not registered with ``compact_head``); absent for a
         quantized head
+    original : the head :func:`untailor` puts back (``nn.Linear``, ``QuantLinear`` or ``SEFPLinear``; unregistered):
+        ``state_dict`` / ``load_state_dict`` read and write its entries under its own keys, ``model.to(...)`` casts
+        it (and moves it, unless ``compact``)
     quantized : bool, the original head is a :class:`leankern.nn.QuantLinear` (MX/NV block-quantized) or a
         :class:`leankern.nn.SEFPLinear`, kept unregistered as ``qlinear``: at each prefill the request's K rows are
         read out of it (``select_rows``: a few bytes per weight; any MX layout; every SEFP plane) and every call
@@ -134,6 +156,7 @@ class TailoredHead(nn.Module):
         self.vocab_set, self.soft_cap, self.full_logits = vocab_set, soft_cap, bool(full_logits)
         self.compact, self.include_specials, self.device = bool(compact), include_specials, torch.device(device)
         self.quantized = isinstance(linear, (QuantLinear, SEFPLinear))
+        self.__dict__["original"] = linear  # plain attribute: the head untailor puts back (see _save_to_state_dict)
         if self.quantized:  # plain attributes: the rows are read once per request from wherever the module is
             self.__dict__["qlinear"] = linear
         elif self.compact:  # plain attributes: model.to(...) must not pull the full table back onto the device
@@ -144,15 +167,33 @@ class TailoredHead(nn.Module):
         self.vocab_ids: Optional[torch.Tensor] = None
         self.request_device: Optional[RequestVocab] = None
         self._rows = self._bias_rows = self._local_ids = None  # compact mode: [K, H], [K], arange(K)
+        self._explicit = False  # set_request was called: the model's next top-level call keeps that request
 
     def set_request(self, prompt_ids=None, attention_mask=None) -> RequestVocab:
         """Build and freeze the request's vocabulary from ``prompt_ids`` ``[L]`` / ``[B, L]`` (None: static ∪
-        specials only); positions where a same-shaped ``attention_mask`` is 0 are padding and left out."""
+        specials only); positions where a same-shaped ``attention_mask`` is 0 are padding and left out.
+
+        The model's next top-level call keeps this request even when the prefill rule calls it a prefill (no cache
+        or an empty one), e.g. speculative decoding's first target call over prompt + draft tokens, or Hugging
+        Face ``generate(assistant_model=...)``; later calls follow the prefill rule again."""
+        req = self._build_request(prompt_ids, attention_mask)
+        self._explicit = True
+        return req
+
+    def _build_request(self, prompt_ids=None, attention_mask=None) -> RequestVocab:
+        """:meth:`set_request` without keeping it for the next call (what the prefill hook calls)."""
         ids = _kept_prompt_ids(prompt_ids, attention_mask)  # [N] int64 cpu
         req = self.vocab_set.for_request(ids, include_specials=self.include_specials, V=self.V)
         if len(req) == 0:
             raise ValueError("vocab_set: the request's vocabulary is empty (no static ids, specials or prompt ids)")
         self.request = req
+        self._take_rows()
+        return req
+
+    def _take_rows(self) -> None:
+        """Everything derived from the current request and the held head: the device ids and the K rows (at each
+        request, and again after a load or a ``model.to(...)`` changed the head or the compute device)."""
+        req = self.request
         self.vocab_ids = req.vocab_ids.to(self.device)  # [K] int32
         if self.quantized:  # the K rows' codes and scales (or planes and exponents), once per request
             q = self.qlinear
@@ -169,11 +210,10 @@ class TailoredHead(nn.Module):
             self._local_ids = torch.arange(len(req), dtype=torch.int32, device=self.device)
             # validated again on the device (a few syncs, once per request, at prefill); shares vocab_ids' storage
             self.request_device = RequestVocab(self.vocab_ids, req.V)
-        return req
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.request is None:  # head called without a prefill through the model (e.g. lm_head(h) by hand)
-            self.set_request(None)
+            self._build_request(None)
         if self.quantized:
             logits = self._quantized_logits(hidden)
         else:
@@ -199,10 +239,63 @@ class TailoredHead(nn.Module):
         if self.compact:
             w, ids, bias = self._rows, self._local_ids, self._bias_rows
         else:
-            if self.vocab_ids.device != self.weight.device:  # model.to(...) after tailor: follow the weight
+            if self.vocab_ids.device != self.weight.device:  # the weight was moved by hand: follow it
                 self.device, self.vocab_ids = self.weight.device, self.vocab_ids.to(self.weight.device)
             w, ids, bias = self.weight, self.vocab_ids, self.bias
         return gather_lm_head(hidden, w, ids, bias=bias, soft_cap=self.soft_cap, out_dtype=hidden.dtype)  # [..., K]
+
+    # ------------------------------------------------------------- the held head: state_dict, casts, moves
+    def _sync_original(self) -> None:
+        """Keep the held head and this module's view of it the same objects (a load with ``assign=True``, or
+        casts under ``torch.__future__.set_overwrite_module_params_on_conversion(True)``, replace Parameters)."""
+        lin = self.original
+        if self.quantized:
+            return
+        if self.compact:
+            self.__dict__["weight"], self.__dict__["bias"] = lin.weight, lin.bias
+        else:
+            for k in ("weight", "bias"):
+                if lin._parameters.get(k) is not self._parameters.get(k):
+                    lin._parameters[k] = self._parameters.get(k)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """The original head's entries under the original keys (``weight`` / ``bias`` of an ``nn.Linear``; the
+        buffers of a ``QuantLinear`` / ``SEFPLinear``): a tailored model's ``state_dict`` has the keys and values of
+        the untailored one, whatever the head is kept as."""
+        if self.quantized or self.compact:
+            self.original._save_to_state_dict(destination, prefix, keep_vars)
+        else:  # the registered Parameters are the original's
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Load into the held original head (its own checks: a quantized head's ``meta``, shapes), then take the
+        current request's rows again from the loaded weights."""
+        if self.quantized or self.compact:
+            self.original._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                unexpected_keys, error_msgs)
+        else:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+        self._sync_original()
+        if self.request is not None:
+            self._take_rows()
+
+    def _apply(self, fn, recurse=True):
+        """``model.to(...)``, ``.half()``, ``.cuda()`` ... reach the held head: dtype casts always; device moves too
+        unless ``compact`` (its full table stays in host memory; :func:`untailor` moves it to the model's device).
+        The compute device follows the model, and the current request's rows are taken again."""
+        super()._apply(fn, recurse)
+        lin = self.original
+        if self.compact:
+            lin._apply(_dtype_only(fn), recurse)
+        elif self.quantized:
+            lin._apply(fn, recurse)
+        self._sync_original()
+        self.device = fn(torch.empty(0, device=self.device)).device
+        if self.request is not None:
+            self._take_rows()
+        return self
 
     def resident_tensors(self) -> list:
         """Tensors this head keeps on the compute device between calls (the in-place weight, or the K rows)."""
@@ -221,6 +314,17 @@ class TailoredHead(nn.Module):
         K = None if self.request is None else len(self.request)
         return (f"V={self.V}, H={self.in_features}, K={K}, static={len(self.vocab_set)}, soft_cap={self.soft_cap}, "
                 f"full_logits={self.full_logits}, compact={self.compact}")
+
+
+def _dtype_only(fn):
+    """``fn`` (a ``Module._apply`` function) reduced to its dtype cast: each tensor keeps its device. The new dtype
+    is what ``fn`` makes of an empty tensor of the same dtype (and device)."""
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        dtype = fn(torch.empty(0, dtype=t.dtype, device=t.device)).dtype
+        return t if dtype == t.dtype else t.to(dtype)
+
+    return cast
 
 
 def _held_tensors(w) -> tuple:
@@ -288,51 +392,56 @@ def _input_embeddings(model):
     return model.get_input_embeddings()
 
 
-def _make_pre_hook(param_names: list, head_path: Optional[str], tied: bool, emb_path: Optional[str]):
+class _PrefillHook:
     """Forward pre-hook of the top model: sets the head's request at each prefill (see the module docstring) and,
     for a tied model's :class:`_TiedOffloadedEmbedding`, arms its head-row path for a decode call.
 
-    The hook holds only names (the forward's parameters, the head's and the embedding's dotted paths): the head
-    and the embedding are looked up on the module it is called on, so a ``copy.deepcopy`` of a tailored model
-    (whose hook dict holds this same function) sets its own head's request, never the original's."""
-    param_names = tuple(param_names)
+    A module-level class holding only names (the forward's parameters, the head's and the embedding's dotted
+    paths), so a tailored model pickles (``torch.save(model)``). The head and the embedding are looked up on the
+    module it is called on, so a ``copy.deepcopy`` (or a pickled copy) of a tailored model sets its own head's
+    request, never the original's. A request chosen by :meth:`TailoredHead.set_request` is kept by the next call,
+    prefill or not."""
 
-    def arg(name, args, kwargs):
+    def __init__(self, param_names, head_path: Optional[str], tied: bool, emb_path: Optional[str]):
+        self.param_names, self.head_path = tuple(param_names), head_path
+        self.tied, self.emb_path = bool(tied), emb_path
+
+    def _arg(self, name, args, kwargs):
         if name in kwargs:
             return kwargs[name]
-        i = param_names.index(name) if name in param_names else -1
+        i = self.param_names.index(name) if name in self.param_names else -1
         return args[i] if 0 <= i < len(args) else None
 
-    def pre_hook(module, args, kwargs):
-        head = _child(module, head_path, _output_embeddings)
+    def __call__(self, module, args, kwargs):
+        head = _child(module, self.head_path, _output_embeddings)
         if not isinstance(head, TailoredHead):  # the head was swapped out by hand: nothing to set
             return None
-        cache = arg("cache", args, kwargs)
+        cache = self._arg("cache", args, kwargs)
         if cache is None:
-            cache = arg("past_key_values", args, kwargs)
+            cache = self._arg("past_key_values", args, kwargs)
         prefill = is_prefill(cache, kwargs.get("cache_position"))
-        if prefill or head.request is None:
-            head.set_request(arg("input_ids", args, kwargs), arg("attention_mask", args, kwargs))
-        emb = _child(module, emb_path, _input_embeddings) if tied else None
+        explicit, head._explicit = head._explicit, False  # an explicit set_request holds for this one call
+        if (prefill and not explicit) or head.request is None:
+            head._build_request(self._arg("input_ids", args, kwargs), self._arg("attention_mask", args, kwargs))
+        emb = _child(module, self.emb_path, _input_embeddings) if self.tied else None
         if isinstance(emb, _TiedOffloadedEmbedding):
             emb._decode_step = not prefill
         return None
 
-    return pre_hook
 
-
-def _make_post_hook(emb_path: Optional[str]):
+class _DisarmHook:
     """Forward hook of the top model (``always_call``): disarms the head-row path when the call ends, so calls
     that do not come through the top model (``model.model(...)`` by hand) always take the host gather. Like the
-    pre-hook it finds the embedding on the module it is called on (by its dotted path): deepcopy-safe."""
+    pre-hook it holds a name and finds the embedding on the module it is called on: deepcopy- and pickle-safe."""
 
-    def post_hook(module, args, output):
-        emb = _child(module, emb_path, _input_embeddings)
+    def __init__(self, emb_path: Optional[str]):
+        self.emb_path = emb_path
+
+    def __call__(self, module, args, output):
+        emb = _child(module, self.emb_path, _input_embeddings)
         if isinstance(emb, _TiedOffloadedEmbedding):
             emb._decode_step = False
         return None
-
-    return post_hook
 
 
 # -------------------------------------------------------------------------------- tailoring
@@ -482,6 +591,12 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
         See the module docstring. Ignored otherwise.
 
     Returns the same ``model``. :func:`untailor` undoes it.
+
+    Speculative decoding: :func:`leankern.specdec.generate` takes a tailored target (``full_logits=True``) as is.
+    For Hugging Face ``model.generate(input_ids, assistant_model=draft)``, call
+    ``model.get_output_embeddings().set_request(input_ids, attention_mask)`` first: its first forward is prompt +
+    candidates with an empty cache, which the prefill rule would take for the prompt (the candidates would join
+    the set). See the module docstring.
     """
     if not isinstance(vocab_set, VocabSet):
         raise TypeError(f"vocab_set: expected a leankern.vocab.VocabSet, got {type(vocab_set).__name__}")
@@ -522,29 +637,34 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
     tied_emb = new_emb if isinstance(new_emb, _TiedOffloadedEmbedding) else None
     # the hooks name the head and the embedding by path, looked up per call: a deepcopy of the model uses its own
     head_path, emb_path = _module_path(model, head), _module_path(model, tied_emb)
-    pre_hook = _make_pre_hook(names, head_path, tied_emb is not None, emb_path)
+    pre_hook = _PrefillHook(names, head_path, tied_emb is not None, emb_path)
     hooks = [model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
     if tied_emb is not None:
-        hooks.append(model.register_forward_hook(_make_post_hook(emb_path), always_call=True))
+        hooks.append(model.register_forward_hook(_DisarmHook(emb_path), always_call=True))
     head.__dict__["_tailor_state"] = _TailorState(linear, emb if new_emb is not None else None, hooks,
                                                   [(c, cap) for c in cfgs], moved_from, before)
     return model
 
 
 def untailor(model):
-    """Put back the original head (the same module and Parameter objects, bit for bit), the input embedding and
-    the soft cap; remove the hook. Returns the model."""
+    """Put back the original head (the same module and Parameter objects, bit for bit, with whatever casts, moves
+    and loads the tailored model went through since), the input embedding and the soft cap; remove the hook.
+    Returns the model."""
     head = model.get_output_embeddings()
     if not isinstance(head, TailoredHead):
         raise ValueError(f"model: not tailored (its head is {type(head).__name__})")
     st: _TailorState = head.__dict__["_tailor_state"]
     for h in st.hooks:
         h.remove()
-    if st.moved_from is not None:
+    if head.compact:  # the full table went to host memory (tailor) or stayed there (model.to(...)): follow the model
+        dev = head.device
         if isinstance(st.head, (QuantLinear, SEFPLinear)):
-            st.head.to(st.moved_from)
+            if st.head.weight.device != dev:
+                st.head.to(dev)
         else:
-            st.head.weight.data = st.head.weight.data.to(st.moved_from)
+            for p in (st.head.weight, st.head.bias):
+                if p is not None and p.device != dev:
+                    p.data = p.data.to(dev)
     if st.embedding is not None:
         model.set_input_embeddings(st.embedding)
     model.set_output_embeddings(st.head)
