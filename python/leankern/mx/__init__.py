@@ -105,7 +105,7 @@ def quantize(
     f = get_format(fmt)
     bs = f.default_block_size if block_size is None else block_size
     check_choice("rounding", rounding, ("rne", "stochastic"))
-    if isinstance(x, torch.Tensor):  # (other types: the op's error names x)
+    if isinstance(x, torch.Tensor) and x.requires_grad:  # (other types: the op's error names x)
         x = x.detach()  # codes have no derivative: the op's outputs would carry a grad_fn that raises on backward
     if rounding == "rne" and (rand_bits is not None or seed is not None):
         raise ValueError("rand_bits/seed: only used with rounding='stochastic'")
