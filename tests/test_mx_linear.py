@@ -62,6 +62,29 @@ def test_block_sizes_and_empty_batch(backend, block_size):
         assert empty.shape == (0, 9)
 
 
+@pytest.mark.parametrize("fmt", ["mxint8", "mxfp4", "nvfp4"])
+def test_k_zero_ref_matches_cpp(fmt):
+    """K = 0 (an empty sum): the reference returns what the C++ kernel (and the fake) returns, the bias broadcast
+    over the rows, or zeros, in x's dtype and shape [..., N]; weight-only and with act_fmt."""
+    skip_unless_runs_on_cpu("cpp")
+    bs = 16 if fmt.startswith("nv") else 32
+    codes = torch.zeros(3, 0, dtype=torch.uint8 if fmt.endswith("fp4") else torch.int8)
+    scales = torch.zeros(3, 0, dtype=torch.float8_e4m3fn if fmt.startswith("nv") else torch.uint8)
+    for x_shape in ((2, 0), (2, 4, 0), (0, 0), (0,)):
+        for dtype in FLOAT_DTYPES:
+            x = torch.zeros(x_shape, dtype=dtype)
+            for bias, act in ((None, None), (torch.randn(3).to(dtype), None), (torch.randn(3).to(dtype), fmt)):
+                args = (x, codes, scales, torch.ones(()), fmt, bs, bias, act)
+                with leankern.use_backend("cpp"):
+                    want = torch.ops.leankern.mx_linear(*args)
+                with leankern.use_backend("ref"):
+                    got = torch.ops.leankern.mx_linear(*args)
+                assert want.shape == (*x_shape[:-1], 3) and want.dtype == dtype
+                expect = torch.zeros(want.shape, dtype=dtype) if bias is None else bias.expand(want.shape)
+                assert torch.equal(want, expect), (x_shape, dtype, bias is not None, act)
+                assert got.dtype == want.dtype and torch.equal(got, want), (x_shape, dtype, bias is not None, act)
+
+
 def test_bound_catches_one_wrong_code():
     """The tolerance can fail: one flipped weight code in one block is out of bounds."""
     qt = _weight(8, 64, "mxint8", seed=5)

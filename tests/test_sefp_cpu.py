@@ -117,6 +117,26 @@ def test_dequantize_sign_of_zero(isa):
     assert_bitexact(got.view(torch.int32), ref.dequantize_ref(planes, exps, 2, 32, 32, torch.float32).view(torch.int32))
 
 
+@pytest.mark.parametrize("K", (32, 40, 256), ids=("K32", "K40", "K256"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_quantize_zero_rows_ref_matches_cpp(dtype, K):
+    """A weight with N = 0 rows: the reference gives what the C++ kernel (and the fake) gives, empty planes
+    [1 + m_max, 0, Kw] and exponents [0, Kp / G], and the empty weight dequantizes and multiplies alike."""
+    skip_unless_cpp()
+    w = torch.randn(0, K).to(dtype)
+    for m_max, block_size in ((4, 32), (16, 64)):
+        want = run("cpp", OPS.sefp_quantize, w, m_max, block_size)
+        got = run("ref", OPS.sefp_quantize, w, m_max, block_size)
+        Kp = ref.padded_k(K, block_size)
+        assert tuple(got[0].shape) == (1 + m_max, 0, Kp // 32) and tuple(got[1].shape) == (0, Kp // block_size)
+        assert_bitexact(got, want, "quantize")
+        planes, exps = want
+        args = (planes, exps, 2, block_size, K, dtype)
+        assert_bitexact(run("ref", OPS.sefp_dequantize, *args), run("cpp", OPS.sefp_dequantize, *args), "dequantize")
+        args = (torch.randn(3, K).to(dtype), planes, exps, 2, block_size, None)
+        assert_bitexact(run("ref", OPS.sefp_linear, *args), run("cpp", OPS.sefp_linear, *args), "linear")
+
+
 # ------------------------------------------------------------------------------------------ linear
 def check_linear(y: torch.Tensor, x: torch.Tensor, planes, exps, m: int, block_size: int, bias):
     """``y`` within the shared derived bound (tests/tolerances.py ``assert_sefp_linear``: fp32 sums in

@@ -72,6 +72,38 @@ def test_bitexact_checks_dtype_shape_and_structure():
         assert_bitexact((a,), (a, a))
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_bitexact_complex_reports_both_parts(dtype):
+    x = torch.tensor([1 + 1j, 2 + 2j, -0.5 + 4j], dtype=dtype)
+    assert_bitexact(x, x.clone())
+    y = x.clone()
+    y[1] = 2 + 3j
+    with pytest.raises(AssertionError) as info:
+        assert_bitexact(y, x, name="c")
+    msg = str(info.value)
+    assert msg.startswith(f"c: 1 of 3 elements differ bitwise ({dtype}")
+    nib = 8 if dtype == torch.complex64 else 16  # hex digits per part
+    assert re.search(rf"at index \(1,\): actual \(0x[0-9a-f]{{{nib}}}, 0x[0-9a-f]{{{nib}}}\) \(\(2\+3j\)\), "
+                     rf"expected \(0x[0-9a-f]{{{nib}}}, 0x[0-9a-f]{{{nib}}}\) \(\(2\+2j\)\)", msg), msg
+    conj = torch.tensor([1 + 0j, 2 + 2j], dtype=dtype).conj()  # a lazy conj view: imaginary parts -0.0, -2.0
+    assert_bitexact(conj[1:], torch.tensor([2 - 2j], dtype=dtype))
+    with pytest.raises(AssertionError, match=r"1 of 2 elements differ.*\n  at index \(0,\)"):  # -0.0 vs 0.0
+        assert_bitexact(conj, torch.tensor([1 + 0j, 2 - 2j], dtype=dtype))
+    with pytest.raises(AssertionError, match=r"(?s)1 of 1 elements .*at index \(\)"):  # 0-dim
+        assert_bitexact(y[1], x[1])
+
+
+def test_bitexact_complex_nan_parts():
+    qnan = torch.tensor([0x7FC00000, 0x3F800000], dtype=torch.int32).view(torch.float32)
+    other = torch.tensor([0x7FC00001, 0x3F800000], dtype=torch.int32).view(torch.float32)
+    a, b = torch.view_as_complex(qnan), torch.view_as_complex(other)  # nan + 1j, another NaN payload
+    with pytest.raises(AssertionError, match="0x7fc00001"):
+        assert_bitexact(b, a)
+    assert_bitexact(b, a, any_nan=True)
+    with pytest.raises(AssertionError):  # any_nan ignores NaN payloads, not the other part
+        assert_bitexact(b + 1j, a, any_nan=True)
+
+
 def test_bitexact_on_quantizer_outputs():
     x = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
     want = mx_quantize_ref(x, "mxfp4", 32)
@@ -104,6 +136,22 @@ def test_assert_close_fails_when_outside_tolerance():
     nan_e = e.clone()
     nan_e[0] = math.nan
     assert_close(nan_e.clone(), nan_e, "bf16")
+
+
+@pytest.mark.parametrize("key", ["fp32", "bf16", "mxfp4"])
+def test_assert_close_infinite_expected_needs_the_same_infinity(key):
+    """rtol * |inf| is inf: an infinite expected value must still be matched by that infinity exactly."""
+    inf = math.inf
+    for actual, expected in ((1.0, inf), (-inf, inf), (0.0, -inf), (3e38, inf), (inf, -inf), (math.nan, inf),
+                             (inf, 1.0), (-inf, 3e38), (inf, math.nan)):
+        with pytest.raises(AssertionError, match=r"1 of 1 elements outside"):
+            assert_close(torch.tensor([actual]), torch.tensor([expected]), key)
+    for v in (inf, -inf, math.nan):
+        assert_close(torch.tensor([v]), torch.tensor([v]), key)
+    e = torch.tensor([1.0, inf, -2.0, -inf])
+    assert_close(e.clone(), e, key)
+    with pytest.raises(AssertionError, match=r"(?s)1 of 4 elements .*worst error is infx .*at index \(3,\): actual 0.5, expected -inf, allowed 0"):
+        assert_close(torch.tensor([1.0, inf, -2.0, 0.5]), e, key)
 
 
 def test_assert_close_rms_scaled_entry():
@@ -229,3 +277,57 @@ def test_heavy_tailed_is_finite_and_heavy(dtype, data):
     xf = x.double()
     kurt = float(((xf - xf.mean()) ** 4).mean() / xf.var() ** 2)
     assert kurt > 3.5  # Gaussian is 3; Student-t(<=5) and outlier channels are heavier
+
+
+# ----------------------------------------------------------------------------- binade_tensor
+@pytest.mark.parametrize("top_exp", [127, 124, 100, 64, 3, 0, -63, -64, -110, -122])
+def test_binade_tensor_range_and_resolution(top_exp):
+    """Magnitudes in [2^(top_exp - 4), 2^top_exp), fp32 normals, both signs, and as many distinct values near
+    fp32's ends as near 1: 2^20 log-uniform draws over the 2^25 fp32 values of 4 binades hit ~97% distinct
+    values (fp32 exponent arithmetic gave ~2^19 distinct values over the whole range for |top_exp| >= 64)."""
+    n = 1 << 20
+    x = lst.binade_tensor((n,), top_exp, torch.Generator().manual_seed(top_exp + 1000))
+    assert x.dtype == torch.float32 and x.shape == (n,)
+    m = x.abs()
+    assert float(m.min()) >= 2.0 ** (top_exp - 4) and float(m.max()) < 2.0**top_exp
+    assert 0.45 < float((x < 0).double().mean()) < 0.55
+    assert m.unique().numel() > 0.95 * n
+    assert abs(float((torch.log2(m.double()) - top_exp).mean()) + 2.0) < 0.01  # log2|x| uniform on [top - 4, top)
+    bf = x.bfloat16()
+    assert torch.isfinite(bf).all() and (bf.abs().float() >= torch.finfo(torch.bfloat16).tiny).all()
+
+
+def test_binade_tensor_draws_like_two_fp32_rand_calls():
+    """The generator is used as by ``rand(shape)`` for the magnitudes then ``rand(shape)`` for the signs (callers'
+    later draws are unchanged), the sign is the second draw's ``< 0.5``, and each magnitude is within a few fp32
+    ulp of the one the first draw alone gives."""
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    x = lst.binade_tensor((64, 33), 120, g1, binades=3)
+    u_mag, u_sign = torch.rand((64, 33), generator=g2), torch.rand((64, 33), generator=g2)
+    assert torch.equal(torch.rand(5, generator=g1), torch.rand(5, generator=g2))
+    assert torch.equal(x < 0, u_sign < 0.5)
+    coarse = torch.exp2(120 - 3 * u_mag.double())
+    assert float(((x.abs().double() - coarse) / coarse).abs().max()) < 2.0**-20
+
+
+def test_binade_tensor_top_edge_is_excluded(monkeypatch):
+    """A draw at the very top (u = 0, and u so small that the fp32 rounding reaches 2^top_exp) gives the largest fp32
+    below 2^top_exp; u just below 1 gives 2^(top_exp - binades) or more."""
+    draws = []
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: draws.pop(0))
+    for top in (127, 3, -122):
+        # u = 0 (both draws' bits zero); u = 2^-47; u just below 1; u = 1/4 exactly
+        draws[:] = [torch.tensor([0.0, 0.0, 1 - 2.0**-24, 0.25]), torch.tensor([0.0, 0.5 + 2.0**-24, 1 - 2.0**-24, 0.0])]
+        x = lst.binade_tensor((4,), top, torch.Generator())
+        below = math.ldexp(1 - 2.0**-24, top)  # the largest fp32 below 2^top
+        assert x.tolist()[:2] == [-below, below], top
+        assert 2.0 ** (top - 4) <= float(x[2]) < 2.0 ** (top - 4) * (1 + 2.0**-20), top
+        assert float(x[3]) == -(2.0 ** (top - 1)), top
+
+
+@pytest.mark.parametrize("top_exp, binades", [(128, 4), (-123, 4), (-127, 1), (200, 4), (0, 0), (3, -1)])
+def test_binade_tensor_rejects_out_of_range(top_exp, binades):
+    with pytest.raises(ValueError, match="top_exp|binades"):
+        lst.binade_tensor((2,), top_exp, torch.Generator(), binades=binades)
+    with pytest.raises(TypeError):
+        lst.binade_tensor((2,), 3.5, torch.Generator())

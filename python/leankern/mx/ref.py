@@ -286,7 +286,7 @@ def mx_linear_ref(
     else:
         q = mx_quantize_ref(x.contiguous(), act_fmt, block_size, "rceil", None, None)
         x_hat = mx_dequantize_ref(*q, act_fmt, block_size, torch.float32)
-    y = x_hat.reshape(-1, K) @ w_hat.T  # [M, N] fp32
+    y = x_hat.reshape(x.shape[:-1].numel(), K) @ w_hat.T  # [M, N] fp32 (M explicit: K may be 0; then y = 0)
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.reshape(*x.shape[:-1], w_hat.shape[0]).to(x.dtype)

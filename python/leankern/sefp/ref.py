@@ -48,7 +48,7 @@ def block_exponents(w32: torch.Tensor, block_size: int) -> torch.Tensor:
     bits = w32.view(torch.int32).to(torch.int64)
     field = (bits >> 23) & 0xFF
     e = torch.where((bits & 0x7FFFFFFF) == 0, torch.full_like(field, EMPTY), field.clamp(min=1) - 127)
-    return e.reshape(*w32.shape[:-1], -1, block_size).amax(dim=-1)
+    return e.reshape(*w32.shape[:-1], w32.shape[-1] // block_size, block_size).amax(dim=-1)  # sizes explicit: N may be 0
 
 
 def magnitudes(w32: torch.Tensor, E: torch.Tensor, m_max: int, block_size: int) -> torch.Tensor:
@@ -61,7 +61,7 @@ def magnitudes(w32: torch.Tensor, E: torch.Tensor, m_max: int, block_size: int) 
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """0/1 ``int64 [..., Kp]`` -> ``int32 [..., Kp / 32]`` (bit j of word w = element 32 w + j)."""
-    b = bits.reshape(*bits.shape[:-1], -1, WORD)
+    b = bits.reshape(*bits.shape[:-1], bits.shape[-1] // WORD, WORD)
     weights = torch.ones(WORD, dtype=torch.int64, device=bits.device) << torch.arange(WORD, device=bits.device)
     words = (b * weights).sum(dim=-1)  # [..., Kw] in [0, 2^32)
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)

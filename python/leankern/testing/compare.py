@@ -17,12 +17,15 @@ _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def bit_view(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's raw bit patterns as a same-width integer tensor (bool -> uint8)."""
+    """The tensor's raw bit patterns as a same-width integer tensor (bool -> uint8).
+
+    Complex tensors give the patterns of their real and imaginary parts: shape ``[..., 2]``.
+    """
     t = t.detach()
     if t.dtype == torch.bool:
         return t.to(torch.uint8)
     if t.is_complex():
-        t = torch.view_as_real(t)
+        t = torch.view_as_real(t.resolve_conj())
     if not t.is_floating_point() and t.dtype in _INT_OF_SIZE.values():
         return t
     return t.contiguous().view(_INT_OF_SIZE[t.element_size()])
@@ -33,7 +36,11 @@ def _hex(bits: int, nbytes: int) -> str:
 
 
 def _describe(t: torch.Tensor, bits: torch.Tensor, idx: tuple) -> str:
-    """'0x3f800000 (1.0)' for element ``idx`` of ``t``."""
+    """'0x3f800000 (1.0)' for element ``idx`` of ``t``; complex: '(0x3f800000, 0x40000000) ((1+2j))' (real, imag)."""
+    if t.is_complex():
+        re_bits, im_bits = (int(b) for b in bits[idx].tolist())
+        part = t.element_size() // 2
+        return f"({_hex(re_bits, part)}, {_hex(im_bits, part)}) ({complex(t[idx].to(torch.complex128))!r})"
     raw = int(bits[idx])
     if t.is_floating_point():
         decoded = repr(float(t[idx].to(torch.float64)))
@@ -49,6 +56,8 @@ def assert_bitexact(actual, expected, name: str = "tensor", *, max_listed: int =
     mismatching elements and, for the first ``max_listed`` of them (in row-major order), the
     index and both values as hex bit patterns and decoded numbers. ``any_nan=True`` lets any
     NaN match any NaN (payload and sign ignored); the default compares NaNs bit for bit.
+    Complex tensors compare the bit patterns of the real and the imaginary part (``any_nan``
+    applies to each part) and report both.
 
     Shape: ``actual`` and ``expected`` any shape, equal.
 
@@ -70,9 +79,12 @@ def assert_bitexact(actual, expected, name: str = "tensor", *, max_listed: int =
     a, e = actual.detach().cpu(), expected.detach().cpu()
     ab, eb = bit_view(a), bit_view(e)
     diff = ab != eb
-    if diff.dim() > a.dim():  # complex: real/imag pair per element
+    if a.is_complex():  # real/imag pair per element: [..., 2]
+        if any_nan:
+            ar, er = torch.view_as_real(a.resolve_conj()), torch.view_as_real(e.resolve_conj())
+            diff &= ~(torch.isnan(ar) & torch.isnan(er))
         diff = diff.any(dim=-1)
-    if any_nan and a.is_floating_point():
+    elif any_nan and a.is_floating_point():
         diff &= ~(torch.isnan(a) & torch.isnan(e))
     n_bad = int(diff.sum())
     if n_bad == 0:
@@ -158,8 +170,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, fmt_or_key, *, ta
                  name: str = "tensor", max_listed: int = 5) -> None:
     """Assert ``actual`` is within the tolerance named by ``fmt_or_key`` of ``expected``.
 
-    NaN must face NaN and infinities must match exactly. The failure message gives the number
-    of violations, the largest error relative to the allowance, and the first offending indices.
+    NaN must face NaN and infinities must match exactly: an infinite expected value is matched
+    only by the same infinity (no tolerance applies to it), and an infinite actual value only by
+    the same infinite expected value. The failure message gives the number of violations, the
+    largest error relative to the allowance, and the first offending indices.
 
     Shape: ``actual`` and ``expected`` any shape, equal.
     """
@@ -171,17 +185,21 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, fmt_or_key, *, ta
     e = expected.detach().cpu().to(torch.float64)
     finite_e = e[torch.isfinite(e)]
     rms = float(finite_e.pow(2).mean().sqrt()) if finite_e.numel() else 0.0
-    allowed = tol.atol + tol.atol_rms * rms + tol.rtol * e.abs()  # [...]
+    inf_e = torch.isinf(e)
+    # An infinite expected value allows no error (its rtol * |e| would be inf and accept anything): only the
+    # same infinity matches it, as in torch.testing.assert_close. An infinite actual value against a finite
+    # expected one has an infinite error and fails.
+    allowed = torch.where(inf_e, 0.0, tol.atol + tol.atol_rms * rms + tol.rtol * e.abs())  # [...]
     err = (a - e).abs()
-    bad = ~(err <= allowed)  # NaN error counts as bad ...
-    same_special = (torch.isnan(a) & torch.isnan(e)) | (torch.isinf(e) & (a == e))
+    bad = ~(err <= allowed)  # NaN error (NaN on either side, or inf - inf) counts as bad ...
+    same_special = (torch.isnan(a) & torch.isnan(e)) | (inf_e & (a == e))
     bad &= ~same_special  # ... unless both are NaN or the same infinity
     n_bad = int(bad.sum())
     if n_bad == 0:
         return
     ratio = torch.where(bad, err / allowed.clamp_min(1e-300), torch.zeros_like(err))
     lines = [f"{name}: {n_bad} of {bad.numel()} elements outside {tol} (rms(expected)={rms:.4g}); "
-             f"worst error is {float(ratio.nan_to_num(math.inf).max()):.3g}x the allowance"]
+             f"worst error is {float(ratio.nan_to_num(math.inf, posinf=math.inf).max()):.3g}x the allowance"]
     for row in bad.nonzero()[:max_listed].tolist():
         idx = tuple(row)
         lines.append(f"  at index {idx}: actual {float(a[idx])!r}, expected {float(e[idx])!r}, "

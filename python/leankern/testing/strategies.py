@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from hypothesis import strategies as st
@@ -270,7 +271,28 @@ def heavy_tailed_tensors(draw, shape=None, dtype=torch.float32) -> torch.Tensor:
 
 def binade_tensor(shape, top_exp: int, generator: torch.Generator, binades: int = 4) -> torch.Tensor:
     """fp32 ``shape`` of random sign whose magnitudes lie in ``[2^(top_exp - binades), 2^top_exp)`` (log-uniform): x
-    near the ends of fp32's range for property checks of GEMMs (all normal, and normal after a cast to bf16, for
-    ``-126 + binades <= top_exp <= 127``). Draws the magnitudes, then the signs, from ``generator``."""
-    mag = torch.exp2(top_exp - binades * torch.rand(shape, generator=generator))
-    return torch.where(torch.rand(shape, generator=generator) < 0.5, -mag, mag)
+    near the ends of fp32's range for property checks of GEMMs. Accepts integers ``binades >= 1`` and
+    ``-126 + binades <= top_exp <= 127`` (ValueError otherwise): then every value is an fp32 normal, and normal after
+    a cast to bf16, and every fp32 value of the range can occur, whatever ``top_exp``. Draws the magnitudes, then the
+    signs, from ``generator`` (one fp32 ``torch.rand`` of ``shape`` each)."""
+    try:
+        top_exp, binades = operator.index(top_exp), operator.index(binades)
+    except TypeError:
+        raise TypeError(f"top_exp, binades: expected integers, got {top_exp!r}, {binades!r}") from None
+    if binades < 1:
+        raise ValueError(f"binades: expected an integer >= 1, got {binades}")
+    if not -126 + binades <= top_exp <= 127:
+        raise ValueError(f"top_exp: expected {-126 + binades} <= top_exp <= 127 (all values fp32 normals below "
+                         f"2^128 with binades={binades}), got {top_exp}")
+    u_mag = torch.rand(shape, generator=generator)  # [shape] fp32: 24 random bits, k 2^-24
+    u_sign = torch.rand(shape, generator=generator)  # [shape] fp32: the sign is its top bit (< 0.5) ...
+    # ... and its 23 lower bits refine the magnitude's draw, so u is uniform on a 2^-47 grid in [0, 1) while the
+    # generator is used exactly as by fp32 draws of magnitudes and signs (callers' later draws stay the same).
+    # In float64 the exponent top_exp - binades u keeps all those bits (fp32 rounded it to 2^-17 at |top_exp| >= 64).
+    k = torch.floor(u_mag.double() * 2.0**24)
+    j = torch.remainder(torch.floor(u_sign.double() * 2.0**24), 2.0**23)
+    u = (k + j * 2.0**-23) * 2.0**-24
+    mag = torch.exp2(top_exp - binades * u).to(torch.float32)
+    # rounding to fp32 may reach 2^top_exp (for u < ~2^-25 / binades): the largest fp32 below it instead
+    mag = mag.clamp(min=math.ldexp(1.0, top_exp - binades), max=math.ldexp(1.0 - 2.0**-24, top_exp))
+    return torch.where(u_sign < 0.5, -mag, mag)
