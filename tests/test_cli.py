@@ -15,13 +15,20 @@ from leankern.mx.formats import FORMATS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(*args, timeout=600):
-    env = dict(os.environ)
+def _proc(*args, timeout=600, env=None):
+    full = dict(os.environ, **(env or {}))
     # The subprocess imports the same leankern as this test process.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(leankern.__file__).parents[1]), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(leankern.__file__).parents[1]), full.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=full, cwd=REPO)
+
+
+def _run(*args, timeout=600, env=None):
+    proc = _proc(*args, timeout=timeout, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return proc.stdout
+
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
 def test_info():
@@ -77,12 +84,13 @@ def test_bench_rejects_bad_size():
 
 def test_numerics_small(tmp_path):
     path = tmp_path / "numerics.csv"
-    out = _run("-m", "leankern", "numerics", "--size", "256", "--csv", str(path), "--plot", str(tmp_path / "n.png"))
+    plot = ("--plot", str(tmp_path / "n.png")) if HAS_MATPLOTLIB else ()  # without it --plot is an error (below)
+    out = _run("-m", "leankern", "numerics", "--size", "256", "--csv", str(path), *plot)
     assert "QSNR (dB), 256x256" in out
     for fmt in ("mxint8", "mxfp8_e4m3", "nvfp4", "nvint4"):
         assert any(line.startswith(fmt) for line in out.splitlines()), fmt
     assert "Paper claims" in out and "crest factor" in out
-    assert (tmp_path / "n.png").exists() or importlib.util.find_spec("matplotlib") is None
+    assert (tmp_path / "n.png").exists() or not HAS_MATPLOTLIB
     rows = [r for r in csv.reader(path.open()) if r and r[0] == "qsnr"]
     assert len(rows) == 8 * 3 * 2  # formats x datasets x rotations
 
@@ -113,3 +121,92 @@ def test_gpu_check_dry_run_plans_every_stage(tmp_path):
     bad = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
                          timeout=60, env=dict(env, STAGES="env nosuchstage"), cwd=REPO)
     assert bad.returncode != 0 and "unknown stage 'nosuchstage'" in bad.stdout
+
+
+# ------------------------------------------------- numerics: outputs checked before the (long) study
+@pytest.fixture
+def no_study(monkeypatch):
+    """The study itself must not start: the output checks come first."""
+    from leankern.mx import numerics
+
+    def _raise(*args, **kwargs):
+        raise AssertionError("the study ran before the outputs were checked")
+
+    monkeypatch.setattr(numerics, "qsnr_table", _raise)
+    monkeypatch.setattr(numerics, "crest_factor_study", _raise)
+    return numerics
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--plot"])
+def test_numerics_unwritable_output_fails_before_the_run(no_study, flag, tmp_path, capsys):
+    bad = tmp_path / "missing_dir" / "out.file"
+    assert no_study.main([flag, str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"leankern numerics: {flag}: cannot write {bad}" in err and "No such file or directory" in err, err
+    assert no_study.main(["--csv", str(tmp_path)]) == 2  # a directory
+    assert "Is a directory" in capsys.readouterr().err
+
+
+def test_numerics_output_check_leaves_files_as_they_were(no_study, tmp_path):
+    """The writability probe neither truncates an existing file nor leaves a new one behind."""
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    old.write_text("keep me\n")
+    assert no_study.check_outputs(str(old), None) is None and no_study.check_outputs(str(new), None) is None
+    assert old.read_text() == "keep me\n" and not new.exists()
+
+
+def test_numerics_plot_without_matplotlib_fails_before_the_run(no_study, monkeypatch, tmp_path, capsys):
+    for mod in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import matplotlib -> ImportError, as if not installed
+    png, path = tmp_path / "n.png", tmp_path / "n.csv"
+    assert no_study.main(["--csv", str(path), "--plot", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert "--plot: matplotlib is not installed" in err and "nothing computed" in err, err
+    assert not png.exists() and not path.exists()
+
+
+def test_numerics_cli_unwritable_csv_exits_nonzero_without_traceback(tmp_path):
+    bad = tmp_path / "missing_dir" / "q.csv"
+    # the default size (4096) would take minutes if the study ran first
+    proc = _proc("-m", "leankern", "numerics", "--csv", str(bad), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"leankern numerics: --csv: cannot write {bad}" in proc.stderr and "Traceback" not in proc.stderr
+    assert "QSNR" not in proc.stdout
+
+
+# ------------------------------------------------------ LEANKERN_BENCH_SIZE: read only when a bench runs
+@pytest.mark.parametrize("cmd", [["--help"], ["info"], ["bench", "--help"]])
+def test_bad_bench_size_env_leaves_other_commands_alone(cmd):
+    out = _run("-m", "leankern", *cmd, env={"LEANKERN_BENCH_SIZE": "abc"})
+    assert out.strip()
+
+
+@pytest.mark.parametrize("value", ["abc", "100", "-64", "1e3"])
+def test_bad_bench_size_env_is_a_clear_bench_error(value):
+    proc = _proc("-m", "leankern", "bench", "--quick", "--no-aot", "--no-thp", env={"LEANKERN_BENCH_SIZE": value},
+                 timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (f"leankern bench: LEANKERN_BENCH_SIZE: expected a positive multiple of 64, "
+                                   f"got {value!r}"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_size_env_is_read_lazily(monkeypatch):
+    import argparse
+
+    from leankern.benchmarks import add_bench_args, bench_size, check_bench_args
+
+    monkeypatch.setenv("LEANKERN_BENCH_SIZE", "oops")
+    p = argparse.ArgumentParser()
+    add_bench_args(p)  # building the parser does not read it
+    args = p.parse_args([])
+    assert args.size is None
+    assert "LEANKERN_BENCH_SIZE" in check_bench_args(args)
+    with pytest.raises(ValueError, match=r"LEANKERN_BENCH_SIZE: expected a positive multiple of 64, got 'oops'"):
+        bench_size(args)
+    assert bench_size(p.parse_args(["--size", "128"])) == 128  # --size wins over the variable
+    monkeypatch.setenv("LEANKERN_BENCH_SIZE", "192")
+    assert check_bench_args(args) is None and bench_size(args) == 192
+    for unset in ("", "0"):
+        monkeypatch.setenv("LEANKERN_BENCH_SIZE", unset)
+        assert bench_size(args) is None  # the families' default sizes

@@ -391,14 +391,13 @@ def test_torch_compile_fullgraph(name):
 
 
 # ------------------------------------------------------------------------------- autograd
-@needs_ext
 @pytest.mark.parametrize("name", OPS)
 def test_every_op_has_an_autograd_kernel(name):
     # without one torch's default runs: a backward through the op warns and leaves None gradients
+    # (C++ build: torch's autogradNotImplementedFallback; without leankern._C: a Python kernel that raises alike)
     assert torch._C._dispatch_has_kernel_for_dispatch_key(_spec(name).qualname, "Autograd")
 
 
-@needs_ext
 def test_backward_through_a_raw_op_raises_instead_of_returning_no_gradient():
     h = torch.randn(2, 16, requires_grad=True)
     w = torch.randn(50, 16)
@@ -410,3 +409,171 @@ def test_backward_through_a_raw_op_raises_instead_of_returning_no_gradient():
     assert h.grad is None
     with torch.no_grad():
         assert not torch.ops.leankern.vocab_gather_lm_head(h, w, ids, None, None, 1.0, torch.float32, False).requires_grad
+
+
+# ------------------------------------------------------- (g) one use_backend object entered again
+def test_one_use_backend_object_nested_reuse_restores_everything():
+    """A module-level ``REF = use_backend("ref")`` entered inside itself: each exit restores its own entry."""
+    other = _other_backend()
+    ref = leankern.use_backend("ref")
+    with ref:
+        with ref:
+            assert core.forced_backend() == "ref"
+        assert core.forced_backend() == "ref" and torch._C._len_torch_dispatch_stack() == 1
+        if other is not None:  # and inside another backend, inside itself again
+            with leankern.use_backend(other):
+                with ref:
+                    assert core.forced_backend() == "ref"
+                assert core.forced_backend() == other
+            assert core.forced_backend() == "ref"
+    assert core.forced_backend() is None
+    assert torch._C._len_torch_dispatch_stack() == 0
+    with ref:  # still usable afterwards
+        assert leankern.backend_for("hadamard_transform", "cpu") == "ref"
+    assert core.forced_backend() is None and torch._C._len_torch_dispatch_stack() == 0
+
+
+def test_one_use_backend_object_shared_by_two_threads(counts):
+    """Two threads inside the same object at once (their entries overlap, the first exits first): both
+    route to it, and each leaves its thread unforced with no mode left on its stack."""
+    ref = leankern.use_backend("ref")
+    name, args = "hadamard_transform", op_args("hadamard_transform")
+    inside, first_out = threading.Barrier(2), threading.Event()
+    seen = {}
+
+    def worker(tag, exits_first):
+        try:
+            with ref:
+                inside.wait(timeout=60)
+                _call(name, args)
+                if exits_first:
+                    pass  # leave while the other thread is still inside
+                else:
+                    first_out.wait(timeout=60)
+                    assert core.forced_backend() == "ref"
+            if exits_first:
+                first_out.set()
+            seen[tag] = (core.forced_backend(), torch._C._len_torch_dispatch_stack(), threading.get_ident())
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            first_out.set()
+            seen[tag] = exc
+
+    threads = [threading.Thread(target=worker, args=("A", True)), threading.Thread(target=worker, args=("B", False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for tag in "AB":
+        assert not isinstance(seen[tag], BaseException), (tag, seen[tag])
+        assert seen[tag][:2] == (None, 0), (tag, seen[tag])
+    assert sorted(counts.get(("ref", name), [])) == sorted([seen["A"][2], seen["B"][2]])
+    assert core.forced_backend() is None and torch._C._len_torch_dispatch_stack() == 0
+
+
+def test_use_backend_exit_without_enter_is_an_error():
+    ref = leankern.use_backend("ref")
+    with pytest.raises(RuntimeError, match="without a matching __enter__"):
+        ref.__exit__(None, None, None)
+    assert core.forced_backend() is None
+
+
+# --------------------------------------------------- (h) backend_for under a forced backend
+def test_backend_for_under_a_forced_backend_is_what_runs():
+    """Inside use_backend, backend_for names the forced backend only where it can run: elsewhere it raises
+    the RuntimeError the call itself raises."""
+    with leankern.use_backend("ref"):
+        for name in OPS:
+            assert leankern.backend_for(name, "cpu") == "ref"
+            assert leankern.backend_for(name, "cuda") == "ref"
+    with leankern.use_backend("cuda"):
+        with pytest.raises(RuntimeError, match=r"backend 'cuda' runs cuda tensors; got a tensor on cpu"):
+            leankern.backend_for("mx_quantize", "cpu")
+        with pytest.raises(RuntimeError, match=r"backend 'cuda' runs cuda tensors; got a tensor on cpu"):
+            _call("mx_quantize", op_args("mx_quantize"))
+    with leankern.use_backend("cpp"):
+        with pytest.raises(RuntimeError, match=r"backend 'cpp' runs cpu tensors; got a tensor on cuda"):
+            leankern.backend_for("mx_quantize", "cuda")
+        if HAS_EXT:
+            assert leankern.backend_for("mx_quantize", "cpu") == "cpp"
+        else:
+            with pytest.raises(RuntimeError, match=r"backend 'cpp'.*not available"):
+                leankern.backend_for("mx_quantize", "cpu")
+
+
+def test_backend_for_forced_triton_without_a_triton_kernel_raises():
+    no_triton = [name for name in OPS if _spec(name).triton is None]
+    assert no_triton, "every op has a Triton kernel now: pick another case"
+    name = no_triton[0]
+    with leankern.use_backend("triton"), pytest.raises(RuntimeError, match=rf"{name} has no Triton kernel"):
+        leankern.backend_for(name, "cpu")
+    if core.triton_available() and core.triton_interpreting():
+        with leankern.use_backend("triton"):
+            assert leankern.backend_for("hadamard_transform", "cpu") == "triton"
+
+
+# ------------------------------------------------ (i) autograd without the extension (Python kernel)
+_NOEXT_GRAD_SCRIPT = r"""
+import json, warnings
+import torch, leankern
+from leankern import mx, sefp
+# an op without an Autograd kernel: torch warns (deprecated fallback), then backprops through the kernel
+warnings.filterwarnings("error", message=".*autograd kernel was not registered.*")
+assert leankern.extension() is None
+res = {"autograd": [n for n, s in leankern.registered_ops().items()
+                    if not torch._C._dispatch_has_kernel_for_dispatch_key(s.qualname, "Autograd")]}
+g = torch.Generator().manual_seed(0)
+codes = torch.randint(-127, 128, (3, 32), dtype=torch.int8, generator=g)
+scales = torch.full((3, 1), 120, dtype=torch.uint8)
+raw = lambda x: torch.ops.leankern.mx_linear(x, codes, scales, torch.ones(()), "mxint8", 32, None, None)
+def backward_error(fn, x):
+    try:
+        fn(x).sum().backward()
+    except Exception as exc:
+        return [type(exc).__name__, str(exc)]
+    return None if x.grad is None else "gradient"
+x = torch.randn(2, 32, requires_grad=True)
+res["eager"] = backward_error(raw, x)
+res["eager_grad"] = x.grad is not None
+res["forward_requires_grad"] = raw(x).requires_grad
+with torch.no_grad():
+    res["no_grad_requires_grad"] = raw(x).requires_grad
+torch._dynamo.reset()
+res["compiled"] = backward_error(torch.compile(raw, backend="aot_eager"), torch.randn(2, 32, requires_grad=True))
+# the front-ends with a documented backward still have it
+w = torch.randn(3, 32, generator=g)
+x = torch.randn(2, 32, requires_grad=True)
+b = torch.zeros(3, requires_grad=True)
+mx.linear(x, mx.quantize(w, "mxint8"), b).sum().backward()
+want = mx.dequantize(mx.quantize(w, "mxint8")).float().sum(0).expand(2, -1)
+res["mx_linear"] = bool(torch.allclose(x.grad, want, atol=1e-5)) and torch.equal(b.grad, torch.full((3,), 2.0))
+x.grad = None
+wq = sefp.quantize(w, m_max=8)
+sefp.linear(x, wq, m=4).sum().backward()
+res["sefp_linear"] = bool(torch.allclose(x.grad, sefp.dequantize(wq, 4).float().sum(0).expand(2, -1), atol=1e-5))
+wt = w.clone().requires_grad_()
+sefp.sefp_fake_quant(wt, 4).sum().backward()
+res["fake_quant"] = torch.equal(wt.grad, torch.ones_like(w))
+wt.grad = None
+torch._dynamo.reset()
+torch.compile(sefp.sefp_fake_quant, backend="aot_eager", fullgraph=True)(wt, 4).sum().backward()
+res["fake_quant_compiled"] = torch.equal(wt.grad, torch.ones_like(w))
+print(json.dumps(res))
+"""
+
+
+def test_raw_op_backward_raises_without_the_extension():
+    """LEANKERN_DISABLE_EXT=1: every op still has an Autograd kernel (registered from Python), so a backward
+    through a raw op raises "derivative ... is not implemented" as with the C++ build (not the reference's
+    gradients in eager mode and None under torch.compile), while the front-ends keep their gradients."""
+    out = run_python(_NOEXT_GRAD_SCRIPT, env={"LEANKERN_DISABLE_EXT": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["autograd"] == []
+    kind, msg = res["eager"]
+    assert kind == "NotImplementedError", res["eager"]
+    assert "derivative for leankern::mx_linear is not implemented" in msg and "leankern.mx.linear" in msg, msg
+    assert not res["eager_grad"]
+    assert res["forward_requires_grad"] and not res["no_grad_requires_grad"]
+    assert res["compiled"] is not None and res["compiled"] != "gradient", res["compiled"]
+    assert "derivative for leankern::mx_linear is not implemented" in res["compiled"][1], res["compiled"]
+    assert res["mx_linear"] and res["sefp_linear"] and res["fake_quant"] and res["fake_quant_compiled"], res

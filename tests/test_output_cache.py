@@ -141,3 +141,12 @@ def test_enabled_restores_the_limit_after_an_exception(cache):
     with pytest.raises(KeyError), cache.enabled(16):
         raise KeyError("boom")
     assert cache.stats()["limit_bytes"] == 0
+
+
+@needs_ext
+@pytest.mark.parametrize("name,value", [("LEANKERN_OUTPUT_CACHE_MB", "abc"), ("LEANKERN_OUTPUT_CACHE_MB", "1e9"),
+                                        ("LEANKERN_OUTPUT_CACHE_MB", "-5"), ("LEANKERN_AMX", "off")])
+def test_bad_environment_values_are_errors_at_import(name, value):
+    """Read by the C++ side at load: a typo must not pass silently ("1e9" was 1 MB, "abc" and "-5" off, "off" on)."""
+    out = run_python("import leankern", env={name: value}, drop=("LEANKERN_DISABLE_EXT",))
+    assert out.returncode != 0 and f"{name}: expected" in out.stderr and repr(value) in out.stderr, out.stderr

@@ -22,9 +22,14 @@ constexpr size_t kMinCached = size_t(1) << 20;  // smaller outputs use at::empty
 constexpr size_t kHuge = size_t(2) << 20;
 
 size_t initial_limit_bytes() {
+  // a whole number of MB, nothing else ("1e9" is not 1): anything else leaves the cache off, and leankern's import
+  // raises on it (core.py, with the other LEANKERN_* variables)
   const char* e = std::getenv("LEANKERN_OUTPUT_CACHE_MB");
-  const long mb = (e && *e) ? std::strtol(e, nullptr, 10) : 0;
-  return mb > 0 ? size_t(mb) << 20 : size_t(0);
+  if (!e || !*e) return 0;
+  char* end = nullptr;
+  const long long mb = std::strtoll(e, &end, 10);
+  if (*end != '\0' || mb <= 0 || mb > (1LL << 30)) return 0;
+  return size_t(mb) << 20;
 }
 
 class OutputAllocator final : public c10::Allocator {

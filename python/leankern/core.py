@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 import threading
 import warnings
 from typing import Callable, Iterable, Optional
@@ -185,6 +186,12 @@ def _load_extension():
         fma = os.environ.get("LEANKERN_MX_FMA")
         if fma not in (None, "", "0", "1"):  # read by the C++ side at the first mx.linear: a typo would pass silently
             raise ValueError(f"LEANKERN_MX_FMA: expected 0 or 1 (the mx few-rows kernel's FMA form off / on), got {fma!r}")
+        cache_mb = os.environ.get("LEANKERN_OUTPUT_CACHE_MB")  # read by the C++ side at load: "1e9" must not be 1 MB
+        if cache_mb not in (None, "") and not (cache_mb.isdigit() and int(cache_mb) <= 1 << 30):
+            raise ValueError(f"LEANKERN_OUTPUT_CACHE_MB: expected a whole number of MB (0: off), got {cache_mb!r}")
+        amx = os.environ.get("LEANKERN_AMX")
+        if amx not in (None, "", "0", "1"):
+            raise ValueError(f"LEANKERN_AMX: expected 0 or 1 (AMX tiles off / on where the CPU has them), got {amx!r}")
     return mod
 
 
@@ -271,9 +278,14 @@ def register_op(spec: OpSpec) -> OpSpec:
     lib.define(spec.name + spec.schema)
     torch.library.register_fake(spec.qualname, spec.fake, lib=lib)
     ext = _load_extension()  # C++ kernels register CPU (and CUDA) impls for the op when the .so loads
+    # A backward through a raw op raises "derivative for leankern::<op> is not implemented", with or without the
+    # extension. Without an Autograd kernel torch's deprecated fallback would run: eager backward through the
+    # reference (gradients of the reference, a warning), None gradients under torch.compile.
     no_derivative = getattr(ext, "register_no_derivative", None)
-    if no_derivative is not None:  # a backward through the op raises (torch's default: None gradients, a warning)
-        no_derivative(spec.name)
+    if no_derivative is not None:
+        no_derivative(spec.name)  # C++: torch's autogradNotImplementedFallback, no Python per call
+    else:
+        torch.library.register_autograd(spec.qualname, _no_derivative_backward(spec), lib=lib)
     spec.native_cuda = _has_kernel(spec.qualname, "CUDA")
     if spec.triton is not None and not spec.native_cuda:
         lib.impl(spec.name, _triton_kernel(spec), "CUDA")
@@ -282,12 +294,33 @@ def register_op(spec: OpSpec) -> OpSpec:
     return spec
 
 
+_GRAD_FRONT_ENDS = ("leankern.mx.linear / nn.QuantLinear and leankern.sefp.linear / nn.SEFPLinear have a backward "
+                    "for x and the bias; leankern.sefp.sefp_fake_quant is a straight-through quantizer of the weight")
+
+
+def _no_derivative_backward(spec: OpSpec) -> Callable:
+    """The backward registered (from Python) when ``leankern._C`` is absent: raises as the C++ build does."""
+    def backward(ctx, *grads):
+        raise NotImplementedError(f"derivative for {spec.qualname} is not implemented: the raw torch.ops.leankern "
+                                  f"ops have no backward ({_GRAD_FRONT_ENDS})")
+
+    return backward
+
+
 def backend_for(op: str, device: torch.device | str) -> str:
-    """The backend ``torch.ops.leankern.<op>`` runs for tensors on ``device`` in this process."""
+    """The backend ``torch.ops.leankern.<op>`` runs for tensors on ``device`` in this process (this thread).
+
+    Inside :func:`use_backend` that is the forced backend; if it cannot run ``op`` on ``device``, this raises
+    the ``RuntimeError`` the call would.
+    """
+    spec, device = _REGISTRY[op], torch.device(device)
     forced = forced_backend()
     if forced is not None:
+        err = _forced_error(spec, forced, device)
+        if err is not None:
+            raise RuntimeError(err)
         return forced
-    spec, dev = _REGISTRY[op], torch.device(device).type
+    dev = device.type
     if dev == "cpu":
         return "cpp" if _has_kernel(spec.qualname, "CPU") else "ref"
     if dev == "cuda":
@@ -317,13 +350,27 @@ _warned: set = set()
 _warn_lock = threading.Lock()
 
 
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` (for a ``warnings.warn`` in this module) of the first frame outside this module and torch: the
+    line that called the op, however many torch frames (dispatcher, a Python autograd kernel) lie between."""
+    frame, level = sys._getframe(1), 1  # the caller of this function: the one that warns
+    while frame.f_back is not None and (frame.f_code.co_filename == __file__
+                                        or frame.f_code.co_filename.startswith(_TORCH_DIR)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn_fallback(spec: OpSpec, device_type: str, reason: str) -> None:
     with _warn_lock:
         if reason in _warned:
             return
         _warned.add(reason)
     warnings.warn(f"leankern: running the pure-PyTorch reference of {spec.qualname} on {device_type} tensors, "
-                  f"typically 100-1000x slower than a compiled kernel: {reason}", RuntimeWarning, stacklevel=4)
+                  f"typically 100-1000x slower than a compiled kernel: {reason}", RuntimeWarning,
+                  stacklevel=_caller_stacklevel())
 
 
 def _fallback_reason(spec: OpSpec, device_type: str) -> str | None:
@@ -361,27 +408,38 @@ def forced_backend() -> str | None:
     return getattr(_state, "forced", None)
 
 
+def _forced_error(spec: OpSpec, backend: str, dev: torch.device) -> str | None:
+    """Why the forced ``backend`` cannot run ``spec`` on tensors on ``dev`` (the call's ``RuntimeError``), else None."""
+    if backend == "ref":
+        return None
+    if backend == "triton":
+        if spec.triton is None:
+            return f"backend 'triton': {spec.qualname} has no Triton kernel"
+        if not triton_available():
+            return "backend 'triton': triton is not installed (pip install triton)"
+        if dev.type == "cpu" and not triton_interpreting():
+            return "backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing triton"
+        return None
+    want = {"cpp": "cpu", "cuda": "cuda"}[backend]
+    if dev.type != want:
+        return f"backend {backend!r} runs {want} tensors; got a tensor on {dev}"
+    if backend == "cpp" and extension() is None:
+        return f"backend 'cpp': the leankern._C extension is not available ({extension_error()})"
+    if backend == "cpp" and not _has_kernel(spec.qualname, "CPU") or backend == "cuda" and not spec.native_cuda:
+        return f"backend {backend!r}: leankern._C has no {want} kernel for {spec.qualname}"
+    return None
+
+
 def _run_forced(spec: OpSpec, backend: str, func, args, kwargs):
-    dev = _first_device(args)
+    err = _forced_error(spec, backend, _first_device(args))
+    if err is not None:
+        raise RuntimeError(err)
     if backend == "ref":
         spec.check("ref", *args)
         return spec.ref(*args)
     if backend == "triton":
-        if spec.triton is None:
-            raise RuntimeError(f"backend 'triton': {spec.qualname} has no Triton kernel")
-        if not triton_available():
-            raise RuntimeError("backend 'triton': triton is not installed (pip install triton)")
-        if dev.type == "cpu" and not triton_interpreting():
-            raise RuntimeError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing triton")
         spec.check("triton", *args)
         return spec.triton(*args)
-    want = {"cpp": "cpu", "cuda": "cuda"}[backend]
-    if dev.type != want:
-        raise RuntimeError(f"backend {backend!r} runs {want} tensors; got a tensor on {dev}")
-    if backend == "cpp" and extension() is None:
-        raise RuntimeError(f"backend 'cpp': the leankern._C extension is not available ({extension_error()})")
-    if backend == "cpp" and not _has_kernel(spec.qualname, "CPU") or backend == "cuda" and not spec.native_cuda:
-        raise RuntimeError(f"backend {backend!r}: leankern._C has no {want} kernel for {spec.qualname}")
     # redispatch below every mode (an outer use_backend too): straight to the kernel of that key
     key = torch._C.DispatchKey.CPU if backend == "cpp" else torch._C.DispatchKey.CUDA
     return func.redispatch(torch._C.DispatchKeySet(key), *args, **kwargs)
@@ -414,21 +472,34 @@ class use_backend:  # noqa: N801  (a context manager used like a function)
     backend that cannot run the input raises ``RuntimeError`` naming both. For tests and benches:
     production calls never need it (the dispatcher already picks the kernel for the device).
     Eager only: torch.compile refuses to trace while a user dispatch mode is active.
+
+    One object may be entered again, nested or from several threads at once (``REF = use_backend("ref")`` at
+    module level): each entry keeps what it restores on a stack of its own thread.
     """
 
     def __init__(self, name: str):
         if name not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
         self.name = name
+        self._entries = threading.local()  # .stack: [(previous forced backend, mode)] of this thread's entries
 
     def __enter__(self):
-        self._prev = forced_backend()
+        stack = getattr(self._entries, "stack", None)
+        if stack is None:
+            stack = self._entries.stack = []
+        prev, mode = forced_backend(), _ForceBackend(self.name)
+        mode.__enter__()
+        stack.append((prev, mode))
         _state.forced = self.name
-        self._mode = _ForceBackend(self.name)
-        self._mode.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._mode.__exit__(*exc)
-        _state.forced = self._prev
+        stack = getattr(self._entries, "stack", None)
+        if not stack:
+            raise RuntimeError(f"use_backend({self.name!r}).__exit__ without a matching __enter__ in this thread")
+        prev, mode = stack.pop()
+        try:
+            mode.__exit__(*exc)
+        finally:
+            _state.forced = prev
         return False

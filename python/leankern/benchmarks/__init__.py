@@ -26,7 +26,7 @@ import sys
 import time
 
 __all__ = ["FAMILIES", "SECTIONS", "family_module", "add_bench_args", "parse_bench_args", "rerun_with_thp",
-           "run_bench", "bench_main", "check_bench_args"]
+           "run_bench", "bench_main", "check_bench_args", "bench_size"]
 
 _NOT_FAMILIES = {"harness", "overhead"}
 FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
@@ -62,15 +62,39 @@ def add_bench_args(p: argparse.ArgumentParser, with_family: bool = True) -> None
     # that off leankern's C++ outputs (the header says so). --output-cache 0 times what users get by default.
     p.add_argument("--output-cache", type=int, default=512, metavar="MB",
                    help="leankern.output_cache limit while timing (default 512; 0 = off, the library default)")
-    # Hidden: one square size instead of the defaults (tests use a tiny one). Also LEANKERN_BENCH_SIZE.
-    p.add_argument("--size", type=int, default=int(os.environ.get("LEANKERN_BENCH_SIZE", "0")) or None,
-                   help=argparse.SUPPRESS)
+    # Hidden: one square size instead of the defaults (tests use a tiny one). Also LEANKERN_BENCH_SIZE, read by
+    # bench_size() when a bench runs (not here: a bad value must not break --help or `leankern info`).
+    p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+
+
+_SIZE_ENV = "LEANKERN_BENCH_SIZE"
+
+
+def bench_size(args) -> int | None:
+    """The one square size to bench: ``--size``, else ``LEANKERN_BENCH_SIZE`` (unset, empty or 0: None, each
+    family's default sizes). ``ValueError`` naming the variable when it is not a positive multiple of 64."""
+    if getattr(args, "size", None) is not None:
+        return args.size
+    raw = os.environ.get(_SIZE_ENV, "").strip()
+    if raw in ("", "0"):
+        return None
+    try:
+        size = int(raw)
+    except ValueError:
+        size = None
+    if size is None or size < 64 or size % 64:
+        raise ValueError(f"{_SIZE_ENV}: expected a positive multiple of 64, got {raw!r}")
+    return size
 
 
 def check_bench_args(args) -> str | None:
-    """An error message for bad arguments, else None."""
+    """An error message for bad arguments (and a bad ``LEANKERN_BENCH_SIZE``), else None."""
     if args.size is not None and (args.size < 64 or args.size % 64):
         return f"--size: expected a positive multiple of 64, got {args.size}"
+    try:
+        bench_size(args)
+    except ValueError as exc:
+        return str(exc)
     if args.output_cache < 0:
         return f"--output-cache: expected a non-negative number of MB, got {args.output_cache}"
     if str(args.device).startswith("cuda"):
@@ -122,12 +146,13 @@ def run_bench(args, sections=None, out=print) -> int:
     if sections is None:
         sections = SECTIONS if getattr(args, "family", "all") == "all" else (args.family,)
     mode = "quick" if args.quick else "full" if args.full else "default"
+    size = bench_size(args)  # before the bandwidth run: a bad LEANKERN_BENCH_SIZE fails first
     t0 = time.perf_counter()
     bw = measure_copy_bandwidth(args.device)
     many = len(sections) > 1
     for name in sections:
         family_module(name).run(quick=args.quick, full=args.full, device=args.device,
-                                sizes=(args.size,) if args.size else None, csv_path=_with_suffix(args.csv, name, many),
+                                sizes=(size,) if size else None, csv_path=_with_suffix(args.csv, name, many),
                                 plot_path=_with_suffix(args.plot, name, many), aot=not args.no_aot, bw_gbps=bw,
                                 output_cache_mb=args.output_cache, out=out)
         out("")

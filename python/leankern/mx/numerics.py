@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 
 import torch
@@ -335,6 +336,36 @@ def plot(path, rows, crest_rows, bits=(4, 6, 8)) -> bool:
     return True
 
 
+def _output_error(flag: str, path: str) -> str | None:
+    """Why ``path`` (of option ``flag``) cannot be written, else None: probed by opening it for append (no
+    truncation; a file created by the probe is removed again), so it holds for root and read-only mounts alike."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        return f"{flag}: cannot write {path} ({exc.strerror or type(exc).__name__})"
+    if not existed:
+        os.remove(path)
+    return None
+
+
+def check_outputs(csv_path: str | None, plot_path: str | None) -> str | None:
+    """An error message when a requested output cannot be written (a path, or matplotlib for the plot), else None.
+
+    Run before the study, which takes minutes at the default size: an output the user asked for fails up front.
+    """
+    for flag, path in (("--csv", csv_path), ("--plot", plot_path)):
+        if path and (err := _output_error(flag, path)):
+            return err
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return "--plot: matplotlib is not installed (pip install matplotlib, or leankern[plot])"
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="leankern numerics", description="QSNR study of the MX/NV formats (specs/mx.md).")
     p.add_argument("--size", type=int, default=4096, help="data is size x size fp32 (default 4096, the spec's)")
@@ -345,6 +376,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.size < 32 or args.size % 32:
         p.error(f"--size: expected a multiple of 32 (the block size), got {args.size}")
+    if err := check_outputs(args.csv, args.plot):
+        print(f"{p.prog}: {err}; nothing computed", file=sys.stderr)
+        return 2
     print(f"QSNR (dB), {args.size}x{args.size} fp32, seed {args.seed}; MX scales RCEIL, NV two-level; "
           f"quantizer: {backend_description()}")
     rows = qsnr_table(args.size, seed=args.seed, progress=not args.no_progress)
@@ -358,12 +392,24 @@ def main(argv=None) -> int:
           "theory 10.79+6.02(b-1)-20log10(rho)-20log10(kappa) with RCEIL rho, and the uniform-noise model "
           "with each block's actual scale")
     print(format_crest_table(crest_rows))
+    rc = 0
     if args.csv:
-        write_csv(args.csv, rows, crest_rows)
-        print(f"\nwrote {args.csv}")
-    if args.plot and plot(args.plot, rows, crest_rows):
-        print(f"wrote {args.plot}")
-    return 0
+        try:
+            write_csv(args.csv, rows, crest_rows)
+            print(f"\nwrote {args.csv}")
+        except OSError as exc:  # checked before the run; the disk can still fill up
+            print(f"{p.prog}: --csv: cannot write {args.csv} ({exc.strerror or type(exc).__name__})", file=sys.stderr)
+            rc = 1
+    if args.plot:
+        try:
+            if plot(args.plot, rows, crest_rows):
+                print(f"wrote {args.plot}")
+            else:
+                rc = 1  # plot() said why
+        except OSError as exc:
+            print(f"{p.prog}: --plot: cannot write {args.plot} ({exc.strerror or type(exc).__name__})", file=sys.stderr)
+            rc = 1
+    return rc
 
 
 if __name__ == "__main__":
