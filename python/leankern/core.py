@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 __all__ = [
     "BACKENDS", "FLOAT_DTYPES", "Capability", "OpSpec", "register_op", "registered_ops", "use_backend",
     "forced_backend", "backend_for", "extension", "extension_error", "triton_available", "triton_interpreting",
-    "check_tensor", "check_shape", "check_power_of_two", "check_choice", "check_divisible", "check_value_on_device",
+    "narrow_to_int32", "check_tensor", "check_shape", "check_power_of_two", "check_choice", "check_divisible", "check_value_on_device",
 ]
 
 BACKENDS = ("ref", "cpp", "triton", "cuda")
@@ -101,6 +101,25 @@ def check_ids_in_range(ids: torch.Tensor, lo: int, hi: int | None, expected: str
             raise ValueError(f"{expected}, got min {a}, max {b}")
         return
     check_value_on_device(mn >= lo if hi is None else (mn >= lo) & (mx < hi), f"{expected}, got an id outside it")
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def narrow_to_int32(t, check: Callable | None = None, lo: int = INT32_MIN, hi: int = INT32_MAX):
+    """int64 integers (Hugging Face's ids, counts, codes) as the ops' int32, never wrapping onto a valid value
+    (``2**32 + 5`` must not read as ``5``). Anything not an int64 tensor is returned as it is (no pass, no copy).
+
+    On CPU outside ``torch.compile``, ``check`` (the op's own value check, when the caller knows the bounds) runs
+    on the int64 values first, so its message quotes them; otherwise the values saturate to ``[lo, hi]`` (choose
+    them outside the op's valid range) and the op's own check rejects them before anything is read: on a GPU a
+    device-side assert, so no host synchronisation and no extra reduction."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64:
+        return t
+    if check is not None and host_values(t):
+        check(t)
+        return t.to(torch.int32)
+    return t.clamp(lo, hi).to(torch.int32)
 
 
 def check_row_ids(ids, n_rows: int, device: torch.device) -> None:

@@ -25,7 +25,7 @@ import math
 import torch
 
 from ..core import (FLOAT_DTYPES, Capability, OpSpec, backend_for, check_choice, check_ids_in_range, check_tensor,
-                    check_value_on_device, register_op)
+                    check_value_on_device, narrow_to_int32, register_op)
 from . import ref
 
 __all__ = ["CAPABILITIES", "ROUTE", "SKIP", "ALIGN", "EXPERTS", "MAX_TOPK", "MAX_BLOCK_M", "ID_BOUND_INT32",
@@ -117,11 +117,9 @@ def check_modality_values(modality: torch.Tensor) -> None:
 def modality_to_int32(modality: torch.Tensor) -> torch.Tensor:
     """Integer modality codes as the ops' int32. int64 codes saturate to [-1, 3] first, so that a code outside
     int32 stays invalid (2^32 + 1 must not read as 1) and the ops' 0/1/2 check rejects it: one elementwise pass
-    over ``[T]``, no host synchronisation (the vocab family's saturating narrowing). Narrower dtypes widen as they
+    over ``[T]``, no host synchronisation (:func:`leankern.core.narrow_to_int32`). Narrower dtypes widen as they
     are."""
-    if modality.dtype == torch.int64:
-        modality = modality.clamp(-1, 3)
-    return modality.to(torch.int32)
+    return narrow_to_int32(modality, lo=-1, hi=3).to(torch.int32)
 
 
 # ------------------------------------------------------------------------------------------ skip

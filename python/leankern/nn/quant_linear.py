@@ -92,22 +92,30 @@ def _default_layout(device) -> str:
 
 
 
+def _differing_meta(meta: torch.Tensor | None, mine_bytes: bytes):
+    """A checkpoint's JSON ``meta`` record where it differs from ``mine_bytes`` (a dict, or ``"unreadable"``); None
+    when it is absent or equal."""
+    if meta is None or (meta.device.type != "meta" and bytes(meta.cpu().tolist()) == mine_bytes):
+        return None
+    try:
+        return json.loads(bytes(meta.cpu().tolist()).decode())
+    except (ValueError, UnicodeDecodeError, NotImplementedError):
+        return "unreadable"
+
+
 def meta_mismatch(module: nn.Module, state_dict: dict, prefix: str, hint: str) -> str | None:
     """The load error when ``state_dict``'s JSON ``meta`` record differs from the module's configuration
     (``module._meta_bytes()``, from its attributes: its own ``meta`` buffer may be uninitialised, after ``to_empty``,
     or on the meta device; None if equal or absent): both configurations named, so the user knows which module to
     build."""
-    meta = state_dict.get(prefix + "meta")
     mine_bytes = module._meta_bytes()
-    if meta is None or (meta.device.type != "meta" and bytes(meta.cpu().tolist()) == mine_bytes):
+    theirs = _differing_meta(state_dict.get(prefix + "meta"), mine_bytes)
+    if theirs is None:
         return None
-    try:
-        theirs = json.loads(bytes(meta.cpu().tolist()).decode())
-    except (ValueError, UnicodeDecodeError, NotImplementedError):
-        theirs = "unreadable"
     mine = json.loads(mine_bytes.decode())
     return (f"{prefix}meta: this {type(module).__name__} is {mine}, the checkpoint holds {theirs}; build the "
             f"module with the checkpoint's configuration{hint}")
+
 
 class QuantLinear(nn.Module):
     """``y = x @ W^T + b`` with ``W`` quantized to an MX/NV block format (:func:`leankern.mx.linear`).
@@ -276,14 +284,9 @@ class QuantLinear(nn.Module):
         """The checkpoint's ``scale_mode`` where its metadata differs from this module's in nothing else: how the
         scales were chosen does not change how the codes decode, so a module built with the default loads a
         weight quantized with ``scale_mode="floor"`` / ``"reciprocal"``."""
-        if meta is None or meta.device.type == "meta":
-            return
         mine_bytes = self._meta_bytes()
-        if bytes(meta.cpu().tolist()) == mine_bytes:
-            return
-        try:
-            theirs = json.loads(bytes(meta.cpu().tolist()).decode())
-        except (ValueError, UnicodeDecodeError):
+        theirs = _differing_meta(meta, mine_bytes)
+        if theirs is None or meta.device.type == "meta":
             return
         mine = json.loads(mine_bytes.decode())
         if not isinstance(theirs, dict) or theirs.get("scale_mode") not in SCALE_MODES or \

@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from ..core import narrow_to_int32
 from . import numerics, ops, ref
 from .numerics import target_probs, uniforms_from_seed
 from .ref import CHAIN_MODES, TREE_MODES
@@ -48,9 +49,6 @@ def _action_bounds(mode: str, relax_radius: int, action_range, V: int) -> Tuple[
     return lo, hi
 
 
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-
-
 def _as_int32(t, check=None):
     """Hugging Face code holds int64 ids; the ops take int32. int32 (or any non-int64) input passes untouched.
 
@@ -59,15 +57,10 @@ def _as_int32(t, check=None):
     known) runs on the int64 values first, so its message states the actual values; otherwise the narrowing
     saturates, a value beyond int32 becoming ``-2**31`` or ``2**31 - 1``, which the op's own checks reject (ids
     outside ``[0, V)``, counts that do not add up, tree indices outside their request, a negative ``top_k``) before
-    any row is read: on a GPU a device-side assert, so no host sync. A ``top_k`` beyond int32 keeps every id, as
+    any row is read (:func:`leankern.core.narrow_to_int32`). A ``top_k`` beyond int32 keeps every id, as
     ``2**31 - 1`` does.
     """
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.int64:
-        return t
-    if check is not None and t.device.type == "cpu" and not torch.compiler.is_compiling():
-        check(t)
-        return t.to(torch.int32)
-    return t.clamp(_INT32_MIN, _INT32_MAX).to(torch.int32)
+    return narrow_to_int32(t, check)
 
 
 def _dims(t, dim: int, axis: int):

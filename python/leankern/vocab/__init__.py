@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..core import narrow_to_int32
 from ..mx.tensor import MXTensor
 from . import ops, ref
 
@@ -31,19 +32,16 @@ __all__ = ["gather_lm_head", "gather_lm_head_argmax", "gather_lm_head_topk", "ga
 def _ids32(vocab_ids: torch.Tensor, V: Optional[int]) -> torch.Tensor:
     """Hugging Face code holds int64 ids; the ops take int32 (V < 2^31). int32 ids pass untouched (no pass over them).
 
-    An int64 id outside int32 must not wrap onto a valid row (2^32 + 5 -> 5): on CPU the ids are checked against
-    [-1, V) here (the ops' message, with the actual min / max); elsewhere (CUDA, torch.compile tracing, or V unknown
-    because ``weight`` is not valid) the narrowing saturates, ids beyond int32 becoming -2 or 2^31 - 1, which the op's
-    own id check rejects before any read: on a GPU a device-side assert, so no host sync and no extra reduction.
+    int64 ids are checked against [-1, V) on CPU (the ops' message, with the actual min / max); elsewhere (CUDA,
+    torch.compile tracing, or V unknown because ``weight`` is not valid) they saturate to [-2, 2^31 - 1], which the
+    op's own id check rejects before any read (:func:`leankern.core.narrow_to_int32`).
     """
     if not isinstance(vocab_ids, torch.Tensor):
         raise TypeError(f"vocab_ids: expected a torch.Tensor of token ids, got {type(vocab_ids).__name__}")
     if vocab_ids.dtype != torch.int64:
         return vocab_ids
-    if V is not None and vocab_ids.device.type == "cpu" and not torch.compiler.is_compiling():
-        ops.check_ids_values(vocab_ids, V)
-        return vocab_ids.to(torch.int32)
-    return vocab_ids.clamp(-2, 2**31 - 1).to(torch.int32)
+    check = None if V is None else (lambda t: ops.check_ids_values(t, V))
+    return narrow_to_int32(vocab_ids, check, lo=-2)
 
 
 def _rows(weight) -> Optional[int]:
