@@ -295,6 +295,37 @@ def test_dual_split_k(dev):
               _fp8_mma_sm90(dev, mode))
 
 
+@pytest.mark.parametrize("act_fmt,fmt", [("mxint8", "mxint8"), ("mxfp8_e4m3", "mxfp8_e4m3"), ("nvfp4", "nvfp4")])
+def test_dual_tail_block_reads_no_scale_past_the_row(dev, act_fmt, fmt):
+    """16-wide blocks, K = 48: the last 32-wide step's second block lies past the row. Its scales must not be read:
+    with row 1 of x infinite in its first block (NaN scale byte; MX activations), row 0 stays within the bound
+    (it was all NaN: 0 * the next row's NaN scale), and with a NaN byte just past x's scale buffer the last row
+    too."""
+    M, K, N, bs = 2, 48, 8, 16
+    g = _gen(5)
+    codes, scales, gs = mx_quantize_ref(torch.randn(N, K, generator=g), fmt, bs)
+    mode = tml.dual_mode(act_fmt, fmt, bs, dev)
+    assert mode in ("int", "fp8")
+    tol = (_extra_roundings(fmt, act_fmt, mode, False), _fp8_mma_sm90(dev, mode))
+    x = torch.randn(M, K, generator=g)
+    x[1, 0] = float("inf")  # NV: x's per-tensor scale would be infinite too, every row NaN
+    args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in (x, codes, scales, gs, fmt, bs, None,
+                                                                            act_fmt))
+    if not get_format(act_fmt).is_nv:
+        y = tml.mx_linear_triton(*args)
+        check((args[0][:1],) + args[1:], y[:1], *tol)  # row 0: finite, within the bound
+        assert torch.isnan(y[1]).all()  # row 1: as the reference's
+    # x quantized by hand, its scales followed by a 0xFF byte (as allocator slack may be)
+    x = torch.randn(M, K, generator=g)
+    xc, xs, xg = mx_quantize_ref(x, act_fmt, bs, "rceil")
+    buf = torch.full((xs.numel() + 1,), 0xFF, dtype=torch.uint8)
+    buf[:-1] = xs.view(torch.uint8).reshape(-1)
+    xs_tail = buf.to(dev)[:-1].view(M, K // bs).view(xs.dtype)
+    out = torch.empty(M, N, device=dev)
+    tml._dual((xc.to(dev), xs_tail, xg.to(dev)), *args[1:4], act_fmt, fmt, bs, mode, None, out)
+    check((x.to(dev),) + args[1:], out, *tol)
+
+
 @pytest.mark.parametrize("fmt,mode", [_gap("mxfp8_e5m2", "fp8"), ("mxfp8_e4m3", "fp8"), ("mxint8", "int")])
 def test_dual_block_scales_beyond_fp32_range(dev, fmt, mode):
     """x ~ 2^-100 .. 2^-122 (x_hat's block scales down to 2^-127) times weight blocks scaled by 2^-37, dual per

@@ -215,7 +215,8 @@ def test_dequantize_bitexact(dev, fmt, out_dtype):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_dequantize_every_code_and_scale_byte(dev, fmt):
-    """All 256 code bytes (FP8 NaN/Inf codes, stray high bits) x scale bytes incl. 0, 0xFF, NV NaN/negative."""
+    """All 256 code bytes (FP8 NaN/Inf codes, stray high bits) x scale bytes incl. 0, 0xFF, NV NaN/negative; codes
+    and scales in their own dtypes and as the raw uint8 bytes the op also takes (INT8 / INT6 bytes decode signed)."""
     f = get_format(fmt)
     bs = 32
     n_codes = 2048 // (2 if f.element.packed else 1)
@@ -227,9 +228,10 @@ def test_dequantize_every_code_and_scale_byte(dev, fmt):
     for g in (1.0, 0.37):
         g = torch.tensor(g)
         for out_dtype in DTYPES:
-            got = mx_dequantize_triton(codes.to(dev), scales.to(dev), g.to(dev), fmt, bs, out_dtype)
             want = mx_dequantize_ref(codes, scales, g, fmt, bs, out_dtype)
-            assert_bits_equal(got, want, f"{fmt} -> {out_dtype}")
+            for c, s in ((codes, scales), (codes.view(torch.uint8), scales.view(torch.uint8))):
+                got = mx_dequantize_triton(c.to(dev), s.to(dev), g.to(dev), fmt, bs, out_dtype)
+                assert_bits_equal(got, want, f"{fmt} ({c.dtype} codes) -> {out_dtype}")
 
 
 # ----------------------------------------------------------------------------- hadamard

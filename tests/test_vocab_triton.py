@@ -190,9 +190,10 @@ def test_out_of_range_id_raises_before_the_kernel(dev):
 
 # ------------------------------------------------------------------------------------ top-k
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("k", [1, 5, 16, 37])
+@pytest.mark.parametrize("k", [1, 5, 12, 16, 37])
 def test_topk_within_bound(dev, small, dtype, k):
-    """k = 1 (tl.max), 5 (tl.topk of 8 per tile), 16 (the whole tile), K (every position, padding last)."""
+    """k = 1 (tl.max), 5 (tl.topk of 8 per tile), 12 (next power of two = the tile: the whole tile is kept, not
+    its first 12 keys), 16 (the whole tile), K (every position, padding last)."""
     hidden, weight, ids, bias = _head(3, dtype, dev, seed=k, bias=True)
     vals, gids = _triton(leankern.vocab.gather_lm_head_topk, hidden, weight, ids, k, bias=bias, soft_cap=4.0,
                          scale=1.5)
@@ -201,11 +202,12 @@ def test_topk_within_bound(dev, small, dtype, k):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("per_row", [False, True], ids=["shared-ids", "per-row"])
-@pytest.mark.parametrize("k", [1, 3, 20])
+@pytest.mark.parametrize("k", [1, 3, 12, 20])
 def test_topk_ties_resolve_to_the_lowest_position(dev, small, dtype, per_row, k):
     """Integer inputs: every logit is exact (kernel == reference bit for bit), with many exact ties (values in a
     few integers, repeated ids across tiles); ids and values equal the reference's stable sort."""
-    hidden, weight, ids, _ = _head(4, dtype, dev, seed=10 + k, per_row=per_row, ints=True)
+    seed = 21 if k == 12 else 10 + k  # 22 holds no tied maximum
+    hidden, weight, ids, _ = _head(4, dtype, dev, seed=seed, per_row=per_row, ints=True)
     want = _ref(leankern.vocab.gather_lm_head_topk, hidden, weight, ids, k)
     got = _triton(leankern.vocab.gather_lm_head_topk, hidden, weight, ids, k)
     assert torch.equal(got[0].cpu(), want[0].cpu()) and torch.equal(got[1].cpu(), want[1].cpu()), (got, want)
@@ -223,6 +225,35 @@ def test_argmax_ties_and_padding(dev, small):
     got = _triton(leankern.vocab.gather_lm_head_argmax, hidden, weight, ids)
     assert torch.equal(got[0].cpu(), want[0].cpu()) and torch.equal(got[1].cpu(), want[1].cpu())
     assert int(got[0][2]) == -1 and torch.isneginf(got[1][2])
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["shared-ids", "per-row"])
+def test_rows_beyond_one_launch(dev, small, monkeypatch, per_row):
+    """More rows than CUDA's grid axis 1 holds (65,535 programs) go out in several launches: with the limit
+    lowered to 2 programs, B = 5 rows with per-row ids take three launches, B = 40 rows with shared ids (16-row
+    tiles) two; every op's result equals the reference's bit for bit (integer inputs: exact logits)."""
+    monkeypatch.setattr(small, "_GRID_Y_MAX", 2, raising=False)
+    grids = []
+
+    class _Recorded:  # kernel[grid](...) as before, the grid noted
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            grids.append(tuple(grid))
+            return self.kernel[grid]
+
+    for name in ("_gather_kernel", "_topk_tile_kernel", "_scatter_last_kernel", "_scatter_write_kernel"):
+        monkeypatch.setattr(small, name, _Recorded(getattr(small, name)))
+    hidden, weight, ids, _ = _head(5 if per_row else 40, torch.float32, dev, seed=31, per_row=per_row, ints=True)
+    for fn, args in ((leankern.vocab.gather_lm_head, ()), (leankern.vocab.gather_lm_head_topk, (12,))):
+        got, want = _triton(fn, hidden, weight, ids, *args), _ref(fn, hidden, weight, ids, *args)
+        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            assert torch.equal(g.cpu(), w.cpu()), (fn.__name__, g, w)
+    logits = _ref(leankern.vocab.gather_lm_head, hidden, weight, ids)
+    got = _triton(leankern.vocab.scatter_to_full, logits, ids, V)
+    assert torch.equal(got.cpu(), _ref(leankern.vocab.scatter_to_full, logits, ids, V).cpu())
+    assert max(g[1] for g in grids) <= 2 and len(grids) > 4, grids
 
 
 # ------------------------------------------------------------------------------------ scatter_to_full

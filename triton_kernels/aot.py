@@ -91,7 +91,7 @@ def _code_ptr(fmt):
     from ..mx.formats import get_format
 
     el = get_format(fmt).element
-    return "*i8" if el.is_int and not el.packed else "*u8"  # mx_linear._code_view
+    return "*i8" if el.is_int and not el.packed else "*u8"  # mx.code_view
 
 
 _LINEAR_DIV16 = ("N", "K", "k_per_split")  # model shapes: multiples of 16 (the JIT specialises them so)

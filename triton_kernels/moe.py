@@ -327,7 +327,9 @@ def _block_rows(sorted_ptr, bexp_ptr, pid_m, M, K_TOPK, BM: tl.constexpr, DENSE:
         dst = m
     else:
         e = tl.load(bexp_ptr + pid_m)
-        slot = tl.load(sorted_ptr + m)
+        # a block with an expert lies inside sorted_ids (its S_max entries); the trailing -1 blocks can reach past
+        # its end (B_max * BM > S_max): they read no slot
+        slot = tl.load(sorted_ptr + m, mask=(m * 0 + e) >= 0, other=-1)
         valid = slot >= 0
         dst = tl.where(valid, slot, 0)
         src = dst // K_TOPK

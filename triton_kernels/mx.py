@@ -421,6 +421,13 @@ def mx_quantize_triton(
     return codes, scales.view(f.scale_dtype), g
 
 
+def code_view(codes: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Signed bytes for INT8/INT6 codes (sign-extended in the kernels), raw bytes otherwise: the codes' own dtype
+    does not decide it (INT8 codes arriving as raw uint8 bytes are still signed)."""
+    el = get_format(fmt).element
+    return codes.view(torch.int8) if el.is_int and not el.packed else codes.view(torch.uint8)
+
+
 def mx_dequantize_triton(
     codes: torch.Tensor,
     scales: torch.Tensor,
@@ -442,7 +449,7 @@ def mx_dequantize_triton(
     n_blocks = out.numel() // block_size
     if n_blocks:
         kernel, ce, num_warps = dequantize_config(f.name, block_size, out_dtype, n_blocks, codes.device.type)
-        raw = codes.view(torch.uint8) if codes.dtype != torch.int8 else codes
+        raw = code_view(codes, f.name)
         s = scales.contiguous().view(torch.uint8)
         _check_same_device("global_scale", global_scale, codes.device)
         g = global_scale.to(torch.float32).reshape(())

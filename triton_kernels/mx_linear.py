@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from ..mx.formats import get_format
-from .mx import (_check_same_device, _fp_value, _negate_where, _store_f32, bf16_nan_bits, compile_options,
+from .mx import (_check_same_device, code_view, _fp_value, _negate_where, _store_f32, bf16_nan_bits, compile_options,
                  mx_dequantize_triton, mx_quantize_triton, output_kind)
 
 __all__ = ["mx_linear_triton", "weight_only_config", "dual_config", "dual_mode", "DUAL_MODES"]
@@ -207,7 +207,7 @@ def _splitk_reduce_kernel(part_ptr, g1_ptr, g2_ptr, bias_ptr, y_ptr, M, N, BM: t
     offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for s in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
+        acc += tl.load(part_ptr + s * M.to(tl.int64) * N + offs, mask=mask, other=0.0)  # int64: s * M * N
     _epilogue(acc, rm, rn, M, N, g1_ptr, g2_ptr, bias_ptr, y_ptr, N_G, HAS_BIAS, OUT_KIND, BF16_NAN)
 
 
@@ -294,10 +294,14 @@ def _linear_dual_kernel(xc_ptr, xs_ptr, xg_ptr, wc_ptr, ws_ptr, wg_ptr, bias_ptr
                 else:
                     p = tl.dot(_fp8_operand(xj, X_MBITS, X_BIAS, X_SIGN_BIT, X_FP8), wop)
                 kb = k0 // BS + j
-                sx = _decode_scale(tl.load(xs_ptr + rm.to(tl.int64) * NBLK + kb, mask=mmask, other=0).to(tl.int32)
-                                   & 0xFF, X_NV)
-                sw = _decode_scale(tl.load(ws_ptr + rn.to(tl.int64) * NBLK + kb, mask=nmask, other=0).to(tl.int32)
-                                   & 0xFF, W_NV)
+                # BS = 16 with K % 32 == 16: the last step's second block lies past the row: its codes load as
+                # zeros, and its scales must not be read (the next row's, or past the buffer: a NaN scale byte
+                # there made 0 * NaN of this row)
+                kb_end = k_hi // BS
+                sx = _decode_scale(tl.load(xs_ptr + rm.to(tl.int64) * NBLK + kb, mask=mmask & (rm * 0 + kb < kb_end),
+                                           other=0).to(tl.int32) & 0xFF, X_NV)
+                sw = _decode_scale(tl.load(ws_ptr + rn.to(tl.int64) * NBLK + kb, mask=nmask & (rn * 0 + kb < kb_end),
+                                           other=0).to(tl.int32) & 0xFF, W_NV)
                 acc += p * (sx[:, None] * sw[None, :])
     _finish(acc, rm, rn, M, N, xg_ptr, wg_ptr, bias_ptr, y_ptr, part_ptr, 2, HAS_BIAS, OUT_KIND, BF16_NAN, SPLIT_K)
 
@@ -410,12 +414,6 @@ def dual_config(act_fmt: str, fmt: str, block_size: int, mode: str, out_dtype: t
 
 
 # ----------------------------------------------------------------------------- launchers
-def _code_view(codes: torch.Tensor, fmt: str) -> torch.Tensor:
-    """Signed bytes for INT8/INT6 codes (sign-extended in the kernel), raw bytes otherwise."""
-    el = get_format(fmt).element
-    return codes.view(torch.int8) if el.is_int and not el.packed else codes.view(torch.uint8)
-
-
 def _launch(kernel, ce, nw, args, M, N, K, BK, device, out, split_k, g1, g2, n_g, bias, waves=None):
     """Main kernel (+ the split-K reduction); ``args`` are the kernel's leading pointer arguments."""
     split, k_per_split = _split_k(M, N, K, ce["BM"], ce["BN"], BK, device, split_k, waves)
@@ -440,7 +438,7 @@ def _weight_only(x2, codes, scales, g, fmt, block_size, bias, out, split_k=None,
                                         x2.device.type, bf16_dot)
     if ce["BF16_DOT"] and x2.dtype != torch.bfloat16:
         raise ValueError(f"bf16_dot: the bf16 tensor-core path takes bf16 x, got {x2.dtype}")
-    args = (x2, _code_view(codes, fmt), scales.view(torch.uint8), g)
+    args = (x2, code_view(codes, fmt), scales.view(torch.uint8), g)
     # GPU decode with the bf16 dot: >= 4 waves of programs. Measured on an H200 (bench/gpu_linear_splitk.py,
     # M = 1 / 16): 1.15-1.22x faster than the 2-wave rule for W 14336 x 4096 (SPLIT_K 4 vs 1), 0.97-1.2x at 4096^2
     waves = 4 if x2.device.type == "cuda" and ce["BF16_DOT"] and M <= 16 else None
@@ -453,7 +451,7 @@ def _dual(xq, codes, scales, g, act_fmt, fmt, block_size, mode, bias, out, split
     N = codes.shape[0]
     K = scales.shape[-1] * block_size
     kernel, ce, nw = dual_config(act_fmt, fmt, block_size, mode, out.dtype, bias is not None, M, xc.device.type)
-    args = (_code_view(xc, act_fmt), xs.view(torch.uint8), xg, _code_view(codes, fmt), scales.view(torch.uint8), g)
+    args = (code_view(xc, act_fmt), xs.view(torch.uint8), xg, code_view(codes, fmt), scales.view(torch.uint8), g)
     _launch(kernel, ce, nw, args, M, N, K, ce["BK"], xc.device, out, split_k, xg, g, 2, bias)
 
 

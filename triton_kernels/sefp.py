@@ -165,7 +165,7 @@ def _delta_swap(a, b, D: tl.constexpr, MASK: tl.constexpr):
 def _plane_row(planes_ptr, plane_stride, woffs, wmask, P: tl.constexpr, M_BITS: tl.constexpr):
     """Plane ``P``'s words ``[R, KW]`` (sign plane 0), or constant zeros past ``M_BITS`` (folded away)."""
     if P >= 1 and P <= M_BITS:
-        return tl.load(planes_ptr + P * plane_stride + woffs, mask=wmask, other=0)
+        return tl.load(planes_ptr + P * plane_stride.to(tl.int64) + woffs, mask=wmask, other=0)
     else:
         return tl.zeros(woffs.shape, dtype=tl.int32)
 

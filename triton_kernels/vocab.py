@@ -393,6 +393,22 @@ def _launch_opts(cfg: dict, device: torch.device) -> dict:
     return opts
 
 
+_GRID_Y_MAX = 65535  # CUDA's limit on grid axes 1 and 2 (axis 0 allows 2^31 - 1)
+
+
+def _row_chunks(B: int, rows_per_program: int) -> list:
+    """``[r0, r1)`` row ranges, one launch each, whose programs fit grid axis 1 (the row axis of the gather, top-k
+    and scatter kernels): B = 65,536 rows with per-row ids would otherwise fail to launch."""
+    step = _GRID_Y_MAX * rows_per_program
+    return [(r0, min(B, r0 + step)) for r0 in range(0, B, step)]
+
+
+def _rows_of(tensors, ints, r0: int, r1: int, per_row: bool):
+    """The gather kernels' ``tensors`` / ``ints`` (of :func:`_head_args`) for rows ``[r0, r1)``."""
+    hidden, weight, ids, bias_t = tensors
+    return (hidden[r0:r1], weight, ids[r0:r1] if per_row else ids, bias_t), (r1 - r0,) + tuple(ints[1:])
+
+
 def gather_lm_head_triton(hidden, weight, vocab_ids, bias, soft_cap, scale, out_dtype, log_softmax):
     """Triton ``vocab_gather_lm_head``: the arguments and result of :func:`leankern.vocab.ref.gather_lm_head_ref`.
 
@@ -406,11 +422,14 @@ def gather_lm_head_triton(hidden, weight, vocab_ids, bias, soft_cap, scale, out_
     out = torch.empty((B, K), dtype=store, device=dev)
     if B and K:
         cfg = gather_config(B, K, tensors[0].shape[1], tensors[0].dtype, weight.dtype, per_row, dev)
-        grid = (triton.cdiv(K, cfg["block_k"]), B if per_row else triton.cdiv(B, cfg["block_b"]))
         out_arg = out.view(torch.int16) if store == torch.bfloat16 else out
-        _gather_kernel[grid](*tensors, out_arg, *ints, K, *scalars, BLOCK_K=cfg["block_k"], BLOCK_B=cfg["block_b"],
-                             BLOCK_H=cfg["block_h"], DOT=cfg["dot"], OUT_KIND=output_kind(store),
-                             BF16_NAN=bf16_nan_bits(dev.type), **ce, **_launch_opts(cfg, dev))
+        for r0, r1 in _row_chunks(B, 1 if per_row else cfg["block_b"]):
+            t, i = _rows_of(tensors, ints, r0, r1, per_row)
+            grid = (triton.cdiv(K, cfg["block_k"]), r1 - r0 if per_row else triton.cdiv(r1 - r0, cfg["block_b"]))
+            _gather_kernel[grid](*t, out_arg[r0:r1], *i, K, *scalars, BLOCK_K=cfg["block_k"],
+                                 BLOCK_B=cfg["block_b"], BLOCK_H=cfg["block_h"], DOT=cfg["dot"],
+                                 OUT_KIND=output_kind(store), BF16_NAN=bf16_nan_bits(dev.type), **ce,
+                                 **_launch_opts(cfg, dev))
     if log_softmax:
         out = log_softmax_rows(out).to(final)
     return out
@@ -435,12 +454,16 @@ def gather_lm_head_topk_triton(hidden, weight, vocab_ids, bias, soft_cap, scale,
         return torch.empty((0, k), dtype=torch.float32, device=dev), torch.empty((0, k), dtype=torch.int64, device=dev)
     cfg = gather_config(B, K, tensors[0].shape[1], tensors[0].dtype, weight.dtype, per_row, dev)
     tiles = triton.cdiv(K, cfg["block_k"])
-    kk = min(k, cfg["block_k"])
+    # a power of two, so that a tile keeps its kk largest keys through tl.topk (kk < block_k) or is kept whole
+    # (kk == block_k): with k = 50 and 64-id tiles, a kk of 50 stored the tile's first 50 keys, not its largest
+    kk = min(triton.next_power_of_2(k), cfg["block_k"])
     cand = torch.empty((B, tiles * kk), dtype=torch.int64, device=dev)  # [B, tiles * kk] per-tile top keys
-    grid = (tiles, B if per_row else triton.cdiv(B, cfg["block_b"]))
-    _topk_tile_kernel[grid](*tensors, cand, *ints, cand.stride(0), *scalars, kk, BLOCK_K=cfg["block_k"],
-                            BLOCK_B=cfg["block_b"], BLOCK_H=cfg["block_h"], KK_P2=triton.next_power_of_2(kk),
-                            DOT=cfg["dot"], **ce, **_launch_opts(cfg, dev))
+    for r0, r1 in _row_chunks(B, 1 if per_row else cfg["block_b"]):
+        t, i = _rows_of(tensors, ints, r0, r1, per_row)
+        grid = (tiles, r1 - r0 if per_row else triton.cdiv(r1 - r0, cfg["block_b"]))
+        _topk_tile_kernel[grid](*t, cand[r0:r1], *i, cand.stride(0), *scalars, kk, BLOCK_K=cfg["block_k"],
+                                BLOCK_B=cfg["block_b"], BLOCK_H=cfg["block_h"], KK_P2=kk, DOT=cfg["dot"], **ce,
+                                **_launch_opts(cfg, dev))
     keys = torch.topk(cand, k, dim=1).values  # [B, k] descending; the keys are unique: no tie to break
     values, pos = _decode_keys(keys)
     ids = vocab_ids.long()
@@ -473,9 +496,15 @@ def scatter_to_full_triton(logits, vocab_ids, V, fill):
         block = FORCE_CONFIG["scatter_block"]
     tiles = triton.cdiv(K, block)
     opts = dict(num_warps=NUM_WARPS, **compile_options(dev))
-    _scatter_last_kernel[(tiles, last.shape[0])](ids, K if per_row else 0, last, V, K, BLOCK=block, **opts)
-    _scatter_write_kernel[(tiles, B)](src.view(bits), src.stride(0), ids, K if per_row else 0, last, V,
-                                      out.view(bits), V, K, PER_ROW=per_row, BLOCK=block, **opts)
+    for r0, r1 in _row_chunks(last.shape[0], 1):  # last: [B, V] with per-row ids, else [1, V]
+        _scatter_last_kernel[(tiles, r1 - r0)](ids[r0:r1] if per_row else ids, K if per_row else 0, last[r0:r1], V,
+                                               K, BLOCK=block, **opts)
+    src_bits, out_bits = src.view(bits), out.view(bits)
+    for r0, r1 in _row_chunks(B, 1):
+        rows = slice(r0, r1) if per_row else slice(None)  # ids / last: per-row, or the one shared row
+        _scatter_write_kernel[(tiles, r1 - r0)](src_bits[r0:r1], src.stride(0), ids[rows], K if per_row else 0,
+                                                last[rows], V, out_bits[r0:r1], V, K, PER_ROW=per_row, BLOCK=block,
+                                                **opts)
     return out
 
 
