@@ -287,6 +287,18 @@ def test_dual_modes_and_fallback(dev, act_fmt, fmt, bs, want):
               _fp8_mma_sm90(dev, mode))
 
 
+def test_dual_mode_per_gpu_generation(monkeypatch):
+    """The launcher's choice per compute capability (no GPU needed: the capability is what it reads): fp8 dots
+    from sm_89 (Triton compiles none for an A100, whose FP pairs take the dequantize-x path), dot_scaled for MX FP
+    pairs from sm_100, int8 dots everywhere."""
+    for cap, fp8_pair, mx_fp4_pair in (((8, 0), None, None), ((8, 6), None, None), ((8, 9), "fp8", "fp8"),
+                                       ((9, 0), "fp8", "fp8"), ((10, 0), "fp8", "scaled")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        assert tml.dual_mode("nvfp4", "nvfp4", 16, "cuda") == fp8_pair, cap
+        assert tml.dual_mode("mxfp4", "mxfp4", 32, "cuda") == mx_fp4_pair, cap
+        assert tml.dual_mode("mxint8", "mxint8", 32, "cuda") == "int", cap
+
+
 def test_dual_split_k(dev):
     for act_fmt, fmt in (("mxint8", "mxint8"), ("nvfp4", "nvfp4")):
         args = _args(fmt, 3, K=256, act_fmt=act_fmt, device=dev)

@@ -386,9 +386,12 @@ def dual_mode(act_fmt: str, fmt: str, block_size: int, device: torch.device | st
     if a.is_int or w.is_int or ((a.name == "fp8_e5m2") != (w.name == "fp8_e5m2")):
         return None
     device = torch.device(device)
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if cap is not None and cap < (8, 9):
+        return None  # fp8 dots need sm_89+ (Ada, Hopper): Triton does not compile them for A100 / older
     ds_ok = {"fp8_e4m3", "fp8_e5m2", "fp4_e2m1"}
-    if (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 10 and block_size == 32
-            and not get_format(act_fmt).is_nv and not get_format(fmt).is_nv and a.name in ds_ok and w.name in ds_ok):
+    if (cap is not None and cap[0] >= 10 and block_size == 32 and not get_format(act_fmt).is_nv
+            and not get_format(fmt).is_nv and a.name in ds_ok and w.name in ds_ok):
         return "scaled"
     return "fp8"
 
