@@ -101,7 +101,8 @@ void def_isa_functions(py::module_& m) {
       "ISAs this CPU can run, best first.");
   m.def("set_cpu_isa", &cpu::set_active_isa, py::arg("name"),
         "Force the C++ CPU kernels onto 'avx512bf16', 'avx512', 'avx2' or 'scalar' ('auto' = best supported). "
-        "ValueError for an unknown name, RuntimeError for an ISA this CPU lacks.");
+        "ValueError for an unknown name, RuntimeError for an ISA this CPU lacks. For tests and benches: never while "
+        "another thread is inside a leankern op (a kernel table switched mid-call can crash it).");
   m.def("requested_isa_error", &cpu::requested_isa_error,
         "Why LEANKERN_CPU_ISA was not applied (unknown name, or an ISA this CPU lacks; the best ISA is "
         "active instead), or '' when it was applied or is unset.");
@@ -111,7 +112,8 @@ void def_isa_functions(py::module_& m) {
         "Whether kernels with AMX paths take them now: amx_supported(), the 'avx512bf16' ISA active, and "
         "AMX switched on (the default; LEANKERN_AMX=0 at load time or set_amx(False) switch it off).");
   m.def("set_amx", &cpu::set_amx_enabled, py::arg("on"),
-        "Switch the AMX paths on or off (comparisons on one CPU); returns the previous setting.");
+        "Switch the AMX paths on or off (comparisons on one CPU); returns the previous setting. Never while another "
+        "thread is inside a leankern op.");
 }
 
 void def_output_cache_functions(py::module_& m) {

@@ -308,6 +308,50 @@ def test_reset_and_ablation_stats():
         hf.set_ablation(p, 0, "audio")
 
 
+def test_two_threads_each_read_their_own_modality_codes():
+    """Two requests on one patched model at once: B (text) runs its whole forward while A (vision) waits inside
+    its first MoE block. B's blocks read B's codes (they read A's, shared on the model: B's text tokens had their
+    experts ablated as vision), and the skip counts of both calls are all there."""
+    import threading
+
+    p = hf.patch_model(copy.deepcopy(base("qwen3_moe")), modality_fn=lambda ids: (ids >= V // 2).to(torch.int32))
+    for layer in range(2):
+        hf.set_ablation(p, layer, "vision")
+    g = torch.Generator().manual_seed(7)
+    a_ids = torch.randint(V // 2, V, (1, 6), generator=g)  # all vision: every routed slot ablated
+    b_ids = torch.randint(3, V // 2, (1, 6), generator=g)  # all text: nothing skipped
+    with torch.inference_mode():
+        want_a, want_b = p(a_ids).logits, p(b_ids).logits
+    hf.reset_skip_stats(p)
+    a_inside, b_done, got = threading.Event(), threading.Event(), {}
+
+    def pause_a(module, args):
+        if threading.current_thread().name == "A" and not a_inside.is_set():
+            a_inside.set()
+            assert b_done.wait(60), "B did not finish"
+
+    handle = hf.moe_blocks(p)[0].register_forward_pre_hook(pause_a)
+
+    def run(name, ids):
+        with torch.inference_mode():
+            got[name] = p(ids).logits
+        if name == "B":
+            b_done.set()
+
+    a = threading.Thread(target=run, args=("A", a_ids), name="A")
+    a.start()
+    assert a_inside.wait(60)
+    b = threading.Thread(target=run, args=("B", b_ids), name="B")
+    b.start()
+    b.join(60)
+    a.join(60)
+    handle.remove()
+    assert torch.equal(got["B"], want_b) and torch.equal(got["A"], want_a)
+    st = hf.skip_stats(p)
+    assert st["total_slots"] == 2 * 2 * 6 * ARCHS["qwen3_moe"][3]  # 2 calls x 2 layers x 6 tokens x k
+    assert st["per_modality"]["vision"] == 1.0 and st["per_modality"]["text"] == 0.0
+
+
 # ------------------------------------------------------------------------------------------- in place
 @pytest.mark.parametrize("arch", AVAILABLE)
 def test_parameters_read_in_place(arch, monkeypatch):

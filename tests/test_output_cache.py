@@ -143,6 +143,24 @@ def test_enabled_restores_the_limit_after_an_exception(cache):
     assert cache.stats()["limit_bytes"] == 0
 
 
+def test_enabled_blocks_of_two_threads_overlap(cache):
+    """The limit is one per process: blocks that overlap without nesting (two threads: A enters, B enters, A
+    exits, B exits) keep the cache on until the last exits (A's exit turned it off under B, and B's exit left
+    A's 16 MB on for good), then restore the limit from before the first."""
+    a, b = cache.enabled(16), cache.enabled(32)
+    a.__enter__()
+    b.__enter__()
+    assert cache.stats()["limit_bytes"] == 32 * MIB
+    a.__exit__(None, None, None)
+    assert cache.stats()["limit_bytes"] == 32 * MIB
+    b.__exit__(None, None, None)
+    assert cache.stats()["limit_bytes"] == 0
+    with pytest.raises(ValueError, match="limit_mb"):
+        with cache.enabled(-1):
+            pass
+    assert cache.stats()["limit_bytes"] == 0
+
+
 @needs_ext
 @pytest.mark.parametrize("name,value", [("LEANKERN_OUTPUT_CACHE_MB", "abc"), ("LEANKERN_OUTPUT_CACHE_MB", "1e9"),
                                         ("LEANKERN_OUTPUT_CACHE_MB", "-5"), ("LEANKERN_AMX", "off")])

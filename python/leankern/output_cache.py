@@ -18,6 +18,7 @@ no-op and :func:`stats` reports zeros.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 from .core import extension
 
@@ -26,10 +27,14 @@ __all__ = ["set_limit", "flush", "stats", "enabled"]
 _ZERO = {"limit_bytes": 0, "cached_bytes": 0, "live_bytes": 0, "hits": 0, "misses": 0}
 
 
-def set_limit(limit_mb: int) -> None:
-    """Keep up to ``limit_mb`` MB of freed outputs (0 = off; lowering it frees down to the limit)."""
+def _check_limit(limit_mb) -> None:
     if isinstance(limit_mb, bool) or not isinstance(limit_mb, int) or limit_mb < 0:
         raise ValueError(f"limit_mb: expected a non-negative int, got {limit_mb!r}")
+
+
+def set_limit(limit_mb: int) -> None:
+    """Keep up to ``limit_mb`` MB of freed outputs (0 = off; lowering it frees down to the limit)."""
+    _check_limit(limit_mb)
     ext = extension()
     if ext is not None:
         ext.output_cache_set_limit(limit_mb)
@@ -49,13 +54,29 @@ def stats() -> dict:
     return dict(ext.output_cache_stats()) if ext is not None else dict(_ZERO)
 
 
+_ENABLED_LOCK = threading.Lock()
+_OPEN_LIMITS: list = []  # the limits of the enabled() blocks now open, in any thread
+_LIMIT_BEFORE = [0]  # MB, the limit before the first of them opened
+
+
 @contextlib.contextmanager
 def enabled(limit_mb: int = 512):
-    """Turn the cache on inside the block; on exit restore the previous limit and flush."""
-    before = stats()["limit_bytes"] >> 20
-    set_limit(limit_mb)
+    """Turn the cache on inside the block; when the last open block (of any thread) exits, restore the limit from
+    before the first and flush. While several are open the largest of their limits holds (the limit is one per
+    process: a block exiting while another thread's is still open must not turn the cache off under it)."""
+    _check_limit(limit_mb)
+    with _ENABLED_LOCK:
+        if not _OPEN_LIMITS:
+            _LIMIT_BEFORE[0] = stats()["limit_bytes"] >> 20
+        _OPEN_LIMITS.append(limit_mb)
+        set_limit(max(_OPEN_LIMITS))
     try:
         yield
     finally:
-        set_limit(before)
-        flush()
+        with _ENABLED_LOCK:
+            _OPEN_LIMITS.remove(limit_mb)
+            if _OPEN_LIMITS:
+                set_limit(max(_OPEN_LIMITS))
+            else:
+                set_limit(_LIMIT_BEFORE[0])
+                flush()

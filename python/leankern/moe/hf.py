@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import threading
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -211,9 +212,29 @@ class _BlockState:
             tot_tok = tot_tok * valid
         kept = torch.zeros(3, dtype=torch.long, device=dev).scatter_add_(0, c, kept_tok.long())
         total = torch.zeros(3, dtype=torch.long, device=dev).scatter_add_(0, c, tot_tok)
+        # under a lock: two threads serving one model would otherwise lose each other's counts (the add releases
+        # the GIL); not while torch.compile traces (no lock in a graph: the update is part of the compiled call)
+        if torch.compiler.is_compiling():
+            self._add(kept, total)
+        else:
+            with _STATS_LOCK:
+                self._add(kept, total)
+
+    def _add(self, kept: torch.Tensor, total: torch.Tensor) -> None:
         # out of place: works inside and outside inference_mode, no host synchronisation
         self.kept = kept if self.kept is None else self.kept + kept.to(self.kept.device)
         self.total = total if self.total is None else self.total + total.to(self.total.device)
+
+
+_STATS_LOCK = threading.Lock()
+
+
+class _CallState(threading.local):
+    """The current top-level call's inputs, per thread: two threads running one patched model at once each see
+    their own tokens' modality codes (shared, a text request read a concurrent vision request's codes)."""
+    codes: Optional[torch.Tensor] = None  # [B, S] int32
+    valid: Optional[torch.Tensor] = None  # [B, S] bool (non-padding)
+    depth: int = 0
 
 
 class _ModelState:
@@ -227,10 +248,17 @@ class _ModelState:
         self.param_names = list(inspect.signature(model.forward).parameters)
         self.blocks: List[nn.Module] = []
         self.ablation: Dict[int, set] = {}
-        self.codes: Optional[torch.Tensor] = None  # [B, S] int32 of the current top-level call
-        self.valid: Optional[torch.Tensor] = None  # [B, S] bool (non-padding)
-        self.depth = 0
+        self.call = _CallState()  # codes / valid / depth of the current top-level call, per thread
         self.hook_ids: List[int] = []
+
+    def __getstate__(self):  # pickle / deepcopy: a thread-local does not pickle, and a copy starts with no call
+        state = dict(self.__dict__)
+        del state["call"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.call = _CallState()
 
     # bound methods (not closures): a deep copy of the model gets hooks bound to its own copy of this state
     def _arg(self, name, args, kwargs):
@@ -240,8 +268,9 @@ class _ModelState:
         return args[i] if 0 <= i < len(args) else None
 
     def pre_hook(self, module, args, kwargs):
-        self.depth += 1
-        if self.depth == 1:
+        call = self.call
+        call.depth += 1
+        if call.depth == 1:
             ids = self._arg("input_ids", args, kwargs)
             mask = self._arg("attention_mask", args, kwargs)
             self.set_inputs(ids if isinstance(ids, torch.Tensor) else None,
@@ -249,9 +278,10 @@ class _ModelState:
         return None
 
     def post_hook(self, module, args, output):
-        self.depth = max(0, self.depth - 1)
-        if self.depth == 0:
-            self.codes = self.valid = None
+        call = self.call
+        call.depth = max(0, call.depth - 1)
+        if call.depth == 0:
+            call.codes = call.valid = None
         return None
 
     def codes_for(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -269,21 +299,23 @@ class _ModelState:
         return codes.to(device=input_ids.device, dtype=torch.int32)
 
     def set_inputs(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor]) -> None:
-        self.codes = self.valid = None
+        call = self.call
+        call.codes = call.valid = None
         if input_ids is None or input_ids.dim() != 2:
             return
-        self.codes = self.codes_for(input_ids)
+        call.codes = self.codes_for(input_ids)
         B, S = input_ids.shape
         if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[0] == B \
                 and attention_mask.shape[1] >= S:
-            self.valid = attention_mask[:, attention_mask.shape[1] - S:].to(input_ids.device).bool()
+            call.valid = attention_mask[:, attention_mask.shape[1] - S:].to(input_ids.device).bool()
 
     def for_tokens(self, lead_shape) -> tuple:
         """(codes [T] or None, valid [T] or None) for a block input of leading shape ``lead_shape``."""
-        if self.codes is None or tuple(self.codes.shape) != tuple(lead_shape):
+        call = self.call
+        if call.codes is None or tuple(call.codes.shape) != tuple(lead_shape):
             return None, None
-        valid = None if self.valid is None else self.valid.reshape(-1)
-        return self.codes.reshape(-1), valid
+        valid = None if call.valid is None else call.valid.reshape(-1)
+        return call.codes.reshape(-1), valid
 
 
 class _DefaultModalityFn:
@@ -518,10 +550,15 @@ def set_ablation(model: nn.Module, layer: int, modality, enabled: bool = True) -
 
 
 def clear_ablation(model: nn.Module) -> None:
+    """Undo every :func:`set_ablation` on ``model``: each MoE layer again keeps the slots its skip rule keeps, for
+    every modality. ``ValueError`` if ``model`` is not patched (:func:`patch_model`)."""
     _state(model).ablation.clear()
 
 
 def reset_skip_stats(model: nn.Module) -> None:
+    """Zero the kept / total slot counts every patched MoE block accumulates, so that :func:`skip_stats` reports the
+    calls made after this one (all ratios read 0.0 until a block runs again). Needs no host synchronisation.
+    ``ValueError`` if ``model`` is not patched (:func:`patch_model`)."""
     for b in _state(model).blocks:
         st = b.__dict__[_STATE]
         st.kept = st.total = None

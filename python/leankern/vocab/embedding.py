@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -22,6 +23,7 @@ __all__ = ["OffloadedEmbedding"]
 _NUMPY_DTYPES = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<i2", torch.float64: "<f8"}
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+_STAGING_LOCK = threading.Lock()  # OffloadedEmbedding._gather_to_device on CUDA (its pinned staging buffer)
 
 
 def _check_dtype(name: str, dtype) -> torch.dtype:
@@ -207,6 +209,11 @@ class OffloadedEmbedding(nn.Module):
         """Rows ``table[unique_ids]`` on ``device`` (table dtype). Shape: [U] -> [U, H]."""
         if not (self.device.type == "cuda" and torch.cuda.is_available()):
             return self._table.index_select(0, unique_ids).to(self.device)
+        # one staging buffer per embedding: two threads must not fill it while the other's copy still reads it
+        with _STAGING_LOCK:
+            return self._stage_and_copy(unique_ids)
+
+    def _stage_and_copy(self, unique_ids: torch.Tensor) -> torch.Tensor:
         if self._copy_done is not None:
             self._copy_done.synchronize()  # the previous non-blocking copy may still read the buffer
         n = unique_ids.numel()

@@ -597,6 +597,12 @@ def tailor(model, vocab_set: VocabSet, *, offload_embedding: bool = False, full_
     ``model.get_output_embeddings().set_request(input_ids, attention_mask)`` first: its first forward is prompt +
     candidates with an empty cache, which the prefill rule would take for the prompt (the candidates would join
     the set). See the module docstring.
+
+    One request at a time: the tailored head (and a tied decode embedding) holds the vocabulary of the last
+    prefill or :meth:`TailoredHead.set_request`. Requests interleaved on one model (two threads, or two ``generate``
+    loops stepped in turn) read each other's vocabulary and can emit ids outside their own set. Serve concurrent
+    requests from one tailored copy each (``copy.deepcopy``), or hold a lock for a whole request (its prefill and
+    every decode step); steps of one request may run on different threads.
     """
     if not isinstance(vocab_set, VocabSet):
         raise TypeError(f"vocab_set: expected a leankern.vocab.VocabSet, got {type(vocab_set).__name__}")
