@@ -230,21 +230,22 @@ def test_argmax_ties_and_padding(dev, small):
 @pytest.mark.parametrize("per_row", [False, True], ids=["shared-ids", "per-row"])
 def test_rows_beyond_one_launch(dev, small, monkeypatch, per_row):
     """More rows than CUDA's grid axis 1 holds (65,535 programs) go out in several launches: with the limit
-    lowered to 2 programs, B = 5 rows with per-row ids take three launches, B = 40 rows with shared ids (16-row
-    tiles) two; every op's result equals the reference's bit for bit (integer inputs: exact logits)."""
+    lowered to 2 programs, B = 5 rows with per-row ids take three launches, B = 40 rows with shared ids (three
+    16-row tiles) two; every op's result equals the reference's bit for bit (integer inputs: exact logits)."""
     monkeypatch.setattr(small, "_GRID_Y_MAX", 2, raising=False)
-    grids = []
+    monkeypatch.setitem(small.FORCE_CONFIG, "block_b", 16)  # shared ids: 3 tiles of 16 rows
+    grids = {}
 
     class _Recorded:  # kernel[grid](...) as before, the grid noted
-        def __init__(self, kernel):
-            self.kernel = kernel
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
 
         def __getitem__(self, grid):
-            grids.append(tuple(grid))
+            grids.setdefault(self.name, []).append(tuple(grid))
             return self.kernel[grid]
 
     for name in ("_gather_kernel", "_topk_tile_kernel", "_scatter_last_kernel", "_scatter_write_kernel"):
-        monkeypatch.setattr(small, name, _Recorded(getattr(small, name)))
+        monkeypatch.setattr(small, name, _Recorded(name, getattr(small, name)))
     hidden, weight, ids, _ = _head(5 if per_row else 40, torch.float32, dev, seed=31, per_row=per_row, ints=True)
     for fn, args in ((leankern.vocab.gather_lm_head, ()), (leankern.vocab.gather_lm_head_topk, (12,))):
         got, want = _triton(fn, hidden, weight, ids, *args), _ref(fn, hidden, weight, ids, *args)
@@ -253,7 +254,10 @@ def test_rows_beyond_one_launch(dev, small, monkeypatch, per_row):
     logits = _ref(leankern.vocab.gather_lm_head, hidden, weight, ids)
     got = _triton(leankern.vocab.scatter_to_full, logits, ids, V)
     assert torch.equal(got.cpu(), _ref(leankern.vocab.scatter_to_full, logits, ids, V).cpu())
-    assert max(g[1] for g in grids) <= 2 and len(grids) > 4, grids
+    assert all(g[1] <= 2 for gs in grids.values() for g in gs), grids
+    launches = 3 if per_row else 2  # 5 rows / 2 per launch; 3 tiles / 2 per launch
+    assert len(grids["_gather_kernel"]) == len(grids["_topk_tile_kernel"]) == launches, grids
+    assert len(grids["_scatter_write_kernel"]) == (3 if per_row else 20), grids  # B rows, 2 per launch
 
 
 # ------------------------------------------------------------------------------------ scatter_to_full

@@ -403,9 +403,16 @@ def _row_chunks(B: int, rows_per_program: int) -> list:
     return [(r0, min(B, r0 + step)) for r0 in range(0, B, step)]
 
 
+def _sl(t: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``[r0, r1)`` of ``t``; ``t`` itself when that is all of it (the one-launch case: a slice costs ~1 us)."""
+    return t if r0 == 0 and r1 == t.shape[0] else t[r0:r1]
+
+
 def _rows_of(tensors, ints, r0: int, r1: int, per_row: bool):
     """The gather kernels' ``tensors`` / ``ints`` (of :func:`_head_args`) for rows ``[r0, r1)``."""
     hidden, weight, ids, bias_t = tensors
+    if r0 == 0 and r1 == hidden.shape[0]:
+        return tensors, ints
     return (hidden[r0:r1], weight, ids[r0:r1] if per_row else ids, bias_t), (r1 - r0,) + tuple(ints[1:])
 
 
@@ -426,7 +433,7 @@ def gather_lm_head_triton(hidden, weight, vocab_ids, bias, soft_cap, scale, out_
         for r0, r1 in _row_chunks(B, 1 if per_row else cfg["block_b"]):
             t, i = _rows_of(tensors, ints, r0, r1, per_row)
             grid = (triton.cdiv(K, cfg["block_k"]), r1 - r0 if per_row else triton.cdiv(r1 - r0, cfg["block_b"]))
-            _gather_kernel[grid](*t, out_arg[r0:r1], *i, K, *scalars, BLOCK_K=cfg["block_k"],
+            _gather_kernel[grid](*t, _sl(out_arg, r0, r1), *i, K, *scalars, BLOCK_K=cfg["block_k"],
                                  BLOCK_B=cfg["block_b"], BLOCK_H=cfg["block_h"], DOT=cfg["dot"],
                                  OUT_KIND=output_kind(store), BF16_NAN=bf16_nan_bits(dev.type), **ce,
                                  **_launch_opts(cfg, dev))
@@ -461,7 +468,7 @@ def gather_lm_head_topk_triton(hidden, weight, vocab_ids, bias, soft_cap, scale,
     for r0, r1 in _row_chunks(B, 1 if per_row else cfg["block_b"]):
         t, i = _rows_of(tensors, ints, r0, r1, per_row)
         grid = (tiles, r1 - r0 if per_row else triton.cdiv(r1 - r0, cfg["block_b"]))
-        _topk_tile_kernel[grid](*t, cand[r0:r1], *i, cand.stride(0), *scalars, kk, BLOCK_K=cfg["block_k"],
+        _topk_tile_kernel[grid](*t, _sl(cand, r0, r1), *i, cand.stride(0), *scalars, kk, BLOCK_K=cfg["block_k"],
                                 BLOCK_B=cfg["block_b"], BLOCK_H=cfg["block_h"], KK_P2=kk, DOT=cfg["dot"], **ce,
                                 **_launch_opts(cfg, dev))
     keys = torch.topk(cand, k, dim=1).values  # [B, k] descending; the keys are unique: no tie to break
@@ -497,14 +504,14 @@ def scatter_to_full_triton(logits, vocab_ids, V, fill):
     tiles = triton.cdiv(K, block)
     opts = dict(num_warps=NUM_WARPS, **compile_options(dev))
     for r0, r1 in _row_chunks(last.shape[0], 1):  # last: [B, V] with per-row ids, else [1, V]
-        _scatter_last_kernel[(tiles, r1 - r0)](ids[r0:r1] if per_row else ids, K if per_row else 0, last[r0:r1], V,
-                                               K, BLOCK=block, **opts)
+        _scatter_last_kernel[(tiles, r1 - r0)](_sl(ids, r0, r1) if per_row else ids, K if per_row else 0,
+                                               _sl(last, r0, r1), V, K, BLOCK=block, **opts)
     src_bits, out_bits = src.view(bits), out.view(bits)
-    for r0, r1 in _row_chunks(B, 1):
-        rows = slice(r0, r1) if per_row else slice(None)  # ids / last: per-row, or the one shared row
-        _scatter_write_kernel[(tiles, r1 - r0)](src_bits[r0:r1], src.stride(0), ids[rows], K if per_row else 0,
-                                                last[rows], V, out_bits[r0:r1], V, K, PER_ROW=per_row, BLOCK=block,
-                                                **opts)
+    for r0, r1 in _row_chunks(B, 1):  # ids / last: per-row, or the one shared row
+        ids_c, last_c = (_sl(ids, r0, r1), _sl(last, r0, r1)) if per_row else (ids, last)
+        _scatter_write_kernel[(tiles, r1 - r0)](_sl(src_bits, r0, r1), src.stride(0), ids_c, K if per_row else 0,
+                                                last_c, V, _sl(out_bits, r0, r1), V, K, PER_ROW=per_row,
+                                                BLOCK=block, **opts)
     return out
 
 
