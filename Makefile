@@ -26,10 +26,11 @@ test: build
 test-fast: build
 	cd tests && $(PY) -m pytest -q -x -m "not slow" .
 
-# Representative subset of every family, then the per-call overhead section (about 20 min on 2 cores, moe's 10 of them,
-# plus about 8 for the Hugging Face end-to-end section when transformers is installed).
-# BENCH_ARGS=--full: everything; --quick: smallest smoke subset; --family mx|mx_linear|hf_e2e|overhead;
-# --csv PATH --plot PATH.
+# `leankern bench` with no BENCH_ARGS: a representative subset of every family, then the per-call overhead section
+# (about 28 min on 2 cores: about 20, moe's 10 of them, plus about 8 for the Hugging Face end-to-end section hf_e2e
+# when transformers is installed).
+# BENCH_ARGS=--full: everything; --quick: smallest smoke subset; --family <section> (`leankern bench --help` lists
+# them); --csv PATH --plot PATH (charts from the mx and moe sections only).
 bench: build
 	@$(PY) -c "import matplotlib, tqdm" 2>/dev/null || $(PIP) install matplotlib tqdm || true
 	$(PY) -m leankern bench $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 """MoE layer benchmark: routed experts that really skip, against the Hugging Face block of the installed transformers.
 
-Shapes (specs/moe.md): Qwen3-30B-A3B (H 2048, I 768, E 128, k 8), Mixtral-8x7B (H 4096, I 14336, E 8, k 2),
+Shapes: Qwen3-30B-A3B (H 2048, I 768, E 128, k 8), Mixtral-8x7B (H 4096, I 14336, E 8, k 2),
 DeepSeek-V2-Lite (H 2048, I 1408, E 64, k 6, two shared experts), bf16 weights and activations, one layer.
 T tokens; skip ratio 0 / 0.5 / 0.8 / 0.88 with three patterns:
 
@@ -21,7 +21,7 @@ Roofline: ``max(bytes of the distinct experts touched / read bandwidth, FLOPs of
 torch bf16 F.linear at M = 512 on the layer's gate/up shape)``, both measured in this run: the read bandwidth
 (``rd GB/s``, ``torch.sum`` over 256 MiB) just before and after each row, the mean (since 2026-12-05: the host's
 bandwidth moved between 29 and 66 GB/s from run to run); ours and HF timed in turn within each repeat.
-Targets (issue 7): no skip within 1.25x of the roofline and faster than HF at every T; with skip within 1.5x of
+Targets: no skip within 1.25x of the roofline and faster than HF at every T; with skip within 1.5x of
 ``max(our no-skip time scaled by kept pairs, bytes of the distinct experts / read bandwidth)`` (``ours/skip-bound``);
 T = 4096 at 88% skip >= 4x faster than our no-skip; T = 1 with one expert of eight >= 3x; all skipped <= 30 us.
 """
@@ -64,7 +64,7 @@ SHAPES = [Shape("qwen3-30b-a3b", 2048, 768, 128, 8), Shape("mixtral-8x7b", 4096,
 
 def _plan(quick: bool, full: bool):
     """[(shape, T, [(pattern, skip), ...])]: the default keeps the suite to a few minutes on 2 cores; ``full`` is the
-    issue's whole matrix (every shape and T, skip 0 / 0.5 / 0.8 / 0.88 uniform and MoDES-like, the adversarial
+    whole matrix (every shape and T, skip 0 / 0.5 / 0.8 / 0.88 uniform and MoDES-like, the adversarial
     pattern at its 1 - 1/k)."""
     q, mx, ds = SHAPES
     if quick:
@@ -392,17 +392,21 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
     if csv_path:
         write_csv(csv_path, rows, {"family": FAMILY, "read_bw_gbps": bw_rd, "cpu": cpu_model(), "isa": cpu_isa()})
         out(f"wrote {csv_path}")
-    if plot_path:
-        _plot(rows, plot_path)
+    if plot_path and _plot(rows, plot_path):
         out(f"wrote {plot_path}")
     return BenchResult(rows, bw_rd, device)
 
 
-def _plot(rows, path) -> None:
-    """Time against skip ratio (uniform pattern), one line per (model, T), normalised to no skip."""
+def _plot(rows, path) -> bool:
+    """Time against skip ratio (uniform pattern), one line per (model, T), normalised to no skip.
+
+    Returns False (nothing written; :func:`import_pyplot` has said why) when matplotlib is not installed.
+    """
     from .harness import import_pyplot
 
     plt = import_pyplot(path)
+    if plt is None:
+        return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = sorted({(r["model"], r["T"]) for r in rows if r["pattern"] == "uniform"})
     for model, T in keys:
@@ -417,6 +421,8 @@ def _plot(rows, path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def tiny_calls(device: str = "cpu") -> list:

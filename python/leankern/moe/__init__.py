@@ -189,7 +189,8 @@ def moe_forward(hidden: torch.Tensor, router_logits: torch.Tensor, w13: torch.Te
                 correction_bias=None, routed_scaling_factor: float = 1.0, skip_rule: str = "none",
                 skip_params: Sequence[float] = (), modality=None, skip_renormalize=None, config=None, layer: int = 0,
                 **expert_kwargs):
-    """route (+ skip) then experts in one call. Shape: hidden ``[T, H]``, router_logits ``[T, E]`` -> ``[T, H]``.
+    """route (+ skip) then experts in one call. Shape: hidden ``[T, H]``, router_logits ``[T, E]`` -> ``[T, H]`` in
+    hidden's dtype (fp32 accumulation, as :func:`experts`).
 
     ``config``: a :class:`SkipConfig` (calibrated, or loaded from JSON) instead of ``skip_rule`` / ``skip_params`` /
     ``skip_renormalize``; ``layer`` picks its MoDES alpha row (0-based MoE layer). ``expert_kwargs`` go to

@@ -1,6 +1,6 @@
 """Reference numerics of the MoE family: the definition every kernel is tested against.
 
-Four steps of an MoE layer (specs/moe.md):
+Four steps of an MoE layer (MoDES, arXiv 2511.15690; docs/moe.md, "The four ops"):
 
 * :func:`route_ref`   router logits ``[T, E]`` -> ``topk_ids [T, k] int32``, ``topk_weights [T, k] fp32``
 * :func:`skip_ref`    mark skipped slots with id -1 (MoDES and the baselines it is compared with)

@@ -1,7 +1,7 @@
 """MoDES's threshold frontier search: the cheapest (tau_text, tau_vision) that skips at least a target ratio.
 
-specs/moe.md, calibration: minimise the calibration KL subject to ``skip ratio >= target`` over an N x M grid of
-thresholds. Both the skip ratio and the KL are taken to be non-decreasing in each threshold (a higher threshold
+MoDES (arXiv 2511.15690), calibration: minimise the calibration KL subject to ``skip ratio >= target`` over an N x M
+grid of thresholds. Both the skip ratio and the KL are taken to be non-decreasing in each threshold (a higher threshold
 only ever drops more slots), so a staircase walk over the grid finds the grid optimum with at most N + M - 1
 evaluations instead of N x M:
 

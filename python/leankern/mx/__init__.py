@@ -316,7 +316,7 @@ def hadamard_transform(
     identity up to rounding).
 
     Shape: x ``[..., K]`` with ``K % chunk_size == 0`` (default ``chunk_size = K``) -> ``[..., K]``;
-    signs ``[chunk_size]`` fp32.
+    signs ``[chunk_size]`` fp32. Dtype: the output has x's dtype (fp32 / bf16 / fp16).
     """
     n = x.shape[-1] if chunk_size is None else chunk_size
     s = 1.0 / math.sqrt(n) if scale is None else float(scale)
@@ -344,7 +344,7 @@ def rotate(x: torch.Tensor, chunk_size: int = 32, seed: int = 0) -> torch.Tensor
     ``rotate(x) @ rotate(W).T == x @ W.T`` up to rounding, while the rotated blocks have far
     smaller crest factors (fewer outliers) to quantize.
 
-    Shape: x ``[..., K]``, ``K % chunk_size == 0`` -> ``[..., K]``.
+    Shape: x ``[..., K]``, ``K % chunk_size == 0`` -> ``[..., K]``, in x's dtype (fp32 / bf16 / fp16).
     """
     signs = random_hadamard_signs(chunk_size, seed, x.device)
     return hadamard_transform(x, chunk_size, 1.0 / math.sqrt(chunk_size), signs)

@@ -130,6 +130,9 @@ PAPER_FORMATS = ("mxint8", "mxfp8_e4m3", "mxint6", "mxfp6_e2m3", "mxint4", "mxfp
 
 
 def format_names() -> list[str]:
+    """The canonical names of the ten formats, in :data:`FORMATS` order (a new list each call): ``mxfp8_e4m3``,
+    ``mxfp8_e5m2``, ``mxfp6_e2m3``, ``mxfp6_e3m2``, ``mxfp4``, ``mxint8``, ``mxint6``, ``mxint4``, ``nvfp4``,
+    ``nvint4``. Aliases (``mxfp8``, ``mxfp6``) are not listed; :func:`get_format` accepts them too."""
     return list(FORMATS)
 
 

@@ -1,6 +1,6 @@
 """Numerics study of the MX/NV block formats: the QSNR table and the INT crest-factor theory.
 
-Reproduces the "Numerics studies" section of specs/mx.md (arXiv 2510.25602)::
+Reproduces the QSNR study of the MX/NV formats in "INT v.s. FP" (arXiv 2510.25602)::
 
     QSNR = -10 log10( sum (x_hat - x)^2 / sum x^2 )   [dB]
 
@@ -20,7 +20,7 @@ treating rounding noise as uniform with variance s^2/12::
 
     QSNR = 10 log10(12) + 6.02 (b - 1) - 20 log10(rho) - 20 log10(kappa)
 
-with kappa = amax_block / rms_block (the block crest factor) and, our reading of the spec's
+with kappa = amax_block / rms_block (the block crest factor) and, our reading of the paper's
 rho, ``rho = 2^(b-1) * s / amax_block`` >= 1: how far the grid's nominal reach 2^(b-1) * s
 overshoots the block max (1 would be perfect utilisation). RCEIL puts amax / s in (Q/2, Q], so
 20 log10(rho) lies in [20 log10(2^(b-1)/Q), that + 6.02) dB; if log2(amax) is uniform modulo 1
@@ -52,7 +52,8 @@ __all__ = [
 
 DATASETS = ("gaussian", "student_t3", "outlier_channels")
 ROTATIONS = ("none", "rht32")
-#: specs/mx.md, 4096x4096 Gaussian fp32, RCEIL for MX, two-level for NV.
+#: Target QSNR (dB) of each paper format on 4096x4096 Gaussian fp32, RCEIL for MX, two-level for NV
+#: (the "target (Gaussian)" column of the README's numerics table).
 SPEC_GAUSSIAN_QSNR = {"mxint8": 41.6, "mxfp8_e4m3": 31.5, "mxint6": 29.4, "mxfp6_e2m3": 31.0,
                       "mxint4": 16.8, "mxfp4": 18.8, "nvint4": 21.3, "nvfp4": 20.4}
 OUTLIER_FRACTION = 1 / 64
@@ -262,11 +263,12 @@ _SHORT = {"gaussian": "gauss", "student_t3": "t(3)", "outlier_channels": "outlie
 
 
 def format_qsnr_table(rows) -> str:
-    """The table as text: one row per format, one column per (dataset, rotation), plus the spec's Gaussian value."""
+    """The table as text: one row per format, one column per (dataset, rotation), plus the target Gaussian QSNR
+    (:data:`SPEC_GAUSSIAN_QSNR`) and the difference from it."""
     fmts = list(dict.fromkeys(r["format"] for r in rows))
     cols = list(dict.fromkeys((r["dataset"], r["rotation"]) for r in rows))
     names = [_SHORT.get(d, d) + ("+RHT" if rot != "none" else "") for d, rot in cols]
-    head = f"{'format':<12}" + "".join(f"{n:>12}" for n in names) + f"{'spec gauss':>12}{'delta':>8}"
+    head = f"{'format':<12}" + "".join(f"{n:>12}" for n in names) + f"{'target':>12}{'delta':>8}"
     lines = [head, "-" * len(head)]
     for f in fmts:
         vals = [_lookup(rows, f, d, rot) for d, rot in cols]
@@ -367,8 +369,10 @@ def check_outputs(csv_path: str | None, plot_path: str | None) -> str | None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="leankern numerics", description="QSNR study of the MX/NV formats (specs/mx.md).")
-    p.add_argument("--size", type=int, default=4096, help="data is size x size fp32 (default 4096, the spec's)")
+    p = argparse.ArgumentParser(prog="leankern numerics", description="QSNR study of the MX/NV formats "
+                                "(\"INT v.s. FP\", arXiv 2510.25602; format rules: docs/numerics.md).")
+    p.add_argument("--size", type=int, default=4096,
+                   help="data is size x size fp32 (default 4096, as in the README's table)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="PATH", help="write a PNG (needs matplotlib)")
     p.add_argument("--csv", metavar="PATH", help="write the numbers as CSV")

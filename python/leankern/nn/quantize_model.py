@@ -9,6 +9,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..mx.formats import _ALIASES, FORMATS, get_format
 from .quant_linear import QuantLinear, _check_config, linear_bytes
 from .sefp_linear import SEFPLinear, _check_build, _check_width
 
@@ -178,6 +179,11 @@ def quantize_model(model: nn.Module, fmt: str, *, act_fmt: str | None = None, ro
     else:
         if m_max is not None or m is not None:
             raise ValueError(f"m_max, m: only for fmt='sefp', got m_max={m_max!r}, m={m!r} with fmt={fmt!r}")
+        try:
+            get_format(fmt)
+        except ValueError:  # get_format's message, plus the one name only quantize_model takes
+            raise ValueError(f"fmt: expected one of {tuple(FORMATS) + ('sefp',)} or an alias {tuple(_ALIASES)}, "
+                             f"got {fmt!r}") from None
         _check_config(64 * 1024, 1, fmt, block_size, act_fmt, rotate)  # argument errors before touching the model
     if isinstance(model, nn.Linear):  # the swap is done in the parent module; the root has none
         raise TypeError(f"model: expected a module holding nn.Linear layers, got the {type(model).__name__} layer "

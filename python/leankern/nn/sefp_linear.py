@@ -1,7 +1,7 @@
 """SEFPLinear: an ``nn.Linear`` stored once in SEFP bit planes, served at any mantissa width.
 
 One quantization at ``m_max`` (:func:`leankern.sefp.quantize`) keeps every narrower width as a
-truncation of the same planes (OTARo, arXiv 2511.13147; specs/sefp.md), so :func:`set_precision`
+truncation of the same planes (OTARo, arXiv 2511.13147; docs/sefp.md), so :func:`set_precision`
 changes a Python int per layer and never touches the stored weight.
 
 The weight lives in registered buffers (``planes``, ``exponents``, ``meta``: the JSON metadata of

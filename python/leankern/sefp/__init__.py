@@ -3,7 +3,7 @@
 One stored copy of a weight serves every mantissa width: lower widths are truncations of the
 stored one, so switching precision is a scalar argument, not a requantization. The copy is kept as
 bit planes (sign, then mantissa bits from the most significant down), so reading width ``m`` costs
-``1 + m`` bits per weight plus ``8 / block_size`` for the exponent (specs/sefp.md).
+``1 + m`` bits per weight plus ``8 / block_size`` for the exponent (docs/sefp.md, "Storage: bit planes").
 
 >>> w_q = leankern.sefp.quantize(linear.weight, m_max=8)        # SEFPTensor, once
 >>> y8 = leankern.sefp.linear(x, w_q, m=8)                       # 9 bits per weight read

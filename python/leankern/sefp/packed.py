@@ -1,4 +1,4 @@
-"""The single-width packed SEFP copy: sign + m bits per weight, contiguous (specs/sefp.md, "per-precision packed copy").
+"""The single-width packed SEFP copy: sign + m bits per weight, contiguous (docs/sefp.md, "Storage: bit planes").
 
 Layout (the definition; csrc/sefp/packed.h reads the same bytes): each weight is one field of ``B = 1 + m`` bits,
 ``(s << m) | q'`` (the sign above the m-bit magnitude of the m-bit truncation); the ``Kp`` fields of a row (K rounded

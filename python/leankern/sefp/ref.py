@@ -1,6 +1,7 @@
 """Reference SEFP (shared-exponent FP with truncated mantissas): the definition of the numerics.
 
-Format (specs/sefp.md), weights ``w [N, K]``, blocks of ``G`` consecutive elements along K:
+Format (OTARo, arXiv 2511.13147; docs/sefp.md, "Format"), weights ``w [N, K]``, blocks of ``G`` consecutive
+elements along K:
 
 1. ``e_i = max(exponent field of fp32(w_i), 1) - 127``: floor(log2|w_i|) for normal values; fp32
    subnormals count as -126 (their field is 0, their scale 2^-126). Zeros are ignored.

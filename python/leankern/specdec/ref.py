@@ -2,7 +2,8 @@
 
 Written for clarity, one request and one row at a time (host loops): the kernels are the fast
 path. The numerics (integer softmax weights, thresholds, fp64 decisions) are those of
-:mod:`leankern.specdec.numerics`; the rules are those of specs/specdec.md and docs/specdec.md.
+:mod:`leankern.specdec.numerics`; the rules are those of docs/specdec.md
+(Spec-VLA, arXiv 2507.22424).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Spec-VLA relaxed acceptance study: acceptance length and action error vs the relaxation radius r.
 
-Synthetic OpenVLA-like setting (specs/specdec.md): a 32,000-token vocabulary whose last 256 ids
+Synthetic OpenVLA-like setting (Spec-VLA, arXiv 2507.22424): a 32,000-token vocabulary whose last 256 ids
 (31744..31999) are the action bins, so id distance is bin distance. Each draft position has a
 latent "true" bin; the target's logits are a discretised Gaussian bump around it (width
 ``target_sigma`` bins, plus logit jitter so its argmax may sit a bin away, plus a little mass on

@@ -136,7 +136,8 @@ def gather_lm_head(hidden: torch.Tensor, weight, vocab_ids: torch.Tensor, *, bia
 
 
 def gather_lm_head_log_softmax(hidden, weight, vocab_ids, **kwargs) -> torch.Tensor:
-    """``log_softmax`` over the subset logits (:func:`gather_lm_head` with ``log_softmax=True``), fp32 by default."""
+    """``log_softmax`` over the subset logits (:func:`gather_lm_head` with ``log_softmax=True``): ``[..., K]`` in
+    ``out_dtype``, fp32 by default (bf16 / fp16 on request), whatever the dtypes of hidden and weight."""
     return gather_lm_head(hidden, weight, vocab_ids, log_softmax=True, **kwargs)
 
 
@@ -206,7 +207,8 @@ def scatter_to_full(logits: torch.Tensor, vocab_ids: torch.Tensor, V: int, fill:
 
 
 class LogitStats(NamedTuple):
-    """Per-row statistics of a logit row ``z`` at temperature ``t`` (each ``[B]``)."""
+    """Per-row statistics of a logit row ``z`` at temperature ``t`` (each ``[B]``, or logits' leading shape):
+    ``argmax`` int64, every other field fp32, whatever the logits' dtype."""
 
     max: torch.Tensor  # fp32, max of z / t
     argmax: torch.Tensor  # int64, lowest index of the max (torch.argmax)
@@ -227,6 +229,9 @@ def logit_stats(logits: torch.Tensor, *, temperature: float = 1.0) -> LogitStats
     distribution to ``p`` (Kang et al. 2025, as DACE uses it): 0 for a uniform row, large when
     confident; ``+inf`` when some logit is ``-inf``. A row that is not a distribution (a NaN or +inf
     logit, or every logit -inf) gets NaN entropy and self-certainty. Accepts ``[..., V]``.
+
+    Returns a :class:`LogitStats` of ``[B]`` (``[...]``) tensors: ``max``, ``logsumexp``, ``entropy`` and
+    ``self_certainty`` fp32, ``argmax`` int64, for fp32, bf16 and fp16 logits alike.
     """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
