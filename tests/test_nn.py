@@ -311,6 +311,25 @@ def test_load_state_dict_of_a_weight_quantized_with_another_scale_mode(fmt, scal
         assert fresh.scale_mode == scale_mode and torch.equal(fresh(x), q(x))
     with pytest.raises(RuntimeError, match="meta"):  # anything else that differs still names meta
         QuantLinear(128, 72, True, "mxint4", dtype=torch.float32).load_state_dict(q.state_dict())
+    # ... and a refused load leaves the module as it was (its scale_mode and meta record too)
+    fp8 = QuantLinear.from_mxtensor(leankern.mx.quantize(lin.weight, "mxfp8_e4m3", scale_mode="floor"), lin.bias)
+    dst = QuantLinear(128, 72, True, fmt, dtype=torch.float32)
+    meta_before = dst.state_dict()["meta"].clone()
+    with pytest.raises(RuntimeError, match="meta"):
+        dst.load_state_dict(fp8.state_dict())
+    assert dst.scale_mode == "rceil" and torch.equal(dst.state_dict()["meta"], meta_before)
+
+
+def test_from_state_dict_refuses_codes_of_another_format():
+    """A checkpoint whose ``meta`` names another format than its (prepacked) codes: an error naming the codes'
+    expected and actual shapes when it is read, not at the first product."""
+    lin = _linear()
+    sd = QuantLinear.from_linear(lin, "mxfp4").state_dict()
+    sd["meta"] = QuantLinear.from_linear(lin, "mxfp8_e4m3").state_dict()["meta"]
+    with pytest.raises(ValueError, match=r"codes: expected shape \(5, 4, 528\) .*got \(5, 4, 272\)"):
+        QuantLinear.from_state_dict(sd)
+    with pytest.raises(ValueError, match="codes: expected shape"):
+        leankern.MXTensor.from_state_dict(sd)
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "sefp"])

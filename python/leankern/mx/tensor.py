@@ -55,8 +55,8 @@ class MXTensor:
             raise ValueError(f"layout: expected 'row_major' or 'prepacked16', got {layout!r}")
         self.layout = layout
         self.rotation = None if rotation is None else (int(rotation[0]), int(rotation[1]))
-        if layout == "row_major" and not _trusted:  # _trusted: leankern's own hot paths, shapes consistent by
-            self._check_row_major_shapes()          # construction (the check costs ~0.5 us a call)
+        if not _trusted:  # _trusted: leankern's own hot paths, shapes consistent by construction (~0.5 us a call)
+            self._check_row_major_shapes() if layout == "row_major" else self._check_prepacked_shape()
 
     def _check_row_major_shapes(self) -> None:
         """codes / scales of the row-major layout against ``shape`` (a plain container, but not a silent misfit: the
@@ -70,6 +70,19 @@ class MXTensor:
         if self.scale_layout == "row_major" and tuple(self.scales.shape) != (*lead, K // self.block_size):
             raise ValueError(f"scales: expected shape {(*lead, K // self.block_size)} (one per block of "
                              f"{self.block_size} along K={K}), got {tuple(self.scales.shape)}")
+
+    def _check_prepacked_shape(self) -> None:
+        """The prepacked buffer against ``shape`` and the format (e.g. a checkpoint whose ``meta`` names another
+        format than its codes were packed in: an error here, not at the first product)."""
+        from .packed_layout import TILE_ROWS, packed_block_bytes
+
+        if len(self.shape) != 2:
+            raise ValueError(f"shape: expected [N, K] for the prepacked16 layout, got {self.shape}")
+        N, K = self.shape
+        want = (-(-N // TILE_ROWS), K // self.block_size, packed_block_bytes(self.fmt, self.block_size))
+        if tuple(self.codes.shape) != want:
+            raise ValueError(f"codes: expected shape {want} for a prepacked16 MXTensor of shape {self.shape} in "
+                             f"{self.fmt} (block_size {self.block_size}), got {tuple(self.codes.shape)}")
 
     @property
     def format(self):
