@@ -200,12 +200,16 @@ def test_skip_ids_at_or_above_e_pass_through_unless_num_experts(backend):
 def test_align_leaves_duplicates_to_experts(backend):
     """Documented in moe.align: an expert twice in a row is grouped twice (well defined); experts rejects it."""
     ids = torch.tensor([[1, 1]], dtype=torch.int32)
+    zeros = torch.tensor([[0, 1], [0, 0], [2, 3]], dtype=torch.int32)  # expert 0 twice: an id, not the -1 padding
     hidden, w13, w2 = _weights()
     with leankern.use_backend(backend):
         sorted_ids, offsets, _, kept = moe.align(ids, 4)
         assert sorted_ids[:2].tolist() == [0, 1] and offsets.tolist() == [0, 0, 2, 2, 2] and kept.tolist() == [2]
-        with pytest.raises(ValueError, match="topk_ids: expected distinct expert ids within a row"):
-            moe.experts(hidden[:1], w13, w2, ids, torch.ones(1, 2))
+        _, offsets, _, kept = moe.align(zeros, 4)
+        assert offsets.tolist() == [0, 3, 4, 5, 6] and kept.tolist() == [6]
+        for dup in (ids, zeros):
+            with pytest.raises(ValueError, match="topk_ids: expected distinct expert ids within a row"):
+                moe.experts(hidden[:dup.shape[0]], w13, w2, dup, torch.ones(dup.shape[0], 2))
     assert "caller's responsibility" in moe.align.__doc__
 
 

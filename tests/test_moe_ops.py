@@ -341,6 +341,10 @@ def test_experts_rejects_out_of_range_and_duplicate_ids(backend):
     dup[4, 2] = dup[4, 0]
     _raises(backend, ValueError, "topk_ids: expected distinct expert ids within a row",
             lambda: moe.experts(hidden, w13, w2, dup, wts))
+    dup0 = ids.clone()
+    dup0[4] = torch.tensor([0, -1, 0])  # expert 0 twice (sorted: -1, 0, 0): an id like any other, not padding
+    _raises(backend, ValueError, "topk_ids: expected distinct expert ids within a row",
+            lambda: moe.experts(hidden, w13, w2, dup0, wts))
     neg = ids.clone()
     neg[4, :2] = -1  # -1 may repeat
     with leankern.use_backend(backend):

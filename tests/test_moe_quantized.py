@@ -216,13 +216,14 @@ def test_errors_before_any_weight_is_read():
             leankern.moe.experts(hidden, w13, w2, b, w)
         assert str(ours.value) == str(op.value)
         assert str(ours.value).startswith(f"topk_ids: expected expert ids in [-1, {E})")
-    b = ids.clone()
-    b[4, 1] = b[4, 0]
-    with pytest.raises(ValueError, match="got an expert twice in one row") as ours:
-        quantized_experts(hidden, qp, b, w)
-    with pytest.raises(ValueError) as op:
-        leankern.moe.experts(hidden, w13, w2, b, w)
-    assert str(ours.value) == str(op.value)
+    for e in (None, 0):  # a row's own expert twice, and expert 0 twice (an id, not the -1 padding)
+        b = ids.clone()
+        b[4, :2] = b[4, 0] if e is None else e
+        with pytest.raises(ValueError, match="got an expert twice in one row") as ours:
+            quantized_experts(hidden, qp, b, w)
+        with pytest.raises(ValueError) as op:
+            leankern.moe.experts(hidden, w13, w2, b, w)
+        assert str(ours.value) == str(op.value)
     with pytest.raises(ValueError, match=r"hidden: expected shape \[T, H=64\]"):
         quantized_experts(hidden[:, :32], qp, ids, w)
     with pytest.raises(TypeError, match="topk_ids: expected dtype"):

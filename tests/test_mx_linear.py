@@ -6,7 +6,7 @@ import torch
 import leankern
 from leankern.mx.formats import FORMATS
 from mx_cases import ALL_FORMATS, CPU_BACKENDS, FLOAT_DTYPES, skip_unless_runs_on_cpu
-from tolerances import assert_linear_result
+from tolerances import assert_linear_result, assert_linear_within_bound, linear_error_bound
 
 DUAL_PAIRS = ["mxint8", "mxfp8_e4m3", "mxfp4", "nvfp4", "mxint4", "nvint4"]  # weight fmt == act fmt
 
@@ -96,6 +96,35 @@ def test_bound_catches_one_wrong_code():
     bad = leankern.MXTensor(codes, qt.scales, qt.global_scale, qt.fmt, qt.block_size, qt.shape, qt.dtype)
     with pytest.raises(AssertionError, match="exceeds the derived bound"):
         _check(leankern.mx.linear(x, bad), x, qt, None, None)
+
+
+def _sequential_fp32_dot(x, w):
+    """x . w summed left to right in fp32, one rounding per add (torch's own sums may carry a wider accumulator)."""
+    acc = torch.zeros((), dtype=torch.float32)
+    for xk, wk in zip(x.float(), w.float()):
+        acc = acc + xk * wk
+    return acc
+
+
+def test_linear_error_bound_is_tight():
+    """The bound is not loose: a worst case of sequential fp32 summation nearly reaches it. K = 256, x = [1, 2^-24,
+    ..., 2^-24], w = ones: each 2^-24 added to 1 is a tie that rounds back to 1 (to even), so the left-to-right
+    sum is exactly 1 while the exact value is 1 + 255 * 2^-24. The error, 255 u, is 255/256 of the bound
+    gamma_256 * (1 + 255 u) (+ subnormal terms); the bound at 0.99 of its size, or half, fails it."""
+    K = 256
+    x = torch.full((1, K), 2.0**-24)
+    x[0, 0] = 1.0
+    w = torch.ones(1, K)
+    y = _sequential_fp32_dot(x[0], w[0]).reshape(1, 1)
+    assert float(y) == 1.0
+    exact, bound = linear_error_bound(x, w, None, torch.float32)
+    assert float(exact) == 1 + 255 * 2.0**-24
+    ratio = float((exact - y.double()).abs() / bound)
+    assert 0.99 < ratio <= 1, ratio
+    assert_linear_within_bound(y, exact, bound)
+    for tighter in (bound / 2, bound * 0.99):
+        with pytest.raises(AssertionError, match="exceeds the derived bound"):
+            assert_linear_within_bound(y, exact, tighter)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

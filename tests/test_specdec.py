@@ -31,6 +31,14 @@ def _isas():
             for i in ("avx512", "avx2", "scalar")]
 
 
+@pytest.fixture(params=[pytest.param("ref", id="ref")] + _backends())
+def on_backend(request):
+    """Runs the test body with the specdec ops forced onto one backend: the hand-worked rule tests hold on each
+    (the reference included, not only the default backend)."""
+    with leankern.use_backend(request.param):
+        yield request.param
+
+
 def _batch(counts, V, dtype=torch.float32, seed=0, match=0.7, peak=3.0):
     """Ragged drafts: each draft is the target argmax with probability ``match``, else a random id."""
     g = torch.Generator().manual_seed(seed)
@@ -97,7 +105,7 @@ def test_keep_threshold_rules():
 
 
 # ------------------------------------------------------------------------------------------- rules
-def test_greedy_matches_the_cumprod_formulation():
+def test_greedy_matches_the_cumprod_formulation(on_backend):
     counts = [3, 0, 5, 1, 8, 2]
     drafts, cu, logits, bonus = _batch(counts, 101, match=0.8)
     out, acc = verify(drafts, cu, logits, bonus, mode="greedy")
@@ -113,7 +121,7 @@ def test_greedy_matches_the_cumprod_formulation():
         assert (out[b, a + 1:] == -1).all()
 
 
-def test_perfect_match_zero_drafts_and_first_mismatch():
+def test_perfect_match_zero_drafts_and_first_mismatch(on_backend):
     V = 37
     drafts, cu, logits, bonus = _batch([4, 0, 3], V, match=1.0)
     drafts[4] = (drafts[4] + 1) % V  # request 2 fails at its position 0
@@ -124,7 +132,7 @@ def test_perfect_match_zero_drafts_and_first_mismatch():
     assert out[2].tolist() == [int(torch.argmax(logits[4]))] + [-1] * 4
 
 
-def test_relaxed_radius_zero_is_greedy_and_acceptance_is_monotone():
+def test_relaxed_radius_zero_is_greedy_and_acceptance_is_monotone(on_backend):
     V, lo = 300, 44  # action ids 44..299
     drafts, cu, logits, bonus = _batch([8] * 40, V, match=0.3, seed=3)
     g, gacc = verify(drafts, cu, logits, bonus, mode="greedy")
@@ -138,7 +146,7 @@ def test_relaxed_radius_zero_is_greedy_and_acceptance_is_monotone():
     assert int(prev.sum()) > int(gacc.sum())
 
 
-def test_relaxed_needs_both_ids_in_the_action_range():
+def test_relaxed_needs_both_ids_in_the_action_range(on_backend):
     V = 50
     logits = torch.full((2, V), -5.0)
     logits[0, 40] = logits[1, 10] = 5.0  # argmax 40 (in range) and 10 (outside)
@@ -150,7 +158,7 @@ def test_relaxed_needs_both_ids_in_the_action_range():
     assert out[0, 0] == 41 and out[1, 0] == 10  # accepted positions emit the draft; failure emits argmax
 
 
-def test_typical_rule_against_float64_softmax():
+def test_typical_rule_against_float64_softmax(on_backend):
     drafts, cu, logits, bonus = _batch([6] * 30, 64, match=0.5, seed=5, peak=1.5)
     eps, delta = 0.09, 0.3
     out, acc = verify(drafts, cu, logits, bonus, mode="typical", typical=(eps, delta))
@@ -169,12 +177,38 @@ def test_typical_rule_against_float64_softmax():
         assert int(out[b, a]) == (int(best[b, a]) if a < 6 else int(torch.argmax(bonus[b])))
 
 
+def test_typical_rejects_at_p_equal_to_tau(on_backend):
+    """The rule is ``p(x) > tau``, strict: two equal logits give p = 1/2 exactly (equal integer weights) and
+    H = ln 2, so typical = (0.5, 10) makes tau = min(0.5, 10 * exp(-ln 2)) = 0.5 = p: the draft is rejected and
+    the correction is the argmax (id 0, the lowest of the tie). Just below, eps = 0.5 - 2^-20 accepts it, and the
+    bonus row's argmax (1) follows."""
+    logits, bonus = torch.zeros(1, 2), torch.tensor([[0.0, 3.0]])
+    drafts, cu = torch.tensor([1], dtype=torch.int32), torch.tensor([1], dtype=torch.int32)
+    out, acc = verify(drafts, cu, logits, bonus, mode="typical", typical=(0.5, 10.0))
+    assert acc.tolist() == [0] and out.tolist() == [[0, -1]]
+    out, acc = verify(drafts, cu, logits, bonus, mode="typical", typical=(0.5 - 2**-20, 10.0))
+    assert acc.tolist() == [1] and out.tolist() == [[1, 1]]
+
+
+def test_tree_typical_rejects_at_p_equal_to_tau(on_backend):
+    """verify_tree's typical edges use the same strict rule: root -> node 1 (token 1) with the root's row at
+    p = tau = 1/2 rejects (the extra token is the root row's argmax, 0); eps just below accepts, then the
+    argmax of node 1's row (1)."""
+    node_logits = torch.tensor([[0.0, 0.0], [0.0, 3.0]])
+    tokens, cu = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([2], dtype=torch.int32)
+    ri = torch.tensor([[[0, 1]]], dtype=torch.int32)
+    out, acc, best = verify_tree(tokens, cu, node_logits, ri, mode="typical", typical=(0.5, 10.0))
+    assert acc.tolist() == [0] and out.tolist() == [[0, -1]] and best.tolist() == [0]
+    out, acc, best = verify_tree(tokens, cu, node_logits, ri, mode="typical", typical=(0.5 - 2**-20, 10.0))
+    assert acc.tolist() == [1] and out.tolist() == [[1, 1]] and best.tolist() == [0]
+
+
 # ------------------------------------------------------------------------------------ rejection mode
 def _u(n, value):
     return torch.full((n,), value, dtype=torch.float32)
 
 
-def test_rejection_draft_equal_to_target_accepts_everything():
+def test_rejection_draft_equal_to_target_accepts_everything(on_backend):
     drafts, cu, logits, bonus = _batch([5, 0, 7], 80, seed=2)
     q = target_probs(logits).float()
     u = _u(drafts.numel() + 3, 1 - 2**-24)  # the largest uniform
@@ -183,7 +217,7 @@ def test_rejection_draft_equal_to_target_accepts_everything():
     assert (out[:, :8] >= 0).sum() == 5 + 7 + 3
 
 
-def test_rejection_disjoint_supports_reject_at_zero_and_resample_from_p():
+def test_rejection_disjoint_supports_reject_at_zero_and_resample_from_p(on_backend):
     V = 10
     logits = torch.full((1, V), float("-inf"))
     logits[0, :5] = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
@@ -195,7 +229,7 @@ def test_rejection_disjoint_supports_reject_at_zero_and_resample_from_p():
         assert acc.item() == 0 and 0 <= out[0, 0] < 5
 
 
-def test_rejection_u_zero_accepts_iff_p_positive():
+def test_rejection_u_zero_accepts_iff_p_positive(on_backend):
     V = 16
     logits = torch.randn(2, V)
     logits[1, 3] = float("-inf")  # draft 3 of request 1 has zero target probability
@@ -205,7 +239,7 @@ def test_rejection_u_zero_accepts_iff_p_positive():
     assert acc.tolist() == [1, 0] and out[1, 0] != 3
 
 
-def test_rejection_residual_with_a_single_nonzero_entry():
+def test_rejection_residual_with_a_single_nonzero_entry(on_backend):
     V = 4
     logits = torch.log(torch.tensor([[0.5, 0.5, 1e-30, 1e-30]]))
     q = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # residual max(0, p - q) is only at id 0
@@ -255,7 +289,7 @@ def test_rejection_output_is_distributed_as_the_target(with_q, shape):
     assert stat < dof + 12 * math.sqrt(2 * dof) + 20, (stat, dof)
 
 
-def test_rejection_temperature_zero_is_greedy_per_request():
+def test_rejection_temperature_zero_is_greedy_per_request(on_backend):
     drafts, cu, logits, bonus = _batch([4, 4, 4], 50, seed=9, match=0.6)
     g, gacc = verify(drafts, cu, logits, bonus)
     t = torch.tensor([0.0, 1.0, 0.0])
@@ -264,7 +298,7 @@ def test_rejection_temperature_zero_is_greedy_per_request():
 
 
 # ------------------------------------------------------------------------------- defined behaviours
-def test_rows_without_a_distribution_emit_minus_one():
+def test_rows_without_a_distribution_emit_minus_one(on_backend):
     V = 12
     drafts, cu, logits, bonus = _batch([2, 2, 1], V, match=1.0)
     logits[0] = float("-inf")  # request 0, position 0: all -inf
@@ -277,7 +311,7 @@ def test_rows_without_a_distribution_emit_minus_one():
         assert out[0].tolist() == [-1, -1, -1] and out[1, 1] == -1 and out[2, 1] == -1, mode
 
 
-def test_tail_with_zero_mass_is_never_emitted():
+def test_tail_with_zero_mass_is_never_emitted(on_backend):
     V = 1000 + 3
     drafts, cu, logits, bonus = _batch([3] * 64, V, seed=4, match=0.2)
     logits[:, 990:] = float("-inf")
@@ -290,7 +324,8 @@ def test_tail_with_zero_mass_is_never_emitted():
         assert int(out.max()) < V
 
 
-def test_overflowing_temperature_verifies_with_the_argmax_rules():
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy overflow notes (Triton interpreter)
+def test_overflowing_temperature_verifies_with_the_argmax_rules(on_backend):
     drafts, cu, logits, bonus = _batch([4, 3], 300, match=0.6, seed=8)
     g, gacc = verify(drafts, cu, logits, bonus)
     t = torch.full((2,), 1e-38)  # logits / t overflows fp32
@@ -300,7 +335,7 @@ def test_overflowing_temperature_verifies_with_the_argmax_rules():
 
 
 # -------------------------------------------------------------------------------------------- tree
-def test_tree_with_one_path_equals_the_chain():
+def test_tree_with_one_path_equals_the_chain(on_backend):
     V, D = 40, 4
     drafts, cu, logits, bonus = _batch([D], V, match=0.8, seed=6)
     # nodes: root, then the chain; the root's row verifies draft 0, node j's row verifies draft j
@@ -314,7 +349,7 @@ def test_tree_with_one_path_equals_the_chain():
         assert torch.equal(out, want) and torch.equal(acc, wacc) and best.tolist() == [0]
 
 
-def test_tree_longest_prefix_wins_ties_to_the_lowest_path():
+def test_tree_longest_prefix_wins_ties_to_the_lowest_path(on_backend):
     V = 10
     # root -> a (node 1) -> b (node 2); root -> c (node 3) -> d (node 4)
     node_logits = torch.full((5, V), -4.0)
@@ -331,7 +366,7 @@ def test_tree_longest_prefix_wins_ties_to_the_lowest_path():
     assert best.tolist() == [0] and acc.tolist() == [1] and out.tolist() == [[1, 6, -1]]
 
 
-def test_tree_unused_paths_and_root_only_requests():
+def test_tree_unused_paths_and_root_only_requests(on_backend):
     V = 10
     node_logits = torch.randn(3, V)
     tokens = torch.tensor([0, 4, 0], dtype=torch.int32)

@@ -21,7 +21,7 @@ import leankern
 from leankern import vocab
 from leankern.testing.strategies import binade_tensor
 from conftest import available_backends, run_python
-from tolerances import assert_vocab_logits, assert_vocab_topk
+from tolerances import _assert_within, assert_vocab_logits, assert_vocab_topk, vocab_logits_bound
 
 from vocab_backends import DT_IDS, DTYPES, HAS_CPP, OPS, _cpp_and_ref, _raise_text, backend  # noqa: F401 (backend: a fixture)
 
@@ -208,6 +208,31 @@ def test_soft_cap_keeps_nan(backend):
     assert torch.isnan(vals[1]).all() and int(gids[1, 0]) == 0  # NaN ranks first, as torch.sort
 
 
+def test_vocab_logits_bound_is_tight():
+    """vocab_logits_bound is not loose: a worst case of sequential fp32 summation nearly reaches it. H = 256,
+    hidden = [1, 2^-24, ..., 2^-24], one weight row of ones: each 2^-24 added to 1 is a tie that rounds back to 1
+    (to even), so the left-to-right sum is exactly 1 and the exact logit 1 + 255 * 2^-24. The error, 255 u, is
+    255/257 of the bound (gamma_256 * sum |h w| plus the scale's rounding u |y|); the bound at 0.99 of its size,
+    or half, fails it."""
+    H = 256
+    hidden = torch.full((1, H), 2.0**-24)
+    hidden[0, 0] = 1.0
+    weight, ids = torch.ones(1, H), torch.zeros(1, dtype=torch.int32)
+    acc = torch.zeros((), dtype=torch.float32)
+    for h in hidden[0]:  # left to right, one fp32 rounding per add
+        acc = acc + h * weight[0, 0]
+    y = acc.reshape(1, 1)
+    assert float(y) == 1.0
+    exact, bound = vocab_logits_bound(hidden, weight, ids, None, None, 1.0)
+    assert float(exact) == 1 + 255 * 2.0**-24
+    ratio = float((exact - y.double()).abs() / bound)
+    assert 0.99 < ratio <= 1, ratio
+    _assert_within("logits", y, exact, bound)
+    for tighter in (bound / 2, bound * 0.99):
+        with pytest.raises(AssertionError, match="exceeds the derived bound"):
+            _assert_within("logits", y, exact, tighter)
+
+
 # ------------------------------------------------------------------------------------- top-k / argmax
 def _sorted_reference(z, ids):
     """Stable descending sort of this backend's logits: (values [B, K], global ids [B, K])."""
@@ -314,6 +339,20 @@ def test_ties_go_to_the_lowest_position_across_chunks_and_threads(backend):
     assert gids[:, :4].tolist() == [[123, 77, 456, 123]] * 3  # positions 130, 700, 900, 999
     assert torch.equal(vals[:, 0], vals[:, 3])
     assert_vocab_topk(vals, gids, (hidden, weight, ids, None, None, 1.0), 4)
+
+
+def test_signed_zero_logits_tie_in_position_order(backend):
+    """-0 and +0 are equal logits (torch.sort treats them so): ties go to the lowest position whatever the sign.
+    2^-75 * +-2^-74 = +-2^-149 (the smallest subnormal), times 0.25 underflows to -0, +0, +0, -0."""
+    hidden = torch.tensor([[2.0**-75]])
+    weight = torch.tensor([[-2.0**-74], [2.0**-74], [2.0**-74], [-2.0**-74]])
+    ids = torch.arange(4, dtype=torch.int32)
+    z = vocab.gather_lm_head(hidden, weight, ids, scale=0.25)
+    assert (z == 0).all() and torch.signbit(z).tolist() == [[True, False, False, True]], z
+    vals, gids = vocab.gather_lm_head_topk(hidden, weight, ids, 4, scale=0.25)
+    assert gids.tolist() == [[0, 1, 2, 3]] and (vals == 0).all(), (gids, vals)
+    best_ids, best = vocab.gather_lm_head_argmax(hidden, weight, ids, scale=0.25)
+    assert best_ids.tolist() == [0] and best.tolist() == [0.0]
 
 
 def test_argmax_returns_global_ids_and_topk_bound(backend):

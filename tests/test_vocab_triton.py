@@ -178,14 +178,19 @@ def test_gather_empty_shapes(dev):
     assert v.shape == g.shape == (0, 2)
 
 
-def test_out_of_range_id_raises_before_the_kernel(dev):
+@pytest.mark.parametrize("fn,extra", [(leankern.vocab.gather_lm_head, ()), (leankern.vocab.gather_lm_head_topk, (2,)),
+                                      (leankern.vocab.gather_lm_head_argmax, ()),
+                                      (leankern.vocab.gather_lm_head_log_softmax, ())],
+                         ids=["gather", "topk", "argmax", "log_softmax"])
+def test_out_of_range_id_raises_before_the_kernel(dev, fn, extra):
+    """Every entry point checks the id values before the Triton kernel reads weight rows (an id V is out of bounds)."""
     hidden, weight, ids, _ = _head(2, torch.float32, dev)
     bad = ids.clone()
     bad[4] = V
     if dev != "cpu":
         pytest.skip("on a GPU the op boundary raises a device-side assert (async)")
     with pytest.raises(ValueError, match="vocab_ids"):
-        _triton(leankern.vocab.gather_lm_head, hidden, weight, bad)
+        _triton(fn, hidden, weight, bad, *extra)
 
 
 # ------------------------------------------------------------------------------------ top-k
@@ -213,6 +218,22 @@ def test_topk_ties_resolve_to_the_lowest_position(dev, small, dtype, per_row, k)
     assert torch.equal(got[0].cpu(), want[0].cpu()) and torch.equal(got[1].cpu(), want[1].cpu()), (got, want)
     z = ref.dense_logits(hidden.cpu(), weight.cpu(), ids.cpu(), None, None, 1.0)
     assert (z == z.max(-1, keepdim=True).values).sum(-1).max() > 1, "the inputs should hold a tied maximum"
+
+
+def test_topk_signed_zero_logits_tie_in_position_order(dev):
+    """-0 and +0 are one logit (the sort keys map -0 to +0, as torch.sort compares them): 2^-75 * +-2^-74 * 0.25
+    underflows to -0, +0, +0, -0, and the ties go to the lowest position (top-k and argmax), as the reference."""
+    hidden = torch.tensor([[2.0**-75]], device=dev)
+    weight = torch.tensor([[-2.0**-74], [2.0**-74], [2.0**-74], [-2.0**-74]], device=dev)
+    ids = torch.arange(4, dtype=torch.int32, device=dev)
+    z = _triton(leankern.vocab.gather_lm_head, hidden, weight, ids, scale=0.25).cpu()
+    assert (z == 0).all(), z
+    if dev == "cpu":  # the interpreter keeps the signs (a GPU may flush the subnormal products differently)
+        assert torch.signbit(z).tolist() == [[True, False, False, True]], z
+    vals, gids = _triton(leankern.vocab.gather_lm_head_topk, hidden, weight, ids, 4, scale=0.25)
+    assert gids.tolist() == [[0, 1, 2, 3]] and (vals == 0).all(), (gids, vals)
+    best_ids, best = _triton(leankern.vocab.gather_lm_head_argmax, hidden, weight, ids, scale=0.25)
+    assert best_ids.tolist() == [0] and best.tolist() == [0.0]
 
 
 def test_argmax_ties_and_padding(dev, small):
