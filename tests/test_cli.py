@@ -60,6 +60,11 @@ def test_bench_quick_tiny(tmp_path):
     want_checks = {"bitexact", "bitexact*"} if leankern.extension() is not None else {"no kernel"}
     assert {r["check"] for r in rows} <= want_checks, {r["check"] for r in rows}
     assert all(float(r["bandwidth_gbps"]) > 0 for r in rows)
+    # %bw divides by the copy bandwidth measured just before and after each row, not by the header's figure
+    assert all(float(r["row_bw_gbps"]) > 0 for r in rows) and {r["bw_beaten"] for r in rows} <= {"True", "False"}
+    assert all(abs(float(r["frac_bw"]) * float(r["row_bw_gbps"]) - float(r["gbps"])) <= 1e-6 * float(r["gbps"])
+               for r in rows if r["frac_bw"])
+    assert "copy bandwidth next to the rows" in out
     assert all(float(r["torch_ms"]) > 0 for r in rows)
     if leankern.extension() is not None:
         assert all(float(r["ours_ms"]) > 0 for r in rows)

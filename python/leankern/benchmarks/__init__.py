@@ -10,7 +10,8 @@ Adding a family adds one module here, ``<family>.py``, found by name (no list to
 
 * ``FAMILY = "<family>"``;
 * ``run(quick=False, full=False, device="cpu", sizes=None, csv_path=None, plot_path=None, aot=True,
-  bw_gbps=None, output_cache_mb=0, out=print) -> harness.BenchResult``: prints its section;
+  bw_gbps=None, output_cache_mb=0, out=print) -> harness.BenchResult``: prints its section (``bw_gbps``: the
+  process-level copy bandwidth, for the header line; not a denominator of the rows, see :func:`run_bench`);
 * ``tiny_calls(device) -> list[overhead.TinyCall]``: its ops on tiny inputs, for the overhead section.
 
 Modules whose names start with ``_`` (and ``harness``, ``overhead``) are not families.
@@ -144,7 +145,12 @@ def _with_suffix(path: str | None, section: str, many: bool) -> str | None:
 
 
 def run_bench(args, sections=None, out=print) -> int:
-    """Run ``sections`` (default: from ``args.family``) with one bandwidth measurement shared by all."""
+    """Run ``sections`` (default: from ``args.family``) with one copy-bandwidth measurement shared by all.
+
+    That figure (``bw_gbps``, taken once per process, before the first section) is for the sections' header lines
+    only; a section that divides by a bandwidth measures it itself next to its rows (mx: the copy bandwidth before
+    and after each row; mx_linear, moe, vocab, sefp, specdec: the read bandwidth likewise), since this host's
+    bandwidth moved by 2x between runs and a section runs minutes after the process-level measure."""
     from .harness import measure_copy_bandwidth
 
     if sections is None:

@@ -9,9 +9,11 @@ first output before anything is timed. :func:`run_cases` turns cases into one ro
 ``x_<impl>`` is ``t_<impl> / t_ours`` (how many times faster ours is; "ours" is ``impls[0]`` unless
 the case names another with ``Case.ours``); every implementation also gets ``<impl>_gbps``.
 GB/s counts bytes read
-plus bytes written once each (compulsory traffic), so ``frac_bw`` compares with
-:func:`measure_copy_bandwidth`, measured in the same run the same way (a copy reads N bytes and
-writes N bytes). On shared machines the ratios, not the absolute times, are the headline.
+plus bytes written once each (compulsory traffic), so ``frac_bw`` compares with the copy bandwidth
+(:func:`copy_gbps`, :func:`measure_copy_bandwidth`), measured in the same run the same way (a copy reads
+N bytes and writes N bytes): with ``run_cases(bw_fn=...)`` just before and after each row (the mean), else
+the one figure passed in. ``bw_beaten`` flags a row whose ``frac_bw`` exceeds 1 (:func:`beaten`). On shared
+machines the ratios, not the absolute times, are the headline.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Impl", "Case", "BenchResult", "progress_bar", "time_fn", "measure_copy_bandwidth", "run_cases",
+__all__ = ["Impl", "Case", "BenchResult", "progress_bar", "time_fn", "measure_copy_bandwidth", "copy_buffers",
+           "copy_gbps", "beaten", "run_cases",
            "format_table", "write_csv", "ColdCache", "median_us_cold", "machine_summary", "busy_note", "cpu_model",
            "cpu_isa", "section_header"]
 
@@ -123,19 +126,27 @@ def median_us_cold(fn, repeats: int, flush) -> float:
     return statistics.median(times) * 1e6
 
 
-def median_us_cold_interleaved(fns, repeats: int, flush) -> list:
+def median_us_cold_interleaved(fns, repeats: int, flush, *, warmup: int = 1, min_time: float = 0.0,
+                               max_repeats: int = 200) -> list:
     """Median microseconds of each of ``fns``, timed in turn within every repeat (``flush()`` before each call):
     a slow stretch of a shared machine hits all of them alike, so their ratios hold up better than those of
-    separate :func:`median_us_cold` runs."""
-    for fn in fns:
-        fn()
+    separate :func:`median_us_cold` runs.
+
+    ``warmup`` untimed rounds first; at least ``repeats`` timed rounds, and more (up to ``max_repeats``) until
+    ``min_time`` seconds of calls are timed in all (every function's calls together: ``len(fns)`` functions timed
+    separately with ``min_time / len(fns)`` each spend about the same)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
     times = [[] for _ in fns]
-    for _ in range(repeats):
+    total = 0.0
+    while len(times[0]) < repeats or (total < min_time and len(times[0]) < max_repeats):
         for fn, ts in zip(fns, times):
             flush()
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
+            total += ts[-1]
     return [statistics.median(ts) * 1e6 for ts in times]
 
 
@@ -269,17 +280,39 @@ def _cuda_graph_times(fn, repeats: int, min_time: float, max_repeats: int) -> li
     return times
 
 
+def copy_buffers(device: str = "cpu", nbytes: int | None = None) -> tuple:
+    """(src, dst): the fp32 buffers of :func:`copy_gbps`. Default: 256 MiB each on CPU (far beyond the last-level
+    cache), 1 GiB on CUDA."""
+    nbytes = nbytes or (2**30 if str(device).startswith("cuda") else 2**28)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    return src, torch.empty_like(src)
+
+
+def copy_gbps(bufs: tuple, repeats: int = 3, min_time: float = 0.0, warmup: int = 1) -> float:
+    """GB/s of ``dst.copy_(src)`` for ``bufs = (src, dst)`` of :func:`copy_buffers`, bytes read + written (2 x the
+    buffer per copy; median of at least ``repeats``, :func:`time_fn`): the copy bandwidth right now. As with
+    :func:`read_gbps`, a bench takes it just before and after its rows (not inside their rounds) and uses the mean
+    as the denominator of those rows' ``%bw``."""
+    src, dst = bufs
+    times = time_fn(lambda: dst.copy_(src), device=str(src.device), warmup=warmup, repeats=repeats, min_time=min_time)
+    return 2 * src.numel() * src.element_size() / statistics.median(times) / 1e9
+
+
 def measure_copy_bandwidth(device: str = "cpu", nbytes: int | None = None, repeats: int = 7) -> float:
-    """The machine's memory bandwidth in GB/s: median over ``repeats`` of a large buffer copy.
+    """The machine's memory bandwidth in GB/s: median over ``repeats`` (and >= 0.5 s) of a large buffer copy.
 
     Counts bytes read + bytes written (2 * nbytes per copy). Default buffer: 256 MiB on CPU
     (far beyond the last-level cache), 1 GiB on CUDA.
     """
-    nbytes = nbytes or (2**30 if str(device).startswith("cuda") else 2**28)
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    times = time_fn(lambda: dst.copy_(src), device=device, warmup=2, repeats=repeats, min_time=0.5)
-    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
+    return copy_gbps(copy_buffers(device, nbytes), repeats, min_time=0.5, warmup=2)
+
+
+def beaten(frac: float | None = None, roof: float | None = None) -> bool:
+    """Whether a row beat the measure it is compared with: its fraction of the measured bandwidth (``frac``, e.g.
+    ``%rd``) above 1, or its time over the roofline (``roof``, "x roof") below 1. Such a fraction is not evidence of
+    efficiency (the data came from cache, or the measure was slow at that moment); tables flag the row
+    (``rd<ours``), CSVs carry the boolean."""
+    return bool((frac is not None and frac > 1.0) or (roof is not None and roof < 1.0))
 
 
 def busy_note(device: str = "cpu") -> str:
@@ -434,7 +467,7 @@ def _run_one(case: Case, device: str, bw_gbps: float) -> dict:
     t_ours = row.get(f"{ours}_ms")
     if t_ours:
         row["gbps"] = case.nbytes / (t_ours / 1e3) / 1e9
-        row["frac_bw"] = row["gbps"] / bw_gbps if bw_gbps else None
+        row["frac_bw"] = None  # set by _finish_row (here: its place among the CSV's columns)
         row["gflops"] = case.flops / (t_ours / 1e3) / 1e9 if case.flops else None
         for im in case.impls:
             t = row.get(f"{im.name}_ms")
@@ -442,19 +475,39 @@ def _run_one(case: Case, device: str, bw_gbps: float) -> dict:
                 row[f"x_{im.name}"] = t / t_ours if t else None
     if "notes" in row:
         row["notes"] = "; ".join(row["notes"])
-    row["target"] = case.target(row) if case.target else ""
+    _finish_row(row, case, bw_gbps)
     return row
 
 
-def run_cases(cases: list, device: str = "cpu", bw_gbps: float | None = None, desc: str = "bench") -> list[dict]:
-    """Run every case (check, then time), with a progress bar. Returns one row per case."""
+def _finish_row(row: dict, case: Case, bw_gbps: float) -> None:
+    """The columns that depend on the bandwidth: ``frac_bw``, ``target``, ``bw_beaten`` (:func:`beaten`)."""
+    row["frac_bw"] = row["gbps"] / bw_gbps if bw_gbps and row.get("gbps") else None
+    row["target"] = case.target(row) if case.target else ""
+    row["bw_beaten"] = beaten(row["frac_bw"])
+
+
+def run_cases(cases: list, device: str = "cpu", bw_gbps: float | None = None, desc: str = "bench",
+              bw_fn: Callable[[], float] | None = None) -> list[dict]:
+    """Run every case (check, then time), with a progress bar. Returns one row per case.
+
+    ``bw_fn`` (e.g. :func:`copy_gbps` on buffers made once): measured before the first case and after every case;
+    each row's ``frac_bw`` then divides by the mean of the measures just before and after it (``bw_gbps`` of the
+    row, in its ``row_bw_gbps`` column), not by ``bw_gbps``, measured once for all. On this shared host the
+    bandwidth moved by 2x between runs."""
     rows = []
     bar = progress_bar(len(cases), desc)
+    before = bw_fn() if bw_fn else None
     try:
         for case in cases:
             if hasattr(bar, "set_postfix_str"):
                 bar.set_postfix_str(" ".join(str(v) for v in case.labels.values()))
-            rows.append(_run_one(case, device, bw_gbps or 0.0))
+            row = _run_one(case, device, bw_gbps or 0.0)
+            if bw_fn:
+                after = bw_fn()
+                row["row_bw_gbps"] = (before + after) / 2
+                _finish_row(row, case, row["row_bw_gbps"])
+                before = after
+            rows.append(row)
             bar.update(1)
     finally:
         bar.close()
@@ -463,6 +516,8 @@ def run_cases(cases: list, device: str = "cpu", bw_gbps: float | None = None, de
 
 # ----------------------------------------------------------------------------- output
 def _fmt(value, spec: str) -> str:
+    if spec == "flag":  # a boolean flag column: "yes" where set, blank elsewhere (the CSV keeps True / False)
+        return "yes" if value else ""
     if value is None or value == "":
         return "-"
     if isinstance(value, float) and spec and spec != "<":
@@ -472,7 +527,7 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(rows: list, columns: list) -> str:
     """Text table. ``columns``: ``(key, header, format_spec)`` triples (spec ``"<"``: left-aligned
-    text); missing values print as ``-``."""
+    text; ``"flag"``: a boolean printed as ``yes`` or blank); missing values print as ``-``."""
     cells = [[_fmt(r.get(k), spec) for k, _, spec in columns] for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(columns)]
     just = [(str.ljust if spec == "<" else str.rjust) for _, _, spec in columns]

@@ -15,6 +15,11 @@ random (HF init), so nothing is downloaded; every linear layer is quantized, the
 * **KL / top-1**: mean KL(bf16 || quantized) of the next-token distributions and the fraction of
   positions whose argmax agrees, over a 128-token random prompt. With random weights the logits
   are flat (HF init), so KL is small in absolute terms: compare formats, not against trained models.
+
+Samples: by default (and ``--quick``) ``reps = 1`` and ``prefill_reps = 1``: each decode time (1 and T new
+tokens) and the prefill time is ONE call after one warm-up ``generate``, not a median, so a single slow
+stretch of a shared machine moves a row (the ``bf16, again`` row at the end shows the drift); ``--full``
+takes the best of 3 of each.
 """
 from __future__ import annotations
 

@@ -17,7 +17,10 @@ exact x / d; docs/numerics.md "NV reciprocal mode").
 Bytes are exact compulsory traffic: quantize reads x and writes codes +
 scales (+ 4 for the NV global scale); dequantize the reverse; Hadamard reads x (+ signs) and
 writes y. Target (CPU quantizer, MXFP8/MXFP4/MXINT8/NVFP4): >= 50% of the measured copy
-bandwidth and >= 20x the reference.
+bandwidth and >= 20x the reference. The copy bandwidth of a row's ``%bw`` is measured by this section just
+before and after that row (``copy GB/s``, the mean; 256 MiB copied, median of 3), not the figure of the
+header line (measured once per ``leankern bench`` process, before every section); ``bw<ours`` flags a row
+above 100% (the measure was beaten, so its ``%bw`` is not evidence).
 
 Subsets (``leankern bench [--quick | --full]``):
 
@@ -43,8 +46,8 @@ from ..mx.ref import mx_dequantize_ref, mx_quantize_ref, nv_global_scale
 from ..testing.compare import assert_bitexact, qsnr_db
 from ._mx_baselines import DENSE_HADAMARD_MAX, hadamard_matrix, torch_dequantize, torch_hadamard, torch_quantize
 from ._triton_aot import format_aot_report, triton_aot_report
-from .harness import (BenchResult, Case, Impl, busy_note, format_table, import_pyplot, measure_copy_bandwidth, run_cases,
-                      section_header, write_csv)
+from .harness import (BenchResult, Case, Impl, busy_note, copy_buffers, copy_gbps, format_table, import_pyplot,
+                      measure_copy_bandwidth, run_cases, section_header, write_csv)
 
 __all__ = ["FAMILY", "HEADLINE_FORMATS", "torch_quantize", "torch_dequantize", "torch_hadamard", "plan", "build_cases",
            "run", "tiny_calls", "triton_aot_report", "format_aot_report", "main"]
@@ -347,7 +350,7 @@ COLUMNS = [
     ("ours_ms", "ours ms", ".2f"), ("gbps", "GB/s", ".1f"), ("frac_bw", "%bw", ".0%"),
     ("ref_ms", "ref ms", ".0f"), ("x_ref", "x ref", ".0f"), ("torch_ms", "torch ms", ".1f"),
     ("x_torch", "x torch", ".1f"), ("torch_dq", "torch dQ", "+.2f"), ("check", "check", ""),
-    ("target", "target", ""),
+    ("target", "target", ""), ("row_bw_gbps", "copy GB/s", ".1f"), ("bw_beaten", "bw<ours", "flag"),
 ]
 CUDA_COLUMNS = [
     ("op", "op", ""), ("format", "format", ""), ("shape", "shape", ""), ("dtype", "dtype", ""),
@@ -356,6 +359,7 @@ CUDA_COLUMNS = [
     ("frac_bw", "ours %bw", ".0%"),
     ("timing", "timed by", ""), ("ref_ms", "ref ms", ".3f"), ("x_ref", "x ref", ".1f"), ("torch_ms", "torch ms", ".3f"),
     ("x_torch", "x torch", ".1f"), ("torch_dq", "torch dQ", "+.2f"), ("check", "check", ""),
+    ("row_bw_gbps", "copy GB/s", ".0f"), ("bw_beaten", "bw<ours", "flag"),
 ]
 
 
@@ -372,26 +376,41 @@ def run(quick: bool = False, device: str = "cpu", sizes=None, csv_path=None, plo
 
     mode = _mode(quick, full)
     cuda = str(device).startswith("cuda")
-    bw = bw_gbps or measure_copy_bandwidth(device)
+    bw = bw_gbps or measure_copy_bandwidth(device)  # the header's figure (one per process under `leankern bench`)
     out(section_header(FAMILY, device, bw, mode, output_cache_mb))
     if busy_note(device):
         out(busy_note(device))
+    # %bw (the quantize target's denominator) of each row: the copy bandwidth measured just before and after that
+    # row (the mean; harness.copy_gbps, 256 MiB copied, median of 3), not the header's figure, taken minutes earlier
+    # (this host's bandwidth moved by 2x between runs)
+    bufs = copy_buffers(device)
+    measured = []
+
+    def copy_bw() -> float:
+        measured.append(copy_gbps(bufs))
+        return measured[-1]
+
     cache = leankern.output_cache.enabled(output_cache_mb) if output_cache_mb and not cuda else nullcontext()
     with cache:
-        rows = run_cases(build_cases(mode, device, sizes), device, bw, desc=f"bench mx ({mode})")
+        rows = run_cases(build_cases(mode, device, sizes), device, bw, desc=f"bench mx ({mode})", bw_fn=copy_bw)
+    del bufs
     for r in rows:
         r["timing"] = r.get(f"{r.get('ours_backend')}_timing", "")
+    row_bw = sum(measured) / len(measured)
+    out(f"copy bandwidth next to the rows (harness.copy_gbps, before and after each row): {measured[0]:.1f} GB/s "
+        f"before the first, {measured[-1]:.1f} after the last, {min(measured):.1f}-{max(measured):.1f} GB/s "
+        f"(mean {row_bw:.1f}); each row's %bw divides by the mean of the two around it (copy GB/s)")
     out(format_table(rows, CUDA_COLUMNS if cuda else COLUMNS))
     _footer(rows, cuda, out)
     if aot and not cuda and mode != "quick":
         out(triton_aot_report(90, quick=mode != "full"))
     meta = {"bandwidth_gbps": round(bw, 2), "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"), "mode": mode,
-            "output_cache_mb": output_cache_mb}
+            "output_cache_mb": output_cache_mb, "rows_bandwidth_gbps": round(row_bw, 2)}
     if csv_path:
         write_csv(csv_path, rows, meta)
         out(f"wrote {csv_path}")
     if plot_path:
-        plot(plot_path, rows, bw)
+        plot(plot_path, rows, row_bw)
     return BenchResult(rows, bw, device, meta)
 
 
@@ -405,6 +424,9 @@ def _footer(rows, cuda: bool, out) -> None:
             "(ref: one call outside --full); torch dQ = QSNR(torch) - QSNR(ours) dB for quantize, QSNR of torch's "
             "dequantize vs exact for dequantize; bitexact* = checked on the first rows; target = >=50% bw and "
             ">=20x ref; Hadamard torch = x @ dense H for n <= 256, else a vectorised butterfly")
+    out("copy GB/s = the copy bandwidth measured just before and after the row (the mean), the denominator of its %bw; "
+        "bw<ours = yes: %bw > 100%, the measure was beaten (data from cache or a slow measure), so that %bw is not "
+        "evidence")
     for r in rows:
         if r.get("check") == "FAIL":
             out(f"  CHECK FAILED {r['op']} {r['format']} {r['dtype']}: {r.get('check_detail')}")

@@ -5,10 +5,15 @@ call, cycling through more bytes than the last-level cache holds, as in decode w
 weights stream from memory), per ISA path of the C++ kernels ("amx": avx512bf16 with the AMX prefill kernel,
 on CPUs that have AMX; "avx512bf16" is then the same ISA without it), prepacked (``leankern.mx.prepack``,
 what the modules use) and row-major layouts. Contenders: torch bf16 ``F.linear`` on the same cold
-weights, and what a user would otherwise do with our quantizer (dequantize, then ``F.linear``).
+weights, and what a user would otherwise do with our quantizer (dequantize the row-major weight
+``mx.quantize`` returns to bf16, then ``F.linear``; on its own cold copies, so prepacked rows do not charge
+it our layout's unpacking). Ours and both baselines are timed in turn within each round. Before timing,
+every row's output is checked against dequantize + fp32 matmul (:func:`check_linear`; a mismatch raises).
 GB/s counts the bytes ours reads (codes + scales + x) and writes (y); %rd is that over the read
-bandwidth measured in this run (``torch.sum`` over 256 MiB). roof = our time over the roofline
-max(bytes / read bandwidth, FLOPs / torch bf16 ``F.linear`` throughput at M = 512 in this run).
+bandwidth measured just before and after the row (``rd GB/s``, ``torch.sum`` over 256 MiB, the mean).
+roof = our time over the roofline max(bytes / that read bandwidth, FLOPs / torch bf16 ``F.linear``
+throughput at M = 512 in this run). ``rd<ours`` flags a row with %rd > 100% or roof < 1: the measure
+was beaten, so the fraction is not evidence.
 Targets (issue: block-quantized linear): M = 1 >= 0.9 of the read bandwidth and >= 3.3x (4-bit)
 / 1.7x (8-bit) torch bf16; M = 4, 16 within 1.25x of the roofline; M = 512 weight-only 4-bit
 >= 0.8x torch bf16. CUDA rows: the Triton kernels (see ``_run_cuda``).
@@ -21,8 +26,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from .harness import (BenchResult, busy_note, format_table, measure_copy_bandwidth, read_buffer, read_gbps,
-                      section_header, time_fn, write_csv)
+from .harness import (BenchResult, beaten, busy_note, format_table, measure_copy_bandwidth, median_us_cold_interleaved,
+                      no_flush, read_buffer, read_gbps, section_header, time_fn, write_csv)
 from .harness import cold_copies as _cold_copies  # noqa: F401 (bench/bench_mx_few_rows.py imports them from here)
 from .harness import cycle as _cycle
 
@@ -32,6 +37,7 @@ COLUMNS = [
     ("shape", "M x N x K", "<"), ("ours_ms", "ours ms", ".3f"), ("gbps", "GB/s", ".1f"), ("frac_rd", "%rd", ".0%"),
     ("gflops", "GFLOP/s", ".1f"), ("roof", "x roof", ".2f"), ("bf16_ms", "torch bf16 ms", ".3f"),
     ("x_bf16", "x bf16", ".2f"), ("deq_ms", "dequant+F.linear ms", ".3f"), ("x_deq", "x dequant", ".2f"),
+    ("rd_gbps", "rd GB/s", ".1f"), ("rd_beaten", "rd<ours", "flag"),
 ]
 
 
@@ -121,35 +127,71 @@ def ab_cases(shapes, fmts, ms, x_dtype=torch.bfloat16):
             del nq, nw
 
 
-def _timed(fn, m, repeats):
-    """Median seconds of fn; large products (seconds per call) get fewer samples."""
+def _timed_in_turn(fns, m, repeats) -> list:
+    """Median seconds of each of fns, timed in turn within every round (harness.median_us_cold_interleaved): a slow
+    stretch of the shared host hits ours and the baselines alike (each used to be timed in its own block).
+    Large products (seconds per call) get fewer samples: M >= 256 one warm-up round and 3 rounds; else 3 warm-up
+    rounds and >= ``repeats`` rounds, more (up to 200) until about 0.3 s per function is timed."""
     if m >= 256:
-        return statistics.median(time_fn(fn, warmup=1, repeats=3, min_time=0.0))
-    return statistics.median(time_fn(fn, warmup=3, repeats=repeats, min_time=0.3))
+        us = median_us_cold_interleaved(fns, 3, no_flush, warmup=1)
+    else:
+        us = median_us_cold_interleaved(fns, repeats, no_flush, warmup=3, min_time=0.3 * len(fns))
+    return [t / 1e6 for t in us]
 
 
-def _row(fmt, act, m, n, k, layout, bw_rd, bf16_512, repeats, isa):
+# The check before timing: leankern.testing's tolerance for "block-quantized matmul vs dequantize-then-fp32-matmul"
+# (TOLERANCES[fmt]: exact products, fp32 sums in any order; NV: the decode scale g * s rounded once more), widened by
+# the one rounding of the bf16 output (half a bf16 ulp: 2^-9 relative; 2^-8 allowed).
+_BF16_OUT_RTOL = 2.0**-8
+
+
+def check_linear(x, qt_row_major, y, act=None) -> float:
+    """Raise AssertionError unless ``y`` (ours: ``mx.linear(x, w, act_fmt=act)``, bf16) is within the tolerance above
+    of the reference (``leankern.mx.ref.mx_linear_ref`` in fp32: the weight dequantized, x quantized to ``act`` when
+    given, fp32 matmul); returns max |y - ref| / max |ref| (for the CSV)."""
+    from leankern.mx.ref import mx_linear_ref
+    from leankern.testing.compare import Tolerance, assert_close, get_tolerance
+
+    q = qt_row_major
+    ref = mx_linear_ref(x.float(), q.codes, q.scales, q.global_scale, q.fmt, q.block_size, None, act)  # fp32
+    base = get_tolerance(q.fmt)
+    tol = Tolerance(atol=base.atol, rtol=base.rtol + _BF16_OUT_RTOL, atol_rms=base.atol_rms)
+    assert_close(y.float(), ref, tol, name=f"mx.linear {q.fmt} act={act} M={x.shape[0]} vs dequantize + fp32 matmul")
+    return float((y.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-30))
+
+
+def _row(fmt, act, m, n, k, layout, big, bf16_512, repeats, isa):
     import leankern
 
     gen = torch.Generator().manual_seed(n + k)
     w = torch.randn(n, k, generator=gen)
-    qt = leankern.mx.quantize(w, fmt)
-    if layout == "prepacked":
-        qt = leankern.mx.prepack(qt)
+    qt_rm = leankern.mx.quantize(w, fmt)  # row-major: what mx.quantize returns, what a user dequantizes
+    qt = leankern.mx.prepack(qt_rm) if layout == "prepacked" else qt_rm
     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-    nq, nw, wbytes = cold_weights(qt)
-    ours = _timed(lambda: leankern.mx.linear(x, nq(), act_fmt=act), m, repeats)
-    nw = cold_weights(qt, w)[1]
-    bf16 = _timed(lambda: F.linear(x, nw()), m, repeats)
-    del nw
-    deq = _timed(lambda: F.linear(x, nq().dequantize(torch.bfloat16)), m, max(3, repeats // 3))
+    # correctness before timing: ours on this row's weight and x against the reference (raises on a mismatch)
+    maxrel = check_linear(x, qt_rm, leankern.mx.linear(x, qt, act_fmt=act), act)
+    # every contender cycles through its own 256 MiB of copies (equally cold): ours the row's layout, torch the
+    # bf16 weight, the dequant baseline the row-major MXTensor (dequantizing a prepacked one would first unpack it,
+    # a permute + copy no user pays: users dequantize what mx.quantize returns)
+    nq, nw, wbytes = cold_weights(qt, w)
+    nr = cold_weights(qt_rm)[0]
+    fns = [lambda: leankern.mx.linear(x, nq(), act_fmt=act), lambda: F.linear(x, nw()),
+           lambda: F.linear(x, nr().dequantize(torch.bfloat16))]
+    # the read bandwidth (the denominator of %rd and of the roofline's bytes) just before and after the row's
+    # timings, the mean (harness.read_gbps, as moe / vocab / sefp): this host read 29-66 GB/s from run to run
+    bw0 = read_gbps(big)
+    ours, bf16, deq = _timed_in_turn(fns, m, repeats)
+    bw_rd = (bw0 + read_gbps(big)) / 2
+    del nq, nw, nr
     moved = wbytes + x.numel() * 2 + m * n * 2
     flops = 2 * m * n * k
     roofline = max(moved / (bw_rd * 1e9), flops / bf16_512[(n, k)])
+    frac_rd = moved / ours / 1e9 / bw_rd
     return dict(isa=isa, fmt=fmt, act=act or "-", layout=layout, shape=f"{m}x{n}x{k}", ours_ms=ours * 1e3,
-                gbps=moved / ours / 1e9, frac_rd=moved / ours / 1e9 / bw_rd, gflops=flops / ours / 1e9,
+                gbps=moved / ours / 1e9, frac_rd=frac_rd, gflops=flops / ours / 1e9,
                 roof=ours / roofline, bf16_ms=bf16 * 1e3, x_bf16=bf16 / ours, deq_ms=deq * 1e3, x_deq=deq / ours,
-                weight_bytes=wbytes)
+                weight_bytes=wbytes, rd_gbps=bw_rd, rd_beaten=beaten(frac_rd, ours / roofline), check="ok",
+                maxrel=maxrel)
 
 
 def _bf16_throughput_512(n, k) -> float:
@@ -197,8 +239,8 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
     bw_rd = measure_read_bandwidth()
     mode = "quick" if quick else "full" if full else "default"
     out(section_header(FAMILY, device, bw, mode, output_cache_mb))
-    out(f"read bandwidth (torch.sum over 256 MiB): {bw_rd:.1f} GB/s; mx_linear runs on: "
-        f"{leankern.backend_for('mx_linear', device)}")
+    out(f"read bandwidth (torch.sum over 256 MiB): {bw_rd:.1f} GB/s at the start (each row: rd GB/s, measured just "
+        f"before and after it); mx_linear runs on: {leankern.backend_for('mx_linear', device)}")
     note = busy_note(device)
     if note:
         out(note)
@@ -208,14 +250,20 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
                                                       bf16_512.items()))
     ext = leankern.extension()
     rows = []
+    big = read_buffer()  # torch.sum over 256 MiB: the read bandwidth of every row
     with leankern.output_cache.enabled(output_cache_mb) if output_cache_mb else contextlib.nullcontext():
         for isa in _isas(full):
             with _on_isa(ext, isa):
                 for fmt, act, m, n, k, layout in plan:
-                    rows.append(_row(fmt, act, m, n, k, layout, bw_rd, bf16_512, 5 if quick else 11, isa))
+                    rows.append(_row(fmt, act, m, n, k, layout, big, bf16_512, 5 if quick else 11, isa))
+    del big
     out(format_table(rows, COLUMNS))
-    out("x bf16 / x dequant = their time / ours; x roof = ours / roofline; weights cold (cycled through 256 MiB "
-        "of copies); GB/s = (codes + scales + x + y bytes) / time; %rd = GB/s / read bandwidth")
+    out("x bf16 / x dequant = their time / ours (dequant: the row-major weight mx.quantize returns, dequantized to "
+        "bf16, then F.linear); x roof = ours / roofline; weights cold (cycled through 256 MiB of copies, each "
+        "contender its own); ours, torch and dequant timed in turn within each round; GB/s = (codes + scales + x + y "
+        "bytes) / time; %rd = GB/s / read bandwidth measured just before and after the row (rd GB/s, the mean); "
+        "rd<ours = yes: %rd > 100% or x roof < 1, the measure was beaten (data from cache or a slow measure), so that "
+        "fraction is not evidence; every row's output checked against dequantize + fp32 matmul before timing")
     if csv_path:
         write_csv(csv_path, rows, {"family": FAMILY, "bw_gbps": bw, "read_bw_gbps": bw_rd})
         out(f"wrote {csv_path}")
