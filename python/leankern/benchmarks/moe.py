@@ -308,8 +308,10 @@ def _row(s, T, pattern, skip, tensors, big, gflops, reps, block, g):
         r["hf_ms"] = ts[1] / 1e3
         r["x_hf"] = r["hf_ms"] / r["ours_ms"]
         r["check"] = "ok"  # (checked above, before timing)
-    # the roofline's measure beaten (ours faster than MB read / read bandwidth, or than torch's FLOP rate)
-    r["rd_beaten"] = beaten(roof=r.get("x_roof"))
+    # the read-bandwidth measure beaten (ours faster than MB read / read bandwidth, where the bytes make the roof);
+    # beating torch's bf16 FLOP rate where the FLOPs make it is a result, not a broken measure
+    mem_bound = nbytes / r["rd_gbps"] / 1e6 >= flops / gflops / 1e6
+    r["rd_beaten"] = beaten(roof=r.get("x_roof") if mem_bound else None)
     return r
 
 
@@ -413,8 +415,8 @@ def run(quick: bool = False, full: bool = False, device: str = "cpu", sizes=None
         "whole HF block / ours (route + experts) at skip 0; x no-skip = our time at skip 0 / this row's; "
         "ours/skip-bound = ours / max(our no-skip time x FLOPs / no-skip FLOPs (kept pairs + shared), MB read / read "
         "bandwidth) "
-        "(target <= 1.5). rd<ours = yes: ours/roof < 1, the roofline's measure (read bandwidth or torch's FLOP rate) "
-        "was beaten, so that ratio is not evidence. Checked before timing: ours vs the HF block on the row's first "
+        "(target <= 1.5). rd<ours = yes: ours/roof < 1 where the MB read make the roof: the read-bandwidth measure "
+        "was beaten, so that ratio is not evidence (beating torch's FLOP rate is not flagged). Checked before timing: ours vs the HF block on the row's first "
         "routing (a mismatch raises; no check without transformers)")
     if csv_path:
         write_csv(csv_path, rows, {"family": FAMILY, "read_bw_gbps": bw_rd, "cpu": cpu_model(), "isa": cpu_isa()})
