@@ -3,34 +3,7 @@ import pytest
 import torch
 
 import leankern
-from leankern.benchmarks import harness
-from leankern.benchmarks.harness import Case, Impl, beaten, format_table, median_us_cold_interleaved, run_cases
-
-
-def test_interleaved_rounds_until_min_time(monkeypatch):
-    clock = {"t": 0.0}
-
-    def perf_counter():  # a fake clock: every reading 1 ms after the last, so every timed call takes 1 ms
-        clock["t"] += 1e-3
-        return clock["t"]
-
-    monkeypatch.setattr(harness.time, "perf_counter", perf_counter)
-    calls = {"a": 0, "b": 0}
-
-    def fn(name):
-        def call():
-            calls[name] += 1
-        return call
-
-    us = median_us_cold_interleaved([fn("a"), fn("b")], 2, harness.no_flush, warmup=2, min_time=0.05)
-    assert us == pytest.approx([1000.0, 1000.0])
-    assert calls == {"a": 2 + 25, "b": 2 + 25}  # 2 warm-up rounds, then rounds until 50 ms were timed in all
-    calls.update(a=0, b=0)
-    median_us_cold_interleaved([fn("a"), fn("b")], 3, harness.no_flush, min_time=1.0, max_repeats=5)
-    assert calls == {"a": 6, "b": 6}  # 1 warm-up round, capped at max_repeats
-    calls.update(a=0, b=0)
-    median_us_cold_interleaved([fn("a"), fn("b")], 3, harness.no_flush)  # defaults: 1 warm-up round, 3 rounds
-    assert calls == {"a": 4, "b": 4}
+from leankern.benchmarks.harness import Case, Impl, beaten, format_table, run_cases
 
 
 def test_beaten_and_flag_column():

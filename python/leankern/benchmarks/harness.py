@@ -126,27 +126,19 @@ def median_us_cold(fn, repeats: int, flush) -> float:
     return statistics.median(times) * 1e6
 
 
-def median_us_cold_interleaved(fns, repeats: int, flush, *, warmup: int = 1, min_time: float = 0.0,
-                               max_repeats: int = 200) -> list:
+def median_us_cold_interleaved(fns, repeats: int, flush) -> list:
     """Median microseconds of each of ``fns``, timed in turn within every repeat (``flush()`` before each call):
     a slow stretch of a shared machine hits all of them alike, so their ratios hold up better than those of
-    separate :func:`median_us_cold` runs.
-
-    ``warmup`` untimed rounds first; at least ``repeats`` timed rounds, and more (up to ``max_repeats``) until
-    ``min_time`` seconds of calls are timed in all (every function's calls together: ``len(fns)`` functions timed
-    separately with ``min_time / len(fns)`` each spend about the same)."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
+    separate :func:`median_us_cold` runs."""
+    for fn in fns:
+        fn()
     times = [[] for _ in fns]
-    total = 0.0
-    while len(times[0]) < repeats or (total < min_time and len(times[0]) < max_repeats):
+    for _ in range(repeats):
         for fn, ts in zip(fns, times):
             flush()
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
-            total += ts[-1]
     return [statistics.median(ts) * 1e6 for ts in times]
 
 

@@ -174,13 +174,12 @@ def _row(fmt, act, m, n, k, layout, big, bf16_512, repeats, isa):
     # a permute + copy no user pays: users dequantize what mx.quantize returns)
     nq, nw, wbytes = cold_weights(qt, w)
     nr = cold_weights(qt_rm)[0]
-    fns = [lambda: leankern.mx.linear(x, nq(), act_fmt=act), lambda: F.linear(x, nw()),
-           lambda: F.linear(x, nr().dequantize(torch.bfloat16))]
     # the read bandwidth (the denominator of %rd and of the roofline's bytes) just before and after the row's
     # timings, the mean (harness.read_gbps, as moe / vocab / sefp): this host read 29-66 GB/s from run to run
     bw0 = read_gbps(big)
-    ours, bf16 = _timed(fns[0], m, repeats), _timed(fns[1], m, repeats)
-    deq = _timed(fns[2], m, max(3, repeats // 3))
+    ours = _timed(lambda: leankern.mx.linear(x, nq(), act_fmt=act), m, repeats)
+    bf16 = _timed(lambda: F.linear(x, nw()), m, repeats)
+    deq = _timed(lambda: F.linear(x, nr().dequantize(torch.bfloat16)), m, max(3, repeats // 3))
     bw_rd = (bw0 + read_gbps(big)) / 2
     del nq, nw, nr
     moved = wbytes + x.numel() * 2 + m * n * 2
