@@ -685,6 +685,22 @@ def test_linear_x_near_the_top_of_fp32(isa, fmt):
                         _check(leankern.mx.linear(x, w, b, act_fmt=fmt), x, qt, b, fmt)
 
 
+@pytest.mark.parametrize("fmt", ["mxint8", "mxfp4", "nvfp4"])
+def test_linear_row_near_the_top_leaves_the_other_rows_alone(isa, fmt):
+    """The x shift is per row (common/x_shift.h): a row of |x| ~ 2^100 next to an ordinary row and a row of ~1e-36
+    leaves each within its own bound (before: one k for all of x pushed the small rows down, the 1e-36 row to 0 on
+    every ISA). Prepacked and row-major weights, fp32 and bf16 x, with a bias."""
+    qt = _weight(16, 64, fmt, 16 if fmt.startswith("nv") else 32)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 64, generator=gen) * torch.tensor([[2.0**100], [1.0], [1e-36]])
+    b = torch.randn(16, generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        for w in (leankern.mx.prepack(qt), qt):
+            xd = x.to(dtype)
+            _check(leankern.mx.linear(xd, w), xd, qt)
+            _check(leankern.mx.linear(xd, w, b.to(dtype)), xd, qt, b.to(dtype))
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
 def test_packed_nan_scale_byte_poisons_its_output_column(isa, fmt, few_rows_form):
     qt = _weight(20, 64, fmt)

@@ -235,6 +235,21 @@ def test_linear_x_near_the_top_of_fp32(isa):
                     _check(sefp.linear(x.to(dtype), t.packed(m), bias=b), x.to(dtype), t.packed(m), b)
 
 
+def test_linear_row_near_the_top_leaves_the_other_rows_alone(isa):
+    """The x shift is per row (common/x_shift.h): a row of |x| ~ 2^100 next to an ordinary row and a row of ~1e-36
+    leaves each within its own bound (before: the 1e-36 row came out 0), for the packed layout and the planes."""
+    gen = torch.Generator().manual_seed(23)
+    t = sefp.quantize(torch.randn(40, 256, generator=gen), m_max=8)
+    x = torch.randn(3, 256, generator=gen) * torch.tensor([[2.0**100], [1.0], [1e-36]])
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        for m in (3, 7):
+            _check(sefp.linear(xd, t.packed(m)), xd, t.packed(m), None)
+            y = sefp.linear(xd, t, m)
+            exact, bound = linear_error_bound(xd.float(), t.dequantize(m).float(), None, dtype)
+            assert_linear_within_bound(y, exact, bound)
+
+
 def test_linear_tiny_bf16_x(isa):
     """bf16 x of ~2^-122 (every value normal): the VBMI GEMV's sums of unscaled codes times x are multiples of
     2^(ex - 7), below 2^-126 where vdpbf16ps flushes them, so such x takes the fp32 path (before: 5 failing cases

@@ -648,6 +648,25 @@ def test_plain_head_with_hidden_near_the_top_of_fp32(backend):
                     assert torch.equal(best_ids, ids.long()[z.argmax(-1)]) and torch.equal(best, z.max(-1).values)
 
 
+def test_hidden_row_near_the_top_leaves_the_other_rows_alone(backend):
+    """The hidden shift is per row (common/x_shift.h): a row of |h| ~ 2^100 next to an ordinary row and a row of
+    ~1e-30 leaves each row's logits within its own bound (before: one k for every row pushed the 1e-30 row into
+    fp32's subnormals; a smaller row would meet the documented vdpbf16ps flush of bf16 x bf16 products)."""
+    if backend == "ref":
+        pytest.skip("the reference's fp32 matmul sums in its own order; the bound is the kernels' contract")
+    V, H = 120, 256
+    ids = torch.randperm(V, generator=torch.Generator().manual_seed(5))[:50].to(torch.int32)
+    gen = torch.Generator().manual_seed(8)
+    bias = torch.randn(V, generator=gen)
+    hidden = torch.randn(3, H, generator=gen) * torch.tensor([[2.0**100], [1.0], [1e-30]])
+    for wdt in (torch.float32, torch.bfloat16):
+        w = torch.randn(V, H, generator=gen).to(wdt)
+        for dt in (torch.float32, torch.bfloat16):
+            for b in (None, bias):
+                h = hidden.to(dt)
+                assert_vocab_logits(vocab.gather_lm_head(h, w, ids, bias=b), (h, w, ids, b, None, 1.0))
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxint8"])
 @pytest.mark.parametrize("layout", ["prepacked", "swizzled"])
 def test_quantized_head_in_any_stored_layout_gives_the_row_major_logits(fmt, layout):

@@ -77,7 +77,7 @@ at::Tensor mx_linear_cpu(const at::Tensor& x_in, const at::Tensor& codes_in, con
 
   const KernelTable& kern = active_kernels();
   const at::Tensor x2 = x_in.reshape({M, K}).contiguous();
-  if (const int shift = linear_x_shift(x2))  // |x| near fp32's top (common/x_shift.h)
+  if (const std::vector<int> shift = linear_x_shifts(x2); !shift.empty())  // rows near fp32's top (common/x_shift.h)
     return linear_shifted(x_in, shift, bias, [&](const at::Tensor& xs, const std::optional<at::Tensor>& none) {
       return mx_linear_cpu(xs, codes_in, scales_in, global_scale, fmt, block_size, none, act_fmt);
     });

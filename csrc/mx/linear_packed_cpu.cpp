@@ -506,7 +506,7 @@ at::Tensor mx_linear_packed_cpu(const at::Tensor& x_in, const at::Tensor& packed
   at::Tensor y = cpu::empty_output(with_last_dim(x_in.sizes(), N), x_in.options());
   if (M == 0 || N == 0) return y;
   const at::Tensor x2 = x_in.reshape({M, K}).contiguous();
-  if (const int shift = linear_x_shift(x2))  // |x| near fp32's top (common/x_shift.h)
+  if (const std::vector<int> shift = linear_x_shifts(x2); !shift.empty())  // rows near fp32's top (common/x_shift.h)
     return linear_shifted(x_in, shift, bias, [&](const at::Tensor& xs, const std::optional<at::Tensor>& none) {
       return mx_linear_packed_cpu(xs, packed_in, global_scale, fmt, block_size, N, none, act_fmt);
     });

@@ -147,7 +147,7 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
   at::Tensor out = cpu::empty_output(out_shape, x.options());
   if (M == 0 || N == 0) return out;
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
-  if (const int shift = linear_x_shift(x2))  // |x| near fp32's top (common/x_shift.h)
+  if (const std::vector<int> shift = linear_x_shifts(x2); !shift.empty())  // rows near fp32's top (common/x_shift.h)
     return linear_shifted(x, shift, bias, [&](const at::Tensor& xs, const std::optional<at::Tensor>& none) {
       return sefp_packed_linear_cpu(xs, codes, exponents, m, block_size, none);
     });

@@ -51,7 +51,9 @@ struct Head {
   int bdt;
   bool capped;
   float cap, scale;
-  float down = 1.0f, up = 1.0f;  // hidden holds hidden 2^-k (hidden_shift): bias times down, the sum times up
+  // where hidden holds rows hidden_b 2^-k_b (hidden_shift; else null): bias times down[b], the sum times up[b]
+  const float* down = nullptr;
+  const float* up = nullptr;
 };
 
 struct Scratch {
@@ -89,9 +91,9 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
     head_dots(hd, b0, nb, sc.rows.data(), n, out, ldo);
     for (int64_t b = 0; b < nb; ++b) {
       float* o = out + b * ldo;
-      if (hd.up != 1.0f) {  // shifted hidden: (dots + bias 2^-k) 2^k
-        for (int64_t i = 0; i < m; ++i)
-          o[i] = (hd.bias ? o[i] + load_scalar(hd.bias, hd.bdt, sc.rows[i]) * hd.down : o[i]) * hd.up;
+      if (hd.up) {  // shifted hidden: (dots + bias 2^-k) 2^k
+        const float dn = hd.down[b0 + b], up = hd.up[b0 + b];
+        for (int64_t i = 0; i < m; ++i) o[i] = (hd.bias ? o[i] + load_scalar(hd.bias, hd.bdt, sc.rows[i]) * dn : o[i]) * up;
       } else if (hd.bias) {
         for (int64_t i = 0; i < m; ++i) o[i] += load_scalar(hd.bias, hd.bdt, sc.rows[i]);
       }
@@ -109,8 +111,8 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
     std::fill(o, o + m, 0.0f);
     for (int64_t i = 0; i < n; ++i) {
       float z = d[i];
-      if (hd.bias) z += load_scalar(hd.bias, hd.bdt, sc.rows[i]) * hd.down;
-      if (hd.up != 1.0f) z *= hd.up;
+      if (hd.bias) z += load_scalar(hd.bias, hd.bdt, sc.rows[i]) * (hd.down ? hd.down[b0 + b] : 1.0f);
+      if (hd.up) z *= hd.up[b0 + b];
       o[sc.pos[i]] = post == 1.0f ? z : z * post;
     }
     if (hd.capped) hd.k->soft_cap(o, m, hd.cap, hd.scale);
@@ -186,16 +188,24 @@ void log_softmax_row(const VocabKernels& k, float* z, int64_t n) {
   for (int64_t i = 0; i < n; ++i) z[i] -= lse;
 }
 
-// hidden with a finite |h| >= 2^64 times 2^-k (its dtype kept: powers of two, exact), with k in *shift (0: hidden
-// as it is). Why: the dots' partial sums of products near fp32's top pass 2^128 in an order other than the result's
-// (inf where the exact logit is finite, |h| ~ 2^124 with ordinary rows), as mx / sefp linear (common/x_shift.h).
-at::Tensor hidden_shift(const at::Tensor& hidden, int* shift) {
-  *shift = linear_x_shift(hidden.contiguous());
-  return *shift ? hidden.mul(std::ldexp(1.0, -*shift)) : hidden;
+// Rows of hidden with a finite |h| >= 2^64 times 2^-k_b (its dtype kept: powers of two, exact), the factors 2^-k_b
+// and 2^k_b ([B, 1] fp32) in *shift (undefined: every row as it is). Why: the dots' partial sums of products near
+// fp32's top pass 2^128 in an order other than the result's (inf where the exact logit is finite, |h| ~ 2^124 with
+// ordinary rows), as mx / sefp linear (common/x_shift.h: per row, so one such row leaves the others as they are).
+struct HiddenShift {
+  at::Tensor down, up;
+};
+at::Tensor hidden_shift(const at::Tensor& hidden, HiddenShift* shift) {
+  const std::vector<int> k = linear_x_shifts(hidden.contiguous());
+  if (k.empty()) return hidden;
+  shift->down = row_powers_of_two(k, -1, at::kFloat);
+  shift->up = row_powers_of_two(k, 1, at::kFloat);
+  return hidden.mul(shift->down.to(hidden.scalar_type()));
 }
-void set_shift(Head& hd, int shift) {
-  hd.down = std::ldexp(1.0f, -shift);
-  hd.up = std::ldexp(1.0f, shift);
+void set_shift(Head& hd, const HiddenShift& shift) {
+  if (!shift.up.defined()) return;
+  hd.down = shift.down.data_ptr<float>();
+  hd.up = shift.up.data_ptr<float>();
 }
 
 at::Tensor prepare_hidden(const at::Tensor& hidden) { return hidden.to(at::kFloat).contiguous(); }
@@ -232,7 +242,7 @@ at::Tensor vocab_gather_lm_head_cpu(const at::Tensor& hidden, const at::Tensor& 
   }
   const at::Tensor ids = vocab_ids.contiguous();
   check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
-  int shift = 0;
+  HiddenShift shift;
   const at::Tensor hs = hidden_shift(hidden, &shift);
   const at::Tensor hf = prepare_hidden(hs);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -384,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor> vocab_gather_lm_head_topk_cpu(const at::Tenso
   TORCH_CHECK_VALUE(K < (int64_t(1) << 32), "vocab_ids: expected K < 2^32 ids per row, got ", K);
   const at::Tensor ids = vocab_ids.contiguous();
   check_ids(ids.data_ptr<int32_t>(), ids.numel(), weight.size(0));
-  int shift = 0;
+  HiddenShift shift;
   const at::Tensor hs = hidden_shift(hidden, &shift);
   const at::Tensor hf = prepare_hidden(hs);
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
