@@ -460,6 +460,30 @@ def test_fake_quant_under_inductor_with_a_padded_last_block():
         assert torch.equal(g.view(torch.int32), e.view(torch.int32))
 
 
+@pytest.mark.parametrize("shape, dtype", [((1, 70), torch.float32), ((33,), torch.bfloat16)])
+def test_fake_quant_under_inductor_with_one_row_and_a_short_last_block(shape, dtype):
+    """One row (or a 1-D w) with K % 32 != 0: an index gather of the block exponents (index k // 32 over K
+    elements) was loop-split by Inductor (CPU) into K // 32 steps of 32, so the last K % 32 columns were never
+    written (uninitialised memory: 0, NaN, 3e38 under torch.compile); must equal eager bit for bit."""
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is not available in this torch build")
+
+    def f(w):
+        fq = sefp.sefp_fake_quant(w, 4, 32)
+        return fq, fq - w
+
+    w = _weights(torch.float32)[3, : shape[-1]].reshape(shape).to(dtype)
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True)(w)  # default backend: inductor
+    want = f(w)
+    ref = sefp.quantize(w.reshape(1, -1), m_max=4).dequantize().reshape(shape)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert torch.equal(want[0].view(bits), ref.view(bits))
+    assert want[0][..., 32:].ne(0).any()  # the short block's values are there to be lost
+    for g, e in zip(got, want):
+        assert g.shape == e.shape and torch.equal(g.view(bits), e.view(bits))
+
+
 # --------------------------------------------------------------------------------- example
 def test_finetune_example_runs_and_served_losses_match_fake_quant(capsys):
     spec = importlib.util.spec_from_file_location("sefp_finetune", ROOT / "examples" / "sefp_finetune.py")

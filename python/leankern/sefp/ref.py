@@ -131,29 +131,42 @@ def signed_codes(planes: torch.Tensor, m: int) -> torch.Tensor:
     return torch.where(_unpack_bits(planes[0]) != 0, -q, q).to(torch.int8)
 
 
+def _fake_quant_blocks(blocks: torch.Tensor, m: int) -> torch.Tensor:
+    """fp32 ``[..., nb, g] -> [..., nb, g]``: each last-dim row is one block (``g`` = G, or fewer for a short
+    last block), quantized and dequantized at width m; E is broadcast from ``[..., nb, 1]``."""
+    bits = blocks.view(torch.int32)
+    field = (bits >> 23) & 0xFF
+    e = torch.where((bits & 0x7FFFFFFF) == 0, torch.full_like(field, EMPTY), field.clamp(min=1) - 127)
+    E = e.amax(dim=-1, keepdim=True).clamp(min=-126)  # [..., nb, 1]; an all-zero block: EMPTY -> -126
+    inv = ldexp_exact(torch.ones_like(blocks[..., :1]), -E)  # 2^-E, normal for E in [-126, 127]
+    q = torch.floor(blocks.abs() * inv * float(2 ** (m - 1)))
+    return torch.copysign(q, blocks) * ldexp_exact(torch.ones_like(inv), E - (m - 1))
+
+
 def fake_quant_values(w: torch.Tensor, m: int, block_size: int) -> torch.Tensor:
     """dequantize(quantize(w, m)) in w's dtype, with plain tensor ops (traceable; NaN/Inf propagate).
 
     Same numbers as the bit planes: E from the exponent field, q = floor(|w| 2^-E 2^(m-1)) in fp32
     (both scalings exact where the floor can be nonzero), value q 2^(E - (m-1)).
 
-    Only the exponents are padded to whole blocks (with EMPTY); each element reads its block's E by an index
-    gather, never by broadcasting ``[..., nb, 1]`` back through a padded ``[..., nb, G]`` reshape and slicing
-    to K: Inductor (CPU) miscompiles that pattern when a pointwise op follows (garbage, NaN included, in the last
-    block's columns under ``torch.compile``).
+    Nothing is padded and no element reads its block's E through an index ``k // G`` over a range of K
+    elements: the whole blocks ``[..., K // G, G]`` and the short last block ``[..., 1, K % G]`` (if any) are
+    each quantized in block layout (E broadcast from ``[..., nb, 1]``) and concatenated. Inductor (CPU, torch
+    2.13) miscompiles a pointwise loop of K elements indexing ``k // G`` when G does not divide K: its loop
+    split makes it ``K // G`` outer steps of G and never writes the last ``K % G`` elements (garbage, NaN
+    included, under ``torch.compile``). Both a block max broadcast back through a padded ``[..., nb, G]``
+    reshape and sliced to K, and an index gather of the padded block maxima (``index_select(E, arange(K) //
+    G)``, wrong with one row) hit it; the pieces here have K // G * G and K % G < G elements.
 
     Shape: w ``[..., K]`` -> ``[..., K]``.
     """
     K = w.shape[-1]
-    nb = padded_k(K, block_size) // block_size
+    Kf = K // block_size * block_size  # the whole blocks
     w32 = w.to(torch.float32)  # [..., K]
-    bits = w32.view(torch.int32)
-    field = (bits >> 23) & 0xFF
-    e = torch.where((bits & 0x7FFFFFFF) == 0, torch.full_like(field, EMPTY), field.clamp(min=1) - 127)  # [..., K]
-    e = torch.nn.functional.pad(e, (0, nb * block_size - K), value=EMPTY)  # [..., Kp] (also 0 rows)
-    E = e.reshape(*e.shape[:-1], nb, block_size).amax(dim=-1).clamp(min=-126)  # [..., nb]
-    E = E.index_select(-1, torch.arange(K, device=w.device) // block_size)  # [..., K]: each element's block E
-    inv = ldexp_exact(torch.ones_like(w32), -E)  # 2^-E, normal for E in [-126, 127]
-    q = torch.floor(w32.abs() * inv * float(2 ** (m - 1)))
-    v = torch.copysign(q, w32) * ldexp_exact(torch.ones_like(inv), E - (m - 1))
+    lead = w32.shape[:-1]
+    v = _fake_quant_blocks(w32[..., :Kf].reshape(*lead, Kf // block_size, block_size), m).reshape(*lead, Kf)
+    if Kf < K:  # the short last block, on its own: [..., 1, K - Kf]
+        v = torch.cat([v, _fake_quant_blocks(w32[..., Kf:].unsqueeze(-2), m).squeeze(-2)], dim=-1)
+        if not w.is_contiguous():  # cat's output is contiguous: keep w's layout, as the pointwise ops do
+            return torch.empty_like(w).copy_(v)
     return v.to(w.dtype)
