@@ -669,3 +669,19 @@ def test_verify_compiles_fullgraph():
     got = torch.compile(fn, fullgraph=True)(logits)
     want = fn(logits)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("fullgraph", [True, False])
+def test_verify_compiles_with_the_default_max_drafts(fullgraph):
+    """max_drafts=None: the width is the largest count, read from cu_num_draft_tokens. fullgraph=True captured it as
+    a SymInt the op's int argument rejected (TorchRuntimeError); fullgraph=False breaks the graph there. Both give
+    the eager output, its shape included, and the width follows the counts from call to call."""
+    fn = torch.compile(lambda ids, cu, logits, bonus: verify(ids, cu, logits, bonus), fullgraph=fullgraph,
+                       backend="aot_eager")
+    torch._dynamo.reset()
+    for counts in ([3, 0, 4], [1, 5, 1]):  # the same T and B: widths 5 and 6
+        drafts, cu, logits, bonus = _batch(counts, 32)
+        want, got = verify(drafts, cu, logits, bonus), fn(drafts, cu, logits, bonus)
+        assert want[0].shape == (3, max(counts) + 1)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.stride() == w.stride() and torch.equal(g, w)

@@ -122,7 +122,10 @@ def verify(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor, tar
         by ``T + B`` per call): ``uniforms_from_seed(seed, offset, T + B)``.
     max_drafts : int, optional
         Output width - 1. Defaults to the largest draft count (a host sync on GPU: pass it to capture
-        the call in a CUDA graph).
+        the call in a CUDA graph). Under ``torch.compile`` the default width is data dependent, the eager
+        output either way: ``fullgraph=False`` breaks the graph to read it; ``fullgraph=True`` captures it
+        (the op runs at width ``T + 1`` and the output keeps its first ``max_drafts + 1`` columns, a
+        data-dependent shape). Pass it for a static output shape.
 
     Ids, counts and ``top_k`` may be int64 (narrowed to int32 here; a value outside int32 is an error, never
     wrapped onto a valid one); the op itself takes int32.
@@ -141,6 +144,7 @@ def verify(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor, tar
     if uniforms is None and seed is not None:
         n = draft_token_ids.numel() + cu_num_draft_tokens.numel()
         uniforms = uniforms_from_seed(seed, offset, n, device=target_logits.device)
+    width = None  # traced with max_drafts=None: the output's width (see below)
     if max_drafts is None:
         cu = cu_num_draft_tokens
         counts = torch.diff(cu, prepend=cu.new_zeros(1))
@@ -148,11 +152,20 @@ def verify(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor, tar
         # e.g. [2^31 - 1, -2]) is bad input, which the op then reports
         T = draft_token_ids.numel() if isinstance(draft_token_ids, torch.Tensor) else 0
         max_drafts = min(max(int(counts.max()), 0), T) if counts.numel() else 0
+        if counts.numel() and torch.compiler.is_compiling():
+            # Traced, the width is data dependent (torch.compile(fullgraph=True) captures the count as an unbacked
+            # SymInt; fullgraph=False breaks the graph above) and the op takes an int: run it at the static width
+            # T + 1 (>= every count when the counts add up to T, else the op rejects them) and keep the first
+            # max_drafts + 1 columns, all -1 beyond them: the eager output, shape and values
+            width, max_drafts = max_drafts + 1, T
     lo, hi = _action_bounds(mode, relax_radius, action_range, target_logits.shape[-1])
     eps, delta = typical
-    return torch.ops.leankern.specdec_verify(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_logits,
-                                             draft_probs, uniforms, temperature, top_k, top_p, mode, int(max_drafts),
-                                             int(relax_radius), lo, hi, float(eps), float(delta))
+    out, num_accepted = torch.ops.leankern.specdec_verify(
+        draft_token_ids, cu_num_draft_tokens, target_logits, bonus_logits, draft_probs, uniforms, temperature, top_k,
+        top_p, mode, int(max_drafts), int(relax_radius), lo, hi, float(eps), float(delta))
+    if width is not None:
+        out = out[:, :width].contiguous()
+    return out, num_accepted
 
 
 def verify_tree(tree_token_ids: torch.Tensor, cu_num_nodes: torch.Tensor, node_logits: torch.Tensor,
