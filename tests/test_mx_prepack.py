@@ -532,61 +532,6 @@ def test_few_rows_fma_env_rejects_other_values():
     assert r.returncode != 0 and "LEANKERN_MX_FMA: expected 0 or 1" in r.stderr and "'off'" in r.stderr
 
 
-@pytest.mark.parametrize("vbmi", [True, False])
-@pytest.mark.parametrize("bs", [4, 32])
-def test_mxint8_every_code_decodes_exactly_in_the_few_rows_kernels(isa, vbmi, bs):
-    """Each of the 256 MXINT8 codes (in every row position of a 16-row tile, -128 included) times a one-hot bf16 x
-    gives its exact value: one nonzero product, so no sum rounds. On avx512bf16 with VBMI, 1 and 2 rows take the split
-    decoder (v = 16 h + l from two 32-word tables, linear_packed_bf16_small.h), 3 rows the plain one."""
-    n, k = 256, 64
-    codes = ((torch.arange(n).unsqueeze(1) * 7 + torch.arange(k) * 37) % 256).to(torch.uint8)
-    qt = _weight(n, k, "mxint8", bs)
-    scales = torch.randint(120, 134, qt.scales.shape, generator=torch.Generator().manual_seed(bs), dtype=torch.uint8)
-    qt = _with_scales(qt, scales.view(qt.scales.dtype), codes.view(qt.codes.dtype))
-    w_hat = qt.dequantize(torch.float32)
-    was = leankern._C.mx_set_vbmi_decoder(vbmi)
-    try:
-        p = leankern.mx.prepack(qt)
-        for m in (1, 2, 3):
-            x = torch.zeros(m, k)
-            cols = torch.tensor([5, 32, 63][:m])
-            x[torch.arange(m), cols] = torch.tensor([1.0, -0.5, 4.0][:m])
-            y = leankern.mx.linear(x.to(torch.bfloat16), p).float()
-            assert torch.equal(y, (x @ w_hat.T).to(torch.bfloat16).float()), (m, bs)
-    finally:
-        leankern._C.mx_set_vbmi_decoder(was)
-
-
-def test_mxint8_split_decoder_takes_one_and_two_rows():
-    """Which kernel ran, shown by summation order: fp32 x with an MXFP8 act format (x_hat exact in bf16, an fp32
-    output) times MXINT8 weights, K = 4096. The split decoder sums two parts per weight, so with the VBMI decoder on
-    its outputs differ from the plain decoder's (off) in some element at 1 and 2 rows, and are the same bits at 3
-    rows, where both run the plain one; all within the bound (w_split). x spans 2^-12 .. 2^3 times a normal value:
-    blocks of x_hat whose products span more than fp32's 24 bits, so the block sums round (of a Gaussian x they
-    would be exact in any order)."""
-    ext = _fma_form_cpu("mxint8")
-    if "avx512vbmi" not in ext.cpu_features().split():
-        pytest.skip(f"needs AVX512-VBMI; this CPU: {ext.cpu_features()}")
-    qt = _weight(64, 4096, "mxint8", seed=7)
-    was, was_fma = ext.mx_set_vbmi_decoder(True), ext.mx_set_few_rows_fma(False)
-    try:
-        with on_isa("avx512bf16"), leankern.use_backend("cpp"):
-            p = leankern.mx.prepack(qt)
-            for m in (1, 2, 3):
-                gen = torch.Generator().manual_seed(m)
-                x = torch.randn(m, 4096, generator=gen) * torch.exp2(torch.randint(-12, 4, (m, 4096), generator=gen))
-                ext.mx_set_vbmi_decoder(True)
-                y_on = leankern.mx.linear(x, p, act_fmt="mxfp8_e4m3")
-                ext.mx_set_vbmi_decoder(False)
-                y_off = leankern.mx.linear(x, p, act_fmt="mxfp8_e4m3")
-                _check(y_on, x, qt, None, "mxfp8_e4m3")
-                _check(y_off, x, qt, None, "mxfp8_e4m3")
-                assert torch.equal(y_on, y_off) == (m == 3), m
-    finally:
-        ext.mx_set_vbmi_decoder(was)
-        ext.mx_set_few_rows_fma(was_fma)
-
-
 @pytest.mark.parametrize("hook", ["mx_set_vbmi_decoder", "mx_set_few_rows_fma"])
 def test_kernel_hooks_return_the_previous_setting(hook):
     skip_unless_cpp()

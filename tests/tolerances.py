@@ -24,12 +24,11 @@ def tol(key) -> Tolerance:
     return get_tolerance(key, TOLERANCES)
 
 
-__all__ = ["TOLERANCES", "Tolerance", "tol", "linear_error_bound", "int8_split_extra", "assert_linear_within_bound",
+__all__ = ["TOLERANCES", "Tolerance", "tol", "linear_error_bound", "assert_linear_within_bound",
            "assert_linear_result", "output_unit_roundoff"]
 
 
-def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0, x_parts: bool = False,
-                       w_split=None):
+def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0, x_parts: bool = False):
     """Largest |kernel - exact| for ``y = x_hat @ w_hat^T + bias`` with fp32 accumulation, any order.
 
     Derivation: every kernel computes the fp32 products and sums of exactly representable fp32
@@ -52,19 +51,11 @@ def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0, x_pa
     sum over parts of |part| <= (1 + 2^-8 + 2^-16) |x| <= (1 + 2^-7) |x|; the two adds of the part sums are two
     more roundings: gamma_K (1 + 2^-7) + 2u <= gamma_{K + K / 128 + 3}. AMX tiles flush a part below bf16's
     normal range: <= 3 * 2^-126 |w| per element, an absolute 2^-124 sum_k |w_k|.
-
-    ``w_split``: the kernel may carry each weight as two exact parts (MXINT8 codes v = 16 h + l, |l| <= 8, in the
-    few-rows VBMI decoder of csrc/mx/linear_packed_bf16_small.h): twice the terms, each weight's parts of magnitude
-    <= |w| + w_split ([N, K], :func:`int8_split_extra`: 16 times the block's unit), so the sum of |terms| grows by
-    sum_k |x_k| w_split_k.
     """
     x64, w64 = x_hat.double(), w_hat.double()
     exact = x64 @ w64.T
     mags = x64.abs() @ w64.abs().T
     terms = x_hat.shape[-1] + extra_terms
-    if w_split is not None:
-        terms += x_hat.shape[-1]
-        mags = mags + x64.abs() @ w_split.double().T
     if x_parts:
         terms += x_hat.shape[-1] // 128 + 3
     if bias is not None:
@@ -81,18 +72,6 @@ def linear_error_bound(x_hat, w_hat, bias, out_dtype, extra_terms: int = 0, x_pa
         fp32_err = fp32_err + 2.0**-124 * w64.abs().sum(1)
     bound = fp32_err * (1 + u_out) + u_out * exact.abs() + _min_subnormal(out_dtype)
     return exact, bound
-
-
-def int8_split_extra(codes, scales, g_scale, fmt, block_size):
-    """For :func:`linear_error_bound`'s ``w_split``: MXINT8 -> [N, K] fp64, 16 times each weight's block unit (the
-    value of code 1 under the block's scale): the most |16 h| + |l| exceeds |v| by (|l| <= 8, counted twice). Other
-    formats: None (no kernel splits them)."""
-    if fmt != "mxint8":
-        return None
-    from leankern.mx.ref import mx_dequantize_ref
-
-    ones = torch.ones_like(codes.contiguous().view(torch.uint8)).view(codes.dtype)
-    return 16 * mx_dequantize_ref(ones, scales, g_scale, fmt, block_size, torch.float32).double().abs()
 
 
 def _min_subnormal(dtype) -> float:
@@ -148,8 +127,7 @@ def assert_linear_result(args: tuple, y) -> None:
         torch.float32)
     nv = get_format(fmt).is_nv
     exact, bound = linear_error_bound(x_hat.reshape(-1, x.shape[-1]), w_hat, bias, x.dtype, 3 if nv else 0,
-                                      x_parts=carries_x_in_parts(x, act_fmt),
-                                      w_split=int8_split_extra(codes, scales, g_scale, fmt, block_size))
+                                      x_parts=carries_x_in_parts(x, act_fmt))
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], codes.shape[0])
     assert_linear_within_bound(y, exact, bound)
 

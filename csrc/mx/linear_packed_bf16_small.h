@@ -21,8 +21,8 @@
 // acc += bacc * scale. Numerics are those of the unfolded prefill path: exact products, fp32 sums
 // in another order than the fp32 kernel's, and vdpbf16ps treats bf16 subnormal x as zero.
 // On CPUs with AVX512-VBMI, quad_tile below replaces the decode for 4-bit and for 8 / 6-bit formats
-// but MXINT8 (64 code bytes at a time), and for MXINT8 up to kQuadI8MaxRows rows; small_tile stays for
-// MXINT8 from 3 rows, block sizes 2 (and 4 for 4-bit), and Cooper Lake.
+// but MXINT8 (64 code bytes at a time); small_tile stays for MXINT8, block sizes 2 (and 4 for
+// 4-bit), and Cooper Lake.
 
 constexpr int kSM = 8;
 constexpr int64_t kSmallPrefetch = 1024;  // rows of x per pass: 2 * kSM accumulators + code, table and temporaries <= 32
@@ -143,16 +143,13 @@ LK_BF void small_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0
 constexpr int64_t kQuadPrefetch = 4096;
 #define LK_BFV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,avx2,f16c,fma"))) inline
 
-// Byte (j, r) of a 64-byte group ([q][row]) -> byte 4 r + j: lane r gets row r's bytes q .. q + 3. MIDDLE_SWAPPED
-// (the MXINT8 decoder below): byte 4 r + (0, 2, 1, 3)[j], lane r = row r's bytes q, q + 2, q + 1, q + 3.
-template <bool MIDDLE_SWAPPED = false>
+// Byte (j, r) of a 64-byte group ([q][row]) -> byte 4 r + j: lane r gets row r's bytes q .. q + 3.
 inline const uint8_t* quad_transpose_index() {
   struct Index {
     alignas(64) uint8_t v[64];
     Index() {
-      constexpr int src[4] = {0, MIDDLE_SWAPPED ? 2 : 1, MIDDLE_SWAPPED ? 1 : 2, 3};
       for (int r = 0; r < kPR; ++r)
-        for (int j = 0; j < 4; ++j) v[4 * r + j] = (uint8_t)(kPR * src[j] + r);
+        for (int j = 0; j < 4; ++j) v[4 * r + j] = (uint8_t)(kPR * j + r);
     }
   };
   static const Index i;
@@ -229,69 +226,20 @@ LK_BFV void quad_pairs8(const uint8_t* p, const I (&sp)[2], const I (&tb)[4], I 
   }
 }
 
-// ---- MXINT8 with few rows of x, same CPUs, block_size % 4 == 0. Why: its 256 codes need 8 index bits (vpermi2b
-// reads 7), and small_pairs' decode (two vpmovsxbd, two vcvtdq2ps, the pair) costs ~8 core cycles per 32 weights on
-// Zen 4 at M = 1 (15 GB/s per core in L2: the GEMV was decode-bound at ~30 GB/s on 2 cores). Here each code is split
-// exactly, v = 16 h + l (l = its low nibble as a signed value in [-8, 7], h in [-8, 8]), and both halves come from
-// 32-word vpermw tables as quad_pairs4's nibbles do: per 64-byte load (elements 4g .. 4g + 3 of the 16 rows) a vpermb
-// transpose (quad_transpose_index<true>: lane r = row r's elements 4g, 4g + 2, 4g + 1, 4g + 3, so word j of a
-// lookup holds element 4g + j or 4g + 2 + j), then four vpermw at shifts 0, 3, 8, 11: (l, l), (16 h, 16 h) of
-// elements (4g, 4g + 1), the same of (4g + 2, 4g + 3). Both halves of a pair take the same x pair (the plain pairs
-// of xb), so each row of x costs two vdpbf16ps per 32 weights instead of one: the split pays up to kQuadI8MaxRows
-// rows (Zen 4, one thread, in L2 / L3, A/B in one process: 1.15-1.19x the plain decode at M = 1, 1.0-1.09x at 2,
-// 0.93-0.97x at 3; it stays shuffle-bound at ~4.7 core cycles per 32 weights, five cross-lane shuffles per 64).
-// Numerics: every product is exact (bf16 x times 16 h or l), the fp32 sums have 2 terms per weight of magnitudes
-// |16 h| + |l| <= |v| + 16 (tests/tolerances.py, linear_error_bound's w_split).
-constexpr int64_t kQuadI8MaxRows = 2;
-
-// bf16 patterns of the two halves as one 64-word array: [0, 32) l by a word's bits 0..4 (the low nibble, and one
-// bit of the next that the table ignores: doubled), [32, 64) 16 h by the code's bits 3..7 (its high nibble, signed,
-// plus 1 where bit 3 makes l negative).
-inline const uint16_t* table_i8_split() {
-  struct Table {
-    alignas(64) uint16_t v[64];
-    Table() {
-      for (int c = 0; c < 32; ++c) {
-        const int n = c & 15, hi = c >> 1;
-        v[c] = (uint16_t)(f2u((float)(n >= 8 ? n - 16 : n)) >> 16);
-        v[32 + c] = (uint16_t)(f2u((float)(16 * ((hi >= 8 ? hi - 16 : hi) + (c & 1)))) >> 16);
-      }
-    }
-  };
-  static const Table t;
-  return t.v;
-}
-
-// Group g of a block's MXINT8 code area (64 bytes at p) -> w: (l, l) and (16 h, 16 h) of elements (4g, 4g + 1),
-// then of (4g + 2, 4g + 3), lane r = row r.
-LK_BFV void quad_pairs_i8(const uint8_t* p, I tidx, I tl, I th, I (&w)[4]) {
-  const I v = _mm512_permutexvar_epi8(tidx, _mm512_loadu_si512(p));
-  w[0] = _mm512_permutexvar_epi16(v, tl);
-  w[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 3), th);
-  w[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), tl);
-  w[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 11), th);
-}
-
-// MM rows of x (from row m0) times one row tile of a 4-bit, quad8_format or MXINT8 format.
+// MM rows of x (from row m0) times one row tile of a 4-bit or quad8_format format.
 template <int EL, bool NV, int MM>
 LK_BFV void quad_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0, int64_t n0, int rows) {
-  constexpr bool four = elem_params(EL).bits == 4, i8 = EL == kInt8;
-  // S sets of accumulators: >= 4 vdpbf16ps chains in flight, 6 from 3 rows of x (latency ~6 cycles); MXINT8, with
-  // twice the products per decoded byte, >= 6
-  constexpr int S = i8 ? (MM == 1 ? 8 : MM == 2 ? 4 : 2) : MM == 1 ? 4 : MM <= 5 ? 2 : 1;
-  constexpr int P = four || i8 ? 4 : 2;  // pair vectors per 64-byte group
-  constexpr int XG = four ? 4 : 2;       // x pairs per group (MXINT8: each taken by two pair vectors)
-  const int bs = a.block_size, pairs = bs / 2, groups = pairs / XG;
+  // S sets of accumulators: >= 4 vdpbf16ps chains in flight, 6 from 3 rows of x (latency ~6 cycles)
+  constexpr int S = MM == 1 ? 4 : MM <= 5 ? 2 : 1;
+  constexpr bool four = elem_params(EL).bits == 4;
+  constexpr int P = four ? 4 : 2;  // pair vectors per 64-byte group
+  const int bs = a.block_size, pairs = bs / 2, groups = pairs / P;
   const int64_t nb = a.K / bs, xs = a.K / 2;
   const int32_t* x = (four ? a.xb8 : a.xb) + m0 * xs;
-  I tab = _mm512_setzero_si512(), tidx = tab, tab_h = tab, sp[2] = {tab, tab}, tb[4] = {tab, tab, tab, tab};
+  I tab = _mm512_setzero_si512(), tidx = tab, sp[2] = {tab, tab}, tb[4] = {tab, tab, tab, tab};
   if constexpr (four) {
     tab = _mm512_load_si512(table4_bf16<EL>());
     tidx = _mm512_load_si512(quad_transpose_index());
-  } else if constexpr (i8) {
-    tab = _mm512_load_si512(table_i8_split());
-    tab_h = _mm512_load_si512(table_i8_split() + 32);
-    tidx = _mm512_load_si512(quad_transpose_index<true>());
   } else {
     for (int t = 0; t < 2; ++t) sp[t] = _mm512_load_si512(quad8_spread_index() + 64 * t);
     for (int t = 0; t < 4; ++t) tb[t] = _mm512_load_si512(table8_bf16<EL>() + 64 * t);
@@ -323,8 +271,6 @@ LK_BFV void quad_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0
         I w[P];
         if constexpr (four)
           quad_pairs4(blk + kPR + (g + u) * 64, tidx, tab, w);
-        else if constexpr (i8)
-          quad_pairs_i8(blk + kPR + (g + u) * 64, tidx, tab, tab_h, w);
         else
           quad_pairs8<EL>(blk + kPR + (g + u) * 64, sp, tb, w);
 #pragma GCC unroll 4
@@ -332,10 +278,10 @@ LK_BFV void quad_tile(const PackedLinearArgs& a, const uint8_t* tile, int64_t m0
           for (int m = 0; m < MM; ++m)  // embedded broadcast, as in small_block_sums
             asm("vdpbf16ps %[x]%{1to16%}, %[w], %[acc]"
                 : [acc] "+v"(bacc[(P * u + j) % S][m])
-                : [w] "v"(w[j]), [x] "m"(xb[m * xs + XG * (g + u) + (i8 ? j / 2 : j)]));
+                : [w] "v"(w[j]), [x] "m"(xb[m * xs + P * (g + u) + j]));
       }
     }
-    if constexpr (!four && !i8) {
+    if constexpr (!four) {
       if (g < groups) {
         I w[P];
         quad_pairs8<EL>(blk + kPR + g * 64, sp, tb, w);
@@ -393,9 +339,6 @@ LK_BF void small_range_fmt(const PackedLinearArgs& a, int64_t t0, int64_t t1) {
     if (a.xb8 && a.block_size % 8 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, kSmallQuad>(a, t0, t1);
   } else if constexpr (quad8_format(EL) && !NV) {
     if (a.block_size % 4 == 0 && use_vbmi_decoder()) return small_tiles<EL, NV, kSmallQuad>(a, t0, t1);
-  } else if constexpr (EL == kInt8 && !NV) {
-    if (a.M <= kQuadI8MaxRows && a.block_size % 4 == 0 && use_vbmi_decoder())
-      return small_tiles<EL, NV, kSmallQuad>(a, t0, t1);
   }
   small_tiles<EL, NV, kSmallBf16>(a, t0, t1);
 }
