@@ -107,6 +107,26 @@ def test_ep_moe_forward_rejects_wrapping_int64_ids():
 
 # ---------------------------------------------------------------------------------------- modality
 MODALITY = r"modality: expected codes 0 \(text\), 1 \(vision\) or 2 \(never skip\)"
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_route_rejects_a_non_finite_correction_bias(backend, bad):
+    """An inf / NaN correction_bias is an error on every backend, naming the expert (before: the C++ kernel and the
+    reference ranked such experts differently, and a group of NaN score was kept beyond topk_group)."""
+    logits = torch.zeros(2, 6)
+    bias = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    bias[5] = bad
+    hidden, w13, w2 = torch.randn(2, H), torch.randn(6, 2 * I, H), torch.randn(6, H, I)
+    msg = rf"correction_bias: expected finite values, got {bad} at expert 5"
+    with leankern.use_backend(backend):
+        with pytest.raises(ValueError, match=msg):
+            moe.route(logits, 3, scoring="sigmoid", n_group=2, topk_group=1, correction_bias=bias)
+        with pytest.raises(ValueError, match=msg):
+            moe.moe_forward(hidden, logits, w13, w2, 3, scoring="sigmoid", n_group=2, topk_group=1,
+                            correction_bias=bias)
+        bias[5] = 3e38  # finite extremes stay valid
+        ids, _ = moe.route(logits, 3, scoring="sigmoid", n_group=2, topk_group=1, correction_bias=bias)
+        assert ids.tolist() == [[5, 3, 4], [5, 3, 4]]
+
+
 MODES = [1.0, 1.0, 0.5, 0.99]  # alpha (text, vision), tau (text, vision)
 
 

@@ -142,6 +142,12 @@ inline void check_route(const at::Tensor& logits, int64_t top_k, c10::string_vie
     checks::check_device("correction_bias", *bias, logits.device(), "router_logits");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == E, "correction_bias: expected shape [E=", E, "], got ",
                       checks::py_repr(bias->sizes()));
+    // finite: an inf / NaN bias has no ranking the backends share (ops._route_bias_values)
+    const at::Tensor bf = bias->to(at::kFloat).contiguous();  // (E values, on the CPU: this is the CPU kernel's check)
+    const float* b = bf.data_ptr<float>();
+    for (int64_t e = 0; e < E; ++e)
+      TORCH_CHECK_VALUE(std::isfinite(b[e]), "correction_bias: expected finite values, got ",
+                        checks::py_float_repr(b[e]), " at expert ", e);
   }
   TORCH_CHECK_VALUE(rsf > 0 && std::isfinite(rsf), "routed_scaling_factor: expected a finite value > 0, got ",
                     checks::py_float_repr(rsf));

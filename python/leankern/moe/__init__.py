@@ -85,7 +85,8 @@ def route(router_logits: torch.Tensor, top_k: int, *, scoring: str = "softmax", 
     renormalize : scale the selected weights to sum 1 (before ``routed_scaling_factor``).
     n_group, topk_group : grouped selection (DeepSeek): only experts of the ``topk_group`` best of ``n_group``
         groups are eligible.
-    correction_bias : ``[E]``: added to the scores for selection only (weights stay unbiased).
+    correction_bias : ``[E]``: added to the scores for selection only (weights stay unbiased); finite values (an
+        inf / NaN entry is a ValueError naming the expert).
     skip_rule, skip_params, modality, skip_renormalize : as :func:`skip` (its positional form).
 
     Returns

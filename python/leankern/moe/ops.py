@@ -234,8 +234,23 @@ def _check_route(backend, router_logits, top_k, scoring, renormalize, n_group, t
     return T, top_k
 
 
+def _route_bias_values(correction_bias) -> None:
+    """correction_bias holds finite values: an inf / NaN bias has no ranking the backends share (the reference's
+    nan_to_num made +-inf +-FLT_MAX, the C++ kernel kept them and could keep a group of NaN score beyond topk_group).
+    Real biases are finite. On a GPU an async device assert (no host sync)."""
+    if correction_bias is None:
+        return
+    ok = torch.isfinite(correction_bias).all()
+    message = "correction_bias: expected finite values"
+    if correction_bias.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(ok):
+        e = int((~torch.isfinite(correction_bias)).nonzero()[0])
+        message += f", got {float(correction_bias[e])} at expert {e}"
+    check_value_on_device(ok, message)
+
+
 def _route_ref(router_logits, top_k, scoring, renormalize, n_group, topk_group, correction_bias,
                routed_scaling_factor, skip_rule, skip_params, modality, skip_renormalize):
+    _route_bias_values(correction_bias)  # (the C++ kernel's order: check_route, then the modality values)
     _skip_values(modality)
     ids, w = ref.route_ref(router_logits, top_k, scoring, renormalize, n_group, topk_group, correction_bias,
                            routed_scaling_factor)
@@ -245,6 +260,7 @@ def _route_ref(router_logits, top_k, scoring, renormalize, n_group, topk_group, 
 def _route_triton(*args):
     from ..triton_kernels.moe import route_triton
 
+    _route_bias_values(args[6])
     _skip_values(args[10])
     return route_triton(*args)
 
