@@ -318,3 +318,6 @@ def test_select_expert_errors():
         select_expert(select_expert(qt, 0), 0)
     with pytest.raises(TypeError, match="MXTensor"):
         select_expert(blocks, 0)
+    for bad in (1.0, True, torch.tensor(1)):  # a float was torch's IndexError, a bool read as a new axis
+        with pytest.raises(TypeError, match="index: expected an int"):
+            select_expert(qt, bad)

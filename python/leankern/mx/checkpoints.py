@@ -37,6 +37,7 @@ loading is a reshape / reinterpretation of the bytes (no rounding anywhere):
 """
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -248,6 +249,8 @@ def select_expert(qt: MXTensor, index: int) -> MXTensor:
         raise ValueError(f"qt: expected at least 3 dims ([E, N, K]), got shape {qt.shape}")
     if qt.scale_layout != "row_major":
         raise ValueError(f"qt: expected row_major scales, got scale_layout {qt.scale_layout!r}")
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral):  # (a bool or float would index codes)
+        raise TypeError(f"index: expected an int, got {type(index).__name__} {index!r}")
     e = qt.shape[0]
     if not -e <= index < e:
         raise IndexError(f"index: expected in [{-e}, {e}), got {index}")
