@@ -48,12 +48,12 @@ inline std::vector<int> linear_x_shifts(const at::Tensor& x2) {
   return k;
 }
 
-// 2^(sign * k_m) as an [M, 1] tensor of `dtype` (exact: |k_m| <= 64).
-inline at::Tensor row_powers_of_two(const std::vector<int>& k, int sign, at::ScalarType dtype) {
+// 2^(sign * k_m) as an [M, 1] fp32 tensor (exact: |k_m| <= 64).
+inline at::Tensor row_powers_of_two(const std::vector<int>& k, int sign) {
   at::Tensor t = at::empty({static_cast<int64_t>(k.size()), 1}, at::TensorOptions().dtype(at::kFloat));
   float* p = t.data_ptr<float>();
   for (size_t m = 0; m < k.size(); ++m) p[m] = std::ldexp(1.0f, sign * k[m]);
-  return t.to(dtype);
+  return t;
 }
 
 // y_m = ((x_m 2^-k_m) W^T + bias 2^-k_m) 2^k_m, rounded once to x's dtype: run(xs, none) computes the product of
@@ -64,13 +64,13 @@ template <class Run>
 at::Tensor linear_shifted(const at::Tensor& x_in, const std::vector<int>& shifts, const std::optional<at::Tensor>& bias,
                           Run run) {
   const int64_t M = static_cast<int64_t>(shifts.size()), K = x_in.size(-1);
-  const at::Tensor down = row_powers_of_two(shifts, -1, at::kFloat);
+  const at::Tensor down = row_powers_of_two(shifts, -1);
   const at::Tensor xs = x_in.to(at::kFloat).reshape({M, K}).mul(down);  // (powers of two: exact)
   at::Tensor y = run(xs, std::optional<at::Tensor>());
   if (bias.has_value()) y.add_(bias->to(at::kFloat).unsqueeze(0).mul(down));
   std::vector<int64_t> shape(x_in.sizes().begin(), x_in.sizes().end());
   shape.back() = y.size(1);
-  return y.mul_(row_powers_of_two(shifts, 1, at::kFloat)).reshape(shape).to(x_in.scalar_type());
+  return y.mul_(row_powers_of_two(shifts, 1)).reshape(shape).to(x_in.scalar_type());
 }
 
 }  // namespace leankern

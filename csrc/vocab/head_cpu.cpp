@@ -93,7 +93,8 @@ void chunk_logits(const Head& hd, int64_t b0, int64_t nb, int64_t j0, int64_t j1
       float* o = out + b * ldo;
       if (hd.up) {  // shifted hidden: (dots + bias 2^-k) 2^k
         const float dn = hd.down[b0 + b], up = hd.up[b0 + b];
-        for (int64_t i = 0; i < m; ++i) o[i] = (hd.bias ? o[i] + load_scalar(hd.bias, hd.bdt, sc.rows[i]) * dn : o[i]) * up;
+        for (int64_t i = 0; i < m; ++i)
+          o[i] = (hd.bias ? o[i] + load_scalar(hd.bias, hd.bdt, sc.rows[i]) * dn : o[i]) * up;
       } else if (hd.bias) {
         for (int64_t i = 0; i < m; ++i) o[i] += load_scalar(hd.bias, hd.bdt, sc.rows[i]);
       }
@@ -198,8 +199,8 @@ struct HiddenShift {
 at::Tensor hidden_shift(const at::Tensor& hidden, HiddenShift* shift) {
   const std::vector<int> k = linear_x_shifts(hidden.contiguous());
   if (k.empty()) return hidden;
-  shift->down = row_powers_of_two(k, -1, at::kFloat);
-  shift->up = row_powers_of_two(k, 1, at::kFloat);
+  shift->down = row_powers_of_two(k, -1);
+  shift->up = row_powers_of_two(k, 1);
   return hidden.mul(shift->down.to(hidden.scalar_type()));
 }
 void set_shift(Head& hd, const HiddenShift& shift) {
