@@ -186,6 +186,18 @@ def test_packed_linear_every_format(isa, fmt, dtype):
         _check(leankern.mx.linear(x, qt, b), x, qt, b)  # the row-major kernel on the same ISA
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxint4"])
+def test_packed_linear_4bit_one_code_column_blocks(isa, fmt):
+    """4-bit blocks of 2 elements (one code byte per row) with one, two and three rows of x: AVX2's one- and two-row
+    form reads a block's code columns in pairs, and a block of one column alone (the vector's other half zero, its x
+    zero)."""
+    for k in (2, 14, 64):
+        qt = _weight(21, k, fmt, 2, seed=k)
+        for m in (1, 2, 3):
+            x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+            _check(leankern.mx.linear(x, leankern.mx.prepack(qt)), x, qt)
+
+
 @pytest.mark.parametrize("fmt", ["mxint8", "mxfp8_e4m3", "mxfp4", "nvfp4", "mxint4", "nvint4"])
 def test_packed_linear_dual(isa, fmt):
     qt = _weight(48, 128, fmt, seed=3)

@@ -19,7 +19,8 @@
 //    or bacc * 2^-D (exact) times 2^(s - 127).
 //  * 4-bit: a 16-entry int8 table (element value * 2^D, D = the smallest making every entry an
 //    integer: 1 for E2M1, 0 for INT4) looked up with pshufb on the low / high nibbles of 16 code
-//    bytes (the 16 rows' elements 2q and 2q + 1), then int8 -> fp32.
+//    bytes (the 16 rows' elements 2q and 2q + 1), then int8 -> fp32; on AVX2 with one or two rows of
+//    x, the same values as bf16 patterns (packed_sums_4bit_rows).
 // Block scales: MX E8M0 byte s -> 2^(s - 127 - D) from its bits (subnormal powers of two
 // included; 255: NaN); NV E4M3 byte -> fp16 pattern -> fp32 times 2^(8 - D) (exact; NaN bytes ->
 // NaN), and the NV tensor scale g multiplies the final sums: g * s * v is never rounded before the
@@ -124,6 +125,121 @@ LK_T void packed_sums_8bit(const uint8_t* codes, const float* xb, int64_t K, int
   }
 }
 
+// bf16 patterns of a 4-bit format's table4_i8 values as two byte tables (low bytes, high bytes) for pshufb.
+template <int EL>
+const uint8_t* table4_bf16_bytes() {
+  struct Table {
+    alignas(16) uint8_t v[32];  // 0..15: low byte, 16..31: high byte
+    Table() {
+      for (int c = 0; c < 16; ++c) {
+        const uint32_t u = f2u((float)table4_i8<EL>()[c]);
+        if (u & 0xFFFF) __builtin_trap();  // small integers: exact in bf16, never a rounding
+        v[c] = (uint8_t)(u >> 16);
+        v[16 + c] = (uint8_t)(u >> 24);
+      }
+    }
+  };
+  static const Table t;
+  return t.v;
+}
+
+// Element column n (16 rows' nibbles, one code column per 128-bit lane) times x lanes xv into the sums of rows
+// 4g..4g + 3 (s0..s3). Written out vector by vector: a first version looping over arrays of vectors kept its sums
+// in memory (GCC 12: 1.3 weights per cycle instead of 5 in a micro-benchmark).
+__attribute__((always_inline)) LK_T void sums_4bit_column(__m256i n, __m256 xv, __m256i tl, __m256i th, __m256& s0,
+                                                           __m256& s1, __m256& s2, __m256& s3) {
+  const __m256i z = _mm256_setzero_si256();
+  const __m256i l = _mm256_shuffle_epi8(tl, n), h = _mm256_shuffle_epi8(th, n);  // bf16 low / high bytes
+  const __m256i b0 = _mm256_unpacklo_epi8(l, h), b1 = _mm256_unpackhi_epi8(l, h);  // bf16 of rows 0-7 | 8-15
+  s0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, b0)), xv, s0);
+  s1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, b0)), xv, s1);
+  s2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, b1)), xv, s2);
+  s3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, b1)), xv, s3);
+}
+
+// w times two rows' x (xv0, xv1) into their sums a, b.
+__attribute__((always_inline)) LK_T void fma_two_rows(__m256 w, __m256 xv0, __m256 xv1, __m256& a, __m256& b) {
+  a = _mm256_fmadd_ps(w, xv0, a);
+  b = _mm256_fmadd_ps(w, xv1, b);
+}
+
+// sums_4bit_column for two rows of x (xv0, xv1; sums s[0..3], s[4..7]): each decoded vector feeds two FMAs.
+__attribute__((always_inline)) LK_T void sums_4bit_column2(__m256i n, __m256 xv0, __m256 xv1, __m256i tl, __m256i th,
+                                                            __m256 (&s)[8]) {
+  const __m256i z = _mm256_setzero_si256();
+  const __m256i l = _mm256_shuffle_epi8(tl, n), h = _mm256_shuffle_epi8(th, n);
+  const __m256i b0 = _mm256_unpacklo_epi8(l, h), b1 = _mm256_unpackhi_epi8(l, h);
+  fma_two_rows(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, b0)), xv0, xv1, s[0], s[4]);
+  fma_two_rows(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, b0)), xv0, xv1, s[1], s[5]);
+  fma_two_rows(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, b1)), xv0, xv1, s[2], s[6]);
+  fma_two_rows(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, b1)), xv0, xv1, s[3], s[7]);
+}
+
+// [v x4 | 0 x4]
+__attribute__((always_inline)) LK_T __m256 low_lane(float v) { return _mm256_zextps128_ps256(_mm_set1_ps(v)); }
+
+// Code columns q | q + 1 (raw) of the 16 rows into MM rows' sums: low nibbles (elements 2q | 2q + 2) times xa*,
+// high nibbles (2q + 1 | 2q + 3) times xo*.
+template <int MM>
+__attribute__((always_inline)) LK_T void sums_4bit_cols(__m256i raw, __m256 xa0, __m256 xo0, __m256 xa1, __m256 xo1,
+                                                         __m256i tl, __m256i th, __m256 (&s)[8]) {
+  const __m256i lo4 = _mm256_set1_epi8(0x0F);
+  const __m256i nl = _mm256_and_si256(raw, lo4), nh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4);
+  if constexpr (MM == 1) {
+    sums_4bit_column(nl, xa0, tl, th, s[0], s[1], s[2], s[3]);
+    sums_4bit_column(nh, xo0, tl, th, s[0], s[1], s[2], s[3]);
+  } else {
+    sums_4bit_column2(nl, xa0, xa1, tl, th, s);
+    sums_4bit_column2(nh, xo0, xo1, tl, th, s);
+  }
+}
+
+// AVX2, 4-bit, MM = 1 or 2 rows of x (row stride K): one block's unscaled sums of the 16 rows (out[m][0]: rows 0-7,
+// out[m][1]: rows 8-15).
+// Why not packed_tile's int8 -> fp32 loop: on AVX2 its per-8-weight sign extension (vpmovsxbd, cross-lane) and
+// conversion left a Zen 3 core at ~2.5 weights per cycle (one thread, weights in L2 / L3; 4.5 with this form).
+// Here 32 code bytes (code columns q, q + 1 of the 16 rows: one per 128-bit lane) are looked up as the two bytes
+// of each element's bf16 pattern (pshufb, in-lane) and widened by in-lane unpacks to fp32 (a bf16 pattern is the
+// fp32's high half): no conversion instruction.
+// A lane then holds a row's element of column q (low 128 bits) or q + 1 (high), so x comes as [x_q x4 | x_q+1 x4]
+// (vpermilps of one 4-element broadcast), and the two halves of each row's sums are added at the block's end.
+// Two rows: each decoded vector feeds two FMAs (8 accumulators; a third row would not fit in 16 registers). Three
+// rows and more keep packed_tile's passes of four (two-row passes, decoding each tile twice, were 0.8-0.9x at M = 4
+// and 16 on Zen 3).
+// (Compiled for the AVX2 build only: N == 8.)
+template <int MM>
+__attribute__((always_inline)) LK_T void packed_sums_4bit_rows(const uint8_t* codes, const float* xb, int64_t K,
+                                                                int64_t cbytes, const uint8_t* tab, __m256i (*out)[2]) {
+  static_assert(MM == 1 || MM == 2, "one or two rows of x");
+  const __m256i tl = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)tab));
+  const __m256i th = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)(tab + 16)));
+  const __m256i pick_a = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), pick_b = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
+  // s[4m + g]: row m of x, rows 4g..4g + 3 of the tile in both halves; one FMA chain each
+  __m256 s[8];
+  for (int i = 0; i < 8; ++i) s[i] = _mm256_setzero_ps();
+  int64_t q = 0;
+  for (; q + 2 <= cbytes; q += 2) {
+    const __m256i raw = _mm256_loadu_si256((const __m256i*)(codes + q * kPR));
+    const __m256 x0 = _mm256_broadcast_ps((const __m128*)(xb + 2 * q));  // x_2q .. x_2q+3, both lanes
+    const __m256 x1 = MM == 2 ? _mm256_broadcast_ps((const __m128*)(xb + K + 2 * q)) : x0;
+    sums_4bit_cols<MM>(raw, _mm256_permutevar_ps(x0, pick_a), _mm256_permutevar_ps(x0, pick_b),
+                       _mm256_permutevar_ps(x1, pick_a), _mm256_permutevar_ps(x1, pick_b), tl, th, s);
+  }
+  if (q < cbytes) {  // an odd last column: the high lane's codes 0 (value +0) and its x 0 (not read: past the block)
+    const __m256i raw = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i*)(codes + q * kPR)));
+    const float* x1 = xb + (MM == 2 ? K : 0);
+    sums_4bit_cols<MM>(raw, low_lane(xb[2 * q]), low_lane(xb[2 * q + 1]), low_lane(x1[2 * q]), low_lane(x1[2 * q + 1]),
+                       tl, th, s);
+  }
+  // [rows 8v..8v+3 | 8v+4..8v+7]: low lanes (column q) plus high lanes (q + 1)
+  for (int m = 0; m < MM; ++m)
+    for (int v = 0; v < 2; ++v) {
+      const __m256 a = s[4 * m + 2 * v], b = s[4 * m + 2 * v + 1];
+      out[m][v] = _mm256_castps_si256(
+          _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31)));
+    }
+}
+
 // MM rows of x (x: the first one, row stride K) times one tile of the weight.
 template <int EL, bool NV, int MM>
 LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const float* x, int64_t m0, int64_t n0,
@@ -136,6 +252,8 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
   const int64_t K = a.K, nb = K / bs, cbytes = four ? bs / 2 : bs;  // code bytes per row and block
   __m128i tab = _mm_setzero_si128();
   if constexpr (four) tab = _mm_load_si128((const __m128i*)table4_i8<EL>());  // (only 4-bit formats have one)
+  const uint8_t* tab16 = nullptr;  // byte tables of the AVX2 one- / two-row form
+  if constexpr (four && N == 8 && MM <= 2) tab16 = table4_bf16_bytes<EL>();
   I acc[MM][kVT];
   for (int m = 0; m < MM; ++m)
     for (int v = 0; v < kVT; ++v) acc[m][v] = V::zero();
@@ -154,7 +272,11 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
         for (int v = 0; v < kVT; ++v) bacc[j][m][v] = V::zero();
     const float* xb = x + b * bs;
     // (the set of an element is a compile-time index after unrolling: j, qq and h below)
-    if constexpr (four) {
+    if constexpr (four && N == 8 && MM <= 2) {  // AVX2, one or two rows of x
+      __m256i o[MM][2];
+      packed_sums_4bit_rows<MM>(codes, xb, K, cbytes, tab16, o);
+      for (int m = 0; m < MM; ++m) bacc[0][m][0] = o[m][0], bacc[0][m][1] = o[m][1];
+    } else if constexpr (four) {
       constexpr int Q = S / 2 < 1 ? 1 : S / 2;  // code bytes (2 elements each) per round
       alignas(16) int8_t vals[2 * kPR];  // elements 2q (bytes 0..15) and 2q + 1 (16..31) of the 16 rows
       const __m128i lo4 = _mm_set1_epi8(0x0F);
