@@ -677,12 +677,35 @@ def test_packed_e4m3_nan_codes_take_the_exact_path(isa, few_rows_form):
     codes[4, 40] = 0x7F
     codes[17, 100] = 0xFF
     bad = _with_scales(qt, qt.scales, codes.view(qt.codes.dtype))
-    for x in (torch.randn(2, 128), torch.randn(2, 128).to(torch.bfloat16), torch.randn(40, 128).to(torch.bfloat16)):
+    for x in (torch.randn(2, 128), torch.randn(2, 128).to(torch.bfloat16), torch.randn(40, 128).to(torch.bfloat16),
+              torch.randn(1, 128)):
         y = leankern.mx.linear(x, leankern.mx.prepack(bad))
         assert torch.isnan(y[:, [4, 17]]).all()
         keep = [i for i in range(18) if i not in (4, 17)]
         good = leankern.MXTensor(qt.codes[keep], qt.scales[keep], qt.global_scale, qt.fmt, 32, (16, 128), qt.dtype)
         _check(y[:, keep].contiguous(), x, good)
+
+
+@pytest.mark.parametrize("bs", [2, 32])
+def test_packed_e4m3_one_row_zero_and_subnormal_codes(isa, bs):
+    """AVX2's one-row MXFP8 loop decodes E4M3 codes as bf16 patterns that are exact for normal codes only; a block
+    holding a zero or subnormal code (either sign) goes through the general path. Rows made mostly of such codes
+    (so that a misdecode, 2^-7 or more per element, exceeds the bound), one and five rows of x (5 = a pass of four,
+    then one), fp32 and bf16 x. (Checked: with the block check removed, this test fails at both block sizes.)"""
+    qt = _weight(33, 128, "mxfp8_e4m3", bs, seed=bs)
+    codes = _bytes(qt.codes).clone()
+    codes[0, :] = 0x00  # +0 ...
+    codes[0, 5] = 0x38  # ... and one 1.0
+    codes[1, :] = 0x80  # -0
+    codes[5, 0::2], codes[5, 1::2] = 0x01, 0x81  # the smallest subnormals, both signs
+    codes[16, 64] = 0x87  # one subnormal among normal codes
+    codes[32, 0::2], codes[32, 1::2] = 0x00, 0x07  # zeros and the largest subnormal
+    codes[20, :] = 0x08  # the smallest normal (no special case needed)
+    w = _with_scales(qt, qt.scales, codes.view(qt.codes.dtype))
+    for m in (1, 5):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(m, 128, generator=torch.Generator().manual_seed(m)).to(dtype)
+            _check(leankern.mx.linear(x, leankern.mx.prepack(w)), x, w)
 
 
 def test_packed_zero_and_tiny_sizes(isa):
