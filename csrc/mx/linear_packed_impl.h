@@ -326,10 +326,11 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
   constexpr bool four = elem_params(EL).bits == 4;
   const int bs = a.block_size;
   const int64_t K = a.K, nb = K / bs, cbytes = four ? bs / 2 : bs;  // code bytes per row and block
+  constexpr bool rows4 = four && N == 8 && MM <= 2;  // the AVX2 one- / two-row 4-bit form
   __m128i tab = _mm_setzero_si128();
-  if constexpr (four) tab = _mm_load_si128((const __m128i*)table4_i8<EL>());  // (only 4-bit formats have one)
-  const uint8_t* tab16 = nullptr;  // byte tables of the AVX2 one- / two-row form
-  if constexpr (four && N == 8 && MM <= 2) tab16 = table4_bf16_bytes<EL>();
+  if constexpr (four && !rows4) tab = _mm_load_si128((const __m128i*)table4_i8<EL>());  // (only 4-bit formats have one)
+  const uint8_t* tab16 = nullptr;  // byte tables of the rows4 form
+  if constexpr (rows4) tab16 = table4_bf16_bytes<EL>();
   I acc[MM][kVT];
   for (int m = 0; m < MM; ++m)
     for (int v = 0; v < kVT; ++v) acc[m][v] = V::zero();
@@ -357,7 +358,7 @@ LK_T void packed_tile(const PackedLinearArgs& a, const uint8_t* tile, const floa
         for (int v = 0; v < kVT; ++v) bacc[j][m][v] = V::zero();
     const float* xb = x + b * bs;
     // (the set of an element is a compile-time index after unrolling: j, qq and h below)
-    if constexpr (four && N == 8 && MM <= 2) {  // AVX2, one or two rows of x
+    if constexpr (rows4) {  // AVX2, one or two rows of x
       __m256i o[MM][2];
       packed_sums_4bit_rows<MM>(codes, xb, K, cbytes, tab16, o);
       for (int m = 0; m < MM; ++m) bacc[0][m][0] = o[m][0], bacc[0][m][1] = o[m][1];
