@@ -48,7 +48,8 @@ def main():
             b = median_call_s(lambda: F.linear(x, bf16_copies()), CALLS, warmup=1)
             ours.append(a), theirs.append(b), ratios.append(b / a)
         print(f"{fmt} ours {statistics.median(ours) * 1e3:.3f} ms  bf16 {statistics.median(theirs) * 1e3:.3f} ms  "
-              f"ratio median {statistics.median(ratios):.2f} (rounds {' '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+              f"ratio median {statistics.median(ratios):.2f} (rounds {' '.join(f'{r:.2f}' for r in ratios)})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@
 // Element decoding is exact; a decoded value is the element value times 2^D (a per-format
 // constant, undone in the block scale, exactly: powers of two):
 //  * 8 / 6-bit: decode_w (INT: int -> fp32, D = 0; FP8 / FP6: the fp16-pattern conversion,
-//    D = bias - 15); on AVX2 with one row of x, MXFP8 E4M3 as bf16 patterns (packed_sums_e4m3_row, D = 0). E4M3 blocks holding NaN codes (which the fp16 pattern would turn into numbers)
+//    D = bias - 15); on AVX2 with one row of x, MXFP8 E4M3 as bf16 patterns (packed_sums_e4m3_row,
+//    D = 0). E4M3 blocks holding NaN codes (which the fp16 pattern would turn into numbers)
 //    and MX blocks whose scale 2^(s - 127 - D) would overflow take the exact path: decode_v (D = 0)
 //    or bacc * 2^-D (exact) times 2^(s - 127).
 //  * 4-bit: a 16-entry int8 table (element value * 2^D, D = the smallest making every entry an
@@ -264,7 +265,7 @@ __attribute__((always_inline)) LK_T void packed_sums_4bit_rows(const uint8_t* co
 // normal codes (exponent field e >= 1): the bf16 exponent field is e + 120 (bias 127 - 7), and 120 is even, so
 // the high byte is sign | (e + 120) >> 1 = sign | ((e >> 1) + 60), a function of the code's high nibble (a
 // 16-entry pshufb table), and the low byte is (e & 1) << 7 | m << 4, the code shifted left by 4. Zero / subnormal
-// codes (e = 0: not 1.m times a power of two) and NaN codes (0x7F / 0xFF) decode wrongly here; *lowest collects
+// codes (e = 0: not 1.m times a power of two) and NaN codes (0x7F / 0xFF) decode wrongly here; `lowest` collects
 // the running signed minimum of (code & 0x7F) + 1, which is <= 8 exactly where one of them occurred (0x7F + 1
 // wraps to -128).
 struct E4M3Bf16 {
@@ -275,7 +276,8 @@ struct E4M3Bf16 {
   __attribute__((always_inline)) LK_T void bytes(__m256i raw, __m256i& l, __m256i& h, __m256i& lowest) const {
     h = _mm256_shuffle_epi8(th, _mm256_and_si256(_mm256_srli_epi16(raw, 4), _mm256_set1_epi8(0x0F)));
     l = _mm256_and_si256(_mm256_slli_epi16(raw, 4), _mm256_set1_epi8(char(0xF0)));
-    lowest = _mm256_min_epi8(lowest, _mm256_add_epi8(_mm256_and_si256(raw, _mm256_set1_epi8(0x7F)), _mm256_set1_epi8(1)));
+    const __m256i mag = _mm256_and_si256(raw, _mm256_set1_epi8(0x7F));
+    lowest = _mm256_min_epi8(lowest, _mm256_add_epi8(mag, _mm256_set1_epi8(1)));
   }
   // whether a code seen by bytes() was zero, subnormal or NaN
   LK_T static bool any_special(__m256i lowest) {
@@ -286,11 +288,12 @@ struct E4M3Bf16 {
 // AVX2, MXFP8 (E4M3), one row of x: one block's sums of the 16 rows (out[0]: rows 0-7, out[1]: rows 8-15), the
 // weights decoded as bf16 patterns by E4M3Bf16 (element values, D = 0) instead of packed_sums_8bit's fp16 pattern
 // + vcvtph2ps (2 uops on Zen): per 32 codes (elements k | k + 1 of the 16 rows, one per 128-bit lane; x as
-// [x_k x4 | x_k+1 x4]) 7 integer ops, 6 unpacks and 4 FMAs. Returns false, the sums unusable, when the block holds a
-// zero, subnormal or NaN code: the caller then runs the block through the general path (rare in trained weights: a
-// subnormal code needs an element below ~2^-14 of its block's largest). Zen 3, one thread, weights in L3: 1.2-1.3x
-// the fp16-pattern loop. Two rows of x sharing each decoded vector (8 sums) ran at 0.85x the general path's two-row
-// pass, so that stays.
+// [x_k x4 | x_k+1 x4]) 8 byte ops (one pshufb), 6 unpacks and 4 FMAs. Returns false, the sums unusable, when the
+// block holds a zero, subnormal or NaN code: the caller then runs the block through the general path (rare in
+// trained weights: a subnormal code needs an element below ~2^-14 of its block's largest; a weight with exact zeros
+// in most blocks pays this pass on top of the general one there, ~2x). Zen 3, one thread,
+// weights in L3: 1.2-1.3x the fp16-pattern loop. Two rows of x sharing each decoded vector (8 sums) ran at 0.85x
+// the general path's two-row pass, so that stays.
 __attribute__((always_inline)) LK_T bool packed_sums_e4m3_row(const uint8_t* codes, const float* xb, int64_t bs,
                                                                const E4M3Bf16& dec, __m256i* out) {
   const __m256i pick_0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), pick_2 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
