@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,8 @@ def test_bench_no_thp(tmp_path):
         if env_thp is not None:
             os.environ["THP_MEM_ALLOC_ENABLE"] = env_thp
     assert "fresh tensors on 4 KiB pages" in out
+    assert "no tiny call" not in out  # the overhead section has a row for every registered op
+    assert re.search(r"^mx_linear_packed +x\[1,32\] @ prepacked", out, re.M)
 
 
 def test_bench_rejects_bad_size():

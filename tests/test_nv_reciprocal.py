@@ -51,6 +51,7 @@ def quantize(request):
                                      None if g is None else g.to(dev))
             return tuple(t.cpu() for t in out)
 
+        run.interpreted = dev == "cpu"
         yield run
         return
     if EXT is None:
@@ -153,9 +154,11 @@ def test_all_16bit_patterns_bitexact(quantize, fmt, dtype, order):
 @pytest.mark.parametrize("bs", [2, 8, 16, 32, 1024])
 def test_gaussian_blocks_bitexact(quantize, fmt, dtype, bs):
     """Block sizes below, at and above the vector width (general and fast SIMD paths), a tensor of
-    several parallel chunks (the NV amax parked by the first pass), NaN / Inf blocks, zeros."""
+    several parallel chunks (the NV amax parked by the first pass), NaN / Inf blocks, zeros. Under the Triton
+    interpreter rows of 1,024 (every block size still fits): 4,096 took ~8 s a case there, 30 cases."""
     gen = torch.Generator().manual_seed(bs)
-    x = torch.randn(40, 4096, generator=gen) * torch.logspace(-3, 3, 40).unsqueeze(-1)
+    cols = 1024 if getattr(quantize, "interpreted", False) else 4096
+    x = torch.randn(40, cols, generator=gen) * torch.logspace(-3, 3, 40).unsqueeze(-1)
     x[1, :bs] = 0.0
     x[2, 5] = float("nan")
     x[3, -1] = float("-inf")

@@ -314,6 +314,7 @@ def tiny_calls(device: str = "cpu") -> list:
     q8, q4 = leankern.mx.quantize(x, "mxfp8_e4m3"), leankern.mx.quantize(x, "nvfp4")
     w = torch.randn(8, 32, generator=torch.Generator().manual_seed(1)).to(device)
     w8 = leankern.mx.quantize(w, "mxint8")
+    p8 = leankern.mx.prepack(w8)  # on a GPU the row-major weight itself (the raw row below is then CPU-only)
     qk = torch.ops.leankern.mx_quantize
     dq = torch.ops.leankern.mx_dequantize
     abs_x = ("torch.abs(x)", lambda: torch.abs(x))
@@ -337,6 +338,14 @@ def tiny_calls(device: str = "cpu") -> list:
                  lambda: torch.ops.leankern.mx_linear(x, w8.codes, w8.scales, w8.global_scale, "mxint8", 32, None, None),
                  "mx.linear(x, W)", lambda: leankern.mx.linear(x, w8),
                  "F.linear(x, w)", lambda: torch.nn.functional.linear(x, w)),
+    ]
+    if p8.layout == "prepacked16":
+        calls.append(TinyCall(
+            "mx_linear_packed", "x[1,32] @ prepacked mxint8 W[8,32]^T fp32",
+            lambda: torch.ops.leankern.mx_linear_packed(x, p8.codes, p8.global_scale, "mxint8", 32, 8, None, None),
+            "mx.linear(x, prepack(W))", lambda: leankern.mx.linear(x, p8),
+            "F.linear(x, w)", lambda: torch.nn.functional.linear(x, w)))
+    calls += [
         TinyCall("hadamard_transform", "n=32 x[1,32] fp32",
                  lambda: torch.ops.leankern.hadamard_transform(x, 32, 1.0 / math.sqrt(32), None),
                  "mx.hadamard_transform(x, 32)", lambda: leankern.mx.hadamard_transform(x, 32), *abs_x),
