@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .mx import _check_same_device, _int_view, _load_bits, _store_f32, bf16_nan_bits, compile_options, input_kind
+from .mx import (INTERP_TILE_SCALE, _check_same_device, _int_view, _load_bits, _store_f32, bf16_nan_bits,
+                 compile_options, input_kind)
 
 __all__ = ["hadamard_transform_triton", "hadamard_config", "MAX_CHUNK"]
 
@@ -52,7 +53,8 @@ def hadamard_config(chunk_size: int, in_dtype: torch.dtype, has_signs: bool, n_r
     if chunk_size < 1 or chunk_size & (chunk_size - 1) or chunk_size > MAX_CHUNK:
         raise ValueError(
             f"chunk_size: expected a power of two in [1, {MAX_CHUNK}] for the Triton kernel, got {chunk_size}")
-    rows = max(1, TILE // chunk_size)
+    # interpreter: fewer, wider programs (triton_kernels/mx.py, INTERP_TILE_SCALE)
+    rows = max(1, TILE * (INTERP_TILE_SCALE if device_type == "cpu" else 1) // chunk_size)
     if n_rows is not None and device_type == "cpu":  # interpreter: skip mostly-masked tiles
         rows = min(rows, triton.next_power_of_2(max(n_rows, 1)))
     kind = input_kind(in_dtype)

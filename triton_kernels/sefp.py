@@ -73,7 +73,8 @@ import triton
 import triton.language as tl
 
 from ..core import check_value_on_device
-from .mx import _int_view, _load_bits, _store_f32, bf16_nan_bits, compile_options, input_kind, output_kind
+from .mx import (INTERP_TILE_SCALE, _int_view, _load_bits, _store_f32, bf16_nan_bits, compile_options, input_kind,
+                 output_kind)
 from .mx_linear import _finish, _splitk_reduce_kernel
 
 __all__ = ["quantize_triton", "dequantize_triton", "linear_triton", "quantize_config", "dequantize_config",
@@ -409,6 +410,8 @@ def _lane(m: int) -> int:
 
 
 def _blocks_per_program(block_size: int, n_blocks: int | None, device_type: str, tile: int = TILE) -> int:
+    if device_type == "cpu":  # interpreter: fewer, wider programs (triton_kernels/mx.py, INTERP_TILE_SCALE)
+        tile *= INTERP_TILE_SCALE
     nb = max(1, tile // block_size)
     if n_blocks is not None and device_type == "cpu":  # interpreter: no mostly-masked tiles on small inputs
         nb = min(nb, triton.next_power_of_2(max(n_blocks, 1)))
