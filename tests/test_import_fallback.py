@@ -51,3 +51,13 @@ def test_info_reports_reference_fallback():
     text = out.stdout.lower()
     assert "disabled by leankern_disable_ext=1" in text
     assert "reference" in text
+
+
+def test_import_does_not_load_torch_dynamo():
+    """`import leankern` leaves torch._dynamo unloaded (importing it took ~2.5 s of a 7 s import); the names that need
+    it (leankern.moe.quantized_experts: torch.compiler.disable) load it on first access."""
+    code = ("import sys, leankern; print('after import:', 'torch._dynamo' in sys.modules); "
+            "leankern.moe.quantized_experts; print('after use:', 'torch._dynamo' in sys.modules)")
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert "after import: False" in out.stdout and "after use: True" in out.stdout, out.stdout

@@ -26,16 +26,22 @@ __all__ = ["route", "skip", "align", "experts", "moe_forward", "skip_params_for"
            "search", "tau_grid", "frontier_search", "grid_search", "search_thresholds", "SearchResult",
            "InfeasibleTargetError", "parallel", "expert_map", "ep_moe_forward", "EPMoE"]
 
-_LAZY = {"parallel": None, "expert_map": "expert_map", "ep_moe_forward": "ep_moe_forward", "EPMoE": "EPMoE"}
+# name -> (submodule, attribute or None for the module itself)
+_LAZY = {"parallel": ("parallel", None), "expert_map": ("parallel", "expert_map"),
+         "ep_moe_forward": ("parallel", "ep_moe_forward"), "EPMoE": ("parallel", "EPMoE"),
+         "quantized_experts": ("quantized", "quantized_experts")}
 
 
 def __getattr__(name):
-    """torch.distributed-based names load on first use (:mod:`leankern.moe.parallel`)."""
+    """Names that load on first use: the torch.distributed-based ones (:mod:`leankern.moe.parallel`) and
+    ``quantized_experts`` (its ``torch.compiler.disable`` imports torch._dynamo, ~2.5 s that ``import leankern``
+    does not pay)."""
     if name in _LAZY:
         import importlib
 
-        mod = importlib.import_module(f"{__name__}.parallel")
-        return mod if _LAZY[name] is None else getattr(mod, _LAZY[name])
+        sub, attr = _LAZY[name]
+        mod = importlib.import_module(f"{__name__}.{sub}")
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -226,6 +232,7 @@ from .calibration import calibrate_alpha  # noqa: E402
 
 __all__ += ["patch_model", "unpatch_model", "skip_stats", "reset_skip_stats", "set_ablation", "clear_ablation",
             "set_skip_config", "calibrate_alpha"]
-from .quantized import QuantizedExperts, quantize_experts, quantized_experts  # noqa: E402
+from .quantized import QuantizedExperts, quantize_experts  # noqa: E402
+
 
 __all__ += ["QuantizedExperts", "quantize_experts", "quantized_experts"]

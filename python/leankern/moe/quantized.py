@@ -171,10 +171,23 @@ def quantize_experts(w13: torch.Tensor, w2: torch.Tensor, fmt: str = "mxfp4", *,
     return QuantizedExperts(q13, q2, biases[0], biases[1], E, H, I, f.name, bs, interleaved, w13.dtype, w13.device)
 
 
-@torch.compiler.disable(reason="leankern.moe.quantized_experts reads which experts are touched on the host (one sync "
-                               "per call) to skip the others: it runs eagerly; torch.compile graph-breaks around it "
-                               "(with fullgraph=True this is an error: call it outside the compiled region)")
-def quantized_experts(hidden: torch.Tensor, qexperts: QuantizedExperts, topk_ids: torch.Tensor,
+_EAGER_ONLY = ("leankern.moe.quantized_experts reads which experts are touched on the host (one sync per call) to "
+               "skip the others: it runs eagerly; torch.compile graph-breaks around it (with fullgraph=True this is an "
+               "error: call it outside the compiled region)")
+
+
+def __getattr__(name: str):
+    """``quantized_experts`` is built on first access: ``torch.compiler.disable`` imports torch._dynamo (~2.5 s), which
+    ``import leankern`` should not pay (PEP 562 module attribute)."""
+    if name == "quantized_experts":
+        _quantized_experts.__name__ = _quantized_experts.__qualname__ = name  # what wraps copies to the public one
+        fn = torch.compiler.disable(_quantized_experts, reason=_EAGER_ONLY)
+        globals()[name] = fn
+        return fn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _quantized_experts(hidden: torch.Tensor, qexperts: QuantizedExperts, topk_ids: torch.Tensor,
                       topk_weights: torch.Tensor, *, activation: str = "silu", swiglu_alpha: float = 1.702,
                       swiglu_limit: float = 7.0, shared_w1=None, shared_w3=None, shared_w2=None, shared_gate=None,
                       act_fmt: Optional[str] = None) -> torch.Tensor:
