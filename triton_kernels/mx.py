@@ -302,9 +302,7 @@ INTERP_TILE_SCALE = 8
 
 
 def _blocks_per_program(block_size: int, n_blocks: int | None, device_type: str, tile: int = TILE) -> int:
-    if device_type == "cpu":
-        tile *= INTERP_TILE_SCALE
-    nb = max(1, tile // block_size)
+    nb = max(1, tile * (INTERP_TILE_SCALE if device_type == "cpu" else 1) // block_size)
     if n_blocks is not None and device_type == "cpu":
         # interpreter: don't run mostly-masked tiles on small inputs (on a GPU one NB per
         # format avoids a recompilation per input size)

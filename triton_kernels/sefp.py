@@ -410,9 +410,8 @@ def _lane(m: int) -> int:
 
 
 def _blocks_per_program(block_size: int, n_blocks: int | None, device_type: str, tile: int = TILE) -> int:
-    if device_type == "cpu":  # interpreter: fewer, wider programs (triton_kernels/mx.py, INTERP_TILE_SCALE)
-        tile *= INTERP_TILE_SCALE
-    nb = max(1, tile // block_size)
+    # interpreter: fewer, wider programs (triton_kernels/mx.py, INTERP_TILE_SCALE)
+    nb = max(1, tile * (INTERP_TILE_SCALE if device_type == "cpu" else 1) // block_size)
     if n_blocks is not None and device_type == "cpu":  # interpreter: no mostly-masked tiles on small inputs
         nb = min(nb, triton.next_power_of_2(max(n_blocks, 1)))
     return nb

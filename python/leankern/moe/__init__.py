@@ -234,5 +234,4 @@ __all__ += ["patch_model", "unpatch_model", "skip_stats", "reset_skip_stats", "s
             "set_skip_config", "calibrate_alpha"]
 from .quantized import QuantizedExperts, quantize_experts  # noqa: E402
 
-
 __all__ += ["QuantizedExperts", "quantize_experts", "quantized_experts"]
