@@ -20,7 +20,8 @@
 #            registers / shared memory / spills of the linear kernels
 #                                                                        -> bench_mx_linear_cuda.txt/.csv
 #   splitk   bench/gpu_linear_splitk.py: the weight-only decode GEMV (mxfp4 / nvfp4 / mxint8, M = 1 / 16) with
-#            SPLIT_K forced to 1 .. 32 against the launcher's own choice        -> bench_linear_splitk.txt
+#            SPLIT_K forced to 1 .. 32 against the launcher's own choice; then M = 1, every format: the
+#            one-row GEMV (mx_gemv.py) vs the tensor-core kernel vs bf16 F.linear -> bench_linear_splitk.txt
 #   specdec  bench/gpu_specdec.py: Triton specdec_verify (greedy / rejection; B x K = 64 x 8, 16 x 5,
 #            1 x 5; V = 32,000 and 151,936; fp32 / bf16), checked against the reference first, median of
 #            50 CUDA-event timings, GB/s of the logit rows        -> bench_specdec_cuda.txt
@@ -176,7 +177,7 @@ for s in $STAGES; do
         --csv "$OUT/bench_mx_linear_cuda.csv"
       show bench_mx_linear_cuda.txt 60 ;;
     splitk)
-      stage splitk 60 bench_linear_splitk.txt "$PY" bench/gpu_linear_splitk.py
+      stage splitk 100 bench_linear_splitk.txt "$PY" bench/gpu_linear_splitk.py
       show bench_linear_splitk.txt 20 ;;
     specdec)
       stage specdec 45 bench_specdec_cuda.txt "$PY" bench/gpu_specdec.py

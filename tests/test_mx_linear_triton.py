@@ -164,10 +164,75 @@ def test_bf16_tensor_core_path(dev, fmt):
 
 
 def test_bf16_x_takes_the_fp32_dot_under_the_interpreter():
-    _, ce, _ = tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 1, "cpu")
+    _, ce, _ = tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 2, "cpu")
     assert not ce["BF16_DOT"]
-    _, ce, _ = tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 1, "cuda")
+    _, ce, _ = tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 2, "cuda")
     assert ce["BF16_DOT"] and ce["BK"] == 64
+
+
+def test_one_row_takes_the_gemv():
+    """M = 1 runs the no-tl.dot GEMV (mx_gemv) on every device unless a tensor-core knob is given; more rows
+    the tensor-core kernel; the GEMV refuses more than GEMV_MAX_M rows."""
+    from leankern.triton_kernels.mx_gemv import GEMV_MAX_M, _gemv_wo_kernel
+
+    for dev in ("cpu", "cuda"):
+        assert tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 1, dev)[0] is _gemv_wo_kernel
+        assert tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 2, dev)[0] is \
+            tml._linear_wo_kernel
+    assert tml.weight_only_config("mxfp4", 32, torch.bfloat16, torch.bfloat16, False, 1, "cuda",
+                                  bf16_dot=True)[0] is tml._linear_wo_kernel
+    assert tml.weight_only_config("mxfp4", 32, torch.float32, torch.float32, False, 1, "cuda",
+                                  gemv=False)[0] is tml._linear_wo_kernel
+    with pytest.raises(ValueError, match=r"gemv: the GEMV takes at most GEMV_MAX_M=1 row\(s\) of x, got M=2"):
+        tml.weight_only_config("mxfp4", 32, torch.float32, torch.float32, False, GEMV_MAX_M + 1, "cuda", gemv=True)
+
+
+@pytest.mark.parametrize("gemv", [True, False], ids=["gemv", "tensor_core"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_code_one_row(dev, fmt, dtype, gemv):
+    """Both weight-only kernels at M = 1 (the GEMV and, forced, the tensor-core kernel), whose shift-and-multiply
+    decode is shared, against the reference on every code of the format (each weight row holds all of them:
+    zeros of both signs, subnormals, the largest values, e4m3 NaN and e5m2 +-Inf / NaN), with a bias, split-K
+    forced and not, K = 3 GEMV steps of 512 (4-bit) / 256 plus a tail."""
+    bs = _bs(fmt)
+    f = get_format(fmt)
+    codes_per_byte = 2 if f.element.packed else 1
+    N, K = 21, 3 * (512 if codes_per_byte == 2 else 256) + 4 * bs
+    g = _gen(len(fmt))
+    w = torch.randn(N, K, generator=g)
+    codes, scales, gs = mx_quantize_ref(w, fmt, bs)
+    n_codes = 1 << f.element.bits
+    every = torch.arange(K, dtype=torch.int64) % n_codes  # every code value along each row, rotated per row
+    vals = (every[None, :] + torch.arange(N)[:, None] * 3) % n_codes
+    if not f.element.is_int:  # odd rows without the specials (NaN / Inf), so they have finite sums to check
+        sb = f.element.sign_bit
+        finite_codes = (vals >> sb << sb) | (vals & ((1 << sb) - 1)).clamp(max=f.element.max_code)
+        vals = torch.where(torch.arange(N)[:, None] % 2 == 1, finite_codes, vals)
+    if codes_per_byte == 2:
+        vals = vals[:, 0::2] | (vals[:, 1::2] << 4)
+    codes = vals.to(codes.dtype) if codes.dtype == torch.uint8 else (vals - ((vals >= 128) * 256)).to(codes.dtype)
+    x = (torch.randn(1, K, generator=g) * 2).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype)
+    for split_k in (None, 3):
+        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in (x, codes, scales, gs, fmt, bs, b, None))
+        y = tml.mx_linear_triton(*args, split_k=split_k, gemv=gemv)
+        want = mx_linear_ref(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+        nan = torch.isnan(want)
+        assert torch.equal(torch.isnan(y.cpu()), nan)
+        assert torch.equal(torch.isinf(y.cpu()), torch.isinf(want))
+        finite = torch.isfinite(want)[0]
+        assert finite.sum() >= N // 2
+        check((x, codes[finite], scales[finite], gs, fmt, bs, b[finite], None), y.cpu()[:, finite])
+
+
+@pytest.mark.parametrize("fmt,bs,K", [("mxint8", 2, 70), ("mxfp4", 16, 48), ("nvint4", 64, 192),
+                                      ("mxfp6_e3m2", 128, 256), ("mxfp8_e5m2", 1024, 2048), ("nvfp4", 16, 1040)])
+def test_gemv_block_sizes(dev, fmt, bs, K):
+    """Blocks smaller than, equal to and larger than the GEMV's K step (512 codes for 4-bit, 256 otherwise)."""
+    for split_k in (None, 2):
+        args = _args(fmt, 1, N=19, K=K, bs=bs, seed=bs, device=dev)
+        check(args, tml.mx_linear_triton(*args, split_k=split_k, gemv=True))
 
 
 def test_leading_dims_and_empty(dev):

@@ -32,7 +32,8 @@ _SCRIPT = textwrap.dedent(
         use = aot.resource_usage(compiled, aot.TARGETS[target])
         rows.append(dict(name=spec.name, family=spec.family, target=target, num_warps=spec.num_warps,
                          constexprs=spec.constexprs, arg_types=spec.arg_types, ptx=compiled.asm["ptx"],
-                         cubin_bytes=len(compiled.asm["cubin"]), **use))
+                         cubin_bytes=len(compiled.asm["cubin"]),
+                         loop=aot.loop_sass(compiled) if spec.family == "linear" else None, **use))
     json.dump(dict(kernels=rows, report=aot.aot_report() if families is None else []), open(sys.argv[1], "w"))
     """
 ).format(repo=_REPO)
@@ -216,6 +217,30 @@ def test_linear_weight_only_mma(compiled):
     -> mma.sync m16n8k16 bf16; fp32 / fp16 x -> the ieee fp32 dot (FMAs, no tensor core)."""
     for r in _linear(compiled, "linear_wo["):
         _assert_16bit_mma(r, "bf16", r["constexprs"]["BF16_DOT"])
+
+
+def test_linear_gemv_fmas(compiled):
+    """The one-row GEMV (mx_gemv): fp32 FMAs (sm_100: paired, fma.rn.f32x2), no tensor-core instruction; its codes
+    arrive in vector loads."""
+    for r in _linear(compiled, "linear_gemv["):
+        ptx, where = r["ptx"], (r["name"], r["target"])
+        assert _count(r"\bfma\.rn\.f32(x2)?\b", ptx) >= 16 and _count(r"\bmma\b|wgmma|tcgen05\.mma", ptx) == 0, where
+        assert _count(r"\bld\.global(\.\w+)*\.v[24]\.b32\b", ptx) > 0, where
+
+
+def test_linear_loop_sass(compiled):
+    """aot.loop_sass finds each mx_linear kernel's K loop in the cubin: the one-row GEMV's has FFMAs and no
+    tensor-core instruction, the tensor-core kernel's its MMA (HMMA on sm_90; sm_100's tcgen05 is issued by one
+    thread behind a branch, so only sm_90 is checked)."""
+    for r in _linear(compiled, "linear_"):
+        if r["target"] != "sm_90" or "reduce" in r["name"]:
+            continue
+        ops, where = r["loop"]["opcodes"], (r["name"], r["target"])
+        assert r["loop"]["instructions"] >= 32, where
+        if r["name"].startswith("linear_gemv["):
+            assert ops.get("FFMA", 0) >= 16 and not any(k in ops for k in ("HMMA", "HGMMA", "IMMA")), where
+        elif r["name"].startswith("linear_wo[") and r["constexprs"]["BF16_DOT"]:
+            assert ops.get("HMMA", 0) + ops.get("HGMMA", 0) > 0, where
 
 
 def test_linear_int8_mma(compiled):

@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["KernelSpec", "kernel_specs", "linear_specs", "specdec_specs", "vocab_specs", "sefp_specs", "moe_specs",
            "compile_spec",
-           "resource_usage", "compile_all", "aot_report", "format_report", "TARGETS"]
+           "resource_usage", "loop_sass", "compile_all", "aot_report", "format_report", "TARGETS"]
 
 TARGETS = {"sm_90": 90, "sm_100": 100}
 _PTR = {torch.float32: "*i32", torch.bfloat16: "*i16", torch.float16: "*fp16"}  # launchers' views
@@ -102,15 +102,16 @@ def _linear_tail(out_dtype):
                 k_per_split="i32")
 
 
-def _linear_wo_spec(fmt, bs, dtype, M, split_k=1, bias=True):
-    """Weight-only GEMM (M > 16: 64-row tiles, wgmma) or split-K GEMV (M <= 16) of mx_linear."""
+def _linear_wo_spec(fmt, bs, dtype, M, split_k=1, bias=True, gemv=False):
+    """Weight-only GEMM (M > 16: 64-row tiles, wgmma), split-K tensor-core GEMV (M <= 16) or, ``gemv``, the
+    no-``tl.dot`` GEMV of one x row (mx_gemv) of mx_linear."""
     from .mx_linear import weight_only_config
 
-    fn, ce, nw = weight_only_config(fmt, bs, dtype, dtype, bias, M)
+    fn, ce, nw = weight_only_config(fmt, bs, dtype, dtype, bias, M, gemv=gemv)
     types = dict(x_ptr=_X_PTR[dtype], codes_ptr=_code_ptr(fmt), scales_ptr="*u8", g_ptr="*fp32", **_linear_tail(dtype))
     tag = f"{str(dtype)[6:]},M{M},bs{bs}" + (f",splitk{split_k}" if split_k > 1 else "")
-    return KernelSpec(f"linear_wo[{fmt},{tag}]", fn, types, dict(ce, SPLIT_K=split_k, EVEN_K=True), nw, "linear",
-                      div16=_LINEAR_DIV16)
+    return KernelSpec(f"linear_{'gemv' if gemv else 'wo'}[{fmt},{tag}]", fn, types,
+                      dict(ce, SPLIT_K=split_k, EVEN_K=True), nw, "linear", div16=_LINEAR_DIV16)
 
 
 def _linear_dual_spec(act_fmt, fmt, bs, mode, M, dtype=torch.bfloat16, targets=("sm_90", "sm_100")):
@@ -141,6 +142,7 @@ def linear_specs(quick: bool = False) -> list[KernelSpec]:
     specs = [
         _linear_wo_spec("mxfp4", 32, bf16, 64),
         _linear_wo_spec("mxint8", 32, bf16, 1, split_k=8),
+        _linear_wo_spec("mxfp4", 32, bf16, 1, split_k=4, gemv=True),
         _linear_dual_spec("mxint8", "mxint8", 32, "int", 64),
         _linear_dual_spec("mxfp8_e4m3", "mxfp8_e4m3", 32, "fp8", 64),
         _linear_dual_spec("mxfp4", "mxfp4", 32, "scaled", 64, targets=("sm_100",)),
@@ -153,6 +155,8 @@ def linear_specs(quick: bool = False) -> list[KernelSpec]:
             _linear_wo_spec("mxfp6_e2m3", 32, bf16, 1),
             _linear_wo_spec("nvint4", 16, f32, 64),
             _linear_wo_spec("mxint4", 32, f16, 1, split_k=4),
+            _linear_wo_spec("nvfp4", 16, f32, 1, split_k=2, gemv=True),
+            _linear_wo_spec("mxfp8_e4m3", 32, f16, 1, gemv=True),
             _linear_dual_spec("mxint4", "mxint4", 32, "int", 1),
             _linear_dual_spec("nvfp4", "nvfp4", 16, "fp8", 1),
             _linear_dual_spec("nvint4", "nvint4", 16, "int", 1),
@@ -709,6 +713,29 @@ def aot_report(targets=("sm_90", "sm_100"), quick: bool = False) -> list[dict]:
         rows.append(dict(kernel=spec.name, target=t, num_warps=spec.num_warps, registers=use["registers"],
                          shared_bytes=use["shared_bytes"], spills=use["spills"], stack_bytes=use["stack_bytes"]))
     return rows
+
+
+def loop_sass(compiled) -> dict:
+    """The SASS of the kernel's longest loop (``cuobjdump -sass`` on the cubin; the span from a backward branch's
+    target to the branch): ``{"instructions": n, "opcodes": {opcode: count}}``. A static count, for comparing
+    kernels' work per element; it says nothing of stalls."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        with open(cubin, "wb") as fh:
+            fh.write(compiled.asm["cubin"])
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,6})\*/\s+([^;]*);", sass)]
+    best = []
+    for addr, text in ins:
+        m = re.search(r"\bBRA\s+`?\(?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < addr:
+            body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
+            best = body if len(body) > len(best) else best
+    opcodes: dict = {}
+    for t in best:
+        op = t.split()[1] if t.startswith("@") else t.split()[0]
+        opcodes[op.split(".")[0]] = opcodes.get(op.split(".")[0], 0) + 1
+    return {"instructions": len(best), "opcodes": opcodes}
 
 
 def format_report(rows: list[dict]) -> str:

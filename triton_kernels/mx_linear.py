@@ -103,17 +103,24 @@ def _load_raw(ptr, rows, rmask, k0, k_lim, KROW, R: tl.constexpr, BK: tl.constex
 @triton.jit
 def _decode_values(raw, IS_INT: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr, SIGN_BIT: tl.constexpr,
                    FP8_KIND: tl.constexpr):
-    """Element values (fp32, exact) of raw codes; FP8_KIND 1 = e4m3fn NaN, 2 = e5m2 Inf/NaN."""
+    """Element values (fp32, exact) of raw int32 codes of any shape; FP8_KIND 1 = e4m3fn NaN, 2 = e5m2 Inf/NaN.
+
+    FP: the magnitude shifted so that its exponent and mantissa land in fp32's fields reads as
+    ``value * 2^-(127 - BIAS)`` (subnormal codes as fp32 subnormals; the GPU build does not flush them:
+    ``GPU_COMPILE_OPTIONS``), so one multiply by ``2^(127 - BIAS)`` gives the value: shifts, masks and a multiply
+    instead of exponent arithmetic (sm_90 SASS: about half the instructions per weight). The sign is OR-ed in
+    as a bit, so -0.0 and the NaNs' signs are kept."""
     if IS_INT:
         return raw.to(tl.float32)
     mag = raw & ((1 << SIGN_BIT) - 1)
-    val = _fp_value(mag, MBITS, BIAS)
-    if FP8_KIND == 1:
-        val = tl.where(mag == 0x7F, _nan_like(val), val)
-    if FP8_KIND == 2:
-        inf = tl.full(val.shape, 0x7F800000, tl.int32).to(tl.float32, bitcast=True)
-        val = tl.where(mag >= 0x7C, tl.where(mag == 0x7C, inf, _nan_like(val)), val)
-    return _negate_where(((raw >> SIGN_BIT) & 1) != 0, val)
+    sign = (raw >> SIGN_BIT) << 31  # raw < 2^(SIGN_BIT + 1): the sign bit alone is left
+    val = ((mag << (23 - MBITS)) | sign).to(tl.float32, bitcast=True) * (2.0 ** (127 - BIAS))  # exact: a power of 2
+    if FP8_KIND == 1:  # e4m3fn: S.1111.111 is NaN
+        val = tl.where(mag == 0x7F, (sign | 0x7FC00000).to(tl.float32, bitcast=True), val)
+    if FP8_KIND == 2:  # e5m2: exponent 31 is +-Inf (mantissa 0) or NaN
+        special = sign | tl.where(mag == 0x7C, 0x7F800000, 0x7FC00000)
+        val = tl.where(mag >= 0x7C, special.to(tl.float32, bitcast=True), val)
+    return val
 
 
 @triton.jit
@@ -363,16 +370,28 @@ def _split_k(M, N, K, BM, BN, BK, device, split_k=None, waves=None) -> tuple[int
 
 
 def weight_only_config(fmt: str, block_size: int, x_dtype: torch.dtype, out_dtype: torch.dtype, has_bias: bool,
-                       M: int = 1, device_type: str = "cuda", bf16_dot: bool | None = None):
-    """(kernel, constexprs without SPLIT_K, num_warps) of the weight-only launch; also used by :mod:`.aot`."""
+                       M: int = 1, device_type: str = "cuda", bf16_dot: bool | None = None, gemv: bool | None = None):
+    """(kernel, constexprs without SPLIT_K, num_warps) of the weight-only launch; also used by :mod:`.aot`.
+
+    ``gemv`` (None: ``M <= GEMV_MAX_M`` unless ``bf16_dot`` is given) picks the no-``tl.dot`` GEMV of
+    :mod:`.mx_gemv` over the tensor-core kernel."""
+    from .mx_gemv import GEMV_MAX_M, gemv_config
+
+    if gemv is None:
+        gemv = M <= GEMV_MAX_M and bf16_dot is None
+    tail = dict(HAS_BIAS=bool(has_bias), OUT_KIND=output_kind(out_dtype), BF16_NAN=bf16_nan_bits(device_type),
+                EVEN_K=False)
+    if gemv:
+        if M > GEMV_MAX_M:
+            raise ValueError(f"gemv: the GEMV takes at most GEMV_MAX_M={GEMV_MAX_M} row(s) of x, got M={M}")
+        return gemv_config(_element_ce(fmt), block_size, tail)
     if bf16_dot is None:  # the interpreter's bf16 dot multiplies bit patterns: fp32 there
         bf16_dot = x_dtype == torch.bfloat16 and device_type != "cpu"
     BM, BN, BK, nw = _tiles(M, "bf16" if bf16_dot else "fp32")
     el = _element_ce(fmt)
     # NV: bf16 dot -> g in the epilogue (q * s is exact in bf16); fp32 dot -> fp32(g * s) as the reference
-    ce = dict(BM=BM, BN=BN, BK=BK, BS=block_size, BF16_DOT=bool(bf16_dot), HAS_BIAS=bool(has_bias),
-              MUL_G=el["IS_NV"] and not bf16_dot, N_G=int(el["IS_NV"] and bool(bf16_dot)),
-              OUT_KIND=output_kind(out_dtype), BF16_NAN=bf16_nan_bits(device_type), EVEN_K=False, **el)
+    ce = dict(BM=BM, BN=BN, BK=BK, BS=block_size, BF16_DOT=bool(bf16_dot),
+              MUL_G=el["IS_NV"] and not bf16_dot, N_G=int(el["IS_NV"] and bool(bf16_dot)), **tail, **el)
     return _linear_wo_kernel, ce, nw
 
 
@@ -419,13 +438,14 @@ def dual_config(act_fmt: str, fmt: str, block_size: int, mode: str, out_dtype: t
 # ----------------------------------------------------------------------------- launchers
 def _launch(kernel, ce, nw, args, M, N, K, BK, device, out, split_k, g1, g2, n_g, bias, waves=None):
     """Main kernel (+ the split-K reduction); ``args`` are the kernel's leading pointer arguments."""
-    split, k_per_split = _split_k(M, N, K, ce["BM"], ce["BN"], BK, device, split_k, waves)
+    BM = ce.get("BM", 1)  # the GEMV (mx_gemv) has one row
+    split, k_per_split = _split_k(M, N, K, BM, ce["BN"], BK, device, split_k, waves)
     if "EVEN_K" in ce:  # no K tail in any slice: unmasked (vectorised) K loads
         ce = dict(ce, EVEN_K=K % k_per_split == 0 and k_per_split % BK == 0)
     part = torch.empty((split, M, N) if split > 1 else (1,), dtype=torch.float32, device=device)
     out_view = out.view(torch.int16) if out.dtype == torch.bfloat16 else out
     bias_t = bias if bias is not None else part
-    grid = (triton.cdiv(M, ce["BM"]), triton.cdiv(N, ce["BN"]), split)
+    grid = (triton.cdiv(M, BM), triton.cdiv(N, ce["BN"]), split)
     kernel[grid](*args, bias_t, out_view, part, M, N, K, k_per_split, SPLIT_K=split, **ce, num_warps=nw,
                  **compile_options(device))
     if split > 1:
@@ -434,17 +454,18 @@ def _launch(kernel, ce, nw, args, M, N, K, BK, device, out, split_k, g1, g2, n_g
             OUT_KIND=ce["OUT_KIND"], BF16_NAN=ce["BF16_NAN"], num_warps=4, **compile_options(device))
 
 
-def _weight_only(x2, codes, scales, g, fmt, block_size, bias, out, split_k=None, bf16_dot=None):
+def _weight_only(x2, codes, scales, g, fmt, block_size, bias, out, split_k=None, bf16_dot=None, gemv=None):
     M, K = x2.shape
     N = codes.shape[0]
     kernel, ce, nw = weight_only_config(fmt, block_size, x2.dtype, out.dtype, bias is not None, M,
-                                        x2.device.type, bf16_dot)
-    if ce["BF16_DOT"] and x2.dtype != torch.bfloat16:
+                                        x2.device.type, bf16_dot, gemv)
+    if ce.get("BF16_DOT") and x2.dtype != torch.bfloat16:
         raise ValueError(f"bf16_dot: the bf16 tensor-core path takes bf16 x, got {x2.dtype}")
     args = (x2, code_view(codes, fmt), scales.view(torch.uint8), g)
     # GPU decode with the bf16 dot: >= 4 waves of programs. Measured on an H200 (bench/gpu_linear_splitk.py,
-    # M = 1 / 16): 1.15-1.22x faster than the 2-wave rule for W 14336 x 4096 (SPLIT_K 4 vs 1), 0.97-1.2x at 4096^2
-    waves = 4 if x2.device.type == "cuda" and ce["BF16_DOT"] and M <= 16 else None
+    # M = 1 / 16): 1.15-1.22x faster than the 2-wave rule for W 14336 x 4096 (SPLIT_K 4 vs 1), 0.97-1.2x at 4096^2.
+    # The GEMV (no BF16_DOT key) takes the same rule, not measured on a GPU yet.
+    waves = 4 if x2.device.type == "cuda" and ce.get("BF16_DOT", True) and M <= 16 else None
     _launch(kernel, ce, nw, args, M, N, K, ce["BK"], x2.device, out, split_k, g, g, ce["N_G"], bias, waves)
 
 
@@ -471,6 +492,7 @@ def mx_linear_triton(
     dual: str | None = "auto",
     split_k: int | None = None,
     bf16_dot: bool | None = None,
+    gemv: bool | None = None,
 ) -> torch.Tensor:
     """Block-quantized linear; same contract as :func:`leankern.mx.ref.mx_linear_ref`.
 
@@ -479,7 +501,9 @@ def mx_linear_triton(
 
     Keyword-only knobs for tests and benches (the op never passes them): ``dual`` forces a dual
     mode (one of :data:`DUAL_MODES`, or None for dequantize-then-weight-only; "auto" =
-    :func:`dual_mode`), ``split_k`` the number of K slices, ``bf16_dot`` the bf16 tensor-core path.
+    :func:`dual_mode`), ``split_k`` the number of K slices, ``bf16_dot`` the bf16 tensor-core path,
+    ``gemv`` the no-``tl.dot`` GEMV of :mod:`.mx_gemv` (default: up to ``GEMV_MAX_M`` rows, unless ``bf16_dot``
+    is given); both weight-only.
     """
     f = get_format(fmt)
     device = x.device
@@ -501,14 +525,14 @@ def mx_linear_triton(
     codes, scales = codes.contiguous(), scales.contiguous()
     bias = None if bias is None else bias.contiguous()
     if act_fmt is None:
-        _weight_only(x2, codes, scales, g, f.name, block_size, bias, out, split_k, bf16_dot)
+        _weight_only(x2, codes, scales, g, f.name, block_size, bias, out, split_k, bf16_dot, gemv)
     else:
         a = get_format(act_fmt)
         mode = dual_mode(a.name, f.name, block_size, device) if dual == "auto" else dual
         xq = mx_quantize_triton(x2, a.name, block_size, "rceil")
         if mode is None:  # x_hat exactly as the reference defines it, then the fp32 weight-only kernel
             x_hat = mx_dequantize_triton(*xq, a.name, block_size, torch.float32)
-            _weight_only(x_hat, codes, scales, g, f.name, block_size, bias, out, split_k, False)
+            _weight_only(x_hat, codes, scales, g, f.name, block_size, bias, out, split_k, False, gemv)
         else:
             _dual(xq, codes, scales, g, a.name, f.name, block_size, mode, bias, out, split_k)
     return out.reshape(*x.shape[:-1], N)
