@@ -139,18 +139,13 @@ def _negate_where(cond, v):
 
 
 @triton.jit
-def _pow2(k):
-    """2^k as fp32 for integer tensors k in [-126, 127] (exact)."""
-    return ((k + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _fp_value(mag, MBITS: tl.constexpr, BIAS: tl.constexpr):
-    """Value (fp32, exact) of an FP element magnitude code without specials."""
-    e_field = mag >> MBITS
-    m_field = mag & ((1 << MBITS) - 1)
-    units = tl.where(e_field == 0, m_field, m_field + (1 << MBITS)).to(tl.float32)
-    return units * _pow2(tl.maximum(e_field, 1) - BIAS - MBITS)
+    """Value (fp32, exact) of an FP element magnitude code (int32, < 2^(8 + MBITS)) without specials.
+
+    The magnitude shifted into fp32's exponent and mantissa fields reads as ``value * 2^-(127 - BIAS)`` (a
+    subnormal code as an fp32 subnormal, which the GPU build does not flush: ``GPU_COMPILE_OPTIONS``), so one
+    exact multiply by ``2^(127 - BIAS)`` gives the value: a shift and a multiply, no exponent arithmetic."""
+    return (mag << (23 - MBITS)).to(tl.float32, bitcast=True) * (2.0 ** (127 - BIAS))
 
 
 # ----------------------------------------------------------------------------- quantize
