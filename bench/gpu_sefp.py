@@ -2,7 +2,9 @@
 
 W [N, K] = 4096 x 4096 and 14336 x 4096 quantized once at m_max = 8, bf16 x; M = 1 and 16 (decode)
 and 512 (prefill) at m = 8 .. 2; baselines torch bf16 F.linear and dequantize-then-F.linear. Decode rows at
-m <= 7 are followed by the packed copy's (``SEFPTensor.packed(m)``, triton_kernels/sefp_packed.py; "packed").
+m <= 7 are followed by the packed copy's (``SEFPTensor.packed(m)``, triton_kernels/sefp_packed.py; "packed"); at
+M = 512, where ours dequantizes and calls torch's GEMM (``DEQUANT_GEMM_MIN_ROWS``), m = 8 and 2 are followed by
+the fused kernel forced ("fused").
 Checked against dequantize-then-fp32-matmul first; median of CUDA-event timings (CUDA-graph replay
 with --graph). GB/s = planes + exponents read (decode); copy bandwidth measured in the same run.
 
@@ -29,6 +31,7 @@ def main() -> int:
     args = p.parse_args()
     import leankern
     from leankern import sefp
+    from leankern.triton_kernels.sefp import DEQUANT_GEMM_MIN_ROWS, linear_triton
 
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     bw = copy_bandwidth_gbs()
@@ -57,6 +60,13 @@ def main() -> int:
                 rows.append(r)
                 print(f"{f'{N}x{K}':>12} {M:>4} {m:>2} {r['ours_us']:9.1f} {gbps:7.0f} {r['frac_copy']:6.0%} "
                       f"{r['bf16_us']:9.1f} {r['x_bf16']:7.2f} {r['deq_us']:10.1f} {r['check']:>6}")
+                if M >= DEQUANT_GEMM_MIN_ROWS and m in (8, 2):  # ours there is dequantize + GEMM: the fused kernel
+                    t = cuda_time_ms(lambda: linear_triton(x, wq.planes[: 1 + m], wq.exponents, m, wq.block_size,
+                                                           dot="bf16"), 20, args.graph)
+                    rows.append(dict(N=N, K=K, M=M, m=f"{m}fused", ours_us=t * 1e3, gbps=None, frac_copy=None,
+                                     bf16_us=t_bf16 * 1e3, x_bf16=t_bf16 / t, deq_us=None, check="-"))
+                    print(f"{f'{N}x{K}':>12} {M:>4} {m:>2} fused {t * 1e3:9.1f} {'-':>7} {'-':>6} {t_bf16 * 1e3:9.1f} "
+                          f"{t_bf16 / t:7.2f} {'-':>10} {'-':>6}")
                 if m <= 7 and M <= 16:  # the packed copy (triton_kernels/sefp_packed.py, untuned): its first numbers
                     pk = wq.packed(m)
                     y = sefp.linear(x, pk)

@@ -285,6 +285,34 @@ def test_linear_bf16_tensor_core_path(dev, ts, M):
     _check_linear(args, ts.linear_triton(*args, dot="bf16"))
 
 
+def test_dequantize_gemm_rule(ts):
+    """bf16 x, m <= 8, a GPU, from DEQUANT_GEMM_MIN_ROWS rows: dequantize once and torch's GEMM."""
+    n = ts.DEQUANT_GEMM_MIN_ROWS
+    assert ts.takes_dequantize_gemm(n, torch.bfloat16, 8, "cuda")
+    assert not ts.takes_dequantize_gemm(n - 1, torch.bfloat16, 8, "cuda")
+    assert not ts.takes_dequantize_gemm(n, torch.bfloat16, 9, "cuda")  # not exact in bf16
+    assert not ts.takes_dequantize_gemm(n, torch.float16, 4, "cuda")
+    assert not ts.takes_dequantize_gemm(n, torch.float32, 4, "cuda")
+    assert not ts.takes_dequantize_gemm(n, torch.bfloat16, 4, "cpu")
+
+
+@pytest.mark.parametrize("bias", [None, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [2, 8])
+def test_dequantize_gemm_within_bound(dev, ts, m, bias):
+    """The many-rows bf16 path (dequantize + GEMM with fp32 output, bias in fp32, one rounding), called directly
+    (on CPU tensors its GEMM is an fp32 matmul of the same exact operands); weights over 2^+-20 with zero blocks,
+    signed zeros and subnormals."""
+    g = _gen(m)
+    w = _weights(N_ODD, 96, torch.float32, seed=m)
+    planes, exps = ref.quantize_ref(w, 8, 32)
+    x = (torch.randn(40, 96, generator=g) * 2).bfloat16()
+    b = None if bias is None else torch.randn(N_ODD, generator=g).to(bias)
+    args = _to(dev, x, planes[: 1 + m], exps, m, 32, b)
+    y = ts.dequantize_gemm(*args)
+    assert y.dtype == torch.bfloat16 and y.shape == (40, N_ODD)
+    _check_linear(args, y)
+
+
 def test_linear_rejects_an_inexact_forced_dot(ts):
     x, planes, exps, m, bs, _ = _linear_case(2, torch.bfloat16, 9, 32, False)
     with pytest.raises(ValueError, match="dot"):

@@ -11,7 +11,10 @@ The definitions are :mod:`leankern.sefp.ref`; every launcher takes exactly its o
   program stores a flag, the launcher checks ``flags == 0`` on the device (a ``torch._assert_async``
   on a GPU, no host sync; a ``ValueError`` with the reference's message on CPU).
 * ``sefp_dequantize`` (bit-exact): the same block tiling; planes ``0 .. m`` only.
-* ``sefp_linear``: each program owns a ``[BM, BN]`` output tile (grid axis 2: split-K slices, fp32
+* ``sefp_linear`` with bf16 x, ``m <= 8`` and at least ``DEQUANT_GEMM_MIN_ROWS`` rows on a GPU
+  (:func:`dequantize_gemm`): the weight dequantized once to bf16 (exact), torch's GEMM with an fp32 output, bias
+  and one rounding; measured on an H200, the fused kernel below decoded every weight tile once per 128 rows.
+* ``sefp_linear`` otherwise: each program owns a ``[BM, BN]`` output tile (grid axis 2: split-K slices, fp32
   partials summed in a fixed order by ``mx_linear``'s reduction kernel) and walks K in ``BK`` steps:
   the x tile ``[BM, BK]`` as stored, the plane words ``[BN, BK / 32]`` of planes ``0 .. m`` and the
   exponents, decoded in registers (:func:`_plane_values`), then ``tl.dot`` with fp32 accumulation.
@@ -77,7 +80,8 @@ from .mx import (INTERP_TILE_SCALE, _int_view, _load_bits, _store_f32, bf16_nan_
                  output_kind)
 from .mx_linear import _finish, _splitk_reduce_kernel
 
-__all__ = ["quantize_triton", "dequantize_triton", "linear_triton", "quantize_config", "dequantize_config",
+__all__ = ["quantize_triton", "dequantize_triton", "linear_triton", "dequantize_gemm", "takes_dequantize_gemm",
+           "DEQUANT_GEMM_MIN_ROWS", "quantize_config", "dequantize_config",
            "linear_config", "dot_kind", "DOT_FP32", "DOT_BF16", "DOT_FP16", "DOT_BF16_EMULATED", "TILE",
            "NUM_WARPS"]
 
@@ -567,6 +571,35 @@ def dequantize_triton(planes: torch.Tensor, exponents: torch.Tensor, m: int, blo
     return out
 
 
+# x rows from which bf16 x (m <= 8) on a GPU dequantizes the weight once and runs torch's GEMM: measured on an H200
+# (docs/bench/gpu_h200_sefp.txt, 4096 x 4096, m = 8 .. 2): at M = 512 dequantize + F.linear took 45-51 us, the
+# fused kernel 121-225 us (it decodes each weight tile once per 128-row tile of x); at M = 16 the fused kernel was
+# faster (22.7-31.1 us against 29.8-37.2). 256: where the fused kernel's per-tile decode (~30-56 us per 128 rows
+# at M = 512) clearly exceeds one dequantize (~25 us) plus the GEMM; the crossover itself was not measured.
+DEQUANT_GEMM_MIN_ROWS = 256
+
+
+def takes_dequantize_gemm(M: int, x_dtype: torch.dtype, m: int, device_type: str) -> bool:
+    """Whether :func:`linear_triton` runs :func:`dequantize_gemm` (bf16 x, m <= 8, a GPU with ``aten::mm.dtype``,
+    at least :data:`DEQUANT_GEMM_MIN_ROWS` rows)."""
+    return (device_type == "cuda" and M >= DEQUANT_GEMM_MIN_ROWS and dot_kind(x_dtype, m, device_type) == DOT_BF16
+            and hasattr(torch.ops.aten.mm, "dtype"))
+
+
+def dequantize_gemm(x2: torch.Tensor, planes: torch.Tensor, exponents: torch.Tensor, m: int, block_size: int,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """``x2 [M, K] (bf16) @ dequantize(planes, m)^T (+ bias) -> [M, N]`` bf16 for many rows of x: the weight
+    dequantized once to bf16 (exact for m <= 8: at most 8 significant bits, bf16's exponent range), then torch's
+    bf16 GEMM with an fp32 output (``aten::mm.dtype`` on a GPU: fp32 sums, no reduced-precision reduction; on CPU
+    tensors, for the tests, an fp32 matmul of the same exact operands), the bias added in fp32 and one rounding,
+    as the reference. Costs a transient ``[N, K]`` bf16 weight."""
+    w = dequantize_triton(planes, exponents, m, block_size, x2.shape[-1], torch.bfloat16)  # [N, K]
+    y = torch.mm(x2, w.t(), out_dtype=torch.float32) if x2.is_cuda else x2.float() @ w.float().t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x2.dtype)
+
+
 def linear_triton(x: torch.Tensor, planes: torch.Tensor, exponents: torch.Tensor, m: int, block_size: int,
                   bias: torch.Tensor | None = None, *, split_k: int | None = None,
                   dot: str | None = None) -> torch.Tensor:
@@ -577,7 +610,8 @@ def linear_triton(x: torch.Tensor, planes: torch.Tensor, exponents: torch.Tensor
     ``0 .. m`` and the exponents only. Within the fp32-summation bound of the reference (not bit-exact).
 
     Keyword-only knobs for tests and benches (the op never passes them): ``split_k`` (K slices) and ``dot``
-    (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"bf16_emulated"``; default :func:`dot_kind`).
+    (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"bf16_emulated"``; default :func:`dot_kind`); either one keeps the
+    fused kernel where :func:`takes_dequantize_gemm` would dequantize and call torch's GEMM instead.
     """
     device = x.device
     for name, t in (("planes", planes), ("exponents", exponents), ("bias", bias)):
@@ -590,6 +624,8 @@ def linear_triton(x: torch.Tensor, planes: torch.Tensor, exponents: torch.Tensor
     if M == 0 or N == 0:
         return out.reshape(*x.shape[:-1], N)
     x2 = x.reshape(M, K).contiguous()  # [M, K]
+    if dot is None and split_k is None and takes_dequantize_gemm(M, x.dtype, m, device.type):
+        return dequantize_gemm(x2, planes, exponents, m, block_size, bias).reshape(*x.shape[:-1], N)
     dot_id = None if dot is None else _DOT_NAMES[dot]
     kernel, ce, nw = linear_config(m, block_size, x.dtype, bias is not None, M, device.type, dot_id)
     if ce["DOT"] in (DOT_BF16, DOT_BF16_EMULATED) and (x.dtype != torch.bfloat16 or m > 8) or \
