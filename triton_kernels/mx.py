@@ -132,20 +132,14 @@ def _store_codes(codes_ptr, blk, bmask, mag, neg, NB: tl.constexpr, BS: tl.const
 
 
 @triton.jit
-def _negate_where(cond, v):
-    """fp32 ``v`` with its sign bit flipped where ``cond``: ``-0.0`` stays ``-0.0`` and NaN payloads are
-    kept. (Triton 3.6 lowers ``-v`` to ``0 - v``, which makes -(+0.0) = +0.0; 3.9 emits a real negation.)"""
-    return (v.to(tl.int32, bitcast=True) ^ (cond.to(tl.int32) << 31)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _fp_value(mag, MBITS: tl.constexpr, BIAS: tl.constexpr):
-    """Value (fp32, exact) of an FP element magnitude code (int32, < 2^(8 + MBITS)) without specials.
+def _fp_value(mag, MBITS: tl.constexpr, BIAS: tl.constexpr, sign=0):
+    """Value (fp32, exact) of an FP element magnitude code (int32, < 2^(8 + MBITS)) without specials; ``sign``:
+    0, or int32 bit 31 for a negative value (OR-ed in, so -0.0 stays -0.0).
 
     The magnitude shifted into fp32's exponent and mantissa fields reads as ``value * 2^-(127 - BIAS)`` (a
     subnormal code as an fp32 subnormal, which the GPU build does not flush: ``GPU_COMPILE_OPTIONS``), so one
     exact multiply by ``2^(127 - BIAS)`` gives the value: a shift and a multiply, no exponent arithmetic."""
-    return (mag << (23 - MBITS)).to(tl.float32, bitcast=True) * (2.0 ** (127 - BIAS))
+    return ((mag << (23 - MBITS)) | sign).to(tl.float32, bitcast=True) * (2.0 ** (127 - BIAS))
 
 
 # ----------------------------------------------------------------------------- quantize
@@ -252,20 +246,19 @@ def _mx_dequantize_kernel(codes_ptr, scales_ptr, g_ptr, out_ptr, n_blocks,
         val = raw.to(tl.float32)
     else:
         mag = raw & ((1 << SIGN_BIT) - 1)
-        val = _fp_value(mag, MBITS, BIAS)
-        if FP8_KIND == 1:  # S.1111.111 -> 0x7FF00000
-            val = tl.where(mag == 0x7F, tl.full(val.shape, 0x7FF00000, tl.int32).to(tl.float32, bitcast=True), val)
+        sign = (raw >> SIGN_BIT) << 31  # raw < 2^(SIGN_BIT + 1): the sign bit alone is left
+        val = _fp_value(mag, MBITS, BIAS, sign)
+        if FP8_KIND == 1:  # S.1111.111 -> 0x7FF00000 with the sign
+            val = tl.where(mag == 0x7F, (sign | 0x7FF00000).to(tl.float32, bitcast=True), val)
         if FP8_KIND == 2:  # exponent 31: Inf, or NaN with the mantissa kept and quieted
             m2 = mag & 3
-            special = 0x7F800000 | (m2 << 21) | tl.where(m2 != 0, 0x400000, 0)
+            special = sign | 0x7F800000 | (m2 << 21) | tl.where(m2 != 0, 0x400000, 0)
             val = tl.where(mag >= 0x7C, special.to(tl.float32, bitcast=True), val)
-        val = _negate_where(((raw >> SIGN_BIT) & 1) != 0, val)
     s = tl.load(scales_ptr + blk, mask=bmask, other=0).to(tl.int32)  # [NB] raw scale bytes
     if IS_NV:  # fp32 value * fp32(g * s)
-        s_mag = s & 0x7F
-        s_val = _fp_value(s_mag, 3, 7)
-        s_val = tl.where(s_mag == 0x7F, tl.full([NB], 0x7FF00000, tl.int32).to(tl.float32, bitcast=True), s_val)
-        s_val = _negate_where((s & 0x80) != 0, s_val)
+        s_mag, s_sign = s & 0x7F, (s >> 7) << 31
+        s_val = _fp_value(s_mag, 3, 7, s_sign)
+        s_val = tl.where(s_mag == 0x7F, (s_sign | 0x7FF00000).to(tl.float32, bitcast=True), s_val)
         d = tl.load(g_ptr) * s_val
         out = val * d[:, None]
     else:  # value * 2^(s - 127): one fp32 rounding; 2^-127 is the subnormal 0x00400000

@@ -6,8 +6,8 @@ H200 (docs/bench/gpu_h200.md) it ran 4096 x 4096 at 0.29-0.83x the speed of bf16
 slowest (their generic decode: exponent arithmetic per weight). Here a program owns ``BN`` weight rows and walks
 its K slice in steps of ``NBK`` sub-blocks of ``TB`` codes; each thread loads runs of contiguous code bytes,
 decodes them in registers and accumulates ``x * w`` with fused multiply-adds into an fp32 register tile shaped
-like the codes, summed over K once, at the end. Compiled for sm_90 (``bench/bench_mx_gemv_sass.py``): 1.1-1.35x
-fewer SASS instructions per weight in the K loop than the tensor-core kernel with the same decode (1.6-2.2x than
+like the codes, summed over K once, at the end. Compiled for sm_90 (``bench/bench_mx_gemv_sass.py``): 1.1-1.5x
+fewer SASS instructions per weight in the K loop than the tensor-core kernel with the same decode (1.6-2.4x than
 before that decode). Not yet timed on a GPU: ``bench/gpu_linear_splitk.py`` (in ``bench/gpu_check.sh``) does;
 ``GEMV_MAX_M = 0`` turns the GEMV off.
 

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from ..mx.formats import get_format
-from .mx import (_check_same_device, code_view, _fp_value, _negate_where, _store_f32, bf16_nan_bits, compile_options,
+from .mx import (_check_same_device, code_view, _fp_value, _store_f32, bf16_nan_bits, compile_options,
                  mx_dequantize_triton, mx_quantize_triton, output_kind)
 
 __all__ = ["mx_linear_triton", "weight_only_config", "dual_config", "dual_mode", "DUAL_MODES"]
@@ -67,10 +67,9 @@ def _nan_like(v):
 def _decode_scale(s, IS_NV: tl.constexpr):
     """Raw scale bytes (int32) -> fp32: E8M0 2^(s - 127) (0xFF NaN), or the E4M3 value (S.1111.111 NaN)."""
     if IS_NV:
-        mag = s & 0x7F
-        v = _fp_value(mag, 3, 7)
-        v = tl.where(mag == 0x7F, _nan_like(v), v)
-        v = _negate_where((s & 0x80) != 0, v)
+        mag, sign = s & 0x7F, (s >> 7) << 31
+        v = _fp_value(mag, 3, 7, sign)
+        v = tl.where(mag == 0x7F, (sign | 0x7FC00000).to(tl.float32, bitcast=True), v)
     else:  # 2^-127 is the fp32 subnormal 0x00400000
         v = tl.where(s == 0, 0x400000, s << 23).to(tl.float32, bitcast=True)
         v = tl.where(s == 255, _nan_like(v), v)
@@ -105,16 +104,13 @@ def _decode_values(raw, IS_INT: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.cons
                    FP8_KIND: tl.constexpr):
     """Element values (fp32, exact) of raw int32 codes of any shape; FP8_KIND 1 = e4m3fn NaN, 2 = e5m2 Inf/NaN.
 
-    FP: the magnitude shifted so that its exponent and mantissa land in fp32's fields reads as
-    ``value * 2^-(127 - BIAS)`` (subnormal codes as fp32 subnormals; the GPU build does not flush them:
-    ``GPU_COMPILE_OPTIONS``), so one multiply by ``2^(127 - BIAS)`` gives the value: shifts, masks and a multiply
-    instead of exponent arithmetic (sm_90 SASS: about half the instructions per weight). The sign is OR-ed in
-    as a bit, so -0.0 and the NaNs' signs are kept."""
+    FP: :func:`.mx._fp_value` (a shift and one multiply) with the sign OR-ed in as a bit, so -0.0 and the NaNs'
+    signs are kept (sm_90 SASS: about half the instructions per weight of the exponent arithmetic it replaced)."""
     if IS_INT:
         return raw.to(tl.float32)
     mag = raw & ((1 << SIGN_BIT) - 1)
     sign = (raw >> SIGN_BIT) << 31  # raw < 2^(SIGN_BIT + 1): the sign bit alone is left
-    val = ((mag << (23 - MBITS)) | sign).to(tl.float32, bitcast=True) * (2.0 ** (127 - BIAS))  # exact: a power of 2
+    val = _fp_value(mag, MBITS, BIAS, sign)
     if FP8_KIND == 1:  # e4m3fn: S.1111.111 is NaN
         val = tl.where(mag == 0x7F, (sign | 0x7FC00000).to(tl.float32, bitcast=True), val)
     if FP8_KIND == 2:  # e5m2: exponent 31 is +-Inf (mantissa 0) or NaN
