@@ -89,7 +89,8 @@ def _gemv_wo_kernel(x_ptr, codes_ptr, scales_ptr, g_ptr, bias_ptr, y_ptr, part_p
 def gemv_config(el_ce: dict, block_size: int, ce_tail: dict):
     """(kernel, constexprs without SPLIT_K, num_warps) of the GEMV launch (one row of x).
 
-    Tile: 128 threads x 32 code bytes (two 128-bit loads each: 64 four-bit or 32 eight-bit codes), 16 rows.
+    Tile: 16 rows; 128 threads x 32 code bytes per K step (64 four-bit or 32 eight-bit codes; compiled for sm_90,
+    mxfp4 with blocks of 32: four 64-bit loads per thread, as Triton splits a 16-byte sub-block row over 2 threads).
     """
     BN = 16
     BK = 512 if el_ce["PACKED"] else 256
