@@ -21,15 +21,12 @@ except ImportError:  # running from a source checkout without an install
 
 from leankern.mx.formats import FORMATS, get_format  # noqa: E402
 from leankern.triton_kernels import aot  # noqa: E402
-from leankern.triton_kernels.mx_linear import weight_only_config  # noqa: E402
 
 
 def row(fmt: str, gemv: bool, arch: int = 90) -> dict:
-    bs = get_format(fmt).default_block_size
-    fn, ce, nw = weight_only_config(fmt, bs, torch.bfloat16, torch.bfloat16, False, 1, "cuda", gemv=gemv)
-    types = dict(x_ptr="*bf16", codes_ptr=aot._code_ptr(fmt), scales_ptr="*u8", g_ptr="*fp32",
-                 **aot._linear_tail(torch.bfloat16))
-    spec = aot.KernelSpec(fmt, fn, types, dict(ce, SPLIT_K=4, EVEN_K=True), nw, "linear", div16=aot._LINEAR_DIV16)
+    spec = aot._linear_wo_spec(fmt, get_format(fmt).default_block_size, torch.bfloat16, 1, split_k=4, bias=False,
+                               gemv=gemv)  # as the launcher configures M = 1 on a GPU
+    ce, nw = spec.constexprs, spec.num_warps
     compiled = aot.compile_spec(spec, arch)
     loop = aot.loop_sass(compiled)
     per_thread = ce["BN"] * ce["BK"] / (32 * nw)  # weights one thread decodes per loop iteration

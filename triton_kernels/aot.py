@@ -673,16 +673,22 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def resource_usage(compiled, arch: int) -> dict:
-    """Registers (cubin), spill bytes and stack (ptxas -v on the same PTX), shared bytes."""
+def _cuobjdump(compiled, flag: str) -> str:
+    """``cuobjdump <flag>`` (Triton's bundled one) on the kernel's cubin: its stdout."""
     with tempfile.TemporaryDirectory() as tmp:
-        cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
+        cubin = os.path.join(tmp, "k.cubin")
         with open(cubin, "wb") as fh:
             fh.write(compiled.asm["cubin"])
+        return subprocess.run([_tool("cuobjdump"), flag, cubin], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(compiled, arch: int) -> dict:
+    """Registers (cubin), spill bytes and stack (ptxas -v on the same PTX), shared bytes."""
+    dump = _cuobjdump(compiled, "--dump-resource-usage")
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as fh:
             fh.write(compiled.asm["ptx"])
-        dump = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", cubin],
-                              capture_output=True, text=True, check=True).stdout
         gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
         log = subprocess.run([_tool("ptxas-blackwell" if arch >= 90 else "ptxas"), "-v", "--fmad=false",
                               "--regAllocOptLevel=2", f"--gpu-name={gpu}", ptx, "-o", os.path.join(tmp, "v.o")],
@@ -719,11 +725,7 @@ def loop_sass(compiled) -> dict:
     """The SASS of the kernel's longest loop (``cuobjdump -sass`` on the cubin; the span from a backward branch's
     target to the branch): ``{"instructions": n, "opcodes": {opcode: count}}``. A static count, for comparing
     kernels' work per element; it says nothing of stalls."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = os.path.join(tmp, "k.cubin")
-        with open(cubin, "wb") as fh:
-            fh.write(compiled.asm["cubin"])
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    sass = _cuobjdump(compiled, "-sass")
     ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,6})\*/\s+([^;]*);", sass)]
     best = []
     for addr, text in ins:

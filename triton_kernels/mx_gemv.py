@@ -30,12 +30,13 @@ GEMV_MAX_M = 1  # x rows up to which the GEMV runs by default (beyond: the tenso
 
 @triton.jit
 def _gemv_wo_kernel(x_ptr, codes_ptr, scales_ptr, g_ptr, bias_ptr, y_ptr, part_ptr, M, N, K, k_per_split,
-                    BN: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, TB: tl.constexpr, NBK: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, TB: tl.constexpr, NBK: tl.constexpr,
                     CB: tl.constexpr, SPLIT_K: tl.constexpr, IS_NV: tl.constexpr, IS_INT: tl.constexpr,
                     PACKED: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr, SIGN_BIT: tl.constexpr,
                     FP8_KIND: tl.constexpr, N_G: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_KIND: tl.constexpr,
                     BF16_NAN: tl.constexpr, EVEN_K: tl.constexpr):
-    """y [1, BN] (or the split's fp32 partial) = x [1, K slice] @ decode(W [BN, K slice])^T.
+    """y [1, BN] (or the split's fp32 partial) = x [1, K slice] @ decode(W [BN, K slice])^T (BM = 1: the launcher's
+    grid and split-K rule read it as for the tensor-core kernel).
 
     The K step is NBK sub-blocks of TB = min(BS, BK) elements (CB code bytes each), so a sub-block has one
     scale: codes [BN, NBK, CB], scales [BN, NBK] broadcast along the last dim (Triton moves the [BN, NBK]
@@ -95,7 +96,7 @@ def gemv_config(el_ce: dict, block_size: int, ce_tail: dict):
     BN = 16
     BK = 512 if el_ce["PACKED"] else 256
     TB = min(block_size, BK)
-    ce = dict(BN=BN, BK=BK, BS=block_size, TB=TB, NBK=BK // TB, CB=TB // 2 if el_ce["PACKED"] else TB,
+    ce = dict(BM=1, BN=BN, BK=BK, BS=block_size, TB=TB, NBK=BK // TB, CB=TB // 2 if el_ce["PACKED"] else TB,
               **{k: el_ce[k] for k in ("IS_NV", "IS_INT", "PACKED", "MBITS", "BIAS", "SIGN_BIT", "FP8_KIND")},
               N_G=0, **ce_tail)
     return _gemv_wo_kernel, ce, 4

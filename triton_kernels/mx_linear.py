@@ -434,14 +434,13 @@ def dual_config(act_fmt: str, fmt: str, block_size: int, mode: str, out_dtype: t
 # ----------------------------------------------------------------------------- launchers
 def _launch(kernel, ce, nw, args, M, N, K, BK, device, out, split_k, g1, g2, n_g, bias, waves=None):
     """Main kernel (+ the split-K reduction); ``args`` are the kernel's leading pointer arguments."""
-    BM = ce.get("BM", 1)  # the GEMV (mx_gemv) has one row
-    split, k_per_split = _split_k(M, N, K, BM, ce["BN"], BK, device, split_k, waves)
+    split, k_per_split = _split_k(M, N, K, ce["BM"], ce["BN"], BK, device, split_k, waves)
     if "EVEN_K" in ce:  # no K tail in any slice: unmasked (vectorised) K loads
         ce = dict(ce, EVEN_K=K % k_per_split == 0 and k_per_split % BK == 0)
     part = torch.empty((split, M, N) if split > 1 else (1,), dtype=torch.float32, device=device)
     out_view = out.view(torch.int16) if out.dtype == torch.bfloat16 else out
     bias_t = bias if bias is not None else part
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, ce["BN"]), split)
+    grid = (triton.cdiv(M, ce["BM"]), triton.cdiv(N, ce["BN"]), split)
     kernel[grid](*args, bias_t, out_view, part, M, N, K, k_per_split, SPLIT_K=split, **ce, num_warps=nw,
                  **compile_options(device))
     if split > 1:
@@ -460,8 +459,9 @@ def _weight_only(x2, codes, scales, g, fmt, block_size, bias, out, split_k=None,
     args = (x2, code_view(codes, fmt), scales.view(torch.uint8), g)
     # GPU decode with the bf16 dot: >= 4 waves of programs. Measured on an H200 (bench/gpu_linear_splitk.py,
     # M = 1 / 16): 1.15-1.22x faster than the 2-wave rule for W 14336 x 4096 (SPLIT_K 4 vs 1), 0.97-1.2x at 4096^2.
-    # The GEMV (no BF16_DOT key) takes the same rule, not measured on a GPU yet.
-    waves = 4 if x2.device.type == "cuda" and ce.get("BF16_DOT", True) and M <= 16 else None
+    # The GEMV takes the same rule, not measured on a GPU yet.
+    gemv_kernel = kernel is not _linear_wo_kernel
+    waves = 4 if x2.device.type == "cuda" and (gemv_kernel or ce["BF16_DOT"]) and M <= 16 else None
     _launch(kernel, ce, nw, args, M, N, K, ce["BK"], x2.device, out, split_k, g, g, ce["N_G"], bias, waves)
 
 

@@ -596,7 +596,7 @@ def dequantize_gemm(x2: torch.Tensor, planes: torch.Tensor, exponents: torch.Ten
     w = dequantize_triton(planes, exponents, m, block_size, x2.shape[-1], torch.bfloat16)  # [N, K]
     y = torch.mm(x2, w.t(), out_dtype=torch.float32) if x2.is_cuda else x2.float() @ w.float().t()
     if bias is not None:
-        y = y + bias.float()
+        y += bias.float()
     return y.to(x2.dtype)
 
 
@@ -620,12 +620,12 @@ def linear_triton(x: torch.Tensor, planes: torch.Tensor, exponents: torch.Tensor
     K, N = x.shape[-1], planes.shape[1]
     Kw = planes.shape[2]
     M = math.prod(x.shape[:-1])
-    out = torch.empty((M, N), dtype=x.dtype, device=device)
     if M == 0 or N == 0:
-        return out.reshape(*x.shape[:-1], N)
+        return torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=device)
     x2 = x.reshape(M, K).contiguous()  # [M, K]
     if dot is None and split_k is None and takes_dequantize_gemm(M, x.dtype, m, device.type):
         return dequantize_gemm(x2, planes, exponents, m, block_size, bias).reshape(*x.shape[:-1], N)
+    out = torch.empty((M, N), dtype=x.dtype, device=device)
     dot_id = None if dot is None else _DOT_NAMES[dot]
     kernel, ce, nw = linear_config(m, block_size, x.dtype, bias is not None, M, device.type, dot_id)
     if ce["DOT"] in (DOT_BF16, DOT_BF16_EMULATED) and (x.dtype != torch.bfloat16 or m > 8) or \
