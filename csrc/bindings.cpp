@@ -204,8 +204,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Returns the previous value.");
   m.def("sefp_packed_bf16_kernel", &leankern::sefp::packed_vbmi_supported,
         "Whether sefp_packed_linear has its bf16 kernels here (bf16 x, AVX512-BF16 with VBMI, the avx512bf16 ISA "
-        "active); elsewhere it decodes rows to fp32 portably, slower than sefp_linear on the planes "
-        "(leankern.nn.SEFPLinear then serves from the planes).");
+        "active); elsewhere its AVX2 kernels (sefp_packed_avx2_kernel) or, on the scalar ISA, a portable decoder.");
+  m.def("sefp_packed_avx2_kernel", &leankern::sefp::packed_avx2_supported,
+        "Whether sefp_packed_linear has its AVX2 kernels here (AVX2 + FMA, an ISA of avx2 or above active): any x "
+        "dtype where the bf16 kernels do not take it; from 2 to 32 x rows faster than sefp_linear on the planes "
+        "(leankern.nn.SEFPLinear then serves those from the packed copy), one row 0.76-1.10x (docs/sefp.md).");
   m.def("sefp_set_panel_rows", &leankern::sefp::set_panel_rows, py::arg("rows"), py::arg("packed") = false,
         "Tuning hook: sefp_linear (packed=True: sefp_packed_linear) with bf16 x, no bias, on an AVX512-BF16 CPU with "
         "VBMI (and GFNI for sefp_linear) but no AMX decodes bf16 panels for torch's bf16 GEMM from this many x rows "

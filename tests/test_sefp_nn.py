@@ -299,7 +299,13 @@ def test_sefp_linear_pack_serves_the_packed_copy_at_its_width_only():
     planes_y = mod(x)
     assert mod.pack() is mod and mod.packed.m == 5 and "packed copy at m=5" in repr(mod)
     assert mod.packed.exponents is mod.exponents
-    assert mod.serves_packed(x) == leankern.extension().sefp_packed_bf16_kernel()  # (this CPU's bf16 kernels)
+    ext = leankern.extension()
+    # this CPU's kernels: bf16 (AVX512-BF16 + VBMI) for any bf16 x, AVX2 for 2-32 rows of any dtype
+    assert mod.serves_packed(x) == (ext.sefp_packed_bf16_kernel() or ext.sefp_packed_avx2_kernel())
+    one_row = x[:1]
+    assert mod.serves_packed(one_row) == ext.sefp_packed_bf16_kernel()  # one row: the planes on AVX2
+    assert mod.serves_packed(x.float()) == ext.sefp_packed_avx2_kernel()
+    assert mod.serves_packed(torch.randn(33, 80).float()) is False  # past the AVX2 GEMV's rows: the planes
     want = sefp.linear(x, mod.weight.packed(5), bias=mod.bias) if mod.serves_packed(x) else planes_y
     assert torch.equal(mod(x), want)  # forward went through the packed op (where it serves)
     assert_sefp_linear((x, mod.planes, mod.exponents, 5, 32, mod.bias), mod(x))
@@ -343,16 +349,23 @@ def test_load_state_dict_rebuilds_the_packed_copy_from_the_loaded_planes():
     assert torch.equal(dst.packed.codes, src.weight.packed(3).codes)
 
 
-def test_packed_layer_serves_fp32_x_from_the_planes():
-    """fp32 / fp16 x on CPU: the packed op has no fast kernel for them (rows decoded to fp32 portably, ~20x the
-    planes' GEMV time), so forward reads the planes: bit for bit the unpacked layer's result."""
+def test_packed_layer_serves_fp32_x_by_rows():
+    """fp32 / fp16 x on CPU: 2-32 rows read the packed copy where its AVX2 kernel runs (faster there than the planes'
+    multi-row GEMV), one row (and any x without that kernel) the planes: bit for bit the unpacked layer's result."""
     mod = SEFPLinear.from_linear(_linear(bias=True), m_max=8, m=5)
+    avx2 = leankern.extension().sefp_packed_avx2_kernel()
     for dtype in (torch.float32, torch.float16):
-        x = torch.randn(3, 80, generator=torch.Generator().manual_seed(4)).to(dtype)
-        planes_y = mod(x)
-        mod.pack()
-        assert not mod.serves_packed(x) and torch.equal(mod(x), planes_y)
-        mod.unpack()
+        for M in (1, 3):
+            x = torch.randn(M, 80, generator=torch.Generator().manual_seed(4)).to(dtype)
+            planes_y = mod(x)
+            mod.pack()
+            if M > 1 and avx2:
+                assert mod.serves_packed(x)
+                assert torch.equal(mod(x), sefp.linear(x, mod.weight.packed(5), bias=mod.bias))
+                assert_sefp_linear((x, mod.planes, mod.exponents, 5, 32, mod.bias), mod(x))
+            else:
+                assert not mod.serves_packed(x) and torch.equal(mod(x), planes_y)
+            mod.unpack()
 
 
 def test_set_precision_packed_builds_each_layers_copy_and_rejects_wide_widths():

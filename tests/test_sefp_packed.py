@@ -3,7 +3,8 @@
 * layout: the fields against an independent bit-by-bit oracle built from the planes; the copy dequantizes to the
   planes' m-bit weight bit for bit (every m, block size, K padded or not); bytes per weight.
 * sefp_packed_linear: C++ under every ISA this CPU runs (the VBMI GEMV for bf16 x up to 16 rows on avx512bf16, the
-  portable decode elsewhere and from 17 rows) within the shared derived bound of the exact product; the reference
+  AVX2 GEMV up to 32 rows and its decoder for the panels beyond on avx2 and above otherwise, the portable decode on
+  scalar) within the shared derived bound of the exact product; the reference
   likewise; the last unit of a row never reads past the row (codes placed against a guard page); bad arguments.
 * sefp.linear over the copy: gradients, torch.compile, the layout / width errors.
 * The Triton kernel (triton_kernels/sefp_packed.py; the interpreter without a GPU) within the same bound.
@@ -125,7 +126,7 @@ def test_linear_matches_the_exact_product(isa, dtype):
     bias = torch.randn(N, generator=gen).to(dtype)
     for m in range(1, 8):
         p = t.packed(m)
-        for M in (1, 2, 3, 4, 5, 7, 16, 17, 40):  # the GEMV's row groups (4, 2, 1), its limit, the panels
+        for M in (1, 2, 3, 4, 5, 7, 16, 17, 32, 33, 40):  # the GEMVs' row groups (4, 2, 1), their limits, the panels
             x = torch.randn(M, K, generator=gen).to(dtype)
             b = bias if (M + m) % 2 else None
             with leankern.use_backend("cpp"):
@@ -164,6 +165,52 @@ def test_bf16_decode_once_tile(isa, decoded_rows):
     finally:
         assert EXT.sefp_set_decoded_rows(before, packed=True) == decoded_rows
         assert EXT.sefp_set_panel_rows(panels, packed=True) == 1 << 30
+
+
+def test_every_field_in_every_unit_position(isa):
+    """Codes built field by field (not by a quantizer): at every width each field value (2^(1 + m) of them, both
+    signed zeros included) lands in every position of the row across the rows, the granule of the AVX2 kernel's
+    fronts (packed_gemv_avx2.cpp: one table for m = 1 and 3, the sign-byte form for m = 7, the shift-multiply form
+    for the others). Exponents -6..6 and empty blocks; K = 96 (three units: the two-unit step and its odd tail), one
+    to five x rows (the row groups) and 33 (its decoder and the panels)."""
+    gen = torch.Generator().manual_seed(21)
+    N, K = 256, 96
+    for m in range(1, 8):
+        B = 1 + m
+        # field (n + 37 k + random) mod 2^B: every value in every position k over the 2^B consecutive rows
+        fields = (torch.arange(N)[:, None] + 37 * torch.arange(K) + torch.randint(0, 256, (1, K), generator=gen)) % 2**B
+        bits = (fields[:, :, None] >> torch.arange(B)) & 1  # [N, K, B], little-endian
+        codes = (bits.reshape(N, -1, 8) << torch.arange(8)).sum(-1).to(torch.uint8)
+        exps = torch.randint(-6, 7, (N, K // 32), generator=gen).to(torch.int8)
+        exps[::7, 1] = -128
+        p = SEFPPacked(codes, exps, m, (N, K), torch.float32, 32)
+        assert torch.equal(unpack_fields(codes, m).long(), fields)  # the packing above is the layout's
+        for M in (1, 2, 3, 4, 5, 33):
+            x = torch.randn(M, K, generator=gen)
+            with leankern.use_backend("cpp"):
+                y = OPS.sefp_packed_linear(x, p.codes, p.exponents, m, 32, None)
+            _check(y, x, p, None)
+
+
+def test_decode_once_slabs(isa):
+    """5-32 x rows on the AVX2 kernel (other ISAs: their own paths): each weight decoded once per K slab (x rows of
+    a slab <= 192 KB) into 4-row blocks swept by 3-row tiles. K = 2,080 (65 units) with 32 rows: two slabs (48 and
+    17 units); N = 39: row blocks of 4 and a tail of 3; 5 / 7 rows: tiles of 3 + 2 and 3 + 3 + 1; with and without a
+    bias; blocks scaled by 2^-124 next to normal ones (the two-factor scales folded into the decoded weights)."""
+    gen = torch.Generator().manual_seed(23)
+    N, K = 39, 2080
+    w = torch.randn(N, K, generator=gen)
+    w[4:8, :256] *= 2.0**-124
+    t = sefp.quantize(w, m_max=8)
+    bias = torch.randn(N, generator=gen)
+    for m in (1, 3, 4, 7):
+        p = t.packed(m)
+        for M in (5, 7, 32):
+            x = torch.randn(M, K, generator=gen)
+            b = bias if M % 2 else None
+            with leankern.use_backend("cpp"):
+                y = OPS.sefp_packed_linear(x, p.codes, p.exponents, m, 32, b)
+            _check(y, x, p, b)
 
 
 def test_reference_matches_the_exact_product():
@@ -304,7 +351,7 @@ def test_last_unit_never_reads_past_the_codes(isa):
             codes.copy_(p.codes.flatten())
             exps, keep_e = _guarded(p.exponents.numel())
             exps.copy_(p.exponents.flatten().view(torch.uint8))
-            for M in (1, 3):
+            for M in (1, 3, 33):  # (33: the panels' decoder on avx2)
                 x = torch.randn(M, K, generator=gen).bfloat16()
                 y = OPS.sefp_packed_linear(x, codes.view(p.codes.shape), exps.view(torch.int8).view(p.exponents.shape),
                                            m, 32, None)

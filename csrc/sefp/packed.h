@@ -38,5 +38,19 @@ bool packed_vbmi_supported();
 // the caller checks. Needs packed_vbmi_supported().
 void decode_packed_bf16_vbmi(const PackedW& W, int64_t n0, int64_t n1, uint16_t* out, int64_t ldo);
 
+// The AVX2 + FMA kernels (packed_gemv_avx2.cpp) for x of any dtype widened to fp32, where the VBMI ones do not run.
+// They read x in their own order: inside every unit of kPackedAvx2Unit weights, position i holds element order[i]
+// of the unit (packed_avx2_order(m, order), 32 entries); x rows are zero padded to Kp.
+constexpr int kPackedAvx2Unit = 32;
+bool packed_avx2_supported();  // AVX2 + FMA on the CPU and an active ISA of avx2 or above
+void packed_avx2_order(int m, int16_t* order);
+// y[r * ldy + n] = sum_k x[r * ldx + k] w[n, k] (x in the order above; fp32 products and sums) for r < R, n in
+// [n0, n1).
+void gemv_packed_avx2(const PackedW& W, const float* x, int64_t R, int64_t ldx, int64_t n0, int64_t n1, float* y,
+                      int64_t ldy);
+// Rows [n0, n1) as exact fp32 weights (the reference's dequantized values) in the order above: out[(n - n0) * ldo +
+// k], k < Kp.
+void decode_packed_avx2(const PackedW& W, int64_t n0, int64_t n1, float* out, int64_t ldo);
+
 }  // namespace sefp
 }  // namespace leankern

@@ -5,15 +5,19 @@
 //       (packed_gemv_vbmi.cpp), the weights streamed once, decoded in registers (from decoded_rows(true) x rows: 4 rows
 //       at a time into L1, then 4 x 4 tiles), exact bf16 products, fp32 sums;
 //     more rows, no bias, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM;
-//   otherwise: rows decoded to fp32 (exact) by the portable decoder below, then a dot product per x row (few rows) or
-//     panels of kPanelN decoded rows and at::mm_out in fp32 (many rows).
+//   otherwise, on a CPU with AVX2 + FMA (packed_gemv_avx2.cpp): up to kPackedAvx2GemvRows x rows its GEMV (x widened to
+//     fp32 in the kernel's order, weights decoded in registers), more rows panels of kPanelN rows decoded to exact
+//     fp32 by its decoder and at::mm_out in fp32;
+//   otherwise: the same two forms with the portable decoder below (rows decoded to fp32, a dot product per x row).
 // Sums are fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <optional>
 #include <vector>
 
@@ -32,6 +36,9 @@ namespace {
 
 constexpr int64_t kPackedGemvRows = 16;  // x rows the VBMI GEMV takes on CPUs with AMX
 constexpr int64_t kPanelN = 128;         // weight rows per decoded fp32 panel of the many-rows path
+// x rows the AVX2 GEMV takes, as the planes' kPanelRows: 4096 x 4096, cold, 2-core Zen 3, m = 3 / 7, even its form
+// without decode-once ran 24 / 32 rows in 15-18 / 17-20 ms against the panels' 24-29 / 33-37; 64 rows: host noise
+constexpr int64_t kPackedAvx2GemvRows = 32;
 constexpr int64_t kInlineWeights = 1 << 13;  // weights up to which the portable GEMV stays on one thread (~10 us)
 
 // ops.check_packed
@@ -202,15 +209,27 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
     }
     return out;
   } else {
+    // x as fp32, zero padded to Kp, in the AVX2 kernels' order where they run (packed.h), else natural
+    const bool avx2 = packed_avx2_supported();
+    std::array<int16_t, kPackedAvx2Unit> order;
+    if (avx2)
+      packed_avx2_order(static_cast<int>(m), order.data());
+    else
+      std::iota(order.begin(), order.end(), static_cast<int16_t>(0));
     at::Tensor xf = at::empty({M, W.Kp}, x.options().dtype(at::kFloat));
     float* xp = xf.data_ptr<float>();
     const char* src = static_cast<const char*>(x2.data_ptr());
     for (int64_t r = 0; r < M; ++r)
-      for (int64_t k = 0; k < W.Kp; ++k) xp[r * W.Kp + k] = k < K ? load_f32(src, dt, r * K + k) : 0.0f;
-    if (M <= kPackedGemvRows) {
+      for (int64_t k0 = 0; k0 < W.Kp; k0 += kPackedAvx2Unit)
+        for (int i = 0; i < kPackedAvx2Unit; ++i) {
+          const int64_t k = k0 + order[i];
+          xp[r * W.Kp + k0 + i] = k < K ? load_f32(src, dt, r * K + k) : 0.0f;
+        }
+    if (M <= (avx2 ? kPackedAvx2GemvRows : kPackedGemvRows)) {
       // (a small weight runs on the calling thread: waking the other costs more than its share of the rows)
       const int64_t chunk = N * W.Kp <= kInlineWeights ? N : cpu::streaming_chunk(N, 16);
       cpu::parallel_chunks(N, chunk, [&](int64_t n0, int64_t n1) {
+        if (avx2) return gemv_packed_avx2(W, xp, M, W.Kp, n0, n1, yp, N);
         std::vector<float> row(W.Kp);
         for (int64_t n = n0; n < n1; ++n) {
           decode_row(W, n, row.data());
@@ -218,11 +237,13 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
         }
       });
     } else {
+      // exact fp32 panels in x's order (the product is the same sum over k, permuted)
       at::Tensor panel = at::empty({std::min(kPanelN, N), W.Kp}, xf.options());
       float* pp = panel.data_ptr<float>();
       for (int64_t n0 = 0; n0 < N; n0 += kPanelN) {
         const int64_t nb = std::min(kPanelN, N - n0);
         cpu::parallel_chunks(nb, 8, [&](int64_t a, int64_t b) {
+          if (avx2) return decode_packed_avx2(W, n0 + a, n0 + b, pp + a * W.Kp, W.Kp);
           for (int64_t i = a; i < b; ++i) decode_row(W, n0 + i, pp + i * W.Kp);
         });
         at::Tensor cols = y32.narrow(1, n0, nb);

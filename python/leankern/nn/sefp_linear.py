@@ -28,6 +28,8 @@ from .quant_linear import bias_for, meta_mismatch
 
 __all__ = ["SEFPLinear", "set_precision"]
 
+_PACKED_AVX2_MAX_ROWS = 32  # the AVX2 GEMV's limit (csrc/sefp/packed_cpu.cpp kPackedAvx2GemvRows); panels beyond
+
 
 def _check_width(name: str, m, m_max: int) -> int:
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= m_max:
@@ -160,19 +162,23 @@ class SEFPLinear(nn.Module):
     @property
     def packed(self) -> "sefp.SEFPPacked | None":
         """The single-width packed copy built by :meth:`pack` (None if none); forward serves from it while
-        ``m`` equals its width (on CPU: for bf16 x where the packed op has its bf16 kernels, see
-        :meth:`serves_packed`), and from the planes otherwise."""
+        ``m`` equals its width (on CPU where the packed op is the faster one for x, see :meth:`serves_packed`), and
+        from the planes otherwise."""
         return getattr(self, "_packed", None)
 
     def serves_packed(self, x: torch.Tensor) -> bool:
-        """Whether forward(x) reads the packed copy. On CPU only bf16 x on a CPU where ``sefp_packed_linear`` has
-        its bf16 kernels (AVX512-BF16 + VBMI, ``leankern._C.sefp_packed_bf16_kernel()``, asked once when the copy
-        is built): elsewhere it decodes rows to fp32 portably, ~7x slower than the planes' GEMV (fp32 x, 4096 x
-        4096, M = 1 on Zen 4: 5.1 ms against 0.7)."""
+        """Whether forward(x) reads the packed copy. On CPU: bf16 x where ``sefp_packed_linear`` has its bf16
+        kernels (AVX512-BF16 + VBMI, ``leankern._C.sefp_packed_bf16_kernel()``), and 2-32 rows of x of any dtype where
+        it has its AVX2 kernels (``leankern._C.sefp_packed_avx2_kernel()``; both asked once when the copy is built):
+        there the packed copy ran 1.45-2.2x the planes' speed at 4 rows, 0.91-1.21x at 16, 1.27-2.4x at 32, but
+        0.76-1.10x at one row (AVX2 Zen 3, docs/results/sefp.md), so single rows read the planes."""
         p = self.packed
         if p is None or p.m != self._m:
             return False
-        return x.device.type != "cpu" or (x.dtype == torch.bfloat16 and getattr(self, "_cpu_packed_bf16", False))
+        if x.device.type != "cpu" or (x.dtype == torch.bfloat16 and getattr(self, "_cpu_packed_bf16", False)):
+            return True
+        rows = x.numel() // max(1, x.shape[-1])
+        return getattr(self, "_cpu_packed_avx2", False) and 2 <= rows <= _PACKED_AVX2_MAX_ROWS
 
     def pack(self, m: int | None = None) -> "SEFPLinear":
         """Build the single-width packed copy at width ``m`` (default: the current one; 1..7) and serve from it
@@ -184,6 +190,7 @@ class SEFPLinear(nn.Module):
         self._packed = self.weight.packed(m)
         ext = extension()
         self._cpu_packed_bf16 = bool(ext is not None and ext.sefp_packed_bf16_kernel())
+        self._cpu_packed_avx2 = bool(ext is not None and ext.sefp_packed_avx2_kernel())
         return self
 
     def unpack(self) -> "SEFPLinear":
