@@ -170,7 +170,7 @@ class SEFPLinear(nn.Module):
         """Whether forward(x) reads the packed copy. On CPU: bf16 x where ``sefp_packed_linear`` has its bf16
         kernels (AVX512-BF16 + VBMI, ``leankern._C.sefp_packed_bf16_kernel()``), and 2-32 rows of x of any dtype where
         it has its AVX2 kernels (``leankern._C.sefp_packed_avx2_kernel()``; both asked once when the copy is built):
-        there the packed copy ran 1.45-2.2x the planes' speed at 4 rows, 0.91-1.21x at 16, 1.27-2.4x at 32, but
+        there the packed copy ran 1.07-1.44x the planes' speed at 2-4 rows, 0.91-1.21x at 16, 1.27-2.4x at 32, but
         0.76-1.10x at one row (AVX2 Zen 3, docs/results/sefp.md), so single rows read the planes."""
         p = self.packed
         if p is None or p.m != self._m:
