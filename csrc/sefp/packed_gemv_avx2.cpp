@@ -116,8 +116,7 @@ GeneralFront general_front(int B) {
 template <int B>
 struct Front {
   static constexpr int M = B - 1;
-  static constexpr int kUnitBytes = 4 * B;
-  __m256i c0, c1, c2, c3;  // per-B constants (see decode)
+  __m256i c0, c1, c2;  // per-B constants (see decode)
   GeneralFront g;
 
   LK_T Front() {
