@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "sefp/hsum_avx2.h"
 #include "sefp/kernels.h"
 
 namespace leankern {

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common/cpu_features.h"
+#include "sefp/hsum_avx2.h"
 #include "sefp/packed.h"
 
 namespace leankern {
@@ -209,13 +210,6 @@ const Scales& scales(int m) {
   return t[m];
 }
 
-LK_T float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // The unit at code byte offset `off` of row `row`: the last unit of a row goes through a zero-padded copy when the
 // front reads past its 4 B bytes (the general form: 16 bytes at 2 B), so no load leaves the row.
 template <int B>
@@ -272,7 +266,7 @@ LK_T void gemv_rows(const PackedW& W, const Front<B>& fr, const Back& bk, const 
       bk.widen(fr.decode(unit_ptr<B>(row, u * 4 * B, W.row_bytes, pad)), f);
       unit_fma<RB>(f, x + u * kPackedAvx2Unit, ldx, sc, ex[u >> W.gs] + 128, t0);
     }
-    for (int r = 0; r < RB; ++r) y[r * ldy + n] = hsum(_mm256_add_ps(t0[r], t1[r]));
+    for (int r = 0; r < RB; ++r) y[r * ldy + n] = hsum256(_mm256_add_ps(t0[r], t1[r]));
   }
 }
 
@@ -351,7 +345,8 @@ LK_T void gemv_decoded(const PackedW& W, const Front<B>& fr, const Back& bk, con
     }
   }
   for (int64_t n = n0; n < n1; ++n)
-    for (int64_t r = 0; r < R; ++r) y[r * ldy + n] = hsum(_mm256_loadu_ps(tot_buf.data() + 8 * ((n - n0) * R + r)));
+    for (int64_t r = 0; r < R; ++r)
+      y[r * ldy + n] = hsum256(_mm256_loadu_ps(tot_buf.data() + 8 * ((n - n0) * R + r)));
 }
 
 template <int B>

@@ -185,13 +185,6 @@ LK_TI void block_index(const Codec<M>& cd, int gs, __m256i* bidx) {
   for (int v = 0; v < 4; ++v) bidx[v] = _mm256_srlv_epi32(cd.lane_word[v], _mm256_set1_epi32(gs));
 }
 
-LK_TI float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // One chunk of one row, decoded to 32 vectors: w[4j + v] (times 2^-kShift).
 template <int M>
 LK_TI void decode_chunk(const Codec<M>& cd, const Planes& P, int64_t n, int64_t c, __m256* w) {
@@ -247,7 +240,7 @@ LK_T void gemv1(const Planes& P, const float* x, int64_t n0, int64_t n1, float* 
       fma_chunk<M>(cd, r, s, x + c * kChunk, acc);
       tot = add_scaled<M>(P, n, c, bidx, acc, tot);
     }
-    y[n] = hsum(tot);
+    y[n] = hsum256(tot);
   }
 }
 
@@ -302,7 +295,7 @@ LK_T void gemv_few(const Planes& P, const float* x, int64_t ldx, int64_t n0, int
         for (int v = 0; v < 4; ++v) tot[i][0] = _mm256_fmadd_ps(_mm256_mul_ps(acc[v], s1[v]), s2[v], tot[i][0]);
       }
     }
-    for (int i = 0; i < R; ++i) y[i * ldy + n] = hsum(_mm256_add_ps(tot[i][0], tot[i][1]));
+    for (int i = 0; i < R; ++i) y[i * ldy + n] = hsum256(_mm256_add_ps(tot[i][0], tot[i][1]));
   }
 }
 
@@ -415,7 +408,7 @@ LK_T void gemv_rows(const Planes& P, const float* x, int64_t R, int64_t ldx, int
       }
       if (c1 == nchunks)
         for (int t = 0; t < nb; ++t)
-          for (int64_t i = 0; i < R; ++i) y[i * ldy + nb0 + t] = hsum(_mm256_loadu_ps(tot + 8 * (t * R + i)));
+          for (int64_t i = 0; i < R; ++i) y[i * ldy + nb0 + t] = hsum256(_mm256_loadu_ps(tot + 8 * (t * R + i)));
     }
   }
 }
