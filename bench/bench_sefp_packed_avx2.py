@@ -9,6 +9,14 @@ timed in turn within each repeat (medians), weights cold (each call takes the ne
 harness.COLD_BYTES). ``GB/s`` = the packed copy's bytes read ((1 + m) / 8 per weight + the exponents) / time; ``rd``
 = ``torch.sum`` over 256 MiB at the start and the end of the run. Every output is checked against the planes' before
 timing. Meaningful on a CPU without AVX512-BF16 + VBMI (there bf16 x takes the VBMI kernel instead).
+
+``python bench/bench_sefp_packed_avx2.py --limits [REPEATS] [m,m,...] [M,M,...]`` (default 5 repeats, m = 3, 7,
+M = 32, 48, 64, 96, 128): the row
+limits instead, both sides of each at rows around it (the tuning hooks ``sefp_set_packed_avx2_rows`` and
+``sefp_set_panel_rows_f32`` set around each call, the two sides timed in turn), on all three shapes: from how many x
+rows the packed kernel decodes each weight once per K slab (against the 4-row groups that decode it again per 4 x
+rows), and up to how many the packed copy's and the planes' GEMVs run (against decoded fp32 panels and torch's
+GEMM).
 """
 import os
 import statistics
@@ -40,28 +48,109 @@ def _on_scalar(fn):
         ext.set_cpu_isa(before)
 
 
+def _packed_nbytes(w: SEFPTensor, m: int) -> int:
+    """The packed copy's bytes (sign + m bits per weight, the exponents), without building one."""
+    N, K = w.shape
+    return N * K * (1 + m) // 8 + w.exponents.numel()
+
+
+def _start(repeats: int, columns: str):
+    """Print the run's header and the table's; return the bandwidth probe's buffer."""
+    big = read_buffer()
+    print(f"{cpu_model()} | ISA {cpu_isa()} | torch {torch.__version__}, {torch.get_num_threads()} threads | "
+          f"repeats {repeats} | read bandwidth {read_gbps(big):.1f} GB/s at the start")
+    print(columns)
+    print("|" + "---|" * (columns.count("|") - 1))
+    return big
+
+
+def _shapes():
+    """(N, K, generator, weights quantized once at m_max = 8) for every shape."""
+    for N, K in SHAPES:
+        g = torch.Generator().manual_seed(N + K)
+        yield N, K, g, sefp.quantize(torch.randn(N, K, generator=g) * 0.02, m_max=8)
+
+
+def _planes_copies(w0: SEFPTensor) -> list:
+    """Copies of the planes filling harness.COLD_BYTES (each call reads the next: weights from memory)."""
+    return cold_copies(lambda: SEFPTensor(w0.planes.clone(), w0.exponents.clone(), w0.shape, w0.dtype, w0.block_size),
+                       w0.planes.numel() * 4 + w0.exponents.numel())
+
+
 def _ints(arg, default):
     return tuple(int(a) for a in arg.split(",")) if arg else default
 
 
+def _with_hooks(hooks, fn):
+    """fn() run with tuning hooks set: hooks = [(setter, args), ...], each setter returning what it replaced (restored
+    after)."""
+    befores = [(setter, setter(*args)) for setter, args in hooks]
+    try:
+        return fn()
+    finally:
+        for setter, before in reversed(befores):
+            setter(*(before if isinstance(before, tuple) else (before,)))
+
+
+def _limit_cases(ext):
+    """(M, [(side, hooks), (side, hooks)], planes?): each limit's two sides at rows next to it; planes? = the planes'
+    GEMV / panels (sefp_linear at m) instead of the packed copy's."""
+    groups_once = [("row groups", [(ext.sefp_set_packed_avx2_rows, (32, 1 << 30))]),
+                   ("decode-once", [(ext.sefp_set_packed_avx2_rows, (32, 1))])]
+    packed_gp = [("GEMV", [(ext.sefp_set_packed_avx2_rows, (1 << 30, 5))]),
+                 ("panels", [(ext.sefp_set_packed_avx2_rows, (0, 5))])]
+    planes_gp = [("GEMV", [(ext.sefp_set_panel_rows_f32, (1 << 30,))]),
+                 ("panels", [(ext.sefp_set_panel_rows_f32, (0,))])]
+    return (tuple((M, groups_once, False) for M in LIMIT_ROWS[0])
+            + tuple((M, packed_gp, False) for M in LIMIT_ROWS[1])
+            + tuple((M, planes_gp, True) for M in LIMIT_ROWS[1]))
+
+
+LIMIT_ROWS = ((4, 5, 8), (32, 48, 64, 96, 128))  # (decode-once rows, GEMV / panels rows: the --limits 4th argument)
+
+
+def limits(repeats: int, widths) -> int:
+    """``--limits``: both sides of the AVX2 kernel's two row limits (decode-once from 5 x rows, the GEMV up to 32)
+    and of the planes' GEMV / panels limit (32), timed in turn (the tuning hooks set around each call) on every
+    shape."""
+    ext = leankern.extension()
+    if not ext.sefp_packed_avx2_kernel():
+        print("the AVX2 packed kernel does not run here (sefp_packed_avx2_kernel() is False)")
+        return 1
+    big = _start(repeats, "| W [N, K] | m | weights | M | first / second | first us | second us | second / first |")
+    for N, K, g, w0 in _shapes():
+        for m in widths:
+            packed = cold_copies(lambda: w0.packed(m), _packed_nbytes(w0, m))
+            planes = _planes_copies(w0)
+            pnext, wnext = cycle(packed), cycle(planes)
+            for M, sides, on_planes in _limit_cases(ext):
+                x = torch.randn(M, K, generator=g).to(torch.bfloat16)
+                call = (lambda: sefp.linear(x, wnext(), m)) if on_planes else (lambda: sefp.linear(x, pnext()))
+                fns = [lambda hooks=hooks: _with_hooks(hooks, call) for _, hooks in sides]
+                ts = median_us_cold_interleaved(fns, repeats, no_flush)
+                names = " / ".join(name for name, _ in sides)
+                print(f"| {N} x {K} | {m} | {'planes' if on_planes else 'packed'} | {M} | {names} | {ts[0]:.0f} | "
+                      f"{ts[1]:.0f} | {ts[1] / ts[0]:.2f} |", flush=True)
+            del packed, planes
+    print(f"read bandwidth {read_gbps(big):.1f} GB/s at the end")
+    return 0
+
+
 def main(argv) -> int:
+    if argv and argv[0] == "--limits":
+        global LIMIT_ROWS
+        if len(argv) > 3:
+            LIMIT_ROWS = (LIMIT_ROWS[0], _ints(argv[3], LIMIT_ROWS[1]))
+        return limits(int(argv[1]) if len(argv) > 1 else 5, _ints(argv[2] if len(argv) > 2 else "", (3, 7)))
     repeats = int(argv[0]) if argv else 7
     rows = _ints(argv[1] if len(argv) > 1 else "", (1, 4, 16, 32))
     widths = _ints(argv[2] if len(argv) > 2 else "", tuple(range(1, 8)))
-    big = read_buffer()
-    rd0 = read_gbps(big)
-    print(f"{cpu_model()} | ISA {cpu_isa()} | torch {torch.__version__}, {torch.get_num_threads()} threads | "
-          f"repeats {repeats} | read bandwidth {rd0:.1f} GB/s at the start")
-    print("| W [N, K] | M | m | packed us | GB/s | planes us | planes / packed | portable us | portable / packed |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for N, K in SHAPES:
-        g = torch.Generator().manual_seed(N + K)
-        w0 = sefp.quantize(torch.randn(N, K, generator=g) * 0.02, m_max=8)
-        planes_bytes = w0.planes.numel() * 4 + w0.exponents.numel()
-        planes = cold_copies(lambda: SEFPTensor(w0.planes.clone(), w0.exponents.clone(), w0.shape, w0.dtype,
-                                                w0.block_size), planes_bytes)
+    big = _start(repeats,
+                 "| W [N, K] | M | m | packed us | GB/s | planes us | planes / packed | portable us | portable / packed |")
+    for N, K, g, w0 in _shapes():
+        planes = _planes_copies(w0)
         for m in widths:
-            packed = cold_copies(lambda: w0.packed(m), w0.packed(m).nbytes())
+            packed = cold_copies(lambda: w0.packed(m), _packed_nbytes(w0, m))
             pnext, wnext = cycle(packed), cycle(planes)
             gb = packed[0].nbytes() / 1e9
             for M in rows:

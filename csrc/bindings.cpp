@@ -202,6 +202,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "AVX512-BF16 with VBMI) decodes 4 weight rows once to bf16 and runs a register tile over every x row from "
         "this many x rows on (below: the weights decoded again for every 4 (8) x rows); default 8 (packed: 16). "
         "Returns the previous value.");
+  m.def(
+      "sefp_set_packed_avx2_rows",
+      [](int64_t gemv_rows, int64_t decode_once_rows) {
+        return py::make_tuple(leankern::sefp::set_packed_avx2_gemv_rows(gemv_rows),
+                              leankern::sefp::set_packed_avx2_decode_once_rows(decode_once_rows));
+      },
+      py::arg("gemv_rows") = -1, py::arg("decode_once_rows") = -1,
+      "Tuning hook of sefp_packed_linear's AVX2 kernels (sefp_packed_avx2_kernel): up to gemv_rows x rows its GEMV "
+      "(0, the default: 64 on the avx2 ISA, 32 on the others), beyond that decoded fp32 panels and torch's GEMM; from "
+      "decode_once_rows x rows (default 5) the GEMV decodes each weight once per K slab, below that again for every "
+      "4 x rows. A negative value leaves that setting as it is. Returns the previous (gemv_rows, decode_once_rows).");
   m.def("sefp_packed_bf16_kernel", &leankern::sefp::packed_vbmi_supported,
         "Whether sefp_packed_linear has its bf16 kernels here (bf16 x, AVX512-BF16 with VBMI, the avx512bf16 ISA "
         "active); elsewhere its AVX2 kernels (sefp_packed_avx2_kernel) or, on the scalar ISA, a portable decoder.");
@@ -213,6 +224,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Tuning hook: sefp_linear (packed=True: sefp_packed_linear) with bf16 x, no bias, on an AVX512-BF16 CPU with "
         "VBMI (and GFNI for sefp_linear) but no AMX decodes bf16 panels for torch's bf16 GEMM from this many x rows "
         "on (below: the bf16 GEMV); default 80 (packed: 40). Returns the previous value.");
+  m.def("sefp_set_panel_rows_f32", &leankern::sefp::set_panel_rows_f32, py::arg("rows"),
+        "Tuning hook: sefp_linear with any x its bf16 kernels do not take (every x on CPUs without AVX512-BF16, GFNI "
+        "and VBMI) decodes fp32 panels for torch's fp32 GEMM from this many x rows on (below: its fp32 GEMV); 0 (the "
+        "default): 65 on the avx2 ISA, 32 on the others. Returns the previous value.");
   m.def("moe_set_tile_min_elems", &leankern::moe::set_tile_min_elems, py::arg("elems"),
         "Tuning hook: moe_experts' CPU GEMV runs an expert's n = 1-4 tokens as a tile of 4 weight rows instead of "
         "one row stream when n x C (C the row length) reaches elems; default 8192 (16 KB of bf16 vectors on "

@@ -206,7 +206,7 @@ def test_linear_extreme_exponents(isa):
             for M in (1, 3, 5):  # one x row, a few (scales on the sums), >= 4 (scales folded into w where normal)
                 y = run("cpp", OPS.sefp_linear, x[:M], planes[: 1 + m], exps, m, 32, None)
                 check_linear(y, x[:M], planes, exps, m, 32, None)
-        for M in (20, 40):  # many rows of the fused path; the decoded-panel path
+        for M in (20, 40, 70):  # many rows of the fused path; the decoded-panel path (from 32 rows, 65 on avx2)
             xs = torch.randn(M, K, generator=gen).to(dtype)
             y = run("cpp", OPS.sefp_linear, xs, planes, exps, 8, 32, None)
             check_linear(y, xs, planes, exps, 8, 32, None)
@@ -375,6 +375,31 @@ def test_linear_bf16_panel_rows_hook(isa):
     assert before == 80
 
 
+def test_linear_f32_panel_rows_hook(isa):
+    """sefp_set_panel_rows_f32 (tuning hook) moves where the fp32 kernels (fp32 x here; any x the bf16 kernels do not
+    take) switch from their GEMV to the decoded fp32 panels: at 4 the 8-row product runs through the panels, at 2^30
+    a 100-row one through the GEMV (its decode-once row blocks over x slabs, K = 2,080); both within the bound. The
+    default (0) resolves by ISA: panels from 65 rows on avx2, 32 elsewhere (48 rows: the GEMV on avx2 only)."""
+    gen = torch.Generator().manual_seed(15)
+    w = torch.randn(37, 2080, generator=gen)
+    w[4:8, :256] *= 2.0**-124
+    planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
+    bias = torch.randn(37, generator=gen)
+    before = EXT.sefp_set_panel_rows_f32(4)
+    try:
+        for rows, M in ((4, 8), (1 << 30, 100), (0, 48)):
+            EXT.sefp_set_panel_rows_f32(rows)
+            x = torch.randn(M, 2080, generator=gen)
+            for m in (2, 5, 8):
+                b = bias if m % 2 else None
+                y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, b)
+                check_linear(y, x, planes, exps, m, 32, b)
+        assert EXT.sefp_set_panel_rows_f32(7) == 0
+    finally:
+        EXT.sefp_set_panel_rows_f32(before)
+    assert before == 0
+
+
 def test_linear_bf16_panels_keep_small_products(isa):
     """bf16 x of 96 rows (the bf16 panels from 80 on CPUs without AMX, 12 with): rows whose blocks have tiny exponents
     (weights ~2^-110) times x ~2^-10 give products near 2^-126, where torch's bf16 GEMM over the scaled panels
@@ -392,16 +417,16 @@ def test_linear_bf16_panels_keep_small_products(isa):
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=("f32", "bf16"))
 def test_linear_extreme_x_within_bound(isa, dtype):
-    """x near the ends of fp32's range through the GEMVs (1 and 3 rows) and the panels (40): the permuted fp32 GEMVs
-    sum x times q 2^24 (m <= 7) or q 2^-24 (m = 8) before the block scale, which overflowed from |x| ~ 2^96 (inf where
-    the product is finite) and rounds among fp32's subnormals below |x| ~ 2^-100 at m = 8: such x takes the exactly
-    decoded GEMV (19 failing cases before, on every ISA). The bf16 GEMVs' sums of q x fall below 2^-126 (flushed)
-    for x under 2^-119: such x takes the fp32 kernels. Within the bound on every path."""
+    """x near the ends of fp32's range through the GEMVs (1 and 3 rows; 40 on avx2) and the panels (40; 70): the
+    permuted fp32 GEMVs sum x times q 2^24 (m <= 7) or q 2^-24 (m = 8) before the block scale, which overflowed from
+    |x| ~ 2^96 (inf where the product is finite) and rounds among fp32's subnormals below |x| ~ 2^-100 at m = 8: such
+    x takes the exactly decoded GEMV (19 failing cases before, on every ISA). The bf16 GEMVs' sums of q x fall below
+    2^-126 (flushed) for x under 2^-119: such x takes the fp32 kernels. Within the bound on every path."""
     gen = torch.Generator().manual_seed(16)
     w = torch.randn(40, 256, generator=gen)
     planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
     for top in (90, 96, 100, 104, -100, -110, -122):
-        for M in (1, 3, 40):
+        for M in (1, 3, 40, 70):
             x = binade_tensor((M, 256), top, gen).to(dtype)
             for m in (2, 7, 8):
                 y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, None)
@@ -418,7 +443,7 @@ def test_linear_x_near_the_top_of_fp32(isa, dtype):
     w = torch.randn(40, 256, generator=gen)
     planes, exps = run("cpp", OPS.sefp_quantize, w, 8, 32)
     for top in (110, 118, 124):
-        for M in (1, 3, 40):
+        for M in (1, 3, 40, 70):
             x = binade_tensor((M, 256), top, gen).to(dtype)
             b = (torch.randn(40, generator=gen) * 2.0**top).to(dtype) if M == 3 else None
             for m in (2, 7, 8):

@@ -300,12 +300,12 @@ def test_sefp_linear_pack_serves_the_packed_copy_at_its_width_only():
     assert mod.pack() is mod and mod.packed.m == 5 and "packed copy at m=5" in repr(mod)
     assert mod.packed.exponents is mod.exponents
     ext = leankern.extension()
-    # this CPU's kernels: bf16 (AVX512-BF16 + VBMI) for any bf16 x, AVX2 for 2-32 rows of any dtype
+    # this CPU's kernels: bf16 (AVX512-BF16 + VBMI) for any bf16 x, AVX2 for 2 rows or more of any dtype
     assert mod.serves_packed(x) == (ext.sefp_packed_bf16_kernel() or ext.sefp_packed_avx2_kernel())
     one_row = x[:1]
     assert mod.serves_packed(one_row) == ext.sefp_packed_bf16_kernel()  # one row: the planes on AVX2
     assert mod.serves_packed(x.float()) == ext.sefp_packed_avx2_kernel()
-    assert mod.serves_packed(torch.randn(33, 80).float()) is False  # past the AVX2 GEMV's rows: the planes
+    assert mod.serves_packed(torch.randn(80, 80).float()) == ext.sefp_packed_avx2_kernel()  # panels: either way
     want = sefp.linear(x, mod.weight.packed(5), bias=mod.bias) if mod.serves_packed(x) else planes_y
     assert torch.equal(mod(x), want)  # forward went through the packed op (where it serves)
     assert_sefp_linear((x, mod.planes, mod.exponents, 5, 32, mod.bias), mod(x))
@@ -350,12 +350,13 @@ def test_load_state_dict_rebuilds_the_packed_copy_from_the_loaded_planes():
 
 
 def test_packed_layer_serves_fp32_x_by_rows():
-    """fp32 / fp16 x on CPU: 2-32 rows read the packed copy where its AVX2 kernel runs (faster there than the planes'
-    multi-row GEMV), one row (and any x without that kernel) the planes: bit for bit the unpacked layer's result."""
+    """fp32 / fp16 x on CPU: 2 rows or more read the packed copy where its AVX2 kernel runs (faster there than the
+    planes' multi-row GEMV; from 65 rows both decode panels for torch's GEMM), one row (and any x without that kernel)
+    the planes: bit for bit the unpacked layer's result."""
     mod = SEFPLinear.from_linear(_linear(bias=True), m_max=8, m=5)
     avx2 = leankern.extension().sefp_packed_avx2_kernel()
     for dtype in (torch.float32, torch.float16):
-        for M in (1, 3):
+        for M in (1, 3, 70):
             x = torch.randn(M, 80, generator=torch.Generator().manual_seed(4)).to(dtype)
             planes_y = mod(x)
             mod.pack()

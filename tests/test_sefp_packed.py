@@ -3,8 +3,8 @@
 * layout: the fields against an independent bit-by-bit oracle built from the planes; the copy dequantizes to the
   planes' m-bit weight bit for bit (every m, block size, K padded or not); bytes per weight.
 * sefp_packed_linear: C++ under every ISA this CPU runs (the VBMI GEMV for bf16 x up to 16 rows on avx512bf16, the
-  AVX2 GEMV up to 32 rows and its decoder for the panels beyond on avx2 and above otherwise, the portable decode on
-  scalar) within the shared derived bound of the exact product; the reference
+  AVX2 GEMV up to 64 rows on the avx2 ISA, 32 above it, and its decoder for the panels beyond otherwise, the
+  portable decode on scalar) within the shared derived bound of the exact product; the reference
   likewise; the last unit of a row never reads past the row (codes placed against a guard page); bad arguments.
 * sefp.linear over the copy: gradients, torch.compile, the layout / width errors.
 * The Triton kernel (triton_kernels/sefp_packed.py; the interpreter without a GPU) within the same bound.
@@ -126,7 +126,8 @@ def test_linear_matches_the_exact_product(isa, dtype):
     bias = torch.randn(N, generator=gen).to(dtype)
     for m in range(1, 8):
         p = t.packed(m)
-        for M in (1, 2, 3, 4, 5, 7, 16, 17, 32, 33, 40):  # the GEMVs' row groups (4, 2, 1), their limits, the panels
+        # the GEMVs' row groups (4, 2, 1), their limits (16 VBMI; 32 / 64 AVX2, by ISA), the panels
+        for M in (1, 2, 3, 4, 5, 7, 16, 17, 32, 33, 40, 65):
             x = torch.randn(M, K, generator=gen).to(dtype)
             b = bias if (M + m) % 2 else None
             with leankern.use_backend("cpp"):
@@ -172,7 +173,7 @@ def test_every_field_in_every_unit_position(isa):
     signed zeros included) lands in every position of the row across the rows, the granule of the AVX2 kernel's
     fronts (packed_gemv_avx2.cpp: one table for m = 1 and 3, the sign-byte form for m = 7, the shift-multiply form
     for the others). Exponents -6..6 and empty blocks; K = 96 (three units: the two-unit step and its odd tail), one
-    to five x rows (the row groups) and 33 (its decoder and the panels)."""
+    to five x rows (the row groups), 33 (decode-once) and 65 (its decoder and the panels)."""
     gen = torch.Generator().manual_seed(21)
     N, K = 256, 96
     for m in range(1, 8):
@@ -185,11 +186,20 @@ def test_every_field_in_every_unit_position(isa):
         exps[::7, 1] = -128
         p = SEFPPacked(codes, exps, m, (N, K), torch.float32, 32)
         assert torch.equal(unpack_fields(codes, m).long(), fields)  # the packing above is the layout's
-        for M in (1, 2, 3, 4, 5, 33):
+        for M in (1, 2, 3, 4, 5, 33, 65):
             x = torch.randn(M, K, generator=gen)
             with leankern.use_backend("cpp"):
                 y = OPS.sefp_packed_linear(x, p.codes, p.exponents, m, 32, None)
             _check(y, x, p, None)
+
+
+def _tiny_blocks_weights(seed: int, N: int, K: int = 2080):
+    """(generator, SEFP weights [N, K], fp32 bias [N]) with blocks scaled by 2^-124 (rows 4..7, first 256 columns)
+    next to normal ones: the scales applied as two factors (folded into the decoded weights from 5 x rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=gen)
+    w[4:8, :256] *= 2.0**-124
+    return gen, sefp.quantize(w, m_max=8), torch.randn(N, generator=gen)
 
 
 def test_decode_once_slabs(isa):
@@ -197,12 +207,8 @@ def test_decode_once_slabs(isa):
     a slab <= 192 KB) into 4-row blocks swept by 3-row tiles. K = 2,080 (65 units) with 32 rows: two slabs (48 and
     17 units); N = 39: row blocks of 4 and a tail of 3; 5 / 7 rows: tiles of 3 + 2 and 3 + 3 + 1; with and without a
     bias; blocks scaled by 2^-124 next to normal ones (the two-factor scales folded into the decoded weights)."""
-    gen = torch.Generator().manual_seed(23)
-    N, K = 39, 2080
-    w = torch.randn(N, K, generator=gen)
-    w[4:8, :256] *= 2.0**-124
-    t = sefp.quantize(w, m_max=8)
-    bias = torch.randn(N, generator=gen)
+    gen, t, bias = _tiny_blocks_weights(23, 39)
+    K = t.shape[1]
     for m in (1, 3, 4, 7):
         p = t.packed(m)
         for M in (5, 7, 32):
@@ -211,6 +217,31 @@ def test_decode_once_slabs(isa):
             with leankern.use_backend("cpp"):
                 y = OPS.sefp_packed_linear(x, p.codes, p.exponents, m, 32, b)
             _check(y, x, p, b)
+
+
+@pytest.mark.parametrize("gemv_rows, decode_once_rows", ((0, 5), (0, 1), (0, 1 << 30), (4, 5)),
+                         ids=("defaults", "decode-once-always", "decode-once-never", "panels-from-5"))
+def test_avx2_row_limits(isa, gemv_rows, decode_once_rows):
+    """The AVX2 kernel's two row limits as set by their tuning hook (sefp_set_packed_avx2_rows): every x row count on
+    each side of them matches the exact product. "defaults": the GEMV up to 64 rows on the avx2 ISA (32 on the
+    others), each weight decoded once per K slab from 5; "always": decode-once from one x row; "never": the 4-row
+    groups up to the GEMV's limit; "panels-from-5": the fp32 panels from 5 rows. K = 2,080: two or more x slabs
+    from 33 rows. Other ISAs: the hook changes nothing where the kernel does not run."""
+    gen, t, bias = _tiny_blocks_weights(29, 21)
+    K = t.shape[1]
+    before = EXT.sefp_set_packed_avx2_rows(gemv_rows, decode_once_rows)
+    try:
+        assert EXT.sefp_set_packed_avx2_rows() == (gemv_rows, decode_once_rows)
+        for m in (2, 3, 7):
+            p = t.packed(m)
+            for M in (1, 3, 4, 5, 9, 33, 64, 70):
+                x = torch.randn(M, K, generator=gen)
+                b = bias if (M + m) % 2 else None
+                with leankern.use_backend("cpp"):
+                    y = OPS.sefp_packed_linear(x, p.codes, p.exponents, m, 32, b)
+                _check(y, x, p, b)
+    finally:
+        assert EXT.sefp_set_packed_avx2_rows(*before) == (gemv_rows, decode_once_rows)
 
 
 def test_reference_matches_the_exact_product():
@@ -351,7 +382,7 @@ def test_last_unit_never_reads_past_the_codes(isa):
             codes.copy_(p.codes.flatten())
             exps, keep_e = _guarded(p.exponents.numel())
             exps.copy_(p.exponents.flatten().view(torch.uint8))
-            for M in (1, 3, 33):  # (33: the panels' decoder on avx2)
+            for M in (1, 3, 33, 65):  # (65: the panels' decoder on avx2 and above; 33 there too but on the avx2 ISA)
                 x = torch.randn(M, K, generator=gen).bfloat16()
                 y = OPS.sefp_packed_linear(x, codes.view(p.codes.shape), exps.view(torch.int8).view(p.exponents.shape),
                                            m, 32, None)

@@ -152,6 +152,10 @@ bool blocks_decode_exact(const int8_t* e, int64_t n, int lo);
 // packed: the same for sefp_packed_linear (default 40).
 int64_t set_panel_rows(int64_t rows, bool packed = false);
 int64_t panel_rows(bool packed = false);
+// x rows from which sefp_linear's fp32 kernels (every x the bf16 kernels above do not take) decode fp32 panels for
+// torch's fp32 GEMM instead of running their GEMV (gemv_permuted / gemv_natural). Tuning hook
+// (leankern._C.sefp_set_panel_rows_f32): returns the previous value (default 0: 65 on the avx2 ISA, else 32).
+int64_t set_panel_rows_f32(int64_t rows);
 
 const SefpKernels& scalar_kernels();
 const SefpKernels& avx2_kernels();

@@ -51,6 +51,15 @@ void gemv_packed_avx2(const PackedW& W, const float* x, int64_t R, int64_t ldx, 
 // Rows [n0, n1) as exact fp32 weights (the reference's dequantized values) in the order above: out[(n - n0) * ldo +
 // k], k < Kp.
 void decode_packed_avx2(const PackedW& W, int64_t n0, int64_t n1, float* out, int64_t ldo);
+// Tuning hooks (leankern._C.sefp_set_packed_avx2_rows): the x rows up to which sefp_packed_linear's AVX2 path runs
+// gemv_packed_avx2 (beyond: decode_packed_avx2 panels and torch's fp32 GEMM; 0, the default: 64 on the avx2 ISA, 32
+// on the others; packed_avx2_gemv_rows() resolves it), and the x rows from which
+// that GEMV decodes each weight once per K slab (below: again for every 4 x rows; default 5). Each returns the
+// previous setting (a negative rows changes nothing).
+int64_t set_packed_avx2_gemv_rows(int64_t rows);
+int64_t packed_avx2_gemv_rows();
+int64_t set_packed_avx2_decode_once_rows(int64_t rows);
+int64_t packed_avx2_decode_once_rows();
 
 }  // namespace sefp
 }  // namespace leankern

@@ -5,7 +5,8 @@
 //       (packed_gemv_vbmi.cpp), the weights streamed once, decoded in registers (from decoded_rows(true) x rows: 4 rows
 //       at a time into L1, then 4 x 4 tiles), exact bf16 products, fp32 sums;
 //     more rows, no bias, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM;
-//   otherwise, on a CPU with AVX2 + FMA (packed_gemv_avx2.cpp): up to kPackedAvx2GemvRows x rows its GEMV (x widened to
+//   otherwise, on a CPU with AVX2 + FMA (packed_gemv_avx2.cpp): up to packed_avx2_gemv_rows() x rows (64 on the avx2
+//     ISA, else 32) its GEMV (x widened to
 //     fp32 in the kernel's order, weights decoded in registers), more rows panels of kPanelN rows decoded to exact
 //     fp32 by its decoder and at::mm_out in fp32;
 //   otherwise: the same two forms with the portable decoder below (rows decoded to fp32, a dot product per x row).
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -36,9 +38,17 @@ namespace {
 
 constexpr int64_t kPackedGemvRows = 16;  // x rows the VBMI GEMV takes on CPUs with AMX
 constexpr int64_t kPanelN = 128;         // weight rows per decoded fp32 panel of the many-rows path
-// x rows the AVX2 GEMV takes, as the planes' kPanelRows: 4096 x 4096, cold, 2-core Zen 3, m = 3 / 7, even its form
-// without decode-once ran 24 / 32 rows in 15-18 / 17-20 ms against the panels' 24-29 / 33-37; 64 rows: host noise
-constexpr int64_t kPackedAvx2GemvRows = 32;
+// x rows the AVX2 GEMV takes, as the planes' kPanelRows (sefp_cpu.cpp): on the avx2 ISA it ran 33-64 rows at
+// 0.95-2.07x the panels' speed (below 1.10 only at 4096 x 14336, m = 7: a tie), lost at 96 in 2 of 6 and at 128 in
+// 3 of 6 (three shapes x m = 3 / 7, 2-core Zen 3, cold; `python bench/bench_sefp_packed_avx2.py --limits`,
+// docs/bench/sefp_avx2_limits_zen3.txt); 32 on the other ISAs (measured on none of their CPUs)
+constexpr int64_t kPackedAvx2GemvRows = 32, kPackedAvx2GemvRowsOnAvx2 = 64;
+// x rows from which gemv_decoded decodes each weight once (below: every 4 x rows decode it again). 4096 x 4096,
+// cold, 2-core Zen 3, m = 3 / 7, alternating runs: 8 rows 4.5-5.9 ms against 4.9-7.0, 16 rows 7.7-9.9 against
+// 10.2-13.0, 32 rows 14.5-17.4 against 19.3-20.7.
+constexpr int64_t kDecodeOnceRows = 5;
+// set_packed_avx2_gemv_rows / _decode_once_rows (tuning hooks); gemv rows 0: by ISA, as above
+std::atomic<int64_t> g_avx2_gemv_rows{0}, g_avx2_decode_once_rows{kDecodeOnceRows};
 constexpr int64_t kInlineWeights = 1 << 13;  // weights up to which the portable GEMV stays on one thread (~10 us)
 
 // ops.check_packed
@@ -225,7 +235,7 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
           const int64_t k = k0 + order[i];
           xp[r * W.Kp + k0 + i] = k < K ? load_f32(src, dt, r * K + k) : 0.0f;
         }
-    if (M <= (avx2 ? kPackedAvx2GemvRows : kPackedGemvRows)) {
+    if (M <= (avx2 ? packed_avx2_gemv_rows() : kPackedGemvRows)) {
       // (a small weight runs on the calling thread: waking the other costs more than its share of the rows)
       const int64_t chunk = N * W.Kp <= kInlineWeights ? N : cpu::streaming_chunk(N, 16);
       cpu::parallel_chunks(N, chunk, [&](int64_t n0, int64_t n1) {
@@ -257,6 +267,18 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
 }
 
 }  // namespace
+
+int64_t set_packed_avx2_gemv_rows(int64_t rows) {
+  return rows < 0 ? g_avx2_gemv_rows.load() : g_avx2_gemv_rows.exchange(rows);
+}
+int64_t packed_avx2_gemv_rows() {
+  const int64_t v = g_avx2_gemv_rows.load(std::memory_order_relaxed);
+  return v > 0 ? v : cpu::active_isa() == cpu::Isa::kAvx2 ? kPackedAvx2GemvRowsOnAvx2 : kPackedAvx2GemvRows;
+}
+int64_t set_packed_avx2_decode_once_rows(int64_t rows) {
+  return rows < 0 ? g_avx2_decode_once_rows.load() : g_avx2_decode_once_rows.exchange(rows);
+}
+int64_t packed_avx2_decode_once_rows() { return g_avx2_decode_once_rows.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("sefp_packed_linear", &sefp_packed_linear_cpu); }
 

@@ -20,7 +20,7 @@
 //     x read in that same order (x is permuted once per call: packed_avx2_order), and per unit one FMA of its sum by
 //     its block's 2^(E - (m - 1) - 24) (an exact fp32, normal or subnormal; as two exact factors in the rare blocks
 //     where it is below 2^-149) into the row's total.
-// From kDecodeOnceRows x rows, 4 weight rows at a time are decoded once per K slab into exact fp32 weights in L1
+// From packed_avx2_decode_once_rows() x rows (5), 4 weight rows at a time are decoded once per K slab into exact fp32 weights in L1
 // and every x row sweeps them in 4 x 3 register tiles (gemv_decoded).
 // Per 32 weights: 2 (B = 8), 3 (B = 2, 4) or 9 front operations, then 4 shuffles, 4 conversions, 4 multiply-adds
 // and the FMA by the scale; the plane kernels spend 3 sign operations plus a bit transpose (~2-9 operations by m) on
@@ -71,10 +71,6 @@ void packed_avx2_order(int m, int16_t* order) {
 
 namespace {
 
-// x rows from which gemv_decoded decodes each weight once (below: every 4 x rows decode it again). 4096 x 4096,
-// cold, 2-core Zen 3, m = 3 / 7, alternating runs: 8 rows 4.5-5.9 ms against 4.9-7.0, 16 rows 7.7-9.9 against
-// 10.2-13.0, 32 rows 14.5-17.4 against 19.3-20.7.
-constexpr int64_t kDecodeOnceRows = 5;
 
 #define LK_T __attribute__((target("avx2,fma"))) inline
 
@@ -354,7 +350,7 @@ LK_T void gemv_b(const PackedW& W, const float* x, int64_t R, int64_t ldx, int64
                  int64_t ldy) {
   const Front<B> fr;
   const Back bk;
-  if (R >= kDecodeOnceRows) return gemv_decoded<B>(W, fr, bk, x, R, ldx, n0, n1, y, ldy);
+  if (R >= packed_avx2_decode_once_rows()) return gemv_decoded<B>(W, fr, bk, x, R, ldx, n0, n1, y, ldy);
   int64_t r = 0;
   for (; r + 4 <= R; r += 4) gemv_rows<B, 4>(W, fr, bk, x + r * ldx, ldx, n0, n1, y + r * ldy, ldy);
   if (R - r == 3) gemv_rows<B, 3>(W, fr, bk, x + r * ldx, ldx, n0, n1, y + r * ldy, ldy);

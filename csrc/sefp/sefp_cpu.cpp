@@ -3,10 +3,10 @@
 // (common/parallel.h); the per-ISA inner loops are in the kernel table (kernels.h).
 //
 // sefp_linear, by the number of x rows M:
-//   M <  kPanelRows: fused decode + FMA per weight row (gemv_*): the planes are read once and never
-//                    materialized; x (shared by every row) is converted to fp32 once, in the
+//   M <  panel_rows_f32() (32; 65 on the avx2 ISA): fused decode + FMA per weight row (gemv_*): the planes are
+//                    read once and never materialized; x (shared by every row) is converted to fp32 once, in the
 //                    transposed kernels' permuted order.
-//   M >= kPanelRows: panels of kPanelN weight rows decoded to fp32 (in parallel), then torch's own
+//   M >= panel_rows_f32(): panels of kPanelN weight rows decoded to fp32 (in parallel), then torch's own
 //                    multithreaded fp32 GEMM (at::mm_out) into the output columns: the decode is
 //                    amortized over the M rows.
 // Both sum in fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
@@ -41,7 +41,17 @@ namespace {
 
 using cpu::parallel_chunks;
 
-constexpr int64_t kPanelRows = 32;  // x rows from which the decoded-panel GEMM wins (measured, 4096x4096)
+// x rows from which the decoded fp32 panels and torch's fp32 GEMM win over the fp32 GEMV (measured, 4096 x 4096);
+// on the avx2 ISA the GEMV (4 weight rows decoded once per K slab for every x row) ran 33-64 rows at 0.94-2.19x the
+// panels' speed (below 1.09 only at 4096 x 14336, m = 7: a tie) and lost or tied at 96 in 4 of 6 (three shapes x
+// m = 3 / 7, 2-core Zen 3, cold; `python bench/bench_sefp_packed_avx2.py --limits`,
+// docs/bench/sefp_avx2_limits_zen3.txt)
+constexpr int64_t kPanelRows = 32, kPanelRowsAvx2 = 65;
+std::atomic<int64_t> g_panel_rows_f32{0};  // kernels.h set_panel_rows_f32 (a tuning hook); 0: by ISA, as above
+int64_t panel_rows_f32() {
+  const int64_t v = g_panel_rows_f32.load(std::memory_order_relaxed);
+  return v > 0 ? v : cpu::active_isa() == cpu::Isa::kAvx2 ? kPanelRowsAvx2 : kPanelRows;
+}
 constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp32 stays in L2/L3
 // The same for the bf16 kernels (linear_panels_bf16) on CPUs without AMX: since gemv_bf16 decodes 4 weight rows
 // once for all x rows (gemv_decoded), it beat the panels at every M up to 64 and lost from 96 (Zen 4, 4096 x 4096,
@@ -300,7 +310,7 @@ at::Tensor sefp_linear_cpu(const at::Tensor& x, const at::Tensor& planes, const 
   }
   const bool f32_out = x.scalar_type() == at::kFloat;
   at::Tensor y32 = f32_out ? out.view({M, N}) : at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M < kPanelRows || (bf16 && M < panels_from)) {
+  if (M < panel_rows_f32() || (bf16 && M < panels_from)) {
     // several x rows: tasks of >= 64 weight rows, so the x slabs read per task are shared by many rows
     const int64_t per_row = rows_per_task(P.Kw * kWord * (1 + M), 1 << 19);
     const int64_t task = cpu::streaming_chunk(N, M == 1 ? per_row : std::max<int64_t>(64, per_row));
@@ -343,6 +353,7 @@ int64_t decoded_rows(bool packed) {
 int64_t set_panel_rows(int64_t rows, bool packed) {
   return (packed ? g_packed_panel_rows_bf16 : g_panel_rows_bf16).exchange(rows);
 }
+int64_t set_panel_rows_f32(int64_t rows) { return g_panel_rows_f32.exchange(rows); }
 int64_t panel_rows(bool packed) {
   return (packed ? g_packed_panel_rows_bf16 : g_panel_rows_bf16).load(std::memory_order_relaxed);
 }

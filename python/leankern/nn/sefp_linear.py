@@ -28,8 +28,6 @@ from .quant_linear import bias_for, meta_mismatch
 
 __all__ = ["SEFPLinear", "set_precision"]
 
-_PACKED_AVX2_MAX_ROWS = 32  # the AVX2 GEMV's limit (csrc/sefp/packed_cpu.cpp kPackedAvx2GemvRows); panels beyond
-
 
 def _check_width(name: str, m, m_max: int) -> int:
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= m_max:
@@ -168,17 +166,18 @@ class SEFPLinear(nn.Module):
 
     def serves_packed(self, x: torch.Tensor) -> bool:
         """Whether forward(x) reads the packed copy. On CPU: bf16 x where ``sefp_packed_linear`` has its bf16
-        kernels (AVX512-BF16 + VBMI, ``leankern._C.sefp_packed_bf16_kernel()``), and 2-32 rows of x of any dtype where
-        it has its AVX2 kernels (``leankern._C.sefp_packed_avx2_kernel()``; both asked once when the copy is built):
-        there the packed copy ran 1.07-1.44x the planes' speed at 2-4 rows, 0.91-1.21x at 16, 1.27-2.4x at 32, but
-        0.76-1.10x at one row (AVX2 Zen 3, docs/results/sefp.md), so single rows read the planes."""
+        kernels (AVX512-BF16 + VBMI, ``leankern._C.sefp_packed_bf16_kernel()``), and 2 rows of x or more of any dtype
+        where it has its AVX2 kernels (``leankern._C.sefp_packed_avx2_kernel()``; both asked once when the copy is
+        built): there the packed copy ran 1.07-1.44x the planes' speed at 2-4 rows, 0.91-1.21x at 16, 1.03-1.27x at
+        33-64 (both GEMVs), 0.95-1.17x at 128 and 512 (both as decoded panels and torch's GEMM), but 0.76-1.10x at one
+        row (AVX2 Zen 3, docs/results/sefp.md), so single rows read the planes."""
         p = self.packed
         if p is None or p.m != self._m:
             return False
         if x.device.type != "cpu" or (x.dtype == torch.bfloat16 and getattr(self, "_cpu_packed_bf16", False)):
             return True
         rows = x.numel() // max(1, x.shape[-1])
-        return getattr(self, "_cpu_packed_avx2", False) and 2 <= rows <= _PACKED_AVX2_MAX_ROWS
+        return getattr(self, "_cpu_packed_avx2", False) and rows >= 2
 
     def pack(self, m: int | None = None) -> "SEFPLinear":
         """Build the single-width packed copy at width ``m`` (default: the current one; 1..7) and serve from it
