@@ -21,7 +21,7 @@ build: deps
 	@$(PY) -c "import leankern, sys; e = leankern.extension_error(); print('leankern._C:', 'loaded' if e is None else e); sys.exit(e is not None)"
 
 test: build
-	cd tests && $(PY) -m pytest -q -ra -p no:cacheprovider .
+	cd tests && $(PY) -m pytest -q -ra -p no:cacheprovider --durations=30 .
 
 test-fast: build
 	cd tests && $(PY) -m pytest -q -x -m "not slow" .
