@@ -6,9 +6,8 @@
 //       at a time into L1, then 4 x 4 tiles), exact bf16 products, fp32 sums;
 //     more rows, no bias, every weight a bf16 normal or zero: panels decoded to bf16 (exact) and torch's bf16 GEMM;
 //   otherwise, on a CPU with AVX2 + FMA (packed_gemv_avx2.cpp): up to packed_avx2_gemv_rows() x rows (64 on the avx2
-//     ISA, else 32) its GEMV (x widened to
-//     fp32 in the kernel's order, weights decoded in registers), more rows panels of kPanelN rows decoded to exact
-//     fp32 by its decoder and at::mm_out in fp32;
+//     ISA, else 32) its GEMV (x widened to fp32 in the kernel's order, weights decoded in registers), more rows
+//     panels of kPanelN rows decoded to exact fp32 by its decoder and at::mm_out in fp32;
 //   otherwise: the same two forms with the portable decoder below (rows decoded to fp32, a dot product per x row).
 // Sums are fp32; the result + bias is rounded once to x's dtype (RNE), as the reference.
 #include <ATen/ATen.h>

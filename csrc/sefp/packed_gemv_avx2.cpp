@@ -20,8 +20,8 @@
 //     x read in that same order (x is permuted once per call: packed_avx2_order), and per unit one FMA of its sum by
 //     its block's 2^(E - (m - 1) - 24) (an exact fp32, normal or subnormal; as two exact factors in the rare blocks
 //     where it is below 2^-149) into the row's total.
-// From packed_avx2_decode_once_rows() x rows (5), 4 weight rows at a time are decoded once per K slab into exact fp32 weights in L1
-// and every x row sweeps them in 4 x 3 register tiles (gemv_decoded).
+// From packed_avx2_decode_once_rows() x rows (5), 4 weight rows at a time are decoded once per K slab into exact
+// fp32 weights in L1 and every x row sweeps them in 4 x 3 register tiles (gemv_decoded).
 // Per 32 weights: 2 (B = 8), 3 (B = 2, 4) or 9 front operations, then 4 shuffles, 4 conversions, 4 multiply-adds
 // and the FMA by the scale; the plane kernels spend 3 sign operations plus a bit transpose (~2-9 operations by m) on
 // the same 32 before the same back end.
@@ -70,7 +70,6 @@ void packed_avx2_order(int m, int16_t* order) {
 }
 
 namespace {
-
 
 #define LK_T __attribute__((target("avx2,fma"))) inline
 
