@@ -92,27 +92,28 @@ def _with_hooks(hooks, fn):
             setter(*(before if isinstance(before, tuple) else (before,)))
 
 
-def _limit_cases(ext):
-    """(M, [(side, hooks), (side, hooks)], planes?): each limit's two sides at rows next to it; planes? = the planes'
-    GEMV / panels (sefp_linear at m) instead of the packed copy's."""
+def _limit_cases(ext, gemv_rows):
+    """(M, [(side, hooks), (side, hooks)], planes?): each limit's two sides at rows next to it (decode-once at
+    DECODE_ONCE_ROWS, GEMV / panels at gemv_rows); planes? = the planes' GEMV / panels (sefp_linear at m) instead of
+    the packed copy's."""
     groups_once = [("row groups", [(ext.sefp_set_packed_avx2_rows, (32, 1 << 30))]),
                    ("decode-once", [(ext.sefp_set_packed_avx2_rows, (32, 1))])]
     packed_gp = [("GEMV", [(ext.sefp_set_packed_avx2_rows, (1 << 30, 5))]),
                  ("panels", [(ext.sefp_set_packed_avx2_rows, (0, 5))])]
     planes_gp = [("GEMV", [(ext.sefp_set_panel_rows_f32, (1 << 30,))]),
                  ("panels", [(ext.sefp_set_panel_rows_f32, (0,))])]
-    return (tuple((M, groups_once, False) for M in LIMIT_ROWS[0])
-            + tuple((M, packed_gp, False) for M in LIMIT_ROWS[1])
-            + tuple((M, planes_gp, True) for M in LIMIT_ROWS[1]))
+    return (tuple((M, groups_once, False) for M in DECODE_ONCE_ROWS)
+            + tuple((M, packed_gp, False) for M in gemv_rows)
+            + tuple((M, planes_gp, True) for M in gemv_rows))
 
 
-LIMIT_ROWS = ((4, 5, 8), (32, 48, 64, 96, 128))  # (decode-once rows, GEMV / panels rows: the --limits 4th argument)
+DECODE_ONCE_ROWS, GEMV_ROWS = (4, 5, 8), (32, 48, 64, 96, 128)  # x rows timed around each limit (--limits defaults)
 
 
-def limits(repeats: int, widths) -> int:
-    """``--limits``: both sides of the AVX2 kernel's two row limits (decode-once from 5 x rows, the GEMV up to 32)
-    and of the planes' GEMV / panels limit (32), timed in turn (the tuning hooks set around each call) on every
-    shape."""
+def limits(repeats: int, widths, gemv_rows=GEMV_ROWS) -> int:
+    """``--limits``: both sides of the AVX2 kernel's two row limits (decode-once from 5 x rows, the GEMV up to 64 on
+    the avx2 ISA) and of the planes' GEMV / panels limit (65 there), timed in turn (the tuning hooks set around each
+    call) on every shape."""
     ext = leankern.extension()
     if not ext.sefp_packed_avx2_kernel():
         print("the AVX2 packed kernel does not run here (sefp_packed_avx2_kernel() is False)")
@@ -123,7 +124,7 @@ def limits(repeats: int, widths) -> int:
             packed = cold_copies(lambda: w0.packed(m), _packed_nbytes(w0, m))
             planes = _planes_copies(w0)
             pnext, wnext = cycle(packed), cycle(planes)
-            for M, sides, on_planes in _limit_cases(ext):
+            for M, sides, on_planes in _limit_cases(ext, gemv_rows):
                 x = torch.randn(M, K, generator=g).to(torch.bfloat16)
                 call = (lambda: sefp.linear(x, wnext(), m)) if on_planes else (lambda: sefp.linear(x, pnext()))
                 fns = [lambda hooks=hooks: _with_hooks(hooks, call) for _, hooks in sides]
@@ -138,10 +139,8 @@ def limits(repeats: int, widths) -> int:
 
 def main(argv) -> int:
     if argv and argv[0] == "--limits":
-        global LIMIT_ROWS
-        if len(argv) > 3:
-            LIMIT_ROWS = (LIMIT_ROWS[0], _ints(argv[3], LIMIT_ROWS[1]))
-        return limits(int(argv[1]) if len(argv) > 1 else 5, _ints(argv[2] if len(argv) > 2 else "", (3, 7)))
+        return limits(int(argv[1]) if len(argv) > 1 else 5, _ints(argv[2] if len(argv) > 2 else "", (3, 7)),
+                      _ints(argv[3] if len(argv) > 3 else "", GEMV_ROWS))
     repeats = int(argv[0]) if argv else 7
     rows = _ints(argv[1] if len(argv) > 1 else "", (1, 4, 16, 32))
     widths = _ints(argv[2] if len(argv) > 2 else "", tuple(range(1, 8)))

@@ -227,7 +227,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sefp_set_panel_rows_f32", &leankern::sefp::set_panel_rows_f32, py::arg("rows"),
         "Tuning hook: sefp_linear with any x its bf16 kernels do not take (every x on CPUs without AVX512-BF16, GFNI "
         "and VBMI) decodes fp32 panels for torch's fp32 GEMM from this many x rows on (below: its fp32 GEMV); 0 (the "
-        "default): 65 on the avx2 ISA, 32 on the others. Returns the previous value.");
+        "default): 65 on the avx2 ISA, 32 on the others; a negative value changes nothing. Returns the previous "
+        "setting.");
   m.def("moe_set_tile_min_elems", &leankern::moe::set_tile_min_elems, py::arg("elems"),
         "Tuning hook: moe_experts' CPU GEMV runs an expert's n = 1-4 tokens as a tile of 4 weight rows instead of "
         "one row stream when n x C (C the row length) reaches elems; default 8192 (16 KB of bf16 vectors on "

@@ -395,6 +395,7 @@ def test_linear_f32_panel_rows_hook(isa):
                 y = run("cpp", OPS.sefp_linear, x, planes[: 1 + m], exps, m, 32, b)
                 check_linear(y, x, planes, exps, m, 32, b)
         assert EXT.sefp_set_panel_rows_f32(7) == 0
+        assert EXT.sefp_set_panel_rows_f32(-1) == 7 and EXT.sefp_set_panel_rows_f32(-1) == 7  # negative: no change
     finally:
         EXT.sefp_set_panel_rows_f32(before)
     assert before == 0

@@ -154,7 +154,8 @@ int64_t set_panel_rows(int64_t rows, bool packed = false);
 int64_t panel_rows(bool packed = false);
 // x rows from which sefp_linear's fp32 kernels (every x the bf16 kernels above do not take) decode fp32 panels for
 // torch's fp32 GEMM instead of running their GEMV (gemv_permuted / gemv_natural). Tuning hook
-// (leankern._C.sefp_set_panel_rows_f32): returns the previous value (default 0: 65 on the avx2 ISA, else 32).
+// (leankern._C.sefp_set_panel_rows_f32): returns the previous setting (0, the default: 65 on the avx2 ISA, else 32;
+// a negative rows changes nothing; row_limits.h).
 int64_t set_panel_rows_f32(int64_t rows);
 
 const SefpKernels& scalar_kernels();

@@ -30,6 +30,7 @@
 #include "sefp/io.h"
 #include "sefp/kernels.h"
 #include "sefp/packed.h"
+#include "sefp/row_limits.h"
 
 namespace leankern {
 namespace sefp {
@@ -267,16 +268,11 @@ at::Tensor sefp_packed_linear_cpu(const at::Tensor& x, const at::Tensor& codes, 
 
 }  // namespace
 
-int64_t set_packed_avx2_gemv_rows(int64_t rows) {
-  return rows < 0 ? g_avx2_gemv_rows.load() : g_avx2_gemv_rows.exchange(rows);
-}
+int64_t set_packed_avx2_gemv_rows(int64_t rows) { return exchange_setting(g_avx2_gemv_rows, rows); }
 int64_t packed_avx2_gemv_rows() {
-  const int64_t v = g_avx2_gemv_rows.load(std::memory_order_relaxed);
-  return v > 0 ? v : cpu::active_isa() == cpu::Isa::kAvx2 ? kPackedAvx2GemvRowsOnAvx2 : kPackedAvx2GemvRows;
+  return rows_by_isa(g_avx2_gemv_rows, kPackedAvx2GemvRowsOnAvx2, kPackedAvx2GemvRows);
 }
-int64_t set_packed_avx2_decode_once_rows(int64_t rows) {
-  return rows < 0 ? g_avx2_decode_once_rows.load() : g_avx2_decode_once_rows.exchange(rows);
-}
+int64_t set_packed_avx2_decode_once_rows(int64_t rows) { return exchange_setting(g_avx2_decode_once_rows, rows); }
 int64_t packed_avx2_decode_once_rows() { return g_avx2_decode_once_rows.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_IMPL(leankern, CPU, m) { m.impl("sefp_packed_linear", &sefp_packed_linear_cpu); }

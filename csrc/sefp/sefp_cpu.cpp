@@ -34,6 +34,7 @@
 #include "sefp/checks.h"
 #include "sefp/io.h"
 #include "sefp/kernels.h"
+#include "sefp/row_limits.h"
 
 namespace leankern {
 namespace sefp {
@@ -48,10 +49,7 @@ using cpu::parallel_chunks;
 // docs/bench/sefp_avx2_limits_zen3.txt)
 constexpr int64_t kPanelRows = 32, kPanelRowsAvx2 = 65;
 std::atomic<int64_t> g_panel_rows_f32{0};  // kernels.h set_panel_rows_f32 (a tuning hook); 0: by ISA, as above
-int64_t panel_rows_f32() {
-  const int64_t v = g_panel_rows_f32.load(std::memory_order_relaxed);
-  return v > 0 ? v : cpu::active_isa() == cpu::Isa::kAvx2 ? kPanelRowsAvx2 : kPanelRows;
-}
+int64_t panel_rows_f32() { return rows_by_isa(g_panel_rows_f32, kPanelRowsAvx2, kPanelRows); }
 constexpr int64_t kPanelN = 128;    // weight rows per decoded panel: 128 x K fp32 stays in L2/L3
 // The same for the bf16 kernels (linear_panels_bf16) on CPUs without AMX: since gemv_bf16 decodes 4 weight rows
 // once for all x rows (gemv_decoded), it beat the panels at every M up to 64 and lost from 96 (Zen 4, 4096 x 4096,
@@ -353,7 +351,7 @@ int64_t decoded_rows(bool packed) {
 int64_t set_panel_rows(int64_t rows, bool packed) {
   return (packed ? g_packed_panel_rows_bf16 : g_panel_rows_bf16).exchange(rows);
 }
-int64_t set_panel_rows_f32(int64_t rows) { return g_panel_rows_f32.exchange(rows); }
+int64_t set_panel_rows_f32(int64_t rows) { return exchange_setting(g_panel_rows_f32, rows); }
 int64_t panel_rows(bool packed) {
   return (packed ? g_packed_panel_rows_bf16 : g_panel_rows_bf16).load(std::memory_order_relaxed);
 }
